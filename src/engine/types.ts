@@ -1,0 +1,123 @@
+// The engine contract as TypeScript sees it. Both native backends (cpu/, cuda/) implement it behind the addon;
+// the scheduler and the rank actor speak only these types. The flat binary step layout that carries a StepBatch
+// across the addon boundary lives in step.ts (TS side) and native/include/step.h (C++ side).
+
+export type DType = 'f32' | 'f16' | 'bf16';
+export type Architecture = 'llama' | 'qwen2' | 'qwen3';
+export type BackendKind = 'cpu' | 'cuda';
+
+/** Llama-3 style RoPE frequency scaling (HF `rope_scaling` with rope_type "llama3"). */
+export interface RopeScaling {
+  type: 'llama3';
+  factor: number;
+  lowFreqFactor: number;
+  highFreqFactor: number;
+  originalMaxPositionEmbeddings: number;
+}
+
+/** One weight tensor inside a memory-mapped file. Names are canonical HF names (GGUF names are mapped). */
+export interface TensorRef {
+  name: string;
+  file: string;
+  offset: number; // byte offset of the tensor data inside `file`
+  dtype: DType;
+  shape: number[]; // HF order: a linear weight is [out_features, in_features], row-major
+}
+
+/** Everything the native side needs to build a model: hyper-parameters plus where each tensor lies. */
+export interface ModelSpec {
+  architecture: Architecture;
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeScaling: RopeScaling | null;
+  /** 'half': HF rotate_half pairing (i, i+d/2); 'interleaved': pairs (2i, 2i+1) as llama.cpp's GGUF llama. */
+  ropeLayout: 'half' | 'interleaved';
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+  qkvBias: boolean; // Qwen2
+  qkNorm: boolean; // Qwen3
+  bosTokenId: number | null;
+  eosTokenIds: number[];
+  tensors: TensorRef[];
+}
+
+export interface SamplingParams {
+  temperature: number; // 0 = greedy (argmax)
+  topP: number; // 1 = off
+  topK: number; // <= 0 = off
+  minP: number; // 0 = off
+  seed: number | null; // null = engine-chosen; a given seed replays exactly
+  /** -1: no logprobs; 0: logprob of the chosen token only; n > 0: also the top n. */
+  logprobs: number;
+}
+
+/** One sequence's share of a step: a prefill chunk (many tokens) or a decode token (one). */
+export interface SeqStep {
+  tokenIds: ArrayLike<number>; // tokens processed this step
+  startPos: number; // position of tokenIds[0] = tokens of this sequence already in the KV cache
+  pages: ArrayLike<number>; // KV pages covering positions [0, startPos + tokenIds.length), in order
+  sample: boolean; // sample after the last token (false for a non-final prefill chunk)
+  sampling: SamplingParams;
+  outputIndex: number; // index of the sampled token in the request's output: with the seed it picks the RNG stream
+}
+
+export interface StepOptions {
+  /** Return the full-vocabulary logits of each sequence's last token (tests and correctness checks). */
+  returnLogits?: boolean;
+}
+
+export interface StepResult {
+  tokens: Int32Array; // per sequence; -1 where `sample` was false
+  logprobs: Float32Array; // per sequence: logprob of the chosen token; NaN where not asked
+  topN: number; // slots per sequence in topIds/topLogprobs (max logprobs asked in the batch)
+  topIds: Int32Array; // [numSeqs * topN], -1 padded
+  topLogprobs: Float32Array; // [numSeqs * topN]
+  logits?: Float32Array; // [numSeqs * vocabSize] when asked
+}
+
+export interface KvPoolInfo {
+  pageSize: number;
+  numPages: number;
+  bytesPerPage: number; // all layers, K and V
+}
+
+export interface MemoryInfo {
+  weightsBytes: number;
+  kvPoolBytes: number;
+  workspaceBytes: number;
+  deviceFreeBytes: number | null;
+  deviceTotalBytes: number | null;
+}
+
+export interface EngineOptions {
+  backend: BackendKind;
+  deviceId: number;
+  pageSize: number;
+  /** Number of KV pages; when absent, sized from memFractionStatic on the device (or host RAM for cpu). */
+  numPages?: number;
+  memFractionStatic: number;
+  maxBatchTokens: number; // upper bound on tokens in one step (sizes the workspace)
+  maxSeqsPerStep: number;
+  threads?: number; // cpu backend worker threads
+}
+
+export interface Engine {
+  readonly backend: BackendKind;
+  readonly spec: ModelSpec;
+  readonly kv: KvPoolInfo;
+  step(seqs: readonly SeqStep[], options?: StepOptions): StepResult;
+  /** Mean-pooled, L2-normalised last hidden states of one sequence (embedding workers). */
+  embed(tokenIds: ArrayLike<number>): Float32Array;
+  /** Copies the given KV pages (all layers, K and V) to a host buffer: the disaggregated transfer unit. */
+  exportPages(pages: ArrayLike<number>): Uint8Array;
+  importPages(pages: ArrayLike<number>, data: Uint8Array): void;
+  memoryInfo(): MemoryInfo;
+  close(): void;
+}
