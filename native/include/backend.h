@@ -1,0 +1,137 @@
+// The backend interface that native/cpu and native/cuda both implement. The addon (native/src) owns everything
+// around it: it parses the JS ModelSpec into a ModelDesc, memory-maps and shape-checks the weights into
+// ModelWeights (host pointers in their file dtype), validates each step descriptor into a StepView (step.h), and
+// turns EngineError into a JS error whose `.code` is the LLM_ERR_* string. A backend therefore trusts its inputs,
+// reports failures only by throwing EngineError (never exit/abort), and allocates its own KV pool and workspace.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "step.h"
+
+namespace dsg {
+
+/** A coded error: `code` is one of src/errors.ts ErrorCodes, e.g. "LLM_ERR_DEVICE". */
+struct EngineError : std::runtime_error {
+  std::string code;
+  EngineError(std::string code_, const std::string& message) : std::runtime_error(message), code(std::move(code_)) {}
+};
+
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+inline size_t dtypeSize(DType t) { return t == DType::F32 ? 4 : 2; }
+
+enum class Arch : int { Llama = 0, Qwen2 = 1, Qwen3 = 2 };
+enum class RopeLayout : int { Half = 0, Interleaved = 1 };
+
+struct RopeScalingLlama3 {
+  bool enabled = false;
+  double factor = 1, lowFreqFactor = 1, highFreqFactor = 1;
+  int originalMaxPositionEmbeddings = 0;
+};
+
+/** Hyper-parameters (mirrors ModelSpec in src/engine/types.ts, minus the tensor list). */
+struct ModelDesc {
+  Arch arch = Arch::Llama;
+  int vocabSize = 0, hiddenSize = 0, intermediateSize = 0, numLayers = 0;
+  int numHeads = 0, numKvHeads = 0, headDim = 0;
+  float rmsNormEps = 1e-6f;
+  double ropeTheta = 10000;
+  RopeScalingLlama3 ropeScaling;
+  RopeLayout ropeLayout = RopeLayout::Half;
+  int maxPositionEmbeddings = 0;
+  bool tieWordEmbeddings = false, qkvBias = false, qkNorm = false;
+};
+
+/** A weight tensor in host memory (memory-mapped file), in its file dtype; shape in HF order, row-major. */
+struct HostTensor {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  std::string name;  // canonical HF name, for messages
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+/** All weights, shape-checked against ModelDesc. Optional tensors have data == nullptr. */
+struct LayerWeights {
+  HostTensor inputNorm;                 // [hidden]
+  HostTensor q, k, v, o;                // [heads*headDim, hidden], [kvHeads*headDim, hidden] x2, [hidden, heads*headDim]
+  HostTensor qBias, kBias, vBias;       // qwen2 only: [heads*headDim], [kvHeads*headDim] x2
+  HostTensor qNorm, kNorm;              // qwen3 only: [headDim]
+  HostTensor postAttnNorm;              // [hidden]
+  HostTensor gate, up, down;            // [inter, hidden] x2, [hidden, inter]
+};
+struct ModelWeights {
+  HostTensor embed;                     // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  HostTensor finalNorm;                 // [hidden]
+  HostTensor lmHead;                    // [vocab, hidden]; aliases embed when tied
+};
+
+struct BackendOptions {
+  int deviceId = 0;
+  int pageSize = 16;
+  int64_t numPages = 0;          // 0: size from memFractionStatic
+  double memFractionStatic = 0.5;
+  int maxBatchTokens = 2048;     // sizes the workspace; the addon rejects larger steps
+  int maxSeqsPerStep = 256;
+  int threads = 0;               // cpu: worker threads (0 = hardware concurrency)
+};
+
+struct KvInfo {
+  int pageSize = 0;
+  int64_t numPages = 0;
+  int64_t bytesPerPage = 0;  // all layers, K and V: the exportPages unit
+};
+
+struct MemInfo {
+  int64_t weightsBytes = 0, kvPoolBytes = 0, workspaceBytes = 0;
+  int64_t deviceFreeBytes = -1, deviceTotalBytes = -1;  // -1: not a device backend
+};
+
+/**
+ * Where step() writes its results; buffers sized by the caller for step.numSeqs sequences.
+ * tokens[s] = -1 and logprobs[s] = NaN where seq s did not sample / asked no logprobs; topIds/topLogprobs hold
+ * step.maxTopN slots per sequence, padded with -1 / NaN. logits is [numSeqs * vocab] or nullptr when not asked.
+ */
+struct StepOutputs {
+  int32_t* tokens = nullptr;
+  float* logprobs = nullptr;
+  int32_t* topIds = nullptr;
+  float* topLogprobs = nullptr;
+  float* logits = nullptr;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;  // "cpu" | "cuda"
+  virtual KvInfo kvInfo() const = 0;
+  virtual MemInfo memInfo() const = 0;
+  /** Runs one forward step over a validated ragged batch: writes KV, samples per sequence (sampling.h). */
+  virtual void step(const StepView& step, const StepOutputs& out) = 0;
+  /** Mean-pooled, L2-normalised final hidden states (after the final norm) of one sequence; out is [hidden]. */
+  virtual void embed(const int32_t* tokenIds, int32_t n, float* out) = 0;
+  /** Copies pages (all layers, K and V; kvInfo().bytesPerPage each, in the given order) to/from host memory. */
+  virtual void exportPages(const int32_t* pages, int32_t n, uint8_t* out) = 0;
+  virtual void importPages(const int32_t* pages, int32_t n, const uint8_t* in) = 0;
+};
+
+/**
+ * Factories. The model desc and weights outlive the backend (the addon keeps the mappings open); a backend may
+ * copy or convert weights at creation. createCudaBackend exists only when built with DYNAMO_CUDA (native/cuda/);
+ * cudaBackendAvailable() is false otherwise.
+ */
+std::unique_ptr<Backend> createCpuBackend(const ModelDesc& desc, const ModelWeights& weights, const BackendOptions& options);
+#ifdef DYNAMO_CUDA
+std::unique_ptr<Backend> createCudaBackend(const ModelDesc& desc, const ModelWeights& weights, const BackendOptions& options);
+#endif
+
+}  // namespace dsg
