@@ -94,6 +94,7 @@ function bounds(schema: TSchema, noun: string): string {
   const hi = schema['maximum'] ?? schema['exclusiveMaximum'];
   const loOp = schema['minimum'] !== undefined ? '>=' : '>';
   const hiOp = schema['maximum'] !== undefined ? '<=' : '<';
+  if (lo === 0 && hi === 0xffff_ffff && loOp === '>=' && hiOp === '<=') return `${noun} >= 0 (u32)`;
   if (lo !== undefined && hi !== undefined) return `${noun} ${loOp} ${lo} and ${hiOp} ${hi}`;
   if (lo !== undefined) return `${noun} ${loOp} ${lo}`;
   if (hi !== undefined) return `${noun} ${hiOp} ${hi}`;
