@@ -18,6 +18,7 @@
 // 4. The uniform: Philox4x32-10 with key = (seedLo, seedHi) and counter = (outputIndex, 0, 0, 0); take output
 //    word 0 and u = (word0 >> 8) * 2^-24. A request therefore replays exactly, whatever the batch around it.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "step.h"

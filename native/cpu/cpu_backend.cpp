@@ -1,0 +1,460 @@
+// The CPU backend: a real forward pass for llama / qwen2 / qwen3 over a paged KV pool, multi-threaded on a small
+// persistent pool. Weights stay memory-mapped in their file dtype (kernels widen them to f32); norms and biases
+// are copied to f32 at creation. The KV pool is f32, laid out per layer as K then V, each
+// [numPages * pageSize, numKvHeads, headDim]: one page of one layer is one contiguous block.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <thread>
+
+#include "backend.h"
+#include "kernels.h"
+#include "sampling.h"
+#include "thread_pool.h"
+
+namespace dsg {
+namespace {
+
+constexpr int kLogitsChunk = 16;   // sequences per LM-head matmul
+constexpr int kKeyBlock = 64;      // keys per online-softmax block
+constexpr int kQueryTile = 16;     // query tokens per attention work unit
+
+std::vector<float> f32Copy(const HostTensor& t) {
+  std::vector<float> v;
+  if (!t.data) return v;
+  v.resize(t.numel());
+  toF32(t.data, t.dtype, t.numel(), v.data());
+  return v;
+}
+
+/** Anonymous zero-filled mapping: pages are committed only when touched. */
+class HostBuffer {
+ public:
+  HostBuffer() = default;
+  explicit HostBuffer(size_t bytes) : bytes_(bytes) {
+    if (bytes == 0) return;
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+      throw EngineError("LLM_ERR_OUT_OF_MEMORY", "cannot reserve " + std::to_string(bytes) + " bytes of host memory for the KV pool");
+    ptr_ = static_cast<float*>(p);
+  }
+  ~HostBuffer() {
+    if (ptr_) ::munmap(ptr_, bytes_);
+  }
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  float* data() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  size_t bytes_ = 0;
+  float* ptr_ = nullptr;
+};
+
+/** Where K and V of every layer live: base + (2*layer + kv) * layerStride floats. */
+struct KvView {
+  float* base;
+  int64_t layerStride;
+  float* k(int layer) const { return base + (int64_t)(2 * layer) * layerStride; }
+  float* v(int layer) const { return base + (int64_t)(2 * layer + 1) * layerStride; }
+};
+
+struct AttnUnit {
+  int32_t seq, kvHead, t0, t1;  // query tokens [t0, t1) of seq (relative to its qStart)
+};
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(const ModelDesc& d, const ModelWeights& w, const BackendOptions& o)
+      : d_(d), w_(w), opt_(o), pool_(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency())) {
+    if (o.pageSize < 1) throw EngineError("LLM_ERR_CONFIG", "pageSize must be >= 1, got " + std::to_string(o.pageSize));
+    if (o.maxBatchTokens < 1) throw EngineError("LLM_ERR_CONFIG", "maxBatchTokens must be >= 1");
+    if (o.maxSeqsPerStep < 1) throw EngineError("LLM_ERR_CONFIG", "maxSeqsPerStep must be >= 1");
+    H_ = d.hiddenSize;
+    D_ = d.headDim;
+    QD_ = (int64_t)d.numHeads * D_;
+    KD_ = (int64_t)d.numKvHeads * D_;
+    I_ = d.intermediateSize;
+    V_ = d.vocabSize;
+    for (const LayerWeights& L : w.layers) {
+      LayerF32 f;
+      f.inputNorm = f32Copy(L.inputNorm);
+      f.postAttnNorm = f32Copy(L.postAttnNorm);
+      f.qBias = f32Copy(L.qBias);
+      f.kBias = f32Copy(L.kBias);
+      f.vBias = f32Copy(L.vBias);
+      f.qNorm = f32Copy(L.qNorm);
+      f.kNorm = f32Copy(L.kNorm);
+      layers_.push_back(std::move(f));
+    }
+    finalNorm_ = f32Copy(w.finalNorm);
+    initRope();
+
+    const int64_t T = o.maxBatchTokens;
+    x_.resize(T * H_);
+    xn_.resize(T * std::max<int64_t>(H_, 1));
+    q_.resize(T * QD_);
+    k_.resize(T * KD_);
+    v_.resize(T * KD_);
+    attn_.resize(T * QD_);
+    gate_.resize(T * I_);
+    up_.resize(T * I_);
+    cos_.resize(T * (D_ / 2));
+    sin_.resize(T * (D_ / 2));
+    lastHidden_.resize((int64_t)kLogitsChunk * H_);
+    logits_.resize((int64_t)kLogitsChunk * V_);
+    attnScratch_.resize((size_t)pool_.size() * (D_ + kKeyBlock));
+    samplingScratch_.resize((size_t)pool_.size() * ((samplingScratchBytes(V_) + 3) / 4));
+    units_.reserve(1024);
+    workspaceBytes_ = (int64_t)(x_.size() + xn_.size() + q_.size() + k_.size() + v_.size() + attn_.size() + gate_.size() +
+                                up_.size() + cos_.size() + sin_.size() + lastHidden_.size() + logits_.size() +
+                                attnScratch_.size() + samplingScratch_.size()) * 4;
+
+    const int64_t pageElems = (int64_t)o.pageSize * KD_;
+    bytesPerPage_ = (int64_t)d.numLayers * 2 * pageElems * 4;
+    numPages_ = o.numPages;
+    int64_t weightsBytes = 0;
+    for (const HostTensor* t : allTensors()) weightsBytes += t->numel() * (int64_t)dtypeSize(t->dtype);
+    weightsBytes_ = weightsBytes;
+    if (numPages_ <= 0) {
+      const double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
+      const double budget = phys * o.memFractionStatic - (double)weightsBytes - (double)workspaceBytes_;
+      // No use for more pages than every sequence of a full step at the model's maximum length.
+      const double useful = std::ceil((double)o.maxSeqsPerStep * std::max(d.maxPositionEmbeddings, 1) / o.pageSize) + 1;
+      numPages_ = (int64_t)std::min({budget / (double)bytesPerPage_, useful, (double)std::numeric_limits<int32_t>::max()});
+      if (numPages_ < 1)
+        throw EngineError("LLM_ERR_OUT_OF_MEMORY", "memFractionStatic " + std::to_string(o.memFractionStatic) +
+                                                       " of host memory leaves no room for a KV page after the weights (" +
+                                                       std::to_string(weightsBytes) + " bytes)");
+    }
+    kvPool_ = std::make_unique<HostBuffer>((size_t)numPages_ * bytesPerPage_);
+    kv_ = KvView{kvPool_->data(), numPages_ * pageElems};
+  }
+
+  const char* name() const override { return "cpu"; }
+
+  KvInfo kvInfo() const override { return KvInfo{opt_.pageSize, numPages_, bytesPerPage_}; }
+
+  MemInfo memInfo() const override {
+    MemInfo m;
+    m.weightsBytes = weightsBytes_;
+    m.kvPoolBytes = numPages_ * bytesPerPage_;
+    m.workspaceBytes = workspaceBytes_;
+    return m;
+  }
+
+  void step(const StepView& s, const StepOutputs& out) override {
+    forwardLayers(s, kv_);
+    // Final norm + LM head for each sequence's last token, in chunks, then sampling.
+    const int V = V_;
+    for (int c0 = 0; c0 < s.numSeqs; c0 += kLogitsChunk) {
+      const int c1 = std::min(s.numSeqs, c0 + kLogitsChunk);
+      chunkSeqs_.clear();
+      for (int i = c0; i < c1; ++i)
+        if (s.seqs[i].sample || s.returnLogits) chunkSeqs_.push_back(i);
+      for (int i = c0; i < c1; ++i) {
+        if (!s.seqs[i].sample) {
+          out.tokens[i] = -1;
+          out.logprobs[i] = std::numeric_limits<float>::quiet_NaN();
+          for (int j = 0; j < s.maxTopN; ++j) {
+            out.topIds[(int64_t)i * s.maxTopN + j] = -1;
+            out.topLogprobs[(int64_t)i * s.maxTopN + j] = std::numeric_limits<float>::quiet_NaN();
+          }
+        }
+      }
+      if (chunkSeqs_.empty()) continue;
+      const int n = (int)chunkSeqs_.size();
+      for (int j = 0; j < n; ++j) {
+        const SeqView& q = s.seqs[chunkSeqs_[j]];
+        rmsNorm(&x_[(int64_t)(q.qStart + q.qLen - 1) * H_], finalNorm_.data(), H_, d_.rmsNormEps, &lastHidden_[(int64_t)j * H_]);
+      }
+      matmul(pool_, lastHidden_.data(), n, H_, w_.lmHead.data, w_.lmHead.dtype, V, nullptr, logits_.data(), V);
+      if (out.logits)
+        for (int j = 0; j < n; ++j)
+          std::memcpy(out.logits + (int64_t)chunkSeqs_[j] * V, &logits_[(int64_t)j * V], (size_t)V * 4);
+      pool_.parallelFor(n, [&](int64_t b, int64_t e, int t) {
+        void* scratch = &samplingScratch_[(size_t)t * ((samplingScratchBytes(V_) + 3) / 4)];
+        for (int64_t j = b; j < e; ++j) {
+          const int i = chunkSeqs_[j];
+          const SeqView& q = s.seqs[i];
+          if (!q.sample) continue;
+          out.tokens[i] = sampleFromLogits(&logits_[j * V], V, q.sampling, s.maxTopN, &out.logprobs[i],
+                                           out.topIds + (int64_t)i * s.maxTopN, out.topLogprobs + (int64_t)i * s.maxTopN, scratch);
+        }
+      });
+    }
+  }
+
+  void embed(const int32_t* tokenIds, int32_t n, float* out) override {
+    if (n < 1 || n > opt_.maxBatchTokens)
+      throw EngineError("LLM_ERR_CONTEXT_LENGTH", "embed: " + std::to_string(n) + " tokens, the engine takes 1.." + std::to_string(opt_.maxBatchTokens));
+    for (int32_t i = 0; i < n; ++i)
+      if (tokenIds[i] < 0 || tokenIds[i] >= V_)
+        throw EngineError("LLM_ERR_BAD_REQUEST", "embed: token " + std::to_string(tokenIds[i]) + " at index " + std::to_string(i) + " out of range [0, " + std::to_string(V_) + ")");
+    // A private KV block: embedding never touches the shared pool.
+    const int P = opt_.pageSize;
+    const int32_t np = (n + P - 1) / P;
+    const int64_t pageElems = (int64_t)P * KD_;
+    std::vector<float> kv((size_t)d_.numLayers * 2 * np * pageElems);
+    std::vector<int32_t> pages(np), positions(n);
+    for (int32_t i = 0; i < np; ++i) pages[i] = i;
+    for (int32_t i = 0; i < n; ++i) positions[i] = i;
+    SeqView seq{};
+    seq.qStart = 0;
+    seq.qLen = n;
+    seq.kvLen = n;
+    seq.pages = pages.data();
+    seq.numPages = np;
+    seq.lastPageLen = n - (np - 1) * P;
+    StepView view{};
+    view.numSeqs = 1;
+    view.numTokens = n;
+    view.pageSize = P;
+    view.tokens = tokenIds;
+    view.positions = positions.data();
+    view.seqs = &seq;
+    forwardLayers(view, KvView{kv.data(), np * pageElems});
+    std::vector<double> sum(H_, 0.0);
+    for (int32_t t = 0; t < n; ++t) {
+      float* row = &x_[(int64_t)t * H_];
+      rmsNorm(row, finalNorm_.data(), H_, d_.rmsNormEps, row);
+      for (int64_t i = 0; i < H_; ++i) sum[i] += row[i];
+    }
+    double norm = 0;
+    for (int64_t i = 0; i < H_; ++i) norm += (sum[i] / n) * (sum[i] / n);
+    norm = std::sqrt(norm);
+    for (int64_t i = 0; i < H_; ++i) out[i] = (float)(sum[i] / n / (norm > 0 ? norm : 1.0));
+  }
+
+  void exportPages(const int32_t* pages, int32_t n, uint8_t* out) override {
+    const size_t block = (size_t)opt_.pageSize * KD_ * 4;
+    for (int32_t i = 0; i < n; ++i)
+      for (int l = 0; l < d_.numLayers; ++l)
+        for (int kv = 0; kv < 2; ++kv) {
+          const float* src = (kv ? kv_.v(l) : kv_.k(l)) + (int64_t)pages[i] * opt_.pageSize * KD_;
+          std::memcpy(out, src, block);
+          out += block;
+        }
+  }
+
+  void importPages(const int32_t* pages, int32_t n, const uint8_t* in) override {
+    const size_t block = (size_t)opt_.pageSize * KD_ * 4;
+    for (int32_t i = 0; i < n; ++i)
+      for (int l = 0; l < d_.numLayers; ++l)
+        for (int kv = 0; kv < 2; ++kv) {
+          float* dst = (kv ? kv_.v(l) : kv_.k(l)) + (int64_t)pages[i] * opt_.pageSize * KD_;
+          std::memcpy(dst, in, block);
+          in += block;
+        }
+  }
+
+ private:
+  struct LayerF32 {
+    std::vector<float> inputNorm, postAttnNorm, qBias, kBias, vBias, qNorm, kNorm;
+  };
+
+  std::vector<const HostTensor*> allTensors() const {
+    std::vector<const HostTensor*> v{&w_.embed, &w_.finalNorm};
+    if (!d_.tieWordEmbeddings) v.push_back(&w_.lmHead);
+    for (const LayerWeights& L : w_.layers)
+      for (const HostTensor* t : {&L.inputNorm, &L.q, &L.k, &L.v, &L.o, &L.qBias, &L.kBias, &L.vBias, &L.qNorm, &L.kNorm,
+                                  &L.postAttnNorm, &L.gate, &L.up, &L.down})
+        if (t->data) v.push_back(t);
+    return v;
+  }
+
+  void initRope() {
+    const int half = D_ / 2;
+    invFreq_.resize(half);
+    const RopeScalingLlama3& rs = d_.ropeScaling;
+    for (int i = 0; i < half; ++i) {
+      double f = 1.0 / std::pow(d_.ropeTheta, (2.0 * i) / (double)D_);
+      if (rs.enabled) {
+        const double lowWave = rs.originalMaxPositionEmbeddings / rs.lowFreqFactor;
+        const double highWave = rs.originalMaxPositionEmbeddings / rs.highFreqFactor;
+        const double wave = 2 * M_PI / f;
+        if (wave > lowWave) {
+          f = f / rs.factor;
+        } else if (wave >= highWave) {
+          const double smooth = (rs.originalMaxPositionEmbeddings / wave - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor);
+          f = (1 - smooth) * f / rs.factor + smooth * f;
+        }
+      }
+      invFreq_[i] = (float)f;
+    }
+  }
+
+  void applyRope(float* v, const float* c, const float* s) const {
+    const int half = D_ / 2;
+    if (d_.ropeLayout == RopeLayout::Half) {
+      for (int i = 0; i < half; ++i) {
+        const float x0 = v[i], x1 = v[i + half];
+        v[i] = x0 * c[i] - x1 * s[i];
+        v[i + half] = x1 * c[i] + x0 * s[i];
+      }
+    } else {
+      for (int i = 0; i < half; ++i) {
+        const float x0 = v[2 * i], x1 = v[2 * i + 1];
+        v[2 * i] = x0 * c[i] - x1 * s[i];
+        v[2 * i + 1] = x1 * c[i] + x0 * s[i];
+      }
+    }
+  }
+
+  /** Runs every layer over the step's tokens; leaves the residual stream (pre final norm) in x_. */
+  void forwardLayers(const StepView& s, const KvView& kv) {
+    const int64_t T = s.numTokens, H = H_, D = D_, half = D_ / 2;
+    const int P = s.pageSize;
+    const float eps = d_.rmsNormEps;
+    // Embedding gather and the step's RoPE tables (shared by all layers).
+    for (int64_t t = 0; t < T; ++t) {
+      const size_t es = dtypeSize(w_.embed.dtype);
+      toF32(static_cast<const uint8_t*>(w_.embed.data) + (size_t)s.tokens[t] * H * es, w_.embed.dtype, H, &x_[t * H]);
+      const float pos = (float)s.positions[t];
+      for (int64_t i = 0; i < half; ++i) {
+        const float ang = pos * invFreq_[i];
+        cos_[t * half + i] = (float)std::cos((double)ang);
+        sin_[t * half + i] = (float)std::sin((double)ang);
+      }
+    }
+    buildUnits(s);
+    for (int l = 0; l < d_.numLayers; ++l) {
+      const LayerWeights& L = w_.layers[l];
+      const LayerF32& F = layers_[l];
+      for (int64_t t = 0; t < T; ++t) rmsNorm(&x_[t * H], F.inputNorm.data(), H, eps, &xn_[t * H]);
+      matmul(pool_, xn_.data(), T, H, L.q.data, L.q.dtype, QD_, F.qBias.empty() ? nullptr : F.qBias.data(), q_.data(), QD_);
+      matmul(pool_, xn_.data(), T, H, L.k.data, L.k.dtype, KD_, F.kBias.empty() ? nullptr : F.kBias.data(), k_.data(), KD_);
+      matmul(pool_, xn_.data(), T, H, L.v.data, L.v.dtype, KD_, F.vBias.empty() ? nullptr : F.vBias.data(), v_.data(), KD_);
+      float* K = kv.k(l);
+      float* Vc = kv.v(l);
+      for (int si = 0; si < s.numSeqs; ++si) {
+        const SeqView& q = s.seqs[si];
+        for (int32_t j = 0; j < q.qLen; ++j) {
+          const int64_t t = q.qStart + j;
+          const float* c = &cos_[t * half];
+          const float* sn = &sin_[t * half];
+          for (int h = 0; h < d_.numHeads; ++h) {
+            float* qh = &q_[t * QD_ + h * D];
+            if (d_.qkNorm) rmsNorm(qh, F.qNorm.data(), D, eps, qh);
+            applyRope(qh, c, sn);
+          }
+          for (int h = 0; h < d_.numKvHeads; ++h) {
+            float* kh = &k_[t * KD_ + h * D];
+            if (d_.qkNorm) rmsNorm(kh, F.kNorm.data(), D, eps, kh);
+            applyRope(kh, c, sn);
+          }
+          const int32_t pos = q.startPos() + j;
+          const int64_t row = (int64_t)q.pages[pos / P] * P + pos % P;
+          std::memcpy(K + row * KD_, &k_[t * KD_], (size_t)KD_ * 4);
+          std::memcpy(Vc + row * KD_, &v_[t * KD_], (size_t)KD_ * 4);
+        }
+      }
+      attention(s, K, Vc);
+      matmul(pool_, attn_.data(), T, QD_, L.o.data, L.o.dtype, H, nullptr, xn_.data(), H);
+      for (int64_t i = 0; i < T * H; ++i) x_[i] += xn_[i];
+      for (int64_t t = 0; t < T; ++t) rmsNorm(&x_[t * H], F.postAttnNorm.data(), H, eps, &xn_[t * H]);
+      matmul(pool_, xn_.data(), T, H, L.gate.data, L.gate.dtype, I_, nullptr, gate_.data(), I_);
+      matmul(pool_, xn_.data(), T, H, L.up.data, L.up.dtype, I_, nullptr, up_.data(), I_);
+      for (int64_t i = 0; i < T * I_; ++i) {
+        const float g = gate_[i];
+        gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
+      }
+      matmul(pool_, gate_.data(), T, I_, L.down.data, L.down.dtype, H, nullptr, xn_.data(), H);
+      for (int64_t i = 0; i < T * H; ++i) x_[i] += xn_[i];
+    }
+  }
+
+  void buildUnits(const StepView& s) {
+    units_.clear();
+    for (int si = 0; si < s.numSeqs; ++si) {
+      const SeqView& q = s.seqs[si];
+      for (int32_t t0 = 0; t0 < q.qLen; t0 += kQueryTile)
+        for (int h = 0; h < d_.numKvHeads; ++h) units_.push_back(AttnUnit{si, h, t0, std::min(q.qLen, t0 + kQueryTile)});
+    }
+  }
+
+  /** Causal attention of each query token over its sequence's paged K/V (cached prefix + this chunk). */
+  void attention(const StepView& s, const float* K, const float* Vc) {
+    const int64_t D = D_;
+    const int P = s.pageSize, group = d_.numHeads / d_.numKvHeads;
+    const float scale = 1.0f / std::sqrt((float)D);
+    std::atomic<int64_t> next{0};
+    const int64_t numUnits = (int64_t)units_.size();
+    // Work grows with context length; a single short decode is not worth waking the pool.
+    int64_t keys = 0;
+    for (int si = 0; si < s.numSeqs; ++si) keys += (int64_t)s.seqs[si].kvLen * s.seqs[si].qLen;
+    const int threads = keys * d_.numHeads * D < (1 << 16) ? 1 : pool_.size();
+    pool_.parallelFor(threads, [&](int64_t, int64_t, int tid) {
+      float* acc = &attnScratch_[(size_t)tid * (D + kKeyBlock)];
+      float* scores = acc + D;
+      for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < numUnits;) {
+        const AttnUnit& un = units_[u];
+        const SeqView& q = s.seqs[un.seq];
+        for (int32_t j = un.t0; j < un.t1; ++j) {
+          const int64_t t = q.qStart + j;
+          const int32_t last = q.startPos() + j;  // attends to keys [0, last]
+          for (int g = 0; g < group; ++g) {
+            const int h = un.kvHead * group + g;
+            const float* qh = &q_[t * QD_ + h * D];
+            float m = -std::numeric_limits<float>::infinity(), denom = 0;
+            std::fill(acc, acc + D, 0.0f);
+            for (int32_t kb = 0; kb <= last; kb += kKeyBlock) {
+              const int32_t ke = std::min(last + 1, kb + kKeyBlock);
+              float bm = -std::numeric_limits<float>::infinity();
+              for (int32_t key = kb; key < ke; ++key) {
+                const int64_t row = (int64_t)q.pages[key / P] * P + key % P;
+                const float sc = dotF32(qh, K + row * KD_ + un.kvHead * D, D) * scale;
+                scores[key - kb] = sc;
+                bm = std::max(bm, sc);
+              }
+              const float nm = std::max(m, bm);
+              const float corr = std::exp(m - nm);
+              if (corr != 1.0f) {
+                denom *= corr;
+                scaleF32(corr, acc, D);
+              }
+              for (int32_t key = kb; key < ke; ++key) {
+                const float p = std::exp(scores[key - kb] - nm);
+                denom += p;
+                const int64_t row = (int64_t)q.pages[key / P] * P + key % P;
+                axpyF32(p, Vc + row * KD_ + un.kvHead * D, acc, D);
+              }
+              m = nm;
+            }
+            float* o = &attn_[t * QD_ + h * D];
+            const float inv = 1.0f / denom;
+            for (int64_t i = 0; i < D; ++i) o[i] = acc[i] * inv;
+          }
+        }
+      }
+    });
+  }
+
+  ModelDesc d_;
+  ModelWeights w_;
+  BackendOptions opt_;
+  ThreadPool pool_;
+  int64_t H_, D_, QD_, KD_, I_;
+  int V_;
+  std::vector<LayerF32> layers_;
+  std::vector<float> finalNorm_, invFreq_;
+  std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_, cos_, sin_, lastHidden_, logits_, attnScratch_, samplingScratch_;
+  std::vector<AttnUnit> units_;
+  std::vector<int> chunkSeqs_;
+  int64_t workspaceBytes_ = 0, weightsBytes_ = 0, bytesPerPage_ = 0, numPages_ = 0;
+  std::unique_ptr<HostBuffer> kvPool_;
+  KvView kv_{};
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> createCpuBackend(const ModelDesc& desc, const ModelWeights& weights, const BackendOptions& options) {
+  return std::make_unique<CpuBackend>(desc, weights, options);
+}
+
+}  // namespace dsg

@@ -1,0 +1,256 @@
+#include "kernels.h"
+
+#include <cmath>
+#include <cstring>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define DSG_X86 1
+#define DSG_AVX2 __attribute__((target("avx2,fma,f16c")))
+#endif
+
+namespace dsg {
+
+namespace {
+
+inline float bf16ToF32(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline float f16ToF32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
+  if (exp == 0) {
+    if (mant == 0) {
+      u = sign;
+    } else {  // subnormal: renormalise
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400) == 0) {
+        mant <<= 1;
+        --exp;
+      }
+      u = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | (mant << 13);
+  } else {
+    u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <DType T>
+inline float loadScalar(const void* w, int64_t i) {
+  if constexpr (T == DType::F32) return static_cast<const float*>(w)[i];
+  if constexpr (T == DType::BF16) return bf16ToF32(static_cast<const uint16_t*>(w)[i]);
+  return f16ToF32(static_cast<const uint16_t*>(w)[i]);
+}
+
+// Portable matmul over output rows [n0, n1).
+template <DType T>
+void matmulRowsScalar(const float* x, int64_t M, int64_t K, const void* W, int64_t n0, int64_t n1, const float* bias,
+                      float* y, int64_t ldy) {
+  const size_t es = T == DType::F32 ? 4 : 2;
+  for (int64_t n = n0; n < n1; ++n) {
+    const void* row = static_cast<const uint8_t*>(W) + (size_t)n * K * es;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xm = x + m * K;
+      float acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += loadScalar<T>(row, k) * xm[k];
+      y[m * ldy + n] = acc + (bias ? bias[n] : 0.0f);
+    }
+  }
+}
+
+#ifdef DSG_X86
+template <DType T>
+DSG_AVX2 inline __m256 load8(const void* w, int64_t k) {
+  if constexpr (T == DType::F32) return _mm256_loadu_ps(static_cast<const float*>(w) + k);
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + k));
+  if constexpr (T == DType::BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  return _mm256_cvtph_ps(h);
+}
+
+DSG_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// One weight row against one token: 4 accumulators over k to hide FMA latency (the decode path).
+template <DType T>
+DSG_AVX2 float dotRow1(const void* row, const float* x, int64_t K) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    a0 = _mm256_fmadd_ps(load8<T>(row, k), _mm256_loadu_ps(x + k), a0);
+    a1 = _mm256_fmadd_ps(load8<T>(row, k + 8), _mm256_loadu_ps(x + k + 8), a1);
+    a2 = _mm256_fmadd_ps(load8<T>(row, k + 16), _mm256_loadu_ps(x + k + 16), a2);
+    a3 = _mm256_fmadd_ps(load8<T>(row, k + 24), _mm256_loadu_ps(x + k + 24), a3);
+  }
+  for (; k + 8 <= K; k += 8) a0 = _mm256_fmadd_ps(load8<T>(row, k), _mm256_loadu_ps(x + k), a0);
+  float acc = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  for (; k < K; ++k) acc += loadScalar<T>(row, k) * x[k];
+  return acc;
+}
+
+// Two weight rows against MT (<= 4) tokens: 2*MT accumulators, each weight load feeds MT FMAs.
+template <DType T, int MT>
+DSG_AVX2 void dotRows2(const void* r0, const void* r1, const float* x, int64_t K, float out[2][4]) {
+  __m256 a[2][MT];
+  for (int j = 0; j < MT; ++j) a[0][j] = a[1][j] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 w0 = load8<T>(r0, k), w1 = load8<T>(r1, k);
+    for (int j = 0; j < MT; ++j) {
+      const __m256 xv = _mm256_loadu_ps(x + j * K + k);
+      a[0][j] = _mm256_fmadd_ps(w0, xv, a[0][j]);
+      a[1][j] = _mm256_fmadd_ps(w1, xv, a[1][j]);
+    }
+  }
+  for (int j = 0; j < MT; ++j) {
+    float s0 = hsum(a[0][j]), s1 = hsum(a[1][j]);
+    for (int64_t kk = k; kk < K; ++kk) {
+      s0 += loadScalar<T>(r0, kk) * x[j * K + kk];
+      s1 += loadScalar<T>(r1, kk) * x[j * K + kk];
+    }
+    out[0][j] = s0;
+    out[1][j] = s1;
+  }
+}
+
+template <DType T>
+DSG_AVX2 void matmulRowsAvx2(const float* x, int64_t M, int64_t K, const void* W, int64_t n0, int64_t n1,
+                             const float* bias, float* y, int64_t ldy) {
+  const size_t rowBytes = (size_t)K * (T == DType::F32 ? 4 : 2);
+  const uint8_t* Wb = static_cast<const uint8_t*>(W);
+  if (M == 1) {
+    for (int64_t n = n0; n < n1; ++n) y[n] = dotRow1<T>(Wb + n * rowBytes, x, K) + (bias ? bias[n] : 0.0f);
+    return;
+  }
+  // Blocks of 16 weight rows stay in L2 while every 4-token tile of x passes over them.
+  constexpr int64_t RB = 16;
+  float out[2][4];
+  for (int64_t nb = n0; nb < n1; nb += RB) {
+    const int64_t ne = nb + RB < n1 ? nb + RB : n1;
+    for (int64_t m = 0; m < M; m += 4) {
+      const int mt = (int)(M - m < 4 ? M - m : 4);
+      const float* xm = x + m * K;
+      for (int64_t n = nb; n < ne; n += 2) {
+        const void* r0 = Wb + n * rowBytes;
+        const void* r1 = n + 1 < ne ? Wb + (n + 1) * rowBytes : r0;
+        switch (mt) {
+          case 4: dotRows2<T, 4>(r0, r1, xm, K, out); break;
+          case 3: dotRows2<T, 3>(r0, r1, xm, K, out); break;
+          case 2: dotRows2<T, 2>(r0, r1, xm, K, out); break;
+          default: dotRows2<T, 1>(r0, r1, xm, K, out); break;
+        }
+        for (int j = 0; j < mt; ++j) {
+          y[(m + j) * ldy + n] = out[0][j] + (bias ? bias[n] : 0.0f);
+          if (n + 1 < ne) y[(m + j) * ldy + n + 1] = out[1][j] + (bias ? bias[n + 1] : 0.0f);
+        }
+      }
+    }
+  }
+}
+
+DSG_AVX2 float dotAvx2(const float* a, const float* b, int64_t n) { return dotRow1<DType::F32>(a, b, n); }
+
+DSG_AVX2 void axpyAvx2(float a, const float* x, float* y, int64_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+#endif
+
+using RowsFn = void (*)(const float*, int64_t, int64_t, const void*, int64_t, int64_t, const float*, float*, int64_t);
+
+RowsFn pickRows(DType t) {
+#ifdef DSG_X86
+  if (cpuHasAvx2()) {
+    switch (t) {
+      case DType::F32: return matmulRowsAvx2<DType::F32>;
+      case DType::F16: return matmulRowsAvx2<DType::F16>;
+      case DType::BF16: return matmulRowsAvx2<DType::BF16>;
+    }
+  }
+#endif
+  switch (t) {
+    case DType::F32: return matmulRowsScalar<DType::F32>;
+    case DType::F16: return matmulRowsScalar<DType::F16>;
+    default: return matmulRowsScalar<DType::BF16>;
+  }
+}
+
+}  // namespace
+
+bool cpuHasAvx2() {
+#ifdef DSG_X86
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return has;
+#else
+  return false;
+#endif
+}
+
+void matmul(ThreadPool& pool, const float* x, int64_t M, int64_t K, const void* W, DType wt, int64_t N,
+            const float* bias, float* y, int64_t ldy) {
+  const RowsFn rows = pickRows(wt);
+  // Below ~256K multiply-adds a job is cheaper on one thread than the hand-off to the pool.
+  const int64_t work = M * N * K;
+  if (work < (1 << 18) || N < 32) {
+    rows(x, M, K, W, 0, N, bias, y, ldy);
+    return;
+  }
+  // Split on 16-row boundaries so every thread streams whole weight blocks.
+  const int64_t blocks = (N + 15) / 16;
+  pool.parallelFor(blocks, [&](int64_t b, int64_t e, int) { rows(x, M, K, W, b * 16, e * 16 < N ? e * 16 : N, bias, y, ldy); });
+}
+
+void toF32(const void* src, DType t, int64_t n, float* dst) {
+  switch (t) {
+    case DType::F32: std::memcpy(dst, src, (size_t)n * 4); return;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = loadScalar<DType::BF16>(src, i);
+      return;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = loadScalar<DType::F16>(src, i);
+      return;
+  }
+}
+
+float dotF32(const float* a, const float* b, int64_t n) {
+#ifdef DSG_X86
+  if (cpuHasAvx2()) return dotAvx2(a, b, n);
+#endif
+  float acc = 0;
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+void axpyF32(float a, const float* x, float* y, int64_t n) {
+#ifdef DSG_X86
+  if (cpuHasAvx2()) return axpyAvx2(a, x, y, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void scaleF32(float a, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] *= a;
+}
+
+void rmsNorm(const float* x, const float* w, int64_t n, float eps, float* out) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += (double)x[i] * x[i];
+  const float inv = (float)(1.0 / std::sqrt(ss / (double)n + eps));
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * inv * w[i];
+}
+
+}  // namespace dsg

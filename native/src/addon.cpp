@@ -1,0 +1,413 @@
+// The addon boundary: JS values in, checked once, handed to a Backend; coded errors out as JS errors whose `.code`
+// is the LLM_ERR_* string. Nothing here exits or aborts the process.
+#include <napi.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <string>
+#include <type_traits>
+
+#include "backend.h"
+#include "loader.h"
+#include "sampling.h"
+
+namespace dsg {
+namespace {
+
+Napi::Error codedError(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Error e = Napi::Error::New(env, message);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+/** Runs fn, turning C++ failures into coded JS errors. */
+template <class F>
+auto guarded(Napi::Env env, F&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const EngineError& e) {
+    throw codedError(env, e.code, e.what());
+  } catch (const std::bad_alloc&) {
+    throw codedError(env, "LLM_ERR_OUT_OF_MEMORY", "host memory allocation failed in the engine");
+  } catch (const std::exception& e) {
+    throw codedError(env, "LLM_ERR_INTERNAL", std::string("engine: ") + e.what());
+  }
+}
+
+[[noreturn]] void bad(const std::string& code, const std::string& message) { throw EngineError(code, message); }
+
+Napi::Value field(const Napi::Object& o, const char* where, const char* name) {
+  if (!o.Has(name)) bad("LLM_ERR_MODEL_FORMAT", std::string(where) + "." + name + " is missing");
+  return o.Get(name);
+}
+
+double num(const Napi::Object& o, const char* where, const char* name) {
+  Napi::Value v = field(o, where, name);
+  if (!v.IsNumber()) bad("LLM_ERR_MODEL_FORMAT", std::string(where) + "." + name + " must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d)) bad("LLM_ERR_MODEL_FORMAT", std::string(where) + "." + name + " must be finite");
+  return d;
+}
+
+int integer(const Napi::Object& o, const char* where, const char* name) {
+  const double d = num(o, where, name);
+  if (d != std::floor(d) || std::fabs(d) > 2147483647.0) bad("LLM_ERR_MODEL_FORMAT", std::string(where) + "." + name + " must be a 32-bit integer, got " + std::to_string(d));
+  return (int)d;
+}
+
+bool boolean(const Napi::Object& o, const char* where, const char* name) {
+  Napi::Value v = field(o, where, name);
+  if (!v.IsBoolean()) bad("LLM_ERR_MODEL_FORMAT", std::string(where) + "." + name + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+std::string str(const Napi::Object& o, const char* where, const char* name) {
+  Napi::Value v = field(o, where, name);
+  if (!v.IsString()) bad("LLM_ERR_MODEL_FORMAT", std::string(where) + "." + name + " must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+DType parseDType(const std::string& s, const std::string& tensor) {
+  if (s == "f32") return DType::F32;
+  if (s == "f16") return DType::F16;
+  if (s == "bf16") return DType::BF16;
+  bad("LLM_ERR_UNSUPPORTED_DTYPE", "tensor " + tensor + ": dtype '" + s + "' unsupported (f32, f16, bf16)");
+}
+
+ModelDesc parseDesc(const Napi::Object& spec) {
+  const char* W = "ModelSpec";
+  ModelDesc d;
+  const std::string arch = str(spec, W, "architecture");
+  if (arch == "llama") d.arch = Arch::Llama;
+  else if (arch == "qwen2") d.arch = Arch::Qwen2;
+  else if (arch == "qwen3") d.arch = Arch::Qwen3;
+  else bad("LLM_ERR_UNSUPPORTED_ARCH", "ModelSpec.architecture '" + arch + "' unsupported (llama, qwen2, qwen3)");
+  d.vocabSize = integer(spec, W, "vocabSize");
+  d.hiddenSize = integer(spec, W, "hiddenSize");
+  d.intermediateSize = integer(spec, W, "intermediateSize");
+  d.numLayers = integer(spec, W, "numLayers");
+  d.numHeads = integer(spec, W, "numHeads");
+  d.numKvHeads = integer(spec, W, "numKvHeads");
+  d.headDim = integer(spec, W, "headDim");
+  d.rmsNormEps = (float)num(spec, W, "rmsNormEps");
+  d.ropeTheta = num(spec, W, "ropeTheta");
+  d.maxPositionEmbeddings = integer(spec, W, "maxPositionEmbeddings");
+  d.tieWordEmbeddings = boolean(spec, W, "tieWordEmbeddings");
+  d.qkvBias = boolean(spec, W, "qkvBias");
+  d.qkNorm = boolean(spec, W, "qkNorm");
+  const std::string layout = str(spec, W, "ropeLayout");
+  if (layout == "half") d.ropeLayout = RopeLayout::Half;
+  else if (layout == "interleaved") d.ropeLayout = RopeLayout::Interleaved;
+  else bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.ropeLayout '" + layout + "' unsupported (half, interleaved)");
+  Napi::Value rs = field(spec, W, "ropeScaling");
+  if (rs.IsObject()) {
+    Napi::Object r = rs.As<Napi::Object>();
+    const char* R = "ModelSpec.ropeScaling";
+    if (str(r, R, "type") != "llama3") bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.ropeScaling.type must be 'llama3'");
+    d.ropeScaling.enabled = true;
+    d.ropeScaling.factor = num(r, R, "factor");
+    d.ropeScaling.lowFreqFactor = num(r, R, "lowFreqFactor");
+    d.ropeScaling.highFreqFactor = num(r, R, "highFreqFactor");
+    d.ropeScaling.originalMaxPositionEmbeddings = integer(r, R, "originalMaxPositionEmbeddings");
+    if (!(d.ropeScaling.factor > 0) || !(d.ropeScaling.highFreqFactor > d.ropeScaling.lowFreqFactor))
+      bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.ropeScaling: need factor > 0 and highFreqFactor > lowFreqFactor");
+  } else if (!rs.IsNull() && !rs.IsUndefined()) {
+    bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.ropeScaling must be an object or null");
+  }
+  return d;
+}
+
+std::vector<TensorRefDesc> parseTensors(const Napi::Object& spec) {
+  Napi::Value tv = field(spec, "ModelSpec", "tensors");
+  if (!tv.IsArray()) bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.tensors must be an array");
+  Napi::Array arr = tv.As<Napi::Array>();
+  std::vector<TensorRefDesc> out(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    Napi::Value e = arr.Get(i);
+    const std::string where = "ModelSpec.tensors[" + std::to_string(i) + "]";
+    if (!e.IsObject()) bad("LLM_ERR_MODEL_FORMAT", where + " must be an object");
+    Napi::Object o = e.As<Napi::Object>();
+    TensorRefDesc& t = out[i];
+    t.name = str(o, where.c_str(), "name");
+    t.file = str(o, where.c_str(), "file");
+    const double off = num(o, where.c_str(), "offset");
+    if (off < 0 || off != std::floor(off)) bad("LLM_ERR_MODEL_FORMAT", where + ".offset must be a non-negative integer");
+    t.offset = (uint64_t)off;
+    t.dtype = parseDType(str(o, where.c_str(), "dtype"), t.name);
+    Napi::Value sv = field(o, where.c_str(), "shape");
+    if (!sv.IsArray()) bad("LLM_ERR_MODEL_FORMAT", where + ".shape must be an array");
+    Napi::Array sa = sv.As<Napi::Array>();
+    for (uint32_t j = 0; j < sa.Length(); ++j) {
+      Napi::Value dv = sa.Get(j);
+      if (!dv.IsNumber() || dv.As<Napi::Number>().DoubleValue() < 0) bad("LLM_ERR_MODEL_FORMAT", where + ".shape has a bad dimension");
+      t.shape.push_back(dv.As<Napi::Number>().Int64Value());
+    }
+  }
+  return out;
+}
+
+BackendOptions parseOptions(const Napi::Object& o, std::string& backendName) {
+  const char* W = "EngineOptions";
+  auto cfg = [&](auto fn) {
+    try {
+      return fn();
+    } catch (const EngineError& e) {
+      throw EngineError("LLM_ERR_CONFIG", e.what());
+    }
+  };
+  BackendOptions b;
+  backendName = cfg([&] { return str(o, W, "backend"); });
+  b.deviceId = cfg([&] { return integer(o, W, "deviceId"); });
+  b.pageSize = cfg([&] { return integer(o, W, "pageSize"); });
+  b.memFractionStatic = cfg([&] { return num(o, W, "memFractionStatic"); });
+  b.maxBatchTokens = cfg([&] { return integer(o, W, "maxBatchTokens"); });
+  b.maxSeqsPerStep = cfg([&] { return integer(o, W, "maxSeqsPerStep"); });
+  if (o.Has("numPages") && !o.Get("numPages").IsUndefined()) b.numPages = cfg([&] { return integer(o, W, "numPages"); });
+  if (o.Has("threads") && !o.Get("threads").IsUndefined()) b.threads = cfg([&] { return integer(o, W, "threads"); });
+  auto atLeast = [](const char* name, int64_t v, int64_t lo) {
+    if (v < lo) bad("LLM_ERR_CONFIG", std::string("EngineOptions.") + name + " must be >= " + std::to_string(lo) + ", got " + std::to_string(v));
+  };
+  atLeast("pageSize", b.pageSize, 1);
+  atLeast("maxBatchTokens", b.maxBatchTokens, 1);
+  atLeast("maxSeqsPerStep", b.maxSeqsPerStep, 1);
+  atLeast("numPages", b.numPages, 0);
+  atLeast("threads", b.threads, 0);
+  if (!(b.memFractionStatic > 0 && b.memFractionStatic <= 1))
+    bad("LLM_ERR_CONFIG", "EngineOptions.memFractionStatic must be in (0, 1], got " + std::to_string(b.memFractionStatic));
+  return b;
+}
+
+template <class T>
+constexpr napi_typedarray_type typedArrayTypeOf() {
+  if constexpr (std::is_same_v<T, int32_t>) return napi_int32_array;
+  else if constexpr (std::is_same_v<T, float>) return napi_float32_array;
+  else return napi_uint8_array;
+}
+
+template <class T>
+Napi::TypedArrayOf<T> typedArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsTypedArray()) bad("LLM_ERR_BAD_REQUEST", std::string(what) + " must be a typed array");
+  Napi::TypedArray ta = info[i].As<Napi::TypedArray>();
+  if (ta.TypedArrayType() != typedArrayTypeOf<T>()) bad("LLM_ERR_BAD_REQUEST", std::string(what) + " has the wrong element type");
+  return ta.As<Napi::TypedArrayOf<T>>();
+}
+
+class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "NativeEngine",
+                       {InstanceMethod("step", &EngineWrap::Step), InstanceMethod("embed", &EngineWrap::Embed),
+                        InstanceMethod("exportPages", &EngineWrap::ExportPages),
+                        InstanceMethod("importPages", &EngineWrap::ImportPages),
+                        InstanceMethod("kvInfo", &EngineWrap::KvInfoJs),
+                        InstanceMethod("memoryInfo", &EngineWrap::MemoryInfoJs),
+                        InstanceMethod("close", &EngineWrap::Close)});
+  }
+
+  EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
+    guarded(info.Env(), [&] {
+      if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject())
+        bad("LLM_ERR_BAD_REQUEST", "NativeEngine(spec, options): both arguments must be objects");
+      std::string backendName;
+      const BackendOptions opts = parseOptions(info[1].As<Napi::Object>(), backendName);
+      const Napi::Object spec = info[0].As<Napi::Object>();
+      const ModelDesc desc = parseDesc(spec);
+      const std::vector<TensorRefDesc> tensors = parseTensors(spec);
+      if (backendName != "cpu" && backendName != "cuda")
+        bad("LLM_ERR_CONFIG", "EngineOptions.backend '" + backendName + "' unknown (cpu, cuda)");
+#ifndef DYNAMO_CUDA
+      if (backendName == "cuda")
+        bad("LLM_ERR_NATIVE_BUILD", "the native addon was built without the CUDA backend (no CUDA toolkit with cuBLAS at build time, or DYNAMO_SGLANG_CPU_ONLY=1)");
+#endif
+      model_ = loadModel(desc, tensors);
+#ifdef DYNAMO_CUDA
+      if (backendName == "cuda") backend_ = createCudaBackend(model_->desc, model_->weights, opts);
+#endif
+      if (!backend_) backend_ = createCpuBackend(model_->desc, model_->weights, opts);
+      opts_ = opts;
+      return 0;
+    });
+  }
+
+ private:
+  Backend& live() {
+    if (!backend_) bad("LLM_ERR_SHUTDOWN", "engine is closed");
+    return *backend_;
+  }
+
+  Napi::Value Step(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      Backend& be = live();
+      Napi::Int32Array desc = typedArg<int32_t>(info, 0, "step descriptor");
+      const KvInfo kv = be.kvInfo();
+      const StepLimits lim{model_->desc.vocabSize, kv.pageSize, opts_.maxBatchTokens, opts_.maxSeqsPerStep, kv.numPages};
+      checkStep(desc.Data(), desc.ElementLength(), lim, checked_, pageOwner_);
+      const StepView& v = checked_.view;
+      Napi::Int32Array tokens = Napi::Int32Array::New(env, v.numSeqs);
+      Napi::Float32Array logprobs = Napi::Float32Array::New(env, v.numSeqs);
+      Napi::Int32Array topIds = Napi::Int32Array::New(env, (size_t)v.numSeqs * v.maxTopN);
+      Napi::Float32Array topLogprobs = Napi::Float32Array::New(env, (size_t)v.numSeqs * v.maxTopN);
+      Napi::Object result = Napi::Object::New(env);
+      StepOutputs out;
+      out.tokens = tokens.Data();
+      out.logprobs = logprobs.Data();
+      out.topIds = topIds.Data();
+      out.topLogprobs = topLogprobs.Data();
+      if (v.returnLogits) {
+        Napi::Float32Array logits = Napi::Float32Array::New(env, (size_t)v.numSeqs * model_->desc.vocabSize);
+        out.logits = logits.Data();
+        result.Set("logits", logits);
+      }
+      be.step(v, out);
+      result.Set("tokens", tokens);
+      result.Set("logprobs", logprobs);
+      result.Set("topN", Napi::Number::New(env, v.maxTopN));
+      result.Set("topIds", topIds);
+      result.Set("topLogprobs", topLogprobs);
+      return result;
+    });
+  }
+
+  Napi::Value Embed(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      Backend& be = live();
+      Napi::Int32Array ids = typedArg<int32_t>(info, 0, "embed token ids");
+      Napi::Float32Array out = Napi::Float32Array::New(env, model_->desc.hiddenSize);
+      be.embed(ids.Data(), (int32_t)ids.ElementLength(), out.Data());
+      return out;
+    });
+  }
+
+  void checkPages(const Napi::Int32Array& pages, int64_t numPages) {
+    for (size_t i = 0; i < pages.ElementLength(); ++i)
+      if (pages[i] < 0 || pages[i] >= numPages)
+        bad("LLM_ERR_KV_TRANSFER", "page " + std::to_string(pages[i]) + " at index " + std::to_string(i) + " out of range [0, " + std::to_string(numPages) + ")");
+  }
+
+  Napi::Value ExportPages(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      Backend& be = live();
+      Napi::Int32Array pages = typedArg<int32_t>(info, 0, "pages");
+      const KvInfo kv = be.kvInfo();
+      checkPages(pages, kv.numPages);
+      Napi::Uint8Array out = Napi::Uint8Array::New(env, pages.ElementLength() * (size_t)kv.bytesPerPage);
+      be.exportPages(pages.Data(), (int32_t)pages.ElementLength(), out.Data());
+      return out;
+    });
+  }
+
+  Napi::Value ImportPages(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      Backend& be = live();
+      Napi::Int32Array pages = typedArg<int32_t>(info, 0, "pages");
+      Napi::Uint8Array data = typedArg<uint8_t>(info, 1, "page data");
+      const KvInfo kv = be.kvInfo();
+      checkPages(pages, kv.numPages);
+      if (data.ElementLength() != pages.ElementLength() * (size_t)kv.bytesPerPage)
+        bad("LLM_ERR_KV_TRANSFER", "page data has " + std::to_string(data.ElementLength()) + " bytes, expected " +
+                                       std::to_string(pages.ElementLength()) + " pages x " + std::to_string(kv.bytesPerPage));
+      be.importPages(pages.Data(), (int32_t)pages.ElementLength(), data.Data());
+      return env.Undefined();
+    });
+  }
+
+  Napi::Value KvInfoJs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      const KvInfo kv = live().kvInfo();
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("pageSize", kv.pageSize);
+      o.Set("numPages", (double)kv.numPages);
+      o.Set("bytesPerPage", (double)kv.bytesPerPage);
+      return o;
+    });
+  }
+
+  Napi::Value MemoryInfoJs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      const MemInfo m = live().memInfo();
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("weightsBytes", (double)m.weightsBytes);
+      o.Set("kvPoolBytes", (double)m.kvPoolBytes);
+      o.Set("workspaceBytes", (double)m.workspaceBytes);
+      o.Set("deviceFreeBytes", m.deviceFreeBytes < 0 ? env.Null() : Napi::Number::New(env, (double)m.deviceFreeBytes));
+      o.Set("deviceTotalBytes", m.deviceTotalBytes < 0 ? env.Null() : Napi::Number::New(env, (double)m.deviceTotalBytes));
+      return o;
+    });
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    backend_.reset();
+    model_.reset();
+    return info.Env().Undefined();
+  }
+
+  std::unique_ptr<LoadedModel> model_;
+  std::unique_ptr<Backend> backend_;
+  BackendOptions opts_;
+  CheckedStep checked_;
+  std::vector<int32_t> pageOwner_;
+};
+
+/** Test entry: the reference sampler on given logits. sampleFromLogits(logits, params, seedLo, seedHi, outputIndex). */
+Napi::Value SampleFromLogitsJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    Napi::Float32Array logits = typedArg<float>(info, 0, "logits");
+    if (logits.ElementLength() == 0) bad("LLM_ERR_BAD_REQUEST", "logits is empty");
+    if (info.Length() < 5 || !info[1].IsObject()) bad("LLM_ERR_BAD_REQUEST", "sampleFromLogits(logits, params, seedLo, seedHi, outputIndex)");
+    Napi::Object p = info[1].As<Napi::Object>();
+    const char* W = "params";
+    SamplingParams sp;
+    sp.temperature = (float)num(p, W, "temperature");
+    sp.topP = (float)num(p, W, "topP");
+    sp.topK = integer(p, W, "topK");
+    sp.minP = (float)num(p, W, "minP");
+    sp.logprobs = integer(p, W, "logprobs");
+    sp.seed = (uint64_t)info[2].As<Napi::Number>().Uint32Value() | ((uint64_t)info[3].As<Napi::Number>().Uint32Value() << 32);
+    sp.outputIndex = info[4].As<Napi::Number>().Int32Value();
+    if (sp.logprobs > MAX_TOP_LOGPROBS) bad("LLM_ERR_BAD_REQUEST", "params.logprobs above " + std::to_string(MAX_TOP_LOGPROBS));
+    const int32_t vocab = (int32_t)logits.ElementLength();
+    const int32_t topN = sp.logprobs > 0 ? sp.logprobs : 0;
+    std::vector<uint8_t> scratch(samplingScratchBytes(vocab));
+    Napi::Int32Array topIds = Napi::Int32Array::New(env, topN);
+    Napi::Float32Array topLogprobs = Napi::Float32Array::New(env, topN);
+    float logprob = 0;
+    const int32_t token = sampleFromLogits(logits.Data(), vocab, sp, topN, &logprob, topIds.Data(), topLogprobs.Data(), scratch.data());
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("token", token);
+    r.Set("logprob", logprob);
+    r.Set("topIds", topIds);
+    r.Set("topLogprobs", topLogprobs);
+    return r;
+  });
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("NativeEngine", EngineWrap::Init(env));
+  exports.Set("sampleFromLogits", Napi::Function::New(env, SampleFromLogitsJs));
+  Napi::Array backends = Napi::Array::New(env);
+  backends.Set((uint32_t)0, "cpu");
+#ifdef DYNAMO_CUDA
+  backends.Set((uint32_t)1, "cuda");
+#endif
+  exports.Set("backends", backends);
+  exports.Set("stepLayoutVersion", STEP_VERSION);
+  return exports;
+}
+
+}  // namespace
+}  // namespace dsg
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return dsg::Init(env, exports); }
+
+NODE_API_MODULE(dynamo_sglang, InitModule)
