@@ -1,0 +1,95 @@
+// Loads the native engine addon (native/build/Release/dynamo_sglang.node) once, with a coded error when it is
+// missing, and types its exports. The addon's own checks throw errors whose `.code` is an LLM_ERR_* string.
+
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { LlmError } from '../errors.js';
+import type { BackendKind, EngineOptions, KvPoolInfo, MemoryInfo, ModelSpec } from './types.js';
+
+/** What NativeEngine.step returns (StepResult with `topN` always a number and `logits` only when asked). */
+export interface NativeStepResult {
+  tokens: Int32Array;
+  logprobs: Float32Array;
+  topN: number;
+  topIds: Int32Array;
+  topLogprobs: Float32Array;
+  logits?: Float32Array;
+}
+
+export interface NativeEngine {
+  step(descriptor: Int32Array): NativeStepResult;
+  embed(tokenIds: Int32Array): Float32Array;
+  exportPages(pages: Int32Array): Uint8Array;
+  importPages(pages: Int32Array, data: Uint8Array): void;
+  kvInfo(): KvPoolInfo;
+  memoryInfo(): MemoryInfo;
+  close(): void;
+}
+
+export interface NativeSamplingParams {
+  temperature: number;
+  topP: number;
+  topK: number;
+  minP: number;
+  logprobs: number;
+}
+
+export interface NativeSample {
+  token: number;
+  logprob: number;
+  topIds: Int32Array;
+  topLogprobs: Float32Array;
+}
+
+export interface NativeAddon {
+  NativeEngine: new (spec: ModelSpec, options: EngineOptions) => NativeEngine;
+  /** Test entry: the engine's reference sampler (native/include/sampling.h) on given logits. */
+  sampleFromLogits(logits: Float32Array, params: NativeSamplingParams, seedLo: number, seedHi: number, outputIndex: number): NativeSample;
+  /** Backends compiled into this build. */
+  backends: BackendKind[];
+  stepLayoutVersion: number;
+}
+
+const ADDON_RELATIVE = join('native', 'build', 'Release', 'dynamo_sglang.node');
+
+/** The package root: the nearest directory above this module that holds native/. */
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'native', 'CMakeLists.txt'))) return dir;
+    const up = dirname(dir);
+    if (up === dir) return dirname(fileURLToPath(import.meta.url));
+    dir = up;
+  }
+}
+
+let cached: NativeAddon | undefined;
+
+export function addonPath(): string {
+  return join(packageRoot(), ADDON_RELATIVE);
+}
+
+export function loadAddon(): NativeAddon {
+  if (cached) return cached;
+  const path = addonPath();
+  if (!existsSync(path)) throw new LlmError('LLM_ERR_NATIVE_BUILD', `native addon not built: run npm ci (or npm run build); expected ${path}`);
+  try {
+    cached = createRequire(import.meta.url)(path) as NativeAddon;
+  } catch (err) {
+    throw new LlmError('LLM_ERR_NATIVE_BUILD', `native addon at ${path} failed to load: ${(err as Error).message}; rebuild with npm run build`, {
+      cause: err,
+    });
+  }
+  return cached;
+}
+
+/** Backends compiled into the addon; empty when the addon is missing. */
+export function compiledBackends(): BackendKind[] {
+  try {
+    return [...loadAddon().backends];
+  } catch {
+    return [];
+  }
+}

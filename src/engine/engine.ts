@@ -1,0 +1,98 @@
+// openEngine(): the Engine of src/engine/types.ts over the native addon. Steps are packed into the flat descriptor
+// (step.ts) and checked again natively; native errors arrive with `.code` and are rethrown as LlmError.
+
+import { LlmError, isErrorCode } from '../errors.js';
+import { loadAddon, type NativeEngine } from './addon.js';
+import { packStep } from './step.js';
+import type { BackendKind, Engine, EngineOptions, KvPoolInfo, MemoryInfo, ModelSpec, SeqStep, StepOptions, StepResult } from './types.js';
+
+/** Rethrows a native error as an LlmError with the same code (unknown codes become LLM_ERR_INTERNAL). */
+function native<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof LlmError) throw err;
+    const e = err as { code?: unknown; message?: unknown };
+    const code = isErrorCode(e?.code) ? e.code : 'LLM_ERR_INTERNAL';
+    throw new LlmError(code, typeof e?.message === 'string' ? e.message : String(err), { cause: err });
+  }
+}
+
+function toInt32(xs: ArrayLike<number>): Int32Array {
+  return xs instanceof Int32Array ? xs : Int32Array.from(xs as ArrayLike<number>);
+}
+
+class NativeBackedEngine implements Engine {
+  readonly backend: BackendKind;
+  readonly spec: ModelSpec;
+  readonly kv: KvPoolInfo;
+  private handle: NativeEngine | null;
+
+  constructor(handle: NativeEngine, spec: ModelSpec, backend: BackendKind) {
+    this.handle = handle;
+    this.spec = spec;
+    this.backend = backend;
+    this.kv = native(() => handle.kvInfo());
+  }
+
+  private live(): NativeEngine {
+    if (!this.handle) throw new LlmError('LLM_ERR_SHUTDOWN', 'engine is closed');
+    return this.handle;
+  }
+
+  step(seqs: readonly SeqStep[], options: StepOptions = {}): StepResult {
+    const h = this.live();
+    const desc = packStep(seqs, this.kv.pageSize, {
+      returnLogits: options.returnLogits === true,
+      vocabSize: this.spec.vocabSize,
+      numPages: this.kv.numPages,
+    });
+    const r = native(() => h.step(desc));
+    const result: StepResult = { tokens: r.tokens, logprobs: r.logprobs, topN: r.topN, topIds: r.topIds, topLogprobs: r.topLogprobs };
+    if (r.logits) result.logits = r.logits;
+    return result;
+  }
+
+  embed(tokenIds: ArrayLike<number>): Float32Array {
+    const h = this.live();
+    return native(() => h.embed(toInt32(tokenIds)));
+  }
+
+  exportPages(pages: ArrayLike<number>): Uint8Array {
+    const h = this.live();
+    return native(() => h.exportPages(toInt32(pages)));
+  }
+
+  importPages(pages: ArrayLike<number>, data: Uint8Array): void {
+    const h = this.live();
+    native(() => h.importPages(toInt32(pages), data));
+  }
+
+  memoryInfo(): MemoryInfo {
+    const h = this.live();
+    return native(() => h.memoryInfo());
+  }
+
+  close(): void {
+    if (!this.handle) return;
+    this.handle.close();
+    this.handle = null;
+  }
+}
+
+/**
+ * Opens an engine on the asked backend ('auto' is resolved by the caller). A backend missing from this build is
+ * LLM_ERR_NATIVE_BUILD; bad model files or options surface with their own codes, naming the file/tensor/field.
+ */
+export function openEngine(spec: ModelSpec, options: EngineOptions): Engine {
+  const addon = loadAddon();
+  if (!addon.backends.includes(options.backend)) {
+    throw new LlmError(
+      'LLM_ERR_NATIVE_BUILD',
+      `backend '${options.backend}' is not compiled into the native addon (compiled: ${addon.backends.join(', ')}); ` +
+        (options.backend === 'cuda' ? 'rebuild where the CUDA toolkit with cuBLAS is installed, without DYNAMO_SGLANG_CPU_ONLY' : 'rebuild with npm run build'),
+    );
+  }
+  const handle = native(() => new addon.NativeEngine(spec, options));
+  return new NativeBackedEngine(handle, spec, options.backend);
+}

@@ -1,0 +1,180 @@
+// The flat step descriptor, TS side: packStep() turns a StepBatch (SeqStep[]) into the one Int32Array that
+// crosses the addon boundary. The layout is written down once, in native/include/step.h; the constants below
+// mirror it word for word, and the addon re-checks every field (this packer fails early with the same naming).
+//
+// Header (16 words): magic, version, numSeqs, numTokens, pageSize, numPageEntries, flags, tokensOffset,
+//   positionsOffset, seqsOffset, pagesOffset, totalWords, 4 reserved.
+// Sections, packed in order: tokens[numTokens], positions[numTokens], seqs[numSeqs * 16], pages[numPageEntries].
+// Sequence record (16 words): qStart, qLen, kvLen, pageStart, numPages, lastPageLen, flags (bit 0 sample),
+//   temperature (f32), topP (f32), topK, minP (f32), seedLo (u32), seedHi (u32), logprobs, outputIndex, reserved.
+
+import { randomBytes } from 'node:crypto';
+import { LlmError } from '../errors.js';
+import type { SeqStep } from './types.js';
+
+export const STEP_MAGIC = 0x50545344; // "DSTP"
+export const STEP_VERSION = 1;
+export const STEP_HEADER_WORDS = 16;
+export const STEP_SEQ_WORDS = 16;
+export const MAX_TOP_LOGPROBS = 64;
+export const STEP_FLAG_RETURN_LOGITS = 1;
+export const SEQ_FLAG_SAMPLE = 1;
+
+export const Header = {
+  magic: 0,
+  version: 1,
+  numSeqs: 2,
+  numTokens: 3,
+  pageSize: 4,
+  numPageEntries: 5,
+  flags: 6,
+  tokensOffset: 7,
+  positionsOffset: 8,
+  seqsOffset: 9,
+  pagesOffset: 10,
+  totalWords: 11,
+} as const;
+
+export const SeqField = {
+  qStart: 0,
+  qLen: 1,
+  kvLen: 2,
+  pageStart: 3,
+  numPages: 4,
+  lastPageLen: 5,
+  flags: 6,
+  temperature: 7,
+  topP: 8,
+  topK: 9,
+  minP: 10,
+  seedLo: 11,
+  seedHi: 12,
+  logprobs: 13,
+  outputIndex: 14,
+} as const;
+
+export interface PackOptions {
+  returnLogits?: boolean;
+  /** When given, token ids are checked against it. */
+  vocabSize?: number;
+  /** When given, page indices are checked against it. */
+  numPages?: number;
+}
+
+function invalid(message: string): never {
+  throw new LlmError('LLM_ERR_STEP_INVALID', message);
+}
+
+function isInt(x: number): boolean {
+  return Number.isInteger(x) && x >= -0x80000000 && x <= 0x7fffffff;
+}
+
+/** Splits a seed (a non-negative integer up to 2^64 - 1, as a number or bigint) into two u32 words. */
+export function splitSeed(seed: number | bigint): [number, number] {
+  const big = typeof seed === 'bigint' ? seed : BigInt(seed);
+  return [Number(big & 0xffffffffn), Number((big >> 32n) & 0xffffffffn)];
+}
+
+function checkSeed(s: number, seed: number): void {
+  if (!Number.isSafeInteger(seed) || seed < 0) invalid(`seq ${s}: sampling.seed ${seed} must be a non-negative safe integer or null`);
+}
+
+/** Packs a ragged batch into the step descriptor of native/include/step.h. Throws LLM_ERR_STEP_INVALID. */
+export function packStep(seqs: readonly SeqStep[], pageSize: number, options: PackOptions = {}): Int32Array {
+  if (!isInt(pageSize) || pageSize < 1) invalid(`pageSize ${pageSize} must be an integer >= 1`);
+  if (seqs.length === 0) invalid('a step needs at least one sequence');
+  let numTokens = 0;
+  let numEntries = 0;
+  for (let s = 0; s < seqs.length; s++) {
+    const q = seqs[s];
+    const qLen = q.tokenIds.length;
+    if (qLen < 1) invalid(`seq ${s}: tokenIds is empty`);
+    if (!isInt(q.startPos) || q.startPos < 0) invalid(`seq ${s}: startPos ${q.startPos} must be an integer >= 0`);
+    const kvLen = q.startPos + qLen;
+    const need = Math.ceil(kvLen / pageSize);
+    if (q.pages.length !== need)
+      invalid(`seq ${s}: ${q.pages.length} pages given, ${need} needed for kvLen ${kvLen} at pageSize ${pageSize}`);
+    numTokens += qLen;
+    numEntries += need;
+  }
+  const tokOff = STEP_HEADER_WORDS;
+  const posOff = tokOff + numTokens;
+  const seqOff = posOff + numTokens;
+  const pagesOff = seqOff + seqs.length * STEP_SEQ_WORDS;
+  const total = pagesOff + numEntries;
+  const buf = new Int32Array(total);
+  const f32 = new Float32Array(buf.buffer);
+  const u32 = new Uint32Array(buf.buffer);
+  buf[Header.magic] = STEP_MAGIC;
+  buf[Header.version] = STEP_VERSION;
+  buf[Header.numSeqs] = seqs.length;
+  buf[Header.numTokens] = numTokens;
+  buf[Header.pageSize] = pageSize;
+  buf[Header.numPageEntries] = numEntries;
+  buf[Header.flags] = options.returnLogits ? STEP_FLAG_RETURN_LOGITS : 0;
+  buf[Header.tokensOffset] = tokOff;
+  buf[Header.positionsOffset] = posOff;
+  buf[Header.seqsOffset] = seqOff;
+  buf[Header.pagesOffset] = pagesOff;
+  buf[Header.totalWords] = total;
+
+  let q0 = 0;
+  let p0 = 0;
+  for (let s = 0; s < seqs.length; s++) {
+    const q = seqs[s];
+    const qLen = q.tokenIds.length;
+    const kvLen = q.startPos + qLen;
+    const numPages = q.pages.length;
+    for (let i = 0; i < qLen; i++) {
+      const tok = q.tokenIds[i];
+      if (!isInt(tok) || tok < 0 || (options.vocabSize !== undefined && tok >= options.vocabSize))
+        invalid(`seq ${s}: token ${tok} at index ${i} out of range [0, ${options.vocabSize ?? 2 ** 31})`);
+      buf[tokOff + q0 + i] = tok;
+      buf[posOff + q0 + i] = q.startPos + i;
+    }
+    for (let i = 0; i < numPages; i++) {
+      const p = q.pages[i];
+      if (!isInt(p) || p < 0 || (options.numPages !== undefined && p >= options.numPages))
+        invalid(`seq ${s}: page ${p} out of range [0, ${options.numPages ?? 2 ** 31})`);
+      buf[pagesOff + p0 + i] = p;
+    }
+    const sp = q.sampling;
+    if (!Number.isFinite(sp.temperature) || sp.temperature < 0) invalid(`seq ${s}: sampling.temperature ${sp.temperature} must be >= 0`);
+    if (!(sp.topP > 0 && sp.topP <= 1)) invalid(`seq ${s}: sampling.topP ${sp.topP} out of range (0, 1]`);
+    if (!isInt(sp.topK)) invalid(`seq ${s}: sampling.topK ${sp.topK} must be an integer`);
+    if (!(sp.minP >= 0 && sp.minP <= 1)) invalid(`seq ${s}: sampling.minP ${sp.minP} out of range [0, 1]`);
+    if (!isInt(sp.logprobs) || sp.logprobs < -1 || sp.logprobs > MAX_TOP_LOGPROBS)
+      invalid(`seq ${s}: sampling.logprobs ${sp.logprobs} out of range [-1, ${MAX_TOP_LOGPROBS}]`);
+    if (!isInt(q.outputIndex) || q.outputIndex < 0) invalid(`seq ${s}: outputIndex ${q.outputIndex} must be an integer >= 0`);
+    let seedLo: number;
+    let seedHi: number;
+    if (sp.seed === null) {
+      // No seed asked: a fresh random stream for this draw.
+      const r = randomBytes(8);
+      seedLo = r.readUInt32LE(0);
+      seedHi = r.readUInt32LE(4);
+    } else {
+      checkSeed(s, sp.seed);
+      [seedLo, seedHi] = splitSeed(sp.seed);
+    }
+    const r = seqOff + s * STEP_SEQ_WORDS;
+    buf[r + SeqField.qStart] = q0;
+    buf[r + SeqField.qLen] = qLen;
+    buf[r + SeqField.kvLen] = kvLen;
+    buf[r + SeqField.pageStart] = p0;
+    buf[r + SeqField.numPages] = numPages;
+    buf[r + SeqField.lastPageLen] = kvLen - (numPages - 1) * pageSize;
+    buf[r + SeqField.flags] = q.sample ? SEQ_FLAG_SAMPLE : 0;
+    f32[r + SeqField.temperature] = sp.temperature;
+    f32[r + SeqField.topP] = sp.topP;
+    buf[r + SeqField.topK] = sp.topK;
+    f32[r + SeqField.minP] = sp.minP;
+    u32[r + SeqField.seedLo] = seedLo;
+    u32[r + SeqField.seedHi] = seedHi;
+    buf[r + SeqField.logprobs] = sp.logprobs;
+    buf[r + SeqField.outputIndex] = q.outputIndex;
+    q0 += qLen;
+    p0 += numPages;
+  }
+  return buf;
+}
