@@ -1,0 +1,66 @@
+// Shared helpers of the CUDA backend: error checks, bf16 vector loads, warp/block reductions.
+// Every CUDA and cuBLAS call is checked; a failure throws dsg::EngineError("LLM_ERR_DEVICE", ...) naming the call.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "backend.h"
+
+namespace dsg::cuda {
+
+using bf16 = __nv_bfloat16;
+
+inline void checkCuda(cudaError_t err, const char* what, const char* file, int line) {
+  if (err != cudaSuccess) {
+    throw EngineError("LLM_ERR_DEVICE", std::string("CUDA error in ") + what + " (" + file + ":" +
+                                            std::to_string(line) + "): " + cudaGetErrorString(err));
+  }
+}
+#define DSG_CUDA(call) ::dsg::cuda::checkCuda((call), #call, __FILE__, __LINE__)
+// After a kernel launch: catches bad launch configurations at once (asynchronous faults surface at the next sync).
+#define DSG_LAUNCHED(name) ::dsg::cuda::checkCuda(cudaGetLastError(), name, __FILE__, __LINE__)
+
+__device__ __forceinline__ float warpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warpMax(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+/** Block-wide sum; every thread gets the result. `scratch` holds >= 32 floats; blockDim.x a multiple of 32. */
+__device__ __forceinline__ float blockSum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warpSum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nw ? scratch[lane] : 0.f;
+  return warpSum(v);
+}
+
+/** 8 bf16 in one 16-byte word, converted to/from f32. */
+__device__ __forceinline__ void unpack8(const uint4& u, float* f) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(h[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+__device__ __forceinline__ uint4 pack8(const float* f) {
+  uint4 u;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+  return u;
+}
+
+}  // namespace dsg::cuda

@@ -1,0 +1,109 @@
+// Row-wise kernels of the CUDA backend: embedding gather, RMSNorm over the f32 residual stream, SiLU*mul, page copy.
+// Shapes: tokens T, hidden H (Qwen3-0.6B: 1024), intermediate F (3072). All are memory-bound, one pass each:
+// floor = bytes moved / bandwidth (e.g. RMSNorm at T = 1: 4 KB read, 2 KB written: launch latency dominates).
+#include "common.cuh"
+#include "kernels.h"
+
+namespace dsg::cuda {
+
+namespace {
+
+// One block per token; 16-byte loads of 8 bf16 each (hidden % 8 == 0 checked at load).
+__global__ void embedGatherKernel(const int32_t* __restrict__ ids, const bf16* __restrict__ embed, int hidden,
+                                  float* __restrict__ residual) {
+  const int t = blockIdx.x;
+  const int64_t id = ids[t];
+  const uint4* src = reinterpret_cast<const uint4*>(embed + id * hidden);
+  float4* dst = reinterpret_cast<float4*>(residual + (int64_t)t * hidden);
+  for (int c = threadIdx.x; c < hidden / 8; c += blockDim.x) {
+    float f[8];
+    unpack8(src[c], f);
+    dst[2 * c] = make_float4(f[0], f[1], f[2], f[3]);
+    dst[2 * c + 1] = make_float4(f[4], f[5], f[6], f[7]);
+  }
+}
+
+// One block per output row; the row is read twice (sum of squares, then scale): the second read hits L1/L2.
+__global__ void rmsNormKernel(const float* __restrict__ residual, const int32_t* __restrict__ rows, int hidden,
+                              const bf16* __restrict__ weight, float eps, bf16* __restrict__ out) {
+  __shared__ float scratch[32];
+  const int r = blockIdx.x;
+  const int64_t src = rows ? rows[r] : r;
+  const float4* x = reinterpret_cast<const float4*>(residual + src * hidden);
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < hidden / 4; c += blockDim.x) {
+    const float4 v = x[c];
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+  ss = blockSum(ss, scratch);
+  const float inv = rsqrtf(ss / hidden + eps);
+  __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(out + (int64_t)r * hidden);
+  const __nv_bfloat162* w = reinterpret_cast<const __nv_bfloat162*>(weight);
+  for (int c = threadIdx.x; c < hidden / 4; c += blockDim.x) {
+    const float4 v = x[c];
+    const float2 w0 = __bfloat1622float2(w[2 * c]), w1 = __bfloat1622float2(w[2 * c + 1]);
+    o[2 * c] = __floats2bfloat162_rn(v.x * inv * w0.x, v.y * inv * w0.y);
+    o[2 * c + 1] = __floats2bfloat162_rn(v.z * inv * w1.x, v.w * inv * w1.y);
+  }
+}
+
+// Grid-stride over tokens * inter / 8 groups of 8 outputs.
+__global__ void siluMulKernel(const bf16* __restrict__ gateUp, int64_t numGroups, int inter, bf16* __restrict__ out) {
+  const int groupsPerRow = inter / 8;
+  for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < numGroups; g += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t t = g / groupsPerRow;
+    const int c = (int)(g % groupsPerRow);
+    const uint4* row = reinterpret_cast<const uint4*>(gateUp + t * 2 * inter);
+    float a[8], b[8], o[8];
+    unpack8(row[c], a);
+    unpack8(row[groupsPerRow + c], b);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[i] = a[i] / (1.f + __expf(-a[i])) * b[i];
+    reinterpret_cast<uint4*>(out + t * inter)[c] = pack8(o);
+  }
+}
+
+// blockIdx.x = page entry, blockIdx.y = tensor (layer * 2 + k/v); 16-byte copies.
+__global__ void pageCopyKernel(bf16* pool, int64_t poolTensorElems, int64_t pageElems, const int32_t* pages,
+                               bf16* staging, bool toStaging) {
+  const int i = blockIdx.x, tensor = blockIdx.y;
+  uint4* p = reinterpret_cast<uint4*>(pool + tensor * poolTensorElems + (int64_t)pages[i] * pageElems);
+  uint4* s = reinterpret_cast<uint4*>(staging + ((int64_t)i * gridDim.y + tensor) * pageElems);
+  for (int64_t c = threadIdx.x; c < pageElems / 8; c += blockDim.x) {
+    if (toStaging) s[c] = p[c]; else p[c] = s[c];
+  }
+}
+
+}  // namespace
+
+void launchEmbedGather(const int32_t* ids, int numTokens, const bf16* embed, int hidden, float* residual,
+                       cudaStream_t stream) {
+  if (numTokens <= 0) return;
+  embedGatherKernel<<<numTokens, 128, 0, stream>>>(ids, embed, hidden, residual);
+  DSG_LAUNCHED("embedGatherKernel");
+}
+
+void launchRmsNorm(const float* residual, const int32_t* rows, int numRows, int hidden, const bf16* weight, float eps,
+                   bf16* out, cudaStream_t stream) {
+  if (numRows <= 0) return;
+  rmsNormKernel<<<numRows, 256, 0, stream>>>(residual, rows, hidden, weight, eps, out);
+  DSG_LAUNCHED("rmsNormKernel");
+}
+
+void launchSiluMul(const bf16* gateUp, int numTokens, int inter, bf16* out, cudaStream_t stream) {
+  const int64_t groups = (int64_t)numTokens * (inter / 8);
+  if (groups <= 0) return;
+  const int threads = 256;
+  const int64_t blocks = (groups + threads - 1) / threads;
+  siluMulKernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), threads, 0, stream>>>(gateUp, groups, inter, out);
+  DSG_LAUNCHED("siluMulKernel");
+}
+
+void launchPageCopy(bf16* pool, int64_t poolTensorElems, int numTensors, int64_t pageElems, const int32_t* pages, int n,
+                    bf16* staging, bool toStaging, cudaStream_t stream) {
+  if (n <= 0) return;
+  pageCopyKernel<<<dim3(n, numTensors), 256, 0, stream>>>(pool, poolTensorElems, pageElems, pages, staging, toStaging);
+  DSG_LAUNCHED("pageCopyKernel");
+}
+
+}  // namespace dsg::cuda

@@ -1,0 +1,90 @@
+// Launchers of the CUDA backend's own kernels (everything except the GEMMs, which are in gemm.h).
+// Conventions: bf16 weights and activations, f32 accumulation; the residual stream is f32 [tokens, hidden]
+// (the O and down projections accumulate into it with beta = 1, so the residual add costs no kernel).
+// The paged KV pool of one layer is K [numSlots, kvHeads, headDim] then V likewise, slot = page * pageSize + offset.
+// All launchers are asynchronous on `stream` and graph-capturable (no allocation, no host sync).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace dsg::cuda {
+
+/** residual[t, :] = float(embed[ids[t], :]) for t < numTokens. */
+void launchEmbedGather(const int32_t* ids, int numTokens, const __nv_bfloat16* embed, int hidden, float* residual,
+                       cudaStream_t stream);
+
+/**
+ * out[r, :] = bf16(x * rsqrt(mean(x^2) + eps) * weight) with x = residual[rows ? rows[r] : r, :], r < numRows.
+ * hidden % 4 == 0.
+ */
+void launchRmsNorm(const float* residual, const int32_t* rows, int numRows, int hidden, const __nv_bfloat16* weight,
+                   float eps, __nv_bfloat16* out, cudaStream_t stream);
+
+/** out[t, i] = silu(gateUp[t, i]) * gateUp[t, inter + i]; gateUp is [tokens, 2 * inter] (fused gate|up GEMM). */
+void launchSiluMul(const __nv_bfloat16* gateUp, int numTokens, int inter, __nv_bfloat16* out, cudaStream_t stream);
+
+/** Per-token geometry and RoPE tables for launchQkNormRopeKvWrite. */
+struct RopeArgs {
+  const float* invFreq;  // [headDim / 2], Llama-3 scaling already applied
+  bool interleaved;      // pairs (2i, 2i+1) instead of HF rotate_half pairs (i, i + headDim/2)
+};
+
+/**
+ * Splits the fused QKV GEMM output qkv [tokens, (heads + 2 kvHeads) * headDim], adds the optional fused bias,
+ * applies the optional per-head q/k RMSNorm (Qwen3), rotates q and k by their position, writes q to
+ * q [tokens, heads, headDim] and k/v into the paged pool at slots[t]. headDim even, <= 256.
+ */
+void launchQkNormRopeKvWrite(const __nv_bfloat16* qkv, const __nv_bfloat16* bias, const __nv_bfloat16* qNorm,
+                             const __nv_bfloat16* kNorm, float eps, const int32_t* positions, const int32_t* slots,
+                             int numTokens, int heads, int kvHeads, int headDim, RopeArgs rope, __nv_bfloat16* q,
+                             __nv_bfloat16* kCache, __nv_bfloat16* vCache, cudaStream_t stream);
+
+/** Ragged-batch geometry of one step on the device (one int4 per sequence: qStart, qLen, kvLen, pageStart). */
+struct AttnBatch {
+  const int4* seqs;         // [numSeqs]
+  const int32_t* pageTable;  // flat page indices; seq s's pages start at seqs[s].w
+  int numSeqs;
+  int maxQLen;  // sizes the grid; tiles past a sequence's qLen exit at once
+  int pageSize;
+};
+
+/**
+ * Paged attention over a ragged batch: each sequence's queries (its qLen newest tokens) attend to its KV
+ * positions [0, position] (causal inside the chunk, the cached prefix in front), GQA (heads % kvHeads == 0,
+ * heads / kvHeads divides 16), flash-style online softmax in f32. numSplits > 1 splits each sequence's KV range
+ * across blocks (flash-decoding): partial outputs go to partO [numSplits, tokens, heads, headDim] f32 and
+ * partLse [numSplits, tokens, heads], then launchAttentionMerge combines them into out. headDim 64, 128 or 256.
+ */
+void launchAttention(const __nv_bfloat16* q, const __nv_bfloat16* kCache, const __nv_bfloat16* vCache,
+                     const AttnBatch& batch, int numTokens, int heads, int kvHeads, int headDim, float scale,
+                     int numSplits, __nv_bfloat16* out, float* partO, float* partLse, cudaStream_t stream);
+void launchAttentionMerge(const float* partO, const float* partLse, int numSplits, int numTokens, int heads,
+                          int headDim, __nv_bfloat16* out, cudaStream_t stream);
+/** Sets the shared-memory limits the attention kernels need; call once per device before any launch. */
+void prepareAttentionKernels();
+
+/** Per-sequence sampling parameters on the device (decoded from the step's sequence records). */
+struct SampleParams {
+  float temperature, topP, minP;
+  int32_t topK;
+  uint32_t seedLo, seedHi;
+  int32_t logprobs;     // -1 none, 0 chosen only, n > 0 top n
+  int32_t outputIndex;  // Philox counter
+  int32_t sample;       // 0: write token -1 (logprobs may still be asked of the argmax... see sampling.cu)
+};
+
+/**
+ * One block per sequence over logits [numSeqs, vocab] (f32): samples per native/include/sampling.h and writes
+ * tokens [numSeqs], logprobs [numSeqs] (NaN where not asked), topIds/topLogprobs [numSeqs, topN] (-1/NaN padded).
+ */
+void launchSample(const float* logits, int numSeqs, int vocab, const SampleParams* params, int topN, int32_t* tokens,
+                  float* logprobs, int32_t* topIds, float* topLogprobs, cudaStream_t stream);
+
+/** Copies whole pages between the pool (2 * layers tensors of [numPages * pageElems]) and a packed staging buffer
+ *  [n, 2 * layers, pageElems] (the export format); toStaging selects the direction. */
+void launchPageCopy(__nv_bfloat16* pool, int64_t poolTensorElems, int numTensors, int64_t pageElems,
+                    const int32_t* pages, int n, __nv_bfloat16* staging, bool toStaging, cudaStream_t stream);
+
+}  // namespace dsg::cuda

@@ -1,0 +1,423 @@
+// Standalone check of every CUDA backend kernel against a CPU reference on random inputs (never zeros), outputs
+// poisoned first so unwritten elements show. Build and run on the GPU machine (needs cuBLAS):
+//   nvcc -std=c++17 -O3 -arch=sm_90 -I native/include -I native/cuda native/cuda/tests/kernel_check.cu \
+//     native/cuda/{elementwise,rope_kv,attention,sampling,gemm}.cu native/src/sampling.cpp -lcublas -o kcheck
+// Prints one line per check (max error and bound) and exits non-zero if any check fails.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "common.cuh"
+#include "gemm.h"
+#include "kernels.h"
+#include "sampling.h"
+
+using namespace dsg;
+using namespace dsg::cuda;
+
+static int failures = 0;
+static std::mt19937_64 rng(12345);
+
+static void report(const char* name, double err, double bound) {
+  const bool ok = std::isfinite(err) && err <= bound;
+  if (!ok) ++failures;
+  printf("%-48s %s  err %.3e  bound %.1e\n", name, ok ? "PASS" : "FAIL", err, bound);
+}
+
+static std::vector<float> randn(size_t n, float std) {
+  std::normal_distribution<float> d(0.f, std);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+static float bfRound(float x) { return __bfloat162float(__float2bfloat16(x)); }
+static std::vector<bf16> toBf16(const std::vector<float>& v) {
+  std::vector<bf16> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = __float2bfloat16(v[i]);
+  return o;
+}
+static std::vector<float> fromBf16(const std::vector<bf16>& v) {
+  std::vector<float> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = __bfloat162float(v[i]);
+  return o;
+}
+// Rounds a float vector through bf16 (the values the device actually sees).
+static void roundBf16(std::vector<float>& v) {
+  for (auto& x : v) x = bfRound(x);
+}
+
+template <class T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t n_) : n(n_) { DSG_CUDA(cudaMalloc(&p, n * sizeof(T) + 16)); }
+  Dev(const std::vector<T>& v) : Dev(v.size()) { DSG_CUDA(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice)); }
+  ~Dev() { cudaFree(p); }
+  std::vector<T> get() const {
+    std::vector<T> v(n);
+    DSG_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return v;
+  }
+  void poison() { DSG_CUDA(cudaMemset(p, 0xFF, n * sizeof(T))); }  // NaN for f32 and bf16
+};
+
+// Relative error ||a - b|| / ||b|| (NaN anywhere gives NaN).
+static double relErr(const std::vector<float>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+    if (!std::isfinite(a[i])) return NAN;
+  }
+  return std::sqrt(num / den);
+}
+
+static void checkEmbedNormSilu() {
+  const int vocab = 1000, hidden = 1024, T = 37;
+  auto emb = randn((size_t)vocab * hidden, 0.5f);
+  roundBf16(emb);
+  std::vector<int32_t> ids(T);
+  for (auto& i : ids) i = (int32_t)(rng() % vocab);
+  Dev<bf16> dEmb(toBf16(emb));
+  Dev<int32_t> dIds(ids);
+  Dev<float> dRes((size_t)T * hidden);
+  dRes.poison();
+  launchEmbedGather(dIds.p, T, dEmb.p, hidden, dRes.p, 0);
+  auto res = dRes.get();
+  double err = 0;
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < hidden; ++h) err = std::max(err, (double)std::fabs(res[(size_t)t * hidden + h] - emb[(size_t)ids[t] * hidden + h]));
+  report("embedGather (exact)", err, 0);
+
+  // RMSNorm over a gathered subset of rows.
+  auto resid = randn((size_t)T * hidden, 1.3f);
+  auto w = randn(hidden, 0.3f);
+  for (auto& x : w) x += 1.f;
+  roundBf16(w);
+  std::vector<int32_t> rows = {36, 0, 5, 17, 17};
+  Dev<float> dResid(resid);
+  Dev<bf16> dW(toBf16(w));
+  Dev<int32_t> dRows(rows);
+  Dev<bf16> dOut(rows.size() * hidden);
+  dOut.poison();
+  launchRmsNorm(dResid.p, dRows.p, (int)rows.size(), hidden, dW.p, 1e-6f, dOut.p, 0);
+  auto out = fromBf16(dOut.get());
+  std::vector<double> ref(out.size());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    double ss = 0;
+    for (int h = 0; h < hidden; ++h) ss += (double)resid[rows[r] * hidden + h] * resid[rows[r] * hidden + h];
+    const double inv = 1.0 / std::sqrt(ss / hidden + 1e-6);
+    for (int h = 0; h < hidden; ++h) ref[r * hidden + h] = resid[rows[r] * hidden + h] * inv * w[h];
+  }
+  report("rmsNorm (rows gathered) rel", relErr(out, ref), 4e-3);
+
+  const int inter = 3072;
+  auto gu = randn((size_t)T * 2 * inter, 2.f);
+  roundBf16(gu);
+  Dev<bf16> dGu(toBf16(gu));
+  Dev<bf16> dAct((size_t)T * inter);
+  dAct.poison();
+  launchSiluMul(dGu.p, T, inter, dAct.p, 0);
+  auto act = fromBf16(dAct.get());
+  std::vector<double> aref(act.size());
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < inter; ++i) {
+      const double g = gu[(size_t)t * 2 * inter + i], u = gu[(size_t)t * 2 * inter + inter + i];
+      aref[(size_t)t * inter + i] = g / (1 + std::exp(-g)) * u;
+    }
+  report("siluMul rel", relErr(act, aref), 4e-3);
+}
+
+// Llama-3 scaled inverse frequencies (HF _compute_llama3_parameters).
+static std::vector<float> invFreqs(int headDim, double theta, bool llama3) {
+  std::vector<float> f(headDim / 2);
+  for (int i = 0; i < headDim / 2; ++i) {
+    double inv = 1.0 / std::pow(theta, 2.0 * i / headDim);
+    if (llama3) {
+      const double factor = 8, lowF = 1, highF = 4, orig = 8192;
+      const double lowWl = orig / lowF, highWl = orig / highF, wl = 2 * M_PI / inv;
+      if (wl > lowWl) inv /= factor;
+      else if (wl >= highWl) {
+        const double smooth = (orig / wl - lowF) / (highF - lowF);
+        inv = (1 - smooth) * inv / factor + smooth * inv;
+      }
+    }
+    f[i] = (float)inv;
+  }
+  return f;
+}
+
+static void checkRopeKv(bool interleaved, bool qkNorm, bool bias, bool llama3) {
+  const int T = 29, heads = 16, kvHeads = 8, D = 128, pageSize = 16, numPages = 8;
+  const int total = heads + 2 * kvHeads;
+  auto qkv = randn((size_t)T * total * D, 1.f);
+  roundBf16(qkv);
+  auto b = randn((size_t)total * D, 0.5f);
+  roundBf16(b);
+  auto qn = randn(D, 0.2f), kn = randn(D, 0.2f);
+  for (auto& x : qn) x += 1;
+  for (auto& x : kn) x += 1;
+  roundBf16(qn);
+  roundBf16(kn);
+  std::vector<int32_t> pos(T), slots(T);
+  std::vector<int32_t> perm(numPages * pageSize);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  for (int t = 0; t < T; ++t) {
+    pos[t] = (int32_t)(rng() % 40000);
+    slots[t] = perm[t];
+  }
+  auto inv = invFreqs(D, llama3 ? 500000.0 : 1000000.0, llama3);
+  Dev<bf16> dQkv(toBf16(qkv)), dB(toBf16(b)), dQn(toBf16(qn)), dKn(toBf16(kn));
+  Dev<int32_t> dPos(pos), dSlots(slots);
+  Dev<float> dInv(inv);
+  const size_t cacheElems = (size_t)numPages * pageSize * kvHeads * D;
+  Dev<bf16> dQ((size_t)T * heads * D), dK(cacheElems), dV(cacheElems);
+  dQ.poison();
+  dK.poison();
+  dV.poison();
+  launchQkNormRopeKvWrite(dQkv.p, bias ? dB.p : nullptr, qkNorm ? dQn.p : nullptr, qkNorm ? dKn.p : nullptr, 1e-6f,
+                          dPos.p, dSlots.p, T, heads, kvHeads, D, RopeArgs{dInv.p, interleaved}, dQ.p, dK.p, dV.p, 0);
+  auto q = fromBf16(dQ.get()), k = fromBf16(dK.get()), v = fromBf16(dV.get());
+  std::vector<float> got;
+  std::vector<double> ref;
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < total; ++h) {
+      std::vector<double> x(D);
+      for (int d = 0; d < D; ++d) x[d] = qkv[((size_t)t * total + h) * D + d] + (bias ? b[h * D + d] : 0.0);
+      const bool isQ = h < heads, isK = !isQ && h < heads + kvHeads;
+      if (qkNorm && (isQ || isK)) {
+        double ss = 0;
+        for (double e : x) ss += e * e;
+        const double r = 1.0 / std::sqrt(ss / D + 1e-6);
+        for (int d = 0; d < D; ++d) x[d] *= r * (isQ ? qn[d] : kn[d]);
+      }
+      std::vector<double> y = x;
+      if (isQ || isK) {
+        for (int j = 0; j < D / 2; ++j) {
+          const int e0 = interleaved ? 2 * j : j, e1 = interleaved ? 2 * j + 1 : j + D / 2;
+          const double ang = (double)pos[t] * (double)inv[j];
+          y[e0] = x[e0] * std::cos(ang) - x[e1] * std::sin(ang);
+          y[e1] = x[e1] * std::cos(ang) + x[e0] * std::sin(ang);
+        }
+      }
+      for (int d = 0; d < D; ++d) {
+        float g;
+        if (isQ) g = q[((size_t)t * heads + h) * D + d];
+        else if (isK) g = k[((size_t)slots[t] * kvHeads + h - heads) * D + d];
+        else g = v[((size_t)slots[t] * kvHeads + h - heads - kvHeads) * D + d];
+        got.push_back(g);
+        ref.push_back(y[d]);
+      }
+    }
+  // Slots no token wrote must still hold the poison.
+  size_t untouchedOk = 0, untouched = 0;
+  std::vector<bool> written(numPages * pageSize, false);
+  for (int t = 0; t < T; ++t) written[slots[t]] = true;
+  for (int s = 0; s < numPages * pageSize; ++s)
+    if (!written[s]) {
+      ++untouched;
+      untouchedOk += std::isnan(k[(size_t)s * kvHeads * D]) && std::isnan(v[(size_t)s * kvHeads * D + D - 1]);
+    }
+  char name[128];
+  snprintf(name, sizeof name, "qkNormRopeKv %s%s%s%s rel", interleaved ? "interleaved" : "half", qkNorm ? " +qknorm" : "",
+           bias ? " +bias" : "", llama3 ? " +llama3" : "");
+  report(name, untouchedOk == untouched ? relErr(got, ref) : NAN, 5e-3);
+}
+
+struct SeqSpec {
+  int startPos, qLen;
+};
+
+static void checkAttention(int pageSize, const std::vector<SeqSpec>& specs, int numSplits, const char* label) {
+  const int heads = 16, kvHeads = 8, D = 128, group = heads / kvHeads;
+  int numTokens = 0, pagesNeeded = 0, maxQ = 0;
+  for (auto& s : specs) {
+    numTokens += s.qLen;
+    pagesNeeded += (s.startPos + s.qLen + pageSize - 1) / pageSize;
+    maxQ = std::max(maxQ, s.qLen);
+  }
+  const int numPages = pagesNeeded + 7;
+  std::vector<int32_t> perm(numPages);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int4> seqs;
+  std::vector<int32_t> table;
+  int qStart = 0;
+  for (auto& s : specs) {
+    const int kvLen = s.startPos + s.qLen;
+    seqs.push_back(make_int4(qStart, s.qLen, kvLen, (int)table.size()));
+    for (int p = 0; p < (kvLen + pageSize - 1) / pageSize; ++p) table.push_back(perm[table.size()]);
+    qStart += s.qLen;
+  }
+  const size_t cacheElems = (size_t)numPages * pageSize * kvHeads * D;
+  auto kc = randn(cacheElems, 1.f), vc = randn(cacheElems, 1.f), q = randn((size_t)numTokens * heads * D, 1.f);
+  roundBf16(kc);
+  roundBf16(vc);
+  roundBf16(q);
+  Dev<bf16> dK(toBf16(kc)), dV(toBf16(vc)), dQ(toBf16(q)), dOut((size_t)numTokens * heads * D);
+  Dev<int4> dSeqs(seqs);
+  Dev<int32_t> dTable(table);
+  Dev<float> dPartO((size_t)numSplits * numTokens * heads * D), dPartLse((size_t)numSplits * numTokens * heads);
+  dOut.poison();
+  const float scale = 1.f / std::sqrt((float)D);
+  AttnBatch batch{dSeqs.p, dTable.p, (int)seqs.size(), maxQ, pageSize};
+  launchAttention(dQ.p, dK.p, dV.p, batch, numTokens, heads, kvHeads, D, scale, numSplits, dOut.p, dPartO.p,
+                  dPartLse.p, 0);
+  if (numSplits > 1) launchAttentionMerge(dPartO.p, dPartLse.p, numSplits, numTokens, heads, D, dOut.p, 0);
+  DSG_CUDA(cudaDeviceSynchronize());
+  auto out = fromBf16(dOut.get());
+  std::vector<double> ref(out.size());
+  for (size_t si = 0; si < specs.size(); ++si) {
+    const int4 s = seqs[si];
+    for (int t = 0; t < s.y; ++t) {
+      const int qpos = s.z - s.y + t;
+      for (int h = 0; h < heads; ++h) {
+        const int kvh = h / group;
+        std::vector<double> sc(qpos + 1);
+        double mx = -1e300;
+        for (int k = 0; k <= qpos; ++k) {
+          const size_t slot = (size_t)table[s.w + k / pageSize] * pageSize + k % pageSize;
+          double dot = 0;
+          for (int d = 0; d < D; ++d) dot += (double)q[((size_t)(s.x + t) * heads + h) * D + d] * kc[(slot * kvHeads + kvh) * D + d];
+          sc[k] = dot * scale;
+          mx = std::max(mx, sc[k]);
+        }
+        double sum = 0;
+        for (auto& e : sc) sum += (e = std::exp(e - mx));
+        for (int d = 0; d < D; ++d) {
+          double acc = 0;
+          for (int k = 0; k <= qpos; ++k) {
+            const size_t slot = (size_t)table[s.w + k / pageSize] * pageSize + k % pageSize;
+            acc += sc[k] * vc[(slot * kvHeads + kvh) * D + d];
+          }
+          ref[((size_t)(s.x + t) * heads + h) * D + d] = acc / sum;
+        }
+      }
+    }
+  }
+  char name[128];
+  snprintf(name, sizeof name, "attention %s page %d splits %d rel", label, pageSize, numSplits);
+  report(name, relErr(out, ref), 6e-3);
+}
+
+static void checkSampling() {
+  const int vocab = 151936, numSeqs = 12, topN = 5;
+  std::vector<float> logits = randn((size_t)numSeqs * vocab, 2.f);
+  // A few exact ties at the top, to exercise the lowest-id rule.
+  logits[7 * (size_t)vocab + 100] = logits[7 * (size_t)vocab + 90000] = 40.f;
+  std::vector<SampleParams> ps(numSeqs);
+  std::vector<dsg::SamplingParams> cps(numSeqs);
+  for (int s = 0; s < numSeqs; ++s) {
+    SampleParams p{};
+    p.temperature = s % 4 == 0 ? 0.f : 0.5f + 0.25f * (s % 3);
+    p.topP = s % 3 == 1 ? 0.9f : 1.f;
+    p.topK = s % 5 == 2 ? 40 : (s == 11 ? 1 : 0);
+    p.minP = s % 6 == 5 ? 0.05f : 0.f;
+    p.seedLo = (uint32_t)rng();
+    p.seedHi = (uint32_t)rng();
+    p.logprobs = s % 3 == 0 ? topN : (s % 3 == 1 ? 0 : -1);
+    p.outputIndex = (int32_t)(rng() % 1000);
+    p.sample = s == 10 ? 0 : 1;
+    ps[s] = p;
+    cps[s] = dsg::SamplingParams{p.temperature, p.topP, p.topK, p.minP, ((uint64_t)p.seedHi << 32) | p.seedLo,
+                                 p.logprobs, p.outputIndex};
+  }
+  Dev<float> dLogits(logits);
+  Dev<SampleParams> dP(ps);
+  Dev<int32_t> dTok(numSeqs), dTopIds((size_t)numSeqs * topN);
+  Dev<float> dLp(numSeqs), dTopLp((size_t)numSeqs * topN);
+  dTok.poison();
+  dTopIds.poison();
+  // Many draws per sequence (different outputIndex) compare the token choices with the CPU reference.
+  int mismatches = 0, draws = 0;
+  double lpErr = 0;
+  std::vector<unsigned char> scratch(samplingScratchBytes(vocab));
+  for (int rep = 0; rep < 20; ++rep) {
+    for (int s = 0; s < numSeqs; ++s) {
+      ps[s].outputIndex += 1;
+      cps[s].outputIndex += 1;
+    }
+    DSG_CUDA(cudaMemcpy(dP.p, ps.data(), ps.size() * sizeof(SampleParams), cudaMemcpyHostToDevice));
+    launchSample(dLogits.p, numSeqs, vocab, dP.p, topN, dTok.p, dLp.p, dTopIds.p, dTopLp.p, 0);
+    auto tok = dTok.get();
+    auto lp = dLp.get();
+    auto tids = dTopIds.get();
+    auto tlp = dTopLp.get();
+    for (int s = 0; s < numSeqs; ++s) {
+      float clp;
+      std::vector<int32_t> cids(topN);
+      std::vector<float> clps(topN);
+      const int32_t c = sampleFromLogits(logits.data() + (size_t)s * vocab, vocab, cps[s], topN, &clp, cids.data(),
+                                         clps.data(), scratch.data());
+      if (!ps[s].sample) {
+        mismatches += tok[s] != -1;
+        continue;
+      }
+      ++draws;
+      mismatches += tok[s] != c;
+      if (ps[s].logprobs >= 0) lpErr = std::max(lpErr, (double)std::fabs(lp[s] - clp));
+      else mismatches += !std::isnan(lp[s]);
+      for (int i = 0; i < topN; ++i) {
+        mismatches += tids[(size_t)s * topN + i] != cids[i];
+        if (cids[i] >= 0) lpErr = std::max(lpErr, (double)std::fabs(tlp[(size_t)s * topN + i] - clps[i]));
+      }
+    }
+  }
+  printf("sampling: %d draws compared with the CPU reference sampler\n", draws);
+  report("sampling token/top-n mismatches (count)", mismatches, 0);
+  report("sampling logprob abs err", lpErr, 2e-5);
+}
+
+static void checkGemm() {
+  const int m = 37, n = 3072, k = 1024;
+  auto x = randn((size_t)m * k, 1.f), w = randn((size_t)n * k, 0.05f), y0 = randn((size_t)m * n, 1.f);
+  roundBf16(x);
+  roundBf16(w);
+  Dev<bf16> dX(toBf16(x)), dW(toBf16(w)), dYb((size_t)m * n);
+  Dev<float> dY(y0);
+  Gemm gemm;
+  gemm.linearF32(dX.p, dW.p, dY.p, m, n, k, 1.f);
+  gemm.linearBf16(dX.p, dW.p, dYb.p, m, n, k);
+  auto y = dY.get();
+  auto yb = fromBf16(dYb.get());
+  std::vector<double> ref(y.size()), refb(y.size());
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      double acc = 0;
+      for (int kk = 0; kk < k; ++kk) acc += (double)x[(size_t)i * k + kk] * w[(size_t)j * k + kk];
+      refb[(size_t)i * n + j] = acc;
+      ref[(size_t)i * n + j] = acc + y0[(size_t)i * n + j];
+    }
+  report("gemm f32 out, beta 1 (residual accumulate) rel", relErr(y, ref), 1e-5);
+  report("gemm bf16 out rel", relErr(yb, refb), 4e-3);
+}
+
+int main() {
+  try {
+    prepareAttentionKernels();
+    checkEmbedNormSilu();
+    for (int il = 0; il < 2; ++il) checkRopeKv(il == 1, il == 0, il == 1, il == 1);
+    checkRopeKv(false, true, true, false);
+    const std::vector<SeqSpec> mixed = {{0, 37}, {100, 1}, {50, 20}, {513, 1}, {0, 1}, {7, 64}, {1000, 3}};
+    const std::vector<SeqSpec> decode = {{300, 1}, {1, 1}, {2047, 1}, {64, 1}, {31, 1}};
+    for (int ps : {1, 16}) {
+      checkAttention(ps, mixed, 1, "mixed");
+      checkAttention(ps, mixed, 3, "mixed");
+      checkAttention(ps, decode, 1, "decode");
+      checkAttention(ps, decode, 8, "decode");
+    }
+    checkSampling();
+    checkGemm();
+    DSG_CUDA(cudaDeviceSynchronize());
+  } catch (const std::exception& e) {
+    printf("ERROR: %s\n", e.what());
+    return 2;
+  }
+  printf("%s: %d check(s) failed\n", failures ? "FAILED" : "ALL PASSED", failures);
+  return failures ? 1 : 0;
+}
