@@ -1,0 +1,286 @@
+// The worker side shared by all request planes: a request payload (TwoPartMessage = RequestControlMessage header +
+// request JSON body) is checked, queued (bounded), acknowledged by the plane, then run; the handler's outputs stream
+// back "call-home" on a NEW TCP connection to the caller's response server (reference §10.3):
+//
+//   worker → caller  header {"subject","stream_type":"response"} → header {"error":null} → body {"data":Annotated,
+//                    "complete_final":false}… → body {"complete_final":true} → header "sentinel" (not after stop/kill)
+//   caller → worker  header "stop" (finish gracefully) | header "kill" (abort now); closing the socket = kill.
+//
+// Handler outputs become Annotated `{"data": output}`. A handler that throws produces one error item
+//   {"event": "error", "comment": [message], "error": {"code": "LLM_ERR_*", "message": message}}
+// (the `error` object is this project's ErrorPayload; `comment` carries the text for callers that read only that),
+// after which the stream completes normally.
+import { connect, type Socket } from 'node:net';
+import { LlmError, toErrorPayload } from '../../errors.js';
+import { parseJsonExact } from '../../protocol/json.js';
+import {
+  ControlMessageSchema,
+  RequestControlMessageSchema,
+  decodeWireJson,
+  encodeWireJson,
+  readConnectionInfo,
+  type Annotated,
+  type CallHomeHandshake,
+  type ControlMessage,
+  type ResponsePrologue,
+  type StreamFrame,
+  type TcpConnectionInfo,
+} from '../../protocol/transport.js';
+import { parseHostPort } from './address.js';
+import { RequestControl, type EndpointHandler } from './context.js';
+import { DEFAULT_MAX_MESSAGE_SIZE, TwoPartDecoder, decodeTwoPart, encodeTwoPart } from './framing.js';
+
+/** One endpoint served on a plane. */
+export interface EndpointRegistration {
+  endpoint: string;
+  instanceId: bigint;
+  handler: EndpointHandler;
+}
+
+export interface IngressOptions {
+  /** Requests run at once (Dynamo: a pool of 1500 workers). */
+  maxInflight?: number;
+  /** Requests waiting for a free slot before new ones are refused as overloaded (Dynamo: 6000). */
+  maxQueued?: number;
+  maxMessageSize?: number;
+  /** How long to wait for the caller's response server to accept the call-home connection. */
+  callHomeConnectTimeoutMs?: number;
+  /** Failures that have no caller to go to (the call-home connection could not be opened, a write failed). */
+  onStreamError?: (err: LlmError, requestId: string) => void;
+}
+
+export type AcceptResult = { ok: true } | { ok: false; error: string; overloaded: boolean };
+
+interface WorkItem {
+  registration: EndpointRegistration;
+  requestId: string;
+  connection: TcpConnectionInfo;
+  body: Buffer;
+  headers: Record<string, string>;
+}
+
+export class Ingress {
+  readonly maxInflight: number;
+  readonly maxQueued: number;
+  readonly maxMessageSize: number;
+  private readonly connectTimeoutMs: number;
+  private readonly onStreamError: (err: LlmError, requestId: string) => void;
+  private running = 0;
+  private readonly queue: WorkItem[] = [];
+  private readonly perRegistration = new Map<EndpointRegistration, number>();
+  private readonly idleWaiters = new Map<EndpointRegistration, Array<() => void>>();
+
+  constructor(options: IngressOptions = {}) {
+    this.maxInflight = options.maxInflight ?? 1500;
+    this.maxQueued = options.maxQueued ?? 6000;
+    this.maxMessageSize = options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
+    this.connectTimeoutMs = options.callHomeConnectTimeoutMs ?? 3000;
+    this.onStreamError =
+      options.onStreamError ?? ((err, id) => console.warn(`request ${id}: response stream failed: ${err.message}`));
+  }
+
+  /** Requests running or queued. */
+  get inflight(): number {
+    return this.running + this.queue.length;
+  }
+
+  /**
+   * Checks and queues one request payload. Synchronous so that the plane can answer (ACK or error) right away: a
+   * malformed payload or control header is refused here, since without a valid `connection_info` there is nowhere to
+   * stream an error to.
+   */
+  accept(registration: EndpointRegistration, payload: Buffer, headers: Record<string, string>): AcceptResult {
+    let item: WorkItem;
+    try {
+      const message = decodeTwoPart(payload, this.maxMessageSize);
+      const control = decodeWireJson(RequestControlMessageSchema, message.header, 'request control header');
+      const connection = readConnectionInfo(control.connection_info, 'request control header connection_info.info');
+      parseHostPort(connection.address, 'request control header connection_info address');
+      item = { registration, requestId: control.id, connection, body: message.body, headers };
+    } catch (err) {
+      return { ok: false, error: `Malformed request: ${(err as Error).message}`, overloaded: false };
+    }
+    if (this.running >= this.maxInflight && this.queue.length >= this.maxQueued) {
+      return {
+        ok: false,
+        error: `Server overloaded: ${this.running} requests running and ${this.queue.length} queued (limits ${this.maxInflight} and ${this.maxQueued})`,
+        overloaded: true,
+      };
+    }
+    this.perRegistration.set(registration, (this.perRegistration.get(registration) ?? 0) + 1);
+    if (this.running < this.maxInflight) this.start(item);
+    else this.queue.push(item);
+    return { ok: true };
+  }
+
+  /** Resolves once no request of `registration` is queued or running (graceful unregistration). */
+  idle(registration: EndpointRegistration): Promise<void> {
+    if (!this.perRegistration.get(registration)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const waiters = this.idleWaiters.get(registration) ?? [];
+      waiters.push(resolve);
+      this.idleWaiters.set(registration, waiters);
+    });
+  }
+
+  private start(item: WorkItem): void {
+    this.running++;
+    void this.run(item).finally(() => {
+      this.running--;
+      const left = (this.perRegistration.get(item.registration) ?? 1) - 1;
+      if (left > 0) this.perRegistration.set(item.registration, left);
+      else {
+        this.perRegistration.delete(item.registration);
+        for (const wake of this.idleWaiters.get(item.registration) ?? []) wake();
+        this.idleWaiters.delete(item.registration);
+      }
+      const next = this.queue.shift();
+      if (next !== undefined) this.start(next);
+    });
+  }
+
+  private async run(item: WorkItem): Promise<void> {
+    let socket: Socket;
+    try {
+      socket = await connectCallHome(item.connection.address, this.connectTimeoutMs);
+    } catch (err) {
+      this.onStreamError(err as LlmError, item.requestId);
+      return;
+    }
+    const ctx = new RequestControl(item.requestId, item.headers);
+    const out = new CallHomeWriter(socket);
+    const decoder = new TwoPartDecoder(this.maxMessageSize);
+    let finished = false;
+    socket.on('data', (chunk: Buffer) => {
+      let messages;
+      try {
+        messages = decoder.push(chunk);
+      } catch {
+        ctx.cancel('kill');
+        socket.destroy();
+        return;
+      }
+      for (const m of messages) {
+        if (m.header.length === 0) continue;
+        let control: ControlMessage;
+        try {
+          control = decodeWireJson(ControlMessageSchema, m.header, 'call-home control message');
+        } catch {
+          continue;
+        }
+        if (control === 'stop') ctx.cancel('stop');
+        else if (control === 'kill') ctx.cancel('kill');
+      }
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      if (!finished) ctx.cancel('disconnect');
+    });
+
+    const handshake: CallHomeHandshake = { subject: item.connection.subject, stream_type: 'response' };
+    out.header(handshake);
+    let request: unknown;
+    try {
+      request = item.body.length === 0 ? null : parseJsonExact(item.body.toString('utf8'));
+    } catch (err) {
+      const prologue: ResponsePrologue = { error: `request ${item.requestId}: body is not valid JSON: ${(err as Error).message}` };
+      out.header(prologue);
+      finished = true;
+      socket.end();
+      return;
+    }
+    const ok: ResponsePrologue = { error: null };
+    out.header(ok);
+
+    try {
+      for await (const output of item.registration.handler(request, ctx)) {
+        if (ctx.isKilled()) break;
+        const frame: StreamFrame = { data: { data: output }, complete_final: false };
+        await out.body(frame);
+      }
+    } catch (err) {
+      if (!ctx.isKilled()) {
+        const error = toErrorPayload(err);
+        const annotated: Annotated = { event: 'error', comment: [error.message], error: { code: error.code, message: error.message } };
+        const frame: StreamFrame = { data: annotated, complete_final: false };
+        await out.body(frame);
+      }
+    }
+    if (ctx.isKilled() || out.failed) {
+      finished = true;
+      socket.destroy();
+      return;
+    }
+    const final: StreamFrame = { complete_final: true };
+    await out.body(final);
+    if (!ctx.isStopped()) out.header('sentinel' satisfies ControlMessage);
+    finished = true;
+    socket.end();
+  }
+}
+
+function connectCallHome(address: string, timeoutMs: number): Promise<Socket> {
+  const { host, port } = parseHostPort(address, 'call-home address');
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host, port, noDelay: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new LlmError('LLM_ERR_TIMEOUT', `call-home connection to caller ${address} not established within ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      resolve(socket);
+    });
+    socket.once('error', (err) => {
+      clearTimeout(timer);
+      reject(new LlmError('LLM_ERR_TRANSPORT', `call-home connection to caller ${address} failed: ${err.message}`));
+    });
+  });
+}
+
+/**
+ * Writes TwoPartMessages to the call-home socket. Writes made in one tick are corked into one syscall; a full socket
+ * buffer makes `body` wait for 'drain', so a slow caller slows the handler instead of growing memory.
+ */
+class CallHomeWriter {
+  failed = false;
+  private corked = false;
+
+  constructor(private readonly socket: Socket) {}
+
+  header(value: unknown): void {
+    this.write(encodeTwoPart(Buffer.from(encodeWireJson(value)), Buffer.alloc(0)));
+  }
+
+  body(value: unknown): Promise<void> | void {
+    if (this.write(encodeTwoPart(Buffer.alloc(0), Buffer.from(encodeWireJson(value))))) return;
+    if (this.failed) return;
+    return new Promise((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
+    });
+  }
+
+  /** False when the caller should wait for 'drain' (or the socket is gone). */
+  private write(bytes: Buffer): boolean {
+    if (this.socket.destroyed || this.socket.writableEnded) {
+      this.failed = true;
+      return false;
+    }
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    return this.socket.write(bytes);
+  }
+}

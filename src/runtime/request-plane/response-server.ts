@@ -1,0 +1,138 @@
+// The caller's call-home server: workers connect here to stream responses. The first message on each connection is
+// the handshake `{"subject": <uuid>, "stream_type": "response"}`; the subject picks the waiting ResponseStream, and
+// every later message on that connection belongs to it. An unknown subject or a bad handshake closes the connection
+// (which the worker takes as cancellation).
+import { randomUUID } from 'node:crypto';
+import { createServer, type Server, type Socket } from 'node:net';
+import { LlmError } from '../../errors.js';
+import { CallHomeHandshakeSchema, decodeWireJson } from '../../protocol/transport.js';
+import { advertisedHost, formatHostPort, resolveRpcHost } from './address.js';
+import { maxMessageSizeFromEnv, TwoPartDecoder } from './framing.js';
+import { ResponseStream } from './response-stream.js';
+
+export interface ResponseServerOptions {
+  /** Bind address; default `DYN_TCP_RPC_HOST` or this host's IPv4 address. */
+  host?: string;
+  port?: number;
+  maxMessageSize?: number;
+  /** How long an accepted request may take to call home before it counts as disconnected. */
+  callHomeTimeoutMs?: number;
+}
+
+export interface ExpectOptions {
+  requestId?: string;
+  signal?: AbortSignal;
+}
+
+export class ResponseServer {
+  private readonly waiting = new Map<string, ResponseStream>();
+  private readonly sockets = new Set<Socket>();
+
+  private constructor(
+    private readonly server: Server,
+    /** `ip:port` that goes into `connection_info.address`. */
+    readonly address: string,
+    private readonly maxMessageSize: number,
+    private readonly callHomeTimeoutMs: number,
+  ) {}
+
+  static async start(options: ResponseServerOptions = {}): Promise<ResponseServer> {
+    const host = options.host ?? resolveRpcHost();
+    const server = createServer({ noDelay: true });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) => reject(new LlmError('LLM_ERR_TRANSPORT', `response server cannot listen on ${formatHostPort(host, options.port ?? 0)}: ${err.message}`)));
+      server.listen(options.port ?? 0, host, () => resolve());
+    });
+    const bound = server.address();
+    const port = typeof bound === 'object' && bound !== null ? bound.port : 0;
+    const self = new ResponseServer(
+      server,
+      formatHostPort(advertisedHost(host), port),
+      options.maxMessageSize ?? maxMessageSizeFromEnv(),
+      options.callHomeTimeoutMs ?? 30_000,
+    );
+    server.on('connection', (socket) => self.serve(socket));
+    return self;
+  }
+
+  /** A new stream waiting for its worker's call-home; `stream.subject` goes into the request's connection_info. */
+  expect(worker: string, options: ExpectOptions = {}): ResponseStream {
+    const subject = randomUUID();
+    const stream = new ResponseStream(
+      options.requestId ?? randomUUID(),
+      subject,
+      worker,
+      (s) => {
+        if (this.waiting.get(s.subject) === s) this.waiting.delete(s.subject);
+      },
+      this.callHomeTimeoutMs,
+      options.signal,
+    );
+    if (!stream.settled) this.waiting.set(subject, stream);
+    return stream;
+  }
+
+  /** Streams accepted or sent but not yet called home. */
+  get pending(): number {
+    return this.waiting.size;
+  }
+
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const socket of this.sockets) socket.destroy();
+    await closed;
+  }
+
+  private serve(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.on('error', () => {});
+    const decoder = new TwoPartDecoder(this.maxMessageSize);
+    let stream: ResponseStream | undefined;
+    socket.on('close', () => {
+      this.sockets.delete(socket);
+      stream?.onClose();
+    });
+    socket.on('data', (chunk: Buffer) => {
+      let messages;
+      try {
+        messages = decoder.push(chunk);
+      } catch (err) {
+        stream?.fail(err as LlmError);
+        socket.destroy();
+        return;
+      }
+      for (const message of messages) {
+        if (stream !== undefined) {
+          stream.onMessage(message);
+          continue;
+        }
+        let subject: string;
+        try {
+          subject = decodeWireJson(CallHomeHandshakeSchema, message.header, 'call-home handshake').subject;
+        } catch {
+          socket.destroy();
+          return;
+        }
+        const waiting = this.waiting.get(subject);
+        if (waiting === undefined) {
+          socket.destroy();
+          return;
+        }
+        this.waiting.delete(subject);
+        stream = waiting;
+        stream.attach(socket);
+      }
+    });
+  }
+}
+
+let shared: Promise<ResponseServer> | undefined;
+
+/** The process's one response server, started on first use. */
+export function sharedResponseServer(): Promise<ResponseServer> {
+  shared ??= ResponseServer.start().catch((err: unknown) => {
+    shared = undefined;
+    throw err;
+  });
+  return shared;
+}
