@@ -1,0 +1,125 @@
+// One request as the scheduler sees it: its token sequence, its KV page table, and its place in the state machine
+//
+//   queued ──admit──▶ prefilling ──final chunk planned──▶ decoding ──stop/length──▶ finished
+//     ▲                   │                                  │
+//     └──── retract ──────┴──────────────────────────────────┘          any live state ──abort──▶ aborted
+//                                                                       any live state ──error──▶ finished
+//
+// Token accounting (positions are token indices of `tokens` = prompt ++ output):
+//  Q1. computed <= scheduled <= tokens.length + pending: `computed` tokens have their KV confirmed by a step result,
+//      `scheduled` tokens are in submitted or planned steps; `pending` (0 or 1) is a sampled token still in flight.
+//  Q2. pages covers positions [0, scheduled) whenever the request is running: pages.length*pageSize >= scheduled.
+//      pages[0, cachedPageCount) belong to the radix cache (pinned by locking `lockedNode`); the rest are owned.
+//  Q3. A queued request owns no pages and locks nothing; scheduled = computed = 0.
+//  Q4. output count only grows; a retracted request keeps its output and resumes after it, so its tokens are exactly
+//      those it would have produced without retraction (positions and context are unchanged).
+import { LlmError } from '../errors.js';
+import type { SamplingParams } from '../engine/types.js';
+import type { RadixNode } from './radix.js';
+
+export type RequestState = 'queued' | 'prefilling' | 'decoding' | 'finished' | 'aborted';
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
+
+/** What the scheduler needs of a request; the supervisor fills it from the wire request (defaults resolved). */
+export interface SchedulerRequest {
+  id: string;
+  tokenIds: readonly number[];
+  maxTokens: number;
+  minTokens: number;
+  ignoreEos: boolean;
+  eosTokenIds: readonly number[];
+  stopTokenIds: readonly number[];
+  sampling: SamplingParams;
+}
+
+const transitions: Record<RequestState, readonly RequestState[]> = {
+  queued: ['prefilling', 'finished', 'aborted'],
+  prefilling: ['decoding', 'queued', 'finished', 'aborted'],
+  decoding: ['queued', 'finished', 'aborted'],
+  finished: [],
+  aborted: [],
+};
+
+export class RequestRecord {
+  readonly input: SchedulerRequest;
+  readonly promptLength: number;
+  readonly tokens: number[];
+  state: RequestState = 'queued';
+  pages: number[] = [];
+  cachedPageCount = 0;
+  lockedNode: RadixNode | null = null;
+  scheduled = 0;
+  computed = 0;
+  pending = 0;
+  /** Bumped on each retraction, so a result for a step planned before it does not move `computed`. */
+  epoch = 0;
+  /** Prompt tokens served from the prefix cache at first admission (completion_usage.cached_tokens). */
+  cachedPromptTokens: number | null = null;
+  /** Order of the latest admission: retraction picks the newest. */
+  admitOrder = 0;
+  finishReason: FinishReason | null = null;
+  private readonly stopSet: Set<number>;
+
+  constructor(input: SchedulerRequest) {
+    this.input = input;
+    this.promptLength = input.tokenIds.length;
+    this.tokens = Array.from(input.tokenIds);
+    this.stopSet = new Set(input.stopTokenIds);
+    if (!input.ignoreEos) for (const t of input.eosTokenIds) this.stopSet.add(t);
+  }
+
+  get id(): string {
+    return this.input.id;
+  }
+
+  get outputCount(): number {
+    return this.tokens.length - this.promptLength;
+  }
+
+  get isRunning(): boolean {
+    return this.state === 'prefilling' || this.state === 'decoding';
+  }
+
+  get isDone(): boolean {
+    return this.state === 'finished' || this.state === 'aborted';
+  }
+
+  /** Sequence length once in-flight tokens land. */
+  get totalLength(): number {
+    return this.tokens.length + this.pending;
+  }
+
+  transition(to: RequestState): void {
+    if (!transitions[this.state].includes(to)) {
+      throw new LlmError('LLM_ERR_INTERNAL', `request ${this.id}: illegal transition ${this.state} -> ${to}`);
+    }
+    this.state = to;
+  }
+
+  /** Appends a sampled token; returns why the request stops now, or null. Length wins over a stop token, as in
+   * SGLang. Stop and EOS tokens count only once min_tokens are out; the stop token stays in the output (the
+   * frontend hides stop_token_ids_hidden). */
+  appendToken(token: number): FinishReason | null {
+    this.tokens.push(token);
+    const n = this.outputCount;
+    if (n >= this.input.maxTokens) return 'length';
+    if (n >= this.input.minTokens && this.stopSet.has(token)) return 'stop';
+    return null;
+  }
+
+  checkIntegrity(pageSize: number): void {
+    const where = `request ${this.id} (${this.state})`;
+    if (!(this.computed <= this.scheduled && this.scheduled <= this.totalLength)) {
+      throw new LlmError('LLM_ERR_INTERNAL', `${where}: computed ${this.computed} scheduled ${this.scheduled} length ${this.totalLength}`);
+    }
+    if (this.pending !== 0 && this.pending !== 1) throw new LlmError('LLM_ERR_INTERNAL', `${where}: pending ${this.pending}`);
+    if (this.isRunning) {
+      if (this.pages.length * pageSize < this.scheduled) {
+        throw new LlmError('LLM_ERR_INTERNAL', `${where}: ${this.pages.length} pages cannot hold ${this.scheduled} tokens`);
+      }
+      if (this.cachedPageCount > this.pages.length) throw new LlmError('LLM_ERR_INTERNAL', `${where}: cached pages beyond table`);
+    } else if (this.pages.length || this.lockedNode || this.scheduled || this.computed) {
+      throw new LlmError('LLM_ERR_INTERNAL', `${where}: holds pages or locks while not running`);
+    }
+  }
+}

@@ -1,0 +1,472 @@
+// The scheduler: continuous batching over one engine (one TP group). Each step it serves the running requests
+// oldest first (decode tokens and the next chunk of unfinished prefills), then admits queued requests while KV pages
+// (free + evictable), slots (--max-running-requests) and the step's token budgets (--max-prefill-tokens,
+// --chunked-prefill-size) allow. When a running request needs a page and none can be freed by eviction, the newest
+// running request is retracted: its computed full pages go to the radix cache, the rest are freed, and it returns to
+// the front of the queue keeping its output, to resume later with exactly the tokens it would have produced.
+//
+// Overlap scheduling: step N+1 is planned (requests chosen, pages allocated, positions fixed) while step N runs on
+// the executor. A request that samples in step N has a pending token; its decode input in step N+1 is that token,
+// filled in when step N's result arrives, just before step N+1 is submitted. Requests that finished or were aborted
+// by step N's result are dropped from step N+1 at that moment. With overlap off, each step is planned after the
+// previous result is applied. Because the executor runs steps strictly in order, pages freed while a step is in
+// flight can be handed to the next planned step: that step only runs after the in-flight one has read them.
+//
+// Invariants (checked by checkIntegrity, on top of each part's own):
+//  G1. Every live request is in exactly one place: the queue (state queued) or the slot table (prefilling/decoding).
+//  G2. Page ownership is exact: allocator refcount of each page = cache nodes holding it + running requests owning it
+//      (pages[cachedPageCount..]); nothing leaks, nothing is shared by accident.
+//  G3. Radix lock counts equal the locks running requests hold (each on its lockedNode).
+//  G4. At most one step is in flight; a request has a pending token only while the step that samples it is.
+import { LlmError, toErrorPayload, type ErrorPayload } from '../errors.js';
+import type { Engine, KvPoolInfo, SeqStep, StepResult } from '../engine/types.js';
+import { PageAllocator } from './allocator.js';
+import { RadixCache, type RadixNode } from './radix.js';
+import { RequestQueue } from './queue.js';
+import { RequestRecord, type FinishReason, type SchedulerRequest } from './request.js';
+import { SlotTable } from './slots.js';
+
+export type { SchedulerRequest, FinishReason } from './request.js';
+export type { RadixEvent } from './radix.js';
+
+/** Runs steps strictly in submission order (the rank actor, or an engine in this thread). */
+export interface StepExecutor {
+  readonly kv: KvPoolInfo;
+  execute(seqs: readonly SeqStep[]): Promise<StepResult>;
+}
+
+export interface SchedulerOptions {
+  maxRunningRequests: number;
+  /** Largest prefill chunk of one request in one step; <= 0: no chunking (whole prompt at once). */
+  chunkedPrefillSize: number;
+  /** Prefill tokens in one step, all requests together. */
+  maxPrefillTokens: number;
+  /** All tokens in one step (engine workspace bound). */
+  maxBatchTokens: number;
+  /** Sequences in one step (engine bound). */
+  maxSeqsPerStep: number;
+  enableOverlap: boolean;
+  enablePrefixCache: boolean;
+}
+
+export interface TopLogprob {
+  tokenId: number;
+  logprob: number;
+}
+
+export interface Usage {
+  promptTokens: number;
+  completionTokens: number;
+  cachedTokens: number;
+}
+
+/** One streamed output: at most one per step per request. The final one carries finishReason and usage. */
+export interface RequestOutput {
+  tokenIds: number[];
+  logprobs: number[] | null;
+  topLogprobs: TopLogprob[][] | null;
+  finishReason: FinishReason | null;
+  usage: Usage | null;
+  error: ErrorPayload | null;
+}
+
+export type OutputSink = (out: RequestOutput) => void;
+
+export interface SchedulerStats {
+  steps: number;
+  prefillTokens: number; // tokens processed in prefill chunks (prompt and resumed output)
+  decodeTokens: number;
+  retractions: number;
+  cacheHitTokens: number; // tokens skipped thanks to the radix cache, re-admissions included
+}
+
+interface PlannedSeq {
+  req: RequestRecord;
+  epoch: number;
+  start: number;
+  end: number;
+  sample: boolean;
+  decode: boolean; // a decode token (as opposed to a prefill chunk, resumed output included)
+}
+
+interface InFlight {
+  seqs: PlannedSeq[];
+  promise: Promise<StepResult>;
+}
+
+/** Runs a synchronous engine as an executor in this thread (tests, and the rank actor's own loop). */
+export function engineExecutor(engine: Engine): StepExecutor {
+  return {
+    kv: engine.kv,
+    execute: (seqs) =>
+      new Promise((resolve, reject) => {
+        // setImmediate lets the scheduler plan the next step first, as it would while a rank computes.
+        setImmediate(() => {
+          try {
+            resolve(engine.step(seqs));
+          } catch (err) {
+            reject(err);
+          }
+        });
+      }),
+  };
+}
+
+export class Scheduler {
+  readonly allocator: PageAllocator;
+  readonly cache: RadixCache | null;
+  readonly pageSize: number;
+  readonly stats: SchedulerStats = { steps: 0, prefillTokens: 0, decodeTokens: 0, retractions: 0, cacheHitTokens: 0 };
+  private readonly options: SchedulerOptions;
+  private readonly executor: StepExecutor;
+  private readonly queue = new RequestQueue();
+  private readonly slots: SlotTable;
+  private readonly requests = new Map<string, { req: RequestRecord; sink: OutputSink }>();
+  private admitCounter = 0;
+  private wake: (() => void) | null = null;
+  private loopDone: Promise<void> | null = null;
+  private stopping = false;
+  private failure: ErrorPayload | null = null;
+
+  constructor(executor: StepExecutor, options: SchedulerOptions) {
+    this.executor = executor;
+    this.options = options;
+    this.pageSize = executor.kv.pageSize;
+    this.allocator = new PageAllocator(executor.kv.numPages);
+    this.cache = options.enablePrefixCache ? new RadixCache(this.allocator, this.pageSize) : null;
+    this.slots = new SlotTable(options.maxRunningRequests);
+    for (const [name, v] of [
+      ['--max-prefill-tokens', options.maxPrefillTokens],
+      ['max batch tokens', options.maxBatchTokens],
+      ['max sequences per step', options.maxSeqsPerStep],
+    ] as const) {
+      if (!Number.isInteger(v) || v <= 0) throw new LlmError('LLM_ERR_CONFIG', `${name} must be a positive integer, got ${v}`);
+    }
+  }
+
+  get runningCount(): number {
+    return this.slots.size;
+  }
+
+  get queuedCount(): number {
+    return this.queue.length;
+  }
+
+  start(): void {
+    if (this.loopDone) return;
+    this.loopDone = this.loop();
+  }
+
+  /** Fails every live request with LLM_ERR_SHUTDOWN and waits for the loop to end. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.wake?.();
+    await this.loopDone;
+    this.failAll({ code: 'LLM_ERR_SHUTDOWN', message: 'the scheduler stopped before the request finished' });
+  }
+
+  /** Queues a request; its outputs go to sink. Throws a coded error for a request that can never run. */
+  submit(input: SchedulerRequest, sink: OutputSink): void {
+    if (this.failure) throw LlmError.fromPayload(this.failure);
+    if (this.stopping) throw new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler is stopping');
+    if (this.requests.has(input.id)) throw new LlmError('LLM_ERR_BAD_REQUEST', `request id ${input.id} is already in flight`);
+    if (input.tokenIds.length === 0) throw new LlmError('LLM_ERR_BAD_REQUEST', `request ${input.id}: token_ids is empty`);
+    if (!Number.isInteger(input.maxTokens) || input.maxTokens < 1) {
+      throw new LlmError('LLM_ERR_BAD_REQUEST', `request ${input.id}: stop_conditions.max_tokens must be >= 1, got ${input.maxTokens}`);
+    }
+    const pagesNeeded = Math.ceil((input.tokenIds.length + input.maxTokens) / this.pageSize);
+    if (pagesNeeded > this.allocator.numPages) {
+      throw new LlmError(
+        'LLM_ERR_CONTEXT_LENGTH',
+        `request ${input.id}: ${input.tokenIds.length} prompt + ${input.maxTokens} max_tokens need ${pagesNeeded} KV pages, ` +
+          `the pool has ${this.allocator.numPages} of ${this.pageSize} tokens`,
+      );
+    }
+    const req = new RequestRecord(input);
+    this.requests.set(input.id, { req, sink });
+    this.queue.pushBack(req);
+    this.wake?.();
+  }
+
+  /** Cancels a request wherever it is; its pages are freed now. Unknown or finished ids are ignored. */
+  abort(id: string): void {
+    const entry = this.requests.get(id);
+    if (!entry) return;
+    this.finish(entry.req, 'cancelled');
+    this.wake?.();
+  }
+
+  checkIntegrity(): void {
+    this.queue.checkIntegrity();
+    this.slots.checkIntegrity();
+    const refs = new Map<number, number>();
+    const locks = new Map<RadixNode, number>();
+    this.cache?.collectPageRefs(refs);
+    let live = 0;
+    for (const { req } of this.requests.values()) {
+      live++;
+      req.checkIntegrity(this.pageSize);
+      if (req.state === 'queued' && !this.queue.has(req.id)) fail(`request ${req.id} is queued but not in the queue`);
+      for (let i = req.cachedPageCount; i < req.pages.length; i++) refs.set(req.pages[i], (refs.get(req.pages[i]) ?? 0) + 1);
+      if (req.lockedNode) locks.set(req.lockedNode, (locks.get(req.lockedNode) ?? 0) + 1);
+      if (req.isDone) fail(`request ${req.id} is ${req.state} but still tracked`);
+    }
+    if (live !== this.queue.length + this.slots.size) fail(`${live} live requests, ${this.queue.length} queued + ${this.slots.size} running`);
+    this.allocator.checkIntegrity(refs);
+    this.cache?.checkIntegrity(locks);
+  }
+
+  private async loop(): Promise<void> {
+    let inflight: InFlight | null = null;
+    try {
+      while (!this.stopping) {
+        const hadInflight = inflight !== null;
+        const plan = this.planStep();
+        if (inflight) {
+          const result = await inflight.promise;
+          this.applyResult(inflight.seqs, result);
+          inflight = null;
+        }
+        const seqs = plan ? this.liveSeqs(plan) : [];
+        if (seqs.length) {
+          inflight = this.submitStep(seqs);
+          if (!this.options.enableOverlap) {
+            const result = await inflight.promise;
+            this.applyResult(inflight.seqs, result);
+            inflight = null;
+          }
+        } else if (!inflight && !hadInflight && !plan && this.requests.size) {
+          fail(`stalled with ${this.queue.length} queued and ${this.slots.size} running requests and nothing to run`);
+        } else if (!inflight && !this.requests.size) {
+          await new Promise<void>((resolve) => (this.wake = resolve));
+          this.wake = null;
+        }
+      }
+      if (inflight) this.applyResult(inflight.seqs, await inflight.promise);
+    } catch (err) {
+      this.failure = toErrorPayload(err);
+      this.failAll(this.failure);
+      // The KV contents are unknown after an engine failure: nothing cached may be reused.
+      this.cache?.clear();
+    }
+  }
+
+  /** Chooses the next step's sequences and gives them pages. Null when nothing can run. */
+  private planStep(): PlannedSeq[] | null {
+    const o = this.options;
+    const seqs: PlannedSeq[] = [];
+    let tokenBudget = o.maxBatchTokens;
+    let prefillBudget = o.maxPrefillTokens;
+    const chunkCap = o.chunkedPrefillSize > 0 ? o.chunkedPrefillSize : Number.MAX_SAFE_INTEGER;
+    let retracted = false;
+    const running = this.slots.running();
+    for (const req of running) {
+      if (seqs.length >= o.maxSeqsPerStep || tokenBudget <= 0) break;
+      if (!req.isRunning) continue; // retracted earlier in this pass
+      if (req.pending && req.outputCount + req.pending >= req.input.maxTokens) continue; // ends on its pending token
+      const remaining = req.totalLength - req.scheduled;
+      if (remaining <= 0) continue;
+      const chunk = Math.min(remaining, tokenBudget, req.state === 'decoding' ? remaining : Math.min(chunkCap, prefillBudget));
+      if (chunk <= 0) continue;
+      if (!this.ensurePages(req, req.scheduled + chunk, running)) {
+        retracted = true;
+        continue;
+      }
+      const seq = this.planChunk(req, chunk);
+      seqs.push(seq);
+      tokenBudget -= chunk;
+      if (!seq.decode) prefillBudget -= chunk;
+    }
+    if (!retracted) {
+      let reserve = running.filter((r) => r.isRunning).length; // one page each for the coming decode steps
+      for (const req of this.queue.snapshot()) {
+        if (this.slots.full || seqs.length >= o.maxSeqsPerStep || tokenBudget <= 0 || prefillBudget <= 0) break;
+        if (req.pending) continue; // its retraction-time token is still in flight
+        if (!this.admit(req, reserve, Math.min(chunkCap, prefillBudget, tokenBudget))) break;
+        const chunk = Math.min(req.totalLength - req.scheduled, chunkCap, prefillBudget, tokenBudget);
+        seqs.push(this.planChunk(req, chunk));
+        tokenBudget -= chunk;
+        prefillBudget -= chunk;
+        reserve++;
+      }
+    }
+    return seqs.length ? seqs : null;
+  }
+
+  private planChunk(req: RequestRecord, chunk: number): PlannedSeq {
+    const start = req.scheduled;
+    const decode = req.state === 'decoding';
+    req.scheduled += chunk;
+    const sample = req.scheduled === req.totalLength;
+    if (sample && req.state === 'prefilling') req.transition('decoding');
+    return { req, epoch: req.epoch, start, end: req.scheduled, sample, decode };
+  }
+
+  /** Admits a queued request if its whole remaining prefill fits in free + evictable pages beyond `reserve`, and
+   * gives it pages for its first chunk (at most maxChunk tokens). */
+  private admit(req: RequestRecord, reserve: number, maxChunk: number): boolean {
+    const match = this.cache?.match(req.tokens, req.tokens.length - 1) ?? null;
+    if (match) this.cache!.lock(match.node);
+    const cachedPages = match ? match.pages.length : 0;
+    const cached = cachedPages * this.pageSize;
+    const needTotal = Math.ceil(req.tokens.length / this.pageSize) - cachedPages;
+    const firstEnd = cached + Math.min(req.tokens.length - cached, maxChunk);
+    const needFirst = Math.ceil(firstEnd / this.pageSize) - cachedPages;
+    if (this.availablePages() - reserve < needTotal || !this.takePages(needFirst)) {
+      if (match) this.cache!.unlock(match.node);
+      return false;
+    }
+    const pages = this.allocator.alloc(needFirst)!;
+    this.queue.remove(req);
+    req.transition('prefilling');
+    this.slots.acquire(req);
+    req.admitOrder = ++this.admitCounter;
+    req.pages = match ? match.pages.concat(pages) : pages;
+    req.cachedPageCount = cachedPages;
+    req.lockedNode = match && cachedPages ? match.node : null;
+    if (match && !cachedPages) this.cache!.unlock(match.node);
+    req.scheduled = req.computed = cached;
+    req.cachedPromptTokens ??= Math.min(cached, req.promptLength);
+    this.stats.cacheHitTokens += cached;
+    return true;
+  }
+
+  /** Makes req's page table cover `endTokens`, evicting cached pages and then retracting the newest running
+   * requests. False when req itself had to be retracted. */
+  private ensurePages(req: RequestRecord, endTokens: number, running: readonly RequestRecord[]): boolean {
+    const need = Math.ceil(endTokens / this.pageSize) - req.pages.length;
+    if (need <= 0) return true;
+    while (!this.takePages(need)) {
+      const victim = [...running].reverse().find((r) => r.isRunning);
+      if (!victim) fail(`no request to retract while ${req.id} needs ${need} pages`);
+      this.retract(victim);
+      if (victim === req) return false;
+    }
+    req.pages.push(...this.allocator.alloc(need)!);
+    return true;
+  }
+
+  /** True when n pages are free, evicting cached ones as needed. */
+  private takePages(n: number): boolean {
+    const short = n - this.allocator.freeCount;
+    if (short > 0) this.cache?.evict(short);
+    return this.allocator.freeCount >= n;
+  }
+
+  private availablePages(): number {
+    return this.allocator.freeCount + (this.cache?.evictablePages ?? 0);
+  }
+
+  private retract(req: RequestRecord): void {
+    this.releasePages(req, true);
+    this.slots.release(req);
+    req.transition('queued');
+    req.epoch++;
+    this.queue.pushFront(req);
+    this.stats.retractions++;
+  }
+
+  /** Gives back the request's pages: computed full pages to the radix cache (when `cacheable`), the rest free. */
+  private releasePages(req: RequestRecord, cacheable: boolean): void {
+    let kept = 0;
+    if (this.cache && cacheable) {
+      kept = Math.min(Math.floor(req.computed / this.pageSize), req.pages.length);
+      this.cache.insert(req.tokens, req.pages.slice(0, kept));
+    } else {
+      kept = req.cachedPageCount; // cache-owned: only unlocked below
+    }
+    this.allocator.releaseAll(req.pages.slice(Math.max(kept, req.cachedPageCount)));
+    if (req.lockedNode) this.cache!.unlock(req.lockedNode);
+    req.pages = [];
+    req.cachedPageCount = 0;
+    req.lockedNode = null;
+    req.scheduled = req.computed = 0;
+  }
+
+  /** The planned sequences still worth running, now that the previous result is in. */
+  private liveSeqs(plan: PlannedSeq[]): PlannedSeq[] {
+    return plan.filter((s) => s.req.isRunning && s.req.epoch === s.epoch);
+  }
+
+  private submitStep(seqs: PlannedSeq[]): InFlight {
+    const steps: SeqStep[] = seqs.map((s) => {
+      const r = s.req;
+      if (s.end > r.tokens.length) fail(`request ${r.id}: step needs token ${s.end - 1} which has not arrived`);
+      if (s.sample) r.pending = 1;
+      if (s.decode) this.stats.decodeTokens++;
+      else this.stats.prefillTokens += s.end - s.start;
+      return {
+        tokenIds: Int32Array.from(r.tokens.slice(s.start, s.end)),
+        startPos: s.start,
+        pages: Int32Array.from(r.pages.slice(0, Math.ceil(s.end / this.pageSize))),
+        sample: s.sample,
+        sampling: r.input.sampling,
+        outputIndex: r.outputCount,
+      };
+    });
+    this.stats.steps++;
+    return { seqs, promise: this.executor.execute(steps) };
+  }
+
+  private applyResult(seqs: PlannedSeq[], result: StepResult): void {
+    for (let k = 0; k < seqs.length; k++) {
+      const s = seqs[k];
+      const r = s.req;
+      if (s.sample) r.pending = 0;
+      if (r.isDone) continue;
+      if (s.epoch === r.epoch) r.computed = Math.max(r.computed, s.end);
+      if (!s.sample) continue;
+      const token = result.tokens[k];
+      const reason = r.appendToken(token);
+      const n = r.input.sampling.logprobs;
+      const out: RequestOutput = {
+        tokenIds: [token],
+        logprobs: n >= 0 ? [result.logprobs[k]] : null,
+        topLogprobs: n > 0 ? [topOf(result, k, n)] : null,
+        finishReason: null,
+        usage: null,
+        error: null,
+      };
+      if (reason) this.finish(r, reason, out);
+      else this.requests.get(r.id)!.sink(out);
+    }
+  }
+
+  /** Ends a request: frees its pages (caching what it computed), drops it, and sends its final output. */
+  private finish(req: RequestRecord, reason: FinishReason, last?: RequestOutput, error?: ErrorPayload): void {
+    const entry = this.requests.get(req.id)!;
+    if (req.isRunning) {
+      this.releasePages(req, reason !== 'error');
+      this.slots.release(req);
+    } else this.queue.remove(req);
+    req.transition(reason === 'cancelled' ? 'aborted' : 'finished');
+    req.finishReason = reason;
+    this.requests.delete(req.id);
+    const out: RequestOutput = last ?? { tokenIds: [], logprobs: null, topLogprobs: null, finishReason: null, usage: null, error: null };
+    out.finishReason = reason;
+    out.usage = {
+      promptTokens: req.promptLength,
+      completionTokens: req.outputCount,
+      cachedTokens: req.cachedPromptTokens ?? 0,
+    };
+    out.error = error ?? null;
+    entry.sink(out);
+  }
+
+  private failAll(error: ErrorPayload): void {
+    for (const { req } of [...this.requests.values()]) this.finish(req, 'error', undefined, error);
+  }
+}
+
+function topOf(result: StepResult, k: number, n: number): TopLogprob[] {
+  const out: TopLogprob[] = [];
+  for (let j = 0; j < Math.min(n, result.topN); j++) {
+    const id = result.topIds[k * result.topN + j];
+    if (id >= 0) out.push({ tokenId: id, logprob: result.topLogprobs[k * result.topN + j] });
+  }
+  return out;
+}
+
+function fail(message: string): never {
+  throw new LlmError('LLM_ERR_INTERNAL', `scheduler: ${message}`);
+}

@@ -1,0 +1,238 @@
+import t from 'tap';
+import { Scheduler, engineExecutor, type RequestOutput, type SchedulerOptions, type SchedulerRequest } from '../src/scheduler/scheduler.js';
+import { FakeEngine, referenceOutput, fakeLogprob, type FakeEngineOptions } from './fixtures/fake-engine.js';
+
+const VOCAB = 1000;
+
+function rng(seed: number) {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+function makeRequest(id: string, prompt: number[], over: Partial<SchedulerRequest> = {}): SchedulerRequest {
+  return {
+    id, tokenIds: prompt, maxTokens: 16, minTokens: 0, ignoreEos: false, eosTokenIds: [], stopTokenIds: [],
+    sampling: { temperature: 0, topP: 1, topK: -1, minP: 0, seed: null, logprobs: -1 },
+    ...over,
+  };
+}
+
+interface Harness {
+  engine: FakeEngine;
+  sched: Scheduler;
+  run(req: SchedulerRequest, onOutput?: (o: RequestOutput) => void): Promise<RequestOutput[]>;
+}
+
+function harness(t: Tap.Test, engineOpts: Partial<FakeEngineOptions>, opts: Partial<SchedulerOptions> = {}): Harness {
+  let sched: Scheduler | undefined;
+  const engine = new FakeEngine({
+    numPages: 256, pageSize: 4, vocabSize: VOCAB, ...engineOpts,
+    // Every invariant must hold whenever a step is executing (the scheduler is between plan and apply).
+    onStep: (n, seqs) => {
+      sched?.checkIntegrity();
+      engineOpts.onStep?.(n, seqs);
+    },
+  });
+  sched = new Scheduler(engineExecutor(engine), {
+    maxRunningRequests: 64, chunkedPrefillSize: 8, maxPrefillTokens: 32, maxBatchTokens: 256, maxSeqsPerStep: 128,
+    enableOverlap: true, enablePrefixCache: true, ...opts,
+  });
+  sched.start();
+  const s = sched;
+  t.teardown(() => s.stop());
+  return {
+    engine,
+    sched: s,
+    run: (req, onOutput) =>
+      new Promise((resolve) => {
+        const outs: RequestOutput[] = [];
+        s.submit(req, (o) => {
+          outs.push(o);
+          onOutput?.(o);
+          if (o.finishReason) resolve(outs);
+        });
+      }),
+  };
+}
+
+declare global {
+  // eslint-disable-next-line @typescript-eslint/no-namespace
+  namespace Tap {
+    type Test = Parameters<Parameters<typeof t.test>[1]>[0];
+  }
+}
+
+const tokensOf = (outs: RequestOutput[]) => outs.flatMap((o) => o.tokenIds);
+
+/** After all requests ended: no request holds a page; only the radix cache does. */
+function checkDrained(t: Tap.Test, h: Harness) {
+  h.sched.checkIntegrity();
+  t.equal(h.sched.runningCount + h.sched.queuedCount, 0, 'no live requests');
+  t.equal(h.sched.allocator.usedCount, h.sched.cache?.cachedPages ?? 0, 'every used page is a cached page');
+  h.sched.cache?.clear();
+  t.equal(h.sched.allocator.freeCount, h.sched.allocator.numPages, 'all pages free after clearing the cache');
+}
+
+function prompts(n: number, seed: number, minLen: number, maxLen: number, sharedPrefix: number[] = []): number[][] {
+  const r = rng(seed);
+  return Array.from({ length: n }, () => {
+    const len = minLen + Math.floor(r() * (maxLen - minLen + 1));
+    return sharedPrefix.concat(Array.from({ length: len }, () => Math.floor(r() * VOCAB)));
+  });
+}
+
+for (const overlap of [true, false]) {
+  t.test(`64 concurrent greedy requests match their solo outputs (overlap ${overlap})`, async (t) => {
+    const h = harness(t, {}, { enableOverlap: overlap });
+    const shared = [7, 7, 7, 7, 8, 8, 8, 8, 9]; // a common prefix so the radix cache is exercised concurrently
+    const ps = prompts(64, 42, 1, 40, shared);
+    const r = rng(7);
+    const maxes = ps.map(() => 1 + Math.floor(r() * 30));
+    const results = await Promise.all(ps.map((p, i) => h.run(makeRequest(`r${i}`, p, { maxTokens: maxes[i] }))));
+    results.forEach((outs, i) => {
+      t.same(tokensOf(outs), referenceOutput(ps[i], { maxTokens: maxes[i], vocabSize: VOCAB }), `request ${i}`);
+      t.ok(outs.every((o) => o.tokenIds.length === 1), 'exactly one new token per streamed output');
+      const last = outs.at(-1)!;
+      t.equal(last.finishReason, 'length');
+      t.same(last.usage?.completionTokens, maxes[i]);
+      t.same(last.usage?.promptTokens, ps[i].length);
+    });
+    t.ok(h.engine.maxSeqsSeen > 8, `steps batched many sequences (max ${h.engine.maxSeqsSeen})`);
+    t.ok(h.sched.stats.cacheHitTokens > 0, 'shared prefix served from cache');
+    // The solo run through the scheduler agrees too.
+    const solo = harness(t, {}, { enableOverlap: overlap });
+    t.same(tokensOf(await solo.run(makeRequest('solo', ps[5], { maxTokens: maxes[5] }))), tokensOf(results[5]));
+    checkDrained(t, h);
+  });
+}
+
+t.test('a repeated prompt reports cached tokens and skips their recompute', async (t) => {
+  const h = harness(t, {}, { chunkedPrefillSize: 0 });
+  const prompt = prompts(1, 3, 30, 30)[0];
+  const first = await h.run(makeRequest('a', prompt, { maxTokens: 5 }));
+  t.equal(first.at(-1)!.usage!.cachedTokens, 0);
+  const before = h.engine.tokensProcessed;
+  const second = await h.run(makeRequest('b', prompt, { maxTokens: 5 }));
+  const processed = h.engine.tokensProcessed - before;
+  // 30 prompt tokens, page size 4: 7 whole pages (28 tokens) reused, the last token must still be computed.
+  t.equal(second.at(-1)!.usage!.cachedTokens, 28);
+  t.equal(processed, 2 + 4, 'only 2 prompt tokens computed, then 4 decode inputs');
+  t.same(tokensOf(second), tokensOf(first));
+  // A prompt extending the cached one reuses the cache for output pages too.
+  const longer = prompt.concat(tokensOf(first).slice(0, 4));
+  const third = await h.run(makeRequest('c', longer, { maxTokens: 3 }));
+  t.equal(third.at(-1)!.usage!.cachedTokens, 32);
+  t.same(tokensOf(third), referenceOutput(longer, { maxTokens: 3, vocabSize: VOCAB }));
+  checkDrained(t, h);
+});
+
+for (const [overlap, cache] of [[true, true], [false, true], [true, false], [false, false]] as const) {
+  t.test(`tiny KV pool: retraction finishes every request with the right tokens (overlap ${overlap}, cache ${cache})`, async (t) => {
+    const h = harness(t, { numPages: 24 }, { enableOverlap: overlap, enablePrefixCache: cache, chunkedPrefillSize: 6 });
+    const ps = prompts(16, 11, 5, 30);
+    const results = await Promise.all(ps.map((p, i) => h.run(makeRequest(`r${i}`, p, { maxTokens: 40 }))));
+    results.forEach((outs, i) => t.same(tokensOf(outs), referenceOutput(ps[i], { maxTokens: 40, vocabSize: VOCAB }), `request ${i}`));
+    t.ok(h.sched.stats.retractions > 0, `retracted ${h.sched.stats.retractions} times`);
+    checkDrained(t, h);
+  });
+}
+
+t.test('stop conditions: eos, ignore_eos, min_tokens, stop token ids, max_tokens', async (t) => {
+  const h = harness(t, {});
+  const prompt = [1, 2, 3, 4, 5];
+  const free = referenceOutput(prompt, { maxTokens: 12, vocabSize: VOCAB });
+  const eos = free[3];
+  const stopped = await h.run(makeRequest('eos', prompt, { maxTokens: 12, eosTokenIds: [eos] }));
+  t.same(tokensOf(stopped), free.slice(0, free.indexOf(eos) + 1), 'stops on eos, which stays in the output');
+  t.equal(stopped.at(-1)!.finishReason, 'stop');
+  const ignored = await h.run(makeRequest('ign', prompt, { maxTokens: 12, eosTokenIds: [eos], ignoreEos: true }));
+  t.same(tokensOf(ignored), free);
+  t.equal(ignored.at(-1)!.finishReason, 'length');
+  const hidden = await h.run(makeRequest('hid', prompt, { maxTokens: 12, stopTokenIds: [free[6]] }));
+  t.same(tokensOf(hidden), free.slice(0, free.indexOf(free[6]) + 1));
+  const minTok = await h.run(makeRequest('min', prompt, { maxTokens: 12, stopTokenIds: [free[1]], minTokens: 5 }));
+  t.same(tokensOf(minTok), referenceOutput(prompt, { maxTokens: 12, vocabSize: VOCAB, stopTokenIds: [free[1]], minTokens: 5 }));
+  t.ok(tokensOf(minTok).length >= 5);
+  const one = await h.run(makeRequest('one', prompt, { maxTokens: 1 }));
+  t.same(tokensOf(one), free.slice(0, 1));
+  t.equal(one.at(-1)!.finishReason, 'length');
+  checkDrained(t, h);
+});
+
+t.test('logprobs are passed through: chosen token and top-n', async (t) => {
+  const h = harness(t, {});
+  const req = makeRequest('lp', [9, 8, 7], { maxTokens: 3 });
+  req.sampling = { ...req.sampling, logprobs: 2 };
+  const outs = await h.run(req);
+  for (const o of outs) {
+    const tok = o.tokenIds[0];
+    t.same(o.logprobs, [Math.fround(fakeLogprob(tok))]);
+    t.same(o.topLogprobs, [[{ tokenId: tok, logprob: Math.fround(fakeLogprob(tok)) }, { tokenId: (tok + 1) % VOCAB, logprob: Math.fround(fakeLogprob(tok) - 1) }]]);
+  }
+  const plain = await h.run(makeRequest('nolp', [9, 8, 7], { maxTokens: 1 }));
+  t.equal(plain[0].logprobs, null);
+  t.equal(plain[0].topLogprobs, null);
+});
+
+t.test('cancellation at every stage frees pages at once', async (t) => {
+  // One running slot so the second request stays queued; small chunks so the first has a long prefill.
+  let abortAt: { step: number; id: string } | null = null;
+  const h: Harness = harness(
+    t,
+    { onStep: (n) => { if (abortAt && n === abortAt.step) h.sched.abort(abortAt.id); } },
+    { maxRunningRequests: 1, chunkedPrefillSize: 4 },
+  );
+  const long = prompts(1, 5, 40, 40)[0];
+  // queued: abort before it is ever admitted
+  const running = h.run(makeRequest('run', long, { maxTokens: 6 }));
+  const queuedOuts = h.run(makeRequest('queued', prompts(1, 6, 10, 10)[0]));
+  h.sched.abort('queued');
+  const q = await queuedOuts;
+  t.same(q.map((o) => [o.tokenIds, o.finishReason]), [[[], 'cancelled']]);
+  t.equal(q[0].usage!.completionTokens, 0);
+  await running;
+  checkDrained(t, h);
+
+  // before the first token: aborted during its third prefill chunk (step 3 of this engine's life from now)
+  abortAt = { step: h.engine.steps + 3, id: 'pre' };
+  const pre = await h.run(makeRequest('pre', prompts(1, 8, 40, 40)[0], { maxTokens: 6 }));
+  t.same(tokensOf(pre), []);
+  t.equal(pre.at(-1)!.finishReason, 'cancelled');
+  checkDrained(t, h);
+
+  // mid-decode: aborted from its own output callback after 3 tokens
+  let seen = 0;
+  const mid = await h.run(makeRequest('mid', prompts(1, 9, 12, 12)[0], { maxTokens: 50 }), (o) => {
+    if (++seen === 3 && !o.finishReason) h.sched.abort('mid');
+  });
+  t.equal(tokensOf(mid).length, 3);
+  t.equal(mid.at(-1)!.finishReason, 'cancelled');
+  t.equal(mid.at(-1)!.usage!.completionTokens, 3);
+  checkDrained(t, h);
+  h.sched.abort('mid'); // finished ids are ignored
+});
+
+t.test('an engine error surfaces to every in-flight request and fails later submits', async (t) => {
+  const h = harness(t, { failAtStep: 4 });
+  const ps = prompts(10, 13, 5, 20);
+  const results = await Promise.all(ps.map((p, i) => h.run(makeRequest(`r${i}`, p, { maxTokens: 30 }))));
+  for (const outs of results) {
+    const last = outs.at(-1)!;
+    t.equal(last.finishReason, 'error');
+    t.same(last.error, { code: 'LLM_ERR_DEVICE', message: 'fake device fault at step 4' });
+  }
+  t.throws(() => h.sched.submit(makeRequest('late', [1, 2]), () => {}), { code: 'LLM_ERR_DEVICE' });
+  checkDrained(t, h);
+});
+
+t.test('requests that can never fit are refused with a clear error', async (t) => {
+  const h = harness(t, { numPages: 4 });
+  t.throws(() => h.sched.submit(makeRequest('big', prompts(1, 1, 20, 20)[0], { maxTokens: 10 }), () => {}), {
+    code: 'LLM_ERR_CONTEXT_LENGTH',
+    message: /need 8 KV pages, the pool has 4/,
+  });
+  t.throws(() => h.sched.submit(makeRequest('empty', []), () => {}), { code: 'LLM_ERR_BAD_REQUEST', message: /token_ids is empty/ });
+});
