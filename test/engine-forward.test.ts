@@ -1,0 +1,112 @@
+// The CPU backend's forward pass against an independent float64 TypeScript reference, on tiny random llama /
+// qwen2 / qwen3 models: a mixed prefill batch, a chunked prefill over a cached prefix, then 8 decode steps,
+// at page sizes 1 and 16 with shuffled page tables. Bar: relative error of every logits row < 1e-4.
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { openEngine } from '../src/engine/engine.js';
+import type { SamplingParams, SeqStep } from '../src/engine/types.js';
+import { referenceLogits, relError, rng, writeTinyModel, type TinyShape } from './helpers/engine-tiny-model.js';
+
+const shapes: Record<string, TinyShape> = {
+  // GGUF-style llama: interleaved RoPE, Llama-3 rope scaling, untied head, an intermediate size that is not a
+  // multiple of 8 (the kernels' scalar tails).
+  llama: {
+    architecture: 'llama', vocabSize: 96, hiddenSize: 64, intermediateSize: 100, numLayers: 2, numHeads: 4, numKvHeads: 2,
+    headDim: 16, ropeLayout: 'interleaved', ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 },
+    tieWordEmbeddings: false, dtype: 'f32',
+  },
+  // qwen2: QKV bias, GQA 4:1, tied embeddings, bf16 weights.
+  qwen2: {
+    architecture: 'qwen2', vocabSize: 96, hiddenSize: 64, intermediateSize: 96, numLayers: 2, numHeads: 4, numKvHeads: 1,
+    headDim: 16, ropeLayout: 'half', ropeScaling: null, tieWordEmbeddings: true, dtype: 'bf16',
+  },
+  // qwen3: q/k RMSNorm, head_dim * heads != hidden, f16 weights.
+  qwen3: {
+    architecture: 'qwen3', vocabSize: 96, hiddenSize: 64, intermediateSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 2,
+    headDim: 32, ropeLayout: 'half', ropeScaling: null, tieWordEmbeddings: true, dtype: 'f16',
+  },
+};
+
+const greedy: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, seed: 7, logprobs: 0 };
+const TOL = 1e-4;
+
+const dir = mkdtempSync(join(tmpdir(), 'engine-forward-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+
+for (const [name, shape] of Object.entries(shapes)) {
+  for (const pageSize of [1, 16]) {
+    t.test(`${name}, page size ${pageSize}`, async (t) => {
+      const modelDir = mkdtempSync(join(dir, `${name}-`));
+      const model = writeTinyModel(modelDir, shape, 1234);
+      const numPages = 256;
+      const engine = openEngine(model.spec, {
+        backend: 'cpu', deviceId: 0, pageSize, numPages, memFractionStatic: 0.5, maxBatchTokens: 160, maxSeqsPerStep: 8, threads: 2,
+      });
+      t.teardown(() => engine.close());
+      const rand = rng(99);
+      // A shuffled free list, so page tables are scattered, never the identity.
+      const free = Array.from({ length: numPages }, (_, i) => i);
+      for (let i = free.length - 1; i > 0; i--) {
+        const j = Math.floor(rand() * (i + 1));
+        [free[i], free[j]] = [free[j], free[i]];
+      }
+      const promptLens = [5, 17, 70, 20];
+      const cachedPrefix = 12; // seq 3: prefill [0, 12) in step 0, [12, 20) in step 1 over the cached prefix
+      const tokens = promptLens.map((n) => Array.from({ length: n }, () => Math.floor(rand() * shape.vocabSize)));
+      const pages: number[][] = promptLens.map(() => []);
+      const inCache = promptLens.map(() => 0);
+      // Engine logits per seq: [position, logits row].
+      const seen: [number, Float32Array][][] = promptLens.map(() => []);
+
+      const ensurePages = (s: number, kvLen: number): void => {
+        while (pages[s].length * pageSize < kvLen) pages[s].push(free.pop() as number);
+      };
+      for (let stepIdx = 0; stepIdx <= 8; stepIdx++) {
+        const batch: SeqStep[] = [];
+        for (let s = 0; s < promptLens.length; s++) {
+          let chunk: number[];
+          if (stepIdx === 0) chunk = s === 3 ? tokens[s].slice(0, cachedPrefix) : tokens[s];
+          else if (s === 3 && stepIdx === 1) chunk = tokens[s].slice(cachedPrefix);
+          else chunk = [tokens[s][tokens[s].length - 1]];
+          const startPos = inCache[s];
+          ensurePages(s, startPos + chunk.length);
+          const sample = !(s === 3 && stepIdx === 0);
+          batch.push({ tokenIds: chunk, startPos, pages: pages[s].slice(), sample, sampling: greedy, outputIndex: stepIdx });
+        }
+        const r = engine.step(batch, { returnLogits: true });
+        const logits = r.logits as Float32Array;
+        for (let s = 0; s < batch.length; s++) {
+          const b = batch[s];
+          inCache[s] = b.startPos + b.tokenIds.length;
+          seen[s].push([inCache[s] - 1, logits.slice(s * shape.vocabSize, (s + 1) * shape.vocabSize)]);
+          if (b.sample) {
+            t.ok(r.tokens[s] >= 0 && r.tokens[s] < shape.vocabSize, `step ${stepIdx} seq ${s}: token in range`);
+            tokens[s].push(r.tokens[s]);
+          } else {
+            t.equal(r.tokens[s], -1, `step ${stepIdx} seq ${s}: no sample, token -1`);
+          }
+        }
+      }
+      let worst = 0;
+      for (let s = 0; s < promptLens.length; s++) {
+        const ref = referenceLogits(model, tokens[s]);
+        for (const [pos, row] of seen[s]) {
+          const e = relError(row, ref[pos]);
+          worst = Math.max(worst, e);
+          if (e >= TOL) t.fail(`seq ${s} position ${pos}: relative error ${e.toExponential(2)} >= ${TOL}`);
+          // Greedy is argmax of the engine's own logits.
+          const tokenAfter = tokens[s][pos + 1];
+          if (tokenAfter !== undefined && pos + 1 >= promptLens[s]) {
+            let best = 0;
+            for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+            t.equal(tokenAfter, best, `seq ${s} position ${pos}: greedy token is the argmax`);
+          }
+        }
+      }
+      t.ok(worst < TOL, `max relative logits error ${worst.toExponential(2)} < ${TOL}`);
+    });
+  }
+}
