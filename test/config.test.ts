@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,7 +31,7 @@ function usage(t: Tap, argv: string[], env: NodeJS.ProcessEnv, ...fragments: str
     for (const f of fragments) t.match((err as Error).message, f);
   }
 }
-type Tap = typeof t;
+type Tap = Test;
 
 t.test('defaults', async (t) => {
   const c = resolve(M);
