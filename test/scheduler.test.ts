@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { Scheduler, engineExecutor, type RequestOutput, type SchedulerOptions, type SchedulerRequest } from '../src/scheduler/scheduler.js';
 import { FakeEngine, referenceOutput, fakeLogprob, type FakeEngineOptions } from './fixtures/fake-engine.js';
 
@@ -26,7 +26,7 @@ interface Harness {
   run(req: SchedulerRequest, onOutput?: (o: RequestOutput) => void): Promise<RequestOutput[]>;
 }
 
-function harness(t: Tap.Test, engineOpts: Partial<FakeEngineOptions>, opts: Partial<SchedulerOptions> = {}): Harness {
+function harness(t: Test, engineOpts: Partial<FakeEngineOptions>, opts: Partial<SchedulerOptions> = {}): Harness {
   let sched: Scheduler | undefined;
   const engine = new FakeEngine({
     numPages: 256, pageSize: 4, vocabSize: VOCAB, ...engineOpts,
@@ -58,17 +58,10 @@ function harness(t: Tap.Test, engineOpts: Partial<FakeEngineOptions>, opts: Part
   };
 }
 
-declare global {
-  // eslint-disable-next-line @typescript-eslint/no-namespace
-  namespace Tap {
-    type Test = Parameters<Parameters<typeof t.test>[1]>[0];
-  }
-}
-
 const tokensOf = (outs: RequestOutput[]) => outs.flatMap((o) => o.tokenIds);
 
 /** After all requests ended: no request holds a page; only the radix cache does. */
-function checkDrained(t: Tap.Test, h: Harness) {
+function checkDrained(t: Test, h: Harness) {
   h.sched.checkIntegrity();
   t.equal(h.sched.runningCount + h.sched.queuedCount, 0, 'no live requests');
   t.equal(h.sched.allocator.usedCount, h.sched.cache?.cachedPages ?? 0, 'every used page is a cached page');
