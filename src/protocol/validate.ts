@@ -57,6 +57,7 @@ export function describeError(error: ValueError, what: string): string {
     case ValueErrorType.ObjectAdditionalProperties:
       return `${where}: unknown field`;
     default:
+      if (error.value === undefined) return `${where}: required field is missing (expected ${expected(error.schema)})`;
       return `${where}: expected ${expected(error.schema)}, got ${shown(error.value)}`;
   }
 }
