@@ -6,6 +6,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TokenizerLoader } from '@lenml/tokenizers';
 import { LlmError } from '../errors.js';
+import { ggufArray, ggufString } from '../engine/gguf.js';
+import type { GgufFile } from '../engine/gguf.js';
 import { ChatTemplate } from './chat-template.js';
 import type { ChatMessage, ChatTemplateOptions, DecodeOptions, EncodeOptions, Tokenizer } from './types.js';
 
@@ -26,6 +28,13 @@ function byteLevelDecoderTable(): Map<number, number> {
   }
   return table;
 }
+
+// Pre-tokenizer split patterns of the GGUF `tokenizer.ggml.pre` names we support (as in the HF tokenizer.json
+// files of those model families).
+const GGUF_PRE_TOKENIZER_REGEX: Readonly<Record<string, string>> = {
+  qwen2: "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+  'llama-bpe': "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+};
 
 type DecodeStyle = 'byte-level' | 'sentencepiece' | 'plain';
 
@@ -55,6 +64,8 @@ export class HfTokenizer implements Tokenizer {
   private readonly byteTable = byteLevelDecoderTable();
   private readonly bytesCache: Uint8Array[];
   private readonly chatTemplate: ChatTemplate | null;
+  /** BOS the tokenizer itself does not add but the model expects (GGUF add_bos_token with a BPE vocabulary). */
+  private readonly prependBos: boolean;
 
   private constructor(
     private readonly inner: LoadedTokenizer,
@@ -104,6 +115,70 @@ export class HfTokenizer implements Tokenizer {
       ? null
       : new ChatTemplate(source, { bos_token: tokenContent(config['bos_token']) ?? '', eos_token: tokenContent(config['eos_token']) ?? '' }, where);
     this.hasChatTemplate = this.chatTemplate !== null;
+    this.prependBos = config['gguf_add_bos_token'] === true && this.bosTokenId !== null;
+  }
+
+  private static fromObjects(tokenizerJson: Json, config: Json, where: string): HfTokenizer {
+    let inner: LoadedTokenizer;
+    try {
+      inner = TokenizerLoader.fromPreTrained({ tokenizerJSON: tokenizerJson, tokenizerConfig: config } as Parameters<typeof TokenizerLoader.fromPreTrained>[0]);
+    } catch (err) {
+      throw new LlmError('LLM_ERR_TOKENIZER', `${where} could not be loaded: ${(err as Error).message}`);
+    }
+    return new HfTokenizer(inner, tokenizerJson, config, where);
+  }
+
+  /**
+   * A GGUF byte-level BPE vocabulary (tokenizer.ggml.model "gpt2", as llama.cpp's converter writes Qwen and
+   * Llama-3 tokenizers), rebuilt as the equivalent tokenizer.json.
+   */
+  static fromGgufBpe(g: GgufFile): HfTokenizer {
+    const where = `GGUF file ${g.path}`;
+    const pre = ggufString(g, 'tokenizer.ggml.pre') ?? 'default';
+    const pattern = GGUF_PRE_TOKENIZER_REGEX[pre];
+    if (pattern === undefined) {
+      throw new LlmError('LLM_ERR_TOKENIZER', `${where}: tokenizer.ggml.pre ${JSON.stringify(pre)} is not supported (supported: ${Object.keys(GGUF_PRE_TOKENIZER_REGEX).join(', ')})`);
+    }
+    const tokens = ggufArray(g, 'tokenizer.ggml.tokens');
+    const types = ggufArray(g, 'tokenizer.ggml.token_type');
+    const merges = ggufArray(g, 'tokenizer.ggml.merges');
+    if (tokens === undefined || types === undefined || merges === undefined || types.length !== tokens.length) {
+      throw new LlmError('LLM_ERR_TOKENIZER', `${where}: tokenizer.ggml.tokens/token_type/merges missing or of different lengths`);
+    }
+    const vocab: Record<string, number> = {};
+    const added: Json[] = [];
+    tokens.forEach((tok, id) => {
+      const type = types[id];
+      if (type === 1) vocab[String(tok)] = id; // normal
+      else if (type === 3 || type === 4) {
+        added.push({ id, content: String(tok), single_word: false, lstrip: false, rstrip: false, normalized: false, special: type === 3 });
+      }
+    });
+    const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false };
+    const tokenizerJson: Json = {
+      version: '1.0',
+      added_tokens: added,
+      normalizer: { type: 'NFC' },
+      pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: pattern }, behavior: 'Isolated', invert: false }, byteLevel] },
+      post_processor: byteLevel,
+      decoder: byteLevel,
+      model: {
+        type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: '', end_of_word_suffix: '', fuse_unk: false,
+        byte_fallback: false, ignore_merges: false, vocab, merges: merges.map((m) => String(m).split(' ')),
+      },
+    };
+    const content = (key: string): string | null => {
+      const v = g.metadata.get(key);
+      return typeof v === 'number' && tokens[v] !== undefined ? String(tokens[v]) : null;
+    };
+    const addBos = g.metadata.get('tokenizer.ggml.add_bos_token');
+    const config: Json = {
+      bos_token: content('tokenizer.ggml.bos_token_id'),
+      eos_token: content('tokenizer.ggml.eos_token_id'),
+      chat_template: ggufString(g, 'tokenizer.chat_template') ?? null,
+      gguf_add_bos_token: addBos === true,
+    };
+    return HfTokenizer.fromObjects(tokenizerJson, config, where);
   }
 
   /**
@@ -120,17 +195,13 @@ export class HfTokenizer implements Tokenizer {
     const config = existsSync(configFile) ? readJsonObject(configFile) : {};
     const templateFile = join(dir, 'chat_template.jinja');
     if (existsSync(templateFile)) config['chat_template'] = readFileSync(templateFile, 'utf8');
-    let inner: LoadedTokenizer;
-    try {
-      inner = TokenizerLoader.fromPreTrained({ tokenizerJSON: tokenizerJson, tokenizerConfig: config } as Parameters<typeof TokenizerLoader.fromPreTrained>[0]);
-    } catch (err) {
-      throw new LlmError('LLM_ERR_TOKENIZER', `tokenizer ${file} could not be loaded: ${(err as Error).message}`);
-    }
-    return new HfTokenizer(inner, tokenizerJson, config, `tokenizer ${file}`);
+    return HfTokenizer.fromObjects(tokenizerJson, config, `tokenizer ${file}`);
   }
 
   encode(text: string, options: EncodeOptions = {}): number[] {
-    return this.inner.encode(text, { add_special_tokens: options.addSpecialTokens ?? true });
+    const addSpecial = options.addSpecialTokens ?? true;
+    const ids = this.inner.encode(text, { add_special_tokens: addSpecial });
+    return addSpecial && this.prependBos && ids[0] !== this.bosTokenId ? [this.bosTokenId as number, ...ids] : ids;
   }
 
   tokenText(id: number): string {

@@ -23,7 +23,8 @@ function loadFrom(path: string): Tokenizer {
     return HfTokenizer.fromPath(abs);
   }
   if (abs.endsWith('.json')) return HfTokenizer.fromPath(abs);
-  return SpmTokenizer.fromGguf(readGguf(abs));
+  const g = readGguf(abs);
+  return g.metadata.get('tokenizer.ggml.model') === 'gpt2' ? HfTokenizer.fromGgufBpe(g) : SpmTokenizer.fromGguf(g);
 }
 
 /**

