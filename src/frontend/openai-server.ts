@@ -1,0 +1,559 @@
+// The OpenAI-compatible HTTP frontend: /v1/models, /v1/completions and /v1/chat/completions, streamed over SSE
+// or returned whole. It tokenizes (chat templates included), builds the reference PreprocessedRequest, drives a
+// ServedModel, detokenizes and applies stop strings. Errors use OpenAI's body shape: 400 naming the field, 404
+// for an unknown model or path, 413 for an oversized body, 429/503 when the backend is overloaded or absent.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { randomUUID } from 'node:crypto';
+import type { TSchema } from '@sinclair/typebox';
+import { LlmError, toErrorPayload, type ErrorCode } from '../errors.js';
+import { parseWire } from '../protocol/validate.js';
+import {
+  ChatCompletionRequestSchema,
+  CompletionRequestSchema,
+  type ChatCompletionRequest,
+  type CompletionRequest,
+  type OpenAiError,
+} from '../protocol/openai.js';
+import type { PreprocessedRequest } from '../protocol/request.js';
+import type { FinishReason, LlmResponseChunk, TopLogprob } from '../protocol/response.js';
+import type { ChatMessage, Tokenizer } from '../tokenizer/index.js';
+import type { ModelDirectory, ServedModel } from './models.js';
+import { TextStream } from './text-stream.js';
+
+const MAX_BODY_BYTES = 16 * 1024 * 1024;
+const DEFAULT_COMPLETION_MAX_TOKENS = 16; // OpenAI's default for /v1/completions
+
+export interface OpenAiServerOptions {
+  models: ModelDirectory;
+  host?: string;
+  port?: number; // 0 = ephemeral
+}
+
+export class OpenAiServer {
+  private readonly server: Server;
+  private readonly inflight = new Set<AbortController>();
+
+  private constructor(private readonly models: ModelDirectory) {
+    this.server = createServer((req, res) => {
+      this.route(req, res).catch((err: unknown) => sendError(res, errorStatus(err), toErrorPayload(err).message, undefined, err));
+    });
+    this.server.keepAliveTimeout = 65_000;
+  }
+
+  static async listen(options: OpenAiServerOptions): Promise<OpenAiServer> {
+    const s = new OpenAiServer(options.models);
+    await new Promise<void>((resolve, reject) => {
+      s.server.once('error', (err: NodeJS.ErrnoException) =>
+        reject(new LlmError('LLM_ERR_USAGE', `cannot listen on ${options.host ?? '0.0.0.0'}:${options.port ?? 0}: ${err.message}`)),
+      );
+      s.server.listen(options.port ?? 0, options.host ?? '0.0.0.0', () => resolve());
+    });
+    return s;
+  }
+
+  get port(): number {
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  /** Stops accepting connections and cancels in-flight requests. */
+  async close(): Promise<void> {
+    for (const c of this.inflight) c.abort();
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path === '/v1/models' || path === '/v1/models/') {
+      if (req.method !== 'GET') return sendError(res, 405, `method ${req.method} not allowed on ${path}`);
+      return sendJson(res, 200, {
+        object: 'list',
+        data: this.models.list().map((m) => ({ id: m.name, object: 'model', created: m.created, owned_by: 'dynamo-sglang' })),
+      });
+    }
+    if (path === '/health' || path === '/live') {
+      return sendJson(res, 200, { status: 'healthy', models: this.models.list().map((m) => m.name) });
+    }
+    if (path === '/v1/completions' || path === '/v1/chat/completions') {
+      if (req.method !== 'POST') return sendError(res, 405, `method ${req.method} not allowed on ${path}; use POST`);
+      const body = await readJsonBody(req);
+      const controller = new AbortController();
+      this.inflight.add(controller);
+      res.on('close', () => controller.abort()); // client went away: cancel the work
+      try {
+        if (path === '/v1/completions') {
+          await this.completions(parseBody(CompletionRequestSchema, body), res, controller.signal);
+        } else {
+          await this.chat(parseBody(ChatCompletionRequestSchema, body), res, controller.signal);
+        }
+      } finally {
+        this.inflight.delete(controller);
+      }
+      return;
+    }
+    sendError(res, 404, `no route for ${req.method} ${path}`, 'not_found_error');
+  }
+
+  private model(name: string): ServedModel {
+    const m = this.models.get(name);
+    if (m === undefined) {
+      const known = this.models.list().map((x) => x.name);
+      throw new HttpError(404, `model "${name}" does not exist; served: ${known.length ? known.join(', ') : 'none'}`, 'model', 'model_not_found');
+    }
+    return m;
+  }
+
+  private async completions(body: CompletionRequest, res: ServerResponse, signal: AbortSignal): Promise<void> {
+    const model = this.model(body.model);
+    const prompts = completionPrompts(body.prompt, model.tokenizer);
+    const n = body.n ?? 1;
+    const choices: ChoiceSpec[] = [];
+    for (const [p, prompt] of prompts.entries()) {
+      for (let i = 0; i < n; i++) {
+        choices.push({ index: p * n + i, tokenIds: prompt.ids, echo: body.echo ? prompt.text : '', seedOffset: i });
+      }
+    }
+    const logprobs = body.logprobs ?? null;
+    await this.run(model, body, choices, res, signal, {
+      kind: 'completion',
+      defaultMaxTokens: DEFAULT_COMPLETION_MAX_TOKENS,
+      logprobs: logprobs === null ? -1 : logprobs,
+    });
+  }
+
+  private async chat(body: ChatCompletionRequest, res: ServerResponse, signal: AbortSignal): Promise<void> {
+    const model = this.model(body.model);
+    const messages: ChatMessage[] = body.messages.map((m, i) => ({ role: m.role, content: messageText(m.content, i) }));
+    const ids = chatPromptIds(model.tokenizer, messages, body.chat_template_kwargs ?? undefined);
+    const n = body.n ?? 1;
+    const choices: ChoiceSpec[] = Array.from({ length: n }, (_, i) => ({ index: i, tokenIds: ids, echo: '', seedOffset: i }));
+    const logprobs = body.logprobs ? (body.top_logprobs ?? 0) : -1;
+    const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? null;
+    await this.run(model, { ...body, max_tokens: maxTokens }, choices, res, signal, {
+      kind: 'chat',
+      defaultMaxTokens: null,
+      logprobs,
+    });
+  }
+
+  /** Runs every choice of one request and writes the response (SSE chunks or one JSON body). */
+  private async run(
+    model: ServedModel,
+    body: CompletionRequest | (ChatCompletionRequest & { max_tokens: number | null }),
+    choices: ChoiceSpec[],
+    res: ServerResponse,
+    signal: AbortSignal,
+    mode: RunMode,
+  ): Promise<void> {
+    const id = `${mode.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
+    const created = Math.floor(Date.now() / 1000);
+    const stream = body.stream === true;
+    const includeUsage = stream ? body.stream_options?.include_usage === true : true;
+    const stop = body.stop === undefined || body.stop === null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop;
+    const requests = choices.map((c) => buildRequest(model, body, c, stop, mode));
+    const writer = stream ? new SseWriter(res) : null;
+    const objectName = mode.kind === 'chat' ? (stream ? 'chat.completion.chunk' : 'chat.completion') : 'text_completion';
+    const envelope = (extra: Record<string, unknown>) => ({ id, object: objectName, created, model: model.name, ...extra });
+
+    const results = await Promise.all(
+      choices.map(async (choice, k): Promise<ChoiceResult> => {
+        const text = new TextStream(model.tokenizer, {
+          stop,
+          includeStopStr: body.include_stop_str_in_output === true,
+          skipSpecialTokens: body.skip_special_tokens ?? true,
+        });
+        const lp = new LogprobCollector(model.tokenizer, mode.kind);
+        const result: ChoiceResult = { text: choice.echo, finish: null, usage: null, logprobs: lp };
+        const emit = (delta: string, finish: string | null) => {
+          if (writer === null || (delta === '' && finish === null)) return;
+          if (mode.kind === 'chat') {
+            writer.send(envelope({ choices: [{ index: choice.index, delta: delta === '' ? {} : { content: delta }, logprobs: lp.takeChatDelta(), finish_reason: finish }] }));
+          } else {
+            writer.send(envelope({ choices: [{ index: choice.index, text: delta, logprobs: lp.takeCompletionDelta(), finish_reason: finish }] }));
+          }
+        };
+        if (writer !== null && mode.kind === 'chat') {
+          writer.send(envelope({ choices: [{ index: choice.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] }));
+        }
+        if (writer !== null && choice.echo !== '') emit(choice.echo, null);
+        const local = new AbortController();
+        const onAbort = () => local.abort();
+        signal.addEventListener('abort', onAbort, { once: true });
+        try {
+          for await (const chunk of model.generate(requests[k], { signal: local.signal })) {
+            if (chunk.completion_usage) result.usage = chunk.completion_usage;
+            lp.add(chunk);
+            const delta = text.push(chunk.token_ids);
+            result.text += delta.text;
+            if (delta.stopped !== null) {
+              result.finish = 'stop';
+              emit(delta.text, null);
+              local.abort(); // a stop string ended the choice: the engine can stop too
+              break;
+            }
+            if (chunk.finish_reason) {
+              const tail = text.end();
+              result.text += tail.text;
+              result.finish = openAiFinish(chunk.finish_reason);
+              emit(delta.text + tail.text, null);
+              break;
+            }
+            emit(delta.text, null);
+          }
+        } catch (err) {
+          if (signal.aborted) throw err;
+          if (local.signal.aborted && result.finish !== null) {
+            // we cancelled it ourselves after a stop string
+          } else if (writer !== null) {
+            writer.send({ error: openAiErrorBody(errorStatus(err), toErrorPayload(err).message).error });
+            result.finish = 'error';
+            return result;
+          } else {
+            throw err;
+          }
+        } finally {
+          signal.removeEventListener('abort', onAbort);
+        }
+        if (result.finish === null) {
+          const tail = text.end();
+          result.text += tail.text;
+          emit(tail.text, null);
+          result.finish = signal.aborted ? 'cancelled' : 'stop';
+        }
+        emit('', result.finish);
+        if (result.usage === null) {
+          const completion = lp.tokenCount;
+          result.usage = { prompt_tokens: choice.tokenIds.length, completion_tokens: completion, total_tokens: choice.tokenIds.length + completion };
+        }
+        return result;
+      }),
+    );
+
+    const usage = sumUsage(results.map((r) => r.usage));
+    if (writer !== null) {
+      if (includeUsage) writer.send(envelope({ choices: [], usage }));
+      writer.done();
+      return;
+    }
+    sendJson(res, 200, envelope({
+      choices: results.map((r, k) =>
+        mode.kind === 'chat'
+          ? { index: choices[k].index, message: { role: 'assistant', content: r.text }, logprobs: r.logprobs.chatFull(), finish_reason: r.finish }
+          : { index: choices[k].index, text: r.text, logprobs: r.logprobs.completionFull(), finish_reason: r.finish },
+      ),
+      usage,
+    }));
+  }
+}
+
+interface RunMode {
+  kind: 'chat' | 'completion';
+  defaultMaxTokens: number | null;
+  logprobs: number; // -1 = none
+}
+
+interface ChoiceSpec {
+  index: number;
+  tokenIds: number[];
+  echo: string;
+  seedOffset: number;
+}
+
+interface ChoiceResult {
+  text: string;
+  finish: string | null;
+  usage: UsageLike | null;
+  logprobs: LogprobCollector;
+}
+
+interface UsageLike {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details?: { cached_tokens: number } | null;
+}
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+  ) {
+    super(message);
+  }
+}
+
+function buildRequest(
+  model: ServedModel,
+  body: CompletionRequest | (ChatCompletionRequest & { max_tokens: number | null }),
+  choice: ChoiceSpec,
+  stop: readonly string[],
+  mode: RunMode,
+): PreprocessedRequest {
+  const room = model.contextLength - choice.tokenIds.length;
+  const field = mode.kind === 'chat' ? 'messages' : 'prompt';
+  if (room <= 0) {
+    throw new HttpError(400, `${field}: the prompt has ${choice.tokenIds.length} tokens, which leaves no room in the model's context length of ${model.contextLength}`, field, 'context_length_exceeded');
+  }
+  const asked = body.max_tokens ?? mode.defaultMaxTokens;
+  if (asked !== null && asked > room) {
+    throw new HttpError(400, `max_tokens: ${asked} plus the prompt's ${choice.tokenIds.length} tokens exceeds the context length of ${model.contextLength}`, 'max_tokens', 'context_length_exceeded');
+  }
+  const seed = body.seed === undefined || body.seed === null ? null : body.seed + choice.seedOffset;
+  return {
+    model: model.name,
+    token_ids: choice.tokenIds,
+    stop_conditions: {
+      max_tokens: asked ?? room,
+      stop: stop.length > 0 ? [...stop] : null,
+      stop_token_ids_hidden: body.stop_token_ids ?? null,
+      min_tokens: body.min_tokens ?? null,
+      ignore_eos: body.ignore_eos ?? null,
+    },
+    sampling_options: {
+      temperature: body.temperature ?? 1.0,
+      top_p: body.top_p ?? null,
+      top_k: body.top_k ?? null,
+      min_p: body.min_p ?? null,
+      seed,
+      presence_penalty: body.presence_penalty ?? null,
+      frequency_penalty: body.frequency_penalty ?? null,
+      include_stop_str_in_output: body.include_stop_str_in_output ?? null,
+    },
+    output_options: { logprobs: mode.logprobs >= 0 ? mode.logprobs : null, skip_special_tokens: body.skip_special_tokens ?? null },
+    eos_token_ids: [...model.tokenizer.eosTokenIds],
+    annotations: [],
+  };
+}
+
+function completionPrompts(prompt: CompletionRequest['prompt'], tokenizer: Tokenizer): { ids: number[]; text: string }[] {
+  const check = (ids: number[], where: string) => {
+    const bad = ids.findIndex((t) => t >= tokenizer.vocabSize);
+    if (bad !== -1) throw new HttpError(400, `${where}[${bad}]: token id ${ids[bad]} is outside the vocabulary (size ${tokenizer.vocabSize})`, 'prompt');
+    return ids;
+  };
+  if (typeof prompt === 'string') return [{ ids: encodePrompt(tokenizer, prompt), text: prompt }];
+  if (prompt.length > 0 && typeof prompt[0] === 'number') {
+    const ids = check(prompt as number[], 'prompt');
+    return [{ ids, text: tokenizer.decode(ids) }];
+  }
+  if (prompt.length > 0 && typeof prompt[0] === 'string') {
+    return (prompt as string[]).map((p, i) => {
+      if (p.length === 0) throw new HttpError(400, `prompt[${i}]: empty prompt`, 'prompt');
+      return { ids: encodePrompt(tokenizer, p), text: p };
+    });
+  }
+  return (prompt as number[][]).map((ids, i) => ({ ids: check(ids, `prompt[${i}]`), text: tokenizer.decode(ids) }));
+}
+
+function encodePrompt(tokenizer: Tokenizer, text: string): number[] {
+  if (text.length === 0) throw new HttpError(400, 'prompt: empty prompt', 'prompt');
+  return tokenizer.encode(text, { addSpecialTokens: true });
+}
+
+function messageText(content: ChatCompletionRequest['messages'][number]['content'], index: number): string {
+  if (content === null) return '';
+  if (typeof content === 'string') return content;
+  return content
+    .map((part, j) => {
+      if (part.type !== 'text') throw new HttpError(400, `messages[${index}].content[${j}].type: "${part.type}" is not supported by this text model`, 'messages');
+      return part.text ?? '';
+    })
+    .join('');
+}
+
+/** Prompt ids for a chat: the model's chat template, or for a model without one (the bundled stories260K)
+ * the messages' text joined by newlines after BOS, so a plain language model still continues the conversation. */
+function chatPromptIds(tokenizer: Tokenizer, messages: ChatMessage[], kwargs: Record<string, unknown> | undefined): number[] {
+  if (tokenizer.hasChatTemplate) {
+    const text = tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true, extraContext: kwargs });
+    return tokenizer.encode(text, { addSpecialTokens: false });
+  }
+  return tokenizer.encode(messages.map((m) => m.content).join('\n'), { addSpecialTokens: true });
+}
+
+function openAiFinish(reason: FinishReason): string {
+  switch (reason) {
+    case 'eos':
+    case 'stop':
+      return 'stop';
+    case 'length':
+      return 'length';
+    case 'content_filter':
+      return 'content_filter';
+    case 'cancelled':
+      return 'cancelled';
+    case 'error':
+      return 'error';
+  }
+}
+
+function sumUsage(all: (UsageLike | null)[]): UsageLike {
+  const u: UsageLike = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
+  let cached = 0;
+  for (const x of all) {
+    if (x === null) continue;
+    u.prompt_tokens += x.prompt_tokens;
+    u.completion_tokens += x.completion_tokens;
+    u.total_tokens += x.total_tokens;
+    cached += x.prompt_tokens_details?.cached_tokens ?? 0;
+  }
+  if (cached > 0) u.prompt_tokens_details = { cached_tokens: cached };
+  return u;
+}
+
+/** Gathers per-token logprobs from engine chunks and renders them in either OpenAI shape. */
+class LogprobCollector {
+  private readonly entries: { id: number; logprob: number; top: TopLogprob[] }[] = [];
+  private sent = 0;
+  tokenCount = 0;
+
+  constructor(private readonly tokenizer: Tokenizer, private readonly kind: 'chat' | 'completion') {}
+
+  add(chunk: LlmResponseChunk): void {
+    this.tokenCount += chunk.token_ids.length;
+    if (!chunk.log_probs) return;
+    chunk.token_ids.forEach((id, i) => {
+      this.entries.push({ id, logprob: chunk.log_probs?.[i] ?? 0, top: chunk.top_logprobs?.[i] ?? [] });
+    });
+  }
+
+  private tokenString(id: number): string {
+    return this.tokenizer.decode([id], { skipSpecialTokens: false });
+  }
+
+  private chatEntries(from: number) {
+    return this.entries.slice(from).map((e) => ({
+      token: this.tokenString(e.id),
+      logprob: e.logprob,
+      bytes: [...this.tokenizer.tokenBytes(e.id)],
+      top_logprobs: e.top.map((t) => ({ token: this.tokenString(t.token_id), logprob: t.logprob, bytes: [...this.tokenizer.tokenBytes(t.token_id)] })),
+    }));
+  }
+
+  private completionEntries(from: number) {
+    const tokens = this.entries.slice(from);
+    return {
+      tokens: tokens.map((e) => this.tokenString(e.id)),
+      token_logprobs: tokens.map((e) => e.logprob),
+      top_logprobs: tokens.map((e) => Object.fromEntries(e.top.map((t) => [this.tokenString(t.token_id), t.logprob]))),
+    };
+  }
+
+  takeChatDelta(): { content: unknown[] } | null {
+    if (this.entries.length === this.sent) return null;
+    const out = { content: this.chatEntries(this.sent) };
+    this.sent = this.entries.length;
+    return out;
+  }
+
+  takeCompletionDelta(): unknown {
+    if (this.entries.length === this.sent) return null;
+    const out = this.completionEntries(this.sent);
+    this.sent = this.entries.length;
+    return out;
+  }
+
+  chatFull(): { content: unknown[] } | null {
+    return this.kind === 'chat' && this.entries.length > 0 ? { content: this.chatEntries(0) } : null;
+  }
+
+  completionFull(): unknown {
+    if (this.entries.length === 0) return null;
+    const e = this.completionEntries(0);
+    let offset = 0;
+    const text_offset = e.tokens.map((t) => {
+      const here = offset;
+      offset += t.length;
+      return here;
+    });
+    return { ...e, text_offset };
+  }
+}
+
+class SseWriter {
+  private started = false;
+
+  constructor(private readonly res: ServerResponse) {}
+
+  send(obj: unknown): void {
+    if (!this.started) {
+      this.res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+      this.started = true;
+    }
+    if (!this.res.writableEnded) this.res.write(`data: ${JSON.stringify(obj)}\n\n`);
+  }
+
+  done(): void {
+    if (!this.started) this.send({});
+    if (!this.res.writableEnded) this.res.end('data: [DONE]\n\n');
+  }
+}
+
+function parseBody<T extends TSchema>(schema: T, body: unknown) {
+  try {
+    return parseWire(schema, body, 'body');
+  } catch (err) {
+    const message = toErrorPayload(err).message.replace(/^body\./, '');
+    const param = /^body\.([A-Za-z_]+)/.exec(toErrorPayload(err).message)?.[1] ?? null;
+    throw new HttpError(400, message, param, 'invalid_request');
+  }
+}
+
+async function readJsonBody(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY_BYTES) throw new HttpError(413, `request body exceeds ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (text.trim() === '') throw new HttpError(400, 'request body is empty; expected a JSON object');
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new HttpError(400, `request body is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
+  LLM_ERR_BAD_REQUEST: 400,
+  LLM_ERR_CONTEXT_LENGTH: 400,
+  LLM_ERR_TOKENIZER: 400,
+  LLM_ERR_OVERLOADED: 429,
+  LLM_ERR_SHUTDOWN: 503,
+  LLM_ERR_DISCOVERY: 503,
+  LLM_ERR_TIMEOUT: 504,
+};
+
+function errorStatus(err: unknown): number {
+  if (err instanceof HttpError) return err.status;
+  return STATUS_BY_CODE[toErrorPayload(err).code] ?? 500;
+}
+
+function openAiErrorBody(status: number, message: string, param: string | null = null, code: string | null = null, type?: string): OpenAiError {
+  const t = type ?? (status === 400 || status === 413 ? 'invalid_request_error' : status === 404 ? 'not_found_error' : status === 429 ? 'rate_limit_error' : status === 503 ? 'service_unavailable' : 'internal_error');
+  return { error: { message, type: t, param, code } };
+}
+
+function sendError(res: ServerResponse, status: number, message: string, type?: string, err?: unknown): void {
+  const h = err instanceof HttpError ? err : null;
+  if (res.headersSent) {
+    if (!res.writableEnded) res.end();
+    return;
+  }
+  sendJson(res, status, openAiErrorBody(status, message, h?.param ?? null, h?.code ?? null, type));
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent) {
+    if (!res.writableEnded) res.end();
+    return;
+  }
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
