@@ -242,7 +242,7 @@ export function referenceLogits(model: TinyModel, tokens: readonly number[]): Fl
   const inv = invFrequencies(spec);
   const T = tokens.length;
   const emb = w('model.embed_tokens.weight');
-  let h = tokens.map((t) => emb.slice(t * H, (t + 1) * H));
+  let h: Float64Array[] = tokens.map((t) => emb.slice(t * H, (t + 1) * H));
   for (let l = 0; l < spec.numLayers; l++) {
     const p = `model.layers.${l}.`;
     const qs: Float64Array[] = [];
