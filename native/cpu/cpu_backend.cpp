@@ -388,7 +388,7 @@ class CpuBackend final : public Backend {
     // Work grows with context length; a single short decode is not worth waking the pool.
     int64_t keys = 0;
     for (int si = 0; si < s.numSeqs; ++si) keys += (int64_t)s.seqs[si].kvLen * s.seqs[si].qLen;
-    const int threads = keys * d_.numHeads * D < (1 << 16) ? 1 : pool_.size();
+    const int threads = keys * d_.numHeads * D < (1 << 18) ? 1 : pool_.size();
     pool_.parallelFor(threads, [&](int64_t, int64_t, int tid) {
       float* acc = &attnScratch_[(size_t)tid * (D + kKeyBlock)];
       float* scores = acc + D;

@@ -10,7 +10,10 @@
 namespace dsg {
 
 namespace {
-constexpr int kSpinIterations = 20000;
+// Short spins: a step's jobs come back to back, but on a busy 2-core machine a long spin only steals the core the
+// other thread needs. After the spin a worker sleeps; the caller yields its time slice while it waits.
+constexpr int kWorkerSpins = 2000;
+constexpr int kCallerSpins = 500;
 }
 
 ThreadPool::ThreadPool(int numThreads) : numThreads_(numThreads < 1 ? 1 : numThreads) {
@@ -45,14 +48,17 @@ void ThreadPool::run(Trampoline tramp, void* ctx, int64_t n, int nt) {
   }
   wake_.notify_all();
   runShare(0);
-  while (pending_.load(std::memory_order_acquire) != 0) DSG_PAUSE();
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < kCallerSpins) DSG_PAUSE();
+    else std::this_thread::yield();
+  }
 }
 
 void ThreadPool::workerLoop(int index) {
   uint64_t seen = 0;
   for (;;) {
     int spins = 0;
-    while (generation_.load(std::memory_order_acquire) == seen && spins < kSpinIterations) {
+    while (generation_.load(std::memory_order_acquire) == seen && spins < kWorkerSpins) {
       DSG_PAUSE();
       ++spins;
     }
