@@ -19,7 +19,7 @@ import { formatInstanceId, httpTransportAddress } from '../../protocol/discovery
 import { advertisedHost, formatHostPort, resolveRpcHost } from './address.js';
 import { prepareRequest, refusal, type RequestOptions } from './egress.js';
 import { maxMessageSizeFromEnv } from './framing.js';
-import { Ingress, type EndpointRegistration, type IngressOptions } from './ingress.js';
+import { Ingress, type HandlerRegistration, type IngressOptions } from './ingress.js';
 import type { ResponseServer } from './response-server.js';
 import type { ResponseStream } from './response-stream.js';
 
@@ -52,7 +52,7 @@ function transportHeaders(headers: IncomingHttpHeaders): Record<string, string> 
 }
 
 export class HttpRequestServer {
-  private readonly routes = new Map<string, EndpointRegistration>();
+  private readonly routes = new Map<string, HandlerRegistration>();
   private readonly sessions = new Set<Http2Session>();
 
   private constructor(
@@ -85,7 +85,7 @@ export class HttpRequestServer {
   }
 
   /** Routes `POST {root}/{endpoint}` to the handler; returns the transport URL for discovery. */
-  register(registration: EndpointRegistration): string {
+  register(registration: HandlerRegistration): string {
     if (this.routes.has(registration.endpoint)) {
       throw new LlmError('LLM_ERR_CONFIG', `endpoint ${registration.endpoint} (instance ${formatInstanceId(registration.instanceId)}) is already served on http://${this.hostPort}`);
     }
@@ -95,7 +95,7 @@ export class HttpRequestServer {
       : `http://${this.hostPort}${this.rootPath}/${registration.endpoint}`;
   }
 
-  async unregister(registration: EndpointRegistration): Promise<void> {
+  async unregister(registration: HandlerRegistration): Promise<void> {
     if (this.routes.get(registration.endpoint) === registration) this.routes.delete(registration.endpoint);
     await this.ingress.idle(registration);
   }
@@ -241,4 +241,15 @@ export class HttpRequestClient {
       req.end(payload);
     });
   }
+}
+
+let shared: Promise<HttpRequestServer> | undefined;
+
+/** The process's one HTTP request server, started on first use from DYN_HTTP_RPC_HOST / _PORT / _ROOT_PATH. */
+export function sharedHttpRequestServer(): Promise<HttpRequestServer> {
+  shared ??= HttpRequestServer.start().catch((err: unknown) => {
+    shared = undefined;
+    throw err;
+  });
+  return shared;
 }

@@ -31,7 +31,7 @@ import { RequestControl, type EndpointHandler } from './context.js';
 import { DEFAULT_MAX_MESSAGE_SIZE, TwoPartDecoder, decodeTwoPart, encodeTwoPart } from './framing.js';
 
 /** One endpoint served on a plane. */
-export interface EndpointRegistration {
+export interface HandlerRegistration {
   endpoint: string;
   instanceId: bigint;
   handler: EndpointHandler;
@@ -52,7 +52,7 @@ export interface IngressOptions {
 export type AcceptResult = { ok: true } | { ok: false; error: string; overloaded: boolean };
 
 interface WorkItem {
-  registration: EndpointRegistration;
+  registration: HandlerRegistration;
   requestId: string;
   connection: TcpConnectionInfo;
   body: Buffer;
@@ -67,8 +67,8 @@ export class Ingress {
   private readonly onStreamError: (err: LlmError, requestId: string) => void;
   private running = 0;
   private readonly queue: WorkItem[] = [];
-  private readonly perRegistration = new Map<EndpointRegistration, number>();
-  private readonly idleWaiters = new Map<EndpointRegistration, Array<() => void>>();
+  private readonly perRegistration = new Map<HandlerRegistration, number>();
+  private readonly idleWaiters = new Map<HandlerRegistration, Array<() => void>>();
 
   constructor(options: IngressOptions = {}) {
     this.maxInflight = options.maxInflight ?? 1500;
@@ -89,7 +89,7 @@ export class Ingress {
    * malformed payload or control header is refused here, since without a valid `connection_info` there is nowhere to
    * stream an error to.
    */
-  accept(registration: EndpointRegistration, payload: Buffer, headers: Record<string, string>): AcceptResult {
+  accept(registration: HandlerRegistration, payload: Buffer, headers: Record<string, string>): AcceptResult {
     let item: WorkItem;
     try {
       const message = decodeTwoPart(payload, this.maxMessageSize);
@@ -114,7 +114,7 @@ export class Ingress {
   }
 
   /** Resolves once no request of `registration` is queued or running (graceful unregistration). */
-  idle(registration: EndpointRegistration): Promise<void> {
+  idle(registration: HandlerRegistration): Promise<void> {
     if (!this.perRegistration.get(registration)) return Promise.resolve();
     return new Promise((resolve) => {
       const waiters = this.idleWaiters.get(registration) ?? [];

@@ -6,7 +6,7 @@ import { LlmError } from '../../errors.js';
 import { natsRequestSubject } from '../../protocol/discovery.js';
 import { prepareRequest, refusal, type RequestOptions } from './egress.js';
 import { maxMessageSizeFromEnv } from './framing.js';
-import { Ingress, type EndpointRegistration, type IngressOptions } from './ingress.js';
+import { Ingress, type HandlerRegistration, type IngressOptions } from './ingress.js';
 import type { ResponseServer } from './response-server.js';
 import type { ResponseStream } from './response-stream.js';
 
@@ -31,7 +31,7 @@ function msgHeaders(msg: Msg): Record<string, string> {
 
 export class NatsRequestServer {
   readonly ingress: Ingress;
-  private readonly subscriptions = new Map<EndpointRegistration, Subscription>();
+  private readonly subscriptions = new Map<HandlerRegistration, Subscription>();
 
   constructor(
     readonly connection: NatsConnection,
@@ -41,7 +41,7 @@ export class NatsRequestServer {
   }
 
   /** Subscribes the endpoint's subject; returns the subject, the `nats_tcp` transport value for discovery. */
-  register(namespace: string, component: string, registration: EndpointRegistration): string {
+  register(namespace: string, component: string, registration: HandlerRegistration): string {
     const subject = natsRequestSubject(namespace, component, registration.endpoint, registration.instanceId);
     const subscription = this.connection.subscribe(subject, {
       queue: QUEUE_GROUP,
@@ -55,7 +55,7 @@ export class NatsRequestServer {
     return subject;
   }
 
-  async unregister(registration: EndpointRegistration): Promise<void> {
+  async unregister(registration: HandlerRegistration): Promise<void> {
     this.subscriptions.get(registration)?.unsubscribe();
     this.subscriptions.delete(registration);
     await this.ingress.idle(registration);

@@ -38,6 +38,7 @@ export class ResponseStream implements AsyncIterable<Annotated> {
   private end: End | undefined;
   private wake: (() => void) | undefined;
   private prologueSeen = false;
+  private readonly disconnectListeners: Array<(error: DisconnectedError) => void> = [];
   private stopRequested = false;
   private readonly callHomeTimer: NodeJS.Timeout;
   private readonly detachSignal: (() => void) | undefined;
@@ -67,6 +68,11 @@ export class ResponseStream implements AsyncIterable<Annotated> {
   /** True once the stream has ended, normally or not (buffered items may still be read). */
   get settled(): boolean {
     return this.end !== undefined;
+  }
+
+  /** Called if the stream ends with a DisconnectedError (a router marks the worker down). */
+  onDisconnect(listener: (error: DisconnectedError) => void): void {
+    this.disconnectListeners.push(listener);
   }
 
   /** Asks the worker to stop generating; the items it still sends, up to `complete_final`, are delivered. */
@@ -185,6 +191,9 @@ export class ResponseStream implements AsyncIterable<Annotated> {
     }
     if (end.kind === 'killed') this.items.length = 0;
     this.onSettled(this);
+    if (end.kind === 'error' && end.error instanceof DisconnectedError) {
+      for (const listener of this.disconnectListeners) listener(end.error);
+    }
     this.wakeReader();
   }
 }

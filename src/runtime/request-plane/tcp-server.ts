@@ -10,7 +10,7 @@ import { LlmError } from '../../errors.js';
 import { formatInstanceId, tcpRequestPath, tcpTransportAddress } from '../../protocol/discovery.js';
 import { advertisedHost, formatHostPort, resolveRpcHost, resolveRpcPort } from './address.js';
 import { encodeResponseFrame, maxMessageSizeFromEnv, RequestFrameDecoder } from './framing.js';
-import { Ingress, type EndpointRegistration, type IngressOptions } from './ingress.js';
+import { Ingress, type HandlerRegistration, type IngressOptions } from './ingress.js';
 
 const ACK = encodeResponseFrame();
 
@@ -22,7 +22,7 @@ export interface TcpRequestServerOptions extends IngressOptions {
 }
 
 export class TcpRequestServer {
-  private readonly routes = new Map<string, EndpointRegistration>();
+  private readonly routes = new Map<string, HandlerRegistration>();
   private readonly sockets = new Set<Socket>();
 
   private constructor(
@@ -49,7 +49,7 @@ export class TcpRequestServer {
   }
 
   /** Routes `{instance_id:x}/{endpoint}` to the handler; returns the transport address for discovery. */
-  register(registration: EndpointRegistration): string {
+  register(registration: HandlerRegistration): string {
     const path = tcpRequestPath(registration.instanceId, registration.endpoint);
     if (this.routes.has(path)) {
       throw new LlmError('LLM_ERR_CONFIG', `endpoint ${registration.endpoint} of instance ${formatInstanceId(registration.instanceId)} is already served on ${this.hostPort}`);
@@ -59,7 +59,7 @@ export class TcpRequestServer {
   }
 
   /** Stops routing new requests to the endpoint, then waits for its queued and running ones to finish. */
-  async unregister(registration: EndpointRegistration): Promise<void> {
+  async unregister(registration: HandlerRegistration): Promise<void> {
     const path = tcpRequestPath(registration.instanceId, registration.endpoint);
     if (this.routes.get(path) === registration) this.routes.delete(path);
     await this.ingress.idle(registration);
