@@ -62,7 +62,8 @@ t.test('incremental detokenizer holds back an incomplete character', async (t) =
   const cut = new IncrementalDetokenizer(tok);
   cut.push(ids[1] as number);
   t.equal(cut.flush(), '\uFFFD', 'an unfinished character at the end becomes U+FFFD');
-  t.throws(() => d.push(512), { code: 'LLM_ERR_TOKENIZER' });
+  t.equal(d.push(512), '', 'an id past the tokenizer (model vocabulary padding) reads as nothing');
+  t.throws(() => d.push(-1), { code: 'LLM_ERR_TOKENIZER' });
 });
 
 t.test('HF tokenizer.json: the real Qwen3 tokenizer', async (t) => {

@@ -19,9 +19,9 @@ export class IncrementalDetokenizer {
 
   /** Adds one token; returns the newly completed text (possibly empty). */
   push(id: number): string {
-    if (!Number.isInteger(id) || id < 0 || id >= this.tokenizer.vocabSize) {
-      throw new LlmError('LLM_ERR_TOKENIZER', `token id ${id} is outside the vocabulary (size ${this.tokenizer.vocabSize})`);
-    }
+    if (!Number.isInteger(id) || id < 0) throw new LlmError('LLM_ERR_TOKENIZER', `token id ${id} is not a token id`);
+    // Models pad their vocabulary past the tokenizer's (Qwen: 151936 rows, 151669 tokens): such ids read as nothing.
+    if (id >= this.tokenizer.vocabSize) return '';
     if (this.skipSpecialTokens && this.tokenizer.specialTokenIds.has(id)) return '';
     const piece = this.decoder.decode(this.tokenizer.tokenBytes(id), { stream: true });
     this.text += piece;

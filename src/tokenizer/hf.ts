@@ -240,7 +240,7 @@ export class HfTokenizer implements Tokenizer {
     const parts: Uint8Array[] = [];
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i] as number;
-      if (skip && this.specialTokenIds.has(id)) continue;
+      if ((skip && this.specialTokenIds.has(id)) || id >= this.vocabSize) continue; // padding ids past the tokenizer
       parts.push(this.tokenBytes(id));
     }
     const text = Buffer.concat(parts).toString('utf8');
