@@ -229,7 +229,7 @@ t.test('event plane: subjects and msgpack payloads', async (t) => {
   ];
   for (const ev of events) {
     const bytes = p.encodeRouterEvent(ev);
-    const envelope: p.EventEnvelope = { publisher_id: worker, sequence: ev.event.event_id, published_at: 1795737332420, topic: 'kv-events', payload: bytes };
+    const envelope: p.EventEnvelope = { publisher_id: worker, sequence: ev.event.event_id, published_at: 1795737332420n, topic: 'kv-events', payload: bytes };
     const back = p.decodeEventEnvelope(p.encodeEventEnvelope(envelope));
     t.same(back, envelope);
     t.same(p.decodeRouterEvent(back.payload), ev);

@@ -35,7 +35,8 @@ export const EventEnvelopeSchema = Type.Object(
   {
     publisher_id: U64(),
     sequence: U64(),
-    published_at: Type.Integer({ minimum: 0, description: 'milliseconds since the Unix epoch' }),
+    // u64 like the others: a millisecond timestamp needs 41 bits, and msgpack must carry it as uint64, not float64
+    published_at: U64({ description: 'milliseconds since the Unix epoch' }),
     topic: Type.String(),
     payload: Type.Uint8Array({ description: 'msgpack of the topic payload (RouterEvent, ActiveLoad, ...)' }),
   },
