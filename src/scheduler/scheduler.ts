@@ -127,6 +127,7 @@ export class Scheduler {
   private loopDone: Promise<void> | null = null;
   private stopping = false;
   private failure: ErrorPayload | null = null;
+  private readonly failureListeners: ((error: ErrorPayload) => void)[] = [];
 
   constructor(executor: StepExecutor, options: SchedulerOptions) {
     this.executor = executor;
@@ -150,6 +151,11 @@ export class Scheduler {
 
   get queuedCount(): number {
     return this.queue.length;
+  }
+
+  /** Called once if the executor fails (after every live request got the error). */
+  onFailure(listener: (error: ErrorPayload) => void): void {
+    this.failureListeners.push(listener);
   }
 
   start(): void {
@@ -248,6 +254,7 @@ export class Scheduler {
       this.failAll(this.failure);
       // The KV contents are unknown after an engine failure: nothing cached may be reused.
       this.cache?.clear();
+      for (const l of this.failureListeners) l(this.failure);
     }
   }
 

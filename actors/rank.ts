@@ -1,0 +1,247 @@
+// The rank actor: a worker_thread that owns one engine (one device) and runs the steps the scheduler sends, in
+// order. This file is both the worker's entry point (when started with workerData.actor === 'rank') and the main
+// side's handle, RankHandle, which the scheduler uses as its StepExecutor.
+//
+// Per-step path: the step's token and page arrays are transferred (not copied) to the rank; the small result
+// arrays come back by structured clone. Failures cross the thread as coded payloads {code, message, rank}:
+//  - an engine error in a step rejects that step (the scheduler then fails its requests);
+//  - an uncaught error or an exit of the worker fails every in-flight step with LLM_ERR_ACTOR_CRASHED;
+//  - a step that takes longer than stepTimeoutMs fails every in-flight step with LLM_ERR_ACTOR_HUNG and the worker
+//    is terminated. A failed handle refuses further steps at once: never a hang.
+import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
+import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
+import type { Engine, SeqStep, StepResult } from '../src/engine/types.js';
+import type { StepExecutor } from '../src/scheduler/scheduler.js';
+import { stepTransferList, toSeqStepWire, unreachable, type EngineSummary, type SeqStepWire } from './messages.js';
+import { siblingModule, spawnWorker } from './worker.js';
+
+/** The rank's inbox. */
+export type RankInbox = { kind: 'step'; stepNo: number; seqs: SeqStepWire[] } | { kind: 'shutdown' };
+
+/** What the rank sends back. */
+export type RankOutbox =
+  | { kind: 'ready'; engine: EngineSummary }
+  | { kind: 'initError'; error: ErrorPayload }
+  | { kind: 'result'; stepNo: number; result: StepResult }
+  | { kind: 'stepError'; stepNo: number; error: ErrorPayload };
+
+export interface RankWorkerData {
+  actor: 'rank';
+  rank: number;
+  /** URL of a module exporting `createEngine(init): Engine | Promise<Engine>` (actors/rank-engine.ts by default). */
+  engineModule: string;
+  engineInit: unknown;
+}
+
+interface EngineFactoryModule {
+  createEngine(init: unknown): Engine | Promise<Engine>;
+}
+
+// ---- worker side ----
+
+async function runRank(data: RankWorkerData): Promise<void> {
+  const port = parentPort!;
+  const send = (m: RankOutbox, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
+  let engine: Engine;
+  try {
+    const mod = (await import(data.engineModule)) as EngineFactoryModule;
+    engine = await mod.createEngine(data.engineInit);
+  } catch (err) {
+    send({ kind: 'initError', error: toErrorPayload(err, data.rank) });
+    return;
+  }
+  send({
+    kind: 'ready',
+    engine: {
+      backend: engine.backend,
+      kv: engine.kv,
+      vocabSize: engine.spec.vocabSize,
+      eosTokenIds: engine.spec.eosTokenIds,
+      maxPositionEmbeddings: engine.spec.maxPositionEmbeddings,
+    },
+  });
+  port.on('message', (m: RankInbox) => {
+    switch (m.kind) {
+      case 'step': {
+        let result: StepResult;
+        try {
+          result = engine.step(m.seqs);
+        } catch (err) {
+          send({ kind: 'stepError', stepNo: m.stepNo, error: toErrorPayload(err, data.rank) });
+          return;
+        }
+        send({ kind: 'result', stepNo: m.stepNo, result });
+        return;
+      }
+      case 'shutdown':
+        engine.close();
+        port.close();
+        return;
+      default:
+        unreachable(m);
+    }
+  });
+}
+
+if (!isMainThread && (workerData as RankWorkerData | null)?.actor === 'rank') void runRank(workerData as RankWorkerData);
+
+// ---- main side ----
+
+export interface RankSpawnOptions {
+  rank: number;
+  engineModule?: string;
+  engineInit: unknown;
+  /** A step not answered within this many ms marks the rank hung. */
+  stepTimeoutMs: number;
+  /** Engine start-up (model load) limit in ms. */
+  startTimeoutMs: number;
+  /** Called once when the rank crashes, hangs or exits unasked. */
+  onFailure?: (error: LlmError) => void;
+}
+
+interface PendingStep {
+  stepNo: number;
+  resolve: (r: StepResult) => void;
+  reject: (e: LlmError) => void;
+}
+
+export class RankHandle implements StepExecutor {
+  readonly rank: number;
+  readonly engine: EngineSummary;
+  private readonly worker: Worker;
+  private readonly pending: PendingStep[] = [];
+  private readonly stepTimeoutMs: number;
+  private readonly onFailure: ((error: LlmError) => void) | undefined;
+  private stepNo = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private failure: LlmError | null = null;
+  private closing = false;
+  private readonly exited: Promise<void>;
+
+  private constructor(worker: Worker, engine: EngineSummary, opts: RankSpawnOptions) {
+    this.worker = worker;
+    this.engine = engine;
+    this.rank = opts.rank;
+    this.stepTimeoutMs = opts.stepTimeoutMs;
+    this.onFailure = opts.onFailure;
+    worker.on('message', (m: RankOutbox) => this.onMessage(m));
+    worker.on('error', (err) => this.fail(new LlmError('LLM_ERR_ACTOR_CRASHED', `rank ${this.rank} crashed: ${err.message}`, { rank: this.rank })));
+    this.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
+    worker.on('exit', (code) => {
+      if (!this.closing) this.fail(new LlmError('LLM_ERR_ACTOR_CRASHED', `rank ${this.rank} exited unexpectedly with code ${code}`, { rank: this.rank }));
+    });
+  }
+
+  get kv() {
+    return this.engine.kv;
+  }
+
+  /** Starts a rank worker and waits until its engine is open. */
+  static spawn(opts: RankSpawnOptions): Promise<RankHandle> {
+    const data: RankWorkerData = {
+      actor: 'rank',
+      rank: opts.rank,
+      engineModule: opts.engineModule ?? siblingModule(import.meta.url, 'rank-engine').href,
+      engineInit: opts.engineInit,
+    };
+    const worker = spawnWorker(siblingModule(import.meta.url, 'rank'), data);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        cleanup();
+        void worker.terminate();
+        reject(new LlmError('LLM_ERR_ACTOR_HUNG', `rank ${opts.rank} did not open its engine within ${opts.startTimeoutMs} ms`, { rank: opts.rank }));
+      }, opts.startTimeoutMs);
+      const onMessage = (m: RankOutbox) => {
+        if (m.kind === 'ready') {
+          cleanup();
+          resolve(new RankHandle(worker, m.engine, opts));
+        } else if (m.kind === 'initError') {
+          cleanup();
+          void worker.terminate();
+          reject(LlmError.fromPayload(m.error));
+        }
+      };
+      const onError = (err: Error) => {
+        cleanup();
+        reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `rank ${opts.rank} crashed while starting: ${err.message}`, { rank: opts.rank }));
+      };
+      const onExit = (code: number) => {
+        cleanup();
+        reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `rank ${opts.rank} exited with code ${code} while starting`, { rank: opts.rank }));
+      };
+      const cleanup = () => {
+        clearTimeout(timer);
+        worker.off('message', onMessage).off('error', onError).off('exit', onExit);
+      };
+      worker.on('message', onMessage).on('error', onError).on('exit', onExit);
+    });
+  }
+
+  execute(seqs: readonly SeqStep[]): Promise<StepResult> {
+    if (this.failure) return Promise.reject(this.failure);
+    const wire = seqs.map(toSeqStepWire);
+    const stepNo = ++this.stepNo;
+    return new Promise((resolve, reject) => {
+      this.pending.push({ stepNo, resolve, reject });
+      this.armTimer();
+      const msg: RankInbox = { kind: 'step', stepNo, seqs: wire };
+      this.worker.postMessage(msg, stepTransferList(wire));
+    });
+  }
+
+  /** Asks the rank to close its engine and exit; terminates it if it does not within graceMs. */
+  async close(graceMs = 5000): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    this.fail(new LlmError('LLM_ERR_SHUTDOWN', `rank ${this.rank} is shutting down`, { rank: this.rank }));
+    const msg: RankInbox = { kind: 'shutdown' };
+    this.worker.postMessage(msg); // a no-op when the worker is gone already
+    const t = setTimeout(() => void this.worker.terminate(), graceMs);
+    await this.exited;
+    clearTimeout(t);
+  }
+
+  private onMessage(m: RankOutbox): void {
+    switch (m.kind) {
+      case 'result':
+      case 'stepError': {
+        const head = this.pending[0];
+        if (!head || head.stepNo !== m.stepNo) {
+          this.fail(new LlmError('LLM_ERR_INTERNAL', `rank ${this.rank} answered step ${m.stepNo}, expected ${head?.stepNo ?? 'none'}`));
+          return;
+        }
+        this.pending.shift();
+        this.armTimer();
+        if (m.kind === 'result') head.resolve(m.result);
+        else head.reject(LlmError.fromPayload(m.error));
+        return;
+      }
+      case 'ready':
+      case 'initError':
+        return; // start-up messages, handled by spawn
+      default:
+        unreachable(m);
+    }
+  }
+
+  /** The watchdog covers the oldest unanswered step. */
+  private armTimer(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    if (!this.pending.length || this.failure) return;
+    const stepNo = this.pending[0].stepNo;
+    this.timer = setTimeout(() => {
+      this.fail(new LlmError('LLM_ERR_ACTOR_HUNG', `rank ${this.rank} did not finish step ${stepNo} within ${this.stepTimeoutMs} ms`, { rank: this.rank }));
+      void this.worker.terminate();
+    }, this.stepTimeoutMs);
+  }
+
+  private fail(error: LlmError): void {
+    if (this.failure) return;
+    this.failure = error;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    for (const p of this.pending.splice(0)) p.reject(error);
+    if (!this.closing) this.onFailure?.(error);
+  }
+}
