@@ -121,17 +121,24 @@ export interface TwoPartEncodeOptions {
   maxMessageSize?: number;
 }
 
+/** Strings are written as UTF-8 straight into the message (no intermediate buffer: data frames are hot). */
 export function encodeTwoPart(header: Buffer | string, body: Buffer | string, options: TwoPartEncodeOptions = {}): Buffer {
-  const h = typeof header === 'string' ? Buffer.from(header, 'utf8') : header;
-  const b = typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
-  const total = TWO_PART_PREFIX_BYTES + h.length + b.length;
+  const headerLen = typeof header === 'string' ? Buffer.byteLength(header, 'utf8') : header.length;
+  const bodyLen = typeof body === 'string' ? Buffer.byteLength(body, 'utf8') : body.length;
+  const total = TWO_PART_PREFIX_BYTES + headerLen + bodyLen;
   const max = options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
   if (total > max) throw tooLarge('TwoPartMessage', total, max);
   const out = Buffer.allocUnsafe(total);
-  out.writeBigUInt64BE(BigInt(h.length), 0);
-  out.writeBigUInt64BE(BigInt(b.length), 8);
-  h.copy(out, TWO_PART_PREFIX_BYTES);
-  b.copy(out, TWO_PART_PREFIX_BYTES + h.length);
+  // u64 BE of lengths below 2^53: high and low u32 halves
+  out.writeUInt32BE(Math.floor(headerLen / 0x1_0000_0000), 0);
+  out.writeUInt32BE(headerLen >>> 0, 4);
+  out.writeUInt32BE(Math.floor(bodyLen / 0x1_0000_0000), 8);
+  out.writeUInt32BE(bodyLen >>> 0, 12);
+  const bodyAt = TWO_PART_PREFIX_BYTES + headerLen;
+  if (typeof header === 'string') out.write(header, TWO_PART_PREFIX_BYTES, 'utf8');
+  else header.copy(out, TWO_PART_PREFIX_BYTES);
+  if (typeof body === 'string') out.write(body, bodyAt, 'utf8');
+  else body.copy(out, bodyAt);
   out.writeBigUInt64BE(options.checksum ? xxh3_64(out.subarray(TWO_PART_PREFIX_BYTES)) : 0n, 16);
   return out;
 }

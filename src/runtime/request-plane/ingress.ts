@@ -12,12 +12,11 @@
 // after which the stream completes normally.
 import { connect, type Socket } from 'node:net';
 import { LlmError, toErrorPayload } from '../../errors.js';
-import { parseJsonExact } from '../../protocol/json.js';
+import { parseJsonExact, stringifyJsonExact } from '../../protocol/json.js';
 import {
   ControlMessageSchema,
   RequestControlMessageSchema,
   decodeWireJson,
-  encodeWireJson,
   readConnectionInfo,
   type Annotated,
   type CallHomeHandshake,
@@ -195,8 +194,7 @@ export class Ingress {
     try {
       for await (const output of item.registration.handler(request, ctx)) {
         if (ctx.isKilled()) break;
-        const frame: StreamFrame = { data: { data: output }, complete_final: false };
-        await out.body(frame);
+        await out.dataFrame(output);
       }
     } catch (err) {
       if (!ctx.isKilled()) {
@@ -239,6 +237,16 @@ function connectCallHome(address: string, timeoutMs: number): Promise<Socket> {
   });
 }
 
+/** JSON text; bigints (u64 ids) as exact integer literals, via the slower exact writer only when present. */
+function jsonText(value: unknown): string {
+  try {
+    return JSON.stringify(value) ?? 'null';
+  } catch (err) {
+    if (err instanceof TypeError && /BigInt/i.test(err.message)) return stringifyJsonExact(value);
+    throw err;
+  }
+}
+
 /**
  * Writes TwoPartMessages to the call-home socket. Writes made in one tick are corked into one syscall; a full socket
  * buffer makes `body` wait for 'drain', so a slow caller slows the handler instead of growing memory.
@@ -250,11 +258,21 @@ class CallHomeWriter {
   constructor(private readonly socket: Socket) {}
 
   header(value: unknown): void {
-    this.write(encodeTwoPart(Buffer.from(encodeWireJson(value)), Buffer.alloc(0)));
+    this.write(encodeTwoPart(jsonText(value), ''));
   }
 
-  body(value: unknown): Promise<void> | void {
-    if (this.write(encodeTwoPart(Buffer.alloc(0), Buffer.from(encodeWireJson(value))))) return;
+  body(value: StreamFrame): Promise<void> | void {
+    return this.send(encodeTwoPart('', jsonText(value)));
+  }
+
+  /** `{"data": {"data": output}, "complete_final": false}`, spelled out: the per-token hot path. */
+  dataFrame(output: unknown): Promise<void> | void {
+    const annotated = output === undefined ? '{}' : `{"data":${jsonText(output)}}`;
+    return this.send(encodeTwoPart('', `{"data":${annotated},"complete_final":false}`));
+  }
+
+  private send(bytes: Buffer): Promise<void> | void {
+    if (this.write(bytes)) return;
     if (this.failed) return;
     return new Promise((resolve) => {
       const done = () => {
