@@ -29,6 +29,8 @@ export interface FlagSpec {
   env?: string;
   /** Placeholder for the value in help, e.g. N, PATH. */
   valueName?: string;
+  /** Value when neither the flag nor its env var is given (see flagValues). */
+  default?: FlagValue;
   /** Default as shown in help. */
   defaultText?: string;
   help: string;
@@ -332,6 +334,26 @@ export function readEnv(specs: readonly FlagSpec[], env: NodeJS.ProcessEnv, cwd?
   return out;
 }
 
+export interface CommandLine {
+  /** By flag name: the flag's value, else its env var's, else its default; undefined when none applies. */
+  values: Record<string, FlagValue | undefined>;
+  positionals: string[];
+  help: boolean;
+}
+
+/** parseArgs + env + defaults in one call, keyed by flag name: the usual entry for a subcommand. */
+export function parseCommandLine(
+  argv: readonly string[],
+  specs: readonly FlagSpec[],
+  options: ParseOptions & { env?: NodeJS.ProcessEnv } = {},
+): CommandLine {
+  const parsed = parseArgs(argv, specs, options);
+  const fromEnv = parsed.help ? new Map<FlagSpec, ParsedFlag>() : readEnv(specs, options.env ?? process.env, options.cwd);
+  const values: Record<string, FlagValue | undefined> = {};
+  for (const spec of specs) values[spec.name] = (parsed.flags.get(spec) ?? fromEnv.get(spec))?.value ?? spec.default;
+  return { values, positionals: parsed.positionals, help: parsed.help };
+}
+
 export interface HelpSection {
   title: string;
   flags: readonly FlagSpec[];
@@ -365,7 +387,8 @@ export function renderHelp(usage: string, description: string, sections: readonl
       if (spec.kind === 'bool') names.push(`--no-${spec.name}`);
       out.push(`  ${names.join(', ')}${value}`);
       const facts: string[] = [];
-      if (spec.kind !== 'bool' && spec.kind !== 'string') facts.push(`expects ${describeExpected(spec)}`);
+      const plainString = spec.kind === 'string' && spec.schema[Kind] === 'String' && spec.expected === undefined;
+      if (spec.kind !== 'bool' && !plainString) facts.push(`expects ${describeExpected(spec)}`);
       if (spec.env) facts.push(`env ${spec.env}`);
       if (spec.defaultText !== undefined) facts.push(`default ${spec.defaultText}`);
       const tail = facts.length ? ` [${facts.join('; ')}]` : '';
