@@ -280,3 +280,20 @@ t.test('exact JSON for 64-bit integers', async (t) => {
   t.equal(p.stringifyJsonExact({ a: 18446744073709551615n, b: 'x', c: [1n] }), '{"a":18446744073709551615,"b":"x","c":[1]}');
   t.equal(p.stringifyJsonExact({ a: 1 }, 2), '{\n  "a": 1\n}');
 });
+
+t.test('parseWire decodes u64 inside unions, records and arrays without mutating its input', async (t) => {
+  const input = { type: 'Endpoint', namespace: 'n', component: 'c', endpoint: 'e', instance_id: 42, transport: { http: 'http://h:1/v1/rpc/e' } };
+  const rec = p.parseWire(p.DiscoveryRecordSchema, input, 'record', 'LLM_ERR_PROTOCOL');
+  t.equal(rec.instance_id, 42n);
+  t.equal(input.instance_id, 42, 'input untouched');
+  const req = { ...p.healthCheckPayload(), routing: { allowed_worker_ids: [1, 2n], prefill_worker_id: null }, token_ids: [1, 2, 3] };
+  const out = p.parseWire(p.PreprocessedRequestSchema, req, 'request');
+  t.same(out.routing?.allowed_worker_ids, [1n, 2n]);
+  t.equal(out.routing?.prefill_worker_id, null);
+  t.equal(out.token_ids, req.token_ids, 'arrays without u64 are passed through, not copied');
+  t.same(req.routing.allowed_worker_ids, [1, 2n]);
+  const loras = p.parseWire(p.LoraResponseSchema, { status: 'success', loras: { a: 1, b: 2 }, count: 2 }, 'reply');
+  t.same(loras.loras, { a: 1n, b: 2n }, 'record values');
+  const removed = p.parseWire(p.KvCacheEventDataSchema, { removed: { block_hashes: [3] } }, 'data');
+  t.same(removed, { removed: { block_hashes: [3n] } }, 'union branch chosen by its check');
+});
