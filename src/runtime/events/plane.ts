@@ -1,0 +1,111 @@
+// The event plane on NATS Core (reference §10.2): every event is an msgpack EventEnvelope {publisher_id, sequence,
+// published_at, topic, payload} published on `namespace.{ns}[.component.{comp}].{topic}`; `payload` is msgpack bin
+// holding the topic's own msgpack message (RouterEvent, ActiveLoad, ...). `topic` carries the topic name
+// ("kv-events"), the subject's last element.
+import type { NatsConnection, Subscription } from 'nats';
+import { LlmError } from '../../errors.js';
+import { eventChannelKey } from '../../protocol/discovery.js';
+import {
+  decodeEventEnvelope,
+  encodeEventEnvelope,
+  eventSubject,
+  eventSubjectPrefix,
+  type EventEnvelope,
+} from '../../protocol/events.js';
+import type { Discovery } from '../discovery/index.js';
+
+export interface EventScope {
+  namespace: string;
+  /** Absent for namespace-wide topics such as `kv_metrics`. */
+  component?: string;
+  topic: string;
+}
+
+/** Publishes one topic's events, numbering them per publisher. */
+export class EventPublisher {
+  readonly subject: string;
+  private sequence = 0n;
+
+  constructor(
+    private readonly connection: NatsConnection,
+    readonly scope: EventScope,
+    /** Who publishes: the worker's discovery instance id. */
+    readonly publisherId: bigint,
+  ) {
+    this.subject = eventSubject(scope.namespace, scope.topic, scope.component);
+  }
+
+  /** Wraps msgpack `payload` in an envelope and publishes it (buffered by the client; never blocks). */
+  publish(payload: Uint8Array): EventEnvelope {
+    const envelope: EventEnvelope = {
+      publisher_id: this.publisherId,
+      sequence: this.sequence++,
+      published_at: BigInt(Date.now()),
+      topic: this.scope.topic,
+      payload,
+    };
+    try {
+      this.connection.publish(this.subject, encodeEventEnvelope(envelope));
+    } catch (err) {
+      throw new LlmError(
+        'LLM_ERR_TRANSPORT',
+        `event plane: publishing on ${this.subject} via nats-server ${this.connection.getServer()} failed: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+    return envelope;
+  }
+}
+
+/** Advertises an event channel in discovery: `v1/event_channels/{ns}/{component}/{topic}/{instance_id:x}`. */
+export async function registerNatsEventChannel(discovery: Discovery, scope: Required<EventScope>): Promise<string> {
+  await discovery.registerEventChannel({
+    namespace: scope.namespace,
+    component: scope.component,
+    topic: scope.topic,
+    transport: { kind: 'Nats', config: { subject_prefix: eventSubjectPrefix(scope.namespace, scope.component) } },
+  });
+  return eventChannelKey(scope.namespace, scope.component, scope.topic, discovery.instanceId);
+}
+
+export interface ReceivedEvent<T> {
+  envelope: EventEnvelope;
+  /** The decoded payload. */
+  event: T;
+}
+
+export interface SubscribeOptions {
+  /** A message that does not decode is skipped and reported here (default: a process warning). */
+  onInvalid?: (error: LlmError, subject: string) => void;
+}
+
+/** Decoded events of one subject, in arrival order, until `close()`. */
+export class EventSubscription<T> implements AsyncIterable<ReceivedEvent<T>> {
+  private readonly subscription: Subscription;
+
+  constructor(
+    connection: NatsConnection,
+    readonly subject: string,
+    private readonly decodePayload: (payload: Uint8Array, what: string) => T,
+    private readonly options: SubscribeOptions = {},
+  ) {
+    this.subscription = connection.subscribe(subject);
+  }
+
+  close(): void {
+    this.subscription.unsubscribe();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<ReceivedEvent<T>> {
+    for await (const msg of this.subscription) {
+      try {
+        const envelope = decodeEventEnvelope(msg.data, `event envelope on ${msg.subject}`);
+        yield { envelope, event: this.decodePayload(envelope.payload, `${envelope.topic} payload on ${msg.subject}`) };
+      } catch (err) {
+        const error = err instanceof LlmError ? err : new LlmError('LLM_ERR_PROTOCOL', String(err));
+        if (this.options.onInvalid) this.options.onInvalid(error, msg.subject);
+        else process.emitWarning(error.message, 'EventPlaneWarning');
+      }
+    }
+  }
+}
