@@ -157,7 +157,7 @@ t.test('unknown flags, bad and missing values', async (t) => {
   usage(t, [...M, '--event-plane', 'kafka'], {}, 'one of "nats", "zmq"');
   usage(t, [...M, '--device', 'tpu'], {}, '--device: expected one of "cpu", "cuda", "auto", got "tpu"');
   usage(t, [...M, '--disaggregation-transfer-backend', 'nixl'], {}, 'nixl and mooncake are not implemented', 'got "nixl"');
-  usage(t, [...M, '--endpoint-types', 'chat,images'], {}, '--endpoint-types: expected a comma-separated list of one of "chat", "completions"');
+  usage(t, [...M, '--endpoint-types', 'chat,images'], {}, '--endpoint-types: expected a comma-separated list of items, each one of "chat", "completions"');
   usage(t, [...M, '--system-port', '70000'], {}, '--system-port: expected -1 (off), 0 (OS-assigned) or a port 1..65535, got "70000"');
   usage(t, [...M, '--chunked-prefill-size', '0'], {}, '-1 (no chunking) or an integer >= 1');
   t.equal(resolve([...M, '--chunked-prefill-size', '-1']).chunkedPrefillSize, -1);

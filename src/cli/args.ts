@@ -77,7 +77,9 @@ export function describeExpected(spec: FlagSpec): string {
   if (spec.kind === 'bool') return `${TRUE_WORDS.join('/')} or ${FALSE_WORDS.join('/')}`;
   if (spec.kind === 'list') {
     const items = (spec.schema as { items?: TSchema }).items;
-    return items ? `a comma-separated list of ${describeSchema(items)}` : 'a comma-separated list';
+    if (!items) return 'a comma-separated list';
+    const each = describeSchema(items);
+    return `a comma-separated list of ${each.startsWith('one of') ? `items, each ${each}` : each.replace(/^an? (.*)$/, '$1s')}`;
   }
   return describeSchema(spec.schema);
 }

@@ -258,7 +258,7 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
     help: 'Root directory of the file discovery store.' },
   { name: 'tcp-rpc-host', setting: 'tcpRpcHost', ...str(), valueName: 'HOST', env: 'DYN_TCP_RPC_HOST', default: null, defaultText: 'auto-detected IP', group: G_RUNTIME,
     help: 'Address the TCP request-plane server binds and advertises.' },
-  { name: 'tcp-rpc-port', setting: 'tcpRpcPort', ...int(Type.Integer({ minimum: 0, maximum: 65535 })), env: 'DYN_TCP_RPC_PORT', default: 0, defaultText: '0 (OS-assigned)', group: G_RUNTIME,
+  { name: 'tcp-rpc-port', setting: 'tcpRpcPort', ...int(Type.Integer({ minimum: 0, maximum: 65535 })), env: 'DYN_TCP_RPC_PORT', default: 0, expected: 'a port 0..65535 (0 = OS-assigned)', defaultText: '0 (OS-assigned)', group: G_RUNTIME,
     help: 'Port of the TCP request-plane server.' },
   { name: 'dyn-tool-call-parser', setting: 'dynToolCallParser', ...str(), valueName: 'NAME', env: 'DYN_TOOL_CALL_PARSER', default: null, defaultText: 'none', group: G_RUNTIME,
     help: 'Tool-call parser name published in the runtime config (applied by the frontend).' },
