@@ -122,6 +122,71 @@ t.test('EndpointClient follows discovery and routes', async (t) => {
     await sleep(10);
     t.equal(client.instances().length, 3);
   });
+
+  t.test('a stream dropped mid-way fails with a migratable error and takes the instance out of rotation', async (t) => {
+    const dropper = new Discovery(new MemStore());
+    let dropNow!: () => void;
+    const dropped = new Promise<void>((r) => (dropNow = r));
+    const served = await serveEndpoint({
+      discovery: dropper,
+      namespace: NS,
+      component: COMP,
+      endpoint: 'generate',
+      plane: 'tcp',
+      tcpServer,
+      handler: async function* (_req: unknown) {
+        yield { worker: 'dropper' };
+        await dropped;
+        throw new Error('unreachable: the test closes the call-home socket first');
+      },
+    });
+    t.teardown(async () => {
+      await dropper.close();
+    });
+    await sleep(10);
+    const stream = await client.generate({}, { routing: { instanceId: dropper.instanceId } });
+    const it = stream[Symbol.asyncIterator]();
+    t.same((await it.next()).value, { data: { worker: 'dropper' } });
+    // the worker process "dies": its call-home connection goes away without complete_final
+    const calls = (stream as unknown as { socket: import('node:net').Socket }).socket;
+    calls.destroy();
+    await t.rejects(it.next(), { name: 'DisconnectedError', code: 'LLM_ERR_TRANSPORT', migratable: true });
+    dropNow();
+    t.notOk(client.available().some((r) => r.instance_id === dropper.instanceId), 'marked down');
+    t.ok(client.instances().some((r) => r.instance_id === dropper.instanceId), 'still in discovery');
+    await served.stop();
+  });
+
+  t.test('stop() leaves discovery at once and waits for in-flight requests', async (t) => {
+    const draining = new Discovery(new MemStore());
+    let finish!: () => void;
+    const gate = new Promise<void>((r) => (finish = r));
+    const served = await serveEndpoint({
+      discovery: draining,
+      namespace: NS,
+      component: 'drain',
+      endpoint: 'generate',
+      plane: 'tcp',
+      tcpServer,
+      handler: async function* () {
+        await gate;
+        yield 'finished';
+      },
+    });
+    t.teardown(() => draining.close());
+    const drainClient = await EndpointClient.create({ discovery: frontend, namespace: NS, component: 'drain', endpoint: 'generate', responses });
+    t.teardown(() => drainClient.close());
+    const stream = await drainClient.generate({});
+    let stopped = false;
+    const stopping = served.stop().then(() => (stopped = true));
+    await sleep(30);
+    t.equal(drainClient.instances().length, 0, 'gone from discovery');
+    t.notOk(stopped, 'still waiting for the in-flight request');
+    finish();
+    t.same(await collect(stream), ['finished']);
+    await stopping;
+    t.ok(stopped);
+  });
 });
 
 t.test('nats-plane instances through the same client', async (t) => {

@@ -68,6 +68,26 @@ t.test('tcp plane', async (t) => {
     },
   });
 
+  const ctxEcho = server.register({
+    instanceId,
+    endpoint: 'ctx',
+    handler: async function* (_req: unknown, ctx: RequestContext) {
+      yield { id: ctx.id, traceId: ctx.traceId, headers: ctx.headers };
+    },
+  });
+
+  t.test('the handler sees the request id, trace id and transport headers', async (t) => {
+    const traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+    const [item] = await collect(await client.request(ctxEcho, null, { requestId: 'req-42', headers: { traceparent } }));
+    t.same(item.data, {
+      id: 'req-42',
+      traceId: '0af7651916cd43dd8448eb211c80319c',
+      headers: { traceparent, 'request-id': 'req-42', 'x-endpoint-path': '1234abcd/ctx' },
+    });
+    const [plain] = await collect(await client.request(ctxEcho, null, { requestId: 'req-43' }));
+    t.match(plain.data, { id: 'req-43', traceId: 'req-43' });
+  });
+
   t.test('round trip and 10,000 chunks in order', async (t) => {
     const small = await collect(await client.request(address, { n: 3 }));
     t.same(small, [{ data: { i: 0 } }, { data: { i: 1 } }, { data: { i: 2 } }]);
