@@ -1,2 +1,3 @@
 export * from './errors.js';
 export type * from './engine/types.js';
+export { Supervisor, type SupervisorConfig, type GenerateOptions } from './supervisor.js';
