@@ -84,6 +84,9 @@ t.test('EndpointClient follows discovery and routes', async (t) => {
     for (let i = 0; i < 40; i++) random.add(await whoServes({ routing: 'random' }));
     t.equal(random.size, 3);
     for (let i = 0; i < 3; i++) t.equal(await whoServes({ routing: { instanceId: workers[1].discovery.instanceId } }), 'w2');
+    const direct = await client.generate({}, { routing: { instanceId: workers[1].discovery.instanceId } });
+    t.equal(direct.instanceId, workers[1].discovery.instanceId, 'the stream names its instance');
+    await collect(direct);
     await t.rejects(client.generate({}, { routing: { instanceId: 0xdeadn } }), { code: 'LLM_ERR_DISCOVERY', message: `instance dead of ${NS}/${COMP}/generate is not in discovery (memory store)` });
   });
 

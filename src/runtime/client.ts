@@ -202,6 +202,7 @@ export class EndpointClient {
       if (isUnreachable(err)) this.reportInstanceDown(target.instance_id);
       throw err;
     }
+    stream.instanceId = target.instance_id;
     stream.onDisconnect(() => this.reportInstanceDown(target.instance_id));
     return stream;
   }

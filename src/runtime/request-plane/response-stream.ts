@@ -33,6 +33,8 @@ const HIGH_WATER_ITEMS = 512;
 type End = { kind: 'complete' } | { kind: 'killed' } | { kind: 'error'; error: LlmError };
 
 export class ResponseStream implements AsyncIterable<Annotated> {
+  /** The instance serving the request, when it was routed through discovery (EndpointClient sets it). */
+  instanceId: bigint | undefined;
   private socket: Socket | undefined;
   private readonly items: Annotated[] = [];
   private end: End | undefined;
