@@ -51,7 +51,7 @@ t.test('defaults', async (t) => {
   t.equal(c.healthCheckRequestTimeoutSecs, 3);
   t.equal(c.gracefulShutdownGracePeriodSecs, 5);
   t.same(c.etcdEndpoints, ['http://localhost:2379']);
-  t.equal(c.fileKvRoot, join('/tmpx', 'dynamo_store_kv').replace('/tmpx', tmpdir()));
+  t.equal(c.fileKvRoot, join(tmpdir(), 'dynamo_store_kv'));
   t.equal(resolve(M, { TMPDIR: '/scratch' }).fileKvRoot, '/scratch/dynamo_store_kv');
   t.same(c.endpointTypes, ['chat', 'completions']);
   t.equal(c.enableLocalIndexer, true);
