@@ -25,7 +25,7 @@ function isSchema(value: unknown): value is TSchema {
 
 /** `PreprocessedRequest` → `preprocessed-request.schema.json` */
 export function schemaFileName(id: string): string {
-  return `${id.replace(/([a-z0-9])([A-Z])/g, '$1-$2').replace(/([A-Z])([A-Z][a-z])/g, '$1-$2').toLowerCase()}.schema.json`;
+  return `${id.replace(/OpenAi/g, 'Openai').replace(/([a-z0-9])([A-Z])/g, '$1-$2').replace(/([A-Z])([A-Z][a-z])/g, '$1-$2').toLowerCase()}.schema.json`;
 }
 
 function sortKeys(obj: Record<string, unknown>, keepOrder: boolean): Record<string, unknown> {

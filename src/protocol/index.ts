@@ -10,3 +10,4 @@ export * from './request.js';
 export * from './response.js';
 export * from './health.js';
 export * from './mdc.js';
+export * from './openai.js';
