@@ -1,11 +1,12 @@
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LlmError } from '../src/errors.js';
 import { instanceKey, formatInstanceId } from '../src/protocol/discovery.js';
 import {
   Discovery,
+  FileStore,
   openDiscoveryStore,
   type DiscoveryConfig,
   type DiscoveryWatch,
@@ -179,6 +180,31 @@ for (const [name, config] of Object.entries(configs)) {
     t.same(await frontend.store.get(`v1/event_channels/${ns}/`), []);
   });
 }
+
+t.test('file: a stalled owner is reaped as dead, then takes its lease and keys back', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'discovery-stall-'));
+  const owner = new FileStore({ root, leaseTtlMs: 600 });
+  const reader = new FileStore({ root, leaseTtlMs: 600 });
+  t.teardown(async () => {
+    await owner.close();
+    await reader.close();
+    rmSync(root, { recursive: true, force: true });
+  });
+  await owner.put('v1/instances/a/b/c/1', 'record');
+  const renewed = new Promise<bigint>((resolve) => owner.onLeaseRenewed(resolve));
+  // as if the owner had not kept its lease alive for a while
+  const past = new Date(Date.now() - 60_000);
+  utimesSync(join(root, 'leases', `${owner.leaseId.toString(16)}.json`), past, past);
+  t.same(await reader.get('v1/'), [], 'a key of an expired lease is absent');
+  t.same(readdirSync(join(root, 'keys')), [], 'and reaped');
+  // another process may now take the name
+  await reader.put('v1/instances/a/b/c/2', 'other');
+  t.equal(await renewed, owner.instanceId, 'the owner notices within a keep-alive period and keeps its id');
+  t.same(await reader.get('v1/instances/a/b/c/'), [
+    { key: 'v1/instances/a/b/c/1', value: 'record' },
+    { key: 'v1/instances/a/b/c/2', value: 'other' },
+  ]);
+});
 
 t.test('errors name the server', async (t) => {
   const err = await openDiscoveryStore({ backend: 'etcd', endpoints: ['http://127.0.0.1:1'] }).catch((e: unknown) => e);

@@ -87,6 +87,7 @@ export class FileStore implements DiscoveryStore {
     } catch (err) {
       throw new LlmError('LLM_ERR_DISCOVERY', `${this.location}: cannot create its directories (${(err as Error).message})`);
     }
+    this.removeStaleStaging();
     this.writeLeaseFile();
     this.keepAliveTimer = setInterval(() => this.keepAlive(), Math.max(50, Math.floor(this.ttlMs / 3)));
     this.keepAliveTimer.unref();
@@ -187,6 +188,19 @@ export class FileStore implements DiscoveryStore {
     } catch (err) {
       if (errno(err) === 'EEXIST') return false;
       throw new LlmError('LLM_ERR_DISCOVERY', `${this.location}: cannot create ${path} (${(err as Error).message})`);
+    }
+  }
+
+  /** Staging files a crashed process left behind (its write never completed); a minute is far past any write. */
+  private removeStaleStaging(): void {
+    const cutoff = Date.now() - 60_000;
+    for (const name of readdirSync(this.tmpDir)) {
+      const path = join(this.tmpDir, name);
+      try {
+        if (statSync(path).mtimeMs < cutoff) unlinkSync(path);
+      } catch {
+        // removed by another process meanwhile
+      }
     }
   }
 
