@@ -8,12 +8,13 @@ import {
   CanaryHealthCheck,
   effectiveHealthCheckPayload,
   HealthRegistry,
+  healthRegistryOptionsFromEnv,
   parseHealthCheckPayloadSpec,
   type HealthProbe,
 } from '../src/runtime/health.js';
 import { SystemServer } from '../src/runtime/system-server.js';
 
-const EP = 'dynamo.backend.generate';
+const EP = 'generate';
 
 /** A probe whose behaviour the test switches: 'ok' yields one chunk, 'hang' never answers, 'throw', 'error-chunk'. */
 function scriptedProbe() {
@@ -44,39 +45,68 @@ async function until(cond: () => boolean, ms = 2000): Promise<boolean> {
   return cond();
 }
 
-t.test('/health follows the worker readiness and the endpoint canaries', async (t) => {
+t.test('/health and /live: worker status without an endpoint list', async (t) => {
   const health = new HealthRegistry();
   const server = await SystemServer.start({ port: 0, host: '127.0.0.1', health });
   t.teardown(() => server!.close());
   let res = await fetch(server!.url('/health'));
-  t.equal(res.status, 503, 'notready at start');
-  t.match(await res.json(), { status: 'notready', system: 'notready', endpoints: {} });
-  const live = await fetch(server!.url('/live'));
-  t.equal(live.status, 200, 'live even when not ready');
-  t.match(await live.json(), { status: 'live' });
+  t.equal(res.status, 503, 'notready at start (DYN_SYSTEM_STARTING_HEALTH_STATUS default)');
+  const body = (await res.json()) as Record<string, unknown>;
+  t.same(Object.keys(body), ['endpoints', 'status', 'uptime'], 'reference body shape');
+  t.match(body, { endpoints: {}, status: 'notready', uptime: { secs: Number, nanos: Number } });
+  t.equal((await fetch(server!.url('/live'))).status, 503, '/live answers like /health');
 
   const changes: string[] = [];
   health.on('change', (s) => changes.push(s.status));
   health.setSystemStatus('ready');
   res = await fetch(server!.url('/health'));
   t.equal(res.status, 200);
-  t.match(await res.json(), { status: 'ready', system: 'ready' });
+  t.match(await res.json(), { status: 'ready' });
   health.setEndpointStatus(EP, 'notready');
+  res = await fetch(server!.url('/live'));
+  t.equal(res.status, 200, 'endpoints not listed in DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS do not decide');
+  t.match(await res.json(), { status: 'ready', endpoints: { [EP]: 'notready' } });
+  health.setSystemStatus('notready');
+  t.same(changes, ['ready', 'ready', 'notready']);
+  t.equal(new HealthRegistry({ startingStatus: 'ready' }).snapshot().status, 'ready');
+});
+
+t.test('/health with DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS follows the listed endpoints', async (t) => {
+  const health = new HealthRegistry(healthRegistryOptionsFromEnv({ DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS: '["generate"]' }));
+  const server = await SystemServer.start({ port: 0, host: '127.0.0.1', health });
+  t.teardown(() => server!.close());
+  let res = await fetch(server!.url('/health'));
+  t.equal(res.status, 503);
+  t.match(await res.json(), { endpoints: { generate: 'notready' }, status: 'notready' }, 'listed endpoint not served yet');
+  health.setSystemStatus('ready');
+  t.equal((await fetch(server!.url('/health'))).status, 503, 'the worker status alone does not decide');
+  health.setEndpointStatus('generate', 'ready');
+  health.setEndpointStatus('load_metrics', 'ready');
   res = await fetch(server!.url('/health'));
-  t.equal(res.status, 503, 'an unhealthy endpoint makes the worker notready');
-  t.match(await res.json(), { status: 'notready', system: 'ready', endpoints: { [EP]: 'notready' } });
-  health.setEndpointStatus(EP, 'ready');
-  t.equal((await fetch(server!.url('/health'))).status, 200);
-  health.removeEndpoint(EP);
-  t.same(changes, ['ready', 'notready', 'ready', 'ready']);
-  const custom = await SystemServer.start({ port: 0, host: '127.0.0.1', health, healthPath: '/healthz', livePath: '/livez' });
+  t.equal(res.status, 200);
+  t.same((await res.json() as { endpoints: unknown }).endpoints, { generate: 'ready', load_metrics: 'ready' });
+  health.setEndpointStatus('generate', 'notready');
+  t.equal((await fetch(server!.url('/health'))).status, 503, 'a failed canary makes the worker notready');
+  health.removeEndpoint('generate');
+  t.equal((await fetch(server!.url('/health'))).status, 503, 'an unregistered endpoint is notready');
+  const custom = await SystemServer.start({ port: 0, host: '127.0.0.1', health: new HealthRegistry({ startingStatus: 'ready' }), healthPath: '/healthz', livePath: '/livez' });
   t.teardown(() => custom!.close());
   t.equal((await fetch(custom!.url('/healthz'))).status, 200);
   t.equal((await fetch(custom!.url('/livez'))).status, 200);
+  t.equal((await fetch(custom!.url('/health'))).status, 404);
+
+  t.same(healthRegistryOptionsFromEnv({ DYN_SYSTEM_STARTING_HEALTH_STATUS: 'ready' }), { startingStatus: 'ready' });
+  t.same(healthRegistryOptionsFromEnv({}), {});
+  t.throws(() => healthRegistryOptionsFromEnv({ DYN_SYSTEM_STARTING_HEALTH_STATUS: 'healthy' }), {
+    code: 'LLM_ERR_CONFIG', message: 'DYN_SYSTEM_STARTING_HEALTH_STATUS "healthy": expected ready or notready',
+  });
+  t.throws(() => healthRegistryOptionsFromEnv({ DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS: 'generate' }), {
+    code: 'LLM_ERR_CONFIG', message: /DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS generate: expected a JSON list/,
+  });
 });
 
 t.test('canary: idle endpoint gets the payload, healthy; hang times out; errors; recovery', async (t) => {
-  const registry = new HealthRegistry('ready');
+  const registry = new HealthRegistry({ useEndpointHealthStatus: [EP] });
   const { state, probe } = scriptedProbe();
   const payload = healthCheckPayload({ bos: 1 }) as Record<string, unknown>;
   const canary = new CanaryHealthCheck({ endpoint: EP, payload, probe, registry, canaryWaitMs: 40, timeoutMs: 60 });
@@ -90,7 +120,7 @@ t.test('canary: idle endpoint gets the payload, healthy; hang times out; errors;
   t.ok(await until(() => registry.endpointStatus(EP) === 'notready'), 'a hanging canary marks it notready');
   t.ok(Date.now() - started >= 60, 'not before the timeout');
   t.ok(await until(() => state.aborted >= 1), 'the probe saw its abort signal');
-  t.equal(registry.snapshot().status, 'notready');
+  t.equal(registry.snapshot().status, 'notready', 'the worker is notready with its endpoint');
 
   state.mode = 'ok';
   t.ok(await until(() => registry.endpointStatus(EP) === 'ready'), 'a later canary succeeds: ready again');
@@ -109,7 +139,7 @@ t.test('canary: idle endpoint gets the payload, healthy; hang times out; errors;
 });
 
 t.test('canary: traffic postpones canaries while ready, not while notready', async (t) => {
-  const registry = new HealthRegistry('ready');
+  const registry = new HealthRegistry({ useEndpointHealthStatus: [EP] });
   const { state, probe } = scriptedProbe();
   const canary = new CanaryHealthCheck({ endpoint: EP, payload: { token_ids: [1] }, probe, registry, canaryWaitMs: 120, timeoutMs: 50 });
   t.teardown(() => canary.stop());
@@ -135,7 +165,7 @@ t.test('canary: traffic postpones canaries while ready, not while notready', asy
 });
 
 t.test('canary: stop aborts a canary in flight and records nothing', async (t) => {
-  const registry = new HealthRegistry('ready');
+  const registry = new HealthRegistry({ useEndpointHealthStatus: [EP] });
   const { state, probe } = scriptedProbe();
   state.mode = 'hang';
   const canary = new CanaryHealthCheck({ endpoint: EP, payload: {}, probe, registry, canaryWaitMs: 1000, timeoutMs: 5000 });
@@ -183,7 +213,7 @@ t.test('DYN_HEALTH_CHECK_PAYLOAD: JSON text, @file, non-objects refused', async 
   t.same(effectiveHealthCheckPayload(def), def);
 
   // The override is what the canary sends.
-  const registry = new HealthRegistry('ready');
+  const registry = new HealthRegistry({ useEndpointHealthStatus: [EP] });
   const { state, probe } = scriptedProbe();
   const canary = new CanaryHealthCheck({ endpoint: EP, payload: effectiveHealthCheckPayload(def, `@${file}`), probe, registry, canaryWaitMs: 1000 });
   t.same(await canary.checkNow(), { healthy: true });

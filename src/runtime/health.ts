@@ -7,24 +7,36 @@ import { LlmError } from '../errors.js';
 
 export type HealthStatus = 'ready' | 'notready';
 
+/** The `/health` (and `/live`) body, shaped like the reference runtime's. */
 export interface HealthSnapshot {
-  status: HealthStatus;
-  /** Readiness the worker itself reports (engine loaded, endpoints served). */
-  system: HealthStatus;
-  /** Canary result per endpoint (`{ns}.{component}.{endpoint}`). */
+  /** Status per endpoint name (e.g. "generate"): ready once served, then as the canary finds it. */
   endpoints: Record<string, HealthStatus>;
-  uptime_seconds: number;
+  status: HealthStatus;
+  uptime: { secs: number; nanos: number };
 }
 
-/** Overall readiness = the worker's own readiness AND every tracked endpoint's canary result. Emits 'change'. */
+export interface HealthRegistryOptions {
+  /** DYN_SYSTEM_STARTING_HEALTH_STATUS (default notready). */
+  startingStatus?: HealthStatus;
+  /** DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS: when non-empty, the worker is ready iff all these endpoints are. */
+  useEndpointHealthStatus?: readonly string[];
+}
+
+/**
+ * Worker readiness as the reference runtime computes it: with `useEndpointHealthStatus` set, the overall status is
+ * ready iff every listed endpoint is ready (an endpoint not yet served counts as notready); otherwise it is the
+ * status the worker sets itself. Emits 'change' with a snapshot whenever something changes.
+ */
 export class HealthRegistry extends EventEmitter<{ change: [HealthSnapshot] }> {
   private system: HealthStatus;
+  private readonly watched: readonly string[];
   private readonly endpoints = new Map<string, HealthStatus>();
-  private readonly startedAt = performance.now();
+  private readonly startedAt = process.hrtime.bigint();
 
-  constructor(startingStatus: HealthStatus = 'notready') {
+  constructor(opts: HealthRegistryOptions = {}) {
     super();
-    this.system = startingStatus;
+    this.system = opts.startingStatus ?? 'notready';
+    this.watched = [...(opts.useEndpointHealthStatus ?? [])];
   }
 
   setSystemStatus(status: HealthStatus): void {
@@ -43,29 +55,60 @@ export class HealthRegistry extends EventEmitter<{ change: [HealthSnapshot] }> {
     return this.endpoints.get(endpoint);
   }
 
+  /** The endpoint is no longer served (unregistered at shutdown or memory release). */
   removeEndpoint(endpoint: string): void {
     if (this.endpoints.delete(endpoint)) this.emit('change', this.snapshot());
   }
 
   get ready(): boolean {
-    return this.system === 'ready' && [...this.endpoints.values()].every((s) => s === 'ready');
+    if (this.watched.length === 0) return this.system === 'ready';
+    return this.watched.every((e) => this.endpoints.get(e) === 'ready');
   }
 
   snapshot(): HealthSnapshot {
+    const endpoints: Record<string, HealthStatus> = {};
+    for (const e of this.watched) endpoints[e] = 'notready';
+    for (const [e, s] of [...this.endpoints].sort(([a], [b]) => (a < b ? -1 : 1))) endpoints[e] = s;
+    const ns = process.hrtime.bigint() - this.startedAt;
     return {
+      endpoints,
       status: this.ready ? 'ready' : 'notready',
-      system: this.system,
-      endpoints: Object.fromEntries(this.endpoints),
-      uptime_seconds: (performance.now() - this.startedAt) / 1000,
+      uptime: { secs: Number(ns / 1_000_000_000n), nanos: Number(ns % 1_000_000_000n) },
     };
   }
+}
+
+/** Reads DYN_SYSTEM_STARTING_HEALTH_STATUS and DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS (a JSON list of names). */
+export function healthRegistryOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): HealthRegistryOptions {
+  const opts: HealthRegistryOptions = {};
+  const starting = env['DYN_SYSTEM_STARTING_HEALTH_STATUS'];
+  if (starting !== undefined && starting !== '') {
+    if (starting !== 'ready' && starting !== 'notready') {
+      throw new LlmError('LLM_ERR_CONFIG', `DYN_SYSTEM_STARTING_HEALTH_STATUS "${starting}": expected ready or notready`);
+    }
+    opts.startingStatus = starting;
+  }
+  const use = env['DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS'];
+  if (use !== undefined && use !== '') {
+    let list: unknown;
+    try {
+      list = JSON.parse(use);
+    } catch {
+      list = undefined;
+    }
+    if (!Array.isArray(list) || !list.every((x) => typeof x === 'string' && x.length > 0)) {
+      throw new LlmError('LLM_ERR_CONFIG', `DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS ${use}: expected a JSON list of endpoint names, e.g. ["generate"]`);
+    }
+    opts.useEndpointHealthStatus = list as string[];
+  }
+  return opts;
 }
 
 /** Sends one request and yields its response chunks; `signal` aborts it (timeout or stop). */
 export type HealthProbe = (payload: Record<string, unknown>, signal: AbortSignal) => AsyncIterable<unknown>;
 
 export interface CanaryOptions {
-  /** Key under which the result is recorded, e.g. "dynamo.backend.generate". */
+  /** Endpoint name under which the result is recorded, e.g. "generate". */
   endpoint: string;
   payload: Record<string, unknown>;
   probe: HealthProbe;

@@ -1,5 +1,6 @@
-// The worker's system HTTP server (reference §5.3, §6): `/metrics` (Prometheus text), `/health` (readiness; 200 when
-// ready, 503 when not) and `/live` (liveness). Port 0 binds an ephemeral port; -1 turns the server off.
+// The worker's system HTTP server (reference §5.3, §6): `/metrics` (Prometheus text), and `/health` and `/live`, which
+// (as in the reference runtime) both answer the readiness body `{endpoints, status, uptime}` with 200 when ready and
+// 503 when not. Port 0 binds an ephemeral port; -1 turns the server off.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { LlmError } from '../errors.js';
@@ -71,11 +72,9 @@ async function handle(opts: SystemServerOptions, req: IncomingMessage, res: Serv
     sendJson(res, 405, { error: `method ${req.method} not allowed on ${path}` });
     return;
   }
-  if (path === (opts.healthPath ?? '/health')) {
+  if (path === (opts.healthPath ?? '/health') || path === (opts.livePath ?? '/live')) {
     const snap = opts.health.snapshot();
     sendJson(res, snap.status === 'ready' ? 200 : 503, snap);
-  } else if (path === (opts.livePath ?? '/live')) {
-    sendJson(res, 200, { status: 'live', uptime_seconds: opts.health.snapshot().uptime_seconds });
   } else if (path === '/metrics') {
     let text = opts.metrics !== undefined ? await opts.metrics.text() : '';
     if (opts.extraMetrics !== undefined) text += await opts.extraMetrics();
