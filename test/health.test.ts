@@ -69,6 +69,7 @@ t.test('/health and /live: worker status without an endpoint list', async (t) =>
   health.setSystemStatus('notready');
   t.same(changes, ['ready', 'ready', 'notready']);
   t.equal(new HealthRegistry({ startingStatus: 'ready' }).snapshot().status, 'ready');
+  t.equal(new HealthRegistry('ready').snapshot().status, 'ready', 'status shorthand');
 });
 
 t.test('/health with DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS follows the listed endpoints', async (t) => {

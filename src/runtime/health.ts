@@ -33,10 +33,12 @@ export class HealthRegistry extends EventEmitter<{ change: [HealthSnapshot] }> {
   private readonly endpoints = new Map<string, HealthStatus>();
   private readonly startedAt = process.hrtime.bigint();
 
-  constructor(opts: HealthRegistryOptions = {}) {
+  /** `new HealthRegistry('notready')` is short for `{startingStatus: 'notready'}`. */
+  constructor(opts: HealthRegistryOptions | HealthStatus = {}) {
     super();
-    this.system = opts.startingStatus ?? 'notready';
-    this.watched = [...(opts.useEndpointHealthStatus ?? [])];
+    const o = typeof opts === 'string' ? { startingStatus: opts } : opts;
+    this.system = o.startingStatus ?? 'notready';
+    this.watched = [...(o.useEndpointHealthStatus ?? [])];
   }
 
   setSystemStatus(status: HealthStatus): void {
