@@ -160,6 +160,25 @@ t.test('EndpointClient follows discovery and routes', async (t) => {
     await served.stop();
   });
 
+  t.test('a request accepted by an instance that leaves before calling back fails as disconnected', async (t) => {
+    // a worker that acknowledges every request and never calls home, then loses its lease
+    const mute = createServer((s) => s.on('data', () => s.write(Buffer.alloc(4))));
+    await new Promise<void>((r) => mute.listen(0, HOST, r));
+    t.teardown(() => mute.close());
+    const vanishing = new Discovery(new MemStore());
+    const port = (mute.address() as { port: number }).port;
+    const id = vanishing.instanceId;
+    const record: InstanceRecord = { type: 'Endpoint', namespace: NS, component: COMP, endpoint: 'generate', instance_id: id, transport: { tcp: `${HOST}:${port}/${id.toString(16)}/generate` } };
+    await vanishing.store.put(instanceKey(NS, COMP, 'generate', id), encodeDiscoveryRecord(record));
+    await sleep(10);
+    const stream = await client.generate({}, { routing: { instanceId: id } });
+    t.notOk(stream.calledHome);
+    const t0 = performance.now();
+    await vanishing.close();
+    await t.rejects(collect(stream), { name: 'DisconnectedError', migratable: true, message: /left discovery and did not call back within 500 ms/ });
+    t.ok(performance.now() - t0 < 1500, 'failed after the grace period, not at the call-home timeout');
+  });
+
   t.test('stop() leaves discovery at once and waits for in-flight requests', async (t) => {
     const draining = new Discovery(new MemStore());
     let finish!: () => void;

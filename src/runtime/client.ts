@@ -13,8 +13,9 @@ import type { RequestOptions } from './request-plane/egress.js';
 import { HttpRequestClient } from './request-plane/http.js';
 import type { NatsRequestClient } from './request-plane/nats.js';
 import { sharedResponseServer, type ResponseServer } from './request-plane/response-server.js';
-import type { ResponseStream } from './request-plane/response-stream.js';
 import { TcpRequestClient } from './request-plane/tcp-client.js';
+
+import { DisconnectedError, type ResponseStream } from './request-plane/response-stream.js';
 
 export type { ResponseStream } from './request-plane/response-stream.js';
 export { DisconnectedError } from './request-plane/response-stream.js';
@@ -36,6 +37,11 @@ export interface EndpointClientOptions {
   nats?: NatsRequestClient;
   /** How long an unreachable instance is skipped (default 10 s). */
   downCooldownMs?: number;
+  /**
+   * When an instance leaves discovery, how long its accepted requests may still take to call back before they fail
+   * with DisconnectedError (default 500 ms).
+   */
+  leftGraceMs?: number;
 }
 
 export interface GenerateOptions extends RequestOptions {
@@ -52,8 +58,11 @@ function isUnreachable(err: unknown): boolean {
 
 export class EndpointClient {
   private readonly down = new Map<bigint, number>();
+  /** Accepted requests whose worker has not called home yet, by instance. */
+  private readonly awaitingCallHome = new Map<bigint, Set<ResponseStream>>();
   private readonly routing: RoutingMode;
   private readonly downCooldownMs: number;
+  private readonly leftGraceMs: number;
   private readonly tcp: TcpRequestClient;
   private readonly http: HttpRequestClient;
   private readonly nats: NatsRequestClient | undefined;
@@ -66,12 +75,24 @@ export class EndpointClient {
   ) {
     this.routing = options.routing ?? 'round_robin';
     this.downCooldownMs = options.downCooldownMs ?? 10_000;
+    this.leftGraceMs = options.leftGraceMs ?? 500;
     this.tcp = options.tcp ?? new TcpRequestClient(responses);
     this.http = options.http ?? new HttpRequestClient(responses);
     this.nats = options.nats;
-    // an instance that left discovery starts afresh if it comes back
     watch.onChange((records) => {
       const live = new Set(records.map((r) => r.instance_id));
+      // a request accepted by an instance that left discovery may never be called back; one that is draining
+      // (graceful shutdown) calls back within milliseconds, so give it a moment, then fail what is still waiting
+      for (const [id, streams] of this.awaitingCallHome) {
+        if (live.has(id)) continue;
+        this.awaitingCallHome.delete(id);
+        setTimeout(() => {
+          for (const stream of streams) {
+            stream.fail(new DisconnectedError(`request ${stream.requestId}: instance ${formatInstanceId(id)} of ${this.name} left discovery and did not call back within ${this.leftGraceMs} ms`));
+          }
+        }, this.leftGraceMs).unref();
+      }
+      // an instance that left discovery starts afresh if it comes back
       for (const id of this.down.keys()) if (!live.has(id)) this.down.delete(id);
     });
   }
@@ -202,8 +223,16 @@ export class EndpointClient {
       if (isUnreachable(err)) this.reportInstanceDown(target.instance_id);
       throw err;
     }
-    stream.instanceId = target.instance_id;
-    stream.onDisconnect(() => this.reportInstanceDown(target.instance_id));
+    const id = target.instance_id;
+    stream.instanceId = id;
+    stream.onDisconnect(() => this.reportInstanceDown(id));
+    let awaiting = this.awaitingCallHome.get(id);
+    if (awaiting === undefined) this.awaitingCallHome.set(id, (awaiting = new Set()));
+    awaiting.add(stream);
+    stream.onReleased(() => {
+      awaiting.delete(stream);
+      if (awaiting.size === 0 && this.awaitingCallHome.get(id) === awaiting) this.awaitingCallHome.delete(id);
+    });
     return stream;
   }
 

@@ -41,6 +41,7 @@ export class ResponseStream implements AsyncIterable<Annotated> {
   private wake: (() => void) | undefined;
   private prologueSeen = false;
   private readonly disconnectListeners: Array<(error: DisconnectedError) => void> = [];
+  private releaseListeners: Array<() => void> = [];
   private stopRequested = false;
   private readonly callHomeTimer: NodeJS.Timeout;
   private readonly detachSignal: (() => void) | undefined;
@@ -77,6 +78,17 @@ export class ResponseStream implements AsyncIterable<Annotated> {
     this.disconnectListeners.push(listener);
   }
 
+  /** Called once, when the worker calls home or the stream ends, whichever comes first. */
+  onReleased(listener: () => void): void {
+    if (this.socket !== undefined || this.end !== undefined) listener();
+    else this.releaseListeners.push(listener);
+  }
+
+  /** True once the worker's call-home connection arrived. */
+  get calledHome(): boolean {
+    return this.socket !== undefined;
+  }
+
   /** Asks the worker to stop generating; the items it still sends, up to `complete_final`, are delivered. */
   stop(): void {
     if (this.end !== undefined || this.stopRequested) return;
@@ -102,6 +114,7 @@ export class ResponseStream implements AsyncIterable<Annotated> {
   attach(socket: Socket): void {
     clearTimeout(this.callHomeTimer);
     this.socket = socket;
+    this.release();
     if (this.stopRequested) this.sendControl('stop');
   }
 
@@ -168,6 +181,12 @@ export class ResponseStream implements AsyncIterable<Annotated> {
     }
   }
 
+  private release(): void {
+    const listeners = this.releaseListeners;
+    this.releaseListeners = [];
+    for (const listener of listeners) listener();
+  }
+
   private wakeReader(): void {
     const wake = this.wake;
     this.wake = undefined;
@@ -193,6 +212,7 @@ export class ResponseStream implements AsyncIterable<Annotated> {
     }
     if (end.kind === 'killed') this.items.length = 0;
     this.onSettled(this);
+    this.release();
     if (end.kind === 'error' && end.error instanceof DisconnectedError) {
       for (const listener of this.disconnectListeners) listener(end.error);
     }
