@@ -297,3 +297,11 @@ t.test('parseWire decodes u64 inside unions, records and arrays without mutating
   const removed = p.parseWire(p.KvCacheEventDataSchema, { removed: { block_hashes: [3] } }, 'data');
   t.same(removed, { removed: { block_hashes: [3n] } }, 'union branch chosen by its check');
 });
+
+t.test('image and video generation bodies', async (t) => {
+  t.ok(p.checkWire(p.ImageGenerationRequestSchema, p.imageHealthCheckPayload('m')), 'the image health payload is an image request');
+  t.ok(p.checkWire(p.VideoGenerationRequestSchema, p.videoHealthCheckPayload('m')), 'the video health payload is a video request');
+  throwsNaming(t, () => p.parseWire(p.ImageGenerationRequestSchema, { prompt: 'x', model: 'm', size: 'big' }, 'request'), 'LLM_ERR_BAD_REQUEST', 'request.size');
+  t.ok(p.checkWire(p.ImageGenerationResponseSchema, { created: 1, data: [{ b64_json: 'AA==' }] }));
+  t.ok(p.checkWire(p.VideoGenerationResponseSchema, { id: 'v', object: 'video', model: 'm', status: 'completed', progress: 100, created: 1, data: [{ url: 'file:///tmp/v.mp4' }], inference_time_s: 2.5 }));
+});

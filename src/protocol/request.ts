@@ -312,3 +312,52 @@ export const SessionControlRequestSchema = Type.Object(
   },
   { $id: 'SessionControlRequest', title: 'SessionControlRequest' },
 );
+
+// ---------------------------------------------------------------------------------------------------------------
+// image and video generation workers (reference §2.7)
+
+export const ImageGenerationRequestSchema = Type.Object(
+  {
+    prompt: Type.String(),
+    model: Type.String(),
+    n: Type.Optional(Type.Integer({ minimum: 1, default: 1 })),
+    size: Type.Optional(Type.String({ pattern: '^\\d+x\\d+$', default: '1024x1024' })),
+    quality: Type.Optional(Type.String({ default: 'standard' })),
+    response_format: Type.Optional(Type.Union([Type.Literal('url'), Type.Literal('b64_json')], { default: 'url' })),
+    user: Opt(Type.String()),
+    input_reference: Opt(Type.String()),
+    nvext: Opt(
+      Type.Object({
+        seed: Opt(Type.Integer()),
+        guidance_scale: Opt(Type.Number({ default: 7.5 })),
+        num_inference_steps: Opt(Type.Integer({ minimum: 1, default: 50 })),
+        negative_prompt: Opt(Type.String()),
+      }),
+    ),
+  },
+  { $id: 'ImageGenerationRequest', title: 'ImageGenerationRequest' },
+);
+export type ImageGenerationRequest = StaticDecode<typeof ImageGenerationRequestSchema>;
+
+export const VideoGenerationRequestSchema = Type.Object(
+  {
+    prompt: Type.String(),
+    model: Type.String(),
+    input_reference: Opt(Type.String()),
+    seconds: Type.Optional(Type.Number({ exclusiveMinimum: 0, default: 4 })),
+    size: Type.Optional(Type.String({ pattern: '^\\d+x\\d+$', default: '832x480' })),
+    response_format: Type.Optional(Type.Union([Type.Literal('url'), Type.Literal('b64_json')], { default: 'url' })),
+    nvext: Opt(
+      Type.Object({
+        fps: Opt(Type.Integer({ minimum: 1, default: 24 })),
+        num_frames: Opt(Type.Integer({ minimum: 1 })),
+        negative_prompt: Opt(Type.String()),
+        num_inference_steps: Opt(Type.Integer({ minimum: 1, default: 50 })),
+        guidance_scale: Opt(Type.Number({ default: 5.0 })),
+        seed: Opt(Type.Integer()),
+      }),
+    ),
+  },
+  { $id: 'VideoGenerationRequest', title: 'VideoGenerationRequest' },
+);
+export type VideoGenerationRequest = StaticDecode<typeof VideoGenerationRequestSchema>;

@@ -137,3 +137,30 @@ export const LoraResponseSchema = Type.Object(
   { $id: 'LoraResponse', title: 'LoraResponse' },
 );
 export type LoraResponse = StaticDecode<typeof LoraResponseSchema>;
+
+const MediaItemSchema = Type.Object(
+  { url: Opt(Type.String()), b64_json: Opt(Type.String()), revised_prompt: Opt(Type.String()) },
+  { title: 'MediaItem' },
+);
+
+export const ImageGenerationResponseSchema = Type.Object(
+  { created: Type.Integer({ minimum: 0 }), data: Type.Array(MediaItemSchema) },
+  { $id: 'ImageGenerationResponse', title: 'ImageGenerationResponse' },
+);
+export type ImageGenerationResponse = StaticDecode<typeof ImageGenerationResponseSchema>;
+
+export const VideoGenerationResponseSchema = Type.Object(
+  {
+    id: Type.String(),
+    object: Type.Literal('video'),
+    model: Type.String(),
+    status: Type.String({ description: '"completed" when done' }),
+    progress: Type.Number({ minimum: 0, maximum: 100 }),
+    created: Type.Integer({ minimum: 0 }),
+    data: Type.Array(MediaItemSchema),
+    error: Opt(Type.String()),
+    inference_time_s: Opt(Type.Number({ minimum: 0 })),
+  },
+  { $id: 'VideoGenerationResponse', title: 'VideoGenerationResponse' },
+);
+export type VideoGenerationResponse = StaticDecode<typeof VideoGenerationResponseSchema>;
