@@ -428,7 +428,9 @@ function writeGguf(file: string, shape: ShapeDef, seed: number, tensors: { name:
   for (const [t, id] of Object.entries(vocab)) { tokens[id] = t; types[id] = 1; }
   for (const t of tok.tokenizerJson['added_tokens'] as Json[]) {
     tokens[t['id'] as number] = t['content'] as string;
-    types[t['id'] as number] = t['special'] === true ? 3 : 4;
+    // As llama.cpp's converter: special tokens and ones that look like control markers (<|...|>) are CONTROL.
+    const control = t['special'] === true || /^<\|.*\|>$/.test(t['content'] as string);
+    types[t['id'] as number] = control ? 3 : 4;
   }
   const merges = ((tok.tokenizerJson['model'] as Json)['merges'] as [string, string][]).map((m) => `${m[0]} ${m[1]}`);
   const kvs: GgufKv[] = [
