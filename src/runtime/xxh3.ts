@@ -48,11 +48,14 @@ function bswap32(x: number): number {
 
 /** (rh, rl) = a * b, full 64-bit product of two u32. */
 function mul32(a: number, b: number): void {
-  const p0 = (a & 0xffff) * b; // < 2^48, exact in a double
-  const p1 = (a >>> 16) * b;
-  const s = (p1 % 65536) * 65536 + p0; // < 2^49
-  rl = s >>> 0;
-  rh = (Math.floor(p1 / 65536) + Math.floor(s / TWO32)) >>> 0;
+  // schoolbook on 16-bit halves: every partial product and sum stays far below 2^53
+  const a0 = a & 0xffff, a1 = a >>> 16;
+  const b0 = b & 0xffff, b1 = b >>> 16;
+  const lh = a0 * b1;
+  const hl = a1 * b0;
+  const mid = ((a0 * b0) >>> 16) + (lh & 0xffff) + (hl & 0xffff);
+  rl = Math.imul(a, b) >>> 0;
+  rh = (a1 * b1 + (lh >>> 16) + (hl >>> 16) + (mid >>> 16)) >>> 0;
 }
 
 /** (rh, rl) = low 64 bits of a * b. */
@@ -246,13 +249,14 @@ function scramble(secret: Uint8Array, so: number): void {
   }
 }
 
-let derivedFor: bigint | undefined;
+let derivedH = 0;
+let derivedL = 0;
 const derivedSecret = new Uint8Array(SECRET_SIZE);
 
 /** The secret of a seeded long hash: each 16-byte lane of the default secret gets +seed on its first half, -seed on its second. */
-function secretFor(seed: bigint, sh: number, sl: number): Uint8Array {
-  if (seed === 0n) return K_SECRET;
-  if (derivedFor === seed) return derivedSecret;
+function secretFor(sh: number, sl: number): Uint8Array {
+  if (sh === 0 && sl === 0) return K_SECRET;
+  if (derivedH === sh && derivedL === sl) return derivedSecret;
   const view = new DataView(derivedSecret.buffer);
   for (let i = 0; i < SECRET_SIZE; i += 16) {
     let l = le32(K_SECRET, i) + sl;
@@ -262,7 +266,8 @@ function secretFor(seed: bigint, sh: number, sl: number): Uint8Array {
     view.setUint32(i + 12, (le32(K_SECRET, i + 12) - sh - (l < 0 ? 1 : 0)) >>> 0, true);
     view.setUint32(i + 8, l >>> 0, true);
   }
-  derivedFor = seed;
+  derivedH = sh;
+  derivedL = sl;
   return derivedSecret;
 }
 
@@ -299,15 +304,29 @@ function hashLong(input: Uint8Array, len: number, secret: Uint8Array): void {
   avalanche(resH, resL);
 }
 
+// Splitting the seed and joining the result cost more than hashing a short input when done with BigInt
+// arithmetic: the last seed's halves are cached, and the result goes through one 8-byte view.
+let lastSeed = 0n;
+let lastSeedH = 0;
+let lastSeedL = 0;
+const joinView = new DataView(new ArrayBuffer(8));
+
 /** XXH3-64 of `input` with a 64-bit `seed` (taken mod 2^64). */
 export function xxh3_64(input: Uint8Array, seed: bigint = 0n): bigint {
-  const s = BigInt.asUintN(64, seed);
-  const sh = Number(s >> 32n);
-  const sl = Number(s & 0xffffffffn);
+  if (seed !== lastSeed) {
+    joinView.setBigUint64(0, BigInt.asUintN(64, seed), true);
+    lastSeed = seed;
+    lastSeedL = joinView.getUint32(0, true);
+    lastSeedH = joinView.getUint32(4, true);
+  }
+  const sh = lastSeedH;
+  const sl = lastSeedL;
   const len = input.length;
   if (len <= 16) hashUpTo16(input, len, sh, sl);
   else if (len <= 128) hash17To128(input, len, sh, sl);
   else if (len <= 240) hash129To240(input, len, sh, sl);
-  else hashLong(input, len, secretFor(s, sh, sl));
-  return (BigInt(rh) << 32n) | BigInt(rl);
+  else hashLong(input, len, secretFor(sh, sl));
+  joinView.setUint32(0, rl, true);
+  joinView.setUint32(4, rh, true);
+  return joinView.getBigUint64(0, true);
 }

@@ -12,7 +12,7 @@ import {
   type RouterEvent,
   type StorageTier,
 } from '../../protocol/events.js';
-import { KV_HASH_SEED, tokensHash } from '../kv-hash.js';
+import { KV_HASH_SEED, blockTokensHashes } from '../kv-hash.js';
 import { xxh3_64 } from '../xxh3.js';
 import { EventPublisher } from './plane.js';
 
@@ -116,11 +116,8 @@ export class KvEventPublisher {
       return;
     }
     const seed = kvHashSeed(input.loraName);
-    const ids = Array.from(input.tokenIds);
-    const blocks = hashes.map((blockHash, i) => ({
-      block_hash: blockHash,
-      tokens_hash: tokensHash(ids.slice(i * input.blockSize, (i + 1) * input.blockSize), seed),
-    }));
+    const tokensHashes = blockTokensHashes(input.tokenIds, input.blockSize, seed);
+    const blocks = hashes.map((blockHash, i) => ({ block_hash: blockHash, tokens_hash: tokensHashes[i] }));
     const parent = input.parentBlockHash === undefined || input.parentBlockHash === null ? null : u64(input.parentBlockHash);
     const pending = this.pending;
     if (pending && pending.tier === tier && typeof pending.data === 'object' && 'stored' in pending.data && parent !== null) {
