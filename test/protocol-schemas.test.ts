@@ -234,6 +234,10 @@ t.test('event plane: subjects and msgpack payloads', async (t) => {
     t.same(back, envelope);
     t.same(p.decodeRouterEvent(back.payload), ev);
   }
+  const asArray = p.encodeMsgpack({ publisher_id: 1, sequence: 2, published_at: 3, topic: 'kv-events', payload: [1, 2, 255] });
+  t.same(p.decodeEventEnvelope(asArray).payload, Uint8Array.of(1, 2, 255), 'payload as an array of bytes is accepted');
+  throwsNaming(t, () => p.decodeEventEnvelope(p.encodeMsgpack({ publisher_id: 1, sequence: 2, published_at: 3, topic: 't', payload: [256] })),
+    'LLM_ERR_PROTOCOL', 'event envelope.payload: expected bytes');
   // A small u64 written compactly (as Rust's rmp-serde does) still decodes to bigint.
   const compact = p.encodeMsgpack({ worker_id: 5, storage_tier: 'device', event: { event_id: 1, dp_rank: 0, data: 'cleared' } });
   t.equal(p.decodeRouterEvent(compact).worker_id, 5n);

@@ -159,7 +159,15 @@ export function encodeEventEnvelope(envelope: EventEnvelope): Uint8Array {
 }
 
 export function decodeEventEnvelope(bytes: Uint8Array, what = 'event envelope'): EventEnvelope {
-  return parseWire(EventEnvelopeSchema, decodeMsgpack(bytes, what), what, 'LLM_ERR_PROTOCOL');
+  const raw = decodeMsgpack(bytes, what);
+  // A serde `Vec<u8>` without serde_bytes arrives as an array of small ints rather than bin: accept both.
+  if (typeof raw === 'object' && raw !== null && Array.isArray((raw as { payload?: unknown }).payload)) {
+    const arr = (raw as { payload: unknown[] }).payload;
+    if (arr.every((b) => typeof b === 'number' && Number.isInteger(b) && b >= 0 && b <= 255)) {
+      (raw as { payload: unknown }).payload = Uint8Array.from(arr as number[]);
+    }
+  }
+  return parseWire(EventEnvelopeSchema, raw, what, 'LLM_ERR_PROTOCOL');
 }
 
 export function encodeRouterEvent(event: RouterEvent): Uint8Array {
