@@ -4,12 +4,15 @@
 // batch-N decode ceiling (steps driven directly, no scheduler, no actors), and batch-1 inter-token latency through
 // the actors vs. the engine alone.
 //
-//   npx tsx bench/offline/run.ts --model PATH [--device cuda] [--num 256] [--min 100] [--max 1024] [--seed 1]
+//   npx tsx bench/offline/run.ts (--model PATH | --make-shape qwen3-0.6b) [--device cuda] [--num 256] [--min 100] [--max 1024] [--seed 1]
 //     [--bandwidth-gbs 3350] [--mem-fraction 0.85] [--num-pages N] [--page-size 16] [--disable-overlap]
 //     [--skip-engine] [--out results.json]
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { openEngine } from '../../src/engine/engine.js';
+import { MODEL_SHAPE_NAMES, makeModel, type ModelShapeName } from '../../src/engine/make-model.js';
 import { loadModelSpec } from '../../src/engine/model.js';
 import type { BackendKind, Engine, SamplingParams, SeqStep } from '../../src/engine/types.js';
 import { Supervisor } from '../../src/supervisor.js';
@@ -17,6 +20,7 @@ import { Supervisor } from '../../src/supervisor.js';
 const { values: a } = parseArgs({
   options: {
     model: { type: 'string' },
+    'make-shape': { type: 'string' },
     device: { type: 'string', default: 'cuda' },
     num: { type: 'string', default: '256' },
     min: { type: 'string', default: '100' },
@@ -32,7 +36,13 @@ const { values: a } = parseArgs({
     out: { type: 'string' },
   },
 });
-if (!a.model) throw new Error('--model PATH is required');
+const shape = a['make-shape'];
+if (shape !== undefined) {
+  if (!(MODEL_SHAPE_NAMES as readonly string[]).includes(shape)) throw new Error(`--make-shape: one of ${MODEL_SHAPE_NAMES.join(', ')}`);
+  // Random bf16 weights of the real shape: speed does not depend on the values.
+  a.model = makeModel({ shape: shape as ModelShapeName, seed: 1, outDir: join(mkdtempSync(join(tmpdir(), 'offline-')), shape) }).dir;
+}
+if (!a.model) throw new Error('--model PATH or --make-shape NAME is required');
 const device = a.device as BackendKind;
 const num = Number(a.num);
 const [minLen, maxLen] = [Number(a.min), Number(a.max)];
