@@ -199,6 +199,52 @@ t.test('tcp plane', async (t) => {
     conn.socket.destroy();
   });
 
+  t.test('a body that is not JSON gets an error prologue and nothing else', async (t) => {
+    const home = await rawCallHome();
+    t.teardown(() => home.server.close());
+    const conn = await rawConnect(server.hostPort);
+    conn.send(encodeRequestFrame({ path: '1234abcd/count', headers: {}, payload: encodeTwoPart(controlFor(home.address, 'r9', 's9'), '{"n":') }));
+    t.same(await conn.next(), { ack: true });
+    const messages = await home.readUntilClose(await home.accepted);
+    t.equal(messages.length, 2);
+    t.equal(messages[0].header.toString(), '{"subject":"s9","stream_type":"response"}');
+    t.match(JSON.parse(messages[1].header.toString()), { error: /^request r9: body is not valid JSON/ });
+    conn.socket.destroy();
+  });
+
+  t.test('an error prologue fails the caller\'s stream; a missing ACK times out', async (t) => {
+    // a fake worker: ACKs, calls home with an error prologue; a mute one never ACKs
+    const refusing = createServer((s) =>
+      s.once('data', (chunk: Buffer) => {
+        const pathLen = chunk.readUInt16BE(0);
+        const headersLen = chunk.readUInt16BE(2 + pathLen);
+        const payload = chunk.subarray(4 + pathLen + headersLen + 4);
+        const control = JSON.parse(payload.subarray(24, 24 + Number(payload.readBigUInt64BE(0))).toString());
+        const info = JSON.parse(control.connection_info.info);
+        s.write(Buffer.alloc(4));
+        const [h, p] = info.address.split(':');
+        const back = connect({ host: h, port: Number(p) }, () => {
+          back.write(encodeTwoPart(JSON.stringify({ subject: info.subject, stream_type: 'response' }), ''));
+          back.end(encodeTwoPart('{"error":"model not loaded"}', ''));
+        });
+      }),
+    );
+    const mute = createServer(() => {});
+    await new Promise<void>((r) => refusing.listen(0, HOST, r));
+    await new Promise<void>((r) => mute.listen(0, HOST, r));
+    t.teardown(() => {
+      refusing.close();
+      mute.close();
+    });
+    const refusingPort = (refusing.address() as { port: number }).port;
+    const stream = await client.request(`${HOST}:${refusingPort}/1/gen`, {});
+    await t.rejects(collect(stream), { code: 'LLM_ERR_TRANSPORT', message: new RegExp(`worker ${HOST}:${refusingPort}/1/gen refused request .*: model not loaded`) });
+    const impatient = new TcpRequestClient(responses, { ackTimeoutMs: 200 });
+    t.teardown(() => impatient.close());
+    const mutePort = (mute.address() as { port: number }).port;
+    await t.rejects(impatient.request(`${HOST}:${mutePort}/1/gen`, {}), { code: 'LLM_ERR_TIMEOUT', message: `worker ${HOST}:${mutePort} did not acknowledge the request within 200 ms` });
+  });
+
   t.test('a raw caller closing the call-home socket cancels within 100 ms', async (t) => {
     const home = await rawCallHome();
     t.teardown(() => home.server.close());
