@@ -21,7 +21,6 @@ namespace dsg {
 namespace {
 
 constexpr int kLogitsChunk = 16;   // sequences per LM-head matmul
-constexpr int kKeyBlock = 64;      // keys per online-softmax block
 constexpr int kQueryTile = 16;     // query tokens per attention work unit
 
 std::vector<float> f32Copy(const HostTensor& t) {
@@ -108,7 +107,7 @@ class CpuBackend final : public Backend {
     sin_.resize(T * (D_ / 2));
     lastHidden_.resize((int64_t)kLogitsChunk * H_);
     logits_.resize((int64_t)kLogitsChunk * V_);
-    attnScratch_.resize((size_t)pool_.size() * (D_ + kKeyBlock));
+    attnScratch_.resize((size_t)pool_.size() * attentionScratchFloats(d.numHeads / d.numKvHeads, D_));
     samplingScratch_.resize((size_t)pool_.size() * ((samplingScratchBytes(V_) + 3) / 4));
     units_.reserve(1024);
     workspaceBytes_ = (int64_t)(x_.size() + xn_.size() + q_.size() + k_.size() + v_.size() + attn_.size() + gate_.size() +
@@ -389,47 +388,17 @@ class CpuBackend final : public Backend {
     int64_t keys = 0;
     for (int si = 0; si < s.numSeqs; ++si) keys += (int64_t)s.seqs[si].kvLen * s.seqs[si].qLen;
     const int threads = keys * d_.numHeads * D < (1 << 18) ? 1 : pool_.size();
+    const int64_t scratchFloats = attentionScratchFloats(group, D);
     pool_.parallelFor(threads, [&](int64_t, int64_t, int tid) {
-      float* acc = &attnScratch_[(size_t)tid * (D + kKeyBlock)];
-      float* scores = acc + D;
+      float* scratch = &attnScratch_[(size_t)tid * scratchFloats];
       for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < numUnits;) {
         const AttnUnit& un = units_[u];
         const SeqView& q = s.seqs[un.seq];
         for (int32_t j = un.t0; j < un.t1; ++j) {
           const int64_t t = q.qStart + j;
-          const int32_t last = q.startPos() + j;  // attends to keys [0, last]
-          for (int g = 0; g < group; ++g) {
-            const int h = un.kvHead * group + g;
-            const float* qh = &q_[t * QD_ + h * D];
-            float m = -std::numeric_limits<float>::infinity(), denom = 0;
-            std::fill(acc, acc + D, 0.0f);
-            for (int32_t kb = 0; kb <= last; kb += kKeyBlock) {
-              const int32_t ke = std::min(last + 1, kb + kKeyBlock);
-              float bm = -std::numeric_limits<float>::infinity();
-              for (int32_t key = kb; key < ke; ++key) {
-                const int64_t row = (int64_t)q.pages[key / P] * P + key % P;
-                const float sc = dotF32(qh, K + row * KD_ + un.kvHead * D, D) * scale;
-                scores[key - kb] = sc;
-                bm = std::max(bm, sc);
-              }
-              const float nm = std::max(m, bm);
-              const float corr = std::exp(m - nm);
-              if (corr != 1.0f) {
-                denom *= corr;
-                scaleF32(corr, acc, D);
-              }
-              for (int32_t key = kb; key < ke; ++key) {
-                const float p = std::exp(scores[key - kb] - nm);
-                denom += p;
-                const int64_t row = (int64_t)q.pages[key / P] * P + key % P;
-                axpyF32(p, Vc + row * KD_ + un.kvHead * D, acc, D);
-              }
-              m = nm;
-            }
-            float* o = &attn_[t * QD_ + h * D];
-            const float inv = 1.0f / denom;
-            for (int64_t i = 0; i < D; ++i) o[i] = acc[i] * inv;
-          }
+          const int64_t h0 = (int64_t)un.kvHead * group;  // the group's query heads are contiguous
+          attendPaged(&q_[t * QD_ + h0 * D], group, D, K + un.kvHead * D, Vc + un.kvHead * D, KD_, q.pages, P,
+                      q.startPos() + j + 1, scale, &attn_[t * QD_ + h0 * D], scratch);
         }
       }
     });

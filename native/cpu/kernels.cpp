@@ -170,6 +170,98 @@ DSG_AVX2 void axpyAvx2(float a, const float* x, float* y, int64_t n) {
 }
 #endif
 
+constexpr int kKeyBlock = 64;  // keys per online-softmax block
+
+// The attention inner loop, written once and compiled twice (portable and AVX2): the dot and axpy helpers are
+// passed as templates so they inline.
+template <class Dot, class Axpy>
+__attribute__((always_inline)) inline void attendPagedImpl(const float* q, int group, int64_t D, const float* K, const float* V, int64_t rowStride,
+                            const int32_t* pages, int P, int32_t numKeys, float scale, float* out, float* scratch,
+                            Dot dot, Axpy axpy) {
+  float* m = scratch;                   // [group] running max
+  float* l = m + group;                 // [group] running denominator
+  float* s = l + group;                 // [group, kKeyBlock] scores
+  int64_t* offs = reinterpret_cast<int64_t*>(s + (int64_t)group * kKeyBlock);  // [kKeyBlock] row offsets
+  for (int g = 0; g < group; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0;
+  }
+  std::memset(out, 0, sizeof(float) * group * D);
+  for (int32_t kb = 0; kb < numKeys; kb += kKeyBlock) {
+    const int32_t n = numKeys - kb < kKeyBlock ? numKeys - kb : kKeyBlock;
+    for (int32_t j = 0; j < n; ++j) {
+      const int32_t key = kb + j;
+      const int64_t off = ((int64_t)pages[key / P] * P + key % P) * rowStride;
+      offs[j] = off;
+      const float* kr = K + off;
+      for (int g = 0; g < group; ++g) s[g * kKeyBlock + j] = dot(q + g * D, kr, D) * scale;
+    }
+    for (int g = 0; g < group; ++g) {
+      float* sg = s + g * kKeyBlock;
+      float bm = m[g];
+      for (int32_t j = 0; j < n; ++j) bm = sg[j] > bm ? sg[j] : bm;
+      const float corr = std::exp(m[g] - bm);
+      float* og = out + g * D;
+      if (corr != 1.0f) {
+        for (int64_t i = 0; i < D; ++i) og[i] *= corr;
+        l[g] *= corr;
+      }
+      float sum = 0;
+      for (int32_t j = 0; j < n; ++j) {
+        const float p = std::exp(sg[j] - bm);
+        sg[j] = p;
+        sum += p;
+      }
+      l[g] += sum;
+      m[g] = bm;
+      for (int32_t j = 0; j < n; ++j) axpy(sg[j], V + offs[j], og, D);
+    }
+  }
+  for (int g = 0; g < group; ++g) {
+    const float inv = 1.0f / l[g];
+    for (int64_t i = 0; i < D; ++i) out[g * D + i] *= inv;
+  }
+}
+
+void attendPagedScalar(const float* q, int group, int64_t D, const float* K, const float* V, int64_t rowStride,
+                       const int32_t* pages, int P, int32_t numKeys, float scale, float* out, float* scratch) {
+  attendPagedImpl(
+      q, group, D, K, V, rowStride, pages, P, numKeys, scale, out, scratch,
+      [](const float* a, const float* b, int64_t n) {
+        float acc = 0;
+        for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+        return acc;
+      },
+      [](float a, const float* x, float* y, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+      });
+}
+
+#ifdef DSG_X86
+struct DotAvx2 {
+  DSG_AVX2 float operator()(const float* a, const float* b, int64_t n) const {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    float r = hsum(acc);
+    for (; i < n; ++i) r += a[i] * b[i];
+    return r;
+  }
+};
+struct AxpyAvx2 {
+  DSG_AVX2 void operator()(float a, const float* x, float* y, int64_t n) const {
+    const __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; ++i) y[i] += a * x[i];
+  }
+};
+DSG_AVX2 void attendPagedAvx2(const float* q, int group, int64_t D, const float* K, const float* V, int64_t rowStride,
+                              const int32_t* pages, int P, int32_t numKeys, float scale, float* out, float* scratch) {
+  attendPagedImpl(q, group, D, K, V, rowStride, pages, P, numKeys, scale, out, scratch, DotAvx2{}, AxpyAvx2{});
+}
+#endif
+
 using RowsFn = void (*)(const float*, int64_t, int64_t, const void*, int64_t, int64_t, const float*, float*, int64_t);
 
 RowsFn pickRows(DType t) {
@@ -224,6 +316,20 @@ void toF32(const void* src, DType t, int64_t n, float* dst) {
       for (int64_t i = 0; i < n; ++i) dst[i] = loadScalar<DType::F16>(src, i);
       return;
   }
+}
+
+int64_t attentionScratchFloats(int group, int64_t D) {
+  // m, l, scores, then int64 row offsets; rounded up to 64 bytes so per-thread slices stay aligned.
+  const int64_t n = 2 * group + (int64_t)group * kKeyBlock + 2 * kKeyBlock;
+  return (n + 15) / 16 * 16;
+}
+
+void attendPaged(const float* q, int group, int64_t D, const float* K, const float* V, int64_t rowStride,
+                 const int32_t* pages, int P, int32_t numKeys, float scale, float* out, float* scratch) {
+#ifdef DSG_X86
+  if (cpuHasAvx2()) return attendPagedAvx2(q, group, D, K, V, rowStride, pages, P, numKeys, scale, out, scratch);
+#endif
+  attendPagedScalar(q, group, D, K, V, rowStride, pages, P, numKeys, scale, out, scratch);
 }
 
 float dotF32(const float* a, const float* b, int64_t n) {

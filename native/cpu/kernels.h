@@ -23,6 +23,15 @@ float dotF32(const float* a, const float* b, int64_t n);
 void axpyF32(float a, const float* x, float* y, int64_t n);
 void scaleF32(float a, float* y, int64_t n);
 
+/**
+ * Causal attention of `group` query heads that share one KV head, for one query token, over keys [0, numKeys).
+ * q: [group, D] contiguous. Key j's K row is K + (pages[j / P] * P + j % P) * rowStride (likewise V).
+ * out: [group, D]. scratch: attentionScratchFloats(group, D) floats. Online softmax over key blocks.
+ */
+void attendPaged(const float* q, int group, int64_t D, const float* K, const float* V, int64_t rowStride,
+                 const int32_t* pages, int P, int32_t numKeys, float scale, float* out, float* scratch);
+int64_t attentionScratchFloats(int group, int64_t D);
+
 /** out = x / rms(x) * w over n elements (w in f32). out may alias x. */
 void rmsNorm(const float* x, const float* w, int64_t n, float eps, float* out);
 
