@@ -177,7 +177,8 @@ export class EtcdStore implements DiscoveryStore {
               void watcher.cancel().catch(() => undefined);
               resolve();
             };
-            watcher.once('error', () => {
+            // `on`, not `once`: an emitter throws on an 'error' nobody listens to
+            watcher.on('error', () => {
               void watcher.cancel().catch(() => undefined);
               resolve();
             });
