@@ -45,7 +45,8 @@ export interface DiscoveryStore {
   /** Every live key under `prefix`, sorted by key. */
   get(prefix: string): Promise<KeyValue[]>;
   watch(prefix: string, options?: WatchOptions): DiscoveryWatch;
-  /** Called after a lost lease was replaced and every owned key re-registered (etcd only; others never lose it). */
+  /** Called after a lost lease was replaced and every owned key re-registered: etcd grants a new lease id; the file
+   * store takes its own id back after a stall got it reaped; the memory store never loses its lease. */
   onLeaseRenewed(listener: (leaseId: bigint) => void): () => void;
   /** Revokes the lease: every key this store put disappears. Further calls fail; watches end. */
   close(): Promise<void>;
