@@ -9,7 +9,7 @@ import { MAX_TOP_LOGPROBS } from '../src/engine/step.js';
 import { PreprocessedRequestSchema, type PreprocessedRequest } from '../src/protocol/request.js';
 import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { parseWire } from '../src/protocol/validate.js';
-import { Scheduler, type RequestOutput, type SchedulerOptions, type SchedulerRequest } from '../src/scheduler/scheduler.js';
+import { Scheduler, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest } from '../src/scheduler/scheduler.js';
 import type { EngineSummary } from './messages.js';
 import type { RankEngineInit } from './rank-engine.js';
 import { RankHandle } from './rank.js';
@@ -41,6 +41,17 @@ export interface SupervisorConfig {
   /** The rank's engine factory: a module URL exporting createEngine(init), and its init. Defaults to the native
    * engine over modelPath (actors/rank-engine.ts); tests pass a fake engine here. */
   engineFactory?: { module: string; init: unknown };
+}
+
+/** A load snapshot for metrics and routing (reference §5.2: KV usage, requests). */
+export interface SupervisorLoad {
+  kvTotalPages: number;
+  /** Pages held by requests or the prefix cache. */
+  kvUsedPages: number;
+  /** Of those, cached pages no request uses (reclaimable). */
+  kvEvictablePages: number;
+  runningRequests: number;
+  queuedRequests: number;
 }
 
 export interface GenerateOptions {
@@ -75,6 +86,7 @@ export class Supervisor {
   private failure: LlmError | null = null;
   private restarts = 0;
   private stopped = false;
+  private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
 
   private constructor(config: SupervisorConfig) {
     this.config = config;
@@ -110,6 +122,25 @@ export class Supervisor {
   get scheduler(): Scheduler {
     if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
     return this.core.scheduler;
+  }
+
+  /** KV-cache events (blocks stored in / removed from the prefix cache, with their token ids) for the KV-event
+   * publisher. After a rank restart the cache starts empty; no "removed" events are sent for the lost one. */
+  onKvEvent(listener: (e: RadixEvent) => void): void {
+    this.kvListeners.push(listener);
+    this.core?.scheduler.cache?.onEvent(listener);
+  }
+
+  load(): SupervisorLoad {
+    const s = this.core?.scheduler;
+    if (!s) return { kvTotalPages: 0, kvUsedPages: 0, kvEvictablePages: 0, runningRequests: 0, queuedRequests: 0 };
+    return {
+      kvTotalPages: s.allocator.numPages,
+      kvUsedPages: s.allocator.usedCount,
+      kvEvictablePages: s.cache?.evictablePages ?? 0,
+      runningRequests: s.runningCount,
+      queuedRequests: s.queuedCount,
+    };
   }
 
   /** Streams the response chunks of one request (reference §2.2 shapes). Aborting the signal ends the stream with
@@ -180,6 +211,7 @@ export class Supervisor {
       onFailure: (err) => this.onCoreFailure(rank, err),
     });
     const scheduler = new Scheduler(rank, this.schedulerOptions);
+    for (const l of this.kvListeners) scheduler.cache?.onEvent(l);
     // An engine error in a step leaves the device state unknown: restart the rank as after a crash.
     scheduler.onFailure((err) => this.onCoreFailure(rank, LlmError.fromPayload(err)));
     scheduler.start();
