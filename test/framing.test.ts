@@ -91,15 +91,16 @@ t.test('request frames survive any split into chunks and coalescing', async (t) 
 });
 
 t.test('request frame: oversized payload is refused from its length prefix alone', async (t) => {
+  // the limit applies to the whole frame: 2 + path + 2 + headers + 4 + payload (as Dynamo's codec does)
   const decoder = new RequestFrameDecoder(1024);
-  // only the prefix arrives: path "1/a", no headers, payload_len 1025 — nothing else is needed to refuse it
-  const prefix = Buffer.concat([u16(3), txt('1/a'), u16(0), u32(1025)]);
-  t.throws(() => decoder.push(prefix), { code: 'LLM_ERR_PROTOCOL', message: /request payload of 1025 bytes exceeds the maximum message size of 1024 bytes \(DYN_TCP_MAX_MESSAGE_SIZE\)/ });
+  // only the prefix arrives: path "1/a", no headers, payload_len 1014 → 1025 bytes; nothing else is needed to refuse it
+  const prefix = Buffer.concat([u16(3), txt('1/a'), u16(0), u32(1014)]);
+  t.throws(() => decoder.push(prefix), { code: 'LLM_ERR_PROTOCOL', message: /request frame of 1025 bytes exceeds the maximum message size of 1024 bytes \(DYN_TCP_MAX_MESSAGE_SIZE\)/ });
   // exactly at the limit is fine
-  const ok = new RequestFrameDecoder(1024).push(handRequestFrame('1/a', '', Buffer.alloc(1024)));
+  const ok = new RequestFrameDecoder(1024).push(handRequestFrame('1/a', '', Buffer.alloc(1013)));
   t.equal(ok.length, 1);
   // a 4 GiB length is refused without allocating it
-  t.throws(() => new RequestFrameDecoder().push(Buffer.concat([u16(0), u16(0), u32(0xffffffff)])), /4294967295 bytes exceeds the maximum message size of 33554432/);
+  t.throws(() => new RequestFrameDecoder().push(Buffer.concat([u16(0), u16(0), u32(0xffffffff)])), /4294967303 bytes exceeds the maximum message size of 33554432/);
 });
 
 t.test('request frame: malformed headers come back as an error in place, later frames still decode', async (t) => {

@@ -290,7 +290,7 @@ t.test('tcp plane', async (t) => {
     const other = client.request(address, { n: 2 });
     // path "x", no headers, payload_len 2^31: refused from the prefix, nothing is allocated
     conn.send(Buffer.from([0, 1, 0x78, 0, 0, 0x80, 0, 0, 0]));
-    t.match(await conn.next(), { ack: false, error: /^Request refused: request payload of 2147483648 bytes exceeds the maximum message size of 33554432 bytes \(DYN_TCP_MAX_MESSAGE_SIZE\)/ });
+    t.match(await conn.next(), { ack: false, error: /^Request refused: request frame of 2147483657 bytes exceeds the maximum message size of 33554432 bytes \(DYN_TCP_MAX_MESSAGE_SIZE\)/ });
     await conn.closed;
     t.equal((await collect(await other)).length, 2);
     t.equal((await collect(await client.request(address, { n: 3 }))).length, 3);

@@ -278,9 +278,9 @@ export class RequestFrameDecoder {
         const headersLen = q.peek(2 + pathLen + 2).readUInt16BE(2 + pathLen);
         const payloadAt = 2 + pathLen + 2 + headersLen;
         if (q.length < payloadAt + 4) break;
-        const payloadLen = q.peek(payloadAt + 4).readUInt32BE(payloadAt);
-        if (payloadLen > this.maxMessageSize) throw tooLarge('request payload', payloadLen, this.maxMessageSize);
-        this.pendingTotal = payloadAt + 4 + payloadLen;
+        const total = payloadAt + 4 + q.peek(payloadAt + 4).readUInt32BE(payloadAt);
+        if (total > this.maxMessageSize) throw tooLarge('request frame', total, this.maxMessageSize);
+        this.pendingTotal = total;
       }
       if (this.queue.length < this.pendingTotal) break;
       const frame = this.queue.take(this.pendingTotal);
