@@ -93,6 +93,26 @@ for (const [name, p] of cases) {
   });
 }
 
+t.test('top-p / min-p over a long flat tail keep exactly the expected support', async (t) => {
+  // 4096 slowly decaying logits: the sampler's candidate prefilter runs several threshold passes here.
+  const V = 4096;
+  const flat = Float32Array.from({ length: V }, (_, i) => -i * 0.003 + 0.05 * Math.sin(i * 1.7));
+  for (const p of [{ ...plain, topP: 0.5 }, { ...plain, topP: 0.95, minP: 0.2 }, { ...plain, temperature: 0.6, topP: 0.3 }]) {
+    const want = expected(Array.from(flat), p);
+    const support = new Set(want.flatMap((x, i) => (x > 0 ? [i] : [])));
+    const edge = [...support].sort((a, b) => flat[a] - flat[b]).slice(0, Math.ceil(support.size / 10));
+    let outside = 0;
+    let atEdge = 0;
+    for (let i = 0; i < 4000; i++) {
+      const tok = addon.sampleFromLogits(flat, p, 77, 0, i).token;
+      if (!support.has(tok)) outside++;
+      if (edge.includes(tok)) atEdge++;
+    }
+    t.equal(outside, 0, `topP ${p.topP} minP ${p.minP}: no draw outside the ${support.size}-token support`);
+    t.ok(atEdge > 0, `topP ${p.topP} minP ${p.minP}: the lowest-probability tenth of the support is drawn (${atEdge})`);
+  }
+});
+
 t.test('logprobs are the log-softmax of the raw logits (before temperature); top-n ordered', async (t) => {
   const ls = logSoftmax(zRounded);
   for (const temperature of [0, 0.5, 1.3]) {

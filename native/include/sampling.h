@@ -5,7 +5,8 @@
 //    double on CPU), i.e. before temperature and filters, as SGLang reports them. Top-n logprobs: the n largest
 //    lp, ordered by value descending, ties by lower token id.
 // 2. temperature == 0 (or topK == 1): the token is argmax z, ties to the lowest id. No random number is drawn.
-// 3. Otherwise, with probabilities p[i] = softmax(z / temperature):
+// 3. Otherwise, with unnormalised probabilities p[i] = exp((z[i] - max z) / temperature) (f32; masses summed in
+//    double):
 //    a. candidates = all tokens ordered by z descending, ties by lower id;
 //    b. top-k (topK > 0): keep the first topK candidates;
 //    c. top-p (topP < 1): renormalise the kept mass to 1, keep the shortest prefix whose cumulative mass is
@@ -14,7 +15,8 @@
 //       order relative to renormalisation does not matter);
 //    e. draw u in [0, 1) (below) and pick the first kept candidate whose cumulative mass exceeds u * (kept mass).
 //       When no filter is active (topK <= 0, topP >= 1, minP <= 0) the candidates need no ordering: the
-//       cumulative sum runs over token ids in increasing order (same distribution, no sort).
+//       cumulative sum runs over token ids in increasing order (same distribution, no sort). Without top-k, an
+//       implementation may sort only the tokens that can survive top-p/min-p (the CPU one does: see sampling.cpp).
 // 4. The uniform: Philox4x32-10 with key = (seedLo, seedHi) and counter = (outputIndex, 0, 0, 0); take output
 //    word 0 and u = (word0 >> 8) * 2^-24. A request therefore replays exactly, whatever the batch around it.
 #pragma once

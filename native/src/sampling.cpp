@@ -41,10 +41,10 @@ int32_t sampleFromLogits(const float* z, int32_t vocab, const SamplingParams& sp
     chosen = argmaxLowestId(z, vocab);
   } else {
     const float zmax = z[argmaxLowestId(z, vocab)];
-    const double invT = 1.0 / sp.temperature;
+    const float invT = 1.0f / sp.temperature;
     double mass = 0;
     for (int32_t i = 0; i < vocab; ++i) {
-      prob[i] = (float)std::exp(((double)z[i] - zmax) * invT);
+      prob[i] = std::exp((z[i] - zmax) * invT);  // the argmax token has prob exactly 1
       mass += prob[i];
     }
     const double u = samplingUniform(sp.seed, sp.outputIndex);
@@ -61,16 +61,38 @@ int32_t sampleFromLogits(const float* z, int32_t vocab, const SamplingParams& sp
         }
       }
     } else {
-      for (int32_t i = 0; i < vocab; ++i) order[i] = i;
-      int32_t kept = vocab;
+      int32_t kept;
+      double keptMass;
       if (sp.topK > 0 && sp.topK < vocab) {
+        for (int32_t i = 0; i < vocab; ++i) order[i] = i;
         kept = sp.topK;
         std::partial_sort(order, order + kept, order + vocab, ByLogitDesc{z});
+        keptMass = 0;
+        for (int32_t i = 0; i < kept; ++i) keptMass += prob[order[i]];
       } else {
-        std::sort(order, order + vocab, ByLogitDesc{z});
+        // Only tokens that can survive top-p and min-p need sorting: those with prob >= tau, where tau is the
+        // min-p threshold, raised (by factors of 16 from 1/2) while the mass above it still reaches topP * mass,
+        // which guarantees the top-p prefix lies inside the candidates. Exact, and usually a short list.
+        float tau = sp.minP > 0.0f ? sp.minP : 0.0f;
+        if (sp.topP < 1.0f) {
+          const double need = (double)sp.topP * mass;
+          for (float t = 0.5f; t > tau; t *= 0.0625f) {
+            double above = 0;
+            for (int32_t i = 0; i < vocab; ++i)
+              if (prob[i] >= t) above += prob[i];
+            if (above >= need) {
+              tau = t;
+              break;
+            }
+            if (t < 1e-30f) break;
+          }
+        }
+        kept = 0;
+        for (int32_t i = 0; i < vocab; ++i)
+          if (prob[i] >= tau) order[kept++] = i;
+        std::sort(order, order + kept, ByLogitDesc{z});
+        keptMass = mass;  // top-p is relative to the whole distribution
       }
-      double keptMass = 0;
-      for (int32_t i = 0; i < kept; ++i) keptMass += prob[order[i]];
       if (sp.topP < 1.0f) {
         const double limit = (double)sp.topP * keptMass;
         double cum = 0;
@@ -83,7 +105,8 @@ int32_t sampleFromLogits(const float* z, int32_t vocab, const SamplingParams& sp
         kept = n;
         keptMass = cum;
       }
-      if (sp.minP > 0.0f) {
+      {
+        // min-p (a no-op when minP = 0); also recomputes the kept mass over the final candidate list.
         const float threshold = sp.minP * prob[order[0]];
         int32_t n = 1;
         double cum = prob[order[0]];
