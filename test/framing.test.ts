@@ -131,7 +131,7 @@ t.test('response frame: empty is an ACK, non-empty is error text', async (t) => 
   const stream = Buffer.concat([u32(0), u32(err.length), txt(err), u32(0)]);
   const got = feed(stream, [1, 3], (b) => decoder.push(b));
   t.same(got, [{ ack: true }, { ack: false, error: err }, { ack: true }]);
-  t.throws(() => new ResponseFrameDecoder(10).push(u32(11)), { code: 'LLM_ERR_PROTOCOL', message: /response frame of 11 bytes exceeds/ });
+  t.throws(() => new ResponseFrameDecoder(10).push(u32(11)), { code: 'LLM_ERR_PROTOCOL', message: /response frame of 15 bytes exceeds the maximum message size of 10 bytes/ });
 });
 
 t.test('TwoPartMessage: 24-byte prefix, header then body', async (t) => {

@@ -335,9 +335,9 @@ export class ResponseFrameDecoder {
     for (;;) {
       if (this.pendingTotal === 0) {
         if (this.queue.length < 4) break;
-        const len = this.queue.peek(4).readUInt32BE(0);
-        if (len > this.maxMessageSize) throw tooLarge('response frame', len, this.maxMessageSize);
-        this.pendingTotal = 4 + len;
+        const total = 4 + this.queue.peek(4).readUInt32BE(0);
+        if (total > this.maxMessageSize) throw tooLarge('response frame', total, this.maxMessageSize);
+        this.pendingTotal = total;
       }
       if (this.queue.length < this.pendingTotal) break;
       const frame = this.queue.take(this.pendingTotal);
