@@ -113,7 +113,7 @@ export class EndpointClient {
     return `${this.options.namespace}/${this.options.component}/${this.options.endpoint}`;
   }
 
-  /** Every instance in discovery, by instance id. */
+  /** Every instance in discovery, ordered by discovery key. */
   instances(): InstanceRecord[] {
     return this.watch.list();
   }
@@ -225,7 +225,10 @@ export class EndpointClient {
     }
     const id = target.instance_id;
     stream.instanceId = id;
-    stream.onDisconnect(() => this.reportInstanceDown(id));
+    // (an instance that already left discovery needs no mark: it is out of rotation, and fresh if it returns)
+    stream.onDisconnect(() => {
+      if (this.instances().some((r) => r.instance_id === id)) this.reportInstanceDown(id);
+    });
     let awaiting = this.awaitingCallHome.get(id);
     if (awaiting === undefined) this.awaitingCallHome.set(id, (awaiting = new Set()));
     awaiting.add(stream);
