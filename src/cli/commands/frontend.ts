@@ -1,0 +1,100 @@
+// `dynamo-sglang frontend`: the OpenAI-compatible HTTP server that discovers workers' model cards and routes
+// requests to them (reference architecture: the Dynamo frontend). Flags are described once in FRONTEND_FLAGS; the
+// all-in-one `run` accepts the same ones.
+import { Type } from '@sinclair/typebox';
+import { parseCommandLine, renderHelp, usageError, type FlagSpec } from '../args.js';
+import { Discovery, type DiscoveryConfig } from '../../runtime/discovery/index.js';
+import type { RoutingMode } from '../../runtime/client.js';
+import { DiscoveredModels } from '../../frontend/discovered-models.js';
+import { OpenAiServer } from '../../frontend/openai-server.js';
+
+const G_FRONTEND = 'Frontend';
+
+export const FRONTEND_FLAGS: readonly FlagSpec[] = [
+  { name: 'http-port', kind: 'int', schema: Type.Integer({ minimum: 0, maximum: 65535 }), env: 'DYN_HTTP_PORT', valueName: 'PORT', default: 8000, defaultText: '8000', group: G_FRONTEND,
+    help: 'Port of the OpenAI-compatible HTTP server (0 = pick a free one).' },
+  { name: 'http-host', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'DYN_HTTP_HOST', valueName: 'HOST', default: '0.0.0.0', defaultText: '0.0.0.0', group: G_FRONTEND,
+    help: 'Address the HTTP server binds.' },
+  { name: 'router-mode', kind: 'string', schema: Type.Union([Type.Literal('round-robin'), Type.Literal('random')]), env: 'DYN_ROUTER_MODE', valueName: 'MODE', default: 'round-robin', defaultText: 'round-robin', group: G_FRONTEND,
+    help: 'How requests are spread over a model\'s workers.' },
+  { name: 'migration-limit', kind: 'int', schema: Type.Integer({ minimum: 0, maximum: 100 }), env: 'DYN_MIGRATION_LIMIT', valueName: 'N', default: 0, defaultText: '0 (off)', group: G_FRONTEND,
+    help: 'How many times a request whose worker dies mid-stream is moved to another worker.' },
+];
+
+const DISCOVERY_FLAGS: readonly FlagSpec[] = [
+  { name: 'namespace', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'DYN_NAMESPACE', valueName: 'NS', default: 'dynamo', defaultText: 'dynamo', group: 'Discovery',
+    help: 'Only serve models registered under this namespace.' },
+  { name: 'discovery-backend', aliases: ['store-kv'], kind: 'string', schema: Type.Union([Type.Literal('etcd'), Type.Literal('file'), Type.Literal('mem')]), env: 'DYN_DISCOVERY_BACKEND', valueName: 'KIND', default: 'etcd', defaultText: 'etcd', group: 'Discovery',
+    help: 'Where workers are registered: etcd (ETCD_ENDPOINTS), file (DYN_FILE_KV) or mem (same process only).' },
+  { name: 'etcd-endpoints', kind: 'list', schema: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }), env: 'ETCD_ENDPOINTS', valueName: 'URLS', default: ['http://localhost:2379'], defaultText: 'http://localhost:2379', group: 'Discovery',
+    help: 'etcd endpoints (comma or space separated).' },
+  { name: 'file-kv-root', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'DYN_FILE_KV', valueName: 'DIR', default: null, defaultText: '$TMPDIR/dynamo_store_kv', group: 'Discovery',
+    help: 'Directory of the file discovery store.' },
+];
+
+export interface FrontendSettings {
+  httpPort: number;
+  httpHost: string;
+  routing: RoutingMode;
+  migrationLimit: number;
+}
+
+export function frontendSettings(values: Record<string, unknown>): FrontendSettings {
+  return {
+    httpPort: values['http-port'] as number,
+    httpHost: values['http-host'] as string,
+    routing: values['router-mode'] === 'random' ? 'random' : 'round_robin',
+    migrationLimit: values['migration-limit'] as number,
+  };
+}
+
+/** Starts the HTTP server over discovered models; prints where it listens. */
+export async function startFrontend(discovery: Discovery, namespace: string | undefined, s: FrontendSettings, log: (line: string) => void) {
+  const models = await DiscoveredModels.create({ discovery, namespace, routing: s.routing, migrationLimit: s.migrationLimit, log });
+  const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort });
+  return { models, server };
+}
+
+function discoveryConfig(values: Record<string, unknown>): DiscoveryConfig {
+  switch (values['discovery-backend']) {
+    case 'mem':
+      throw usageError('--discovery-backend mem: a standalone frontend cannot see workers of other processes in a mem store; use etcd or file (or `dynamo-sglang run` for one process)');
+    case 'file':
+      return { backend: 'file', root: (values['file-kv-root'] as string | null) ?? undefined };
+    default:
+      return { backend: 'etcd', endpoints: [...(values['etcd-endpoints'] as string[])] };
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const specs = [...FRONTEND_FLAGS, ...DISCOVERY_FLAGS];
+  const cl = parseCommandLine(argv, specs);
+  if (cl.help) {
+    process.stdout.write(renderHelp('dynamo-sglang frontend [options]', 'OpenAI-compatible HTTP frontend: discovers workers and routes requests to them.', [
+      { title: 'Frontend', flags: FRONTEND_FLAGS },
+      { title: 'Discovery', flags: DISCOVERY_FLAGS },
+    ]));
+    return 0;
+  }
+  const settings = frontendSettings(cl.values);
+  const discovery = await Discovery.open(discoveryConfig(cl.values));
+  const { models, server } = await startFrontend(discovery, cl.values['namespace'] as string, settings, (l) => process.stderr.write(`${l}\n`));
+  process.stderr.write(`frontend listening on http://${settings.httpHost}:${server.port} (discovery: ${discovery.store.location})\n`);
+  await waitForSignal();
+  await server.close();
+  await models.close();
+  await discovery.close();
+  return 0;
+}
+
+export function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (sig: NodeJS.Signals) => {
+      process.off('SIGTERM', on);
+      process.off('SIGINT', on);
+      resolve(sig);
+    };
+    process.on('SIGTERM', on);
+    process.on('SIGINT', on);
+  });
+}

@@ -1,0 +1,76 @@
+// `dynamo-sglang run`: a worker and the OpenAI frontend in one process on the embedded mem store. Without
+// --model-path it serves the bundled stories260K model, so it works on a fresh machine with no GPU and no
+// services. Requests take the real path: frontend → discovery → request plane (TCP loopback) → worker.
+import { fileURLToPath } from 'node:url';
+import { parseArgs, parseCommandLine, renderHelp, type FlagSpec } from '../args.js';
+import { finalizeConfig, resolveConfig, WORKER_FLAG_INDEX } from '../../config/resolve.js';
+import { Discovery } from '../../runtime/discovery/index.js';
+import { startWorker } from '../../worker/worker.js';
+import { FRONTEND_FLAGS, frontendSettings, startFrontend, waitForSignal } from './frontend.js';
+
+export const BUNDLED_MODEL = fileURLToPath(new URL('../../../../models/stories260K.gguf', import.meta.url));
+const BUNDLED_MODEL_FROM_SOURCE = fileURLToPath(new URL('../../../models/stories260K.gguf', import.meta.url));
+
+/** Splits argv into the frontend's flags and the worker's (everything else). */
+function splitArgv(argv: string[]): { frontend: string[]; worker: string[] } {
+  const names = new Set(FRONTEND_FLAGS.flatMap((f) => [f.name, ...(f.aliases ?? [])]));
+  const frontend: string[] = [];
+  const worker: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const m = /^--([^=]+)(=.*)?$/.exec(a);
+    if (m && names.has(m[1])) {
+      frontend.push(a);
+      if (m[2] === undefined && i + 1 < argv.length) frontend.push(argv[++i]);
+    } else {
+      worker.push(a);
+    }
+  }
+  return { frontend, worker };
+}
+
+async function bundledModel(): Promise<string> {
+  const { existsSync } = await import('node:fs');
+  return existsSync(BUNDLED_MODEL) ? BUNDLED_MODEL : BUNDLED_MODEL_FROM_SOURCE;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(renderHelp('dynamo-sglang run [frontend options] [worker options]',
+      'Worker and OpenAI frontend in one process on the embedded mem store. Without --model-path it serves the bundled stories260K model. Every `start` flag is accepted (see `dynamo-sglang start --help`).',
+      [{ title: 'Frontend', flags: FRONTEND_FLAGS }]));
+    return 0;
+  }
+  const { frontend, worker } = splitArgv(argv);
+  const fe = frontendSettings(parseCommandLine(frontend, FRONTEND_FLAGS).values);
+  // defaults of the all-in-one: the bundled model, the mem store, an ephemeral RPC port
+  const given = parseArgs(worker, WORKER_FLAG_INDEX).flags;
+  const has = (name: string) => [...given.keys()].some((s) => s.name === name);
+  const extra: string[] = [];
+  if (!has('model-path') && !process.env.DYN_SGL_MODEL_PATH) {
+    extra.push('--model-path', await bundledModel());
+    if (!has('served-model-name')) extra.push('--served-model-name', 'stories260K');
+  }
+  if (!has('discovery-backend')) extra.push('--discovery-backend', 'mem');
+  const config = await finalizeConfig(resolveConfig([...worker, ...extra], process.env));
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const discovery = await Discovery.open({ backend: 'mem' });
+  const w = await startWorker(config, { discovery, log });
+  const { models, server } = await startFrontend(discovery, config.namespace, fe, log);
+  await models.waitFor(config.servedModelName, 5000);
+  const host = fe.httpHost === '0.0.0.0' || fe.httpHost === '::' ? '127.0.0.1' : fe.httpHost;
+  const url = `http://${host}:${server.port}`;
+  process.stdout.write(
+    `\ndynamo-sglang is serving "${config.servedModelName}" at ${url}/v1 (OpenAI-compatible). Try:\n\n` +
+      `curl ${url}/v1/completions -H 'content-type: application/json' \\\n` +
+      `  -d '${JSON.stringify({ model: config.servedModelName, prompt: 'Once upon a time', max_tokens: 32, temperature: 0 })}'\n\n` +
+      'Stop with Ctrl-C.\n',
+  );
+  const sig = await waitForSignal();
+  log(`received ${sig}: shutting down`);
+  await server.close();
+  await w.shutdown();
+  await models.close();
+  await discovery.close();
+  return 0;
+}

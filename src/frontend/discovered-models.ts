@@ -1,0 +1,202 @@
+// The frontend's view of the models workers register (`v1/mdc/...` cards): one ServedModel per served model name,
+// whose requests go to that model's endpoint through an EndpointClient that follows discovery (round-robin or
+// random). A worker that dies mid-stream (Disconnected, or EngineShutdown at drain) makes the request migrate: it is
+// re-sent to another instance with the tokens generated so far appended to the prompt, up to `migrationLimit` times.
+import { isErrorCode, LlmError } from '../errors.js';
+import type { Discovery, RecordWatch } from '../runtime/discovery/index.js';
+import { EndpointClient, DisconnectedError, type RoutingMode } from '../runtime/client.js';
+import { ResponseServer } from '../runtime/request-plane/response-server.js';
+import type { ModelRecord } from '../protocol/discovery.js';
+import { modelTypeFromWire, ModelTypeFlag } from '../protocol/mdc.js';
+import type { PreprocessedRequest } from '../protocol/request.js';
+import type { LlmResponseChunk } from '../protocol/response.js';
+import { LlmResponseChunkSchema } from '../protocol/response.js';
+import { parseWire } from '../protocol/validate.js';
+import { loadTokenizer, type Tokenizer } from '../tokenizer/index.js';
+import type { GenerateOptions, ModelDirectory, ServedModel } from './models.js';
+
+export interface DiscoveredModelsOptions {
+  discovery: Discovery;
+  /** Only models of this namespace (all namespaces when absent). */
+  namespace?: string;
+  routing?: RoutingMode;
+  migrationLimit?: number;
+  log?: (line: string) => void;
+}
+
+interface ModelEntry {
+  model: DiscoveredModel;
+  endpointKey: string;
+}
+
+export class DiscoveredModels implements ModelDirectory {
+  private readonly models = new Map<string, ModelEntry>();
+  private readonly clients = new Map<string, Promise<EndpointClient>>();
+  private readonly tokenizers = new Map<string, Tokenizer>();
+
+  private constructor(
+    private readonly options: DiscoveredModelsOptions,
+    private readonly watch: RecordWatch<ModelRecord>,
+    /** Where workers call home with response streams; owned here so close() leaves nothing listening. */
+    private readonly responses: ResponseServer,
+  ) {
+    watch.onChange((records) => this.refresh(records));
+  }
+
+  static async create(options: DiscoveredModelsOptions): Promise<DiscoveredModels> {
+    const watch = options.discovery.watchModels(options.namespace);
+    await watch.ready;
+    const d = new DiscoveredModels(options, watch, await ResponseServer.start());
+    d.refresh(watch.list());
+    return d;
+  }
+
+  list(): readonly ServedModel[] {
+    return [...this.models.values()].map((e) => e.model);
+  }
+
+  get(name: string): ServedModel | undefined {
+    return this.models.get(name)?.model;
+  }
+
+  /** Resolves once a model with this name is served (or rejects after `timeoutMs`). */
+  async waitFor(name: string, timeoutMs: number): Promise<ServedModel> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = this.get(name);
+      if (m) return m;
+      if (Date.now() >= deadline) throw new LlmError('LLM_ERR_DISCOVERY', `model "${name}" did not appear in discovery within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  async close(): Promise<void> {
+    this.watch.close();
+    for (const c of this.clients.values()) (await c.catch(() => null))?.close();
+    await this.responses.close();
+  }
+
+  private refresh(records: ModelRecord[]): void {
+    const seen = new Set<string>();
+    for (const r of records) {
+      const card = r.card_json;
+      const bits = modelTypeFromWire(card.model_type);
+      if ((bits & (ModelTypeFlag.Chat | ModelTypeFlag.Completions)) === 0) continue; // prefill / embedding workers
+      const name = card.display_name;
+      if (seen.has(name)) continue;
+      seen.add(name);
+      const endpointKey = `${r.namespace}/${r.component}/${r.endpoint}`;
+      if (this.models.get(name)?.endpointKey === endpointKey) continue;
+      try {
+        const tokenizer = this.tokenizerFor(card.tokenizer ?? null, card.source_path ?? null);
+        const model = new DiscoveredModel(name, tokenizer, card.context_length, () => this.client(r), this.options.migrationLimit ?? 0);
+        this.models.set(name, { model, endpointKey });
+        this.options.log?.(`model "${name}" served by ${endpointKey}`);
+      } catch (err) {
+        this.options.log?.(`model "${name}" from ${endpointKey} left out: ${(err as Error).message}`);
+      }
+    }
+    for (const name of [...this.models.keys()]) if (!seen.has(name)) this.models.delete(name);
+  }
+
+  private tokenizerFor(artifact: Record<string, unknown> | null, sourcePath: string | null): Tokenizer {
+    const ref = artifact ? Object.values(artifact)[0] : null;
+    const path = typeof ref === 'string' ? ref : ref && typeof ref === 'object' && 'path' in ref ? String((ref as { path: unknown }).path) : sourcePath;
+    if (path === null) throw new LlmError('LLM_ERR_TOKENIZER', 'the model card names no tokenizer');
+    if (path.startsWith('hf://')) throw new LlmError('LLM_ERR_TOKENIZER', `tokenizer ${path} is on the hub, which this frontend cannot reach; give the worker a local path`);
+    let t = this.tokenizers.get(path);
+    if (t === undefined) {
+      t = loadTokenizer(path);
+      this.tokenizers.set(path, t);
+    }
+    return t;
+  }
+
+  private client(r: ModelRecord): Promise<EndpointClient> {
+    const key = `${r.namespace}/${r.component}/${r.endpoint}`;
+    let c = this.clients.get(key);
+    if (c === undefined) {
+      c = EndpointClient.create({
+        discovery: this.options.discovery,
+        namespace: r.namespace,
+        component: r.component,
+        endpoint: r.endpoint,
+        routing: this.options.routing ?? 'round_robin',
+        responses: this.responses,
+      });
+      this.clients.set(key, c);
+    }
+    return c;
+  }
+}
+
+class DiscoveredModel implements ServedModel {
+  readonly created = Math.floor(Date.now() / 1000);
+
+  constructor(
+    readonly name: string,
+    readonly tokenizer: Tokenizer,
+    readonly contextLength: number,
+    private readonly client: () => Promise<EndpointClient>,
+    private readonly migrationLimit: number,
+  ) {}
+
+  async *generate(request: PreprocessedRequest, options: GenerateOptions): AsyncIterable<LlmResponseChunk> {
+    const client = await this.client();
+    const produced: number[] = [];
+    let migrations = 0;
+    let current = request;
+    for (;;) {
+      try {
+        const stream = await client.generate(current, { signal: options.signal, waitForInstancesMs: 1000 });
+        for await (const annotated of stream) {
+          if (annotated.event === 'error' || annotated.error !== undefined) throw workerError(annotated.error, annotated.comment);
+          if (annotated.data === undefined) continue;
+          const chunk = parseWire(LlmResponseChunkSchema, annotated.data, 'response chunk', 'LLM_ERR_PROTOCOL');
+          produced.push(...chunk.token_ids);
+          if (migrations > 0 && chunk.completion_usage) {
+            // the worker counted our re-sent tokens as prompt: report them as the completion they are
+            const prompt = request.token_ids.length;
+            chunk.completion_usage = { ...chunk.completion_usage, prompt_tokens: prompt, completion_tokens: produced.length, total_tokens: prompt + produced.length };
+          }
+          yield chunk;
+          if (chunk.finish_reason) return;
+        }
+        return;
+      } catch (err) {
+        if (options.signal.aborted) return;
+        if (!isMigratable(err) || migrations >= this.migrationLimit) throw err;
+        migrations++;
+        current = migrated(request, produced);
+        if ((current.stop_conditions.max_tokens ?? 1) <= 0) return;
+      }
+    }
+  }
+}
+
+function isMigratable(err: unknown): boolean {
+  return err instanceof DisconnectedError || (err instanceof LlmError && err.code === 'LLM_ERR_SHUTDOWN');
+}
+
+/** The request re-sent after a worker died: prompt plus what was generated, the token budget reduced. */
+function migrated(request: PreprocessedRequest, produced: readonly number[]): PreprocessedRequest {
+  const sc = request.stop_conditions;
+  return {
+    ...request,
+    token_ids: [...request.token_ids, ...produced],
+    stop_conditions: {
+      ...sc,
+      max_tokens: sc.max_tokens == null ? sc.max_tokens : sc.max_tokens - produced.length,
+      min_tokens: sc.min_tokens == null ? sc.min_tokens : Math.max(0, sc.min_tokens - produced.length),
+    },
+  };
+}
+
+function workerError(error: unknown, comment: string[] | undefined): LlmError {
+  if (error && typeof error === 'object') {
+    const e = error as { code?: unknown; message?: unknown };
+    const message = typeof e.message === 'string' ? e.message : JSON.stringify(error);
+    return new LlmError(isErrorCode(e.code) ? e.code : 'LLM_ERR_INTERNAL', message);
+  }
+  return new LlmError('LLM_ERR_INTERNAL', typeof error === 'string' ? error : (comment?.join('; ') ?? 'worker error'));
+}

@@ -1,0 +1,273 @@
+// One worker process's job (reference §2.2, §4, §6, §11): load the model behind a Supervisor, serve
+// `{ns}.{component}.generate` on the request plane with the reference decode handler's semantics, register the
+// model deployment card, expose metrics and health on the system port, and shut down gracefully: unregister from
+// discovery, give in-flight requests a grace period, then end them with EngineShutdown (which the frontend may
+// migrate) and stop.
+import { existsSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import type { WorkerConfig } from '../config/schema.js';
+import { LlmError } from '../errors.js';
+import { Supervisor } from '../../actors/supervisor.js';
+import { Discovery, type DiscoveryConfig } from '../runtime/discovery/index.js';
+import { serveEndpoint, type EndpointHandler, type ServedEndpoint } from '../runtime/endpoint.js';
+import { HealthRegistry } from '../runtime/health.js';
+import { detectHostIp } from '../runtime/request-plane/address.js';
+import { HttpRequestServer } from '../runtime/request-plane/http.js';
+import { TcpRequestServer } from '../runtime/request-plane/tcp-server.js';
+import { WorkerMetrics } from '../runtime/metrics.js';
+import { SystemServer } from '../runtime/system-server.js';
+import { modelTypeToWire, ModelTypeFlag, type ModelDeploymentCard } from '../protocol/mdc.js';
+import { PreprocessedRequestSchema } from '../protocol/request.js';
+import { parseWire } from '../protocol/validate.js';
+import { loadTokenizer } from '../tokenizer/index.js';
+
+export type WorkerLog = (line: string) => void;
+
+export interface WorkerOptions {
+  /** Share a discovery connection (the all-in-one `run` passes its in-process mem store). */
+  discovery?: Discovery;
+  log?: WorkerLog;
+}
+
+export interface WorkerHandle {
+  readonly config: WorkerConfig;
+  readonly discovery: Discovery;
+  readonly supervisor: Supervisor;
+  readonly instanceId: bigint;
+  readonly card: ModelDeploymentCard;
+  readonly systemServer: SystemServer | null;
+  /** Graceful shutdown; resolves when everything is stopped. Idempotent. */
+  shutdown(): Promise<void>;
+}
+
+export function discoveryConfigOf(config: WorkerConfig): DiscoveryConfig {
+  switch (config.discoveryBackend) {
+    case 'mem':
+      return { backend: 'mem' };
+    case 'file':
+      return { backend: 'file', root: config.fileKvRoot };
+    case 'etcd':
+      return { backend: 'etcd', endpoints: config.etcdEndpoints };
+  }
+}
+
+/** What this build cannot serve yet, refused before anything is loaded. */
+function checkSupported(config: WorkerConfig): void {
+  if (config.servingMode !== 'aggregated') {
+    throw new LlmError('LLM_ERR_CONFIG', `--disaggregation-mode ${config.servingMode}: disaggregated prefill/decode serving is not available in this build yet; run an aggregated worker`);
+  }
+  if (config.workerKind !== 'llm') {
+    throw new LlmError('LLM_ERR_CONFIG', `worker kind "${config.workerKind}" (embedding / multimodal) is not available in this build yet`);
+  }
+  if (config.tpSize !== 1 || config.dpSize !== 1 || config.nnodes !== 1) {
+    throw new LlmError('LLM_ERR_CONFIG', `--tp-size ${config.tpSize} --dp-size ${config.dpSize} --nnodes ${config.nnodes}: only a single rank (1/1/1) is available in this build yet`);
+  }
+  if (config.requestPlane === 'nats') {
+    throw new LlmError('LLM_ERR_CONFIG', '--request-plane nats: the worker does not open its own NATS request server yet; use tcp or http');
+  }
+}
+
+export async function startWorker(config: WorkerConfig, options: WorkerOptions = {}): Promise<WorkerHandle> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  checkSupported(config);
+  const { namespace, component, endpoint } = config.endpoint;
+  const model = config.servedModelName;
+
+  const health = new HealthRegistry('notready');
+  const metrics = new WorkerMetrics();
+  const systemServer = await SystemServer.start({ port: config.systemPort, host: config.systemHost, health, metrics });
+  if (systemServer) log(`system server on ${systemServer.url('/')} (/metrics, /health, /live)`);
+
+  log(`loading model ${config.modelPath} (device ${config.device}) ...`);
+  const t0 = performance.now();
+  const tokenizer = loadTokenizer(config.modelPath, config.tokenizerPath);
+  const supervisor = await Supervisor.start({
+    modelPath: config.modelPath,
+    device: config.device,
+    contextLength: config.contextLength,
+    pageSize: config.pageSize,
+    memFractionStatic: config.memFractionStatic,
+    maxRunningRequests: config.maxRunningRequests,
+    maxPrefillTokens: config.maxPrefillTokens,
+    chunkedPrefillSize: config.chunkedPrefillSize,
+    disableOverlapSchedule: config.disableOverlapSchedule,
+    cpuThreads: config.cpuThreads,
+    seed: config.seed,
+  });
+  const loadSeconds = (performance.now() - t0) / 1000;
+  const engine = supervisor.engine;
+  log(`model loaded in ${loadSeconds.toFixed(2)} s: ${engine.backend} backend, KV pool ${engine.kv.numPages} pages of ${engine.kv.pageSize} tokens (${(engine.kv.numPages * engine.kv.bytesPerPage / 2 ** 20).toFixed(1)} MiB)`);
+  metrics.setModelLoadTime(model, component, loadSeconds);
+  metrics.setKvStats({ model, component, dpRank: 0, totalBlocks: engine.kv.numPages, gpuCacheUsagePercent: 0 });
+
+  let discovery: Discovery;
+  try {
+    discovery = options.discovery ?? (await Discovery.open(discoveryConfigOf(config)));
+  } catch (err) {
+    await supervisor.stop();
+    await systemServer?.close();
+    throw err;
+  }
+
+  // Shutdown fires this: requests still running after the grace period end with EngineShutdown.
+  const shutdownController = new AbortController();
+  const endpointMetrics = metrics.endpointMetrics(namespace, component, endpoint, model);
+
+  const handler: EndpointHandler = async function* generate(raw, ctx) {
+    const recorder = endpointMetrics.requestStarted(Buffer.byteLength(JSON.stringify(raw)));
+    try {
+      const request = parseWire(PreprocessedRequestSchema, raw, 'request');
+      if (shutdownController.signal.aborted) throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} is shutting down`);
+      const signal = AbortSignal.any([ctx.signal, shutdownController.signal]);
+      for await (const chunk of supervisor.generate(request, { signal, requestId: ctx.id })) {
+        if (shutdownController.signal.aborted && !ctx.signal.aborted) {
+          throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} shut down before the request finished`);
+        }
+        recorder.responseBytes(Buffer.byteLength(JSON.stringify(chunk)));
+        yield chunk;
+      }
+      if (ctx.signal.aborted) recorder.cancelled();
+    } catch (err) {
+      recorder.error(err instanceof LlmError && err.code === 'LLM_ERR_BAD_REQUEST' ? 'deserialization' : 'generate');
+      throw err;
+    } finally {
+      recorder.finish();
+    }
+  };
+
+  // The worker owns its request-plane server, so a shutdown leaves nothing listening.
+  let planeServer: TcpRequestServer | HttpRequestServer | undefined;
+  let served: ServedEndpoint;
+  try {
+    const rpc = { host: config.tcpRpcHost ?? undefined, port: config.tcpRpcPort };
+    planeServer = config.requestPlane === 'http' ? await HttpRequestServer.start(rpc) : await TcpRequestServer.start(rpc);
+    served = await serveEndpoint({
+      discovery, namespace, component, endpoint, handler,
+      plane: config.requestPlane,
+      ...(planeServer instanceof TcpRequestServer ? { tcpServer: planeServer } : { httpServer: planeServer }),
+      deviceType: engine.backend === 'cuda' ? 'cuda' : 'cpu',
+    });
+  } catch (err) {
+    await planeServer?.close();
+    await supervisor.stop();
+    await systemServer?.close();
+    if (!options.discovery) await discovery.close();
+    throw err;
+  }
+  const card = modelCard(config, tokenizerArtifacts(config.tokenizerPath ?? config.modelPath), {
+    contextLength: config.contextLength ?? engine.maxPositionEmbeddings,
+    totalKvBlocks: engine.kv.numPages,
+  });
+  await discovery.registerModel({ namespace, component, endpoint, card });
+  health.setSystemStatus('ready');
+  health.setEndpointStatus(`${namespace}.${component}.${endpoint}`, 'ready');
+  log(`serving ${namespace}.${component}.${endpoint} as instance ${discovery.instanceId.toString(16)} over ${config.requestPlane} (${served.record.transport ? JSON.stringify(served.record.transport) : ''})`);
+
+  let stopping: Promise<void> | undefined;
+  const shutdown = () => {
+    stopping ??= (async () => {
+      health.setSystemStatus('notready');
+      // 1. leave discovery: no new requests are routed here
+      await discovery.unregisterModel(namespace, component, endpoint).catch(() => undefined);
+      const drained = served.stop();
+      // 2. grace period for in-flight requests
+      const graceMs = config.gracefulShutdownGracePeriodSecs * 1000;
+      const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), graceMs).unref());
+      const outcome = await Promise.race([drained.then(() => 'drained' as const), timer]);
+      // 3. what is still running ends with EngineShutdown
+      if (outcome === 'timeout') {
+        log(`grace period of ${config.gracefulShutdownGracePeriodSecs} s over: ending ${served.inflight()} in-flight request(s)`);
+        shutdownController.abort();
+        await drained;
+      }
+      await planeServer?.close();
+      await supervisor.stop();
+      await systemServer?.close();
+      if (!options.discovery) await discovery.close();
+    })();
+    return stopping;
+  };
+
+  return { config, discovery, supervisor, instanceId: discovery.instanceId, card, systemServer, shutdown };
+}
+
+/** `dynamo-sglang start`: runs until SIGTERM/SIGINT, then shuts down gracefully and returns the exit code. */
+export async function runWorker(config: WorkerConfig): Promise<number> {
+  const worker = await startWorker(config);
+  await new Promise<void>((resolveSignal) => {
+    const onSignal = (sig: NodeJS.Signals) => {
+      process.stderr.write(`received ${sig}: shutting down (grace period ${config.gracefulShutdownGracePeriodSecs} s)\n`);
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+      resolveSignal();
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+  await worker.shutdown();
+  return 0;
+}
+
+interface TokenizerArtifacts {
+  tokenizer: Record<string, string>;
+  promptFormatter: Record<string, string> | null;
+  modelInfo: Record<string, string> | null;
+  genConfig: Record<string, string> | null;
+}
+
+function tokenizerArtifacts(path: string): TokenizerArtifacts {
+  const abs = resolve(path);
+  const dir = existsSync(abs) && statSync(abs).isDirectory() ? abs : dirname(abs);
+  const file = (name: string) => (existsSync(join(dir, name)) ? join(dir, name) : null);
+  if (!abs.endsWith('.json') && existsSync(abs) && statSync(abs).isFile()) {
+    return { tokenizer: { gguf: abs }, promptFormatter: { gguf: abs }, modelInfo: null, genConfig: null };
+  }
+  const tokenizerJson = abs.endsWith('.json') ? abs : join(dir, 'tokenizer.json');
+  const tokenizerConfig = file('tokenizer_config.json');
+  const config = file('config.json');
+  const gen = file('generation_config.json');
+  return {
+    tokenizer: { hf_tokenizer_json: tokenizerJson },
+    promptFormatter: tokenizerConfig ? { hf_tokenizer_config_json: tokenizerConfig } : null,
+    modelInfo: config ? { hf_config_json: config } : null,
+    genConfig: gen ? { hf_generation_config_json: gen } : null,
+  };
+}
+
+/** The model deployment card with the runtime config SGLang workers publish (reference §4.1). */
+export function modelCard(
+  config: WorkerConfig,
+  files: TokenizerArtifacts,
+  engine: { contextLength: number; totalKvBlocks: number },
+): ModelDeploymentCard {
+  let bits = 0;
+  for (const t of config.endpointTypes) bits |= t === 'chat' ? ModelTypeFlag.Chat : t === 'completions' ? ModelTypeFlag.Completions : 0;
+  const slug = config.servedModelName.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^-+|-+$/g, '').toLowerCase() || basename(config.modelPath);
+  return {
+    display_name: config.servedModelName,
+    slug,
+    source_path: config.modelPath,
+    model_info: files.modelInfo,
+    tokenizer: files.tokenizer,
+    prompt_formatter: files.promptFormatter,
+    gen_config: files.genConfig,
+    context_length: engine.contextLength,
+    kv_cache_block_size: config.pageSize,
+    model_type: modelTypeToWire(bits || ModelTypeFlag.Chat | ModelTypeFlag.Completions),
+    model_input: 'Tokens',
+    runtime_config: {
+      total_kv_blocks: engine.totalKvBlocks,
+      ...(config.maxRunningRequests == null ? {} : { max_num_seqs: config.maxRunningRequests }),
+      max_num_batched_tokens: config.maxPrefillTokens ?? engine.totalKvBlocks * config.pageSize,
+      tool_call_parser: config.dynToolCallParser,
+      reasoning_parser: config.dynReasoningParser,
+      exclude_tools_when_tool_choice_none: config.excludeToolsWhenToolChoiceNone,
+      enable_local_indexer: config.enableLocalIndexer && config.servingMode !== 'decode',
+      data_parallel_size: config.dpSize,
+      data_parallel_start_rank: 0,
+      disaggregated_endpoint:
+        config.disaggregationBootstrapPort == null ? null : { bootstrap_host: detectHostIp(), bootstrap_port: config.disaggregationBootstrapPort },
+      enable_eagle: false,
+    },
+  };
+}
