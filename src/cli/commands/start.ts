@@ -3,7 +3,6 @@
 
 import { writeFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
-import { LlmError } from '../../errors.js';
 import { renderHelp, usageError } from '../args.js';
 import { flagGroups, type WorkerConfig } from '../../config/schema.js';
 import { finalizeConfig, resolveConfig } from '../../config/resolve.js';
@@ -16,23 +15,6 @@ const DESCRIPTION =
 
 export function startHelp(): string {
   return renderHelp('dynamo-sglang start [flags]', DESCRIPTION, flagGroups());
-}
-
-type RunWorker = (config: WorkerConfig) => Promise<number>;
-
-async function loadWorker(): Promise<RunWorker | undefined> {
-  // A variable specifier keeps this module buildable before the worker runtime exists.
-  const specifier = '../../worker/main.js';
-  let mod: unknown;
-  try {
-    mod = await import(specifier);
-  } catch (err) {
-    const e = err as { code?: unknown; message?: unknown };
-    if (e.code === 'ERR_MODULE_NOT_FOUND' && String(e.message).includes('worker/main')) return undefined;
-    throw err;
-  }
-  const run = (mod as { runWorker?: unknown }).runWorker;
-  return typeof run === 'function' ? (run as RunWorker) : undefined;
 }
 
 function dumpConfig(config: WorkerConfig, target: string): void {
@@ -64,9 +46,7 @@ export async function main(argv: string[]): Promise<number> {
     dumpConfig(config, config.dumpConfigTo);
     return 0;
   }
-  const runWorker = await loadWorker();
-  if (!runWorker) {
-    throw new LlmError('LLM_ERR_INTERNAL', 'the worker runtime (src/worker/main.ts, runWorker) is not available in this build');
-  }
+  // loaded only now, so --help, --version and --dump-config-to never pull in the engine
+  const { runWorker } = await import('../../worker/worker.js');
   return runWorker(config);
 }
