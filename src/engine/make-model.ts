@@ -184,19 +184,30 @@ function isNormWeight(name: string): boolean {
 
 /** Fills `out` with the next values of a tensor's stream, already rounded to `dtype` (so all writers agree). */
 function fillValues(rng: TensorRng, out: Float32Array, name: string, std: number, dtype: DType): void {
-  const norm = isNormWeight(name);
-  for (let i = 0; i < out.length; i++) {
-    const v = (norm ? 1 : 0) + std * rng.normal();
-    out[i] = dtype === 'bf16' ? bf16ToF32(f32ToBf16(v)) : dtype === 'f16' ? f16ToF32(f32ToF16(v)) : v;
+  const mean = isNormWeight(name) ? 1 : 0;
+  for (let i = 0; i < out.length; i++) out[i] = mean + std * rng.normal();
+  if (dtype === 'bf16') {
+    const bits = new Uint32Array(out.buffer, out.byteOffset, out.length);
+    for (let i = 0; i < bits.length; i++) {
+      const x = bits[i] as number;
+      bits[i] = ((x + 0x7fff + ((x >>> 16) & 1)) & 0xffff0000) >>> 0;
+    }
+  } else if (dtype === 'f16') {
+    for (let i = 0; i < out.length; i++) out[i] = f16ToF32(f32ToF16(out[i] as number));
   }
 }
 
+/** Encodes values (already representable in the target type) as little-endian bytes. */
 function encode(values: Float32Array, dtype: DType | 'gguf-f16'): Buffer {
   if (dtype === 'f32') return Buffer.from(values.buffer, values.byteOffset, values.byteLength);
-  const out = Buffer.alloc(values.length * 2);
-  const conv = dtype === 'bf16' ? f32ToBf16 : f32ToF16;
-  for (let i = 0; i < values.length; i++) out.writeUInt16LE(conv(values[i] as number), i * 2);
-  return out;
+  const out = new Uint16Array(values.length);
+  if (dtype === 'bf16') {
+    const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+    for (let i = 0; i < bits.length; i++) out[i] = (bits[i] as number) >>> 16;
+  } else {
+    for (let i = 0; i < values.length; i++) out[i] = f32ToF16(values[i] as number);
+  }
+  return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
 }
 
 /** Streams a tensor's values chunk by chunk (whole rows per chunk). */
