@@ -183,3 +183,25 @@ t.test('KV pool sized from memFractionStatic when numPages is absent', async (t)
   t.ok(engine.kv.numPages > 0, `numPages ${engine.kv.numPages}`);
   engine.close();
 });
+
+t.test('the addon loads and runs in a worker thread next to the main thread', async (t) => {
+  const { Worker } = await import('node:worker_threads');
+  const { addonPath } = await import('../src/engine/addon.js');
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    const addon = require(workerData.path);
+    const engine = new addon.NativeEngine(workerData.spec, workerData.options);
+    const r = engine.step(Int32Array.from(workerData.desc));
+    engine.close();
+    parentPort.postMessage(Array.from(r.tokens));`;
+  const desc = packStep([{ tokenIds: [1, 2, 3], startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }], options.pageSize);
+  const here = openEngine(model.spec, options);
+  const mine = Array.from(here.step([{ tokenIds: [1, 2, 3], startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }]).tokens);
+  const theirs = await new Promise<number[]>((resolve, reject) => {
+    const w = new Worker(code, { eval: true, workerData: { path: addonPath(), spec: model.spec, options, desc: Array.from(desc) } });
+    w.once('message', resolve);
+    w.once('error', reject);
+  });
+  here.close();
+  t.same(theirs, mine, 'same greedy token in the worker');
+});
