@@ -1,5 +1,5 @@
 // Paged attention over a ragged batch (prefill chunks with a cached prefix, and decode tokens), plus the split-KV
-// merge. Shapes: q [T, heads, D] bf16; K/V pool [slots, kvHeads, D] bf16 per layer; out [T, heads, D] bf16.
+// merge. Shapes: q [T, heads, D] bf16 (D in 8..256, a power of two); K/V pool [slots, kvHeads, D] bf16 per layer; out [T, heads, D] bf16.
 // One block = (query tile of one sequence, one KV head, one KV split): its 16 query rows are (token, head of the
 // GQA group) pairs, so each K/V tile is read once for the whole group. K/V tiles of 32 keys are gathered through
 // the page table into shared memory; each warp owns 4 query rows; lane j scores key j, then the warp accumulates
@@ -7,6 +7,7 @@
 // Floor (decode, memory-bound): KV bytes read once per KV head = kvLen * kvHeads * D * 4 B per sequence per layer.
 // Prefill uses CUDA-core FMAs (no tensor cores yet): correct, but far from the 785 TFLOP/s GEMM ceiling.
 #include <cfloat>
+#include <type_traits>
 
 #include "common.cuh"
 #include "kernels.h"
@@ -32,7 +33,7 @@ __global__ void __launch_bounds__(kWarps * 32) attentionKernel(
     const int4* __restrict__ seqs, const int32_t* __restrict__ pageTable, int pageSize, int numTokens, int heads,
     int kvHeads, float scaleLog2, int numSplits, bf16* __restrict__ out, float* __restrict__ partO,
     float* __restrict__ partLse) {
-  constexpr int kDimsPerLane = D / 32;
+  constexpr int kDimsPerLane = D >= 32 ? D / 32 : 1;  // lanes >= D own no output dim when D < 32
   extern __shared__ __align__(16) unsigned char smem[];
   float* sQ = reinterpret_cast<float*>(smem);                          // [kRows][D], pre-scaled
   bf16* sK = reinterpret_cast<bf16*>(smem + kRows * D * sizeof(float));  // [kKeyTile][D + kPad]
@@ -53,6 +54,7 @@ __global__ void __launch_bounds__(kWarps * 32) attentionKernel(
   const int kBegin = split * chunk, kStop = min(kEnd, kBegin + chunk);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const bool ownsDims = lane * kDimsPerLane < D;
   // Load the tile's query rows (row r = token r / group, head kvh * group + r % group), scaled into base 2.
   for (int idx = threadIdx.x; idx < kRows * (D / 8); idx += blockDim.x) {
     const int r = idx / (D / 8), c = idx % (D / 8);
@@ -124,12 +126,17 @@ __global__ void __launch_bounds__(kWarps * 32) attentionKernel(
 #pragma unroll 8
       for (int jj = 0; jj < kKeyTile; ++jj) {
         const float pj = __shfl_sync(0xffffffffu, p, jj);
+        if (!ownsDims) continue;
         const bf16* vr = sV + jj * (D + kPad) + lane * kDimsPerLane;
+        if constexpr (kDimsPerLane >= 2) {
 #pragma unroll
-        for (int d = 0; d < kDimsPerLane; d += 2) {
-          const float2 v2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vr + d));
-          acc[i][d] += pj * v2.x;
-          acc[i][d + 1] += pj * v2.y;
+          for (int d = 0; d < kDimsPerLane; d += 2) {
+            const float2 v2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vr + d));
+            acc[i][d] += pj * v2.x;
+            acc[i][d + 1] += pj * v2.y;
+          }
+        } else {
+          acc[i][0] += pj * __bfloat162float(vr[0]);
         }
       }
     }
@@ -145,14 +152,17 @@ __global__ void __launch_bounds__(kWarps * 32) attentionKernel(
     const float invL = l[i] > 0.f ? 1.f / l[i] : 0.f;
     if (numSplits == 1) {
       bf16* o = out + (token * heads + head) * D + lane * kDimsPerLane;
+      if (ownsDims) {
 #pragma unroll
-      for (int d = 0; d < kDimsPerLane; d += 2)
-        *reinterpret_cast<__nv_bfloat162*>(o + d) = __floats2bfloat162_rn(acc[i][d] * invL, acc[i][d + 1] * invL);
+        for (int d = 0; d < kDimsPerLane; ++d) o[d] = __float2bfloat16(acc[i][d] * invL);
+      }
     } else {
       const int64_t row = ((int64_t)split * numTokens + token) * heads + head;
       float* o = partO + row * D + lane * kDimsPerLane;
+      if (ownsDims) {
 #pragma unroll
-      for (int d = 0; d < kDimsPerLane; ++d) o[d] = acc[i][d] * invL;
+        for (int d = 0; d < kDimsPerLane; ++d) o[d] = acc[i][d] * invL;
+      }
       if (lane == 0) partLse[row] = l[i] > 0.f ? m[i] + log2f(l[i]) : -INFINITY;
     }
   }
@@ -162,8 +172,9 @@ __global__ void __launch_bounds__(kWarps * 32) attentionKernel(
 template <int D>
 __global__ void attentionMergeKernel(const float* __restrict__ partO, const float* __restrict__ partLse, int numSplits,
                                      int numTokens, int heads, bf16* __restrict__ out) {
-  constexpr int kDimsPerLane = D / 32;
+  constexpr int kDimsPerLane = D >= 32 ? D / 32 : 1;
   const int lane = threadIdx.x & 31;
+  const bool ownsDims = lane * kDimsPerLane < D;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int64_t rows = (int64_t)numTokens * heads;
   if (row >= rows) return;
@@ -179,10 +190,12 @@ __global__ void attentionMergeKernel(const float* __restrict__ partO, const floa
     const float w = exp2f(lse - mx);
     wsum += w;
     const float* o = partO + (sp * rows + row) * D + lane * kDimsPerLane;
+    if (!ownsDims) continue;
 #pragma unroll
     for (int d = 0; d < kDimsPerLane; ++d) acc[d] += w * o[d];
   }
   const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  if (!ownsDims) return;
   bf16* o = out + row * D + lane * kDimsPerLane;
 #pragma unroll
   for (int d = 0; d < kDimsPerLane; ++d) o[d] = __float2bfloat16(acc[d] * inv);
@@ -201,27 +214,44 @@ void launchAttentionD(const bf16* q, const bf16* kCache, const bf16* vCache, con
   DSG_LAUNCHED("attentionKernel");
 }
 
+// Head sizes the kernels are instantiated for: f(std::integral_constant<int, D>) for the matching D.
+template <class F>
+void withHeadDim(int headDim, F&& f) {
+  switch (headDim) {
+    case 8: f(std::integral_constant<int, 8>()); break;
+    case 16: f(std::integral_constant<int, 16>()); break;
+    case 32: f(std::integral_constant<int, 32>()); break;
+    case 64: f(std::integral_constant<int, 64>()); break;
+    case 128: f(std::integral_constant<int, 128>()); break;
+    case 256: f(std::integral_constant<int, 256>()); break;
+    default:
+      throw EngineError("LLM_ERR_UNSUPPORTED_ARCH",
+                        "CUDA attention supports head_dim 8, 16, 32, 64, 128 or 256, got " + std::to_string(headDim));
+  }
+}
+
 }  // namespace
 
+bool attentionSupportsHeadDim(int headDim) {
+  return headDim == 8 || headDim == 16 || headDim == 32 || headDim == 64 || headDim == 128 || headDim == 256;
+}
+
 void prepareAttentionKernels() {
-  DSG_CUDA(cudaFuncSetAttribute(attentionKernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)attnSmemBytes<64>()));
-  DSG_CUDA(cudaFuncSetAttribute(attentionKernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)attnSmemBytes<128>()));
-  DSG_CUDA(cudaFuncSetAttribute(attentionKernel<256>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)attnSmemBytes<256>()));
+  for (int d : {8, 16, 32, 64, 128, 256})
+    withHeadDim(d, [](auto dim) {
+      constexpr int D = decltype(dim)::value;
+      DSG_CUDA(cudaFuncSetAttribute(attentionKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attnSmemBytes<D>()));
+    });
 }
 
 void launchAttention(const bf16* q, const bf16* kCache, const bf16* vCache, const AttnBatch& batch, int numTokens,
                      int heads, int kvHeads, int headDim, float scale, int numSplits, bf16* out, float* partO,
                      float* partLse, cudaStream_t stream) {
   if (batch.numSeqs <= 0 || batch.maxQLen <= 0) return;
-  switch (headDim) {
-    case 64: launchAttentionD<64>(q, kCache, vCache, batch, numTokens, heads, kvHeads, scale, numSplits, out, partO, partLse, stream); break;
-    case 128: launchAttentionD<128>(q, kCache, vCache, batch, numTokens, heads, kvHeads, scale, numSplits, out, partO, partLse, stream); break;
-    case 256: launchAttentionD<256>(q, kCache, vCache, batch, numTokens, heads, kvHeads, scale, numSplits, out, partO, partLse, stream); break;
-    default: throw EngineError("LLM_ERR_UNSUPPORTED_ARCH", "CUDA attention supports head_dim 64, 128 or 256, got " + std::to_string(headDim));
-  }
+  withHeadDim(headDim, [&](auto dim) {
+    launchAttentionD<decltype(dim)::value>(q, kCache, vCache, batch, numTokens, heads, kvHeads, scale, numSplits, out,
+                                           partO, partLse, stream);
+  });
 }
 
 void launchAttentionMerge(const float* partO, const float* partLse, int numSplits, int numTokens, int heads,
@@ -230,12 +260,10 @@ void launchAttentionMerge(const float* partO, const float* partLse, int numSplit
   if (rows <= 0) return;
   const int warpsPerBlock = 4;
   const unsigned blocks = (unsigned)((rows + warpsPerBlock - 1) / warpsPerBlock);
-  switch (headDim) {
-    case 64: attentionMergeKernel<64><<<blocks, warpsPerBlock * 32, 0, stream>>>(partO, partLse, numSplits, numTokens, heads, out); break;
-    case 128: attentionMergeKernel<128><<<blocks, warpsPerBlock * 32, 0, stream>>>(partO, partLse, numSplits, numTokens, heads, out); break;
-    case 256: attentionMergeKernel<256><<<blocks, warpsPerBlock * 32, 0, stream>>>(partO, partLse, numSplits, numTokens, heads, out); break;
-    default: throw EngineError("LLM_ERR_UNSUPPORTED_ARCH", "CUDA attention supports head_dim 64, 128 or 256, got " + std::to_string(headDim));
-  }
+  withHeadDim(headDim, [&](auto dim) {
+    attentionMergeKernel<decltype(dim)::value>
+        <<<blocks, warpsPerBlock * 32, 0, stream>>>(partO, partLse, numSplits, numTokens, heads, out);
+  });
   DSG_LAUNCHED("attentionMergeKernel");
 }
 

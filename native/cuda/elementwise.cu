@@ -1,6 +1,8 @@
 // Row-wise kernels of the CUDA backend: embedding gather, RMSNorm over the f32 residual stream, SiLU*mul, page copy.
 // Shapes: tokens T, hidden H (Qwen3-0.6B: 1024), intermediate F (3072). All are memory-bound, one pass each:
 // floor = bytes moved / bandwidth (e.g. RMSNorm at T = 1: 4 KB read, 2 KB written: launch latency dominates).
+#include <cuda_fp16.h>
+
 #include "common.cuh"
 #include "kernels.h"
 
@@ -63,6 +65,16 @@ __global__ void siluMulKernel(const bf16* __restrict__ gateUp, int64_t numGroups
   }
 }
 
+// Any intermediate size (e.g. stories260K's 172): one output per thread.
+__global__ void siluMulScalarKernel(const bf16* __restrict__ gateUp, int64_t n, int inter, bf16* __restrict__ out) {
+  for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < n; g += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t t = g / inter;
+    const int i = (int)(g % inter);
+    const float a = __bfloat162float(gateUp[t * 2 * inter + i]), b = __bfloat162float(gateUp[t * 2 * inter + inter + i]);
+    out[g] = __float2bfloat16(a / (1.f + __expf(-a)) * b);
+  }
+}
+
 // blockIdx.x = page entry, blockIdx.y = tensor (layer * 2 + k/v); 16-byte copies.
 __global__ void pageCopyKernel(bf16* pool, int64_t poolTensorElems, int64_t pageElems, const int32_t* pages,
                                bf16* staging, bool toStaging) {
@@ -74,7 +86,19 @@ __global__ void pageCopyKernel(bf16* pool, int64_t poolTensorElems, int64_t page
   }
 }
 
+__global__ void toBf16Kernel(const void* src, bool srcF16, int64_t n, bf16* dst) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    dst[i] = __float2bfloat16(srcF16 ? __half2float(static_cast<const __half*>(src)[i]) : static_cast<const float*>(src)[i]);
+}
+
 }  // namespace
+
+void launchToBf16(const void* src, bool srcF16, int64_t n, bf16* dst, cudaStream_t stream) {
+  if (n <= 0) return;
+  const int64_t blocks = (n + 255) / 256;
+  toBf16Kernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, stream>>>(src, srcF16, n, dst);
+  DSG_LAUNCHED("toBf16Kernel");
+}
 
 void launchEmbedGather(const int32_t* ids, int numTokens, const bf16* embed, int hidden, float* residual,
                        cudaStream_t stream) {
@@ -91,6 +115,14 @@ void launchRmsNorm(const float* residual, const int32_t* rows, int numRows, int 
 }
 
 void launchSiluMul(const bf16* gateUp, int numTokens, int inter, bf16* out, cudaStream_t stream) {
+  if (inter % 8 != 0) {
+    const int64_t n = (int64_t)numTokens * inter;
+    if (n <= 0) return;
+    const int64_t blocks = (n + 255) / 256;
+    siluMulScalarKernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, stream>>>(gateUp, n, inter, out);
+    DSG_LAUNCHED("siluMulScalarKernel");
+    return;
+  }
   const int64_t groups = (int64_t)numTokens * (inter / 8);
   if (groups <= 0) return;
   const int threads = 256;

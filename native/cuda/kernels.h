@@ -22,7 +22,8 @@ void launchEmbedGather(const int32_t* ids, int numTokens, const __nv_bfloat16* e
 void launchRmsNorm(const float* residual, const int32_t* rows, int numRows, int hidden, const __nv_bfloat16* weight,
                    float eps, __nv_bfloat16* out, cudaStream_t stream);
 
-/** out[t, i] = silu(gateUp[t, i]) * gateUp[t, inter + i]; gateUp is [tokens, 2 * inter] (fused gate|up GEMM). */
+/** out[t, i] = silu(gateUp[t, i]) * gateUp[t, inter + i]; gateUp is [tokens, 2 * inter] (fused gate|up GEMM).
+ *  16-byte accesses when inter % 8 == 0, scalar otherwise. */
 void launchSiluMul(const __nv_bfloat16* gateUp, int numTokens, int inter, __nv_bfloat16* out, cudaStream_t stream);
 
 /** Per-token geometry and RoPE tables for launchQkNormRopeKvWrite. */
@@ -55,13 +56,15 @@ struct AttnBatch {
  * positions [0, position] (causal inside the chunk, the cached prefix in front), GQA (heads % kvHeads == 0,
  * heads / kvHeads divides 16), flash-style online softmax in f32. numSplits > 1 splits each sequence's KV range
  * across blocks (flash-decoding): partial outputs go to partO [numSplits, tokens, heads, headDim] f32 and
- * partLse [numSplits, tokens, heads], then launchAttentionMerge combines them into out. headDim 64, 128 or 256.
+ * partLse [numSplits, tokens, heads], then launchAttentionMerge combines them into out.
+ * headDim: attentionSupportsHeadDim.
  */
 void launchAttention(const __nv_bfloat16* q, const __nv_bfloat16* kCache, const __nv_bfloat16* vCache,
                      const AttnBatch& batch, int numTokens, int heads, int kvHeads, int headDim, float scale,
                      int numSplits, __nv_bfloat16* out, float* partO, float* partLse, cudaStream_t stream);
 void launchAttentionMerge(const float* partO, const float* partLse, int numSplits, int numTokens, int heads,
                           int headDim, __nv_bfloat16* out, cudaStream_t stream);
+bool attentionSupportsHeadDim(int headDim);
 /** Sets the shared-memory limits the attention kernels need; call once per device before any launch. */
 void prepareAttentionKernels();
 
@@ -72,7 +75,7 @@ struct SampleParams {
   uint32_t seedLo, seedHi;
   int32_t logprobs;     // -1 none, 0 chosen only, n > 0 top n
   int32_t outputIndex;  // Philox counter
-  int32_t sample;       // 0: write token -1 (logprobs may still be asked of the argmax... see sampling.cu)
+  int32_t sample;       // 0: token -1, logprob NaN, no top-n (a non-final prefill chunk, or batch padding)
 };
 
 /**
@@ -81,6 +84,9 @@ struct SampleParams {
  */
 void launchSample(const float* logits, int numSeqs, int vocab, const SampleParams* params, int topN, int32_t* tokens,
                   float* logprobs, int32_t* topIds, float* topLogprobs, cudaStream_t stream);
+
+/** dst[i] = bf16(src[i]) for i < n; src is f32 (srcF16 false) or f16 (srcF16 true). */
+void launchToBf16(const void* src, bool srcF16, int64_t n, __nv_bfloat16* dst, cudaStream_t stream);
 
 /** Copies whole pages between the pool (2 * layers tensors of [numPages * pageElems]) and a packed staging buffer
  *  [n, 2 * layers, pageElems] (the export format); toStaging selects the direction. */

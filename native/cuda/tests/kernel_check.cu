@@ -115,7 +115,7 @@ static void checkEmbedNormSilu() {
   }
   report("rmsNorm (rows gathered) rel", relErr(out, ref), 4e-3);
 
-  const int inter = 3072;
+  for (int inter : {3072, 172}) {
   auto gu = randn((size_t)T * 2 * inter, 2.f);
   roundBf16(gu);
   Dev<bf16> dGu(toBf16(gu));
@@ -129,7 +129,8 @@ static void checkEmbedNormSilu() {
       const double g = gu[(size_t)t * 2 * inter + i], u = gu[(size_t)t * 2 * inter + inter + i];
       aref[(size_t)t * inter + i] = g / (1 + std::exp(-g)) * u;
     }
-  report("siluMul rel", relErr(act, aref), 4e-3);
+  report(inter % 8 ? "siluMul (scalar path) rel" : "siluMul rel", relErr(act, aref), 4e-3);
+  }
 }
 
 // Llama-3 scaled inverse frequencies (HF _compute_llama3_parameters).
@@ -233,8 +234,9 @@ struct SeqSpec {
   int startPos, qLen;
 };
 
-static void checkAttention(int pageSize, const std::vector<SeqSpec>& specs, int numSplits, const char* label) {
-  const int heads = 16, kvHeads = 8, D = 128, group = heads / kvHeads;
+static void checkAttention(int pageSize, const std::vector<SeqSpec>& specs, int numSplits, const char* label,
+                           int D = 128, int heads = 16, int kvHeads = 8) {
+  const int group = heads / kvHeads;
   int numTokens = 0, pagesNeeded = 0, maxQ = 0;
   for (auto& s : specs) {
     numTokens += s.qLen;
@@ -301,7 +303,7 @@ static void checkAttention(int pageSize, const std::vector<SeqSpec>& specs, int 
     }
   }
   char name[128];
-  snprintf(name, sizeof name, "attention %s page %d splits %d rel", label, pageSize, numSplits);
+  snprintf(name, sizeof name, "attention %s D%d %d/%d page %d splits %d rel", label, D, heads, kvHeads, pageSize, numSplits);
   report(name, relErr(out, ref), 6e-3);
 }
 
@@ -411,6 +413,11 @@ int main() {
       checkAttention(ps, decode, 1, "decode");
       checkAttention(ps, decode, 8, "decode");
     }
+    checkAttention(16, mixed, 1, "mixed", 16, 4, 1);
+    checkAttention(1, decode, 4, "decode", 8, 8, 4);
+    checkAttention(16, mixed, 2, "mixed", 32, 4, 2);
+    checkAttention(16, decode, 3, "decode", 256, 8, 8);
+    checkAttention(16, mixed, 1, "mixed", 64, 8, 1);
     checkSampling();
     checkGemm();
     DSG_CUDA(cudaDeviceSynchronize());

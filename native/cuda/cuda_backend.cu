@@ -1,0 +1,665 @@
+// The CUDA backend: bf16 weights and activations, f32 accumulation and an f32 residual stream, cuBLAS GEMMs with
+// fused QKV and gate|up weights (concatenated at load), the kernels of kernels.h, a bf16 paged KV pool sized from
+// memFractionStatic, and decode steps replayed from CUDA graphs captured per padded batch size (1, 2, 4, ... 256).
+// A step does one host-to-device copy of its inputs, launches everything on one stream, and synchronises once to
+// read the sampled tokens (and the logits when asked).
+// KV pool: per layer K then V, each [(numPages + 1) * pageSize, kvHeads, headDim] bf16; the extra page (index
+// numPages, never handed out) absorbs the KV writes of padded batch slots. Export unit: a page of every layer,
+// K then V per layer, bf16 (bytesPerPage = layers * 2 * pageSize * kvHeads * headDim * 2).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "backend.h"
+#include "common.cuh"
+#include "gemm.h"
+#include "kernels.h"
+#include "sampling.h"
+
+namespace dsg {
+namespace {
+
+using cuda::bf16;
+
+constexpr size_t kAlign = 256;
+constexpr int kMaxGraphBatch = 256;
+constexpr int kMaxSplits = 16;
+
+size_t alignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+/** One device allocation carved into aligned pieces. */
+class DeviceArena {
+ public:
+  void reserve(size_t bytes) { need_ += alignUp(bytes); }
+  void allocate(const char* what) {
+    if (need_ == 0) return;
+    const cudaError_t err = cudaMalloc(&base_, need_);
+    if (err != cudaSuccess)
+      throw EngineError("LLM_ERR_OUT_OF_MEMORY", std::string("cannot allocate ") + std::to_string(need_) +
+                                                     " bytes of device memory for the " + what + ": " + cudaGetErrorString(err));
+  }
+  template <class T>
+  T* take(size_t count) {
+    T* p = reinterpret_cast<T*>(static_cast<char*>(base_) + used_);
+    used_ += alignUp(count * sizeof(T));
+    if (used_ > need_) throw EngineError("LLM_ERR_INTERNAL", "device arena overrun (reserve/take mismatch)");
+    return p;
+  }
+  size_t bytes() const { return need_; }
+  ~DeviceArena() {
+    if (base_) cudaFree(base_);
+  }
+
+ private:
+  void* base_ = nullptr;
+  size_t need_ = 0, used_ = 0;
+};
+
+struct LayerDev {
+  bf16 *inputNorm, *postAttnNorm, *qkv, *qkvBias, *qNorm, *kNorm, *o, *gateUp, *down;
+};
+
+/** Byte offsets of the step inputs inside one device buffer (fixed, so captured graphs can read them). */
+struct InputLayout {
+  size_t tokens, positions, slots, lastRows, seqs, params, pages, total;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const ModelDesc& d, const ModelWeights& w, const BackendOptions& o) : d_(d), opt_(o) {
+    if (o.pageSize < 1) throw EngineError("LLM_ERR_CONFIG", "pageSize must be >= 1, got " + std::to_string(o.pageSize));
+    if (o.maxBatchTokens < 1 || o.maxSeqsPerStep < 1)
+      throw EngineError("LLM_ERR_CONFIG", "maxBatchTokens and maxSeqsPerStep must be >= 1");
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0)
+      throw EngineError("LLM_ERR_NO_DEVICE", "backend 'cuda': no CUDA device is visible");
+    if (o.deviceId < 0 || o.deviceId >= count)
+      throw EngineError("LLM_ERR_NO_DEVICE", "deviceId " + std::to_string(o.deviceId) + " out of range: " +
+                                                 std::to_string(count) + " CUDA device(s) visible");
+    DSG_CUDA(cudaSetDevice(o.deviceId));
+    DSG_CUDA(cudaGetDeviceProperties(&prop_, o.deviceId));
+    H_ = d.hiddenSize;
+    D_ = d.headDim;
+    QD_ = (int64_t)d.numHeads * D_;
+    KD_ = (int64_t)d.numKvHeads * D_;
+    QKV_ = QD_ + 2 * KD_;
+    I_ = d.intermediateSize;
+    V_ = d.vocabSize;
+    const int group = d.numHeads / std::max(d.numKvHeads, 1);
+    if (d.numKvHeads < 1 || d.numHeads % d.numKvHeads != 0 || group > 16 || 16 % group != 0)
+      throw EngineError("LLM_ERR_UNSUPPORTED_ARCH", "CUDA attention needs num_attention_heads / num_key_value_heads to divide 16, got " +
+                                                        std::to_string(d.numHeads) + " / " + std::to_string(d.numKvHeads));
+    if (!cuda::attentionSupportsHeadDim((int)D_))
+      throw EngineError("LLM_ERR_UNSUPPORTED_ARCH", "CUDA attention supports head_dim 8, 16, 32, 64, 128 or 256, got " + std::to_string(D_));
+    if (H_ % 8 != 0)
+      throw EngineError("LLM_ERR_UNSUPPORTED_ARCH", "CUDA backend needs hidden_size divisible by 8, got " + std::to_string(H_));
+    DSG_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    gemm_ = std::make_unique<cuda::Gemm>();
+    gemm_->setStream(stream_);
+    cuda::prepareAttentionKernels();
+
+    loadWeights(w);
+    allocateWorkspace();
+    allocateKvPool();
+    std::fprintf(stderr,
+                 "dynamo-sglang cuda: %s, weights %.1f MiB, KV pool %.1f MiB (%lld pages of %d tokens), workspace %.1f MiB\n",
+                 prop_.name, weightsBytes_ / 1048576.0, kvPoolBytes_ / 1048576.0, (long long)numPages_, o.pageSize,
+                 workspaceBytes_ / 1048576.0);
+  }
+
+  ~CudaBackend() override {
+    for (auto& [bs, g] : graphs_) cudaGraphExecDestroy(g);
+    if (hostIn_) cudaFreeHost(hostIn_);
+    if (hostOut_) cudaFreeHost(hostOut_);
+    if (kvPool_) cudaFree(kvPool_);
+    gemm_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  const char* name() const override { return "cuda"; }
+  KvInfo kvInfo() const override { return KvInfo{opt_.pageSize, numPages_, bytesPerPage_}; }
+
+  MemInfo memInfo() const override {
+    MemInfo m;
+    m.weightsBytes = weightsBytes_;
+    m.kvPoolBytes = kvPoolBytes_;
+    m.workspaceBytes = workspaceBytes_;
+    size_t freeB = 0, totalB = 0;
+    if (cudaMemGetInfo(&freeB, &totalB) == cudaSuccess) {
+      m.deviceFreeBytes = (int64_t)freeB;
+      m.deviceTotalBytes = (int64_t)totalB;
+    }
+    return m;
+  }
+
+  void step(const StepView& s, const StepOutputs& out) override {
+    DSG_CUDA(cudaSetDevice(opt_.deviceId));
+    bool decodeOnly = true;
+    for (int i = 0; i < s.numSeqs; ++i) decodeOnly = decodeOnly && s.seqs[i].qLen == 1;
+    const int graphBs = decodeOnly ? graphBatchFor(s.numSeqs) : 0;
+    const int rows = graphBs ? graphBs : s.numSeqs;  // sequences (and, for decode, tokens) the kernels see
+    const int tokens = graphBs ? graphBs : s.numTokens;
+    packInputs(s, rows);
+    DSG_CUDA(cudaMemcpyAsync(dIn_, hostIn_, inputBytesUsed_, cudaMemcpyHostToDevice, stream_));
+    if (graphBs) {
+      DSG_CUDA(cudaGraphLaunch(graphFor(graphBs), stream_));
+    } else {
+      forward(tokens, rows, decodeOnly ? 1 : maxQLen_, kvPool_, poolTensorElems_);
+      sample(rows);
+    }
+    const OutPlanes planes = outPlanes(rows);
+    DSG_CUDA(cudaMemcpyAsync(hostOut_, dOut_, s.maxTopN > 0 ? planes.end : planes.endWithoutTop,
+                             cudaMemcpyDeviceToHost, stream_));
+    if (s.returnLogits && out.logits)
+      DSG_CUDA(cudaMemcpyAsync(out.logits, logits_, (size_t)s.numSeqs * V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    DSG_CUDA(cudaStreamSynchronize(stream_));
+    unpackOutputs(s, rows, out);
+  }
+
+  void embed(const int32_t* tokenIds, int32_t n, float* out) override {
+    if (n < 1 || n > opt_.maxBatchTokens)
+      throw EngineError("LLM_ERR_CONTEXT_LENGTH", "embed: " + std::to_string(n) + " tokens, the engine takes 1.." +
+                                                      std::to_string(opt_.maxBatchTokens));
+    for (int32_t i = 0; i < n; ++i)
+      if (tokenIds[i] < 0 || tokenIds[i] >= V_)
+        throw EngineError("LLM_ERR_BAD_REQUEST", "embed: token " + std::to_string(tokenIds[i]) + " at index " +
+                                                     std::to_string(i) + " out of range [0, " + std::to_string(V_) + ")");
+    DSG_CUDA(cudaSetDevice(opt_.deviceId));
+    // A private KV block (one page per token, page size 1 semantics): embedding never touches the shared pool.
+    const int P = opt_.pageSize;
+    const int32_t np = (n + P - 1) / P;
+    const int64_t tensorElems = (int64_t)np * P * KD_;
+    bf16* kv = nullptr;
+    DSG_CUDA(cudaMalloc(&kv, (size_t)d_.numLayers * 2 * tensorElems * sizeof(bf16)));
+    std::vector<int32_t> pages(np);
+    for (int32_t i = 0; i < np; ++i) pages[i] = i;
+    std::vector<int32_t> positions(n);
+    for (int32_t i = 0; i < n; ++i) positions[i] = i;
+    SeqView seq{};
+    seq.qStart = 0;
+    seq.qLen = n;
+    seq.kvLen = n;
+    seq.pages = pages.data();
+    seq.numPages = np;
+    seq.lastPageLen = n - (np - 1) * P;
+    StepView view{};
+    view.numSeqs = 1;
+    view.numTokens = n;
+    view.pageSize = P;
+    view.tokens = tokenIds;
+    view.positions = positions.data();
+    view.seqs = &seq;
+    std::vector<float> hidden((size_t)n * H_);
+    try {
+      packInputs(view, 1);
+      DSG_CUDA(cudaMemcpyAsync(dIn_, hostIn_, inputBytesUsed_, cudaMemcpyHostToDevice, stream_));
+      forwardLayers(n, 1, maxQLen_, kv, tensorElems);
+      cuda::launchRmsNorm(residual_, nullptr, n, H_, finalNorm_, d_.rmsNormEps, xn_, stream_);
+      std::vector<bf16> rowsBf((size_t)n * H_);
+      DSG_CUDA(cudaMemcpyAsync(rowsBf.data(), xn_, rowsBf.size() * sizeof(bf16), cudaMemcpyDeviceToHost, stream_));
+      DSG_CUDA(cudaStreamSynchronize(stream_));
+      for (size_t i = 0; i < rowsBf.size(); ++i) hidden[i] = __bfloat162float(rowsBf[i]);
+    } catch (...) {
+      cudaFree(kv);
+      throw;
+    }
+    cudaFree(kv);
+    std::vector<double> sum(H_, 0.0);
+    for (int32_t t = 0; t < n; ++t)
+      for (int64_t i = 0; i < H_; ++i) sum[i] += hidden[(size_t)t * H_ + i];
+    double norm = 0;
+    for (int64_t i = 0; i < H_; ++i) norm += (sum[i] / n) * (sum[i] / n);
+    norm = std::sqrt(norm);
+    for (int64_t i = 0; i < H_; ++i) out[i] = (float)(sum[i] / n / (norm > 0 ? norm : 1.0));
+  }
+
+  void exportPages(const int32_t* pages, int32_t n, uint8_t* out) override { copyPages(pages, n, out, true); }
+  void importPages(const int32_t* pages, int32_t n, const uint8_t* in) override {
+    copyPages(pages, n, const_cast<uint8_t*>(in), false);
+  }
+
+ private:
+  // ---- loading ----
+  /** Copies one host tensor (any dtype) to dst as bf16, through the staging buffer when it needs converting. */
+  void uploadBf16(const HostTensor& t, bf16* dst, void* staging, size_t stagingBytes) {
+    const int64_t n = t.numel();
+    if (t.dtype == DType::BF16) {
+      DSG_CUDA(cudaMemcpy(dst, t.data, (size_t)n * 2, cudaMemcpyHostToDevice));
+      return;
+    }
+    const size_t es = dtypeSize(t.dtype);
+    const int64_t chunk = (int64_t)(stagingBytes / es);
+    for (int64_t i = 0; i < n; i += chunk) {
+      const int64_t m = std::min(chunk, n - i);
+      DSG_CUDA(cudaMemcpy(staging, static_cast<const uint8_t*>(t.data) + i * es, (size_t)m * es, cudaMemcpyHostToDevice));
+      cuda::launchToBf16(staging, t.dtype == DType::F16, m, dst + i, nullptr);
+    }
+    DSG_CUDA(cudaDeviceSynchronize());
+  }
+
+  void loadWeights(const ModelWeights& w) {
+    const bool tied = d_.tieWordEmbeddings || w.lmHead.data == w.embed.data;
+    DeviceArena& a = weights_;
+    const size_t H = H_, L = d_.numLayers;
+    // One reserve per take below, in the same order (each piece is aligned separately).
+    a.reserve((size_t)V_ * H * 2);  // embed
+    if (!tied) a.reserve((size_t)V_ * H * 2);
+    a.reserve(H * 2);  // final norm
+    for (size_t l = 0; l < L; ++l) {
+      a.reserve(H * 2);
+      a.reserve(H * 2);
+      a.reserve((size_t)QKV_ * H * 2);
+      if (d_.qkvBias) a.reserve((size_t)QKV_ * 2);
+      if (d_.qkNorm) {
+        a.reserve((size_t)D_ * 2);
+        a.reserve((size_t)D_ * 2);
+      }
+      a.reserve((size_t)QD_ * H * 2);
+      a.reserve((size_t)2 * I_ * H * 2);
+      a.reserve((size_t)I_ * H * 2);
+    }
+    a.reserve((size_t)(D_ / 2) * 4);  // RoPE inverse frequencies
+    a.allocate("weights");
+    weightsBytes_ = (int64_t)a.bytes();
+
+    const size_t stagingBytes = 64u << 20;
+    void* staging = nullptr;
+    DSG_CUDA(cudaMalloc(&staging, stagingBytes));
+    try {
+      embed_ = a.take<bf16>((size_t)V_ * H);
+      uploadBf16(w.embed, embed_, staging, stagingBytes);
+      if (tied) {
+        lmHead_ = embed_;
+      } else {
+        lmHead_ = a.take<bf16>((size_t)V_ * H);
+        uploadBf16(w.lmHead, lmHead_, staging, stagingBytes);
+      }
+      finalNorm_ = a.take<bf16>(H);
+      uploadBf16(w.finalNorm, finalNorm_, staging, stagingBytes);
+      for (size_t l = 0; l < L; ++l) {
+        const LayerWeights& S = w.layers[l];
+        LayerDev Ld{};
+        Ld.inputNorm = a.take<bf16>(H);
+        uploadBf16(S.inputNorm, Ld.inputNorm, staging, stagingBytes);
+        Ld.postAttnNorm = a.take<bf16>(H);
+        uploadBf16(S.postAttnNorm, Ld.postAttnNorm, staging, stagingBytes);
+        // Fused QKV: rows [q; k; v] of [QKV, hidden]; the GEMM output row is then q | k | v per token.
+        Ld.qkv = a.take<bf16>((size_t)QKV_ * H);
+        uploadBf16(S.q, Ld.qkv, staging, stagingBytes);
+        uploadBf16(S.k, Ld.qkv + QD_ * H, staging, stagingBytes);
+        uploadBf16(S.v, Ld.qkv + (QD_ + KD_) * H, staging, stagingBytes);
+        Ld.qkvBias = nullptr;
+        if (d_.qkvBias) {
+          Ld.qkvBias = a.take<bf16>(QKV_);
+          uploadBf16(S.qBias, Ld.qkvBias, staging, stagingBytes);
+          uploadBf16(S.kBias, Ld.qkvBias + QD_, staging, stagingBytes);
+          uploadBf16(S.vBias, Ld.qkvBias + QD_ + KD_, staging, stagingBytes);
+        }
+        Ld.qNorm = Ld.kNorm = nullptr;
+        if (d_.qkNorm) {
+          Ld.qNorm = a.take<bf16>(D_);
+          uploadBf16(S.qNorm, Ld.qNorm, staging, stagingBytes);
+          Ld.kNorm = a.take<bf16>(D_);
+          uploadBf16(S.kNorm, Ld.kNorm, staging, stagingBytes);
+        }
+        Ld.o = a.take<bf16>((size_t)H * QD_);
+        uploadBf16(S.o, Ld.o, staging, stagingBytes);
+        // Fused gate|up: rows [gate; up] of [2 * inter, hidden].
+        Ld.gateUp = a.take<bf16>((size_t)2 * I_ * H);
+        uploadBf16(S.gate, Ld.gateUp, staging, stagingBytes);
+        uploadBf16(S.up, Ld.gateUp + I_ * H, staging, stagingBytes);
+        Ld.down = a.take<bf16>((size_t)H * I_);
+        uploadBf16(S.down, Ld.down, staging, stagingBytes);
+        layers_.push_back(Ld);
+      }
+    } catch (...) {
+      cudaFree(staging);
+      throw;
+    }
+    cudaFree(staging);
+
+    // RoPE inverse frequencies with optional Llama-3 scaling (same arithmetic as the CPU backend).
+    std::vector<float> inv(D_ / 2);
+    const RopeScalingLlama3& rs = d_.ropeScaling;
+    for (int i = 0; i < D_ / 2; ++i) {
+      double f = 1.0 / std::pow(d_.ropeTheta, (2.0 * i) / (double)D_);
+      if (rs.enabled) {
+        const double lowWave = rs.originalMaxPositionEmbeddings / rs.lowFreqFactor;
+        const double highWave = rs.originalMaxPositionEmbeddings / rs.highFreqFactor;
+        const double wave = 2 * M_PI / f;
+        if (wave > lowWave) {
+          f = f / rs.factor;
+        } else if (wave >= highWave) {
+          const double smooth = (rs.originalMaxPositionEmbeddings / wave - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor);
+          f = (1 - smooth) * f / rs.factor + smooth * f;
+        }
+      }
+      inv[i] = (float)f;
+    }
+    invFreq_ = a.take<float>(inv.size());
+    DSG_CUDA(cudaMemcpy(invFreq_, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
+  }
+
+  int splitsFor(int seqs) const {
+    const int want = (2 * prop_.multiProcessorCount + seqs * d_.numKvHeads - 1) / (seqs * d_.numKvHeads);
+    return std::max(1, std::min(kMaxSplits, want));
+  }
+
+  void allocateWorkspace() {
+    const size_t T = opt_.maxBatchTokens, S = opt_.maxSeqsPerStep;
+    maxGraphBatch_ = std::min<int>({kMaxGraphBatch, opt_.maxSeqsPerStep, opt_.maxBatchTokens});
+    // Page-table capacity: every sequence of a full step at the model's maximum length.
+    const int64_t maxLen = std::max(d_.maxPositionEmbeddings, opt_.maxBatchTokens);
+    pageCap_ = (int64_t)S * ((maxLen + opt_.pageSize - 1) / opt_.pageSize) + S;
+    InputLayout& L = layout_;
+    size_t off = 0;
+    auto place = [&](size_t bytes) {
+      const size_t at = off;
+      off += alignUp(bytes);
+      return at;
+    };
+    L.tokens = place(T * 4);
+    L.positions = place(T * 4);
+    L.slots = place(T * 4);
+    L.lastRows = place(S * 4);
+    L.seqs = place(S * sizeof(int4));
+    L.params = place(S * sizeof(cuda::SampleParams));
+    L.pages = place((size_t)pageCap_ * 4);
+    L.total = off;
+    int maxPartRows = 0;  // split-KV partials: decode steps only (tokens == sequences)
+    for (int bs = 1; bs <= std::max<int>(S, 1); ++bs) maxPartRows = std::max(maxPartRows, bs * splitsFor(bs));
+    DeviceArena& a = work_;
+    a.reserve(L.total);
+    a.reserve(T * H_ * 4);          // residual
+    a.reserve(T * H_ * 2);          // xn
+    a.reserve(T * QKV_ * 2);        // qkv
+    a.reserve(T * QD_ * 2);         // q
+    a.reserve(T * QD_ * 2);         // attention output
+    a.reserve(T * 2 * I_ * 2);      // gate|up
+    a.reserve(T * I_ * 2);          // SiLU*mul
+    a.reserve(S * H_ * 2);          // last hidden
+    a.reserve(S * (size_t)V_ * 4);  // logits
+    a.reserve((size_t)maxPartRows * QD_ * 4);
+    a.reserve((size_t)maxPartRows * d_.numHeads * 4);
+    a.reserve(outPlanes((int)S).end);
+    a.allocate("workspace");
+    dIn_ = a.take<uint8_t>(L.total);
+    residual_ = a.take<float>(T * H_);
+    xn_ = a.take<bf16>(T * H_);
+    qkv_ = a.take<bf16>(T * QKV_);
+    q_ = a.take<bf16>(T * QD_);
+    attnOut_ = a.take<bf16>(T * QD_);
+    gateUp_ = a.take<bf16>(T * 2 * I_);
+    act_ = a.take<bf16>(T * I_);
+    lastHidden_ = a.take<bf16>(S * H_);
+    logits_ = a.take<float>(S * (size_t)V_);
+    partO_ = a.take<float>((size_t)maxPartRows * QD_);
+    partLse_ = a.take<float>((size_t)maxPartRows * d_.numHeads);
+    dOut_ = a.take<uint8_t>(outPlanes((int)S).end);
+    DSG_CUDA(cudaMallocHost(&hostIn_, L.total));
+    DSG_CUDA(cudaMallocHost(&hostOut_, outPlanes((int)S).end));
+    workspaceBytes_ = (int64_t)a.bytes() + (int64_t)gemm_->workspaceBytes();
+  }
+
+  void allocateKvPool() {
+    const int P = opt_.pageSize;
+    const int64_t pageElems = (int64_t)P * KD_;
+    bytesPerPage_ = (int64_t)d_.numLayers * 2 * pageElems * 2;
+    numPages_ = opt_.numPages;
+    if (numPages_ <= 0) {
+      size_t freeB = 0, totalB = 0;
+      DSG_CUDA(cudaMemGetInfo(&freeB, &totalB));
+      // memFractionStatic of the card for weights + KV pool (as SGLang): whatever is in use now already counts.
+      const double reserve = 256.0 * 1048576;  // CUDA graphs, cuBLAS kernels, the embed path's private KV
+      const double budget = std::min((double)totalB * opt_.memFractionStatic - (double)(totalB - freeB),
+                                     (double)freeB - reserve);
+      const double useful = std::ceil((double)opt_.maxSeqsPerStep * std::max(d_.maxPositionEmbeddings, 1) / P) + 1;
+      numPages_ = (int64_t)std::min({budget / (double)bytesPerPage_ - 1, useful, (double)std::numeric_limits<int32_t>::max() - 1});
+      if (numPages_ < 1)
+        throw EngineError("LLM_ERR_OUT_OF_MEMORY", "memFractionStatic " + std::to_string(opt_.memFractionStatic) +
+                                                       " of device memory leaves no room for a KV page after the weights (" +
+                                                       std::to_string(weightsBytes_) + " bytes) and workspace (" +
+                                                       std::to_string(workspaceBytes_) + " bytes)");
+    }
+    poolTensorElems_ = (numPages_ + 1) * pageElems;  // + the padding page
+    kvPoolBytes_ = numPages_ * bytesPerPage_;
+    const size_t bytes = (size_t)d_.numLayers * 2 * poolTensorElems_ * sizeof(bf16);
+    const cudaError_t err = cudaMalloc(&kvPool_, bytes);
+    if (err != cudaSuccess)
+      throw EngineError("LLM_ERR_OUT_OF_MEMORY", "cannot allocate the KV pool (" + std::to_string(bytes) + " bytes, " +
+                                                     std::to_string(numPages_) + " pages): " + cudaGetErrorString(err));
+    // Zeroed once, so a page read before it is written holds finite values (never stale NaNs).
+    DSG_CUDA(cudaMemset(kvPool_, 0, bytes));
+  }
+
+  // ---- a step ----
+  int graphBatchFor(int numSeqs) const {
+    if (numSeqs > maxGraphBatch_) return 0;
+    int bs = 1;
+    while (bs < numSeqs) bs *= 2;
+    return std::min(bs, maxGraphBatch_);
+  }
+
+  /** Fills the pinned input buffer; rows >= numSeqs are padding decode slots writing to the padding page. */
+  void packInputs(const StepView& s, int rows) {
+    uint8_t* h = static_cast<uint8_t*>(hostIn_);
+    int32_t* tokens = reinterpret_cast<int32_t*>(h + layout_.tokens);
+    int32_t* positions = reinterpret_cast<int32_t*>(h + layout_.positions);
+    int32_t* slots = reinterpret_cast<int32_t*>(h + layout_.slots);
+    int32_t* lastRows = reinterpret_cast<int32_t*>(h + layout_.lastRows);
+    int4* seqs = reinterpret_cast<int4*>(h + layout_.seqs);
+    cuda::SampleParams* params = reinterpret_cast<cuda::SampleParams*>(h + layout_.params);
+    int32_t* pages = reinterpret_cast<int32_t*>(h + layout_.pages);
+    const int P = s.pageSize;
+    int64_t numEntries = 0;
+    maxQLen_ = 1;
+    for (int i = 0; i < s.numSeqs; ++i) {
+      const SeqView& q = s.seqs[i];
+      maxQLen_ = std::max(maxQLen_, q.qLen);
+      seqs[i] = make_int4(q.qStart, q.qLen, q.kvLen, (int)numEntries);
+      std::memcpy(pages + numEntries, q.pages, (size_t)q.numPages * 4);
+      numEntries += q.numPages;
+      lastRows[i] = q.qStart + q.qLen - 1;
+      for (int j = 0; j < q.qLen; ++j) {
+        const int t = q.qStart + j, pos = q.startPos() + j;
+        tokens[t] = s.tokens[t];
+        positions[t] = pos;
+        slots[t] = q.pages[pos / P] * P + pos % P;
+      }
+      const SamplingParams& sp = q.sampling;
+      params[i] = cuda::SampleParams{sp.temperature, sp.topP, sp.minP, sp.topK, (uint32_t)sp.seed,
+                                     (uint32_t)(sp.seed >> 32), sp.logprobs, sp.outputIndex, q.sample ? 1 : 0};
+    }
+    if (rows > s.numSeqs) {
+      const int padEntry = (int)numEntries;
+      pages[numEntries++] = (int32_t)numPages_;  // the padding page
+      for (int i = s.numSeqs; i < rows; ++i) {
+        seqs[i] = make_int4(i, 1, 1, padEntry);
+        lastRows[i] = i;
+        tokens[i] = 0;
+        positions[i] = 0;
+        slots[i] = (int32_t)(numPages_ * P);
+        params[i] = cuda::SampleParams{0.f, 1.f, 0.f, 0, 0u, 0u, -1, 0, 0};
+      }
+    }
+    inputBytesUsed_ = layout_.pages + (size_t)numEntries * 4;
+  }
+
+  template <class T>
+  T* in(size_t offset) const {
+    return reinterpret_cast<T*>(static_cast<uint8_t*>(dIn_) + offset);
+  }
+
+  /** All layers over `tokens` tokens of `seqs` sequences; leaves the residual stream in residual_. */
+  void forwardLayers(int tokens, int seqs, int maxQLen, bf16* kvBase, int64_t tensorElems) {
+    const float eps = d_.rmsNormEps;
+    const int splits = maxQLen == 1 ? splitsFor(seqs) : 1;
+    const cuda::AttnBatch batch{in<int4>(layout_.seqs), in<int32_t>(layout_.pages), seqs, maxQLen, opt_.pageSize};
+    const cuda::RopeArgs rope{invFreq_, d_.ropeLayout == RopeLayout::Interleaved};
+    const float scale = 1.f / std::sqrt((float)D_);
+    cuda::launchEmbedGather(in<int32_t>(layout_.tokens), tokens, embed_, H_, residual_, stream_);
+    for (int l = 0; l < d_.numLayers; ++l) {
+      const LayerDev& L = layers_[l];
+      bf16* kCache = kvBase + (int64_t)(2 * l) * tensorElems;
+      bf16* vCache = kvBase + (int64_t)(2 * l + 1) * tensorElems;
+      cuda::launchRmsNorm(residual_, nullptr, tokens, H_, L.inputNorm, eps, xn_, stream_);
+      gemm_->linearBf16(xn_, L.qkv, qkv_, tokens, (int)QKV_, H_);
+      cuda::launchQkNormRopeKvWrite(qkv_, L.qkvBias, L.qNorm, L.kNorm, eps, in<int32_t>(layout_.positions),
+                                    in<int32_t>(layout_.slots), tokens, d_.numHeads, d_.numKvHeads, D_, rope, q_,
+                                    kCache, vCache, stream_);
+      cuda::launchAttention(q_, kCache, vCache, batch, tokens, d_.numHeads, d_.numKvHeads, D_, scale, splits, attnOut_,
+                            partO_, partLse_, stream_);
+      if (splits > 1)
+        cuda::launchAttentionMerge(partO_, partLse_, splits, tokens, d_.numHeads, D_, attnOut_, stream_);
+      gemm_->linearF32(attnOut_, L.o, residual_, tokens, H_, (int)QD_, 1.f);
+      cuda::launchRmsNorm(residual_, nullptr, tokens, H_, L.postAttnNorm, eps, xn_, stream_);
+      gemm_->linearBf16(xn_, L.gateUp, gateUp_, tokens, (int)(2 * I_), H_);
+      cuda::launchSiluMul(gateUp_, tokens, (int)I_, act_, stream_);
+      gemm_->linearF32(act_, L.down, residual_, tokens, H_, (int)I_, 1.f);
+    }
+  }
+
+  void forward(int tokens, int seqs, int maxQLen, bf16* kvBase, int64_t tensorElems) {
+    forwardLayers(tokens, seqs, maxQLen, kvBase, tensorElems);
+    cuda::launchRmsNorm(residual_, in<int32_t>(layout_.lastRows), seqs, H_, finalNorm_, d_.rmsNormEps, lastHidden_, stream_);
+    gemm_->linearF32(lastHidden_, lmHead_, logits_, seqs, V_, H_, 0.f);
+  }
+
+  /** The output region for `rows` sequences: four planes (tokens, logprobs, top ids, top logprobs). */
+  struct OutPlanes {
+    size_t tokens, logprobs, topIds, topLogprobs, end, endWithoutTop;
+  };
+  static OutPlanes outPlanes(int rows) {
+    OutPlanes p;
+    p.tokens = 0;
+    p.logprobs = alignUp((size_t)rows * 4);
+    p.endWithoutTop = p.topIds = 2 * alignUp((size_t)rows * 4);
+    p.topLogprobs = p.topIds + alignUp((size_t)rows * MAX_TOP_LOGPROBS * 4);
+    p.end = p.topLogprobs + alignUp((size_t)rows * MAX_TOP_LOGPROBS * 4);
+    return p;
+  }
+
+  void sample(int rows) {
+    uint8_t* o = static_cast<uint8_t*>(dOut_);
+    const OutPlanes p = outPlanes(rows);
+    cuda::launchSample(logits_, rows, V_, in<cuda::SampleParams>(layout_.params), MAX_TOP_LOGPROBS,
+                       reinterpret_cast<int32_t*>(o + p.tokens), reinterpret_cast<float*>(o + p.logprobs),
+                       reinterpret_cast<int32_t*>(o + p.topIds), reinterpret_cast<float*>(o + p.topLogprobs), stream_);
+  }
+
+  void unpackOutputs(const StepView& s, int rows, const StepOutputs& out) const {
+    const uint8_t* o = static_cast<const uint8_t*>(hostOut_);
+    const OutPlanes p = outPlanes(rows);
+    const int32_t* tokens = reinterpret_cast<const int32_t*>(o + p.tokens);
+    const float* logprobs = reinterpret_cast<const float*>(o + p.logprobs);
+    const int32_t* topIds = reinterpret_cast<const int32_t*>(o + p.topIds);
+    const float* topLp = reinterpret_cast<const float*>(o + p.topLogprobs);
+    for (int i = 0; i < s.numSeqs; ++i) {
+      out.tokens[i] = tokens[i];
+      out.logprobs[i] = logprobs[i];
+      for (int j = 0; j < s.maxTopN; ++j) {
+        out.topIds[(int64_t)i * s.maxTopN + j] = topIds[(int64_t)i * MAX_TOP_LOGPROBS + j];
+        out.topLogprobs[(int64_t)i * s.maxTopN + j] = topLp[(int64_t)i * MAX_TOP_LOGPROBS + j];
+      }
+    }
+  }
+
+  cudaGraphExec_t graphFor(int bs) {
+    auto it = graphs_.find(bs);
+    if (it != graphs_.end()) return it->second;
+    cudaGraph_t graph = nullptr;
+    DSG_CUDA(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      forward(bs, bs, 1, kvPool_, poolTensorElems_);
+      sample(bs);
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    DSG_CUDA(cudaStreamEndCapture(stream_, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    DSG_CUDA(err);
+    graphs_[bs] = exec;
+    return exec;
+  }
+
+  void copyPages(const int32_t* pages, int32_t n, uint8_t* host, bool toHost) {
+    if (n <= 0) return;
+    DSG_CUDA(cudaSetDevice(opt_.deviceId));
+    for (int32_t i = 0; i < n; ++i)
+      if (pages[i] < 0 || pages[i] >= numPages_)
+        throw EngineError("LLM_ERR_KV_TRANSFER", "page " + std::to_string(pages[i]) + " at index " + std::to_string(i) +
+                                                     " out of range [0, " + std::to_string(numPages_) + ")");
+    const int64_t pageElems = (int64_t)opt_.pageSize * KD_;
+    const int32_t chunk = (int32_t)std::max<int64_t>(1, std::min<int64_t>(n, (256LL << 20) / bytesPerPage_));
+    bf16* staging = nullptr;
+    int32_t* dPages = nullptr;
+    DSG_CUDA(cudaMalloc(&staging, (size_t)chunk * bytesPerPage_));
+    const cudaError_t e2 = cudaMalloc(&dPages, (size_t)chunk * 4);
+    if (e2 != cudaSuccess) {
+      cudaFree(staging);
+      DSG_CUDA(e2);
+    }
+    try {
+      for (int32_t i0 = 0; i0 < n; i0 += chunk) {
+        const int32_t m = std::min(chunk, n - i0);
+        const size_t bytes = (size_t)m * bytesPerPage_;
+        DSG_CUDA(cudaMemcpyAsync(dPages, pages + i0, (size_t)m * 4, cudaMemcpyHostToDevice, stream_));
+        if (toHost) {
+          cuda::launchPageCopy(kvPool_, poolTensorElems_, 2 * d_.numLayers, pageElems, dPages, m, staging, true, stream_);
+          DSG_CUDA(cudaMemcpyAsync(host + (size_t)i0 * bytesPerPage_, staging, bytes, cudaMemcpyDeviceToHost, stream_));
+        } else {
+          DSG_CUDA(cudaMemcpyAsync(staging, host + (size_t)i0 * bytesPerPage_, bytes, cudaMemcpyHostToDevice, stream_));
+          cuda::launchPageCopy(kvPool_, poolTensorElems_, 2 * d_.numLayers, pageElems, dPages, m, staging, false, stream_);
+        }
+        DSG_CUDA(cudaStreamSynchronize(stream_));
+      }
+    } catch (...) {
+      cudaFree(staging);
+      cudaFree(dPages);
+      throw;
+    }
+    cudaFree(staging);
+    cudaFree(dPages);
+  }
+
+  ModelDesc d_;
+  BackendOptions opt_;
+  cudaDeviceProp prop_{};
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  int64_t H_ = 0, D_ = 0, QD_ = 0, KD_ = 0, QKV_ = 0, I_ = 0;
+  int V_ = 0;
+  DeviceArena weights_, work_;
+  bf16 *embed_ = nullptr, *lmHead_ = nullptr, *finalNorm_ = nullptr;
+  float* invFreq_ = nullptr;
+  std::vector<LayerDev> layers_;
+  InputLayout layout_{};
+  int64_t pageCap_ = 0;
+  size_t inputBytesUsed_ = 0;
+  void *dIn_ = nullptr, *dOut_ = nullptr, *hostIn_ = nullptr, *hostOut_ = nullptr;
+  float *residual_ = nullptr, *logits_ = nullptr, *partO_ = nullptr, *partLse_ = nullptr;
+  bf16 *xn_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *attnOut_ = nullptr, *gateUp_ = nullptr, *act_ = nullptr,
+       *lastHidden_ = nullptr;
+  bf16* kvPool_ = nullptr;
+  int64_t poolTensorElems_ = 0, numPages_ = 0, bytesPerPage_ = 0;
+  int64_t weightsBytes_ = 0, kvPoolBytes_ = 0, workspaceBytes_ = 0;
+  int maxGraphBatch_ = 0, maxQLen_ = 1;
+  std::map<int, cudaGraphExec_t> graphs_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> createCudaBackend(const ModelDesc& desc, const ModelWeights& weights, const BackendOptions& options) {
+  return std::make_unique<CudaBackend>(desc, weights, options);
+}
+
+}  // namespace dsg
