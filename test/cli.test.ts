@@ -118,7 +118,6 @@ const badCases: { argv: string[]; env?: NodeJS.ProcessEnv; says: string[] }[] = 
   { argv: [], says: ['missing --model-path'] },
 ];
 const absentCommand = ['bench', 'frontend', 'run', 'generate'].find((c) => !existsSync(join(repo, 'src', 'cli', 'commands', `${c}.ts`)));
-const workerExists = existsSync(join(repo, 'src', 'worker', 'main.ts'));
 const dumpFile = join(dir, 'dump.json');
 
 // Everything that goes through main() from source runs in one child process.
@@ -132,11 +131,11 @@ const named = {
   dumpStdout: { argv: ['start', ...M, '--embedding-worker'], env: { DYN_DUMP_CONFIG_TO: '-' } },
   unknownCommand: { argv: ['genrate'] },
   absentCommand: { argv: [absentCommand ?? 'bench'] },
-  noWorker: { argv: ['start', ...M] },
+  missingModel: { argv: ['start', ...M] },
 };
 // Cases that would really start something once other sessions land their modules are left out then.
 const namedKeys = (Object.keys(named) as (keyof typeof named)[]).filter(
-  (k) => !(k === 'noWorker' && workerExists) && !(k === 'absentCommand' && !absentCommand),
+  (k) => !(k === 'absentCommand' && !absentCommand),
 );
 const allResults = await cliBatch([
   ...namedKeys.map((k) => named[k]),
@@ -203,9 +202,9 @@ t.test('unknown and unavailable commands', async (t) => {
   }
 });
 
-t.test('start without --dump-config-to needs the worker runtime', { skip: workerExists && 'the worker runtime exists' }, async (t) => {
-  t.equal(run.noWorker.code, 1);
-  t.match(run.noWorker.stderr, 'worker runtime (src/worker/main.ts, runWorker) is not available');
+t.test('start with a model path that does not exist fails at once, naming it', async (t) => {
+  t.equal(run.missingModel.code, 1);
+  t.match(run.missingModel.stderr, /--model-path m: no such file or directory/);
 });
 
 t.test('the real bin, compiled with tsc', async (t) => {

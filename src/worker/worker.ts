@@ -70,6 +70,9 @@ function checkSupported(config: WorkerConfig): void {
 export async function startWorker(config: WorkerConfig, options: WorkerOptions = {}): Promise<WorkerHandle> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   checkSupported(config);
+  if (!existsSync(config.modelPath)) {
+    throw new LlmError('LLM_ERR_MODEL_NOT_FOUND', `--model-path ${config.modelPath}: no such file or directory (downloading from a model hub is not available in this build)`);
+  }
   const { namespace, component, endpoint } = config.endpoint;
   const model = config.servedModelName;
 
