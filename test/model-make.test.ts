@@ -7,7 +7,7 @@ import { loadModelSpec } from '../src/engine/model.js';
 import { parseHfConfig } from '../src/engine/hf-config.js';
 import { readSafetensorsDir } from '../src/engine/safetensors.js';
 import { loadTokenizer } from '../src/tokenizer/index.js';
-import { makeModelCommand } from '../src/cli/commands/make-model.js';
+import { main } from '../src/cli/main.js';
 import type { TensorRef } from '../src/engine/types.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'make-model-test-'));
@@ -148,17 +148,17 @@ t.test('make-model CLI usage errors exit 2 naming the flag', async (t) => {
   const orig = process.stderr.write.bind(process.stderr);
   process.stderr.write = ((s: string) => { errs.push(String(s)); return true; }) as typeof process.stderr.write;
   try {
-    t.equal(await makeModelCommand(['--shape', 'gpt5', '--seed', '1', '--out', dir]), 2);
-    t.equal(await makeModelCommand(['--shape', 'qwen3-tiny', '--seed=-1', '--out', dir]), 2);
-    t.equal(await makeModelCommand(['--shape', 'qwen3-tiny', '--out', dir]), 2);
-    t.equal(await makeModelCommand(['--shape', 'qwen3-tiny', '--seed', '1', '--out', dir, '--bogus']), 2);
-    t.equal(await makeModelCommand(['--shape', 'qwen3-tiny', '--seed', '1', '--out', dir, '--dtype', 'int8']), 2);
+    t.equal(await main(['make-model', '--shape', 'gpt5', '--seed', '1', '--out', dir]), 2);
+    t.equal(await main(['make-model', '--shape', 'qwen3-tiny', '--seed=-1', '--out', dir]), 2);
+    t.equal(await main(['make-model', '--shape', 'qwen3-tiny', '--out', dir]), 2);
+    t.equal(await main(['make-model', '--shape', 'qwen3-tiny', '--seed', '1', '--out', dir, '--bogus']), 2);
+    t.equal(await main(['make-model', '--shape', 'qwen3-tiny', '--seed', '1', '--out', dir, '--dtype', 'int8']), 2);
   } finally {
     process.stderr.write = orig;
   }
-  t.match(errs[0], /--shape must be one of qwen3-0\.6b, qwen3-tiny, qwen2-tiny, llama-tiny/);
-  t.match(errs[1], /--seed must be an integer/);
+  t.match(errs[0], /--shape: expected one of "qwen3-0\.6b", "qwen3-tiny", "qwen2-tiny", "llama-tiny", got "gpt5"/);
+  t.match(errs[1], /--seed: expected an integer >= 0/);
   t.match(errs[2], /--seed is required/);
-  t.match(errs[3], /bogus/);
+  t.match(errs[3], /unknown flag --bogus/);
   t.match(errs[4], /--dtype/);
 });

@@ -2,13 +2,16 @@
 // engine; the continuation streams to stdout through the incremental detokenizer (or, with --json, one JSON
 // object with the token ids and text).
 
+import { Type } from '@sinclair/typebox';
 import { LlmError } from '../../errors.js';
+import { parseCommandLine, renderHelp } from '../args.js';
+import type { FlagSpec } from '../args.js';
 import { loadAddon } from '../../engine/addon.js';
 import { openEngine } from '../../engine/engine.js';
 import { loadModelSpec } from '../../engine/model.js';
 import type { BackendKind, Engine, ModelSpec, SamplingParams } from '../../engine/types.js';
 import { IncrementalDetokenizer, loadTokenizer } from '../../tokenizer/index.js';
-import { numberFlag, parseCommandArgs, requireFlag, runCommand } from './make-model.js';
+import { required } from './make-model.js';
 
 export interface GenerationOptions {
   maxTokens: number;
@@ -83,92 +86,81 @@ export function openEngineFor(spec: ModelSpec, device: 'cpu' | 'cuda' | 'auto', 
   return openEngine(spec, options('cpu'));
 }
 
-export const GENERATE_HELP = `Usage: dynamo-sglang generate --model-path PATH --prompt TEXT [options]
+const FLAGS: readonly FlagSpec[] = [
+  { name: 'model-path', kind: 'string', schema: Type.String({ minLength: 1 }), valueName: 'PATH', help: 'GGUF file or HF checkpoint directory' },
+  { name: 'tokenizer-path', kind: 'string', schema: Type.String({ minLength: 1 }), valueName: 'PATH', help: "tokenizer.json directory or file, or a GGUF file (default: the model's own tokenizer)" },
+  { name: 'prompt', kind: 'string', schema: Type.String(), valueName: 'TEXT', help: 'the prompt (BOS is added when the tokenizer asks for it)' },
+  { name: 'chat', kind: 'bool', schema: Type.Boolean(), default: false, help: "wrap the prompt as a user message with the model's chat template" },
+  { name: 'max-tokens', kind: 'int', schema: Type.Integer({ minimum: 1, maximum: 1 << 20 }), valueName: 'N', default: 64, defaultText: '64', help: 'tokens to generate' },
+  { name: 'temperature', kind: 'number', schema: Type.Number({ minimum: 0, maximum: 100 }), valueName: 'T', default: 0, defaultText: '0 (greedy)', help: 'sampling temperature' },
+  { name: 'top-p', kind: 'number', schema: Type.Number({ exclusiveMinimum: 0, maximum: 1 }), valueName: 'P', default: 1, defaultText: '1 (off)', help: 'nucleus sampling mass' },
+  { name: 'top-k', kind: 'int', schema: Type.Integer({ minimum: -1 }), valueName: 'K', default: -1, defaultText: '-1 (off)', help: 'sample among the K most likely tokens' },
+  { name: 'min-p', kind: 'number', schema: Type.Number({ minimum: 0, maximum: 1 }), valueName: 'P', default: 0, defaultText: '0 (off)', help: 'drop tokens below P times the top probability' },
+  { name: 'seed', kind: 'int', schema: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER }), valueName: 'S', help: 'sampling seed (the same seed replays exactly)' },
+  { name: 'ignore-eos', kind: 'bool', schema: Type.Boolean(), default: false, help: 'do not stop at end-of-sequence tokens' },
+  { name: 'device', kind: 'string', schema: Type.Union([Type.Literal('cpu'), Type.Literal('cuda'), Type.Literal('auto')]), valueName: 'D', default: 'auto', defaultText: 'auto', help: 'engine backend; auto takes CUDA when it is built and a GPU is present' },
+  { name: 'json', kind: 'bool', schema: Type.Boolean(), default: false, help: 'print one JSON object {prompt, prompt_token_ids, output_token_ids, text, finish_reason}' },
+];
 
-Runs one prompt offline through the engine and prints the continuation as it is generated.
-  --model-path PATH      GGUF file or HF checkpoint directory
-  --tokenizer-path PATH  tokenizer.json directory/file or GGUF (default: the model's own)
-  --prompt TEXT          the prompt (BOS is added when the tokenizer asks for it)
-  --chat                 wrap the prompt as a user message with the model's chat template
-  --max-tokens N         tokens to generate (default 64)
-  --temperature T        0 (default) = greedy
-  --top-p P  --top-k K  --min-p P
-  --seed S               sampling seed (reproducible)
-  --ignore-eos           do not stop at end-of-sequence tokens
-  --device D             cpu | cuda | auto (default auto)
-  --json                 print {prompt, prompt_token_ids, output_token_ids, text, finish_reason}
-`;
+export function generateHelp(): string {
+  return renderHelp(
+    'dynamo-sglang generate --model-path PATH --prompt TEXT [flags]',
+    'Runs one prompt offline through the engine and prints the continuation as it is generated.',
+    [{ title: 'Flags', flags: FLAGS }],
+  );
+}
 
-export async function generateCommand(argv: string[]): Promise<number> {
-  return runCommand(async () => {
-    const c = 'generate';
-    const v = parseCommandArgs(c, argv, {
-      'model-path': { type: 'string' },
-      'tokenizer-path': { type: 'string' },
-      prompt: { type: 'string' },
-      chat: { type: 'boolean' },
-      'max-tokens': { type: 'string' },
-      temperature: { type: 'string' },
-      'top-p': { type: 'string' },
-      'top-k': { type: 'string' },
-      'min-p': { type: 'string' },
-      seed: { type: 'string' },
-      'ignore-eos': { type: 'boolean' },
-      device: { type: 'string' },
-      json: { type: 'boolean' },
-    });
-    if (v['help'] === true) {
-      process.stdout.write(GENERATE_HELP);
-      return 0;
-    }
-    const modelPath = requireFlag(c, v, 'model-path');
-    const prompt = v['prompt'];
-    if (typeof prompt !== 'string') throw new LlmError('LLM_ERR_USAGE', `${c}: --prompt is required`);
-    const maxTokens = numberFlag(c, v, 'max-tokens', { integer: true, min: 1, max: 1 << 20 }) ?? 64;
-    const device = (v['device'] as string | undefined) ?? 'auto';
-    if (device !== 'cpu' && device !== 'cuda' && device !== 'auto') throw new LlmError('LLM_ERR_USAGE', `${c}: --device must be cpu, cuda or auto, got ${JSON.stringify(device)}`);
-    const sampling: SamplingParams = {
-      temperature: numberFlag(c, v, 'temperature', { min: 0, max: 100 }) ?? 0,
-      topP: numberFlag(c, v, 'top-p', { min: 0, max: 1 }) ?? 1,
-      topK: numberFlag(c, v, 'top-k', { integer: true, min: -1 }) ?? -1,
-      minP: numberFlag(c, v, 'min-p', { min: 0, max: 1 }) ?? 0,
-      seed: numberFlag(c, v, 'seed', { integer: true, min: 0, max: Number.MAX_SAFE_INTEGER }) ?? null,
-      logprobs: -1,
-    };
-    if (sampling.topP === 0) throw new LlmError('LLM_ERR_USAGE', `${c}: --top-p must be in (0, 1]`);
-
-    const spec = await loadModelSpec(modelPath);
-    const tokenizer = loadTokenizer(modelPath, v['tokenizer-path'] as string | undefined);
-    const text = v['chat'] === true ? tokenizer.applyChatTemplate([{ role: 'user', content: prompt }]) : prompt;
-    // A chat template writes its own special tokens (BOS included where the template wants it).
-    const promptIds = tokenizer.encode(text, { addSpecialTokens: v['chat'] !== true });
-    const tooBig = promptIds.find((id) => id >= spec.vocabSize);
-    if (tooBig !== undefined) throw new LlmError('LLM_ERR_TOKENIZER', `tokenizer produced id ${tooBig}, outside the model's vocabulary of ${spec.vocabSize}`);
-    const stopTokenIds = v['ignore-eos'] === true ? [] : [...new Set([...spec.eosTokenIds, ...tokenizer.eosTokenIds])];
-
-    const engine = openEngineFor(spec, device, promptIds.length + maxTokens, promptIds.length);
-    try {
-      const detok = new IncrementalDetokenizer(tokenizer);
-      const json = v['json'] === true;
-      const result = generateTokens(engine, promptIds, { maxTokens, sampling, stopTokenIds }, (id) => {
-        const piece = detok.push(id);
-        if (!json && piece !== '') process.stdout.write(piece);
-      });
-      const tail = detok.flush();
-      if (json) {
-        process.stdout.write(JSON.stringify({
-          prompt: text,
-          prompt_token_ids: promptIds,
-          output_token_ids: result.outputTokenIds,
-          text: detok.output,
-          finish_reason: result.finishReason,
-        }) + '\n');
-      } else {
-        process.stdout.write(tail + '\n');
-      }
-    } finally {
-      engine.close();
-    }
+export async function main(argv: string[]): Promise<number> {
+  const { values: v, help } = parseCommandLine(argv, FLAGS);
+  if (help) {
+    process.stdout.write(generateHelp());
     return 0;
-  });
+  }
+  const modelPath = required(v['model-path'], 'model-path') as string;
+  const prompt = required(v['prompt'], 'prompt') as string;
+  const maxTokens = v['max-tokens'] as number;
+  const device = v['device'] as 'cpu' | 'cuda' | 'auto';
+  const chat = v['chat'] === true;
+  const sampling: SamplingParams = {
+    temperature: v['temperature'] as number,
+    topP: v['top-p'] as number,
+    topK: v['top-k'] as number,
+    minP: v['min-p'] as number,
+    seed: (v['seed'] as number | undefined) ?? null,
+    logprobs: -1,
+  };
+
+  const spec = await loadModelSpec(modelPath);
+  const tokenizer = loadTokenizer(modelPath, v['tokenizer-path'] as string | undefined);
+  const text = chat ? tokenizer.applyChatTemplate([{ role: 'user', content: prompt }]) : prompt;
+  // A chat template writes its own special tokens (BOS included where the template wants it).
+  const promptIds = tokenizer.encode(text, { addSpecialTokens: !chat });
+  const tooBig = promptIds.find((id) => id >= spec.vocabSize);
+  if (tooBig !== undefined) throw new LlmError('LLM_ERR_TOKENIZER', `tokenizer produced id ${tooBig}, outside the model's vocabulary of ${spec.vocabSize}`);
+  const stopTokenIds = v['ignore-eos'] === true ? [] : [...new Set([...spec.eosTokenIds, ...tokenizer.eosTokenIds])];
+
+  const engine = openEngineFor(spec, device, promptIds.length + maxTokens, promptIds.length);
+  try {
+    const detok = new IncrementalDetokenizer(tokenizer);
+    const json = v['json'] === true;
+    const result = generateTokens(engine, promptIds, { maxTokens, sampling, stopTokenIds }, (id) => {
+      const piece = detok.push(id);
+      if (!json && piece !== '') process.stdout.write(piece);
+    });
+    const tail = detok.flush();
+    if (json) {
+      process.stdout.write(JSON.stringify({
+        prompt: text,
+        prompt_token_ids: promptIds,
+        output_token_ids: result.outputTokenIds,
+        text: detok.output,
+        finish_reason: result.finishReason,
+      }) + '\n');
+    } else {
+      process.stdout.write(tail + '\n');
+    }
+  } finally {
+    engine.close();
+  }
+  return 0;
 }
