@@ -1,3 +1,11 @@
+// The package's programmatic API: the supervisor (engine + scheduler behind generate()), the worker and the
+// configuration that drives it, the wire schemas, and the coded errors.
 export * from './errors.js';
 export type * from './engine/types.js';
 export { Supervisor, type SupervisorConfig, type GenerateOptions } from './supervisor.js';
+export { resolveConfig, finalizeConfig } from './config/resolve.js';
+export { WorkerConfigSchema, type WorkerConfig } from './config/schema.js';
+export { startWorker, runWorker, type WorkerHandle, type WorkerOptions } from './worker/worker.js';
+export { OpenAiServer } from './frontend/openai-server.js';
+export type { ServedModel, ModelDirectory } from './frontend/models.js';
+export * as protocol from './protocol/index.js';
