@@ -1,5 +1,5 @@
 import t from 'tap';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, truncateSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, truncateSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, makeModel } from '../src/engine/make-model.js';
@@ -112,6 +112,8 @@ t.test('HF config parsing: transformers 4.x and 5.x spellings', async (t) => {
   t.throws(() => parseHfConfig({ ...base, architectures: ['MistralForCausalLM'] }, 'c.json'), { code: 'LLM_ERR_UNSUPPORTED_ARCH', message: /MistralForCausalLM.*LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM/ });
   t.throws(() => parseHfConfig({ ...base, rope_scaling: { type: 'yarn', factor: 4 } }, 'c.json'), { code: 'LLM_ERR_CONFIG', message: /yarn/ });
   t.throws(() => parseHfConfig({ ...base, hidden_size: -1 }, 'c.json'), { code: 'LLM_ERR_CONFIG', message: /c\.json: hidden_size/ });
+  t.throws(() => parseHfConfig({ ...base, architectures: ['Qwen3ForCausalLM'], layer_types: ['full_attention', 'sliding_attention'] }, 'c.json'), { code: 'LLM_ERR_UNSUPPORTED_ARCH', message: /sliding/ });
+  t.throws(() => parseHfConfig({ ...base, num_key_value_heads: 3 }, 'c.json'), { code: 'LLM_ERR_CONFIG', message: /not a multiple/ });
 });
 
 t.test('bad HF checkpoints give coded errors naming file and tensor', async (t) => {
@@ -127,6 +129,38 @@ t.test('bad HF checkpoints give coded errors naming file and tensor', async (t) 
   writeFileSync(cfgPath, JSON.stringify({ ...cfg, architectures: ['GPT2LMHeadModel'] }));
   await t.rejects(loadModelSpec(m.dir), { code: 'LLM_ERR_UNSUPPORTED_ARCH' });
   writeFileSync(cfgPath, JSON.stringify(cfg));
+
+  // Sharded checkpoint: split the tensors over two shard files written from the single file's bytes.
+  {
+    const shardDir = join(dir, 'q2-sharded');
+    const src = readSafetensorsDir(m.dir);
+    const whole = readFileSync(join(m.dir, 'model.safetensors'));
+    mkdirSync(shardDir);
+    for (const f of ['config.json', 'generation_config.json']) writeFileSync(join(shardDir, f), readFileSync(join(m.dir, f)));
+    const weightMap: Record<string, string> = {};
+    [src.slice(0, 10), src.slice(10)].forEach((part, k) => {
+      const shard = `model-0000${k + 1}-of-00002.safetensors`;
+      const header: Record<string, unknown> = {};
+      let off = 0;
+      for (const x of part) {
+        header[x.name] = { dtype: x.dtype, shape: x.shape, data_offsets: [off, off + x.byteSize] };
+        off += x.byteSize;
+        weightMap[x.name] = shard;
+      }
+      const h = Buffer.from(JSON.stringify(header));
+      const len = Buffer.alloc(8);
+      len.writeBigUInt64LE(BigInt(h.length));
+      writeFileSync(join(shardDir, shard), Buffer.concat([len, h, ...part.map((x) => whole.subarray(x.offset, x.offset + x.byteSize))]));
+    });
+    writeFileSync(join(shardDir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+    const sharded = await loadModelSpec(shardDir);
+    t.equal(new Set(sharded.tensors.map((x) => x.file)).size, 2, 'tensors come from both shards');
+    for (const ref of sharded.tensors) {
+      const orig = spec.tensors.find((x) => x.name === ref.name)!;
+      const n = ref.shape.reduce((a, b) => a * b, 1) * 2;
+      t.ok(readFileSync(ref.file).subarray(ref.offset, ref.offset + n).equals(whole.subarray(orig.offset, orig.offset + n)), `${ref.name} bytes`);
+    }
+  }
 
   // Sharded checkpoint: an index naming a shard that lacks the tensor.
   writeFileSync(join(m.dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { 'model.norm.weight': 'model.safetensors', 'lm_head.weight': 'other.safetensors' } }));

@@ -57,6 +57,12 @@ t.test('bad GGUF files give coded errors naming the file', async (t) => {
   writeFileSync(join(dir, 'magic.gguf'), badMagic);
   await t.rejects(loadModelSpec(join(dir, 'magic.gguf')), { code: 'LLM_ERR_MODEL_FORMAT', message: /not a GGUF file/ });
 
+  // GGUF v2 has the same layout for little-endian files: it loads.
+  const v2 = Buffer.from(bytes);
+  v2.writeUInt32LE(2, 4);
+  writeFileSync(join(dir, 'v2.gguf'), v2);
+  t.equal((await loadModelSpec(join(dir, 'v2.gguf'))).numLayers, 5);
+
   const badVersion = Buffer.from(bytes);
   badVersion.writeUInt32LE(9, 4);
   writeFileSync(join(dir, 'version.gguf'), badVersion);

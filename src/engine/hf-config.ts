@@ -126,6 +126,10 @@ export function parseHfConfig(cfg: unknown, file: string): HfHyperParams {
   if (architecture !== 'llama' && c['use_sliding_window'] === true) {
     throw new LlmError('LLM_ERR_UNSUPPORTED_ARCH', `model config ${file}: use_sliding_window is not supported`);
   }
+  const layerTypes = c['layer_types'];
+  if (Array.isArray(layerTypes) && layerTypes.some((x) => x !== 'full_attention')) {
+    throw new LlmError('LLM_ERR_UNSUPPORTED_ARCH', `model config ${file}: layer_types other than full_attention (sliding-window layers) are not supported`);
+  }
   const hiddenSize = posInt(c, 'hidden_size', file);
   const numHeads = posInt(c, 'num_attention_heads', file);
   const numKvHeads = posInt(c, 'num_key_value_heads', file, numHeads);

@@ -92,8 +92,8 @@ export class SpmTokenizer implements Tokenizer {
   private readonly addBos: boolean;
   private readonly addEos: boolean;
   private readonly addSpacePrefix: boolean;
-  /** Control/user-defined tokens matched literally in input text, longest first. */
-  private readonly literalTokens: { text: string; id: number }[];
+  /** Control/user-defined tokens matched literally in input text, by first character, longest first. */
+  private readonly literalTokens = new Map<string, { text: string; id: number }[]>();
   private readonly chatTemplate: ChatTemplate | null;
 
   constructor(
@@ -144,7 +144,12 @@ export class SpmTokenizer implements Tokenizer {
       if ((type === SpmTokenType.Control || type === SpmTokenType.UserDefined) && text.length > 0) literal.push({ text, id });
     }
     this.specialTokenIds = special;
-    this.literalTokens = literal.sort((a, b) => b.text.length - a.text.length);
+    for (const t of literal.sort((a, b) => b.text.length - a.text.length)) {
+      const first = t.text[0] as string;
+      const list = this.literalTokens.get(first);
+      if (list === undefined) this.literalTokens.set(first, [t]);
+      else list.push(t);
+    }
     this.bytesCache = new Array<Uint8Array>(n);
     const bosText = this.bosTokenId === null ? '' : (this.tokens[this.bosTokenId] as string);
     const eosText = spec.eosTokenId === null ? '' : (this.tokens[spec.eosTokenId] as string);
@@ -220,7 +225,7 @@ export class SpmTokenizer implements Tokenizer {
     let start = 0;
     let i = 0;
     while (i < text.length) {
-      const hit = this.literalTokens.find((t) => text.startsWith(t.text, i));
+      const hit = this.literalTokens.get(text[i] as string)?.find((t) => text.startsWith(t.text, i));
       if (hit === undefined) {
         i++;
         continue;
