@@ -11,10 +11,10 @@ import type { SamplingParams, SeqStep } from '../src/engine/types.js';
 import { referenceLogits, relError, rng, writeTinyModel, type TinyShape } from './helpers/engine-tiny-model.js';
 
 const shapes: Record<string, TinyShape> = {
-  // GGUF-style llama: interleaved RoPE, Llama-3 rope scaling, untied head, an intermediate size that is not a
-  // multiple of 8 (the kernels' scalar tails).
+  // GGUF-style llama: interleaved RoPE, Llama-3 rope scaling, untied head; an intermediate size that is not a
+  // multiple of 8 and a vocabulary that is not a multiple of 4 (the kernels' k and row tails).
   llama: {
-    architecture: 'llama', vocabSize: 96, hiddenSize: 64, intermediateSize: 100, numLayers: 2, numHeads: 4, numKvHeads: 2,
+    architecture: 'llama', vocabSize: 99, hiddenSize: 64, intermediateSize: 100, numLayers: 2, numHeads: 4, numKvHeads: 2,
     headDim: 16, ropeLayout: 'interleaved', ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 },
     tieWordEmbeddings: false, dtype: 'f32',
   },

@@ -1,7 +1,9 @@
 #include "kernels.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -125,6 +127,37 @@ DSG_AVX2 void dotRows2(const void* r0, const void* r1, const float* x, int64_t K
   }
 }
 
+// Four f32 weight rows against MT (<= 3) tokens: 12 accumulators, each weight load feeds MT FMAs and each x
+// load feeds four. The prefill micro-kernel, run over a block of rows already widened to f32.
+template <int MT>
+DSG_AVX2 void dot4xMT(const float* w, int64_t K, const float* x, float out[4][3]) {
+  __m256 a[4][MT];
+  for (int r = 0; r < 4; ++r)
+    for (int j = 0; j < MT; ++j) a[r][j] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 xv[MT];
+    for (int j = 0; j < MT; ++j) xv[j] = _mm256_loadu_ps(x + j * K + k);
+    for (int r = 0; r < 4; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + r * K + k);
+      for (int j = 0; j < MT; ++j) a[r][j] = _mm256_fmadd_ps(wv, xv[j], a[r][j]);
+    }
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int j = 0; j < MT; ++j) {
+      float acc = hsum(a[r][j]);
+      for (int64_t kk = k; kk < K; ++kk) acc += w[r * K + kk] * x[j * K + kk];
+      out[r][j] = acc;
+    }
+}
+
+template <DType T>
+DSG_AVX2 void widenRows(const void* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8<T>(src, i));
+  for (; i < n; ++i) dst[i] = loadScalar<T>(src, i);
+}
+
 template <DType T>
 DSG_AVX2 void matmulRowsAvx2(const float* x, int64_t M, int64_t K, const void* W, int64_t n0, int64_t n1,
                              const float* bias, float* y, int64_t ldy) {
@@ -134,27 +167,39 @@ DSG_AVX2 void matmulRowsAvx2(const float* x, int64_t M, int64_t K, const void* W
     for (int64_t n = n0; n < n1; ++n) y[n] = dotRow1<T>(Wb + n * rowBytes, x, K) + (bias ? bias[n] : 0.0f);
     return;
   }
-  // Blocks of 16 weight rows stay in L2 while every 4-token tile of x passes over them.
+  // Prefill: widen a block of 16 weight rows to f32 once (it stays in L2), then run every 3-token tile of x over
+  // it four rows at a time.
   constexpr int64_t RB = 16;
-  float out[2][4];
+  thread_local std::vector<float> block;  // [RB rows widened][4 rows of tail padding]
+  if ((int64_t)block.size() < (RB + 4) * K) block.resize((RB + 4) * K);
+  float* pad = block.data() + RB * K;
+  float out[4][3];
   for (int64_t nb = n0; nb < n1; nb += RB) {
-    const int64_t ne = nb + RB < n1 ? nb + RB : n1;
-    for (int64_t m = 0; m < M; m += 4) {
-      const int mt = (int)(M - m < 4 ? M - m : 4);
+    const int64_t rows = nb + RB < n1 ? RB : n1 - nb;
+    const float* wf;
+    if constexpr (T == DType::F32) {
+      wf = reinterpret_cast<const float*>(Wb + nb * rowBytes);
+    } else {
+      widenRows<T>(Wb + nb * rowBytes, rows * K, block.data());
+      wf = block.data();
+    }
+    for (int64_t m = 0; m < M; m += 3) {
+      const int mt = (int)(M - m < 3 ? M - m : 3);
       const float* xm = x + m * K;
-      for (int64_t n = nb; n < ne; n += 2) {
-        const void* r0 = Wb + n * rowBytes;
-        const void* r1 = n + 1 < ne ? Wb + (n + 1) * rowBytes : r0;
+      for (int64_t r = 0; r < rows; r += 4) {
+        const int rt = (int)(rows - r < 4 ? rows - r : 4);
+        const float* w4 = wf + r * K;
+        if (rt < 4) {  // row tail: pad to four rows with copies; the extra results are dropped
+          for (int i = 0; i < 4; ++i) std::memcpy(pad + i * K, w4 + (i < rt ? i : 0) * K, sizeof(float) * K);
+          w4 = pad;
+        }
         switch (mt) {
-          case 4: dotRows2<T, 4>(r0, r1, xm, K, out); break;
-          case 3: dotRows2<T, 3>(r0, r1, xm, K, out); break;
-          case 2: dotRows2<T, 2>(r0, r1, xm, K, out); break;
-          default: dotRows2<T, 1>(r0, r1, xm, K, out); break;
+          case 3: dot4xMT<3>(w4, K, xm, out); break;
+          case 2: dot4xMT<2>(w4, K, xm, out); break;
+          default: dot4xMT<1>(w4, K, xm, out); break;
         }
-        for (int j = 0; j < mt; ++j) {
-          y[(m + j) * ldy + n] = out[0][j] + (bias ? bias[n] : 0.0f);
-          if (n + 1 < ne) y[(m + j) * ldy + n + 1] = out[1][j] + (bias ? bias[n + 1] : 0.0f);
-        }
+        for (int i = 0; i < rt; ++i)
+          for (int j = 0; j < mt; ++j) y[(m + j) * ldy + nb + r + i] = out[i][j] + (bias ? bias[nb + r + i] : 0.0f);
       }
     }
   }
@@ -285,7 +330,9 @@ RowsFn pickRows(DType t) {
 
 bool cpuHasAvx2() {
 #ifdef DSG_X86
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  // DYNAMO_SGLANG_CPU_SCALAR=1 forces the portable kernels (tests check them on AVX2 machines too).
+  static const bool has = std::getenv("DYNAMO_SGLANG_CPU_SCALAR") == nullptr && __builtin_cpu_supports("avx2") &&
+                          __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return has;
 #else
   return false;
