@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { loadModelSpec, ggufToHfName } from '../src/engine/model.js';
 import { readGguf } from '../src/engine/gguf.js';
 import { LlmError } from '../src/errors.js';
+import { loadTokenizer } from '../src/tokenizer/index.js';
 
 const STORIES = new URL('../models/stories260K.gguf', import.meta.url).pathname;
 
@@ -107,4 +108,34 @@ t.test('bad GGUF files give coded errors naming the file', async (t) => {
   heads.writeUInt32LE(128, hv);
   writeFileSync(join(dir, 'shape.gguf'), heads);
   await t.rejects(loadModelSpec(join(dir, 'shape.gguf')), { code: 'LLM_ERR_SHAPE_MISMATCH', message: /token_embd\.weight in .*shape\.gguf has shape \[512, 64\]/ });
+});
+
+t.test('corrupted GGUF headers fail with coded errors in the model and tokenizer loaders, never a crash', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'model-fuzz-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const bytes = readFileSync(STORIES);
+  const headerEnd = readGguf(STORIES).dataOffset;
+  let x = 12345;
+  const rand = (n: number) => {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    return x % n;
+  };
+  const f = join(dir, 'fuzz.gguf');
+  let coded = 0;
+  for (let i = 0; i < 300; i++) {
+    const b = Buffer.from(bytes);
+    for (let k = 0; k < 1 + rand(4); k++) b[rand(headerEnd)] = rand(256);
+    writeFileSync(f, b);
+    try {
+      await loadModelSpec(f);
+      loadTokenizer(f).encode('Once upon a time');
+    } catch (err) {
+      if (!(err instanceof LlmError)) {
+        t.fail(`mutation ${i}: ${String(err)}`);
+        continue;
+      }
+      coded++;
+    }
+  }
+  t.ok(coded > 0, `${coded} of 300 corrupted headers were refused with coded errors; the rest still loaded`);
 });
