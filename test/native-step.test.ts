@@ -10,7 +10,7 @@ import { loadAddon } from '../src/engine/addon.js';
 import { openEngine } from '../src/engine/engine.js';
 import { Header, SeqField, STEP_HEADER_WORDS, STEP_SEQ_WORDS, packStep } from '../src/engine/step.js';
 import type { EngineOptions, ModelSpec, SamplingParams, SeqStep } from '../src/engine/types.js';
-import { writeTinyModel, type TinyShape } from './helpers/engine-tiny-model.js';
+import { referenceEmbedding, relError, writeTinyModel, type TinyShape } from './helpers/engine-tiny-model.js';
 
 const shape: TinyShape = {
   architecture: 'qwen3', vocabSize: 64, hiddenSize: 32, intermediateSize: 48, numLayers: 2, numHeads: 4, numKvHeads: 2,
@@ -167,6 +167,8 @@ t.test('KV export/import round trip, embed, memory info, close', async (t) => {
   t.equal(emb.length, shape.hiddenSize);
   t.ok(Math.abs(Math.hypot(...emb) - 1) < 1e-5, 'embedding is L2-normalised');
   t.same(Array.from(engine.embed(prompt)), Array.from(emb), 'embedding is deterministic');
+  const embErr = relError(emb, referenceEmbedding(model, prompt));
+  t.ok(embErr < 1e-4, `embedding matches the float64 reference (relative error ${embErr.toExponential(2)})`);
   const m = engine.memoryInfo();
   t.equal(m.kvPoolBytes, options.numPages! * engine.kv.bytesPerPage);
   t.ok(m.weightsBytes > 0 && m.workspaceBytes > 0);

@@ -54,11 +54,13 @@ struct StepLimits {
 struct CheckedStep {
   StepView view;
   std::vector<SeqView> seqs;
+  std::vector<int32_t> touchedPages;  // scratch, reused across steps
 };
 
 /**
  * Validates a descriptor (step.h) once at the boundary. Throws EngineError LLM_ERR_STEP_INVALID naming the field
- * and sequence, e.g. "seq 3: page 9999 out of range [0, 512)". `seen` is scratch of numPages entries.
+ * and sequence, e.g. "seq 3: page 9999 out of range [0, 512)". `pageOwner` is scratch of numPages entries, all -1
+ * between calls.
  */
 void checkStep(const int32_t* words, size_t numWords, const StepLimits& limits, CheckedStep& out,
                std::vector<int32_t>& pageOwner);

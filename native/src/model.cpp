@@ -35,6 +35,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
       throw EngineError("LLM_ERR_MODEL_FORMAT", "cannot memory-map weight file " + path + ": " + std::strerror(e));
     }
     data_ = static_cast<const uint8_t*>(p);
+    ::madvise(p, size_, MADV_WILLNEED);  // start reading the weights in now, not on the first step's page faults
   }
   ::close(fd);
 }

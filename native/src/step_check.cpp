@@ -54,8 +54,8 @@ void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, Checked
   if ((int64_t)pageOwner.size() < lim.numPages) pageOwner.assign(lim.numPages, -1);
   int32_t maxTopN = 0;
   int64_t nextQ = 0, nextPage = 0;
-  std::vector<int32_t> touched;
-  touched.reserve(numEntries);
+  std::vector<int32_t>& touched = out.touchedPages;
+  touched.clear();
   auto fail = [&](int s, const std::string& m) {
     for (int32_t p : touched) pageOwner[p] = -1;
     invalid("seq " + std::to_string(s) + ": " + m);

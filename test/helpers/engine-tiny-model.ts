@@ -229,6 +229,22 @@ function rope(v: Float64Array, off: number, pos: number, inv: Float64Array, layo
 /** Logits of every position of one sequence, float64, straight from the definitions. */
 export function referenceLogits(model: TinyModel, tokens: readonly number[]): Float64Array[] {
   const { spec, weights } = model;
+  const head = weights.get(spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight') as Float64Array;
+  return referenceFinalHidden(model, tokens).map((x) => linear(head, x, spec.vocabSize));
+}
+
+/** The embedding contract: mean over positions of the final-normed hidden states, L2-normalised. */
+export function referenceEmbedding(model: TinyModel, tokens: readonly number[]): Float64Array {
+  const hs = referenceFinalHidden(model, tokens);
+  const mean = new Float64Array(model.spec.hiddenSize);
+  for (const h of hs) for (let i = 0; i < mean.length; i++) mean[i] += h[i] / hs.length;
+  const norm = Math.hypot(...mean);
+  return mean.map((x) => x / norm);
+}
+
+/** Final hidden states (after the final RMSNorm) of every position of one sequence. */
+function referenceFinalHidden(model: TinyModel, tokens: readonly number[]): Float64Array[] {
+  const { spec, weights } = model;
   const w = (n: string): Float64Array => {
     const t = weights.get(n);
     if (!t) throw new Error(`reference: no tensor ${n}`);
@@ -298,8 +314,7 @@ export function referenceLogits(model: TinyModel, tokens: readonly number[]): Fl
     }
     h = next;
   }
-  const head = spec.tieWordEmbeddings ? emb : w('lm_head.weight');
-  return h.map((x) => linear(head, rmsNorm(x, w('model.norm.weight'), spec.rmsNormEps), spec.vocabSize));
+  return h.map((x) => rmsNorm(x, w('model.norm.weight'), spec.rmsNormEps));
 }
 
 /** max |a - b| / max |b|: the relative error of a logits row. */
