@@ -110,3 +110,31 @@ for (const [name, shape] of Object.entries(shapes)) {
     });
   }
 }
+
+t.test('a 300-token prefill (several MLP chunks, attention key blocks and query tiles) then decode', async (t) => {
+  const modelDir = mkdtempSync(join(dir, 'long-'));
+  const model = writeTinyModel(modelDir, shapes.qwen3, 4321);
+  const pageSize = 16;
+  const engine = openEngine(model.spec, {
+    backend: 'cpu', deviceId: 0, pageSize, numPages: 64, memFractionStatic: 0.5, maxBatchTokens: 320, maxSeqsPerStep: 2, threads: 2,
+  });
+  t.teardown(() => engine.close());
+  const rand = rng(7);
+  const tokens = Array.from({ length: 300 }, () => Math.floor(rand() * shapes.qwen3.vocabSize));
+  const pages = Array.from({ length: 20 }, (_, i) => 63 - i);
+  const rows: [number, Float32Array][] = [];
+  let pos = 0;
+  for (let step = 0; step < 3; step++) {
+    const chunk = step === 0 ? tokens.slice() : [tokens[tokens.length - 1]];
+    const kv = pos + chunk.length;
+    const r = engine.step([{ tokenIds: chunk, startPos: pos, pages: pages.slice(0, Math.ceil(kv / pageSize)), sample: true, sampling: greedy, outputIndex: step }], { returnLogits: true });
+    rows.push([kv - 1, (r.logits as Float32Array).slice()]);
+    tokens.push(r.tokens[0]);
+    pos = kv;
+  }
+  const ref = referenceLogits(model, tokens);
+  for (const [p, row] of rows) {
+    const e = relError(row, ref[p]);
+    t.ok(e < TOL, `position ${p}: relative error ${e.toExponential(2)} < ${TOL}`);
+  }
+});

@@ -22,6 +22,7 @@ namespace {
 
 constexpr int kLogitsChunk = 16;   // sequences per LM-head matmul
 constexpr int kQueryTile = 16;     // query tokens per attention work unit
+constexpr int64_t kMlpChunk = 256; // tokens per MLP pass
 
 std::vector<float> f32Copy(const HostTensor& t) {
   std::vector<float> v;
@@ -101,8 +102,8 @@ class CpuBackend final : public Backend {
     k_.resize(T * KD_);
     v_.resize(T * KD_);
     attn_.resize(T * QD_);
-    gate_.resize(T * I_);
-    up_.resize(T * I_);
+    gate_.resize(std::min<int64_t>(T, kMlpChunk) * I_);
+    up_.resize(std::min<int64_t>(T, kMlpChunk) * I_);
     cos_.resize(T * (D_ / 2));
     sin_.resize(T * (D_ / 2));
     lastHidden_.resize((int64_t)kLogitsChunk * H_);
@@ -357,14 +358,20 @@ class CpuBackend final : public Backend {
       matmul(pool_, attn_.data(), T, QD_, L.o.data, L.o.dtype, H, nullptr, xn_.data(), H);
       for (int64_t i = 0; i < T * H; ++i) x_[i] += xn_[i];
       for (int64_t t = 0; t < T; ++t) rmsNorm(&x_[t * H], F.postAttnNorm.data(), H, eps, &xn_[t * H]);
-      matmul(pool_, xn_.data(), T, H, L.gate.data, L.gate.dtype, I_, nullptr, gate_.data(), I_);
-      matmul(pool_, xn_.data(), T, H, L.up.data, L.up.dtype, I_, nullptr, up_.data(), I_);
-      for (int64_t i = 0; i < T * I_; ++i) {
-        const float g = gate_[i];
-        gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
+      // The MLP runs in token chunks, so its [tokens, intermediate] buffers stay small for long prefills. Each
+      // chunk's down projection overwrites its own rows of xn_, which the chunk has already consumed.
+      for (int64_t c0 = 0; c0 < T; c0 += kMlpChunk) {
+        const int64_t n = std::min<int64_t>(kMlpChunk, T - c0);
+        float* xin = &xn_[c0 * H];
+        matmul(pool_, xin, n, H, L.gate.data, L.gate.dtype, I_, nullptr, gate_.data(), I_);
+        matmul(pool_, xin, n, H, L.up.data, L.up.dtype, I_, nullptr, up_.data(), I_);
+        for (int64_t i = 0; i < n * I_; ++i) {
+          const float g = gate_[i];
+          gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
+        }
+        matmul(pool_, gate_.data(), n, I_, L.down.data, L.down.dtype, H, nullptr, xin, H);
+        for (int64_t i = 0; i < n * H; ++i) x_[c0 * H + i] += xin[i];
       }
-      matmul(pool_, gate_.data(), T, I_, L.down.data, L.down.dtype, H, nullptr, xn_.data(), H);
-      for (int64_t i = 0; i < T * H; ++i) x_[i] += xn_[i];
     }
   }
 
