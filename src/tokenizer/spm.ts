@@ -310,13 +310,13 @@ export class SpmTokenizer implements Tokenizer {
       case SpmTokenType.Byte:
         bytes = Uint8Array.of(parseInt(text.slice(3, 5), 16));
         break;
-      case SpmTokenType.Control:
       case SpmTokenType.Unused:
         bytes = new Uint8Array(0);
         break;
       case SpmTokenType.Unknown:
         bytes = Buffer.from(UNKNOWN_TEXT, 'utf8');
         break;
+      case SpmTokenType.Control: // shown only when special tokens are not skipped
       case SpmTokenType.UserDefined:
         bytes = Buffer.from(text, 'utf8');
         break;

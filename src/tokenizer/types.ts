@@ -33,7 +33,7 @@ export interface Tokenizer {
   readonly hasChatTemplate: boolean;
   encode(text: string, options?: EncodeOptions): number[];
   decode(ids: ArrayLike<number>, options?: DecodeOptions): string;
-  /** The raw bytes a token stands for in text (empty for control tokens); the unit of incremental decoding. */
+  /** The raw bytes a token stands for in text (a special token's own text); the unit of incremental decoding. */
   tokenBytes(id: number): Uint8Array;
   /** The token's vocabulary string as stored (e.g. "▁the", "Ġthe", "<0x0A>"). */
   tokenText(id: number): string;
