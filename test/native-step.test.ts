@@ -129,6 +129,7 @@ t.test('model and option errors are coded and name the file, tensor or field', a
     ['cuda not built', () => openEngine(model.spec, { ...options, backend: 'cuda' }), 'LLM_ERR_NATIVE_BUILD', /cuda/],
     ['page size', () => openEngine(model.spec, { ...options, pageSize: 0 }), 'LLM_ERR_CONFIG', /pageSize/],
     ['mem fraction', () => openEngine(model.spec, { ...options, memFractionStatic: 2 }), 'LLM_ERR_CONFIG', /memFractionStatic/],
+    ['workspace', () => openEngine(model.spec, { ...options, maxBatchTokens: 2_000_000_000 }), 'LLM_ERR_OUT_OF_MEMORY', /maxBatchTokens 2000000000/],
   ];
   if (loadAddon().backends.includes('cuda')) cases.splice(6, 1);
   for (const [name, fn, code, pattern] of cases) {

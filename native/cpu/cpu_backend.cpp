@@ -96,6 +96,13 @@ class CpuBackend final : public Backend {
     initRope();
 
     const int64_t T = o.maxBatchTokens;
+    // Per-token workspace: residual, normed input, q/k/v, attention output, RoPE tables (the MLP is chunked).
+    const double perToken = 4.0 * (2 * H_ + 2 * QD_ + 2 * KD_ + D_);
+    const double hostBytes = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
+    if (perToken * T > 0.5 * hostBytes)
+      throw EngineError("LLM_ERR_OUT_OF_MEMORY", "maxBatchTokens " + std::to_string(T) + " needs a " +
+                                                     std::to_string((int64_t)(perToken * T) >> 20) +
+                                                     " MiB workspace, more than half of host memory");
     x_.resize(T * H_);
     xn_.resize(T * std::max<int64_t>(H_, 1));
     q_.resize(T * QD_);
