@@ -1,0 +1,189 @@
+// One streamed OpenAI request, timed: when each content-bearing SSE chunk arrived, what the final usage chunk
+// said, or why the request failed. Works against any OpenAI-compatible server (ours, vLLM, SGLang, llama.cpp).
+import { Type, type Static } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import { LlmError } from '../errors.js';
+import type { RequestRecord } from './results.js';
+
+export type Endpoint = 'completions' | 'chat';
+
+/** The parts of a streamed chunk the benchmark reads; everything else is ignored. */
+const UsageSchema = Type.Object({ prompt_tokens: Type.Optional(Type.Integer()), completion_tokens: Type.Optional(Type.Integer()) });
+const ChunkSchema = Type.Object({
+  choices: Type.Array(
+    Type.Object({
+      text: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+      delta: Type.Optional(Type.Object({
+        content: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+        reasoning_content: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+      })),
+    }),
+  ),
+  usage: Type.Optional(Type.Union([UsageSchema, Type.Null()])),
+});
+type Chunk = Static<typeof ChunkSchema>;
+const ErrorBodySchema = Type.Object({ error: Type.Union([Type.Object({ message: Type.String() }), Type.String()]) });
+const ModelListSchema = Type.Object({ data: Type.Array(Type.Object({ id: Type.String() })) });
+
+export interface RequestParams {
+  url: string;
+  endpoint: Endpoint;
+  model: string;
+  prompt: string;
+  maxTokens: number;
+  temperature: number;
+  seed: number;
+  ignoreEos: boolean;
+  timeoutMs: number;
+}
+
+function short(text: string): string {
+  const flat = text.replace(/\s+/g, ' ').trim();
+  return flat.length > 200 ? `${flat.slice(0, 200)}…` : flat;
+}
+
+function describeFetchError(err: unknown, where: string, timeoutMs: number): string {
+  const e = err as { name?: string; message?: string; cause?: { code?: string; message?: string } };
+  if (e.name === 'TimeoutError') return `${where}: no response within ${timeoutMs / 1000} s`;
+  const cause = e.cause?.code ?? e.cause?.message;
+  return `cannot reach ${where}: ${cause ?? e.message ?? String(err)}`;
+}
+
+/** The server's error message from an OpenAI-style error body, or the body itself. */
+function errorText(status: number, body: string): string {
+  try {
+    const parsed: unknown = JSON.parse(body);
+    if (Value.Check(ErrorBodySchema, parsed)) {
+      return `HTTP ${status}: ${typeof parsed.error === 'string' ? parsed.error : parsed.error.message}`;
+    }
+  } catch {
+    // not JSON: show the raw body
+  }
+  return `HTTP ${status}: ${short(body) || '(empty body)'}`;
+}
+
+/** GET {url}/v1/models → the served model ids; errors name the URL and what was wrong. */
+export async function listModels(url: string, timeoutMs: number): Promise<string[]> {
+  const where = `${url}/v1/models`;
+  let res: Response;
+  try {
+    res = await fetch(where, { signal: AbortSignal.timeout(timeoutMs) });
+  } catch (err) {
+    throw new LlmError('LLM_ERR_TRANSPORT', describeFetchError(err, where, timeoutMs));
+  }
+  const body = await res.text();
+  if (!res.ok) throw new LlmError('LLM_ERR_PROTOCOL', `GET ${where}: ${errorText(res.status, body)}`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    throw new LlmError('LLM_ERR_PROTOCOL', `GET ${where} did not return JSON (not an OpenAI-compatible server?): ${short(body) || '(empty body)'}`);
+  }
+  if (!Value.Check(ModelListSchema, parsed)) {
+    throw new LlmError('LLM_ERR_PROTOCOL', `GET ${where}: expected an OpenAI model list {"data":[{"id":...}]}, got ${short(body)}`);
+  }
+  return parsed.data.map((m) => m.id);
+}
+
+function requestBody(p: RequestParams): Record<string, unknown> {
+  const common = {
+    model: p.model,
+    max_tokens: p.maxTokens,
+    temperature: p.temperature,
+    seed: p.seed,
+    stream: true,
+    stream_options: { include_usage: true },
+    ...(p.ignoreEos ? { ignore_eos: true } : {}),
+  };
+  return p.endpoint === 'chat' ? { ...common, messages: [{ role: 'user', content: p.prompt }] } : { ...common, prompt: p.prompt };
+}
+
+function chunkText(chunk: Chunk): string {
+  let text = '';
+  for (const c of chunk.choices) text += c.text ?? c.delta?.content ?? c.delta?.reasoning_content ?? '';
+  return text;
+}
+
+/** Sends one streamed request and times it; never throws (a failure is a record with ok=false). */
+export async function timedRequest(p: RequestParams, benchStart: number): Promise<RequestRecord> {
+  const path = p.endpoint === 'chat' ? '/v1/chat/completions' : '/v1/completions';
+  const where = `${p.url}${path}`;
+  const t0 = performance.now();
+  const record: RequestRecord = {
+    ok: false, error: null, startMs: t0 - benchStart, ttftMs: null, e2eMs: null, itlMs: [],
+    promptTokens: null, outputTokens: 0, outputTokensFrom: 'chunks',
+  };
+  const fail = (message: string): RequestRecord => ({ ...record, ok: false, error: message });
+  const signal = AbortSignal.timeout(p.timeoutMs);
+  let res: Response;
+  try {
+    res = await fetch(where, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+      body: JSON.stringify(requestBody(p)),
+      signal,
+    });
+  } catch (err) {
+    return fail(describeFetchError(err, where, p.timeoutMs));
+  }
+  if (!res.ok || res.body === null) {
+    const body = await res.text().catch(() => '');
+    return fail(`POST ${where}: ${errorText(res.status, body)}`);
+  }
+  const type = res.headers.get('content-type') ?? '';
+  if (!type.includes('text/event-stream')) {
+    const body = await res.text().catch(() => '');
+    return fail(`POST ${where}: expected an SSE stream (content-type text/event-stream), got ${type || 'no content-type'}: ${short(body)}`);
+  }
+
+  let chunks = 0;
+  let last = t0;
+  let done = false;
+  let pending = '';
+  const decoder = new TextDecoder();
+  try {
+    for await (const bytes of res.body) {
+      const now = performance.now();
+      pending += decoder.decode(bytes as Uint8Array, { stream: true });
+      let cut: number;
+      while ((cut = pending.search(/\r?\n\r?\n/)) >= 0) {
+        const event = pending.slice(0, cut);
+        pending = pending.slice(cut).replace(/^\r?\n\r?\n/, '');
+        const data = event.split(/\r?\n/).filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
+        if (data === '') continue;
+        if (data === '[DONE]') {
+          done = true;
+          continue;
+        }
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(data);
+        } catch {
+          return fail(`POST ${where}: SSE event is not JSON: ${short(data)}`);
+        }
+        if (Value.Check(ErrorBodySchema, parsed)) return fail(`POST ${where}: error in stream: ${typeof parsed.error === 'string' ? parsed.error : parsed.error.message}`);
+        if (!Value.Check(ChunkSchema, parsed)) {
+          return fail(`POST ${where}: SSE event is not an OpenAI ${p.endpoint === 'chat' ? 'chat.completion.chunk' : 'completion chunk'} (needs a "choices" array): ${short(data)}`);
+        }
+        if (parsed.usage) {
+          if (parsed.usage.completion_tokens !== undefined) {
+            record.outputTokens = parsed.usage.completion_tokens;
+            record.outputTokensFrom = 'usage';
+          }
+          if (parsed.usage.prompt_tokens !== undefined) record.promptTokens = parsed.usage.prompt_tokens;
+        }
+        if (chunkText(parsed) === '') continue;
+        if (record.ttftMs === null) record.ttftMs = now - t0;
+        else record.itlMs.push(now - last);
+        last = now;
+        chunks++;
+      }
+    }
+  } catch (err) {
+    return fail(`POST ${where}: stream broke off: ${(err as Error).name === 'TimeoutError' ? `timed out after ${p.timeoutMs / 1000} s` : (err as Error).message}`);
+  }
+  if (!done) return fail(`POST ${where}: stream ended without "data: [DONE]"`);
+  if (record.ttftMs === null) return fail(`POST ${where}: stream carried no generated text`);
+  if (record.outputTokensFrom === 'chunks') record.outputTokens = chunks;
+  return { ...record, ok: true, e2eMs: performance.now() - t0 };
+}
