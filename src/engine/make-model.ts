@@ -86,11 +86,15 @@ export interface MakeModelResult {
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
 
+/** float32 bits rounded (nearest even) to the float32 bits of the closest bfloat16. */
+function roundBitsToBf16(x: number): number {
+  return ((x + 0x7fff + ((x >>> 16) & 1)) & 0xffff0000) >>> 0;
+}
+
 /** float32 → bfloat16 bits, round to nearest even. */
 export function f32ToBf16(v: number): number {
   f32Scratch[0] = v;
-  const x = u32Scratch[0] as number;
-  return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+  return roundBitsToBf16(u32Scratch[0] as number) >>> 16;
 }
 
 export function bf16ToF32(h: number): number {
@@ -188,16 +192,14 @@ function fillValues(rng: TensorRng, out: Float32Array, name: string, std: number
   for (let i = 0; i < out.length; i++) out[i] = mean + std * rng.normal();
   if (dtype === 'bf16') {
     const bits = new Uint32Array(out.buffer, out.byteOffset, out.length);
-    for (let i = 0; i < bits.length; i++) {
-      const x = bits[i] as number;
-      bits[i] = ((x + 0x7fff + ((x >>> 16) & 1)) & 0xffff0000) >>> 0;
-    }
+    for (let i = 0; i < bits.length; i++) bits[i] = roundBitsToBf16(bits[i] as number);
   } else if (dtype === 'f16') {
     for (let i = 0; i < out.length; i++) out[i] = f16ToF32(f32ToF16(out[i] as number));
   }
 }
 
-/** Encodes values (already representable in the target type) as little-endian bytes. */
+/** Encodes values (already representable in the target type) as bytes; typed arrays are little-endian on every
+ * platform Node supports here (x86-64, arm64). */
 function encode(values: Float32Array, dtype: DType | 'gguf-f16'): Buffer {
   if (dtype === 'f32') return Buffer.from(values.buffer, values.byteOffset, values.byteLength);
   const out = new Uint16Array(values.length);
