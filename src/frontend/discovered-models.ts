@@ -2,7 +2,10 @@
 // whose requests go to that model's endpoint through an EndpointClient that follows discovery (round-robin or
 // random). A worker that dies mid-stream (Disconnected, or EngineShutdown at drain) makes the request migrate: it is
 // re-sent to another instance with the tokens generated so far appended to the prompt, up to `migrationLimit` times.
+// With routing "kv" each request goes to the instance a KvRouter (./kv-router.ts) finds cheapest, following the
+// endpoint component's KV events and the namespace's load on the event plane (NATS).
 import { isErrorCode, LlmError } from '../errors.js';
+import type { NatsConnection } from 'nats';
 import type { Discovery, RecordWatch } from '../runtime/discovery/index.js';
 import { EndpointClient, DisconnectedError, type RoutingMode } from '../runtime/client.js';
 import { ResponseServer } from '../runtime/request-plane/response-server.js';
@@ -12,6 +15,8 @@ import type { PreprocessedRequest } from '../protocol/request.js';
 import type { LlmResponseChunk } from '../protocol/response.js';
 import { LlmResponseChunkSchema } from '../protocol/response.js';
 import { parseWire } from '../protocol/validate.js';
+import type { ResponseStream } from '../runtime/request-plane/response-stream.js';
+import { KvRouter } from './kv-router.js';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index.js';
 import type { GenerateOptions, ModelDirectory, ServedModel } from './models.js';
 
@@ -19,10 +24,14 @@ export interface DiscoveredModelsOptions {
   discovery: Discovery;
   /** Only models of this namespace (all namespaces when absent). */
   namespace?: string;
-  routing?: RoutingMode;
+  routing?: FrontendRouting;
+  /** The event plane: needed by routing "kv". */
+  nats?: NatsConnection;
   migrationLimit?: number;
   log?: (line: string) => void;
 }
+
+export type FrontendRouting = RoutingMode | 'kv';
 
 interface ModelEntry {
   model: DiscoveredModel;
@@ -32,6 +41,7 @@ interface ModelEntry {
 export class DiscoveredModels implements ModelDirectory {
   private readonly models = new Map<string, ModelEntry>();
   private readonly clients = new Map<string, Promise<EndpointClient>>();
+  private readonly kvRouters = new Map<string, KvRouter>();
   private readonly tokenizers = new Map<string, Tokenizer>();
 
   private constructor(
@@ -44,6 +54,9 @@ export class DiscoveredModels implements ModelDirectory {
   }
 
   static async create(options: DiscoveredModelsOptions): Promise<DiscoveredModels> {
+    if (options.routing === 'kv' && options.nats === undefined) {
+      throw new LlmError('LLM_ERR_CONFIG', '--router-mode kv needs the event plane: a NATS connection (--nats-server)');
+    }
     const watch = options.discovery.watchModels(options.namespace);
     await watch.ready;
     const d = new DiscoveredModels(options, watch, await ResponseServer.start());
@@ -73,6 +86,7 @@ export class DiscoveredModels implements ModelDirectory {
   async close(): Promise<void> {
     this.watch.close();
     for (const c of this.clients.values()) (await c.catch(() => null))?.close();
+    for (const r of this.kvRouters.values()) r.close();
     await this.responses.close();
   }
 
@@ -89,7 +103,8 @@ export class DiscoveredModels implements ModelDirectory {
       if (this.models.get(name)?.endpointKey === endpointKey) continue;
       try {
         const tokenizer = this.tokenizerFor(card.tokenizer ?? null, card.source_path ?? null);
-        const model = new DiscoveredModel(name, tokenizer, card.context_length, () => this.client(r), this.options.migrationLimit ?? 0);
+        const router = this.options.routing === 'kv' ? this.kvRouter(r, card.kv_cache_block_size) : null;
+        const model = new DiscoveredModel(name, tokenizer, card.context_length, () => this.client(r), router, this.options.migrationLimit ?? 0);
         this.models.set(name, { model, endpointKey });
         this.options.log?.(`model "${name}" served by ${endpointKey}`);
       } catch (err) {
@@ -121,12 +136,23 @@ export class DiscoveredModels implements ModelDirectory {
         namespace: r.namespace,
         component: r.component,
         endpoint: r.endpoint,
-        routing: this.options.routing ?? 'round_robin',
+        routing: this.options.routing === 'random' ? 'random' : 'round_robin',
         responses: this.responses,
       });
       this.clients.set(key, c);
     }
     return c;
+  }
+
+  /** One router per endpoint: it follows the endpoint component's kv-events and the namespace's kv_metrics. */
+  private kvRouter(r: ModelRecord, blockSize: number): KvRouter {
+    const key = `${r.namespace}/${r.component}/${r.endpoint}`;
+    let router = this.kvRouters.get(key);
+    if (router === undefined) {
+      router = KvRouter.follow(this.options.nats!, r.namespace, r.component, { blockSize });
+      this.kvRouters.set(key, router);
+    }
+    return router;
   }
 }
 
@@ -138,6 +164,7 @@ class DiscoveredModel implements ServedModel {
     readonly tokenizer: Tokenizer,
     readonly contextLength: number,
     private readonly client: () => Promise<EndpointClient>,
+    private readonly router: KvRouter | null,
     private readonly migrationLimit: number,
   ) {}
 
@@ -148,19 +175,23 @@ class DiscoveredModel implements ServedModel {
     let current = request;
     for (;;) {
       try {
-        const stream = await client.generate(current, { signal: options.signal, waitForInstancesMs: 1000 });
-        for await (const annotated of stream) {
-          if (annotated.event === 'error' || annotated.error !== undefined) throw workerError(annotated.error, annotated.comment);
-          if (annotated.data === undefined) continue;
-          const chunk = parseWire(LlmResponseChunkSchema, annotated.data, 'response chunk', 'LLM_ERR_PROTOCOL');
-          produced.push(...chunk.token_ids);
-          if (migrations > 0 && chunk.completion_usage) {
-            // the worker counted our re-sent tokens as prompt: report them as the completion they are
-            const prompt = request.token_ids.length;
-            chunk.completion_usage = { ...chunk.completion_usage, prompt_tokens: prompt, completion_tokens: produced.length, total_tokens: prompt + produced.length };
+        const { stream, release } = await this.route(client, current, options.signal);
+        try {
+          for await (const annotated of stream) {
+            if (annotated.event === 'error' || annotated.error !== undefined) throw workerError(annotated.error, annotated.comment);
+            if (annotated.data === undefined) continue;
+            const chunk = parseWire(LlmResponseChunkSchema, annotated.data, 'response chunk', 'LLM_ERR_PROTOCOL');
+            produced.push(...chunk.token_ids);
+            if (migrations > 0 && chunk.completion_usage) {
+              // the worker counted our re-sent tokens as prompt: report them as the completion they are
+              const prompt = request.token_ids.length;
+              chunk.completion_usage = { ...chunk.completion_usage, prompt_tokens: prompt, completion_tokens: produced.length, total_tokens: prompt + produced.length };
+            }
+            yield chunk;
+            if (chunk.finish_reason) return;
           }
-          yield chunk;
-          if (chunk.finish_reason) return;
+        } finally {
+          release();
         }
         return;
       } catch (err) {
@@ -169,6 +200,31 @@ class DiscoveredModel implements ServedModel {
         migrations++;
         current = migrated(request, produced);
         if ((current.stop_conditions.max_tokens ?? 1) <= 0) return;
+      }
+    }
+  }
+
+  /** Sends the request: through the KV router's choice, or the client's own routing. */
+  private async route(client: EndpointClient, request: PreprocessedRequest, signal: AbortSignal): Promise<{ stream: ResponseStream; release: () => void }> {
+    const router = this.router;
+    if (router === null) return { stream: await client.generate(request, { signal, waitForInstancesMs: 1000 }), release: () => undefined };
+    router.retain(new Set(client.instances().map((r) => r.instance_id)));
+    const tried = new Set<bigint>();
+    let lastError: unknown;
+    for (;;) {
+      let candidates = client.available().filter((r) => !tried.has(r.instance_id));
+      if (candidates.length === 0 && tried.size === 0) candidates = await client.waitForInstances(1000);
+      if (candidates.length === 0) throw lastError;
+      const choice = router.select(request.token_ids, candidates.map((r) => r.instance_id));
+      const release = router.track(choice.instanceId, choice.requestBlocks - choice.overlapBlocks);
+      try {
+        return { stream: await client.generate(request, { signal, routing: { instanceId: choice.instanceId } }), release };
+      } catch (err) {
+        release();
+        // an instance that refused the request never saw it: another may take it
+        if (!(err instanceof LlmError && (err.code === 'LLM_ERR_TRANSPORT' || err.code === 'LLM_ERR_TIMEOUT'))) throw err;
+        tried.add(choice.instanceId);
+        lastError = err;
       }
     }
   }

@@ -2,7 +2,11 @@
 // `{ns}.{component}.generate` on the request plane with the reference decode handler's semantics, register the
 // model deployment card, expose metrics and health on the system port, and shut down gracefully: unregister from
 // discovery, give in-flight requests a grace period, then end them with EngineShutdown (which the frontend may
-// migrate) and stop.
+// migrate) and stop. KV events and load go to the event plane (./kv-events.ts says when); with
+// `--health-check-enabled` a canary sends the health-check payload to our own handler when the endpoint is idle.
+//
+// Test pacing: DYN_SGL_STREAM_DELAY_MS=N makes the handler wait N ms before each response chunk, so tests of
+// migration and drain can stop a worker mid-stream even with a model as fast as stories260K. Not for production.
 import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { WorkerConfig } from '../config/schema.js';
@@ -10,7 +14,10 @@ import { LlmError } from '../errors.js';
 import { Supervisor } from '../../actors/supervisor.js';
 import { Discovery, type DiscoveryConfig } from '../runtime/discovery/index.js';
 import { serveEndpoint, type EndpointHandler, type ServedEndpoint } from '../runtime/endpoint.js';
-import { HealthRegistry } from '../runtime/health.js';
+import { CanaryHealthCheck, effectiveHealthCheckPayload, HealthRegistry } from '../runtime/health.js';
+import { RequestControl } from '../runtime/request-plane/context.js';
+import { healthCheckPayload } from '../protocol/health.js';
+import { eventPlaneMode, WorkerKvEvents } from './kv-events.js';
 import { detectHostIp } from '../runtime/request-plane/address.js';
 import { HttpRequestServer } from '../runtime/request-plane/http.js';
 import { TcpRequestServer } from '../runtime/request-plane/tcp-server.js';
@@ -27,6 +34,8 @@ export interface WorkerOptions {
   /** Share a discovery connection (the all-in-one `run` passes its in-process mem store). */
   discovery?: Discovery;
   log?: WorkerLog;
+  /** Publish KV events and load on the event plane even on the mem store (`run --router-mode kv`). */
+  publishKvEvents?: boolean;
 }
 
 export interface WorkerHandle {
@@ -36,6 +45,7 @@ export interface WorkerHandle {
   readonly instanceId: bigint;
   readonly card: ModelDeploymentCard;
   readonly systemServer: SystemServer | null;
+  readonly health: HealthRegistry;
   /** Graceful shutdown; resolves when everything is stopped. Idempotent. */
   shutdown(): Promise<void>;
 }
@@ -112,12 +122,26 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     throw err;
   }
 
+  let kvEvents: WorkerKvEvents;
+  try {
+    kvEvents = await WorkerKvEvents.start({ config, supervisor, discovery, metrics }, eventPlaneMode(config, options.publishKvEvents), log);
+  } catch (err) {
+    await supervisor.stop();
+    await systemServer?.close();
+    if (!options.discovery) await discovery.close();
+    throw err;
+  }
+
   // Shutdown fires this: requests still running after the grace period end with EngineShutdown.
   const shutdownController = new AbortController();
   const endpointMetrics = metrics.endpointMetrics(namespace, component, endpoint, model);
+  const streamDelayMs = streamDelayFromEnv();
+  const endpointName = `${namespace}.${component}.${endpoint}`;
+  let canary: CanaryHealthCheck | undefined;
 
   const handler: EndpointHandler = async function* generate(raw, ctx) {
     const recorder = endpointMetrics.requestStarted(Buffer.byteLength(JSON.stringify(raw)));
+    canary?.noteActivity();
     try {
       const request = parseWire(PreprocessedRequestSchema, raw, 'request');
       if (shutdownController.signal.aborted) throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} is shutting down`);
@@ -126,6 +150,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
         if (shutdownController.signal.aborted && !ctx.signal.aborted) {
           throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} shut down before the request finished`);
         }
+        if (streamDelayMs > 0) await new Promise((r) => setTimeout(r, streamDelayMs));
         recorder.responseBytes(Buffer.byteLength(JSON.stringify(chunk)));
         yield chunk;
       }
@@ -152,6 +177,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     });
   } catch (err) {
     await planeServer?.close();
+    await kvEvents.close();
     await supervisor.stop();
     await systemServer?.close();
     if (!options.discovery) await discovery.close();
@@ -163,13 +189,30 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   });
   await discovery.registerModel({ namespace, component, endpoint, card });
   health.setSystemStatus('ready');
-  health.setEndpointStatus(`${namespace}.${component}.${endpoint}`, 'ready');
+  health.setEndpointStatus(endpointName, 'ready');
+  if (config.healthCheckEnabled) {
+    const payload = effectiveHealthCheckPayload({ ...healthCheckPayload({ bos: tokenizer.bosTokenId }) }, config.healthCheckPayload);
+    canary = new CanaryHealthCheck({
+      endpoint: endpointName,
+      payload,
+      registry: health,
+      canaryWaitMs: config.canaryWaitTimeSecs * 1000,
+      timeoutMs: config.healthCheckRequestTimeoutSecs * 1000,
+      probe: (body, signal) => {
+        const ctx = new RequestControl(`health-check-${Date.now()}`, {});
+        signal.addEventListener('abort', () => ctx.cancel('kill'), { once: true });
+        return handler(body, ctx);
+      },
+    });
+    canary.start();
+  }
   log(`serving ${namespace}.${component}.${endpoint} as instance ${discovery.instanceId.toString(16)} over ${config.requestPlane} (${served.record.transport ? JSON.stringify(served.record.transport) : ''})`);
 
   let stopping: Promise<void> | undefined;
   const shutdown = () => {
     stopping ??= (async () => {
       health.setSystemStatus('notready');
+      await canary?.stop();
       // 1. leave discovery: no new requests are routed here
       await discovery.unregisterModel(namespace, component, endpoint).catch(() => undefined);
       const drained = served.stop();
@@ -184,6 +227,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
         await drained;
       }
       await planeServer?.close();
+      await kvEvents.close();
       await supervisor.stop();
       await systemServer?.close();
       if (!options.discovery) await discovery.close();
@@ -191,7 +235,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     return stopping;
   };
 
-  return { config, discovery, supervisor, instanceId: discovery.instanceId, card, systemServer, shutdown };
+  return { config, discovery, supervisor, instanceId: discovery.instanceId, card, systemServer, health, shutdown };
 }
 
 /** `dynamo-sglang start`: runs until SIGTERM/SIGINT, then shuts down gracefully and returns the exit code. */
@@ -209,6 +253,14 @@ export async function runWorker(config: WorkerConfig): Promise<number> {
   });
   await worker.shutdown();
   return 0;
+}
+
+function streamDelayFromEnv(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env['DYN_SGL_STREAM_DELAY_MS'];
+  if (raw === undefined || raw === '') return 0;
+  const ms = Number(raw);
+  if (!Number.isFinite(ms) || ms < 0) throw new LlmError('LLM_ERR_CONFIG', `DYN_SGL_STREAM_DELAY_MS "${raw}": expected a number of milliseconds >= 0`);
+  return ms;
 }
 
 interface TokenizerArtifacts {

@@ -4,8 +4,9 @@
 import { Type } from '@sinclair/typebox';
 import { parseCommandLine, renderHelp, usageError, type FlagSpec } from '../args.js';
 import { Discovery, type DiscoveryConfig } from '../../runtime/discovery/index.js';
-import type { RoutingMode } from '../../runtime/client.js';
-import { DiscoveredModels } from '../../frontend/discovered-models.js';
+import type { NatsConnection } from 'nats';
+import { connectNats } from '../../runtime/request-plane/nats.js';
+import { DiscoveredModels, type FrontendRouting } from '../../frontend/discovered-models.js';
 import { OpenAiServer } from '../../frontend/openai-server.js';
 
 const G_FRONTEND = 'Frontend';
@@ -15,8 +16,8 @@ export const FRONTEND_FLAGS: readonly FlagSpec[] = [
     help: 'Port of the OpenAI-compatible HTTP server (0 = pick a free one).' },
   { name: 'http-host', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'DYN_HTTP_HOST', valueName: 'HOST', default: '0.0.0.0', defaultText: '0.0.0.0', group: G_FRONTEND,
     help: 'Address the HTTP server binds.' },
-  { name: 'router-mode', kind: 'string', schema: Type.Union([Type.Literal('round-robin'), Type.Literal('random')]), env: 'DYN_ROUTER_MODE', valueName: 'MODE', default: 'round-robin', defaultText: 'round-robin', group: G_FRONTEND,
-    help: 'How requests are spread over a model\'s workers.' },
+  { name: 'router-mode', kind: 'string', schema: Type.Union([Type.Literal('round-robin'), Type.Literal('random'), Type.Literal('kv')]), env: 'DYN_ROUTER_MODE', valueName: 'MODE', default: 'round-robin', defaultText: 'round-robin', group: G_FRONTEND,
+    help: 'How requests are spread over a model\'s workers: round-robin, random, or kv (to the worker with the most of the prompt cached and the least load, from KV events and load on the NATS event plane).' },
   { name: 'migration-limit', kind: 'int', schema: Type.Integer({ minimum: 0, maximum: 100 }), env: 'DYN_MIGRATION_LIMIT', valueName: 'N', default: 0, defaultText: '0 (off)', group: G_FRONTEND,
     help: 'How many times a request whose worker dies mid-stream is moved to another worker.' },
 ];
@@ -30,12 +31,14 @@ const DISCOVERY_FLAGS: readonly FlagSpec[] = [
     help: 'etcd endpoints (comma or space separated).' },
   { name: 'file-kv-root', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'DYN_FILE_KV', valueName: 'DIR', default: null, defaultText: '$TMPDIR/dynamo_store_kv', group: 'Discovery',
     help: 'Directory of the file discovery store.' },
+  { name: 'nats-server', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'NATS_SERVER', valueName: 'URL', default: 'nats://localhost:4222', defaultText: 'nats://localhost:4222', group: 'Discovery',
+    help: 'NATS server of the event plane (KV events and load, for --router-mode kv).' },
 ];
 
 export interface FrontendSettings {
   httpPort: number;
   httpHost: string;
-  routing: RoutingMode;
+  routing: FrontendRouting;
   migrationLimit: number;
 }
 
@@ -43,14 +46,20 @@ export function frontendSettings(values: Record<string, unknown>): FrontendSetti
   return {
     httpPort: values['http-port'] as number,
     httpHost: values['http-host'] as string,
-    routing: values['router-mode'] === 'random' ? 'random' : 'round_robin',
+    routing: values['router-mode'] === 'random' ? 'random' : values['router-mode'] === 'kv' ? 'kv' : 'round_robin',
     migrationLimit: values['migration-limit'] as number,
   };
 }
 
 /** Starts the HTTP server over discovered models; prints where it listens. */
-export async function startFrontend(discovery: Discovery, namespace: string | undefined, s: FrontendSettings, log: (line: string) => void) {
-  const models = await DiscoveredModels.create({ discovery, namespace, routing: s.routing, migrationLimit: s.migrationLimit, log });
+export async function startFrontend(
+  discovery: Discovery,
+  namespace: string | undefined,
+  s: FrontendSettings,
+  log: (line: string) => void,
+  nats?: NatsConnection,
+) {
+  const models = await DiscoveredModels.create({ discovery, namespace, routing: s.routing, nats, migrationLimit: s.migrationLimit, log });
   const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort });
   return { models, server };
 }
@@ -78,11 +87,14 @@ export async function main(argv: string[]): Promise<number> {
   }
   const settings = frontendSettings(cl.values);
   const discovery = await Discovery.open(discoveryConfig(cl.values));
-  const { models, server } = await startFrontend(discovery, cl.values['namespace'] as string, settings, (l) => process.stderr.write(`${l}\n`));
-  process.stderr.write(`frontend listening on http://${settings.httpHost}:${server.port} (discovery: ${discovery.store.location})\n`);
+  const nats = settings.routing === 'kv' ? await connectNats(cl.values['nats-server'] as string) : undefined;
+  const { models, server } = await startFrontend(discovery, cl.values['namespace'] as string, settings, (l) => process.stderr.write(`${l}\n`), nats);
+  const routing = settings.routing === 'kv' ? `kv, events from ${cl.values['nats-server'] as string}` : settings.routing;
+  process.stderr.write(`frontend listening on http://${settings.httpHost}:${server.port} (discovery: ${discovery.store.location}; routing: ${routing})\n`);
   await waitForSignal();
   await server.close();
   await models.close();
+  await nats?.drain();
   await discovery.close();
   return 0;
 }

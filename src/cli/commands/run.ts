@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs, parseCommandLine, renderHelp, type FlagSpec } from '../args.js';
 import { finalizeConfig, resolveConfig, WORKER_FLAG_INDEX } from '../../config/resolve.js';
 import { Discovery } from '../../runtime/discovery/index.js';
+import { connectNats } from '../../runtime/request-plane/nats.js';
 import { startWorker } from '../../worker/worker.js';
 import { FRONTEND_FLAGS, frontendSettings, startFrontend, waitForSignal } from './frontend.js';
 
@@ -55,8 +56,11 @@ export async function main(argv: string[]): Promise<number> {
   const config = await finalizeConfig(resolveConfig([...worker, ...extra], process.env));
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const discovery = await Discovery.open({ backend: 'mem' });
-  const w = await startWorker(config, { discovery, log });
-  const { models, server } = await startFrontend(discovery, config.namespace, fe, log);
+  // --router-mode kv: the worker publishes and the router follows KV events on the event plane (--nats-server)
+  const kv = fe.routing === 'kv';
+  const nats = kv ? await connectNats(config.natsServer) : undefined;
+  const w = await startWorker(config, { discovery, log, publishKvEvents: kv });
+  const { models, server } = await startFrontend(discovery, config.namespace, fe, log, nats);
   await models.waitFor(config.servedModelName, 5000);
   const host = fe.httpHost === '0.0.0.0' || fe.httpHost === '::' ? '127.0.0.1' : fe.httpHost;
   const url = `http://${host}:${server.port}`;
@@ -71,6 +75,7 @@ export async function main(argv: string[]): Promise<number> {
   await server.close();
   await w.shutdown();
   await models.close();
+  await nats?.drain();
   await discovery.close();
   return 0;
 }

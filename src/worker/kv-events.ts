@@ -1,0 +1,141 @@
+// The worker's side of KV-aware routing (reference §5): the scheduler's prefix-cache events become RouterEvents on
+// `namespace.{ns}.component.{comp}.kv-events` (the channel advertised in discovery), and KV usage becomes ActiveLoad
+// samples on `namespace.{ns}.kv_metrics` plus the `dynamo_component_gpu_cache_usage_percent` gauge.
+//
+// When the event plane is used (decided by eventPlaneMode):
+//  - `--kv-events-config` with publisher "null" turns it off;
+//  - a publisher ("zmq") turns it on and requires NATS: the engine runs in this process, so its events go straight
+//    to the event plane (SGLang's ZMQ relay hop and its endpoint are not needed);
+//  - without `--kv-events-config`, a distributed deployment (discovery etcd or file) with the nats event plane
+//    publishes too, best effort: an unreachable NATS server is reported and the worker serves without KV events;
+//  - the in-process mem store (one process, nothing to route between) publishes nothing unless asked.
+//
+// Block hashes: SGLang hashes each page's tokens chained through its parent; we do the same, block_hash =
+// xxh3-64 of the page's token ids seeded with the parent's block hash (0 at the start of a sequence). It is an
+// opaque id to the router (parent links and removals); the router matches on tokens_hash, computed by the
+// publisher. The page → block hash map lets a removal (which names pages) name the hashes it stored.
+import type { NatsConnection } from 'nats';
+import type { Supervisor } from '../../actors/supervisor.js';
+import type { WorkerConfig } from '../config/schema.js';
+import { KV_EVENTS_TOPIC } from '../protocol/events.js';
+import type { Discovery } from '../runtime/discovery/index.js';
+import { KvEventPublisher, LoadPublisher, registerNatsEventChannel } from '../runtime/events/index.js';
+import { tokensHash } from '../runtime/kv-hash.js';
+import type { WorkerMetrics } from '../runtime/metrics.js';
+import { connectNats } from '../runtime/request-plane/nats.js';
+import type { KvCacheEvent } from '../supervisor.js';
+
+/** off: no event plane; required: NATS must be reachable; optional: publish if NATS is reachable. */
+export type EventPlaneMode = 'off' | 'required' | 'optional';
+
+export function eventPlaneMode(config: WorkerConfig, forced = false): EventPlaneMode {
+  if (config.kvEventsConfig?.publisher === 'null') return 'off';
+  if (forced || config.useKvEvents) return 'required';
+  if (config.eventPlane !== 'nats' || config.discoveryBackend === 'mem') return 'off';
+  return 'optional';
+}
+
+/** How often KV usage is sampled for the load publisher and the gauge. */
+const LOAD_SAMPLE_MS = 20;
+
+export interface WorkerKvEventsOptions {
+  config: WorkerConfig;
+  supervisor: Supervisor;
+  discovery: Discovery;
+  metrics: WorkerMetrics;
+  /** Publish on the event plane (null: only the gauge is kept up to date). */
+  nats: NatsConnection | null;
+}
+
+export class WorkerKvEvents {
+  private readonly kv: KvEventPublisher | null;
+  private readonly load: LoadPublisher | null;
+  private readonly blockHashOfPage = new Map<number, bigint>();
+  private readonly timer: NodeJS.Timeout;
+  private closed = false;
+
+  private constructor(private readonly options: WorkerKvEventsOptions) {
+    const { config, discovery, nats, supervisor } = options;
+    const { namespace, component } = config.endpoint;
+    this.kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId: discovery.instanceId }) : null;
+    this.load = nats ? new LoadPublisher(nats, { namespace, workerId: discovery.instanceId }) : null;
+    this.load?.start([0]);
+    if (this.kv) supervisor.onKvEvent((e) => this.onCacheEvent(e));
+    this.timer = setInterval(() => this.sample(), LOAD_SAMPLE_MS);
+    this.timer.unref();
+  }
+
+  /** Connects the event plane as `mode` says and advertises the kv-events channel in discovery. */
+  static async start(options: Omit<WorkerKvEventsOptions, 'nats'>, mode: EventPlaneMode, log: (line: string) => void): Promise<WorkerKvEvents> {
+    const { config, discovery } = options;
+    let nats: NatsConnection | null = null;
+    if (mode !== 'off') {
+      try {
+        if (config.eventPlane !== 'nats') throw new Error(`--event-plane ${config.eventPlane}: only the nats event plane is available in this build`);
+        nats = await connectNats(config.natsServer);
+      } catch (err) {
+        if (mode === 'required') throw err;
+        log(`KV events and load are not published: ${(err as Error).message} (set --kv-events-config '{"publisher":"null"}' to silence this)`);
+      }
+    }
+    if (nats) {
+      const { namespace, component } = config.endpoint;
+      await registerNatsEventChannel(discovery, { namespace, component, topic: KV_EVENTS_TOPIC });
+      log(`publishing KV events and load on NATS ${config.natsServer} (namespace.${namespace}.component.${component}.kv-events, namespace.${namespace}.kv_metrics)`);
+    }
+    return new WorkerKvEvents({ ...options, nats });
+  }
+
+  /** Sends what is pending and disconnects from NATS. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.timer);
+    this.kv?.close();
+    this.load?.close();
+    if (this.options.nats) await this.options.nats.drain().catch(() => undefined);
+  }
+
+  private onCacheEvent(e: KvCacheEvent): void {
+    if (this.closed || !this.kv) return;
+    const pageSize = this.options.config.pageSize;
+    if (e.kind === 'removed') {
+      const hashes: bigint[] = [];
+      for (const b of e.blocks) {
+        const h = this.blockHashOfPage.get(b.page);
+        if (h === undefined) continue;
+        this.blockHashOfPage.delete(b.page);
+        hashes.push(h);
+      }
+      if (hashes.length > 0) this.kv.removed(hashes);
+      return;
+    }
+    const parent = e.parentPage === null ? null : (this.blockHashOfPage.get(e.parentPage) ?? null);
+    let seed = parent ?? 0n;
+    const hashes: bigint[] = [];
+    const tokenIds: number[] = [];
+    for (const b of e.blocks) {
+      seed = tokensHash(b.tokenIds, seed);
+      this.blockHashOfPage.set(b.page, seed);
+      hashes.push(seed);
+      tokenIds.push(...b.tokenIds);
+    }
+    this.kv.stored({ blockHashes: hashes, parentBlockHash: parent, tokenIds, blockSize: pageSize });
+  }
+
+  private sample(): void {
+    const { supervisor, metrics, config } = this.options;
+    const load = supervisor.load();
+    if (load.kvTotalPages === 0) return; // the rank is restarting
+    // blocks held by running requests; cached blocks nobody uses can be evicted at once, so they are not load
+    const used = Math.max(0, load.kvUsedPages - load.kvEvictablePages);
+    this.load?.update(0, used);
+    metrics.setKvStats({
+      model: config.servedModelName,
+      component: config.endpoint.component,
+      dpRank: 0,
+      totalBlocks: load.kvTotalPages,
+      gpuCacheUsagePercent: load.kvTotalPages > 0 ? (100 * used) / load.kvTotalPages : 0,
+    });
+  }
+}
