@@ -24,6 +24,8 @@ constexpr int kLogitsChunk = 16;   // sequences per LM-head matmul
 constexpr int kQueryTile = 16;     // query tokens per attention work unit
 constexpr int64_t kMlpChunk = 256; // tokens per MLP pass
 
+double hostMemoryBytes() { return (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE); }
+
 std::vector<float> f32Copy(const HostTensor& t) {
   std::vector<float> v;
   if (!t.data) return v;
@@ -35,7 +37,6 @@ std::vector<float> f32Copy(const HostTensor& t) {
 /** Anonymous zero-filled mapping: pages are committed only when touched. */
 class HostBuffer {
  public:
-  HostBuffer() = default;
   explicit HostBuffer(size_t bytes) : bytes_(bytes) {
     if (bytes == 0) return;
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -49,7 +50,6 @@ class HostBuffer {
   HostBuffer(const HostBuffer&) = delete;
   HostBuffer& operator=(const HostBuffer&) = delete;
   float* data() const { return ptr_; }
-  size_t bytes() const { return bytes_; }
 
  private:
   size_t bytes_ = 0;
@@ -98,13 +98,13 @@ class CpuBackend final : public Backend {
     const int64_t T = o.maxBatchTokens;
     // Per-token workspace: residual, normed input, q/k/v, attention output, RoPE tables (the MLP is chunked).
     const double perToken = 4.0 * (2 * H_ + 2 * QD_ + 2 * KD_ + D_);
-    const double hostBytes = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
+    const double hostBytes = hostMemoryBytes();
     if (perToken * T > 0.5 * hostBytes)
       throw EngineError("LLM_ERR_OUT_OF_MEMORY", "maxBatchTokens " + std::to_string(T) + " needs a " +
                                                      std::to_string((int64_t)(perToken * T) >> 20) +
                                                      " MiB workspace, more than half of host memory");
     x_.resize(T * H_);
-    xn_.resize(T * std::max<int64_t>(H_, 1));
+    xn_.resize(T * H_);
     q_.resize(T * QD_);
     k_.resize(T * KD_);
     v_.resize(T * KD_);
@@ -129,8 +129,7 @@ class CpuBackend final : public Backend {
     for (const HostTensor* t : allTensors()) weightsBytes += t->numel() * (int64_t)dtypeSize(t->dtype);
     weightsBytes_ = weightsBytes;
     if (numPages_ <= 0) {
-      const double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
-      const double budget = phys * o.memFractionStatic - (double)weightsBytes - (double)workspaceBytes_;
+      const double budget = hostBytes * o.memFractionStatic - (double)weightsBytes - (double)workspaceBytes_;
       // No use for more pages than every sequence of a full step at the model's maximum length.
       const double useful = std::ceil((double)o.maxSeqsPerStep * std::max(d.maxPositionEmbeddings, 1) / o.pageSize) + 1;
       numPages_ = (int64_t)std::min({budget / (double)bytesPerPage_, useful, (double)std::numeric_limits<int32_t>::max()});
