@@ -10,6 +10,10 @@ export interface EngineSummary {
   vocabSize: number;
   eosTokenIds: number[];
   maxPositionEmbeddings: number;
+  /** KV layout beyond the pool info: what a disaggregated transfer checks on both sides. */
+  numLayers: number;
+  numKvHeads: number;
+  headDim: number;
 }
 
 /** A SeqStep whose arrays are Int32Arrays that the sender gives up (transferred, not copied). */

@@ -15,15 +15,21 @@ import type { StepExecutor } from '../src/scheduler/scheduler.js';
 import { stepTransferList, toSeqStepWire, unreachable, type EngineSummary, type SeqStepWire } from './messages.js';
 import { siblingModule, spawnWorker } from './worker.js';
 
-/** The rank's inbox. */
-export type RankInbox = { kind: 'step'; stepNo: number; seqs: SeqStepWire[] } | { kind: 'shutdown' };
+/** The rank's inbox. Page copies (disaggregated KV transfer) run in the same order as steps. */
+export type RankInbox =
+  | { kind: 'step'; stepNo: number; seqs: SeqStepWire[] }
+  | { kind: 'exportPages'; opNo: number; pages: Int32Array }
+  | { kind: 'importPages'; opNo: number; pages: Int32Array; data: Uint8Array }
+  | { kind: 'shutdown' };
 
 /** What the rank sends back. */
 export type RankOutbox =
   | { kind: 'ready'; engine: EngineSummary }
   | { kind: 'initError'; error: ErrorPayload }
-  | { kind: 'result'; stepNo: number; result: StepResult }
-  | { kind: 'stepError'; stepNo: number; error: ErrorPayload };
+  | { kind: 'result'; stepNo: number; result: StepResult; engineMs: number }
+  | { kind: 'stepError'; stepNo: number; error: ErrorPayload }
+  | { kind: 'pagesDone'; opNo: number; data: Uint8Array | null }
+  | { kind: 'pagesError'; opNo: number; error: ErrorPayload };
 
 export interface RankWorkerData {
   actor: 'rank';
@@ -58,19 +64,36 @@ async function runRank(data: RankWorkerData): Promise<void> {
       vocabSize: engine.spec.vocabSize,
       eosTokenIds: engine.spec.eosTokenIds,
       maxPositionEmbeddings: engine.spec.maxPositionEmbeddings,
+      numLayers: engine.spec.numLayers,
+      numKvHeads: engine.spec.numKvHeads,
+      headDim: engine.spec.headDim,
     },
   });
   port.on('message', (m: RankInbox) => {
     switch (m.kind) {
       case 'step': {
         let result: StepResult;
+        const t0 = performance.now();
         try {
           result = engine.step(m.seqs);
         } catch (err) {
           send({ kind: 'stepError', stepNo: m.stepNo, error: toErrorPayload(err, data.rank) });
           return;
         }
-        send({ kind: 'result', stepNo: m.stepNo, result });
+        send({ kind: 'result', stepNo: m.stepNo, result, engineMs: performance.now() - t0 });
+        return;
+      }
+      case 'exportPages':
+      case 'importPages': {
+        let out: Uint8Array | null = null;
+        try {
+          if (m.kind === 'exportPages') out = engine.exportPages(m.pages);
+          else engine.importPages(m.pages, m.data);
+        } catch (err) {
+          send({ kind: 'pagesError', opNo: m.opNo, error: toErrorPayload(err, data.rank) });
+          return;
+        }
+        send({ kind: 'pagesDone', opNo: m.opNo, data: out }, out && out.buffer instanceof ArrayBuffer ? [out.buffer] : []);
         return;
       }
       case 'shutdown':
@@ -108,8 +131,12 @@ interface PendingStep {
 export class RankHandle implements StepExecutor {
   readonly rank: number;
   readonly engine: EngineSummary;
+  /** Steps answered and the time the engine spent in them (inside the rank thread). */
+  readonly stats = { steps: 0, engineMs: 0 };
   private readonly worker: Worker;
   private readonly pending: PendingStep[] = [];
+  private readonly pageOps = new Map<number, { resolve: (data: Uint8Array | null) => void; reject: (e: LlmError) => void }>();
+  private opNo = 0;
   private readonly stepTimeoutMs: number;
   private readonly onFailure: ((error: LlmError) => void) | undefined;
   private stepNo = 0;
@@ -189,6 +216,27 @@ export class RankHandle implements StepExecutor {
     });
   }
 
+  /** Copies KV pages to a host buffer, after every step submitted before (disaggregated prefill side). */
+  async exportPages(pages: readonly number[]): Promise<Uint8Array> {
+    const pagesWire = Int32Array.from(pages);
+    return (await this.pageOp((opNo) => ({ kind: 'exportPages', opNo, pages: pagesWire }), [pagesWire.buffer])) ?? new Uint8Array(0);
+  }
+
+  /** Writes KV pages from a host buffer, before every step submitted after (disaggregated decode side). */
+  async importPages(pages: readonly number[], data: Uint8Array): Promise<void> {
+    const pagesWire = Int32Array.from(pages);
+    await this.pageOp((opNo) => ({ kind: 'importPages', opNo, pages: pagesWire, data }), [pagesWire.buffer]);
+  }
+
+  private pageOp(message: (opNo: number) => RankInbox, transfer: ArrayBuffer[]): Promise<Uint8Array | null> {
+    if (this.failure) return Promise.reject(this.failure);
+    const opNo = ++this.opNo;
+    return new Promise((resolve, reject) => {
+      this.pageOps.set(opNo, { resolve, reject });
+      this.worker.postMessage(message(opNo), transfer);
+    });
+  }
+
   /** Asks the rank to close its engine and exit; terminates it if it does not within graceMs. */
   async close(graceMs = 5000): Promise<void> {
     if (this.closing) return;
@@ -212,8 +260,21 @@ export class RankHandle implements StepExecutor {
         }
         this.pending.shift();
         this.armTimer();
-        if (m.kind === 'result') head.resolve(m.result);
+        if (m.kind === 'result') {
+          this.stats.steps++;
+          this.stats.engineMs += m.engineMs;
+          head.resolve(m.result);
+        }
         else head.reject(LlmError.fromPayload(m.error));
+        return;
+      }
+      case 'pagesDone':
+      case 'pagesError': {
+        const op = this.pageOps.get(m.opNo);
+        if (!op) return;
+        this.pageOps.delete(m.opNo);
+        if (m.kind === 'pagesDone') op.resolve(m.data);
+        else op.reject(LlmError.fromPayload(m.error));
         return;
       }
       case 'ready':
@@ -242,6 +303,8 @@ export class RankHandle implements StepExecutor {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     for (const p of this.pending.splice(0)) p.reject(error);
+    for (const op of this.pageOps.values()) op.reject(error);
+    this.pageOps.clear();
     if (!this.closing) this.onFailure?.(error);
   }
 }

@@ -118,6 +118,12 @@ export class Supervisor {
     return this.core.rank.engine;
   }
 
+  /** The rank now in service (its step statistics). */
+  get rank(): RankHandle {
+    if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
+    return this.core.rank;
+  }
+
   /** The scheduler now in service (tests read its stats and integrity). */
   get scheduler(): Scheduler {
     if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
@@ -171,6 +177,18 @@ export class Supervisor {
       options.signal?.removeEventListener('abort', onAbort);
       if (!done) scheduler.abort(id); // the consumer stopped early
     }
+  }
+
+  /** Copies KV pages to the host, ordered after every step already submitted (disaggregated prefill). */
+  exportPages(pages: readonly number[]): Promise<Uint8Array> {
+    if (!this.core) return Promise.reject(this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running'));
+    return this.core.rank.exportPages(pages);
+  }
+
+  /** Writes KV pages from the host, ordered before every step submitted later (disaggregated decode). */
+  importPages(pages: readonly number[], data: Uint8Array): Promise<void> {
+    if (!this.core) return Promise.reject(this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running'));
+    return this.core.rank.importPages(pages, data);
   }
 
   /** Fails in-flight requests with LLM_ERR_SHUTDOWN, stops the scheduler and closes the rank. */

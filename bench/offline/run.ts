@@ -131,6 +131,7 @@ async function throughActors() {
     for await (const c of sup.generate(request(work[1].tokens.slice(0, 128), 129))) if (c.token_ids.length) stamps.push(performance.now());
     const itl1Ms = (stamps.at(-1)! - stamps[1]) / (stamps.length - 2);
     const before = { ...sup.scheduler.stats };
+    const rankBefore = { ...sup.rank.stats };
     const t0 = performance.now();
     let produced = 0;
     await Promise.all(
@@ -143,6 +144,9 @@ async function throughActors() {
     return {
       seconds, produced, outTokS: produced / seconds, totalTokS: (produced + totalIn) / seconds, itl1Ms,
       steps: st.steps - before.steps, retractions: st.retractions - before.retractions, kv: sup.engine.kv,
+      // Where the wall time went: the engine inside the rank, and the scheduler's own planning/applying.
+      engineBusySeconds: (sup.rank.stats.engineMs - rankBefore.engineMs) / 1000,
+      schedulerHostSeconds: (st.hostMs - before.hostMs) / 1000,
     };
   } finally {
     await sup.stop();
@@ -168,5 +172,6 @@ console.log(JSON.stringify(result, null, 2));
 console.log(
   `| ${num} seqs [${minLen},${maxLen}] | ${Math.round(actors.outTokS)} out tok/s | floor ${Math.round(floorTokS)} ` +
     `(${(kvBytesRead / 1e12).toFixed(2)} TB KV read at ${a['bandwidth-gbs']} GB/s) | ${(100 * result.ofFloor).toFixed(1)}% of floor | ` +
+    `engine busy ${actors.engineBusySeconds.toFixed(2)} s, scheduler ${actors.schedulerHostSeconds.toFixed(2)} s of ${actors.seconds.toFixed(2)} s | ` +
     (engine ? `engine batch-${num} ceiling ${Math.round(engine.ceilingTokS)} tok/s at ctx ${engine.ceilingContext} | ITL1 engine ${engine.itl1Ms.toFixed(2)} ms vs actors ${actors.itl1Ms.toFixed(2)} ms |` : `ITL1 actors ${actors.itl1Ms.toFixed(2)} ms |`),
 );

@@ -8,9 +8,11 @@
 // Overlap scheduling: step N+1 is planned (requests chosen, pages allocated, positions fixed) while step N runs on
 // the executor. A request that samples in step N has a pending token; its decode input in step N+1 is that token,
 // filled in when step N's result arrives, just before step N+1 is submitted. Requests that finished or were aborted
-// by step N's result are dropped from step N+1 at that moment. With overlap off, each step is planned after the
-// previous result is applied. Because the executor runs steps strictly in order, pages freed while a step is in
-// flight can be handed to the next planned step: that step only runs after the in-flight one has read them.
+// by step N's result are dropped from step N+1 at that moment. A result is applied in two halves: its tokens land
+// (and stops are decided) before the next step is submitted; the outputs stream after, while that step runs. With
+// overlap off, each step is planned after the previous result is applied. Because the executor runs steps strictly
+// in order, pages freed while a step is in flight can be handed to the next planned step: that step only runs
+// after the in-flight one has read them.
 //
 // Invariants (checked by checkIntegrity, on top of each part's own):
 //  G1. Every live request is in exactly one place: the queue (state queued) or the slot table (prefilling/decoding).
@@ -78,6 +80,8 @@ export interface SchedulerStats {
   decodeTokens: number;
   retractions: number;
   cacheHitTokens: number; // tokens skipped thanks to the radix cache, re-admissions included
+  hostMs: number; // time spent planning steps, packing them and applying results (the scheduler's own cost)
+  idleMs: number; // time with nothing to run
 }
 
 interface PlannedSeq {
@@ -87,6 +91,14 @@ interface PlannedSeq {
   end: number;
   sample: boolean;
   decode: boolean; // a decode token (as opposed to a prefill chunk, resumed output included)
+}
+
+/** A sampled token that joined its sequence, and why the sequence stops now (if it does). */
+interface Landed {
+  k: number;
+  req: RequestRecord;
+  token: number;
+  reason: FinishReason | null;
 }
 
 interface InFlight {
@@ -116,7 +128,9 @@ export class Scheduler {
   readonly allocator: PageAllocator;
   readonly cache: RadixCache | null;
   readonly pageSize: number;
-  readonly stats: SchedulerStats = { steps: 0, prefillTokens: 0, decodeTokens: 0, retractions: 0, cacheHitTokens: 0 };
+  readonly stats: SchedulerStats = {
+    steps: 0, prefillTokens: 0, decodeTokens: 0, retractions: 0, cacheHitTokens: 0, hostMs: 0, idleMs: 0,
+  };
   private readonly options: SchedulerOptions;
   private readonly executor: StepExecutor;
   private readonly queue = new RequestQueue();
@@ -227,28 +241,42 @@ export class Scheduler {
     try {
       while (!this.stopping) {
         const hadInflight = inflight !== null;
+        let t0 = performance.now();
         const plan = this.planStep();
+        let landed: { result: StepResult; tokens: Landed[] } | null = null;
         if (inflight) {
+          this.stats.hostMs += performance.now() - t0;
           const result = await inflight.promise;
-          this.applyResult(inflight.seqs, result);
+          t0 = performance.now();
+          landed = { result, tokens: this.landTokens(inflight.seqs, result) };
           inflight = null;
         }
-        const seqs = plan ? this.liveSeqs(plan) : [];
-        if (seqs.length) {
-          inflight = this.submitStep(seqs);
-          if (!this.options.enableOverlap) {
-            const result = await inflight.promise;
-            this.applyResult(inflight.seqs, result);
-            inflight = null;
-          }
-        } else if (!inflight && !hadInflight && !plan && this.requests.size) {
+        const seqs = plan ? this.liveSeqs(plan, landed?.tokens ?? []) : [];
+        if (seqs.length) inflight = this.submitStep(seqs);
+        // The previous step's outputs stream while the next step runs.
+        if (landed) this.deliver(landed.tokens, landed.result);
+        if (inflight && !this.options.enableOverlap) {
+          this.stats.hostMs += performance.now() - t0;
+          const result = await inflight.promise;
+          t0 = performance.now();
+          this.deliver(this.landTokens(inflight.seqs, result), result);
+          inflight = null;
+        }
+        this.stats.hostMs += performance.now() - t0;
+        if (!seqs.length && !inflight && this.requests.size && !hadInflight && !plan) {
           fail(`stalled with ${this.queue.length} queued and ${this.slots.size} running requests and nothing to run`);
-        } else if (!inflight && !this.requests.size) {
+        }
+        if (!inflight && !this.requests.size && !this.stopping) {
+          t0 = performance.now();
           await new Promise<void>((resolve) => (this.wake = resolve));
+          this.stats.idleMs += performance.now() - t0;
           this.wake = null;
         }
       }
-      if (inflight) this.applyResult(inflight.seqs, await inflight.promise);
+      if (inflight) {
+        const result = await inflight.promise;
+        this.deliver(this.landTokens(inflight.seqs, result), result);
+      }
     } catch (err) {
       this.failure = toErrorPayload(err);
       this.failAll(this.failure);
@@ -391,8 +419,9 @@ export class Scheduler {
   }
 
   /** The planned sequences still worth running, now that the previous result is in. */
-  private liveSeqs(plan: PlannedSeq[]): PlannedSeq[] {
-    return plan.filter((s) => s.req.isRunning && s.req.epoch === s.epoch);
+  private liveSeqs(plan: PlannedSeq[], landed: readonly Landed[]): PlannedSeq[] {
+    const stopping = new Set(landed.filter((l) => l.reason).map((l) => l.req));
+    return plan.filter((s) => s.req.isRunning && s.req.epoch === s.epoch && !stopping.has(s.req));
   }
 
   private submitStep(seqs: PlannedSeq[]): InFlight {
@@ -415,7 +444,10 @@ export class Scheduler {
     return { seqs, promise: this.executor.execute(steps) };
   }
 
-  private applyResult(seqs: PlannedSeq[], result: StepResult): void {
+  /** First half of applying a result, done before the next step is submitted: sampled tokens join their
+   * sequences (the next step's decode inputs) and stop conditions are decided. */
+  private landTokens(seqs: PlannedSeq[], result: StepResult): Landed[] {
+    const landed: Landed[] = [];
     for (let k = 0; k < seqs.length; k++) {
       const s = seqs[k];
       const r = s.req;
@@ -424,8 +456,16 @@ export class Scheduler {
       if (s.epoch === r.epoch) r.computed = Math.max(r.computed, s.end);
       if (!s.sample) continue;
       const token = result.tokens[k];
-      const reason = r.appendToken(token);
-      const n = r.input.sampling.logprobs;
+      landed.push({ k, req: r, token, reason: r.appendToken(token) });
+    }
+    return landed;
+  }
+
+  /** Second half: one output per request, and the end of those that stopped. */
+  private deliver(landed: Landed[], result: StepResult): void {
+    for (const { k, req, token, reason } of landed) {
+      if (req.isDone) continue; // aborted from an earlier output's callback
+      const n = req.input.sampling.logprobs;
       const out: RequestOutput = {
         tokenIds: [token],
         logprobs: n >= 0 ? [result.logprobs[k]] : null,
@@ -434,8 +474,8 @@ export class Scheduler {
         usage: null,
         error: null,
       };
-      if (reason) this.finish(r, reason, out);
-      else this.requests.get(r.id)!.sink(out);
+      if (reason) this.finish(req, reason, out);
+      else this.requests.get(req.id)!.sink(out);
     }
   }
 
