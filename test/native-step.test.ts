@@ -208,3 +208,31 @@ t.test('the addon loads and runs in a worker thread next to the main thread', as
   here.close();
   t.same(theirs, mine, 'same greedy token in the worker');
 });
+
+t.test('seeded sampling replays whatever the batch around it', async (t) => {
+  const engine = openEngine(model.spec, options);
+  t.teardown(() => engine.close());
+  const hot: SamplingParams = { temperature: 1.0, topP: 0.95, topK: 0, minP: 0, seed: 123456789012, logprobs: 0 };
+  // Sequence X: a cached 6-token prefix in pages [0, 1]; its next step is replayed inside different batches.
+  engine.step([{ tokenIds: [3, 1, 4, 1, 5, 9], startPos: 0, pages: [0, 1], sample: false, sampling: hot, outputIndex: 0 }]);
+  const x = (outputIndex: number): SeqStep => ({ tokenIds: [2], startPos: 6, pages: [0, 1], sample: true, sampling: hot, outputIndex });
+  const other = (tokens: number[], page: number): SeqStep => ({
+    tokenIds: tokens, startPos: 0, pages: Array.from({ length: Math.ceil(tokens.length / options.pageSize) }, (_, i) => page + i),
+    sample: true, sampling: { ...hot, seed: 5 }, outputIndex: 0,
+  });
+  const inA: number[] = [];
+  const inB: number[] = [];
+  let logitsA: Float32Array | undefined;
+  let logitsB: Float32Array | undefined;
+  for (let i = 0; i < 24; i++) {
+    const a = engine.step([x(i), other([7, 8], 10)], { returnLogits: true });
+    const b = engine.step([other([9, 9, 9, 9, 9], 12), other([1], 16), x(i)], { returnLogits: true });
+    inA.push(a.tokens[0]);
+    inB.push(b.tokens[2]);
+    logitsA = (a.logits as Float32Array).slice(0, shape.vocabSize);
+    logitsB = (b.logits as Float32Array).slice(2 * shape.vocabSize, 3 * shape.vocabSize);
+  }
+  t.same(Array.from(logitsB as Float32Array), Array.from(logitsA as Float32Array), 'bitwise-equal logits in both batches');
+  t.same(inB, inA, 'same sampled tokens for the same (seed, outputIndex)');
+  t.ok(new Set(inA).size > 1, 'different output indices draw different tokens');
+});
