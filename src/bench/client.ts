@@ -72,6 +72,9 @@ export async function listModels(url: string, timeoutMs: number): Promise<string
     throw new LlmError('LLM_ERR_TRANSPORT', describeFetchError(err, where, timeoutMs));
   }
   const body = await res.text();
+  if (res.status === 404) {
+    throw new LlmError('LLM_ERR_PROTOCOL', `GET ${where}: HTTP 404: no OpenAI model list here; is ${url} the base URL of an OpenAI-compatible server?`);
+  }
   if (!res.ok) throw new LlmError('LLM_ERR_PROTOCOL', `GET ${where}: ${errorText(res.status, body)}`);
   let parsed: unknown;
   try {
