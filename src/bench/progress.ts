@@ -10,7 +10,7 @@ export interface ProgressSink {
 export class Progress {
   private done = 0;
   private failed = 0;
-  private lastDecile = -1;
+  private lastDecile = 0;
   private readonly started = performance.now();
 
   constructor(private readonly out: ProgressSink | null, private readonly label: string, private readonly total: number) {
