@@ -219,10 +219,10 @@ constexpr int kKeyBlock = 64;  // keys per online-softmax block
 
 // The attention inner loop, written once and compiled twice (portable and AVX2): the dot and axpy helpers are
 // passed as templates so they inline.
-template <class Dot, class Axpy>
+template <class Dot, class Axpy, class ExpBlock>
 __attribute__((always_inline)) inline void attendPagedImpl(const float* q, int group, int64_t D, const float* K, const float* V, int64_t rowStride,
                             const int32_t* pages, int P, int32_t numKeys, float scale, float* out, float* scratch,
-                            Dot dot, Axpy axpy) {
+                            Dot dot, Axpy axpy, ExpBlock expBlock) {
   float* m = scratch;                   // [group] running max
   float* l = m + group;                 // [group] running denominator
   float* s = l + group;                 // [group, kKeyBlock] scores
@@ -234,9 +234,14 @@ __attribute__((always_inline)) inline void attendPagedImpl(const float* q, int g
   std::memset(out, 0, sizeof(float) * group * D);
   for (int32_t kb = 0; kb < numKeys; kb += kKeyBlock) {
     const int32_t n = numKeys - kb < kKeyBlock ? numKeys - kb : kKeyBlock;
+    // Walk the page table incrementally: no division per key.
+    int32_t page = kb / P, slot = kb % P;
     for (int32_t j = 0; j < n; ++j) {
-      const int32_t key = kb + j;
-      const int64_t off = ((int64_t)pages[key / P] * P + key % P) * rowStride;
+      const int64_t off = ((int64_t)pages[page] * P + slot) * rowStride;
+      if (++slot == P) {
+        slot = 0;
+        ++page;
+      }
       offs[j] = off;
       const float* kr = K + off;
       for (int g = 0; g < group; ++g) s[g * kKeyBlock + j] = dot(q + g * D, kr, D) * scale;
@@ -251,13 +256,7 @@ __attribute__((always_inline)) inline void attendPagedImpl(const float* q, int g
         for (int64_t i = 0; i < D; ++i) og[i] *= corr;
         l[g] *= corr;
       }
-      float sum = 0;
-      for (int32_t j = 0; j < n; ++j) {
-        const float p = std::exp(sg[j] - bm);
-        sg[j] = p;
-        sum += p;
-      }
-      l[g] += sum;
+      l[g] += expBlock(sg, n, bm);
       m[g] = bm;
       for (int32_t j = 0; j < n; ++j) axpy(sg[j], V + offs[j], og, D);
     }
@@ -279,6 +278,11 @@ void attendPagedScalar(const float* q, int group, int64_t D, const float* K, con
       },
       [](float a, const float* x, float* y, int64_t n) {
         for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+      },
+      [](float* v, int32_t n, float shift) {
+        float sum = 0;
+        for (int32_t j = 0; j < n; ++j) sum += (v[j] = std::exp(v[j] - shift));
+        return sum;
       });
 }
 
@@ -301,9 +305,40 @@ struct AxpyAvx2 {
     for (; i < n; ++i) y[i] += a * x[i];
   }
 };
+// exp on 8 lanes (Cephes expf: range reduction by ln 2, degree-5 polynomial; about 1 ulp on [-87, 88]).
+DSG_AVX2 inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
+}
+struct ExpBlockAvx2 {
+  DSG_AVX2 float operator()(float* v, int32_t n, float shift) const {
+    const __m256 sh = _mm256_set1_ps(shift);
+    __m256 acc = _mm256_setzero_ps();
+    int32_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(v + j), sh));
+      _mm256_storeu_ps(v + j, e);
+      acc = _mm256_add_ps(acc, e);
+    }
+    float sum = hsum(acc);
+    for (; j < n; ++j) sum += (v[j] = std::exp(v[j] - shift));
+    return sum;
+  }
+};
 DSG_AVX2 void attendPagedAvx2(const float* q, int group, int64_t D, const float* K, const float* V, int64_t rowStride,
                               const int32_t* pages, int P, int32_t numKeys, float scale, float* out, float* scratch) {
-  attendPagedImpl(q, group, D, K, V, rowStride, pages, P, numKeys, scale, out, scratch, DotAvx2{}, AxpyAvx2{});
+  attendPagedImpl(q, group, D, K, V, rowStride, pages, P, numKeys, scale, out, scratch, DotAvx2{}, AxpyAvx2{}, ExpBlockAvx2{});
 }
 #endif
 
