@@ -93,3 +93,23 @@ t.test('a request past --timeout fails with a message saying so', async (t) => {
   t.equal(r.ok, false);
   t.equal(r.error, `${url}/v1/chat/completions: no response within 0.2 s`);
 });
+
+t.test('output counts: from a usage chunk without "choices", else one token per content chunk', async (t) => {
+  let withUsage = true;
+  const server = createServer((_, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    const events = [{ choices: [{ delta: { role: 'assistant', content: '' } }] }, { choices: [{ delta: { content: 'a' } }] }, { choices: [{ delta: { content: 'b' } }] }];
+    if (withUsage) events.push({ usage: { prompt_tokens: 9, completion_tokens: 5 } } as never);
+    res.end(`${events.map((e) => `data: ${JSON.stringify(e)}\n\n`).join('')}data: [DONE]\n\n`);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const params = { url, endpoint: 'chat' as const, model: 'm', prompt: 'hi', maxTokens: 4, temperature: 0, seed: 0, ignoreEos: false, timeoutMs: 5000 };
+  const a = await timedRequest(params, performance.now());
+  t.match(a, { ok: true, outputTokens: 5, outputTokensFrom: 'usage', promptTokens: 9 });
+  t.equal(a.itlMs.length, 1, 'the empty role chunk is not a token');
+  withUsage = false;
+  const b = await timedRequest(params, performance.now());
+  t.match(b, { ok: true, outputTokens: 2, outputTokensFrom: 'chunks', promptTokens: null });
+});

@@ -167,5 +167,5 @@ t.test('an unreachable URL and non-OpenAI servers are named with what was wrong'
     res.end('data: {"token": "hi"}\n\ndata: [DONE]\n\n');
   });
   t.teardown(() => wrongSse.server.close());
-  await t.rejects(bench(['--url', wrongSse.url, '--no-progress', '--num-prompts', '1']), { message: /SSE event is not an OpenAI completion chunk \(needs a "choices" array\): \{"token": "hi"\}/ });
+  await t.rejects(bench(['--url', wrongSse.url, '--no-progress', '--num-prompts', '1']), { message: /SSE event is not an OpenAI completion chunk \(needs a "choices" array or "usage"\): \{"token": "hi"\}/ });
 });

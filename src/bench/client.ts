@@ -9,8 +9,9 @@ export type Endpoint = 'completions' | 'chat';
 
 /** The parts of a streamed chunk the benchmark reads; everything else is ignored. */
 const UsageSchema = Type.Object({ prompt_tokens: Type.Optional(Type.Integer()), completion_tokens: Type.Optional(Type.Integer()) });
+// Some servers send the usage in a chunk without "choices"; a chunk needs at least one of the two.
 const ChunkSchema = Type.Object({
-  choices: Type.Array(
+  choices: Type.Optional(Type.Array(
     Type.Object({
       text: Type.Optional(Type.Union([Type.String(), Type.Null()])),
       delta: Type.Optional(Type.Object({
@@ -18,7 +19,7 @@ const ChunkSchema = Type.Object({
         reasoning_content: Type.Optional(Type.Union([Type.String(), Type.Null()])),
       })),
     }),
-  ),
+  )),
   usage: Type.Optional(Type.Union([UsageSchema, Type.Null()])),
 });
 type Chunk = Static<typeof ChunkSchema>;
@@ -103,7 +104,7 @@ function requestBody(p: RequestParams): Record<string, unknown> {
 
 function chunkText(chunk: Chunk): string {
   let text = '';
-  for (const c of chunk.choices) text += c.text ?? c.delta?.content ?? c.delta?.reasoning_content ?? '';
+  for (const c of chunk.choices ?? []) text += c.text ?? c.delta?.content ?? c.delta?.reasoning_content ?? '';
   return text;
 }
 
@@ -165,8 +166,8 @@ export async function timedRequest(p: RequestParams, benchStart: number): Promis
           return fail(`POST ${where}: SSE event is not JSON: ${short(data)}`);
         }
         if (Value.Check(ErrorBodySchema, parsed)) return fail(`POST ${where}: error in stream: ${typeof parsed.error === 'string' ? parsed.error : parsed.error.message}`);
-        if (!Value.Check(ChunkSchema, parsed)) {
-          return fail(`POST ${where}: SSE event is not an OpenAI ${p.endpoint === 'chat' ? 'chat.completion.chunk' : 'completion chunk'} (needs a "choices" array): ${short(data)}`);
+        if (!Value.Check(ChunkSchema, parsed) || (parsed.choices === undefined && !parsed.usage)) {
+          return fail(`POST ${where}: SSE event is not an OpenAI ${p.endpoint === 'chat' ? 'chat.completion.chunk' : 'completion chunk'} (needs a "choices" array or "usage"): ${short(data)}`);
         }
         if (parsed.usage) {
           if (parsed.usage.completion_tokens !== undefined) {
