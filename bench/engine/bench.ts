@@ -54,12 +54,13 @@ function decode(B: number): { tokS: number; itlMs: number } {
   for (let s0 = 0; s0 < B; s0 += perStep) {
     const batch: SeqStep[] = [];
     for (let s = s0; s < Math.min(B, s0 + perStep); s++)
-      batch.push({ tokenIds: randomTokens(PROMPT), startPos: 0, pages: pages[s], sample: true, sampling: greedy, outputIndex: 0 });
+      batch.push({ tokenIds: randomTokens(PROMPT), startPos: 0, pages: pages[s].slice(0, PROMPT / PAGE), sample: true, sampling: greedy, outputIndex: 0 });
     const r = engine.step(batch);
     batch.forEach((_, j) => (last[s0 + j] = r.tokens[j]));
   }
   const stepOnce = (i: number): void => {
-    const batch: SeqStep[] = last.map((tok, s) => ({ tokenIds: [tok], startPos: PROMPT + i, pages: pages[s], sample: true, sampling: greedy, outputIndex: i + 1 }));
+    const used = Math.ceil((PROMPT + i + 1) / PAGE);
+    const batch: SeqStep[] = last.map((tok, s) => ({ tokenIds: [tok], startPos: PROMPT + i, pages: pages[s].slice(0, used), sample: true, sampling: greedy, outputIndex: i + 1 }));
     const r = engine.step(batch);
     for (let s = 0; s < B; s++) last[s] = r.tokens[s];
   };

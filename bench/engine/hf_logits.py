@@ -43,9 +43,13 @@ def rows(m):
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
-ref = rows(model.float().cuda())
+# Both runs load the saved checkpoint, as a user would: casting the in-memory model with .to() would also round
+# the RoPE inv_freq buffer to bf16 (a position-dependent error that is not HF's real behaviour).
+del model
+path = os.path.join(out, "model")
+ref = rows(Qwen3ForCausalLM.from_pretrained(path, dtype=torch.float32).cuda().eval())
 ref.numpy().tofile(os.path.join(out, "ref_fp32.bin"))
-bf = rows(model.to(torch.bfloat16).cuda())
+bf = rows(Qwen3ForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval())
 bf.numpy().tofile(os.path.join(out, "hf_bf16.bin"))
 with open(os.path.join(out, "tokens.json"), "w") as f:
     json.dump({"prompts": prompts, "continuations": conts, "rows": new + 1, "vocab": cfg.vocab_size}, f)
