@@ -113,6 +113,25 @@ t.test('request-rate mode spreads seeded Poisson arrivals; the chat endpoint', a
   t.ok(starts[5] - starts[0] > 20, `arrivals spread over time (${starts[5] - starts[0]} ms for 5 gaps at 40/s)`);
 });
 
+t.test('Ctrl-C stops a run and reports what finished (exit 130)', async (t) => {
+  const json = join(dir, 'interrupted.json');
+  const p = startCli(['bench', '--url', url, '--num-prompts', '10', '--concurrency-sweep', '1,2', '--input-len', '8', '--output-len', '400',
+    '--ignore-eos', '--warmup', '0', '--json', json]);
+  t.teardown(() => p.kill('SIGKILL'));
+  await p.waitFor(/concurrency 1: 2\/10/);
+  p.kill('SIGINT');
+  const exit = await p.exited;
+  t.equal(exit.code, 130, `exit 130 (stderr: ${p.stderr()})`);
+  t.match(p.stderr(), /interrupted: reporting the requests that finished/);
+  t.match(p.stdout(), /== concurrency 1 \(interrupted\) ==/);
+  const res = readResults(json);
+  t.equal(res.runs.length, 1, 'the sweep stops at the interrupted point');
+  t.equal(res.runs[0].interrupted, true);
+  const n = res.runs[0].requests.length;
+  t.ok(n >= 2 && n < 10, `only finished requests are kept (${n})`);
+  t.ok(res.runs[0].requests.every((q) => q.ok && q.outputTokens === 400));
+});
+
 t.test('flag errors are usage errors naming the flag (exit 2)', async (t) => {
   const usage = (argv: string[], message: RegExp) => t.rejects(bench(argv), { code: 'LLM_ERR_USAGE', message }, argv.join(' '));
   await usage(['--concurrency', '0'], /--concurrency: expected an integer >= 1, got "0"/);

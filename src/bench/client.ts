@@ -108,8 +108,8 @@ function chunkText(chunk: Chunk): string {
   return text;
 }
 
-/** Sends one streamed request and times it; never throws (a failure is a record with ok=false). */
-export async function timedRequest(p: RequestParams, benchStart: number): Promise<RequestRecord> {
+/** Sends one streamed request and times it; never throws (a failure is a record with ok=false). `stop` aborts it. */
+export async function timedRequest(p: RequestParams, benchStart: number, stop?: AbortSignal): Promise<RequestRecord> {
   const path = p.endpoint === 'chat' ? '/v1/chat/completions' : '/v1/completions';
   const where = `${p.url}${path}`;
   const t0 = performance.now();
@@ -118,7 +118,7 @@ export async function timedRequest(p: RequestParams, benchStart: number): Promis
     promptTokens: null, outputTokens: 0, outputTokensFrom: 'chunks',
   };
   const fail = (message: string): RequestRecord => ({ ...record, ok: false, error: message });
-  const signal = AbortSignal.timeout(p.timeoutMs);
+  const signal = stop ? AbortSignal.any([AbortSignal.timeout(p.timeoutMs), stop]) : AbortSignal.timeout(p.timeoutMs);
   let res: Response;
   try {
     res = await fetch(where, {

@@ -24,8 +24,8 @@ function latencyRow(name: string, d: Distribution | null): string[] {
   return [name, fmt(d?.mean), fmt(d?.p50), fmt(d?.p90), fmt(d?.p99)];
 }
 
-export function runBlock(load: LoadShape, s: RunSummary): string {
-  const out = [`== ${describeLoad(load)} ==`];
+export function runBlock(load: LoadShape, s: RunSummary, interrupted: boolean): string {
+  const out = [`== ${describeLoad(load)}${interrupted ? ' (interrupted)' : ''} ==`];
   out.push(`requests             ${s.completed} completed, ${s.failed} failed in ${s.durationS.toFixed(2)} s`);
   out.push(`input tokens         ${s.totalInputTokens}${s.inputTokensFromUsage ? '' : ' (partly local counts: the server sent no usage)'}`);
   out.push(`output tokens        ${s.totalOutputTokens}`);

@@ -80,7 +80,15 @@ export const BenchResultsSchema = Type.Object(
     version: Type.String(),
     date: Type.String({ description: 'ISO time the benchmark started' }),
     config: BenchConfigSchema,
-    runs: Type.Array(Type.Object({ load: LoadShapeSchema, summary: RunSummarySchema, requests: Type.Array(RequestRecordSchema) }), { minItems: 1 }),
+    runs: Type.Array(
+      Type.Object({
+        load: LoadShapeSchema,
+        interrupted: Type.Boolean({ description: 'stopped (Ctrl-C) before every prompt was answered' }),
+        summary: RunSummarySchema,
+        requests: Type.Array(RequestRecordSchema),
+      }),
+      { minItems: 1 },
+    ),
   },
   { $id: 'BenchResults', title: 'BenchResults' },
 );

@@ -20,6 +20,8 @@ const G_LOAD = 'Load';
 const G_SAMPLING = 'Sampling';
 const G_OUTPUT = 'Output';
 const DEFAULT_LEN = 128;
+/** Exit status after Ctrl-C, as shells report a SIGINT death (128 + 2). */
+const INTERRUPTED_EXIT = 130;
 
 const Positive = Type.Integer({ minimum: 1 });
 
@@ -167,6 +169,22 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const p = plan(cl.values);
+  // Ctrl-C stops the benchmark and reports what finished; a second Ctrl-C quits at once (default handler).
+  const stop = new AbortController();
+  const onInterrupt = () => {
+    process.off('SIGINT', onInterrupt);
+    process.stderr.write('\ninterrupted: reporting the requests that finished (Ctrl-C again to quit at once)\n');
+    stop.abort();
+  };
+  process.on('SIGINT', onInterrupt);
+  try {
+    return await runBenchmark(p, stop.signal);
+  } finally {
+    process.off('SIGINT', onInterrupt);
+  }
+}
+
+async function runBenchmark(p: BenchPlan, stop: AbortSignal): Promise<number> {
   const c = p.config;
   const tokenizer = c.tokenizer !== null ? openTokenizer(c.tokenizer) : null;
   const progressSink = p.progress ? process.stderr : null;
@@ -190,7 +208,8 @@ export async function main(argv: string[]): Promise<number> {
   if (c.warmup > 0) {
     const warm = buildPrompts(c.warmup, c.input, c.output, c.seed + 1, tokenizer);
     const firstConcurrency = p.loads[0].concurrency ?? c.warmup;
-    const w = await runLoad(target, warm, { concurrency: Math.min(firstConcurrency, c.warmup), requestRate: null }, { sink: progressSink, label: 'warm-up' }, c.seed);
+    const w = await runLoad(target, warm, { concurrency: Math.min(firstConcurrency, c.warmup), requestRate: null }, { sink: progressSink, label: 'warm-up' }, c.seed, stop);
+    if (stop.aborted) return INTERRUPTED_EXIT;
     if (w.summary.completed === 0) {
       throw new LlmError('LLM_ERR_PROTOCOL', `every warm-up request failed; first error: ${w.summary.errors[0]?.message ?? 'unknown'}`);
     }
@@ -199,11 +218,13 @@ export async function main(argv: string[]): Promise<number> {
   const started = new Date();
   const runs: RunResult[] = [];
   for (const load of p.loads) {
+    if (stop.aborted) break;
     if (load.concurrency !== null && load.concurrency > c.numPrompts) log(`note: ${describeLoad(load)} with only ${c.numPrompts} prompts never fills up; raise --num-prompts`);
-    runs.push(await runLoad(target, prompts, load, { sink: progressSink, label: describeLoad(load) }, c.seed));
+    runs.push(await runLoad(target, prompts, load, { sink: progressSink, label: describeLoad(load) }, c.seed, stop));
   }
 
-  const blocks = runs.map((r) => runBlock(r.load, r.summary));
+  if (runs.length === 0) return INTERRUPTED_EXIT;
+  const blocks = runs.map((r) => runBlock(r.load, r.summary, r.interrupted));
   const text = [`Benchmark: ${configLine(config)}`, '', blocks.join('\n\n')];
   if (runs.length > 1) text.push('', '== sweep (latencies in ms) ==', sweepTable(runs));
   process.stdout.write(`${text.join('\n')}\n`);
@@ -217,6 +238,7 @@ export async function main(argv: string[]): Promise<number> {
     writeOutput(p.png, sweepChartPng(runs.map((r) => ({ concurrency: r.load.concurrency as number, summary: r.summary }))), '--png');
     log(`wrote ${p.png}`);
   }
+  if (stop.aborted) return INTERRUPTED_EXIT;
   const completed = runs.reduce((s, r) => s + r.summary.completed, 0);
   if (completed === 0) {
     log(`bench: every request failed; first error: ${runs[0].summary.errors[0]?.message ?? 'unknown'}`);
