@@ -72,7 +72,12 @@ export async function listModels(url: string, timeoutMs: number): Promise<string
   } catch (err) {
     throw new LlmError('LLM_ERR_TRANSPORT', describeFetchError(err, where, timeoutMs));
   }
-  const body = await res.text();
+  let body: string;
+  try {
+    body = await res.text();
+  } catch (err) {
+    throw new LlmError('LLM_ERR_TRANSPORT', `GET ${where}: the response broke off: ${(err as Error).message}`);
+  }
   if (res.status === 404) {
     throw new LlmError('LLM_ERR_PROTOCOL', `GET ${where}: HTTP 404: no OpenAI model list here; is ${url} the base URL of an OpenAI-compatible server?`);
   }
