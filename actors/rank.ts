@@ -2,8 +2,8 @@
 // order. This file is both the worker's entry point (when started with workerData.actor === 'rank') and the main
 // side's handle, RankHandle, which the scheduler uses as its StepExecutor.
 //
-// Per-step path: the step's token and page arrays are transferred (not copied) to the rank; the small result
-// arrays come back by structured clone. Failures cross the thread as coded payloads {code, message, rank}:
+// Per-step path: the step travels packed in two flat buffers (messages.ts) that are transferred, not copied, to the
+// rank; the small result arrays come back by structured clone. Failures cross the thread as coded payloads {code, message, rank}:
 //  - an engine error in a step rejects that step (the scheduler then fails its requests);
 //  - an uncaught error or an exit of the worker fails every in-flight step with LLM_ERR_ACTOR_CRASHED;
 //  - a step that takes longer than stepTimeoutMs fails every in-flight step with LLM_ERR_ACTOR_HUNG and the worker
@@ -12,12 +12,12 @@ import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_t
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import type { Engine, SeqStep, StepResult } from '../src/engine/types.js';
 import type { StepExecutor } from '../src/scheduler/scheduler.js';
-import { stepTransferList, toSeqStepWire, unreachable, type EngineSummary, type SeqStepWire } from './messages.js';
+import { packSteps, unpackSteps, unreachable, type EngineSummary, type StepPack } from './messages.js';
 import { siblingModule, spawnWorker } from './worker.js';
 
 /** The rank's inbox. Page copies (disaggregated KV transfer) run in the same order as steps. */
 export type RankInbox =
-  | { kind: 'step'; stepNo: number; seqs: SeqStepWire[] }
+  | { kind: 'step'; stepNo: number; pack: StepPack }
   | { kind: 'exportPages'; opNo: number; pages: Int32Array }
   | { kind: 'importPages'; opNo: number; pages: Int32Array; data: Uint8Array }
   | { kind: 'shutdown' };
@@ -75,7 +75,7 @@ async function runRank(data: RankWorkerData): Promise<void> {
         let result: StepResult;
         const t0 = performance.now();
         try {
-          result = engine.step(m.seqs);
+          result = engine.step(unpackSteps(m.pack));
         } catch (err) {
           send({ kind: 'stepError', stepNo: m.stepNo, error: toErrorPayload(err, data.rank) });
           return;
@@ -206,13 +206,13 @@ export class RankHandle implements StepExecutor {
 
   execute(seqs: readonly SeqStep[]): Promise<StepResult> {
     if (this.failure) return Promise.reject(this.failure);
-    const wire = seqs.map(toSeqStepWire);
+    const pack = packSteps(seqs);
     const stepNo = ++this.stepNo;
     return new Promise((resolve, reject) => {
       this.pending.push({ stepNo, resolve, reject });
       this.armTimer();
-      const msg: RankInbox = { kind: 'step', stepNo, seqs: wire };
-      this.worker.postMessage(msg, stepTransferList(wire));
+      const msg: RankInbox = { kind: 'step', stepNo, pack };
+      this.worker.postMessage(msg, [pack.ints.buffer, pack.floats.buffer]);
     });
   }
 
