@@ -138,3 +138,31 @@ t.test('a 300-token prefill (several MLP chunks, attention key blocks and query 
     t.ok(e < TOL, `position ${p}: relative error ${e.toExponential(2)} < ${TOL}`);
   }
 });
+
+t.test('batch invariance: a token gets bitwise the same logits alone, in a batch, or after a chunked prefill', async (t) => {
+  // The llama shape has k tails (intermediate 100) and an odd LM-head row count (vocabulary 99).
+  const modelDir = mkdtempSync(join(dir, 'invariance-'));
+  const model = writeTinyModel(modelDir, shapes.llama, 77);
+  const pageSize = 4;
+  const engine = openEngine(model.spec, {
+    backend: 'cpu', deviceId: 0, pageSize, numPages: 64, memFractionStatic: 0.5, maxBatchTokens: 64, maxSeqsPerStep: 4, threads: 2,
+  });
+  t.teardown(() => engine.close());
+  const prompt = [5, 9, 14, 3, 7, 22, 31, 2, 8, 60, 11, 4, 19, 42, 17, 6, 90, 33, 21, 13];
+  const pagesA = [0, 1, 2, 3, 4, 5];
+  const pagesB = [10, 11, 12, 13, 14, 15];
+  const seq = (tokenIds: number[], startPos: number, pages: number[]): SeqStep => ({
+    tokenIds, startPos, pages: pages.slice(0, Math.ceil((startPos + tokenIds.length) / pageSize)), sample: true, sampling: greedy, outputIndex: 0,
+  });
+  const V = shapes.llama.vocabSize;
+  // A: the whole prompt in one step, alone. B: the same prompt as 12 + 8 tokens, inside batches with others.
+  const a = engine.step([seq(prompt, 0, pagesA)], { returnLogits: true });
+  engine.step([seq([1, 2, 3], 0, [20]), seq(prompt.slice(0, 12), 0, pagesB)], { returnLogits: true });
+  const b = engine.step([seq(prompt.slice(12), 12, pagesB), seq([4, 5], 0, [21])], { returnLogits: true });
+  t.same(Array.from((b.logits as Float32Array).slice(0, V)), Array.from((a.logits as Float32Array).slice(0, V)), 'chunked prefill in a batch = whole prefill alone');
+  // Decode: alone (a one-token matmul) and beside two other sequences (a three-token matmul).
+  const next = a.tokens[0];
+  const alone = engine.step([seq([next], 20, pagesA)], { returnLogits: true });
+  const batched = engine.step([seq([7, 7, 7], 0, [30]), seq([next], 20, pagesB), seq([8], 0, [31])], { returnLogits: true });
+  t.same(Array.from((batched.logits as Float32Array).slice(V, 2 * V)), Array.from((alone.logits as Float32Array).slice(0, V)), 'decode in a batch = decode alone');
+});

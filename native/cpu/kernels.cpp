@@ -85,68 +85,61 @@ DSG_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// One weight row against one token: 4 accumulators over k to hide FMA latency (the decode path).
+// Every AVX2 dot product of a weight row and a token sums in one canonical order, whatever the number of tokens
+// in the matmul: two 8-lane accumulators over alternate 8-element blocks (a lone last block goes to the first),
+// then hsum(a0 + a1), then the scalar tail with FMA. So a token's logits are bitwise the same alone or in a batch.
+
+// One weight row against one token (the decode path; streaming one row at a time is what this machine's memory
+// system serves fastest: interleaving rows measured 2x slower).
 template <DType T>
-DSG_AVX2 float dotRow1(const void* row, const float* x, int64_t K) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+DSG_AVX2 float dotRow(const void* row, const float* x, int64_t K) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0;
   int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
+  for (; k + 16 <= K; k += 16) {
     a0 = _mm256_fmadd_ps(load8<T>(row, k), _mm256_loadu_ps(x + k), a0);
     a1 = _mm256_fmadd_ps(load8<T>(row, k + 8), _mm256_loadu_ps(x + k + 8), a1);
-    a2 = _mm256_fmadd_ps(load8<T>(row, k + 16), _mm256_loadu_ps(x + k + 16), a2);
-    a3 = _mm256_fmadd_ps(load8<T>(row, k + 24), _mm256_loadu_ps(x + k + 24), a3);
   }
-  for (; k + 8 <= K; k += 8) a0 = _mm256_fmadd_ps(load8<T>(row, k), _mm256_loadu_ps(x + k), a0);
-  float acc = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  for (; k < K; ++k) acc += loadScalar<T>(row, k) * x[k];
+  if (k + 8 <= K) {
+    a0 = _mm256_fmadd_ps(load8<T>(row, k), _mm256_loadu_ps(x + k), a0);
+    k += 8;
+  }
+  float acc = hsum(_mm256_add_ps(a0, a1));
+  for (; k < K; ++k) acc = __builtin_fmaf(loadScalar<T>(row, k), x[k], acc);
   return acc;
 }
 
-// Two weight rows against MT (<= 4) tokens: 2*MT accumulators, each weight load feeds MT FMAs.
-template <DType T, int MT>
-DSG_AVX2 void dotRows2(const void* r0, const void* r1, const float* x, int64_t K, float out[2][4]) {
-  __m256 a[2][MT];
-  for (int j = 0; j < MT; ++j) a[0][j] = a[1][j] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    const __m256 w0 = load8<T>(r0, k), w1 = load8<T>(r1, k);
-    for (int j = 0; j < MT; ++j) {
-      const __m256 xv = _mm256_loadu_ps(x + j * K + k);
-      a[0][j] = _mm256_fmadd_ps(w0, xv, a[0][j]);
-      a[1][j] = _mm256_fmadd_ps(w1, xv, a[1][j]);
-    }
-  }
-  for (int j = 0; j < MT; ++j) {
-    float s0 = hsum(a[0][j]), s1 = hsum(a[1][j]);
-    for (int64_t kk = k; kk < K; ++kk) {
-      s0 += loadScalar<T>(r0, kk) * x[j * K + kk];
-      s1 += loadScalar<T>(r1, kk) * x[j * K + kk];
-    }
-    out[0][j] = s0;
-    out[1][j] = s1;
-  }
-}
-
-// Four f32 weight rows against MT (<= 3) tokens: 12 accumulators, each weight load feeds MT FMAs and each x
-// load feeds four. The prefill micro-kernel, run over a block of rows already widened to f32.
+// Two f32 weight rows against MT (<= 3) tokens, in the canonical order: 12 accumulators; each weight load feeds
+// MT FMAs and each x load two. The prefill micro-kernel, run over a block of rows already widened to f32.
 template <int MT>
-DSG_AVX2 void dot4xMT(const float* w, int64_t K, const float* x, float out[4][3]) {
-  __m256 a[4][MT];
-  for (int r = 0; r < 4; ++r)
-    for (int j = 0; j < MT; ++j) a[r][j] = _mm256_setzero_ps();
+DSG_AVX2 void dot2xMT(const float* w, int64_t K, const float* x, float out[2][3]) {
+  __m256 a[2][MT][2];
+  for (int r = 0; r < 2; ++r)
+    for (int j = 0; j < MT; ++j) a[r][j][0] = a[r][j][1] = _mm256_setzero_ps();
   int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    __m256 xv[MT];
-    for (int j = 0; j < MT; ++j) xv[j] = _mm256_loadu_ps(x + j * K + k);
-    for (int r = 0; r < 4; ++r) {
-      const __m256 wv = _mm256_loadu_ps(w + r * K + k);
-      for (int j = 0; j < MT; ++j) a[r][j] = _mm256_fmadd_ps(wv, xv[j], a[r][j]);
+  for (; k + 16 <= K; k += 16) {
+    for (int h = 0; h < 2; ++h) {
+      __m256 xv[MT];
+      for (int j = 0; j < MT; ++j) {
+        xv[j] = _mm256_loadu_ps(x + j * K + k + 8 * h);
+        asm("" : "+x"(xv[j]));  // keep x in a register: folding it into each FMA would double the loads
+      }
+      for (int r = 0; r < 2; ++r) {
+        const __m256 wv = _mm256_loadu_ps(w + r * K + k + 8 * h);
+        for (int j = 0; j < MT; ++j) a[r][j][h] = _mm256_fmadd_ps(wv, xv[j], a[r][j][h]);
+      }
     }
   }
-  for (int r = 0; r < 4; ++r)
+  if (k + 8 <= K) {
+    for (int r = 0; r < 2; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + r * K + k);
+      for (int j = 0; j < MT; ++j) a[r][j][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * K + k), a[r][j][0]);
+    }
+    k += 8;
+  }
+  for (int r = 0; r < 2; ++r)
     for (int j = 0; j < MT; ++j) {
-      float acc = hsum(a[r][j]);
-      for (int64_t kk = k; kk < K; ++kk) acc += w[r * K + kk] * x[j * K + kk];
+      float acc = hsum(_mm256_add_ps(a[r][j][0], a[r][j][1]));
+      for (int64_t kk = k; kk < K; ++kk) acc = __builtin_fmaf(w[r * K + kk], x[j * K + kk], acc);
       out[r][j] = acc;
     }
 }
@@ -164,16 +157,16 @@ DSG_AVX2 void matmulRowsAvx2(const float* x, int64_t M, int64_t K, const void* W
   const size_t rowBytes = (size_t)K * (T == DType::F32 ? 4 : 2);
   const uint8_t* Wb = static_cast<const uint8_t*>(W);
   if (M == 1) {
-    for (int64_t n = n0; n < n1; ++n) y[n] = dotRow1<T>(Wb + n * rowBytes, x, K) + (bias ? bias[n] : 0.0f);
+    for (int64_t n = n0; n < n1; ++n) y[n] = dotRow<T>(Wb + n * rowBytes, x, K) + (bias ? bias[n] : 0.0f);
     return;
   }
   // Prefill: widen a block of 16 weight rows to f32 once (it stays in L2), then run every 3-token tile of x over
-  // it four rows at a time.
+  // it two rows at a time.
   constexpr int64_t RB = 16;
-  thread_local std::vector<float> block;  // [RB rows widened][4 rows of tail padding]
-  if ((int64_t)block.size() < (RB + 4) * K) block.resize((RB + 4) * K);
+  thread_local std::vector<float> block;  // [RB rows widened][2 rows of tail padding]
+  if ((int64_t)block.size() < (RB + 2) * K) block.resize((RB + 2) * K);
   float* pad = block.data() + RB * K;
-  float out[4][3];
+  float out[2][3];
   for (int64_t nb = n0; nb < n1; nb += RB) {
     const int64_t rows = nb + RB < n1 ? RB : n1 - nb;
     const float* wf;
@@ -186,32 +179,24 @@ DSG_AVX2 void matmulRowsAvx2(const float* x, int64_t M, int64_t K, const void* W
     for (int64_t m = 0; m < M; m += 3) {
       const int mt = (int)(M - m < 3 ? M - m : 3);
       const float* xm = x + m * K;
-      for (int64_t r = 0; r < rows; r += 4) {
-        const int rt = (int)(rows - r < 4 ? rows - r : 4);
-        const float* w4 = wf + r * K;
-        if (rt < 4) {  // row tail: pad to four rows with copies; the extra results are dropped
-          for (int i = 0; i < 4; ++i) std::memcpy(pad + i * K, w4 + (i < rt ? i : 0) * K, sizeof(float) * K);
-          w4 = pad;
+      for (int64_t r = 0; r < rows; r += 2) {
+        const int rt = rows - r < 2 ? 1 : 2;
+        const float* w2 = wf + r * K;
+        if (rt < 2) {  // odd row count: pad with a copy; the extra result is dropped
+          std::memcpy(pad, w2, sizeof(float) * K);
+          std::memcpy(pad + K, w2, sizeof(float) * K);
+          w2 = pad;
         }
         switch (mt) {
-          case 3: dot4xMT<3>(w4, K, xm, out); break;
-          case 2: dot4xMT<2>(w4, K, xm, out); break;
-          default: dot4xMT<1>(w4, K, xm, out); break;
+          case 3: dot2xMT<3>(w2, K, xm, out); break;
+          case 2: dot2xMT<2>(w2, K, xm, out); break;
+          default: dot2xMT<1>(w2, K, xm, out); break;
         }
         for (int i = 0; i < rt; ++i)
           for (int j = 0; j < mt; ++j) y[(m + j) * ldy + nb + r + i] = out[i][j] + (bias ? bias[nb + r + i] : 0.0f);
       }
     }
   }
-}
-
-DSG_AVX2 float dotAvx2(const float* a, const float* b, int64_t n) { return dotRow1<DType::F32>(a, b, n); }
-
-DSG_AVX2 void axpyAvx2(float a, const float* x, float* y, int64_t n) {
-  const __m256 av = _mm256_set1_ps(a);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += a * x[i];
 }
 #endif
 
@@ -412,26 +397,6 @@ void attendPaged(const float* q, int group, int64_t D, const float* K, const flo
   if (cpuHasAvx2()) return attendPagedAvx2(q, group, D, K, V, rowStride, pages, P, numKeys, scale, out, scratch);
 #endif
   attendPagedScalar(q, group, D, K, V, rowStride, pages, P, numKeys, scale, out, scratch);
-}
-
-float dotF32(const float* a, const float* b, int64_t n) {
-#ifdef DSG_X86
-  if (cpuHasAvx2()) return dotAvx2(a, b, n);
-#endif
-  float acc = 0;
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
-}
-
-void axpyF32(float a, const float* x, float* y, int64_t n) {
-#ifdef DSG_X86
-  if (cpuHasAvx2()) return axpyAvx2(a, x, y, n);
-#endif
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-void scaleF32(float a, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] *= a;
 }
 
 void rmsNorm(const float* x, const float* w, int64_t n, float eps, float* out) {

@@ -18,11 +18,6 @@ void matmul(ThreadPool& pool, const float* x, int64_t M, int64_t K, const void* 
 /** dst[i] = (float) src[i] for a row of n elements in dtype `t`. */
 void toF32(const void* src, DType t, int64_t n, float* dst);
 
-float dotF32(const float* a, const float* b, int64_t n);
-/** y += a * x */
-void axpyF32(float a, const float* x, float* y, int64_t n);
-void scaleF32(float a, float* y, int64_t n);
-
 /**
  * Causal attention of `group` query heads that share one KV head, for one query token, over keys [0, numKeys).
  * q: [group, D] contiguous. Key j's K row is K + (pages[j / P] * P + j % P) * rowStride (likewise V).
