@@ -1,0 +1,87 @@
+// The KV router's index and cost (reference §5.1): stored runs chain through engine block hashes into sequence
+// hashes the router recomputes from a request's tokens; overlap counts leading cached blocks only; cost =
+// uncached prefill blocks + decode blocks (the worker's load, or what this router sent it and has not finished);
+// removals, clears and unknown parents; ties broken at random.
+import t from 'tap';
+import type { RouterEvent } from '../src/protocol/events.js';
+import { blockTokensHashes } from '../src/runtime/kv-hash.js';
+import { KvRouter } from '../src/frontend/kv-router.js';
+
+const BS = 4;
+const A = 0xaan;
+const B = 0xbbn;
+let eventId = 0n;
+
+function stored(worker: bigint, tokens: number[], blockHashes: bigint[], parent: bigint | null = null, tier: RouterEvent['storage_tier'] = 'device'): RouterEvent {
+  const th = blockTokensHashes(tokens, BS);
+  return {
+    worker_id: worker,
+    storage_tier: tier,
+    event: { event_id: eventId++, dp_rank: 0, data: { stored: { parent_hash: parent, start_position: null, blocks: blockHashes.map((h, i) => ({ block_hash: h, tokens_hash: th[i] })) } } },
+  };
+}
+
+function removed(worker: bigint, hashes: bigint[]): RouterEvent {
+  return { worker_id: worker, storage_tier: 'device', event: { event_id: eventId++, dp_rank: 0, data: { removed: { block_hashes: hashes } } } };
+}
+
+const prompt = Array.from({ length: 18 }, (_, i) => 10 + i); // 4 full blocks and 2 tokens more
+const blocks = (from: number, to: number) => prompt.slice(from * BS, to * BS);
+
+t.test('overlap counts the leading blocks a worker has, across stored runs linked by parent hash', async (t) => {
+  const r = new KvRouter({ blockSize: BS });
+  r.applyEvent(stored(A, blocks(0, 2), [101n, 102n]));
+  r.applyEvent(stored(A, blocks(2, 3), [103n], 102n));
+  const seq = r.sequenceHashesOf(prompt);
+  t.equal(seq.length, 4);
+  t.equal(r.overlap(A, seq), 3);
+  t.equal(r.overlap(B, seq), 0);
+  // the same tokens as a first block elsewhere are a different sequence: no overlap from the middle
+  r.applyEvent(stored(B, blocks(1, 2), [201n]));
+  t.equal(r.overlap(B, seq), 0, 'a block matches only with its whole prefix');
+  // a run whose parent the router never saw is dropped
+  r.applyEvent(stored(B, blocks(1, 2), [202n], 999n));
+  t.equal(r.overlap(B, seq), 0);
+  // host-tier blocks are not device cache
+  r.applyEvent(stored(B, blocks(0, 1), [203n], null, 'host_pinned'));
+  t.equal(r.overlap(B, seq), 0);
+});
+
+t.test('cost: uncached prefill blocks plus decode blocks, the minimum wins', async (t) => {
+  const r = new KvRouter({ blockSize: BS });
+  r.applyEvent(stored(A, blocks(0, 3), [1n, 2n, 3n]));
+  let d = r.select(prompt, [A, B]);
+  t.same({ id: d.instanceId, overlap: d.overlapBlocks, blocks: d.requestBlocks, cost: d.cost }, { id: A, overlap: 3, blocks: 5, cost: 2 });
+  r.applyLoad({ worker_id: A, dp_rank: 0, active_decode_blocks: null, active_prefill_tokens: null, kv_used_blocks: 10 });
+  d = r.select(prompt, [A, B]);
+  t.equal(d.instanceId, B, 'a busy worker loses to an idle one despite its cache (12 > 5)');
+  t.equal(d.cost, 5);
+  r.applyLoad({ worker_id: A, dp_rank: 0, active_decode_blocks: null, active_prefill_tokens: null, kv_used_blocks: 0 });
+  // what this router sent counts until the stream ends, even before the worker reports it
+  const release = r.track(A, 4);
+  t.equal(r.select(prompt, [A, B]).instanceId, B);
+  release();
+  release();
+  t.equal(r.select(prompt, [A, B]).instanceId, A);
+  t.equal(r.select(prompt, [B]).instanceId, B, 'only candidates are considered');
+});
+
+t.test('removals and clears take blocks away; workers that left are forgotten', async (t) => {
+  const r = new KvRouter({ blockSize: BS });
+  r.applyEvent(stored(A, blocks(0, 4), [1n, 2n, 3n, 4n]));
+  const seq = r.sequenceHashesOf(prompt);
+  r.applyEvent(removed(A, [4n, 3n, 77n]));
+  t.equal(r.overlap(A, seq), 2);
+  r.applyEvent({ worker_id: A, storage_tier: 'device', event: { event_id: eventId++, dp_rank: 0, data: 'cleared' } });
+  t.equal(r.overlap(A, seq), 0);
+  r.applyEvent(stored(A, blocks(0, 1), [1n]));
+  r.retain(new Set([B]));
+  t.equal(r.overlap(A, seq), 0);
+});
+
+t.test('ties are broken at random', async (t) => {
+  const r = new KvRouter({ blockSize: BS });
+  const picks = new Set<bigint>();
+  for (let i = 0; i < 200 && picks.size < 2; i++) picks.add(r.select(prompt, [A, B]).instanceId);
+  t.same([...picks].sort(), [A, B]);
+});
