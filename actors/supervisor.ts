@@ -11,6 +11,7 @@ import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { parseWire } from '../src/protocol/validate.js';
 import { Scheduler, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest } from '../src/scheduler/scheduler.js';
 import type { EngineSummary } from './messages.js';
+import { exportCachedPrefix, importPrefix, type PrefixPages } from '../src/disagg/prefix.js';
 import type { RankEngineInit } from './rank-engine.js';
 import { RankHandle } from './rank.js';
 
@@ -179,16 +180,19 @@ export class Supervisor {
     }
   }
 
-  /** Copies KV pages to the host, ordered after every step already submitted (disaggregated prefill). */
-  exportPages(pages: readonly number[]): Promise<Uint8Array> {
+  /** Disaggregated prefill: copies the cached full pages of tokenIds[0, maxTokens) to the host, ordered after every
+   * step already submitted (src/disagg/prefix.ts). */
+  exportPrefix(tokenIds: number[], maxTokens: number): Promise<PrefixPages> {
     if (!this.core) return Promise.reject(this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running'));
-    return this.core.rank.exportPages(pages);
+    return exportCachedPrefix(this.core.scheduler, this.core.rank, tokenIds, maxTokens);
   }
 
-  /** Writes KV pages from the host, ordered before every step submitted later (disaggregated decode). */
-  importPages(pages: readonly number[], data: Uint8Array): Promise<void> {
-    if (!this.core) return Promise.reject(this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running'));
-    return this.core.rank.importPages(pages, data);
+  /** Disaggregated decode: makes transferred pages a cached prefix, ordered before every step submitted later;
+   * returns the number of pages imported. */
+  async importPrefix(prefix: PrefixPages): Promise<number> {
+    if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
+    const core = this.core;
+    return importPrefix(core.scheduler, core.rank, prefix);
   }
 
   /** Fails in-flight requests with LLM_ERR_SHUTDOWN, stops the scheduler and closes the rank. */

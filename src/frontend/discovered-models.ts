@@ -19,6 +19,7 @@ import type { ResponseStream } from '../runtime/request-plane/response-stream.js
 import { KvRouter } from './kv-router.js';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index.js';
 import type { GenerateOptions, ModelDirectory, ServedModel } from './models.js';
+import { PrefillRouter } from './prefill-router.js';
 
 export interface DiscoveredModelsOptions {
   discovery: Discovery;
@@ -49,6 +50,8 @@ export class DiscoveredModels implements ModelDirectory {
     private readonly watch: RecordWatch<ModelRecord>,
     /** Where workers call home with response streams; owned here so close() leaves nothing listening. */
     private readonly responses: ResponseServer,
+    /** Pairs requests with prefill workers for models that have them (disaggregated serving). */
+    private readonly prefill: PrefillRouter,
   ) {
     watch.onChange((records) => this.refresh(records));
   }
@@ -59,7 +62,9 @@ export class DiscoveredModels implements ModelDirectory {
     }
     const watch = options.discovery.watchModels(options.namespace);
     await watch.ready;
-    const d = new DiscoveredModels(options, watch, await ResponseServer.start());
+    const responses = await ResponseServer.start();
+    const prefill = await PrefillRouter.create({ discovery: options.discovery, namespace: options.namespace, responses, log: options.log });
+    const d = new DiscoveredModels(options, watch, responses, prefill);
     d.refresh(watch.list());
     return d;
   }
@@ -85,6 +90,7 @@ export class DiscoveredModels implements ModelDirectory {
 
   async close(): Promise<void> {
     this.watch.close();
+    this.prefill.close();
     for (const c of this.clients.values()) (await c.catch(() => null))?.close();
     for (const r of this.kvRouters.values()) r.close();
     await this.responses.close();
@@ -104,7 +110,7 @@ export class DiscoveredModels implements ModelDirectory {
       try {
         const tokenizer = this.tokenizerFor(card.tokenizer ?? null, card.source_path ?? null);
         const router = this.options.routing === 'kv' ? this.kvRouter(r, card.kv_cache_block_size) : null;
-        const model = new DiscoveredModel(name, tokenizer, card.context_length, () => this.client(r), router, this.options.migrationLimit ?? 0);
+        const model = new DiscoveredModel(name, tokenizer, card.context_length, () => this.client(r), router, this.options.migrationLimit ?? 0, this.prefill);
         this.models.set(name, { model, endpointKey });
         this.options.log?.(`model "${name}" served by ${endpointKey}`);
       } catch (err) {
@@ -166,6 +172,7 @@ class DiscoveredModel implements ServedModel {
     private readonly client: () => Promise<EndpointClient>,
     private readonly router: KvRouter | null,
     private readonly migrationLimit: number,
+    private readonly prefill: PrefillRouter | null = null,
   ) {}
 
   async *generate(request: PreprocessedRequest, options: GenerateOptions): AsyncIterable<LlmResponseChunk> {
@@ -175,7 +182,8 @@ class DiscoveredModel implements ServedModel {
     let current = request;
     for (;;) {
       try {
-        const { stream, release } = await this.route(client, current, options.signal);
+        const sent = this.prefill?.serves(this.name) ? await this.prefill.route(this.name, current) : current;
+        const { stream, release } = await this.route(client, sent, options.signal);
         try {
           for await (const annotated of stream) {
             if (annotated.event === 'error' || annotated.error !== undefined) throw workerError(annotated.error, annotated.comment);

@@ -12,6 +12,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { WorkerConfig } from '../config/schema.js';
 import { LlmError } from '../errors.js';
 import { Supervisor } from '../../actors/supervisor.js';
+import { DisaggService } from '../disagg/service.js';
 import { Discovery, type DiscoveryConfig } from '../runtime/discovery/index.js';
 import { serveEndpoint, type EndpointHandler, type ServedEndpoint } from '../runtime/endpoint.js';
 import { CanaryHealthCheck, effectiveHealthCheckPayload, HealthRegistry } from '../runtime/health.js';
@@ -24,8 +25,9 @@ import { TcpRequestServer } from '../runtime/request-plane/tcp-server.js';
 import { WorkerMetrics } from '../runtime/metrics.js';
 import { SystemServer } from '../runtime/system-server.js';
 import { modelTypeToWire, ModelTypeFlag, type ModelDeploymentCard } from '../protocol/mdc.js';
-import { PreprocessedRequestSchema } from '../protocol/request.js';
+import { PreprocessedRequestSchema, type PreprocessedRequest } from '../protocol/request.js';
 import { parseWire } from '../protocol/validate.js';
+import { stringifyJsonExact } from '../protocol/json.js';
 import { loadTokenizer } from '../tokenizer/index.js';
 
 export type WorkerLog = (line: string) => void;
@@ -45,6 +47,8 @@ export interface WorkerHandle {
   readonly instanceId: bigint;
   readonly card: ModelDeploymentCard;
   readonly systemServer: SystemServer | null;
+  /** The disaggregated prefill/decode service (null for an aggregated worker). */
+  readonly disagg: DisaggService | null;
   readonly health: HealthRegistry;
   /** Graceful shutdown; resolves when everything is stopped. Idempotent. */
   shutdown(): Promise<void>;
@@ -63,9 +67,6 @@ export function discoveryConfigOf(config: WorkerConfig): DiscoveryConfig {
 
 /** What this build cannot serve yet, refused before anything is loaded. */
 function checkSupported(config: WorkerConfig): void {
-  if (config.servingMode !== 'aggregated') {
-    throw new LlmError('LLM_ERR_CONFIG', `--disaggregation-mode ${config.servingMode}: disaggregated prefill/decode serving is not available in this build yet; run an aggregated worker`);
-  }
   if (config.workerKind !== 'llm') {
     throw new LlmError('LLM_ERR_CONFIG', `worker kind "${config.workerKind}" (embedding / multimodal) is not available in this build yet`);
   }
@@ -132,6 +133,18 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     throw err;
   }
 
+  // Prefill / decode workers serve the disaggregated handlers (src/disagg) over the same supervisor.
+  let disagg: DisaggService | null = null;
+  try {
+    if (config.servingMode !== 'aggregated') disagg = await DisaggService.start({ config, supervisor, discovery, log });
+  } catch (err) {
+    await kvEvents.close();
+    await supervisor.stop();
+    await systemServer?.close();
+    if (!options.discovery) await discovery.close();
+    throw err;
+  }
+
   // Shutdown fires this: requests still running after the grace period end with EngineShutdown.
   const shutdownController = new AbortController();
   const endpointMetrics = metrics.endpointMetrics(namespace, component, endpoint, model);
@@ -140,18 +153,18 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   let canary: CanaryHealthCheck | undefined;
 
   const handler: EndpointHandler = async function* generate(raw, ctx) {
-    const recorder = endpointMetrics.requestStarted(Buffer.byteLength(JSON.stringify(raw)));
+    const recorder = endpointMetrics.requestStarted(Buffer.byteLength(stringifyJsonExact(raw)));
     canary?.noteActivity();
     try {
-      const request = parseWire(PreprocessedRequestSchema, raw, 'request');
+      const request = disagg ? raw : parseWire(PreprocessedRequestSchema, raw, 'request');
       if (shutdownController.signal.aborted) throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} is shutting down`);
       const signal = AbortSignal.any([ctx.signal, shutdownController.signal]);
-      for await (const chunk of supervisor.generate(request, { signal, requestId: ctx.id })) {
+      for await (const chunk of (disagg ? disagg.generate(request, { signal, requestId: ctx.id }) : supervisor.generate(request as PreprocessedRequest, { signal, requestId: ctx.id }))) {
         if (shutdownController.signal.aborted && !ctx.signal.aborted) {
           throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} shut down before the request finished`);
         }
         if (streamDelayMs > 0) await new Promise((r) => setTimeout(r, streamDelayMs));
-        recorder.responseBytes(Buffer.byteLength(JSON.stringify(chunk)));
+        recorder.responseBytes(Buffer.byteLength(stringifyJsonExact(chunk)));
         yield chunk;
       }
       if (ctx.signal.aborted) recorder.cancelled();
@@ -178,20 +191,25 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   } catch (err) {
     await planeServer?.close();
     await kvEvents.close();
+    await disagg?.close();
     await supervisor.stop();
     await systemServer?.close();
     if (!options.discovery) await discovery.close();
     throw err;
   }
-  const card = modelCard(config, tokenizerArtifacts(config.tokenizerPath ?? config.modelPath), {
+  const baseCard = modelCard(config, tokenizerArtifacts(config.tokenizerPath ?? config.modelPath), {
     contextLength: config.contextLength ?? engine.maxPositionEmbeddings,
     totalKvBlocks: engine.kv.numPages,
   });
+  // A prefill worker registers as Prefill and publishes where its bootstrap server really listens.
+  const card: ModelDeploymentCard = disagg?.endpoint
+    ? { ...baseCard, model_type: modelTypeToWire(ModelTypeFlag.Prefill), runtime_config: { ...baseCard.runtime_config, disaggregated_endpoint: disagg.endpoint } }
+    : baseCard;
   await discovery.registerModel({ namespace, component, endpoint, card });
   health.setSystemStatus('ready');
   health.setEndpointStatus(endpointName, 'ready');
   if (config.healthCheckEnabled) {
-    const payload = effectiveHealthCheckPayload({ ...healthCheckPayload({ bos: tokenizer.bosTokenId }) }, config.healthCheckPayload);
+    const payload = effectiveHealthCheckPayload({ ...healthCheckPayload({ bos: tokenizer.bosTokenId, disagg: disagg !== null, bootstrapPort: disagg?.endpoint?.bootstrap_port ?? 0 }) }, config.healthCheckPayload);
     canary = new CanaryHealthCheck({
       endpoint: endpointName,
       payload,
@@ -228,6 +246,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
       }
       await planeServer?.close();
       await kvEvents.close();
+      await disagg?.close();
       await supervisor.stop();
       await systemServer?.close();
       if (!options.discovery) await discovery.close();
@@ -235,7 +254,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     return stopping;
   };
 
-  return { config, discovery, supervisor, instanceId: discovery.instanceId, card, systemServer, health, shutdown };
+  return { config, discovery, supervisor, instanceId: discovery.instanceId, card, systemServer, health, disagg, shutdown };
 }
 
 /** `dynamo-sglang start`: runs until SIGTERM/SIGINT, then shuts down gracefully and returns the exit code. */

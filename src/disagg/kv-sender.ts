@@ -1,0 +1,202 @@
+// The prefill side of a KV hand-off: a bootstrap server (TCP) where decode workers fetch the KV pages of a prompt
+// by bootstrap_room, and the table pairing each room's prefill with the decode connection asking for it. Either
+// may come first: a fetch for a room whose prefill is still running waits for it.
+//
+// Transfer is host-staged: once the prefill finished, its pages are copied to a host buffer (./prefix.ts), which
+// the room holds until the decode side has it, the decode side goes away, or the transfer timeout passes. The
+// device pages go back to the prefix cache at once, so a room that never completes costs host memory only until
+// its timeout, and no KV page can leak.
+import { createServer, type Server, type Socket } from 'node:net';
+import { LlmError } from '../errors.js';
+import { FrameReader, writeFrame, type FetchFrame } from './frames.js';
+import { checkLayouts, type KvLayout } from './layout.js';
+import type { PrefixPages } from './prefix.js';
+
+export interface KvSenderOptions {
+  layout: KvLayout;
+  /** Bind address (all interfaces when absent) and port (0: any free one). */
+  host?: string;
+  port: number;
+  /** How long each half of a room waits for the other (and for the pages to go out). */
+  timeoutMs: number;
+}
+
+interface Room {
+  room: bigint;
+  /** A decode connection waiting for this room's pages. */
+  fetcher: { socket: Socket; peer: string } | null;
+  /** Set by publish. */
+  pages: PrefixPages | null;
+  /** Aborts when the decode side gave the room up or it timed out. */
+  cancelled: AbortController;
+  timer: NodeJS.Timeout | undefined;
+  settle: (err?: LlmError) => void;
+  done: Promise<void>;
+}
+
+export class KvSender {
+  private readonly rooms = new Map<bigint, Room>();
+  private readonly sockets = new Set<Socket>();
+  /** Rooms the decode side gave up before their prefill finished, kept for one timeout: their prefill is skipped. */
+  private readonly givenUp = new Map<bigint, { error: LlmError; until: number }>();
+  private closed = false;
+
+  private constructor(
+    private readonly options: KvSenderOptions,
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
+
+  static async start(options: KvSenderOptions): Promise<KvSender> {
+    const server = createServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) =>
+        reject(new LlmError('LLM_ERR_CONFIG', `--disaggregation-bootstrap-port ${options.port}: cannot listen for KV bootstrap connections: ${err.message}`)),
+      );
+      server.listen(options.port, options.host, () => resolve());
+    });
+    const sender = new KvSender(options, server, (server.address() as { port: number }).port);
+    server.on('connection', (s) => sender.onConnection(s));
+    return sender;
+  }
+
+  /** Rooms not settled yet, and the bytes they hold (tests check that nothing lingers). */
+  get pending(): { rooms: number; bytes: number } {
+    let bytes = 0;
+    for (const r of this.rooms.values()) bytes += r.pages?.data.length ?? 0;
+    return { rooms: this.rooms.size, bytes };
+  }
+
+  /** Starts (or joins, when its fetch came first) a room before its prefill runs. The signal aborts when the decode
+   * side gives the room up, so the prefill can stop early. */
+  open(room: bigint): AbortSignal {
+    const gone = this.givenUp.get(room);
+    if (gone) return AbortSignal.abort(gone.error);
+    return this.entry(room).cancelled.signal;
+  }
+
+  /** The room's prefill finished: hand its pages to the decode side. Resolves once they are sent; rejects when the
+   * decode side went away (LLM_ERR_CANCELLED) or never came within the timeout (LLM_ERR_TIMEOUT). */
+  publish(room: bigint, pages: PrefixPages): Promise<void> {
+    const gone = this.givenUp.get(room);
+    if (gone) return Promise.reject(gone.error);
+    const r = this.entry(room);
+    r.pages = pages;
+    this.rearm(r);
+    this.trySend(r);
+    return r.done;
+  }
+
+  /** The room's prefill failed: tell a waiting decode side and drop the room. */
+  abandon(room: bigint, error: LlmError): void {
+    const r = this.rooms.get(room);
+    if (!r) return;
+    this.refuse(r, error.code, `prefill of bootstrap room ${room} failed: ${error.message}`);
+    this.settle(r, error);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const r of [...this.rooms.values()]) this.abandon(r.room, new LlmError('LLM_ERR_SHUTDOWN', 'the prefill worker is shutting down'));
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private entry(room: bigint): Room {
+    let r = this.rooms.get(room);
+    if (r) return r;
+    let settle!: (err?: LlmError) => void;
+    const done = new Promise<void>((resolve, reject) => (settle = (err) => (err ? reject(err) : resolve())));
+    done.catch(() => undefined); // nobody awaits a room whose fetch came first and whose prefill never does
+    r = { room, fetcher: null, pages: null, cancelled: new AbortController(), timer: undefined, settle, done };
+    this.rooms.set(room, r);
+    this.rearm(r);
+    return r;
+  }
+
+  private rearm(r: Room): void {
+    clearTimeout(r.timer);
+    const ms = this.options.timeoutMs;
+    r.timer = setTimeout(() => {
+      const waitingFor = r.pages ? 'no decode worker fetched its KV pages' : 'its prefill did not finish';
+      const err = new LlmError('LLM_ERR_TIMEOUT', `bootstrap room ${r.room}: ${waitingFor} within ${ms / 1000} s (--kv-transfer-timeout); pages released`);
+      this.refuse(r, err.code, err.message);
+      this.settle(r, err);
+    }, ms);
+    r.timer.unref();
+  }
+
+  /** Sends an error frame to a waiting decode side and closes its connection. */
+  private refuse(r: Room, code: string, message: string): void {
+    if (!r.fetcher) return;
+    writeFrame(r.fetcher.socket, { type: 'error', code, message });
+    r.fetcher.socket.end();
+    r.fetcher = null;
+  }
+
+  private settle(r: Room, err?: LlmError): void {
+    if (this.rooms.get(r.room) !== r) return;
+    this.rooms.delete(r.room);
+    clearTimeout(r.timer);
+    if (err && !r.pages) {
+      const now = Date.now();
+      for (const [k, v] of this.givenUp) if (v.until < now) this.givenUp.delete(k);
+      this.givenUp.set(r.room, { error: err, until: now + this.options.timeoutMs });
+    }
+    r.pages = null;
+    if (err) r.cancelled.abort(err);
+    r.settle(err);
+  }
+
+  private onConnection(socket: Socket): void {
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.sockets.add(socket);
+    const reader = new FrameReader(`decode worker ${peer}`);
+    let room: Room | null = null;
+    socket.on('data', (chunk) => {
+      try {
+        for (const f of reader.push(chunk)) {
+          if (f.header.type !== 'fetch' || room) throw new LlmError('LLM_ERR_PROTOCOL', `KV bootstrap: expected one fetch frame from ${peer}, got ${f.header.type}`);
+          room = this.onFetch(socket, peer, f.header);
+        }
+      } catch (err) {
+        const e = err instanceof LlmError ? err : new LlmError('LLM_ERR_PROTOCOL', String(err));
+        writeFrame(socket, { type: 'error', code: e.code, message: e.message });
+        socket.end();
+      }
+    });
+    socket.on('error', () => undefined); // 'close' follows
+    socket.on('close', () => {
+      this.sockets.delete(socket);
+      // The decode side went away before its pages were sent (cancelled, or died): drop them now.
+      if (room && room.fetcher?.socket === socket) {
+        room.fetcher = null;
+        this.settle(room, new LlmError('LLM_ERR_CANCELLED', `bootstrap room ${room.room}: the decode worker ${peer} went away before the KV pages were sent`));
+      }
+    });
+  }
+
+  private onFetch(socket: Socket, peer: string, f: FetchFrame): Room {
+    const roomId = BigInt(f.room);
+    checkLayouts(this.options.layout, f.layout, `bootstrap room ${roomId}: prefill worker (bootstrap port ${this.port}) vs decode worker ${peer}`);
+    const gone = this.givenUp.get(roomId);
+    if (gone) throw new LlmError(gone.error.code, `bootstrap room ${roomId} was already given up: ${gone.error.message}`);
+    const r = this.entry(roomId);
+    if (r.fetcher) throw new LlmError('LLM_ERR_PROTOCOL', `bootstrap room ${roomId} is already being fetched by ${r.fetcher.peer}`);
+    r.fetcher = { socket, peer };
+    this.trySend(r);
+    return r;
+  }
+
+  /** Sends the pages when both halves are there. */
+  private trySend(r: Room): void {
+    if (!r.fetcher || !r.pages) return;
+    const { socket } = r.fetcher;
+    const p = r.pages;
+    writeFrame(socket, { type: 'pages', room: r.room.toString(), layout: this.options.layout, token_ids: p.tokenIds, page_count: p.pageCount }, p.data);
+    r.fetcher = null; // the close that follows is not a cancellation
+    socket.end();
+    this.settle(r);
+  }
+}

@@ -1,0 +1,155 @@
+// The frontend's prefill router (reference §3.1): when a model has prefill workers (cards with model_type Prefill
+// under the same display name), each request first goes to one of them with max_tokens 1 and a fresh
+// bootstrap_room, in the background, and the decode request leaves at once carrying the same bootstrap_info; the
+// decode worker fetches the prompt's KV pages from that prefill worker's bootstrap server by room. The prefill
+// request is not tied to the client's cancellation: the prefill side must see the transfer through (or time out)
+// to release its pages. Without prefill workers requests pass through unchanged (aggregated serving).
+import { LlmError } from '../errors.js';
+import { EndpointClient } from '../runtime/client.js';
+import type { Discovery, RecordWatch } from '../runtime/discovery/index.js';
+import type { ResponseServer } from '../runtime/request-plane/response-server.js';
+import type { ModelRecord } from '../protocol/discovery.js';
+import type { Annotated } from '../protocol/transport.js';
+import { modelTypeFromWire, ModelTypeFlag } from '../protocol/mdc.js';
+import { BootstrapInfoSchema, type BootstrapInfo, type PreprocessedRequest } from '../protocol/request.js';
+import { LlmResponseChunkSchema } from '../protocol/response.js';
+import { parseWire } from '../protocol/validate.js';
+import { randomBootstrapRoom } from '../disagg/service.js';
+
+export interface PrefillRouterOptions {
+  discovery: Discovery;
+  namespace?: string;
+  responses: ResponseServer;
+  log?: (line: string) => void;
+}
+
+interface PrefillWorker {
+  endpointKey: string;
+  record: ModelRecord;
+  bootstrap: { bootstrap_host: string; bootstrap_port: number } | null;
+}
+
+export class PrefillRouter {
+  private workers = new Map<string, PrefillWorker[]>();
+  private readonly clients = new Map<string, Promise<EndpointClient>>();
+  private next = 0;
+  /** Background prefill streams still draining (tests wait for them). */
+  private readonly background = new Set<Promise<void>>();
+
+  private constructor(
+    private readonly options: PrefillRouterOptions,
+    private readonly watch: RecordWatch<ModelRecord>,
+  ) {
+    watch.onChange((records) => this.refresh(records));
+  }
+
+  static async create(options: PrefillRouterOptions): Promise<PrefillRouter> {
+    const watch = options.discovery.watchModels(options.namespace);
+    await watch.ready;
+    const router = new PrefillRouter(options, watch);
+    router.refresh(watch.list());
+    return router;
+  }
+
+  /** True when `model` has prefill workers: its requests are then disaggregated. */
+  serves(model: string): boolean {
+    return (this.workers.get(model)?.length ?? 0) > 0;
+  }
+
+  /** Starts the prefill half of a request in the background and returns the decode request to send now. */
+  async route(model: string, request: PreprocessedRequest): Promise<PreprocessedRequest> {
+    const workers = this.workers.get(model);
+    if (!workers?.length) return request;
+    const worker = workers[this.next++ % workers.length];
+    const client = await this.client(worker.record);
+    const prefillRequest = (bootstrap: BootstrapInfo | null): PreprocessedRequest => ({
+      ...request,
+      stop_conditions: { ...request.stop_conditions, max_tokens: 1 },
+      bootstrap_info: bootstrap,
+      routing: { ...request.routing, prefill_worker_id: worker.record.instance_id },
+    });
+    let info: BootstrapInfo;
+    if (worker.bootstrap) {
+      info = { ...worker.bootstrap, bootstrap_room: randomBootstrapRoom() };
+      const started = client.direct(prefillRequest(info), worker.record.instance_id);
+      this.drain(started.then((s) => s[Symbol.asyncIterator]()), worker);
+    } else {
+      // No published bootstrap endpoint: the prefill worker's first chunk says where to fetch the pages.
+      const stream = (await client.direct(prefillRequest(null), worker.record.instance_id))[Symbol.asyncIterator]();
+      info = await firstBootstrap(stream, worker.endpointKey);
+      this.drain(Promise.resolve(stream), worker);
+    }
+    return {
+      ...request,
+      bootstrap_info: info,
+      router_config_override: { ...request.router_config_override, overlap_score_weight: 0, assume_kv_reuse: false, track_prefill_tokens: false },
+    };
+  }
+
+  /** Resolves when every background prefill stream has ended. */
+  async settled(): Promise<void> {
+    while (this.background.size) await Promise.all([...this.background]);
+  }
+
+  close(): void {
+    this.watch.close();
+    for (const c of this.clients.values()) void c.then((client) => client.close(), () => undefined);
+  }
+
+  private drain(started: Promise<AsyncIterator<Annotated>>, worker: PrefillWorker): void {
+    const p = (async () => {
+      const stream = await started;
+      for (let r = await stream.next(); !r.done; r = await stream.next()) {
+        const annotated = r.value;
+        if (annotated.event === 'error' || annotated.error !== undefined) {
+          throw new LlmError('LLM_ERR_KV_TRANSFER', `prefill worker ${worker.record.instance_id.toString(16)}: ${JSON.stringify(annotated.error ?? annotated.comment)}`);
+        }
+      }
+    })()
+      .catch((err: unknown) => this.options.log?.(`prefill request on ${worker.endpointKey} failed: ${(err as Error).message}`))
+      .finally(() => this.background.delete(p));
+    this.background.add(p);
+  }
+
+  private refresh(records: ModelRecord[]): void {
+    const workers = new Map<string, PrefillWorker[]>();
+    for (const r of records) {
+      const card = r.card_json;
+      let bits: number;
+      try {
+        bits = modelTypeFromWire(card.model_type);
+      } catch {
+        continue;
+      }
+      if ((bits & ModelTypeFlag.Prefill) === 0) continue;
+      const list = workers.get(card.display_name) ?? [];
+      list.push({ endpointKey: `${r.namespace}/${r.component}/${r.endpoint}`, record: r, bootstrap: card.runtime_config.disaggregated_endpoint ?? null });
+      workers.set(card.display_name, list);
+    }
+    for (const [name, list] of workers) if (!this.workers.has(name)) this.options.log?.(`model "${name}": ${list.length} prefill worker(s), serving disaggregated`);
+    this.workers = workers;
+  }
+
+  private client(r: ModelRecord): Promise<EndpointClient> {
+    const key = `${r.namespace}/${r.component}/${r.endpoint}`;
+    let c = this.clients.get(key);
+    if (c === undefined) {
+      c = EndpointClient.create({ discovery: this.options.discovery, namespace: r.namespace, component: r.component, endpoint: r.endpoint, responses: this.options.responses });
+      this.clients.set(key, c);
+    }
+    return c;
+  }
+}
+
+async function firstBootstrap(stream: AsyncIterator<Annotated>, where: string): Promise<BootstrapInfo> {
+  for (let r = await stream.next(); !r.done; r = await stream.next()) {
+    const annotated = r.value;
+    if (annotated.event === 'error' || annotated.error !== undefined) {
+      throw new LlmError('LLM_ERR_KV_TRANSFER', `prefill worker on ${where} failed before giving its bootstrap info: ${JSON.stringify(annotated.error ?? annotated.comment)}`);
+    }
+    if (annotated.data === undefined) continue;
+    const chunk = parseWire(LlmResponseChunkSchema, annotated.data, 'prefill response', 'LLM_ERR_PROTOCOL');
+    return parseWire(BootstrapInfoSchema, chunk.disaggregated_params, 'prefill disaggregated_params', 'LLM_ERR_PROTOCOL');
+  }
+  throw new LlmError('LLM_ERR_KV_TRANSFER', `prefill worker on ${where} ended its stream without bootstrap info`);
+}
