@@ -1,0 +1,111 @@
+// Disaggregated serving as deployed, on the CPU backend with the tcp KV transfer: real etcd and nats-server,
+// `dynamo-sglang start --disaggregation-mode prefill|decode` processes, an aggregated worker, and one `frontend`
+// process per namespace. 32 concurrent greedy completions through the prefill router equal the aggregated ones;
+// then the prefill process is SIGKILLed while a decode request waits for its KV pages: the client gets a clear
+// error at once (not after the transfer timeout), and the decode worker goes on serving.
+// DYN_SGL_STREAM_DELAY_MS on the prefill worker holds its bootstrap chunk (and so its prefill) back 1.5 s, so the
+// kill lands while the decode side is connected and waiting.
+import t from 'tap';
+import { fileURLToPath } from 'node:url';
+import { startCli, type CliProcess } from './helpers/cli-process.js';
+import { startEtcd, startNats, type EtcdService, type NatsService } from './helpers/services.js';
+
+const MODEL = fileURLToPath(new URL('../models/stories260K.gguf', import.meta.url));
+
+let etcd: EtcdService;
+let nats: NatsService;
+const procs: CliProcess[] = [];
+
+function discoveryArgs(): string[] {
+  return ['--discovery-backend', 'etcd', '--etcd-endpoints', `http://${etcd.endpoint}`, '--nats-server', nats.url];
+}
+
+async function startWorker(ns: string, mode: 'aggregated' | 'prefill' | 'decode', env: NodeJS.ProcessEnv = {}): Promise<CliProcess> {
+  const proc = startCli(
+    [
+      'start', '--model-path', MODEL, '--served-model-name', 'stories260K', '--device', 'cpu', '--cpu-threads', '1', '--page-size', '4',
+      '--namespace', ns, ...discoveryArgs(), '--request-plane', 'tcp', '--tcp-rpc-host', '127.0.0.1', '--kv-transfer-timeout', '60',
+      ...(mode === 'aggregated' ? [] : ['--disaggregation-mode', mode]),
+    ],
+    env,
+  );
+  procs.push(proc);
+  await proc.waitFor(new RegExp(`serving ${ns}\\.${mode === 'prefill' ? 'prefill' : 'backend'}\\.generate as instance`), 90_000);
+  return proc;
+}
+
+async function startFrontend(ns: string): Promise<string> {
+  const proc = startCli(['frontend', '--http-port', '0', '--http-host', '127.0.0.1', '--namespace', ns, ...discoveryArgs()]);
+  procs.push(proc);
+  const [, port] = await proc.waitFor(/frontend listening on http:\/\/[0-9.]+:(\d+)/, 90_000);
+  const url = `http://127.0.0.1:${port}`;
+  for (const deadline = Date.now() + 30_000; ; ) {
+    const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
+    if (models.data.some((m) => m.id === 'stories260K')) return url;
+    if (Date.now() > deadline) throw new Error(`frontend ${url} never listed stories260K`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+interface Completion {
+  choices?: { text: string; finish_reason: string }[];
+  usage?: { completion_tokens: number; prompt_tokens_details?: { cached_tokens: number } | null };
+  error?: { message: string };
+}
+
+async function complete(url: string, prompt: string, maxTokens: number): Promise<{ status: number; body: Completion }> {
+  const r = await fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'stories260K', prompt, max_tokens: maxTokens, temperature: 0 }),
+  });
+  return { status: r.status, body: (await r.json()) as Completion };
+}
+
+let prefill: CliProcess;
+let aggUrl: string;
+let disUrl: string;
+
+t.before(async () => {
+  [etcd, nats] = await Promise.all([startEtcd(), startNats()]);
+  [prefill] = await Promise.all([
+    startWorker('dis', 'prefill', { DYN_SGL_STREAM_DELAY_MS: '1500' }),
+    startWorker('dis', 'decode'),
+    startWorker('agg', 'aggregated'),
+  ]);
+  [aggUrl, disUrl] = await Promise.all([startFrontend('agg'), startFrontend('dis')]);
+});
+
+t.teardown(async () => {
+  for (const p of procs) p.kill('SIGKILL');
+  await Promise.all(procs.map((p) => p.exited));
+  await nats?.stop();
+  await etcd?.stop();
+});
+
+const openers = ['Once upon a time', 'The little dog', 'Lily and Ben', 'One day, a big', 'Tom had a red', 'The sun was', 'Mom said', 'A bird flew'];
+
+t.test('32 concurrent completions: prefill + decode processes equal the aggregated worker', async (t) => {
+  const prompts = Array.from({ length: 32 }, (_, i) => `${openers[i % openers.length]}${' and the cat'.repeat(i % 5)} ${i}`);
+  const expected = await Promise.all(prompts.map((p) => complete(aggUrl, p, 16)));
+  const got = await Promise.all(prompts.map((p) => complete(disUrl, p, 16)));
+  for (let i = 0; i < prompts.length; i++) {
+    t.equal(got[i].status, 200, JSON.stringify(got[i].body.error));
+    t.equal(got[i].body.choices?.[0].text, expected[i].body.choices?.[0].text, `"${prompts[i]}"`);
+  }
+  // the decode worker took the prompts' KV from the prefill worker: most prompt tokens show up as cached
+  const cached = got.filter((g) => (g.body.usage?.prompt_tokens_details?.cached_tokens ?? 0) > 0).length;
+  t.ok(cached >= 24, `${cached} of 32 decode requests started from transferred KV`);
+});
+
+t.test('the prefill process killed while decode waits for its pages: a clear error at once', async (t) => {
+  const t0 = Date.now();
+  const pending = complete(disUrl, 'Once upon a time there was a girl', 8);
+  await new Promise((r) => setTimeout(r, 500));
+  prefill.kill('SIGKILL');
+  const { status, body } = await pending;
+  t.not(status, 200);
+  t.match(body.error?.message, /prefill worker at [^ ]+ closed the connection before the KV pages of bootstrap room \d+/);
+  t.ok(Date.now() - t0 < 10_000, `failed in ${Date.now() - t0} ms, not after the 60 s transfer timeout`);
+  await prefill.exited;
+});
