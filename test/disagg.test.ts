@@ -169,6 +169,19 @@ t.test('disaggregated prefill + decode over tcp', async (t) => {
     t.equal((await fetched).tokens.length, 5);
   });
 
+  t.test('the legacy {request, sampling_params} prefill wrapper and the disagg health-check payload', async (t) => {
+    const fake = { bootstrap_host: '2.2.2.2', bootstrap_port: bootstrap.bootstrap_port, bootstrap_room: 0 };
+    const legacy = await clientTokens(prefillClient, {
+      request: { token_ids: [1, 5, 6, 7], bootstrap_info: fake },
+      sampling_params: { max_new_tokens: 1, temperature: 0, top_p: 1, top_k: -1, ignore_eos: false },
+    });
+    t.same(legacy.chunks, [{ token_ids: [], text: null, finish_reason: null, disaggregated_params: fake }]);
+    const health = { stop_conditions: { max_tokens: 1, ignore_eos: false }, sampling_options: { temperature: 0, top_p: 1, top_k: -1 }, eos_token_ids: [], annotations: [], token_ids: [1], bootstrap_info: fake };
+    t.equal((await clientTokens(prefillClient, health)).chunks.length, 1, 'prefill answers the health check');
+    t.equal((await clientTokens(decodeClient, health)).tokens.length, 1, 'decode answers the health check without a transfer');
+    t.equal(sender.pending.rooms, 0);
+  });
+
   t.test('a cancelled decode request makes the prefill side drop its room', async (t) => {
     const room = randomBootstrapRoom();
     const p = [1, 7, 8, 9, 10, 11, 12, 13, 14, 15];
