@@ -81,10 +81,10 @@ export class FrameReader {
         throw new LlmError('LLM_ERR_PROTOCOL', `KV bootstrap frame from ${this.peer}: header is not JSON`);
       }
       const header = parseWire(BootstrapFrameSchema, raw, `KV bootstrap frame from ${this.peer}`, 'LLM_ERR_PROTOCOL');
-      // copy the body out, so the rest of the stream can be released
-      const body = new Uint8Array(all.subarray(8 + jsonLength, 4 + total));
-      out.push({ header, body });
       const rest = all.subarray(4 + total);
+      // a body that ends the buffered bytes is handed out as is; otherwise copied, so the rest can be released
+      const bodyView = all.subarray(8 + jsonLength, 4 + total);
+      out.push({ header, body: rest.length ? new Uint8Array(bodyView) : bodyView });
       this.chunks = rest.length ? [Buffer.from(rest)] : [];
       this.buffered = rest.length;
     }

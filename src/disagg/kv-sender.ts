@@ -14,8 +14,7 @@ import type { PrefixPages } from './prefix.js';
 
 export interface KvSenderOptions {
   layout: KvLayout;
-  /** Bind address (all interfaces when absent) and port (0: any free one). */
-  host?: string;
+  /** Port on all interfaces (0: any free one). */
   port: number;
   /** How long each half of a room waits for the other (and for the pages to go out). */
   timeoutMs: number;
@@ -53,7 +52,7 @@ export class KvSender {
       server.once('error', (err) =>
         reject(new LlmError('LLM_ERR_CONFIG', `--disaggregation-bootstrap-port ${options.port}: cannot listen for KV bootstrap connections: ${err.message}`)),
       );
-      server.listen(options.port, options.host, () => resolve());
+      server.listen(options.port, () => resolve());
     });
     const sender = new KvSender(options, server, (server.address() as { port: number }).port);
     server.on('connection', (s) => sender.onConnection(s));

@@ -33,8 +33,6 @@ export class PrefillRouter {
   private workers = new Map<string, PrefillWorker[]>();
   private readonly clients = new Map<string, Promise<EndpointClient>>();
   private next = 0;
-  /** Background prefill streams still draining (tests wait for them). */
-  private readonly background = new Set<Promise<void>>();
 
   private constructor(
     private readonly options: PrefillRouterOptions,
@@ -86,18 +84,13 @@ export class PrefillRouter {
     };
   }
 
-  /** Resolves when every background prefill stream has ended. */
-  async settled(): Promise<void> {
-    while (this.background.size) await Promise.all([...this.background]);
-  }
-
   close(): void {
     this.watch.close();
     for (const c of this.clients.values()) void c.then((client) => client.close(), () => undefined);
   }
 
   private drain(started: Promise<AsyncIterator<Annotated>>, worker: PrefillWorker): void {
-    const p = (async () => {
+    void (async () => {
       const stream = await started;
       for (let r = await stream.next(); !r.done; r = await stream.next()) {
         const annotated = r.value;
@@ -105,10 +98,7 @@ export class PrefillRouter {
           throw new LlmError('LLM_ERR_KV_TRANSFER', `prefill worker ${worker.record.instance_id.toString(16)}: ${JSON.stringify(annotated.error ?? annotated.comment)}`);
         }
       }
-    })()
-      .catch((err: unknown) => this.options.log?.(`prefill request on ${worker.endpointKey} failed: ${(err as Error).message}`))
-      .finally(() => this.background.delete(p));
-    this.background.add(p);
+    })().catch((err: unknown) => this.options.log?.(`prefill request on ${worker.endpointKey} failed: ${(err as Error).message}`));
   }
 
   private refresh(records: ModelRecord[]): void {
