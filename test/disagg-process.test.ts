@@ -1,10 +1,11 @@
 // Disaggregated serving as deployed, on the CPU backend with the tcp KV transfer: real etcd and nats-server,
-// `dynamo-sglang start --disaggregation-mode prefill|decode` processes, an aggregated worker, and one `frontend`
-// process per namespace. 32 concurrent greedy completions through the prefill router equal the aggregated ones;
-// then the prefill process is SIGKILLed while a decode request waits for its KV pages: the client gets a clear
-// error at once (not after the transfer timeout), and the decode worker goes on serving.
-// DYN_SGL_STREAM_DELAY_MS on the prefill worker holds its bootstrap chunk (and so its prefill) back 1.5 s, so the
-// kill lands while the decode side is connected and waiting.
+// `dynamo-sglang start --disaggregation-mode prefill|decode` processes (three prefill, one decode), an aggregated
+// worker, and `frontend` processes. 32 concurrent greedy completions through the prefill router equal the
+// aggregated ones. Then the prefill process serving a request is SIGKILLed while the decode side waits for its KV
+// pages: without migration the client gets a clear error at once (not after the transfer timeout); with
+// --migration-limit the request is routed again through a live prefill worker and completes with the same text.
+// DYN_SGL_STREAM_DELAY_MS on the prefill workers holds their bootstrap chunk (and so their prefill) back 1.5 s, so
+// the kill lands while the decode side is connected and waiting.
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
 import { startCli, type CliProcess } from './helpers/cli-process.js';
@@ -20,22 +21,52 @@ function discoveryArgs(): string[] {
   return ['--discovery-backend', 'etcd', '--etcd-endpoints', `http://${etcd.endpoint}`, '--nats-server', nats.url];
 }
 
-async function startWorker(ns: string, mode: 'aggregated' | 'prefill' | 'decode', env: NodeJS.ProcessEnv = {}): Promise<CliProcess> {
+interface Worker {
+  proc: CliProcess;
+  systemUrl: string;
+}
+
+async function startWorker(ns: string, mode: 'aggregated' | 'prefill' | 'decode', env: NodeJS.ProcessEnv = {}): Promise<Worker> {
   const proc = startCli(
     [
       'start', '--model-path', MODEL, '--served-model-name', 'stories260K', '--device', 'cpu', '--cpu-threads', '1', '--page-size', '4',
       '--namespace', ns, ...discoveryArgs(), '--request-plane', 'tcp', '--tcp-rpc-host', '127.0.0.1', '--kv-transfer-timeout', '60',
-      ...(mode === 'aggregated' ? [] : ['--disaggregation-mode', mode]),
+      '--system-port', '0', '--system-host', '127.0.0.1', ...(mode === 'aggregated' ? [] : ['--disaggregation-mode', mode]),
     ],
     env,
   );
   procs.push(proc);
+  const [, systemUrl] = await proc.waitFor(/system server on (http:\/\/[0-9.:]+)\//, 90_000);
   await proc.waitFor(new RegExp(`serving ${ns}\\.${mode === 'prefill' ? 'prefill' : 'backend'}\\.generate as instance`), 90_000);
-  return proc;
+  return { proc, systemUrl };
 }
 
-async function startFrontend(ns: string): Promise<string> {
-  const proc = startCli(['frontend', '--http-port', '0', '--http-host', '127.0.0.1', '--namespace', ns, ...discoveryArgs()]);
+/** Requests being served by the worker now (its dynamo_component_inflight_requests gauge). */
+async function inflight(w: Worker): Promise<number> {
+  const text = await (await fetch(`${w.systemUrl}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('dynamo_component_inflight_requests{'));
+  return line ? Number(line.split(' ').at(-1)) : 0;
+}
+
+/** SIGKILLs the prefill worker serving a request now. */
+async function killServingPrefill(): Promise<Worker> {
+  for (const deadline = Date.now() + 5000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 20))) {
+    const loads = await Promise.all(prefills.map(inflight));
+    const i = loads.findIndex((n) => n > 0);
+    if (i < 0) continue;
+    const [victim] = prefills.splice(i, 1);
+    // the decode side connects to the victim's bootstrap server right after the prefill request is accepted; the
+    // victim holds its prefill for 1.5 s, so 300 ms from now the decode side is waiting for the pages
+    await new Promise((r) => setTimeout(r, 300));
+    victim.proc.kill('SIGKILL');
+    await victim.proc.exited;
+    return victim;
+  }
+  throw new Error('no prefill worker is serving a request');
+}
+
+async function startFrontend(ns: string, extra: string[] = []): Promise<string> {
+  const proc = startCli(['frontend', '--http-port', '0', '--http-host', '127.0.0.1', '--namespace', ns, ...discoveryArgs(), ...extra]);
   procs.push(proc);
   const [, port] = await proc.waitFor(/frontend listening on http:\/\/[0-9.]+:(\d+)/, 90_000);
   const url = `http://127.0.0.1:${port}`;
@@ -62,18 +93,23 @@ async function complete(url: string, prompt: string, maxTokens: number): Promise
   return { status: r.status, body: (await r.json()) as Completion };
 }
 
-let prefill: CliProcess;
+let prefills: Worker[];
 let aggUrl: string;
 let disUrl: string;
+let migratingUrl: string;
 
 t.before(async () => {
   [etcd, nats] = await Promise.all([startEtcd(), startNats()]);
-  [prefill] = await Promise.all([
-    startWorker('dis', 'prefill', { DYN_SGL_STREAM_DELAY_MS: '1500' }),
+  const delayed = { DYN_SGL_STREAM_DELAY_MS: '1500' };
+  const started = await Promise.all([
+    startWorker('dis', 'prefill', delayed),
+    startWorker('dis', 'prefill', delayed),
+    startWorker('dis', 'prefill', delayed),
     startWorker('dis', 'decode'),
     startWorker('agg', 'aggregated'),
   ]);
-  [aggUrl, disUrl] = await Promise.all([startFrontend('agg'), startFrontend('dis')]);
+  prefills = started.slice(0, 3);
+  [aggUrl, disUrl, migratingUrl] = await Promise.all([startFrontend('agg'), startFrontend('dis'), startFrontend('dis', ['--migration-limit', '3'])]);
 });
 
 t.teardown(async () => {
@@ -101,11 +137,20 @@ t.test('32 concurrent completions: prefill + decode processes equal the aggregat
 t.test('the prefill process killed while decode waits for its pages: a clear error at once', async (t) => {
   const t0 = Date.now();
   const pending = complete(disUrl, 'Once upon a time there was a girl', 8);
-  await new Promise((r) => setTimeout(r, 500));
-  prefill.kill('SIGKILL');
+  await killServingPrefill();
   const { status, body } = await pending;
   t.not(status, 200);
   t.match(body.error?.message, /prefill worker at [^ ]+ closed the connection before the KV pages of bootstrap room \d+/);
   t.ok(Date.now() - t0 < 10_000, `failed in ${Date.now() - t0} ms, not after the 60 s transfer timeout`);
-  await prefill.exited;
+});
+
+t.test('with --migration-limit the request is routed again through a live prefill worker', async (t) => {
+  const prompt = 'Lily saw a big red ball';
+  const expected = await complete(aggUrl, prompt, 12);
+  const pending = complete(migratingUrl, prompt, 12);
+  await killServingPrefill();
+  const { status, body } = await pending;
+  t.equal(status, 200, JSON.stringify(body.error));
+  t.equal(body.choices?.[0].text, expected.body.choices?.[0].text, 'the same greedy text');
+  t.equal(prefills.length, 1, 'one prefill worker left');
 });

@@ -204,7 +204,10 @@ class DiscoveredModel implements ServedModel {
         return;
       } catch (err) {
         if (options.signal.aborted) return;
-        if (!isMigratable(err) || migrations >= this.migrationLimit) throw err;
+        // a decode attempt whose KV transfer failed (its prefill worker died) ends before its first token: route it
+        // again, through another prefill worker
+        const transferFailed = err instanceof LlmError && err.code === 'LLM_ERR_KV_TRANSFER';
+        if (!(isMigratable(err) || transferFailed) || migrations >= this.migrationLimit) throw err;
         migrations++;
         current = migrated(request, produced);
         if ((current.stop_conditions.max_tokens ?? 1) <= 0) return;

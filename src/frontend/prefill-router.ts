@@ -1,9 +1,11 @@
 // The frontend's prefill router (reference §3.1): when a model has prefill workers (cards with model_type Prefill
 // under the same display name), each request first goes to one of them with max_tokens 1 and a fresh
-// bootstrap_room, in the background, and the decode request leaves at once carrying the same bootstrap_info; the
-// decode worker fetches the prompt's KV pages from that prefill worker's bootstrap server by room. The prefill
-// request is not tied to the client's cancellation: the prefill side must see the transfer through (or time out)
-// to release its pages. Without prefill workers requests pass through unchanged (aggregated serving).
+// bootstrap_room, in the background, and the decode request leaves as soon as the prefill worker accepted it,
+// carrying the same bootstrap_info; the decode worker fetches the prompt's KV pages from that prefill worker's
+// bootstrap server by room. The prefill request is not tied to the client's cancellation: the prefill side must
+// see the transfer through (or time out) to release its pages. A decode request that failed on its KV transfer
+// before any token may be migrated like a dead worker's (discovered-models.ts): it is routed again, to a prefill
+// worker that can be reached. Without prefill workers requests pass through unchanged (aggregated serving).
 import { LlmError } from '../errors.js';
 import { EndpointClient } from '../runtime/client.js';
 import type { Discovery, RecordWatch } from '../runtime/discovery/index.js';
@@ -54,11 +56,43 @@ export class PrefillRouter {
     return (this.workers.get(model)?.length ?? 0) > 0;
   }
 
-  /** Starts the prefill half of a request in the background and returns the decode request to send now. */
+  /** Starts the prefill half of a request in the background and returns the decode request to send now. The
+   * prefill request is sent once accepted by a prefill worker (an ACK, not its completion): one that cannot be
+   * reached is marked down and the next is tried, so a dead prefill worker costs no decode-side timeout. */
   async route(model: string, request: PreprocessedRequest): Promise<PreprocessedRequest> {
     const workers = this.workers.get(model);
     if (!workers?.length) return request;
-    const worker = workers[this.next++ % workers.length];
+    const tried = new Set<bigint>();
+    let lastError: unknown;
+    for (;;) {
+      const candidates: PrefillWorker[] = [];
+      for (const w of workers) {
+        const id = w.record.instance_id;
+        if (!tried.has(id) && (await this.client(w.record)).available().some((r) => r.instance_id === id)) candidates.push(w);
+      }
+      if (!candidates.length) {
+        const why = lastError instanceof Error ? `: ${lastError.message}` : '';
+        throw new LlmError('LLM_ERR_TRANSPORT', `model "${model}": none of its ${workers.length} prefill worker(s) can be reached${why}`);
+      }
+      const worker = candidates[this.next++ % candidates.length];
+      try {
+        const info = await this.startPrefill(worker, request);
+        return {
+          ...request,
+          bootstrap_info: info,
+          router_config_override: { ...request.router_config_override, overlap_score_weight: 0, assume_kv_reuse: false, track_prefill_tokens: false },
+        };
+      } catch (err) {
+        // an instance that refused the request never saw it: another may take it
+        if (!(err instanceof LlmError && (err.code === 'LLM_ERR_TRANSPORT' || err.code === 'LLM_ERR_TIMEOUT'))) throw err;
+        tried.add(worker.record.instance_id);
+        lastError = err;
+      }
+    }
+  }
+
+  /** Sends the prefill request (max_tokens 1) and leaves its stream draining; returns the bootstrap info. */
+  private async startPrefill(worker: PrefillWorker, request: PreprocessedRequest): Promise<BootstrapInfo> {
     const client = await this.client(worker.record);
     const prefillRequest = (bootstrap: BootstrapInfo | null): PreprocessedRequest => ({
       ...request,
@@ -66,22 +100,17 @@ export class PrefillRouter {
       bootstrap_info: bootstrap,
       routing: { ...request.routing, prefill_worker_id: worker.record.instance_id },
     });
-    let info: BootstrapInfo;
     if (worker.bootstrap) {
-      info = { ...worker.bootstrap, bootstrap_room: randomBootstrapRoom() };
-      const started = client.direct(prefillRequest(info), worker.record.instance_id);
-      this.drain(started.then((s) => s[Symbol.asyncIterator]()), worker);
-    } else {
-      // No published bootstrap endpoint: the prefill worker's first chunk says where to fetch the pages.
-      const stream = (await client.direct(prefillRequest(null), worker.record.instance_id))[Symbol.asyncIterator]();
-      info = await firstBootstrap(stream, worker.endpointKey);
-      this.drain(Promise.resolve(stream), worker);
+      const info = { ...worker.bootstrap, bootstrap_room: randomBootstrapRoom() };
+      const stream = await client.direct(prefillRequest(info), worker.record.instance_id);
+      this.drain(stream[Symbol.asyncIterator](), worker);
+      return info;
     }
-    return {
-      ...request,
-      bootstrap_info: info,
-      router_config_override: { ...request.router_config_override, overlap_score_weight: 0, assume_kv_reuse: false, track_prefill_tokens: false },
-    };
+    // No published bootstrap endpoint: the prefill worker's first chunk says where to fetch the pages.
+    const stream = (await client.direct(prefillRequest(null), worker.record.instance_id))[Symbol.asyncIterator]();
+    const info = await firstBootstrap(stream, worker.endpointKey);
+    this.drain(stream, worker);
+    return info;
   }
 
   close(): void {
@@ -89,9 +118,8 @@ export class PrefillRouter {
     for (const c of this.clients.values()) void c.then((client) => client.close(), () => undefined);
   }
 
-  private drain(started: Promise<AsyncIterator<Annotated>>, worker: PrefillWorker): void {
+  private drain(stream: AsyncIterator<Annotated>, worker: PrefillWorker): void {
     void (async () => {
-      const stream = await started;
       for (let r = await stream.next(); !r.done; r = await stream.next()) {
         const annotated = r.value;
         if (annotated.event === 'error' || annotated.error !== undefined) {
