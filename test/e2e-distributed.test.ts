@@ -8,7 +8,7 @@
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
 import { startCli, type CliProcess } from './helpers/cli-process.js';
-import { startEtcd, startNats, type EtcdService, type NatsService } from './helpers/services.js';
+import { freePort, startEtcd, startNats, type EtcdService, type NatsService } from './helpers/services.js';
 import { Discovery } from '../src/runtime/discovery/index.js';
 
 const MODEL = fileURLToPath(new URL('../models/stories260K.gguf', import.meta.url));
@@ -229,4 +229,29 @@ t.test('SIGTERM drains: the in-flight request finishes, the worker leaves discov
   t.teardown(() => discovery.close());
   const left = await discovery.listInstances('dynamo', 'backend', 'generate');
   t.notOk(left.some((r) => r.instance_id.toString(16) === w.instanceId), 'the drained instance left discovery');
+});
+
+t.test('run --router-mode kv publishes and follows KV events over NATS; an unreachable NATS is named', async (t) => {
+  const run = startCli(['run', '--http-port', '0', '--http-host', '127.0.0.1', '--device', 'cpu', '--cpu-threads', '1', '--router-mode', 'kv', '--nats-server', nats.url]);
+  procs.push(run);
+  const [, url] = await run.waitFor(/serving "stories260K" at (http:\/\/[0-9.:]+)\/v1/, 90_000);
+  t.match(run.stderr(), /publishing KV events and load on NATS/);
+  const prompt = 'Lily and Tom went to the park to play with the big red ball. They ran and ran until the sun went down.';
+  let cached = 0;
+  for (let i = 0; i < 2; i++) {
+    const body = (await (await post(url, '/v1/completions', { model: 'stories260K', prompt, max_tokens: 1 })).json()) as {
+      usage: { prompt_tokens_details?: { cached_tokens: number } | null };
+    };
+    cached = body.usage.prompt_tokens_details?.cached_tokens ?? 0;
+  }
+  t.ok(cached > 0, `the repeat was served from cache (${cached} tokens)`);
+  run.kill('SIGTERM');
+  t.equal((await run.exited).code, 0);
+
+  const dead = `nats://127.0.0.1:${await freePort()}`;
+  const fe = startCli(['frontend', '--http-port', '0', '--discovery-backend', 'etcd', '--etcd-endpoints', `http://${etcd.endpoint}`, '--router-mode', 'kv', '--nats-server', dead]);
+  procs.push(fe);
+  const exit = await fe.exited;
+  t.not(exit.code, 0);
+  t.match(fe.stderr(), `cannot connect to NATS server ${dead}`);
 });

@@ -52,6 +52,8 @@ export class WorkerKvEvents {
   private readonly load: LoadPublisher | null;
   private readonly blockHashOfPage = new Map<number, bigint>();
   private readonly timer: NodeJS.Timeout;
+  /** The scheduler whose cache the published blocks are in: a new one means the rank restarted empty. */
+  private scheduler: unknown;
   private closed = false;
 
   private constructor(private readonly options: WorkerKvEventsOptions) {
@@ -60,6 +62,7 @@ export class WorkerKvEvents {
     this.kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId: discovery.instanceId }) : null;
     this.load = nats ? new LoadPublisher(nats, { namespace, workerId: discovery.instanceId }) : null;
     this.load?.start([0]);
+    this.scheduler = supervisor.scheduler;
     if (this.kv) supervisor.onKvEvent((e) => this.onCacheEvent(e));
     this.timer = setInterval(() => this.sample(), LOAD_SAMPLE_MS);
     this.timer.unref();
@@ -96,8 +99,23 @@ export class WorkerKvEvents {
     if (this.options.nats) await this.options.nats.drain().catch(() => undefined);
   }
 
+  /** After a rank restart the prefix cache starts empty and no removals are reported for the lost one. */
+  private noteRestart(): void {
+    let scheduler: unknown;
+    try {
+      scheduler = this.options.supervisor.scheduler;
+    } catch {
+      return; // restarting now: checked again on the next event or sample
+    }
+    if (scheduler === this.scheduler) return;
+    this.scheduler = scheduler;
+    this.blockHashOfPage.clear();
+    this.kv?.cleared();
+  }
+
   private onCacheEvent(e: KvCacheEvent): void {
     if (this.closed || !this.kv) return;
+    this.noteRestart();
     const pageSize = this.options.config.pageSize;
     if (e.kind === 'removed') {
       const hashes: bigint[] = [];
@@ -127,6 +145,7 @@ export class WorkerKvEvents {
     const { supervisor, metrics, config } = this.options;
     const load = supervisor.load();
     if (load.kvTotalPages === 0) return; // the rank is restarting
+    this.noteRestart();
     // blocks held by running requests; cached blocks nobody uses can be evicted at once, so they are not load
     const used = Math.max(0, load.kvUsedPages - load.kvEvictablePages);
     this.load?.update(0, used);

@@ -86,8 +86,12 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const settings = frontendSettings(cl.values);
-  const discovery = await Discovery.open(discoveryConfig(cl.values));
+  // the event plane first: a failure then leaves no discovery lease keeping the process alive
   const nats = settings.routing === 'kv' ? await connectNats(cl.values['nats-server'] as string) : undefined;
+  const discovery = await Discovery.open(discoveryConfig(cl.values)).catch(async (err: unknown) => {
+    await nats?.close();
+    throw err;
+  });
   const { models, server } = await startFrontend(discovery, cl.values['namespace'] as string, settings, (l) => process.stderr.write(`${l}\n`), nats);
   const routing = settings.routing === 'kv' ? `kv, events from ${cl.values['nats-server'] as string}` : settings.routing;
   process.stderr.write(`frontend listening on http://${settings.httpHost}:${server.port} (discovery: ${discovery.store.location}; routing: ${routing})\n`);
