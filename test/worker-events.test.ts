@@ -193,3 +193,36 @@ t.test('an unreachable NATS server is named', async (t) => {
   await w.shutdown();
   t.match(lines.join('\n'), new RegExp(`KV events and load are not published: cannot connect to NATS server ${url.replace(/[.]/g, '\\.')}`));
 });
+
+t.test('shutdown: past the grace period an in-flight request ends with a migratable EngineShutdown error', async (t) => {
+  const discovery = await Discovery.open({ backend: 'mem' });
+  process.env['DYN_SGL_STREAM_DELAY_MS'] = '10';
+  const worker = await startWorker(await config(['--graceful-shutdown-grace-period', '0.3', '--kv-events-config', '{"publisher":"null"}']), { discovery, log: quiet }).finally(() => {
+    delete process.env['DYN_SGL_STREAM_DELAY_MS'];
+  });
+  const client = await EndpointClient.create({ discovery, namespace: 'dynamo', component: 'backend', endpoint: 'generate', responses });
+  t.teardown(async () => {
+    client.close();
+    await discovery.close();
+  });
+  const stream = await client.generate({
+    token_ids: [1, 403, 407, 261, 378],
+    stop_conditions: { max_tokens: 300, ignore_eos: true },
+    sampling_options: { temperature: 0 },
+    eos_token_ids: [2],
+  });
+  let tokens = 0;
+  let error: unknown;
+  let stopping: Promise<void> | undefined;
+  const t0 = Date.now();
+  for await (const a of stream) {
+    if (a.error !== undefined) error = a.error;
+    tokens += (a.data as { token_ids?: number[] } | undefined)?.token_ids?.length ?? 0;
+    if (tokens >= 5 && !stopping) stopping = worker.shutdown();
+  }
+  await stopping;
+  t.ok(tokens > 5 && tokens < 300, `the stream was cut short after ${tokens} tokens`);
+  t.match(error, { code: 'LLM_ERR_SHUTDOWN', message: /shut down before the request finished/ });
+  t.ok(Date.now() - t0 < 3000, 'within about the grace period');
+  t.same(await discovery.listInstances('dynamo', 'backend', 'generate'), [], 'the instance left discovery');
+});
