@@ -27,7 +27,7 @@ async function worker(ns: string, extra: string[]): Promise<WorkerHandle> {
     resolveConfig(
       ['--model-path', MODEL, '--served-model-name', 'stories260K', '--device', 'cpu', '--cpu-threads', '1', '--mem-fraction-static', '0.01',
         '--tcp-rpc-host', '127.0.0.1', '--discovery-backend', 'mem', '--namespace', ns, '--page-size', '4',
-        '--kv-transfer-timeout', String(TIMEOUT_SECS), ...extra],
+        '--kv-transfer-timeout', String(TIMEOUT_SECS), '--graceful-shutdown-grace-period', '0.5', ...extra],
       {},
     ),
   );
@@ -257,6 +257,21 @@ t.test('disaggregated prefill + decode over tcp', async (t) => {
     // the decode worker still serves
     const ok = await clientTokens(decodeClient, request([1, 50, 60, 70], 3, { bootstrap_info: { bootstrap_host: '2.2.2.2', bootstrap_port: 0, bootstrap_room: 0n } }));
     t.equal(ok.tokens.length, 3, 'a fake-bootstrap (health check) request runs without a transfer');
+  });
+
+  // last: this stops the prefill worker
+  t.test('a prefill worker shutting down ends the rooms still waiting for a decode worker', async (t) => {
+    const room = randomBootstrapRoom();
+    const pending = clientTokens(prefillClient, request([1, 40, 41, 42, 43, 44, 45, 46, 47, 48], 4, { bootstrap_info: { ...bootstrap, bootstrap_room: room } })).then(
+      () => null,
+      (e: Error) => e,
+    );
+    await until('the pages wait for a decode worker', () => sender.pending.bytes > 0);
+    const t0 = Date.now();
+    await prefill.shutdown();
+    t.ok(Date.now() - t0 < TIMEOUT_SECS * 1000, `shut down in ${Date.now() - t0} ms, before the transfer timeout`);
+    t.match((await pending)?.message, /LLM_ERR_SHUTDOWN/);
+    t.same(sender.pending, { rooms: 0, bytes: 0 });
   });
 });
 

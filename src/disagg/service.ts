@@ -129,11 +129,21 @@ export class DisaggService {
       if (givenUp.aborted) return; // the decode side is gone: nobody to tell
       throw e;
     }
+    // Waiting for the decode side ends early when this request is cancelled or the worker shuts down.
+    const onAbort = () => {
+      const reason: unknown = options.signal.reason;
+      // the caller's cancellation carries an LlmError; the worker's shutdown aborts without one
+      sender.abandon(room, reason instanceof LlmError ? reason : new LlmError('LLM_ERR_SHUTDOWN', 'the prefill worker shut down before the decode side fetched the KV pages'));
+    };
+    options.signal.addEventListener('abort', onAbort, { once: true });
     try {
+      if (options.signal.aborted) onAbort();
       await sender.publish(room, pages);
     } catch (err) {
-      if (err instanceof LlmError && err.code === 'LLM_ERR_CANCELLED') return; // the decode side went away
+      if (err instanceof LlmError && err.code === 'LLM_ERR_CANCELLED' && !options.signal.aborted) return; // the decode side went away
       throw err;
+    } finally {
+      options.signal.removeEventListener('abort', onAbort);
     }
   }
 
