@@ -85,3 +85,20 @@ t.test('ties are broken at random', async (t) => {
   for (let i = 0; i < 200 && picks.size < 2; i++) picks.add(r.select(prompt, [A, B]).instanceId);
   t.same([...picks].sort(), [A, B]);
 });
+
+t.test('overlap weight and router temperature', async (t) => {
+  const weightless = new KvRouter({ blockSize: BS, overlapScoreWeight: 0 });
+  weightless.applyEvent(stored(A, blocks(0, 4), [1n, 2n, 3n, 4n]));
+  weightless.applyLoad({ worker_id: A, dp_rank: 0, active_decode_blocks: null, active_prefill_tokens: null, kv_used_blocks: 1 });
+  t.equal(weightless.select(prompt, [A, B]).instanceId, B, 'weight 0: only load counts');
+
+  const warm = new KvRouter({ blockSize: BS, temperature: 1 });
+  warm.applyEvent(stored(A, blocks(0, 4), [1n, 2n, 3n, 4n]));
+  const counts = new Map<bigint, number>([[A, 0], [B, 0]]);
+  for (let i = 0; i < 400; i++) {
+    const id = warm.select(prompt, [A, B]).instanceId;
+    counts.set(id, counts.get(id)! + 1);
+  }
+  // normalised costs 0 and 1: P(A) = 1 / (1 + e^-1) ≈ 0.73
+  t.ok(counts.get(A)! > 220 && counts.get(B)! > 40, `softmax sampling favours the cached worker without excluding the other: ${[...counts.values()]}`);
+});

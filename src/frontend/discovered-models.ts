@@ -28,6 +28,9 @@ export interface DiscoveredModelsOptions {
   routing?: FrontendRouting;
   /** The event plane: needed by routing "kv". */
   nats?: NatsConnection;
+  /** Routing "kv": weight of uncached prompt blocks against load, and the sampling temperature (0: the cheapest). */
+  kvOverlapScoreWeight?: number;
+  routerTemperature?: number;
   migrationLimit?: number;
   log?: (line: string) => void;
 }
@@ -155,7 +158,11 @@ export class DiscoveredModels implements ModelDirectory {
     const key = `${r.namespace}/${r.component}/${r.endpoint}`;
     let router = this.kvRouters.get(key);
     if (router === undefined) {
-      router = KvRouter.follow(this.options.nats!, r.namespace, r.component, { blockSize });
+      router = KvRouter.follow(this.options.nats!, r.namespace, r.component, {
+        blockSize,
+        overlapScoreWeight: this.options.kvOverlapScoreWeight,
+        temperature: this.options.routerTemperature,
+      });
       this.kvRouters.set(key, router);
     }
     return router;

@@ -1,7 +1,8 @@
 // KV-aware routing (reference §5.1, §5.2): the router follows every worker's KV events and load on the event plane
 // and sends a request to the worker where it costs least:
 //   cost = overlap_score_weight × (request blocks the worker has not cached) + the worker's active (decode) blocks,
-// ties broken at random. A worker's cache is indexed by sequence hashes (tokens_hash chained block by block, as
+// ties broken at random; with a router temperature > 0 the worker is drawn from a softmax over the costs (min-max
+// normalised, as Dynamo's router does) instead, trading cache hits for spread. A worker's cache is indexed by sequence hashes (tokens_hash chained block by block, as
 // src/runtime/kv-hash.ts computes them), so the request's blocks match a worker's blocks only when the whole prefix
 // up to them matches. Stored events name their parent by the engine's block hash: each worker's block hash →
 // sequence hash map resolves it (a block whose parent is unknown, e.g. published before we subscribed, is dropped).
@@ -15,6 +16,8 @@ export interface KvRouterOptions {
   blockSize: number;
   /** Weight of the prefill (uncached) blocks against the decode blocks (default 1.0). */
   overlapScoreWeight?: number;
+  /** 0 (default): the cheapest worker; > 0: softmax sampling over normalised costs at this temperature. */
+  temperature?: number;
 }
 
 interface WorkerCache {
@@ -35,6 +38,7 @@ export interface KvRouteDecision {
 export class KvRouter {
   readonly blockSize: number;
   private readonly weight: number;
+  private readonly temperature: number;
   private readonly caches = new Map<bigint, WorkerCache>();
   private readonly activeBlocks = new Map<bigint, number>();
   /** Blocks of requests this router sent that are still streaming, per worker (its load lags behind them). */
@@ -44,6 +48,7 @@ export class KvRouter {
   constructor(options: KvRouterOptions) {
     this.blockSize = options.blockSize;
     this.weight = options.overlapScoreWeight ?? 1.0;
+    this.temperature = options.temperature ?? 0;
   }
 
   /** Follows `namespace.{ns}.component.{comp}.kv-events` and `namespace.{ns}.kv_metrics` until close(). */
@@ -122,15 +127,20 @@ export class KvRouter {
     if (candidates.length === 0) throw new RangeError('KvRouter.select: no candidates');
     const sequence = this.sequenceHashesOf(tokenIds);
     const requestBlocks = Math.ceil(tokenIds.length / this.blockSize);
-    let best: KvRouteDecision[] = [];
-    for (const id of candidates) {
+    const decisions = candidates.map((id): KvRouteDecision => {
       const overlapBlocks = this.overlap(id, sequence);
       const decodeBlocks = Math.max(this.activeBlocks.get(id) ?? 0, this.routedBlocks.get(id) ?? 0);
-      const cost = this.weight * (requestBlocks - overlapBlocks) + decodeBlocks;
-      const d = { instanceId: id, overlapBlocks, requestBlocks, cost };
-      if (best.length === 0 || cost < best[0].cost) best = [d];
-      else if (cost === best[0].cost) best.push(d);
+      return { instanceId: id, overlapBlocks, requestBlocks, cost: this.weight * (requestBlocks - overlapBlocks) + decodeBlocks };
+    });
+    const min = Math.min(...decisions.map((d) => d.cost));
+    const max = Math.max(...decisions.map((d) => d.cost));
+    if (this.temperature > 0 && max > min) {
+      const weights = decisions.map((d) => Math.exp(-(d.cost - min) / (max - min) / this.temperature));
+      let draw = Math.random() * weights.reduce((a, b) => a + b, 0);
+      for (let i = 0; i < decisions.length; i++) if ((draw -= weights[i]) <= 0) return decisions[i];
+      return decisions[decisions.length - 1];
     }
+    const best = decisions.filter((d) => d.cost === min);
     return best[Math.floor(Math.random() * best.length)];
   }
 

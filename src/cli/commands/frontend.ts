@@ -18,6 +18,10 @@ export const FRONTEND_FLAGS: readonly FlagSpec[] = [
     help: 'Address the HTTP server binds.' },
   { name: 'router-mode', kind: 'string', schema: Type.Union([Type.Literal('round-robin'), Type.Literal('random'), Type.Literal('kv')]), env: 'DYN_ROUTER_MODE', valueName: 'MODE', default: 'round-robin', defaultText: 'round-robin', group: G_FRONTEND,
     help: 'How requests are spread over a model\'s workers: round-robin, random, or kv (to the worker with the most of the prompt cached and the least load, from KV events and load on the NATS event plane).' },
+  { name: 'kv-overlap-score-weight', kind: 'number', schema: Type.Number({ minimum: 0 }), env: 'DYN_KV_OVERLAP_SCORE_WEIGHT', valueName: 'W', default: 1, defaultText: '1.0', group: G_FRONTEND,
+    help: 'Router mode kv: weight of the prompt blocks a worker would have to prefill, against its active blocks.' },
+  { name: 'router-temperature', kind: 'number', schema: Type.Number({ minimum: 0 }), env: 'DYN_ROUTER_TEMPERATURE', valueName: 'T', default: 0, defaultText: '0 (always the cheapest worker)', group: G_FRONTEND,
+    help: 'Router mode kv: sample workers from a softmax over their costs at this temperature.' },
   { name: 'migration-limit', kind: 'int', schema: Type.Integer({ minimum: 0, maximum: 100 }), env: 'DYN_MIGRATION_LIMIT', valueName: 'N', default: 0, defaultText: '0 (off)', group: G_FRONTEND,
     help: 'How many times a request whose worker dies mid-stream is moved to another worker.' },
 ];
@@ -40,6 +44,8 @@ export interface FrontendSettings {
   httpHost: string;
   routing: FrontendRouting;
   migrationLimit: number;
+  kvOverlapScoreWeight: number;
+  routerTemperature: number;
 }
 
 export function frontendSettings(values: Record<string, unknown>): FrontendSettings {
@@ -48,6 +54,8 @@ export function frontendSettings(values: Record<string, unknown>): FrontendSetti
     httpHost: values['http-host'] as string,
     routing: values['router-mode'] === 'random' ? 'random' : values['router-mode'] === 'kv' ? 'kv' : 'round_robin',
     migrationLimit: values['migration-limit'] as number,
+    kvOverlapScoreWeight: values['kv-overlap-score-weight'] as number,
+    routerTemperature: values['router-temperature'] as number,
   };
 }
 
@@ -59,7 +67,16 @@ export async function startFrontend(
   log: (line: string) => void,
   nats?: NatsConnection,
 ) {
-  const models = await DiscoveredModels.create({ discovery, namespace, routing: s.routing, nats, migrationLimit: s.migrationLimit, log });
+  const models = await DiscoveredModels.create({
+    discovery,
+    namespace,
+    routing: s.routing,
+    nats,
+    migrationLimit: s.migrationLimit,
+    kvOverlapScoreWeight: s.kvOverlapScoreWeight,
+    routerTemperature: s.routerTemperature,
+    log,
+  });
   const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort });
   return { models, server };
 }
