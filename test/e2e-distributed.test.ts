@@ -156,7 +156,7 @@ t.test('KV-aware routing sends a repeated long prompt to the worker that cached 
     t.notOk(first.usage.prompt_tokens_details?.cached_tokens, `"${opener}": nothing cached at first`);
     t.ok(first.usage.prompt_tokens > 48, `a long prompt (${first.usage.prompt_tokens} tokens)`);
     // the stored event travels worker → NATS → router
-    await new Promise((r) => setTimeout(r, 300));
+    await new Promise((r) => setTimeout(r, 500));
     const again = (await (await post(kvFrontend, '/v1/completions', { model: 'stories260K', prompt, max_tokens: 1, temperature: 0 })).json()) as {
       usage: { prompt_tokens: number; prompt_tokens_details?: { cached_tokens: number } | null };
     };

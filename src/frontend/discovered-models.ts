@@ -162,7 +162,7 @@ export class DiscoveredModels implements ModelDirectory {
         blockSize,
         overlapScoreWeight: this.options.kvOverlapScoreWeight,
         temperature: this.options.routerTemperature,
-      });
+      }, this.options.log);
       this.kvRouters.set(key, router);
     }
     return router;

@@ -52,17 +52,19 @@ export class KvRouter {
   }
 
   /** Follows `namespace.{ns}.component.{comp}.kv-events` and `namespace.{ns}.kv_metrics` until close(). */
-  static follow(nats: NatsConnection, namespace: string, component: string, options: KvRouterOptions): KvRouter {
+  static follow(nats: NatsConnection, namespace: string, component: string, options: KvRouterOptions, log?: (line: string) => void): KvRouter {
     const router = new KvRouter(options);
     const events = subscribeKvEvents(nats, namespace, component);
     const loads = subscribeLoad(nats, namespace);
     router.subscriptions.push(events, loads);
-    void (async () => {
+    const lost = (what: string) => (err: unknown) =>
+      (log ?? ((line: string) => process.emitWarning(line, 'KvRouterWarning')))(`kv router: ${what} subscription ended: ${(err as Error).message}`);
+    (async () => {
       for await (const { event } of events) router.applyEvent(event);
-    })();
-    void (async () => {
+    })().catch(lost(events.subject));
+    (async () => {
       for await (const { event } of loads) router.applyLoad(event);
-    })();
+    })().catch(lost(loads.subject));
     return router;
   }
 
