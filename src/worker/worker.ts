@@ -89,13 +89,18 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
 
   const health = new HealthRegistry('notready');
   const metrics = new WorkerMetrics();
-  const systemServer = await SystemServer.start({ port: config.systemPort, host: config.systemHost, health, metrics });
+  // Everything started from here on is released in reverse order, on a failed start and at shutdown.
+  const resources = new ResourceStack();
+  const systemServer = await resources.open(
+    () => SystemServer.start({ port: config.systemPort, host: config.systemHost, health, metrics }),
+    (s) => s?.close(),
+  );
   if (systemServer) log(`system server on ${systemServer.url('/')} (/metrics, /health, /live)`);
 
   log(`loading model ${config.modelPath} (device ${config.device}) ...`);
   const t0 = performance.now();
-  const tokenizer = loadTokenizer(config.modelPath, config.tokenizerPath);
-  const supervisor = await Supervisor.start({
+  const tokenizer = await resources.open(() => loadTokenizer(config.modelPath, config.tokenizerPath));
+  const supervisor = await resources.open(() => Supervisor.start({
     modelPath: config.modelPath,
     device: config.device,
     contextLength: config.contextLength,
@@ -107,43 +112,26 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     disableOverlapSchedule: config.disableOverlapSchedule,
     cpuThreads: config.cpuThreads,
     seed: config.seed,
-  });
+  }), (sup) => sup.stop());
   const loadSeconds = (performance.now() - t0) / 1000;
   const engine = supervisor.engine;
   log(`model loaded in ${loadSeconds.toFixed(2)} s: ${engine.backend} backend, KV pool ${engine.kv.numPages} pages of ${engine.kv.pageSize} tokens (${(engine.kv.numPages * engine.kv.bytesPerPage / 2 ** 20).toFixed(1)} MiB)`);
   metrics.setModelLoadTime(model, component, loadSeconds);
   metrics.setKvStats({ model, component, dpRank: 0, totalBlocks: engine.kv.numPages, gpuCacheUsagePercent: 0 });
 
-  let discovery: Discovery;
-  try {
-    discovery = options.discovery ?? (await Discovery.open(discoveryConfigOf(config)));
-  } catch (err) {
-    await supervisor.stop();
-    await systemServer?.close();
-    throw err;
-  }
-
-  let kvEvents: WorkerKvEvents;
-  try {
-    kvEvents = await WorkerKvEvents.start({ config, supervisor, discovery, metrics }, eventPlaneMode(config, options.publishKvEvents), log);
-  } catch (err) {
-    await supervisor.stop();
-    await systemServer?.close();
-    if (!options.discovery) await discovery.close();
-    throw err;
-  }
-
+  const discovery = await resources.open(
+    () => options.discovery ?? Discovery.open(discoveryConfigOf(config)),
+    (d) => (options.discovery ? undefined : d.close()),
+  );
+  const kvEvents = await resources.open(
+    () => WorkerKvEvents.start({ config, supervisor, discovery, metrics }, eventPlaneMode(config, options.publishKvEvents), log),
+    (k) => k.close(),
+  );
   // Prefill / decode workers serve the disaggregated handlers (src/disagg) over the same supervisor.
-  let disagg: DisaggService | null = null;
-  try {
-    if (config.servingMode !== 'aggregated') disagg = await DisaggService.start({ config, supervisor, discovery, log });
-  } catch (err) {
-    await kvEvents.close();
-    await supervisor.stop();
-    await systemServer?.close();
-    if (!options.discovery) await discovery.close();
-    throw err;
-  }
+  const disagg = await resources.open(
+    async () => (config.servingMode === 'aggregated' ? null : DisaggService.start({ config, supervisor, discovery, log })),
+    (d) => d?.close(),
+  );
 
   // Shutdown fires this: requests still running after the grace period end with EngineShutdown.
   const shutdownController = new AbortController();
@@ -177,26 +165,19 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   };
 
   // The worker owns its request-plane server, so a shutdown leaves nothing listening.
-  let planeServer: TcpRequestServer | HttpRequestServer | undefined;
-  let served: ServedEndpoint;
-  try {
-    const rpc = { host: config.tcpRpcHost ?? undefined, port: config.tcpRpcPort };
-    planeServer = config.requestPlane === 'http' ? await HttpRequestServer.start(rpc) : await TcpRequestServer.start(rpc);
-    served = await serveEndpoint({
+  const rpc = { host: config.tcpRpcHost ?? undefined, port: config.tcpRpcPort };
+  const planeServer = await resources.open(
+    async (): Promise<TcpRequestServer | HttpRequestServer> => (config.requestPlane === 'http' ? HttpRequestServer.start(rpc) : TcpRequestServer.start(rpc)),
+    (p) => p.close(),
+  );
+  const served: ServedEndpoint = await resources.open(() =>
+    serveEndpoint({
       discovery, namespace, component, endpoint, handler,
       plane: config.requestPlane,
       ...(planeServer instanceof TcpRequestServer ? { tcpServer: planeServer } : { httpServer: planeServer }),
       deviceType: engine.backend === 'cuda' ? 'cuda' : 'cpu',
-    });
-  } catch (err) {
-    await planeServer?.close();
-    await kvEvents.close();
-    await disagg?.close();
-    await supervisor.stop();
-    await systemServer?.close();
-    if (!options.discovery) await discovery.close();
-    throw err;
-  }
+    }),
+  );
   const baseCard = modelCard(config, tokenizerArtifacts(config.tokenizerPath ?? config.modelPath), {
     contextLength: config.contextLength ?? engine.maxPositionEmbeddings,
     totalKvBlocks: engine.kv.numPages,
@@ -205,7 +186,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   const card: ModelDeploymentCard = disagg?.endpoint
     ? { ...baseCard, model_type: modelTypeToWire(ModelTypeFlag.Prefill), runtime_config: { ...baseCard.runtime_config, disaggregated_endpoint: disagg.endpoint } }
     : baseCard;
-  await discovery.registerModel({ namespace, component, endpoint, card });
+  await resources.open(() => discovery.registerModel({ namespace, component, endpoint, card }));
   health.setSystemStatus('ready');
   health.setEndpointStatus(endpointName, 'ready');
   if (config.healthCheckEnabled) {
@@ -244,12 +225,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
         shutdownController.abort();
         await drained;
       }
-      await planeServer?.close();
-      await kvEvents.close();
-      await disagg?.close();
-      await supervisor.stop();
-      await systemServer?.close();
-      if (!options.discovery) await discovery.close();
+      await resources.releaseAll();
     })();
     return stopping;
   };
@@ -344,4 +320,30 @@ export function modelCard(
       enable_eagle: false,
     },
   };
+}
+
+/** Resources opened one after another; on a failure while opening, or at shutdown, they close newest first. */
+class ResourceStack {
+  private readonly closers: (() => Promise<unknown> | unknown)[] = [];
+
+  push(close: () => Promise<unknown> | unknown): void {
+    this.closers.push(close);
+  }
+
+  /** Opens one more resource; if that fails, everything opened so far is released and the error rethrown. */
+  async open<T>(open: () => Promise<T> | T, close?: (resource: T) => Promise<unknown> | unknown): Promise<T> {
+    let resource: T;
+    try {
+      resource = await open();
+    } catch (err) {
+      await this.releaseAll();
+      throw err;
+    }
+    if (close) this.push(() => close(resource));
+    return resource;
+  }
+
+  async releaseAll(): Promise<void> {
+    while (this.closers.length > 0) await this.closers.pop()!();
+  }
 }
