@@ -126,3 +126,16 @@ t.test('a client that disconnects mid-stream cancels the backend stream', async 
   for (let i = 0; i < 50 && aborted === before; i++) await new Promise((res) => setTimeout(res, 20));
   t.equal(aborted, before + 1);
 });
+
+t.test('requests beyond the in-flight limit get 429 with retry-after', async (t) => {
+  const limited = await OpenAiServer.listen({ models: new StaticModelDirectory([model]), host: '127.0.0.1', port: 0, maxInflight: 1 });
+  t.teardown(() => limited.close());
+  const url = `http://127.0.0.1:${limited.port}/v1/completions`;
+  const slow = fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories', prompt: 'x', max_tokens: 10, seed: 999 }) });
+  await new Promise((r) => setTimeout(r, 50));
+  const refused = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories', prompt: 'x', max_tokens: 1 }) });
+  t.equal(refused.status, 429);
+  t.equal(refused.headers.get('retry-after'), '1');
+  t.match(((await refused.json()) as { error: { type: string; message: string } }).error, { type: 'rate_limit_error', message: /limit of 1 requests/ });
+  t.equal((await slow).status, 200);
+});

@@ -28,13 +28,18 @@ export interface OpenAiServerOptions {
   models: ModelDirectory;
   host?: string;
   port?: number; // 0 = ephemeral
+  /** Requests in flight beyond this are refused with 429 (default: no limit). */
+  maxInflight?: number;
 }
 
 export class OpenAiServer {
   private readonly server: Server;
   private readonly inflight = new Set<AbortController>();
 
-  private constructor(private readonly models: ModelDirectory) {
+  private constructor(
+    private readonly models: ModelDirectory,
+    private readonly maxInflight: number,
+  ) {
     this.server = createServer((req, res) => {
       this.route(req, res).catch((err: unknown) => sendError(res, errorStatus(err), toErrorPayload(err).message, undefined, err));
     });
@@ -42,7 +47,7 @@ export class OpenAiServer {
   }
 
   static async listen(options: OpenAiServerOptions): Promise<OpenAiServer> {
-    const s = new OpenAiServer(options.models);
+    const s = new OpenAiServer(options.models, options.maxInflight ?? Infinity);
     await new Promise<void>((resolve, reject) => {
       s.server.once('error', (err: NodeJS.ErrnoException) =>
         reject(new LlmError('LLM_ERR_USAGE', `cannot listen on ${options.host ?? '0.0.0.0'}:${options.port ?? 0}: ${err.message}`)),
@@ -77,6 +82,10 @@ export class OpenAiServer {
     }
     if (path === '/v1/completions' || path === '/v1/chat/completions') {
       if (req.method !== 'POST') return sendError(res, 405, `method ${req.method} not allowed on ${path}; use POST`);
+      if (this.inflight.size >= this.maxInflight) {
+        res.setHeader('retry-after', '1');
+        return sendError(res, 429, `the server is at its limit of ${this.maxInflight} requests in flight; retry later`);
+      }
       const body = await readJsonBody(req);
       const controller = new AbortController();
       this.inflight.add(controller);

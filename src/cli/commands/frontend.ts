@@ -22,6 +22,8 @@ export const FRONTEND_FLAGS: readonly FlagSpec[] = [
     help: 'Router mode kv: weight of the prompt blocks a worker would have to prefill, against its active blocks.' },
   { name: 'router-temperature', kind: 'number', schema: Type.Number({ minimum: 0 }), env: 'DYN_ROUTER_TEMPERATURE', valueName: 'T', default: 0, defaultText: '0 (always the cheapest worker)', group: G_FRONTEND,
     help: 'Router mode kv: sample workers from a softmax over their costs at this temperature.' },
+  { name: 'max-inflight-requests', kind: 'int', schema: Type.Integer({ minimum: 1 }), env: 'DYN_MAX_INFLIGHT_REQUESTS', valueName: 'N', default: 4096, defaultText: '4096', group: G_FRONTEND,
+    help: 'Requests in flight at once; more are refused with HTTP 429 and retry-after.' },
   { name: 'migration-limit', kind: 'int', schema: Type.Integer({ minimum: 0, maximum: 100 }), env: 'DYN_MIGRATION_LIMIT', valueName: 'N', default: 0, defaultText: '0 (off)', group: G_FRONTEND,
     help: 'How many times a request whose worker dies mid-stream is moved to another worker.' },
 ];
@@ -44,6 +46,7 @@ export interface FrontendSettings {
   httpHost: string;
   routing: FrontendRouting;
   migrationLimit: number;
+  maxInflight: number;
   kvOverlapScoreWeight: number;
   routerTemperature: number;
 }
@@ -54,6 +57,7 @@ export function frontendSettings(values: Record<string, unknown>): FrontendSetti
     httpHost: values['http-host'] as string,
     routing: values['router-mode'] === 'random' ? 'random' : values['router-mode'] === 'kv' ? 'kv' : 'round_robin',
     migrationLimit: values['migration-limit'] as number,
+    maxInflight: values['max-inflight-requests'] as number,
     kvOverlapScoreWeight: values['kv-overlap-score-weight'] as number,
     routerTemperature: values['router-temperature'] as number,
   };
@@ -77,7 +81,7 @@ export async function startFrontend(
     routerTemperature: s.routerTemperature,
     log,
   });
-  const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort });
+  const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort, maxInflight: s.maxInflight });
   return { models, server };
 }
 
