@@ -8,9 +8,7 @@
 //  - an uncaught error or an exit of the worker fails every in-flight step with LLM_ERR_ACTOR_CRASHED;
 //  - a step that takes longer than stepTimeoutMs fails every in-flight step with LLM_ERR_ACTOR_HUNG and the worker
 //    is terminated. A failed handle refuses further steps at once: never a hang.
-// A GPU rank polls its port (receiveMessageOnPort) for a short while after each message, so the next step does not
-// pay a thread wake-up.
-import { isMainThread, parentPort, receiveMessageOnPort, workerData, type Worker } from 'node:worker_threads';
+import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import type { Engine, SeqStep, StepResult } from '../src/engine/types.js';
 import type { StepExecutor } from '../src/scheduler/scheduler.js';
@@ -71,8 +69,7 @@ async function runRank(data: RankWorkerData): Promise<void> {
       headDim: engine.spec.headDim,
     },
   });
-  let closed = false;
-  const handle = (m: RankInbox): void => {
+  port.on('message', (m: RankInbox) => {
     switch (m.kind) {
       case 'step': {
         let result: StepResult;
@@ -100,32 +97,14 @@ async function runRank(data: RankWorkerData): Promise<void> {
         return;
       }
       case 'shutdown':
-        closed = true;
         engine.close();
         port.close();
         return;
       default:
         unreachable(m);
     }
-  };
-  // On a GPU the rank keeps polling its port for a moment after each message instead of returning to the event
-  // loop: the scheduler answers a result with the next step within a fraction of a millisecond, and waking a parked
-  // thread costs about as much again on every step. CPU engines need their cores for compute, so they do not spin.
-  const spinMs = engine.backend === 'cuda' ? RANK_SPIN_MS : 0;
-  port.on('message', (first: RankInbox) => {
-    handle(first);
-    let until = performance.now() + spinMs;
-    while (!closed && performance.now() < until) {
-      const next = receiveMessageOnPort(port);
-      if (!next) continue;
-      handle(next.message as RankInbox);
-      until = performance.now() + spinMs;
-    }
   });
 }
-
-/** How long a GPU rank polls for its next message before parking. */
-const RANK_SPIN_MS = 2;
 
 if (!isMainThread && (workerData as RankWorkerData | null)?.actor === 'rank') void runRank(workerData as RankWorkerData);
 
