@@ -221,11 +221,23 @@ t.test('an engine error surfaces to every in-flight request and fails later subm
   checkDrained(t, h);
 });
 
+for (const overlap of [true, false]) {
+  t.test(`a sequence that outgrows the whole pool alone ends with "length" (overlap ${overlap})`, async (t) => {
+    const h = harness(t, { numPages: 8 }, { enableOverlap: overlap });
+    const prompt = prompts(1, 21, 10, 10)[0];
+    const outs = await h.run(makeRequest('long', prompt, { maxTokens: 100 }));
+    // 8 pages x 4 tokens hold positions 0..31: the 10 prompt tokens and the inputs of 22 decode steps, 23 tokens.
+    t.same(tokensOf(outs), referenceOutput(prompt, { maxTokens: 23, vocabSize: VOCAB }));
+    t.equal(outs.at(-1)!.finishReason, 'length');
+    checkDrained(t, h);
+  });
+}
+
 t.test('requests that can never fit are refused with a clear error', async (t) => {
   const h = harness(t, { numPages: 4 });
   t.throws(() => h.sched.submit(makeRequest('big', prompts(1, 1, 20, 20)[0], { maxTokens: 10 }), () => {}), {
     code: 'LLM_ERR_CONTEXT_LENGTH',
-    message: /need 8 KV pages, the pool has 4/,
+    message: /20 prompt tokens need 5 KV pages, the pool has 4/,
   });
   t.throws(() => h.sched.submit(makeRequest('empty', []), () => {}), { code: 'LLM_ERR_BAD_REQUEST', message: /token_ids is empty/ });
 });

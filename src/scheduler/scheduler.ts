@@ -194,11 +194,12 @@ export class Scheduler {
     if (!Number.isInteger(input.maxTokens) || input.maxTokens < 1) {
       throw new LlmError('LLM_ERR_BAD_REQUEST', `request ${input.id}: stop_conditions.max_tokens must be >= 1, got ${input.maxTokens}`);
     }
-    const pagesNeeded = Math.ceil((input.tokenIds.length + input.maxTokens) / this.pageSize);
-    if (pagesNeeded > this.allocator.numPages) {
+    // The prompt must fit the pool; a sequence that later outgrows it alone ends with "length" (see ensurePages).
+    const promptPages = Math.ceil(input.tokenIds.length / this.pageSize);
+    if (promptPages > this.allocator.numPages) {
       throw new LlmError(
         'LLM_ERR_CONTEXT_LENGTH',
-        `request ${input.id}: ${input.tokenIds.length} prompt + ${input.maxTokens} max_tokens need ${pagesNeeded} KV pages, ` +
+        `request ${input.id}: ${input.tokenIds.length} prompt tokens need ${promptPages} KV pages, ` +
           `the pool has ${this.allocator.numPages} of ${this.pageSize} tokens`,
       );
     }
@@ -367,13 +368,18 @@ export class Scheduler {
   }
 
   /** Makes req's page table cover `endTokens`, evicting cached pages and then retracting the newest running
-   * requests. False when req itself had to be retracted. */
+   * requests. False when req itself had to be retracted, or ended: a request running alone that still finds no
+   * page has outgrown the whole pool and finishes with "length" (once its in-flight token has landed). */
   private ensurePages(req: RequestRecord, endTokens: number, running: readonly RequestRecord[]): boolean {
     const need = Math.ceil(endTokens / this.pageSize) - req.pages.length;
     if (need <= 0) return true;
     while (!this.takePages(need)) {
       const victim = [...running].reverse().find((r) => r.isRunning);
       if (!victim) fail(`no request to retract while ${req.id} needs ${need} pages`);
+      if (victim === req && !running.some((r) => r !== req && r.isRunning)) {
+        if (!req.pending) this.finish(req, 'length');
+        return false;
+      }
       this.retract(victim);
       if (victim === req) return false;
     }
