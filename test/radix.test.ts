@@ -90,3 +90,21 @@ t.test('integrity check catches a lock count that holders do not account for', a
   t.throws(() => cache.checkIntegrity(new Map()), /holders account for/);
   cache.checkIntegrity(new Map([[m.node, 1]]));
 });
+
+t.test('extend adds a running sequence\'s new pages below its node and returns the cached pages', async (t) => {
+  const { alloc, cache, events, check } = setup();
+  const a = alloc.alloc(3)!;
+  cache.insert(seq(12), a); // pages for tokens 0..11
+  const m = cache.match(seq(8));
+  cache.lock(m.node);
+  const own = alloc.alloc(2)!; // the caller computed pages 2 and 3 itself
+  const r = cache.extend(m.node, seq(16), 2, own);
+  t.same(r.pages, [a[2], own[1]], 'page 2 was already cached: swapped for the cached one; page 3 adopted');
+  t.equal(alloc.refCount(own[0]), 0, 'the duplicate was freed');
+  t.same(events.at(-1), { kind: 'stored', parentPage: a[2], blocks: [{ page: own[1], tokenIds: [12, 13, 14, 15] }] });
+  cache.lock(r.node);
+  cache.unlock(m.node);
+  cache.checkIntegrity(new Map([[r.node, 1]]));
+  cache.unlock(r.node);
+  check();
+});

@@ -122,6 +122,26 @@ t.test('a repeated prompt reports cached tokens and skips their recompute', asyn
   checkDrained(t, h);
 });
 
+t.test('pages join the cache as they complete: a concurrent request reuses a prefix still being computed', async (t) => {
+  const prompt = prompts(1, 31, 40, 40)[0];
+  let second: Promise<RequestOutput[]> | null = null;
+  const h: Harness = harness(t, {
+    onStep: (n) => {
+      if (n === 3) second = h.run(makeRequest('b', prompt, { maxTokens: 5 }));
+    },
+  }, { chunkedPrefillSize: 8, maxPrefillTokens: 8 });
+  const events: number[] = [];
+  h.sched.cache!.onEvent((e) => events.push(e.kind === 'stored' ? e.blocks.length : -e.blocks.length));
+  const first = await h.run(makeRequest('a', prompt, { maxTokens: 5 }));
+  const b = await second!;
+  t.same(tokensOf(first), referenceOutput(prompt, { maxTokens: 5, vocabSize: VOCAB }));
+  t.same(tokensOf(b), tokensOf(first));
+  const cached = b.at(-1)!.usage!.cachedTokens;
+  t.ok(cached >= 16 && cached < 40, `b reused ${cached} tokens that a had computed by then`);
+  t.ok(events.length > 1 && events.every((n) => n > 0), `pages stored step by step: ${events.join(',')}`);
+  checkDrained(t, h);
+});
+
 for (const [overlap, cache] of [[true, true], [false, true], [true, false], [false, false]] as const) {
   t.test(`tiny KV pool: retraction finishes every request with the right tokens (overlap ${overlap}, cache ${cache})`, async (t) => {
     const h = harness(t, { numPages: 24 }, { enableOverlap: overlap, enablePrefixCache: cache, chunkedPrefillSize: 6 });

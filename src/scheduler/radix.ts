@@ -142,6 +142,43 @@ export class RadixCache {
     return node;
   }
 
+  /** Adds a running sequence's newly computed full pages below `from` (its deepest cached node, at depth
+   * `firstPage`): pages[i] holds tokens of page firstPage + i. Like insert, the caller gives up each page (kept, or
+   * released when the cache already holds those tokens). Returns the new deepest node and, for each given page, the
+   * page that now holds those tokens in the cache (the caller's own, or the one already cached). */
+  extend(from: RadixNode, tokens: ArrayLike<number>, firstPage: number, pages: readonly number[]): { node: RadixNode; pages: number[] } {
+    if (tokens.length < (firstPage + pages.length) * this.pageSize) {
+      throw new LlmError('LLM_ERR_INTERNAL', `radix extend: pages up to ${firstPage + pages.length} but only ${tokens.length} tokens`);
+    }
+    const now = ++this.tick;
+    const canonical: number[] = [];
+    const stored: RadixBlock[] = [];
+    let storedParent: number | null = null;
+    let node = from;
+    for (let i = 0; i < pages.length; i++) {
+      const start = (firstPage + i) * this.pageSize;
+      const key = pageKey(tokens, start, this.pageSize);
+      let child = node.children.get(key);
+      if (child) {
+        if (child.page !== pages[i]) this.allocator.release(pages[i]);
+      } else {
+        // Once a new node is made, every later page is new too (a new node has no children).
+        if (!stored.length) storedParent = node === this.root ? null : node.page;
+        const blockTokens = Array.from({ length: this.pageSize }, (_, j) => tokens[start + j]);
+        child = { key, tokens: blockTokens, page: pages[i], parent: node, children: new Map(), lockRef: 0, lastAccess: now };
+        node.children.set(key, child);
+        this.nodeCount++;
+        this.unlockedCount++;
+        stored.push({ page: child.page, tokenIds: blockTokens });
+      }
+      child.lastAccess = now;
+      canonical.push(child.page);
+      node = child;
+    }
+    if (stored.length) this.emit({ kind: 'stored', parentPage: storedParent, blocks: stored });
+    return { node, pages: canonical };
+  }
+
   /** Frees up to n pages, least recently used unlocked leaves first. Returns how many were freed. */
   evict(n: number): number {
     if (n <= 0 || this.unlockedCount === 0) return 0;

@@ -244,23 +244,27 @@ export class Scheduler {
         const hadInflight = inflight !== null;
         let t0 = performance.now();
         const plan = this.planStep();
-        let landed: { result: StepResult; tokens: Landed[] } | null = null;
+        let landed: { seqs: PlannedSeq[]; result: StepResult; tokens: Landed[] } | null = null;
         if (inflight) {
           this.stats.hostMs += performance.now() - t0;
           const result = await inflight.promise;
           t0 = performance.now();
-          landed = { result, tokens: this.landTokens(inflight.seqs, result) };
+          landed = { seqs: inflight.seqs, result, tokens: this.landTokens(inflight.seqs, result) };
           inflight = null;
         }
         const seqs = plan ? this.liveSeqs(plan, landed?.tokens ?? []) : [];
         if (seqs.length) inflight = this.submitStep(seqs);
-        // The previous step's outputs stream while the next step runs.
-        if (landed) this.deliver(landed.tokens, landed.result);
+        // The previous step's outputs stream, and its completed pages join the cache, while the next step runs.
+        if (landed) {
+          this.deliver(landed.tokens, landed.result);
+          this.cacheComputedPages(landed.seqs);
+        }
         if (inflight && !this.options.enableOverlap) {
           this.stats.hostMs += performance.now() - t0;
           const result = await inflight.promise;
           t0 = performance.now();
           this.deliver(this.landTokens(inflight.seqs, result), result);
+          this.cacheComputedPages(inflight.seqs);
           inflight = null;
         }
         this.stats.hostMs += performance.now() - t0;
@@ -482,6 +486,27 @@ export class Scheduler {
       };
       if (reason) this.finish(req, reason, out);
       else this.requests.get(req.id)!.sink(out);
+    }
+  }
+
+  /** Moves every full page a running request has computed into the radix cache as soon as it is complete, so
+   * that concurrent requests sharing the prefix reuse it and KV events go out while the request runs. A page whose
+   * tokens the cache already holds is swapped for the cached one and freed; the step in flight may still read the
+   * freed page, which is safe because any step that reuses it runs after. */
+  private cacheComputedPages(seqs: readonly PlannedSeq[]): void {
+    const cache = this.cache;
+    if (!cache) return;
+    for (const { req } of seqs) {
+      if (!req.isRunning) continue;
+      const full = Math.min(Math.floor(req.computed / this.pageSize), req.pages.length);
+      if (full <= req.cachedPageCount) continue;
+      const own = req.pages.slice(req.cachedPageCount, full);
+      const { node, pages } = cache.extend(req.lockedNode ?? cache.root, req.tokens, req.cachedPageCount, own);
+      cache.lock(node);
+      if (req.lockedNode) cache.unlock(req.lockedNode);
+      req.pages.splice(req.cachedPageCount, pages.length, ...pages);
+      req.cachedPageCount = full;
+      req.lockedNode = node;
     }
   }
 
