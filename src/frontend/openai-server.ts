@@ -50,7 +50,7 @@ export class OpenAiServer {
     const s = new OpenAiServer(options.models, options.maxInflight ?? Infinity);
     await new Promise<void>((resolve, reject) => {
       s.server.once('error', (err: NodeJS.ErrnoException) =>
-        reject(new LlmError('LLM_ERR_USAGE', `cannot listen on ${options.host ?? '0.0.0.0'}:${options.port ?? 0}: ${err.message}`)),
+        reject(new LlmError('LLM_ERR_USAGE', `--http-port ${options.port ?? 0}: cannot listen on ${options.host ?? '0.0.0.0'}:${options.port ?? 0}: ${err.message}`)),
       );
       s.server.listen(options.port ?? 0, options.host ?? '0.0.0.0', () => resolve());
     });
@@ -511,6 +511,9 @@ function parseBody<T extends TSchema>(schema: T, body: unknown) {
   }
 }
 
+/** Strict: invalid bytes are refused rather than silently replaced by U+FFFD in the prompt. */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
 async function readJsonBody(req: IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = [];
   let size = 0;
@@ -519,7 +522,12 @@ async function readJsonBody(req: IncomingMessage): Promise<unknown> {
     if (size > MAX_BODY_BYTES) throw new HttpError(413, `request body exceeds ${MAX_BODY_BYTES} bytes`);
     chunks.push(chunk as Buffer);
   }
-  const text = Buffer.concat(chunks).toString('utf8');
+  let text: string;
+  try {
+    text = UTF8.decode(Buffer.concat(chunks));
+  } catch {
+    throw new HttpError(400, 'request body is not valid UTF-8 (JSON text must be UTF-8; escape other bytes as \\uXXXX)');
+  }
   if (text.trim() === '') throw new HttpError(400, 'request body is empty; expected a JSON object');
   try {
     return JSON.parse(text) as unknown;
@@ -535,6 +543,7 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   LLM_ERR_OVERLOADED: 429,
   LLM_ERR_SHUTDOWN: 503,
   LLM_ERR_DISCOVERY: 503,
+  LLM_ERR_TRANSPORT: 503, // no worker reachable (all marked down, or the one picked refused the connection)
   LLM_ERR_TIMEOUT: 504,
 };
 
@@ -544,7 +553,7 @@ function errorStatus(err: unknown): number {
 }
 
 function openAiErrorBody(status: number, message: string, param: string | null = null, code: string | null = null, type?: string): OpenAiError {
-  const t = type ?? (status === 400 || status === 413 ? 'invalid_request_error' : status === 404 ? 'not_found_error' : status === 429 ? 'rate_limit_error' : status === 503 ? 'service_unavailable' : 'internal_error');
+  const t = type ?? (status === 400 || status === 405 || status === 413 ? 'invalid_request_error' : status === 404 ? 'not_found_error' : status === 429 ? 'rate_limit_error' : status === 503 ? 'service_unavailable' : 'internal_error');
   return { error: { message, type: t, param, code } };
 }
 

@@ -30,6 +30,9 @@ export const U16 = (options: { description?: string } = {}) => Type.Integer({ mi
 export const I32 = (options: { description?: string } = {}) =>
   Type.Integer({ minimum: -0x8000_0000, maximum: 0x7fff_ffff, ...options });
 
+/** A sampling seed: the engine's PRNG takes non-negative integers that a JSON number holds exactly. */
+export const Seed = () => Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
+
 /** `T | null`. */
 export const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()]);
 

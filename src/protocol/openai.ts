@@ -2,7 +2,7 @@
 // /v1/chat/completions (with the usual extensions: top_k, min_p, ignore_eos, min_tokens), and the error body.
 // Unknown fields are tolerated (clients send many we do not use); known fields have checked types.
 import { Type, type StaticDecode } from '@sinclair/typebox';
-import { Nullable, Opt, U32 } from './common.js';
+import { Nullable, Opt, Seed, U32 } from './common.js';
 
 const Stop = Opt(Type.Union([Type.String(), Type.Array(Type.String(), { maxItems: 16 })]));
 const StreamOptions = Opt(Type.Object({ include_usage: Opt(Type.Boolean()) }));
@@ -20,7 +20,7 @@ const samplingFields = {
   stream_options: StreamOptions,
   stop: Stop,
   stop_token_ids: Opt(Type.Array(U32())),
-  seed: Opt(Type.Integer()),
+  seed: Opt(Seed()),
   ignore_eos: Opt(Type.Boolean()),
   min_tokens: Opt(Type.Integer({ minimum: 0 })),
   presence_penalty: Opt(Type.Number({ minimum: -2, maximum: 2 })),

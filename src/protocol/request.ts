@@ -2,7 +2,7 @@
 // (newer frontends add some); known fields have checked types. `Opt` = absent, null, or a value: the Rust frontend
 // writes None either way depending on the field.
 import { Type, type StaticDecode } from '@sinclair/typebox';
-import { I32, JsonObject, Opt, U16, U32, U64 } from './common.js';
+import { I32, JsonObject, Opt, Seed, U16, U32, U64 } from './common.js';
 
 export const TokenIdsSchema = Type.Array(U32(), { title: 'TokenIds' });
 
@@ -47,7 +47,7 @@ export const SamplingOptionsSchema = Type.Object(
     min_p: Opt(Type.Number({ minimum: 0, maximum: 1 })),
     use_beam_search: Opt(Type.Boolean()),
     length_penalty: Opt(Type.Number()),
-    seed: Opt(Type.Integer()),
+    seed: Opt(Seed()),
     include_stop_str_in_output: Opt(Type.Boolean()),
     guided_decoding: Opt(GuidedDecodingSchema),
   },
