@@ -44,7 +44,7 @@ export class SystemServer {
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) =>
-        reject(new LlmError('LLM_ERR_TRANSPORT', `system server on ${host}:${opts.port}: ${err.code ?? err.message}`)),
+        reject(new LlmError('LLM_ERR_TRANSPORT', `--system-port ${opts.port}: the system server cannot listen on ${host}:${opts.port}: ${err.message}`)),
       );
       server.listen(opts.port, host, () => resolve());
     });

@@ -81,7 +81,11 @@ export async function startFrontend(
     routerTemperature: s.routerTemperature,
     log,
   });
-  const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort, maxInflight: s.maxInflight });
+  // a port already in use must not leave the discovery watch keeping the process alive
+  const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort, maxInflight: s.maxInflight }).catch(async (err: unknown) => {
+    await models.close();
+    throw err;
+  });
   return { models, server };
 }
 
@@ -113,7 +117,13 @@ export async function main(argv: string[]): Promise<number> {
     await nats?.close();
     throw err;
   });
-  const { models, server } = await startFrontend(discovery, cl.values['namespace'] as string, settings, (l) => process.stderr.write(`${l}\n`), nats);
+  const { models, server } = await startFrontend(discovery, cl.values['namespace'] as string, settings, (l) => process.stderr.write(`${l}\n`), nats).catch(
+    async (err: unknown) => {
+      await nats?.close();
+      await discovery.close();
+      throw err;
+    },
+  );
   const routing = settings.routing === 'kv' ? `kv, events from ${cl.values['nats-server'] as string}` : settings.routing;
   process.stderr.write(`frontend listening on http://${settings.httpHost}:${server.port} (discovery: ${discovery.store.location}; routing: ${routing})\n`);
   await waitForSignal();

@@ -56,26 +56,36 @@ export async function main(argv: string[]): Promise<number> {
   const config = await finalizeConfig(resolveConfig([...worker, ...extra], process.env));
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const discovery = await Discovery.open({ backend: 'mem' });
-  // --router-mode kv: the worker publishes and the router follows KV events on the event plane (--nats-server)
-  const kv = fe.routing === 'kv';
-  const nats = kv ? await connectNats(config.natsServer) : undefined;
-  const w = await startWorker(config, { discovery, log, publishKvEvents: kv });
-  const { models, server } = await startFrontend(discovery, config.namespace, fe, log, nats);
-  await models.waitFor(config.servedModelName, 5000);
-  const host = fe.httpHost === '0.0.0.0' || fe.httpHost === '::' ? '127.0.0.1' : fe.httpHost;
-  const url = `http://${host}:${server.port}`;
-  process.stdout.write(
-    `\ndynamo-sglang is serving "${config.servedModelName}" at ${url}/v1 (OpenAI-compatible). Try:\n\n` +
-      `curl ${url}/v1/completions -H 'content-type: application/json' \\\n` +
-      `  -d '${JSON.stringify({ model: config.servedModelName, prompt: 'Once upon a time', max_tokens: 32, temperature: 0 })}'\n\n` +
-      'Stop with Ctrl-C.\n',
-  );
-  const sig = await waitForSignal();
-  log(`received ${sig}: shutting down`);
-  await server.close();
-  await w.shutdown();
-  await models.close();
-  await nats?.drain();
-  await discovery.close();
+  // what is started so far, released newest first: at shutdown, and when a later step fails (a frontend port in
+  // use must not leave the worker keeping the process alive)
+  const started: (() => Promise<unknown>)[] = [() => discovery.close()];
+  const releaseAll = async () => {
+    while (started.length > 0) await started.pop()!();
+  };
+  try {
+    // --router-mode kv: the worker publishes and the router follows KV events on the event plane (--nats-server)
+    const kv = fe.routing === 'kv';
+    const nats = kv ? await connectNats(config.natsServer) : undefined;
+    if (nats) started.push(() => nats.drain());
+    const w = await startWorker(config, { discovery, log, publishKvEvents: kv });
+    started.push(() => w.shutdown());
+    const { models, server } = await startFrontend(discovery, config.namespace, fe, log, nats);
+    // models close after the worker has drained its in-flight streams through them
+    started.splice(started.length - 1, 0, () => models.close());
+    started.push(() => server.close());
+    await models.waitFor(config.servedModelName, 5000);
+    const host = fe.httpHost === '0.0.0.0' || fe.httpHost === '::' ? '127.0.0.1' : fe.httpHost;
+    const url = `http://${host}:${server.port}`;
+    process.stdout.write(
+      `\ndynamo-sglang is serving "${config.servedModelName}" at ${url}/v1 (OpenAI-compatible). Try:\n\n` +
+        `curl ${url}/v1/completions -H 'content-type: application/json' \\\n` +
+        `  -d '${JSON.stringify({ model: config.servedModelName, prompt: 'Once upon a time', max_tokens: 32, temperature: 0 })}'\n\n` +
+        'Stop with Ctrl-C.\n',
+    );
+    const sig = await waitForSignal();
+    log(`received ${sig}: shutting down`);
+  } finally {
+    await releaseAll();
+  }
   return 0;
 }

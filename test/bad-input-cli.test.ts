@@ -1,0 +1,58 @@
+// Bad input from a user's side, CLI processes: a busy port makes `run`/`frontend`/`start` exit promptly naming
+// the flag (instead of hanging on what was already started: the worker, the discovery lease).
+import t, { type Test } from 'tap';
+import { createServer, type Server } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startCli } from './helpers/cli-process.js';
+
+const modelPath = fileURLToPath(new URL('../models/stories260K.gguf', import.meta.url));
+
+async function busyPort(t: Test): Promise<number> {
+  const blocker: Server = createServer();
+  await new Promise<void>((resolve) => blocker.listen(0, '0.0.0.0', resolve));
+  t.teardown(() => new Promise<void>((resolve) => blocker.close(() => resolve())));
+  return (blocker.address() as { port: number }).port;
+}
+
+function tempDir(t: Test): string {
+  const dir = mkdtempSync(join(tmpdir(), 'bad-input-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Runs the CLI and expects it to exit by itself within `withinMs`; kills it (and fails) otherwise. */
+async function exitsPromptly(t: Test, args: string[], withinMs: number) {
+  const proc = startCli(args);
+  const timer = setTimeout(() => proc.kill('SIGKILL'), withinMs);
+  const { code, signal } = await proc.exited;
+  clearTimeout(timer);
+  t.equal(signal, null, `exited by itself within ${withinMs} ms (stderr: ${proc.stderr()})`);
+  return { code, stderr: proc.stderr() };
+}
+
+t.test('run: --http-port in use exits (the started worker is shut down) naming the flag', async (t) => {
+  const port = await busyPort(t);
+  const { code, stderr } = await exitsPromptly(t, ['run', '--device', 'cpu', '--http-port', String(port)], 30_000);
+  t.equal(code, 2);
+  t.match(stderr, new RegExp(`--http-port ${port}: cannot listen on 0\\.0\\.0\\.0:${port}: .*EADDRINUSE`));
+});
+
+t.test('frontend: --http-port in use exits (the discovery lease is released) naming the flag', async (t) => {
+  const port = await busyPort(t);
+  const root = tempDir(t);
+  const { code, stderr } = await exitsPromptly(t, ['frontend', '--discovery-backend', 'file', '--file-kv-root', root, '--http-port', String(port)], 20_000);
+  t.equal(code, 2);
+  t.match(stderr, `--http-port ${port}: cannot listen`);
+});
+
+t.test('start: --system-port in use names the flag', async (t) => {
+  const port = await busyPort(t);
+  const root = tempDir(t);
+  const args = ['start', '--model-path', modelPath, '--device', 'cpu', '--discovery-backend', 'file', '--file-kv-root', root, '--system-port', String(port)];
+  const { code, stderr } = await exitsPromptly(t, args, 30_000);
+  t.equal(code, 1);
+  t.match(stderr, new RegExp(`--system-port ${port}: the system server cannot listen on 0\\.0\\.0\\.0:${port}: .*EADDRINUSE`));
+});
