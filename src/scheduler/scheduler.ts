@@ -415,8 +415,9 @@ export class Scheduler {
   private releasePages(req: RequestRecord, cacheable: boolean): void {
     let kept = 0;
     if (this.cache && cacheable) {
-      kept = Math.min(Math.floor(req.computed / this.pageSize), req.pages.length);
-      this.cache.insert(req.tokens, req.pages.slice(0, kept));
+      // Pages up to cachedPageCount are in the cache already: only the ones completed since go in.
+      kept = Math.max(req.cachedPageCount, Math.min(Math.floor(req.computed / this.pageSize), req.pages.length));
+      this.cache.extend(req.lockedNode ?? this.cache.root, req.tokens, req.cachedPageCount, req.pages.slice(req.cachedPageCount, kept));
     } else {
       kept = req.cachedPageCount; // cache-owned: only unlocked below
     }
@@ -496,10 +497,10 @@ export class Scheduler {
   private cacheComputedPages(seqs: readonly PlannedSeq[]): void {
     const cache = this.cache;
     if (!cache) return;
-    for (const { req } of seqs) {
-      if (!req.isRunning) continue;
+    for (let i = 0; i < seqs.length; i++) {
+      const req = seqs[i].req;
       const full = Math.min(Math.floor(req.computed / this.pageSize), req.pages.length);
-      if (full <= req.cachedPageCount) continue;
+      if (full <= req.cachedPageCount || !req.isRunning) continue;
       const own = req.pages.slice(req.cachedPageCount, full);
       const { node, pages } = cache.extend(req.lockedNode ?? cache.root, req.tokens, req.cachedPageCount, own);
       cache.lock(node);

@@ -6,6 +6,7 @@
 //  S1. Each slot index in [0, capacity) is held by at most one request, and each request by at most one slot.
 //  S2. Every held request is running (prefilling or decoding).
 //  S3. free slots + held slots === capacity.
+//  S4. The order list holds exactly the holders, in increasing admitOrder.
 import { LlmError } from '../errors.js';
 import type { RequestRecord } from './request.js';
 
@@ -13,6 +14,7 @@ export class SlotTable {
   readonly capacity: number;
   private readonly slots: (RequestRecord | null)[];
   private readonly slotOf = new Map<RequestRecord, number>();
+  private order: RequestRecord[] = []; // holders in acquisition (= admission) order
   private readonly freeSlots: number[];
 
   constructor(capacity: number) {
@@ -38,6 +40,7 @@ export class SlotTable {
     if (slot === undefined) fail('no free slot');
     this.slots[slot] = req;
     this.slotOf.set(req, slot);
+    this.order.push(req);
     return slot;
   }
 
@@ -45,13 +48,14 @@ export class SlotTable {
     const slot = this.slotOf.get(req);
     if (slot === undefined) fail(`request ${req.id} holds no slot`);
     this.slotOf.delete(req);
+    this.order.splice(this.order.indexOf(req), 1);
     this.slots[slot] = null;
     this.freeSlots.push(slot);
   }
 
-  /** Running requests, oldest admission first. */
+  /** Running requests, oldest admission first (a snapshot). */
   running(): RequestRecord[] {
-    return [...this.slotOf.keys()].sort((a, b) => a.admitOrder - b.admitOrder);
+    return this.order.slice();
   }
 
   checkIntegrity(): void {
@@ -64,6 +68,10 @@ export class SlotTable {
       if (!r.isRunning) fail(`slot ${i} holds request ${r.id} in state ${r.state}`);
     }
     if (held !== this.slotOf.size) fail(`${held} slots held, ${this.slotOf.size} requests indexed`);
+    if (this.order.length !== held || this.order.some((r) => !this.slotOf.has(r))) fail('admission order list out of step');
+    for (let i = 1; i < this.order.length; i++) {
+      if (this.order[i - 1].admitOrder >= this.order[i].admitOrder) fail('admission order list not in admission order');
+    }
     if (held + this.freeSlots.length !== this.capacity) fail(`${held} held + ${this.freeSlots.length} free != ${this.capacity}`);
     if (new Set(this.freeSlots).size !== this.freeSlots.length) fail('a slot is free twice');
   }
