@@ -38,7 +38,7 @@ cleanup() {
     kill -KILL "$server_pid" 2>/dev/null
   fi
 }
-trap cleanup EXIT
+trap 'cleanup; rm -rf "$work"' EXIT
 
 say() { echo "[gpu.sh $(date -u +%H:%M:%S) +${SECONDS}s] $*"; }
 die() { say "FAILED: $*"; summarize; exit 1; }
