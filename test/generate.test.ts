@@ -40,6 +40,9 @@ t.test('usage errors exit 2 and name the flag', async (t) => {
   r = await run(['--model-path', STORIES, '--prompt', 'x', '--max-tokens', '0']);
   t.equal(r.code, 2);
   t.match(r.err, /--max-tokens: expected an integer >= 1 and <= 1048576, got "0"/);
+  r = await run(['--model-path', STORIES, '--prompt', 'x', '--max-tokens', '100000', '--device', 'cpu']);
+  t.equal(r.code, 2, 'a --max-tokens past the context is refused at once, not generated for minutes');
+  t.match(r.err, /--max-tokens 100000: with the prompt's 3 tokens this exceeds the model's context length of 2048 \(at most 2045\)/);
   r = await run(['--model-path', STORIES, '--prompt', 'x', '--device', 'tpu']);
   t.match(r.err, /--device: expected one of "cpu", "cuda", "auto"/);
   r = await run(['--model-path', '/no/such/model', '--prompt', 'x']);

@@ -137,6 +137,16 @@ export async function main(argv: string[]): Promise<number> {
   const promptIds = tokenizer.encode(text, { addSpecialTokens: !chat });
   const tooBig = promptIds.find((id) => id >= spec.vocabSize);
   if (tooBig !== undefined) throw new LlmError('LLM_ERR_TOKENIZER', `tokenizer produced id ${tooBig}, outside the model's vocabulary of ${spec.vocabSize}`);
+  // past the trained positions the output is noise, and a huge --max-tokens would run for minutes
+  const room = spec.maxPositionEmbeddings - promptIds.length;
+  if (maxTokens > room) {
+    throw new LlmError(
+      'LLM_ERR_USAGE',
+      room <= 0
+        ? `--prompt: ${promptIds.length} tokens leave no room in the model's context length of ${spec.maxPositionEmbeddings}`
+        : `--max-tokens ${maxTokens}: with the prompt's ${promptIds.length} tokens this exceeds the model's context length of ${spec.maxPositionEmbeddings} (at most ${room})`,
+    );
+  }
   const stopTokenIds = v['ignore-eos'] === true ? [] : [...new Set([...spec.eosTokenIds, ...tokenizer.eosTokenIds])];
 
   const engine = openEngineFor(spec, device, promptIds.length + maxTokens, promptIds.length);
