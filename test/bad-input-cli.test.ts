@@ -56,3 +56,9 @@ t.test('start: --system-port in use names the flag', async (t) => {
   t.equal(code, 1);
   t.match(stderr, new RegExp(`--system-port ${port}: the system server cannot listen on 0\\.0\\.0\\.0:${port}: .*EADDRINUSE`));
 });
+
+t.test('make-model: an --out that cannot be a directory names the flag', async (t) => {
+  const { code, stderr } = await exitsPromptly(t, ['make-model', '--shape', 'llama-tiny', '--seed', '1', '--out', join(modelPath, 'sub')], 20_000);
+  t.equal(code, 2);
+  t.match(stderr, `--out ${join(modelPath, 'sub')}: cannot create the output directory: ENOTDIR`);
+});

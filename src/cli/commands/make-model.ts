@@ -1,6 +1,7 @@
 // `dynamo-sglang make-model --shape S --seed N --out DIR [--dtype bf16|f16|f32] [--std X] [--gguf]`:
 // writes a random-initialised HF checkpoint of a known shape (and, with --gguf, the same weights as GGUF F16).
 
+import { mkdirSync } from 'node:fs';
 import { Type } from '@sinclair/typebox';
 import { parseCommandLine, renderHelp, usageError } from '../args.js';
 import type { FlagSpec } from '../args.js';
@@ -38,10 +39,18 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(makeModelHelp());
     return 0;
   }
+  const shape = required(values['shape'], 'shape') as ModelShapeName;
+  const seed = required(values['seed'], 'seed') as number;
+  const outDir = required(values['out'], 'out') as string;
+  try {
+    mkdirSync(outDir, { recursive: true });
+  } catch (err) {
+    throw usageError(`--out ${outDir}: cannot create the output directory: ${(err as Error).message}`);
+  }
   const result = makeModel({
-    shape: required(values['shape'], 'shape') as ModelShapeName,
-    seed: required(values['seed'], 'seed') as number,
-    outDir: required(values['out'], 'out') as string,
+    shape,
+    seed,
+    outDir,
     dtype: values['dtype'] as DType,
     std: values['std'] as number,
     gguf: values['gguf'] === true,
