@@ -62,3 +62,16 @@ t.test('make-model: an --out that cannot be a directory names the flag', async (
   t.equal(code, 2);
   t.match(stderr, `--out ${join(modelPath, 'sub')}: cannot create the output directory: ENOTDIR`);
 });
+
+t.test('start: an unreachable etcd fails fast naming the endpoint, before the model is loaded', async (t) => {
+  // a port nothing listens on: taken from the OS, then released
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const free = (probe.address() as { port: number }).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  const args = ['start', '--model-path', modelPath, '--device', 'cpu', '--discovery-backend', 'etcd', '--etcd-endpoints', `http://127.0.0.1:${free}`];
+  const { code, stderr } = await exitsPromptly(t, args, 20_000);
+  t.equal(code, 1);
+  t.match(stderr, `etcd at 127.0.0.1:${free} unreachable`);
+  t.notMatch(stderr, 'loading model', 'fails before the (possibly minutes long) model load');
+});

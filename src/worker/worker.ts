@@ -22,6 +22,7 @@ import { eventPlaneMode, WorkerKvEvents } from './kv-events.js';
 import { detectHostIp } from '../runtime/request-plane/address.js';
 import { HttpRequestServer } from '../runtime/request-plane/http.js';
 import { TcpRequestServer } from '../runtime/request-plane/tcp-server.js';
+import { connectNats, NatsRequestServer } from '../runtime/request-plane/nats.js';
 import { WorkerMetrics } from '../runtime/metrics.js';
 import { SystemServer } from '../runtime/system-server.js';
 import { modelTypeToWire, ModelTypeFlag, type ModelDeploymentCard } from '../protocol/mdc.js';
@@ -73,9 +74,6 @@ function checkSupported(config: WorkerConfig): void {
   if (config.tpSize !== 1 || config.dpSize !== 1 || config.nnodes !== 1) {
     throw new LlmError('LLM_ERR_CONFIG', `--tp-size ${config.tpSize} --dp-size ${config.dpSize} --nnodes ${config.nnodes}: only a single rank (1/1/1) is available in this build yet`);
   }
-  if (config.requestPlane === 'nats') {
-    throw new LlmError('LLM_ERR_CONFIG', '--request-plane nats: the worker does not open its own NATS request server yet; use tcp or http');
-  }
 }
 
 export async function startWorker(config: WorkerConfig, options: WorkerOptions = {}): Promise<WorkerHandle> {
@@ -96,6 +94,12 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     (s) => s?.close(),
   );
   if (systemServer) log(`system server on ${systemServer.url('/')} (/metrics, /health, /live)`);
+
+  // discovery before the model: an unreachable etcd fails in seconds, not after a load of minutes
+  const discovery = await resources.open(
+    () => options.discovery ?? Discovery.open(discoveryConfigOf(config)),
+    (d) => (options.discovery ? undefined : d.close()),
+  );
 
   log(`loading model ${config.modelPath} (device ${config.device}) ...`);
   const t0 = performance.now();
@@ -119,10 +123,6 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   metrics.setModelLoadTime(model, component, loadSeconds);
   metrics.setKvStats({ model, component, dpRank: 0, totalBlocks: engine.kv.numPages, gpuCacheUsagePercent: 0 });
 
-  const discovery = await resources.open(
-    () => options.discovery ?? Discovery.open(discoveryConfigOf(config)),
-    (d) => (options.discovery ? undefined : d.close()),
-  );
   const kvEvents = await resources.open(
     () => WorkerKvEvents.start({ config, supervisor, discovery, metrics }, eventPlaneMode(config, options.publishKvEvents), log),
     (k) => k.close(),
@@ -167,14 +167,22 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   // The worker owns its request-plane server, so a shutdown leaves nothing listening.
   const rpc = { host: config.tcpRpcHost ?? undefined, port: config.tcpRpcPort };
   const planeServer = await resources.open(
-    async (): Promise<TcpRequestServer | HttpRequestServer> => (config.requestPlane === 'http' ? HttpRequestServer.start(rpc) : TcpRequestServer.start(rpc)),
-    (p) => p.close(),
+    async (): Promise<TcpRequestServer | HttpRequestServer | NatsRequestServer> => {
+      if (config.requestPlane === 'http') return HttpRequestServer.start(rpc);
+      if (config.requestPlane === 'tcp') return TcpRequestServer.start(rpc);
+      return new NatsRequestServer(await connectNats(config.natsServer));
+    },
+    (p) => (p instanceof NatsRequestServer ? p.connection.drain() : p.close()),
   );
   const served: ServedEndpoint = await resources.open(() =>
     serveEndpoint({
       discovery, namespace, component, endpoint, handler,
       plane: config.requestPlane,
-      ...(planeServer instanceof TcpRequestServer ? { tcpServer: planeServer } : { httpServer: planeServer }),
+      ...(planeServer instanceof TcpRequestServer
+        ? { tcpServer: planeServer }
+        : planeServer instanceof HttpRequestServer
+          ? { httpServer: planeServer }
+          : { natsServer: planeServer }),
       deviceType: engine.backend === 'cuda' ? 'cuda' : 'cpu',
     }),
   );
