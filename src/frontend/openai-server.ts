@@ -52,7 +52,8 @@ export class OpenAiServer {
       s.server.once('error', (err: NodeJS.ErrnoException) =>
         reject(new LlmError('LLM_ERR_USAGE', `--http-port ${options.port ?? 0}: cannot listen on ${options.host ?? '0.0.0.0'}:${options.port ?? 0}: ${err.message}`)),
       );
-      s.server.listen(options.port ?? 0, options.host ?? '0.0.0.0', () => resolve());
+      // a burst of clients beyond Node's default backlog (511) would wait 1 s for a SYN retry (the kernel clamps this)
+      s.server.listen(options.port ?? 0, options.host ?? '0.0.0.0', 65_535, () => resolve());
     });
     return s;
   }

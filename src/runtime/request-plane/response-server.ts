@@ -24,6 +24,14 @@ export interface ExpectOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * Every request's worker connects back here at once, so a burst of N requests is N simultaneous connects: with
+ * Node's default listen backlog (511) the kernel drops the excess SYNs, their retries come 1 s and 3 s later, and
+ * the worker gives up on the call-home (the request is lost, the worker marked down). The kernel clamps this to
+ * net.core.somaxconn.
+ */
+const CALL_HOME_BACKLOG = 65_535;
+
 export class ResponseServer {
   private readonly waiting = new Map<string, ResponseStream>();
   private readonly sockets = new Set<Socket>();
@@ -41,7 +49,7 @@ export class ResponseServer {
     const server = createServer({ noDelay: true });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new LlmError('LLM_ERR_TRANSPORT', `response server cannot listen on ${formatHostPort(host, options.port ?? 0)}: ${err.message}`)));
-      server.listen(options.port ?? 0, host, () => resolve());
+      server.listen(options.port ?? 0, host, CALL_HOME_BACKLOG, () => resolve());
     });
     const bound = server.address();
     const port = typeof bound === 'object' && bound !== null ? bound.port : 0;
