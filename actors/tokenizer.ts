@@ -1,7 +1,8 @@
 // The tokenizer actor: a piscina pool of worker_threads that encode, decode and apply chat templates, so long
-// prompts never stall the thread that schedules steps. This module is both the pool's task (default export, run in
-// each pool thread with the tokenizer loaded once per thread) and the main side's TokenizerPool. Errors come back
-// as coded payloads (a thrown error would lose its code crossing the thread).
+// prompts never stall the thread that schedules steps or serves HTTP. This module is both the pool's task (default
+// export, run in each pool thread, which loads each tokenizer it is asked about once, by path, and keeps it) and
+// the main side's TokenizerPool (one pool serves any number of tokenizers: every call names its source). Errors
+// come back as coded payloads (a thrown error would lose its code crossing the thread).
 import { Piscina } from 'piscina';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import { loadTokenizer, type ChatMessage, type ChatTemplateOptions, type Tokenizer } from '../src/tokenizer/index.js';
@@ -12,10 +13,12 @@ import { siblingModule, workerModuleFile } from './worker.js';
 export type TokenizerTask = { source: TokenizerSource } & (
   | { kind: 'encode'; text: string; addSpecialTokens: boolean }
   | { kind: 'decode'; ids: number[]; skipSpecialTokens: boolean }
-  | { kind: 'chat'; messages: ChatMessage[]; options: ChatTemplateOptions; addSpecialTokens: boolean }
+  | { kind: 'chat'; messages: ChatMessage[]; options: ChatTemplateOptions }
+  | { kind: 'load' }
 );
 
 export type TokenizerReply =
+  | { ok: true; kind: 'loaded' }
   | { ok: true; kind: 'ids'; ids: number[] }
   | { ok: true; kind: 'text'; text: string }
   | { ok: false; error: ErrorPayload };
@@ -47,10 +50,10 @@ export default function runTokenizerTask(task: TokenizerTask): TokenizerReply {
         return { ok: true, kind: 'ids', ids: tok.encode(task.text, { addSpecialTokens: task.addSpecialTokens }) };
       case 'decode':
         return { ok: true, kind: 'text', text: tok.decode(task.ids, { skipSpecialTokens: task.skipSpecialTokens }) };
-      case 'chat': {
-        const prompt = tok.applyChatTemplate(task.messages, task.options);
-        return { ok: true, kind: 'ids', ids: tok.encode(prompt, { addSpecialTokens: task.addSpecialTokens }) };
-      }
+      case 'chat':
+        return { ok: true, kind: 'ids', ids: chatPromptIds(tok, task.messages, task.options) };
+      case 'load':
+        return { ok: true, kind: 'loaded' };
       default:
         return unreachable(task);
     }
@@ -60,32 +63,45 @@ export default function runTokenizerTask(task: TokenizerTask): TokenizerReply {
   }
 }
 
+/** Prompt ids for a chat: the model's chat template (which writes BOS itself where the model wants one), or for a
+ * model without one (the bundled stories260K) the messages' text joined by newlines after BOS, so a plain language
+ * model still continues the conversation. */
+export function chatPromptIds(tok: Tokenizer, messages: ChatMessage[], options: ChatTemplateOptions): number[] {
+  if (tok.hasChatTemplate) return tok.encode(tok.applyChatTemplate(messages, options), { addSpecialTokens: false });
+  return tok.encode(messages.map((m) => m.content).join('\n'), { addSpecialTokens: true });
+}
+
 // ---- main side
 
 export class TokenizerPool {
   private readonly pool: Piscina;
-  private readonly source: TokenizerSource;
+  readonly threads: number;
 
-  constructor(source: TokenizerSource, options: { threads?: number } = {}) {
-    this.source = source;
-    const threads = options.threads ?? 2;
-    this.pool = new Piscina({ filename: workerModuleFile(siblingModule(import.meta.url, 'tokenizer')), minThreads: 1, maxThreads: threads });
+  constructor(options: { threads?: number } = {}) {
+    this.threads = options.threads ?? 2;
+    // All threads start at once and stay: a thread that loads a tokenizer keeps it for the pool's life.
+    this.pool = new Piscina({ filename: workerModuleFile(siblingModule(import.meta.url, 'tokenizer')), minThreads: this.threads, maxThreads: this.threads });
   }
 
-  async encode(text: string, addSpecialTokens = true): Promise<number[]> {
-    return this.ids(await this.run({ source: this.source, kind: 'encode', text, addSpecialTokens }));
+  async encode(source: TokenizerSource, text: string, addSpecialTokens = true): Promise<number[]> {
+    return this.ids(await this.run({ source, kind: 'encode', text, addSpecialTokens }));
   }
 
-  async decode(ids: number[], skipSpecialTokens = true): Promise<string> {
-    const r = await this.run({ source: this.source, kind: 'decode', ids, skipSpecialTokens });
-    if (r.kind !== 'text') throw new LlmError('LLM_ERR_INTERNAL', 'tokenizer pool answered decode with ids');
+  async decode(source: TokenizerSource, ids: number[], skipSpecialTokens = true): Promise<string> {
+    const r = await this.run({ source, kind: 'decode', ids, skipSpecialTokens });
+    if (r.kind !== 'text') throw new LlmError('LLM_ERR_INTERNAL', `tokenizer pool answered decode with ${r.kind}`);
     return r.text;
   }
 
-  /** Applies the model's chat template and encodes the result. */
-  async encodeChat(messages: ChatMessage[], options: ChatTemplateOptions = {}): Promise<number[]> {
-    // The template writes BOS itself where the model wants one.
-    return this.ids(await this.run({ source: this.source, kind: 'chat', messages, options, addSpecialTokens: false }));
+  /** Prompt ids for a chat (see chatPromptIds). */
+  async encodeChat(source: TokenizerSource, messages: ChatMessage[], options: ChatTemplateOptions = {}): Promise<number[]> {
+    return this.ids(await this.run({ source, kind: 'chat', messages, options }));
+  }
+
+  /** Loads the tokenizer in every thread ahead of the first request (a Qwen tokenizer takes seconds to load).
+   * One task per thread, sent together: a thread busy loading takes no second one. */
+  async load(source: TokenizerSource): Promise<void> {
+    await Promise.all(Array.from({ length: this.threads }, () => this.run({ source, kind: 'load' })));
   }
 
   destroy(): Promise<void> {
@@ -104,7 +120,7 @@ export class TokenizerPool {
   }
 
   private ids(r: Extract<TokenizerReply, { ok: true }>): number[] {
-    if (r.kind !== 'ids') throw new LlmError('LLM_ERR_INTERNAL', 'tokenizer pool answered with text where ids were due');
+    if (r.kind !== 'ids') throw new LlmError('LLM_ERR_INTERNAL', `tokenizer pool answered with ${r.kind} where ids were due`);
     return r.ids;
   }
 }

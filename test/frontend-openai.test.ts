@@ -1,6 +1,10 @@
 // The OpenAI HTTP layer over a scripted backend and the real stories260K tokenizer: request validation and
-// error bodies, SSE framing, stop strings (also split across tokens), usage, n > 1 and client disconnects.
+// error bodies, SSE framing, stop strings (also split across tokens), usage, n > 1 and client disconnects. Prompts
+// and chat templates go through the frontend's tokenizer pool (the models name their tokenizer's source).
 import t from 'tap';
+import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { OpenAiServer } from '../src/frontend/openai-server.js';
 import { StaticModelDirectory, type ServedModel } from '../src/frontend/models.js';
@@ -19,6 +23,7 @@ let aborted = 0;
 const model: ServedModel = {
   name: 'stories',
   tokenizer,
+  tokenizerSource: { modelPath },
   contextLength: 512,
   created: 1,
   async *generate(req: PreprocessedRequest, { signal }): AsyncIterable<LlmResponseChunk> {
@@ -41,7 +46,17 @@ const model: ServedModel = {
   },
 };
 
-const server = await OpenAiServer.listen({ models: new StaticModelDirectory([model]), host: '127.0.0.1', port: 0 });
+// Models with chat templates: the Qwen3 fixture's, and one whose template fails when rendered.
+const QWEN3_DIR = fileURLToPath(new URL('./fixtures/hf/qwen3-tiny', import.meta.url));
+const badTemplateDir = mkdtempSync(join(tmpdir(), 'frontend-bad-template-'));
+t.teardown(() => rmSync(badTemplateDir, { recursive: true, force: true }));
+copyFileSync(join(QWEN3_DIR, 'tokenizer.json'), join(badTemplateDir, 'tokenizer.json'));
+writeFileSync(join(badTemplateDir, 'tokenizer_config.json'), JSON.stringify({ chat_template: "{{ raise_exception('only user turns') }}" }));
+const qwen = loadTokenizer(QWEN3_DIR);
+const qwenModel: ServedModel = { ...model, name: 'qwen', tokenizer: qwen, tokenizerSource: { modelPath: QWEN3_DIR } };
+const badTemplateModel: ServedModel = { ...model, name: 'bad-template', tokenizer: loadTokenizer(badTemplateDir), tokenizerSource: { modelPath: badTemplateDir } };
+
+const server = await OpenAiServer.listen({ models: new StaticModelDirectory([model, qwenModel, badTemplateModel]), host: '127.0.0.1', port: 0 });
 t.teardown(() => server.close());
 const base = `http://127.0.0.1:${server.port}`;
 const post = (path: string, body: unknown) =>
@@ -93,6 +108,26 @@ t.test('n > 1 and logprobs', async (t) => {
   t.same(body.choices[0].logprobs.token_logprobs, [-0.5, -0.5, -0.5]);
 });
 
+t.test('chat templates render in the pool; echo of prompt ids decodes there', async (t) => {
+  const messages = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }];
+  const r = await post('/v1/chat/completions', { model: 'qwen', messages, max_tokens: 2 });
+  t.equal(r.status, 200);
+  t.same(seen.at(-1)!.token_ids, qwen.encode(qwen.applyChatTemplate(messages), { addSpecialTokens: false }));
+  const plain = await post('/v1/chat/completions', { model: 'stories', messages, max_tokens: 2 });
+  t.equal(plain.status, 200);
+  t.same(seen.at(-1)!.token_ids, tokenizer.encode('Be brief.\nHi', { addSpecialTokens: true }), 'no template: the text after BOS');
+  const ids = tokenizer.encode('Once upon a time', { addSpecialTokens: false });
+  const echoed = await post('/v1/completions', { model: 'stories', prompt: ids, echo: true, max_tokens: 2 });
+  const body = (await echoed.json()) as { choices: { text: string }[] };
+  t.equal(body.choices[0].text, tokenizer.decode(ids) + streamed(script.slice(0, 2)));
+});
+
+t.test('a chat template that fails is a 400 naming messages', async (t) => {
+  const r = await post('/v1/chat/completions', { model: 'bad-template', messages: [{ role: 'user', content: 'Hi' }] });
+  t.equal(r.status, 400);
+  t.match(await r.json(), { error: { type: 'invalid_request_error', param: 'messages', message: /^messages: chat template failed/ } });
+});
+
 t.test('bad input: OpenAI error bodies naming the field', async (t) => {
   const cases: [unknown, number, RegExp][] = [
     [{ model: 'nope', prompt: 'x' }, 404, /model "nope" does not exist/],
@@ -100,6 +135,8 @@ t.test('bad input: OpenAI error bodies naming the field', async (t) => {
     [{ model: 'stories' }, 400, /prompt/],
     [{ model: 'stories', prompt: 'x', max_tokens: 100000 }, 400, /max_tokens.*context length/],
     [{ model: 'stories', prompt: [1, 2, 99999] }, 400, /token id 99999/],
+    [{ model: 'stories', prompt: [[1, 2], [3, 99999]] }, 400, /prompt\[1\]\[1\]: token id 99999 is outside the vocabulary/],
+    [{ model: 'stories', prompt: ['a', ''] }, 400, /prompt\[1\]: empty prompt/],
     ['{not json', 400, /not valid JSON/],
   ];
   for (const [body, status, re] of cases) {

@@ -9,6 +9,7 @@ import type { NatsConnection } from 'nats';
 import type { Discovery, RecordWatch } from '../runtime/discovery/index.js';
 import { EndpointClient, DisconnectedError, type RoutingMode } from '../runtime/client.js';
 import { ResponseServer } from '../runtime/request-plane/response-server.js';
+import { NatsRequestClient } from '../runtime/request-plane/nats.js';
 import type { ModelRecord } from '../protocol/discovery.js';
 import { modelTypeFromWire, ModelTypeFlag } from '../protocol/mdc.js';
 import type { PreprocessedRequest } from '../protocol/request.js';
@@ -20,13 +21,15 @@ import { KvRouter } from './kv-router.js';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index.js';
 import type { GenerateOptions, ModelDirectory, ServedModel } from './models.js';
 import { PrefillRouter } from './prefill-router.js';
+import { acquireTokenizerPool, releaseTokenizerPool } from './tokenizer-pool.js';
+import type { TokenizerSource } from '../../actors/tokenizer.js';
 
 export interface DiscoveredModelsOptions {
   discovery: Discovery;
   /** Only models of this namespace (all namespaces when absent). */
   namespace?: string;
   routing?: FrontendRouting;
-  /** The event plane: needed by routing "kv". */
+  /** NATS: the event plane (needed by routing "kv") and the request plane of workers serving over nats. */
   nats?: NatsConnection;
   /** Routing "kv": weight of uncached prompt blocks against load, and the sampling temperature (0: the cheapest). */
   kvOverlapScoreWeight?: number;
@@ -47,6 +50,8 @@ export class DiscoveredModels implements ModelDirectory {
   private readonly clients = new Map<string, Promise<EndpointClient>>();
   private readonly kvRouters = new Map<string, KvRouter>();
   private readonly tokenizers = new Map<string, Tokenizer>();
+  /** The frontend's tokenizer pool, held to load each new model's tokenizer in its threads before a request comes. */
+  private readonly tokenizerPool = acquireTokenizerPool();
 
   private constructor(
     private readonly options: DiscoveredModelsOptions,
@@ -97,6 +102,7 @@ export class DiscoveredModels implements ModelDirectory {
     for (const c of this.clients.values()) (await c.catch(() => null))?.close();
     for (const r of this.kvRouters.values()) r.close();
     await this.responses.close();
+    await releaseTokenizerPool();
   }
 
   private refresh(records: ModelRecord[]): void {
@@ -111,9 +117,9 @@ export class DiscoveredModels implements ModelDirectory {
       const endpointKey = `${r.namespace}/${r.component}/${r.endpoint}`;
       if (this.models.get(name)?.endpointKey === endpointKey) continue;
       try {
-        const tokenizer = this.tokenizerFor(card.tokenizer ?? null, card.source_path ?? null);
+        const { tokenizer, source } = this.tokenizerFor(card.tokenizer ?? null, card.source_path ?? null);
         const router = this.options.routing === 'kv' ? this.kvRouter(r, card.kv_cache_block_size) : null;
-        const model = new DiscoveredModel(name, tokenizer, card.context_length, () => this.client(r), router, this.options.migrationLimit ?? 0, this.prefill);
+        const model = new DiscoveredModel(name, tokenizer, source, card.context_length, () => this.client(r), router, this.options.migrationLimit ?? 0, this.prefill);
         this.models.set(name, { model, endpointKey });
         this.options.log?.(`model "${name}" served by ${endpointKey}`);
       } catch (err) {
@@ -123,17 +129,19 @@ export class DiscoveredModels implements ModelDirectory {
     for (const name of [...this.models.keys()]) if (!seen.has(name)) this.models.delete(name);
   }
 
-  private tokenizerFor(artifact: Record<string, unknown> | null, sourcePath: string | null): Tokenizer {
+  private tokenizerFor(artifact: Record<string, unknown> | null, sourcePath: string | null): { tokenizer: Tokenizer; source: TokenizerSource } {
     const ref = artifact ? Object.values(artifact)[0] : null;
     const path = typeof ref === 'string' ? ref : ref && typeof ref === 'object' && 'path' in ref ? String((ref as { path: unknown }).path) : sourcePath;
     if (path === null) throw new LlmError('LLM_ERR_TOKENIZER', 'the model card names no tokenizer');
     if (path.startsWith('hf://')) throw new LlmError('LLM_ERR_TOKENIZER', `tokenizer ${path} is on the hub, which this frontend cannot reach; give the worker a local path`);
+    const source: TokenizerSource = { modelPath: path };
     let t = this.tokenizers.get(path);
     if (t === undefined) {
       t = loadTokenizer(path);
       this.tokenizers.set(path, t);
+      this.tokenizerPool.load(source).catch((err: unknown) => this.options.log?.(`tokenizer pool could not load ${path}: ${(err as Error).message}`));
     }
-    return t;
+    return { tokenizer: t, source };
   }
 
   private client(r: ModelRecord): Promise<EndpointClient> {
@@ -147,6 +155,8 @@ export class DiscoveredModels implements ModelDirectory {
         endpoint: r.endpoint,
         routing: this.options.routing === 'random' ? 'random' : 'round_robin',
         responses: this.responses,
+        // workers on the nats request plane are reached through the same connection as the event plane
+        ...(this.options.nats ? { nats: new NatsRequestClient(this.options.nats, this.responses) } : {}),
       });
       this.clients.set(key, c);
     }
@@ -175,6 +185,7 @@ class DiscoveredModel implements ServedModel {
   constructor(
     readonly name: string,
     readonly tokenizer: Tokenizer,
+    readonly tokenizerSource: TokenizerSource,
     readonly contextLength: number,
     private readonly client: () => Promise<EndpointClient>,
     private readonly router: KvRouter | null,

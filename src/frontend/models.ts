@@ -3,6 +3,7 @@
 import type { LlmResponseChunk } from '../protocol/response.js';
 import type { PreprocessedRequest } from '../protocol/request.js';
 import type { Tokenizer } from '../tokenizer/index.js';
+import type { TokenizerSource } from '../../actors/tokenizer.js';
 
 export interface GenerateOptions {
   signal: AbortSignal;
@@ -10,7 +11,11 @@ export interface GenerateOptions {
 
 export interface ServedModel {
   readonly name: string;
+  /** On this thread: detokenization of streamed tokens, vocabulary size, EOS and special ids. */
   readonly tokenizer: Tokenizer;
+  /** Where the frontend's tokenizer pool loads the same tokenizer to encode prompts and render chat templates.
+   * A model without one (an in-memory tokenizer, as tests build) has its prompts encoded on this thread. */
+  readonly tokenizerSource?: TokenizerSource;
   readonly contextLength: number;
   readonly created: number; // unix seconds, reported by /v1/models
   generate(request: PreprocessedRequest, options: GenerateOptions): AsyncIterable<LlmResponseChunk>;

@@ -2,6 +2,12 @@
 // splits a UTF-8 character, and stop strings that end the choice. Text that could still become the start of a
 // stop string is held back until it can no longer match, so a streamed client never sees text a later token
 // would have cut off.
+//
+// This runs on the HTTP thread, not in the tokenizer pool: it is byte concatenation plus a streaming TextDecoder,
+// no vocabulary search. Measured on the dev box (2 cores, Node 20), per generated token: 0.4-0.7 us inline for
+// stories260K and the Qwen3 tokenizer, against 65-115 us for one round trip to a warm pool thread (and a hop per
+// chunk would also have to keep chunks in order). Prompt work is what the pool is for: a 2k-token prompt takes
+// 8-14 ms to encode (Qwen3 chat template + encode: ~10 ms), which would otherwise stall every stream.
 import { IncrementalDetokenizer, type Tokenizer } from '../tokenizer/index.js';
 
 export interface TextStreamOptions {
