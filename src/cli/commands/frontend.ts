@@ -38,7 +38,7 @@ const DISCOVERY_FLAGS: readonly FlagSpec[] = [
   { name: 'file-kv-root', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'DYN_FILE_KV', valueName: 'DIR', default: null, defaultText: '$TMPDIR/dynamo_store_kv', group: 'Discovery',
     help: 'Directory of the file discovery store.' },
   { name: 'nats-server', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'NATS_SERVER', valueName: 'URL', default: 'nats://localhost:4222', defaultText: 'nats://localhost:4222', group: 'Discovery',
-    help: 'NATS server of the event plane (KV events and load, for --router-mode kv).' },
+    help: 'NATS server: the event plane (KV events and load, for --router-mode kv) and the request plane of workers started with --request-plane nats. Connected when named or with --router-mode kv.' },
 ];
 
 export interface FrontendSettings {
@@ -112,7 +112,10 @@ export async function main(argv: string[]): Promise<number> {
   }
   const settings = frontendSettings(cl.values);
   // the event plane first: a failure then leaves no discovery lease keeping the process alive
-  const nats = settings.routing === 'kv' ? await connectNats(cl.values['nats-server'] as string) : undefined;
+  // NATS carries KV events (kv routing) and requests to workers on the nats request plane: connect when either may
+  // be needed, i.e. for kv routing or when a NATS server was named
+  const natsNamed = argv.some((a) => a === '--nats-server' || a.startsWith('--nats-server=')) || process.env.NATS_SERVER !== undefined;
+  const nats = settings.routing === 'kv' || natsNamed ? await connectNats(cl.values['nats-server'] as string) : undefined;
   const discovery = await Discovery.open(discoveryConfig(cl.values)).catch(async (err: unknown) => {
     await nats?.close();
     throw err;
