@@ -75,3 +75,26 @@ t.test('start: an unreachable etcd fails fast naming the endpoint, before the mo
   t.match(stderr, `etcd at 127.0.0.1:${free} unreachable`);
   t.notMatch(stderr, 'loading model', 'fails before the (possibly minutes long) model load');
 });
+
+t.test('run: SIGINT with a request streaming ends it with a finish reason and [DONE], then exits 0', async (t) => {
+  const p = startCli(['run', '--http-port', '0', '--http-host', '127.0.0.1', '--device', 'cpu', '--graceful-shutdown-grace-period', '0']);
+  t.teardown(() => p.kill('SIGKILL'));
+  const [, url] = await p.waitFor(/serving "stories260K" at (http:\/\/[0-9.:]+)\/v1/);
+  const r = await fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 2000, ignore_eos: true, stream: true }),
+  });
+  const reader = r.body!.getReader();
+  let text = new TextDecoder().decode((await reader.read()).value);
+  p.kill('SIGINT');
+  for (;;) {
+    const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true }));
+    if (done) break;
+    text += new TextDecoder().decode(value);
+  }
+  const events = text.split('\n\n').filter(Boolean);
+  t.equal(events.at(-1), 'data: [DONE]', 'the stream is ended, not cut');
+  t.match(events.at(-2), /"finish_reason":"\w+"|"error":/, 'its last chunk says why it ended');
+  t.equal((await p.exited).code, 0, `exit code (stderr: ${p.stderr()})`);
+});

@@ -70,9 +70,10 @@ export async function main(argv: string[]): Promise<number> {
     const w = await startWorker(config, { discovery, log, publishKvEvents: kv });
     started.push(() => w.shutdown());
     const { models, server } = await startFrontend(discovery, config.namespace, fe, log, nats);
-    // models close after the worker has drained its in-flight streams through them
-    started.splice(started.length - 1, 0, () => models.close());
-    started.push(() => server.close());
+    // at shutdown the worker goes first: it leaves discovery and drains its in-flight streams (grace period, then
+    // a clear end) through the frontend, which closes after it
+    const stopWorker = started.pop()!;
+    started.push(() => models.close(), () => server.close(), stopWorker);
     await models.waitFor(config.servedModelName, 5000);
     const host = fe.httpHost === '0.0.0.0' || fe.httpHost === '::' ? '127.0.0.1' : fe.httpHost;
     const url = `http://${host}:${server.port}`;
