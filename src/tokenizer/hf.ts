@@ -10,6 +10,7 @@ import { ggufArray, ggufString } from '../engine/gguf.js';
 import type { GgufFile } from '../engine/gguf.js';
 import { ChatTemplate } from './chat-template.js';
 import type { ChatMessage, ChatTemplateOptions, DecodeOptions, EncodeOptions, Tokenizer } from './types.js';
+import { tokensText } from './text.js';
 
 type Json = Record<string, unknown>;
 type LoadedTokenizer = ReturnType<typeof TokenizerLoader.fromPreTrained>;
@@ -236,14 +237,7 @@ export class HfTokenizer implements Tokenizer {
   }
 
   decode(ids: ArrayLike<number>, options: DecodeOptions = {}): string {
-    const skip = options.skipSpecialTokens ?? true;
-    const parts: Uint8Array[] = [];
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i] as number;
-      if ((skip && this.specialTokenIds.has(id)) || id >= this.vocabSize) continue; // padding ids past the tokenizer
-      parts.push(this.tokenBytes(id));
-    }
-    const text = Buffer.concat(parts).toString('utf8');
+    const text = tokensText(this, ids, options.skipSpecialTokens ?? true);
     return this.stripLeadingSpace && text.startsWith(' ') ? text.slice(1) : text;
   }
 
