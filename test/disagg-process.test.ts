@@ -8,7 +8,7 @@
 // the kill lands while the decode side is connected and waiting.
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
-import { startCli, type CliProcess } from './helpers/cli-process.js';
+import { frontendReady, startCli, type CliProcess } from './helpers/cli-process.js';
 import { startEtcd, startNats, type EtcdService, type NatsService } from './helpers/services.js';
 
 const MODEL = fileURLToPath(new URL('../models/stories260K.gguf', import.meta.url));
@@ -68,14 +68,7 @@ async function killServingPrefill(): Promise<Worker> {
 async function startFrontend(ns: string, extra: string[] = []): Promise<string> {
   const proc = startCli(['frontend', '--http-port', '0', '--http-host', '127.0.0.1', '--namespace', ns, ...discoveryArgs(), ...extra]);
   procs.push(proc);
-  const [, port] = await proc.waitFor(/frontend listening on http:\/\/[0-9.]+:(\d+)/, 90_000);
-  const url = `http://127.0.0.1:${port}`;
-  for (const deadline = Date.now() + 30_000; ; ) {
-    const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
-    if (models.data.some((m) => m.id === 'stories260K')) return url;
-    if (Date.now() > deadline) throw new Error(`frontend ${url} never listed stories260K`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  return frontendReady(proc, 'stories260K');
 }
 
 interface Completion {

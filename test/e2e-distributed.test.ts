@@ -7,7 +7,7 @@
 // stopped; stories260K alone would finish a 200-token answer before the signal lands.
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
-import { startCli, type CliProcess } from './helpers/cli-process.js';
+import { frontendReady, startCli, type CliProcess } from './helpers/cli-process.js';
 import { freePort, startEtcd, startNats, type EtcdService, type NatsService } from './helpers/services.js';
 import { Discovery } from '../src/runtime/discovery/index.js';
 
@@ -49,14 +49,7 @@ async function startFrontend(extra: string[]): Promise<string> {
     '--etcd-endpoints', `http://${etcd.endpoint}`, '--nats-server', nats.url, ...extra,
   ]);
   procs.push(proc);
-  const [, port] = await proc.waitFor(/frontend listening on http:\/\/[0-9.]+:(\d+)/, 90_000);
-  const url = `http://127.0.0.1:${port}`;
-  for (const deadline = Date.now() + 30_000; ; ) {
-    const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
-    if (models.data.some((m) => m.id === 'stories260K')) return url;
-    if (Date.now() > deadline) throw new Error(`frontend ${url} never listed stories260K`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  return frontendReady(proc, 'stories260K');
 }
 
 /** Requests being served by the worker now (its dynamo_component_inflight_requests gauge). */

@@ -74,3 +74,15 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProces
     },
   };
 }
+
+/** Waits for a `frontend` process to listen and to list `model` in /v1/models; returns its base URL. */
+export async function frontendReady(proc: CliProcess, model: string): Promise<string> {
+  const [, port] = await proc.waitFor(/frontend listening on http:\/\/[0-9.]+:(\d+)/, 90_000);
+  const url = `http://127.0.0.1:${port}`;
+  for (const deadline = Date.now() + 30_000; ; ) {
+    const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
+    if (models.data.some((m) => m.id === model)) return url;
+    if (Date.now() > deadline) throw new Error(`frontend ${url} never listed ${model}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
