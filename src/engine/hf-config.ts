@@ -3,7 +3,7 @@
 // (rope_parameters holding rope_theta and the scaling, dtype).
 
 import { LlmError } from '../errors.js';
-import type { Architecture, DType, RopeScaling } from './types.js';
+import type { Architecture, DType, ModelSpec, RopeScaling } from './types.js';
 
 export const SUPPORTED_HF_ARCHITECTURES: Readonly<Record<string, Architecture>> = {
   LlamaForCausalLM: 'llama',
@@ -11,25 +11,10 @@ export const SUPPORTED_HF_ARCHITECTURES: Readonly<Record<string, Architecture>> 
   Qwen3ForCausalLM: 'qwen3',
 };
 
-export interface HfHyperParams {
-  architecture: Architecture;
+/** A config.json read into the engine's hyper-parameters (ModelSpec without tensors and rope layout), plus what
+ * only the HF side knows. */
+export interface HfHyperParams extends Omit<ModelSpec, 'tensors' | 'ropeLayout'> {
   hfArchitecture: string;
-  vocabSize: number;
-  hiddenSize: number;
-  intermediateSize: number;
-  numLayers: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  rmsNormEps: number;
-  ropeTheta: number;
-  ropeScaling: RopeScaling | null;
-  maxPositionEmbeddings: number;
-  tieWordEmbeddings: boolean;
-  qkvBias: boolean;
-  qkNorm: boolean;
-  bosTokenId: number | null;
-  eosTokenIds: number[];
   /** The checkpoint's declared dtype (torch_dtype / dtype), null when absent or not one of ours. */
   dtype: DType | null;
 }
