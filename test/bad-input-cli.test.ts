@@ -1,7 +1,7 @@
 // Bad input from a user's side, CLI processes: a busy port makes `run`/`frontend`/`start` exit promptly naming
 // the flag (instead of hanging on what was already started: the worker, the discovery lease).
 import t, { type Test } from 'tap';
-import { createServer, type Server } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -97,4 +97,26 @@ t.test('run: SIGINT with a request streaming ends it with a finish reason and [D
   t.equal(events.at(-1), 'data: [DONE]', 'the stream is ended, not cut');
   t.match(events.at(-2), /"finish_reason":"\w+"|"error":/, 'its last chunk says why it ended');
   t.equal((await p.exited).code, 0, `exit code (stderr: ${p.stderr()})`);
+});
+
+t.test('bench: Ctrl-C while a hung server has not answered the model list quits at once', async (t) => {
+  const held: Socket[] = [];
+  const hung = createServer((socket) => held.push(socket)); // accepts, never answers
+  const connected = new Promise<void>((resolve) => hung.once('connection', () => resolve()));
+  await new Promise<void>((resolve) => hung.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    for (const s of held) s.destroy();
+    return new Promise<void>((resolve) => hung.close(() => resolve()));
+  });
+  const port = (hung.address() as { port: number }).port;
+  const p = startCli(['bench', '--url', `http://127.0.0.1:${port}`, '--num-prompts', '2']);
+  t.teardown(() => p.kill('SIGKILL'));
+  await connected;
+  const t0 = performance.now();
+  p.kill('SIGINT');
+  const timer = setTimeout(() => p.kill('SIGKILL'), 10_000);
+  const exit = await p.exited;
+  clearTimeout(timer);
+  t.equal(exit.code, 130, `exit code 130 after Ctrl-C (stderr: ${p.stderr()})`);
+  t.ok(performance.now() - t0 < 5_000, 'quits within seconds, not at the 300 s request timeout');
 });

@@ -63,14 +63,19 @@ function errorText(status: number, body: string): string {
   return `HTTP ${status}: ${short(body) || '(empty body)'}`;
 }
 
-/** GET {url}/v1/models → the served model ids; errors name the URL and what was wrong. */
-export async function listModels(url: string, timeoutMs: number): Promise<string[]> {
+/** A model list answers at once from any live server; a hung one should not cost the whole --timeout. */
+const MODEL_LIST_TIMEOUT_MS = 30_000;
+
+/** GET {url}/v1/models → the served model ids; errors name the URL and what was wrong. `stop` (Ctrl-C) aborts. */
+export async function listModels(url: string, timeoutMs: number, stop?: AbortSignal): Promise<string[]> {
   const where = `${url}/v1/models`;
+  const waitMs = Math.min(timeoutMs, MODEL_LIST_TIMEOUT_MS);
+  const timeout = AbortSignal.timeout(waitMs);
   let res: Response;
   try {
-    res = await fetch(where, { signal: AbortSignal.timeout(timeoutMs) });
+    res = await fetch(where, { signal: stop ? AbortSignal.any([timeout, stop]) : timeout });
   } catch (err) {
-    throw new LlmError('LLM_ERR_TRANSPORT', describeFetchError(err, where, timeoutMs));
+    throw new LlmError('LLM_ERR_TRANSPORT', describeFetchError(err, where, waitMs));
   }
   let body: string;
   try {

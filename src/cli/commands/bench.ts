@@ -190,7 +190,13 @@ async function runBenchmark(p: BenchPlan, stop: AbortSignal): Promise<number> {
   const progressSink = p.progress ? process.stderr : null;
   const log = (line: string) => process.stderr.write(`${line}\n`);
 
-  const served = await listModels(c.url, c.timeoutS * 1000);
+  let served: string[];
+  try {
+    served = await listModels(c.url, c.timeoutS * 1000, stop);
+  } catch (err) {
+    if (stop.aborted) return INTERRUPTED_EXIT;
+    throw err;
+  }
   let model = c.model;
   if (model === null) {
     if (served.length === 0) throw new LlmError('LLM_ERR_PROTOCOL', `${c.url}/v1/models lists no models; name one with --model`);
