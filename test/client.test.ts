@@ -126,6 +126,12 @@ t.test('EndpointClient follows discovery and routes', async (t) => {
     t.equal(client.instances().length, 3);
   });
 
+  t.test('when every instance is marked down, they are tried again instead of refusing the request', async (t) => {
+    for (const r of client.instances()) client.reportInstanceDown(r.instance_id);
+    t.equal(client.available().length, 0);
+    t.ok(['w2', 'w3', 'w4'].includes(await whoServes()), 'a live instance marked down still serves');
+  });
+
   t.test('a stream dropped mid-way fails with a migratable error and takes the instance out of rotation', async (t) => {
     const dropper = new Discovery(new MemStore());
     let dropNow!: () => void;

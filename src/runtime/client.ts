@@ -165,7 +165,12 @@ export class EndpointClient {
     let lastError: unknown;
     for (;;) {
       let candidates = this.available().filter((r) => !tried.has(r.instance_id));
-      if (candidates.length === 0 && tried.size === 0) candidates = await this.waitForInstances(options.waitForInstancesMs ?? 0);
+      if (candidates.length === 0 && tried.size === 0) {
+        // Every known instance is marked down. The mark steers the choice, it is not a ban: try them again rather
+        // than fail (one dropped stream would otherwise make a single worker refuse everyone for the cooldown).
+        candidates = this.instances();
+        if (candidates.length === 0) candidates = await this.waitForInstances(options.waitForInstancesMs ?? 0);
+      }
       if (candidates.length === 0) throw lastError;
       const target = routing === 'random' ? candidates[Math.floor(Math.random() * candidates.length)] : candidates[this.next++ % candidates.length];
       try {
