@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { OpenAiServer } from '../src/frontend/openai-server.js';
 import { StaticModelDirectory, type ServedModel } from '../src/frontend/models.js';
 import { loadTokenizer } from '../src/tokenizer/index.js';
+import { LlmError } from '../src/errors.js';
 import type { PreprocessedRequest } from '../src/protocol/request.js';
 import type { LlmResponseChunk } from '../src/protocol/response.js';
 
@@ -175,4 +176,24 @@ t.test('requests beyond the in-flight limit get 429 with retry-after', async (t)
   t.equal(refused.headers.get('retry-after'), '1');
   t.match(((await refused.json()) as { error: { type: string; message: string } }).error, { type: 'rate_limit_error', message: /limit of 1 requests/ });
   t.equal((await slow).status, 200);
+});
+
+t.test('a streamed request that fails before its first token gets a real error status, not a 200 stream', async (t) => {
+  const failing: ServedModel = {
+    ...model,
+    name: 'failing',
+    async *generate(): AsyncIterable<LlmResponseChunk> {
+      throw new LlmError('LLM_ERR_DISCOVERY', 'no instances of dynamo/backend/generate in discovery');
+    },
+  };
+  const s = await OpenAiServer.listen({ models: new StaticModelDirectory([failing]), host: '127.0.0.1', port: 0 });
+  t.teardown(() => s.close());
+  const r = await fetch(`http://127.0.0.1:${s.port}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'failing', messages: [{ role: 'user', content: 'hi' }], stream: true }),
+  });
+  t.equal(r.status, 503);
+  t.match(r.headers.get('content-type'), /application\/json/);
+  t.match(((await r.json()) as { error: { message: string } }).error.message, /no instances/);
 });

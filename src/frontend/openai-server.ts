@@ -203,6 +203,7 @@ export class OpenAiServer {
         signal.addEventListener('abort', onAbort, { once: true });
         try {
           for await (const chunk of model.generate(requests[k], { signal: local.signal })) {
+            writer?.commit();
             if (chunk.completion_usage) result.usage = chunk.completion_usage;
             lp.add(chunk);
             const delta = text.push(chunk.token_ids);
@@ -226,7 +227,7 @@ export class OpenAiServer {
           if (signal.aborted) throw err;
           if (local.signal.aborted && result.finish !== null) {
             // we cancelled it ourselves after a stop string
-          } else if (writer !== null) {
+          } else if (writer !== null && writer.committed) {
             writer.send({ error: openAiErrorBody(errorStatus(err), toErrorPayload(err).message).error });
             result.finish = 'error';
             return result;
@@ -512,21 +513,33 @@ class LogprobCollector {
   }
 }
 
+/** Server-sent events. Nothing is written until `commit()` (the backend's first chunk): a request that fails
+ * before then still gets a real HTTP error status and an OpenAI error body instead of a 200 stream. */
 class SseWriter {
-  private started = false;
+  private held: string[] | null = [];
 
   constructor(private readonly res: ServerResponse) {}
 
+  get committed(): boolean {
+    return this.held === null;
+  }
+
   send(obj: unknown): void {
-    if (!this.started) {
-      this.res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
-      this.started = true;
-    }
-    if (!this.res.writableEnded) this.res.write(`data: ${JSON.stringify(obj)}\n\n`);
+    const event = `data: ${JSON.stringify(obj)}\n\n`;
+    if (this.held !== null) this.held.push(event);
+    else if (!this.res.writableEnded) this.res.write(event);
+  }
+
+  commit(): void {
+    if (this.held === null) return;
+    const held = this.held;
+    this.held = null;
+    this.res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    for (const event of held) this.res.write(event);
   }
 
   done(): void {
-    if (!this.started) this.send({});
+    this.commit();
     if (!this.res.writableEnded) this.res.end('data: [DONE]\n\n');
   }
 }
