@@ -44,6 +44,8 @@ t.test('suggestions and help', async (t) => {
   t.equal(editDistance('kitten', 'sitting'), 3);
   t.equal(closest('strem', ['stream', 'stop']), 'stream');
   t.equal(closest('qqqqqqqqqqqq', ['stream', 'stop']), undefined);
+  t.equal(closest('foo', ['tp', 'dp-size', 'model-path']), undefined, 'a short unrelated word suggests nothing');
+  t.equal(closest('modle-path', ['tp', 'model-path']), 'model-path');
   const help = renderHelp('dynamo-sglang generate [flags] MODEL', 'Generates text.', [{ title: 'Flags', flags: specs }]);
   for (const s of ['--prompt', '--max-tokens, --n N', 'env GEN_MAX_TOKENS', '--stream, --no-stream', 'expects an integer >= 1']) t.match(help, s);
 });

@@ -226,7 +226,8 @@ export function closest(word: string, candidates: Iterable<string>): string | un
       bestDistance = d;
     }
   }
-  return bestDistance <= Math.max(3, Math.floor(word.length / 2)) ? best : undefined;
+  // about one edit per three typed characters: "--modle-path" finds --model-path, "--foo" finds nothing
+  return bestDistance <= Math.max(1, Math.floor(word.length / 3)) ? best : undefined;
 }
 
 /** Index of every accepted spelling (name, alias, `no-` form of booleans) to its spec. */
