@@ -37,3 +37,15 @@ t.test('generate over the nats request plane', async (t) => {
   t.equal(tokens.length, 12);
   t.equal(served.tokenizer.decode(tokens), ', there was a little girl named Lily. She', 'the golden greedy text');
 });
+
+t.test('an unreachable NATS server fails the start before the model loads, naming the URL', async (t) => {
+  const url = 'nats://127.0.0.1:1';
+  const config = await finalizeConfig(
+    resolveConfig(['--model-path', model, '--discovery-backend', 'mem', '--request-plane', 'nats', '--nats-server', url, '--device', 'cpu'], {}),
+  );
+  const lines: string[] = [];
+  const discovery = await Discovery.open({ backend: 'mem' });
+  t.teardown(() => discovery.close());
+  await t.rejects(startWorker(config, { discovery, log: (l) => lines.push(l) }), { code: 'LLM_ERR_TRANSPORT', message: /cannot connect to NATS server nats:\/\/127\.0\.0\.1:1/ });
+  t.notOk(lines.some((l) => l.startsWith('loading model')), 'the model was not loaded');
+});

@@ -101,6 +101,12 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     (d) => (options.discovery ? undefined : d.close()),
   );
 
+  // the nats request plane's connection too: an unreachable NATS server fails before the load, naming the URL
+  const natsRequests = await resources.open(
+    async () => (config.requestPlane === 'nats' ? new NatsRequestServer(await connectNats(config.natsServer)) : null),
+    (n) => n?.connection.drain(),
+  );
+
   log(`loading model ${config.modelPath} (device ${config.device}) ...`);
   const t0 = performance.now();
   const tokenizer = await resources.open(() => loadTokenizer(config.modelPath, config.tokenizerPath));
@@ -166,14 +172,12 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
 
   // The worker owns its request-plane server, so a shutdown leaves nothing listening.
   const rpc = { host: config.tcpRpcHost ?? undefined, port: config.tcpRpcPort };
-  const planeServer = await resources.open(
-    async (): Promise<TcpRequestServer | HttpRequestServer | NatsRequestServer> => {
-      if (config.requestPlane === 'http') return HttpRequestServer.start(rpc);
-      if (config.requestPlane === 'tcp') return TcpRequestServer.start(rpc);
-      return new NatsRequestServer(await connectNats(config.natsServer));
-    },
-    (p) => (p instanceof NatsRequestServer ? p.connection.drain() : p.close()),
-  );
+  const planeServer =
+    natsRequests ??
+    (await resources.open(
+      async (): Promise<TcpRequestServer | HttpRequestServer> => (config.requestPlane === 'http' ? HttpRequestServer.start(rpc) : TcpRequestServer.start(rpc)),
+      (p) => p.close(),
+    ));
   const served: ServedEndpoint = await resources.open(() =>
     serveEndpoint({
       discovery, namespace, component, endpoint, handler,
