@@ -135,6 +135,24 @@ t.test('a streamed chat completion and the golden text through two workers', asy
   }
 });
 
+t.test('etcd restarted mid-run: the workers stay registered and keep serving', async (t) => {
+  await etcd.restart();
+  const discovery = await Discovery.open({ backend: 'etcd', endpoints: [`http://${etcd.endpoint}`] });
+  t.teardown(() => discovery.close());
+  let listed = 0;
+  for (const deadline = Date.now() + 15_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 200))) {
+    listed = (await discovery.listInstances('dynamo', 'backend', 'generate').catch(() => [])).length;
+    if (listed === 2) break;
+  }
+  t.equal(listed, 2, 'both workers are in etcd after its restart');
+  for (const url of [kvFrontend, plainFrontend]) {
+    const r = await post(url, '/v1/completions', { model: 'stories260K', prompt: 'Once upon a time', max_tokens: 64, temperature: 0 });
+    t.equal(r.status, 200);
+    const body = (await r.json()) as { choices: { text: string }[] };
+    t.ok(body.choices[0].text.startsWith(GOLDEN), `golden text after the restart, got: ${body.choices[0].text}`);
+  }
+});
+
 t.test('KV-aware routing sends a repeated long prompt to the worker that cached it', async (t) => {
   const story =
     'the little dog ran to the park with his friend the cat. They played with a big red ball all day long. ' +
