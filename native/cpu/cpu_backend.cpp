@@ -180,6 +180,10 @@ class CpuBackend final : public Backend {
         rmsNorm(&x_[(int64_t)(q.qStart + q.qLen - 1) * H_], finalNorm_.data(), H_, d_.rmsNormEps, &lastHidden_[(int64_t)j * H_]);
       }
       matmul(pool_, lastHidden_.data(), n, H_, w_.lmHead.data, w_.lmHead.dtype, V, nullptr, logits_.data(), V);
+      for (int j = 0; j < n; ++j) {
+        const SeqView& q = s.seqs[chunkSeqs_[j]];
+        maskBannedLogits(&logits_[(int64_t)j * V], q.banned, q.bannedCount);
+      }
       if (out.logits)
         for (int j = 0; j < n; ++j)
           std::memcpy(out.logits + (int64_t)chunkSeqs_[j] * V, &logits_[(int64_t)j * V], (size_t)V * 4);

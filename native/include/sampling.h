@@ -1,7 +1,11 @@
 // Sampling, the algorithm both backends implement (the CPU one in native/src/sampling.cpp is the reference).
 //
 // Inputs per sequence: raw logits z[0..V) (f32), SamplingParams (step.h), the 64-bit seed and outputIndex.
-// 1. Logprobs always come from the raw logits: lp[i] = z[i] - max(z) - log(sum_j exp(z[j] - max(z))) (sum in
+// 0. Banned ids (step.h bannedCount, min_tokens) first get z = -inf (maskBannedLogits); everything below, logprobs
+//    included, sees the masked logits, as SGLang applies its min-new-tokens penalty to the logits before
+//    sampling: the chosen token's logprob is then renormalised over the allowed tokens, and a banned id that
+//    still makes the top-n list reports -inf. Its probability is exactly 0, so no mode can pick it.
+// 1. Logprobs always come from the (masked) logits: lp[i] = z[i] - max(z) - log(sum_j exp(z[j] - max(z))) (sum in
 //    double on CPU), i.e. before temperature and filters, as SGLang reports them. Top-n logprobs: the n largest
 //    lp, ordered by value descending, ties by lower token id.
 // 2. temperature == 0 (or topK == 1): the token is argmax z, ties to the lowest id. No random number is drawn.
@@ -57,6 +61,9 @@ DSG_HD float samplingUniform(uint64_t seed, int32_t outputIndex) {
   const Philox4x32 r = philox4x32_10((uint32_t)outputIndex, 0u, 0u, 0u, (uint32_t)seed, (uint32_t)(seed >> 32));
   return (float)(r.x[0] >> 8) * (1.0f / 16777216.0f);
 }
+
+/** Step 0: logits[banned[i]] = -inf for i < count (ids in [0, vocab), checked at the step boundary). */
+void maskBannedLogits(float* logits, const int32_t* banned, int32_t count);
 
 /**
  * Reference sampler (host): samples one token from raw logits [vocab] following the algorithm above.

@@ -4,7 +4,7 @@
 //
 // Header, HEADER_WORDS = 16 words at word 0:
 //   [0]  magic            STEP_MAGIC (0x50545344, "DSTP")
-//   [1]  version          STEP_VERSION (1)
+//   [1]  version          STEP_VERSION (2; version 1 had no banned section, words 12-13 and seq word 15 were 0)
 //   [2]  numSeqs          >= 1
 //   [3]  numTokens        sum of qLen over sequences, >= 1
 //   [4]  pageSize         must equal the engine's KV page size
@@ -15,8 +15,10 @@
 //   [9]  seqsOffset       word offset of the sequence records    (numSeqs * SEQ_WORDS words)
 //   [10] pagesOffset      word offset of the page indices        (numPageEntries words)
 //   [11] totalWords       length of the whole descriptor in words
-//   [12..15] reserved, 0
-// Sections follow in the order tokens, positions, seqs, pages, packed with no gaps (the offsets are still
+//   [12] bannedOffset     word offset of the banned token ids     (numBannedEntries words)
+//   [13] numBannedEntries length of the banned section = sum of bannedCount over sequences
+//   [14..15] reserved, 0
+// Sections follow in the order tokens, positions, seqs, pages, banned, packed with no gaps (the offsets are still
 // checked, so a reader never trusts them blindly).
 //
 // Sequence record, SEQ_WORDS = 16 words each:
@@ -35,8 +37,12 @@
 //   [12] seedHi        u32, high half
 //   [13] logprobs      -1 none, 0 chosen token only, n > 0 also top n (n <= MAX_TOP_LOGPROBS)
 //   [14] outputIndex   >= 0; Philox counter for this draw (see sampling.h)
-//   [15] reserved, 0
+//   [15] bannedCount   in [0, MAX_BANNED_TOKENS]: token ids this draw may not pick (min_tokens: the request's
+//                      EOS and stop ids). Their logits become -inf before sampling and logprobs (sampling.h),
+//                      and in the logits the step returns (header flag bit 0).
 // Sequences are laid out back to back: seq i's qStart = sum of qLen of seqs < i (checked).
+// Seq i's banned ids follow seq i-1's in the banned section (its start = sum of bannedCount of seqs < i); each id
+// lies in [0, vocab) and appears once per sequence (checked).
 // Token t of seq s has position (kvLen - qLen + t) (checked: the positions section must say exactly that).
 // Page indices lie in [0, numPagesInPool); no page appears twice in one sequence, and a page that a sequence
 // writes this step (one covering positions [kvLen - qLen, kvLen)) appears in no other sequence of the step.
@@ -46,10 +52,12 @@
 namespace dsg {
 
 constexpr int32_t STEP_MAGIC = 0x50545344;
-constexpr int32_t STEP_VERSION = 1;
+constexpr int32_t STEP_VERSION = 2;
 constexpr int STEP_HEADER_WORDS = 16;
 constexpr int STEP_SEQ_WORDS = 16;
 constexpr int MAX_TOP_LOGPROBS = 64;
+/** Banned token ids one sequence may carry in one step (bannedCount's bound). */
+constexpr int MAX_BANNED_TOKENS = 16;
 
 enum StepHeaderField : int {
   H_MAGIC = 0,
@@ -64,6 +72,8 @@ enum StepHeaderField : int {
   H_SEQS_OFFSET = 9,
   H_PAGES_OFFSET = 10,
   H_TOTAL_WORDS = 11,
+  H_BANNED_OFFSET = 12,
+  H_NUM_BANNED_ENTRIES = 13,
 };
 constexpr int32_t STEP_FLAG_RETURN_LOGITS = 1;
 
@@ -83,6 +93,7 @@ enum StepSeqField : int {
   S_SEED_HI = 12,
   S_LOGPROBS = 13,
   S_OUTPUT_INDEX = 14,
+  S_BANNED_COUNT = 15,
 };
 constexpr int32_t SEQ_FLAG_SAMPLE = 1;
 
@@ -104,6 +115,8 @@ struct SeqView {
   int32_t numPages, lastPageLen;
   bool sample;
   SamplingParams sampling;
+  const int32_t* banned;  // bannedCount distinct ids in [0, vocab) whose logits are masked to -inf
+  int32_t bannedCount;
   int32_t startPos() const { return kvLen - qLen; }
 };
 
@@ -118,6 +131,7 @@ struct StepView {
   const int32_t* positions;  // [numTokens]
   const SeqView* seqs;       // [numSeqs]
   int32_t maxTopN;           // max over sequences of max(logprobs, 0): slots per sequence in the top-n output
+  int32_t numBanned;         // sum of bannedCount over sequences (0: no sequence bans anything this step)
 };
 
 }  // namespace dsg

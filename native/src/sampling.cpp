@@ -28,6 +28,10 @@ int32_t argmaxLowestId(const float* z, int32_t vocab) {
 
 }  // namespace
 
+void maskBannedLogits(float* logits, const int32_t* banned, int32_t count) {
+  for (int32_t i = 0; i < count; ++i) logits[banned[i]] = -std::numeric_limits<float>::infinity();
+}
+
 size_t samplingScratchBytes(int32_t vocab) { return (size_t)vocab * (sizeof(float) + sizeof(int32_t)); }
 
 int32_t sampleFromLogits(const float* z, int32_t vocab, const SamplingParams& sp, int32_t topN, float* logprob,

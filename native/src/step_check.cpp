@@ -27,7 +27,7 @@ void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, Checked
   if (w[H_VERSION] != STEP_VERSION)
     invalid("header.version " + std::to_string(w[H_VERSION]) + " unsupported (expected " + std::to_string(STEP_VERSION) + ")");
   const int32_t numSeqs = w[H_NUM_SEQS], numTokens = w[H_NUM_TOKENS], pageSize = w[H_PAGE_SIZE];
-  const int32_t numEntries = w[H_NUM_PAGE_ENTRIES];
+  const int32_t numEntries = w[H_NUM_PAGE_ENTRIES], numBanned = w[H_NUM_BANNED_ENTRIES];
   if (numSeqs < 1 || numSeqs > lim.maxSeqsPerStep)
     invalid("header.numSeqs " + std::to_string(numSeqs) + " out of range [1, " + std::to_string(lim.maxSeqsPerStep) + "] (maxSeqsPerStep)");
   if (numTokens < 1 || numTokens > lim.maxBatchTokens)
@@ -35,25 +35,31 @@ void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, Checked
   if (pageSize != lim.pageSize)
     invalid("header.pageSize " + std::to_string(pageSize) + " differs from the engine's page size " + std::to_string(lim.pageSize));
   if (numEntries < 0) invalid("header.numPageEntries " + std::to_string(numEntries) + " is negative");
+  if (numBanned < 0 || (int64_t)numBanned > (int64_t)numSeqs * MAX_BANNED_TOKENS)
+    invalid("header.numBannedEntries " + std::to_string(numBanned) + " out of range [0, " +
+            std::to_string((int64_t)numSeqs * MAX_BANNED_TOKENS) + "] (numSeqs * MAX_BANNED_TOKENS)");
   if ((w[H_FLAGS] & ~STEP_FLAG_RETURN_LOGITS) != 0) invalid("header.flags has unknown bits " + std::to_string(w[H_FLAGS]));
   if ((size_t)w[H_TOTAL_WORDS] != numWords)
     invalid("header.totalWords " + std::to_string(w[H_TOTAL_WORDS]) + " differs from the buffer length " + std::to_string(numWords));
   // Sections are packed in order with no gaps; checking exact offsets rules out overlap and overflow at once.
   const int64_t tokOff = STEP_HEADER_WORDS, posOff = tokOff + numTokens, seqOff = posOff + numTokens;
-  const int64_t pagesOff = seqOff + (int64_t)numSeqs * STEP_SEQ_WORDS, total = pagesOff + numEntries;
+  const int64_t pagesOff = seqOff + (int64_t)numSeqs * STEP_SEQ_WORDS, bannedOff = pagesOff + numEntries;
+  const int64_t total = bannedOff + numBanned;
   if (w[H_TOKENS_OFFSET] != tokOff) invalid("header.tokensOffset " + std::to_string(w[H_TOKENS_OFFSET]) + " != " + std::to_string(tokOff));
   if (w[H_POSITIONS_OFFSET] != posOff) invalid("header.positionsOffset " + std::to_string(w[H_POSITIONS_OFFSET]) + " != " + std::to_string(posOff));
   if (w[H_SEQS_OFFSET] != seqOff) invalid("header.seqsOffset " + std::to_string(w[H_SEQS_OFFSET]) + " != " + std::to_string(seqOff));
   if (w[H_PAGES_OFFSET] != pagesOff) invalid("header.pagesOffset " + std::to_string(w[H_PAGES_OFFSET]) + " != " + std::to_string(pagesOff));
+  if (w[H_BANNED_OFFSET] != bannedOff) invalid("header.bannedOffset " + std::to_string(w[H_BANNED_OFFSET]) + " != " + std::to_string(bannedOff));
   if (total != (int64_t)numWords) invalid("header counts imply " + std::to_string(total) + " words, buffer has " + std::to_string(numWords));
 
   const int32_t* tokens = w + tokOff;
   const int32_t* positions = w + posOff;
   const int32_t* pages = w + pagesOff;
+  const int32_t* banned = w + bannedOff;
   out.seqs.resize(numSeqs);
   if ((int64_t)pageOwner.size() < lim.numPages) pageOwner.assign(lim.numPages, -1);
   int32_t maxTopN = 0;
-  int64_t nextQ = 0, nextPage = 0;
+  int64_t nextQ = 0, nextPage = 0, nextBanned = 0;
   std::vector<int32_t>& touched = out.touchedPages;
   touched.clear();
   auto fail = [&](int s, const std::string& m) {
@@ -94,6 +100,18 @@ void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, Checked
     if (sp.logprobs < -1 || sp.logprobs > MAX_TOP_LOGPROBS) fail(s, "logprobs " + std::to_string(sp.logprobs) + " out of range [-1, " + std::to_string(MAX_TOP_LOGPROBS) + "]");
     if (sp.outputIndex < 0) fail(s, "outputIndex " + std::to_string(sp.outputIndex) + " is negative");
     if (sp.logprobs > maxTopN) maxTopN = sp.logprobs;
+    v.bannedCount = r[S_BANNED_COUNT];
+    if (v.bannedCount < 0 || v.bannedCount > MAX_BANNED_TOKENS)
+      fail(s, "bannedCount " + std::to_string(v.bannedCount) + " out of range [0, " + std::to_string(MAX_BANNED_TOKENS) + "] (MAX_BANNED_TOKENS)");
+    if (nextBanned + v.bannedCount > numBanned) fail(s, "banned ids run past header.numBannedEntries " + std::to_string(numBanned));
+    v.banned = banned + nextBanned;
+    for (int i = 0; i < v.bannedCount; ++i) {
+      const int32_t id = v.banned[i];
+      if (id < 0 || id >= lim.vocabSize) fail(s, "banned token " + std::to_string(id) + " at index " + std::to_string(i) + " out of range " + range(0, lim.vocabSize));
+      for (int j = 0; j < i; ++j)
+        if (v.banned[j] == id) fail(s, "banned token " + std::to_string(id) + " appears twice");
+    }
+    nextBanned += v.bannedCount;
     const int32_t start = v.kvLen - v.qLen;
     for (int t = 0; t < v.qLen; ++t) {
       const int32_t tok = tokens[v.qStart + t];
@@ -125,6 +143,7 @@ void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, Checked
   for (int32_t p : touched) pageOwner[p] = -1;
   if (nextQ != numTokens) invalid("header.numTokens " + std::to_string(numTokens) + " != sum of qLen " + std::to_string(nextQ));
   if (nextPage != numEntries) invalid("header.numPageEntries " + std::to_string(numEntries) + " != sum of numPages " + std::to_string(nextPage));
+  if (nextBanned != numBanned) invalid("header.numBannedEntries " + std::to_string(numBanned) + " != sum of bannedCount " + std::to_string(nextBanned));
   out.view.numSeqs = numSeqs;
   out.view.numTokens = numTokens;
   out.view.pageSize = pageSize;
@@ -133,6 +152,7 @@ void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, Checked
   out.view.positions = positions;
   out.view.seqs = out.seqs.data();
   out.view.maxTopN = maxTopN;
+  out.view.numBanned = numBanned;
 }
 
 }  // namespace dsg

@@ -3,20 +3,24 @@
 // mirror it word for word, and the addon re-checks every field (this packer fails early with the same naming).
 //
 // Header (16 words): magic, version, numSeqs, numTokens, pageSize, numPageEntries, flags, tokensOffset,
-//   positionsOffset, seqsOffset, pagesOffset, totalWords, 4 reserved.
-// Sections, packed in order: tokens[numTokens], positions[numTokens], seqs[numSeqs * 16], pages[numPageEntries].
+//   positionsOffset, seqsOffset, pagesOffset, totalWords, bannedOffset, numBannedEntries, 2 reserved.
+// Sections, packed in order: tokens[numTokens], positions[numTokens], seqs[numSeqs * 16], pages[numPageEntries],
+//   banned[numBannedEntries] (seq i's banned ids after seq i-1's).
 // Sequence record (16 words): qStart, qLen, kvLen, pageStart, numPages, lastPageLen, flags (bit 0 sample),
-//   temperature (f32), topP (f32), topK, minP (f32), seedLo (u32), seedHi (u32), logprobs, outputIndex, reserved.
+//   temperature (f32), topP (f32), topK, minP (f32), seedLo (u32), seedHi (u32), logprobs, outputIndex,
+//   bannedCount (<= MAX_BANNED_TOKENS).
 
 import { randomBytes } from 'node:crypto';
 import { LlmError } from '../errors.js';
 import type { SeqStep } from './types.js';
 
 export const STEP_MAGIC = 0x50545344; // "DSTP"
-export const STEP_VERSION = 1;
+export const STEP_VERSION = 2;
 export const STEP_HEADER_WORDS = 16;
 export const STEP_SEQ_WORDS = 16;
 export const MAX_TOP_LOGPROBS = 64;
+/** Banned token ids one sequence may carry in one step (min_tokens: EOS and stop ids). */
+export const MAX_BANNED_TOKENS = 16;
 export const STEP_FLAG_RETURN_LOGITS = 1;
 export const SEQ_FLAG_SAMPLE = 1;
 
@@ -33,6 +37,8 @@ export const Header = {
   seqsOffset: 9,
   pagesOffset: 10,
   totalWords: 11,
+  bannedOffset: 12,
+  numBannedEntries: 13,
 } as const;
 
 export const SeqField = {
@@ -51,11 +57,12 @@ export const SeqField = {
   seedHi: 12,
   logprobs: 13,
   outputIndex: 14,
+  bannedCount: 15,
 } as const;
 
 export interface PackOptions {
   returnLogits?: boolean;
-  /** When given, token ids are checked against it. */
+  /** When given, token ids (banned ones too) are checked against it. */
   vocabSize?: number;
   /** When given, page indices are checked against it. */
   numPages?: number;
@@ -79,12 +86,25 @@ function checkSeed(s: number, seed: number): void {
   if (!Number.isSafeInteger(seed) || seed < 0) invalid(`seq ${s}: sampling.seed ${seed} must be a non-negative safe integer or null`);
 }
 
+/** Checks one sequence's banned ids (count, range, distinct); returns the count. */
+function checkBanned(s: number, ids: readonly number[], vocabSize: number | undefined): number {
+  if (ids.length > MAX_BANNED_TOKENS) invalid(`seq ${s}: ${ids.length} bannedTokenIds, at most ${MAX_BANNED_TOKENS} (MAX_BANNED_TOKENS)`);
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i];
+    if (!isInt(id) || id < 0 || (vocabSize !== undefined && id >= vocabSize))
+      invalid(`seq ${s}: banned token ${id} at index ${i} out of range [0, ${vocabSize ?? 2 ** 31})`);
+    if (ids.indexOf(id) !== i) invalid(`seq ${s}: banned token ${id} appears twice`);
+  }
+  return ids.length;
+}
+
 /** Packs a ragged batch into the step descriptor of native/include/step.h. Throws LLM_ERR_STEP_INVALID. */
 export function packStep(seqs: readonly SeqStep[], pageSize: number, options: PackOptions = {}): Int32Array {
   if (!isInt(pageSize) || pageSize < 1) invalid(`pageSize ${pageSize} must be an integer >= 1`);
   if (seqs.length === 0) invalid('a step needs at least one sequence');
   let numTokens = 0;
   let numEntries = 0;
+  let numBanned = 0;
   for (let s = 0; s < seqs.length; s++) {
     const q = seqs[s];
     const qLen = q.tokenIds.length;
@@ -96,12 +116,14 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
       invalid(`seq ${s}: ${q.pages.length} pages given, ${need} needed for kvLen ${kvLen} at pageSize ${pageSize}`);
     numTokens += qLen;
     numEntries += need;
+    numBanned += checkBanned(s, q.bannedTokenIds ?? [], options.vocabSize);
   }
   const tokOff = STEP_HEADER_WORDS;
   const posOff = tokOff + numTokens;
   const seqOff = posOff + numTokens;
   const pagesOff = seqOff + seqs.length * STEP_SEQ_WORDS;
-  const total = pagesOff + numEntries;
+  const bannedOff = pagesOff + numEntries;
+  const total = bannedOff + numBanned;
   const buf = new Int32Array(total);
   const f32 = new Float32Array(buf.buffer);
   const u32 = new Uint32Array(buf.buffer);
@@ -117,9 +139,12 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
   buf[Header.seqsOffset] = seqOff;
   buf[Header.pagesOffset] = pagesOff;
   buf[Header.totalWords] = total;
+  buf[Header.bannedOffset] = bannedOff;
+  buf[Header.numBannedEntries] = numBanned;
 
   let q0 = 0;
   let p0 = 0;
+  let b0 = 0;
   for (let s = 0; s < seqs.length; s++) {
     const q = seqs[s];
     const qLen = q.tokenIds.length;
@@ -173,8 +198,12 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
     u32[r + SeqField.seedHi] = seedHi;
     buf[r + SeqField.logprobs] = sp.logprobs;
     buf[r + SeqField.outputIndex] = q.outputIndex;
+    const banned = q.bannedTokenIds ?? [];
+    buf[r + SeqField.bannedCount] = banned.length;
+    buf.set(banned, bannedOff + b0);
     q0 += qLen;
     p0 += numPages;
+    b0 += banned.length;
   }
   return buf;
 }

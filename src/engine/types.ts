@@ -66,6 +66,9 @@ export interface SeqStep {
   sample: boolean; // sample after the last token (false for a non-final prefill chunk)
   sampling: SamplingParams;
   outputIndex: number; // index of the sampled token in the request's output: with the seed it picks the RNG stream
+  /** Distinct ids (at most MAX_BANNED_TOKENS, step.ts) this draw may not pick: their logits become -inf before
+   * sampling and logprobs (min_tokens bans the request's EOS and stop ids until enough tokens are out). */
+  bannedTokenIds?: readonly number[];
 }
 
 export interface StepOptions {
