@@ -1,0 +1,36 @@
+// One workload shape for a kernel profiler (ncu) to watch: `decode B CTX STEPS` runs STEPS decode steps of B
+// sequences at context CTX (the KV pages are taken as they are: timing does not depend on their values much, and
+// no prefill kernels mix into the profile), or `prefill N` runs one N-token prefill step.
+// Usage: npx tsx bench/engine/profile.ts MODEL_DIR decode 256 192 3 | prefill 4096
+import { openEngine } from '../../src/engine/engine.js';
+import { loadModelSpec } from '../../src/engine/model.js';
+import type { SamplingParams, SeqStep } from '../../src/engine/types.js';
+
+const [dir, mode, ...nums] = process.argv.slice(2);
+const n = nums.map(Number);
+if (!dir || (mode !== 'decode' && mode !== 'prefill')) throw new Error('usage: profile.ts MODEL_DIR decode B CTX STEPS | prefill N');
+const spec = await loadModelSpec(dir);
+const greedy: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, seed: null, logprobs: -1 };
+const PAGE = 16;
+const [B, CTX, STEPS] = mode === 'decode' ? [n[0], n[1], n[2]] : [1, n[0], 1];
+const pagesPerSeq = Math.ceil((CTX + STEPS) / PAGE);
+const engine = openEngine(spec, {
+  backend: 'cuda', deviceId: 0, pageSize: PAGE, numPages: B * pagesPerSeq + 16, memFractionStatic: 0.9,
+  maxBatchTokens: Math.max(4096, CTX), maxSeqsPerStep: 256,
+});
+try {
+  const pages = Array.from({ length: B }, (_, s) => Array.from({ length: pagesPerSeq }, (_, i) => s * pagesPerSeq + i));
+  if (mode === 'prefill') {
+    const tokens = Array.from({ length: CTX }, (_, i) => (i * 7919) % spec.vocabSize);
+    engine.step([{ tokenIds: tokens, startPos: 0, pages: pages[0].slice(0, Math.ceil(CTX / PAGE)), sample: true, sampling: greedy, outputIndex: 0 }]);
+  } else {
+    for (let i = 0; i < STEPS; i++) {
+      const pos = CTX - 1 + i;
+      const batch: SeqStep[] = pages.map((p, s) => ({ tokenIds: [(s * 31 + i) % spec.vocabSize], startPos: pos, pages: p.slice(0, Math.ceil((pos + 1) / PAGE)), sample: true, sampling: greedy, outputIndex: i }));
+      engine.step(batch);
+    }
+  }
+} finally {
+  engine.close();
+}
+console.log(`profiled ${mode} B=${B} CTX=${CTX} steps=${STEPS}`);
