@@ -17,7 +17,7 @@ import { loadModelSpec } from '../src/engine/model.js';
 import type { Engine, EngineOptions, ModelSpec, SamplingParams, SeqStep } from '../src/engine/types.js';
 import { LlmError } from '../src/errors.js';
 import { loadTokenizer } from '../src/tokenizer/index.js';
-import { referenceLogits, relError, rng, writeTinyModel, type TinyShape } from './helpers/engine-tiny-model.js';
+import { referenceLogits, relError, rng, writeTinyModel, TINY_SHAPES } from './helpers/engine-tiny-model.js';
 
 const TOL = 5e-2;
 const greedy: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, seed: 7, logprobs: 0 };
@@ -38,21 +38,7 @@ function skipReason(spec: ModelSpec): string | null {
   return null;
 }
 
-const shapes: Record<string, TinyShape> = {
-  llama: {
-    architecture: 'llama', vocabSize: 96, hiddenSize: 64, intermediateSize: 100, numLayers: 2, numHeads: 4, numKvHeads: 2,
-    headDim: 16, ropeLayout: 'interleaved', ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 },
-    tieWordEmbeddings: false, dtype: 'f32',
-  },
-  qwen2: {
-    architecture: 'qwen2', vocabSize: 96, hiddenSize: 64, intermediateSize: 96, numLayers: 2, numHeads: 4, numKvHeads: 1,
-    headDim: 16, ropeLayout: 'half', ropeScaling: null, tieWordEmbeddings: true, dtype: 'bf16',
-  },
-  qwen3: {
-    architecture: 'qwen3', vocabSize: 96, hiddenSize: 64, intermediateSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 2,
-    headDim: 32, ropeLayout: 'half', ropeScaling: null, tieWordEmbeddings: true, dtype: 'f16',
-  },
-};
+const shapes = TINY_SHAPES;
 
 const dir = mkdtempSync(join(tmpdir(), 'cuda-engine-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));

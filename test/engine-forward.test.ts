@@ -8,27 +8,9 @@ import { join } from 'node:path';
 import t from 'tap';
 import { openEngine } from '../src/engine/engine.js';
 import type { SamplingParams, SeqStep } from '../src/engine/types.js';
-import { referenceLogits, relError, rng, writeTinyModel, type TinyShape } from './helpers/engine-tiny-model.js';
+import { referenceLogits, relError, rng, writeTinyModel, TINY_SHAPES } from './helpers/engine-tiny-model.js';
 
-const shapes: Record<string, TinyShape> = {
-  // GGUF-style llama: interleaved RoPE, Llama-3 rope scaling, untied head; an intermediate size that is not a
-  // multiple of 8 and a vocabulary that is not a multiple of 4 (the kernels' k and row tails).
-  llama: {
-    architecture: 'llama', vocabSize: 99, hiddenSize: 64, intermediateSize: 100, numLayers: 2, numHeads: 4, numKvHeads: 2,
-    headDim: 16, ropeLayout: 'interleaved', ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 },
-    tieWordEmbeddings: false, dtype: 'f32',
-  },
-  // qwen2: QKV bias, GQA 4:1, tied embeddings, bf16 weights.
-  qwen2: {
-    architecture: 'qwen2', vocabSize: 96, hiddenSize: 64, intermediateSize: 96, numLayers: 2, numHeads: 4, numKvHeads: 1,
-    headDim: 16, ropeLayout: 'half', ropeScaling: null, tieWordEmbeddings: true, dtype: 'bf16',
-  },
-  // qwen3: q/k RMSNorm, head_dim * heads != hidden, f16 weights.
-  qwen3: {
-    architecture: 'qwen3', vocabSize: 96, hiddenSize: 64, intermediateSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 2,
-    headDim: 32, ropeLayout: 'half', ropeScaling: null, tieWordEmbeddings: true, dtype: 'f16',
-  },
-};
+const shapes = TINY_SHAPES;
 
 const greedy: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, seed: 7, logprobs: 0 };
 const TOL = 1e-4;

@@ -20,6 +20,29 @@ export interface TinyShape {
   dtype: DType;
 }
 
+/**
+ * The tiny shapes every engine test uses (CPU and CUDA): each exercises one family's quirks, and the llama's
+ * intermediate size (not a multiple of 8) and vocabulary (not a multiple of 4) reach the kernels' k and row tails.
+ */
+export const TINY_SHAPES: Readonly<Record<'llama' | 'qwen2' | 'qwen3', TinyShape>> = {
+  // GGUF-style llama: interleaved RoPE, Llama-3 rope scaling, untied head.
+  llama: {
+    architecture: 'llama', vocabSize: 99, hiddenSize: 64, intermediateSize: 100, numLayers: 2, numHeads: 4, numKvHeads: 2,
+    headDim: 16, ropeLayout: 'interleaved', ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 },
+    tieWordEmbeddings: false, dtype: 'f32',
+  },
+  // qwen2: QKV bias, GQA 4:1, tied embeddings, bf16 weights.
+  qwen2: {
+    architecture: 'qwen2', vocabSize: 96, hiddenSize: 64, intermediateSize: 96, numLayers: 2, numHeads: 4, numKvHeads: 1,
+    headDim: 16, ropeLayout: 'half', ropeScaling: null, tieWordEmbeddings: true, dtype: 'bf16',
+  },
+  // qwen3: q/k RMSNorm, head_dim * heads != hidden, f16 weights.
+  qwen3: {
+    architecture: 'qwen3', vocabSize: 96, hiddenSize: 64, intermediateSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 2,
+    headDim: 32, ropeLayout: 'half', ropeScaling: null, tieWordEmbeddings: true, dtype: 'f16',
+  },
+};
+
 export interface TinyModel {
   spec: ModelSpec;
   /** Every tensor's values as the engine sees them (already rounded to the file dtype). */
