@@ -66,7 +66,7 @@ struct LayerDev {
 
 /** Byte offsets of the step inputs inside one device buffer (fixed, so captured graphs can read them). */
 struct InputLayout {
-  size_t tokens, positions, slots, lastRows, seqs, params, pages, total;
+  size_t tokens, positions, slots, lastRows, seqs, params, banned, pages, total;
 };
 
 class CudaBackend final : public Backend {
@@ -369,6 +369,7 @@ class CudaBackend final : public Backend {
     L.lastRows = place(S * 4);
     L.seqs = place(S * sizeof(int4));
     L.params = place(S * sizeof(cuda::SampleParams));
+    L.banned = place(S * MAX_BANNED_TOKENS * 4);  // [S, MAX_BANNED_TOKENS] ids, -1 padded (before the pages: always copied)
     L.pages = place((size_t)pageCap_ * 4);
     L.total = off;
     int maxPartRows = 0;  // split-KV partials: decode steps only (tokens == sequences)
@@ -454,6 +455,7 @@ class CudaBackend final : public Backend {
     int32_t* lastRows = reinterpret_cast<int32_t*>(h + layout_.lastRows);
     int4* seqs = reinterpret_cast<int4*>(h + layout_.seqs);
     cuda::SampleParams* params = reinterpret_cast<cuda::SampleParams*>(h + layout_.params);
+    int32_t* banned = reinterpret_cast<int32_t*>(h + layout_.banned);
     int32_t* pages = reinterpret_cast<int32_t*>(h + layout_.pages);
     const int P = s.pageSize;
     int64_t numEntries = 0;
@@ -474,6 +476,9 @@ class CudaBackend final : public Backend {
       const SamplingParams& sp = q.sampling;
       params[i] = cuda::SampleParams{sp.temperature, sp.topP, sp.minP, sp.topK, (uint32_t)sp.seed,
                                      (uint32_t)(sp.seed >> 32), sp.logprobs, sp.outputIndex, q.sample ? 1 : 0};
+      int32_t* rowBanned = banned + (size_t)i * MAX_BANNED_TOKENS;
+      std::copy(q.banned, q.banned + q.bannedCount, rowBanned);
+      std::fill(rowBanned + q.bannedCount, rowBanned + MAX_BANNED_TOKENS, -1);
     }
     if (rows > s.numSeqs) {
       const int padEntry = (int)numEntries;
@@ -485,6 +490,7 @@ class CudaBackend final : public Backend {
         positions[i] = 0;
         slots[i] = (int32_t)(numPages_ * P);
         params[i] = cuda::SampleParams{0.f, 1.f, 0.f, 0, 0u, 0u, -1, 0, 0};
+        std::fill(banned + (size_t)i * MAX_BANNED_TOKENS, banned + (size_t)(i + 1) * MAX_BANNED_TOKENS, -1);
       }
     }
     inputBytesUsed_ = layout_.pages + (size_t)numEntries * 4;
@@ -547,6 +553,7 @@ class CudaBackend final : public Backend {
   void sample(int rows) {
     uint8_t* o = static_cast<uint8_t*>(dOut_);
     const OutPlanes p = outPlanes(rows);
+    cuda::launchMaskBanned(logits_, rows, V_, in<int32_t>(layout_.banned), MAX_BANNED_TOKENS, stream_);
     cuda::launchSample(logits_, rows, V_, in<cuda::SampleParams>(layout_.params), MAX_TOP_LOGPROBS,
                        reinterpret_cast<int32_t*>(o + p.tokens), reinterpret_cast<float*>(o + p.logprobs),
                        reinterpret_cast<int32_t*>(o + p.topIds), reinterpret_cast<float*>(o + p.topLogprobs), stream_);

@@ -85,6 +85,13 @@ struct SampleParams {
 void launchSample(const float* logits, int numSeqs, int vocab, const SampleParams* params, int topN, int32_t* tokens,
                   float* logprobs, int32_t* topIds, float* topLogprobs, cudaStream_t stream);
 
+/**
+ * Step 0 of sampling (native/include/sampling.h): logits[r, banned[r * cap + j]] = -inf for r < rows, j < cap.
+ * banned is [rows, cap] (cap = MAX_BANNED_TOKENS), a row's unused slots -1; ids outside [0, vocab) are skipped.
+ * Run before launchSample on the same logits; a fixed `banned` address makes it graph-capturable.
+ */
+void launchMaskBanned(float* logits, int rows, int vocab, const int32_t* banned, int cap, cudaStream_t stream);
+
 /** dst[i] = bf16(src[i]) for i < n; src is f32 (srcF16 false) or f16 (srcF16 true). */
 void launchToBf16(const void* src, bool srcF16, int64_t n, __nv_bfloat16* dst, cudaStream_t stream);
 

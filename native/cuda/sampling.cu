@@ -1,4 +1,6 @@
 // Sampling and logprobs on the GPU, following native/include/sampling.h (the CPU reference is native/src/sampling.cpp).
+// Banned ids (min_tokens) are masked to -inf by launchMaskBanned before launchSample: every path below gives such a
+// token weight 0 (expf(-inf) = 0, and its key sorts last), so it is never drawn, and logprobs see the masked logits.
 // Shapes: logits [numSeqs, vocab] f32 (Qwen3: vocab 151936, 594 KB per sequence); one 1024-thread block per sequence.
 // Greedy is one pass (argmax, ties to the lowest id). Sorted-order filters need no sort: candidates are ranked by a
 // unique 64-bit key (ordered logit bits, then inverted id), and every "shortest prefix whose weight reaches a target"
@@ -289,7 +291,22 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(const float* __restrict
   }
 }
 
+// One thread per (row, slot) of the banned table: a handful of scattered stores.
+__global__ void maskBannedKernel(float* __restrict__ logits, int rows, int vocab, const int32_t* __restrict__ banned, int cap) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= rows * cap) return;
+  const int id = banned[i];
+  if (id >= 0 && id < vocab) logits[(int64_t)(i / cap) * vocab + id] = -INFINITY;
+}
+
 }  // namespace
+
+void launchMaskBanned(float* logits, int rows, int vocab, const int32_t* banned, int cap, cudaStream_t stream) {
+  if (rows <= 0 || cap <= 0) return;
+  const int threads = 128, blocks = (rows * cap + threads - 1) / threads;
+  maskBannedKernel<<<blocks, threads, 0, stream>>>(logits, rows, vocab, banned, cap);
+  DSG_LAUNCHED("maskBannedKernel");
+}
 
 void launchSample(const float* logits, int numSeqs, int vocab, const SampleParams* params, int topN, int32_t* tokens,
                   float* logprobs, int32_t* topIds, float* topLogprobs, cudaStream_t stream) {

@@ -1,0 +1,221 @@
+// Check of banned-token masking (min_tokens) on the GPU: launchMaskBanned then launchSample against the CPU reference
+// (maskBannedLogits then sampleFromLogits, native/src/sampling.cpp) on random logits (never zeros), every sampling
+// mode, with the banned ids chosen among each row's most likely tokens so that an unmasked sampler would pick them.
+// Also replays the pair from a CUDA graph after rewriting the banned table in place (fixed addresses, as the backend
+// captures it). Build and run on the GPU machine (no cuBLAS needed), from the repository root:
+//   nvcc -std=c++17 -O3 -arch=sm_90 -I native/include -I native/cuda native/cuda/tests/mask_check.cu \
+//     native/cuda/sampling.cu native/src/sampling.cpp -o mcheck && ./mcheck
+// Prints one line per check and exits non-zero if any fails.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "common.cuh"
+#include "kernels.h"
+#include "sampling.h"
+
+using namespace dsg;
+using namespace dsg::cuda;
+
+static int failures = 0;
+static std::mt19937_64 rng(20261127);
+
+static void report(const char* name, double err, double bound) {
+  const bool ok = std::isfinite(err) && err <= bound;
+  if (!ok) ++failures;
+  printf("%-56s %s  err %.3e  bound %.1e\n", name, ok ? "PASS" : "FAIL", err, bound);
+}
+
+template <class T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t n_) : n(n_) { DSG_CUDA(cudaMalloc(&p, n * sizeof(T) + 16)); }
+  Dev(const std::vector<T>& v) : Dev(v.size()) { put(v); }
+  ~Dev() { cudaFree(p); }
+  void put(const std::vector<T>& v) { DSG_CUDA(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice)); }
+  std::vector<T> get() const {
+    std::vector<T> v(n);
+    DSG_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return v;
+  }
+  void poison() { DSG_CUDA(cudaMemset(p, 0xFF, n * sizeof(T))); }
+};
+
+/** Ids of z ordered by logit descending, ties to the lower id (the sampler's candidate order). */
+static std::vector<int32_t> ranked(const float* z, int vocab) {
+  std::vector<int32_t> o(vocab);
+  std::iota(o.begin(), o.end(), 0);
+  std::stable_sort(o.begin(), o.end(), [&](int32_t a, int32_t b) { return z[a] > z[b]; });
+  return o;
+}
+
+struct Case {
+  int vocab, numSeqs, topN;
+};
+
+static void checkMaskedSampling(const Case& c, bool viaGraph) {
+  const int vocab = c.vocab, S = c.numSeqs, topN = c.topN, cap = MAX_BANNED_TOKENS;
+  std::normal_distribution<float> nd(0.f, 2.f);
+  std::vector<float> logits((size_t)S * vocab);
+  for (auto& x : logits) x = nd(rng);
+  // A few dominant tokens per row (as EOS often is): about 90% of the mass at temperature 1 in large vocabularies.
+  for (int s = 0; s < S; ++s)
+    for (int j = 0; j < 8; ++j) logits[(size_t)s * vocab + rng() % vocab] += 14.f;
+  // Rows: 0 no ban, 1 a full table (cap ids), s % 7 == 3 not sampled; the rest ban 1..4 of their top tokens
+  // (sometimes skipping one, so a banned id sits below an allowed one) plus a random id.
+  std::vector<int32_t> banned((size_t)S * cap, -1);
+  std::vector<std::vector<int32_t>> bannedOf(S);
+  for (int s = 0; s < S; ++s) {
+    const std::vector<int32_t> order = ranked(&logits[(size_t)s * vocab], vocab);
+    std::vector<int32_t> ids;
+    if (s == 1) ids.assign(order.begin(), order.begin() + cap);
+    else if (s != 0) {
+      const int n = 1 + s % 4;
+      for (int j = 0; j < n; ++j) ids.push_back(order[(s % 3 == 2 && j > 0) ? j + 1 : j]);
+      const int32_t extra = (int32_t)(rng() % vocab);
+      if (std::find(ids.begin(), ids.end(), extra) == ids.end()) ids.push_back(extra);
+    }
+    std::shuffle(ids.begin(), ids.end(), rng);  // the table is unordered
+    std::copy(ids.begin(), ids.end(), banned.begin() + (size_t)s * cap);
+    bannedOf[s] = ids;
+  }
+  std::vector<SampleParams> ps(S);
+  std::vector<dsg::SamplingParams> cps(S);
+  for (int s = 0; s < S; ++s) {
+    SampleParams p{};
+    const int mode = s % 6;  // greedy, plain, top-k, top-p, min-p, all three
+    p.temperature = mode == 0 ? 0.f : 0.6f + 0.2f * (s % 4);
+    p.topK = mode == 2 || mode == 5 ? 20 : (s == 13 ? 1 : 0);
+    p.topP = mode == 3 || mode == 5 ? 0.85f : 1.f;
+    p.minP = mode == 4 || mode == 5 ? 0.05f : 0.f;
+    p.seedLo = (uint32_t)rng();
+    p.seedHi = (uint32_t)rng();
+    p.logprobs = s % 3 == 0 || s == 1 ? topN : (s % 3 == 1 ? 0 : -1);
+    p.outputIndex = (int32_t)(rng() % 1000);
+    p.sample = s % 7 == 3 ? 0 : 1;
+    ps[s] = p;
+    cps[s] = dsg::SamplingParams{p.temperature, p.topP, p.topK, p.minP, ((uint64_t)p.seedHi << 32) | p.seedLo,
+                                 p.logprobs, p.outputIndex};
+  }
+  // CPU reference logits: the same mask.
+  std::vector<float> masked = logits;
+  for (int s = 0; s < S; ++s) maskBannedLogits(&masked[(size_t)s * vocab], bannedOf[s].data(), (int32_t)bannedOf[s].size());
+
+  Dev<float> dLogits((size_t)S * vocab);
+  Dev<int32_t> dBanned(banned);
+  Dev<SampleParams> dP(ps);
+  Dev<int32_t> dTok(S), dTopIds((size_t)S * topN);
+  Dev<float> dLp(S), dTopLp((size_t)S * topN);
+  cudaStream_t stream;
+  DSG_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  auto run = [&]() {
+    launchMaskBanned(dLogits.p, S, vocab, dBanned.p, cap, stream);
+    launchSample(dLogits.p, S, vocab, dP.p, topN, dTok.p, dLp.p, dTopIds.p, dTopLp.p, stream);
+  };
+  cudaGraphExec_t exec = nullptr;
+  if (viaGraph) {
+    cudaGraph_t graph = nullptr;
+    // Captured with a different (empty) banned table: the replays must read whatever the buffer holds then.
+    dBanned.put(std::vector<int32_t>((size_t)S * cap, -1));
+    DSG_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    run();
+    DSG_CUDA(cudaStreamEndCapture(stream, &graph));
+    DSG_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    DSG_CUDA(cudaGraphDestroy(graph));
+    dBanned.put(banned);
+  }
+
+  int mismatches = 0, draws = 0, bannedDrawn = 0, unmaskedBannedTop = 0;
+  double lpErr = 0, logitErr = 0;
+  std::vector<unsigned char> scratch(samplingScratchBytes(vocab));
+  for (int rep = 0; rep < 12; ++rep) {
+    for (int s = 0; s < S; ++s) {
+      ps[s].outputIndex += 1;
+      cps[s].outputIndex += 1;
+    }
+    dP.put(ps);
+    dLogits.put(logits);  // fresh raw logits each draw, as the LM head writes them each step
+    dTok.poison();
+    dTopIds.poison();
+    DSG_CUDA(cudaDeviceSynchronize());  // the copies above ran on the legacy stream; `stream` does not wait for it
+    if (viaGraph) DSG_CUDA(cudaGraphLaunch(exec, stream));
+    else run();
+    DSG_CUDA(cudaStreamSynchronize(stream));
+    const auto tok = dTok.get();
+    const auto lp = dLp.get();
+    const auto tids = dTopIds.get();
+    const auto tlp = dTopLp.get();
+    if (rep == 0) {
+      const auto gotLogits = dLogits.get();
+      for (size_t i = 0; i < gotLogits.size(); ++i) {
+        if (std::isinf(masked[i])) logitErr += !(std::isinf(gotLogits[i]) && gotLogits[i] < 0);
+        else logitErr = std::max(logitErr, (double)std::fabs(gotLogits[i] - masked[i]));
+      }
+    }
+    for (int s = 0; s < S; ++s) {
+      float clp;
+      std::vector<int32_t> cids(topN);
+      std::vector<float> clps(topN);
+      const int32_t ref = sampleFromLogits(&masked[(size_t)s * vocab], vocab, cps[s], topN, &clp, cids.data(), clps.data(),
+                                           scratch.data());
+      if (!ps[s].sample) {
+        mismatches += tok[s] != -1;
+        continue;
+      }
+      ++draws;
+      const std::vector<int32_t>& b = bannedOf[s];
+      bannedDrawn += std::find(b.begin(), b.end(), tok[s]) != b.end();
+      // Without the mask the reference would often pick a banned id: the check has teeth.
+      dsg::SamplingParams noLogprobs = cps[s];
+      noLogprobs.logprobs = -1;
+      float rawLp;
+      const int32_t unmasked = sampleFromLogits(&logits[(size_t)s * vocab], vocab, noLogprobs, 0, &rawLp, nullptr,
+                                                nullptr, scratch.data());
+      unmaskedBannedTop += std::find(b.begin(), b.end(), unmasked) != b.end();
+      mismatches += tok[s] != ref;
+      if (ps[s].logprobs >= 0) lpErr = std::max(lpErr, (double)std::fabs(lp[s] - clp));
+      else mismatches += !std::isnan(lp[s]);
+      for (int i = 0; i < topN; ++i) {
+        const size_t k = (size_t)s * topN + i;
+        mismatches += tids[k] != cids[i];
+        if (cids[i] >= 0 && std::isfinite(clps[i])) lpErr = std::max(lpErr, (double)std::fabs(tlp[k] - clps[i]));
+        else if (cids[i] >= 0) mismatches += !(std::isinf(tlp[k]) && tlp[k] < 0);  // a banned id in the top-n: -inf
+      }
+    }
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  cudaStreamDestroy(stream);
+  char name[160];
+  printf("masked sampling vocab %d, %d rows%s: %d draws, %d of them would pick a banned id unmasked\n", vocab, S,
+         viaGraph ? " (graph replay)" : "", draws, unmaskedBannedTop);
+  snprintf(name, sizeof name, "mask: logits equal the CPU-masked ones (vocab %d%s)", vocab, viaGraph ? ", graph" : "");
+  report(name, logitErr, 0);
+  snprintf(name, sizeof name, "mask: banned ids drawn (count, vocab %d%s)", vocab, viaGraph ? ", graph" : "");
+  report(name, bannedDrawn, 0);
+  snprintf(name, sizeof name, "mask: token/top-n mismatches vs CPU (vocab %d%s)", vocab, viaGraph ? ", graph" : "");
+  report(name, mismatches, 0);
+  snprintf(name, sizeof name, "mask: logprob abs err vs CPU (vocab %d%s)", vocab, viaGraph ? ", graph" : "");
+  report(name, lpErr, 2e-5);
+  snprintf(name, sizeof name, "mask: unmasked draws hitting a banned id (vocab %d%s)", vocab, viaGraph ? ", graph" : "");
+  report(name, unmaskedBannedTop >= draws / 5 ? 0 : 1, 0);  // the setup must make the ban matter
+}
+
+int main() {
+  try {
+    checkMaskedSampling(Case{151936, 24, 5}, false);
+    checkMaskedSampling(Case{151936, 24, 5}, true);
+    checkMaskedSampling(Case{1000, 37, 20}, false);
+    // Row 1 bans 16 of 32 tokens: its top-20 list reaches past the allowed ones, into banned ids at -inf.
+    checkMaskedSampling(Case{32, 19, 20}, false);
+    DSG_CUDA(cudaDeviceSynchronize());
+  } catch (const std::exception& e) {
+    printf("ERROR: %s\n", e.what());
+    return 2;
+  }
+  printf("%s: %d check(s) failed\n", failures ? "FAILED" : "ALL PASSED", failures);
+  return failures ? 1 : 0;
+}
