@@ -19,28 +19,31 @@ export interface EngineSummary {
 /** A whole step in two flat buffers, so that crossing to the rank transfers two buffers however many sequences
  * the step holds (cloning hundreds of small objects and buffers per step costs milliseconds).
  *  ints:   [numSeqs, then per sequence: startPos, numTokens, numPages, sample (0|1), outputIndex, logprobs, topK,
- *           then all tokens of all sequences, then all pages of all sequences]
+ *           numBanned, then all tokens of all sequences, then all pages, then all banned token ids]
  *  floats: per sequence: temperature, topP, minP, seed (NaN for null) */
 export interface StepPack {
   ints: Int32Array<ArrayBuffer>;
   floats: Float64Array<ArrayBuffer>;
 }
 
-const INTS_PER_SEQ = 7;
+const INTS_PER_SEQ = 8;
 const FLOATS_PER_SEQ = 4;
 
 export function packSteps(seqs: readonly SeqStep[]): StepPack {
   let numTokens = 0;
   let numPages = 0;
+  let numBanned = 0;
   for (const s of seqs) {
     numTokens += s.tokenIds.length;
     numPages += s.pages.length;
+    numBanned += s.bannedTokenIds?.length ?? 0;
   }
-  const ints = new Int32Array(1 + seqs.length * INTS_PER_SEQ + numTokens + numPages);
+  const ints = new Int32Array(1 + seqs.length * INTS_PER_SEQ + numTokens + numPages + numBanned);
   const floats = new Float64Array(seqs.length * FLOATS_PER_SEQ);
   ints[0] = seqs.length;
   let tok = 1 + seqs.length * INTS_PER_SEQ;
   let page = tok + numTokens;
+  let banned = page + numPages;
   seqs.forEach((s, i) => {
     const m = 1 + i * INTS_PER_SEQ;
     ints[m] = s.startPos;
@@ -50,6 +53,9 @@ export function packSteps(seqs: readonly SeqStep[]): StepPack {
     ints[m + 4] = s.outputIndex;
     ints[m + 5] = s.sampling.logprobs;
     ints[m + 6] = s.sampling.topK;
+    ints[m + 7] = s.bannedTokenIds?.length ?? 0;
+    if (s.bannedTokenIds) ints.set(s.bannedTokenIds, banned);
+    banned += ints[m + 7];
     ints.set(s.tokenIds, tok);
     tok += s.tokenIds.length;
     ints.set(s.pages, page);
@@ -70,6 +76,8 @@ export function unpackSteps(pack: StepPack): SeqStep[] {
   let tok = 1 + n * INTS_PER_SEQ;
   let page = tok;
   for (let i = 0; i < n; i++) page += ints[1 + i * INTS_PER_SEQ + 1];
+  let banned = page;
+  for (let i = 0; i < n; i++) banned += ints[1 + i * INTS_PER_SEQ + 2];
   const seqs: SeqStep[] = new Array(n);
   for (let i = 0; i < n; i++) {
     const m = 1 + i * INTS_PER_SEQ;
@@ -83,8 +91,10 @@ export function unpackSteps(pack: StepPack): SeqStep[] {
       outputIndex: ints[m + 4],
       sampling: { temperature: floats[f], topP: floats[f + 1], topK: ints[m + 6], minP: floats[f + 2], seed: Number.isNaN(seed) ? null : seed, logprobs: ints[m + 5] },
     };
+    if (ints[m + 7]) seqs[i].bannedTokenIds = Array.from(ints.subarray(banned, banned + ints[m + 7]));
     tok += ints[m + 1];
     page += ints[m + 2];
+    banned += ints[m + 7];
   }
   return seqs;
 }

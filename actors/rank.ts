@@ -163,6 +163,10 @@ export class RankHandle implements StepExecutor {
     return this.engine.kv;
   }
 
+  get vocabSize(): number {
+    return this.engine.vocabSize;
+  }
+
   /** Starts a rank worker and waits until its engine is open. */
   static spawn(opts: RankSpawnOptions): Promise<RankHandle> {
     const data: RankWorkerData = {

@@ -14,6 +14,7 @@
 //  Q4. output count only grows; a retracted request keeps its output and resumes after it, so its tokens are exactly
 //      those it would have produced without retraction (positions and context are unchanged).
 import { LlmError } from '../errors.js';
+import { MAX_BANNED_TOKENS } from '../engine/step.js';
 import type { SamplingParams } from '../engine/types.js';
 import type { RadixNode } from './radix.js';
 
@@ -58,14 +59,33 @@ export class RequestRecord {
   /** Order of the latest admission: retraction picks the newest. */
   admitOrder = 0;
   finishReason: FinishReason | null = null;
+  /** Token ids the engine may not sample while fewer than min_tokens are out: those that would stop the request
+   * (stop ids, and EOS unless ignore_eos), as SGLang's min-new-tokens penalty bans them. Ids outside the vocabulary
+   * can never be sampled and are left out. Empty without min_tokens. */
+  readonly minTokensBan: readonly number[];
   private readonly stopSet: Set<number>;
 
-  constructor(input: SchedulerRequest) {
+  /** Throws LLM_ERR_BAD_REQUEST when min_tokens would need more than MAX_BANNED_TOKENS banned ids. */
+  constructor(input: SchedulerRequest, vocabSize?: number) {
     this.input = input;
     this.promptLength = input.tokenIds.length;
     this.tokens = Array.from(input.tokenIds);
     this.stopSet = new Set(input.stopTokenIds);
     if (!input.ignoreEos) for (const t of input.eosTokenIds) this.stopSet.add(t);
+    const inVocab = (t: number) => Number.isInteger(t) && t >= 0 && (vocabSize === undefined || t < vocabSize);
+    this.minTokensBan = input.minTokens > 0 ? [...this.stopSet].filter(inVocab) : [];
+    if (this.minTokensBan.length > MAX_BANNED_TOKENS) {
+      throw new LlmError(
+        'LLM_ERR_BAD_REQUEST',
+        `request ${input.id}: stop_conditions.min_tokens ${input.minTokens} bans the request's ${this.minTokensBan.length} stop and EOS ` +
+          `token ids until that many tokens are out; at most ${MAX_BANNED_TOKENS} are supported`,
+      );
+    }
+  }
+
+  /** The ids the token sampled at output index `outputIndex` may not be (undefined: none). */
+  bannedAt(outputIndex: number): readonly number[] | undefined {
+    return outputIndex < this.input.minTokens && this.minTokensBan.length ? this.minTokensBan : undefined;
   }
 
   get id(): string {

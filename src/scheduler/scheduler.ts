@@ -34,6 +34,8 @@ export type { RadixEvent } from './radix.js';
 /** Runs steps strictly in submission order (the rank actor, or an engine in this thread). */
 export interface StepExecutor {
   readonly kv: KvPoolInfo;
+  /** When known, min_tokens bans leave out stop ids outside the vocabulary (the engine refuses such a step). */
+  readonly vocabSize?: number;
   execute(seqs: readonly SeqStep[]): Promise<StepResult>;
 }
 
@@ -110,6 +112,7 @@ interface InFlight {
 export function engineExecutor(engine: Engine): StepExecutor {
   return {
     kv: engine.kv,
+    vocabSize: engine.spec.vocabSize,
     execute: (seqs) =>
       new Promise((resolve, reject) => {
         // setImmediate lets the scheduler plan the next step first, as it would while a rank computes.
@@ -203,7 +206,7 @@ export class Scheduler {
           `the pool has ${this.allocator.numPages} of ${this.pageSize} tokens`,
       );
     }
-    const req = new RequestRecord(input);
+    const req = new RequestRecord(input, this.executor.vocabSize);
     this.requests.set(input.id, { req, sink });
     this.queue.pushBack(req);
     this.wake?.();
@@ -449,6 +452,7 @@ export class Scheduler {
         sample: s.sample,
         sampling: r.input.sampling,
         outputIndex: r.outputCount,
+        bannedTokenIds: s.sample ? r.bannedAt(r.outputCount) : undefined,
       };
     });
     this.stats.steps++;
