@@ -68,6 +68,8 @@ export interface PackOptions {
   numPages?: number;
 }
 
+const NO_BANNED: readonly number[] = [];
+
 function invalid(message: string): never {
   throw new LlmError('LLM_ERR_STEP_INVALID', message);
 }
@@ -116,7 +118,7 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
       invalid(`seq ${s}: ${q.pages.length} pages given, ${need} needed for kvLen ${kvLen} at pageSize ${pageSize}`);
     numTokens += qLen;
     numEntries += need;
-    numBanned += checkBanned(s, q.bannedTokenIds ?? [], options.vocabSize);
+    numBanned += checkBanned(s, q.bannedTokenIds ?? NO_BANNED, options.vocabSize);
   }
   const tokOff = STEP_HEADER_WORDS;
   const posOff = tokOff + numTokens;
@@ -198,7 +200,7 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
     u32[r + SeqField.seedHi] = seedHi;
     buf[r + SeqField.logprobs] = sp.logprobs;
     buf[r + SeqField.outputIndex] = q.outputIndex;
-    const banned = q.bannedTokenIds ?? [];
+    const banned = q.bannedTokenIds ?? NO_BANNED;
     buf[r + SeqField.bannedCount] = banned.length;
     buf.set(banned, bannedOff + b0);
     q0 += qLen;
