@@ -19,6 +19,7 @@
 #include "common.cuh"
 #include "gemm.h"
 #include "kernels.h"
+#include "kv_ipc.h"
 #include "sampling.h"
 
 namespace dsg {
@@ -221,6 +222,24 @@ class CudaBackend final : public Backend {
   void exportPages(const int32_t* pages, int32_t n, uint8_t* out) override { copyPages(pages, n, out, true); }
   void importPages(const int32_t* pages, int32_t n, const uint8_t* in) override {
     copyPages(pages, n, const_cast<uint8_t*>(in), false);
+  }
+
+  // GPU-to-GPU transfer within a node (kv_ipc.h): the whole pool allocation is exported; pulls run on stream_.
+  KvIpcPool kvIpcExport() override { return cuda::exportKvPool(localKvPool()); }
+  int32_t kvIpcOpen(const KvIpcPool& pool) override {
+    if (!ipcPeers_) ipcPeers_ = std::make_unique<cuda::KvIpcPeers>();
+    return ipcPeers_->open(pool, localKvPool());
+  }
+  KvPullStats kvIpcPull(int32_t remote, const int32_t* srcPages, int32_t numSrcPages, int32_t srcToken0, const int32_t* dstPages,
+                        int32_t numDstPages, int32_t numTokens) override {
+    if (!ipcPeers_) throw EngineError("LLM_ERR_KV_TRANSFER", "KV pool " + std::to_string(remote) + " is not open");
+    return ipcPeers_->pull(remote, srcPages, numSrcPages, srcToken0, localKvPool(), dstPages, numDstPages, numTokens, stream_);
+  }
+  void kvIpcClose(int32_t remote) override {
+    if (ipcPeers_) ipcPeers_->close(remote);
+  }
+  cuda::LocalKvPool localKvPool() const {
+    return cuda::LocalKvPool{kvPool_, 2 * (int64_t)d_.numLayers, poolTensorElems_, KD_, numPages_, opt_.pageSize, opt_.deviceId};
   }
 
  private:
@@ -657,6 +676,7 @@ class CudaBackend final : public Backend {
   bf16 *xn_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *attnOut_ = nullptr, *gateUp_ = nullptr, *act_ = nullptr,
        *lastHidden_ = nullptr;
   bf16* kvPool_ = nullptr;
+  std::unique_ptr<cuda::KvIpcPeers> ipcPeers_;  // remote pools this engine opened (decode side)
   int64_t poolTensorElems_ = 0, numPages_ = 0, bytesPerPage_ = 0;
   int64_t weightsBytes_ = 0, kvPoolBytes_ = 0, workspaceBytes_ = 0;
   int maxGraphBatch_ = 0, maxQLen_ = 1;

@@ -96,6 +96,21 @@ struct MemInfo {
   int64_t deviceFreeBytes = -1, deviceTotalBytes = -1;  // -1: not a device backend
 };
 
+/** A KV pool as another process on the same node maps it (CUDA IPC): one allocation holding `tensors` tensors
+ * (K, V per layer) tensorStrideElems bf16 elements apart, each [pages * pageSize, rowElems]. */
+struct KvIpcPool {
+  uint8_t handle[64] = {};  // cudaIpcMemHandle_t
+  int64_t tensors = 0, tensorStrideElems = 0, rowElems = 0;
+  int pageSize = 0;
+  std::string pciBusId;
+};
+
+/** What one pull moved, timed on the device (events around the copy kernel) and on the host (launch to sync). */
+struct KvPullStats {
+  int64_t bytes = 0;
+  double deviceMs = 0, hostMs = 0;
+};
+
 /**
  * Where step() writes its results; buffers sized by the caller for step.numSeqs sequences.
  * tokens[s] = -1 and logprobs[s] = NaN where seq s did not sample / asked no logprobs; topIds/topLogprobs hold
@@ -122,6 +137,23 @@ class Backend {
   /** Copies pages (all layers, K and V; kvInfo().bytesPerPage each, in the given order) to/from host memory. */
   virtual void exportPages(const int32_t* pages, int32_t n, uint8_t* out) = 0;
   virtual void importPages(const int32_t* pages, int32_t n, const uint8_t* in) = 0;
+
+  // GPU-to-GPU KV transfer within a node (CUDA IPC). The prefill side exports its pool once; the decode side opens
+  // it (an id, until closed) and pulls tokens [srcToken0, srcToken0 + numTokens) of the remote page list into its
+  // own pages dstPages (local page size), synchronising its stream before returning. Page sizes may differ.
+  virtual KvIpcPool kvIpcExport() { throw notSupported("export its KV pool"); }
+  virtual int32_t kvIpcOpen(const KvIpcPool& pool) { throw notSupported("open a KV pool"); }
+  virtual KvPullStats kvIpcPull(int32_t remote, const int32_t* srcPages, int32_t numSrcPages, int32_t srcToken0,
+                                const int32_t* dstPages, int32_t numDstPages, int32_t numTokens) {
+    throw notSupported("pull KV pages");
+  }
+  virtual void kvIpcClose(int32_t remote) { throw notSupported("close a KV pool"); }
+
+ protected:
+  EngineError notSupported(const char* what) const {
+    return EngineError("LLM_ERR_KV_TRANSFER", std::string("GPU-to-GPU KV transfer (cuda-ipc) is not supported by backend ") +
+                                              name() + ": cannot " + what);
+  }
 };
 
 /**

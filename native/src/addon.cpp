@@ -203,6 +203,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                        {InstanceMethod("step", &EngineWrap::Step), InstanceMethod("embed", &EngineWrap::Embed),
                         InstanceMethod("exportPages", &EngineWrap::ExportPages),
                         InstanceMethod("importPages", &EngineWrap::ImportPages),
+                        InstanceMethod("kvIpcExport", &EngineWrap::KvIpcExportJs),
+                        InstanceMethod("kvIpcOpen", &EngineWrap::KvIpcOpenJs),
+                        InstanceMethod("kvIpcPull", &EngineWrap::KvIpcPullJs),
+                        InstanceMethod("kvIpcClose", &EngineWrap::KvIpcCloseJs),
                         InstanceMethod("kvInfo", &EngineWrap::KvInfoJs),
                         InstanceMethod("memoryInfo", &EngineWrap::MemoryInfoJs),
                         InstanceMethod("close", &EngineWrap::Close)});
@@ -315,6 +319,76 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         bad("LLM_ERR_KV_TRANSFER", "page data has " + std::to_string(data.ElementLength()) + " bytes, expected " +
                                        std::to_string(pages.ElementLength()) + " pages x " + std::to_string(kv.bytesPerPage));
       be.importPages(pages.Data(), (int32_t)pages.ElementLength(), data.Data());
+      return env.Undefined();
+    });
+  }
+
+  // GPU-to-GPU KV transfer (backend.h kvIpc*): the pool description crosses as a plain object, the handle as bytes.
+  Napi::Value KvIpcExportJs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      const KvIpcPool p = live().kvIpcExport();
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("handle", Napi::Uint8Array::New(env, sizeof(p.handle)));
+      std::memcpy(o.Get("handle").As<Napi::Uint8Array>().Data(), p.handle, sizeof(p.handle));
+      o.Set("tensors", (double)p.tensors);
+      o.Set("tensorStrideElems", (double)p.tensorStrideElems);
+      o.Set("rowElems", (double)p.rowElems);
+      o.Set("pageSize", p.pageSize);
+      o.Set("pciBusId", p.pciBusId);
+      return o;
+    });
+  }
+
+  Napi::Value KvIpcOpenJs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      Backend& be = live();
+      if (info.Length() < 1 || !info[0].IsObject()) bad("LLM_ERR_BAD_REQUEST", "kvIpcOpen(pool): pool must be an object");
+      const Napi::Object o = info[0].As<Napi::Object>();
+      const char* W = "KV IPC pool";
+      const Napi::Value h = field(o, W, "handle");
+      if (!h.IsTypedArray() || h.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || h.As<Napi::Uint8Array>().ElementLength() != 64)
+        bad("LLM_ERR_KV_TRANSFER", "KV IPC pool.handle must be 64 bytes (a cudaIpcMemHandle_t)");
+      KvIpcPool p;
+      std::memcpy(p.handle, h.As<Napi::Uint8Array>().Data(), sizeof(p.handle));
+      p.tensors = (int64_t)num(o, W, "tensors");
+      p.tensorStrideElems = (int64_t)num(o, W, "tensorStrideElems");
+      p.rowElems = (int64_t)num(o, W, "rowElems");
+      p.pageSize = integer(o, W, "pageSize");
+      const Napi::Value bus = field(o, W, "pciBusId");
+      p.pciBusId = bus.IsString() ? bus.As<Napi::String>().Utf8Value() : "";
+      if (p.tensors < 1 || p.tensorStrideElems < 1 || p.rowElems < 1 || p.pageSize < 1) bad("LLM_ERR_KV_TRANSFER", "KV IPC pool geometry must be positive");
+      return Napi::Number::New(env, be.kvIpcOpen(p));
+    });
+  }
+
+  Napi::Value KvIpcPullJs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      Backend& be = live();
+      if (info.Length() < 5 || !info[0].IsNumber() || !info[2].IsNumber() || !info[4].IsNumber())
+        bad("LLM_ERR_BAD_REQUEST", "kvIpcPull(remote, srcPages, srcToken0, dstPages, numTokens)");
+      Napi::Int32Array src = typedArg<int32_t>(info, 1, "source pages");
+      Napi::Int32Array dst = typedArg<int32_t>(info, 3, "destination pages");
+      const KvInfo kv = be.kvInfo();
+      checkPages(dst, kv.numPages);
+      const KvPullStats st = be.kvIpcPull(info[0].As<Napi::Number>().Int32Value(), src.Data(), (int32_t)src.ElementLength(),
+                                          info[2].As<Napi::Number>().Int32Value(), dst.Data(), (int32_t)dst.ElementLength(),
+                                          info[4].As<Napi::Number>().Int32Value());
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("bytes", (double)st.bytes);
+      o.Set("deviceMs", st.deviceMs);
+      o.Set("hostMs", st.hostMs);
+      return o;
+    });
+  }
+
+  Napi::Value KvIpcCloseJs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      if (info.Length() < 1 || !info[0].IsNumber()) bad("LLM_ERR_BAD_REQUEST", "kvIpcClose(remote)");
+      live().kvIpcClose(info[0].As<Napi::Number>().Int32Value());
       return env.Undefined();
     });
   }

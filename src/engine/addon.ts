@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LlmError } from '../errors.js';
-import type { BackendKind, EngineOptions, KvPoolInfo, MemoryInfo, ModelSpec } from './types.js';
+import type { BackendKind, EngineOptions, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec } from './types.js';
 
 /** What NativeEngine.step returns (StepResult with `topN` always a number and `logits` only when asked). */
 export interface NativeStepResult {
@@ -23,6 +23,10 @@ export interface NativeEngine {
   embed(tokenIds: Int32Array): Float32Array;
   exportPages(pages: Int32Array): Uint8Array;
   importPages(pages: Int32Array, data: Uint8Array): void;
+  kvIpcExport(): KvIpcPool;
+  kvIpcOpen(pool: KvIpcPool): number;
+  kvIpcPull(remote: number, srcPages: Int32Array, srcToken0: number, dstPages: Int32Array, numTokens: number): KvPullStats;
+  kvIpcClose(remote: number): void;
   kvInfo(): KvPoolInfo;
   memoryInfo(): MemoryInfo;
   close(): void;

@@ -4,7 +4,7 @@
 import { LlmError, isErrorCode } from '../errors.js';
 import { loadAddon, type NativeEngine } from './addon.js';
 import { packStep } from './step.js';
-import type { BackendKind, Engine, EngineOptions, KvPoolInfo, MemoryInfo, ModelSpec, SeqStep, StepOptions, StepResult } from './types.js';
+import type { BackendKind, Engine, EngineOptions, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, SeqStep, StepOptions, StepResult } from './types.js';
 
 /** Rethrows a native error as an LlmError with the same code (unknown codes become LLM_ERR_INTERNAL). */
 function native<T>(fn: () => T): T {
@@ -66,6 +66,26 @@ class NativeBackedEngine implements Engine {
   importPages(pages: ArrayLike<number>, data: Uint8Array): void {
     const h = this.live();
     native(() => h.importPages(toInt32(pages), data));
+  }
+
+  kvIpcExport(): KvIpcPool {
+    const h = this.live();
+    return native(() => h.kvIpcExport());
+  }
+
+  kvIpcOpen(pool: KvIpcPool): number {
+    const h = this.live();
+    return native(() => h.kvIpcOpen(pool));
+  }
+
+  kvIpcPull(remote: number, srcPages: ArrayLike<number>, srcToken0: number, dstPages: ArrayLike<number>, numTokens: number): KvPullStats {
+    const h = this.live();
+    return native(() => h.kvIpcPull(remote, toInt32(srcPages), srcToken0, toInt32(dstPages), numTokens));
+  }
+
+  kvIpcClose(remote: number): void {
+    const h = this.live();
+    native(() => h.kvIpcClose(remote));
   }
 
   memoryInfo(): MemoryInfo {

@@ -85,6 +85,26 @@ export interface StepResult {
   logits?: Float32Array; // [numSeqs * vocabSize] when asked
 }
 
+/** A KV pool as another process on the same node opens it (CUDA IPC): `tensors` tensors (K, V per layer)
+ * tensorStrideElems elements apart, each [pages * pageSize, rowElems] bf16. */
+export interface KvIpcPool {
+  /** cudaIpcMemHandle_t of the pool allocation (64 bytes). */
+  handle: Uint8Array;
+  tensors: number;
+  tensorStrideElems: number;
+  rowElems: number;
+  pageSize: number;
+  /** The exporting GPU, for messages. */
+  pciBusId: string;
+}
+
+/** One pull of KV pages from a remote pool: bytes moved, timed on the device (the copy kernel) and the host. */
+export interface KvPullStats {
+  bytes: number;
+  deviceMs: number;
+  hostMs: number;
+}
+
 export interface KvPoolInfo {
   pageSize: number;
   numPages: number;
@@ -121,6 +141,14 @@ export interface Engine {
   /** Copies the given KV pages (all layers, K and V) to a host buffer: the disaggregated transfer unit. */
   exportPages(pages: ArrayLike<number>): Uint8Array;
   importPages(pages: ArrayLike<number>, data: Uint8Array): void;
+  /** GPU-to-GPU KV transfer within a node (CUDA IPC): the prefill side exports its pool; the decode side opens it
+   * (an id until closed) and pulls tokens [srcToken0, srcToken0 + numTokens) of the remote page list into its own
+   * pages, its stream synchronised on return. Backends without it throw LLM_ERR_KV_TRANSFER; engines that are not
+   * native (test fakes) may leave these out. */
+  kvIpcExport?(): KvIpcPool;
+  kvIpcOpen?(pool: KvIpcPool): number;
+  kvIpcPull?(remote: number, srcPages: ArrayLike<number>, srcToken0: number, dstPages: ArrayLike<number>, numTokens: number): KvPullStats;
+  kvIpcClose?(remote: number): void;
   memoryInfo(): MemoryInfo;
   close(): void;
 }
