@@ -3,7 +3,8 @@
 // side's handle, RankHandle, which the scheduler uses as its StepExecutor.
 //
 // Per-step path: the step travels packed in two flat buffers (messages.ts) that are transferred, not copied, to the
-// rank; the small result arrays come back by structured clone. Failures cross the thread as coded payloads {code, message, rank}:
+// rank; the small result arrays come back by structured clone. The scheduler actor (actors/scheduler.ts) spawns and
+// owns its ranks. Failures cross the thread as coded payloads {code, message, rank}:
 //  - an engine error in a step rejects that step (the scheduler then fails its requests);
 //  - an uncaught error or an exit of the worker fails every in-flight step with LLM_ERR_ACTOR_CRASHED;
 //  - a step that takes longer than stepTimeoutMs fails every in-flight step with LLM_ERR_ACTOR_HUNG and the worker
@@ -131,8 +132,9 @@ interface PendingStep {
 export class RankHandle implements StepExecutor {
   readonly rank: number;
   readonly engine: EngineSummary;
-  /** Steps answered and the time the engine spent in them (inside the rank thread). */
-  readonly stats = { steps: 0, engineMs: 0 };
+  /** Steps answered, the time the engine spent in them (inside the rank thread), and when (performance.now() on
+   * this thread) the last result arrived. */
+  readonly stats = { steps: 0, engineMs: 0, lastResultAt: 0 };
   private readonly worker: Worker;
   private readonly pending: PendingStep[] = [];
   private readonly pageOps = new Map<number, { resolve: (data: Uint8Array | null) => void; reject: (e: LlmError) => void }>();
@@ -257,6 +259,7 @@ export class RankHandle implements StepExecutor {
     switch (m.kind) {
       case 'result':
       case 'stepError': {
+        if (m.kind === 'result') this.stats.lastResultAt = performance.now();
         const head = this.pending[0];
         if (!head || head.stepNo !== m.stepNo) {
           this.fail(new LlmError('LLM_ERR_INTERNAL', `rank ${this.rank} answered step ${m.stepNo}, expected ${head?.stepNo ?? 'none'}`));

@@ -1,19 +1,20 @@
-// The supervisor (main thread): starts the rank actor and the scheduler for one worker, turns wire requests into
-// scheduler requests and scheduler outputs into response chunks, and watches the rank. When the rank crashes or
-// hangs, every in-flight request fails with the rank's coded error (the scheduler sees the failed step), then the
-// supervisor restarts the rank and a fresh scheduler, up to maxRestarts times; past that it shuts down and every
-// later call fails with the last error. Requests that arrive during a restart wait for it.
+// The supervisor (main thread): starts the scheduler actor (a worker_thread that starts and owns the rank actor),
+// turns wire requests into scheduler requests and the scheduler's outputs into response chunks, and feeds the
+// metrics actor. When the scheduler or its rank crashes or hangs, every in-flight request fails with the coded
+// error, then the supervisor restarts the core (scheduler + rank), up to maxRestarts times; past that it shuts
+// down and every later call fails with the last error. Requests that arrive during a restart wait for it.
 import { randomUUID } from 'node:crypto';
 import { LlmError } from '../src/errors.js';
 import { MAX_TOP_LOGPROBS } from '../src/engine/step.js';
 import { PreprocessedRequestSchema, type PreprocessedRequest } from '../src/protocol/request.js';
 import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { parseWire } from '../src/protocol/validate.js';
-import { Scheduler, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest } from '../src/scheduler/scheduler.js';
+import type { RadixEvent, RequestOutput, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
+import type { PrefixPages } from '../src/disagg/prefix.js';
 import type { EngineSummary } from './messages.js';
-import { exportCachedPrefix, importPrefix, type PrefixPages } from '../src/disagg/prefix.js';
+import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
 import type { RankEngineInit } from './rank-engine.js';
-import { RankHandle } from './rank.js';
+import { SchedulerHandle, type SchedulerHookInit } from './scheduler.js';
 
 /** Supervisor settings. Names and defaults follow the worker flags (src/config/schema.ts), so a resolved
  * WorkerConfig can be passed as is; only modelPath is required. */
@@ -35,6 +36,8 @@ export interface SupervisorConfig {
   seed?: number | null;
   /** A step not answered within this many ms marks the rank hung (default 120 s). */
   stepTimeoutMs?: number;
+  /** A scheduler thread whose event loop is blocked this long is hung (default 30 s). */
+  schedulerTimeoutMs?: number;
   /** Engine start-up (model load) limit in ms (default 600 s). */
   startTimeoutMs?: number;
   /** Rank restarts after a crash or hang before the supervisor gives up (default 2). */
@@ -42,18 +45,13 @@ export interface SupervisorConfig {
   /** The rank's engine factory: a module URL exporting createEngine(init), and its init. Defaults to the native
    * engine over modelPath (actors/rank-engine.ts); tests pass a fake engine here. */
   engineFactory?: { module: string; init: unknown };
+  /** A module the scheduler thread calls before each step (tests: faults in the scheduler thread). */
+  schedulerHook?: SchedulerHookInit;
 }
 
-/** A load snapshot for metrics and routing (reference §5.2: KV usage, requests). */
-export interface SupervisorLoad {
-  kvTotalPages: number;
-  /** Pages held by requests or the prefix cache. */
-  kvUsedPages: number;
-  /** Of those, cached pages no request uses (reclaimable). */
-  kvEvictablePages: number;
-  runningRequests: number;
-  queuedRequests: number;
-}
+/** A load snapshot for metrics and routing (reference §5.2: KV usage, requests). kvUsedPages counts pages held by
+ * requests or the prefix cache; kvEvictablePages, the cached ones no request uses (reclaimable). */
+export type SupervisorLoad = SchedulerLoad;
 
 export interface GenerateOptions {
   signal?: AbortSignal;
@@ -69,19 +67,17 @@ const DEFAULTS = {
   maxPrefillTokens: 16384,
   chunkedPrefillSize: 8192,
   stepTimeoutMs: 120_000,
+  schedulerTimeoutMs: 30_000,
   startTimeoutMs: 600_000,
   maxRestarts: 2,
 } as const;
 
-interface Core {
-  rank: RankHandle;
-  scheduler: Scheduler;
-}
-
 export class Supervisor {
+  /** Step, request and load samples from every scheduler this supervisor started. */
+  readonly metrics = new MetricsActor();
   private readonly config: SupervisorConfig;
   private readonly schedulerOptions: SchedulerOptions;
-  private core: Core | null = null;
+  private core: SchedulerHandle | null = null;
   /** Resolves when the current (re)start is done. */
   private ready: Promise<void>;
   private failure: LlmError | null = null;
@@ -106,7 +102,7 @@ export class Supervisor {
     this.ready = Promise.resolve();
   }
 
-  /** Starts the rank actor (opening the engine) and the scheduler. */
+  /** Starts the scheduler actor and its rank actor (opening the engine). */
   static async start(config: SupervisorConfig): Promise<Supervisor> {
     const sup = new Supervisor(config);
     sup.core = await sup.startCore();
@@ -115,39 +111,25 @@ export class Supervisor {
 
   /** The engine the rank opened (KV pool, vocabulary, EOS ids). Throws during a restart. */
   get engine(): EngineSummary {
-    if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
-    return this.core.rank.engine;
+    return this.scheduler.engine;
   }
 
-  /** The rank now in service (its step statistics). */
-  get rank(): RankHandle {
+  /** The scheduler actor now in service (a new one after each restart): its counters, load and integrity checks. */
+  get scheduler(): SchedulerHandle {
     if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
-    return this.core.rank;
-  }
-
-  /** The scheduler now in service (tests read its stats and integrity). */
-  get scheduler(): Scheduler {
-    if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
-    return this.core.scheduler;
+    return this.core;
   }
 
   /** KV-cache events (blocks stored in / removed from the prefix cache, with their token ids) for the KV-event
-   * publisher. After a rank restart the cache starts empty; no "removed" events are sent for the lost one. */
+   * publisher. After a restart the cache starts empty; no "removed" events are sent for the lost one. */
   onKvEvent(listener: (e: RadixEvent) => void): void {
     this.kvListeners.push(listener);
-    this.core?.scheduler.cache?.onEvent(listener);
+    this.core?.onKvEvent(listener);
   }
 
+  /** KV usage and request counts as of the last step's outputs (zeros while restarting). */
   load(): SupervisorLoad {
-    const s = this.core?.scheduler;
-    if (!s) return { kvTotalPages: 0, kvUsedPages: 0, kvEvictablePages: 0, runningRequests: 0, queuedRequests: 0 };
-    return {
-      kvTotalPages: s.allocator.numPages,
-      kvUsedPages: s.allocator.usedCount,
-      kvEvictablePages: s.cache?.evictablePages ?? 0,
-      runningRequests: s.runningCount,
-      queuedRequests: s.queuedCount,
-    };
+    return this.core ? this.metrics.snapshot().load : { ...IDLE_LOAD };
   }
 
   /** Streams the response chunks of one request (reference §2.2 shapes). Aborting the signal ends the stream with
@@ -157,9 +139,11 @@ export class Supervisor {
     await this.ready;
     if (this.failure) throw this.failure;
     if (this.stopped || !this.core) throw new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor has stopped');
-    const scheduler = this.core.scheduler;
+    const scheduler = this.core;
     const id = options.requestId ?? randomUUID();
     const input = this.toSchedulerRequest(id, req);
+    const t0 = performance.now();
+    let firstTokenMs: number | null = null;
     const outputs = new OutputQueue();
     scheduler.submit(input, (o) => outputs.push(o));
     let done = false;
@@ -169,7 +153,18 @@ export class Supervisor {
     try {
       for (;;) {
         const o = await outputs.next();
-        if (o.finishReason) done = true;
+        if (firstTokenMs === null && o.tokenIds.length) firstTokenMs = performance.now() - t0;
+        if (o.finishReason) {
+          done = true;
+          const u = o.usage;
+          this.metrics.send({
+            kind: 'request',
+            sample: {
+              finishReason: o.finishReason, promptTokens: u?.promptTokens ?? input.tokenIds.length, completionTokens: u?.completionTokens ?? 0,
+              cachedTokens: u?.cachedTokens ?? 0, firstTokenMs, totalMs: performance.now() - t0,
+            },
+          });
+        }
         if (o.finishReason === 'error') throw LlmError.fromPayload(o.error ?? { code: 'LLM_ERR_INTERNAL', message: 'request failed' });
         yield toChunk(o);
         if (done) return;
@@ -181,18 +176,17 @@ export class Supervisor {
   }
 
   /** Disaggregated prefill: copies the cached full pages of tokenIds[0, maxTokens) to the host, ordered after every
-   * step already submitted (src/disagg/prefix.ts). */
+   * step already submitted (src/disagg/prefix.ts, run in the scheduler's thread). */
   exportPrefix(tokenIds: number[], maxTokens: number): Promise<PrefixPages> {
     if (!this.core) return Promise.reject(this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running'));
-    return exportCachedPrefix(this.core.scheduler, this.core.rank, tokenIds, maxTokens);
+    return this.core.exportPrefix(tokenIds, maxTokens);
   }
 
   /** Disaggregated decode: makes transferred pages a cached prefix, ordered before every step submitted later;
    * returns the number of pages imported. */
   async importPrefix(prefix: PrefixPages): Promise<number> {
     if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
-    const core = this.core;
-    return importPrefix(core.scheduler, core.rank, prefix);
+    return this.core.importPrefix(prefix);
   }
 
   /** Fails in-flight requests with LLM_ERR_SHUTDOWN, stops the scheduler and closes the rank. */
@@ -202,13 +196,10 @@ export class Supervisor {
     await this.ready.catch(() => undefined);
     const core = this.core;
     this.core = null;
-    if (core) {
-      await core.scheduler.stop();
-      await core.rank.close();
-    }
+    await core?.close();
   }
 
-  private async startCore(): Promise<Core> {
+  private startCore(): Promise<SchedulerHandle> {
     const c = this.config;
     const pageSize = c.pageSize ?? DEFAULTS.pageSize;
     const init: RankEngineInit = {
@@ -224,33 +215,35 @@ export class Supervisor {
         ...(c.cpuThreads ? { threads: c.cpuThreads } : {}),
       },
     };
-    const rank = await RankHandle.spawn({
-      rank: 0,
-      ...(c.engineFactory ? { engineModule: c.engineFactory.module } : {}),
-      engineInit: c.engineFactory ? c.engineFactory.init : init,
-      stepTimeoutMs: c.stepTimeoutMs ?? DEFAULTS.stepTimeoutMs,
-      startTimeoutMs: c.startTimeoutMs ?? DEFAULTS.startTimeoutMs,
-      onFailure: (err) => this.onCoreFailure(rank, err),
+    const startTimeoutMs = c.startTimeoutMs ?? DEFAULTS.startTimeoutMs;
+    return SchedulerHandle.spawn({
+      options: this.schedulerOptions,
+      rank: {
+        rank: 0,
+        ...(c.engineFactory ? { engineModule: c.engineFactory.module } : {}),
+        engineInit: c.engineFactory ? c.engineFactory.init : init,
+        stepTimeoutMs: c.stepTimeoutMs ?? DEFAULTS.stepTimeoutMs,
+        startTimeoutMs,
+      },
+      hangTimeoutMs: c.schedulerTimeoutMs ?? DEFAULTS.schedulerTimeoutMs,
+      startTimeoutMs,
+      ...(c.schedulerHook ? { hook: c.schedulerHook } : {}),
+      metrics: this.metrics,
+      onFailure: (err, core) => this.onCoreFailure(core, err),
+    }).then((core) => {
+      for (const l of this.kvListeners) core.onKvEvent(l);
+      return core;
     });
-    const scheduler = new Scheduler(rank, this.schedulerOptions);
-    for (const l of this.kvListeners) scheduler.cache?.onEvent(l);
-    // An engine error in a step leaves the device state unknown: restart the rank as after a crash.
-    scheduler.onFailure((err) => this.onCoreFailure(rank, LlmError.fromPayload(err)));
-    scheduler.start();
-    return { rank, scheduler };
   }
 
-  private onCoreFailure(rank: RankHandle, error: LlmError): void {
-    if (this.stopped || this.core?.rank !== rank) return;
-    const old = this.core;
+  /** The core failed: every request it had already got the error; restart it or give up. */
+  private onCoreFailure(core: SchedulerHandle, error: LlmError): void {
+    if (this.stopped || this.core !== core) return;
     this.core = null;
     this.ready = (async () => {
-      // The scheduler fails its in-flight requests with the rank's error as their steps reject.
-      await old.scheduler.stop();
-      await old.rank.close(1000);
+      await core.close(1000);
       if (this.restarts >= (this.config.maxRestarts ?? DEFAULTS.maxRestarts) || this.stopped) {
         this.failure = error;
-        this.core = null;
         return;
       }
       this.restarts++;
@@ -258,13 +251,12 @@ export class Supervisor {
         this.core = await this.startCore();
       } catch (err) {
         this.failure = err instanceof LlmError ? err : new LlmError('LLM_ERR_ACTOR_CRASHED', String(err));
-        this.core = null;
       }
     })();
   }
 
   private toSchedulerRequest(id: string, req: PreprocessedRequest): SchedulerRequest {
-    const engine = this.core!.rank.engine;
+    const engine = this.core!.engine;
     const bad = (m: string) => new LlmError('LLM_ERR_BAD_REQUEST', `request ${id}: ${m}`);
     const so = req.sampling_options;
     if (so.guided_decoding) throw bad('sampling_options.guided_decoding is not supported by this worker');

@@ -56,13 +56,13 @@ t.test('64 concurrent greedy requests produce what each produces alone; retracti
   const sup = await start(t);
   const together = await Promise.all(ps.map((p) => tokens(sup.generate(request(p, 24)))));
   together.forEach((r, i) => t.same(r.ids, alone[i], `request ${i}`));
-  sup.scheduler.checkIntegrity();
+  await sup.scheduler.checkIntegrity();
   // 20 pages of 16 tokens cannot hold 64 sequences of up to 87 tokens at once: requests get retracted and resumed.
   const tiny = await start(t, { numPages: 20 });
   const squeezed = await Promise.all(ps.map((p) => tokens(tiny.generate(request(p, 24)))));
   squeezed.forEach((r, i) => t.same(r.ids, alone[i], `request ${i} (tiny pool)`));
   t.ok(tiny.scheduler.stats.retractions > 0, `retractions: ${tiny.scheduler.stats.retractions}`);
-  tiny.scheduler.checkIntegrity();
+  await tiny.scheduler.checkIntegrity();
 });
 
 t.test('a repeated prompt reports cached tokens and skips their recompute', async (t) => {

@@ -87,10 +87,10 @@ async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 
 }
 
 /** Null when the worker's scheduler passes its integrity checks (no page leaked) and runs nothing. */
-function problems(w: WorkerHandle): string | null {
+async function problems(w: WorkerHandle): Promise<string | null> {
   const s = w.supervisor.scheduler;
   try {
-    s.checkIntegrity();
+    await s.checkIntegrity();
   } catch (err) {
     return (err as Error).message;
   }
@@ -144,7 +144,7 @@ t.test('disaggregated prefill + decode over tcp', async (t) => {
     t.ok(decode.supervisor.scheduler.stats.cacheHitTokens - hitsBefore > promptTotal / 2, 'most prompt KV came from the prefill worker');
     t.ok(decodePrefill <= ps.length * 4, `decode prefilled ${decodePrefill} tokens for ${ps.length} requests (<= 4 each)`);
     await until('rooms settled', () => sender.pending.rooms === 0);
-    for (const [w, n] of [[agg, 'agg'], [prefill, 'prefill'], [decode, 'decode']] as const) t.equal(problems(w), null, `${n}: integrity`);
+    for (const [w, n] of [[agg, 'agg'], [prefill, 'prefill'], [decode, 'decode']] as const) t.equal(await problems(w), null, `${n}: integrity`);
   });
 
   t.test('older flow: the decode worker calls the prefill worker itself', async (t) => {
@@ -155,8 +155,8 @@ t.test('disaggregated prefill + decode over tcp', async (t) => {
       t.same(tokens, await tokensOf(aggModel.generate(request(p, 10), { signal: new AbortController().signal })));
     }
     await until('rooms settled', () => sender.pending.rooms === 0);
-    t.equal(problems(decode), null, 'decode: integrity');
-    t.equal(problems(prefill), null, 'prefill: integrity');
+    t.equal(await problems(decode), null, 'decode: integrity');
+    t.equal(await problems(prefill), null, 'prefill: integrity');
   });
 
   t.test('the prefill handler yields the bootstrap chunk first and only', async (t) => {
@@ -197,8 +197,8 @@ t.test('disaggregated prefill + decode over tcp', async (t) => {
     t.equal(chunks.length, 1);
     t.equal(prefill.supervisor.scheduler.stats.steps, stepsBefore, 'no prefill step ran for the given-up room');
     t.equal(sender.pending.rooms, 0);
-    t.equal(problems(prefill), null, 'prefill: integrity');
-    t.equal(problems(decode), null, 'decode: integrity');
+    t.equal(await problems(prefill), null, 'prefill: integrity');
+    t.equal(await problems(decode), null, 'decode: integrity');
   });
 
   t.test('pages nobody fetches are released after --kv-transfer-timeout', async (t) => {
@@ -211,7 +211,7 @@ t.test('disaggregated prefill + decode over tcp', async (t) => {
     t.match(err?.message, new RegExp(`LLM_ERR_TIMEOUT.*bootstrap room ${room}: no decode worker fetched its KV pages within ${TIMEOUT_SECS} s`));
     t.ok(Date.now() - t0 >= TIMEOUT_SECS * 1000 - 100);
     t.same(sender.pending, { rooms: 0, bytes: 0 });
-    t.equal(problems(prefill), null, 'prefill: integrity');
+    t.equal(await problems(prefill), null, 'prefill: integrity');
   });
 
   t.test('a decode request whose prefill never comes fails after the timeout', async (t) => {
@@ -222,7 +222,7 @@ t.test('disaggregated prefill + decode over tcp', async (t) => {
     );
     t.match(err?.message, new RegExp(`LLM_ERR_TIMEOUT.*bootstrap room ${room}`));
     await until('rooms settled', () => sender.pending.rooms === 0);
-    t.equal(problems(decode), null, 'decode: integrity');
+    t.equal(await problems(decode), null, 'decode: integrity');
   });
 
   t.test('a prefill peer dying mid-transfer fails the decode request cleanly', async (t) => {
@@ -253,7 +253,7 @@ t.test('disaggregated prefill + decode over tcp', async (t) => {
       (e: Error) => e,
     );
     t.match(err?.message, /LLM_ERR_KV_TRANSFER.*prefill worker at 127\.0\.0\.1:\d+ closed the connection before the KV pages of bootstrap room 42 .* arrived/);
-    t.equal(problems(decode), null, 'decode: integrity');
+    t.equal(await problems(decode), null, 'decode: integrity');
     // the decode worker still serves
     const ok = await clientTokens(decodeClient, request([1, 50, 60, 70], 3, { bootstrap_info: { bootstrap_host: '2.2.2.2', bootstrap_port: 0, bootstrap_room: 0n } }));
     t.equal(ok.tokens.length, 3, 'a fake-bootstrap (health check) request runs without a transfer');
@@ -294,5 +294,5 @@ t.test('refusals: no bootstrap_info without prefill workers, mismatched page siz
   const mismatch = await clientTokens(client, request([1, 9, 9, 9, 9, 9], 2, { bootstrap_info: { ...bootstrap, bootstrap_room: 7n } })).then(() => null, (e: Error) => e);
   t.match(mismatch?.message, /LLM_ERR_KV_TRANSFER.*KV layouts differ in pageSize, bytesPerPage: prefill side has page size 4, dtype f32, 5 layers x 4 KV heads x head dim 8.*decode side has page size 8/);
   await until('rooms settled', () => prefill.disagg!.sender!.pending.rooms === 0);
-  t.equal(problems(decode8), null, 'decode: integrity');
+  t.equal(await problems(decode8), null, 'decode: integrity');
 });

@@ -53,7 +53,7 @@ t.test('generate streams chunks in the reference shape; repeated prompts report 
   t.ok(stored.every((n) => n > 0), 'nothing removed');
   const load = sup.load();
   t.same(load, { kvTotalPages: 128, kvUsedPages: 6, kvEvictablePages: 6, runningRequests: 0, queuedRequests: 0 });
-  sup.scheduler.checkIntegrity();
+  await sup.scheduler.checkIntegrity();
 });
 
 t.test('concurrent requests through the rank worker match their solo outputs', async (t) => {
@@ -61,7 +61,7 @@ t.test('concurrent requests through the rank worker match their solo outputs', a
   const ps = Array.from({ length: 24 }, (_, i) => prompt(i + 3, 5 + ((i * 13) % 40)));
   const all = await Promise.all(ps.map((p) => collect(sup.generate(request(p, 12)))));
   all.forEach((chunks, i) => t.same(chunks.flatMap((c) => c.token_ids), referenceOutput(ps[i], { maxTokens: 12, vocabSize: VOCAB })));
-  sup.scheduler.checkIntegrity();
+  await sup.scheduler.checkIntegrity();
 });
 
 t.test('abort through the signal: queued, and mid-stream', async (t) => {
@@ -82,7 +82,7 @@ t.test('abort through the signal: queued, and mid-stream', async (t) => {
   for await (const c of sup.generate(request(prompt(4, 10), 500))) if (c.token_ids.length) break;
   await new Promise((r) => setTimeout(r, 30));
   t.equal(sup.scheduler.runningCount + sup.scheduler.queuedCount, 0);
-  sup.scheduler.checkIntegrity();
+  await sup.scheduler.checkIntegrity();
 });
 
 t.test('bad requests fail with specific messages', async (t) => {

@@ -131,7 +131,7 @@ async function throughActors() {
     for await (const c of sup.generate(request(work[1].tokens.slice(0, 128), 129))) if (c.token_ids.length) stamps.push(performance.now());
     const itl1Ms = (stamps.at(-1)! - stamps[1]) / (stamps.length - 2);
     const before = { ...sup.scheduler.stats };
-    const rankBefore = { ...sup.rank.stats };
+    const metricsBefore = sup.metrics.snapshot();
     const t0 = performance.now();
     let produced = 0;
     await Promise.all(
@@ -141,12 +141,18 @@ async function throughActors() {
     );
     const seconds = (performance.now() - t0) / 1000;
     const st = sup.scheduler.stats;
+    const m = sup.metrics.snapshot();
+    const steps = m.steps - metricsBefore.steps;
     return {
       seconds, produced, outTokS: produced / seconds, totalTokS: (produced + totalIn) / seconds, itl1Ms,
       steps: st.steps - before.steps, retractions: st.retractions - before.retractions, kv: sup.engine.kv,
       // Where the wall time went: the engine inside the rank, and the scheduler's own planning/applying.
-      engineBusySeconds: (sup.rank.stats.engineMs - rankBefore.engineMs) / 1000,
+      engineBusySeconds: (m.engineBusyMs - metricsBefore.engineBusyMs) / 1000,
       schedulerHostSeconds: (st.hostMs - before.hostMs) / 1000,
+      // Per step, on the scheduler's thread: submission to result minus the engine's own time (thread hops, packing),
+      // and the result-to-next-submission gap (the scheduler's critical path).
+      hostOverheadPerStepMs: ((m.stepMs - metricsBefore.stepMs) - (m.engineBusyMs - metricsBefore.engineBusyMs)) / steps,
+      submitGapUs: (1000 * (m.submitGapMs - metricsBefore.submitGapMs)) / Math.max(1, m.gappedSteps - metricsBefore.gappedSteps),
     };
   } finally {
     await sup.stop();

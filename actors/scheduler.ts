@@ -1,0 +1,499 @@
+// The scheduler actor: a worker_thread that runs the Scheduler (src/scheduler/scheduler.ts) over the rank actor it
+// spawns and owns. This file is both the worker's entry point (workerData.actor === 'scheduler') and the main side's
+// handle, SchedulerHandle, which the supervisor uses.
+//
+// Threads: supervisor (main) ⇄ scheduler ⇄ rank. The per-step hot path is scheduler ⇄ rank only (two transferred
+// buffers per step, actors/rank.ts); the supervisor hears from the scheduler once per step at most: one 'batch'
+// message carrying that step's response outputs, radix (KV) events, step samples for the metrics actor and the
+// scheduler's state. The batch is posted at the end of the event-loop turn, after the next step has gone to the
+// rank, so streaming never delays a step.
+//
+// Failures, as coded payloads {code, message, rank}:
+//  - the rank crashes, hangs or fails a step: the scheduler reports 'failed' with the rank's error; the handle fails
+//    every request it still has with it and tells the supervisor, which restarts the core (scheduler + rank);
+//  - the scheduler thread throws or exits: LLM_ERR_ACTOR_CRASHED for every request;
+//  - the scheduler thread stops beating (a SharedArrayBuffer counter it bumps from a timer, so a blocked event loop
+//    stops it) for hangTimeoutMs: LLM_ERR_ACTOR_HUNG for every request, and the thread is terminated.
+import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
+import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
+import type { SeqStep, StepResult } from '../src/engine/types.js';
+import { exportCachedPrefix, importPrefix, type PrefixPages } from '../src/disagg/prefix.js';
+import {
+  Scheduler, type OutputSink, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest, type SchedulerStats, type StepExecutor,
+} from '../src/scheduler/scheduler.js';
+import { unreachable, type EngineSummary } from './messages.js';
+import type { MetricsActor, SchedulerLoad, StepSample } from './metrics.js';
+import { RankHandle } from './rank.js';
+import { siblingModule, spawnWorker } from './worker.js';
+
+/** The scheduler's inbox. */
+export type SchedulerInbox =
+  | { kind: 'submit'; request: SchedulerRequest }
+  | { kind: 'abort'; id: string }
+  /** Radix events are collected and sent only while someone listens. */
+  | { kind: 'kvEvents'; enabled: boolean }
+  | { kind: 'op'; opNo: number; op: SchedulerOp }
+  | { kind: 'shutdown' };
+
+/** Requests answered by one 'opDone' or 'opError'. */
+export type SchedulerOp =
+  | { kind: 'exportPrefix'; tokenIds: number[]; maxTokens: number }
+  | { kind: 'importPrefix'; prefix: PrefixPages }
+  | { kind: 'checkIntegrity' };
+
+export type SchedulerOpResult =
+  | { kind: 'exportPrefix'; prefix: PrefixPages }
+  | { kind: 'importPrefix'; pages: number }
+  | { kind: 'checkIntegrity' };
+
+/** What the scheduler sends to the supervisor. */
+export type SchedulerOutbox =
+  | { kind: 'ready'; engine: EngineSummary }
+  | { kind: 'initError'; error: ErrorPayload }
+  /** outputs[i] belongs to request ids[i]; state is taken after they were produced. */
+  | { kind: 'batch'; ids: string[]; outputs: RequestOutput[]; kvEvents: RadixEvent[]; steps: StepSample[]; stats: SchedulerStats; load: SchedulerLoad }
+  | { kind: 'opDone'; opNo: number; result: SchedulerOpResult }
+  | { kind: 'opError'; opNo: number; error: ErrorPayload }
+  | { kind: 'failed'; error: ErrorPayload };
+
+/** The rank the scheduler spawns (actors/rank.ts RankSpawnOptions, as plain data). */
+export interface SchedulerRankInit {
+  rank: number;
+  engineModule?: string;
+  engineInit: unknown;
+  stepTimeoutMs: number;
+  startTimeoutMs: number;
+}
+
+/** A module the scheduler thread imports that exports `beforeStep(stepNo, init)`, called before each step is
+ * submitted (fault injection and instrumentation in tests). */
+export interface SchedulerHookInit {
+  module: string;
+  init: unknown;
+}
+
+interface SchedulerHookModule {
+  beforeStep(stepNo: number, init: unknown): void;
+}
+
+export interface SchedulerWorkerData {
+  actor: 'scheduler';
+  options: SchedulerOptions;
+  rank: SchedulerRankInit;
+  /** Int32 counter the scheduler bumps every heartbeatMs. */
+  heartbeat: SharedArrayBuffer;
+  heartbeatMs: number;
+  hook: SchedulerHookInit | null;
+}
+
+// ---- worker side ----
+
+interface PendingBatch {
+  ids: string[];
+  outputs: RequestOutput[];
+  kvEvents: RadixEvent[];
+  steps: StepSample[];
+}
+
+async function runScheduler(data: SchedulerWorkerData): Promise<void> {
+  const port = parentPort!;
+  const send = (m: SchedulerOutbox, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
+  const beat = new Int32Array(data.heartbeat);
+  const beatTimer = setInterval(() => Atomics.add(beat, 0, 1), data.heartbeatMs);
+  let failed = false;
+  let batch: PendingBatch | null = null;
+  let scheduler: Scheduler | null = null;
+
+  const reportFailure = (error: ErrorPayload) => {
+    if (failed) return;
+    failed = true;
+    // 'failed' goes first: the supervisor fails every stream with it and starts the restart in the same turn, so a
+    // caller that reacts to its stream's error finds the restart under way, not the failed scheduler.
+    send({ kind: 'failed', error });
+    flush();
+  };
+
+  let rank: RankHandle;
+  let hook: SchedulerHookModule | null;
+  try {
+    rank = await RankHandle.spawn({ ...data.rank, onFailure: (err) => reportFailure(err.toPayload()) });
+    hook = data.hook ? ((await import(data.hook.module)) as SchedulerHookModule) : null;
+  } catch (err) {
+    send({ kind: 'initError', error: toErrorPayload(err) });
+    clearInterval(beatTimer);
+    port.close();
+    return;
+  }
+
+  const pending = (): PendingBatch => {
+    if (!batch) {
+      batch = { ids: [], outputs: [], kvEvents: [], steps: [] };
+      // setImmediate, not a microtask: a result's continuation (land tokens, submit the next step) runs in
+      // microtasks of the same turn, and this post must come after it, off the step's critical path.
+      setImmediate(flush);
+    }
+    return batch;
+  };
+  function flush(): void {
+    const b = batch;
+    if (!b || !scheduler) return;
+    batch = null;
+    const s = scheduler;
+    send({
+      kind: 'batch', ...b, stats: { ...s.stats },
+      load: {
+        kvTotalPages: s.allocator.numPages, kvUsedPages: s.allocator.usedCount, kvEvictablePages: s.cache?.evictablePages ?? 0,
+        runningRequests: s.runningCount, queuedRequests: s.queuedCount,
+      },
+    });
+  }
+
+  // Step samples for the metrics actor. Steps run one at a time (scheduler invariant G4), so the rank's engine time
+  // and the scheduler's token counters moved by this step alone.
+  let stepNo = 0;
+  let inFlight = 0;
+  const counted = { prefill: 0, decode: 0, cacheHits: 0 };
+  const executor: StepExecutor = {
+    kv: rank.kv,
+    execute(seqs: readonly SeqStep[]): Promise<StepResult> {
+      const s = scheduler!;
+      stepNo++;
+      if (hook) hook.beforeStep(stepNo, data.hook!.init);
+      const t0 = performance.now();
+      const lastResultAt = rank.stats.lastResultAt;
+      const submitGapMs = inFlight === 0 && lastResultAt > 0 ? t0 - lastResultAt : null;
+      const st = s.stats;
+      const sample: StepSample = {
+        batchSize: seqs.length, prefillTokens: st.prefillTokens - counted.prefill, decodeTokens: st.decodeTokens - counted.decode,
+        queued: s.queuedCount, running: s.runningCount, kvUsedPages: s.allocator.usedCount, cacheHitTokens: st.cacheHitTokens - counted.cacheHits,
+        stepMs: 0, engineMs: 0, submitGapMs,
+      };
+      counted.prefill = st.prefillTokens;
+      counted.decode = st.decodeTokens;
+      counted.cacheHits = st.cacheHitTokens;
+      const engine0 = rank.stats.engineMs;
+      inFlight++;
+      return rank.execute(seqs).then(
+        (result) => {
+          inFlight--;
+          sample.stepMs = rank.stats.lastResultAt - t0;
+          sample.engineMs = rank.stats.engineMs - engine0;
+          pending().steps.push(sample);
+          return result;
+        },
+        (err: unknown) => {
+          inFlight--;
+          throw err;
+        },
+      );
+    },
+  };
+
+  try {
+    scheduler = new Scheduler(executor, data.options);
+  } catch (err) {
+    send({ kind: 'initError', error: toErrorPayload(err) });
+    await rank.close();
+    clearInterval(beatTimer);
+    port.close();
+    return;
+  }
+  const sched = scheduler;
+  const sinkOf = (id: string): OutputSink => (out) => {
+    const b = pending();
+    b.ids.push(id);
+    b.outputs.push(out);
+  };
+  let kvEvents = false;
+  sched.cache?.onEvent((e) => {
+    if (kvEvents) pending().kvEvents.push(e);
+  });
+  sched.onFailure(reportFailure);
+  sched.start();
+
+  const runOp = async (op: SchedulerOp): Promise<{ result: SchedulerOpResult; transfer: ArrayBuffer[] }> => {
+    switch (op.kind) {
+      case 'exportPrefix': {
+        const prefix = await exportCachedPrefix(sched, rank, op.tokenIds, op.maxTokens);
+        return { result: { kind: 'exportPrefix', prefix }, transfer: prefix.data.buffer instanceof ArrayBuffer ? [prefix.data.buffer] : [] };
+      }
+      case 'importPrefix':
+        return { result: { kind: 'importPrefix', pages: await importPrefix(sched, rank, op.prefix) }, transfer: [] };
+      case 'checkIntegrity':
+        sched.checkIntegrity();
+        return { result: { kind: 'checkIntegrity' }, transfer: [] };
+      default:
+        return unreachable(op);
+    }
+  };
+
+  port.on('message', (m: SchedulerInbox) => {
+    switch (m.kind) {
+      case 'submit':
+        try {
+          sched.submit(m.request, sinkOf(m.request.id));
+        } catch (err) {
+          sinkOf(m.request.id)({ tokenIds: [], logprobs: null, topLogprobs: null, finishReason: 'error', usage: null, error: toErrorPayload(err) });
+        }
+        return;
+      case 'abort':
+        sched.abort(m.id);
+        return;
+      case 'kvEvents':
+        kvEvents = m.enabled;
+        return;
+      case 'op':
+        runOp(m.op).then(
+          ({ result, transfer }) => send({ kind: 'opDone', opNo: m.opNo, result }, transfer),
+          (err: unknown) => send({ kind: 'opError', opNo: m.opNo, error: toErrorPayload(err) }),
+        );
+        return;
+      case 'shutdown':
+        void (async () => {
+          await sched.stop();
+          flush();
+          await rank.close();
+          clearInterval(beatTimer);
+          port.close();
+        })();
+        return;
+      default:
+        unreachable(m);
+    }
+  });
+  send({ kind: 'ready', engine: rank.engine });
+}
+
+if (!isMainThread && (workerData as SchedulerWorkerData | null)?.actor === 'scheduler') void runScheduler(workerData as SchedulerWorkerData);
+
+// ---- main side ----
+
+export interface SchedulerSpawnOptions {
+  options: SchedulerOptions;
+  rank: SchedulerRankInit;
+  /** The scheduler thread is hung when it has not beaten for this long. */
+  hangTimeoutMs: number;
+  /** Scheduler and rank start-up (model load) limit, ms. */
+  startTimeoutMs: number;
+  hook?: SchedulerHookInit;
+  /** Receives the step samples and the scheduler's load. */
+  metrics: MetricsActor;
+  /** Called once when the scheduler or its rank fails (after every request got the error). */
+  onFailure: (error: LlmError, scheduler: SchedulerHandle) => void;
+}
+
+const EMPTY_STATS: SchedulerStats = { steps: 0, prefillTokens: 0, decodeTokens: 0, retractions: 0, cacheHitTokens: 0, hostMs: 0, idleMs: 0 };
+
+export class SchedulerHandle {
+  readonly engine: EngineSummary;
+  /** The scheduler's counters as of the last batch it sent (the outputs streamed so far). */
+  stats: SchedulerStats = EMPTY_STATS;
+  private load: SchedulerLoad;
+  private readonly worker: Worker;
+  private readonly sinks = new Map<string, OutputSink>();
+  private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
+  private readonly ops = new Map<number, { resolve: (r: SchedulerOpResult) => void; reject: (e: LlmError) => void }>();
+  private opNo = 0;
+  private readonly opts: SchedulerSpawnOptions;
+  private readonly watchdog: NodeJS.Timeout;
+  private failure: LlmError | null = null;
+  private closing = false;
+  private readonly exited: Promise<void>;
+
+  private constructor(worker: Worker, engine: EngineSummary, heartbeat: Int32Array, opts: SchedulerSpawnOptions) {
+    this.worker = worker;
+    this.engine = engine;
+    this.opts = opts;
+    this.load = { kvTotalPages: engine.kv.numPages, kvUsedPages: 0, kvEvictablePages: 0, runningRequests: 0, queuedRequests: 0 };
+    opts.metrics.send({ kind: 'load', load: this.load });
+    worker.on('message', (m: SchedulerOutbox) => this.onMessage(m));
+    worker.on('error', (err) => this.fail(new LlmError('LLM_ERR_ACTOR_CRASHED', `the scheduler crashed: ${err.message}`)));
+    this.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
+    worker.on('exit', (code) => {
+      if (!this.closing) this.fail(new LlmError('LLM_ERR_ACTOR_CRASHED', `the scheduler exited unexpectedly with code ${code}`));
+    });
+    let seen = Atomics.load(heartbeat, 0);
+    let seenAt = performance.now();
+    this.watchdog = setInterval(() => {
+      const now = performance.now();
+      const beat = Atomics.load(heartbeat, 0);
+      if (beat !== seen) {
+        seen = beat;
+        seenAt = now;
+      } else if (now - seenAt > opts.hangTimeoutMs) {
+        this.fail(new LlmError('LLM_ERR_ACTOR_HUNG', `the scheduler thread did not respond for ${Math.round(now - seenAt)} ms (limit ${opts.hangTimeoutMs} ms)`));
+        void worker.terminate();
+      }
+    }, heartbeatMs(opts.hangTimeoutMs));
+    this.watchdog.unref();
+  }
+
+  /** Starts the scheduler thread (which starts its rank) and waits until the rank's engine is open. */
+  static spawn(opts: SchedulerSpawnOptions): Promise<SchedulerHandle> {
+    const heartbeat = new SharedArrayBuffer(4);
+    const data: SchedulerWorkerData = {
+      actor: 'scheduler', options: opts.options, rank: opts.rank, heartbeat, heartbeatMs: heartbeatMs(opts.hangTimeoutMs), hook: opts.hook ?? null,
+    };
+    const worker = spawnWorker(siblingModule(import.meta.url, 'scheduler'), data);
+    return new Promise((resolve, reject) => {
+      // The rank has its own start-up limit inside; this one also covers a scheduler thread that never answers.
+      const timer = setTimeout(() => {
+        cleanup();
+        void worker.terminate();
+        reject(new LlmError('LLM_ERR_ACTOR_HUNG', `the scheduler did not start within ${opts.startTimeoutMs} ms`));
+      }, opts.startTimeoutMs + 5000);
+      const onMessage = (m: SchedulerOutbox) => {
+        if (m.kind === 'ready') {
+          cleanup();
+          resolve(new SchedulerHandle(worker, m.engine, new Int32Array(heartbeat), opts));
+        } else if (m.kind === 'initError') {
+          cleanup();
+          void worker.terminate();
+          reject(LlmError.fromPayload(m.error));
+        }
+      };
+      const onError = (err: Error) => {
+        cleanup();
+        reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `the scheduler crashed while starting: ${err.message}`));
+      };
+      const onExit = (code: number) => {
+        cleanup();
+        reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `the scheduler exited with code ${code} while starting`));
+      };
+      const cleanup = () => {
+        clearTimeout(timer);
+        worker.off('message', onMessage).off('error', onError).off('exit', onExit);
+      };
+      worker.on('message', onMessage).on('error', onError).on('exit', onExit);
+    });
+  }
+
+  get runningCount(): number {
+    return this.load.runningRequests;
+  }
+
+  get queuedCount(): number {
+    return this.load.queuedRequests;
+  }
+
+  /** Queues a request; its outputs go to sink, the last one with finishReason (an error too). */
+  submit(request: SchedulerRequest, sink: OutputSink): void {
+    if (this.failure) throw this.failure;
+    if (this.closing) throw new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler is stopping');
+    if (this.sinks.has(request.id)) throw new LlmError('LLM_ERR_BAD_REQUEST', `request id ${request.id} is already in flight`);
+    this.sinks.set(request.id, sink);
+    this.post({ kind: 'submit', request });
+  }
+
+  /** Cancels a request wherever it is; the scheduler frees its pages as the message arrives. */
+  abort(id: string): void {
+    if (this.sinks.has(id)) this.post({ kind: 'abort', id });
+  }
+
+  onKvEvent(listener: (e: RadixEvent) => void): void {
+    this.kvListeners.push(listener);
+    if (this.kvListeners.length === 1) this.post({ kind: 'kvEvents', enabled: true });
+  }
+
+  /** Runs the scheduler's integrity checks (every invariant of the scheduler, the allocator and the radix cache). */
+  async checkIntegrity(): Promise<void> {
+    await this.op({ kind: 'checkIntegrity' });
+  }
+
+  /** Disaggregated prefill: the cached full pages of tokenIds[0, maxTokens), copied after every step submitted. */
+  async exportPrefix(tokenIds: number[], maxTokens: number): Promise<PrefixPages> {
+    const r = await this.op({ kind: 'exportPrefix', tokenIds, maxTokens });
+    if (r.kind !== 'exportPrefix') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered exportPrefix with ${r.kind}`);
+    return r.prefix;
+  }
+
+  /** Disaggregated decode: transferred pages become a cached prefix; returns the number of pages imported. */
+  async importPrefix(prefix: PrefixPages): Promise<number> {
+    const r = await this.op({ kind: 'importPrefix', prefix });
+    if (r.kind !== 'importPrefix') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered importPrefix with ${r.kind}`);
+    return r.pages;
+  }
+
+  /** Fails what is still in flight with LLM_ERR_SHUTDOWN, stops the scheduler and its rank; terminates the thread
+   * if it has not exited within graceMs. */
+  async close(graceMs = 5000): Promise<void> {
+    if (this.closing) return this.exited;
+    this.closing = true;
+    this.post({ kind: 'shutdown' });
+    const t = setTimeout(() => void this.worker.terminate(), graceMs);
+    await this.exited;
+    clearTimeout(t);
+    this.fail(new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler stopped before the request finished'));
+  }
+
+  private post(m: SchedulerInbox): void {
+    this.worker.postMessage(m);
+  }
+
+  private op(op: SchedulerOp): Promise<SchedulerOpResult> {
+    if (this.failure) return Promise.reject(this.failure);
+    const opNo = ++this.opNo;
+    return new Promise((resolve, reject) => {
+      this.ops.set(opNo, { resolve, reject });
+      this.post({ kind: 'op', opNo, op });
+    });
+  }
+
+  private onMessage(m: SchedulerOutbox): void {
+    switch (m.kind) {
+      case 'batch': {
+        const metrics = this.opts.metrics;
+        if (m.steps.length) metrics.send({ kind: 'steps', samples: m.steps });
+        this.stats = m.stats;
+        this.load = m.load;
+        metrics.send({ kind: 'load', load: m.load });
+        for (const e of m.kvEvents) for (const l of this.kvListeners) l(e);
+        for (let i = 0; i < m.ids.length; i++) {
+          const id = m.ids[i];
+          const sink = this.sinks.get(id);
+          if (!sink) continue;
+          const out = m.outputs[i];
+          if (out.finishReason) this.sinks.delete(id);
+          sink(out);
+        }
+        return;
+      }
+      case 'opDone':
+      case 'opError': {
+        const op = this.ops.get(m.opNo);
+        if (!op) return;
+        this.ops.delete(m.opNo);
+        if (m.kind === 'opDone') op.resolve(m.result);
+        else op.reject(LlmError.fromPayload(m.error));
+        return;
+      }
+      case 'failed':
+        this.fail(LlmError.fromPayload(m.error));
+        return;
+      case 'ready':
+      case 'initError':
+        return; // start-up messages, handled by spawn
+      default:
+        unreachable(m);
+    }
+  }
+
+  private fail(error: LlmError): void {
+    if (this.failure) return;
+    this.failure = error;
+    clearInterval(this.watchdog);
+    const payload = error.toPayload();
+    for (const sink of this.sinks.values()) {
+      sink({ tokenIds: [], logprobs: null, topLogprobs: null, finishReason: 'error', usage: null, error: payload });
+    }
+    this.sinks.clear();
+    for (const op of this.ops.values()) op.reject(error);
+    this.ops.clear();
+    if (!this.closing) this.opts.onFailure(error, this);
+  }
+}
+
+/** How often the scheduler beats, and the watchdog looks: often enough to notice a hang within ~1.25× the limit. */
+function heartbeatMs(hangTimeoutMs: number): number {
+  return Math.max(5, Math.min(1000, Math.floor(hangTimeoutMs / 4)));
+}
