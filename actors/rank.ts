@@ -11,16 +11,25 @@
 //    is terminated. A failed handle refuses further steps at once: never a hang.
 import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
-import type { Engine, SeqStep, StepResult } from '../src/engine/types.js';
+import type { Engine, KvIpcPool, KvPullStats, SeqStep, StepResult } from '../src/engine/types.js';
 import type { StepExecutor } from '../src/scheduler/scheduler.js';
 import { packSteps, unpackSteps, unreachable, type EngineSummary, type StepPack } from './messages.js';
 import { siblingModule, spawnWorker } from './worker.js';
 
-/** The rank's inbox. Page copies (disaggregated KV transfer) run in the same order as steps. */
+/** GPU-to-GPU KV transfer ops (Engine.kvIpc*), and what each answers. */
+export type KvIpcOp =
+  | { op: 'export' }
+  | { op: 'open'; pool: KvIpcPool }
+  | { op: 'pull'; remote: number; srcPages: Int32Array; srcToken0: number; dstPages: Int32Array; numTokens: number }
+  | { op: 'close'; remote: number };
+export type KvIpcReply<O extends KvIpcOp> = O extends { op: 'export' } ? KvIpcPool : O extends { op: 'open' } ? number : O extends { op: 'pull' } ? KvPullStats : null;
+
+/** The rank's inbox. Page copies and KV IPC ops (disaggregated KV transfer) run in the same order as steps. */
 export type RankInbox =
   | { kind: 'step'; stepNo: number; pack: StepPack }
   | { kind: 'exportPages'; opNo: number; pages: Int32Array }
   | { kind: 'importPages'; opNo: number; pages: Int32Array; data: Uint8Array }
+  | { kind: 'kvIpc'; opNo: number; request: KvIpcOp }
   | { kind: 'shutdown' };
 
 /** What the rank sends back. */
@@ -30,6 +39,7 @@ export type RankOutbox =
   | { kind: 'result'; stepNo: number; result: StepResult; engineMs: number }
   | { kind: 'stepError'; stepNo: number; error: ErrorPayload }
   | { kind: 'pagesDone'; opNo: number; data: Uint8Array | null }
+  | { kind: 'kvIpcDone'; opNo: number; result: KvIpcReply<KvIpcOp> }
   | { kind: 'pagesError'; opNo: number; error: ErrorPayload };
 
 export interface RankWorkerData {
@@ -97,6 +107,17 @@ async function runRank(data: RankWorkerData): Promise<void> {
         send({ kind: 'pagesDone', opNo: m.opNo, data: out }, out && out.buffer instanceof ArrayBuffer ? [out.buffer] : []);
         return;
       }
+      case 'kvIpc': {
+        let result: KvIpcReply<KvIpcOp>;
+        try {
+          result = runKvIpc(engine, m.request);
+        } catch (err) {
+          send({ kind: 'pagesError', opNo: m.opNo, error: toErrorPayload(err, data.rank) });
+          return;
+        }
+        send({ kind: 'kvIpcDone', opNo: m.opNo, result });
+        return;
+      }
       case 'shutdown':
         engine.close();
         port.close();
@@ -105,6 +126,26 @@ async function runRank(data: RankWorkerData): Promise<void> {
         unreachable(m);
     }
   });
+}
+
+function runKvIpc(engine: Engine, r: KvIpcOp): KvIpcReply<KvIpcOp> {
+  const missing = () => new LlmError('LLM_ERR_KV_TRANSFER', `GPU-to-GPU KV transfer (cuda-ipc) is not supported by this ${engine.backend} engine`);
+  switch (r.op) {
+    case 'export':
+      if (!engine.kvIpcExport) throw missing();
+      return engine.kvIpcExport();
+    case 'open':
+      if (!engine.kvIpcOpen) throw missing();
+      return engine.kvIpcOpen(r.pool);
+    case 'pull':
+      if (!engine.kvIpcPull) throw missing();
+      return engine.kvIpcPull(r.remote, r.srcPages, r.srcToken0, r.dstPages, r.numTokens);
+    case 'close':
+      engine.kvIpcClose?.(r.remote);
+      return null;
+    default:
+      return unreachable(r);
+  }
 }
 
 if (!isMainThread && (workerData as RankWorkerData | null)?.actor === 'rank') void runRank(workerData as RankWorkerData);
@@ -137,7 +178,7 @@ export class RankHandle implements StepExecutor {
   readonly stats = { steps: 0, engineMs: 0, lastResultAt: 0 };
   private readonly worker: Worker;
   private readonly pending: PendingStep[] = [];
-  private readonly pageOps = new Map<number, { resolve: (data: Uint8Array | null) => void; reject: (e: LlmError) => void }>();
+  private readonly pageOps = new Map<number, { resolve: (answer: unknown) => void; reject: (e: LlmError) => void }>();
   private opNo = 0;
   private readonly stepTimeoutMs: number;
   private readonly onFailure: ((error: LlmError) => void) | undefined;
@@ -225,7 +266,7 @@ export class RankHandle implements StepExecutor {
   /** Copies KV pages to a host buffer, after every step submitted before (disaggregated prefill side). */
   async exportPages(pages: readonly number[]): Promise<Uint8Array> {
     const pagesWire = Int32Array.from(pages);
-    return (await this.pageOp((opNo) => ({ kind: 'exportPages', opNo, pages: pagesWire }), [pagesWire.buffer])) ?? new Uint8Array(0);
+    return (await this.pageOp<Uint8Array | null>((opNo) => ({ kind: 'exportPages', opNo, pages: pagesWire }), [pagesWire.buffer])) ?? new Uint8Array(0);
   }
 
   /** Writes KV pages from a host buffer, before every step submitted after (disaggregated decode side). */
@@ -234,11 +275,16 @@ export class RankHandle implements StepExecutor {
     await this.pageOp((opNo) => ({ kind: 'importPages', opNo, pages: pagesWire, data }), [pagesWire.buffer]);
   }
 
-  private pageOp(message: (opNo: number) => RankInbox, transfer: ArrayBuffer[]): Promise<Uint8Array | null> {
+  /** A GPU-to-GPU KV transfer op, after every step submitted before and before every step submitted after. */
+  kvIpc<O extends KvIpcOp>(request: O): Promise<KvIpcReply<O>> {
+    return this.pageOp<KvIpcReply<O>>((opNo) => ({ kind: 'kvIpc', opNo, request }), []);
+  }
+
+  private pageOp<T>(message: (opNo: number) => RankInbox, transfer: ArrayBuffer[]): Promise<T> {
     if (this.failure) return Promise.reject(this.failure);
     const opNo = ++this.opNo;
-    return new Promise((resolve, reject) => {
-      this.pageOps.set(opNo, { resolve, reject });
+    return new Promise<T>((resolve, reject) => {
+      this.pageOps.set(opNo, { resolve: resolve as (answer: unknown) => void, reject });
       this.worker.postMessage(message(opNo), transfer);
     });
   }
@@ -276,11 +322,13 @@ export class RankHandle implements StepExecutor {
         return;
       }
       case 'pagesDone':
+      case 'kvIpcDone':
       case 'pagesError': {
         const op = this.pageOps.get(m.opNo);
         if (!op) return;
         this.pageOps.delete(m.opNo);
         if (m.kind === 'pagesDone') op.resolve(m.data);
+        else if (m.kind === 'kvIpcDone') op.resolve(m.result);
         else op.reject(LlmError.fromPayload(m.error));
         return;
       }

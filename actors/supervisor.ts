@@ -10,7 +10,7 @@ import { PreprocessedRequestSchema, type PreprocessedRequest } from '../src/prot
 import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { parseWire } from '../src/protocol/validate.js';
 import type { RadixEvent, RequestOutput, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
-import type { PrefixPages } from '../src/disagg/prefix.js';
+import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../src/disagg/prefix.js';
 import type { EngineSummary } from './messages.js';
 import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
 import type { RankEngineInit } from './rank-engine.js';
@@ -187,6 +187,12 @@ export class Supervisor {
   async importPrefix(prefix: PrefixPages): Promise<number> {
     if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
     return this.core.importPrefix(prefix);
+  }
+
+  /** Disaggregated GPU-path KV ops (holds, pulls, pool export/open/close), in the scheduler's thread. */
+  async disaggKv(op: DisaggKvOp): Promise<DisaggKvReply> {
+    if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
+    return this.core.disaggKv(op);
   }
 
   /** Fails in-flight requests with LLM_ERR_SHUTDOWN, stops the scheduler and closes the rank. */

@@ -275,24 +275,37 @@ t.test('disaggregated prefill + decode over tcp', async (t) => {
   });
 });
 
-t.test('refusals: no bootstrap_info without prefill workers, mismatched page size', async (t) => {
-  const prefill = await worker('mm', ['--disaggregation-mode', 'prefill']);
-  const decode8 = await worker('mm-decode', ['--disaggregation-mode', 'decode', '--page-size', '8']);
+t.test('refusal without bootstrap_info; page sizes 16 (prefill) and 4 (decode) are converted on the tcp path', async (t) => {
+  const agg = await worker('ps-agg', []);
+  const prefill = await worker('ps', ['--disaggregation-mode', 'prefill', '--page-size', '16']);
+  const decode = await worker('ps-decode', ['--disaggregation-mode', 'decode', '--page-size', '4']);
   const discovery = await Discovery.open({ backend: 'mem' });
+  const aggModels = await DiscoveredModels.create({ discovery, namespace: 'ps-agg' });
   const responses = await ResponseServer.start({ host: '127.0.0.1' });
-  const client = await EndpointClient.create({ discovery, namespace: 'mm-decode', component: 'backend', endpoint: 'generate', responses });
+  const client = await EndpointClient.create({ discovery, namespace: 'ps-decode', component: 'backend', endpoint: 'generate', responses });
+  const prefillClient = await EndpointClient.create({ discovery, namespace: 'ps', component: 'prefill', endpoint: 'generate', responses });
   t.teardown(async () => {
     client.close();
+    prefillClient.close();
     await responses.close();
+    await aggModels.close();
     await discovery.close();
-    await decode8.shutdown();
-    await prefill.shutdown();
+    for (const w of [decode, prefill, agg]) await w.shutdown();
   });
   const noInfo = await clientTokens(client, request([1, 2, 3], 2)).then(() => null, (e: Error) => e);
   t.match(noInfo?.message, /bootstrap_info is required for disaggregated decode but was not provided/);
   const bootstrap = prefill.disagg!.endpoint!;
-  const mismatch = await clientTokens(client, request([1, 9, 9, 9, 9, 9], 2, { bootstrap_info: { ...bootstrap, bootstrap_room: 7n } })).then(() => null, (e: Error) => e);
-  t.match(mismatch?.message, /LLM_ERR_KV_TRANSFER.*KV layouts differ in pageSize, bytesPerPage: prefill side has page size 4, dtype f32, 5 layers x 4 KV heads x head dim 8.*decode side has page size 8/);
+  const aggModel = await aggModels.waitFor('stories260K', 5000);
+  const ps = prompts(8).map((p, i) => [...p, ...p].slice(0, 17 + i * 5)); // 17..52 tokens: one to three pages of 16
+  for (const p of ps) {
+    const room = randomBootstrapRoom();
+    const hitsBefore = decode.supervisor.scheduler.stats.cacheHitTokens;
+    const info = { ...bootstrap, bootstrap_room: room };
+    const [, got] = await Promise.all([clientTokens(prefillClient, request(p, 1, { bootstrap_info: info })), clientTokens(client, request(p, 10, { bootstrap_info: info }))]);
+    t.same(got.tokens, await tokensOf(aggModel.generate(request(p, 10), { signal: new AbortController().signal })), `${p.length} prompt tokens`);
+    t.ok(decode.supervisor.scheduler.stats.cacheHitTokens - hitsBefore >= Math.floor((p.length - 1) / 16) * 16, 'the converted pages were used');
+  }
   await until('rooms settled', () => prefill.disagg!.sender!.pending.rooms === 0);
-  t.equal(await problems(decode8), null, 'decode: integrity');
+  t.equal(await problems(decode), null, 'decode: integrity');
+  t.equal(await problems(prefill), null, 'prefill: integrity');
 });

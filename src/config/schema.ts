@@ -31,6 +31,7 @@ export const RequestPlaneSchema = Type.Union([Type.Literal('tcp'), Type.Literal(
 export const EventPlaneSchema = Type.Union([Type.Literal('nats'), Type.Literal('zmq')]);
 export const DeviceSchema = Type.Union([Type.Literal('cpu'), Type.Literal('cuda'), Type.Literal('auto')]);
 export const TransferBackendSchema = Type.Union([
+  Type.Literal('auto'),
   Type.Literal('tcp'),
   Type.Literal('nccl'),
   Type.Literal('cuda-ipc'),
@@ -307,9 +308,9 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
   { name: 'disaggregation-bootstrap-port', setting: 'disaggregationBootstrapPort', ...int(Port), env: 'DYN_SGL_DISAGGREGATION_BOOTSTRAP_PORT', default: null,
     expected: 'a port number 1..65535', defaultText: 'a free port picked at start', group: G_DISAGG,
     help: 'Port of the KV bootstrap server (prefill workers; advertised by every worker).' },
-  { name: 'disaggregation-transfer-backend', setting: 'disaggregationTransferBackend', ...choice(TransferBackendSchema, 'BACKEND'), env: 'DYN_SGL_DISAGGREGATION_TRANSFER_BACKEND', default: 'tcp',
-    expected: 'one of tcp, nccl, cuda-ipc, fake (the reference\'s nixl and mooncake are not implemented by this engine)', defaultText: 'tcp', group: G_DISAGG,
-    help: 'How KV pages move from prefill to decode: tcp = pages staged through host memory over TCP (cpu and cuda); nccl = GPU-to-GPU over NCCL; cuda-ipc = GPU-to-GPU on one host; fake = no transfer (tests and warm-up).' },
+  { name: 'disaggregation-transfer-backend', setting: 'disaggregationTransferBackend', ...choice(TransferBackendSchema, 'BACKEND'), env: 'DYN_SGL_DISAGGREGATION_TRANSFER_BACKEND', default: 'auto',
+    expected: 'one of auto, tcp, nccl, cuda-ipc, fake (the reference\'s nixl and mooncake are not implemented by this engine)', defaultText: 'auto', group: G_DISAGG,
+    help: 'How KV pages move from prefill to decode: auto = cuda-ipc where both workers run cuda on one host, else tcp; tcp = pages staged through host memory over TCP (cpu and cuda, any hosts; page size and dtype converted); cuda-ipc = GPU-to-GPU on one host, no host copy (an error where that is impossible); nccl = not in this build; fake = no transfer (tests and warm-up).' },
   { name: 'kv-transfer-timeout', setting: 'kvTransferTimeoutSecs', ...num(Seconds), valueName: 'SECS', env: 'DYN_SGL_KV_TRANSFER_TIMEOUT', default: 30, defaultText: '30', group: G_DISAGG,
     help: 'Seconds a KV transfer may take before the request fails.' },
 

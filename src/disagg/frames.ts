@@ -1,7 +1,12 @@
 // Framing of the KV bootstrap connection (decode worker → prefill worker's bootstrap server, TCP): each frame is
 //   u32 BE total length | u32 BE header length | header (JSON) | body (bytes)
-// The decode side sends one `fetch` frame naming the bootstrap room and its KV layout; the prefill side answers
-// with one `pages` frame (header + page bytes) or one `error` frame, then closes.
+// The decode side sends one `fetch` frame naming the bootstrap room, its KV layout and the transfers it takes; the
+// prefill side answers with one `pages` frame (header + page bytes, the tcp transfer) or one `error` frame, then
+// closes. The GPU path (cuda-ipc, same node) continues the exchange:
+//   prefill `ipc-pages` (its pool's IPC handle unless the decode side has it open, and the page list)
+//   decode  `pulled` once the pages are in its own pool (its stream synchronised), or `fallback` to get them as
+//           host-staged `pages` instead (its GPU cannot open the pool)
+//   prefill `released` once it unlocked its pages; only then does the decode side use what it pulled.
 import type { Socket } from 'node:net';
 import { Type, type Static } from '@sinclair/typebox';
 import { LlmError } from '../errors.js';
@@ -13,10 +18,68 @@ export const MAX_FRAME_BYTES = 2 ** 31;
 
 const RoomText = Type.String({ pattern: '^[0-9]{1,19}$', description: 'bootstrap_room as a decimal string' });
 
+export const TransferKindSchema = Type.Union([Type.Literal('cuda-ipc'), Type.Literal('tcp')]);
+export type TransferKind = Static<typeof TransferKindSchema>;
+
+/** Where a process runs: equal hostnames and boot ids mean the same machine (and the same boot of it). */
+export const NodeIdentitySchema = Type.Object({ hostname: Type.String(), boot_id: Type.String() }, { title: 'KvNodeIdentity' });
+export type NodeIdentity = Static<typeof NodeIdentitySchema>;
+
 export const FetchFrameSchema = Type.Object(
-  { type: Type.Literal('fetch'), room: RoomText, layout: KvLayoutSchema },
+  {
+    type: Type.Literal('fetch'),
+    room: RoomText,
+    layout: KvLayoutSchema,
+    /** Absent: tcp only. */
+    transfer: Type.Optional(
+      Type.Object({
+        /** In order of preference. */
+        offer: Type.Array(TransferKindSchema, { minItems: 1 }),
+        node: NodeIdentitySchema,
+        /** The prefill pool this decode worker has open already (its handle need not be sent again). */
+        known_pool: Type.Union([Type.String(), Type.Null()]),
+      }),
+    ),
+  },
   { title: 'KvFetchFrame' },
 );
+/** A CUDA KV pool as another process on the same node opens it: the pool is one allocation holding 2 × layers
+ * tensors (K, V per layer) `tensor_stride_elems` bf16 elements apart, each [pages × page_size, row_elems]. */
+export const IpcPoolSchema = Type.Object(
+  {
+    id: Type.String(),
+    /** cudaIpcMemHandle_t, base64; null when the decode side said it has this pool open. */
+    handle: Type.Union([Type.String(), Type.Null()]),
+    tensors: Type.Integer({ minimum: 1 }),
+    tensor_stride_elems: Type.Integer({ minimum: 1 }),
+    row_elems: Type.Integer({ minimum: 1 }),
+    page_size: Type.Integer({ minimum: 1 }),
+    pci_bus_id: Type.String(),
+  },
+  { title: 'KvIpcPool' },
+);
+export type IpcPoolWire = Static<typeof IpcPoolSchema>;
+export const IpcPagesFrameSchema = Type.Object(
+  {
+    type: Type.Literal('ipc-pages'),
+    room: RoomText,
+    layout: KvLayoutSchema,
+    token_ids: Type.Array(Type.Integer({ minimum: 0 })),
+    /** The prefill pool's pages holding token_ids, in order (locked until `pulled` or the connection closes). */
+    pages: Type.Array(Type.Integer({ minimum: 0 })),
+    pool: IpcPoolSchema,
+  },
+  { title: 'KvIpcPagesFrame' },
+);
+export const PulledFrameSchema = Type.Object(
+  { type: Type.Literal('pulled'), room: RoomText, bytes: Type.Integer({ minimum: 0 }), ms: Type.Number({ minimum: 0 }) },
+  { title: 'KvPulledFrame' },
+);
+export const FallbackFrameSchema = Type.Object(
+  { type: Type.Literal('fallback'), room: RoomText, reason: Type.String() },
+  { title: 'KvFallbackFrame' },
+);
+export const ReleasedFrameSchema = Type.Object({ type: Type.Literal('released'), room: RoomText }, { title: 'KvReleasedFrame' });
 export const PagesFrameSchema = Type.Object(
   {
     type: Type.Literal('pages'),
@@ -32,8 +95,17 @@ export const ErrorFrameSchema = Type.Object(
   { type: Type.Literal('error'), code: Type.String(), message: Type.String() },
   { title: 'KvErrorFrame' },
 );
-export const BootstrapFrameSchema = Type.Union([FetchFrameSchema, PagesFrameSchema, ErrorFrameSchema]);
+export const BootstrapFrameSchema = Type.Union([
+  FetchFrameSchema,
+  PagesFrameSchema,
+  ErrorFrameSchema,
+  IpcPagesFrameSchema,
+  PulledFrameSchema,
+  FallbackFrameSchema,
+  ReleasedFrameSchema,
+]);
 export type FetchFrame = Static<typeof FetchFrameSchema>;
+export type IpcPagesFrame = Static<typeof IpcPagesFrameSchema>;
 export type PagesFrame = Static<typeof PagesFrameSchema>;
 export type ErrorFrame = Static<typeof ErrorFrameSchema>;
 export type BootstrapFrame = Static<typeof BootstrapFrameSchema>;

@@ -2,15 +2,24 @@
 // by bootstrap_room, and the table pairing each room's prefill with the decode connection asking for it. Either
 // may come first: a fetch for a room whose prefill is still running waits for it.
 //
-// Transfer is host-staged: once the prefill finished, its pages are copied to a host buffer (./prefix.ts), which
-// the room holds until the decode side has it, the decode side goes away, or the transfer timeout passes. The
-// device pages go back to the prefix cache at once, so a room that never completes costs host memory only until
-// its timeout, and no KV page can leak.
+// Host-staged (tcp) rooms: once the prefill finished, its pages are copied to a host buffer (./prefix.ts), which
+// the room holds until the decode side has it, the decode side goes away, or the transfer timeout passes; the
+// device pages go back to the prefix cache at once. GPU-path (cuda-ipc) rooms instead keep the device pages locked
+// in place: the decode side pulls them from our pool and says `pulled`, and only then are they unlocked (also when
+// the decode side goes away or the timeout passes). A decode side that cannot use the GPU path gets them
+// host-staged, copied at that moment. No KV page can leak either way.
 import { createServer, type Server, type Socket } from 'node:net';
 import { LlmError } from '../errors.js';
-import { FrameReader, writeFrame, type FetchFrame } from './frames.js';
+import { FrameReader, writeFrame, type BootstrapFrame, type FetchFrame, type IpcPoolWire, type TransferKind } from './frames.js';
 import { checkLayouts, type KvLayout } from './layout.js';
 import type { PrefixPages } from './prefix.js';
+import { pickTransfer, type PrefillSide } from './transfer.js';
+
+/** How this prefill worker may send: its side of the transfer pick, and (GPU path) its pool's IPC description. */
+export interface KvSenderTransfer {
+  side: PrefillSide;
+  pool: (() => Promise<IpcPoolWire>) | null;
+}
 
 export interface KvSenderOptions {
   layout: KvLayout;
@@ -18,14 +27,31 @@ export interface KvSenderOptions {
   port: number;
   /** How long each half of a room waits for the other (and for the pages to go out). */
   timeoutMs: number;
+  transfer: KvSenderTransfer;
+  log?: (line: string) => void;
 }
+
+/** The full cached pages of a prompt, locked in the device pool until released. */
+export interface HeldPrefix {
+  tokenIds: number[];
+  pages: number[];
+  /** Copies the pages to the host (the decode side falls back to tcp). */
+  toHost(): Promise<Uint8Array>;
+  /** Unlocks them; later calls do nothing. */
+  release(): void;
+}
+
+/** A room's pages: copied to the host (tcp), or held in the device pool (GPU path). */
+export type RoomPages = ({ kind: 'host' } & PrefixPages) | { kind: 'held'; held: HeldPrefix };
 
 interface Room {
   room: bigint;
-  /** A decode connection waiting for this room's pages. */
-  fetcher: { socket: Socket; peer: string } | null;
+  /** A decode connection waiting for this room's pages, and the transfer picked for it. */
+  fetcher: { socket: Socket; peer: string; kind: TransferKind; knownPool: string | null } | null;
   /** Set by publish. */
-  pages: PrefixPages | null;
+  pages: RoomPages | null;
+  /** The pages went out (tcp) or were offered for pulling (cuda-ipc): no second send. */
+  sending: boolean;
   /** Aborts when the decode side gave the room up or it timed out. */
   cancelled: AbortController;
   timer: NodeJS.Timeout | undefined;
@@ -59,10 +85,18 @@ export class KvSender {
     return sender;
   }
 
+  /** Whether rooms hold their pages in the device pool (GPU path possible) rather than copied to the host. */
+  get holdsPages(): boolean {
+    return this.options.transfer.pool !== null;
+  }
+
   /** Rooms not settled yet, and the bytes they hold (tests check that nothing lingers). */
   get pending(): { rooms: number; bytes: number } {
     let bytes = 0;
-    for (const r of this.rooms.values()) bytes += r.pages?.data.length ?? 0;
+    for (const r of this.rooms.values()) {
+      const p = r.pages;
+      if (p) bytes += p.kind === 'host' ? p.data.length : p.held.pages.length * this.options.layout.bytesPerPage;
+    }
     return { rooms: this.rooms.size, bytes };
   }
 
@@ -76,9 +110,12 @@ export class KvSender {
 
   /** The room's prefill finished: hand its pages to the decode side. Resolves once they are sent; rejects when the
    * decode side went away (LLM_ERR_CANCELLED) or never came within the timeout (LLM_ERR_TIMEOUT). */
-  publish(room: bigint, pages: PrefixPages): Promise<void> {
+  publish(room: bigint, pages: RoomPages): Promise<void> {
     const gone = this.givenUp.get(room);
-    if (gone) return Promise.reject(gone.error);
+    if (gone) {
+      if (pages.kind === 'held') pages.held.release();
+      return Promise.reject(gone.error);
+    }
     const r = this.entry(room);
     r.pages = pages;
     this.rearm(r);
@@ -108,7 +145,7 @@ export class KvSender {
     let settle!: (err?: LlmError) => void;
     const done = new Promise<void>((resolve, reject) => (settle = (err) => (err ? reject(err) : resolve())));
     done.catch(() => undefined); // nobody awaits a room whose fetch came first and whose prefill never does
-    r = { room, fetcher: null, pages: null, cancelled: new AbortController(), timer: undefined, settle, done };
+    r = { room, fetcher: null, pages: null, sending: false, cancelled: new AbortController(), timer: undefined, settle, done };
     this.rooms.set(room, r);
     this.rearm(r);
     return r;
@@ -143,6 +180,7 @@ export class KvSender {
       for (const [k, v] of this.givenUp) if (v.until < now) this.givenUp.delete(k);
       this.givenUp.set(r.room, { error: err, until: now + this.options.timeoutMs });
     }
+    if (r.pages?.kind === 'held') r.pages.held.release();
     r.pages = null;
     if (err) r.cancelled.abort(err);
     r.settle(err);
@@ -156,13 +194,19 @@ export class KvSender {
     socket.on('data', (chunk) => {
       try {
         for (const f of reader.push(chunk)) {
-          if (f.header.type !== 'fetch' || room) throw new LlmError('LLM_ERR_PROTOCOL', `KV bootstrap: expected one fetch frame from ${peer}, got ${f.header.type}`);
-          room = this.onFetch(socket, peer, f.header);
+          if (room && (f.header.type === 'pulled' || f.header.type === 'fallback')) this.onPullAnswer(room, f.header);
+          else if (f.header.type !== 'fetch' || room) throw new LlmError('LLM_ERR_PROTOCOL', `KV bootstrap: expected one fetch frame from ${peer}, got ${f.header.type}`);
+          else room = this.onFetch(socket, peer, f.header);
         }
       } catch (err) {
         const e = err instanceof LlmError ? err : new LlmError('LLM_ERR_PROTOCOL', String(err));
         writeFrame(socket, { type: 'error', code: e.code, message: e.message });
         socket.end();
+        // a room this connection was being served: it ends with this error (its pages are released)
+        if (room && room.fetcher?.socket === socket) {
+          room.fetcher = null;
+          this.settle(room, e);
+        }
       }
     });
     socket.on('error', () => undefined); // 'close' follows
@@ -181,21 +225,80 @@ export class KvSender {
     checkLayouts(this.options.layout, f.layout, `bootstrap room ${roomId}: prefill worker (bootstrap port ${this.port}) vs decode worker ${peer}`);
     const gone = this.givenUp.get(roomId);
     if (gone) throw new LlmError(gone.error.code, `bootstrap room ${roomId} was already given up: ${gone.error.message}`);
+    const offer = f.transfer?.offer ?? ['tcp'];
+    const kind = pickTransfer(this.options.transfer.side, offer, f.transfer?.node ?? null);
     const r = this.entry(roomId);
     if (r.fetcher) throw new LlmError('LLM_ERR_PROTOCOL', `bootstrap room ${roomId} is already being fetched by ${r.fetcher.peer}`);
-    r.fetcher = { socket, peer };
+    r.fetcher = { socket, peer, kind, knownPool: f.transfer?.known_pool ?? null };
     this.trySend(r);
     return r;
   }
 
-  /** Sends the pages when both halves are there. */
+  /** Sends the pages (or offers them for pulling) when both halves are there. */
   private trySend(r: Room): void {
-    if (!r.fetcher || !r.pages) return;
-    const { socket } = r.fetcher;
-    const p = r.pages;
-    writeFrame(socket, { type: 'pages', room: r.room.toString(), layout: this.options.layout, token_ids: p.tokenIds, page_count: p.pageCount }, p.data);
+    if (!r.fetcher || !r.pages || r.sending) return;
+    r.sending = true;
+    const fetcher = r.fetcher;
+    const send = fetcher.kind === 'cuda-ipc' && r.pages.kind === 'held' ? this.offerPull(r, r.pages.held) : this.sendHost(r);
+    send.catch((err: unknown) => {
+      const e = err instanceof LlmError ? err : new LlmError('LLM_ERR_KV_TRANSFER', String(err));
+      this.refuse(r, e.code, `bootstrap room ${r.room}: ${e.message}`);
+      this.settle(r, e);
+    });
+  }
+
+  /** tcp: the pages host-staged in one frame (copied from the device now when they were held there). */
+  private async sendHost(r: Room): Promise<void> {
+    const p = r.pages!;
+    const pages: PrefixPages = p.kind === 'host' ? p : { tokenIds: p.held.tokenIds, pageCount: p.held.pages.length, data: await p.held.toHost() };
+    const fetcher = r.fetcher;
+    if (!fetcher || this.rooms.get(r.room) !== r) return; // settled while copying (the decode side went away)
+    writeFrame(fetcher.socket, { type: 'pages', room: r.room.toString(), layout: this.options.layout, token_ids: pages.tokenIds, page_count: pages.pageCount }, pages.data);
     r.fetcher = null; // the close that follows is not a cancellation
-    socket.end();
+    fetcher.socket.end();
     this.settle(r);
+  }
+
+  /** cuda-ipc: our pool (its handle unless the decode side has it open) and the page list; the pages stay locked
+   * until the decode side answers `pulled` (or `fallback`) or goes away. */
+  private async offerPull(r: Room, held: HeldPrefix): Promise<void> {
+    const exportPool = this.options.transfer.pool;
+    if (!exportPool) throw new LlmError('LLM_ERR_INTERNAL', 'cuda-ipc picked without an exported pool');
+    const pool = await exportPool();
+    const fetcher = r.fetcher;
+    if (!fetcher || this.rooms.get(r.room) !== r) return;
+    writeFrame(fetcher.socket, {
+      type: 'ipc-pages',
+      room: r.room.toString(),
+      layout: this.options.layout,
+      token_ids: held.tokenIds,
+      pages: held.pages,
+      pool: { ...pool, handle: fetcher.knownPool === pool.id ? null : pool.handle },
+    });
+  }
+
+  private onPullAnswer(r: Room, h: Extract<BootstrapFrame, { type: 'pulled' | 'fallback' }>): void {
+    const fetcher = r.fetcher;
+    if (!fetcher || fetcher.kind !== 'cuda-ipc' || !r.sending || h.room !== r.room.toString()) {
+      throw new LlmError('LLM_ERR_PROTOCOL', `KV bootstrap: unexpected ${h.type} frame for bootstrap room ${h.room}`);
+    }
+    if (h.type === 'fallback') {
+      if (this.options.transfer.side.mode === 'cuda-ipc') {
+        throw new LlmError('LLM_ERR_KV_TRANSFER', `the decode worker cannot pull the KV pages of bootstrap room ${r.room} (${h.reason}), and this prefill worker runs with --disaggregation-transfer-backend cuda-ipc (no tcp fallback)`);
+      }
+      this.options.log?.(`bootstrap room ${r.room}: the decode worker ${fetcher.peer} falls back to tcp: ${h.reason}`);
+      fetcher.kind = 'tcp';
+      this.sendHost(r).catch((err: unknown) => {
+        const e = err instanceof LlmError ? err : new LlmError('LLM_ERR_KV_TRANSFER', String(err));
+        this.refuse(r, e.code, `bootstrap room ${r.room}: ${e.message}`);
+        this.settle(r, e);
+      });
+      return;
+    }
+    // pulled: the decode side has the pages in its own pool; unlock ours, then tell it they are released
+    r.fetcher = null;
+    this.settle(r);
+    writeFrame(fetcher.socket, { type: 'released', room: r.room.toString() });
+    fetcher.socket.end();
   }
 }

@@ -1,9 +1,10 @@
-// The KV layout both sides of a disaggregated transfer must agree on. A page exported by one engine is imported
-// byte for byte by the other, so page size, element type and the per-page shape (layers, KV heads, head dim) must
-// be equal; a mismatch is refused before any byte moves, naming both sides.
+// The KV layout of both sides of a disaggregated transfer. The per-token shape (layers, KV heads, head dim) and the
+// TP split must be equal; page size and element type may differ and are converted on the way (./convert.ts). A
+// mismatch that cannot be converted is refused before any byte moves, naming both sides.
 import { Type, type Static } from '@sinclair/typebox';
 import { LlmError } from '../errors.js';
 import type { EngineSummary } from '../../actors/messages.js';
+import { isConvertibleDtype } from './convert.js';
 
 export const KvLayoutSchema = Type.Object(
   {
@@ -43,14 +44,24 @@ export function describeLayout(l: KvLayout): string {
   return `page size ${l.pageSize}, dtype ${l.dtype}, ${l.numLayers} layers x ${l.numKvHeads} KV heads x head dim ${l.headDim}, TP ${l.tpSize} (${l.backend})`;
 }
 
-/** Throws LLM_ERR_KV_TRANSFER naming what differs and both sides' layouts. */
+/** Throws LLM_ERR_KV_TRANSFER when the two layouts cannot be matched, naming what differs and both sides' values.
+ * Page size and dtype (f32, bf16) may differ: the transfer converts them (./convert.ts). The per-token shape and
+ * the TP split of the KV heads must be equal. */
 export function checkLayouts(prefill: KvLayout, decode: KvLayout, where: string): void {
-  const fields = ['pageSize', 'dtype', 'numLayers', 'numKvHeads', 'headDim', 'tpSize', 'bytesPerPage'] as const;
-  const differ = fields.filter((f) => prefill[f] !== decode[f]);
+  if (prefill.tpSize !== decode.tpSize) {
+    throw new LlmError(
+      'LLM_ERR_KV_TRANSFER',
+      `${where}: KV TP layouts differ: the prefill side splits its KV heads over --tp-size ${prefill.tpSize}, the decode side over --tp-size ${decode.tpSize}; ` +
+        `run both workers with the same --tp-size (prefill side: ${describeLayout(prefill)}; decode side: ${describeLayout(decode)})`,
+    );
+  }
+  const differ: string[] = (['numLayers', 'numKvHeads', 'headDim'] as const).filter((f) => prefill[f] !== decode[f]);
+  const convertible = isConvertibleDtype(prefill.dtype) && isConvertibleDtype(decode.dtype);
+  if (prefill.dtype !== decode.dtype && !convertible) differ.push('dtype');
   if (!differ.length) return;
   throw new LlmError(
     'LLM_ERR_KV_TRANSFER',
     `${where}: KV layouts differ in ${differ.join(', ')}: prefill side has ${describeLayout(prefill)}; ` +
-      `decode side has ${describeLayout(decode)}. Run both workers with the same model, --page-size and --tp-size`,
+      `decode side has ${describeLayout(decode)}. Run both workers with the same model`,
   );
 }

@@ -4,10 +4,12 @@
 //    for the decode worker that fetches its bootstrap_room from our bootstrap server (./kv-sender.ts); returns once
 //    they are sent (or the room was given up / timed out, which frees them).
 //  - decode: fetches the pages named by `bootstrap_info` (./kv-receiver.ts), makes them a cached prefix, then
-//    generates as usual. Without bootstrap_info it runs the older flow when prefill workers are in discovery: it
+//    generates as usual. On the GPU path (./transfer.ts) it pulls them from the prefill worker's pool into pages of
+//    its own (the prefill pool's IPC mapping opened once per prefill rank and kept), confirms, and uses them only
+//    once the prefill side released its copy. Without bootstrap_info it runs the older flow when prefill workers are in discovery: it
 //    sends the prompt to one itself and takes the bootstrap info from its first chunk (reference §3.2).
 // A FAKE_BOOTSTRAP_HOST (health checks, warm-up) or the `fake` transfer backend moves no pages.
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { WorkerConfig } from '../config/schema.js';
 import { LlmError } from '../errors.js';
 import type { Supervisor } from '../../actors/supervisor.js';
@@ -27,10 +29,13 @@ import {
 } from '../protocol/request.js';
 import { LlmResponseChunkSchema, prefillBootstrapChunk, type LlmResponseChunk, type PrefillBootstrapChunk } from '../protocol/response.js';
 import { parseWire } from '../protocol/validate.js';
-import { fetchKv } from './kv-receiver.js';
-import { KvSender } from './kv-sender.js';
+import type { EngineSummary } from '../../actors/messages.js';
+import type { KvIpcOp, KvIpcReply } from '../../actors/rank.js';
+import type { IpcPoolWire, TransferKind } from './frames.js';
+import { fetchKv, type HostKv, type IpcKv } from './kv-receiver.js';
+import { KvSender, type HeldPrefix, type RoomPages } from './kv-sender.js';
 import { kvLayoutOf, type KvLayout } from './layout.js';
-import type { PrefixPages } from './prefix.js';
+import { checkTransferMode, decodeOffer, thisNode, type TransferMode } from './transfer.js';
 
 export interface DisaggGenerateOptions {
   signal: AbortSignal;
@@ -57,10 +62,18 @@ export class DisaggService {
   private readonly layout: KvLayout;
   /** The older flow's client of `{ns}.prefill.generate`, with its own call-home server (closed with us). */
   private prefillClient: Promise<{ client: EndpointClient; responses: ResponseServer }> | null = null;
+  // Per engine (the supervisor's summary of its current rank: a restarted rank has a new pool and opens afresh):
+  /** Prefill side: the pool's IPC description. */
+  private readonly exported = new WeakMap<EngineSummary, Promise<IpcPoolWire>>();
+  /** Decode side: prefill pools open in our rank, by prefill bootstrap address. */
+  private readonly opened = new WeakMap<EngineSummary, Map<string, { poolId: string; remote: Promise<number> }>>();
+  /** Decode side, auto mode: prefill workers whose pool our GPU could not open (tcp from then on). */
+  private readonly noIpc = new Set<string>();
 
   private constructor(
     private readonly options: DisaggServiceOptions,
     sender: KvSender | null,
+    private readonly mode: TransferMode,
   ) {
     this.sender = sender;
     this.layout = kvLayoutOf(options.supervisor.engine, options.config.tpSize);
@@ -70,18 +83,39 @@ export class DisaggService {
   static async start(options: DisaggServiceOptions): Promise<DisaggService> {
     const c = options.config;
     if (c.servingMode === 'aggregated') throw new LlmError('LLM_ERR_INTERNAL', 'DisaggService started for an aggregated worker');
-    if (c.disaggregationTransferBackend === 'nccl' || c.disaggregationTransferBackend === 'cuda-ipc') {
-      throw new LlmError('LLM_ERR_CONFIG', `--disaggregation-transfer-backend ${c.disaggregationTransferBackend}: the GPU-to-GPU transfer is not available in this build; use tcp`);
+    const backendFlag = c.disaggregationTransferBackend;
+    if (backendFlag === 'nccl') {
+      throw new LlmError('LLM_ERR_CONFIG', '--disaggregation-transfer-backend nccl: the NCCL transfer is not available in this build; use cuda-ipc (GPU to GPU on one host), tcp or auto');
     }
-    const sender =
-      c.servingMode === 'prefill'
-        ? await KvSender.start({
-            layout: kvLayoutOf(options.supervisor.engine, c.tpSize),
-            port: c.disaggregationBootstrapPort ?? 0,
-            timeoutMs: c.kvTransferTimeoutSecs * 1000,
-          })
-        : null;
-    return new DisaggService(options, sender);
+    const mode: TransferMode = backendFlag === 'fake' ? 'tcp' : backendFlag;
+    const role = c.servingMode;
+    const backend = options.supervisor.engine.backend;
+    checkTransferMode(mode, backend, role);
+    let service: DisaggService;
+    if (role === 'prefill') {
+      // The GPU path holds pages in place, so it needs the pool exported; in auto mode a failure means tcp.
+      let ipcReady = backend === 'cuda' && mode !== 'tcp';
+      if (ipcReady) {
+        try {
+          await options.supervisor.disaggKv({ op: 'ipc', request: { op: 'export' } });
+        } catch (err) {
+          if (mode === 'cuda-ipc') throw err;
+          options.log?.(`KV transfer: cuda-ipc unavailable, using tcp: ${(err as Error).message}`);
+          ipcReady = false;
+        }
+      }
+      const sender = await KvSender.start({
+        layout: kvLayoutOf(options.supervisor.engine, c.tpSize),
+        port: c.disaggregationBootstrapPort ?? 0,
+        timeoutMs: c.kvTransferTimeoutSecs * 1000,
+        transfer: { side: { mode, backend, node: thisNode(), ipcReady }, pool: ipcReady ? () => service.exportedPool() : null },
+        ...(options.log ? { log: options.log } : {}),
+      });
+      service = new DisaggService(options, sender, mode);
+    } else {
+      service = new DisaggService(options, null, mode);
+    }
+    return service;
   }
 
   generate(raw: unknown, options: DisaggGenerateOptions): AsyncGenerator<LlmResponseChunk | PrefillBootstrapChunk> {
@@ -90,6 +124,8 @@ export class DisaggService {
 
   async close(): Promise<void> {
     await this.sender?.close();
+    const engine = this.currentEngine();
+    for (const peer of (engine && this.opened.get(engine)?.keys()) ?? []) await this.closePool(engine!, peer);
     const legacy = await this.prefillClient?.catch(() => null);
     legacy?.client.close();
     await legacy?.responses.close();
@@ -113,7 +149,7 @@ export class DisaggService {
     const room = info.bootstrap_room;
     const givenUp = sender.open(room);
     if (givenUp.aborted) return; // the decode side already gave this room up: nothing to compute
-    let pages: PrefixPages;
+    let pages: RoomPages;
     try {
       const signal = AbortSignal.any([options.signal, givenUp]);
       let finish: string | null | undefined = null;
@@ -122,7 +158,8 @@ export class DisaggService {
         throw givenUp.aborted ? (givenUp.reason as LlmError) : new LlmError('LLM_ERR_CANCELLED', `prefill of bootstrap room ${room} was cancelled`);
       }
       // The decode side recomputes at least the last prompt token, so pages up to it suffice.
-      pages = await this.options.supervisor.exportPrefix(request.token_ids, request.token_ids.length - 1);
+      const upTo = request.token_ids.length - 1;
+      pages = sender.holdsPages ? { kind: 'held', held: await this.holdPrefix(request.token_ids, upTo) } : { kind: 'host', ...(await this.options.supervisor.exportPrefix(request.token_ids, upTo)) };
     } catch (err) {
       const e = err instanceof LlmError ? err : new LlmError('LLM_ERR_INTERNAL', String(err));
       sender.abandon(room, e);
@@ -152,6 +189,10 @@ export class DisaggService {
     const info = request.bootstrap_info ?? (await this.legacyPrefill(request, options));
     const c = this.options.config;
     if (info.bootstrap_host !== FAKE_BOOTSTRAP_HOST && c.disaggregationTransferBackend !== 'fake') {
+      const peer = `${info.bootstrap_host}:${info.bootstrap_port}`;
+      const engine = this.options.supervisor.engine;
+      const offer: TransferKind[] = decodeOffer(this.mode, this.options.supervisor.engine.backend, !this.noIpc.has(peer));
+      const t0 = performance.now();
       const fetched = await fetchKv({
         host: info.bootstrap_host,
         port: info.bootstrap_port,
@@ -159,14 +200,143 @@ export class DisaggService {
         layout: this.layout,
         timeoutMs: c.kvTransferTimeoutSecs * 1000,
         signal: options.signal,
+        transfer: { offer, node: thisNode(), knownPool: this.opened.get(engine)?.get(peer)?.poolId ?? null },
       });
-      const n = fetched.header.page_count * this.layout.pageSize;
-      if (fetched.header.token_ids.some((t, i) => t !== request.token_ids[i])) {
-        throw new LlmError('LLM_ERR_KV_TRANSFER', `bootstrap room ${info.bootstrap_room}: the prefill worker at ${info.bootstrap_host}:${info.bootstrap_port} computed a different prompt (first ${n} tokens differ); the router paired the wrong requests`);
+      const tokenIds = fetched.kind === 'tcp' ? fetched.tokenIds : fetched.header.token_ids;
+      if (tokenIds.some((t, i) => t !== request.token_ids[i])) {
+        if (fetched.kind === 'cuda-ipc') fetched.close();
+        throw new LlmError('LLM_ERR_KV_TRANSFER', `bootstrap room ${info.bootstrap_room}: the prefill worker at ${peer} computed a different prompt (first ${tokenIds.length} tokens differ); the router paired the wrong requests`);
       }
-      await this.options.supervisor.importPrefix({ tokenIds: fetched.header.token_ids, pageCount: fetched.header.page_count, data: fetched.data });
+      if (fetched.kind === 'tcp') {
+        await this.options.supervisor.importPrefix(fetched);
+        this.options.log?.(`kv transfer tcp room ${info.bootstrap_room}: ${fetched.tokenIds.length} tokens, ${fetched.data.length} bytes in ${(performance.now() - t0).toFixed(3)} ms (fetch and import)`);
+      }
+      else await this.pullPrefix(engine, peer, fetched, info.bootstrap_room);
     }
     yield* this.options.supervisor.generate(request, options);
+  }
+
+  /** The GPU path on the decode side: open the prefill pool (once per prefill rank), pull the pages the cache lacks
+   * into fresh pages of ours, confirm, and keep them only once the prefill side released its own. */
+  private async pullPrefix(engine: EngineSummary, peer: string, fetched: IpcKv, room: bigint): Promise<void> {
+    const h = fetched.header;
+    let remote: number;
+    try {
+      remote = await this.openPool(engine, peer, h.pool);
+    } catch (err) {
+      if (this.mode === 'cuda-ipc') {
+        fetched.close();
+        throw err;
+      }
+      // auto: this prefill worker's pool is out of our GPU's reach; tcp from now on
+      this.noIpc.add(peer);
+      const reason = (err as Error).message;
+      this.options.log?.(`KV transfer from ${peer}: cuda-ipc failed, falling back to tcp: ${reason}`);
+      const host: HostKv = await fetched.fallback(reason);
+      await this.options.supervisor.importPrefix(host);
+      return;
+    }
+    const sup = this.options.supervisor;
+    const pageCount = Math.floor(h.token_ids.length / this.layout.pageSize);
+    let importId: number | null = null;
+    try {
+      const pulled = await sup.disaggKv({ op: 'pullBegin', tokenIds: h.token_ids, pageCount, remote, srcPages: h.pages });
+      if (pulled.op !== 'pullBegin') throw new LlmError('LLM_ERR_INTERNAL', `pullBegin answered with ${pulled.op}`);
+      importId = pulled.importId;
+      const stats = pulled.stats ?? { bytes: 0, deviceMs: 0, hostMs: 0 }; // null: the cache had every page, or no room
+      if (stats.bytes) {
+        this.options.log?.(
+          `kv transfer cuda-ipc room ${room}: ${pulled.pages * this.layout.pageSize} tokens, ${stats.bytes} bytes in ${stats.deviceMs.toFixed(3)} ms on the device ` +
+            `(${stats.hostMs.toFixed(3)} ms on the host), ${(stats.bytes / stats.deviceMs / 1e6).toFixed(1)} GB/s`,
+        );
+      }
+      await fetched.pulled(stats.bytes, stats.deviceMs);
+    } catch (err) {
+      fetched.close();
+      if (importId !== null) await sup.disaggKv({ op: 'pullEnd', importId, commit: false });
+      // the prefill side went away mid-pull: its pool mapping is useless now
+      if (err instanceof LlmError && err.code === 'LLM_ERR_KV_TRANSFER') await this.closePool(engine, peer);
+      throw err;
+    }
+    // the prefill side released its pages only after our pull: what we pulled is whole
+    if (importId !== null) await sup.disaggKv({ op: 'pullEnd', importId, commit: true });
+  }
+
+  private async kvIpc<O extends KvIpcOp>(request: O): Promise<KvIpcReply<O>> {
+    const r = await this.options.supervisor.disaggKv({ op: 'ipc', request });
+    if (r.op !== 'ipc') throw new LlmError('LLM_ERR_INTERNAL', `a KV IPC op answered with ${r.op}`);
+    return r.reply as KvIpcReply<O>;
+  }
+
+  /** Prefill side: locks the prompt's cached full pages until the room releases them. */
+  private async holdPrefix(tokenIds: number[], maxTokens: number): Promise<HeldPrefix> {
+    const sup = this.options.supervisor;
+    const r = await sup.disaggKv({ op: 'hold', tokenIds, maxTokens });
+    if (r.op !== 'hold') throw new LlmError('LLM_ERR_INTERNAL', `hold answered with ${r.op}`);
+    let held = r.holdId !== 0;
+    return {
+      tokenIds: r.tokenIds,
+      pages: r.pages,
+      toHost: async () => {
+        const h = await sup.disaggKv({ op: 'heldToHost', holdId: r.holdId });
+        return h.op === 'heldToHost' ? h.data : new Uint8Array(0);
+      },
+      release: () => {
+        if (held) void sup.disaggKv({ op: 'release', holdId: r.holdId }).catch(() => undefined); // a failed core dropped its holds
+        held = false;
+      },
+    };
+  }
+
+  private openPool(engine: EngineSummary, peer: string, pool: IpcPoolWire): Promise<number> {
+    let byPeer = this.opened.get(engine);
+    if (!byPeer) this.opened.set(engine, (byPeer = new Map()));
+    const known = byPeer.get(peer);
+    if (known?.poolId === pool.id) return known.remote;
+    if (known) void this.closePool(engine, peer); // the prefill rank restarted: a new pool
+    if (pool.handle === null) return Promise.reject(new LlmError('LLM_ERR_PROTOCOL', `prefill worker at ${peer} sent no handle for KV pool ${pool.id}, which this worker does not have open`));
+    const remote = this.kvIpc({
+      op: 'open',
+      pool: { handle: Buffer.from(pool.handle, 'base64'), tensors: pool.tensors, tensorStrideElems: pool.tensor_stride_elems, rowElems: pool.row_elems, pageSize: pool.page_size, pciBusId: pool.pci_bus_id },
+    });
+    byPeer.set(peer, { poolId: pool.id, remote });
+    remote.catch(() => byPeer.get(peer)?.remote === remote && byPeer.delete(peer));
+    return remote;
+  }
+
+  private async closePool(engine: EngineSummary, peer: string): Promise<void> {
+    const known = this.opened.get(engine)?.get(peer);
+    if (!known) return;
+    this.opened.get(engine)!.delete(peer);
+    await known.remote.then((id) => this.kvIpc({ op: 'close', remote: id })).catch(() => undefined);
+  }
+
+  /** Prefill side: this rank's pool as decode workers open it. */
+  private exportedPool(): Promise<IpcPoolWire> {
+    const engine = this.options.supervisor.engine;
+    let pool = this.exported.get(engine);
+    if (!pool) {
+      pool = this.kvIpc({ op: 'export' }).then((p) => ({
+        id: randomUUID(),
+        handle: Buffer.from(p.handle).toString('base64'),
+        tensors: p.tensors,
+        tensor_stride_elems: p.tensorStrideElems,
+        row_elems: p.rowElems,
+        page_size: p.pageSize,
+        pci_bus_id: p.pciBusId,
+      }));
+      this.exported.set(engine, pool);
+      pool.catch(() => this.exported.get(engine) === pool && this.exported.delete(engine));
+    }
+    return pool;
+  }
+
+  private currentEngine(): EngineSummary | null {
+    try {
+      return this.options.supervisor.engine;
+    } catch {
+      return null;
+    }
   }
 
   /** The older flow: no bootstrap_info, so this decode worker sends the prompt to a prefill worker itself and
