@@ -17,7 +17,7 @@
 import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import type { SeqStep, StepResult } from '../src/engine/types.js';
-import { DisaggKvOps, exportCachedPrefix, importPrefix, type DisaggKvOp, type DisaggKvReply, type PrefixPages } from '../src/disagg/prefix.js';
+import { exportCachedPrefix, importPrefix, type PrefixPages } from '../src/disagg/prefix.js';
 import {
   Scheduler, type OutputSink, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest, type SchedulerStats, type StepExecutor,
 } from '../src/scheduler/scheduler.js';
@@ -28,7 +28,8 @@ import { siblingModule, spawnWorker } from './worker.js';
 
 /** The scheduler's inbox. */
 export type SchedulerInbox =
-  | { kind: 'submit'; request: SchedulerRequest }
+  /** handle: the request's number in batch messages (the supervisor's, unique while the request lives). */
+  | { kind: 'submit'; handle: number; request: SchedulerRequest }
   | { kind: 'abort'; id: string }
   /** Radix events are collected and sent only while someone listens. */
   | { kind: 'kvEvents'; enabled: boolean }
@@ -39,21 +40,18 @@ export type SchedulerInbox =
 export type SchedulerOp =
   | { kind: 'exportPrefix'; tokenIds: number[]; maxTokens: number }
   | { kind: 'importPrefix'; prefix: PrefixPages }
-  | { kind: 'disaggKv'; op: DisaggKvOp }
   | { kind: 'checkIntegrity' };
 
 export type SchedulerOpResult =
   | { kind: 'exportPrefix'; prefix: PrefixPages }
   | { kind: 'importPrefix'; pages: number }
-  | { kind: 'disaggKv'; reply: DisaggKvReply }
   | { kind: 'checkIntegrity' };
 
 /** What the scheduler sends to the supervisor. */
 export type SchedulerOutbox =
   | { kind: 'ready'; engine: EngineSummary }
   | { kind: 'initError'; error: ErrorPayload }
-  /** outputs[i] belongs to request ids[i]; state is taken after they were produced. */
-  | { kind: 'batch'; ids: string[]; outputs: RequestOutput[]; kvEvents: RadixEvent[]; steps: StepSample[]; stats: SchedulerStats; load: SchedulerLoad }
+  | ({ kind: 'batch' } & OutputBatch & { kvEvents: RadixEvent[]; steps: StepSample[]; stats: SchedulerStats; load: SchedulerLoad })
   | { kind: 'opDone'; opNo: number; result: SchedulerOpResult }
   | { kind: 'opError'; opNo: number; error: ErrorPayload }
   | { kind: 'failed'; error: ErrorPayload };
@@ -88,10 +86,22 @@ export interface SchedulerWorkerData {
   hook: SchedulerHookInit | null;
 }
 
+/** A step's outputs. Most are one bare token (no logprobs, not the last): those travel as two transferred Int32Arrays,
+ * tokens[i] for request handle plainHandles[i] (cloning 64 output objects per step cost about 4× as much, on both
+ * threads). The rest go whole; a request's plain outputs in a batch always come before its whole ones. */
+export interface OutputBatch {
+  plainHandles: Int32Array<ArrayBuffer>;
+  plainTokens: Int32Array<ArrayBuffer>;
+  handles: number[];
+  outputs: RequestOutput[];
+}
+
 // ---- worker side ----
 
 interface PendingBatch {
-  ids: string[];
+  plainHandles: number[];
+  plainTokens: number[];
+  handles: number[];
   outputs: RequestOutput[];
   kvEvents: RadixEvent[];
   steps: StepSample[];
@@ -129,7 +139,7 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
 
   const pending = (): PendingBatch => {
     if (!batch) {
-      batch = { ids: [], outputs: [], kvEvents: [], steps: [] };
+      batch = { plainHandles: [], plainTokens: [], handles: [], outputs: [], kvEvents: [], steps: [] };
       // setImmediate, not a microtask: a result's continuation (land tokens, submit the next step) runs in
       // microtasks of the same turn, and this post must come after it, off the step's critical path.
       setImmediate(flush);
@@ -141,13 +151,18 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
     if (!b || !scheduler) return;
     batch = null;
     const s = scheduler;
-    send({
-      kind: 'batch', ...b, stats: { ...s.stats },
-      load: {
-        kvTotalPages: s.allocator.numPages, kvUsedPages: s.allocator.usedCount, kvEvictablePages: s.cache?.evictablePages ?? 0,
-        runningRequests: s.runningCount, queuedRequests: s.queuedCount,
+    const plainHandles = Int32Array.from(b.plainHandles);
+    const plainTokens = Int32Array.from(b.plainTokens);
+    send(
+      {
+        kind: 'batch', plainHandles, plainTokens, handles: b.handles, outputs: b.outputs, kvEvents: b.kvEvents, steps: b.steps, stats: { ...s.stats },
+        load: {
+          kvTotalPages: s.allocator.numPages, kvUsedPages: s.allocator.usedCount, kvEvictablePages: s.cache?.evictablePages ?? 0,
+          runningRequests: s.runningCount, queuedRequests: s.queuedCount,
+        },
       },
-    });
+      [plainHandles.buffer, plainTokens.buffer],
+    );
   }
 
   // Step samples for the metrics actor. Steps run one at a time (scheduler invariant G4), so the rank's engine time
@@ -201,10 +216,15 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
     return;
   }
   const sched = scheduler;
-  const sinkOf = (id: string): OutputSink => (out) => {
+  const sinkOf = (handle: number): OutputSink => (out) => {
     const b = pending();
-    b.ids.push(id);
-    b.outputs.push(out);
+    if (out.tokenIds.length === 1 && !out.finishReason && !out.logprobs && !out.topLogprobs) {
+      b.plainHandles.push(handle);
+      b.plainTokens.push(out.tokenIds[0]);
+    } else {
+      b.handles.push(handle);
+      b.outputs.push(out);
+    }
   };
   let kvEvents = false;
   sched.cache?.onEvent((e) => {
@@ -213,7 +233,6 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
   sched.onFailure(reportFailure);
   sched.start();
 
-  const disaggKv = new DisaggKvOps(sched, rank);
   const runOp = async (op: SchedulerOp): Promise<{ result: SchedulerOpResult; transfer: ArrayBuffer[] }> => {
     switch (op.kind) {
       case 'exportPrefix': {
@@ -222,8 +241,6 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
       }
       case 'importPrefix':
         return { result: { kind: 'importPrefix', pages: await importPrefix(sched, rank, op.prefix) }, transfer: [] };
-      case 'disaggKv':
-        return { result: { kind: 'disaggKv', reply: await disaggKv.run(op.op) }, transfer: [] };
       case 'checkIntegrity':
         sched.checkIntegrity();
         return { result: { kind: 'checkIntegrity' }, transfer: [] };
@@ -236,9 +253,9 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
     switch (m.kind) {
       case 'submit':
         try {
-          sched.submit(m.request, sinkOf(m.request.id));
+          sched.submit(m.request, sinkOf(m.handle));
         } catch (err) {
-          sinkOf(m.request.id)({ tokenIds: [], logprobs: null, topLogprobs: null, finishReason: 'error', usage: null, error: toErrorPayload(err) });
+          sinkOf(m.handle)({ tokenIds: [], logprobs: null, topLogprobs: null, finishReason: 'error', usage: null, error: toErrorPayload(err) });
         }
         return;
       case 'abort':
@@ -295,7 +312,10 @@ export class SchedulerHandle {
   stats: SchedulerStats = EMPTY_STATS;
   private load: SchedulerLoad;
   private readonly worker: Worker;
-  private readonly sinks = new Map<string, OutputSink>();
+  /** Live requests by handle, and the handle of each id. */
+  private readonly sinks = new Map<number, OutputSink>();
+  private readonly handleOf = new Map<string, number>();
+  private nextHandle = 0;
   private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
   private readonly ops = new Map<number, { resolve: (r: SchedulerOpResult) => void; reject: (e: LlmError) => void }>();
   private opNo = 0;
@@ -385,14 +405,22 @@ export class SchedulerHandle {
   submit(request: SchedulerRequest, sink: OutputSink): void {
     if (this.failure) throw this.failure;
     if (this.closing) throw new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler is stopping');
-    if (this.sinks.has(request.id)) throw new LlmError('LLM_ERR_BAD_REQUEST', `request id ${request.id} is already in flight`);
-    this.sinks.set(request.id, sink);
-    this.post({ kind: 'submit', request });
+    if (this.handleOf.has(request.id)) throw new LlmError('LLM_ERR_BAD_REQUEST', `request id ${request.id} is already in flight`);
+    const handle = (this.nextHandle = (this.nextHandle + 1) | 0);
+    this.handleOf.set(request.id, handle);
+    this.sinks.set(handle, (out) => {
+      if (out.finishReason) {
+        this.sinks.delete(handle);
+        this.handleOf.delete(request.id);
+      }
+      sink(out);
+    });
+    this.post({ kind: 'submit', handle, request });
   }
 
   /** Cancels a request wherever it is; the scheduler frees its pages as the message arrives. */
   abort(id: string): void {
-    if (this.sinks.has(id)) this.post({ kind: 'abort', id });
+    if (this.handleOf.has(id)) this.post({ kind: 'abort', id });
   }
 
   onKvEvent(listener: (e: RadixEvent) => void): void {
@@ -417,13 +445,6 @@ export class SchedulerHandle {
     const r = await this.op({ kind: 'importPrefix', prefix });
     if (r.kind !== 'importPrefix') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered importPrefix with ${r.kind}`);
     return r.pages;
-  }
-
-  /** Disaggregated GPU-path KV ops (src/disagg/prefix.ts DisaggKvOps), in the scheduler's thread. */
-  async disaggKv(op: DisaggKvOp): Promise<DisaggKvReply> {
-    const r = await this.op({ kind: 'disaggKv', op });
-    if (r.kind !== 'disaggKv') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered disaggKv with ${r.kind}`);
-    return r.reply;
   }
 
   /** Fails what is still in flight with LLM_ERR_SHUTDOWN, stops the scheduler and its rank; terminates the thread
@@ -460,14 +481,11 @@ export class SchedulerHandle {
         this.load = m.load;
         metrics.send({ kind: 'load', load: m.load });
         for (const e of m.kvEvents) for (const l of this.kvListeners) l(e);
-        for (let i = 0; i < m.ids.length; i++) {
-          const id = m.ids[i];
-          const sink = this.sinks.get(id);
-          if (!sink) continue;
-          const out = m.outputs[i];
-          if (out.finishReason) this.sinks.delete(id);
-          sink(out);
+        const { plainHandles, plainTokens } = m;
+        for (let i = 0; i < plainHandles.length; i++) {
+          this.sinks.get(plainHandles[i])?.({ tokenIds: [plainTokens[i]], logprobs: null, topLogprobs: null, finishReason: null, usage: null, error: null });
         }
+        for (let i = 0; i < m.handles.length; i++) this.sinks.get(m.handles[i])?.(m.outputs[i]);
         return;
       }
       case 'opDone':
@@ -495,10 +513,9 @@ export class SchedulerHandle {
     this.failure = error;
     clearInterval(this.watchdog);
     const payload = error.toPayload();
-    for (const sink of this.sinks.values()) {
+    for (const sink of [...this.sinks.values()]) {
       sink({ tokenIds: [], logprobs: null, topLogprobs: null, finishReason: 'error', usage: null, error: payload });
     }
-    this.sinks.clear();
     for (const op of this.ops.values()) op.reject(error);
     this.ops.clear();
     if (!this.closing) this.opts.onFailure(error, this);
