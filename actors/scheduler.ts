@@ -17,7 +17,7 @@
 import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import type { SeqStep, StepResult } from '../src/engine/types.js';
-import { exportCachedPrefix, importPrefix, type PrefixPages } from '../src/disagg/prefix.js';
+import { DisaggKvOps, exportCachedPrefix, importPrefix, type DisaggKvOp, type DisaggKvReply, type PrefixPages } from '../src/disagg/prefix.js';
 import {
   Scheduler, type OutputSink, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest, type SchedulerStats, type StepExecutor,
 } from '../src/scheduler/scheduler.js';
@@ -40,11 +40,13 @@ export type SchedulerInbox =
 export type SchedulerOp =
   | { kind: 'exportPrefix'; tokenIds: number[]; maxTokens: number }
   | { kind: 'importPrefix'; prefix: PrefixPages }
+  | { kind: 'disaggKv'; op: DisaggKvOp }
   | { kind: 'checkIntegrity' };
 
 export type SchedulerOpResult =
   | { kind: 'exportPrefix'; prefix: PrefixPages }
   | { kind: 'importPrefix'; pages: number }
+  | { kind: 'disaggKv'; reply: DisaggKvReply }
   | { kind: 'checkIntegrity' };
 
 /** What the scheduler sends to the supervisor. */
@@ -233,6 +235,7 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
   sched.onFailure(reportFailure);
   sched.start();
 
+  const disaggKv = new DisaggKvOps(sched, rank);
   const runOp = async (op: SchedulerOp): Promise<{ result: SchedulerOpResult; transfer: ArrayBuffer[] }> => {
     switch (op.kind) {
       case 'exportPrefix': {
@@ -241,6 +244,8 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
       }
       case 'importPrefix':
         return { result: { kind: 'importPrefix', pages: await importPrefix(sched, rank, op.prefix) }, transfer: [] };
+      case 'disaggKv':
+        return { result: { kind: 'disaggKv', reply: await disaggKv.run(op.op) }, transfer: [] };
       case 'checkIntegrity':
         sched.checkIntegrity();
         return { result: { kind: 'checkIntegrity' }, transfer: [] };
@@ -445,6 +450,13 @@ export class SchedulerHandle {
     const r = await this.op({ kind: 'importPrefix', prefix });
     if (r.kind !== 'importPrefix') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered importPrefix with ${r.kind}`);
     return r.pages;
+  }
+
+  /** Disaggregated GPU-path KV ops (src/disagg/prefix.ts DisaggKvOps), in the scheduler's thread. */
+  async disaggKv(op: DisaggKvOp): Promise<DisaggKvReply> {
+    const r = await this.op({ kind: 'disaggKv', op });
+    if (r.kind !== 'disaggKv') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered disaggKv with ${r.kind}`);
+    return r.reply;
   }
 
   /** Fails what is still in flight with LLM_ERR_SHUTDOWN, stops the scheduler and its rank; terminates the thread
