@@ -14,7 +14,8 @@
 #   GPU:  source .gpu/enter.sh && bash bench/disagg/gpu2.sh $OUT
 #   CPU check of the same path (tcp transfer): DEVICE=cpu SHAPE=qwen3-tiny bash bench/disagg/gpu2.sh /tmp/disagg-out
 # Env: DEVICE (cuda | cpu), SHAPE (qwen3-0.6b | qwen3-tiny), MODEL_DIR, TRANSFER (auto | cuda-ipc | tcp; default
-# auto), BUDGET_S (default 440), PROMPTS (compare, default 16), NUM_PROMPTS / INPUT_LEN / OUTPUT_LEN / SWEEP (bench).
+# auto), BUDGET_S (default 440), PROMPTS (compare, default 16), NUM_PROMPTS / INPUT_LEN / OUTPUT_LEN / SWEEP (bench),
+# COMMIT (the commit a copy without .git was taken from, for the summary).
 set -u -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 out=${1:-${OUT:-/tmp/dsg-disagg}}
@@ -68,7 +69,9 @@ summarize() {
     fi
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); node $(node --version 2>/dev/null)"
     local commit
-    if commit=$(git rev-parse --short HEAD 2>/dev/null); then
+    if [ -n "${COMMIT:-}" ]; then
+      commit="$COMMIT (given by the caller)"
+    elif commit=$(git rev-parse --short HEAD 2>/dev/null); then
       git diff --quiet HEAD -- src actors native bench 2>/dev/null || commit="$commit (with uncommitted changes)"
     else
       commit="unknown here (no .git in this copy)"

@@ -38,6 +38,7 @@ const pulls = [...log.matchAll(/kv transfer cuda-ipc room \d+: (\d+) tokens, (\d
   hostMs: Number(m[4]),
 }));
 const fallbacks = (log.match(/cuda-ipc failed, falling back to tcp/g) ?? []).length;
+const tcpTransfers = (log.match(/kv transfer tcp room/g) ?? []).length;
 const bytes = pulls.reduce((s, p) => s + p.bytes, 0);
 const deviceMs = pulls.reduce((s, p) => s + p.deviceMs, 0);
 const hostMs = pulls.reduce((s, p) => s + p.hostMs, 0);
@@ -51,7 +52,7 @@ const cmp = readJson<{ total: number; equal: number; maxTokens: number }>(values
 console.log('| Check | Value |');
 console.log('|---|---|');
 console.log(`| Greedy outputs equal to the aggregated worker | ${cmp ? `${cmp.equal}/${cmp.total} (${cmp.maxTokens} tokens each)` : 'n/a (compare failed)'} |`);
-console.log(`| GPU-path pulls (cuda-ipc) / fallbacks to tcp | ${pulls.length} / ${fallbacks} |`);
+console.log(`| Transfers: GPU path (cuda-ipc) / tcp / cuda-ipc fallbacks to tcp | ${pulls.length} / ${tcpTransfers} / ${fallbacks} |`);
 console.log(`| KV moved by the GPU path | ${fmt(bytes / 2 ** 20, 1)} MiB in ${fmt(deviceMs, 2)} ms on the device, ${fmt(hostMs, 2)} ms on the host |`);
 console.log(`| KV transfer rate, device time (all pulls / pulls >= 16 MiB) | ${fmt(deviceRate)} / ${fmt(bigRate)} GB/s |`);
 console.log(`| KV transfer rate, host time (launch to synchronised) | ${fmt(hostRate)} GB/s |`);
