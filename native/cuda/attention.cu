@@ -258,6 +258,10 @@ void launchAttention(const bf16* q, const bf16* kCache, const bf16* vCache, cons
                      int heads, int kvHeads, int headDim, float scale, int numSplits, bf16* out, float* partO,
                      float* partLse, cudaStream_t stream) {
   if (batch.numSeqs <= 0 || batch.maxQLen <= 0) return;
+  // Decode-only steps: the bandwidth-bound kernel of decode_attention.cu where the shape allows.
+  if (batch.maxQLen == 1 && launchDecodeAttention(q, kCache, vCache, batch, numTokens, heads, kvHeads, headDim, scale,
+                                                  numSplits, out, partO, partLse, stream))
+    return;
   withHeadDim(headDim, [&](auto dim) {
     launchAttentionD<decltype(dim)::value>(q, kCache, vCache, batch, numTokens, heads, kvHeads, scale, numSplits, out,
                                            partO, partLse, stream);

@@ -364,7 +364,10 @@ class CudaBackend final : public Backend {
     DSG_CUDA(cudaMemcpy(invFreq_, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
   }
 
+  // Split-KV blocks per (sequence, KV head) of a decode step. Shapes on the decode kernel's fast path split inside
+  // one launch (a thread-block cluster sized from the batch, no merge kernel), so they take 1.
   int splitsFor(int seqs) const {
+    if (cuda::decodeAttentionFastPath(d_.numHeads, d_.numKvHeads, (int)D_)) return 1;
     const int want = (2 * prop_.multiProcessorCount + seqs * d_.numKvHeads - 1) / (seqs * d_.numKvHeads);
     return std::max(1, std::min(kMaxSplits, want));
   }

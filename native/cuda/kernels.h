@@ -65,6 +65,26 @@ void launchAttention(const __nv_bfloat16* q, const __nv_bfloat16* kCache, const 
 void launchAttentionMerge(const float* partO, const float* partLse, int numSplits, int numTokens, int heads,
                           int headDim, __nv_bfloat16* out, cudaStream_t stream);
 bool attentionSupportsHeadDim(int headDim);
+
+/** Tuning overrides for launchDecodeAttention (checks and benchmarks); 0 keeps the built-in choice. */
+struct DecodeTuning {
+  int clusterSplits;  // blocks per (sequence, KV head) when numSplits == 1, at most 8
+  int keysPerRow;     // keys each 16-lane row loads per iteration (4; 2 and 8 for head_dim 128, group 2)
+};
+/** Whether decode steps of this shape take the bandwidth-bound decode kernel (decode_attention.cu): head_dim 64,
+ *  128 or 256, GQA group 1, 2, 4 or 8 (8 only up to head_dim 128). It splits internally, so callers pass
+ *  numSplits 1 and need no merge. */
+bool decodeAttentionFastPath(int heads, int kvHeads, int headDim);
+/**
+ * launchAttention for a decode-only batch (batch.maxQLen == 1) on the fast path; false (nothing launched) when
+ * the shape is not on it. numSplits > 1 writes partials for launchAttentionMerge exactly as launchAttention does;
+ * numSplits 1 writes out, splitting each (sequence, KV head) across a thread-block cluster whose size depends on
+ * batch.numSeqs only (graph-safe for any kvLen).
+ */
+bool launchDecodeAttention(const __nv_bfloat16* q, const __nv_bfloat16* kCache, const __nv_bfloat16* vCache,
+                           const AttnBatch& batch, int numTokens, int heads, int kvHeads, int headDim, float scale,
+                           int numSplits, __nv_bfloat16* out, float* partO, float* partLse, cudaStream_t stream,
+                           const DecodeTuning* tuning = nullptr);
 /** Sets the shared-memory limits the attention kernels need; call once per device before any launch. */
 void prepareAttentionKernels();
 

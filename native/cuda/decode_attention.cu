@@ -1,0 +1,366 @@
+// Decode attention (every sequence of the step has at most one query token) over the paged KV pool, written to run
+// near memory bandwidth. Floor: each KV head's keys and values are read once for its whole GQA group,
+// kvLen * kvHeads * headDim * 4 B per sequence per layer.
+// Layout: a block = 4 warps = (sequence, KV head, split). A "row" of D/8 lanes reads one key with 16-byte loads
+// (8 dims per lane) and holds the query of every head of the GQA group in registers, so K/V are read once per group.
+// Each row takes U consecutive keys per iteration and issues all 2U loads before the first use; the page-table
+// entries of the next iteration are fetched one iteration ahead. Scores are reduced across the row with shuffles,
+// online softmax in f32 (base 2) per row; rows merge through registers (same warp) and shared memory (same block).
+// Splits: the caller's numSplits > 1 writes partials for launchAttentionMerge (the old contract). With numSplits 1,
+// small batches split each (sequence, KV head) across a thread-block cluster chosen from the batch size alone
+// (graph replays stay valid for any kvLen): the blocks merge through distributed shared memory, no second kernel.
+#include <cooperative_groups.h>
+
+#include <algorithm>
+#include <cfloat>
+
+#include "common.cuh"
+#include "kernels.h"
+
+namespace dsg::cuda {
+
+namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kDecodeWarps = 4;
+constexpr int kDefaultKeysPerRow = 4;
+constexpr int kMaxClusterSplits = 8;  // portable cluster size
+constexpr int kTargetBlocks = 512;    // ~4 resident 4-warp blocks per SM on 132 SMs
+
+enum class OutMode : int { Direct = 0, Partials = 1, Cluster = 2 };
+
+struct DecodeParams {
+  const bf16* q;
+  const bf16* k;
+  const bf16* v;
+  const int4* seqs;  // qStart, qLen, kvLen, pageStart
+  const int32_t* pageTable;
+  int pageSize, pageShift;  // pageShift >= 0 when pageSize is a power of two
+  int numTokens, heads, kvHeads;
+  float scaleLog2;
+  bf16* out;
+  float* partO;
+  float* partLse;
+  OutMode mode;
+};
+
+// K/V rows are read once: bypass L1.
+__device__ __forceinline__ uint4 ldStream(const bf16* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ int slotOf(const DecodeParams& p, const int32_t* pages, int key) {
+  if (p.pageShift >= 0) return pages[key >> p.pageShift] * p.pageSize + (key & (p.pageSize - 1));
+  return pages[key / p.pageSize] * p.pageSize + key % p.pageSize;
+}
+
+template <int D, int G, int U>
+__global__ void __launch_bounds__(kDecodeWarps * 32) decodeAttentionKernel(const DecodeParams p) {
+  constexpr int kLanes = D / 8;               // lanes per key row
+  constexpr int kRowsPerWarp = 32 / kLanes;
+  constexpr int kRows = kDecodeWarps * kRowsPerWarp;
+  constexpr int kStep = kRows * U;            // keys per block iteration
+  __shared__ __align__(16) float sAcc[kDecodeWarps][G][D];
+  __shared__ float sM[kDecodeWarps][G], sL[kDecodeWarps][G];
+  __shared__ float sResM[G], sResL[G];
+
+  const int split = blockIdx.x, kvh = blockIdx.y, numSplits = gridDim.x;
+  const int4 seq = p.seqs[blockIdx.z];
+  if (seq.y <= 0) return;  // no query token (uniform over a cluster: same sequence)
+  const int kvLen = seq.z;
+  int chunk = (kvLen + numSplits - 1) / numSplits;
+  chunk = (chunk + 15) & ~15;
+  const int kBegin = min(kvLen, split * chunk), kStop = min(kvLen, kBegin + chunk);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row = warp * kRowsPerWarp + lane / kLanes;
+  const int dim0 = (lane % kLanes) * 8;
+  const int64_t token = seq.x;
+
+  float qf[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    unpack8(*reinterpret_cast<const uint4*>(p.q + (token * p.heads + kvh * G + g) * D + dim0), qf[g]);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) qf[g][i] *= p.scaleLog2;
+  }
+  float m[G], l[G], acc[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[g][i] = 0.f;
+  }
+
+  const int32_t* pages = p.pageTable + seq.w;
+  const int64_t slotStride = (int64_t)p.kvHeads * D;
+  const bf16* kBase = p.k + (int64_t)kvh * D + dim0;
+  const bf16* vBase = p.v + (int64_t)kvh * D + dim0;
+
+  int slot[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int key = kBegin + row * U + u;
+    slot[u] = key < kStop ? slotOf(p, pages, key) : -1;
+  }
+  for (int base = kBegin; base < kStop; base += kStep) {
+    if (base + warp * kRowsPerWarp * U >= kStop) break;  // this warp's keys are all past the end (warp-uniform)
+    uint4 kr[U], vr[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      kr[u] = make_uint4(0, 0, 0, 0);
+      vr[u] = make_uint4(0, 0, 0, 0);
+      if (slot[u] >= 0) {
+        kr[u] = ldStream(kBase + slot[u] * slotStride);
+        vr[u] = ldStream(vBase + slot[u] * slotStride);
+      }
+    }
+    int nextSlot[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int key = base + kStep + row * U + u;
+      nextSlot[u] = key < kStop ? slotOf(p, pages, key) : -1;
+    }
+    float sc[U][G];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float kf[8];
+      unpack8(kr[u], kf);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) dot = fmaf(qf[g][i], kf[i], dot);
+        sc[u][g] = dot;
+      }
+    }
+#pragma unroll
+    for (int off = kLanes / 2; off > 0; off >>= 1) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) sc[u][g] += __shfl_xor_sync(0xffffffffu, sc[u][g], off);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (slot[u] < 0) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) sc[u][g] = -INFINITY;
+      }
+    }
+    float vf[U][8];
+#pragma unroll
+    for (int u = 0; u < U; ++u) unpack8(vr[u], vf[u]);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < U; ++u) mx = fmaxf(mx, sc[u][g]);
+      const float b = mx == -INFINITY ? 0.f : mx;  // nothing seen yet: keep everything finite
+      const float alpha = exp2f(m[g] - b);
+      l[g] *= alpha;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[g][i] *= alpha;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float pu = exp2f(sc[u][g] - b);
+        l[g] += pu;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(pu, vf[u][i], acc[g][i]);
+      }
+      m[g] = mx;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) slot[u] = nextSlot[u];
+  }
+
+  // Rows of one warp hold the same dims: merge them with shuffles.
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    float mm = m[g];
+#pragma unroll
+    for (int off = kLanes; off < 32; off <<= 1) mm = fmaxf(mm, __shfl_xor_sync(0xffffffffu, mm, off));
+    const float a = exp2f(m[g] - (mm == -INFINITY ? 0.f : mm));
+    l[g] *= a;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[g][i] *= a;
+#pragma unroll
+    for (int off = kLanes; off < 32; off <<= 1) {
+      l[g] += __shfl_xor_sync(0xffffffffu, l[g], off);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[g][i] += __shfl_xor_sync(0xffffffffu, acc[g][i], off);
+    }
+    m[g] = mm;
+  }
+  if (lane < kLanes) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float4* dst = reinterpret_cast<float4*>(&sAcc[warp][g][dim0]);
+      dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+      dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+      if (lane == 0) {
+        sM[warp][g] = m[g];
+        sL[warp][g] = l[g];
+      }
+    }
+  }
+  __syncthreads();
+
+  // Block merge: one thread per output element of the group (each element is read and rewritten by its owner only).
+  for (int idx = threadIdx.x; idx < G * D; idx += blockDim.x) {
+    const int g = idx / D, d = idx % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) M = fmaxf(M, sM[w][g]);
+    const float b = M == -INFINITY ? 0.f : M;
+    float L = 0.f, A = 0.f;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) {
+      const float e = exp2f(sM[w][g] - b);
+      L = fmaf(sL[w][g], e, L);
+      A = fmaf(sAcc[w][g][d], e, A);
+    }
+    const int head = kvh * G + g;
+    if (p.mode == OutMode::Direct) {
+      p.out[(token * p.heads + head) * D + d] = __float2bfloat16(L > 0.f ? A / L : 0.f);
+    } else if (p.mode == OutMode::Partials) {
+      const int64_t prow = ((int64_t)split * p.numTokens + token) * p.heads + head;
+      p.partO[prow * D + d] = L > 0.f ? A / L : 0.f;
+      if (d == 0) p.partLse[prow] = L > 0.f ? M + log2f(L) : -INFINITY;
+    } else {
+      sAcc[0][g][d] = A;
+      if (d == 0) {
+        sResM[g] = M;
+        sResL[g] = L;
+      }
+    }
+  }
+  if (p.mode != OutMode::Cluster) return;
+
+  // Cluster merge: the blocks of one (sequence, KV head) read each other's results from distributed shared memory;
+  // each block writes a share of the output elements.
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  const int rank = (int)cluster.block_rank(), ranks = (int)cluster.num_blocks();
+  for (int idx = rank * blockDim.x + threadIdx.x; idx < G * D; idx += ranks * blockDim.x) {
+    const int g = idx / D, d = idx % D;
+    float M = -INFINITY;
+    for (int r = 0; r < ranks; ++r) M = fmaxf(M, *cluster.map_shared_rank(&sResM[g], r));
+    const float b = M == -INFINITY ? 0.f : M;
+    float L = 0.f, A = 0.f;
+    for (int r = 0; r < ranks; ++r) {
+      const float e = exp2f(*cluster.map_shared_rank(&sResM[g], r) - b);
+      L = fmaf(*cluster.map_shared_rank(&sResL[g], r), e, L);
+      A = fmaf(*cluster.map_shared_rank(&sAcc[0][g][d], r), e, A);
+    }
+    p.out[(token * p.heads + kvh * G + g) * D + d] = __float2bfloat16(L > 0.f ? A / L : 0.f);
+  }
+  cluster.sync();  // no block leaves (freeing its shared memory) while another still reads it
+}
+
+template <int D, int G, int U>
+void launchDecodeKernel(const DecodeParams& p, int numSeqs, int splits, cudaStream_t stream) {
+  const dim3 grid(splits, p.kvHeads, numSeqs);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kDecodeWarps * 32);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  if (p.mode == OutMode::Cluster) {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = splits;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  DSG_CUDA(cudaLaunchKernelEx(&cfg, decodeAttentionKernel<D, G, U>, p));
+  DSG_LAUNCHED("decodeAttentionKernel");
+}
+
+template <int D, int G>
+bool launchForGroup(const DecodeParams& p, int numSeqs, int splits, int keysPerRow, cudaStream_t stream) {
+  if constexpr (D == 128 && G == 2) {  // the Qwen3 shape: other depths for tuning runs
+    if (keysPerRow == 2) return launchDecodeKernel<D, G, 2>(p, numSeqs, splits, stream), true;
+    if (keysPerRow == 8) return launchDecodeKernel<D, G, 8>(p, numSeqs, splits, stream), true;
+  }
+  if (keysPerRow != kDefaultKeysPerRow) return false;
+  launchDecodeKernel<D, G, kDefaultKeysPerRow>(p, numSeqs, splits, stream);
+  return true;
+}
+
+template <int D>
+bool launchForDim(const DecodeParams& p, int group, int numSeqs, int splits, int keysPerRow, cudaStream_t stream) {
+  switch (group) {
+    case 1: return launchForGroup<D, 1>(p, numSeqs, splits, keysPerRow, stream);
+    case 2: return launchForGroup<D, 2>(p, numSeqs, splits, keysPerRow, stream);
+    case 4: return launchForGroup<D, 4>(p, numSeqs, splits, keysPerRow, stream);
+    case 8:
+      if constexpr (D <= 128) return launchForGroup<D, 8>(p, numSeqs, splits, keysPerRow, stream);
+      return false;
+    default: return false;
+  }
+}
+
+// Blocks per (sequence, KV head): enough blocks to fill the chip, from the batch size alone.
+int decodeClusterSplits(int numSeqs, int kvHeads) {
+  int splits = 1;
+  while (splits < kMaxClusterSplits && (int64_t)numSeqs * kvHeads * splits < kTargetBlocks) splits *= 2;
+  return splits;
+}
+
+}  // namespace
+
+bool decodeAttentionFastPath(int heads, int kvHeads, int headDim) {
+  if (kvHeads <= 0 || heads % kvHeads != 0) return false;
+  const int group = heads / kvHeads;
+  const bool groupOk = group == 1 || group == 2 || group == 4 || (group == 8 && headDim <= 128);
+  return groupOk && (headDim == 64 || headDim == 128 || headDim == 256);
+}
+
+bool launchDecodeAttention(const bf16* q, const bf16* kCache, const bf16* vCache, const AttnBatch& batch,
+                           int numTokens, int heads, int kvHeads, int headDim, float scale, int numSplits, bf16* out,
+                           float* partO, float* partLse, cudaStream_t stream, const DecodeTuning* tuning) {
+  if (batch.maxQLen != 1 || batch.numSeqs <= 0 || !decodeAttentionFastPath(heads, kvHeads, headDim)) return false;
+  DecodeParams p;
+  p.q = q;
+  p.k = kCache;
+  p.v = vCache;
+  p.seqs = batch.seqs;
+  p.pageTable = batch.pageTable;
+  p.pageSize = batch.pageSize;
+  p.pageShift = (batch.pageSize & (batch.pageSize - 1)) == 0 ? __builtin_ctz((unsigned)batch.pageSize) : -1;
+  p.numTokens = numTokens;
+  p.heads = heads;
+  p.kvHeads = kvHeads;
+  p.scaleLog2 = scale * 1.4426950408889634f;
+  p.out = out;
+  p.partO = partO;
+  p.partLse = partLse;
+  int splits = numSplits;
+  if (numSplits > 1) {
+    p.mode = OutMode::Partials;
+  } else {
+    splits = tuning && tuning->clusterSplits > 0 ? std::min(tuning->clusterSplits, kMaxClusterSplits)
+                                                 : decodeClusterSplits(batch.numSeqs, kvHeads);
+    p.mode = splits > 1 ? OutMode::Cluster : OutMode::Direct;
+  }
+  const int keysPerRow = tuning && tuning->keysPerRow > 0 ? tuning->keysPerRow : kDefaultKeysPerRow;
+  const int group = heads / kvHeads;
+  switch (headDim) {
+    case 64: return launchForDim<64>(p, group, batch.numSeqs, splits, keysPerRow, stream);
+    case 128: return launchForDim<128>(p, group, batch.numSeqs, splits, keysPerRow, stream);
+    case 256: return launchForDim<256>(p, group, batch.numSeqs, splits, keysPerRow, stream);
+    default: return false;
+  }
+}
+
+}  // namespace dsg::cuda

@@ -1,0 +1,429 @@
+// Check and timing of the decode attention kernel (native/cuda/decode_attention.cu).
+// Correctness: random q and KV pool (never zeros), random page tables, mixed kvLens, outputs poisoned with NaN,
+// against a float64 CPU reference; through launchAttention's dispatch (DSG_WITH_DISPATCH) and launchDecodeAttention
+// directly (cluster splits, caller splits + merge, load depths). Timing (unless --quick): the Qwen3-0.6B shape,
+// the new kernel against the decode path of an earlier attention.cu (decode_attention_baseline.cu), each layer's
+// launch in a CUDA graph behind an L2 flush, against the floor KV bytes / copy bandwidth.
+// Build and run: native/cuda/tests/run_decode_attention_check.sh. Exits non-zero if any check fails.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+#include "kernels.h"
+
+using namespace dsg;
+using namespace dsg::cuda;
+
+namespace decode_check {
+void baselineDecode(const bf16* q, const bf16* k, const bf16* v, const int4* seqs, const int32_t* pageTable,
+                    int numSeqs, int pageSize, int heads, int kvHeads, int headDim, float scale, int numSplits,
+                    bf16* out, float* partO, float* partLse, cudaStream_t stream);
+void baselineMerge(const float* partO, const float* partLse, int numSplits, int numTokens, int heads, int headDim,
+                   bf16* out, cudaStream_t stream);
+int baselineSplits(int numSeqs, int kvHeads, int smCount);
+void baselinePrepare();
+}  // namespace decode_check
+
+static int failures = 0;
+static std::mt19937_64 rng(20261127);
+
+template <class T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t n_) : n(n_) { DSG_CUDA(cudaMalloc(&p, n * sizeof(T) + 16)); }
+  explicit Dev(const std::vector<T>& v) : Dev(v.size()) {
+    DSG_CUDA(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  Dev(const Dev&) = delete;
+  ~Dev() { cudaFree(p); }
+  std::vector<T> get() const {
+    std::vector<T> v(n);
+    DSG_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return v;
+  }
+  void poison() { DSG_CUDA(cudaMemset(p, 0xFF, n * sizeof(T))); }  // NaN for f32 and bf16
+};
+
+/** A decode batch: one query token per sequence, its pages a random subset of the pool. */
+struct Batch {
+  int D, heads, kvHeads, pageSize, numPages;
+  std::vector<int4> seqs;  // qStart, qLen (1), kvLen, pageStart
+  std::vector<int32_t> table;
+  int64_t keys = 0;
+};
+
+static Batch makeBatch(int D, int heads, int kvHeads, int pageSize, const std::vector<int>& kvLens) {
+  Batch b{D, heads, kvHeads, pageSize, 0, {}, {}, 0};
+  int pagesNeeded = 0;
+  for (int len : kvLens) pagesNeeded += (len + pageSize - 1) / pageSize;
+  b.numPages = pagesNeeded + 3;
+  std::vector<int32_t> perm(b.numPages);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  for (size_t s = 0; s < kvLens.size(); ++s) {
+    b.seqs.push_back(make_int4((int)s, 1, kvLens[s], (int)b.table.size()));
+    for (int p = 0; p < (kvLens[s] + pageSize - 1) / pageSize; ++p) b.table.push_back(perm[b.table.size()]);
+    b.keys += kvLens[s];
+  }
+  return b;
+}
+
+static std::vector<float> randBf16Values(size_t n) {
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    x = __bfloat162float(__float2bfloat16(d(rng)));
+    if (x == 0.f) x = 0.5f;
+  }
+  return v;
+}
+static std::vector<bf16> toBf16(const std::vector<float>& v) {
+  std::vector<bf16> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = __float2bfloat16(v[i]);
+  return o;
+}
+
+enum class Path { Dispatch, Direct };
+
+static void checkDecode(const char* label, int D, int heads, int kvHeads, int pageSize, const std::vector<int>& kvLens,
+                        int numSplits, Path path, DecodeTuning tuning = {0, 0}) {
+  const Batch b = makeBatch(D, heads, kvHeads, pageSize, kvLens);
+  const int S = (int)b.seqs.size(), group = heads / kvHeads;
+  const size_t poolElems = (size_t)b.numPages * pageSize * kvHeads * D;
+  const auto kc = randBf16Values(poolElems), vc = randBf16Values(poolElems), q = randBf16Values((size_t)S * heads * D);
+  Dev<bf16> dK(toBf16(kc)), dV(toBf16(vc)), dQ(toBf16(q)), dOut((size_t)S * heads * D);
+  Dev<int4> dSeqs(b.seqs);
+  Dev<int32_t> dTable(b.table);
+  const int partRows = std::max(1, numSplits) * S * heads;
+  Dev<float> dPartO((size_t)partRows * D), dPartLse((size_t)partRows);
+  dOut.poison();
+  dPartO.poison();
+  dPartLse.poison();
+  const float scale = 1.f / std::sqrt((float)D);
+  const AttnBatch batch{dSeqs.p, dTable.p, S, 1, pageSize};
+  bool launched = true;
+  if (path == Path::Dispatch) {
+#ifdef DSG_WITH_DISPATCH
+    launchAttention(dQ.p, dK.p, dV.p, batch, S, heads, kvHeads, D, scale, numSplits, dOut.p, dPartO.p, dPartLse.p, 0);
+#else
+    printf("%-60s SKIP (built without attention.cu)\n", label);
+    return;
+#endif
+  } else {
+    launched = launchDecodeAttention(dQ.p, dK.p, dV.p, batch, S, heads, kvHeads, D, scale, numSplits, dOut.p, dPartO.p,
+                                     dPartLse.p, 0, &tuning);
+  }
+  // The merge kernel is unchanged since the baseline commit: take it from there (no dependence on attention.cu).
+  if (launched && numSplits > 1) decode_check::baselineMerge(dPartO.p, dPartLse.p, numSplits, S, heads, D, dOut.p, 0);
+  DSG_CUDA(cudaDeviceSynchronize());
+  if (!launched) {
+    printf("%-60s FAIL  fast path refused the shape\n", label);
+    ++failures;
+    return;
+  }
+  const auto outB = dOut.get();
+  double num = 0, den = 0, maxErr = 0;
+  bool finite = true;
+  for (int s = 0; s < S; ++s) {
+    const int4 sq = b.seqs[s];
+    for (int h = 0; h < heads; ++h) {
+      const int kvh = h / group;
+      std::vector<double> sc(sq.z);
+      double mx = -1e300;
+      for (int k = 0; k < sq.z; ++k) {
+        const size_t slot = (size_t)b.table[sq.w + k / pageSize] * pageSize + k % pageSize;
+        double dot = 0;
+        for (int d = 0; d < D; ++d) dot += (double)q[((size_t)s * heads + h) * D + d] * kc[(slot * kvHeads + kvh) * D + d];
+        sc[k] = dot * scale;
+        mx = std::max(mx, sc[k]);
+      }
+      double sum = 0;
+      for (auto& e : sc) sum += (e = std::exp(e - mx));
+      for (int d = 0; d < D; ++d) {
+        double acc = 0;
+        for (int k = 0; k < sq.z; ++k) {
+          const size_t slot = (size_t)b.table[sq.w + k / pageSize] * pageSize + k % pageSize;
+          acc += sc[k] * vc[(slot * kvHeads + kvh) * D + d];
+        }
+        const double ref = sq.z > 0 ? acc / sum : 0.0;
+        const double got = __bfloat162float(outB[((size_t)s * heads + h) * D + d]);
+        if (!std::isfinite(got)) finite = false;
+        num += (got - ref) * (got - ref);
+        den += ref * ref;
+        maxErr = std::max(maxErr, std::fabs(got - ref));
+      }
+    }
+  }
+  const double rel = finite ? std::sqrt(num / std::max(den, 1e-30)) : NAN;
+  const bool ok = finite && rel <= 6e-3;
+  if (!ok) ++failures;
+  printf("%-60s %s  rel %.3e  max abs %.3e\n", label, ok ? "PASS" : "FAIL", rel, maxErr);
+}
+
+// ---- timing ----
+
+// Pseudo-random bf16 in [-2, 2] \ {0} from a hash of the index: fills gigabytes without a host round trip.
+__global__ void fillRandom(bf16* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    uint32_t x = (uint32_t)i * 0x9E3779B1u ^ seed ^ (uint32_t)(i >> 32) * 0x85EBCA77u;
+    x ^= x >> 15;
+    x *= 0x2C1B3C6Du;
+    x ^= x >> 12;
+    x *= 0x297A2D39u;
+    x ^= x >> 15;
+    float f = ((x & 0xFFFFFF) / 16777216.f) * 4.f - 2.f;
+    if (f == 0.f) f = 0.25f;
+    p[i] = __float2bfloat16(f);
+  }
+}
+
+// Reads a buffer larger than the L2 (clean lines, so the next kernel's reads pay no write-backs).
+__global__ void flushL2(const uint4* buf, size_t n, unsigned* sink) {
+  unsigned x = 0;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    const uint4 v = buf[i];
+    x ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (x == 0x9E3779B9u) *sink = x;
+}
+
+struct Flusher {
+  size_t n = (size_t)160 << 20 >> 4;  // 160 MB of uint4
+  Dev<uint4> buf{n};
+  Dev<unsigned> sink{1};
+  Flusher() { DSG_CUDA(cudaMemset(buf.p, 0x5A, n * sizeof(uint4))); }
+  void run(cudaStream_t s) {
+    flushL2<<<1056, 512, 0, s>>>(buf.p, n, sink.p);
+    DSG_LAUNCHED("flushL2");
+  }
+};
+
+static double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+/** Median time of one launch (microseconds): a graph of kLayers (flush, launch) pairs minus a graph of the flushes. */
+template <class F>
+static double timeLaunch(Flusher& fl, cudaStream_t st, F&& launch) {
+  constexpr int kLayers = 16, kReps = 11;
+  auto capture = [&](bool withLaunch) {
+    cudaGraph_t g;
+    cudaGraphExec_t e;
+    DSG_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+    for (int i = 0; i < kLayers; ++i) {
+      fl.run(st);
+      if (withLaunch) launch(st);
+    }
+    DSG_CUDA(cudaStreamEndCapture(st, &g));
+    DSG_CUDA(cudaGraphInstantiate(&e, g, 0));
+    DSG_CUDA(cudaGraphDestroy(g));
+    return e;
+  };
+  cudaGraphExec_t both = capture(true), flushes = capture(false);
+  cudaEvent_t a, b;
+  DSG_CUDA(cudaEventCreate(&a));
+  DSG_CUDA(cudaEventCreate(&b));
+  std::vector<double> tBoth, tFlush;
+  for (int r = 0; r < kReps + 2; ++r) {
+    for (int which = 0; which < 2; ++which) {
+      DSG_CUDA(cudaEventRecord(a, st));
+      DSG_CUDA(cudaGraphLaunch(which ? flushes : both, st));
+      DSG_CUDA(cudaEventRecord(b, st));
+      DSG_CUDA(cudaEventSynchronize(b));
+      float ms = 0;
+      DSG_CUDA(cudaEventElapsedTime(&ms, a, b));
+      if (r >= 2) (which ? tFlush : tBoth).push_back(ms * 1e3);
+    }
+  }
+  DSG_CUDA(cudaEventDestroy(a));
+  DSG_CUDA(cudaEventDestroy(b));
+  DSG_CUDA(cudaGraphExecDestroy(both));
+  DSG_CUDA(cudaGraphExecDestroy(flushes));
+  return (median(tBoth) - median(tFlush)) / kLayers;
+}
+
+static double copyBandwidthTBs(cudaStream_t st) {
+  const size_t bytes = (size_t)1 << 30;
+  Dev<uint8_t> src(bytes), dst(bytes);
+  DSG_CUDA(cudaMemset(src.p, 1, bytes));
+  cudaEvent_t a, b;
+  DSG_CUDA(cudaEventCreate(&a));
+  DSG_CUDA(cudaEventCreate(&b));
+  std::vector<double> t;
+  for (int r = 0; r < 7; ++r) {
+    DSG_CUDA(cudaEventRecord(a, st));
+    DSG_CUDA(cudaMemcpyAsync(dst.p, src.p, bytes, cudaMemcpyDeviceToDevice, st));
+    DSG_CUDA(cudaEventRecord(b, st));
+    DSG_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    DSG_CUDA(cudaEventElapsedTime(&ms, a, b));
+    if (r >= 2) t.push_back(ms * 1e-3);
+  }
+  DSG_CUDA(cudaEventDestroy(a));
+  DSG_CUDA(cudaEventDestroy(b));
+  return 2.0 * bytes / median(t) / 1e12;
+}
+
+struct TimingRow {
+  int bs, ctx;
+  double mb, floorUs, oldUs, newUs, bestUs;
+  std::string best;
+  int oldSplits, newSplits;
+};
+
+static TimingRow timeShape(Flusher& fl, cudaStream_t st, int bs, int ctx, double copyTBs, int smCount) {
+  const int D = 128, heads = 16, kvHeads = 8, P = 16;
+  const Batch b = makeBatch(D, heads, kvHeads, P, std::vector<int>(bs, ctx));
+  const size_t poolElems = (size_t)b.numPages * P * kvHeads * D;
+  Dev<bf16> dK(poolElems), dV(poolElems), dQ((size_t)bs * heads * D), outOld((size_t)bs * heads * D),
+      outNew((size_t)bs * heads * D);
+  fillRandom<<<2048, 256>>>(dK.p, poolElems, 11);
+  fillRandom<<<2048, 256>>>(dV.p, poolElems, 22);
+  fillRandom<<<256, 256>>>(dQ.p, dQ.n, 33);
+  DSG_LAUNCHED("fillRandom");
+  DSG_CUDA(cudaDeviceSynchronize());  // the timing stream does not wait for the legacy stream
+  Dev<int4> dSeqs(b.seqs);
+  Dev<int32_t> dTable(b.table);
+  Dev<float> partO((size_t)16 * bs * heads * D), partLse((size_t)16 * bs * heads);
+  const float scale = 1.f / std::sqrt((float)D);
+  const AttnBatch batch{dSeqs.p, dTable.p, bs, 1, P};
+  const int oldSplits = decode_check::baselineSplits(bs, kvHeads, smCount);
+
+  auto runOld = [&](cudaStream_t s) {
+    decode_check::baselineDecode(dQ.p, dK.p, dV.p, dSeqs.p, dTable.p, bs, P, heads, kvHeads, D, scale, oldSplits,
+                                 outOld.p, partO.p, partLse.p, s);
+  };
+  auto runNew = [&](cudaStream_t s, DecodeTuning t) {
+    if (!launchDecodeAttention(dQ.p, dK.p, dV.p, batch, bs, heads, kvHeads, D, scale, 1, outNew.p, partO.p, partLse.p,
+                               s, &t))
+      throw EngineError("LLM_ERR_DEVICE", "decode fast path refused the Qwen3 shape");
+  };
+  // Same output as the baseline (both bf16 over the same inputs).
+  outNew.poison();
+  runOld(st);
+  runNew(st, {0, 0});
+  DSG_CUDA(cudaStreamSynchronize(st));
+  {
+    const auto o = outOld.get(), n = outNew.get();
+    double num = 0, den = 0;
+    bool finite = true;
+    for (size_t i = 0; i < o.size(); ++i) {
+      const double x = __bfloat162float(o[i]), y = __bfloat162float(n[i]);
+      if (!std::isfinite(y)) finite = false;
+      num += (x - y) * (x - y);
+      den += x * x;
+    }
+    const double rel = finite ? std::sqrt(num / den) : NAN;
+    const bool ok = finite && rel < 1e-2;
+    if (!ok) ++failures;
+    printf("timing shape bs %3d ctx %4d: new vs baseline output rel %.2e %s\n", bs, ctx, rel, ok ? "PASS" : "FAIL");
+  }
+
+  TimingRow row{bs, ctx, 0, 0, 0, 0, 0, "", oldSplits, 0};
+  const double bytes = (double)b.keys * kvHeads * D * 2 * 2;
+  row.mb = bytes / 1e6;
+  row.floorUs = bytes / (copyTBs * 1e12) * 1e6;
+  row.oldUs = timeLaunch(fl, st, runOld);
+  row.newUs = timeLaunch(fl, st, [&](cudaStream_t s) { runNew(s, {0, 0}); });
+  row.bestUs = row.newUs;
+  row.best = "auto";
+  for (int c : {1, 2, 4, 8}) {
+    for (int u : {2, 4, 8}) {
+      const double t = timeLaunch(fl, st, [&](cudaStream_t s) { runNew(s, {c, u}); });
+      printf("  bs %3d ctx %4d  C %d U %d: %8.2f us  %.2f TB/s\n", bs, ctx, c, u, t, bytes / (t * 1e-6) / 1e12);
+      if (t < row.bestUs) {
+        row.bestUs = t;
+        row.best = "C" + std::to_string(c) + " U" + std::to_string(u);
+      }
+    }
+  }
+  int autoSplits = 1;
+  while (autoSplits < 8 && bs * kvHeads * autoSplits < 512) autoSplits *= 2;
+  row.newSplits = autoSplits;
+  printf("  bs %3d ctx %4d  baseline (splits %d): %8.2f us   new auto (C %d): %8.2f us\n", bs, ctx, oldSplits,
+         row.oldUs, autoSplits, row.newUs);
+  return row;
+}
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  try {
+    cudaDeviceProp prop;
+    DSG_CUDA(cudaGetDeviceProperties(&prop, 0));
+    printf("device %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+    decode_check::baselinePrepare();
+#ifdef DSG_WITH_DISPATCH
+    prepareAttentionKernels();
+#endif
+    const std::vector<int> lens7 = {1, 15, 16, 17, 192, 882, 2048};
+    auto mixed = [&](int bs) {
+      std::vector<int> v(bs);
+      for (int i = 0; i < bs; ++i) v[i] = lens7[(i * 5 + bs) % 7];
+      return v;
+    };
+    const Path X = Path::Direct, DP = Path::Dispatch;
+    // head_dim 128, GQA 2 (Qwen3-0.6B): every output mode and load depth, page sizes 16, 1 and 5.
+    checkDecode("D128 16/8 p16 bs7 auto (cluster 8)", 128, 16, 8, 16, mixed(7), 1, X);
+    checkDecode("D128 16/8 p1 bs7 C1 (direct)", 128, 16, 8, 1, mixed(7), 1, X, {1, 0});
+    checkDecode("D128 16/8 p16 bs7 C2", 128, 16, 8, 16, mixed(7), 1, X, {2, 0});
+    checkDecode("D128 16/8 p5 bs7 C4", 128, 16, 8, 5, mixed(7), 1, X, {4, 0});
+    checkDecode("D128 16/8 p16 bs7 splits 3 + merge", 128, 16, 8, 16, mixed(7), 3, X);
+    checkDecode("D128 16/8 p1 bs7 U2", 128, 16, 8, 1, mixed(7), 1, X, {0, 2});
+    checkDecode("D128 16/8 p16 bs7 U8 C2", 128, 16, 8, 16, mixed(7), 1, X, {2, 8});
+    // Other groups and head dims.
+    checkDecode("D64 16/4 (G4) p16 bs5", 64, 16, 4, 16, {1, 17, 192, 15, 300}, 1, X);
+    checkDecode("D64 8/8 (G1) p1 bs4 C1", 64, 8, 8, 1, {33, 2, 16, 129}, 1, X, {1, 0});
+    checkDecode("D256 8/4 (G2) p16 bs3", 256, 8, 4, 16, {882, 1, 40}, 1, X);
+    checkDecode("D128 8/8 (G1) p5 bs4 splits 2 + merge", 128, 8, 8, 5, {1, 16, 17, 300}, 2, X);
+    checkDecode("D128 32/4 (G8) p16 bs3", 128, 32, 4, 16, {192, 17, 5}, 1, X);
+    // Through launchAttention: fast path, caller splits, and the shapes that fall back to the general kernel.
+    checkDecode("dispatch D128 16/8 p16 bs7", 128, 16, 8, 16, mixed(7), 1, DP);
+    checkDecode("dispatch D128 16/8 p16 bs7 splits 4 + merge", 128, 16, 8, 16, mixed(7), 4, DP);
+    checkDecode("dispatch fallback D128 16/1 (G16) p16 bs3", 128, 16, 1, 16, {192, 17, 1}, 1, DP);
+    checkDecode("dispatch fallback D32 8/2 p16 bs3", 32, 8, 2, 16, {192, 17, 1}, 1, DP);
+    if (!quick) {
+      for (int bs : {1, 8, 32, 64, 256}) {
+        const std::string name = "D128 16/8 p16 mixed bs" + std::to_string(bs) + " auto";
+        checkDecode(name.c_str(), 128, 16, 8, 16, mixed(bs), 1, X);
+      }
+      checkDecode("D128 16/8 p1 mixed bs64 auto", 128, 16, 8, 1, mixed(64), 1, X);
+      checkDecode("D128 16/8 p16 bs1 ctx2048 auto", 128, 16, 8, 16, {2048}, 1, X);
+      checkDecode("D64 8/8 (G1) p1 mixed bs33", 64, 8, 8, 1, mixed(33), 1, X);
+      checkDecode("D128 16/4 (G4) p16 mixed bs32", 128, 16, 4, 16, mixed(32), 1, X);
+      checkDecode("dispatch D128 16/8 p16 mixed bs128", 128, 16, 8, 16, mixed(128), 1, DP);
+    }
+    printf("correctness: %d failure(s)\n", failures);
+    if (!quick) {
+      cudaStream_t st;
+      DSG_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+      const double copyTBs = copyBandwidthTBs(st);
+      printf("copy bandwidth %.3f TB/s (read + write)\n", copyTBs);
+      Flusher fl;
+      std::vector<TimingRow> rows;
+      for (int ctx : {192, 882})
+        for (int bs : {1, 8, 32, 64, 128, 256}) rows.push_back(timeShape(fl, st, bs, ctx, copyTBs, prop.multiProcessorCount));
+      printf("\nDecode attention per layer, Qwen3-0.6B shape (16/8 heads, D128, page 16, bf16), %s; L2 flushed before each\n"
+             "launch; floor = KV bytes / copy %.2f TB/s. old = attentionKernel<128> (+merge) with the old split rule.\n",
+             prop.name, copyTBs);
+      printf("| bs | ctx | KV MB | floor us | old us (splits) | new us (C) | new TB/s | new/floor | speedup | best sweep |\n");
+      printf("|---|---|---|---|---|---|---|---|---|---|\n");
+      for (const auto& r : rows)
+        printf("| %d | %d | %.1f | %.2f | %.2f (%d) | %.2f (%d) | %.2f | %.0f%% | %.2fx | %.2f us %s |\n", r.bs, r.ctx, r.mb,
+               r.floorUs, r.oldUs, r.oldSplits, r.newUs, r.newSplits, r.mb / r.newUs, 100.0 * r.floorUs / r.newUs,
+               r.oldUs / r.newUs, r.bestUs, r.best.c_str());
+    }
+  } catch (const std::exception& e) {
+    printf("ERROR %s\n", e.what());
+    return 2;
+  }
+  printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+  return failures ? 1 : 0;
+}
