@@ -128,8 +128,14 @@ async function throughActors() {
     // batch-1 inter-token latency (a warm-up request first)
     for await (const _ of sup.generate(request(work[0].tokens.slice(0, 128), 8)));
     const stamps: number[] = [];
+    const itl1Before = sup.metrics.snapshot();
     for await (const c of sup.generate(request(work[1].tokens.slice(0, 128), 129))) if (c.token_ids.length) stamps.push(performance.now());
     const itl1Ms = (stamps.at(-1)! - stamps[1]) / (stamps.length - 2);
+    // Per batch-1 step, on the scheduler's thread: submission to result minus the engine's own time (two thread hops,
+    // packing), and the gap from a result to the next submission (the scheduler's part of the critical path).
+    const itl1After = sup.metrics.snapshot();
+    const itl1HostMs = (itl1After.stepMs - itl1Before.stepMs - (itl1After.engineBusyMs - itl1Before.engineBusyMs)) / (itl1After.steps - itl1Before.steps);
+    const itl1SubmitGapUs = (1000 * (itl1After.submitGapMs - itl1Before.submitGapMs)) / Math.max(1, itl1After.gappedSteps - itl1Before.gappedSteps);
     const before = { ...sup.scheduler.stats };
     const metricsBefore = sup.metrics.snapshot();
     const t0 = performance.now();
@@ -144,7 +150,7 @@ async function throughActors() {
     const m = sup.metrics.snapshot();
     const steps = m.steps - metricsBefore.steps;
     return {
-      seconds, produced, outTokS: produced / seconds, totalTokS: (produced + totalIn) / seconds, itl1Ms,
+      seconds, produced, outTokS: produced / seconds, totalTokS: (produced + totalIn) / seconds, itl1Ms, itl1HostMs, itl1SubmitGapUs,
       steps: st.steps - before.steps, retractions: st.retractions - before.retractions, kv: sup.engine.kv,
       // Where the wall time went: the engine inside the rank, and the scheduler's own planning/applying.
       engineBusySeconds: (m.engineBusyMs - metricsBefore.engineBusyMs) / 1000,
@@ -179,5 +185,6 @@ console.log(
   `| ${num} seqs [${minLen},${maxLen}] | ${Math.round(actors.outTokS)} out tok/s | floor ${Math.round(floorTokS)} ` +
     `(${(kvBytesRead / 1e12).toFixed(2)} TB KV read at ${a['bandwidth-gbs']} GB/s) | ${(100 * result.ofFloor).toFixed(1)}% of floor | ` +
     `engine busy ${actors.engineBusySeconds.toFixed(2)} s, scheduler ${actors.schedulerHostSeconds.toFixed(2)} s of ${actors.seconds.toFixed(2)} s | ` +
-    (engine ? `engine batch-${num} ceiling ${Math.round(engine.ceilingTokS)} tok/s at ctx ${engine.ceilingContext} | ITL1 engine ${engine.itl1Ms.toFixed(2)} ms vs actors ${actors.itl1Ms.toFixed(2)} ms |` : `ITL1 actors ${actors.itl1Ms.toFixed(2)} ms |`),
+    (engine ? `engine batch-${num} ceiling ${Math.round(engine.ceilingTokS)} tok/s at ctx ${engine.ceilingContext} | ITL1 engine ${engine.itl1Ms.toFixed(2)} ms vs actors ${actors.itl1Ms.toFixed(2)} ms |` : `ITL1 actors ${actors.itl1Ms.toFixed(2)} ms |`) +
+    ` batch-1 step outside the engine ${(1000 * actors.itl1HostMs).toFixed(0)} us (result to next step ${actors.itl1SubmitGapUs.toFixed(0)} us) |`,
 );
