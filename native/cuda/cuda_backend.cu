@@ -30,6 +30,7 @@ using cuda::bf16;
 constexpr size_t kAlign = 256;
 constexpr int kMaxGraphBatch = 256;
 constexpr int kMaxSplits = 16;
+constexpr cuda::GemvOverlap kGemvOverlap = cuda::GemvOverlap::AfterWait;  // measured: NOTES-decode-small-batch.md
 
 size_t alignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
@@ -410,6 +411,7 @@ class CudaBackend final : public Backend {
     a.reserve((size_t)maxPartRows * QD_ * 4);
     a.reserve((size_t)maxPartRows * d_.numHeads * 4);
     a.reserve(outPlanes((int)S).end);
+    a.reserve(cuda::sampleScratchBytes((int)S));
     a.allocate("workspace");
     dIn_ = a.take<uint8_t>(L.total);
     residual_ = a.take<float>(T * H_);
@@ -424,6 +426,7 @@ class CudaBackend final : public Backend {
     partO_ = a.take<float>((size_t)maxPartRows * QD_);
     partLse_ = a.take<float>((size_t)maxPartRows * d_.numHeads);
     dOut_ = a.take<uint8_t>(outPlanes((int)S).end);
+    sampleScratch_ = a.take<int32_t>(cuda::sampleScratchBytes((int)S) / sizeof(int32_t));
     DSG_CUDA(cudaMallocHost(&hostIn_, L.total));
     DSG_CUDA(cudaMallocHost(&hostOut_, outPlanes((int)S).end));
     workspaceBytes_ = (int64_t)a.bytes() + (int64_t)gemm_->workspaceBytes();
@@ -530,13 +533,25 @@ class CudaBackend final : public Backend {
     const cuda::AttnBatch batch{in<int4>(layout_.seqs), in<int32_t>(layout_.pages), seqs, maxQLen, opt_.pageSize};
     const cuda::RopeArgs rope{invFreq_, d_.ropeLayout == RopeLayout::Interleaved};
     const float scale = 1.f / std::sqrt((float)D_);
+    // Few tokens (decode at small batch): fused GEMV kernels (gemv.cu) read each weight once with the norm / SiLU
+    // folded into their input and the residual add into their output; cuBLAS above the crossover.
+    const bool small = tokens <= cuda::kGemvCrossoverTokens;
+    const bool gemvQkv = small && cuda::gemvSupports(tokens, (int)QKV_, H_);
+    const bool gemvO = small && cuda::gemvSupports(tokens, H_, (int)QD_);
+    const bool gemvGateUp = small && cuda::gemvSupports(tokens, (int)(2 * I_), H_);
+    const bool gemvDown = small && cuda::gemvSupports(tokens, H_, (int)I_);
     cuda::launchEmbedGather(in<int32_t>(layout_.tokens), tokens, embed_, H_, residual_, stream_);
     for (int l = 0; l < d_.numLayers; ++l) {
       const LayerDev& L = layers_[l];
       bf16* kCache = kvBase + (int64_t)(2 * l) * tensorElems;
       bf16* vCache = kvBase + (int64_t)(2 * l + 1) * tensorElems;
-      cuda::launchRmsNorm(residual_, nullptr, tokens, H_, L.inputNorm, eps, xn_, stream_);
-      gemm_->linearBf16(xn_, L.qkv, qkv_, tokens, (int)QKV_, H_);
+      if (gemvQkv) {
+        cuda::launchGemv({cuda::GemvInputKind::RmsNorm, residual_, L.inputNorm, eps}, L.qkv, tokens, (int)QKV_, H_, qkv_,
+                         nullptr, kGemvOverlap, stream_);
+      } else {
+        cuda::launchRmsNorm(residual_, nullptr, tokens, H_, L.inputNorm, eps, xn_, stream_);
+        gemm_->linearBf16(xn_, L.qkv, qkv_, tokens, (int)QKV_, H_);
+      }
       cuda::launchQkNormRopeKvWrite(qkv_, L.qkvBias, L.qNorm, L.kNorm, eps, in<int32_t>(layout_.positions),
                                     in<int32_t>(layout_.slots), tokens, d_.numHeads, d_.numKvHeads, D_, rope, q_,
                                     kCache, vCache, stream_);
@@ -544,11 +559,25 @@ class CudaBackend final : public Backend {
                             partO_, partLse_, stream_);
       if (splits > 1)
         cuda::launchAttentionMerge(partO_, partLse_, splits, tokens, d_.numHeads, D_, attnOut_, stream_);
-      gemm_->linearF32(attnOut_, L.o, residual_, tokens, H_, (int)QD_, 1.f);
-      cuda::launchRmsNorm(residual_, nullptr, tokens, H_, L.postAttnNorm, eps, xn_, stream_);
-      gemm_->linearBf16(xn_, L.gateUp, gateUp_, tokens, (int)(2 * I_), H_);
-      cuda::launchSiluMul(gateUp_, tokens, (int)I_, act_, stream_);
-      gemm_->linearF32(act_, L.down, residual_, tokens, H_, (int)I_, 1.f);
+      if (gemvO)
+        cuda::launchGemv({cuda::GemvInputKind::Bf16, attnOut_, nullptr, 0.f}, L.o, tokens, H_, (int)QD_, nullptr,
+                         residual_, kGemvOverlap, stream_);
+      else
+        gemm_->linearF32(attnOut_, L.o, residual_, tokens, H_, (int)QD_, 1.f);
+      if (gemvGateUp) {
+        cuda::launchGemv({cuda::GemvInputKind::RmsNorm, residual_, L.postAttnNorm, eps}, L.gateUp, tokens,
+                         (int)(2 * I_), H_, gateUp_, nullptr, kGemvOverlap, stream_);
+      } else {
+        cuda::launchRmsNorm(residual_, nullptr, tokens, H_, L.postAttnNorm, eps, xn_, stream_);
+        gemm_->linearBf16(xn_, L.gateUp, gateUp_, tokens, (int)(2 * I_), H_);
+      }
+      if (gemvDown) {
+        cuda::launchGemv({cuda::GemvInputKind::SiluMul, gateUp_, nullptr, 0.f}, L.down, tokens, H_, (int)I_, nullptr,
+                         residual_, kGemvOverlap, stream_);
+      } else {
+        cuda::launchSiluMul(gateUp_, tokens, (int)I_, act_, stream_);
+        gemm_->linearF32(act_, L.down, residual_, tokens, H_, (int)I_, 1.f);
+      }
     }
   }
 
@@ -578,7 +607,8 @@ class CudaBackend final : public Backend {
     cuda::launchMaskBanned(logits_, rows, V_, in<int32_t>(layout_.banned), MAX_BANNED_TOKENS, stream_);
     cuda::launchSample(logits_, rows, V_, in<cuda::SampleParams>(layout_.params), MAX_TOP_LOGPROBS,
                        reinterpret_cast<int32_t*>(o + p.tokens), reinterpret_cast<float*>(o + p.logprobs),
-                       reinterpret_cast<int32_t*>(o + p.topIds), reinterpret_cast<float*>(o + p.topLogprobs), stream_);
+                       reinterpret_cast<int32_t*>(o + p.topIds), reinterpret_cast<float*>(o + p.topLogprobs),
+                       stream_, sampleScratch_);
   }
 
   void unpackOutputs(const StepView& s, int rows, const StepOutputs& out) const {
@@ -679,6 +709,7 @@ class CudaBackend final : public Backend {
   bf16 *xn_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *attnOut_ = nullptr, *gateUp_ = nullptr, *act_ = nullptr,
        *lastHidden_ = nullptr;
   bf16* kvPool_ = nullptr;
+  int32_t* sampleScratch_ = nullptr;  // launchSample's per-slice argmax results
   std::unique_ptr<cuda::KvIpcPeers> ipcPeers_;  // remote pools this engine opened (decode side)
   int64_t poolTensorElems_ = 0, numPages_ = 0, bytesPerPage_ = 0;
   int64_t weightsBytes_ = 0, kvPoolBytes_ = 0, workspaceBytes_ = 0;

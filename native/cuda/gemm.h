@@ -29,4 +29,40 @@ class Gemm {
   size_t workspaceBytes_;
 };
 
+/** Most tokens the small-batch GEMV (gemv.cu) takes (it is not always the faster one up to there). */
+constexpr int kGemvMaxTokens = 32;
+/** Most tokens for which the backend uses the GEMV instead of cuBLAS: the measured crossover
+ *  (native/cuda/NOTES-decode-small-batch.md; the whole decode step, Qwen3-0.6B shape, H200). */
+constexpr int kGemvCrossoverTokens = 8;
+
+/** How the GEMV builds its bf16 input x [m, k] on the fly. */
+enum class GemvInputKind {
+  Bf16,     // data: bf16 [m, k]
+  RmsNorm,  // data: f32 residual [m, k]; x = bf16(r * rsqrt(mean(r^2) + eps) * normWeight) (launchRmsNorm's function)
+  SiluMul,  // data: bf16 gate|up [m, 2k]; x = bf16(silu(gate) * up) (launchSiluMul's function)
+};
+struct GemvInput {
+  GemvInputKind kind;
+  const void* data;
+  const __nv_bfloat16* normWeight;  // RmsNorm only
+  float eps;                        // RmsNorm only
+};
+
+/** Whether launchGemv takes this shape: m <= kGemvMaxTokens, n % 16 == 0, k % 256 == 0, k <= 3072 (x fits in shared memory). */
+bool gemvSupports(int m, int n, int k);
+/** How a GEMV launch overlaps its neighbours on the stream (programmatic dependent launch). */
+enum class GemvOverlap {
+  None,       // an ordinary launch
+  AfterWait,  // may start (and stream its weights) while the previous kernel runs; lets the next one start once
+              // every block has passed its wait for the previous kernel
+  AtStart,    // as AfterWait, but lets the next kernel start as soon as every block is running
+};
+/**
+ * y = x W^T for m tokens, W [n, k] bf16 row-major, f32 accumulation: y bf16 [m, n] (yBf16), or added into the f32
+ * [m, n] buffer (yAddF32: the residual add). Exactly one of the two outputs. The kernel reads x and y only after the
+ * previous kernel on the stream has completed, whatever the overlap.
+ */
+void launchGemv(const GemvInput& in, const __nv_bfloat16* w, int m, int n, int k, __nv_bfloat16* yBf16, float* yAddF32,
+                GemvOverlap overlap, cudaStream_t stream);
+
 }  // namespace dsg::cuda

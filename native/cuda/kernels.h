@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace dsg::cuda {
@@ -99,11 +100,15 @@ struct SampleParams {
 };
 
 /**
- * One block per sequence over logits [numSeqs, vocab] (f32): samples per native/include/sampling.h and writes
- * tokens [numSeqs], logprobs [numSeqs] (NaN where not asked), topIds/topLogprobs [numSeqs, topN] (-1/NaN padded).
+ * Samples logits [numSeqs, vocab] (f32) per native/include/sampling.h and writes tokens [numSeqs], logprobs [numSeqs]
+ * (NaN where not asked), topIds/topLogprobs [numSeqs, topN] (-1/NaN padded). With scratch (device memory of
+ * sampleScratchBytes(numSeqs) bytes, no initialisation needed) a first kernel spreads the argmax pass over many
+ * blocks per sequence, so greedy costs a few microseconds; the rest of the sampling (and everything without
+ * scratch) runs on one block per sequence.
  */
 void launchSample(const float* logits, int numSeqs, int vocab, const SampleParams* params, int topN, int32_t* tokens,
-                  float* logprobs, int32_t* topIds, float* topLogprobs, cudaStream_t stream);
+                  float* logprobs, int32_t* topIds, float* topLogprobs, cudaStream_t stream, int32_t* scratch = nullptr);
+size_t sampleScratchBytes(int numSeqs);
 
 /**
  * Step 0 of sampling (native/include/sampling.h): logits[r, banned[r * cap + j]] = -inf for r < rows, j < cap.

@@ -8,7 +8,9 @@
 // 8-bit histogram. Masses are fixed-point integers (p * 2^40, p <= 1 relative to the max), so the sums do not depend
 // on atomic order and a seed replays bit-exactly. Floor: one read of the logits, ~0.2 us per sequence at 3 TB/s;
 // the filtered path reads them ~26 times (from L2), so it costs tens of microseconds.
+#include <algorithm>
 #include <cfloat>
+#include <climits>
 
 #include "common.cuh"
 #include "kernels.h"
@@ -19,6 +21,10 @@ namespace dsg::cuda {
 namespace {
 
 constexpr int kThreads = 1024;
+constexpr int kArgmaxThreads = 256;
+constexpr int kArgmaxLoads = 8;                                       // float4 loads per thread, all in flight
+constexpr int kArgmaxChunk = kArgmaxThreads * kArgmaxLoads * 4;       // logits per block pass (32 KB)
+constexpr int kMaxArgmaxBlocks = 64;                                  // per sequence
 constexpr double kFixedOne = 1099511627776.0;  // 2^40
 
 __device__ __forceinline__ uint32_t orderedBits(float z) {
@@ -148,16 +154,101 @@ __device__ unsigned long long findPrefixEnd(const float* z, int vocab, const Fil
   return result;
 }
 
+/** Block-wide argmax (ties to the lower id) into f32[0] / i32[0] (32 entries each, shared), seen by every thread. */
+__device__ void blockArgmax(float best, int bestId, float* f32, int* i32) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bestId, o);
+    if (ov > best || (ov == best && oi < bestId)) {
+      best = ov;
+      bestId = oi;
+    }
+  }
+  __syncthreads();
+  if (lane == 0) {
+    f32[warp] = best;
+    i32[warp] = bestId;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    best = lane < (int)(blockDim.x >> 5) ? f32[lane] : -INFINITY;
+    bestId = lane < (int)(blockDim.x >> 5) ? i32[lane] : INT_MAX;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bestId, o);
+      if (ov > best || (ov == best && oi < bestId)) {
+        best = ov;
+        bestId = oi;
+      }
+    }
+    if (lane == 0) {
+      f32[0] = best;
+      i32[0] = bestId;
+    }
+  }
+  __syncthreads();
+}
+
+/** Partial argmax of one slice of one sequence's logits: part[(s * kMaxArgmaxBlocks + b) * 2] = {logit bits, id}. */
+__global__ void __launch_bounds__(kArgmaxThreads) argmaxPartialKernel(const float* __restrict__ logits, int vocab,
+                                                                      const SampleParams* __restrict__ params,
+                                                                      int32_t* __restrict__ part) {
+  __shared__ float f32[32];
+  __shared__ int i32[32];
+  const int s = blockIdx.y;
+  if (!params[s].sample) return;
+  const float* z = logits + (int64_t)s * vocab;
+  const int slice = ((vocab + gridDim.x - 1) / gridDim.x + 3) / 4 * 4;  // whole float4s
+  const int lo = blockIdx.x * slice, hi = min(vocab, lo + slice);
+  float best = -INFINITY;
+  int bestId = vocab;
+  for (int c0 = lo; c0 < hi; c0 += kArgmaxChunk) {
+    float v[kArgmaxLoads][4];
+#pragma unroll
+    for (int j = 0; j < kArgmaxLoads; ++j) {
+      const int i = c0 + (j * kArgmaxThreads + threadIdx.x) * 4;
+      if ((vocab & 3) == 0 && i + 3 < hi) {
+        const float4 q = *reinterpret_cast<const float4*>(z + i);
+        v[j][0] = q.x;
+        v[j][1] = q.y;
+        v[j][2] = q.z;
+        v[j][3] = q.w;
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[j][e] = i + e < hi ? z[i + e] : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kArgmaxLoads; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = c0 + (j * kArgmaxThreads + threadIdx.x) * 4 + e;
+        if (i < hi && (v[j][e] > best || (v[j][e] == best && i < bestId))) {
+          best = v[j][e];
+          bestId = i;
+        }
+      }
+  }
+  blockArgmax(best, bestId, f32, i32);
+  if (threadIdx.x == 0) {
+    part[((int64_t)s * kMaxArgmaxBlocks + blockIdx.x) * 2] = __float_as_int(f32[0]);
+    part[((int64_t)s * kMaxArgmaxBlocks + blockIdx.x) * 2 + 1] = i32[0];
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) sampleKernel(const float* __restrict__ logits, int vocab,
                                                           const SampleParams* __restrict__ params, int topN,
                                                           int32_t* __restrict__ tokens, float* __restrict__ logprobs,
                                                           int32_t* __restrict__ topIds,
-                                                          float* __restrict__ topLogprobs) {
+                                                          float* __restrict__ topLogprobs,
+                                                          const int32_t* __restrict__ argmaxPart, int argmaxBlocks) {
   __shared__ SampleShared sh;
   const int s = blockIdx.x;
   const SampleParams sp = params[s];
   const float* z = logits + (int64_t)s * vocab;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (!sp.sample) {
     if (threadIdx.x == 0) {
       tokens[s] = -1;
@@ -170,48 +261,28 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(const float* __restrict
     return;
   }
 
-  // Argmax, ties to the lowest id.
+  // Argmax, ties to the lowest id: from argmaxPartialKernel's per-slice results when given, else one pass here.
   float best = -INFINITY;
   int bestId = vocab;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = z[i];
-    if (v > best || (v == best && i < bestId)) {
-      best = v;
-      bestId = i;
-    }
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bestId, o);
-    if (ov > best || (ov == best && oi < bestId)) {
-      best = ov;
-      bestId = oi;
-    }
-  }
-  if (lane == 0) {
-    sh.f32[warp] = best;
-    sh.i32[warp] = bestId;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    best = sh.f32[lane];
-    bestId = sh.i32[lane];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bestId, o);
-      if (ov > best || (ov == best && oi < bestId)) {
-        best = ov;
-        bestId = oi;
+  if (argmaxBlocks > 0) {
+    for (int j = threadIdx.x; j < argmaxBlocks; j += blockDim.x) {
+      const float v = __int_as_float(argmaxPart[((int64_t)s * kMaxArgmaxBlocks + j) * 2]);
+      const int id = argmaxPart[((int64_t)s * kMaxArgmaxBlocks + j) * 2 + 1];
+      if (v > best || (v == best && id < bestId)) {
+        best = v;
+        bestId = id;
       }
     }
-    if (lane == 0) {
-      sh.f32[0] = best;
-      sh.i32[0] = bestId;
+  } else {
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+      const float v = z[i];
+      if (v > best || (v == best && i < bestId)) {
+        best = v;
+        bestId = i;
+      }
     }
   }
-  __syncthreads();
+  blockArgmax(best, bestId, sh.f32, sh.i32);
   const float zmax = sh.f32[0];
   const int argmax = sh.i32[0];
   __syncthreads();
@@ -308,10 +379,19 @@ void launchMaskBanned(float* logits, int rows, int vocab, const int32_t* banned,
   DSG_LAUNCHED("maskBannedKernel");
 }
 
+size_t sampleScratchBytes(int numSeqs) { return (size_t)numSeqs * kMaxArgmaxBlocks * 2 * sizeof(int32_t); }
+
 void launchSample(const float* logits, int numSeqs, int vocab, const SampleParams* params, int topN, int32_t* tokens,
-                  float* logprobs, int32_t* topIds, float* topLogprobs, cudaStream_t stream) {
+                  float* logprobs, int32_t* topIds, float* topLogprobs, cudaStream_t stream, int32_t* scratch) {
   if (numSeqs <= 0) return;
-  sampleKernel<<<numSeqs, kThreads, 0, stream>>>(logits, vocab, params, topN, tokens, logprobs, topIds, topLogprobs);
+  int argmaxBlocks = 0;
+  if (scratch) {
+    argmaxBlocks = std::min(kMaxArgmaxBlocks, (vocab + kArgmaxChunk - 1) / kArgmaxChunk);
+    argmaxPartialKernel<<<dim3(argmaxBlocks, numSeqs), kArgmaxThreads, 0, stream>>>(logits, vocab, params, scratch);
+    DSG_LAUNCHED("argmaxPartialKernel");
+  }
+  sampleKernel<<<numSeqs, kThreads, 0, stream>>>(logits, vocab, params, topN, tokens, logprobs, topIds, topLogprobs,
+                                                 scratch, argmaxBlocks);
   DSG_LAUNCHED("sampleKernel");
 }
 

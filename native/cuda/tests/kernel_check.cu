@@ -333,6 +333,7 @@ static void checkSampling() {
   Dev<SampleParams> dP(ps);
   Dev<int32_t> dTok(numSeqs), dTopIds((size_t)numSeqs * topN);
   Dev<float> dLp(numSeqs), dTopLp((size_t)numSeqs * topN);
+  Dev<int32_t> dScratch(sampleScratchBytes(numSeqs) / sizeof(int32_t));
   dTok.poison();
   dTopIds.poison();
   // Many draws per sequence (different outputIndex) compare the token choices with the CPU reference.
@@ -345,7 +346,7 @@ static void checkSampling() {
       cps[s].outputIndex += 1;
     }
     DSG_CUDA(cudaMemcpy(dP.p, ps.data(), ps.size() * sizeof(SampleParams), cudaMemcpyHostToDevice));
-    launchSample(dLogits.p, numSeqs, vocab, dP.p, topN, dTok.p, dLp.p, dTopIds.p, dTopLp.p, 0);
+    launchSample(dLogits.p, numSeqs, vocab, dP.p, topN, dTok.p, dLp.p, dTopIds.p, dTopLp.p, 0, dScratch.p);
     auto tok = dTok.get();
     auto lp = dLp.get();
     auto tids = dTopIds.get();
