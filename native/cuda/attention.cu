@@ -210,7 +210,7 @@ void launchAttentionD(const bf16* q, const bf16* kCache, const bf16* vCache, con
   const int group = heads / kvHeads;
   if constexpr (D == 64 || D == 128) {
     if (numSplits == 1 && b.maxQLen > 1 && 64 % group == 0) {
-      prefill::launchPrefillAttention<D>(q, kCache, vCache, b, heads, kvHeads, scale, out, stream);
+      prefill::launchPrefillAttention<D>(q, kCache, vCache, b, numTokens, heads, kvHeads, scale, out, stream);
       return;
     }
   }

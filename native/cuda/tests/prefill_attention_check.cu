@@ -4,7 +4,7 @@
 // head_dim 64 and 128, GQA groups 1/2/4, outputs poisoned first (every element must be written and finite), against
 // a float64 CPU reference (every row of short sequences, a sample of the rows of long ones).
 // Timing (cudaEvents, median): the previous kernel (a copy below, the baseline) against each variant, Qwen3-0.6B
-// shape (16 heads, 8 KV heads, head_dim 128, page 16), one sequence of 1024 and 4096 tokens.
+// shape (16 heads, 8 KV heads, head_dim 128, page 16), one sequence of 1024, 2048 and 4096 tokens.
 // Build and run (GPU machine, repository root):
 //   nvcc -std=c++17 -O3 -arch=sm_90 -lineinfo -I native/include -I native/cuda \
 //     native/cuda/tests/prefill_attention_check.cu -o pfcheck && ./pfcheck          (--small: no timing, small batch)
@@ -207,39 +207,40 @@ void prepare() {
 }
 }  // namespace legacy
 
-// Kernels under test: 0 = launchPrefillAttention (the shape the engine runs), 1 = the legacy baseline, 2.. = tile variants.
-static const char* kKernelNames[] = {"engine pick", "legacy 4w 64r sync", "8w 2st", "8w 3st",
-                                     "4w 2st 2b",       "4w 2st 3b",          "4w 3st 2b"};
+// Kernels under test: 0 = launchPrefillAttention (the shape the engine picks), 1 = the legacy baseline, 2.. = tile
+// shapes (warps x m-tiles of 16 rows per warp, ring stages, min blocks per SM).
+static const char* kKernelNames[] = {"engine pick", "legacy 4w 64r sync", "8w x1 2st", "4w x2 2st 2b",
+                                     "8w x2 2st",   "4w x1 2st 2b",       "8w x2 3st"};
 constexpr int kNumKernels = sizeof(kKernelNames) / sizeof(kKernelNames[0]);
 
 template <int D>
 static void prepareAll() {
   legacy::prepare<D>();
   preparePrefillAttention<D>();
-  preparePrefillTc<D, 8, 2, 1>();
-  preparePrefillTc<D, 8, 3, 1>();
-  preparePrefillTc<D, 4, 2, 2>();
-  preparePrefillTc<D, 4, 2, 3>();
-  preparePrefillTc<D, 4, 3, 2>();
+  preparePrefillTc<D, 8, 2, 1, 1>();
+  preparePrefillTc<D, 4, 2, 2, 2>();
+  preparePrefillTc<D, 8, 2, 2, 1>();
+  preparePrefillTc<D, 4, 2, 1, 2>();
+  preparePrefillTc<D, 8, 3, 2, 1>();
 }
 
 template <int D>
-static void runKernel(int which, const bf16* q, const bf16* k, const bf16* v, const AttnBatch& b,
+static void runKernel(int which, const bf16* q, const bf16* k, const bf16* v, const AttnBatch& b, int numTokens,
                       int heads, int kvHeads, float scale, bf16* out) {
   switch (which) {
-    case 0: launchPrefillAttention<D>(q, k, v, b, heads, kvHeads, scale, out, 0); break;
+    case 0: launchPrefillAttention<D>(q, k, v, b, numTokens, heads, kvHeads, scale, out, 0); break;
     case 1: legacy::launch<D>(q, k, v, b, heads, kvHeads, scale, out); break;
-    case 2: launchPrefillTc<D, 8, 2, 1>(q, k, v, b, heads, kvHeads, scale, out, 0); break;
-    case 3: launchPrefillTc<D, 8, 3, 1>(q, k, v, b, heads, kvHeads, scale, out, 0); break;
-    case 4: launchPrefillTc<D, 4, 2, 2>(q, k, v, b, heads, kvHeads, scale, out, 0); break;
-    case 5: launchPrefillTc<D, 4, 2, 3>(q, k, v, b, heads, kvHeads, scale, out, 0); break;
-    case 6: launchPrefillTc<D, 4, 3, 2>(q, k, v, b, heads, kvHeads, scale, out, 0); break;
+    case 2: launchPrefillTc<D, 8, 2, 1, 1>(q, k, v, b, heads, kvHeads, scale, out, 0); break;
+    case 3: launchPrefillTc<D, 4, 2, 2, 2>(q, k, v, b, heads, kvHeads, scale, out, 0); break;
+    case 4: launchPrefillTc<D, 8, 2, 2, 1>(q, k, v, b, heads, kvHeads, scale, out, 0); break;
+    case 5: launchPrefillTc<D, 4, 2, 1, 2>(q, k, v, b, heads, kvHeads, scale, out, 0); break;
+    case 6: launchPrefillTc<D, 8, 3, 2, 1>(q, k, v, b, heads, kvHeads, scale, out, 0); break;
   }
 }
-static void run(int D, int which, const bf16* q, const bf16* k, const bf16* v, const AttnBatch& b,
+static void run(int D, int which, const bf16* q, const bf16* k, const bf16* v, const AttnBatch& b, int numTokens,
                 int heads, int kvHeads, float scale, bf16* out) {
-  if (D == 64) runKernel<64>(which, q, k, v, b, heads, kvHeads, scale, out);
-  else runKernel<128>(which, q, k, v, b, heads, kvHeads, scale, out);
+  if (D == 64) runKernel<64>(which, q, k, v, b, numTokens, heads, kvHeads, scale, out);
+  else runKernel<128>(which, q, k, v, b, numTokens, heads, kvHeads, scale, out);
 }
 
 static int failures = 0;
@@ -379,7 +380,7 @@ static void checkConfig(int pageSize, int D, int group, const std::vector<Seq>& 
   const float scale = 1.f / std::sqrt((float)D);
   for (int which = 0; which < kNumKernels; ++which) {
     dOut.poison();
-    run(D, which, dQ.p, dK.p, dV.p, batch, heads, kvHeads, scale, dOut.p);
+    run(D, which, dQ.p, dK.p, dV.p, batch, p.numTokens, heads, kvHeads, scale, dOut.p);
     DSG_CUDA(cudaDeviceSynchronize());
     const auto out = dOut.get();
     size_t unwritten = 0;
@@ -414,16 +415,16 @@ static void timeShape(int N, int reps) {
   cudaEvent_t e0, e1;
   DSG_CUDA(cudaEventCreate(&e0));
   DSG_CUDA(cudaEventCreate(&e1));
-  run(D, 1, dQ.p, dK.p, dV.p, batch, heads, kvHeads, scale, dRef.p);
+  run(D, 1, dQ.p, dK.p, dV.p, batch, N, heads, kvHeads, scale, dRef.p);
   DSG_CUDA(cudaDeviceSynchronize());
   const auto refOut = dRef.get();
   double legacyUs = 0;
   for (int which = 0; which < kNumKernels; ++which) {
-    for (int w = 0; w < 3; ++w) run(D, which, dQ.p, dK.p, dV.p, batch, heads, kvHeads, scale, dOut.p);
+    for (int w = 0; w < 3; ++w) run(D, which, dQ.p, dK.p, dV.p, batch, p.numTokens, heads, kvHeads, scale, dOut.p);
     std::vector<float> ms(reps);
     for (int r = 0; r < reps; ++r) {
       DSG_CUDA(cudaEventRecord(e0));
-      run(D, which, dQ.p, dK.p, dV.p, batch, heads, kvHeads, scale, dOut.p);
+      run(D, which, dQ.p, dK.p, dV.p, batch, p.numTokens, heads, kvHeads, scale, dOut.p);
       DSG_CUDA(cudaEventRecord(e1));
       DSG_CUDA(cudaEventSynchronize(e1));
       DSG_CUDA(cudaEventElapsedTime(&ms[r], e0, e1));
@@ -465,6 +466,7 @@ int main(int argc, char** argv) {
     printf("%s: %d check(s) failed\n", failures ? "FAILED" : "ALL CHECKS PASSED", failures);
     if (!small) {
       timeShape(1024, 50);
+      timeShape(2048, 40);
       timeShape(4096, 30);
     }
     DSG_CUDA(cudaDeviceSynchronize());
