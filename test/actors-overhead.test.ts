@@ -2,8 +2,10 @@
 // rank whose step busy-waits 1.6 ms (the GPU engine's batch-1 decode step): wall time per decode step as the
 // consumer of a stream sees it, minus the engine's own time per step (measured inside the rank). Batch 1 is the
 // inter-token-latency case; batch 64 adds the per-sequence work (packing, outputs, 64 streams on the main thread).
-// The check takes the best of 5 rounds (other load on the machine only adds to a round) against a generous bound
-// for the 2-core CI box; every round's figures are printed as comments.
+// The check takes the best of 5 rounds (other load on the machine only adds to a round). On the 2-core box, quiet,
+// batch 1 measures 0.18-0.25 ms over the engine and 30-50 us from a result to the next step; with other jobs on
+// the box the best round still reached 0.5 ms. The bounds leave that room and still catch a timer or a blocking
+// stream on the step path (1 ms or more per step). Every round's figures are printed as comments.
 import t from 'tap';
 import { Supervisor } from '../src/supervisor.js';
 import type { PreprocessedRequest } from '../src/protocol/request.js';
@@ -44,11 +46,11 @@ async function round(sup: Supervisor, batch: number, tokens: number, seed: numbe
 }
 
 
-for (const [batch, tokens, boundMs] of [
-  [1, 100, 0.25],
-  [64, 60, 0.6],
+for (const [batch, tokens, boundMs, gapBoundUs] of [
+  [1, 100, 0.6, 250],
+  [64, 60, 2, 1000],
 ] as const) {
-  t.test(`batch ${batch}: host overhead per step < ${boundMs} ms`, async (t) => {
+  t.test(`batch ${batch}: host overhead per step < ${boundMs} ms, result to next step < ${gapBoundUs} us`, async (t) => {
     const init: FakeEngineInit = { numPages: 4096, pageSize: 16, vocabSize: VOCAB, stepDelayMs: STEP_MS };
     const sup = await Supervisor.start({ modelPath: 'fake', engineFactory: { module: fakeModule, init }, maxRunningRequests: 64 });
     t.teardown(() => sup.stop());
@@ -61,5 +63,7 @@ for (const [batch, tokens, boundMs] of [
     }
     const best = Math.min(...rounds.map((r) => r.overheadMs));
     t.ok(best < boundMs, `best round's host overhead ${best.toFixed(3)} ms per step`);
+    const bestGap = Math.min(...rounds.map((r) => r.submitGapUs));
+    t.ok(bestGap < gapBoundUs, `best round's result-to-next-step ${bestGap.toFixed(0)} us`);
   });
 }
