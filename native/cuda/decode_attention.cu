@@ -12,6 +12,7 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 
 #include "common.cuh"
@@ -25,6 +26,7 @@ namespace cg = cooperative_groups;
 
 constexpr int kDecodeWarps = 4;
 constexpr int kDefaultKeysPerRow = 4;
+constexpr int kDefaultStages = 0;  // 0: registers only; >= 2: cp.async ring depth
 constexpr int kMaxClusterSplits = 8;  // portable cluster size
 constexpr int kTargetBlocks = 512;    // ~4 resident 4-warp blocks per SM on 132 SMs
 
@@ -54,12 +56,81 @@ __device__ __forceinline__ uint4 ldStream(const bf16* p) {
   return r;
 }
 
+// 16-byte global -> shared copy; when !valid the destination is zero-filled and nothing is read.
+__device__ __forceinline__ void cpAsync16(uint4* dst, const bf16* src, bool valid) {
+  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 __device__ __forceinline__ int slotOf(const DecodeParams& p, const int32_t* pages, int key) {
   if (p.pageShift >= 0) return pages[key >> p.pageShift] * p.pageSize + (key & (p.pageSize - 1));
   return pages[key / p.pageSize] * p.pageSize + key % p.pageSize;
 }
 
-template <int D, int G, int U>
+// Scores of U keys for the G heads (dot products reduced across the row's kLanes lanes), then the online-softmax
+// update of m, l and the row's 8 output dims per head. Keys at or past kStop count as masked.
+template <int kLanes, int G, int U>
+__device__ __forceinline__ void consumeKeys(const float (&qf)[G][8], const uint4 (&kr)[U], const uint4 (&vr)[U],
+                                            int key0, int kStop, float (&m)[G], float (&l)[G], float (&acc)[G][8]) {
+  float sc[U][G];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    float kf[8];
+    unpack8(kr[u], kf);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float dot = 0.f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) dot = fmaf(qf[g][i], kf[i], dot);
+      sc[u][g] = dot;
+    }
+  }
+#pragma unroll
+  for (int off = kLanes / 2; off > 0; off >>= 1) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) sc[u][g] += __shfl_xor_sync(0xffffffffu, sc[u][g], off);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (key0 + u >= kStop) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) sc[u][g] = -INFINITY;
+    }
+  }
+  float vf[U][8];
+#pragma unroll
+  for (int u = 0; u < U; ++u) unpack8(vr[u], vf[u]);
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    float mx = m[g];
+#pragma unroll
+    for (int u = 0; u < U; ++u) mx = fmaxf(mx, sc[u][g]);
+    const float b = mx == -INFINITY ? 0.f : mx;  // nothing seen yet: keep everything finite
+    const float alpha = exp2f(m[g] - b);
+    l[g] *= alpha;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[g][i] *= alpha;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const float pu = exp2f(sc[u][g] - b);
+      l[g] += pu;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(pu, vf[u][i], acc[g][i]);
+    }
+    m[g] = mx;
+  }
+}
+
+// S == 0: K/V loaded straight into registers; S >= 2: through a per-warp cp.async ring of S stages.
+template <int D, int G, int U, int S>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decodeAttentionKernel(const DecodeParams p) {
   constexpr int kLanes = D / 8;               // lanes per key row
   constexpr int kRowsPerWarp = 32 / kLanes;
@@ -103,82 +174,83 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decodeAttentionKernel(const
   const bf16* kBase = p.k + (int64_t)kvh * D + dim0;
   const bf16* vBase = p.v + (int64_t)kvh * D + dim0;
 
-  int slot[U];
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int key = kBegin + row * U + u;
-    slot[u] = key < kStop ? slotOf(p, pages, key) : -1;
-  }
-  for (int base = kBegin; base < kStop; base += kStep) {
-    if (base + warp * kRowsPerWarp * U >= kStop) break;  // this warp's keys are all past the end (warp-uniform)
-    uint4 kr[U], vr[U];
+  if constexpr (S == 0) {
+    // Registers: this iteration's 2U loads issued together, the next iteration's page entries fetched meanwhile.
+    int slot[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      kr[u] = make_uint4(0, 0, 0, 0);
-      vr[u] = make_uint4(0, 0, 0, 0);
-      if (slot[u] >= 0) {
-        kr[u] = ldStream(kBase + slot[u] * slotStride);
-        vr[u] = ldStream(vBase + slot[u] * slotStride);
-      }
+      const int key = kBegin + row * U + u;
+      slot[u] = key < kStop ? slotOf(p, pages, key) : -1;
     }
-    int nextSlot[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int key = base + kStep + row * U + u;
-      nextSlot[u] = key < kStop ? slotOf(p, pages, key) : -1;
-    }
-    float sc[U][G];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      float kf[8];
-      unpack8(kr[u], kf);
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        float dot = 0.f;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) dot = fmaf(qf[g][i], kf[i], dot);
-        sc[u][g] = dot;
-      }
-    }
-#pragma unroll
-    for (int off = kLanes / 2; off > 0; off >>= 1) {
+    for (int base = kBegin; base < kStop; base += kStep) {
+      if (base + warp * kRowsPerWarp * U >= kStop) break;  // this warp's keys are all past the end (warp-uniform)
+      uint4 kr[U], vr[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-#pragma unroll
-        for (int g = 0; g < G; ++g) sc[u][g] += __shfl_xor_sync(0xffffffffu, sc[u][g], off);
+        kr[u] = make_uint4(0, 0, 0, 0);
+        vr[u] = make_uint4(0, 0, 0, 0);
+        if (slot[u] >= 0) {
+          kr[u] = ldStream(kBase + slot[u] * slotStride);
+          vr[u] = ldStream(vBase + slot[u] * slotStride);
+        }
       }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (slot[u] < 0) {
-#pragma unroll
-        for (int g = 0; g < G; ++g) sc[u][g] = -INFINITY;
-      }
-    }
-    float vf[U][8];
-#pragma unroll
-    for (int u = 0; u < U; ++u) unpack8(vr[u], vf[u]);
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      float mx = m[g];
-#pragma unroll
-      for (int u = 0; u < U; ++u) mx = fmaxf(mx, sc[u][g]);
-      const float b = mx == -INFINITY ? 0.f : mx;  // nothing seen yet: keep everything finite
-      const float alpha = exp2f(m[g] - b);
-      l[g] *= alpha;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[g][i] *= alpha;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const float pu = exp2f(sc[u][g] - b);
-        l[g] += pu;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(pu, vf[u][i], acc[g][i]);
+        const int key = base + kStep + row * U + u;
+        slot[u] = key < kStop ? slotOf(p, pages, key) : -1;
       }
-      m[g] = mx;
+      consumeKeys<kLanes, G, U>(qf, kr, vr, base + row * U, kStop, m, l, acc);
     }
+  } else {
+    // Shared-memory ring of S iterations per warp (cp.async, zero-filled past the end): S - 1 iterations' loads stay
+    // in flight while one is consumed. Each lane reads back only what it copied itself, so no barrier is needed.
+    extern __shared__ __align__(16) uint4 sRing[];  // [warp][S][U][K, V][32 lanes]
+    uint4* ring = sRing + warp * (S * U * 2 * 32) + lane;
+    int slots[S][U];  // page slots of the iteration that will next be copied into each stage
 #pragma unroll
-    for (int u = 0; u < U; ++u) slot[u] = nextSlot[u];
+    for (int st = 0; st < S; ++st) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int key = kBegin + st * kStep + row * U + u;
+        slots[st][u] = key < kStop ? slotOf(p, pages, key) : -1;
+      }
+    }
+    auto issue = [&](int st, int it) {  // st: compile-time after unrolling
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int sl = slots[st][u];
+        const int64_t off = sl >= 0 ? sl * slotStride : 0;
+        cpAsync16(ring + ((st * U + u) * 2 + 0) * 32, kBase + off, sl >= 0);
+        cpAsync16(ring + ((st * U + u) * 2 + 1) * 32, vBase + off, sl >= 0);
+        const int key = kBegin + (it + S) * kStep + row * U + u;
+        slots[st][u] = key < kStop ? slotOf(p, pages, key) : -1;
+      }
+      cpAsyncCommit();
+    };
+#pragma unroll
+    for (int st = 0; st < S - 1; ++st) issue(st, st);
+    bool done = false;
+    for (int it0 = 0; !done; it0 += S) {
+#pragma unroll
+      for (int st = 0; st < S; ++st) {
+        const int it = it0 + st;
+        const int base = kBegin + it * kStep;
+        if (base + warp * kRowsPerWarp * U >= kStop) {
+          done = true;
+          break;
+        }
+        issue((st + S - 1) % S, it + S - 1);
+        cpAsyncWait<S - 1>();
+        uint4 kr[U], vr[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          kr[u] = ring[((st * U + u) * 2 + 0) * 32];
+          vr[u] = ring[((st * U + u) * 2 + 1) * 32];
+        }
+        consumeKeys<kLanes, G, U>(qf, kr, vr, base + row * U, kStop, m, l, acc);
+      }
+    }
+    cpAsyncWait<0>();  // no copy may land after the block's shared memory is reused
   }
 
   // Rows of one warp hold the same dims: merge them with shuffles.
@@ -243,6 +315,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decodeAttentionKernel(const
     }
   }
   if (p.mode != OutMode::Cluster) return;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // clusters are Hopper's; the host never asks for them before
 
   // Cluster merge: the blocks of one (sequence, KV head) read each other's results from distributed shared memory;
   // each block writes a share of the output elements.
@@ -263,15 +336,28 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decodeAttentionKernel(const
     p.out[(token * p.heads + kvh * G + g) * D + d] = __float2bfloat16(L > 0.f ? A / L : 0.f);
   }
   cluster.sync();  // no block leaves (freeing its shared memory) while another still reads it
+#endif
 }
 
-template <int D, int G, int U>
+template <int D, int G, int U, int S>
 void launchDecodeKernel(const DecodeParams& p, int numSeqs, int splits, cudaStream_t stream) {
-  const dim3 grid(splits, p.kvHeads, numSeqs);
+  constexpr int kRingBytes = S * U * 2 * 32 * 16 * kDecodeWarps;
+  if constexpr (kRingBytes > 0) {
+    // Ring + static shared memory may pass the default 48 KB; the opt-in is per device (engines of one process may
+    // drive several devices).
+    static std::atomic<uint64_t> ready{0};
+    int dev = 0;
+    DSG_CUDA(cudaGetDevice(&dev));
+    if (!(ready.load() >> dev & 1)) {
+      DSG_CUDA(cudaFuncSetAttribute(decodeAttentionKernel<D, G, U, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    kRingBytes));
+      ready.fetch_or(uint64_t{1} << dev);
+    }
+  }
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
+  cfg.gridDim = dim3(splits, p.kvHeads, numSeqs);
   cfg.blockDim = dim3(kDecodeWarps * 32);
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = kRingBytes;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   if (p.mode == OutMode::Cluster) {
@@ -282,32 +368,59 @@ void launchDecodeKernel(const DecodeParams& p, int numSeqs, int splits, cudaStre
     cfg.attrs = attr;
     cfg.numAttrs = 1;
   }
-  DSG_CUDA(cudaLaunchKernelEx(&cfg, decodeAttentionKernel<D, G, U>, p));
+  DSG_CUDA(cudaLaunchKernelEx(&cfg, decodeAttentionKernel<D, G, U, S>, p));
   DSG_LAUNCHED("decodeAttentionKernel");
 }
 
 template <int D, int G>
-bool launchForGroup(const DecodeParams& p, int numSeqs, int splits, int keysPerRow, cudaStream_t stream) {
-  if constexpr (D == 128 && G == 2) {  // the Qwen3 shape: other depths for tuning runs
-    if (keysPerRow == 2) return launchDecodeKernel<D, G, 2>(p, numSeqs, splits, stream), true;
-    if (keysPerRow == 8) return launchDecodeKernel<D, G, 8>(p, numSeqs, splits, stream), true;
+bool launchForGroup(const DecodeParams& p, int numSeqs, int splits, int keysPerRow, int stages, cudaStream_t stream) {
+  if (keysPerRow == kDefaultKeysPerRow && stages == kDefaultStages) {
+    launchDecodeKernel<D, G, kDefaultKeysPerRow, kDefaultStages>(p, numSeqs, splits, stream);
+    return true;
   }
-  if (keysPerRow != kDefaultKeysPerRow) return false;
-  launchDecodeKernel<D, G, kDefaultKeysPerRow>(p, numSeqs, splits, stream);
-  return true;
+  if constexpr (D == 128 && G == 2) {  // the Qwen3 shape: other load depths for tuning runs
+    switch (keysPerRow * 16 + stages) {
+      case 2 * 16 + 0: return launchDecodeKernel<D, G, 2, 0>(p, numSeqs, splits, stream), true;
+      case 4 * 16 + 0: return launchDecodeKernel<D, G, 4, 0>(p, numSeqs, splits, stream), true;
+      case 8 * 16 + 0: return launchDecodeKernel<D, G, 8, 0>(p, numSeqs, splits, stream), true;
+      case 4 * 16 + 2: return launchDecodeKernel<D, G, 4, 2>(p, numSeqs, splits, stream), true;
+      case 4 * 16 + 3: return launchDecodeKernel<D, G, 4, 3>(p, numSeqs, splits, stream), true;
+      case 4 * 16 + 4: return launchDecodeKernel<D, G, 4, 4>(p, numSeqs, splits, stream), true;
+      case 2 * 16 + 4: return launchDecodeKernel<D, G, 2, 4>(p, numSeqs, splits, stream), true;
+      case 2 * 16 + 6: return launchDecodeKernel<D, G, 2, 6>(p, numSeqs, splits, stream), true;
+      default: return false;
+    }
+  }
+  return false;
 }
 
 template <int D>
-bool launchForDim(const DecodeParams& p, int group, int numSeqs, int splits, int keysPerRow, cudaStream_t stream) {
+bool launchForDim(const DecodeParams& p, int group, int numSeqs, int splits, int keysPerRow, int stages,
+                  cudaStream_t stream) {
   switch (group) {
-    case 1: return launchForGroup<D, 1>(p, numSeqs, splits, keysPerRow, stream);
-    case 2: return launchForGroup<D, 2>(p, numSeqs, splits, keysPerRow, stream);
-    case 4: return launchForGroup<D, 4>(p, numSeqs, splits, keysPerRow, stream);
+    case 1: return launchForGroup<D, 1>(p, numSeqs, splits, keysPerRow, stages, stream);
+    case 2: return launchForGroup<D, 2>(p, numSeqs, splits, keysPerRow, stages, stream);
+    case 4: return launchForGroup<D, 4>(p, numSeqs, splits, keysPerRow, stages, stream);
     case 8:
-      if constexpr (D <= 128) return launchForGroup<D, 8>(p, numSeqs, splits, keysPerRow, stream);
+      if constexpr (D <= 128) return launchForGroup<D, 8>(p, numSeqs, splits, keysPerRow, stages, stream);
       return false;
     default: return false;
   }
+}
+
+// Whether the current device launches thread-block clusters (sm_90+), asked once per device.
+bool clusterLaunchSupported() {
+  static std::atomic<uint64_t> known{0}, supported{0};
+  int dev = 0;
+  DSG_CUDA(cudaGetDevice(&dev));
+  const uint64_t bit = uint64_t{1} << dev;
+  if (!(known.load() & bit)) {
+    int value = 0;
+    DSG_CUDA(cudaDeviceGetAttribute(&value, cudaDevAttrClusterLaunch, dev));
+    if (value) supported.fetch_or(bit);
+    known.fetch_or(bit);
+  }
+  return (supported.load() & bit) != 0;
 }
 
 // Blocks per (sequence, KV head): enough blocks to fill the chip, from the batch size alone.
@@ -351,14 +464,16 @@ bool launchDecodeAttention(const bf16* q, const bf16* kCache, const bf16* vCache
   } else {
     splits = tuning && tuning->clusterSplits > 0 ? std::min(tuning->clusterSplits, kMaxClusterSplits)
                                                  : decodeClusterSplits(batch.numSeqs, kvHeads);
+    if (!clusterLaunchSupported()) splits = 1;  // pre-Hopper: one block per (sequence, KV head)
     p.mode = splits > 1 ? OutMode::Cluster : OutMode::Direct;
   }
   const int keysPerRow = tuning && tuning->keysPerRow > 0 ? tuning->keysPerRow : kDefaultKeysPerRow;
+  const int stages = !tuning || tuning->stages == 0 ? kDefaultStages : tuning->stages == 1 ? 0 : tuning->stages;
   const int group = heads / kvHeads;
   switch (headDim) {
-    case 64: return launchForDim<64>(p, group, batch.numSeqs, splits, keysPerRow, stream);
-    case 128: return launchForDim<128>(p, group, batch.numSeqs, splits, keysPerRow, stream);
-    case 256: return launchForDim<256>(p, group, batch.numSeqs, splits, keysPerRow, stream);
+    case 64: return launchForDim<64>(p, group, batch.numSeqs, splits, keysPerRow, stages, stream);
+    case 128: return launchForDim<128>(p, group, batch.numSeqs, splits, keysPerRow, stages, stream);
+    case 256: return launchForDim<256>(p, group, batch.numSeqs, splits, keysPerRow, stages, stream);
     default: return false;
   }
 }

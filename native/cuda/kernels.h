@@ -70,7 +70,8 @@ bool attentionSupportsHeadDim(int headDim);
 /** Tuning overrides for launchDecodeAttention (checks and benchmarks); 0 keeps the built-in choice. */
 struct DecodeTuning {
   int clusterSplits;  // blocks per (sequence, KV head) when numSplits == 1, at most 8
-  int keysPerRow;     // keys each 16-lane row loads per iteration (4; 2 and 8 for head_dim 128, group 2)
+  int keysPerRow;     // keys each row of head_dim/8 lanes loads per iteration
+  int stages;         // 1: K/V straight into registers; >= 2: a cp.async shared-memory ring of that depth
 };
 /** Whether decode steps of this shape take the bandwidth-bound decode kernel (decode_attention.cu): head_dim 64,
  *  128 or 256, GQA group 1, 2, 4 or 8 (8 only up to head_dim 128). It splits internally, so callers pass

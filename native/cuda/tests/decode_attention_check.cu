@@ -335,16 +335,30 @@ static TimingRow timeShape(Flusher& fl, cudaStream_t st, int bs, int ctx, double
   row.newUs = timeLaunch(fl, st, [&](cudaStream_t s) { runNew(s, {0, 0}); });
   row.bestUs = row.newUs;
   row.best = "auto";
+  // Load-depth variants at the automatic cluster size, then cluster sizes for two of them.
+  struct Variant {
+    const char* name;
+    DecodeTuning t;
+  };
+  std::vector<Variant> variants = {{"U4 regs", {0, 4, 1}}, {"U2 regs", {0, 2, 1}}, {"U8 regs", {0, 8, 1}},
+                                   {"U4 S2", {0, 4, 2}},   {"U4 S3", {0, 4, 3}},   {"U4 S4", {0, 4, 4}},
+                                   {"U2 S4", {0, 2, 4}},   {"U2 S6", {0, 2, 6}}};
   for (int c : {1, 2, 4, 8}) {
-    for (int u : {2, 4, 8}) {
-      const double t = timeLaunch(fl, st, [&](cudaStream_t s) { runNew(s, {c, u}); });
-      printf("  bs %3d ctx %4d  C %d U %d: %8.2f us  %.2f TB/s\n", bs, ctx, c, u, t, bytes / (t * 1e-6) / 1e12);
-      if (t < row.bestUs) {
-        row.bestUs = t;
-        row.best = "C" + std::to_string(c) + " U" + std::to_string(u);
-      }
+    variants.push_back({c == 1 ? "C1 U4 regs" : c == 2 ? "C2 U4 regs" : c == 4 ? "C4 U4 regs" : "C8 U4 regs", {c, 4, 1}});
+    variants.push_back({c == 1 ? "C1 U4 S3" : c == 2 ? "C2 U4 S3" : c == 4 ? "C4 U4 S3" : "C8 U4 S3", {c, 4, 3}});
+  }
+  std::string line;
+  for (const auto& v : variants) {
+    const double t = timeLaunch(fl, st, [&](cudaStream_t s) { runNew(s, v.t); });
+    char buf[64];
+    snprintf(buf, sizeof buf, " %s %.2f", v.name, t);
+    line += buf;
+    if (t < row.bestUs) {
+      row.bestUs = t;
+      row.best = v.name;
     }
   }
+  printf("  sweep bs %d ctx %d (us):%s\n", bs, ctx, line.c_str());
   int autoSplits = 1;
   while (autoSplits < 8 && bs * kvHeads * autoSplits < 512) autoSplits *= 2;
   row.newSplits = autoSplits;
@@ -378,6 +392,13 @@ int main(int argc, char** argv) {
     checkDecode("D128 16/8 p16 bs7 splits 3 + merge", 128, 16, 8, 16, mixed(7), 3, X);
     checkDecode("D128 16/8 p1 bs7 U2", 128, 16, 8, 1, mixed(7), 1, X, {0, 2});
     checkDecode("D128 16/8 p16 bs7 U8 C2", 128, 16, 8, 16, mixed(7), 1, X, {2, 8});
+    // The cp.async ring (per-warp shared-memory stages) at several depths.
+    checkDecode("D128 16/8 p16 bs7 U4 S2", 128, 16, 8, 16, mixed(7), 1, X, {0, 4, 2});
+    checkDecode("D128 16/8 p1 bs7 U4 S3 C2", 128, 16, 8, 1, mixed(7), 1, X, {2, 4, 3});
+    checkDecode("D128 16/8 p5 bs7 U4 S4 C1", 128, 16, 8, 5, mixed(7), 1, X, {1, 4, 4});
+    checkDecode("D128 16/8 p16 bs7 U2 S4 C8", 128, 16, 8, 16, mixed(7), 1, X, {8, 2, 4});
+    checkDecode("D128 16/8 p16 bs7 U2 S6 splits 3 + merge", 128, 16, 8, 16, mixed(7), 3, X, {0, 2, 6});
+    checkDecode("D128 16/8 p16 bs7 U8 regs C4", 128, 16, 8, 16, mixed(7), 1, X, {4, 8, 1});
     // Other groups and head dims.
     checkDecode("D64 16/4 (G4) p16 bs5", 64, 16, 4, 16, {1, 17, 192, 15, 300}, 1, X);
     checkDecode("D64 8/8 (G1) p1 bs4 C1", 64, 8, 8, 1, {33, 2, 16, 129}, 1, X, {1, 0});
@@ -399,6 +420,8 @@ int main(int argc, char** argv) {
       checkDecode("D64 8/8 (G1) p1 mixed bs33", 64, 8, 8, 1, mixed(33), 1, X);
       checkDecode("D128 16/4 (G4) p16 mixed bs32", 128, 16, 4, 16, mixed(32), 1, X);
       checkDecode("dispatch D128 16/8 p16 mixed bs128", 128, 16, 8, 16, mixed(128), 1, DP);
+      checkDecode("D128 16/8 p16 mixed bs64 U4 S3", 128, 16, 8, 16, mixed(64), 1, X, {0, 4, 3});
+      checkDecode("D128 16/8 p1 mixed bs256 U2 S4", 128, 16, 8, 1, mixed(256), 1, X, {0, 2, 4});
     }
     printf("correctness: %d failure(s)\n", failures);
     if (!quick) {

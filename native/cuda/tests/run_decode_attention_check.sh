@@ -10,18 +10,21 @@ out=${1:-${OUT:-/tmp}}
 export PATH=/usr/local/cuda/bin:$PATH
 base=native/cuda/tests/baseline_attention.inc
 [ -f "$base" ] || git show "${BASELINE_COMMIT:-af6911f}":native/cuda/attention.cu > "$base"
+obj=$(mktemp -d)  # objects and binary outside $out: only logs come back
 flags=(-std=c++17 -O3 -arch=sm_90 -lineinfo -I native/include -I native/cuda)
-nvcc "${flags[@]}" -Xptxas -v -c native/cuda/decode_attention.cu -o "$out/decode_attention.o" > "$out/build_decode.log" 2>&1 &
+nvcc "${flags[@]}" -Xptxas -v -c native/cuda/decode_attention.cu -o "$obj/decode_attention.o" > "$out/build_decode.log" 2>&1 &
 nvcc "${flags[@]}" -c native/cuda/tests/decode_attention_baseline.cu \
-  -o "$out/baseline.o" > "$out/build_baseline.log" 2>&1 &
-nvcc "${flags[@]}" -c native/cuda/attention.cu -o "$out/attention.o" > "$out/build_attention.log" 2>&1 && touch "$out/attention.ok" &
+  -o "$obj/baseline.o" > "$out/build_baseline.log" 2>&1 &
+nvcc "${flags[@]}" -c native/cuda/attention.cu -o "$obj/attention.o" > "$out/build_attention.log" 2>&1 && touch "$obj/attention.ok" &
 wait
 dispatch=()
-objs=("$out/decode_attention.o" "$out/baseline.o")
-if [ -f "$out/attention.ok" ]; then dispatch=(-DDSG_WITH_DISPATCH); objs+=("$out/attention.o");
+objs=("$obj/decode_attention.o" "$obj/baseline.o")
+if [ -f "$obj/attention.ok" ]; then dispatch=(-DDSG_WITH_DISPATCH); objs+=("$obj/attention.o");
 else echo "attention.cu did not compile (see build_attention.log): dispatch checks skipped"; fi
-nvcc "${flags[@]}" "${dispatch[@]}" native/cuda/tests/decode_attention_check.cu "${objs[@]}" -o "$out/dcheck" 2>&1 | tee "$out/build_check.log"
-grep -A2 "decodeAttentionKernelILi128ELi2ELi4E" "$out/build_decode.log" | grep -E "registers|spill" || true
-compute-sanitizer --tool memcheck --print-limit 20 "$out/dcheck" --quick > "$out/memcheck.log" 2>&1 || true
+nvcc "${flags[@]}" "${dispatch[@]}" native/cuda/tests/decode_attention_check.cu "${objs[@]}" -o "$obj/dcheck" 2>&1 | tee "$out/build_check.log"
+grep -E "Compiling entry|registers" "$out/build_decode.log" | paste - - |
+  sed -E 's/.*decodeAttentionKernelILi([0-9]+)ELi([0-9]+)ELi([0-9]+)ELi([0-9]+)E.*Used ([0-9]+) registers.*/D\1 G\2 U\3 S\4 \5 regs/' | tr '\n' ';'
+echo
+compute-sanitizer --tool memcheck --print-limit 20 "$obj/dcheck" --quick > "$out/memcheck.log" 2>&1 || true
 echo "memcheck (--quick): $(tail -n 1 "$out/memcheck.log")"
-"$out/dcheck" 2>&1 | tee "$out/dcheck.log"
+"$obj/dcheck" 2>&1 | tee "$out/dcheck.log"
