@@ -84,9 +84,3 @@ export function convertPages(data: Uint8Array, pageCount: number, from: KvLayout
   return { data: out, pageCount: outPages, tokenCount: outPages * to.pageSize };
 }
 
-/** The layout `base` would have with another page size and dtype (bytesPerPage recomputed). */
-export function withPageFormat(base: KvLayout, pageSize: number, dtype: string): KvLayout {
-  const bytes = ELEMENT_BYTES[dtype];
-  if (!bytes) throw new LlmError('LLM_ERR_KV_TRANSFER', `unknown KV dtype ${dtype}`);
-  return { ...base, pageSize, dtype, bytesPerPage: 2 * base.numLayers * pageSize * base.numKvHeads * base.headDim * bytes };
-}
