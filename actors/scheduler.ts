@@ -149,8 +149,10 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
     return batch;
   };
   function flush(): void {
+    if (!scheduler) return;
+    closeSample();
     const b = batch;
-    if (!b || !scheduler) return;
+    if (!b) return;
     batch = null;
     const s = scheduler;
     const plainHandles = Int32Array.from(b.plainHandles);
@@ -168,43 +170,47 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
   }
 
   // Step samples for the metrics actor. Steps run one at a time (scheduler invariant G4), so the rank's engine time
-  // and the scheduler's token counters moved by this step alone.
+  // and the scheduler's token counters moved by this step alone. A step goes to the rank first and its sample is
+  // written after; the sample is completed from the rank's counters once its result is in (at the next flush or
+  // the next step), so nothing runs between a result and the scheduler's continuation.
   let stepNo = 0;
-  let inFlight = 0;
+  /** When the last supervisor message arrived: a step submitted after it and after a result was not submitted by
+   * that result's continuation, so it has no result-to-step gap. */
+  let lastMessageAt = 0;
   const counted = { prefill: 0, decode: 0, cacheHits: 0 };
+  let open: { sample: StepSample; submittedAt: number; engine0: number; answered: number } | null = null;
+  const closeSample = () => {
+    if (!open || rank.stats.steps < open.answered) return;
+    open.sample.stepMs = rank.stats.lastResultAt - open.submittedAt;
+    open.sample.engineMs = rank.stats.engineMs - open.engine0;
+    pending().steps.push(open.sample);
+    open = null;
+  };
   const executor: StepExecutor = {
     kv: rank.kv,
     execute(seqs: readonly SeqStep[]): Promise<StepResult> {
-      const s = scheduler!;
       stepNo++;
       if (hook) hook.beforeStep(stepNo, data.hook!.init);
-      const t0 = performance.now();
-      const lastResultAt = rank.stats.lastResultAt;
-      const submitGapMs = inFlight === 0 && lastResultAt > 0 ? t0 - lastResultAt : null;
+      const previousDone = rank.stats.steps === stepNo - 1;
+      const submittedAt = performance.now();
+      const engine0 = rank.stats.engineMs;
+      const result = rank.execute(seqs);
+      closeSample();
+      const s = scheduler!;
       const st = s.stats;
-      const sample: StepSample = {
-        batchSize: seqs.length, prefillTokens: st.prefillTokens - counted.prefill, decodeTokens: st.decodeTokens - counted.decode,
-        queued: s.queuedCount, running: s.runningCount, kvUsedPages: s.allocator.usedCount, cacheHitTokens: st.cacheHitTokens - counted.cacheHits,
-        stepMs: 0, engineMs: 0, submitGapMs,
+      const lastResultAt = rank.stats.lastResultAt;
+      open = {
+        sample: {
+          batchSize: seqs.length, prefillTokens: st.prefillTokens - counted.prefill, decodeTokens: st.decodeTokens - counted.decode,
+          queued: s.queuedCount, running: s.runningCount, kvUsedPages: s.allocator.usedCount, cacheHitTokens: st.cacheHitTokens - counted.cacheHits,
+          stepMs: 0, engineMs: 0, submitGapMs: previousDone && lastResultAt > lastMessageAt ? submittedAt - lastResultAt : null,
+        },
+        submittedAt, engine0, answered: stepNo,
       };
       counted.prefill = st.prefillTokens;
       counted.decode = st.decodeTokens;
       counted.cacheHits = st.cacheHitTokens;
-      const engine0 = rank.stats.engineMs;
-      inFlight++;
-      return rank.execute(seqs).then(
-        (result) => {
-          inFlight--;
-          sample.stepMs = rank.stats.lastResultAt - t0;
-          sample.engineMs = rank.stats.engineMs - engine0;
-          pending().steps.push(sample);
-          return result;
-        },
-        (err: unknown) => {
-          inFlight--;
-          throw err;
-        },
-      );
+      return result;
     },
   };
 
@@ -255,6 +261,7 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
   };
 
   port.on('message', (m: SchedulerInbox) => {
+    lastMessageAt = performance.now();
     switch (m.kind) {
       case 'submit':
         try {
