@@ -10,7 +10,7 @@
 //   temperature (f32), topP (f32), topK, minP (f32), seedLo (u32), seedHi (u32), logprobs, outputIndex,
 //   bannedCount (<= MAX_BANNED_TOKENS).
 
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import { LlmError } from '../errors.js';
 import type { SeqStep } from './types.js';
 
@@ -101,6 +101,18 @@ function checkBanned(s: number, ids: readonly number[], vocabSize: number | unde
 }
 
 /** Packs a ragged batch into the step descriptor of native/include/step.h. Throws LLM_ERR_STEP_INVALID. */
+// Unseeded draws take their seeds from a pool of random bytes refilled 4 KiB at a time: one randomBytes call per
+// sequence per step cost ~3 us each (0.8 ms per 256-sequence step).
+const seedPool = new Uint32Array(1024);
+let seedPoolNext = seedPool.length;
+function freshSeedWord(): number {
+  if (seedPoolNext === seedPool.length) {
+    randomFillSync(seedPool);
+    seedPoolNext = 0;
+  }
+  return seedPool[seedPoolNext++];
+}
+
 export function packStep(seqs: readonly SeqStep[], pageSize: number, options: PackOptions = {}): Int32Array {
   if (!isInt(pageSize) || pageSize < 1) invalid(`pageSize ${pageSize} must be an integer >= 1`);
   if (seqs.length === 0) invalid('a step needs at least one sequence');
@@ -176,10 +188,14 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
     let seedLo: number;
     let seedHi: number;
     if (sp.seed === null) {
-      // No seed asked: a fresh random stream for this draw.
-      const r = randomBytes(8);
-      seedLo = r.readUInt32LE(0);
-      seedHi = r.readUInt32LE(4);
+      // No seed asked: a fresh random stream for this draw (greedy draws use none).
+      if (sp.temperature === 0) {
+        seedLo = 0;
+        seedHi = 0;
+      } else {
+        seedLo = freshSeedWord();
+        seedHi = freshSeedWord();
+      }
     } else {
       checkSeed(s, sp.seed);
       [seedLo, seedHi] = splitSeed(sp.seed);
