@@ -82,7 +82,7 @@ summarize() {
     sed 's/^/  - `/; s/$/`/' "$work/commands"
     echo
     node --import tsx bench/disagg/summary.ts --compare "$work/compare.json" --decode-log "$out/decode.log" --p2p "$work/p2p.json" \
-      --agg-bench "$out/bench-agg.json" --dis-bench "$out/bench-dis.json" 2>&1
+      --agg-bench "$out/bench-agg.json" --dis-bench "$out/bench-dis.json" --ipc-check "$work/kvipc-result.txt" 2>&1
   } > "$out/summary.md"
   echo
   cat "$out/summary.md"
@@ -113,9 +113,17 @@ if [ "$device" = cuda ]; then
   tail -1 "$work/p2p.out" > "$work/p2p.json"
   say "peer-to-peer: $(cat "$work/p2p.json")"
 fi
+if [ "$device" = cuda ]; then
+  # the transfer itself, two processes, no workers: native/cuda/tests/kv_ipc_check.cu
+  record "nvcc -std=c++17 -O3 -arch=sm_90 -I native/include -I native/cuda native/cuda/tests/kv_ipc_check.cu native/cuda/kv_ipc.cu -o kvipc && CUDA_VISIBLE_DEVICES=0,1 ./kvipc"
+  { timeout 120 nvcc -std=c++17 -O3 -arch=sm_90 -I native/include -I native/cuda native/cuda/tests/kv_ipc_check.cu native/cuda/kv_ipc.cu -o "$work/kvipc" &&
+    CUDA_VISIBLE_DEVICES=0,1 timeout 60 "$work/kvipc"; } > "$work/kvipc.log" 2>&1
+  tail -1 "$work/kvipc.log" > "$work/kvipc-result.txt"
+  say "kv_ipc_check: $(cat "$work/kvipc-result.txt")"
+fi
 wait $build_job
 build_rc=$?
-cat "$work/native.log" native/build/build.log "$work/make-model.log" "$work/p2p.out" > "$out/setup.log" 2>/dev/null
+cat "$work/native.log" native/build/build.log "$work/make-model.log" "$work/p2p.out" "$work/kvipc.log" > "$out/setup.log" 2>/dev/null
 tail -1 "$work/native.log"
 [ $build_rc = 0 ] || die "native addon build (exit $build_rc): see setup.log"
 if [ "$device" = cuda ] && ! grep -q 'backends: cpu, cuda' "$work/native.log"; then

@@ -14,6 +14,7 @@ const { values } = parseArgs({
     p2p: { type: 'string' },
     'agg-bench': { type: 'string' },
     'dis-bench': { type: 'string' },
+    'ipc-check': { type: 'string' },
   },
 });
 
@@ -51,6 +52,8 @@ const cmp = readJson<{ total: number; equal: number; maxTokens: number }>(values
 
 console.log('| Check | Value |');
 console.log('|---|---|');
+const ipcCheck = values['ipc-check'] && existsSync(values['ipc-check']) ? readFileSync(values['ipc-check'], 'utf8').trim() : null;
+if (ipcCheck !== null) console.log(`| Two-process CUDA IPC pull check (native/cuda/tests/kv_ipc_check.cu) | ${ipcCheck || 'no output'} |`);
 console.log(`| Greedy outputs equal to the aggregated worker | ${cmp ? `${cmp.equal}/${cmp.total} (${cmp.maxTokens} tokens each)` : 'n/a (compare failed)'} |`);
 console.log(`| Transfers: GPU path (cuda-ipc) / tcp / cuda-ipc fallbacks to tcp | ${pulls.length} / ${tcpTransfers} / ${fallbacks} |`);
 console.log(`| KV moved by the GPU path | ${fmt(bytes / 2 ** 20, 1)} MiB in ${fmt(deviceMs, 2)} ms on the device, ${fmt(hostMs, 2)} ms on the host |`);
