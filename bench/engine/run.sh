@@ -10,7 +10,7 @@ export PATH=/usr/local/cuda/bin:$PATH
 out=${OUT:-/tmp/dsg-engine}
 mkdir -p "$out"
 SANITIZE=${SANITIZE:-1} bash native/cuda/tests/run_kernel_check.sh "$out" > "$out/kcheck_all.log" 2>&1
-grep -E "FAIL|PASSED|FAILED|ERROR" "$out/kcheck_all.log"
+grep -E "^\||FAIL|error" "$out/kcheck_all.log"
 node scripts/build-native.mjs > "$out/build.log" 2>&1; tail -1 "$out/build.log"
 DSG_STORIES_MODEL=models/stories260K.gguf timeout 300 npx tap test/cuda-engine.test.ts > "$out/cuda_test.log" 2>&1
 grep -E "^\s*not ok|^# \{" "$out/cuda_test.log" | head
