@@ -17,13 +17,13 @@
 import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import type { SeqStep, StepResult } from '../src/engine/types.js';
-import { DisaggKvOps, exportCachedPrefix, importPrefix, type DisaggKvOp, type DisaggKvReply, type PrefixPages } from '../src/disagg/prefix.js';
+import { DisaggKvOps, exportParked, importPrefix, type DisaggKvOp, type DisaggKvReply, type PrefixPages } from '../src/disagg/prefix.js';
 import {
   Scheduler, type OutputSink, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest, type SchedulerStats, type StepExecutor,
 } from '../src/scheduler/scheduler.js';
 import { unreachable, type EngineSummary } from './messages.js';
 import type { MetricsActor, SchedulerLoad, StepSample } from './metrics.js';
-import { RankHandle } from './rank.js';
+import { RankHandle, type StepTiming } from './rank.js';
 import { siblingModule, spawnWorker } from './worker.js';
 
 /** The scheduler's inbox. */
@@ -38,13 +38,15 @@ export type SchedulerInbox =
 
 /** Requests answered by one 'opDone' or 'opError'. */
 export type SchedulerOp =
-  | { kind: 'exportPrefix'; tokenIds: number[]; maxTokens: number }
-  | { kind: 'importPrefix'; prefix: PrefixPages }
+  /** The KV parked under key (a finished prefill's prompt, tokenIds), copied to the host, then released. */
+  | { kind: 'exportParked'; key: string; tokenIds: number[] }
+  /** Transferred KV imported; parked under parkAs for the request submitted with it (src/disagg/prefix.ts). */
+  | { kind: 'importPrefix'; prefix: PrefixPages; parkAs: string | null }
   | { kind: 'disaggKv'; op: DisaggKvOp }
   | { kind: 'checkIntegrity' };
 
 export type SchedulerOpResult =
-  | { kind: 'exportPrefix'; prefix: PrefixPages }
+  | { kind: 'exportParked'; prefix: PrefixPages }
   | { kind: 'importPrefix'; pages: number }
   | { kind: 'disaggKv'; reply: DisaggKvReply }
   | { kind: 'checkIntegrity' };
@@ -127,10 +129,14 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
     flush();
   };
 
+  /** Timings of answered steps whose samples are still open. */
+  const timings = new Map<number, StepTiming>();
   let rank: RankHandle;
   let hook: SchedulerHookModule | null;
   try {
-    rank = await RankHandle.spawn({ ...data.rank, onFailure: (err) => reportFailure(err.toPayload()) });
+    rank = await RankHandle.spawn({
+      ...data.rank, onFailure: (err) => reportFailure(err.toPayload()), onStepTiming: (timing) => timings.set(timing.stepNo, timing),
+    });
     hook = data.hook ? ((await import(data.hook.module)) as SchedulerHookModule) : null;
   } catch (err) {
     send({ kind: 'initError', error: toErrorPayload(err) });
@@ -169,44 +175,48 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
     );
   }
 
-  // Step samples for the metrics actor. Steps run one at a time (scheduler invariant G4), so the rank's engine time
-  // and the scheduler's token counters moved by this step alone. A step goes to the rank first and its sample is
-  // written after; the sample is completed from the rank's counters once its result is in (at the next flush or
-  // the next step), so nothing runs between a result and the scheduler's continuation.
+  // Step samples for the metrics actor. A step goes to the rank first and its sample is written after; the sample is
+  // completed from the rank's timing of that step once its result is in (at the next flush or the next step), so
+  // nothing runs between a result and the scheduler's continuation. With overlap on, two steps may be in flight.
   let stepNo = 0;
   /** When the last supervisor message arrived: a step submitted after it and after a result was not submitted by
-   * that result's continuation, so it has no result-to-step gap. */
+   * that result's continuation, so the rank's wait before it is not a result-to-step gap. */
   let lastMessageAt = 0;
   const counted = { prefill: 0, decode: 0, cacheHits: 0 };
-  let open: { sample: StepSample; submittedAt: number; engine0: number; answered: number } | null = null;
+  const open: { sample: StepSample; submittedAt: number; stepNo: number; gapped: boolean }[] = [];
   const closeSample = () => {
-    if (!open || rank.stats.steps < open.answered) return;
-    open.sample.stepMs = rank.stats.lastResultAt - open.submittedAt;
-    open.sample.engineMs = rank.stats.engineMs - open.engine0;
-    pending().steps.push(open.sample);
-    open = null;
+    while (open.length && timings.has(open[0].stepNo)) {
+      const o = open.shift()!;
+      const timing = timings.get(o.stepNo)!;
+      timings.delete(o.stepNo);
+      o.sample.stepMs = timing.resultAt - o.submittedAt;
+      o.sample.engineMs = timing.engineMs;
+      o.sample.submitGapMs = o.gapped ? timing.idleMs : null;
+      pending().steps.push(o.sample);
+    }
   };
   const executor: StepExecutor = {
     kv: rank.kv,
     execute(seqs: readonly SeqStep[]): Promise<StepResult> {
       stepNo++;
       if (hook) hook.beforeStep(stepNo, data.hook!.init);
-      const previousDone = rank.stats.steps === stepNo - 1;
+      // The rank's wait before this step is a result-to-step gap when the previous step was still running at
+      // submission (overlap), or this step was submitted by the previous result's continuation.
+      const previousRunning = stepNo > 1 && rank.stats.steps < stepNo - 1;
+      const previousDone = rank.stats.steps === stepNo - 1 && rank.stats.lastResultAt > lastMessageAt;
       const submittedAt = performance.now();
-      const engine0 = rank.stats.engineMs;
       const result = rank.execute(seqs);
       closeSample();
       const s = scheduler!;
       const st = s.stats;
-      const lastResultAt = rank.stats.lastResultAt;
-      open = {
+      open.push({
         sample: {
           batchSize: seqs.length, prefillTokens: st.prefillTokens - counted.prefill, decodeTokens: st.decodeTokens - counted.decode,
           queued: s.queuedCount, running: s.runningCount, kvUsedPages: s.allocator.usedCount, cacheHitTokens: st.cacheHitTokens - counted.cacheHits,
-          stepMs: 0, engineMs: 0, submitGapMs: previousDone && lastResultAt > lastMessageAt ? submittedAt - lastResultAt : null,
+          stepMs: 0, engineMs: 0, submitGapMs: null,
         },
-        submittedAt, engine0, answered: stepNo,
-      };
+        submittedAt, stepNo, gapped: previousRunning || (stepNo > 1 && previousDone),
+      });
       counted.prefill = st.prefillTokens;
       counted.decode = st.decodeTokens;
       counted.cacheHits = st.cacheHitTokens;
@@ -244,12 +254,12 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
   const disaggKv = new DisaggKvOps(sched, rank);
   const runOp = async (op: SchedulerOp): Promise<{ result: SchedulerOpResult; transfer: ArrayBuffer[] }> => {
     switch (op.kind) {
-      case 'exportPrefix': {
-        const prefix = await exportCachedPrefix(sched, rank, op.tokenIds, op.maxTokens);
-        return { result: { kind: 'exportPrefix', prefix }, transfer: prefix.data.buffer instanceof ArrayBuffer ? [prefix.data.buffer] : [] };
+      case 'exportParked': {
+        const prefix = await exportParked(sched, rank, op.key, op.tokenIds);
+        return { result: { kind: 'exportParked', prefix }, transfer: prefix.data.buffer instanceof ArrayBuffer ? [prefix.data.buffer] : [] };
       }
       case 'importPrefix':
-        return { result: { kind: 'importPrefix', pages: await importPrefix(sched, rank, op.prefix) }, transfer: [] };
+        return { result: { kind: 'importPrefix', pages: await importPrefix(sched, rank, op.prefix, op.parkAs) }, transfer: [] };
       case 'disaggKv':
         return { result: { kind: 'disaggKv', reply: await disaggKv.run(op.op) }, transfer: [] };
       case 'checkIntegrity':
@@ -316,7 +326,7 @@ export interface SchedulerSpawnOptions {
   onFailure: (error: LlmError, scheduler: SchedulerHandle) => void;
 }
 
-const EMPTY_STATS: SchedulerStats = { steps: 0, prefillTokens: 0, decodeTokens: 0, retractions: 0, cacheHitTokens: 0, hostMs: 0, idleMs: 0 };
+const EMPTY_STATS: SchedulerStats = { steps: 0, prefillTokens: 0, decodeTokens: 0, retractions: 0, cacheHitTokens: 0, handedOverTokens: 0, hostMs: 0, idleMs: 0 };
 
 export class SchedulerHandle {
   readonly engine: EngineSummary;
@@ -445,16 +455,18 @@ export class SchedulerHandle {
     await this.op({ kind: 'checkIntegrity' });
   }
 
-  /** Disaggregated prefill: the cached full pages of tokenIds[0, maxTokens), copied after every step submitted. */
-  async exportPrefix(tokenIds: number[], maxTokens: number): Promise<PrefixPages> {
-    const r = await this.op({ kind: 'exportPrefix', tokenIds, maxTokens });
-    if (r.kind !== 'exportPrefix') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered exportPrefix with ${r.kind}`);
+  /** Disaggregated prefill: the KV parked under key (the prompt tokenIds' pages), copied to the host after every
+   * step submitted, then released. */
+  async exportParked(key: string, tokenIds: number[]): Promise<PrefixPages> {
+    const r = await this.op({ kind: 'exportParked', key, tokenIds });
+    if (r.kind !== 'exportParked') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered exportParked with ${r.kind}`);
     return r.prefix;
   }
 
-  /** Disaggregated decode: transferred pages become a cached prefix; returns the number of pages imported. */
-  async importPrefix(prefix: PrefixPages): Promise<number> {
-    const r = await this.op({ kind: 'importPrefix', prefix });
+  /** Disaggregated decode: transferred pages become a cached prefix, or (parkAs) KV parked for a handed-over
+   * request; returns the number of pages written. */
+  async importPrefix(prefix: PrefixPages, parkAs: string | null): Promise<number> {
+    const r = await this.op({ kind: 'importPrefix', prefix, parkAs });
     if (r.kind !== 'importPrefix') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered importPrefix with ${r.kind}`);
     return r.pages;
   }

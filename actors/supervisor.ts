@@ -9,7 +9,7 @@ import { MAX_TOP_LOGPROBS } from '../src/engine/step.js';
 import { PreprocessedRequestSchema, type PreprocessedRequest } from '../src/protocol/request.js';
 import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { parseWire } from '../src/protocol/validate.js';
-import type { RadixEvent, RequestOutput, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
+import type { HandOver, RadixEvent, RequestOutput, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
 import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../src/disagg/prefix.js';
 import type { EngineSummary } from './messages.js';
 import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
@@ -57,6 +57,10 @@ export interface GenerateOptions {
   signal?: AbortSignal;
   /** Defaults to a random UUID. */
   requestId?: string;
+  /** Disaggregated prefill: park the prompt's KV under this key when the request stops at its first token. */
+  parkKvAs?: string;
+  /** Disaggregated decode: the request arrives prefilled (src/scheduler/request.ts Q5). */
+  handOver?: HandOver;
 }
 
 const DEFAULTS = {
@@ -142,6 +146,8 @@ export class Supervisor {
     const scheduler = this.core;
     const id = options.requestId ?? randomUUID();
     const input = this.toSchedulerRequest(id, req);
+    if (options.parkKvAs !== undefined) input.parkKvAs = options.parkKvAs;
+    if (options.handOver) input.handOver = options.handOver;
     const t0 = performance.now();
     let firstTokenMs: number | null = null;
     const outputs = new OutputQueue();
@@ -175,18 +181,19 @@ export class Supervisor {
     }
   }
 
-  /** Disaggregated prefill: copies the cached full pages of tokenIds[0, maxTokens) to the host, ordered after every
-   * step already submitted (src/disagg/prefix.ts, run in the scheduler's thread). */
-  exportPrefix(tokenIds: number[], maxTokens: number): Promise<PrefixPages> {
+  /** Disaggregated prefill: copies the KV a request generated with `parkKvAs: key` left parked (its prompt
+   * tokenIds' pages) to the host, ordered after every step already submitted, and releases it (src/disagg/prefix.ts,
+   * run in the scheduler's thread). */
+  exportParked(key: string, tokenIds: number[]): Promise<PrefixPages> {
     if (!this.core) return Promise.reject(this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running'));
-    return this.core.exportPrefix(tokenIds, maxTokens);
+    return this.core.exportParked(key, tokenIds);
   }
 
-  /** Disaggregated decode: makes transferred pages a cached prefix, ordered before every step submitted later;
-   * returns the number of pages imported. */
-  async importPrefix(prefix: PrefixPages): Promise<number> {
+  /** Disaggregated decode: imports transferred KV, ordered before every step submitted later: as a cached prefix,
+   * or (parkAs) parked for the request then generated with `handOver.kvKey` = parkAs. Returns the pages written. */
+  async importPrefix(prefix: PrefixPages, parkAs: string | null): Promise<number> {
     if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
-    return this.core.importPrefix(prefix);
+    return this.core.importPrefix(prefix, parkAs);
   }
 
   /** Disaggregated GPU-path KV ops (holds, pulls, pool export/open/close), in the scheduler's thread. */

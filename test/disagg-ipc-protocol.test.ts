@@ -40,7 +40,7 @@ const ipcOffer = (knownPool: string | null = null) => ({ offer: ['cuda-ipc' as c
 t.test('pulled: the handle once, then the page list; pages released only after pulled', async (t) => {
   const s = await sender(t);
   const h = held([5, 9, 2]);
-  const published = s.publish(1n, { kind: 'held', held: h });
+  const published = s.publish(1n, { kind: 'held', held: h, prefilled: null });
   const got = (await fetchKv({ host: '127.0.0.1', port: s.port, room: 1n, layout, timeoutMs: 3000, transfer: ipcOffer() })) as IpcKv;
   t.equal(got.kind, 'cuda-ipc');
   t.same(got.header.pages, [5, 9, 2]);
@@ -53,7 +53,7 @@ t.test('pulled: the handle once, then the page list; pages released only after p
   t.same(s.pending, { rooms: 0, bytes: 0 });
 
   const h2 = held([1]);
-  const published2 = s.publish(2n, { kind: 'held', held: h2 });
+  const published2 = s.publish(2n, { kind: 'held', held: h2, prefilled: null });
   const again = (await fetchKv({ host: '127.0.0.1', port: s.port, room: 2n, layout, timeoutMs: 3000, transfer: ipcOffer('pool-1') })) as IpcKv;
   t.equal(again.header.pool.handle, null, 'no handle for a pool the decode worker has open');
   await again.pulled(layout.bytesPerPage, 0.01);
@@ -64,7 +64,7 @@ t.test('pulled: the handle once, then the page list; pages released only after p
 t.test('fallback: the held pages host-staged; tcp-only decode workers get them host-staged at once', async (t) => {
   const s = await sender(t);
   const h = held([3, 4]);
-  const published = s.publish(3n, { kind: 'held', held: h });
+  const published = s.publish(3n, { kind: 'held', held: h, prefilled: null });
   const got = (await fetchKv({ host: '127.0.0.1', port: s.port, room: 3n, layout, timeoutMs: 3000, transfer: ipcOffer() })) as IpcKv;
   const host = await got.fallback('cudaIpcOpenMemHandle failed');
   await published;
@@ -73,7 +73,7 @@ t.test('fallback: the held pages host-staged; tcp-only decode workers get them h
   t.equal(h.releases, 1);
 
   const h2 = held([6]);
-  const published2 = s.publish(4n, { kind: 'held', held: h2 });
+  const published2 = s.publish(4n, { kind: 'held', held: h2, prefilled: null });
   const tcp = await fetchKv({ host: '127.0.0.1', port: s.port, room: 4n, layout, timeoutMs: 3000, transfer: { offer: ['tcp'], node: thisNode(), knownPool: null } });
   await published2;
   t.equal(tcp.kind, 'tcp');
@@ -83,14 +83,14 @@ t.test('fallback: the held pages host-staged; tcp-only decode workers get them h
 t.test('a decode side gone mid-pull releases the pages; so does the timeout', async (t) => {
   const s = await sender(t, 'auto', 500);
   const h = held([7]);
-  const published = s.publish(5n, { kind: 'held', held: h }).then(() => null, (e: Error) => e);
+  const published = s.publish(5n, { kind: 'held', held: h, prefilled: null }).then(() => null, (e: Error) => e);
   const got = (await fetchKv({ host: '127.0.0.1', port: s.port, room: 5n, layout, timeoutMs: 3000, transfer: ipcOffer() })) as IpcKv;
   got.close();
   t.match((await published)?.message, /decode worker .* went away before the KV pages were sent/);
   t.equal(h.releases, 1);
 
   const h2 = held([8]);
-  const timedOut = await s.publish(6n, { kind: 'held', held: h2 }).then(() => null, (e: Error) => e);
+  const timedOut = await s.publish(6n, { kind: 'held', held: h2, prefilled: null }).then(() => null, (e: Error) => e);
   t.match(timedOut?.message, /LLM_ERR_TIMEOUT|no decode worker fetched its KV pages within 0.5 s/);
   t.equal(h2.releases, 1);
   t.same(s.pending, { rooms: 0, bytes: 0 });
@@ -99,7 +99,7 @@ t.test('a decode side gone mid-pull releases the pages; so does the timeout', as
 t.test('a forced cuda-ipc prefill side refuses tcp-only and fallback requests, naming why', async (t) => {
   const s = await sender(t, 'cuda-ipc');
   const h = held([1]);
-  const published = s.publish(7n, { kind: 'held', held: h }).then(() => null, (e: Error) => e);
+  const published = s.publish(7n, { kind: 'held', held: h, prefilled: null }).then(() => null, (e: Error) => e);
   const err = await fetchKv({ host: '127.0.0.1', port: s.port, room: 7n, layout, timeoutMs: 3000, transfer: { offer: ['tcp'], node: thisNode(), knownPool: null } }).then(
     () => null,
     (e: Error) => e,

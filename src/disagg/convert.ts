@@ -34,18 +34,21 @@ export function bf16ToF32(src: Uint16Array, dst: Float32Array = new Float32Array
 
 export interface ConvertedPages {
   data: Uint8Array;
-  /** Whole pages of the target page size: the tokens beyond the last whole one are left for the decode side. */
+  /** Pages of the target page size: whole ones only (the tokens beyond the last whole one are left for the decode
+   * side), or with `tokens` given, ceil(tokens / page size) (the last one partial). */
   pageCount: number;
   tokenCount: number;
 }
 
 /**
  * Repacks `pageCount` pages exported under `from` into the page size and dtype of `to` (same per-token shape).
- * Returns the data unchanged when nothing differs.
+ * Without `tokens`, the whole target pages the source pages fill; with it, the KV of token positions [0, tokens)
+ * (a hand-over, its last page partial on either side). Returns the data unchanged when nothing differs.
  */
-export function convertPages(data: Uint8Array, pageCount: number, from: KvLayout, to: KvLayout): ConvertedPages {
-  const tokens = pageCount * from.pageSize;
-  if (from.pageSize === to.pageSize && from.dtype === to.dtype) return { data, pageCount, tokenCount: tokens };
+export function convertPages(data: Uint8Array, pageCount: number, from: KvLayout, to: KvLayout, tokens?: number): ConvertedPages {
+  const rows = tokens ?? pageCount * from.pageSize;
+  if (rows > pageCount * from.pageSize) throw new LlmError('LLM_ERR_KV_TRANSFER', `KV of ${rows} tokens cannot be in ${pageCount} pages of ${from.pageSize}`);
+  if (from.pageSize === to.pageSize && from.dtype === to.dtype) return { data, pageCount, tokenCount: rows };
   const inBytes = ELEMENT_BYTES[from.dtype];
   const outBytes = ELEMENT_BYTES[to.dtype];
   if (!inBytes || !outBytes) {
@@ -56,7 +59,8 @@ export function convertPages(data: Uint8Array, pageCount: number, from: KvLayout
   if (data.length !== pageCount * tensors * from.pageSize * rowElems * inBytes) {
     throw new LlmError('LLM_ERR_KV_TRANSFER', `KV page data has ${data.length} bytes, expected ${pageCount} pages of ${tensors * from.pageSize * rowElems * inBytes}`);
   }
-  const outPages = Math.floor(tokens / to.pageSize);
+  const outPages = tokens === undefined ? Math.floor(rows / to.pageSize) : Math.ceil(rows / to.pageSize);
+  const outRows = tokens === undefined ? outPages * to.pageSize : rows;
   const out = new Uint8Array(outPages * tensors * to.pageSize * rowElems * outBytes);
   const rowIn = rowElems * inBytes;
   const rowOut = rowElems * outBytes;
@@ -64,7 +68,7 @@ export function convertPages(data: Uint8Array, pageCount: number, from: KvLayout
   const aligned = data.byteOffset % 4 === 0 ? data : new Uint8Array(data);
   const f32In = inBytes === 4 ? new Float32Array(aligned.buffer, aligned.byteOffset, aligned.length / 4) : null;
   const bf16In = inBytes === 2 ? new Uint16Array(aligned.buffer, aligned.byteOffset, aligned.length / 2) : null;
-  for (let t = 0; t < outPages * to.pageSize; t++) {
+  for (let t = 0; t < outRows; t++) {
     const sp = Math.floor(t / from.pageSize);
     const sr = t % from.pageSize;
     const dp = Math.floor(t / to.pageSize);
@@ -81,6 +85,6 @@ export function convertPages(data: Uint8Array, pageCount: number, from: KvLayout
       }
     }
   }
-  return { data: out, pageCount: outPages, tokenCount: outPages * to.pageSize };
+  return { data: out, pageCount: outPages, tokenCount: outRows };
 }
 

@@ -7,6 +7,10 @@
 //   decode  `pulled` once the pages are in its own pool (its stream synchronised), or `fallback` to get them as
 //           host-staged `pages` instead (its GPU cannot open the pool)
 //   prefill `released` once it unlocked its pages; only then does the decode side use what it pulled.
+// Both page frames may carry `prefilled` (the hand-over, SGLang's KV + aux data): the pages then hold the KV of
+// every prompt position, the last page partial when the prompt is not a multiple of the page size, and the prefill
+// worker's first output token comes with them, so the decode worker starts decoding at once. Without it they hold
+// only whole pages and the decode worker computes the prompt's tail and first token itself.
 import type { Socket } from 'node:net';
 import { Type, type Static } from '@sinclair/typebox';
 import { LlmError } from '../errors.js';
@@ -59,6 +63,20 @@ export const IpcPoolSchema = Type.Object(
   { title: 'KvIpcPool' },
 );
 export type IpcPoolWire = Static<typeof IpcPoolSchema>;
+/** The prefill worker's first output of a handed-over request. */
+export const PrefilledSchema = Type.Object(
+  {
+    first_token_id: Type.Integer({ minimum: 0 }),
+    /** Present when the request asked for logprobs (output_options.logprobs >= 0). */
+    logprob: Type.Union([Type.Number(), Type.Null()]),
+    top_logprobs: Type.Union([Type.Array(Type.Object({ token_id: Type.Integer({ minimum: 0 }), logprob: Type.Number() })), Type.Null()]),
+    /** Prompt tokens the prefill worker's prefix cache served (the decode worker reports them in its usage). */
+    cached_tokens: Type.Integer({ minimum: 0 }),
+  },
+  { title: 'KvPrefilled' },
+);
+export type Prefilled = Static<typeof PrefilledSchema>;
+
 export const IpcPagesFrameSchema = Type.Object(
   {
     type: Type.Literal('ipc-pages'),
@@ -68,6 +86,7 @@ export const IpcPagesFrameSchema = Type.Object(
     /** The prefill pool's pages holding token_ids, in order (locked until `pulled` or the connection closes). */
     pages: Type.Array(Type.Integer({ minimum: 0 })),
     pool: IpcPoolSchema,
+    prefilled: Type.Optional(PrefilledSchema),
   },
   { title: 'KvIpcPagesFrame' },
 );
@@ -85,9 +104,11 @@ export const PagesFrameSchema = Type.Object(
     type: Type.Literal('pages'),
     room: RoomText,
     layout: KvLayoutSchema,
-    /** The tokens whose KV the pages hold: pageCount × pageSize leading prompt tokens. */
+    /** The tokens whose KV the pages hold: page_count × pageSize leading prompt tokens, or with `prefilled` the
+     * whole prompt in ceil(length / pageSize) pages. */
     token_ids: Type.Array(Type.Integer({ minimum: 0 })),
     page_count: Type.Integer({ minimum: 0 }),
+    prefilled: Type.Optional(PrefilledSchema),
   },
   { title: 'KvPagesFrame' },
 );

@@ -1,12 +1,13 @@
 // The decode side of a KV hand-off: fetch a room's KV pages from the prefill worker's bootstrap server (the
 // service then imports them as a cached prefix, ./prefix.ts). Host-staged pages arrive in one frame and are
-// converted to this worker's page size and dtype when those differ (./convert.ts). On the GPU path the prefill
+// converted to this worker's page size and dtype when those differ (./convert.ts), a hand-over's partial last page
+// too (its rows repacked into this worker's pages, the last of them partial). On the GPU path the prefill
 // side answers with its pool and page list instead; the caller pulls them, then confirms with `pulled` and must
 // wait for `released` before it uses the pages (a prefill side gone before that may have freed them mid-pull).
 import { connect, type Socket } from 'node:net';
 import { LlmError, isErrorCode } from '../errors.js';
 import { convertPages } from './convert.js';
-import { FrameReader, writeFrame, type BootstrapFrame, type Frame, type IpcPagesFrame, type NodeIdentity, type TransferKind } from './frames.js';
+import { FrameReader, writeFrame, type BootstrapFrame, type Frame, type IpcPagesFrame, type NodeIdentity, type Prefilled, type TransferKind } from './frames.js';
 import { checkLayouts, type KvLayout } from './layout.js';
 
 export interface FetchKvOptions {
@@ -20,12 +21,14 @@ export interface FetchKvOptions {
   transfer?: { offer: TransferKind[]; node: NodeIdentity; knownPool: string | null };
 }
 
-/** Pages host-staged, already in this worker's layout (whole pages of its page size). */
+/** Pages host-staged, already in this worker's layout: whole pages of its page size, or with `prefilled` the KV of
+ * every position of tokenIds (the whole prompt) in ceil(length / page size) pages. */
 export interface HostKv {
   kind: 'tcp';
   tokenIds: number[];
   pageCount: number;
   data: Uint8Array;
+  prefilled: Prefilled | null;
 }
 
 /** Pages to pull from the prefill worker's pool; the connection stays open until close(). */
@@ -142,11 +145,18 @@ function hostPages(f: Frame, o: FetchKvOptions, server: string): HostKv {
   if (h.room !== o.room.toString()) throw new LlmError('LLM_ERR_PROTOCOL', `prefill worker at ${server} sent room ${h.room}, asked for ${o.room}`);
   checkLayouts(h.layout, o.layout, `bootstrap room ${o.room}: prefill worker ${server} vs this decode worker`);
   const expected = h.page_count * h.layout.bytesPerPage;
-  if (f.body.length !== expected || h.token_ids.length !== h.page_count * h.layout.pageSize) {
-    throw new LlmError('LLM_ERR_PROTOCOL', `prefill worker at ${server} sent ${f.body.length} bytes and ${h.token_ids.length} tokens for ${h.page_count} pages (expected ${expected} bytes, ${h.page_count * h.layout.pageSize} tokens)`);
+  if (f.body.length !== expected || !pagesHold(h.page_count, h.layout.pageSize, h.token_ids.length, h.prefilled !== undefined)) {
+    throw new LlmError('LLM_ERR_PROTOCOL', `prefill worker at ${server} sent ${f.body.length} bytes and ${h.token_ids.length} tokens for ${h.page_count} pages of ${h.layout.pageSize} (expected ${expected} bytes)`);
   }
-  const converted = convertPages(f.body, h.page_count, h.layout, o.layout);
-  return { kind: 'tcp', tokenIds: h.token_ids.slice(0, converted.tokenCount), pageCount: converted.pageCount, data: converted.data };
+  const prefilled = h.prefilled ?? null;
+  const converted = convertPages(f.body, h.page_count, h.layout, o.layout, prefilled ? h.token_ids.length : undefined);
+  return { kind: 'tcp', tokenIds: h.token_ids.slice(0, converted.tokenCount), pageCount: converted.pageCount, data: converted.data, prefilled };
+}
+
+/** Whether `pages` pages of pageSize are what holds `tokens` tokens: exactly filled, or (a hand-over) the last one
+ * partial. */
+function pagesHold(pages: number, pageSize: number, tokens: number, partialLast: boolean): boolean {
+  return partialLast ? pages === Math.ceil(tokens / pageSize) : tokens === pages * pageSize;
 }
 
 function ipcSession(conn: BootstrapConnection, header: IpcPagesFrame, o: FetchKvOptions): IpcKv {
@@ -156,7 +166,7 @@ function ipcSession(conn: BootstrapConnection, header: IpcPagesFrame, o: FetchKv
   if (header.layout.dtype !== o.layout.dtype) {
     throw new LlmError('LLM_ERR_KV_TRANSFER', `bootstrap room ${o.room}: the GPU path copies ${o.layout.dtype} KV, the prefill worker at ${server} holds ${header.layout.dtype}`);
   }
-  if (header.token_ids.length !== header.pages.length * header.layout.pageSize || header.pool.page_size !== header.layout.pageSize) {
+  if (!pagesHold(header.pages.length, header.layout.pageSize, header.token_ids.length, header.prefilled !== undefined) || header.pool.page_size !== header.layout.pageSize) {
     throw new LlmError('LLM_ERR_PROTOCOL', `prefill worker at ${server} offered ${header.pages.length} pages of ${header.pool.page_size} tokens for ${header.token_ids.length} tokens`);
   }
   const room = o.room.toString();

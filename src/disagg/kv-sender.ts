@@ -7,10 +7,11 @@
 // device pages go back to the prefix cache at once. GPU-path (cuda-ipc) rooms instead keep the device pages locked
 // in place: the decode side pulls them from our pool and says `pulled`, and only then are they unlocked (also when
 // the decode side goes away or the timeout passes). A decode side that cannot use the GPU path gets them
-// host-staged, copied at that moment. No KV page can leak either way.
+// host-staged, copied at that moment. No KV page can leak either way. Rooms of a finished prefill carry its KV for
+// every prompt position (the last page partial) and its first output token (`prefilled`, ./frames.ts).
 import { createServer, type Server, type Socket } from 'node:net';
 import { LlmError } from '../errors.js';
-import { FrameReader, writeFrame, type BootstrapFrame, type FetchFrame, type IpcPoolWire, type TransferKind } from './frames.js';
+import { FrameReader, writeFrame, type BootstrapFrame, type FetchFrame, type IpcPoolWire, type Prefilled, type TransferKind } from './frames.js';
 import { checkLayouts, type KvLayout } from './layout.js';
 import type { PrefixPages } from './prefix.js';
 import { pickTransfer, type PrefillSide } from './transfer.js';
@@ -31,7 +32,7 @@ export interface KvSenderOptions {
   log?: (line: string) => void;
 }
 
-/** The full cached pages of a prompt, locked in the device pool until released. */
+/** A prompt's KV pages, parked in the device pool until released. */
 export interface HeldPrefix {
   tokenIds: number[];
   pages: number[];
@@ -41,8 +42,9 @@ export interface HeldPrefix {
   release(): void;
 }
 
-/** A room's pages: copied to the host (tcp), or held in the device pool (GPU path). */
-export type RoomPages = ({ kind: 'host' } & PrefixPages) | { kind: 'held'; held: HeldPrefix };
+/** A room's pages: copied to the host (tcp), or held in the device pool (GPU path); with the prefill's first
+ * output when they hold every prompt position (a hand-over). */
+export type RoomPages = (({ kind: 'host' } & PrefixPages) | { kind: 'held'; held: HeldPrefix }) & { prefilled: Prefilled | null };
 
 interface Room {
   room: bigint;
@@ -253,7 +255,8 @@ export class KvSender {
     const pages: PrefixPages = p.kind === 'host' ? p : { tokenIds: p.held.tokenIds, pageCount: p.held.pages.length, data: await p.held.toHost() };
     const fetcher = r.fetcher;
     if (!fetcher || this.rooms.get(r.room) !== r) return; // settled while copying (the decode side went away)
-    writeFrame(fetcher.socket, { type: 'pages', room: r.room.toString(), layout: this.options.layout, token_ids: pages.tokenIds, page_count: pages.pageCount }, pages.data);
+    const prefilled = p.prefilled ? { prefilled: p.prefilled } : {};
+    writeFrame(fetcher.socket, { type: 'pages', room: r.room.toString(), layout: this.options.layout, token_ids: pages.tokenIds, page_count: pages.pageCount, ...prefilled }, pages.data);
     r.fetcher = null; // the close that follows is not a cancellation
     fetcher.socket.end();
     this.settle(r);
@@ -274,6 +277,7 @@ export class KvSender {
       token_ids: held.tokenIds,
       pages: held.pages,
       pool: { ...pool, handle: fetcher.knownPool === pool.id ? null : pool.handle },
+      ...(r.pages?.prefilled ? { prefilled: r.pages.prefilled } : {}),
     });
   }
 

@@ -1,17 +1,23 @@
 // The two ends of a KV hand-off inside the scheduler's thread, where the page allocator, the radix cache and the
-// rank live. Both work through the radix cache, so the scheduler needs no special admission path:
-//  - export (prefill side): the finished prefill left the prompt's full pages in the cache; lock them, copy them
-//    to the host through the rank (ordered after the step that computed them), unlock. They stay ordinary cache.
-//  - import (decode side): allocate pages, write the bytes through the rank (ordered before any later step),
-//    insert them into the cache under the tokens they were computed for. The request, submitted next, matches
-//    them as a cached prefix and computes only the rest of its prompt.
-//  - hold (prefill side, GPU path): lock the prompt's full pages and leave them in place until the decode side pulled
-//    them (or gave up): the lock keeps them from eviction; release unlocks them.
-// Pages are evicted or reused by the scheduler only when unlocked and cached, so neither end can leak a page or
-// hand one to two owners; when the pool is short, a shorter prefix moves (the decode side recomputes the rest).
+// rank live. The KV of a prompt crosses as whole pages holding positions [0, promptLength): full pages, then the
+// partial last page when the prompt is not a multiple of the page size. Both ends park it in the scheduler
+// (scheduler.ts G5), so it is always counted by the integrity checks and never entered into the radix cache as a
+// full page unless it is one:
+//  - prefill side: the prefill request (parkKvAs) stops at its first token and parks its prompt's KV (full pages
+//    cached and pinned, the partial page owned). tcp: export copies the parked pages to the host through the rank
+//    (ordered after the step that computed them) and releases them. GPU path (cuda-ipc): they stay parked, in place,
+//    until the decode side pulled them or gave up; release frees the partial page and unpins the rest.
+//  - decode side: allocate pages for what the cache lacks of the full pages plus the partial page, write or pull
+//    the bytes through the rank (ordered before any later step), put the full pages in the cache and park the whole
+//    KV under the request's key; the request, submitted next with that key (SchedulerRequest.handOver), adopts it
+//    and starts decoding. When the pool is short, only as many full pages as fit become a cached prefix and
+//    nothing is parked: the request then recomputes the rest (request.ts Q5).
+// An import without a key (the decode side recomputes the prompt's tail, e.g. it needs logprobs the prefill side
+// did not send) moves only the full pages, as a cached prefix.
 import type { KvIpcOp, KvIpcReply } from '../../actors/rank.js';
 import type { KvPullStats } from '../engine/types.js';
-import type { RadixCache, RadixNode } from '../scheduler/radix.js';
+import type { KvHold } from '../scheduler/request.js';
+import type { RadixNode } from '../scheduler/radix.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 
 /** Page copies through the rank, in step order. */
@@ -21,79 +27,110 @@ export interface PageCopier {
 }
 
 export interface PrefixPages {
-  /** pageCount × pageSize leading tokens whose KV the pages hold. */
+  /** The tokens whose KV the pages hold, positions [0, tokenIds.length). */
   tokenIds: number[];
+  /** ceil(tokenIds.length / pageSize): the last one partial when tokenIds.length is not a multiple of it. */
   pageCount: number;
   /** pageCount × bytesPerPage bytes, pages in order (the engine's exportPages layout). */
   data: Uint8Array;
 }
 
-/** Copies the cached full pages of tokens[0, maxTokens) to the host. */
-export async function exportCachedPrefix(scheduler: Scheduler, rank: PageCopier, tokens: readonly number[], maxTokens: number): Promise<PrefixPages> {
-  const cache = scheduler.cache;
-  if (!cache) return { tokenIds: [], pageCount: 0, data: new Uint8Array(0) };
-  const match = cache.match(tokens, maxTokens);
-  if (!match.pages.length) return { tokenIds: [], pageCount: 0, data: new Uint8Array(0) };
-  cache.lock(match.node);
+/** Copies the KV parked under key (tokens[0, its tokenCount)) to the host and releases it; no pages when nothing
+ * is parked there. */
+export async function exportParked(scheduler: Scheduler, rank: PageCopier, key: string, tokens: readonly number[]): Promise<PrefixPages> {
+  const kv = scheduler.parkedKv(key);
+  if (!kv) return { tokenIds: [], pageCount: 0, data: new Uint8Array(0) };
   try {
-    const data = await rank.exportPages(match.pages);
-    return { tokenIds: tokens.slice(0, match.cachedTokens), pageCount: match.pages.length, data };
+    const data = await rank.exportPages(kv.pages);
+    return { tokenIds: tokens.slice(0, kv.tokenCount), pageCount: kv.pages.length, data };
   } finally {
-    cache.unlock(match.node);
+    scheduler.dropParked(key);
   }
 }
 
-/** Makes the given pages a cached prefix. Pages the cache already holds are not written again. Returns the number
- * of pages imported. */
-export async function importPrefix(scheduler: Scheduler, rank: PageCopier, prefix: PrefixPages): Promise<number> {
-  const p = beginImport(scheduler, prefix.tokenIds, prefix.pageCount);
+/** Imports transferred KV. With parkAs, all of it is parked under that key when it fits the pool; otherwise (or
+ * without parkAs) its full pages become a cached prefix. Pages the cache already holds are not written again.
+ * Returns the number of pages written. */
+export async function importPrefix(scheduler: Scheduler, rank: PageCopier, prefix: PrefixPages, parkAs: string | null): Promise<number> {
+  const p = beginImport(scheduler, prefix.tokenIds, parkAs !== null);
   if (!p) return 0;
-  const bytesPerPage = prefix.data.length / prefix.pageCount;
+  const bytesPerPage = prefix.pageCount ? prefix.data.length / prefix.pageCount : 0;
   try {
-    await rank.importPages(p.fresh, prefix.data.subarray(p.first * bytesPerPage, (p.first + p.fresh.length) * bytesPerPage));
+    if (p.fresh.length) await rank.importPages(p.fresh, prefix.data.subarray(p.first * bytesPerPage, (p.first + p.fresh.length) * bytesPerPage));
   } catch (err) {
-    endImport(scheduler, p, false);
+    endImport(scheduler, p, false, null);
     throw err;
   }
-  endImport(scheduler, p, true);
+  endImport(scheduler, p, true, parkAs);
   return p.fresh.length;
 }
 
-/** An import between allocating its pages and adopting them into the cache. */
+/** An import between allocating its pages and adopting them. */
 interface PendingImport {
-  node: RadixNode;
+  /** The cache's match of the full pages, locked (null without a prefix cache). */
+  node: RadixNode | null;
+  /** The tokens whose KV this import holds once written: whole, or the full pages only. */
   tokenIds: number[];
-  /** Cached pages the prefix starts with (not written again), then the fresh ones for prefix pages first... */
+  /** Cached pages the KV starts with (not written again), then the fresh ones from page `first` on. */
   cached: number[];
   first: number;
   fresh: number[];
+  /** Every position of the transferred KV is covered (it can be parked for a hand-over). */
+  whole: boolean;
 }
 
-/** Locks what the cache has of the prefix and allocates pages for the rest (evicting if needed); null when there
- * is nothing to write. */
-function beginImport(scheduler: Scheduler, tokenIds: number[], pageCount: number): PendingImport | null {
+/** Locks what the cache has of the full pages and allocates pages for the rest (evicting if needed): all of them
+ * (`whole` wanted and the pool allows it), else as many full pages as fit. Null when there is nothing to do. */
+function beginImport(scheduler: Scheduler, tokenIds: readonly number[], wantWhole: boolean): PendingImport | null {
   const cache = scheduler.cache;
-  if (!cache || pageCount === 0) return null;
-  const tokens = tokenIds.slice(0, pageCount * scheduler.pageSize);
-  const match = cache.match(tokens);
-  cache.lock(match.node); // before evicting: the matched pages must stay
-  const have = match.pages.length;
-  let want = pageCount - have;
-  if (want > scheduler.allocator.freeCount) cache.evict(want - scheduler.allocator.freeCount);
-  want = Math.min(want, scheduler.allocator.freeCount);
-  if (want <= 0) {
-    cache.unlock(match.node);
+  const ps = scheduler.pageSize;
+  const full = Math.floor(tokenIds.length / ps);
+  if (!cache && !wantWhole) return null;
+  const match = cache?.match(tokenIds, full * ps) ?? null;
+  if (match) cache!.lock(match.node); // before evicting: the matched pages must stay
+  const have = match ? match.pages.length : 0;
+  const allocator = scheduler.allocator;
+  let whole = wantWhole && tokenIds.length > 0;
+  let want = (whole ? Math.ceil(tokenIds.length / ps) : full) - have;
+  if (want > allocator.freeCount) cache?.evict(want - allocator.freeCount);
+  if (whole && want > allocator.freeCount) {
+    whole = false;
+    want = full - have;
+  }
+  want = Math.min(want, allocator.freeCount);
+  if (!whole && (want <= 0 || !cache)) {
+    if (match) cache!.unlock(match.node);
     return null;
   }
-  return { node: match.node, tokenIds: tokens, cached: match.pages, first: have, fresh: scheduler.allocator.alloc(want)! };
+  const used = whole ? tokenIds.length : (have + want) * ps;
+  return { node: match?.node ?? null, tokenIds: tokenIds.slice(0, used), cached: match?.pages ?? [], first: have, fresh: allocator.alloc(want)!, whole };
 }
 
-/** Adopts the written pages into the cache, or (commit false) frees them. */
-function endImport(scheduler: Scheduler, p: PendingImport, commit: boolean): void {
-  const cache = scheduler.cache!;
-  if (commit) cache.insert(p.tokenIds.slice(0, (p.first + p.fresh.length) * scheduler.pageSize), [...p.cached, ...p.fresh]);
-  else scheduler.allocator.releaseAll(p.fresh);
-  cache.unlock(p.node);
+/** Adopts the written pages (full ones into the cache; with parkAs and a whole import, everything parked under
+ * it), or (commit false) frees them. */
+function endImport(scheduler: Scheduler, p: PendingImport, commit: boolean, parkAs: string | null): void {
+  const cache = scheduler.cache;
+  if (!commit) {
+    scheduler.allocator.releaseAll(p.fresh);
+    if (p.node) cache!.unlock(p.node);
+    return;
+  }
+  const full = Math.floor(p.tokenIds.length / scheduler.pageSize);
+  const freshFull = p.fresh.slice(0, full - p.first);
+  const partial = p.fresh.slice(full - p.first);
+  let node: RadixNode | null = null;
+  let fullPages = freshFull;
+  if (cache) {
+    const added = cache.extend(p.node ?? cache.root, p.tokenIds, p.first, freshFull);
+    node = added.node;
+    fullPages = added.pages;
+  }
+  if (parkAs !== null && p.whole) {
+    if (node && full) cache!.lock(node);
+    const kv: KvHold = { tokenCount: p.tokenIds.length, pages: [...p.cached, ...fullPages, ...partial], cachedPageCount: cache ? full : 0, lockedNode: cache && full ? node : null };
+    scheduler.parkKv(parkAs, kv);
+  } else scheduler.allocator.releaseAll(partial);
+  if (p.node) cache!.unlock(p.node);
 }
 
 /** The ranks's GPU-to-GPU ops, as the scheduler thread reaches them. */
@@ -101,32 +138,35 @@ export interface KvIpcRank extends PageCopier {
   kvIpc<O extends KvIpcOp>(request: O): Promise<KvIpcReply<O>>;
 }
 
-/** What the disaggregation service asks of the scheduler thread for the GPU path (cuda-ipc). Holds and pulls live
- * between two ops, so they are kept here by id until released or ended. */
+/** What the disaggregation service asks of the scheduler thread for the GPU path (cuda-ipc). Pulls live between
+ * two ops, so they are kept here by id until ended. */
 export type DisaggKvOp =
-  /** Prefill: lock the cached full pages of tokenIds[0, maxTokens). */
-  | { op: 'hold'; tokenIds: number[]; maxTokens: number }
-  /** Prefill: a held prefix copied to the host after all (the decode side fell back to tcp). */
-  | { op: 'heldToHost'; holdId: number }
-  | { op: 'release'; holdId: number }
-  /** Decode: allocate pages for what the cache lacks of the prefix and pull them from an opened remote pool. */
-  | { op: 'pullBegin'; tokenIds: number[]; pageCount: number; remote: number; srcPages: number[] }
+  /** Prefill: the pages of the KV parked under key (they stay parked, in place, until released). */
+  | { op: 'hold'; key: string }
+  /** Prefill: the parked KV copied to the host after all (the decode side fell back to tcp). */
+  | { op: 'heldToHost'; key: string }
+  /** Either side: free what is parked under key (nothing when nothing is). */
+  | { op: 'release'; key: string }
+  /** Decode: allocate pages for what the cache lacks of the KV of tokenIds and pull them from an opened remote pool
+   * (srcPages hold tokenIds in order); with parkAs, the whole KV when the pool allows (see importPrefix). */
+  | { op: 'pullBegin'; tokenIds: number[]; parkAs: string | null; remote: number; srcPages: number[] }
   /** Decode: adopt the pulled pages (the prefill side released its own) or free them. */
   | { op: 'pullEnd'; importId: number; commit: boolean }
   /** Pool export, open, close (actors/rank.ts). */
   | { op: 'ipc'; request: KvIpcOp };
 
 export type DisaggKvReply =
-  | { op: 'hold'; holdId: number; tokenIds: number[]; pages: number[] }
+  /** tokenCount 0 and no pages: nothing parked under the key. */
+  | { op: 'hold'; tokenCount: number; pages: number[] }
   | { op: 'heldToHost'; data: Uint8Array }
-  | { op: 'pullBegin'; importId: number | null; pages: number; stats: KvPullStats | null }
+  /** tokens: how many leading tokens the pulled pages cover with what was cached (whole: all of them). */
+  | { op: 'pullBegin'; importId: number | null; pages: number; tokens: number; whole: boolean; stats: KvPullStats | null }
   | { op: 'ipc'; reply: KvIpcReply<KvIpcOp> }
   | { op: 'done' };
 
 /** The scheduler thread's side of DisaggKvOp. */
 export class DisaggKvOps {
-  private readonly holds = new Map<number, { pages: number[]; node: RadixNode; cache: RadixCache }>();
-  private readonly imports = new Map<number, PendingImport>();
+  private readonly imports = new Map<number, { pending: PendingImport; parkAs: string | null }>();
   private nextId = 1;
 
   constructor(
@@ -137,45 +177,40 @@ export class DisaggKvOps {
   async run(o: DisaggKvOp): Promise<DisaggKvReply> {
     switch (o.op) {
       case 'hold': {
-        const cache = this.scheduler.cache;
-        const match = cache?.match(o.tokenIds, o.maxTokens);
-        if (!cache || !match?.pages.length) return { op: 'hold', holdId: 0, tokenIds: [], pages: [] };
-        cache.lock(match.node);
-        const holdId = this.nextId++;
-        this.holds.set(holdId, { pages: match.pages, node: match.node, cache });
-        return { op: 'hold', holdId, tokenIds: o.tokenIds.slice(0, match.cachedTokens), pages: match.pages };
+        const kv = this.scheduler.parkedKv(o.key);
+        return { op: 'hold', tokenCount: kv?.tokenCount ?? 0, pages: kv ? [...kv.pages] : [] };
       }
       case 'heldToHost': {
-        const h = this.holds.get(o.holdId);
-        return { op: 'heldToHost', data: h ? await this.rank.exportPages(h.pages) : new Uint8Array(0) };
+        const kv = this.scheduler.parkedKv(o.key);
+        return { op: 'heldToHost', data: kv ? await this.rank.exportPages(kv.pages) : new Uint8Array(0) };
       }
-      case 'release': {
-        const h = this.holds.get(o.holdId);
-        this.holds.delete(o.holdId);
-        h?.cache.unlock(h.node);
+      case 'release':
+        this.scheduler.dropParked(o.key);
         return { op: 'done' };
-      }
       case 'pullBegin': {
-        const p = beginImport(this.scheduler, o.tokenIds, o.pageCount);
-        if (!p) return { op: 'pullBegin', importId: null, pages: 0, stats: null };
+        const p = beginImport(this.scheduler, o.tokenIds, o.parkAs !== null);
+        if (!p) return { op: 'pullBegin', importId: null, pages: 0, tokens: 0, whole: false, stats: null };
         const ps = this.scheduler.pageSize;
-        let stats: KvPullStats;
+        let stats: KvPullStats | null = null;
+        const numTokens = p.tokenIds.length - p.first * ps;
         try {
-          stats = await this.rank.kvIpc({
-            op: 'pull', remote: o.remote, srcPages: Int32Array.from(o.srcPages), srcToken0: p.first * ps, dstPages: Int32Array.from(p.fresh), numTokens: p.fresh.length * ps,
-          });
+          if (p.fresh.length) {
+            stats = await this.rank.kvIpc({
+              op: 'pull', remote: o.remote, srcPages: Int32Array.from(o.srcPages), srcToken0: p.first * ps, dstPages: Int32Array.from(p.fresh), numTokens,
+            });
+          }
         } catch (err) {
-          endImport(this.scheduler, p, false);
+          endImport(this.scheduler, p, false, null);
           throw err;
         }
         const importId = this.nextId++;
-        this.imports.set(importId, p);
-        return { op: 'pullBegin', importId, pages: p.fresh.length, stats };
+        this.imports.set(importId, { pending: p, parkAs: o.parkAs });
+        return { op: 'pullBegin', importId, pages: p.fresh.length, tokens: p.tokenIds.length, whole: p.whole, stats };
       }
       case 'pullEnd': {
-        const p = this.imports.get(o.importId);
+        const i = this.imports.get(o.importId);
         this.imports.delete(o.importId);
-        if (p) endImport(this.scheduler, p, o.commit);
+        if (i) endImport(this.scheduler, i.pending, o.commit, i.parkAs);
         return { op: 'done' };
       }
       case 'ipc':

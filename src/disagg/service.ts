@@ -1,13 +1,18 @@
 // Disaggregated serving of one worker (reference §2.2 decode, §2.3 prefill, §3): the `generate` a prefill or decode
 // worker serves in place of the aggregated one, over the same Supervisor.
-//  - prefill: yields the bootstrap chunk first, runs the prompt (max_tokens 1), then holds the prompt's KV pages
-//    for the decode worker that fetches its bootstrap_room from our bootstrap server (./kv-sender.ts); returns once
-//    they are sent (or the room was given up / timed out, which frees them).
-//  - decode: fetches the pages named by `bootstrap_info` (./kv-receiver.ts), makes them a cached prefix, then
-//    generates as usual. On the GPU path (./transfer.ts) it pulls them from the prefill worker's pool into pages of
-//    its own (the prefill pool's IPC mapping opened once per prefill rank and kept), confirms, and uses them only
-//    once the prefill side released its copy. Without bootstrap_info it runs the older flow when prefill workers are in discovery: it
-//    sends the prompt to one itself and takes the bootstrap info from its first chunk (reference §3.2).
+//  - prefill: yields the bootstrap chunk first, runs the prompt (max_tokens 1), then holds the KV of every prompt
+//    position (the partial last page included, parked in the scheduler) and the first output token for the decode
+//    worker that fetches its bootstrap_room from our bootstrap server (./kv-sender.ts); returns once they are sent
+//    (or the room was given up / timed out, which frees them).
+//  - decode: fetches the pages named by `bootstrap_info` (./kv-receiver.ts) and hands the request over to its
+//    scheduler already prefilled (src/scheduler/request.ts Q5): the KV parked, the first token streamed at once, the
+//    first engine step a decode step. As SGLang does, nothing of the prompt is recomputed, so the outputs are the
+//    prefill engine's own. When the request needs logprobs the prefill side did not send, only the full pages become
+//    a cached prefix and it computes its prompt's tail and first token itself. On the GPU path (./transfer.ts) it
+//    pulls the pages from the prefill worker's pool into pages of its own (the prefill pool's IPC mapping opened
+//    once per prefill rank and kept), confirms, and uses them only once the prefill side released its copy.
+//    Without bootstrap_info it runs the older flow when prefill workers are in discovery: it sends the prompt to
+//    one itself and takes the bootstrap info from its first chunk (reference §3.2).
 // A FAKE_BOOTSTRAP_HOST (health checks, warm-up) or the `fake` transfer backend moves no pages.
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { WorkerConfig } from '../config/schema.js';
@@ -30,8 +35,9 @@ import {
 import { LlmResponseChunkSchema, prefillBootstrapChunk, type LlmResponseChunk, type PrefillBootstrapChunk } from '../protocol/response.js';
 import { parseWire } from '../protocol/validate.js';
 import type { EngineSummary } from '../../actors/messages.js';
+import type { HandOver } from '../scheduler/request.js';
 import type { KvIpcOp, KvIpcReply } from '../../actors/rank.js';
-import type { IpcPoolWire, TransferKind } from './frames.js';
+import type { IpcPoolWire, Prefilled, TransferKind } from './frames.js';
 import { fetchKv, type HostKv, type IpcKv } from './kv-receiver.js';
 import { KvSender, type HeldPrefix, type RoomPages } from './kv-sender.js';
 import { kvLayoutOf, type KvLayout } from './layout.js';
@@ -150,17 +156,26 @@ export class DisaggService {
     const givenUp = sender.open(room);
     if (givenUp.aborted) return; // the decode side already gave this room up: nothing to compute
     let pages: RoomPages;
+    // the scheduler parks the prompt's KV under this key when the request stops at its first token
+    const kvKey = randomUUID();
+    const sup = this.options.supervisor;
     try {
       const signal = AbortSignal.any([options.signal, givenUp]);
-      let finish: string | null | undefined = null;
-      for await (const chunk of this.options.supervisor.generate(prefillOnly, { ...options, signal })) finish = chunk.finish_reason;
-      if (finish === 'cancelled') {
+      const outputs: LlmResponseChunk[] = [];
+      for await (const chunk of sup.generate(prefillOnly, { ...options, signal, parkKvAs: kvKey })) outputs.push(chunk);
+      if (outputs.at(-1)?.finish_reason === 'cancelled') {
         throw givenUp.aborted ? (givenUp.reason as LlmError) : new LlmError('LLM_ERR_CANCELLED', `prefill of bootstrap room ${room} was cancelled`);
       }
-      // The decode side recomputes at least the last prompt token, so pages up to it suffice.
-      const upTo = request.token_ids.length - 1;
-      pages = sender.holdsPages ? { kind: 'held', held: await this.holdPrefix(request.token_ids, upTo) } : { kind: 'host', ...(await this.options.supervisor.exportPrefix(request.token_ids, upTo)) };
+      const tokens = request.token_ids;
+      if (sender.holdsPages) {
+        const held = await this.holdPrefix(kvKey, tokens);
+        pages = { kind: 'held', held, prefilled: held.tokenIds.length === tokens.length ? prefilledOf(outputs) : null };
+      } else {
+        const host = await sup.exportParked(kvKey, tokens);
+        pages = { kind: 'host', ...host, prefilled: host.tokenIds.length === tokens.length ? prefilledOf(outputs) : null };
+      }
     } catch (err) {
+      void sup.disaggKv({ op: 'release', key: kvKey }).catch(() => undefined); // a failed core dropped what it parked
       const e = err instanceof LlmError ? err : new LlmError('LLM_ERR_INTERNAL', String(err));
       sender.abandon(room, e);
       if (givenUp.aborted) return; // the decode side is gone: nobody to tell
@@ -188,6 +203,7 @@ export class DisaggService {
     const request = parseWire(PreprocessedRequestSchema, raw, 'request');
     const info = request.bootstrap_info ?? (await this.legacyPrefill(request, options));
     const c = this.options.config;
+    let handOver: HandOver | null = null;
     if (info.bootstrap_host !== FAKE_BOOTSTRAP_HOST && c.disaggregationTransferBackend !== 'fake') {
       const peer = `${info.bootstrap_host}:${info.bootstrap_port}`;
       const engine = this.options.supervisor.engine;
@@ -207,18 +223,27 @@ export class DisaggService {
         if (fetched.kind === 'cuda-ipc') fetched.close();
         throw new LlmError('LLM_ERR_KV_TRANSFER', `bootstrap room ${info.bootstrap_room}: the prefill worker at ${peer} computed a different prompt (first ${tokenIds.length} tokens differ); the router paired the wrong requests`);
       }
+      const prefilled = fetched.kind === 'tcp' ? fetched.prefilled : (fetched.header.prefilled ?? null);
+      // a hand-over needs the KV of the whole prompt (the tokens were checked above)
+      handOver = prefilled && tokenIds.length === request.token_ids.length && coversOutputOptions(request, prefilled) ? handOverOf(prefilled) : null;
+      const parkAs = handOver?.kvKey ?? null;
       if (fetched.kind === 'tcp') {
-        await this.options.supervisor.importPrefix(fetched);
+        await this.options.supervisor.importPrefix(fetched, parkAs);
         this.options.log?.(`kv transfer tcp room ${info.bootstrap_room}: ${fetched.tokenIds.length} tokens, ${fetched.data.length} bytes in ${(performance.now() - t0).toFixed(3)} ms (fetch and import)`);
       }
-      else await this.pullPrefix(engine, peer, fetched, info.bootstrap_room);
+      else await this.pullPrefix(engine, peer, fetched, info.bootstrap_room, parkAs);
     }
-    yield* this.options.supervisor.generate(request, options);
+    try {
+      yield* this.options.supervisor.generate(request, handOver ? { ...options, handOver } : options);
+    } finally {
+      // what a request that never reached the scheduler left parked (nothing once it adopted it)
+      if (handOver) void this.options.supervisor.disaggKv({ op: 'release', key: handOver.kvKey }).catch(() => undefined);
+    }
   }
 
   /** The GPU path on the decode side: open the prefill pool (once per prefill rank), pull the pages the cache lacks
    * into fresh pages of ours, confirm, and keep them only once the prefill side released its own. */
-  private async pullPrefix(engine: EngineSummary, peer: string, fetched: IpcKv, room: bigint): Promise<void> {
+  private async pullPrefix(engine: EngineSummary, peer: string, fetched: IpcKv, room: bigint, parkAs: string | null): Promise<void> {
     const h = fetched.header;
     let remote: number;
     try {
@@ -233,20 +258,19 @@ export class DisaggService {
       const reason = (err as Error).message;
       this.options.log?.(`KV transfer from ${peer}: cuda-ipc failed, falling back to tcp: ${reason}`);
       const host: HostKv = await fetched.fallback(reason);
-      await this.options.supervisor.importPrefix(host);
+      await this.options.supervisor.importPrefix(host, parkAs);
       return;
     }
     const sup = this.options.supervisor;
-    const pageCount = Math.floor(h.token_ids.length / this.layout.pageSize);
     let importId: number | null = null;
     try {
-      const pulled = await sup.disaggKv({ op: 'pullBegin', tokenIds: h.token_ids, pageCount, remote, srcPages: h.pages });
+      const pulled = await sup.disaggKv({ op: 'pullBegin', tokenIds: h.token_ids, parkAs, remote, srcPages: h.pages });
       if (pulled.op !== 'pullBegin') throw new LlmError('LLM_ERR_INTERNAL', `pullBegin answered with ${pulled.op}`);
       importId = pulled.importId;
       const stats = pulled.stats ?? { bytes: 0, deviceMs: 0, hostMs: 0 }; // null: the cache had every page, or no room
       if (stats.bytes) {
         this.options.log?.(
-          `kv transfer cuda-ipc room ${room}: ${pulled.pages * this.layout.pageSize} tokens, ${stats.bytes} bytes in ${stats.deviceMs.toFixed(3)} ms on the device ` +
+          `kv transfer cuda-ipc room ${room}: ${pulled.tokens} tokens, ${stats.bytes} bytes in ${stats.deviceMs.toFixed(3)} ms on the device ` +
             `(${stats.hostMs.toFixed(3)} ms on the host), ${(stats.bytes / stats.deviceMs / 1e6).toFixed(1)} GB/s`,
         );
       }
@@ -268,21 +292,21 @@ export class DisaggService {
     return r.reply as KvIpcReply<O>;
   }
 
-  /** Prefill side: locks the prompt's cached full pages until the room releases them. */
-  private async holdPrefix(tokenIds: number[], maxTokens: number): Promise<HeldPrefix> {
+  /** Prefill side: the prompt's KV the scheduler parked under key, left in place until the room releases it. */
+  private async holdPrefix(key: string, tokenIds: number[]): Promise<HeldPrefix> {
     const sup = this.options.supervisor;
-    const r = await sup.disaggKv({ op: 'hold', tokenIds, maxTokens });
+    const r = await sup.disaggKv({ op: 'hold', key });
     if (r.op !== 'hold') throw new LlmError('LLM_ERR_INTERNAL', `hold answered with ${r.op}`);
-    let held = r.holdId !== 0;
+    let held = true;
     return {
-      tokenIds: r.tokenIds,
+      tokenIds: tokenIds.slice(0, r.tokenCount),
       pages: r.pages,
       toHost: async () => {
-        const h = await sup.disaggKv({ op: 'heldToHost', holdId: r.holdId });
+        const h = await sup.disaggKv({ op: 'heldToHost', key });
         return h.op === 'heldToHost' ? h.data : new Uint8Array(0);
       },
       release: () => {
-        if (held) void sup.disaggKv({ op: 'release', holdId: r.holdId }).catch(() => undefined); // a failed core dropped its holds
+        if (held) void sup.disaggKv({ op: 'release', key }).catch(() => undefined); // a failed core dropped what it parked
         held = false;
       },
     };
@@ -366,6 +390,36 @@ export class DisaggService {
     })().catch((err: unknown) => this.options.log?.(`legacy prefill stream failed: ${(err as Error).message}`));
     return parseWire(BootstrapInfoSchema, params, 'prefill disaggregated_params', 'LLM_ERR_PROTOCOL');
   }
+}
+
+/** The prefill request's first output, as the hand-over sends it (its only output: it ran with max_tokens 1). */
+function prefilledOf(outputs: readonly LlmResponseChunk[]): Prefilled | null {
+  const first = outputs.find((c) => c.token_ids.length);
+  if (!first) return null;
+  const usage = outputs.at(-1)?.completion_usage;
+  return {
+    first_token_id: first.token_ids[0],
+    logprob: first.log_probs?.[0] ?? null,
+    top_logprobs: first.top_logprobs?.[0]?.map((t) => ({ token_id: t.token_id, logprob: t.logprob })) ?? null,
+    cached_tokens: usage?.prompt_tokens_details?.cached_tokens ?? 0,
+  };
+}
+
+/** Whether the hand-over carries the logprobs the decode request asks for with its first token. */
+function coversOutputOptions(request: PreprocessedRequest, p: Prefilled): boolean {
+  const n = request.output_options?.logprobs ?? -1;
+  if (n < 0) return true;
+  return p.logprob !== null && (n === 0 || (p.top_logprobs?.length ?? 0) >= n);
+}
+
+function handOverOf(p: Prefilled): HandOver {
+  return {
+    kvKey: randomUUID(),
+    tokenId: p.first_token_id,
+    logprob: p.logprob,
+    topLogprobs: p.top_logprobs?.map((t) => ({ tokenId: t.token_id, logprob: t.logprob })) ?? null,
+    cachedTokens: p.cached_tokens,
+  };
 }
 
 function bootstrapHost(config: WorkerConfig): string {

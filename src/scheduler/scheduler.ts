@@ -5,33 +5,54 @@
 // running request is retracted: its computed full pages go to the radix cache, the rest are freed, and it returns to
 // the front of the queue keeping its output, to resume later with exactly the tokens it would have produced.
 //
-// Overlap scheduling: step N+1 is planned (requests chosen, pages allocated, positions fixed) while step N runs on
-// the executor. A request that samples in step N has a pending token; its decode input in step N+1 is that token,
-// filled in when step N's result arrives, just before step N+1 is submitted. Requests that finished or were aborted
-// by step N's result are dropped from step N+1 at that moment. A result is applied in two halves: its tokens land
-// (and stops are decided) before the next step is submitted; the outputs stream after, while that step runs. With
-// overlap off, each step is planned after the previous result is applied. Because the executor runs steps strictly
-// in order, pages freed while a step is in flight can be handed to the next planned step: that step only runs
-// after the in-flight one has read them.
+// Overlap scheduling (SGLang-style, with token feedback on the executor): step N+1 is planned (requests chosen,
+// pages allocated, positions fixed) and submitted as soon as step N is, while N runs. A request that samples in step
+// N has a pending token; when its decode input in step N+1 is that token, the step carries a placeholder naming
+// the request's row in step N (placeholder.ts), and the executor, which runs steps strictly in order, fills it from
+// N's sampled tokens just before it runs N+1: engine steps run back to back, with no thread hop or scheduler turn
+// between them. Step N's result is applied (tokens land, stops are decided, outputs stream, computed pages join the
+// cache) while N+1 runs, and step N+2 is planned and submitted right after. A request that stops or is aborted by
+// N's result while inside the submitted N+1 ends at once (pages freed, final output sent); N+1's output for it is
+// discarded when that result is applied. min_tokens bans and the RNG counter of a draw count the pending token
+// (outputIndex = outputs + pending), and a request is not planned past the pending token that reaches max_tokens.
+// With overlap off, each step is planned after the previous result is applied, and no placeholder is ever sent.
+// Because the executor runs steps (and page copies) strictly in order, pages freed while steps are in flight can be
+// handed to the next planned step: it only runs after the in-flight ones have read and written them, and an
+// in-flight step only writes positions past its request's computed tokens, so pages that joined the cache are never
+// written by a step still in flight.
 //
 // Invariants (checked by checkIntegrity, on top of each part's own):
 //  G1. Every live request is in exactly one place: the queue (state queued) or the slot table (prefilling/decoding).
 //  G2. Page ownership is exact: allocator refcount of each page = cache nodes holding it + running requests owning it
 //      (pages[cachedPageCount..]); nothing leaks, nothing is shared by accident.
 //  G3. Radix lock counts equal the locks running requests hold (each on its lockedNode).
-//  G4. At most one step is in flight; a request has a pending token only while the step that samples it is.
+//  G4. At most two steps are in flight (one with overlap off). A request's `pending` is the number of in-flight steps
+//      that sample for it (at most one each); a placeholder in a submitted step always names a row of the step
+//      submitted just before it that samples for the same request (checked at submission), so the executor can
+//      resolve it from that step's tokens alone. Results are applied in submission order.
+//  G5. KV outside running requests (disaggregation, request.ts KvHold) is held by exactly one of: a parked entry
+//      (a finished prefill's prompt KV waiting for its decode worker, or a decode worker's import waiting for its
+//      request's submission) or a queued handed-over request (Q5). G2 and G3 count those holds like requests.
+//
+// Disaggregated hand-over: a prefill request with parkKvAs keeps its prompt's KV when it stops normally (full
+// pages go to the radix cache as usual but stay pinned; the partial last page stays allocated) and parks it under
+// that key; the disaggregation service takes it (to send it) and releases it once sent. On the decode side an
+// import parks the received KV, and the request submitted with handOver adopts it (Q5). Parked KV is freed by
+// dropParked, or given up by queued handed-over requests when nothing else can run (no stall on held pages).
 import { LlmError, toErrorPayload, type ErrorPayload } from '../errors.js';
 import type { Engine, KvPoolInfo, SeqStep, StepResult } from '../engine/types.js';
 import { PageAllocator } from './allocator.js';
+import { placeholderFor, resolvePlaceholders } from './placeholder.js';
 import { RadixCache, type RadixNode } from './radix.js';
 import { RequestQueue } from './queue.js';
-import { RequestRecord, type FinishReason, type SchedulerRequest } from './request.js';
+import { RequestRecord, type FinishReason, type KvHold, type SchedulerRequest, type TopLogprob } from './request.js';
 import { SlotTable } from './slots.js';
 
-export type { SchedulerRequest, FinishReason } from './request.js';
+export type { SchedulerRequest, FinishReason, HandOver, KvHold, TopLogprob } from './request.js';
 export type { RadixEvent } from './radix.js';
 
-/** Runs steps strictly in submission order (the rank actor, or an engine in this thread). */
+/** Runs steps strictly in submission order (the rank actor, or an engine in this thread), each one's token
+ * placeholders resolved from the tokens the step before it sampled (placeholder.ts). */
 export interface StepExecutor {
   readonly kv: KvPoolInfo;
   /** When known, min_tokens bans leave out stop ids outside the vocabulary (the engine refuses such a step). */
@@ -51,11 +72,6 @@ export interface SchedulerOptions {
   maxSeqsPerStep: number;
   enableOverlap: boolean;
   enablePrefixCache: boolean;
-}
-
-export interface TopLogprob {
-  tokenId: number;
-  logprob: number;
 }
 
 export interface Usage {
@@ -82,6 +98,7 @@ export interface SchedulerStats {
   decodeTokens: number;
   retractions: number;
   cacheHitTokens: number; // tokens skipped thanks to the radix cache, re-admissions included
+  handedOverTokens: number; // prompt tokens whose KV a prefill worker handed over (admitted straight to decoding)
   hostMs: number; // time spent planning steps, packing them and applying results (the scheduler's own cost)
   idleMs: number; // time with nothing to run
 }
@@ -110,16 +127,21 @@ interface InFlight {
 
 /** Runs a synchronous engine as an executor in this thread (tests, and the rank actor's own loop). */
 export function engineExecutor(engine: Engine): StepExecutor {
+  let previous: Int32Array | null = null;
   return {
     kv: engine.kv,
     vocabSize: engine.spec.vocabSize,
     execute: (seqs) =>
       new Promise((resolve, reject) => {
-        // setImmediate lets the scheduler plan the next step first, as it would while a rank computes.
+        // setImmediate lets the scheduler plan the next step first, as it would while a rank computes; callbacks run
+        // in the order the steps were submitted.
         setImmediate(() => {
           try {
-            resolve(engine.step(seqs));
+            const result = engine.step(resolvePlaceholders(seqs, previous));
+            previous = result.tokens;
+            resolve(result);
           } catch (err) {
+            previous = null;
             reject(err);
           }
         });
@@ -132,13 +154,15 @@ export class Scheduler {
   readonly cache: RadixCache | null;
   readonly pageSize: number;
   readonly stats: SchedulerStats = {
-    steps: 0, prefillTokens: 0, decodeTokens: 0, retractions: 0, cacheHitTokens: 0, hostMs: 0, idleMs: 0,
+    steps: 0, prefillTokens: 0, decodeTokens: 0, retractions: 0, cacheHitTokens: 0, handedOverTokens: 0, hostMs: 0, idleMs: 0,
   };
   private readonly options: SchedulerOptions;
   private readonly executor: StepExecutor;
   private readonly queue = new RequestQueue();
   private readonly slots: SlotTable;
   private readonly requests = new Map<string, { req: RequestRecord; sink: OutputSink }>();
+  /** G5: KV parked for a hand-over, by key. */
+  private readonly parked = new Map<string, KvHold>();
   private admitCounter = 0;
   private wake: (() => void) | null = null;
   private loopDone: Promise<void> | null = null;
@@ -190,6 +214,17 @@ export class Scheduler {
 
   /** Queues a request; its outputs go to sink. Throws a coded error for a request that can never run. */
   submit(input: SchedulerRequest, sink: OutputSink): void {
+    // a handed-over request's parked KV is its own from here, whether it runs or is refused
+    const handedOver = input.handOver ? this.takeParked(input.handOver.kvKey) : null;
+    try {
+      this.submitChecked(input, sink, handedOver);
+    } catch (err) {
+      if (handedOver) this.releaseKv(handedOver);
+      throw err;
+    }
+  }
+
+  private submitChecked(input: SchedulerRequest, sink: OutputSink, handedOver: KvHold | null): void {
     if (this.failure) throw LlmError.fromPayload(this.failure);
     if (this.stopping) throw new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler is stopping');
     if (this.requests.has(input.id)) throw new LlmError('LLM_ERR_BAD_REQUEST', `request id ${input.id} is already in flight`);
@@ -209,7 +244,58 @@ export class Scheduler {
     const req = new RequestRecord(input, this.executor.vocabSize);
     this.requests.set(input.id, { req, sink });
     this.queue.pushBack(req);
+    const h = input.handOver;
+    if (h) {
+      // Q5: the first output is known; it streams now, and may end the request at once
+      if (handedOver && handedOver.tokenCount === req.promptLength) req.handedOver = handedOver;
+      else if (handedOver) this.releaseKv(handedOver); // KV of another length: recompute as a retracted request
+      req.cachedPromptTokens = Math.min(h.cachedTokens, req.promptLength);
+      const reason = req.appendToken(h.tokenId);
+      const first: RequestOutput = {
+        tokenIds: [h.tokenId],
+        logprobs: input.sampling.logprobs >= 0 && h.logprob !== null ? [h.logprob] : null,
+        topLogprobs: input.sampling.logprobs > 0 && h.topLogprobs ? [h.topLogprobs.slice(0, input.sampling.logprobs)] : null,
+        finishReason: null,
+        usage: null,
+        error: null,
+      };
+      if (reason) this.finish(req, reason, first);
+      else sink(first);
+    }
     this.wake?.();
+  }
+
+  /** Parks KV under key for a hand-over (G5); a key in use is an internal error. */
+  parkKv(key: string, kv: KvHold): void {
+    if (this.parked.has(key)) fail(`KV already parked under ${key}`);
+    this.parked.set(key, kv);
+  }
+
+  /** The KV parked under key, left parked; null when none is. */
+  parkedKv(key: string): KvHold | null {
+    return this.parked.get(key) ?? null;
+  }
+
+  /** Takes KV parked under key (the caller now holds it); null when none is. */
+  takeParked(key: string): KvHold | null {
+    const kv = this.parked.get(key) ?? null;
+    this.parked.delete(key);
+    return kv;
+  }
+
+  /** Frees KV parked under key, if any is. */
+  dropParked(key: string): void {
+    const kv = this.takeParked(key);
+    if (kv) this.releaseKv(kv);
+  }
+
+  /** Gives held KV back: its cached pages are unpinned (they stay cached), its own pages freed. */
+  releaseKv(kv: KvHold): void {
+    this.allocator.releaseAll(kv.pages.slice(kv.cachedPageCount));
+    if (kv.lockedNode) this.cache?.unlock(kv.lockedNode);
+    kv.pages = [];
+    kv.cachedPageCount = 0;
+    kv.lockedNode = null;
   }
 
   /** Cancels a request wherever it is; its pages are freed now. Unknown or finished ids are ignored. */
@@ -233,61 +319,53 @@ export class Scheduler {
       if (req.state === 'queued' && !this.queue.has(req.id)) fail(`request ${req.id} is queued but not in the queue`);
       for (let i = req.cachedPageCount; i < req.pages.length; i++) refs.set(req.pages[i], (refs.get(req.pages[i]) ?? 0) + 1);
       if (req.lockedNode) locks.set(req.lockedNode, (locks.get(req.lockedNode) ?? 0) + 1);
+      if (req.handedOver) countHold(req.handedOver, refs, locks);
       if (req.isDone) fail(`request ${req.id} is ${req.state} but still tracked`);
     }
+    for (const kv of this.parked.values()) countHold(kv, refs, locks);
     if (live !== this.queue.length + this.slots.size) fail(`${live} live requests, ${this.queue.length} queued + ${this.slots.size} running`);
     this.allocator.checkIntegrity(refs);
     this.cache?.checkIntegrity(locks);
   }
 
   private async loop(): Promise<void> {
-    let inflight: InFlight | null = null;
+    const depth = this.options.enableOverlap ? 2 : 1;
+    const inflight: InFlight[] = [];
     try {
       while (!this.stopping) {
-        const hadInflight = inflight !== null;
         let t0 = performance.now();
-        const plan = this.planStep();
-        let landed: { seqs: PlannedSeq[]; result: StepResult; tokens: Landed[] } | null = null;
-        if (inflight) {
+        const plan = inflight.length < depth ? this.planStep() : null;
+        if (plan) {
+          inflight.push(this.submitStep(plan));
           this.stats.hostMs += performance.now() - t0;
-          const result = await inflight.promise;
-          t0 = performance.now();
-          landed = { seqs: inflight.seqs, result, tokens: this.landTokens(inflight.seqs, result) };
-          inflight = null;
-        }
-        const seqs = plan ? this.liveSeqs(plan, landed?.tokens ?? []) : [];
-        if (seqs.length) inflight = this.submitStep(seqs);
-        // The previous step's outputs stream, and its completed pages join the cache, while the next step runs.
-        if (landed) {
-          this.deliver(landed.tokens, landed.result);
-          this.cacheComputedPages(landed.seqs);
-        }
-        if (inflight && !this.options.enableOverlap) {
-          this.stats.hostMs += performance.now() - t0;
-          const result = await inflight.promise;
-          t0 = performance.now();
-          this.deliver(this.landTokens(inflight.seqs, result), result);
-          this.cacheComputedPages(inflight.seqs);
-          inflight = null;
+          continue;
         }
         this.stats.hostMs += performance.now() - t0;
-        if (!seqs.length && !inflight && this.requests.size && !hadInflight && !plan) {
+        const step = inflight.shift();
+        if (step) {
+          const result = await step.promise;
+          t0 = performance.now();
+          this.deliver(this.landTokens(step.seqs, result), result);
+          this.cacheComputedPages(step.seqs);
+          this.stats.hostMs += performance.now() - t0;
+          continue;
+        }
+        if (this.requests.size) {
           fail(`stalled with ${this.queue.length} queued and ${this.slots.size} running requests and nothing to run`);
         }
-        if (!inflight && !this.requests.size && !this.stopping) {
-          t0 = performance.now();
-          await new Promise<void>((resolve) => (this.wake = resolve));
-          this.stats.idleMs += performance.now() - t0;
-          this.wake = null;
-        }
+        t0 = performance.now();
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        this.stats.idleMs += performance.now() - t0;
+        this.wake = null;
       }
-      if (inflight) {
-        const result = await inflight.promise;
-        this.deliver(this.landTokens(inflight.seqs, result), result);
+      for (const step of inflight.splice(0)) {
+        const result = await step.promise;
+        this.deliver(this.landTokens(step.seqs, result), result);
       }
     } catch (err) {
       this.failure = toErrorPayload(err);
       this.failAll(this.failure);
+      for (const key of [...this.parked.keys()]) this.dropParked(key);
       // The KV contents are unknown after an engine failure: nothing cached may be reused.
       this.cache?.clear();
       for (const l of this.failureListeners) l(this.failure);
@@ -322,18 +400,59 @@ export class Scheduler {
     }
     if (!retracted) {
       let reserve = running.filter((r) => r.isRunning).length; // one page each for the coming decode steps
-      for (const req of this.queue.snapshot()) {
-        if (this.slots.full || seqs.length >= o.maxSeqsPerStep || tokenBudget <= 0 || prefillBudget <= 0) break;
-        if (req.pending) continue; // its retraction-time token is still in flight
-        if (!this.admit(req, reserve, Math.min(chunkCap, prefillBudget, tokenBudget))) break;
-        const chunk = Math.min(req.totalLength - req.scheduled, chunkCap, prefillBudget, tokenBudget);
-        seqs.push(this.planChunk(req, chunk));
-        tokenBudget -= chunk;
-        prefillBudget -= chunk;
-        reserve++;
+      for (let pass = 0; pass < 2; pass++) {
+        let blocked = false;
+        for (const req of this.queue.snapshot()) {
+          if (this.slots.full || seqs.length >= o.maxSeqsPerStep || tokenBudget <= 0 || prefillBudget <= 0) break;
+          if (req.pending) continue; // its retraction-time token is still in flight
+          if (!(req.handedOver ? this.admitHandedOver(req, reserve) : this.admit(req, reserve, Math.min(chunkCap, prefillBudget, tokenBudget)))) {
+            blocked = true;
+            break;
+          }
+          const chunk = Math.min(req.totalLength - req.scheduled, chunkCap, prefillBudget, tokenBudget);
+          const seq = this.planChunk(req, chunk);
+          seqs.push(seq);
+          tokenBudget -= chunk;
+          if (!seq.decode) prefillBudget -= chunk;
+          reserve++;
+        }
+        // Nothing runs and the queue is blocked: the pages queued hand-overs hold may be what it waits for; they
+        // give them up (G5) and resume as retracted requests.
+        if (!blocked || seqs.length || this.slots.size || !this.dropQueuedHandOvers()) break;
       }
     }
     return seqs.length ? seqs : null;
+  }
+
+  /** Q5: admits a handed-over request straight to decoding, its KV moving into its page table, if a page for its
+   * first decode token can be had beyond `reserve`. */
+  private admitHandedOver(req: RequestRecord, reserve: number): boolean {
+    const kv = req.handedOver!;
+    const need = Math.ceil((req.promptLength + 1) / this.pageSize) - kv.pages.length;
+    if (need > 0 && (this.availablePages() - reserve < need || !this.takePages(need))) return false;
+    this.queue.remove(req);
+    req.handedOver = null;
+    req.transition('decoding');
+    this.slots.acquire(req);
+    req.admitOrder = ++this.admitCounter;
+    req.pages = kv.pages.concat(this.allocator.alloc(need)!);
+    req.cachedPageCount = kv.cachedPageCount;
+    req.lockedNode = kv.lockedNode;
+    req.scheduled = req.computed = req.promptLength;
+    this.stats.handedOverTokens += req.promptLength;
+    return true;
+  }
+
+  /** Releases the KV of every queued handed-over request; false when there was none. */
+  private dropQueuedHandOvers(): boolean {
+    let dropped = false;
+    for (const req of this.queue.snapshot()) {
+      if (!req.handedOver) continue;
+      this.releaseKv(req.handedOver);
+      req.handedOver = null;
+      dropped = true;
+    }
+    return dropped;
   }
 
   private planChunk(req: RequestRecord, chunk: number): PlannedSeq {
@@ -432,41 +551,77 @@ export class Scheduler {
     req.scheduled = req.computed = 0;
   }
 
-  /** The planned sequences still worth running, now that the previous result is in. */
-  private liveSeqs(plan: PlannedSeq[], landed: readonly Landed[]): PlannedSeq[] {
-    const stopping = new Set(landed.filter((l) => l.reason).map((l) => l.req));
-    return plan.filter((s) => s.req.isRunning && s.req.epoch === s.epoch && !stopping.has(s.req));
+  /** Moves the KV of a finished request's prompt positions [0, promptLength) out of its page table into a hold (G5):
+   * its full pages into the radix cache (pinned by the request's lock, which the hold takes over), the partial last
+   * page kept as is. Pages planned beyond the prompt (never computed) are freed; the request is left with none. */
+  private promptKv(req: RequestRecord): KvHold {
+    const keep = Math.ceil(req.promptLength / this.pageSize);
+    const full = Math.floor(req.promptLength / this.pageSize);
+    const cache = this.cache;
+    if (cache && full > req.cachedPageCount) {
+      const added = cache.extend(req.lockedNode ?? cache.root, req.tokens, req.cachedPageCount, req.pages.slice(req.cachedPageCount, full));
+      req.pages.splice(req.cachedPageCount, added.pages.length, ...added.pages);
+      cache.lock(added.node);
+      if (req.lockedNode) cache.unlock(req.lockedNode);
+      req.lockedNode = added.node;
+      req.cachedPageCount = full;
+    }
+    const kv: KvHold = { tokenCount: req.promptLength, pages: req.pages.slice(0, keep), cachedPageCount: req.cachedPageCount, lockedNode: req.lockedNode };
+    this.allocator.releaseAll(req.pages.slice(keep));
+    req.pages = [];
+    req.cachedPageCount = 0;
+    req.lockedNode = null;
+    req.scheduled = req.computed = 0;
+    return kv;
   }
 
   private submitStep(seqs: PlannedSeq[]): InFlight {
-    const steps: SeqStep[] = seqs.map((s) => {
+    const stepNo = this.stats.steps + 1;
+    const steps: SeqStep[] = seqs.map((s, row) => {
       const r = s.req;
-      if (s.end > r.tokens.length) fail(`request ${r.id}: step needs token ${s.end - 1} which has not arrived`);
-      if (s.sample) r.pending = 1;
+      const tokenIds = new Int32Array(s.end - s.start);
+      const known = Math.min(s.end, r.tokens.length);
+      for (let p = s.start; p < known; p++) tokenIds[p - s.start] = r.tokens[p];
+      if (known < s.end) {
+        // The last input is the token the step just submitted samples for this request (G4): a placeholder.
+        if (s.end - known !== 1 || r.pending !== 1 || r.sampleStep !== stepNo - 1) {
+          fail(`request ${r.id}: step ${stepNo} needs token ${s.end - 1}, which neither arrived nor is sampled by step ${stepNo - 1}`);
+        }
+        tokenIds[tokenIds.length - 1] = placeholderFor(r.sampleRow);
+      }
+      const outputIndex = r.outputCount + r.pending;
+      if (s.sample) {
+        r.pending++;
+        r.sampleStep = stepNo;
+        r.sampleRow = row;
+      }
       if (s.decode) this.stats.decodeTokens++;
       else this.stats.prefillTokens += s.end - s.start;
       return {
-        tokenIds: Int32Array.from(r.tokens.slice(s.start, s.end)),
+        tokenIds,
         startPos: s.start,
         pages: Int32Array.from(r.pages.slice(0, Math.ceil(s.end / this.pageSize))),
         sample: s.sample,
         sampling: r.input.sampling,
-        outputIndex: r.outputCount,
-        bannedTokenIds: s.sample ? r.bannedAt(r.outputCount) : undefined,
+        outputIndex,
+        bannedTokenIds: s.sample ? r.bannedAt(outputIndex) : undefined,
       };
     });
-    this.stats.steps++;
-    return { seqs, promise: this.executor.execute(steps) };
+    this.stats.steps = stepNo;
+    const promise = this.executor.execute(steps);
+    // A step queued behind one that failed is never awaited: the first failure ends the loop.
+    promise.catch(() => {});
+    return { seqs, promise };
   }
 
-  /** First half of applying a result, done before the next step is submitted: sampled tokens join their
-   * sequences (the next step's decode inputs) and stop conditions are decided. */
+  /** First half of applying a result: sampled tokens join their sequences and stop conditions are decided. The
+   * output of a request that ended while the step was in flight is discarded. */
   private landTokens(seqs: PlannedSeq[], result: StepResult): Landed[] {
     const landed: Landed[] = [];
     for (let k = 0; k < seqs.length; k++) {
       const s = seqs[k];
       const r = s.req;
-      if (s.sample) r.pending = 0;
+      if (s.sample) r.pending--;
       if (r.isDone) continue;
       if (s.epoch === r.epoch) r.computed = Math.max(r.computed, s.end);
       if (!s.sample) continue;
@@ -476,7 +631,8 @@ export class Scheduler {
     return landed;
   }
 
-  /** Second half: one output per request, and the end of those that stopped. */
+  /** Second half: one output per request, and the end of those that stopped (their pages are freed now: steps
+   * still in flight that read them run before any step that reuses them). */
   private deliver(landed: Landed[], result: StepResult): void {
     for (const { k, req, token, reason } of landed) {
       if (req.isDone) continue; // aborted from an earlier output's callback
@@ -496,7 +652,7 @@ export class Scheduler {
 
   /** Moves every full page a running request has computed into the radix cache as soon as it is complete, so
    * that concurrent requests sharing the prefix reuse it and KV events go out while the request runs. A page whose
-   * tokens the cache already holds is swapped for the cached one and freed; the step in flight may still read the
+   * tokens the cache already holds is swapped for the cached one and freed; a step in flight may still read the
    * freed page, which is safe because any step that reuses it runs after. */
   private cacheComputedPages(seqs: readonly PlannedSeq[]): void {
     const cache = this.cache;
@@ -518,10 +674,17 @@ export class Scheduler {
   /** Ends a request: frees its pages (caching what it computed), drops it, and sends its final output. */
   private finish(req: RequestRecord, reason: FinishReason, last?: RequestOutput, error?: ErrorPayload): void {
     const entry = this.requests.get(req.id)!;
+    const park = req.input.parkKvAs;
     if (req.isRunning) {
-      this.releasePages(req, reason !== 'error');
+      // a prefill worker's request stops at its first token, its prompt's KV computed: that KV is parked
+      if (park && (reason === 'stop' || reason === 'length') && req.outputCount === 1 && req.computed === req.promptLength) this.parkKv(park, this.promptKv(req));
+      else this.releasePages(req, reason !== 'error');
       this.slots.release(req);
     } else this.queue.remove(req);
+    if (req.handedOver) {
+      this.releaseKv(req.handedOver);
+      req.handedOver = null;
+    }
     req.transition(reason === 'cancelled' ? 'aborted' : 'finished');
     req.finishReason = reason;
     this.requests.delete(req.id);
@@ -548,6 +711,11 @@ function topOf(result: StepResult, k: number, n: number): TopLogprob[] {
     if (id >= 0) out.push({ tokenId: id, logprob: result.topLogprobs[k * result.topN + j] });
   }
   return out;
+}
+
+function countHold(kv: KvHold, refs: Map<number, number>, locks: Map<RadixNode, number>): void {
+  for (let i = kv.cachedPageCount; i < kv.pages.length; i++) refs.set(kv.pages[i], (refs.get(kv.pages[i]) ?? 0) + 1);
+  if (kv.lockedNode) locks.set(kv.lockedNode, (locks.get(kv.lockedNode) ?? 0) + 1);
 }
 
 function fail(message: string): never {
