@@ -23,12 +23,12 @@ export interface StepSample {
   kvUsedPages: number;
   /** Prompt tokens served from the prefix cache by admissions since the previous step. */
   cacheHitTokens: number;
-  /** Submission to result, on the scheduler's thread. */
+  /** Submission (or the previous step's result, when that came later: overlap) to result, on the scheduler's thread. */
   stepMs: number;
   /** Time the engine spent in the step, inside the rank's thread. */
   engineMs: number;
-  /** Host time on the critical path before this step: from the previous result's arrival to this submission
-   * (null when the executor was idle in between). */
+  /** Host time on the critical path before this step: how long the rank waited between the end of the previous
+   * engine step and the start of this one (null when the scheduler had nothing to run in between). */
   submitGapMs: number | null;
 }
 

@@ -3,8 +3,10 @@
 // side's handle, RankHandle, which the scheduler uses as its StepExecutor.
 //
 // Per-step path: the step travels packed in two flat buffers (messages.ts) that are transferred, not copied, to the
-// rank; the small result arrays come back by structured clone. The scheduler actor (actors/scheduler.ts) spawns and
-// owns its ranks. Failures cross the thread as coded payloads {code, message, rank}:
+// rank; the small result arrays come back by structured clone. With overlap on, the scheduler sends step N+1 while
+// step N runs; N+1's decode inputs that N samples are placeholders (src/scheduler/placeholder.ts) that the rank fills
+// from N's output tokens, kept here, so the engine starts N+1 as soon as N ends. The scheduler actor
+// (actors/scheduler.ts) spawns and owns its ranks. Failures cross the thread as coded payloads {code, message, rank}:
 //  - an engine error in a step rejects that step (the scheduler then fails its requests);
 //  - an uncaught error or an exit of the worker fails every in-flight step with LLM_ERR_ACTOR_CRASHED;
 //  - a step that takes longer than stepTimeoutMs fails every in-flight step with LLM_ERR_ACTOR_HUNG and the worker
@@ -12,6 +14,7 @@
 import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import type { Engine, KvIpcPool, KvPullStats, SeqStep, StepResult } from '../src/engine/types.js';
+import { resolvePlaceholders } from '../src/scheduler/placeholder.js';
 import type { StepExecutor } from '../src/scheduler/scheduler.js';
 import { packSteps, unpackSteps, unreachable, type EngineSummary, type StepPack } from './messages.js';
 import { siblingModule, spawnWorker } from './worker.js';
@@ -36,7 +39,9 @@ export type RankInbox =
 export type RankOutbox =
   | { kind: 'ready'; engine: EngineSummary }
   | { kind: 'initError'; error: ErrorPayload }
-  | { kind: 'result'; stepNo: number; result: StepResult; engineMs: number }
+  /** idleMs: from the end of the previous engine step to the start of this one (null for the first step, or after
+   * a failed one): the time the rank waited for this step. */
+  | { kind: 'result'; stepNo: number; result: StepResult; engineMs: number; idleMs: number | null }
   | { kind: 'stepError'; stepNo: number; error: ErrorPayload }
   | { kind: 'pagesDone'; opNo: number; data: Uint8Array | null }
   | { kind: 'kvIpcDone'; opNo: number; result: KvIpcReply<KvIpcOp> }
@@ -80,18 +85,28 @@ async function runRank(data: RankWorkerData): Promise<void> {
       headDim: engine.spec.headDim,
     },
   });
+  /** The last step's sampled tokens (placeholders of the next step name their rows), and when it ended. */
+  let previousTokens: Int32Array | null = null;
+  let lastStepEnd: number | null = null;
   port.on('message', (m: RankInbox) => {
     switch (m.kind) {
       case 'step': {
         let result: StepResult;
         const t0 = performance.now();
+        const idleMs = lastStepEnd === null ? null : t0 - lastStepEnd;
         try {
-          result = engine.step(unpackSteps(m.pack));
+          // Placeholders (overlap scheduling) take the tokens the previous step sampled: steps run in order here.
+          result = engine.step(resolvePlaceholders(unpackSteps(m.pack), previousTokens));
         } catch (err) {
+          previousTokens = null;
+          lastStepEnd = null;
           send({ kind: 'stepError', stepNo: m.stepNo, error: toErrorPayload(err, data.rank) });
           return;
         }
-        send({ kind: 'result', stepNo: m.stepNo, result, engineMs: performance.now() - t0 });
+        previousTokens = result.tokens;
+        const t1 = performance.now();
+        lastStepEnd = t1;
+        send({ kind: 'result', stepNo: m.stepNo, result, engineMs: t1 - t0, idleMs });
         return;
       }
       case 'exportPages':
@@ -162,6 +177,17 @@ export interface RankSpawnOptions {
   startTimeoutMs: number;
   /** Called once when the rank crashes, hangs or exits unasked. */
   onFailure?: (error: LlmError) => void;
+  /** Called with each step's timing as its result arrives, before the step's promise resolves. */
+  onStepTiming?: (timing: StepTiming) => void;
+}
+
+/** One answered step: the engine's time in it and the rank's wait before it (both in the rank thread), and when
+ * (performance.now() on the handle's thread) its result arrived. */
+export interface StepTiming {
+  stepNo: number;
+  engineMs: number;
+  idleMs: number | null;
+  resultAt: number;
 }
 
 interface PendingStep {
@@ -182,6 +208,7 @@ export class RankHandle implements StepExecutor {
   private opNo = 0;
   private readonly stepTimeoutMs: number;
   private readonly onFailure: ((error: LlmError) => void) | undefined;
+  private readonly onStepTiming: ((timing: StepTiming) => void) | undefined;
   private stepNo = 0;
   private timer: NodeJS.Timeout | null = null;
   private failure: LlmError | null = null;
@@ -194,6 +221,7 @@ export class RankHandle implements StepExecutor {
     this.rank = opts.rank;
     this.stepTimeoutMs = opts.stepTimeoutMs;
     this.onFailure = opts.onFailure;
+    this.onStepTiming = opts.onStepTiming;
     worker.on('message', (m: RankOutbox) => this.onMessage(m));
     worker.on('error', (err) => this.fail(new LlmError('LLM_ERR_ACTOR_CRASHED', `rank ${this.rank} crashed: ${err.message}`, { rank: this.rank })));
     this.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
@@ -316,6 +344,7 @@ export class RankHandle implements StepExecutor {
         if (m.kind === 'result') {
           this.stats.steps++;
           this.stats.engineMs += m.engineMs;
+          this.onStepTiming?.({ stepNo: m.stepNo, engineMs: m.engineMs, idleMs: m.idleMs, resultAt: this.stats.lastResultAt });
           head.resolve(m.result);
         }
         else head.reject(LlmError.fromPayload(m.error));

@@ -184,12 +184,15 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
   let lastMessageAt = 0;
   const counted = { prefill: 0, decode: 0, cacheHits: 0 };
   const open: { sample: StepSample; submittedAt: number; stepNo: number; gapped: boolean }[] = [];
+  let previousResultAt = 0;
   const closeSample = () => {
     while (open.length && timings.has(open[0].stepNo)) {
       const o = open.shift()!;
       const timing = timings.get(o.stepNo)!;
       timings.delete(o.stepNo);
-      o.sample.stepMs = timing.resultAt - o.submittedAt;
+      // A step submitted while the one before it ran (overlap) starts counting when that one's result arrived.
+      o.sample.stepMs = timing.resultAt - Math.max(o.submittedAt, previousResultAt);
+      previousResultAt = timing.resultAt;
       o.sample.engineMs = timing.engineMs;
       o.sample.submitGapMs = o.gapped ? timing.idleMs : null;
       pending().steps.push(o.sample);

@@ -159,8 +159,8 @@ async function throughActors() {
       // Where the wall time went: the engine inside the rank, and the scheduler's own planning/applying.
       engineBusySeconds: (m.engineBusyMs - metricsBefore.engineBusyMs) / 1000,
       schedulerHostSeconds: (st.hostMs - before.hostMs) / 1000,
-      // Per step, on the scheduler's thread: submission to result minus the engine's own time (thread hops, packing),
-      // and the result-to-next-submission gap (the scheduler's critical path).
+      // Per step, on the scheduler's thread: submission (or the previous result, when later) to result minus the
+      // engine's own time (thread hops, packing), and the rank's wait between engine steps (the critical path).
       hostOverheadPerStepMs: ((m.stepMs - metricsBefore.stepMs) - (m.engineBusyMs - metricsBefore.engineBusyMs)) / steps,
       submitGapUs: (1000 * (m.submitGapMs - metricsBefore.submitGapMs)) / Math.max(1, m.gappedSteps - metricsBefore.gappedSteps),
     };

@@ -1,0 +1,189 @@
+// Overlap scheduling with token feedback (src/scheduler/placeholder.ts, scheduler G4): step N+1 is submitted while
+// step N runs, its decode inputs that N samples being placeholders the executor resolves from N's tokens. These
+// tests pin what that must not change: a request that stops or is aborted while its next step is already submitted
+// streams no extra token and leaks no page; retraction and stop tokens under a tiny pool still give exact tokens;
+// and on the rank a placeholder is resolved from the previous step, or fails the step with a coded error (it must
+// never reach the engine).
+import t, { type Test } from 'tap';
+import { RankHandle } from '../actors/rank.js';
+import { LlmError } from '../src/errors.js';
+import type { SamplingParams, SeqStep } from '../src/engine/types.js';
+import { placeholderFor, resolvePlaceholders } from '../src/scheduler/placeholder.js';
+import { Scheduler, engineExecutor, type RequestOutput, type SchedulerOptions, type SchedulerRequest } from '../src/scheduler/scheduler.js';
+import { FakeEngine, nextToken, referenceOutput, type FakeEngineOptions } from './fixtures/fake-engine.js';
+import type { FakeEngineInit } from './fixtures/fake-engine-module.js';
+
+const VOCAB = 1000;
+const greedy: SamplingParams = { temperature: 0, topP: 1, topK: -1, minP: 0, seed: null, logprobs: -1 };
+
+function request(id: string, prompt: number[], over: Partial<SchedulerRequest> = {}): SchedulerRequest {
+  return { id, tokenIds: prompt, maxTokens: 16, minTokens: 0, ignoreEos: false, eosTokenIds: [], stopTokenIds: [], sampling: greedy, ...over };
+}
+
+function promptOf(seed: number, len: number): number[] {
+  return Array.from({ length: len }, (_, i) => (seed * 131 + i * 17 + ((seed * i) % 7)) % VOCAB);
+}
+
+interface Harness {
+  engine: FakeEngine;
+  sched: Scheduler;
+  /** Engine steps that started with the step after them already submitted (overlap at work). */
+  submittedAhead(): number;
+  run(req: SchedulerRequest, onOutput?: (o: RequestOutput) => void): Promise<RequestOutput[]>;
+}
+
+function harness(t: Test, engineOpts: Partial<FakeEngineOptions> = {}, opts: Partial<SchedulerOptions> = {}): Harness {
+  let sched: Scheduler | undefined;
+  let submittedAhead = 0;
+  const engine = new FakeEngine({
+    numPages: 256, pageSize: 4, vocabSize: VOCAB, ...engineOpts,
+    onStep: (n, seqs) => {
+      sched!.checkIntegrity();
+      // With overlap on the scheduler has submitted the step after this one before this one runs.
+      if (sched!.stats.steps > n) submittedAhead++;
+      engineOpts.onStep?.(n, seqs);
+    },
+  });
+  sched = new Scheduler(engineExecutor(engine), {
+    maxRunningRequests: 64, chunkedPrefillSize: 8, maxPrefillTokens: 32, maxBatchTokens: 256, maxSeqsPerStep: 128,
+    enableOverlap: true, enablePrefixCache: true, ...opts,
+  });
+  sched.start();
+  const s = sched;
+  t.teardown(() => s.stop());
+  return {
+    engine, sched: s, submittedAhead: () => submittedAhead,
+    run: (req, onOutput) =>
+      new Promise((resolve) => {
+        const outs: RequestOutput[] = [];
+        s.submit(req, (o) => {
+          outs.push(o);
+          onOutput?.(o);
+          if (o.finishReason) resolve(outs);
+        });
+      }),
+  };
+}
+
+const tokensOf = (outs: RequestOutput[]) => outs.flatMap((o) => o.tokenIds);
+
+function checkDrained(t: Test, h: Harness) {
+  t.ok(h.submittedAhead() > 0, `${h.submittedAhead()} steps were submitted while the step before them ran`);
+  h.sched.checkIntegrity();
+  t.equal(h.sched.runningCount + h.sched.queuedCount, 0, 'no live requests');
+  t.equal(h.sched.allocator.usedCount, h.sched.cache?.cachedPages ?? 0, 'every used page is a cached page');
+  h.sched.cache?.clear();
+  t.equal(h.sched.allocator.freeCount, h.sched.allocator.numPages, 'all pages free after clearing the cache');
+}
+
+t.test('placeholders resolve from the previous step, and fail with a coded error otherwise', async (t) => {
+  const seq = (tokenIds: number[]): SeqStep => ({ tokenIds: Int32Array.from(tokenIds), startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 });
+  const steps = [seq([5, 6]), seq([placeholderFor(1)]), seq([placeholderFor(0)])];
+  const out = resolvePlaceholders(steps, Int32Array.from([40, 41]));
+  t.same(out.map((s) => Array.from(s.tokenIds)), [[5, 6], [41], [40]]);
+  t.equal(out[0], steps[0], 'a sequence without placeholders is passed through');
+  t.same(Array.from(steps[1].tokenIds), [-2], 'the submitted step is not modified');
+  t.equal(resolvePlaceholders([steps[0]], null)[0], steps[0]);
+  const coded = (fn: () => unknown, re: RegExp, what: string) => {
+    try {
+      fn();
+      t.fail(`${what}: no error`);
+    } catch (e) {
+      t.ok(e instanceof LlmError && e.code === 'LLM_ERR_STEP_INVALID' && re.test(e.message), `${what}: ${String(e)}`);
+    }
+  };
+  coded(() => resolvePlaceholders([steps[1]], null), /row 1 of the previous step, which did not run/, 'no previous step');
+  coded(() => resolvePlaceholders([steps[1]], Int32Array.from([3])), /had 1 rows/, 'row beyond the previous step');
+  coded(() => resolvePlaceholders([steps[1]], Int32Array.from([3, -1])), /sampled no token there/, 'row that did not sample');
+});
+
+t.test('a request that stops on EOS while its next step is submitted streams no extra token and leaks no page', async (t) => {
+  const h = harness(t);
+  const prompt = promptOf(1, 9);
+  const free = referenceOutput(prompt, { maxTokens: 20, vocabSize: VOCAB });
+  const eos = free[5];
+  const steps0 = h.engine.steps;
+  const outs = await h.run(request('eos', prompt, { maxTokens: 20, eosTokenIds: [eos] }));
+  t.same(tokensOf(outs), free.slice(0, free.indexOf(eos) + 1), 'stops on eos');
+  t.ok(outs.every((o) => o.tokenIds.length === 1), 'one token per output, none after the stop');
+  t.equal(outs.at(-1)!.finishReason, 'stop');
+  t.equal(outs.at(-1)!.usage!.completionTokens, free.indexOf(eos) + 1);
+  // Prefill chunks (at most 8 tokens each), then decodes: the step after the EOS one ran too.
+  await new Promise((resolve) => setImmediate(resolve)); // the step already submitted runs
+  const produced = free.indexOf(eos) + 1;
+  const prefillSteps = Math.ceil(prompt.length / 8);
+  t.equal(h.engine.steps - steps0, prefillSteps + produced, 'the step submitted after the EOS step ran, its output discarded');
+  checkDrained(t, h);
+});
+
+t.test('max_tokens: no step is submitted past the pending token that reaches it', async (t) => {
+  const h = harness(t);
+  const prompt = promptOf(2, 5);
+  const steps0 = h.engine.steps;
+  const outs = await h.run(request('len', prompt, { maxTokens: 7 }));
+  t.same(tokensOf(outs), referenceOutput(prompt, { maxTokens: 7, vocabSize: VOCAB }));
+  t.equal(outs.at(-1)!.finishReason, 'length');
+  await new Promise((resolve) => setImmediate(resolve));
+  t.equal(h.engine.steps - steps0, 7, 'one prefill and six decode steps, nothing beyond');
+  checkDrained(t, h);
+});
+
+t.test('abort from the stream while the next step is submitted: no token after it, pages freed, others exact', async (t) => {
+  const h = harness(t);
+  const pa = promptOf(3, 12);
+  const pb = promptOf(4, 7);
+  let streamed = 0;
+  const runA = h.run(request('a', pa, { maxTokens: 30 }), (o) => {
+    if (o.tokenIds.length && !o.finishReason && ++streamed === 4) h.sched.abort('a');
+  });
+  const runB = h.run(request('b', pb, { maxTokens: 25 }));
+  const [outsA, outsB] = await Promise.all([runA, runB]);
+  const refA = referenceOutput(pa, { maxTokens: 30, vocabSize: VOCAB });
+  t.same(tokensOf(outsA), refA.slice(0, 4), 'a streamed up to the abort, then only its final (empty) output');
+  t.same(outsA.at(-1)!.tokenIds, []);
+  t.equal(outsA.at(-1)!.finishReason, 'cancelled');
+  t.same(tokensOf(outsB), referenceOutput(pb, { maxTokens: 25, vocabSize: VOCAB }), 'b, which reuses a\'s freed pages, is exact');
+  checkDrained(t, h);
+});
+
+for (const cache of [true, false]) {
+  t.test(`tiny pool: retraction with stop tokens and min_tokens gives exact tokens (cache ${cache})`, async (t) => {
+    const h = harness(t, { numPages: 20 }, { enablePrefixCache: cache, chunkedPrefillSize: 6 });
+    const ps = Array.from({ length: 16 }, (_, i) => promptOf(10 + i, 5 + ((i * 7) % 24)));
+    const reqs = ps.map((p, i) => {
+      const free = referenceOutput(p, { maxTokens: 40, vocabSize: VOCAB });
+      // a stop id that occurs early in the free output: min_tokens (odd requests) must carry past it
+      return request(`r${i}`, p, { maxTokens: 40, stopTokenIds: [free[3 + (i % 5)]], minTokens: i % 2 ? 12 : 0 });
+    });
+    const results = await Promise.all(reqs.map((r) => h.run(r)));
+    results.forEach((outs, i) => {
+      const r = reqs[i];
+      t.same(tokensOf(outs), referenceOutput(ps[i], { maxTokens: 40, vocabSize: VOCAB, stopTokenIds: r.stopTokenIds, minTokens: r.minTokens }), `request ${i}`);
+      t.ok(outs.every((o) => o.tokenIds.length <= 1), 'at most one token per output');
+    });
+    t.ok(h.sched.stats.retractions > 0, `retracted ${h.sched.stats.retractions} times`);
+    checkDrained(t, h);
+  });
+}
+
+t.test('the rank resolves placeholders from its previous step, and fails a step whose placeholder it cannot', async (t) => {
+  const init: FakeEngineInit = { numPages: 16, pageSize: 4, vocabSize: VOCAB };
+  const rank = await RankHandle.spawn({
+    rank: 0, engineModule: new URL('./fixtures/fake-engine-module.ts', import.meta.url).href, engineInit: init, stepTimeoutMs: 10_000, startTimeoutMs: 30_000,
+  });
+  t.teardown(() => rank.close());
+  const prompt = [3, 1, 4, 1, 5];
+  const seq = (tokenIds: number[], startPos: number, pages: number[]): SeqStep =>
+    ({ tokenIds: Int32Array.from(tokenIds), startPos, pages: Int32Array.from(pages), sample: true, sampling: greedy, outputIndex: startPos - prompt.length + 1 });
+  await t.rejects(rank.execute([seq([placeholderFor(0)], 0, [0])]), { code: 'LLM_ERR_STEP_INVALID' }, 'no step ran before: coded error');
+  // Both steps go to the rank before the first answers, as overlap sends them.
+  const first = rank.execute([seq(prompt, 0, [0, 1])]);
+  const second = rank.execute([seq([placeholderFor(0)], 5, [0, 1])]);
+  const t1 = (await first).tokens[0];
+  const t2 = (await second).tokens[0];
+  t.equal(t1, nextToken(prompt, VOCAB));
+  t.equal(t2, nextToken([...prompt, t1], VOCAB), 'the placeholder took the previous step\'s token');
+  await t.rejects(rank.execute([seq([placeholderFor(3)], 6, [0, 1])]), { code: 'LLM_ERR_STEP_INVALID', message: /row 3/ }, 'a row the previous step lacks');
+  const after = await rank.execute([seq([t2], 6, [0, 1])]);
+  t.equal(after.tokens[0], nextToken([...prompt, t1, t2], VOCAB), 'the rank keeps working after a refused step');
+});
