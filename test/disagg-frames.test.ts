@@ -1,5 +1,6 @@
 // The KV bootstrap wire on its own: frames split across and joined within chunks, a corrupt length or header is a
-// protocol error naming the peer, and a layout mismatch names what differs and both sides.
+// protocol error naming the peer, and a layout mismatch names what differs and both sides; page repacking, a
+// hand-over's partial last page included.
 import t from 'tap';
 import { FrameReader, MAX_FRAME_BYTES } from '../src/disagg/frames.js';
 import { checkLayouts, type KvLayout } from '../src/disagg/layout.js';
@@ -85,4 +86,25 @@ t.test('page repacking: 16 -> 4 and 4 -> 16 token rows, with dtype conversion', 
   const back = convertPages(c.data, 2, to16, f32);
   t.equal(back.pageCount, 8);
   t.same(Array.from(new Float32Array(back.data.buffer, back.data.byteOffset, back.data.length / 4)), Array.from(bf16ToF32(f32ToBf16(src.subarray(0, 32 * tensors * rowElems)))), 'repacked back to pages of 4, exactly the rounded values');
+});
+
+t.test('a hand-over\'s partial last page is repacked too: 38 tokens, 4 -> 16 -> 4', async (t) => {
+  const rowElems = layout.numKvHeads * layout.headDim;
+  const tensors = 2 * layout.numLayers;
+  const tokens = 38; // pages of 4: 9 full + one of 2; pages of 16: 2 full + one of 6
+  const src = new Float32Array(10 * 4 * tensors * rowElems);
+  for (let tok = 0; tok < tokens; tok++) {
+    for (let k = 0; k < tensors; k++) for (let e = 0; e < rowElems; e++) src[((Math.floor(tok / 4) * tensors + k) * 4 + (tok % 4)) * rowElems + e] = k * 1000 + tok + e / 64;
+  }
+  const to16 = { ...layout, pageSize: 16, bytesPerPage: 4 * layout.bytesPerPage };
+  const c = convertPages(new Uint8Array(src.buffer), 10, layout, to16, tokens);
+  t.same([c.pageCount, c.tokenCount], [3, tokens], 'three pages of 16, the last holding 6 tokens');
+  const back = convertPages(c.data, 3, to16, layout, tokens);
+  t.same([back.pageCount, back.tokenCount], [10, tokens]);
+  const row = (data: Float32Array, ps: number, tok: number, k: number) => data.subarray(((Math.floor(tok / ps) * tensors + k) * ps + (tok % ps)) * rowElems, ((Math.floor(tok / ps) * tensors + k) * ps + (tok % ps) + 1) * rowElems);
+  const out = new Float32Array(back.data.buffer, back.data.byteOffset, back.data.length / 4);
+  let same = true;
+  for (let tok = 0; tok < tokens; tok++) for (let k = 0; k < tensors; k++) same &&= row(out, 4, tok, k).every((v, e) => v === row(src, 4, tok, k)[e]);
+  t.ok(same, 'every row of every prompt position survives the round trip');
+  t.throws(() => convertPages(new Uint8Array(src.buffer), 10, layout, to16, 41), { code: 'LLM_ERR_KV_TRANSFER' }, 'more tokens than the pages hold');
 });

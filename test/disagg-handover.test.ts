@@ -166,6 +166,19 @@ t.test('schedulers: cancellation before admission, after it, and of parked KV no
   clean(t, d, 'decode');
 });
 
+t.test('schedulers: a request that does not fit while KV is parked waits for its release', async (t) => {
+  const p = side(t, 4);
+  await run(p.sched, req('parked', Array.from({ length: 14 }, (_, i) => 100 + i), { maxTokens: 1, parkKvAs: 'k' }));
+  t.equal(p.sched.allocator.freeCount, 0, 'the parked prompt holds the whole pool');
+  const prompt = [7, 8, 9, 10, 11];
+  const waiting = run(p.sched, req('waiting', prompt, { maxTokens: 3 }));
+  await new Promise((r) => setTimeout(r, 20));
+  t.equal(p.sched.queuedCount, 1, 'queued, and the scheduler did not give up');
+  p.sched.dropParked('k');
+  t.same(tokens(await waiting), referenceOutput(prompt, { maxTokens: 3, vocabSize: VOCAB }));
+  clean(t, p, 'prefill');
+});
+
 t.test('schedulers: retraction of handed-over requests and a decode pool too small to take the KV', async (t) => {
   const p = side(t, 256);
   const d = side(t, 12, { chunkedPrefillSize: 4 }); // 48 token slots for 6 requests of up to 27 tokens

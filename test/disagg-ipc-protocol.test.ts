@@ -2,7 +2,8 @@
 // pages and a decode side using fetchKv. Checks that the pool handle goes out once per decode worker (it says what
 // it has open), that the prefill side unlocks its pages only after `pulled` and answers `released`, that a
 // `fallback` gets the pages host-staged, and that a decode side going away mid-pull, a timeout, or a forced
-// cuda-ipc prefill side asked for tcp all release the pages with a clear error where one is due.
+// cuda-ipc prefill side asked for tcp all release the pages with a clear error where one is due; a hand-over's
+// partial last page and first token travel with the page list and with a fallback.
 import t from 'tap';
 import { fetchKv, type IpcKv } from '../src/disagg/kv-receiver.js';
 import { KvSender, type HeldPrefix } from '../src/disagg/kv-sender.js';
@@ -110,5 +111,20 @@ t.test('a forced cuda-ipc prefill side refuses tcp-only and fallback requests, n
   const fb = await got.fallback('no peer access').then(() => null, (e: Error) => e);
   t.match(fb?.message, /cannot pull the KV pages of bootstrap room 7 \(no peer access\), and this prefill worker runs with --disaggregation-transfer-backend cuda-ipc/);
   t.match((await published)?.message, /no tcp fallback/);
+  t.equal(h.releases, 1);
+});
+
+t.test('a hand-over: the partial last page and the first token go with the page list, and with a fallback', async (t) => {
+  const s = await sender(t);
+  const prefilled = { first_token_id: 42, logprob: -0.5, top_logprobs: [{ token_id: 42, logprob: -0.5 }], cached_tokens: 4 };
+  const h = held([3, 8, 5]);
+  h.tokenIds = Array.from({ length: 10 }, (_, i) => 10 + i); // 2 full pages of 4 and one of 2
+  const published = s.publish(8n, { kind: 'held', held: h, prefilled });
+  const got = (await fetchKv({ host: '127.0.0.1', port: s.port, room: 8n, layout, timeoutMs: 3000, transfer: ipcOffer() })) as IpcKv;
+  t.same(got.header.prefilled, prefilled);
+  t.same([got.header.token_ids.length, got.header.pages], [10, [3, 8, 5]]);
+  const host = await got.fallback('no peer access');
+  await published;
+  t.same([host.tokenIds.length, host.pageCount, host.data.length, host.prefilled], [10, 3, 3 * layout.bytesPerPage, prefilled]);
   t.equal(h.releases, 1);
 });

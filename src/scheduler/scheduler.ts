@@ -286,7 +286,9 @@ export class Scheduler {
   /** Frees KV parked under key, if any is. */
   dropParked(key: string): void {
     const kv = this.takeParked(key);
-    if (kv) this.releaseKv(kv);
+    if (!kv) return;
+    this.releaseKv(kv);
+    this.wake?.(); // queued requests may fit now
   }
 
   /** Gives held KV back: its cached pages are unpinned (they stay cached), its own pages freed. */
@@ -350,7 +352,8 @@ export class Scheduler {
           this.stats.hostMs += performance.now() - t0;
           continue;
         }
-        if (this.requests.size) {
+        // Pages parked for a hand-over come back when it ends (sent, given up or timed out): wait for that.
+        if (this.requests.size && !this.parked.size) {
           fail(`stalled with ${this.queue.length} queued and ${this.slots.size} running requests and nothing to run`);
         }
         t0 = performance.now();
