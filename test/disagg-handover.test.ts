@@ -5,7 +5,8 @@
 // stop conditions on the first token end the stream at once, cancellation and retraction of handed-over requests,
 // a decode pool too small to take the KV, and no page leaked anywhere (integrity checks at every step). Then two
 // real CPU workers (stories260K, tcp transfer) against an aggregated one: chunks equal for prompts that fill their
-// last page and that don't, max_tokens 1, a first token that is EOS, logprobs, and a cancelled decode stream.
+// last page and that don't, max_tokens 1, a first token that is EOS, logprobs, logprobs the prefill side did not
+// compute (the decode side recomputes the tail, the older path), and a cancelled decode stream.
 import t, { type Test } from 'tap';
 import { fileURLToPath } from 'node:url';
 import { exportParked, importPrefix, type PageCopier } from '../src/disagg/prefix.js';
@@ -233,10 +234,10 @@ t.test('CPU workers over tcp: hand-over chunks equal the aggregated worker\'s', 
   const bootstrap = prefill.disagg!.endpoint!;
   let n = 0;
   /** One request through both workers as the prefill router sends it; the decode side's chunks. */
-  const disagg = async (body: PreprocessedRequest, onChunk?: (c: LlmResponseChunk) => void, signal = new AbortController().signal) => {
+  const disagg = async (body: PreprocessedRequest, onChunk?: (c: LlmResponseChunk) => void, signal = new AbortController().signal, prefillBody = body) => {
     const info = { ...bootstrap, bootstrap_room: randomBootstrapRoom() };
     const id = `ho-${n++}`;
-    const pre = chunks(prefill.disagg!.generate({ ...body, bootstrap_info: info }, { signal: new AbortController().signal, requestId: `${id}-p` }));
+    const pre = chunks(prefill.disagg!.generate({ ...prefillBody, bootstrap_info: info }, { signal: new AbortController().signal, requestId: `${id}-p` }));
     const dec = chunks(decode.disagg!.generate({ ...body, bootstrap_info: info }, { signal, requestId: `${id}-d` }), onChunk);
     const [, got] = await Promise.all([pre, dec]);
     return got;
@@ -271,6 +272,12 @@ t.test('CPU workers over tcp: hand-over chunks equal the aggregated worker\'s', 
   const lpGot = await disagg(lp);
   t.same(strip(lpGot), strip(await aggregated(lp)), 'logprobs and top logprobs, the first token\'s from the prefill worker');
   t.equal(lpGot[0].top_logprobs?.[0].length, 3);
+  // a prefill request that asked for no logprobs: the decode worker computes the prompt's tail and first token itself
+  const s2 = stats();
+  const fallback = await disagg(lp, undefined, undefined, body(prompt, 5));
+  t.same(strip(fallback), strip(await aggregated(lp)), 'logprobs the hand-over lacks: recomputed on the decode side');
+  t.equal(stats().prefillTokens - s2.prefillTokens, prompt.length % 4 || 4, 'only the partial last page was recomputed');
+  t.equal(stats().handedOverTokens, s2.handedOverTokens);
 
   // cancelled after the hand-over, mid-stream
   const ac = new AbortController();
