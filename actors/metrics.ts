@@ -30,6 +30,9 @@ export interface StepSample {
   /** Host time on the critical path before this step: how long the rank waited between the end of the previous
    * engine step and the start of this one (null when the scheduler had nothing to run in between). */
   submitGapMs: number | null;
+  /** Submitted before the step before it had answered (overlap): the rank had it queued when that step ended,
+   * unless that step's result was already on its way. */
+  queuedBehind: boolean;
 }
 
 /** One finished request, as its stream saw it. */
@@ -64,6 +67,8 @@ export interface MetricsSnapshot {
   /** Sum of submitGapMs over the steps that had one, and how many did. */
   submitGapMs: number;
   gappedSteps: number;
+  /** Steps with queuedBehind. */
+  queuedSteps: number;
   /** Last step's batch size and the largest seen. */
   lastBatchSize: number;
   maxBatchSize: number;
@@ -82,7 +87,7 @@ const IDLE: SchedulerLoad = { kvTotalPages: 0, kvUsedPages: 0, kvEvictablePages:
 export class MetricsActor {
   private readonly totals: MetricsSnapshot = {
     load: IDLE, steps: 0, prefillTokens: 0, decodeTokens: 0, cacheHitTokens: 0, stepMs: 0, engineBusyMs: 0, submitGapMs: 0,
-    gappedSteps: 0, lastBatchSize: 0, maxBatchSize: 0,
+    gappedSteps: 0, queuedSteps: 0, lastBatchSize: 0, maxBatchSize: 0,
     requests: { finished: 0, cancelled: 0, failed: 0, promptTokens: 0, completionTokens: 0, cachedTokens: 0, firstTokenMs: 0, totalMs: 0 },
   };
 
@@ -101,6 +106,7 @@ export class MetricsActor {
             t.submitGapMs += s.submitGapMs;
             t.gappedSteps++;
           }
+          if (s.queuedBehind) t.queuedSteps++;
           t.lastBatchSize = s.batchSize;
           t.maxBatchSize = Math.max(t.maxBatchSize, s.batchSize);
         }

@@ -216,7 +216,7 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
         sample: {
           batchSize: seqs.length, prefillTokens: st.prefillTokens - counted.prefill, decodeTokens: st.decodeTokens - counted.decode,
           queued: s.queuedCount, running: s.runningCount, kvUsedPages: s.allocator.usedCount, cacheHitTokens: st.cacheHitTokens - counted.cacheHits,
-          stepMs: 0, engineMs: 0, submitGapMs: null,
+          stepMs: 0, engineMs: 0, submitGapMs: null, queuedBehind: previousRunning,
         },
         submittedAt, stepNo, gapped: previousRunning || (stepNo > 1 && previousDone),
       });

@@ -10,9 +10,11 @@
 // 0.31-0.38 ms over the engine and a 310-384 us rank wait when each step went to the rank only after the previous
 // result had crossed to the scheduler; with overlap's token feedback (the next step is already queued on the rank,
 // its decode inputs resolved there) 0.03-0.07 ms and 25-73 us; run side by side under a load of about 4, 0.43-0.87
-// ms and 433-866 us before, 0.08-0.24 ms and 77-234 us after. The wall-time bounds leave room for a loaded box and
-// still catch a timer or a blocking stream on the step path (1 ms or more per step); the rank-wait bound for batch
-// 1 catches a step that waits for the previous result again. Every round's figures are printed as comments.
+// ms and 433-866 us before, 0.08-0.24 ms and 77-234 us after. Under heavier load a whole run can land with the
+// scheduler's thread sharing the rank's core, and its wake-up after each result costs the rank ~300 us whatever the
+// step order. So the timing bounds leave room for a loaded box and still catch a timer or a blocking stream on the
+// step path (1 ms or more per step), and the check that overlap works is structural: at batch 1 (nearly) every
+// decode step reaches the rank while the one before it runs. Every round's figures are printed as comments.
 import t from 'tap';
 import { Supervisor } from '../src/supervisor.js';
 import type { PreprocessedRequest } from '../src/protocol/request.js';
@@ -36,6 +38,8 @@ interface Round {
   engineMs: number;
   overheadMs: number;
   submitGapUs: number;
+  /** Share of the steps submitted before the previous one had answered. */
+  queuedShare: number;
 }
 
 /** `batch` requests of `tokens` tokens at once; per-step figures over the decode steps of the first stream (its
@@ -59,12 +63,13 @@ async function round(sup: Supervisor, batch: number, tokens: number, seed: numbe
   const wallMs = (st[st.length - 1] - st[skip]) / (st.length - 1 - skip);
   const engineMs = (m1.engineBusyMs - m0.engineBusyMs) / (m1.steps - m0.steps);
   const submitGapUs = (1000 * (m1.submitGapMs - m0.submitGapMs)) / Math.max(1, m1.gappedSteps - m0.gappedSteps);
-  return { wallMs, engineMs, overheadMs: wallMs - engineMs, submitGapUs };
+  const queuedShare = (m1.queuedSteps - m0.queuedSteps) / (m1.steps - m0.steps);
+  return { wallMs, engineMs, overheadMs: wallMs - engineMs, submitGapUs, queuedShare };
 }
 
 
 for (const [batch, tokens, boundMs, gapBoundUs] of [
-  [1, 100, 0.8, 250],
+  [1, 100, 0.8, 1000],
   [64, 60, 2, 1000],
 ] as const) {
   t.test(`batch ${batch}: host overhead per step < ${boundMs} ms, result to next step < ${gapBoundUs} us`, async (t) => {
@@ -73,12 +78,17 @@ for (const [batch, tokens, boundMs, gapBoundUs] of [
     t.teardown(() => sup.stop());
     await round(sup, batch, 8, 1000); // warm-up
     const rounds: Round[] = [];
+    let queuedShare = 0;
     for (let r = 0; r < 10 && (r < 5 || !rounds.some(clean)); r++) {
       const x = await round(sup, batch, tokens, 100 * (r + 1));
       t.comment(`batch ${batch}: wall/step ${x.wallMs.toFixed(3)} ms, engine ${x.engineMs.toFixed(3)} ms, host overhead ${x.overheadMs.toFixed(3)} ms ` +
-        `(${((100 * x.overheadMs) / x.engineMs).toFixed(1)}%), result-to-next-step ${x.submitGapUs.toFixed(0)} us${clean(x) ? '' : ' (rank starved: not counted)'}`);
+        `(${((100 * x.overheadMs) / x.engineMs).toFixed(1)}%), result-to-next-step ${x.submitGapUs.toFixed(0)} us, ` +
+        `${(100 * x.queuedShare).toFixed(0)}% of steps queued behind the previous one${clean(x) ? '' : ' (rank starved: not counted)'}`);
       if (clean(x)) rounds.push(x);
+      queuedShare = Math.max(queuedShare, x.queuedShare);
     }
+    // Overlap: each decode step goes to the rank while the one before it runs, whatever the load on the machine.
+    if (batch === 1) t.ok(queuedShare >= 0.9, `${(100 * queuedShare).toFixed(0)}% of the decode steps were queued on the rank behind the previous one`);
     if (!rounds.length) {
       t.comment('every round had the rank starved of CPU by other work on the machine: nothing to check');
       return;
