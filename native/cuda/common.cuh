@@ -48,8 +48,17 @@ __device__ __forceinline__ float blockSum(float v, float* scratch) {
 // Programmatic dependent launch (sm_90): a kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization
 // may start before the previous kernel on its stream has finished; it must wait before touching anything that
 // kernel writes or reads, and lets the next one start early once it is running. No-ops for ordinary launches.
-__device__ __forceinline__ void waitPreviousGrid() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void allowNextGrid() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+// (griddepcontrol is sm_90; older targets run the kernels without the overlap, so these compile to nothing there.)
+__device__ __forceinline__ void waitPreviousGrid() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allowNextGrid() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
 
 /** 8 bf16 in one 16-byte word, converted to/from f32. */
 __device__ __forceinline__ void unpack8(const uint4& u, float* f) {

@@ -152,6 +152,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decodeAttentionKernel(const
   const int row = warp * kRowsPerWarp + lane / kLanes;
   const int dim0 = (lane % kLanes) * 8;
   const int64_t token = seq.x;
+  // Programmatic dependent launch: the lines above read only the step's inputs (copied before the graph runs); q and
+  // the newest key/value are the previous kernel's output (q/k-norm + RoPE + KV write), so wait for it here, then let
+  // the next kernel (the o projection) start streaming its weights while this one runs.
+  waitPreviousGrid();
+  allowNextGrid();
 
   float qf[G][8];
 #pragma unroll
@@ -359,15 +364,18 @@ void launchDecodeKernel(const DecodeParams& p, int numSeqs, int splits, cudaStre
   cfg.blockDim = dim3(kDecodeWarps * 32);
   cfg.dynamicSmemBytes = kRingBytes;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
+  int numAttrs = 0;
+  attr[numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // see waitPreviousGrid in the kernel
+  attr[numAttrs++].val.programmaticStreamSerializationAllowed = 1;
   if (p.mode == OutMode::Cluster) {
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = splits;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    attr[numAttrs].id = cudaLaunchAttributeClusterDimension;
+    attr[numAttrs].val.clusterDim.x = splits;
+    attr[numAttrs].val.clusterDim.y = 1;
+    attr[numAttrs++].val.clusterDim.z = 1;
   }
+  cfg.attrs = attr;
+  cfg.numAttrs = numAttrs;
   DSG_CUDA(cudaLaunchKernelEx(&cfg, decodeAttentionKernel<D, G, U, S>, p));
   DSG_LAUNCHED("decodeAttentionKernel");
 }
