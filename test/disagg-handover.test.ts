@@ -10,8 +10,9 @@
 import t, { type Test } from 'tap';
 import { fileURLToPath } from 'node:url';
 import { exportParked, importPrefix, type PageCopier } from '../src/disagg/prefix.js';
-import { Scheduler, engineExecutor, type HandOver, type RequestOutput, type SchedulerOptions, type SchedulerRequest } from '../src/scheduler/scheduler.js';
-import { FakeEngine, fakeLogprob, referenceOutput } from './fixtures/fake-engine.js';
+import type { HandOver, Scheduler, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
+import { fakeLogprob, referenceOutput, type FakeEngine } from './fixtures/fake-engine.js';
+import { runRequest, schedulerRequest, startScheduler, tokensOf } from './helpers/scheduler-harness.js';
 import { finalizeConfig, resolveConfig } from '../src/config/resolve.js';
 import type { PreprocessedRequest } from '../src/protocol/request.js';
 import type { LlmResponseChunk } from '../src/protocol/response.js';
@@ -28,42 +29,21 @@ interface Side {
 }
 
 function side(t: Test, numPages: number, opts: Partial<SchedulerOptions> = {}): Side {
-  let sched: Scheduler | undefined;
-  const engine = new FakeEngine({ numPages, pageSize: PS, vocabSize: VOCAB, onStep: () => sched?.checkIntegrity() });
-  sched = new Scheduler(engineExecutor(engine), {
-    maxRunningRequests: 64, chunkedPrefillSize: 8, maxPrefillTokens: 64, maxBatchTokens: 256, maxSeqsPerStep: 128,
-    enableOverlap: true, enablePrefixCache: true, ...opts,
-  });
-  sched.start();
-  const s = sched;
-  t.teardown(() => s.stop());
+  const { engine, sched } = startScheduler(t, { numPages, pageSize: PS }, { maxPrefillTokens: 64, ...opts });
   return {
     engine,
-    sched: s,
+    sched,
     copier: { exportPages: async (p) => engine.exportPages(p), importPages: async (p, d) => engine.importPages(p, d) },
   };
 }
 
 function req(id: string, prompt: number[], over: Partial<SchedulerRequest> = {}): SchedulerRequest {
-  return {
-    id, tokenIds: prompt, maxTokens: 8, minTokens: 0, ignoreEos: false, eosTokenIds: [], stopTokenIds: [],
-    sampling: { temperature: 0, topP: 1, topK: -1, minP: 0, seed: null, logprobs: -1 },
-    ...over,
-  };
+  return schedulerRequest(id, prompt, { maxTokens: 8, ...over });
 }
 
-function run(s: Scheduler, r: SchedulerRequest, onOutput?: (o: RequestOutput) => void): Promise<RequestOutput[]> {
-  return new Promise((resolve) => {
-    const outs: RequestOutput[] = [];
-    s.submit(r, (o) => {
-      outs.push(o);
-      onOutput?.(o);
-      if (o.finishReason) resolve(outs);
-    });
-  });
-}
+const run = runRequest;
 
-const tokens = (outs: RequestOutput[]) => outs.flatMap((o) => o.tokenIds);
+const tokens = tokensOf;
 
 /** No page held beyond what the radix cache keeps, nothing running or parked. */
 function clean(t: Test, s: Side, name: string): void {

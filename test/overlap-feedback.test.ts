@@ -9,71 +9,37 @@ import { RankHandle } from '../actors/rank.js';
 import { LlmError } from '../src/errors.js';
 import type { SamplingParams, SeqStep } from '../src/engine/types.js';
 import { placeholderFor, resolvePlaceholders } from '../src/scheduler/placeholder.js';
-import { Scheduler, engineExecutor, type RequestOutput, type SchedulerOptions, type SchedulerRequest } from '../src/scheduler/scheduler.js';
-import { FakeEngine, nextToken, referenceOutput, type FakeEngineOptions } from './fixtures/fake-engine.js';
+import type { RequestOutput, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
+import { nextToken, referenceOutput, type FakeEngineOptions } from './fixtures/fake-engine.js';
+import { GREEDY, VOCAB, checkDrained as checkDrainedScheduler, runRequest, schedulerRequest, startScheduler, tokensOf, type SchedulerUnderTest } from './helpers/scheduler-harness.js';
 import type { FakeEngineInit } from './fixtures/fake-engine-module.js';
 
-const VOCAB = 1000;
-const greedy: SamplingParams = { temperature: 0, topP: 1, topK: -1, minP: 0, seed: null, logprobs: -1 };
+const greedy: SamplingParams = GREEDY;
 
-function request(id: string, prompt: number[], over: Partial<SchedulerRequest> = {}): SchedulerRequest {
-  return { id, tokenIds: prompt, maxTokens: 16, minTokens: 0, ignoreEos: false, eosTokenIds: [], stopTokenIds: [], sampling: greedy, ...over };
-}
+const request = schedulerRequest;
 
 function promptOf(seed: number, len: number): number[] {
   return Array.from({ length: len }, (_, i) => (seed * 131 + i * 17 + ((seed * i) % 7)) % VOCAB);
 }
 
-interface Harness {
-  engine: FakeEngine;
-  sched: Scheduler;
+interface Harness extends SchedulerUnderTest {
   /** Engine steps that started with the step after them already submitted (overlap at work). */
   submittedAhead(): number;
   run(req: SchedulerRequest, onOutput?: (o: RequestOutput) => void): Promise<RequestOutput[]>;
 }
 
 function harness(t: Test, engineOpts: Partial<FakeEngineOptions> = {}, opts: Partial<SchedulerOptions> = {}): Harness {
-  let sched: Scheduler | undefined;
   let submittedAhead = 0;
-  const engine = new FakeEngine({
-    numPages: 256, pageSize: 4, vocabSize: VOCAB, ...engineOpts,
-    onStep: (n, seqs) => {
-      sched!.checkIntegrity();
-      // With overlap on the scheduler has submitted the step after this one before this one runs.
-      if (sched!.stats.steps > n) submittedAhead++;
-      engineOpts.onStep?.(n, seqs);
-    },
+  // With overlap on the scheduler has submitted the step after this one before this one runs.
+  const h = startScheduler(t, engineOpts, opts, (n, sched) => {
+    if (sched.stats.steps > n) submittedAhead++;
   });
-  sched = new Scheduler(engineExecutor(engine), {
-    maxRunningRequests: 64, chunkedPrefillSize: 8, maxPrefillTokens: 32, maxBatchTokens: 256, maxSeqsPerStep: 128,
-    enableOverlap: true, enablePrefixCache: true, ...opts,
-  });
-  sched.start();
-  const s = sched;
-  t.teardown(() => s.stop());
-  return {
-    engine, sched: s, submittedAhead: () => submittedAhead,
-    run: (req, onOutput) =>
-      new Promise((resolve) => {
-        const outs: RequestOutput[] = [];
-        s.submit(req, (o) => {
-          outs.push(o);
-          onOutput?.(o);
-          if (o.finishReason) resolve(outs);
-        });
-      }),
-  };
+  return { ...h, submittedAhead: () => submittedAhead, run: (req, onOutput) => runRequest(h.sched, req, onOutput) };
 }
-
-const tokensOf = (outs: RequestOutput[]) => outs.flatMap((o) => o.tokenIds);
 
 function checkDrained(t: Test, h: Harness) {
   t.ok(h.submittedAhead() > 0, `${h.submittedAhead()} steps were submitted while the step before them ran`);
-  h.sched.checkIntegrity();
-  t.equal(h.sched.runningCount + h.sched.queuedCount, 0, 'no live requests');
-  t.equal(h.sched.allocator.usedCount, h.sched.cache?.cachedPages ?? 0, 'every used page is a cached page');
-  h.sched.cache?.clear();
-  t.equal(h.sched.allocator.freeCount, h.sched.allocator.numPages, 'all pages free after clearing the cache');
+  checkDrainedScheduler(t, h.sched);
 }
 
 t.test('placeholders resolve from the previous step, and fail with a coded error otherwise', async (t) => {

@@ -1,8 +1,7 @@
 import t, { type Test } from 'tap';
-import { Scheduler, engineExecutor, type RequestOutput, type SchedulerOptions, type SchedulerRequest } from '../src/scheduler/scheduler.js';
-import { FakeEngine, referenceOutput, fakeLogprob, type FakeEngineOptions } from './fixtures/fake-engine.js';
-
-const VOCAB = 1000;
+import type { RequestOutput, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
+import { referenceOutput, fakeLogprob, type FakeEngineOptions } from './fixtures/fake-engine.js';
+import { VOCAB, checkDrained as checkDrainedScheduler, runRequest, schedulerRequest, startScheduler, tokensOf, type SchedulerUnderTest } from './helpers/scheduler-harness.js';
 
 function rng(seed: number) {
   let s = seed >>> 0;
@@ -12,62 +11,19 @@ function rng(seed: number) {
   };
 }
 
-function makeRequest(id: string, prompt: number[], over: Partial<SchedulerRequest> = {}): SchedulerRequest {
-  return {
-    id, tokenIds: prompt, maxTokens: 16, minTokens: 0, ignoreEos: false, eosTokenIds: [], stopTokenIds: [],
-    sampling: { temperature: 0, topP: 1, topK: -1, minP: 0, seed: null, logprobs: -1 },
-    ...over,
-  };
-}
+const makeRequest = schedulerRequest;
 
-interface Harness {
-  engine: FakeEngine;
-  sched: Scheduler;
+interface Harness extends SchedulerUnderTest {
   run(req: SchedulerRequest, onOutput?: (o: RequestOutput) => void): Promise<RequestOutput[]>;
 }
 
 function harness(t: Test, engineOpts: Partial<FakeEngineOptions>, opts: Partial<SchedulerOptions> = {}): Harness {
-  let sched: Scheduler | undefined;
-  const engine = new FakeEngine({
-    numPages: 256, pageSize: 4, vocabSize: VOCAB, ...engineOpts,
-    // Every invariant must hold whenever a step is executing (the scheduler is between plan and apply).
-    onStep: (n, seqs) => {
-      sched?.checkIntegrity();
-      engineOpts.onStep?.(n, seqs);
-    },
-  });
-  sched = new Scheduler(engineExecutor(engine), {
-    maxRunningRequests: 64, chunkedPrefillSize: 8, maxPrefillTokens: 32, maxBatchTokens: 256, maxSeqsPerStep: 128,
-    enableOverlap: true, enablePrefixCache: true, ...opts,
-  });
-  sched.start();
-  const s = sched;
-  t.teardown(() => s.stop());
-  return {
-    engine,
-    sched: s,
-    run: (req, onOutput) =>
-      new Promise((resolve) => {
-        const outs: RequestOutput[] = [];
-        s.submit(req, (o) => {
-          outs.push(o);
-          onOutput?.(o);
-          if (o.finishReason) resolve(outs);
-        });
-      }),
-  };
+  const h = startScheduler(t, engineOpts, opts);
+  return { ...h, run: (req, onOutput) => runRequest(h.sched, req, onOutput) };
 }
-
-const tokensOf = (outs: RequestOutput[]) => outs.flatMap((o) => o.tokenIds);
 
 /** After all requests ended: no request holds a page; only the radix cache does. */
-function checkDrained(t: Test, h: Harness) {
-  h.sched.checkIntegrity();
-  t.equal(h.sched.runningCount + h.sched.queuedCount, 0, 'no live requests');
-  t.equal(h.sched.allocator.usedCount, h.sched.cache?.cachedPages ?? 0, 'every used page is a cached page');
-  h.sched.cache?.clear();
-  t.equal(h.sched.allocator.freeCount, h.sched.allocator.numPages, 'all pages free after clearing the cache');
-}
+const checkDrained = (t: Test, h: Harness): void => checkDrainedScheduler(t, h.sched);
 
 function prompts(n: number, seed: number, minLen: number, maxLen: number, sharedPrefix: number[] = []): number[][] {
   const r = rng(seed);
