@@ -16,9 +16,11 @@
 
 #include "common.cuh"
 #include "kernels.h"
+#include "check_util.cuh"
 
 using namespace dsg;
 using namespace dsg::cuda;
+using namespace check;
 
 namespace decode_check {
 void baselineDecode(const bf16* q, const bf16* k, const bf16* v, const int4* seqs, const int32_t* pageTable,
@@ -30,26 +32,8 @@ int baselineSplits(int numSeqs, int kvHeads, int smCount);
 void baselinePrepare();
 }  // namespace decode_check
 
-static int failures = 0;
 static std::mt19937_64 rng(20261127);
 
-template <class T>
-struct Dev {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t n_) : n(n_) { DSG_CUDA(cudaMalloc(&p, n * sizeof(T) + 16)); }
-  explicit Dev(const std::vector<T>& v) : Dev(v.size()) {
-    DSG_CUDA(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  Dev(const Dev&) = delete;
-  ~Dev() { cudaFree(p); }
-  std::vector<T> get() const {
-    std::vector<T> v(n);
-    DSG_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-  void poison() { DSG_CUDA(cudaMemset(p, 0xFF, n * sizeof(T))); }  // NaN for f32 and bf16
-};
 
 /** A decode batch: one query token per sequence, its pages a random subset of the pool. */
 struct Batch {
@@ -83,11 +67,6 @@ static std::vector<float> randBf16Values(size_t n) {
     if (x == 0.f) x = 0.5f;
   }
   return v;
-}
-static std::vector<bf16> toBf16(const std::vector<float>& v) {
-  std::vector<bf16> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = __float2bfloat16(v[i]);
-  return o;
 }
 
 enum class Path { Dispatch, Direct };

@@ -17,18 +17,14 @@
 #include "common.cuh"
 #include "gemm.h"
 #include "kernels.h"
+#include "check_util.cuh"
 
 using namespace dsg;
 using namespace dsg::cuda;
+using namespace check;
 
-static int failures = 0;
 static std::mt19937_64 rng(9001);
 
-static void report(const std::string& name, double err, double bound) {
-  const bool ok = std::isfinite(err) && err <= bound;
-  if (!ok) ++failures;
-  printf("%-60s %s  err %.3e  bound %.1e\n", name.c_str(), ok ? "PASS" : "FAIL", err, bound);
-}
 
 static std::vector<float> randn(size_t n, float std, float mean = 0.f) {
   std::normal_distribution<float> d(mean, std);
@@ -36,46 +32,8 @@ static std::vector<float> randn(size_t n, float std, float mean = 0.f) {
   for (auto& x : v) x = d(rng);
   return v;
 }
-static float bfRound(float x) { return __bfloat162float(__float2bfloat16(x)); }
-static void roundBf16(std::vector<float>& v) {
-  for (auto& x : v) x = bfRound(x);
-}
-static std::vector<bf16> toBf16(const std::vector<float>& v) {
-  std::vector<bf16> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = __float2bfloat16(v[i]);
-  return o;
-}
-static std::vector<float> fromBf16(const std::vector<bf16>& v) {
-  std::vector<float> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = __bfloat162float(v[i]);
-  return o;
-}
 
-template <class T>
-struct Dev {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t n_) : n(n_) { DSG_CUDA(cudaMalloc(&p, n * sizeof(T) + 16)); }
-  Dev(const std::vector<T>& v) : Dev(v.size()) { put(v); }
-  ~Dev() { cudaFree(p); }
-  void put(const std::vector<T>& v) { DSG_CUDA(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice)); }
-  std::vector<T> get() const {
-    std::vector<T> v(n);
-    DSG_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-  void poison() { DSG_CUDA(cudaMemset(p, 0xFF, n * sizeof(T))); }  // NaN for f32 and bf16
-};
 
-static double relErr(const std::vector<double>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return NAN;
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num / den);
-}
 
 static const char* kindName(GemvInputKind k) {
   return k == GemvInputKind::RmsNorm ? "rmsnorm" : (k == GemvInputKind::SiluMul ? "silu*mul" : "bf16");

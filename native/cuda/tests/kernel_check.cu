@@ -15,18 +15,14 @@
 #include "gemm.h"
 #include "kernels.h"
 #include "sampling.h"
+#include "check_util.cuh"
 
 using namespace dsg;
 using namespace dsg::cuda;
+using namespace check;
 
-static int failures = 0;
 static std::mt19937_64 rng(12345);
 
-static void report(const char* name, double err, double bound) {
-  const bool ok = std::isfinite(err) && err <= bound;
-  if (!ok) ++failures;
-  printf("%-48s %s  err %.3e  bound %.1e\n", name, ok ? "PASS" : "FAIL", err, bound);
-}
 
 static std::vector<float> randn(size_t n, float std) {
   std::normal_distribution<float> d(0.f, std);
@@ -34,47 +30,10 @@ static std::vector<float> randn(size_t n, float std) {
   for (auto& x : v) x = d(rng);
   return v;
 }
-static float bfRound(float x) { return __bfloat162float(__float2bfloat16(x)); }
-static std::vector<bf16> toBf16(const std::vector<float>& v) {
-  std::vector<bf16> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = __float2bfloat16(v[i]);
-  return o;
-}
-static std::vector<float> fromBf16(const std::vector<bf16>& v) {
-  std::vector<float> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = __bfloat162float(v[i]);
-  return o;
-}
 // Rounds a float vector through bf16 (the values the device actually sees).
-static void roundBf16(std::vector<float>& v) {
-  for (auto& x : v) x = bfRound(x);
-}
 
-template <class T>
-struct Dev {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t n_) : n(n_) { DSG_CUDA(cudaMalloc(&p, n * sizeof(T) + 16)); }
-  Dev(const std::vector<T>& v) : Dev(v.size()) { DSG_CUDA(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice)); }
-  ~Dev() { cudaFree(p); }
-  std::vector<T> get() const {
-    std::vector<T> v(n);
-    DSG_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-  void poison() { DSG_CUDA(cudaMemset(p, 0xFF, n * sizeof(T))); }  // NaN for f32 and bf16
-};
 
 // Relative error ||a - b|| / ||b|| (NaN anywhere gives NaN).
-static double relErr(const std::vector<float>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-    if (!std::isfinite(a[i])) return NAN;
-  }
-  return std::sqrt(num / den);
-}
 
 static void checkEmbedNormSilu() {
   const int vocab = 1000, hidden = 1024, T = 37;

@@ -16,34 +16,15 @@
 #include "common.cuh"
 #include "kernels.h"
 #include "sampling.h"
+#include "check_util.cuh"
 
 using namespace dsg;
 using namespace dsg::cuda;
+using namespace check;
 
-static int failures = 0;
 static std::mt19937_64 rng(20261127);
 
-static void report(const char* name, double err, double bound) {
-  const bool ok = std::isfinite(err) && err <= bound;
-  if (!ok) ++failures;
-  printf("%-56s %s  err %.3e  bound %.1e\n", name, ok ? "PASS" : "FAIL", err, bound);
-}
 
-template <class T>
-struct Dev {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t n_) : n(n_) { DSG_CUDA(cudaMalloc(&p, n * sizeof(T) + 16)); }
-  Dev(const std::vector<T>& v) : Dev(v.size()) { put(v); }
-  ~Dev() { cudaFree(p); }
-  void put(const std::vector<T>& v) { DSG_CUDA(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice)); }
-  std::vector<T> get() const {
-    std::vector<T> v(n);
-    DSG_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-  void poison() { DSG_CUDA(cudaMemset(p, 0xFF, n * sizeof(T))); }
-};
 
 /** Ids of z ordered by logit descending, ties to the lower id (the sampler's candidate order). */
 static std::vector<int32_t> ranked(const float* z, int vocab) {

@@ -19,9 +19,11 @@
 #include <vector>
 
 #include "prefill_attention.cuh"
+#include "check_util.cuh"
 
 using namespace dsg;
 using namespace dsg::cuda;
+using namespace check;
 using namespace dsg::cuda::prefill;
 
 namespace legacy {
@@ -243,27 +245,8 @@ static void run(int D, int which, const bf16* q, const bf16* k, const bf16* v, c
   else runKernel<128>(which, q, k, v, b, numTokens, heads, kvHeads, scale, out);
 }
 
-static int failures = 0;
 static std::mt19937_64 rng(20261127);
 
-template <class T>
-struct Dev {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t n_) : n(n_) { DSG_CUDA(cudaMalloc(&p, n * sizeof(T) + 16)); }
-  explicit Dev(const std::vector<T>& v) : Dev(v.size()) {
-    DSG_CUDA(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~Dev() { cudaFree(p); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  std::vector<T> get() const {
-    std::vector<T> v(n);
-    DSG_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-  void poison() { DSG_CUDA(cudaMemset(p, 0xFF, n * sizeof(T))); }  // NaN in bf16
-};
 
 struct Seq {
   int qLen, kvLen;
@@ -309,11 +292,6 @@ struct Problem {
   size_t slot(const int4& s, int key) const { return (size_t)table[s.w + key / pageSize] * pageSize + key % pageSize; }
 };
 
-static std::vector<bf16> toBf16(const std::vector<float>& v) {
-  std::vector<bf16> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = __float2bfloat16(v[i]);
-  return o;
-}
 
 // Rows (token index into the batch) the reference covers: all of a short sequence, a stride sample plus both
 // ends of a long one.

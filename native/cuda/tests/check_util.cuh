@@ -1,0 +1,71 @@
+// What every kernel check shares: a device buffer that can be poisoned before a run (every output element must then
+// be written), pass/fail lines with a failure count for the exit code, bf16 round trips (the values the device
+// really sees), and the relative error ||a - b|| / ||b|| (NaN anywhere gives NaN, which fails).
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+
+namespace check {
+
+using bf16 = __nv_bfloat16;
+
+inline int failures = 0;
+
+/** One PASS/FAIL line; a non-finite error fails. */
+inline void report(const std::string& name, double err, double bound, int width = 60) {
+  const bool ok = std::isfinite(err) && err <= bound;
+  if (!ok) ++failures;
+  std::printf("%-*s %s  err %.3e  bound %.1e\n", width, name.c_str(), ok ? "PASS" : "FAIL", err, bound);
+}
+
+template <class T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t n_) : n(n_) { DSG_CUDA(cudaMalloc(&p, n * sizeof(T) + 16)); }
+  Dev(const std::vector<T>& v) : Dev(v.size()) { put(v); }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  ~Dev() { cudaFree(p); }
+  void put(const std::vector<T>& v) { DSG_CUDA(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice)); }
+  std::vector<T> get() const {
+    std::vector<T> v(n);
+    DSG_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return v;
+  }
+  void poison() { DSG_CUDA(cudaMemset(p, 0xFF, n * sizeof(T))); }  // NaN for f32 and bf16
+};
+
+inline float bfRound(float x) { return __bfloat162float(__float2bfloat16(x)); }
+inline void roundBf16(std::vector<float>& v) {
+  for (auto& x : v) x = bfRound(x);
+}
+inline std::vector<bf16> toBf16(const std::vector<float>& v) {
+  std::vector<bf16> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = __float2bfloat16(v[i]);
+  return o;
+}
+inline std::vector<float> fromBf16(const std::vector<bf16>& v) {
+  std::vector<float> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = __bfloat162float(v[i]);
+  return o;
+}
+
+template <class A, class B>
+double relErr(const std::vector<A>& a, const std::vector<B>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite((double)a[i])) return NAN;
+    num += ((double)a[i] - (double)b[i]) * ((double)a[i] - (double)b[i]);
+    den += (double)b[i] * (double)b[i];
+  }
+  return std::sqrt(num / den);  // an all-zero reference gives inf or NaN: a check never compares against zeros
+}
+
+}  // namespace check
