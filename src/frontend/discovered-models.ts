@@ -18,6 +18,12 @@ import { LlmResponseChunkSchema } from '../protocol/response.js';
 import { parseWire } from '../protocol/validate.js';
 import type { ResponseStream } from '../runtime/request-plane/response-stream.js';
 import { KvRouter } from './kv-router.js';
+import {
+  WorkerKvQueryResponseSchema,
+  workerKvIndexerQueryEndpoint,
+  type WorkerKvQueryRequest,
+  type WorkerKvQueryResponse,
+} from '../protocol/kv-query.js';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index.js';
 import type { GenerateOptions, ModelDirectory, ServedModel } from './models.js';
 import { PrefillRouter } from './prefill-router.js';
@@ -39,6 +45,9 @@ export interface DiscoveredModelsOptions {
 }
 
 export type FrontendRouting = RoutingMode | 'kv';
+
+/** How long a worker's local KV indexer may take to answer the router's recovery query. */
+const KV_QUERY_TIMEOUT_MS = 5000;
 
 interface ModelEntry {
   model: DiscoveredModel;
@@ -111,6 +120,8 @@ export class DiscoveredModels implements ModelDirectory {
       const card = r.card_json;
       const bits = modelTypeFromWire(card.model_type);
       if ((bits & (ModelTypeFlag.Chat | ModelTypeFlag.Completions)) === 0) continue; // prefill / embedding workers
+      // every worker's card, not only the first of a model: the KV router recovers each one's cache once
+      if (this.options.routing === 'kv') this.kvRouter(r, card.kv_cache_block_size).learnWorker(r.instance_id, card.runtime_config.enable_local_indexer === true);
       const name = card.display_name;
       if (seen.has(name)) continue;
       seen.add(name);
@@ -172,10 +183,27 @@ export class DiscoveredModels implements ModelDirectory {
         blockSize,
         overlapScoreWeight: this.options.kvOverlapScoreWeight,
         temperature: this.options.routerTemperature,
-      }, this.options.log);
+        queryWorker: (workerId, startEventId) => this.queryWorkerKvIndexer(r, workerId, startEventId),
+        log: this.options.log,
+      });
       this.kvRouters.set(key, router);
     }
     return router;
+  }
+
+  /** One query of a worker's `worker_kv_indexer_query_dp0` (its component's endpoint), its single answer. */
+  private async queryWorkerKvIndexer(r: ModelRecord, workerId: bigint, startEventId: bigint | null): Promise<WorkerKvQueryResponse> {
+    const client = await this.client({ ...r, endpoint: workerKvIndexerQueryEndpoint(0) });
+    const request: WorkerKvQueryRequest = { worker_id: workerId, dp_rank: 0, start_event_id: startEventId, end_event_id: null };
+    // the worker registers this endpoint before its model card; the wait covers a discovery watch that lags
+    const stream = await client.direct(request, workerId, { waitForInstancesMs: 2000, signal: AbortSignal.timeout(KV_QUERY_TIMEOUT_MS) });
+    let answer: WorkerKvQueryResponse | undefined;
+    for await (const annotated of stream) {
+      if (annotated.event === 'error' || annotated.error !== undefined) throw workerError(annotated.error, annotated.comment);
+      if (annotated.data !== undefined && answer === undefined) answer = parseWire(WorkerKvQueryResponseSchema, annotated.data, 'worker kv indexer answer', 'LLM_ERR_PROTOCOL');
+    }
+    if (answer === undefined) throw new LlmError('LLM_ERR_PROTOCOL', `worker ${workerId.toString(16)}: ${workerKvIndexerQueryEndpoint(0)} answered nothing`);
+    return answer;
   }
 }
 

@@ -6,8 +6,16 @@
 // src/runtime/kv-hash.ts computes them), so the request's blocks match a worker's blocks only when the whole prefix
 // up to them matches. Stored events name their parent by the engine's block hash: each worker's block hash →
 // sequence hash map resolves it (a block whose parent is unknown, e.g. published before we subscribed, is dropped).
+//
+// Recovery (Dynamo's WorkerQueryClient): a worker with the local indexer (its card's enable_local_indexer) is asked
+// once, when the router learns of it, for every block it has cached (`worker_kv_indexer_query_dp0`, answered with a
+// dump and the newest event id L). Its live events wait meanwhile; after the dump replaces what we knew of the worker
+// only those with ids above L are applied, and later ones apply in id order: an id already applied is skipped, a
+// gap (a lost event) asks the worker for the missing ids. A worker that cannot answer (an old worker without the
+// endpoint, a timeout) is logged once and followed by its live events alone, as a worker without the local indexer.
 import type { NatsConnection } from 'nats';
 import type { ActiveLoad, RouterEvent } from '../protocol/events.js';
+import type { WorkerKvQueryResponse } from '../protocol/kv-query.js';
 import { subscribeKvEvents, subscribeLoad, type EventSubscription } from '../runtime/events/index.js';
 import { blockTokensHashes, sequenceHashes } from '../runtime/kv-hash.js';
 
@@ -18,6 +26,20 @@ export interface KvRouterOptions {
   overlapScoreWeight?: number;
   /** 0 (default): the cheapest worker; > 0: softmax sampling over normalised costs at this temperature. */
   temperature?: number;
+  /** Asks a worker's local indexer for its events from `startEventId` (null: a dump of its cached blocks). */
+  queryWorker?: WorkerKvQuery;
+  log?: (line: string) => void;
+}
+
+export type WorkerKvQuery = (workerId: bigint, startEventId: bigint | null) => Promise<WorkerKvQueryResponse>;
+
+/** A worker followed by event id (it has the local indexer). */
+interface WorkerCursor {
+  /** The newest event id applied; null: none yet (the next live event is taken as it comes). */
+  applied: bigint | null;
+  recovering: boolean;
+  /** Live events that came while a query was out, applied in order once it is answered. */
+  waiting: RouterEvent[];
 }
 
 interface WorkerCache {
@@ -44,23 +66,32 @@ export class KvRouter {
   /** Blocks of requests this router sent that are still streaming, per worker (its load lags behind them). */
   private readonly routedBlocks = new Map<bigint, number>();
   private readonly subscriptions: EventSubscription<unknown>[] = [];
+  /** Workers followed by event id, and the others the router knows of (no local indexer, or its query failed). */
+  private readonly cursors = new Map<bigint, WorkerCursor>();
+  private readonly followedLive = new Set<bigint>();
+  private readonly queryWorker: WorkerKvQuery | null;
+  private readonly log: (line: string) => void;
+  /** Resolves once the live subscriptions are in place (a worker's answer then misses none of its later events). */
+  private subscribed: Promise<unknown> = Promise.resolve();
 
   constructor(options: KvRouterOptions) {
     this.blockSize = options.blockSize;
     this.weight = options.overlapScoreWeight ?? 1.0;
     this.temperature = options.temperature ?? 0;
+    this.queryWorker = options.queryWorker ?? null;
+    this.log = options.log ?? ((line: string) => process.emitWarning(line, 'KvRouterWarning'));
   }
 
   /** Follows `namespace.{ns}.component.{comp}.kv-events` and `namespace.{ns}.kv_metrics` until close(). */
-  static follow(nats: NatsConnection, namespace: string, component: string, options: KvRouterOptions, log?: (line: string) => void): KvRouter {
+  static follow(nats: NatsConnection, namespace: string, component: string, options: KvRouterOptions): KvRouter {
     const router = new KvRouter(options);
     const events = subscribeKvEvents(nats, namespace, component);
     const loads = subscribeLoad(nats, namespace);
     router.subscriptions.push(events, loads);
-    const lost = (what: string) => (err: unknown) =>
-      (log ?? ((line: string) => process.emitWarning(line, 'KvRouterWarning')))(`kv router: ${what} subscription ended: ${(err as Error).message}`);
+    router.subscribed = nats.flush().catch(() => undefined);
+    const lost = (what: string) => (err: unknown) => router.log(`kv router: ${what} subscription ended: ${(err as Error).message}`);
     (async () => {
-      for await (const { event } of events) router.applyEvent(event);
+      for await (const { event } of events) router.receiveEvent(event);
     })().catch(lost(events.subject));
     (async () => {
       for await (const { event } of loads) router.applyLoad(event);
@@ -70,6 +101,87 @@ export class KvRouter {
 
   close(): void {
     for (const s of this.subscriptions) s.close();
+  }
+
+  /**
+   * A worker the router now knows of (a model card of it): one with the local indexer is asked for what it has cached
+   * (once; again only if it was forgotten meanwhile), one without is followed by its live events alone.
+   */
+  learnWorker(workerId: bigint, localIndexer: boolean): void {
+    if (this.cursors.has(workerId) || this.followedLive.has(workerId)) return;
+    if (!localIndexer || this.queryWorker === null) {
+      this.followedLive.add(workerId);
+      return;
+    }
+    const cursor: WorkerCursor = { applied: null, recovering: false, waiting: [] };
+    this.cursors.set(workerId, cursor);
+    void this.recover(workerId, cursor, null);
+  }
+
+  /** Resolves once no query of a worker is out (tests, and callers that want the recovered state). */
+  async recovered(): Promise<void> {
+    while ([...this.cursors.values()].some((c) => c.recovering)) await new Promise((r) => setTimeout(r, 5));
+  }
+
+  /** A live event from the event plane: applied in id order for workers followed by id, at once for others. */
+  receiveEvent(e: RouterEvent): void {
+    const cursor = this.cursors.get(e.worker_id);
+    if (cursor === undefined) {
+      this.applyEvent(e);
+      return;
+    }
+    if (cursor.recovering) {
+      cursor.waiting.push(e);
+      return;
+    }
+    const id = e.event.event_id;
+    if (cursor.applied !== null && id <= cursor.applied) return; // a query's answer had it already
+    if (cursor.applied !== null && id > cursor.applied + 1n) {
+      cursor.waiting.push(e);
+      void this.recover(e.worker_id, cursor, cursor.applied + 1n);
+      return;
+    }
+    this.applyEvent(e);
+    cursor.applied = id;
+  }
+
+  /** Asks the worker for its dump (start null) or the events from `start`, applies the answer, then what waited. */
+  private async recover(workerId: bigint, cursor: WorkerCursor, start: bigint | null): Promise<void> {
+    cursor.recovering = true;
+    let answer: WorkerKvQueryResponse | Error;
+    try {
+      await this.subscribed;
+      answer = await this.queryWorker!(workerId, start);
+    } catch (err) {
+      answer = err instanceof Error ? err : new Error(String(err));
+    }
+    if (this.cursors.get(workerId) !== cursor) return; // forgotten meanwhile
+    cursor.recovering = false;
+    const worker = workerId.toString(16);
+    if ('TreeDump' in answer) {
+      const { events, last_event_id: last } = answer.TreeDump;
+      this.caches.delete(workerId);
+      for (const e of events) this.applyEvent(e);
+      // no events and id 0: the worker has published nothing yet (or only event 0, which left nothing cached)
+      cursor.applied = events.length === 0 && last === 0n ? null : last;
+      this.log(`kv router: worker ${worker}: recovered ${this.caches.get(workerId)?.blocks.size ?? 0} cached blocks from its local indexer (through event ${last})`);
+    } else if ('Events' in answer) {
+      for (const e of answer.Events.events) {
+        if (cursor.applied !== null && e.event.event_id <= cursor.applied) continue;
+        this.applyEvent(e);
+        cursor.applied = e.event.event_id;
+      }
+      if (cursor.applied === null || answer.Events.last_event_id > cursor.applied) cursor.applied = answer.Events.last_event_id;
+    } else {
+      const why = answer instanceof Error ? answer.message : JSON.stringify(answer, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+      this.log(`kv router: worker ${worker}: its local KV indexer did not answer (${why}); following its live events only`);
+      // followed like a worker without the local indexer from now on: every live event applies as it comes
+      this.cursors.delete(workerId);
+      this.followedLive.add(workerId);
+    }
+    const waiting = cursor.waiting;
+    cursor.waiting = [];
+    for (const e of waiting) this.receiveEvent(e);
   }
 
   applyEvent(e: RouterEvent): void {
@@ -164,6 +276,8 @@ export class KvRouter {
     for (const id of this.caches.keys()) if (!live.has(id)) this.caches.delete(id);
     for (const id of this.activeBlocks.keys()) if (!live.has(id)) this.activeBlocks.delete(id);
     for (const id of this.routedBlocks.keys()) if (!live.has(id)) this.routedBlocks.delete(id);
+    for (const id of this.cursors.keys()) if (!live.has(id)) this.cursors.delete(id);
+    for (const id of this.followedLive) if (!live.has(id)) this.followedLive.delete(id);
   }
 
   private cacheOf(workerId: bigint): WorkerCache {

@@ -11,3 +11,4 @@ export * from './response.js';
 export * from './health.js';
 export * from './mdc.js';
 export * from './openai.js';
+export * from './kv-query.js';

@@ -14,6 +14,9 @@
 // xxh3-64 of the page's token ids seeded with the parent's block hash (0 at the start of a sequence). It is an
 // opaque id to the router (parent links and removals); the router matches on tokens_hash, computed by the
 // publisher. The page → block hash map lets a removal (which names pages) name the hashes it stored.
+//
+// With the local indexer (config.enableLocalIndexer: not --durable-kv-events, not a disagg decode worker) every
+// published event is also kept by a LocalKvIndexer, which the worker serves as `worker_kv_indexer_query_dp0`.
 import type { NatsConnection } from 'nats';
 import type { Supervisor } from '../../actors/supervisor.js';
 import type { WorkerConfig } from '../config/schema.js';
@@ -24,6 +27,7 @@ import { tokensHash } from '../runtime/kv-hash.js';
 import type { WorkerMetrics } from '../runtime/metrics.js';
 import { connectNats } from '../runtime/request-plane/nats.js';
 import type { KvCacheEvent } from '../supervisor.js';
+import { LocalKvIndexer } from './local-kv-indexer.js';
 
 /** off: no event plane; required: NATS must be reachable; optional: publish if NATS is reachable. */
 export type EventPlaneMode = 'off' | 'required' | 'optional';
@@ -48,6 +52,8 @@ export interface WorkerKvEventsOptions {
 }
 
 export class WorkerKvEvents {
+  /** The published events for router recovery (null: not publishing, or the local indexer is off). */
+  readonly localIndexer: LocalKvIndexer | null;
   private readonly kv: KvEventPublisher | null;
   private readonly load: LoadPublisher | null;
   private readonly blockHashOfPage = new Map<number, bigint>();
@@ -59,7 +65,9 @@ export class WorkerKvEvents {
   private constructor(private readonly options: WorkerKvEventsOptions) {
     const { config, discovery, nats, supervisor } = options;
     const { namespace, component } = config.endpoint;
-    this.kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId: discovery.instanceId }) : null;
+    this.localIndexer = nats && config.enableLocalIndexer ? new LocalKvIndexer(discovery.instanceId) : null;
+    const onPublish = this.localIndexer ? this.localIndexer.record.bind(this.localIndexer) : undefined;
+    this.kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId: discovery.instanceId, onPublish }) : null;
     this.load = nats ? new LoadPublisher(nats, { namespace, workerId: discovery.instanceId }) : null;
     this.load?.start([0]);
     this.scheduler = supervisor.scheduler;

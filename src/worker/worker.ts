@@ -27,6 +27,7 @@ import { WorkerMetrics } from '../runtime/metrics.js';
 import { SystemServer } from '../runtime/system-server.js';
 import { modelTypeToWire, ModelTypeFlag, type ModelDeploymentCard } from '../protocol/mdc.js';
 import { PreprocessedRequestSchema, type PreprocessedRequest } from '../protocol/request.js';
+import { WorkerKvQueryRequestSchema, workerKvIndexerQueryEndpoint } from '../protocol/kv-query.js';
 import { parseWire } from '../protocol/validate.js';
 import { stringifyJsonExact } from '../protocol/json.js';
 import { loadTokenizer } from '../tokenizer/index.js';
@@ -178,18 +179,26 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
       async (): Promise<TcpRequestServer | HttpRequestServer> => (config.requestPlane === 'http' ? HttpRequestServer.start(rpc) : TcpRequestServer.start(rpc)),
       (p) => p.close(),
     ));
-  const served: ServedEndpoint = await resources.open(() =>
-    serveEndpoint({
-      discovery, namespace, component, endpoint, handler,
-      plane: config.requestPlane,
-      ...(planeServer instanceof TcpRequestServer
-        ? { tcpServer: planeServer }
-        : planeServer instanceof HttpRequestServer
-          ? { httpServer: planeServer }
-          : { natsServer: planeServer }),
-      deviceType: engine.backend === 'cuda' ? 'cuda' : 'cpu',
-    }),
-  );
+  const plane = {
+    discovery, namespace, component,
+    plane: config.requestPlane,
+    ...(planeServer instanceof TcpRequestServer
+      ? { tcpServer: planeServer }
+      : planeServer instanceof HttpRequestServer
+        ? { httpServer: planeServer }
+        : { natsServer: planeServer }),
+    deviceType: engine.backend === 'cuda' ? 'cuda' : 'cpu',
+  };
+  // the local indexer's query endpoint is in discovery before the worker serves anything a router could miss
+  const localIndexer = kvEvents.localIndexer;
+  if (localIndexer) {
+    const queryHandler: EndpointHandler = async function* workerKvIndexerQuery(raw) {
+      yield localIndexer.query(parseWire(WorkerKvQueryRequestSchema, raw, 'worker kv indexer query'));
+    };
+    const endpointName = workerKvIndexerQueryEndpoint(localIndexer.dpRank);
+    await resources.open(() => serveEndpoint({ ...plane, endpoint: endpointName, handler: queryHandler }), (s) => s.stop());
+  }
+  const served: ServedEndpoint = await resources.open(() => serveEndpoint({ ...plane, endpoint, handler }));
   const baseCard = modelCard(config, tokenizerArtifacts(config.tokenizerPath ?? config.modelPath), {
     contextLength: config.contextLength ?? engine.maxPositionEmbeddings,
     totalKvBlocks: engine.kv.numPages,

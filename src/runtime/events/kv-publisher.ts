@@ -41,6 +41,8 @@ export interface KvEventPublisherOptions {
   batchWindowMs?: number;
   /** A pending stored run is published once it has this many blocks (default 256). */
   maxBatchBlocks?: number;
+  /** Sees every event just before it is published (the worker's local indexer keeps them). */
+  onPublish?: (event: RouterEvent) => void;
 }
 
 /** Storage tier of an engine medium name. */
@@ -79,6 +81,7 @@ export class KvEventPublisher {
   private readonly dpRank: number;
   private readonly windowMs: number;
   private readonly maxBatchBlocks: number;
+  private readonly onPublish: ((event: RouterEvent) => void) | undefined;
   private nextEventId = 0n;
   private pending: Pending | undefined;
   private timeout: NodeJS.Timeout | undefined;
@@ -94,6 +97,7 @@ export class KvEventPublisher {
     this.dpRank = options.dpRank ?? 0;
     this.windowMs = options.batchWindowMs ?? 5;
     this.maxBatchBlocks = options.maxBatchBlocks ?? 256;
+    this.onPublish = options.onPublish;
   }
 
   get subject(): string {
@@ -160,6 +164,7 @@ export class KvEventPublisher {
       storage_tier: pending.tier,
       event: { event_id: this.nextEventId++, data: pending.data, dp_rank: this.dpRank },
     };
+    this.onPublish?.(event);
     this.publisher.publish(encodeRouterEvent(event));
   }
 
