@@ -205,12 +205,20 @@ async function chunks(stream: AsyncIterable<unknown>, onChunk?: (c: LlmResponseC
 }
 
 t.test('CPU workers over tcp: hand-over chunks equal the aggregated worker\'s', async (t) => {
-  const agg = await worker('ho-agg', []);
-  const prefill = await worker('ho', ['--disaggregation-mode', 'prefill']);
-  const decode = await worker('ho', ['--disaggregation-mode', 'decode']);
+  // Each worker is shut down at teardown as soon as it started: one that fails to start must not leave the others
+  // holding the process open.
+  const started: WorkerHandle[] = [];
   t.teardown(async () => {
-    for (const w of [decode, prefill, agg]) await w.shutdown();
+    for (const w of started.reverse()) await w.shutdown();
   });
+  const start = async (ns: string, extra: string[]): Promise<WorkerHandle> => {
+    const w = await worker(ns, extra);
+    started.push(w);
+    return w;
+  };
+  const agg = await start('ho-agg', []);
+  const prefill = await start('ho', ['--disaggregation-mode', 'prefill']);
+  const decode = await start('ho', ['--disaggregation-mode', 'decode']);
   const bootstrap = prefill.disagg!.endpoint!;
   let n = 0;
   /** One request through both workers as the prefill router sends it; the decode side's chunks. */

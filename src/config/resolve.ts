@@ -343,9 +343,13 @@ export function pickFreePort(host = 'localhost'): Promise<number> {
   });
 }
 
-/** Fills what needs the host: a bootstrap port when none was given. Returns a new frozen config. */
+/**
+ * Fills what needs the host: a bootstrap port when none was given. Returns a new frozen config. A prefill worker
+ * keeps none: its bootstrap server listens on a port the OS picks and advertises the one it got (picking a free port
+ * here and listening on it later could lose the port to another process in between).
+ */
 export async function finalizeConfig(config: WorkerConfig): Promise<WorkerConfig> {
-  if (config.disaggregationBootstrapPort !== null) return config;
+  if (config.disaggregationBootstrapPort !== null || config.servingMode === 'prefill') return config;
   const port = await pickFreePort();
   return deepFreeze({ ...structuredClone(config), disaggregationBootstrapPort: port });
 }
