@@ -174,7 +174,7 @@ t.test('--dump-config-to FILE and - write the resolved config without loading a 
   t.equal(dumped.servingMode, 'prefill');
   t.same(dumped.endpoint, { namespace: 'dynamo', component: 'prefill', endpoint: 'generate' });
   t.equal(dumped.systemPort, 9100);
-    t.equal(dumped.disaggregationBootstrapPort, null, 'a prefill worker keeps no port: its bootstrap server takes one from the OS at start');
+  t.equal(dumped.disaggregationBootstrapPort, null, 'a prefill worker keeps no port: its bootstrap server takes one from the OS at start');
   t.equal(toStdout.code, 0);
   const fromStdout = JSON.parse(toStdout.stdout) as Record<string, unknown>;
   t.equal(fromStdout.workerKind, 'embedding');
