@@ -131,10 +131,10 @@ t.test('disaggregated prefill + decode over tcp', async (t) => {
     const aggModel = await aggModels.waitFor('stories260K', 5000);
     const disModel = await disModels.waitFor('stories260K', 5000);
     const ps = prompts(32);
-    const signal = new AbortController().signal;
-    const expected = await Promise.all(ps.map((p) => tokensOf(aggModel.generate(request(p, 12), { signal }))));
+    const signal = () => new AbortController().signal;  // one per request, as the HTTP server gives each
+    const expected = await Promise.all(ps.map((p) => tokensOf(aggModel.generate(request(p, 12), { signal: signal() }))));
     const before = { ...decode.supervisor.scheduler.stats };
-    const got = await Promise.all(ps.map((p) => tokensOf(disModel.generate(request(p, 12), { signal }))));
+    const got = await Promise.all(ps.map((p) => tokensOf(disModel.generate(request(p, 12), { signal: signal() }))));
     for (let i = 0; i < ps.length; i++) t.same(got[i], expected[i], `request ${i} (${ps[i].length} prompt tokens)`);
     t.ok(expected.every((e) => e.length > 0));
     // Every prompt was handed over whole (partial last pages included) with its first token: decode ran no prefill.

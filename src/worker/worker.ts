@@ -7,6 +7,7 @@
 //
 // Test pacing: DYN_SGL_STREAM_DELAY_MS=N makes the handler wait N ms before each response chunk, so tests of
 // migration and drain can stop a worker mid-stream even with a model as fast as stories260K. Not for production.
+import { setMaxListeners } from 'node:events';
 import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { WorkerConfig } from '../config/schema.js';
@@ -142,6 +143,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
 
   // Shutdown fires this: requests still running after the grace period end with EngineShutdown.
   const shutdownController = new AbortController();
+  setMaxListeners(0, shutdownController.signal);  // every in-flight request listens to it
   const endpointMetrics = metrics.endpointMetrics(namespace, component, endpoint, model);
   const streamDelayMs = streamDelayFromEnv();
   const endpointName = `${namespace}.${component}.${endpoint}`;
@@ -150,10 +152,22 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   const handler: EndpointHandler = async function* generate(raw, ctx) {
     const recorder = endpointMetrics.requestStarted(Buffer.byteLength(stringifyJsonExact(raw)));
     canary?.noteActivity();
+    let unlinkRequest = (): void => undefined;
     try {
       const request = disagg ? raw : parseWire(PreprocessedRequestSchema, raw, 'request');
       if (shutdownController.signal.aborted) throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} is shutting down`);
-      const signal = AbortSignal.any([ctx.signal, shutdownController.signal]);
+      // One controller per request linked to the caller's and the worker's signals, its listeners removed when the
+      // request ends (AbortSignal.any would leave one on the long-lived shutdown signal per request until GC).
+      const linked = new AbortController();
+      const abortLinked = (): void => linked.abort();
+      ctx.signal.addEventListener('abort', abortLinked, { once: true });
+      shutdownController.signal.addEventListener('abort', abortLinked, { once: true });
+      unlinkRequest = () => {
+        ctx.signal.removeEventListener('abort', abortLinked);
+        shutdownController.signal.removeEventListener('abort', abortLinked);
+      };
+      if (ctx.signal.aborted) linked.abort();
+      const signal = linked.signal;
       for await (const chunk of (disagg ? disagg.generate(request, { signal, requestId: ctx.id }) : supervisor.generate(request as PreprocessedRequest, { signal, requestId: ctx.id }))) {
         if (shutdownController.signal.aborted && !ctx.signal.aborted) {
           throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} shut down before the request finished`);
@@ -167,6 +181,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
       recorder.error(err instanceof LlmError && err.code === 'LLM_ERR_BAD_REQUEST' ? 'deserialization' : 'generate');
       throw err;
     } finally {
+      unlinkRequest();
       recorder.finish();
     }
   };
