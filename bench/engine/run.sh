@@ -2,8 +2,12 @@
 # The CUDA engine's one device command (issue 4): kernel checks (then under compute-sanitizer), the addon build,
 # the GPU test file, the Qwen3-0.6B correctness check against HF transformers, the ceilings, our benchmark and the
 # torch CUDA-graph peer, all in one run on one card; full logs in $OUT, short tables printed.
-# Prerequisites here: npm ci, ../shared/gpu/stage.sh, then `cp ../shared/peers/torch_peer.py .gpu/`.
-# Device call: run(command="bash bench/engine/run.sh", carry=[".gpu"]); about 2 minutes on an H200.
+# Prerequisites here: npm ci, ../shared/gpu/stage.sh, then `cp ../shared/peers/torch_peer.py .gpu/`, and for the
+# decode-attention check's timing baseline (the device copy has no .git):
+# `git show af6911f:native/cuda/attention.cu > native/cuda/tests/baseline_attention.inc` (git-ignored).
+# Device call: run(command="bash bench/engine/run.sh", carry=[".gpu", "native/cuda/tests/baseline_attention.inc"]);
+# about 6 minutes on an H200 with the memcheck passes (SANITIZE=0 skips them). A device call returns at most 8 files
+# from $OUT: the tables printed at the end are the record.
 set -u
 source .gpu/enter.sh
 export PATH=/usr/local/cuda/bin:$PATH
