@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "backend.h"
+#include "embed_step.h"
 #include "kernels.h"
 #include "sampling.h"
 #include "thread_pool.h"
@@ -207,38 +208,15 @@ class CpuBackend final : public Backend {
       if (tokenIds[i] < 0 || tokenIds[i] >= V_)
         throw EngineError("LLM_ERR_BAD_REQUEST", "embed: token " + std::to_string(tokenIds[i]) + " at index " + std::to_string(i) + " out of range [0, " + std::to_string(V_) + ")");
     // A private KV block: embedding never touches the shared pool.
-    const int P = opt_.pageSize;
-    const int32_t np = (n + P - 1) / P;
-    const int64_t pageElems = (int64_t)P * KD_;
-    std::vector<float> kv((size_t)d_.numLayers * 2 * np * pageElems);
-    std::vector<int32_t> pages(np), positions(n);
-    for (int32_t i = 0; i < np; ++i) pages[i] = i;
-    for (int32_t i = 0; i < n; ++i) positions[i] = i;
-    SeqView seq{};
-    seq.qStart = 0;
-    seq.qLen = n;
-    seq.kvLen = n;
-    seq.pages = pages.data();
-    seq.numPages = np;
-    seq.lastPageLen = n - (np - 1) * P;
-    StepView view{};
-    view.numSeqs = 1;
-    view.numTokens = n;
-    view.pageSize = P;
-    view.tokens = tokenIds;
-    view.positions = positions.data();
-    view.seqs = &seq;
-    forwardLayers(view, KvView{kv.data(), np * pageElems});
-    std::vector<double> sum(H_, 0.0);
+    const EmbedStep step(tokenIds, n, opt_.pageSize);
+    const int64_t pageElems = (int64_t)opt_.pageSize * KD_;
+    std::vector<float> kv((size_t)d_.numLayers * 2 * step.numPages() * pageElems);
+    forwardLayers(step.view, KvView{kv.data(), step.numPages() * pageElems});
     for (int32_t t = 0; t < n; ++t) {
       float* row = &x_[(int64_t)t * H_];
       rmsNorm(row, finalNorm_.data(), H_, d_.rmsNormEps, row);
-      for (int64_t i = 0; i < H_; ++i) sum[i] += row[i];
     }
-    double norm = 0;
-    for (int64_t i = 0; i < H_; ++i) norm += (sum[i] / n) * (sum[i] / n);
-    norm = std::sqrt(norm);
-    for (int64_t i = 0; i < H_; ++i) out[i] = (float)(sum[i] / n / (norm > 0 ? norm : 1.0));
+    meanPoolNormalized(x_.data(), n, H_, out);
   }
 
   void exportPages(const int32_t* pages, int32_t n, uint8_t* out) override {

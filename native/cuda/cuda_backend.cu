@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "embed_step.h"
 #include "common.cuh"
 #include "gemm.h"
 #include "kernels.h"
@@ -172,33 +173,14 @@ class CudaBackend final : public Backend {
         throw EngineError("LLM_ERR_BAD_REQUEST", "embed: token " + std::to_string(tokenIds[i]) + " at index " +
                                                      std::to_string(i) + " out of range [0, " + std::to_string(V_) + ")");
     DSG_CUDA(cudaSetDevice(opt_.deviceId));
-    // A private KV block (one page per token, page size 1 semantics): embedding never touches the shared pool.
-    const int P = opt_.pageSize;
-    const int32_t np = (n + P - 1) / P;
-    const int64_t tensorElems = (int64_t)np * P * KD_;
+    // A private KV block: embedding never touches the shared pool.
+    const EmbedStep step(tokenIds, n, opt_.pageSize);
+    const int64_t tensorElems = (int64_t)step.numPages() * opt_.pageSize * KD_;
     bf16* kv = nullptr;
     DSG_CUDA(cudaMalloc(&kv, (size_t)d_.numLayers * 2 * tensorElems * sizeof(bf16)));
-    std::vector<int32_t> pages(np);
-    for (int32_t i = 0; i < np; ++i) pages[i] = i;
-    std::vector<int32_t> positions(n);
-    for (int32_t i = 0; i < n; ++i) positions[i] = i;
-    SeqView seq{};
-    seq.qStart = 0;
-    seq.qLen = n;
-    seq.kvLen = n;
-    seq.pages = pages.data();
-    seq.numPages = np;
-    seq.lastPageLen = n - (np - 1) * P;
-    StepView view{};
-    view.numSeqs = 1;
-    view.numTokens = n;
-    view.pageSize = P;
-    view.tokens = tokenIds;
-    view.positions = positions.data();
-    view.seqs = &seq;
     std::vector<float> hidden((size_t)n * H_);
     try {
-      packInputs(view, 1);
+      packInputs(step.view, 1);
       DSG_CUDA(cudaMemcpyAsync(dIn_, hostIn_, inputBytesUsed_, cudaMemcpyHostToDevice, stream_));
       forwardLayers(n, 1, maxQLen_, kv, tensorElems);
       cuda::launchRmsNorm(residual_, nullptr, n, H_, finalNorm_, d_.rmsNormEps, xn_, stream_);
@@ -211,13 +193,7 @@ class CudaBackend final : public Backend {
       throw;
     }
     cudaFree(kv);
-    std::vector<double> sum(H_, 0.0);
-    for (int32_t t = 0; t < n; ++t)
-      for (int64_t i = 0; i < H_; ++i) sum[i] += hidden[(size_t)t * H_ + i];
-    double norm = 0;
-    for (int64_t i = 0; i < H_; ++i) norm += (sum[i] / n) * (sum[i] / n);
-    norm = std::sqrt(norm);
-    for (int64_t i = 0; i < H_; ++i) out[i] = (float)(sum[i] / n / (norm > 0 ? norm : 1.0));
+    meanPoolNormalized(hidden.data(), n, H_, out);
   }
 
   void exportPages(const int32_t* pages, int32_t n, uint8_t* out) override { copyPages(pages, n, out, true); }
