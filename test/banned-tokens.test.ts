@@ -10,6 +10,7 @@ import { openEngine } from '../src/engine/engine.js';
 import { Header, MAX_BANNED_TOKENS, SeqField, STEP_HEADER_WORDS, STEP_SEQ_WORDS, packStep } from '../src/engine/step.js';
 import type { EngineOptions, SamplingParams, SeqStep } from '../src/engine/types.js';
 import { writeTinyModel, type TinyShape } from './helpers/engine-tiny-model.js';
+import { codeOf } from './helpers/thrown.js';
 
 const VOCAB = 64;
 const shape: TinyShape = {
@@ -24,16 +25,6 @@ const greedy: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, seed
 const dir = mkdtempSync(join(tmpdir(), 'banned-tokens-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 const model = writeTinyModel(dir, shape, 11);
-
-function codeOf(fn: () => unknown): { code: string; message: string } {
-  try {
-    fn();
-  } catch (err) {
-    const e = err as { code?: string; message: string };
-    return { code: e.code ?? 'none', message: e.message };
-  }
-  return { code: 'no error', message: '' };
-}
 
 /** A one-token sequence on its own page (a fresh context each time: no KV shared between draws). */
 function oneToken(page: number, sampling: SamplingParams, outputIndex: number, bannedTokenIds?: number[]): SeqStep {

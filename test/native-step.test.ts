@@ -11,6 +11,7 @@ import { openEngine } from '../src/engine/engine.js';
 import { Header, SeqField, STEP_HEADER_WORDS, STEP_SEQ_WORDS, packStep } from '../src/engine/step.js';
 import type { EngineOptions, ModelSpec, SamplingParams, SeqStep } from '../src/engine/types.js';
 import { referenceEmbedding, relError, writeTinyModel, type TinyShape } from './helpers/engine-tiny-model.js';
+import { codeOf } from './helpers/thrown.js';
 
 const shape: TinyShape = {
   architecture: 'qwen3', vocabSize: 64, hiddenSize: 32, intermediateSize: 48, numLayers: 2, numHeads: 4, numKvHeads: 2,
@@ -24,16 +25,6 @@ const greedy: SamplingParams = { temperature: 0, topP: 1, topK: 0, minP: 0, seed
 const dir = mkdtempSync(join(tmpdir(), 'native-step-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 const model = writeTinyModel(dir, shape, 5);
-
-function codeOf(fn: () => unknown): { code: string; message: string } {
-  try {
-    fn();
-  } catch (err) {
-    const e = err as { code?: string; message: string };
-    return { code: e.code ?? 'none', message: e.message };
-  }
-  return { code: 'no error', message: '' };
-}
 
 t.test('step descriptor: each bad field is LLM_ERR_STEP_INVALID naming it; the engine stays usable', async (t) => {
   const addon = loadAddon();
