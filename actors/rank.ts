@@ -17,7 +17,7 @@ import type { Engine, KvIpcPool, KvPullStats, SeqStep, StepResult } from '../src
 import { resolvePlaceholders } from '../src/scheduler/placeholder.js';
 import type { StepExecutor } from '../src/scheduler/scheduler.js';
 import { packSteps, unpackSteps, unreachable, type EngineSummary, type StepPack } from './messages.js';
-import { siblingModule, spawnWorker } from './worker.js';
+import { awaitStarted, siblingModule, spawnWorker } from './worker.js';
 
 /** GPU-to-GPU KV transfer ops (Engine.kvIpc*), and what each answers. */
 export type KvIpcOp =
@@ -247,36 +247,12 @@ export class RankHandle implements StepExecutor {
       engineInit: opts.engineInit,
     };
     const worker = spawnWorker(siblingModule(import.meta.url, 'rank'), data);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        cleanup();
-        void worker.terminate();
-        reject(new LlmError('LLM_ERR_ACTOR_HUNG', `rank ${opts.rank} did not open its engine within ${opts.startTimeoutMs} ms`, { rank: opts.rank }));
-      }, opts.startTimeoutMs);
-      const onMessage = (m: RankOutbox) => {
-        if (m.kind === 'ready') {
-          cleanup();
-          resolve(new RankHandle(worker, m.engine, opts));
-        } else if (m.kind === 'initError') {
-          cleanup();
-          void worker.terminate();
-          reject(LlmError.fromPayload(m.error));
-        }
-      };
-      const onError = (err: Error) => {
-        cleanup();
-        reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `rank ${opts.rank} crashed while starting: ${err.message}`, { rank: opts.rank }));
-      };
-      const onExit = (code: number) => {
-        cleanup();
-        reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `rank ${opts.rank} exited with code ${code} while starting`, { rank: opts.rank }));
-      };
-      const cleanup = () => {
-        clearTimeout(timer);
-        worker.off('message', onMessage).off('error', onError).off('exit', onExit);
-      };
-      worker.on('message', onMessage).on('error', onError).on('exit', onExit);
-    });
+    return awaitStarted<RankOutbox, RankHandle>(worker, {
+      who: `rank ${opts.rank}`,
+      timeoutMs: opts.startTimeoutMs,
+      hungMessage: `rank ${opts.rank} did not open its engine within ${opts.startTimeoutMs} ms`,
+      rank: opts.rank,
+    }, (m) => new RankHandle(worker, m.engine, opts));
   }
 
   execute(seqs: readonly SeqStep[]): Promise<StepResult> {

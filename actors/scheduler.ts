@@ -24,7 +24,7 @@ import {
 import { unreachable, type EngineSummary } from './messages.js';
 import type { MetricsActor, SchedulerLoad, StepSample } from './metrics.js';
 import { RankHandle, type StepTiming } from './rank.js';
-import { siblingModule, spawnWorker } from './worker.js';
+import { awaitStarted, siblingModule, spawnWorker } from './worker.js';
 
 /** The scheduler's inbox. */
 export type SchedulerInbox =
@@ -385,37 +385,12 @@ export class SchedulerHandle {
       actor: 'scheduler', options: opts.options, rank: opts.rank, heartbeat, heartbeatMs: heartbeatMs(opts.hangTimeoutMs), hook: opts.hook ?? null,
     };
     const worker = spawnWorker(siblingModule(import.meta.url, 'scheduler'), data);
-    return new Promise((resolve, reject) => {
-      // The rank has its own start-up limit inside; this one also covers a scheduler thread that never answers.
-      const timer = setTimeout(() => {
-        cleanup();
-        void worker.terminate();
-        reject(new LlmError('LLM_ERR_ACTOR_HUNG', `the scheduler did not start within ${opts.startTimeoutMs} ms`));
-      }, opts.startTimeoutMs + 5000);
-      const onMessage = (m: SchedulerOutbox) => {
-        if (m.kind === 'ready') {
-          cleanup();
-          resolve(new SchedulerHandle(worker, m.engine, new Int32Array(heartbeat), opts));
-        } else if (m.kind === 'initError') {
-          cleanup();
-          void worker.terminate();
-          reject(LlmError.fromPayload(m.error));
-        }
-      };
-      const onError = (err: Error) => {
-        cleanup();
-        reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `the scheduler crashed while starting: ${err.message}`));
-      };
-      const onExit = (code: number) => {
-        cleanup();
-        reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `the scheduler exited with code ${code} while starting`));
-      };
-      const cleanup = () => {
-        clearTimeout(timer);
-        worker.off('message', onMessage).off('error', onError).off('exit', onExit);
-      };
-      worker.on('message', onMessage).on('error', onError).on('exit', onExit);
-    });
+    // The rank has its own start-up limit inside; this one also covers a scheduler thread that never answers.
+    return awaitStarted<SchedulerOutbox, SchedulerHandle>(worker, {
+      who: 'the scheduler',
+      timeoutMs: opts.startTimeoutMs + 5000,
+      hungMessage: `the scheduler did not start within ${opts.startTimeoutMs} ms`,
+    }, (m) => new SchedulerHandle(worker, m.engine, new Int32Array(heartbeat), opts));
   }
 
   get runningCount(): number {

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { LlmError, type ErrorPayload } from '../src/errors.js';
 
 /** The sibling module `name` (without extension) of `base`, with base's extension (.ts under tsx, .js in dist). */
 export function siblingModule(base: string, name: string): URL {
@@ -40,4 +41,57 @@ function tsxBootstrap(entry: URL): string {
 
 export function spawnWorker(entry: URL, workerData: unknown): Worker {
   return new Worker(new URL(workerModuleUrl(entry)), { workerData });
+}
+
+/** How a freshly spawned actor answers its start: with a ready message, or with the coded error that stopped it. */
+export type StartAnswer = { kind: 'ready' } | { kind: 'initError'; error: ErrorPayload };
+
+export interface StartWait {
+  /** The actor in messages, e.g. "rank 0" or "the scheduler". */
+  who: string;
+  timeoutMs: number;
+  /** The message of the time-limit error. */
+  hungMessage: string;
+  rank?: number;
+}
+
+/**
+ * Waits for a spawned actor's start: its 'ready' message resolves with build(message), called inside the message
+ * handler so that the handle it makes listens before the actor's next message; its 'initError' rejects with that coded error, a
+ * crash or an exit with LLM_ERR_ACTOR_CRASHED, the time limit with LLM_ERR_ACTOR_HUNG (the worker is terminated on
+ * initError and time-out). The start's listeners are removed whatever happens.
+ */
+export function awaitStarted<M extends { kind: string }, T>(worker: Worker, wait: StartWait, build: (ready: Extract<M, { kind: 'ready' }>) => T): Promise<T> {
+  const details = wait.rank === undefined ? undefined : { rank: wait.rank };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      cleanup();
+      void worker.terminate();
+      reject(new LlmError('LLM_ERR_ACTOR_HUNG', wait.hungMessage, details));
+    }, wait.timeoutMs);
+    const onMessage = (m: M) => {
+      const answer = m as unknown as StartAnswer;
+      if (answer.kind === 'ready') {
+        cleanup();
+        resolve(build(m as Extract<M, { kind: 'ready' }>));
+      } else if (answer.kind === 'initError') {
+        cleanup();
+        void worker.terminate();
+        reject(LlmError.fromPayload(answer.error));
+      }
+    };
+    const onError = (err: Error) => {
+      cleanup();
+      reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `${wait.who} crashed while starting: ${err.message}`, details));
+    };
+    const onExit = (code: number) => {
+      cleanup();
+      reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `${wait.who} exited with code ${code} while starting`, details));
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      worker.off('message', onMessage).off('error', onError).off('exit', onExit);
+    };
+    worker.on('message', onMessage).on('error', onError).on('exit', onExit);
+  });
 }
