@@ -94,7 +94,7 @@ class CpuBackend final : public Backend {
       layers_.push_back(std::move(f));
     }
     finalNorm_ = f32Copy(w.finalNorm);
-    initRope();
+    invFreq_ = ropeInverseFrequencies(d_);
 
     const int64_t T = o.maxBatchTokens;
     // Per-token workspace: residual, normed input, q/k/v, attention output, RoPE tables (the MLP is chunked).
@@ -254,27 +254,6 @@ class CpuBackend final : public Backend {
                                   &L.postAttnNorm, &L.gate, &L.up, &L.down})
         if (t->data) v.push_back(t);
     return v;
-  }
-
-  void initRope() {
-    const int half = D_ / 2;
-    invFreq_.resize(half);
-    const RopeScalingLlama3& rs = d_.ropeScaling;
-    for (int i = 0; i < half; ++i) {
-      double f = 1.0 / std::pow(d_.ropeTheta, (2.0 * i) / (double)D_);
-      if (rs.enabled) {
-        const double lowWave = rs.originalMaxPositionEmbeddings / rs.lowFreqFactor;
-        const double highWave = rs.originalMaxPositionEmbeddings / rs.highFreqFactor;
-        const double wave = 2 * M_PI / f;
-        if (wave > lowWave) {
-          f = f / rs.factor;
-        } else if (wave >= highWave) {
-          const double smooth = (rs.originalMaxPositionEmbeddings / wave - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor);
-          f = (1 - smooth) * f / rs.factor + smooth * f;
-        }
-      }
-      invFreq_[i] = (float)f;
-    }
   }
 
   void applyRope(float* v, const float* c, const float* s) const {

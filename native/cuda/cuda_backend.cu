@@ -319,24 +319,7 @@ class CudaBackend final : public Backend {
     }
     cudaFree(staging);
 
-    // RoPE inverse frequencies with optional Llama-3 scaling (same arithmetic as the CPU backend).
-    std::vector<float> inv(D_ / 2);
-    const RopeScalingLlama3& rs = d_.ropeScaling;
-    for (int i = 0; i < D_ / 2; ++i) {
-      double f = 1.0 / std::pow(d_.ropeTheta, (2.0 * i) / (double)D_);
-      if (rs.enabled) {
-        const double lowWave = rs.originalMaxPositionEmbeddings / rs.lowFreqFactor;
-        const double highWave = rs.originalMaxPositionEmbeddings / rs.highFreqFactor;
-        const double wave = 2 * M_PI / f;
-        if (wave > lowWave) {
-          f = f / rs.factor;
-        } else if (wave >= highWave) {
-          const double smooth = (rs.originalMaxPositionEmbeddings / wave - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor);
-          f = (1 - smooth) * f / rs.factor + smooth * f;
-        }
-      }
-      inv[i] = (float)f;
-    }
+    const std::vector<float> inv = ropeInverseFrequencies(d_);
     invFreq_ = a.take<float>(inv.size());
     DSG_CUDA(cudaMemcpy(invFreq_, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
   }

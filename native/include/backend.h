@@ -4,6 +4,7 @@
 // turns EngineError into a JS error whose `.code` is the LLM_ERR_* string. A backend therefore trusts its inputs,
 // reports failures only by throwing EngineError (never exit/abort), and allocates its own KV pool and workspace.
 #pragma once
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -45,6 +46,31 @@ struct ModelDesc {
   int maxPositionEmbeddings = 0;
   bool tieWordEmbeddings = false, qkvBias = false, qkNorm = false;
 };
+
+/**
+ * RoPE inverse frequencies of pair i < headDim / 2: theta^(-2i / headDim), with Llama-3 scaling when enabled
+ * (low frequencies divided by factor, high ones kept, a smooth blend between). One arithmetic for every backend.
+ */
+inline std::vector<float> ropeInverseFrequencies(const ModelDesc& d) {
+  std::vector<float> inv(d.headDim / 2);
+  const RopeScalingLlama3& rs = d.ropeScaling;
+  for (int i = 0; i < d.headDim / 2; ++i) {
+    double f = 1.0 / std::pow(d.ropeTheta, (2.0 * i) / (double)d.headDim);
+    if (rs.enabled) {
+      const double lowWave = rs.originalMaxPositionEmbeddings / rs.lowFreqFactor;
+      const double highWave = rs.originalMaxPositionEmbeddings / rs.highFreqFactor;
+      const double wave = 2 * M_PI / f;
+      if (wave > lowWave) {
+        f = f / rs.factor;
+      } else if (wave >= highWave) {
+        const double smooth = (rs.originalMaxPositionEmbeddings / wave - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor);
+        f = (1 - smooth) * f / rs.factor + smooth * f;
+      }
+    }
+    inv[i] = (float)f;
+  }
+  return inv;
+}
 
 /** A weight tensor in host memory (memory-mapped file), in its file dtype; shape in HF order, row-major. */
 struct HostTensor {
