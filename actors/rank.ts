@@ -11,6 +11,7 @@
 //  - an uncaught error or an exit of the worker fails every in-flight step with LLM_ERR_ACTOR_CRASHED;
 //  - a step that takes longer than stepTimeoutMs fails every in-flight step with LLM_ERR_ACTOR_HUNG and the worker
 //    is terminated. A failed handle refuses further steps at once: never a hang.
+import { appendFileSync } from 'node:fs';
 import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import type { Engine, KvIpcPool, KvPullStats, SeqStep, StepResult } from '../src/engine/types.js';
@@ -61,6 +62,32 @@ interface EngineFactoryModule {
 
 // ---- worker side ----
 
+/**
+ * DSG_STEP_TRACE=FILE (profiling aid, off by default): the rank appends one tab-separated line per engine step,
+ * `sequences tokens kvTokens engineMs`, where kvTokens is the KV length the step's attention reads summed over its
+ * sequences. Lines are buffered and written every 256 steps and at shutdown, outside the timed region.
+ */
+function stepTracer(file: string | undefined) {
+  if (!file) return null;
+  let lines: string[] = [];
+  const flush = () => {
+    if (lines.length) appendFileSync(file, lines.join(''));
+    lines = [];
+  };
+  return {
+    record(steps: readonly SeqStep[], engineMs: number) {
+      let tokens = 0, kv = 0;
+      for (const q of steps) {
+        tokens += q.tokenIds.length;
+        kv += q.startPos + q.tokenIds.length;
+      }
+      lines.push(`${steps.length}\t${tokens}\t${kv}\t${engineMs.toFixed(3)}\n`);
+      if (lines.length >= 256) flush();
+    },
+    flush,
+  };
+}
+
 async function runRank(data: RankWorkerData): Promise<void> {
   const port = parentPort!;
   const send = (m: RankOutbox, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
@@ -88,15 +115,18 @@ async function runRank(data: RankWorkerData): Promise<void> {
   /** The last step's sampled tokens (placeholders of the next step name their rows), and when it ended. */
   let previousTokens: Int32Array | null = null;
   let lastStepEnd: number | null = null;
+  const tracer = stepTracer(process.env.DSG_STEP_TRACE);
   port.on('message', (m: RankInbox) => {
     switch (m.kind) {
       case 'step': {
         let result: StepResult;
+        let steps: readonly SeqStep[] = [];
         const t0 = performance.now();
         const idleMs = lastStepEnd === null ? null : t0 - lastStepEnd;
         try {
           // Placeholders (overlap scheduling) take the tokens the previous step sampled: steps run in order here.
-          result = engine.step(resolvePlaceholders(unpackSteps(m.pack), previousTokens));
+          steps = resolvePlaceholders(unpackSteps(m.pack), previousTokens);
+          result = engine.step(steps);
         } catch (err) {
           previousTokens = null;
           lastStepEnd = null;
@@ -107,6 +137,7 @@ async function runRank(data: RankWorkerData): Promise<void> {
         const t1 = performance.now();
         lastStepEnd = t1;
         send({ kind: 'result', stepNo: m.stepNo, result, engineMs: t1 - t0, idleMs });
+        tracer?.record(steps, t1 - t0);
         return;
       }
       case 'exportPages':
@@ -134,6 +165,7 @@ async function runRank(data: RankWorkerData): Promise<void> {
         return;
       }
       case 'shutdown':
+        tracer?.flush();
         engine.close();
         port.close();
         return;
