@@ -7,8 +7,10 @@
 // entries of the next iteration are fetched one iteration ahead. Scores are reduced across the row with shuffles,
 // online softmax in f32 (base 2) per row; rows merge through registers (same warp) and shared memory (same block).
 // Splits: the caller's numSplits > 1 writes partials for launchAttentionMerge (the old contract). With numSplits 1,
-// small batches split each (sequence, KV head) across a thread-block cluster chosen from the batch size alone
+// smaller batches split each (sequence, KV head) across a thread-block cluster chosen from the batch size alone
 // (graph replays stay valid for any kvLen): the blocks merge through distributed shared memory, no second kernel.
+// Blocks are dispatched in the order of the sequence records: callers that pass them longest first (the CUDA
+// backend does for decode steps) keep the long sequences from forming the tail of a variable-length batch.
 #include <cooperative_groups.h>
 
 #include <algorithm>
@@ -26,6 +28,7 @@ namespace cg = cooperative_groups;
 
 constexpr int kDecodeWarps = 4;
 constexpr int kDefaultKeysPerRow = 4;
+constexpr int kDeepKeysPerRow = 8;
 constexpr int kDefaultStages = 0;  // 0: registers only; >= 2: cp.async ring depth
 constexpr int kMaxClusterSplits = 8;  // portable cluster size
 constexpr int kTargetBlocks = 512;    // ~4 resident 4-warp blocks per SM on 132 SMs
@@ -386,6 +389,12 @@ bool launchForGroup(const DecodeParams& p, int numSeqs, int splits, int keysPerR
     launchDecodeKernel<D, G, kDefaultKeysPerRow, kDefaultStages>(p, numSeqs, splits, stream);
     return true;
   }
+  if constexpr (D <= 128 && G <= 2) {  // the deeper register path the automatic choice takes at mid batch sizes
+    if (keysPerRow == kDeepKeysPerRow && stages == 0) {
+      launchDecodeKernel<D, G, kDeepKeysPerRow, 0>(p, numSeqs, splits, stream);
+      return true;
+    }
+  }
   if constexpr (D == 128 && G == 2) {  // the Qwen3 shape: other load depths for tuning runs
     switch (keysPerRow * 16 + stages) {
       case 2 * 16 + 0: return launchDecodeKernel<D, G, 2, 0>(p, numSeqs, splits, stream), true;
@@ -431,11 +440,24 @@ bool clusterLaunchSupported() {
   return (supported.load() & bit) != 0;
 }
 
-// Blocks per (sequence, KV head): enough blocks to fill the chip, from the batch size alone.
-int decodeClusterSplits(int numSeqs, int kvHeads) {
+/** Cluster size and keys per row for a batch of numSeqs sequences (from the batch size alone, so graph replays stay
+ *  valid). Measured on an H200 (NOTES-decode-attention.md, "Variable-length batches") with contexts uniform in
+ *  [100, 2000] and records longest first: from 128 sequences one block per (sequence, KV head) at 4 keys per row
+ *  runs at the copy bandwidth; below, the chip fills only with splits, and more keys in flight per row shorten the
+ *  serial chain of the long sequences that finish last. Tiny batches keep the 512-block rule. */
+struct DecodeLaunchChoice {
+  int splits, keysPerRow;
+};
+DecodeLaunchChoice decodeLaunchChoice(int numSeqs, int kvHeads, bool deepAvailable) {
+  const int deep = deepAvailable ? kDeepKeysPerRow : kDefaultKeysPerRow;
+  if (numSeqs >= 128) return {1, kDefaultKeysPerRow};
+  if (numSeqs >= 80) return {1, deep};
+  if (numSeqs >= 48) return {2, kDefaultKeysPerRow};
+  if (numSeqs >= 24) return {2, deep};
+  if (numSeqs >= 12) return {4, deep};
   int splits = 1;
   while (splits < kMaxClusterSplits && (int64_t)numSeqs * kvHeads * splits < kTargetBlocks) splits *= 2;
-  return splits;
+  return {splits, kDefaultKeysPerRow};
 }
 
 }  // namespace
@@ -466,18 +488,20 @@ bool launchDecodeAttention(const bf16* q, const bf16* kCache, const bf16* vCache
   p.out = out;
   p.partO = partO;
   p.partLse = partLse;
+  const int group = heads / kvHeads;
+  const DecodeLaunchChoice choice = decodeLaunchChoice(batch.numSeqs, kvHeads, headDim <= 128 && group <= 2);
   int splits = numSplits;
   if (numSplits > 1) {
     p.mode = OutMode::Partials;
   } else {
-    splits = tuning && tuning->clusterSplits > 0 ? std::min(tuning->clusterSplits, kMaxClusterSplits)
-                                                 : decodeClusterSplits(batch.numSeqs, kvHeads);
+    splits = tuning && tuning->clusterSplits > 0 ? std::min(tuning->clusterSplits, kMaxClusterSplits) : choice.splits;
     if (!clusterLaunchSupported()) splits = 1;  // pre-Hopper: one block per (sequence, KV head)
     p.mode = splits > 1 ? OutMode::Cluster : OutMode::Direct;
   }
-  const int keysPerRow = tuning && tuning->keysPerRow > 0 ? tuning->keysPerRow : kDefaultKeysPerRow;
+  const int keysPerRow = tuning && tuning->keysPerRow > 0 ? tuning->keysPerRow
+                         : numSplits > 1                  ? kDefaultKeysPerRow
+                                                          : choice.keysPerRow;
   const int stages = !tuning || tuning->stages == 0 ? kDefaultStages : tuning->stages == 1 ? 0 : tuning->stages;
-  const int group = heads / kvHeads;
   switch (headDim) {
     case 64: return launchForDim<64>(p, group, batch.numSeqs, splits, keysPerRow, stages, stream);
     case 128: return launchForDim<128>(p, group, batch.numSeqs, splits, keysPerRow, stages, stream);

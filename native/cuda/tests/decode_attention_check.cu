@@ -255,7 +255,7 @@ struct TimingRow {
   int bs, ctx;
   double mb, floorUs, oldUs, newUs, bestUs;
   std::string best;
-  int oldSplits, newSplits;
+  int oldSplits;
 };
 
 static TimingRow timeShape(Flusher& fl, cudaStream_t st, int bs, int ctx, double copyTBs, int smCount) {
@@ -306,7 +306,7 @@ static TimingRow timeShape(Flusher& fl, cudaStream_t st, int bs, int ctx, double
     printf("timing shape bs %3d ctx %4d: new vs baseline output rel %.2e %s\n", bs, ctx, rel, ok ? "PASS" : "FAIL");
   }
 
-  TimingRow row{bs, ctx, 0, 0, 0, 0, 0, "", oldSplits, 0};
+  TimingRow row{bs, ctx, 0, 0, 0, 0, 0, "", oldSplits};
   const double bytes = (double)b.keys * kvHeads * D * 2 * 2;
   row.mb = bytes / 1e6;
   row.floorUs = bytes / (copyTBs * 1e12) * 1e6;
@@ -338,16 +338,69 @@ static TimingRow timeShape(Flusher& fl, cudaStream_t st, int bs, int ctx, double
     }
   }
   printf("  sweep bs %d ctx %d (us):%s\n", bs, ctx, line.c_str());
-  int autoSplits = 1;
-  while (autoSplits < 8 && bs * kvHeads * autoSplits < 512) autoSplits *= 2;
-  row.newSplits = autoSplits;
-  printf("  bs %3d ctx %4d  baseline (splits %d): %8.2f us   new auto (C %d): %8.2f us\n", bs, ctx, oldSplits,
-         row.oldUs, autoSplits, row.newUs);
+  printf("  bs %3d ctx %4d  baseline (splits %d): %8.2f us   new auto: %8.2f us\n", bs, ctx, oldSplits, row.oldUs,
+         row.newUs);
   return row;
+}
+
+/**
+ * Variable-length decode batches like a serving step's (contexts uniform in [lo, hi]): one launch per variant of
+ * cluster size (0 = automatic) x keys per row, with the sequence records as given or sorted longest first (the
+ * order blocks are dispatched in). Prints one table row per (bs, order) with each variant's time and the best.
+ */
+static void timeMix(Flusher& fl, cudaStream_t st, int bs, int lo, int hi, double copyTBs) {
+  const int D = 128, heads = 16, kvHeads = 8, P = 16;
+  std::uniform_int_distribution<int> len(lo, hi);
+  std::vector<int> lens(bs);
+  for (int& l : lens) l = len(rng);
+  Batch b = makeBatch(D, heads, kvHeads, P, lens);
+  const size_t poolElems = (size_t)b.numPages * P * kvHeads * D;
+  Dev<bf16> dK(poolElems), dV(poolElems), dQ((size_t)bs * heads * D), out((size_t)bs * heads * D);
+  fillRandom<<<2048, 256>>>(dK.p, poolElems, 11);
+  fillRandom<<<2048, 256>>>(dV.p, poolElems, 22);
+  fillRandom<<<256, 256>>>(dQ.p, dQ.n, 33);
+  DSG_LAUNCHED("fillRandom");
+  DSG_CUDA(cudaDeviceSynchronize());
+  std::vector<int4> sorted = b.seqs;
+  std::stable_sort(sorted.begin(), sorted.end(), [](const int4& x, const int4& y) { return x.z > y.z; });
+  Dev<int4> dGiven(b.seqs), dSorted(sorted);
+  Dev<int32_t> dTable(b.table);
+  Dev<float> partO(1), partLse(1);
+  const float scale = 1.f / std::sqrt((float)D);
+  const double mb = (double)b.keys * kvHeads * D * 2 * 2 / 1e6;
+  const double floorUs = mb / (copyTBs * 1e6) * 1e6;
+  for (int order = 0; order < 2; ++order) {
+    const AttnBatch batch{order ? dSorted.p : dGiven.p, dTable.p, bs, 1, P};
+    std::string line;
+    double best = 1e30, autoUs = 0;
+    std::string bestName;
+    for (int c : {0, 1, 2, 4, 8})
+      for (int u : {4, 8}) {
+        const DecodeTuning t{c, u, 1};
+        const double us = timeLaunch(fl, st, [&](cudaStream_t s) {
+          if (!launchDecodeAttention(dQ.p, dK.p, dV.p, batch, bs, heads, kvHeads, D, scale, 1, out.p, partO.p,
+                                     partLse.p, s, &t))
+            throw EngineError("LLM_ERR_DEVICE", "decode fast path refused the Qwen3 shape");
+        });
+        char name[32], buf[48];
+        snprintf(name, sizeof name, "C%s U%d", c ? std::to_string(c).c_str() : "auto", u);
+        snprintf(buf, sizeof buf, " %s %.1f", name, us);
+        line += buf;
+        if (c == 0 && u == 4) autoUs = us;
+        if (us < best) {
+          best = us;
+          bestName = name;
+        }
+      }
+    printf("| %d | [%d, %d] | %s | %.1f | %.2f | %.2f (%.2f TB/s) | %.2f %s (%.2f TB/s) |%s |\n", bs, lo, hi,
+           order ? "longest first" : "as given", mb, floorUs, autoUs, mb / autoUs, best, bestName.c_str(), mb / best,
+           line.c_str());
+  }
 }
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const bool mixOnly = argc > 1 && std::strcmp(argv[1], "--mix") == 0;  // correctness, then variable-length timing
   try {
     cudaDeviceProp prop;
     DSG_CUDA(cudaGetDeviceProperties(&prop, 0));
@@ -389,7 +442,7 @@ int main(int argc, char** argv) {
     checkDecode("dispatch D128 16/8 p16 bs7 splits 4 + merge", 128, 16, 8, 16, mixed(7), 4, DP);
     checkDecode("dispatch fallback D128 16/1 (G16) p16 bs3", 128, 16, 1, 16, {192, 17, 1}, 1, DP);
     checkDecode("dispatch fallback D32 8/2 p16 bs3", 32, 8, 2, 16, {192, 17, 1}, 1, DP);
-    if (!quick) {
+    if (!quick && !mixOnly) {
       for (int bs : {1, 8, 32, 64, 256}) {
         const std::string name = "D128 16/8 p16 mixed bs" + std::to_string(bs) + " auto";
         checkDecode(name.c_str(), 128, 16, 8, 16, mixed(bs), 1, X);
@@ -403,7 +456,18 @@ int main(int argc, char** argv) {
       checkDecode("D128 16/8 p1 mixed bs256 U2 S4", 128, 16, 8, 1, mixed(256), 1, X, {0, 2, 4});
     }
     printf("correctness: %d failure(s)\n", failures);
-    if (!quick) {
+    if (mixOnly) {
+      cudaStream_t st;
+      DSG_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+      const double copyTBs = copyBandwidthTBs(st);
+      Flusher fl;
+      printf("copy bandwidth %.3f TB/s; variable-length decode batches, per layer (us), Qwen3-0.6B shape, page 16\n", copyTBs);
+      printf("| bs | kvLen | order | KV MB | floor us | auto C U4 | best | all |\n|---|---|---|---|---|---|---|---|\n");
+      for (int bs : {256, 192, 128, 96, 64, 32, 16}) timeMix(fl, st, bs, 100, 2000, copyTBs);
+      timeMix(fl, st, 256, 100, 1024, copyTBs);
+      timeMix(fl, st, 64, 1000, 2000, copyTBs);
+    }
+    if (!quick && !mixOnly) {
       cudaStream_t st;
       DSG_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
       const double copyTBs = copyBandwidthTBs(st);
@@ -415,11 +479,11 @@ int main(int argc, char** argv) {
       printf("\nDecode attention per layer, Qwen3-0.6B shape (16/8 heads, D128, page 16, bf16), %s; L2 flushed before each\n"
              "launch; floor = KV bytes / copy %.2f TB/s. old = attentionKernel<128> (+merge) with the old split rule.\n",
              prop.name, copyTBs);
-      printf("| bs | ctx | KV MB | floor us | old us (splits) | new us (C) | new TB/s | new/floor | speedup | best sweep |\n");
+      printf("| bs | ctx | KV MB | floor us | old us (splits) | new us (auto) | new TB/s | new/floor | speedup | best sweep |\n");
       printf("|---|---|---|---|---|---|---|---|---|---|\n");
       for (const auto& r : rows)
-        printf("| %d | %d | %.1f | %.2f | %.2f (%d) | %.2f (%d) | %.2f | %.0f%% | %.2fx | %.2f us %s |\n", r.bs, r.ctx, r.mb,
-               r.floorUs, r.oldUs, r.oldSplits, r.newUs, r.newSplits, r.mb / r.newUs, 100.0 * r.floorUs / r.newUs,
+        printf("| %d | %d | %.1f | %.2f | %.2f (%d) | %.2f | %.2f | %.0f%% | %.2fx | %.2f us %s |\n", r.bs, r.ctx, r.mb,
+               r.floorUs, r.oldUs, r.oldSplits, r.newUs, r.mb / r.newUs, 100.0 * r.floorUs / r.newUs,
                r.oldUs / r.newUs, r.bestUs, r.best.c_str());
     }
   } catch (const std::exception& e) {
