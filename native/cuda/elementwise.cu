@@ -25,7 +25,67 @@ __global__ void embedGatherKernel(const int32_t* __restrict__ ids, const bf16* _
   }
 }
 
-// One block per output row; the row is read twice (sum of squares, then scale): the second read hits L1/L2.
+// RMSNorm, vector path (hidden % 8 == 0, 16-byte aligned): a row is spread over warpsPerRow warps, each lane holding
+// kVecs groups of 8 elements (two float4 of the residual, one uint4 of the weight) in registers, so the row and the
+// weight are fetched in one round trip (all loads issued before the first use) and never read twice.
+// blockDim = (32 * warpsPerRow, rowsPerBlock); rows past numRows only join the reduction's barrier.
+template <int kVecs>
+__global__ void __launch_bounds__(128) rmsNormVecKernel(const float* __restrict__ residual,
+                                                       const int32_t* __restrict__ rows, int numRows, int hidden,
+                                                       const bf16* __restrict__ weight, float eps,
+                                                       bf16* __restrict__ out) {
+  __shared__ float scratch[128 / 32];
+  const int r = blockIdx.x * blockDim.y + threadIdx.y;
+  const int groups = hidden / 8, stride = blockDim.x;
+  const bool live = r < numRows;
+  const uint4* w = reinterpret_cast<const uint4*>(weight);
+  uint4 wv[kVecs];
+  float4 xv[2 * kVecs];
+  const int64_t src = live ? (rows ? rows[r] : r) : 0;
+  const float4* x = reinterpret_cast<const float4*>(residual + src * hidden);
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    const int g = threadIdx.x + i * stride;
+    const bool ok = live && g < groups;
+    wv[i] = ok ? w[g] : make_uint4(0, 0, 0, 0);
+    xv[2 * i] = ok ? x[2 * g] : make_float4(0.f, 0.f, 0.f, 0.f);
+    xv[2 * i + 1] = ok ? x[2 * g + 1] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < 2 * kVecs; ++i) ss += xv[i].x * xv[i].x + xv[i].y * xv[i].y + xv[i].z * xv[i].z + xv[i].w * xv[i].w;
+  ss = warpSum(ss);
+  if (blockDim.x > 32) {  // several warps per row: combine through shared memory (block-uniform branch)
+    const int lane = threadIdx.x & 31, warpInRow = threadIdx.x >> 5, warpsPerRow = blockDim.x >> 5;
+    if (lane == 0) scratch[threadIdx.y * warpsPerRow + warpInRow] = ss;
+    __syncthreads();
+    ss = 0.f;
+    for (int i = 0; i < warpsPerRow; ++i) ss += scratch[threadIdx.y * warpsPerRow + i];
+  }
+  if (!live) return;
+  const float inv = rsqrtf(ss / hidden + eps);
+  uint4* o = reinterpret_cast<uint4*>(out + (int64_t)r * hidden);
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    const int g = threadIdx.x + i * stride;
+    if (g >= groups) continue;
+    float wf[8], y[8];
+    unpack8(wv[i], wf);
+    const float4 a = xv[2 * i], b = xv[2 * i + 1];
+    y[0] = a.x * inv * wf[0];
+    y[1] = a.y * inv * wf[1];
+    y[2] = a.z * inv * wf[2];
+    y[3] = a.w * inv * wf[3];
+    y[4] = b.x * inv * wf[4];
+    y[5] = b.y * inv * wf[5];
+    y[6] = b.z * inv * wf[6];
+    y[7] = b.w * inv * wf[7];
+    o[g] = pack8(y);
+  }
+}
+
+// RMSNorm for any hidden % 4 == 0 (or unaligned pointers): one block per row, the row read twice (the second read
+// hits L1/L2).
 __global__ void rmsNormKernel(const float* __restrict__ residual, const int32_t* __restrict__ rows, int hidden,
                               const bf16* __restrict__ weight, float eps, bf16* __restrict__ out) {
   __shared__ float scratch[32];
@@ -49,20 +109,21 @@ __global__ void rmsNormKernel(const float* __restrict__ residual, const int32_t*
   }
 }
 
-// Grid-stride over tokens * inter / 8 groups of 8 outputs.
-__global__ void siluMulKernel(const bf16* __restrict__ gateUp, int64_t numGroups, int inter, bf16* __restrict__ out) {
+// SiLU*mul, 16-byte path: blockIdx.x = token, blockIdx.y * blockDim.x + threadIdx.x = group of 8 outputs (no 64-bit
+// division per element, unlike a flat grid-stride loop); silu(a) = a / (1 + e^-a) with the fast divide (bf16 out).
+__global__ void __launch_bounds__(128) siluMulKernel(const bf16* __restrict__ gateUp, int inter, bf16* __restrict__ out) {
   const int groupsPerRow = inter / 8;
-  for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < numGroups; g += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t t = g / groupsPerRow;
-    const int c = (int)(g % groupsPerRow);
-    const uint4* row = reinterpret_cast<const uint4*>(gateUp + t * 2 * inter);
-    float a[8], b[8], o[8];
-    unpack8(row[c], a);
-    unpack8(row[groupsPerRow + c], b);
+  const int c = blockIdx.y * blockDim.x + threadIdx.x;
+  if (c >= groupsPerRow) return;
+  const int64_t t = blockIdx.x;
+  const uint4* row = reinterpret_cast<const uint4*>(gateUp + t * 2 * inter);
+  const uint4 ga = row[c], ub = row[groupsPerRow + c];
+  float a[8], b[8], o[8];
+  unpack8(ga, a);
+  unpack8(ub, b);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) o[i] = a[i] / (1.f + __expf(-a[i])) * b[i];
-    reinterpret_cast<uint4*>(out + t * inter)[c] = pack8(o);
-  }
+  for (int i = 0; i < 8; ++i) o[i] = __fdividef(a[i], 1.f + __expf(-a[i])) * b[i];
+  reinterpret_cast<uint4*>(out + t * inter)[c] = pack8(o);
 }
 
 // Any intermediate size (e.g. stories260K's 172): one output per thread.
@@ -110,24 +171,40 @@ void launchEmbedGather(const int32_t* ids, int numTokens, const bf16* embed, int
 void launchRmsNorm(const float* residual, const int32_t* rows, int numRows, int hidden, const bf16* weight, float eps,
                    bf16* out, cudaStream_t stream) {
   if (numRows <= 0) return;
-  rmsNormKernel<<<numRows, 256, 0, stream>>>(residual, rows, hidden, weight, eps, out);
-  DSG_LAUNCHED("rmsNormKernel");
+  const int groups = hidden / 8;
+  const bool vec = hidden % 8 == 0 && groups <= 32 * 4 * 4 && ((uintptr_t)residual & 15) == 0 &&
+                   ((uintptr_t)weight & 15) == 0 && ((uintptr_t)out & 15) == 0;
+  if (!vec) {
+    rmsNormKernel<<<numRows, 256, 0, stream>>>(residual, rows, hidden, weight, eps, out);
+    DSG_LAUNCHED("rmsNormKernel");
+    return;
+  }
+  // Few rows (latency-bound): up to 4 warps per row, so each lane's share (and its serial work) is small, one row per
+  // block. Many rows (bandwidth-bound): one warp per row up to hidden 1024 (no barrier), up to 4 groups per lane,
+  // 128-thread blocks.
+  const bool fewRows = numRows < 1024;
+  const int kVecs = fewRows ? (groups <= 128 ? 1 : (groups <= 256 ? 2 : 4)) : (groups <= 32 ? 1 : (groups <= 64 ? 2 : 4));
+  const int warpsPerRow = (groups + 32 * kVecs - 1) / (32 * kVecs);
+  const int rowsPerBlock = fewRows ? 1 : 4 / warpsPerRow;
+  const dim3 block(32 * warpsPerRow, rowsPerBlock);
+  const unsigned blocks = (unsigned)((numRows + rowsPerBlock - 1) / rowsPerBlock);
+  auto kernel = kVecs == 1 ? rmsNormVecKernel<1> : (kVecs == 2 ? rmsNormVecKernel<2> : rmsNormVecKernel<4>);
+  kernel<<<blocks, block, 0, stream>>>(residual, rows, numRows, hidden, weight, eps, out);
+  DSG_LAUNCHED("rmsNormVecKernel");
 }
 
 void launchSiluMul(const bf16* gateUp, int numTokens, int inter, bf16* out, cudaStream_t stream) {
+  if (numTokens <= 0 || inter <= 0) return;
   if (inter % 8 != 0) {
     const int64_t n = (int64_t)numTokens * inter;
-    if (n <= 0) return;
     const int64_t blocks = (n + 255) / 256;
     siluMulScalarKernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, stream>>>(gateUp, n, inter, out);
     DSG_LAUNCHED("siluMulScalarKernel");
     return;
   }
-  const int64_t groups = (int64_t)numTokens * (inter / 8);
-  if (groups <= 0) return;
-  const int threads = 256;
-  const int64_t blocks = (groups + threads - 1) / threads;
-  siluMulKernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), threads, 0, stream>>>(gateUp, groups, inter, out);
+  const int threads = 128;
+  const dim3 grid((unsigned)numTokens, (unsigned)((inter / 8 + threads - 1) / threads));
+  siluMulKernel<<<grid, threads, 0, stream>>>(gateUp, inter, out);
   DSG_LAUNCHED("siluMulKernel");
 }
 
