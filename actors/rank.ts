@@ -12,7 +12,7 @@
 //  - a step that takes longer than stepTimeoutMs fails every in-flight step with LLM_ERR_ACTOR_HUNG and the worker
 //    is terminated. A failed handle refuses further steps at once: never a hang.
 import { appendFileSync } from 'node:fs';
-import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
+import { isMainThread, parentPort, receiveMessageOnPort, workerData, type MessagePort, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import type { Engine, KvIpcPool, KvPullStats, SeqStep, StepResult } from '../src/engine/types.js';
 import { resolvePlaceholders } from '../src/scheduler/placeholder.js';
@@ -112,34 +112,16 @@ async function runRank(data: RankWorkerData): Promise<void> {
       headDim: engine.spec.headDim,
     },
   });
-  /** The last step's sampled tokens (placeholders of the next step name their rows), and when it ended. */
-  let previousTokens: Int32Array | null = null;
-  let lastStepEnd: number | null = null;
   const tracer = stepTracer(process.env.DSG_STEP_TRACE);
-  port.on('message', (m: RankInbox) => {
+  const stepping = engine.stepBegin && engine.stepEnd ? pipelinedStepper(engine, send, tracer, data.rank) : syncStepper(engine, send, tracer, data.rank);
+  const handle = (m: RankInbox): void => {
     switch (m.kind) {
-      case 'step': {
-        let result: StepResult;
-        let steps: readonly SeqStep[] = [];
-        const t0 = performance.now();
-        const idleMs = lastStepEnd === null ? null : t0 - lastStepEnd;
-        try {
-          // Placeholders (overlap scheduling) take the tokens the previous step sampled: steps run in order here.
-          steps = resolvePlaceholders(unpackSteps(m.pack), previousTokens);
-          result = engine.step(steps);
-        } catch (err) {
-          previousTokens = null;
-          lastStepEnd = null;
-          send({ kind: 'stepError', stepNo: m.stepNo, error: toErrorPayload(err, data.rank) });
-          return;
-        }
-        previousTokens = result.tokens;
-        const t1 = performance.now();
-        lastStepEnd = t1;
-        send({ kind: 'result', stepNo: m.stepNo, result, engineMs: t1 - t0, idleMs });
-        tracer?.record(steps, t1 - t0);
+      case 'step':
+        stepping.step(m);
+        // Pipelined: the step runs on the device; take further messages from the port here (not through the event
+        // loop), beginning the next step before this one ends, until no step is in flight.
+        stepping.pump(port, handle);
         return;
-      }
       case 'exportPages':
       case 'importPages': {
         let out: Uint8Array | null = null;
@@ -172,7 +154,115 @@ async function runRank(data: RankWorkerData): Promise<void> {
       default:
         unreachable(m);
     }
-  });
+  };
+  port.on('message', handle);
+}
+
+type Send = (m: RankOutbox, transfer?: ArrayBuffer[]) => void;
+type Tracer = ReturnType<typeof stepTracer>;
+interface Stepper {
+  /** Starts (pipelined) or runs (sync) one step. */
+  step(m: Extract<RankInbox, { kind: 'step' }>): void;
+  /** Ends every step in flight, handling messages that arrive meanwhile (non-step ones after the steps end). */
+  pump(port: MessagePort, handle: (m: RankInbox) => void): void;
+}
+
+/** Engines without stepBegin/stepEnd: each step runs to completion; placeholders are resolved here. */
+function syncStepper(engine: Engine, send: Send, tracer: Tracer, rank: number): Stepper {
+  /** The last step's sampled tokens (placeholders of the next step name their rows), and when it ended. */
+  let previousTokens: Int32Array | null = null;
+  let lastStepEnd: number | null = null;
+  return {
+    step(m) {
+      let result: StepResult;
+      let steps: readonly SeqStep[] = [];
+      const t0 = performance.now();
+      const idleMs = lastStepEnd === null ? null : t0 - lastStepEnd;
+      try {
+        // Placeholders (overlap scheduling) take the tokens the previous step sampled: steps run in order here.
+        steps = resolvePlaceholders(unpackSteps(m.pack), previousTokens);
+        result = engine.step(steps);
+      } catch (err) {
+        previousTokens = null;
+        lastStepEnd = null;
+        send({ kind: 'stepError', stepNo: m.stepNo, error: toErrorPayload(err, rank) });
+        return;
+      }
+      previousTokens = result.tokens;
+      const t1 = performance.now();
+      lastStepEnd = t1;
+      send({ kind: 'result', stepNo: m.stepNo, result, engineMs: t1 - t0, idleMs });
+      tracer?.record(steps, t1 - t0);
+    },
+    pump() {},
+  };
+}
+
+/**
+ * Engines with stepBegin/stepEnd: step N + 1 is begun on the device before step N ends (its placeholders resolved
+ * there from N's samples), so the device runs steps back to back while this thread unpacks, packs and reports.
+ * Invariants: at most two steps in flight, ended in begin order; any other message waits until none is in flight
+ * (page copies and KV transfers run in step order); a step that fails to begin or end fails alone, and the engine
+ * refuses placeholders naming a failed step.
+ */
+function pipelinedStepper(engine: Engine, send: Send, tracer: Tracer, rank: number): Stepper {
+  const begin = engine.stepBegin!.bind(engine);
+  const end = engine.stepEnd!.bind(engine);
+  const ready = engine.stepReady ? engine.stepReady.bind(engine) : () => true;
+  const inFlight: { stepNo: number; steps: readonly SeqStep[]; begunAt: number }[] = [];
+  let lastStepEnd: number | null = null;
+  const fail = (stepNo: number, err: unknown) => send({ kind: 'stepError', stepNo, error: toErrorPayload(err, rank) });
+  const endOldest = () => {
+    const s = inFlight.shift()!;
+    let result: StepResult;
+    try {
+      result = end();
+    } catch (err) {
+      lastStepEnd = null;
+      fail(s.stepNo, err);
+      return;
+    }
+    const t1 = performance.now();
+    // The device time this step had to itself: from its begin, or from the previous step's end when it was begun
+    // while that one still ran.
+    const from = lastStepEnd === null ? s.begunAt : Math.max(s.begunAt, lastStepEnd);
+    const idleMs = lastStepEnd === null ? null : Math.max(0, s.begunAt - lastStepEnd);
+    lastStepEnd = t1;
+    send({ kind: 'result', stepNo: s.stepNo, result, engineMs: t1 - from, idleMs });
+    tracer?.record(s.steps, t1 - from);
+  };
+  return {
+    step(m) {
+      const begunAt = performance.now();
+      let steps: readonly SeqStep[];
+      try {
+        steps = unpackSteps(m.pack);
+        begin(steps);
+      } catch (err) {
+        fail(m.stepNo, err);
+        return;
+      }
+      inFlight.push({ stepNo: m.stepNo, steps, begunAt });
+    },
+    pump(port, handle) {
+      while (inFlight.length > 0) {
+        const next = receiveMessageOnPort(port)?.message as RankInbox | undefined;
+        if (next?.kind === 'step') {
+          if (inFlight.length >= 2) endOldest();
+          this.step(next);
+          continue;
+        }
+        if (next) {
+          while (inFlight.length > 0) endOldest();
+          handle(next);
+          continue;
+        }
+        // Nothing queued: report the oldest step as soon as it is done; until then keep looking for the next step
+        // (the scheduler sends it while this one runs), so it is begun before the device goes idle.
+        if (ready()) endOldest();
+      }
+    },
+  };
 }
 
 function runKvIpc(engine: Engine, r: KvIpcOp): KvIpcReply<KvIpcOp> {

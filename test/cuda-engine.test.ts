@@ -14,8 +14,9 @@ import t from 'tap';
 import { compiledBackends } from '../src/engine/addon.js';
 import { openEngine } from '../src/engine/engine.js';
 import { loadModelSpec } from '../src/engine/model.js';
-import type { Engine, EngineOptions, ModelSpec, SamplingParams, SeqStep } from '../src/engine/types.js';
+import type { Engine, EngineOptions, ModelSpec, SamplingParams, SeqStep, StepResult } from '../src/engine/types.js';
 import { LlmError } from '../src/errors.js';
+import { placeholderFor } from '../src/scheduler/placeholder.js';
 import { loadTokenizer } from '../src/tokenizer/index.js';
 import { referenceLogits, relError, rng, writeTinyModel, TINY_SHAPES } from './helpers/engine-tiny-model.js';
 
@@ -170,6 +171,47 @@ function runAll(): void {
     }
     const mem1 = engine.memoryInfo();
     t.equal(mem1.deviceFreeBytes, mem0.deviceFreeBytes, `device free memory unchanged over 10,000 steps (${mem0.deviceFreeBytes})`);
+  });
+
+  t.test('pipelined steps: placeholders resolved on the device give what the same steps give one at a time', async (t) => {
+    const m = writeTinyModel(mkdtempSync(join(dir, 'piped-')), shapes.qwen3, 21);
+    const sampled: SamplingParams = { temperature: 0.8, topP: 0.9, topK: 0, minP: 0, seed: 5, logprobs: 3 };
+    const prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15], [16], [17, 18, 19, 20, 21]];
+    const P = 4;
+    const pagesOf = (s: number, len: number) => Array.from({ length: Math.ceil(len / P) }, (_, i) => s * 32 + i);
+    // Sequences 0-2 start at step 0; 3-4 join at step 3 (a mixed prefill + decode step, off the graph path).
+    const stepAt = (k: number, input: (s: number) => number): SeqStep[] =>
+      prompts.flatMap((p, s) => {
+        const joinAt = s < 3 ? 0 : 3;
+        if (k < joinAt) return [];
+        const sampling = s % 2 ? sampled : { ...greedy, logprobs: 2 };
+        if (k === joinAt) return [{ tokenIds: p, startPos: 0, pages: pagesOf(s, p.length), sample: true, sampling, outputIndex: 0 }];
+        const pos = p.length + k - joinAt - 1;
+        return [{ tokenIds: [input(s)], startPos: pos, pages: pagesOf(s, pos + 1), sample: true, sampling, outputIndex: k - joinAt }];
+      });
+    const one = openEngine(m.spec, cudaOptions(P, 256));
+    const piped = openEngine(m.spec, cudaOptions(P, 256));
+    try {
+      const STEPS = 12;
+      const expected: StepResult[] = [];
+      // Sequence s is row s of every step it is in (the joined sequences are always 0..n-1).
+      for (let k = 0; k < STEPS; k++) expected.push(one.step(stepAt(k, (s) => expected[k - 1].tokens[s])));
+      const got: StepResult[] = [];
+      piped.stepBegin!(stepAt(0, () => -1));
+      for (let k = 1; k < STEPS; k++) {
+        piped.stepBegin!(stepAt(k, (s) => placeholderFor(s)));
+        got.push(piped.stepEnd!());
+      }
+      got.push(piped.stepEnd!());
+      for (let k = 0; k < STEPS; k++) {
+        t.same(Array.from(got[k].tokens), Array.from(expected[k].tokens), `step ${k} tokens`);
+        t.same(Array.from(got[k].topIds), Array.from(expected[k].topIds), `step ${k} top ids`);
+        t.ok(got[k].logprobs.every((x, i) => Math.abs(x - expected[k].logprobs[i]) <= 1e-5 || (Number.isNaN(x) && Number.isNaN(expected[k].logprobs[i]))), `step ${k} logprobs`);
+      }
+    } finally {
+      one.close();
+      piped.close();
+    }
   });
 
   const stories = process.env.DSG_STORIES_MODEL ?? '/work/shared/models/stories260K.gguf';

@@ -2,7 +2,7 @@
 # Issue 5 on the GPU machine, one command: optional engine checks, the offline run with a per-step trace from the
 # rank (DSG_STEP_TRACE: sequences, tokens, KV tokens read, engine ms per step) and its summary, then optional ncu
 # kernel tables of chosen step shapes.
-# Env: CHECKS=1 (decode-attention kernel check + test/cuda-engine.test.ts first), SHAPES="decode 136 900 2;mixed 128 500 8192"
+# Env: CHECKS=1 (decode-attention and mask/token-feedback kernel checks + test/cuda-engine.test.ts first), SHAPES="decode 136 900 2;mixed 128 500 8192"
 # (profile.ts shapes for ncu, ';'-separated; empty: none), OFFLINE_ARGS (extra bench/offline/run.ts flags).
 # Device call (after npm ci and ../shared/gpu/stage.sh):
 #   run(command="bash bench/offline/profile-gpu.sh", carry=[".gpu"])     (the full stage: node, npm, tap)
@@ -36,6 +36,9 @@ if [ "${CHECKS:-0}" = 1 ]; then
   "$obj/dcheck" --mix > "$logs/dcheck-mix.log" 2>&1
   grep -E "FAIL|correctness|copy" "$logs/dcheck-mix.log"
   grep "^|" "$logs/dcheck-mix.log" | cut -d'|' -f2-8
+  nvcc "${flags[@]}" native/cuda/tests/mask_check.cu native/cuda/sampling.cu native/cuda/token_feedback.cu \
+    native/src/sampling.cpp -o "$obj/mcheck" > "$logs/mcheck-build.log" 2>&1 || tail -20 "$logs/mcheck-build.log"
+  "$obj/mcheck" > "$logs/mcheck.log" 2>&1; grep -E "token feedback|PASSED|FAILED" "$logs/mcheck.log"
   DSG_STORIES_MODEL=models/stories260K.gguf timeout 400 npx tap test/cuda-engine.test.ts > "$logs/cuda-engine-test.log" 2>&1
   echo "cuda-engine.test.ts exit $?"; grep -E "^\s*not ok|^# \{|# (pass|fail|skip)" "$logs/cuda-engine-test.log" | head
 fi

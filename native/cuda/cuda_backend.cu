@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <map>
 #include <memory>
@@ -122,8 +123,12 @@ class CudaBackend final : public Backend {
 
   ~CudaBackend() override {
     for (auto& [bs, g] : graphs_) cudaGraphExecDestroy(g);
-    if (hostIn_) cudaFreeHost(hostIn_);
-    if (hostOut_) cudaFreeHost(hostOut_);
+    if (stream_) cudaStreamSynchronize(stream_);  // begun steps write into host buffers and the caller's outputs
+    for (int i = 0; i < 2; ++i) {
+      if (hostInBuf_[i]) cudaFreeHost(hostInBuf_[i]);
+      if (hostOutBuf_[i]) cudaFreeHost(hostOutBuf_[i]);
+      if (stepDone_[i]) cudaEventDestroy(stepDone_[i]);
+    }
     if (kvPool_) cudaFree(kvPool_);
     gemm_.reset();
     if (stream_) cudaStreamDestroy(stream_);
@@ -146,14 +151,29 @@ class CudaBackend final : public Backend {
   }
 
   void step(const StepView& s, const StepOutputs& out) override {
+    stepBegin(s, out);
+    stepEnd();
+  }
+
+  // Pipelined steps (backend.h): inputs packed into one of two pinned buffers, copied, run (graph or eager), outputs
+  // copied into one of two pinned buffers and an event recorded; stepEnd waits for that event and unpacks. With at
+  // most two steps begun, a buffer is reused only after the step that used it two begins ago has ended.
+  void stepBegin(const StepView& s, const StepOutputs& out) override {
     DSG_CUDA(cudaSetDevice(opt_.deviceId));
+    if ((int)pending_.size() >= kMaxStepsInFlight) throw EngineError("LLM_ERR_STEP_INVALID", "too many steps begun");
     bool decodeOnly = true;
     for (int i = 0; i < s.numSeqs; ++i) decodeOnly = decodeOnly && s.seqs[i].qLen == 1;
     const int graphBs = decodeOnly ? graphBatchFor(s.numSeqs) : 0;
     const int rows = graphBs ? graphBs : s.numSeqs;  // sequences (and, for decode, tokens) the kernels see
     const int tokens = graphBs ? graphBs : s.numTokens;
+    const int slot = nextSlot_;
+    hostIn_ = hostInBuf_[slot];
+    hostOut_ = hostOutBuf_[slot];
     packInputs(s, rows);
     DSG_CUDA(cudaMemcpyAsync(dIn_, hostIn_, inputBytesUsed_, cudaMemcpyHostToDevice, stream_));
+    // Placeholders: the previous step's samples are the first output plane, still on the device.
+    if (placeholders_ > 0)
+      cuda::launchResolveTokenFeedback(in<int32_t>(layout_.tokens), s.numTokens, static_cast<const int32_t*>(dOut_), stream_);
     if (graphBs) {
       DSG_CUDA(cudaGraphLaunch(graphFor(graphBs), stream_));
     } else {
@@ -165,8 +185,26 @@ class CudaBackend final : public Backend {
                              cudaMemcpyDeviceToHost, stream_));
     if (s.returnLogits && out.logits)
       DSG_CUDA(cudaMemcpyAsync(out.logits, logits_, (size_t)s.numSeqs * V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
-    DSG_CUDA(cudaStreamSynchronize(stream_));
-    unpackOutputs(s, rows, out);
+    DSG_CUDA(cudaEventRecord(stepDone_[slot], stream_));
+    pending_.push_back(PendingStep{out, rows, s.numSeqs, s.maxTopN, slot});
+    nextSlot_ ^= 1;
+  }
+
+  void stepEnd() override {
+    if (pending_.empty()) throw EngineError("LLM_ERR_STEP_INVALID", "stepEnd: no step was begun");
+    const PendingStep p = pending_.front();
+    pending_.pop_front();
+    DSG_CUDA(cudaSetDevice(opt_.deviceId));
+    DSG_CUDA(cudaEventSynchronize(stepDone_[p.slot]));
+    unpackOutputs(p.numSeqs, p.maxTopN, p.rows, static_cast<const uint8_t*>(hostOutBuf_[p.slot]), p.out);
+  }
+
+  bool stepReady() override {
+    if (pending_.empty()) return true;
+    const cudaError_t e = cudaEventQuery(stepDone_[pending_.front().slot]);
+    if (e == cudaErrorNotReady) return false;
+    DSG_CUDA(e);
+    return true;
   }
 
   void embed(const int32_t* tokenIds, int32_t n, float* out) override {
@@ -392,8 +430,13 @@ class CudaBackend final : public Backend {
     partLse_ = a.take<float>((size_t)maxPartRows * d_.numHeads);
     dOut_ = a.take<uint8_t>(outPlanes((int)S).end);
     sampleScratch_ = a.take<int32_t>(cuda::sampleScratchBytes((int)S) / sizeof(int32_t));
-    DSG_CUDA(cudaMallocHost(&hostIn_, L.total));
-    DSG_CUDA(cudaMallocHost(&hostOut_, outPlanes((int)S).end));
+    for (int i = 0; i < 2; ++i) {
+      DSG_CUDA(cudaMallocHost(&hostInBuf_[i], L.total));
+      DSG_CUDA(cudaMallocHost(&hostOutBuf_[i], outPlanes((int)S).end));
+      DSG_CUDA(cudaEventCreateWithFlags(&stepDone_[i], cudaEventDisableTiming));
+    }
+    hostIn_ = hostInBuf_[0];
+    hostOut_ = hostOutBuf_[0];
     workspaceBytes_ = (int64_t)a.bytes() + (int64_t)gemm_->workspaceBytes();
   }
 
@@ -468,6 +511,7 @@ class CudaBackend final : public Backend {
     const int P = s.pageSize;
     int64_t numEntries = 0;
     maxQLen_ = 1;
+    placeholders_ = 0;
     for (int i = 0; i < s.numSeqs; ++i) {
       const SeqView& q = s.seqs[i];
       maxQLen_ = std::max(maxQLen_, q.qLen);
@@ -478,6 +522,7 @@ class CudaBackend final : public Backend {
       for (int j = 0; j < q.qLen; ++j) {
         const int t = q.qStart + j, pos = q.startPos() + j;
         tokens[t] = s.tokens[t];
+        placeholders_ += s.tokens[t] < 0;
         positions[t] = pos;
         slots[t] = q.pages[pos / P] * P + pos % P;
       }
@@ -603,19 +648,18 @@ class CudaBackend final : public Backend {
                        stream_, sampleScratch_);
   }
 
-  void unpackOutputs(const StepView& s, int rows, const StepOutputs& out) const {
-    const uint8_t* o = static_cast<const uint8_t*>(hostOut_);
+  void unpackOutputs(int numSeqs, int maxTopN, int rows, const uint8_t* o, const StepOutputs& out) const {
     const OutPlanes p = outPlanes(rows);
     const int32_t* tokens = reinterpret_cast<const int32_t*>(o + p.tokens);
     const float* logprobs = reinterpret_cast<const float*>(o + p.logprobs);
     const int32_t* topIds = reinterpret_cast<const int32_t*>(o + p.topIds);
     const float* topLp = reinterpret_cast<const float*>(o + p.topLogprobs);
-    for (int i = 0; i < s.numSeqs; ++i) {
+    for (int i = 0; i < numSeqs; ++i) {
       out.tokens[i] = tokens[i];
       out.logprobs[i] = logprobs[i];
-      for (int j = 0; j < s.maxTopN; ++j) {
-        out.topIds[(int64_t)i * s.maxTopN + j] = topIds[(int64_t)i * MAX_TOP_LOGPROBS + j];
-        out.topLogprobs[(int64_t)i * s.maxTopN + j] = topLp[(int64_t)i * MAX_TOP_LOGPROBS + j];
+      for (int j = 0; j < maxTopN; ++j) {
+        out.topIds[(int64_t)i * maxTopN + j] = topIds[(int64_t)i * MAX_TOP_LOGPROBS + j];
+        out.topLogprobs[(int64_t)i * maxTopN + j] = topLp[(int64_t)i * MAX_TOP_LOGPROBS + j];
       }
     }
   }
@@ -696,7 +740,17 @@ class CudaBackend final : public Backend {
   InputLayout layout_{};
   int64_t pageCap_ = 0;
   size_t inputBytesUsed_ = 0;
-  void *dIn_ = nullptr, *dOut_ = nullptr, *hostIn_ = nullptr, *hostOut_ = nullptr;
+  void *dIn_ = nullptr, *dOut_ = nullptr;
+  void *hostInBuf_[2] = {nullptr, nullptr}, *hostOutBuf_[2] = {nullptr, nullptr};
+  void *hostIn_ = nullptr, *hostOut_ = nullptr;  // the buffers of the step being packed
+  cudaEvent_t stepDone_[2] = {nullptr, nullptr};  // recorded after each slot's output copy
+  struct PendingStep {
+    StepOutputs out;
+    int rows, numSeqs, maxTopN, slot;
+  };
+  std::deque<PendingStep> pending_;
+  int nextSlot_ = 0;
+  int placeholders_ = 0;  // token words < 0 in the step being packed
   float *residual_ = nullptr, *logits_ = nullptr, *partO_ = nullptr, *partLse_ = nullptr;
   bf16 *xn_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *attnOut_ = nullptr, *gateUp_ = nullptr, *act_ = nullptr,
        *lastHidden_ = nullptr;

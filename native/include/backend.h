@@ -156,8 +156,35 @@ class Backend {
   virtual const char* name() const = 0;  // "cpu" | "cuda"
   virtual KvInfo kvInfo() const = 0;
   virtual MemInfo memInfo() const = 0;
-  /** Runs one forward step over a validated ragged batch: writes KV, samples per sequence (sampling.h). */
+  /** Runs one forward step over a validated ragged batch: writes KV, samples per sequence (sampling.h). Token words
+   *  are >= 0 here (placeholders only go through stepBegin). */
   virtual void step(const StepView& step, const StepOutputs& out) = 0;
+  /**
+   * Pipelined stepping: stepBegin queues a validated step and returns; stepEnd completes the oldest begun step,
+   * filling the outputs its stepBegin was given (they stay valid until then). At most kMaxStepsInFlight steps are
+   * begun and not ended, and no other call comes in between (the addon enforces both). A token word < 0 is a
+   * placeholder -(1 + row): what the previously begun step samples in sequence row `row` (the addon checks that row
+   * samples), so step N + 1 can be begun before step N ended and the device never waits for the host between them.
+   * Backends with a device queue resolve placeholders on the device; this default runs the whole step inside
+   * stepBegin with them resolved from the previous step's tokens.
+   */
+  virtual void stepBegin(const StepView& step, const StepOutputs& out) {
+    StepView v = step;
+    bool placeholders = false;
+    for (int32_t t = 0; t < step.numTokens && !placeholders; ++t) placeholders = step.tokens[t] < 0;
+    if (placeholders) {
+      resolvedTokens_.assign(step.tokens, step.tokens + step.numTokens);
+      for (int32_t& tok : resolvedTokens_)
+        if (tok < 0) tok = lastTokens_.at((size_t)(-1 - (int64_t)tok));
+      v.tokens = resolvedTokens_.data();
+    }
+    this->step(v, out);
+    lastTokens_.assign(out.tokens, out.tokens + step.numSeqs);
+  }
+  virtual void stepEnd() {}
+  /** Whether stepEnd would return without waiting (the oldest begun step is done). */
+  virtual bool stepReady() { return true; }
+  static constexpr int kMaxStepsInFlight = 2;
   /** Mean-pooled, L2-normalised final hidden states (after the final norm) of one sequence; out is [hidden]. */
   virtual void embed(const int32_t* tokenIds, int32_t n, float* out) = 0;
   /** Copies pages (all layers, K and V; kvInfo().bytesPerPage each, in the given order) to/from host memory. */
@@ -174,6 +201,9 @@ class Backend {
     throw notSupported("pull KV pages");
   }
   virtual void kvIpcClose(int32_t remote) { throw notSupported("close a KV pool"); }
+
+ private:
+  std::vector<int32_t> lastTokens_, resolvedTokens_;  // the default stepBegin's placeholder resolution
 
  protected:
   EngineError notSupported(const char* what) const {

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <new>
 #include <string>
@@ -200,7 +201,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
  public:
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "NativeEngine",
-                       {InstanceMethod("step", &EngineWrap::Step), InstanceMethod("embed", &EngineWrap::Embed),
+                       {InstanceMethod("step", &EngineWrap::Step), InstanceMethod("stepBegin", &EngineWrap::StepBegin),
+                        InstanceMethod("stepEnd", &EngineWrap::StepEnd), InstanceMethod("stepReady", &EngineWrap::StepReady),
+                        InstanceMethod("embed", &EngineWrap::Embed),
                         InstanceMethod("exportPages", &EngineWrap::ExportPages),
                         InstanceMethod("importPages", &EngineWrap::ImportPages),
                         InstanceMethod("kvIpcExport", &EngineWrap::KvIpcExportJs),
@@ -243,44 +246,115 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return *backend_;
   }
 
+  /** The backend, when no step is begun and not ended (every call but stepBegin/stepEnd needs the engine idle). */
+  Backend& idle() {
+    Backend& be = live();
+    if (!pending_.empty())
+      bad("LLM_ERR_STEP_INVALID", std::to_string(pending_.size()) + " step(s) begun and not ended: call stepEnd first");
+    return be;
+  }
+
+  /** Checks the descriptor, allocates the result arrays and begins the step on the backend (backend.h stepBegin). */
+  void beginStep(Napi::Env env, const Napi::CallbackInfo& info, bool allowPlaceholders) {
+    Backend& be = live();
+    if ((int)pending_.size() >= Backend::kMaxStepsInFlight)
+      bad("LLM_ERR_STEP_INVALID", std::to_string(pending_.size()) + " steps begun and not ended (at most " +
+                                      std::to_string(Backend::kMaxStepsInFlight) + "): call stepEnd first");
+    Napi::Int32Array desc = typedArg<int32_t>(info, 0, "step descriptor");
+    const KvInfo kv = be.kvInfo();
+    const StepLimits lim{model_->desc.vocabSize, kv.pageSize, opts_.maxBatchTokens, opts_.maxSeqsPerStep, kv.numPages};
+    try {
+      static const std::vector<uint8_t> kNoPrevious;
+      checkStep(desc.Data(), desc.ElementLength(), lim, checked_, pageOwner_,
+                allowPlaceholders ? (hasPrevious_ ? &previousSampled_ : &kNoPrevious) : nullptr);
+    } catch (...) {
+      hasPrevious_ = false;  // the next step's placeholders would name this step's rows: it sampled nothing
+      throw;
+    }
+    const StepView& v = checked_.view;
+    Napi::Int32Array tokens = Napi::Int32Array::New(env, v.numSeqs);
+    Napi::Float32Array logprobs = Napi::Float32Array::New(env, v.numSeqs);
+    Napi::Int32Array topIds = Napi::Int32Array::New(env, (size_t)v.numSeqs * v.maxTopN);
+    Napi::Float32Array topLogprobs = Napi::Float32Array::New(env, (size_t)v.numSeqs * v.maxTopN);
+    Napi::Object result = Napi::Object::New(env);
+    StepOutputs out;
+    out.tokens = tokens.Data();
+    out.logprobs = logprobs.Data();
+    out.topIds = topIds.Data();
+    out.topLogprobs = topLogprobs.Data();
+    if (v.returnLogits) {
+      Napi::Float32Array logits = Napi::Float32Array::New(env, (size_t)v.numSeqs * model_->desc.vocabSize);
+      out.logits = logits.Data();
+      result.Set("logits", logits);
+    }
+    result.Set("tokens", tokens);
+    result.Set("logprobs", logprobs);
+    result.Set("topN", Napi::Number::New(env, v.maxTopN));
+    result.Set("topIds", topIds);
+    result.Set("topLogprobs", topLogprobs);
+    try {
+      be.stepBegin(v, out);
+    } catch (...) {
+      hasPrevious_ = false;
+      throw;
+    }
+    // The arrays the backend writes at stepEnd stay referenced until then.
+    pending_.push_back(Napi::Persistent(result));
+    previousSampled_.resize(v.numSeqs);
+    for (int32_t i = 0; i < v.numSeqs; ++i) previousSampled_[i] = v.seqs[i].sample ? 1 : 0;
+    hasPrevious_ = true;
+  }
+
+  /** Completes the oldest begun step and returns its result object. */
+  Napi::Value endStep(Napi::Env env) {
+    Backend& be = live();
+    if (pending_.empty()) bad("LLM_ERR_STEP_INVALID", "stepEnd: no step was begun");
+    Napi::ObjectReference ref = std::move(pending_.front());
+    pending_.pop_front();
+    try {
+      be.stepEnd();
+    } catch (...) {
+      hasPrevious_ = false;  // a failed step sampled nothing a placeholder could name
+      throw;
+    }
+    return ref.Value();
+  }
+
   Napi::Value Step(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
+      idle();
+      beginStep(env, info, false);
+      return endStep(env);
+    });
+  }
+
+  Napi::Value StepBegin(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      beginStep(env, info, true);
+      return env.Undefined();
+    });
+  }
+
+  Napi::Value StepEnd(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value { return endStep(env); });
+  }
+
+  Napi::Value StepReady(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
       Backend& be = live();
-      Napi::Int32Array desc = typedArg<int32_t>(info, 0, "step descriptor");
-      const KvInfo kv = be.kvInfo();
-      const StepLimits lim{model_->desc.vocabSize, kv.pageSize, opts_.maxBatchTokens, opts_.maxSeqsPerStep, kv.numPages};
-      checkStep(desc.Data(), desc.ElementLength(), lim, checked_, pageOwner_);
-      const StepView& v = checked_.view;
-      Napi::Int32Array tokens = Napi::Int32Array::New(env, v.numSeqs);
-      Napi::Float32Array logprobs = Napi::Float32Array::New(env, v.numSeqs);
-      Napi::Int32Array topIds = Napi::Int32Array::New(env, (size_t)v.numSeqs * v.maxTopN);
-      Napi::Float32Array topLogprobs = Napi::Float32Array::New(env, (size_t)v.numSeqs * v.maxTopN);
-      Napi::Object result = Napi::Object::New(env);
-      StepOutputs out;
-      out.tokens = tokens.Data();
-      out.logprobs = logprobs.Data();
-      out.topIds = topIds.Data();
-      out.topLogprobs = topLogprobs.Data();
-      if (v.returnLogits) {
-        Napi::Float32Array logits = Napi::Float32Array::New(env, (size_t)v.numSeqs * model_->desc.vocabSize);
-        out.logits = logits.Data();
-        result.Set("logits", logits);
-      }
-      be.step(v, out);
-      result.Set("tokens", tokens);
-      result.Set("logprobs", logprobs);
-      result.Set("topN", Napi::Number::New(env, v.maxTopN));
-      result.Set("topIds", topIds);
-      result.Set("topLogprobs", topLogprobs);
-      return result;
+      if (pending_.empty()) bad("LLM_ERR_STEP_INVALID", "stepReady: no step was begun");
+      return Napi::Boolean::New(env, be.stepReady());
     });
   }
 
   Napi::Value Embed(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
-      Backend& be = live();
+      Backend& be = idle();
       Napi::Int32Array ids = typedArg<int32_t>(info, 0, "embed token ids");
       Napi::Float32Array out = Napi::Float32Array::New(env, model_->desc.hiddenSize);
       be.embed(ids.Data(), (int32_t)ids.ElementLength(), out.Data());
@@ -297,7 +371,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value ExportPages(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
-      Backend& be = live();
+      Backend& be = idle();
       Napi::Int32Array pages = typedArg<int32_t>(info, 0, "pages");
       const KvInfo kv = be.kvInfo();
       checkPages(pages, kv.numPages);
@@ -310,7 +384,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value ImportPages(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
-      Backend& be = live();
+      Backend& be = idle();
       Napi::Int32Array pages = typedArg<int32_t>(info, 0, "pages");
       Napi::Uint8Array data = typedArg<uint8_t>(info, 1, "page data");
       const KvInfo kv = be.kvInfo();
@@ -327,7 +401,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value KvIpcExportJs(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
-      const KvIpcPool p = live().kvIpcExport();
+      const KvIpcPool p = idle().kvIpcExport();
       Napi::Object o = Napi::Object::New(env);
       o.Set("handle", Napi::Uint8Array::New(env, sizeof(p.handle)));
       std::memcpy(o.Get("handle").As<Napi::Uint8Array>().Data(), p.handle, sizeof(p.handle));
@@ -343,7 +417,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value KvIpcOpenJs(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
-      Backend& be = live();
+      Backend& be = idle();
       if (info.Length() < 1 || !info[0].IsObject()) bad("LLM_ERR_BAD_REQUEST", "kvIpcOpen(pool): pool must be an object");
       const Napi::Object o = info[0].As<Napi::Object>();
       const char* W = "KV IPC pool";
@@ -366,7 +440,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value KvIpcPullJs(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
-      Backend& be = live();
+      Backend& be = idle();
       if (info.Length() < 5 || !info[0].IsNumber() || !info[2].IsNumber() || !info[4].IsNumber())
         bad("LLM_ERR_BAD_REQUEST", "kvIpcPull(remote, srcPages, srcToken0, dstPages, numTokens)");
       Napi::Int32Array src = typedArg<int32_t>(info, 1, "source pages");
@@ -388,7 +462,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
       if (info.Length() < 1 || !info[0].IsNumber()) bad("LLM_ERR_BAD_REQUEST", "kvIpcClose(remote)");
-      live().kvIpcClose(info[0].As<Napi::Number>().Int32Value());
+      idle().kvIpcClose(info[0].As<Napi::Number>().Int32Value());
       return env.Undefined();
     });
   }
@@ -420,8 +494,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
-    backend_.reset();
+    backend_.reset();  // waits for the device, so begun steps' result arrays are no longer written after this
     model_.reset();
+    pending_.clear();
+    hasPrevious_ = false;
     return info.Env().Undefined();
   }
 
@@ -430,6 +506,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   BackendOptions opts_;
   CheckedStep checked_;
   std::vector<int32_t> pageOwner_;
+  std::deque<Napi::ObjectReference> pending_;  // result objects of begun steps, oldest first
+  std::vector<uint8_t> previousSampled_;       // which rows of the last begun step sample (placeholder targets)
+  bool hasPrevious_ = false;
 };
 
 /** Test entry: the reference sampler on given logits. sampleFromLogits(logits, params, seedLo, seedHi, outputIndex). */

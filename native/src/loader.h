@@ -60,9 +60,11 @@ struct CheckedStep {
 /**
  * Validates a descriptor (step.h) once at the boundary. Throws EngineError LLM_ERR_STEP_INVALID naming the field
  * and sequence, e.g. "seq 3: page 9999 out of range [0, 512)". `pageOwner` is scratch of numPages entries, all -1
- * between calls.
+ * between calls. `previousSampled` (null: placeholders not allowed, a token < 0 is out of range): which sequence
+ * rows of the previously begun step sample a token (empty: none was begun, or it failed); a token word < 0 is then a
+ * placeholder -(1 + row) for that step's token of `row` (Backend::stepBegin) and must name a row that samples.
  */
 void checkStep(const int32_t* words, size_t numWords, const StepLimits& limits, CheckedStep& out,
-               std::vector<int32_t>& pageOwner);
+               std::vector<int32_t>& pageOwner, const std::vector<uint8_t>* previousSampled);
 
 }  // namespace dsg

@@ -20,7 +20,8 @@ float asFloat(int32_t w) {
 
 }  // namespace
 
-void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, CheckedStep& out, std::vector<int32_t>& pageOwner) {
+void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, CheckedStep& out, std::vector<int32_t>& pageOwner,
+               const std::vector<uint8_t>* previousSampled) {
   if (numWords < (size_t)STEP_HEADER_WORDS)
     invalid("descriptor has " + std::to_string(numWords) + " words, less than the " + std::to_string(STEP_HEADER_WORDS) + "-word header");
   if (w[H_MAGIC] != STEP_MAGIC) invalid("header.magic is not DSTP (not a step descriptor)");
@@ -115,7 +116,16 @@ void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, Checked
     const int32_t start = v.kvLen - v.qLen;
     for (int t = 0; t < v.qLen; ++t) {
       const int32_t tok = tokens[v.qStart + t];
-      if (tok < 0 || tok >= lim.vocabSize) fail(s, "token " + std::to_string(tok) + " at index " + std::to_string(t) + " out of range " + range(0, lim.vocabSize));
+      if (tok < 0 && previousSampled) {
+        const int64_t row = -1 - (int64_t)tok;
+        if (row >= (int64_t)previousSampled->size() || !(*previousSampled)[row])
+          fail(s, "token placeholder " + std::to_string(tok) + " at index " + std::to_string(t) + " names row " + std::to_string(row) +
+                      " of the previous step, which " +
+                      (previousSampled->empty() ? std::string("did not run (or failed)")
+                                                : "had " + std::to_string(previousSampled->size()) + " rows and sampled no token there"));
+      } else if (tok < 0 || tok >= lim.vocabSize) {
+        fail(s, "token " + std::to_string(tok) + " at index " + std::to_string(t) + " out of range " + range(0, lim.vocabSize));
+      }
       if (positions[v.qStart + t] != start + t)
         fail(s, "position " + std::to_string(positions[v.qStart + t]) + " at index " + std::to_string(t) + " != kvLen - qLen + index = " + std::to_string(start + t));
     }

@@ -20,6 +20,9 @@ export interface NativeStepResult {
 
 export interface NativeEngine {
   step(descriptor: Int32Array): NativeStepResult;
+  stepBegin(descriptor: Int32Array): void;
+  stepEnd(): NativeStepResult;
+  stepReady(): boolean;
   embed(tokenIds: Int32Array): Float32Array;
   exportPages(pages: Int32Array): Uint8Array;
   importPages(pages: Int32Array, data: Uint8Array): void;

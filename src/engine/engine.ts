@@ -2,7 +2,7 @@
 // (step.ts) and checked again natively; native errors arrive with `.code` and are rethrown as LlmError.
 
 import { LlmError, isErrorCode } from '../errors.js';
-import { loadAddon, type NativeEngine } from './addon.js';
+import { loadAddon, type NativeEngine, type NativeStepResult } from './addon.js';
 import { packStep } from './step.js';
 import type { BackendKind, Engine, EngineOptions, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, SeqStep, StepOptions, StepResult } from './types.js';
 
@@ -42,15 +42,33 @@ class NativeBackedEngine implements Engine {
 
   step(seqs: readonly SeqStep[], options: StepOptions = {}): StepResult {
     const h = this.live();
-    const desc = packStep(seqs, this.kv.pageSize, {
+    const desc = this.pack(seqs, options, false);
+    return toStepResult(native(() => h.step(desc)));
+  }
+
+  stepBegin(seqs: readonly SeqStep[], options: StepOptions = {}): void {
+    const h = this.live();
+    const desc = this.pack(seqs, options, true);
+    native(() => h.stepBegin(desc));
+  }
+
+  stepEnd(): StepResult {
+    const h = this.live();
+    return toStepResult(native(() => h.stepEnd()));
+  }
+
+  stepReady(): boolean {
+    const h = this.live();
+    return native(() => h.stepReady());
+  }
+
+  private pack(seqs: readonly SeqStep[], options: StepOptions, placeholders: boolean): Int32Array {
+    return packStep(seqs, this.kv.pageSize, {
       returnLogits: options.returnLogits === true,
       vocabSize: this.spec.vocabSize,
       numPages: this.kv.numPages,
+      placeholders,
     });
-    const r = native(() => h.step(desc));
-    const result: StepResult = { tokens: r.tokens, logprobs: r.logprobs, topN: r.topN, topIds: r.topIds, topLogprobs: r.topLogprobs };
-    if (r.logits) result.logits = r.logits;
-    return result;
   }
 
   embed(tokenIds: ArrayLike<number>): Float32Array {
@@ -115,4 +133,10 @@ export function openEngine(spec: ModelSpec, options: EngineOptions): Engine {
   }
   const handle = native(() => new addon.NativeEngine(spec, options));
   return new NativeBackedEngine(handle, spec, options.backend);
+}
+
+function toStepResult(r: NativeStepResult): StepResult {
+  const result: StepResult = { tokens: r.tokens, logprobs: r.logprobs, topN: r.topN, topIds: r.topIds, topLogprobs: r.topLogprobs };
+  if (r.logits) result.logits = r.logits;
+  return result;
 }

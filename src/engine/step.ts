@@ -66,6 +66,9 @@ export interface PackOptions {
   vocabSize?: number;
   /** When given, page indices are checked against it. */
   numPages?: number;
+  /** Token words < 0 are placeholders -(1 + row) for the previous step's samples (Engine.stepBegin); the addon checks
+   * the row. */
+  placeholders?: boolean;
 }
 
 const NO_BANNED: readonly number[] = [];
@@ -164,18 +167,30 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
     const qLen = q.tokenIds.length;
     const kvLen = q.startPos + qLen;
     const numPages = q.pages.length;
+    const tokenLimit = options.vocabSize ?? 2 ** 31;
+    const tokenFloor = options.placeholders ? -(2 ** 31) : 0;
     for (let i = 0; i < qLen; i++) {
       const tok = q.tokenIds[i];
-      if (!isInt(tok) || tok < 0 || (options.vocabSize !== undefined && tok >= options.vocabSize))
-        invalid(`seq ${s}: token ${tok} at index ${i} out of range [0, ${options.vocabSize ?? 2 ** 31})`);
+      if (!isInt(tok) || tok < tokenFloor || tok >= tokenLimit) invalid(`seq ${s}: token ${tok} at index ${i} out of range [0, ${tokenLimit})`);
       buf[tokOff + q0 + i] = tok;
       buf[posOff + q0 + i] = q.startPos + i;
     }
-    for (let i = 0; i < numPages; i++) {
-      const p = q.pages[i];
-      if (!isInt(p) || p < 0 || (options.numPages !== undefined && p >= options.numPages))
-        invalid(`seq ${s}: page ${p} out of range [0, ${options.numPages ?? 2 ** 31})`);
-      buf[pagesOff + p0 + i] = p;
+    const pageLimit = options.numPages ?? 2 ** 31;
+    if (q.pages instanceof Int32Array) {
+      // The actors' path (pages arrive as views of the step's transfer buffer): integers by construction, so one
+      // range scan and one block copy instead of a checked store per page (about 20k pages per 256-sequence step).
+      const pages = q.pages;
+      for (let i = 0; i < numPages; i++) {
+        const p = pages[i];
+        if (p < 0 || p >= pageLimit) invalid(`seq ${s}: page ${p} out of range [0, ${pageLimit})`);
+      }
+      buf.set(pages, pagesOff + p0);
+    } else {
+      for (let i = 0; i < numPages; i++) {
+        const p = q.pages[i];
+        if (!isInt(p) || p < 0 || p >= pageLimit) invalid(`seq ${s}: page ${p} out of range [0, ${pageLimit})`);
+        buf[pagesOff + p0 + i] = p;
+      }
     }
     const sp = q.sampling;
     if (!Number.isFinite(sp.temperature) || sp.temperature < 0) invalid(`seq ${s}: sampling.temperature ${sp.temperature} must be >= 0`);

@@ -136,6 +136,17 @@ export interface Engine {
   readonly spec: ModelSpec;
   readonly kv: KvPoolInfo;
   step(seqs: readonly SeqStep[], options?: StepOptions): StepResult;
+  /**
+   * Pipelined stepping: stepBegin queues a step on the device and returns; stepEnd waits for the oldest begun step
+   * and returns its result. At most two steps are begun and not ended, and no other engine call may come between.
+   * A token id < 0 is a placeholder -(1 + row) (src/scheduler/placeholder.ts): what the previously begun step samples
+   * in sequence row `row`, resolved on the device, so step N + 1 can be begun before step N ended and the device does
+   * not wait for the host between them. Optional: executors fall back to step().
+   */
+  stepBegin?(seqs: readonly SeqStep[], options?: StepOptions): void;
+  stepEnd?(): StepResult;
+  /** Whether stepEnd would return without waiting (the oldest begun step is done on the device). */
+  stepReady?(): boolean;
   /** Mean-pooled, L2-normalised last hidden states of one sequence (embedding workers). */
   embed(tokenIds: ArrayLike<number>): Float32Array;
   /** Copies the given KV pages (all layers, K and V) to a host buffer: the disaggregated transfer unit. */

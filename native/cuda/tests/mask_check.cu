@@ -4,7 +4,9 @@
 // Also replays the pair from a CUDA graph after rewriting the banned table in place (fixed addresses, as the backend
 // captures it). Build and run on the GPU machine (no cuBLAS needed), from the repository root:
 //   nvcc -std=c++17 -O3 -arch=sm_90 -I native/include -I native/cuda native/cuda/tests/mask_check.cu \
-//     native/cuda/sampling.cu native/src/sampling.cpp -o mcheck && ./mcheck
+//     native/cuda/sampling.cu native/cuda/token_feedback.cu native/src/sampling.cpp -o mcheck && ./mcheck
+// Also checks the token-feedback kernel of pipelined steps (token_feedback.cu, built with its source added to the
+// command above) against its CPU meaning: every placeholder -(1 + row) becomes sampled[row], other ids unchanged.
 // Prints one line per check and exits non-zero if any fails.
 #include <algorithm>
 #include <cmath>
@@ -185,6 +187,31 @@ static void checkMaskedSampling(const Case& c, bool viaGraph) {
   report(name, unmaskedBannedTop >= draws / 5 ? 0 : 1, 0);  // the setup must make the ban matter
 }
 
+/** launchResolveTokenFeedback on random ids with random placeholders (about one in three), exact comparison. */
+static void checkTokenFeedback(int n, int prevRows) {
+  std::uniform_int_distribution<int32_t> id(0, 151935), row(0, prevRows - 1), coin(0, 2);
+  std::vector<int32_t> sampledHost(prevRows), tokens(n), expected(n);
+  for (auto& x : sampledHost) x = id(rng);
+  for (int i = 0; i < n; ++i) {
+    if (coin(rng) == 0) {
+      const int r = row(rng);
+      tokens[i] = -1 - r;
+      expected[i] = sampledHost[r];
+    } else {
+      tokens[i] = expected[i] = id(rng);
+    }
+  }
+  Dev<int32_t> dTokens(tokens), dSampled(sampledHost);
+  launchResolveTokenFeedback(dTokens.p, n, dSampled.p, 0);
+  DSG_CUDA(cudaDeviceSynchronize());
+  const std::vector<int32_t> got = dTokens.get();
+  int wrong = 0;
+  for (int i = 0; i < n; ++i) wrong += got[i] != expected[i];
+  const bool ok = wrong == 0;
+  if (!ok) ++failures;
+  printf("token feedback n %5d from %3d rows: %s (%d wrong)\n", n, prevRows, ok ? "PASS" : "FAIL", wrong);
+}
+
 int main() {
   try {
     checkMaskedSampling(Case{151936, 24, 5}, false);
@@ -192,6 +219,7 @@ int main() {
     checkMaskedSampling(Case{1000, 37, 20}, false);
     // Row 1 bans 16 of 32 tokens: its top-20 list reaches past the allowed ones, into banned ids at -inf.
     checkMaskedSampling(Case{32, 19, 20}, false);
+    for (int n : {1, 255, 257, 8192}) checkTokenFeedback(n, n == 1 ? 1 : 256);
     DSG_CUDA(cudaDeviceSynchronize());
   } catch (const std::exception& e) {
     printf("ERROR: %s\n", e.what());
