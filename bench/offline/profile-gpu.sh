@@ -43,12 +43,12 @@ if [ "${CHECKS:-0}" = 1 ]; then
   echo "cuda-engine.test.ts exit $?"; grep -E "^\s*not ok|^# \{|# (pass|fail|skip)" "$logs/cuda-engine-test.log" | head
 fi
 node --import tsx --input-type=module -e "const { main } = await import('./src/cli/main.ts');
-process.exitCode = await main(['make-model', '--shape', 'qwen3-0.6b', '--seed', '1', '--out', '/tmp/q3']);" > "$logs/make-model.log" 2>&1 ||
+process.exitCode = await main(['make-model', '--shape', 'qwen3-0.6b', '--seed', '1', '--out', '/tmp/q3-offline']);" > "$logs/make-model.log" 2>&1 ||
   { tail -20 "$logs/make-model.log"; exit 1; }
 python3 bench/engine/ceilings.py > "$logs/ceil.json" 2>&1
 bw=$(python3 -c "import json,sys;print(int(1000*json.load(open(sys.argv[1]))['copy_TBps']))" "$logs/ceil.json")
 echo "copy bandwidth ${bw} GB/s"
-DSG_STEP_TRACE="$logs/trace.tsv" timeout 240 node --import tsx bench/offline/run.ts --model /tmp/q3 --device cuda \
+DSG_STEP_TRACE="$logs/trace.tsv" timeout 240 node --import tsx bench/offline/run.ts --model /tmp/q3-offline --device cuda \
   --bandwidth-gbs "$bw" ${OFFLINE_ARGS:-} --out "$logs/offline.json" > "$logs/offline.log" 2>&1
 tail -1 "$logs/offline.log"
 python3 bench/offline/trace-summary.py "$logs/trace.tsv" | tee "$logs/trace-summary.txt"
@@ -57,7 +57,7 @@ for shape in "${shapes[@]}"; do
   name=$(echo "$shape" | tr ' ' '_')
   steps=$(echo "$shape" | awk '$1=="decode"{print $4} $1!="decode"{print 1}')
   timeout 200 ncu --metrics gpu__time_duration.sum --csv --page raw --target-processes all \
-    node --import tsx bench/engine/profile.ts /tmp/q3 $shape > "$logs/ncu_$name.csv" 2> "$logs/ncu_$name.err"
+    node --import tsx bench/engine/profile.ts /tmp/q3-offline $shape > "$logs/ncu_$name.csv" 2> "$logs/ncu_$name.err"
   echo "== $shape"
   python3 bench/engine/ncu-summary.py "$logs/ncu_$name.csv" "$steps" | head -16
 done 2>&1 | tee "$logs/ncu-summary.txt"
