@@ -29,7 +29,8 @@ import { awaitStarted, siblingModule, spawnWorker } from './worker.js';
 /** The scheduler's inbox. */
 export type SchedulerInbox =
   /** handle: the request's number in batch messages (the supervisor's, unique while the request lives). */
-  | { kind: 'submit'; handle: number; request: SchedulerRequest }
+  /** cancelled: the caller's signal was aborted before submission; the request ends at once, before any step. */
+  | { kind: 'submit'; handle: number; request: SchedulerRequest; cancelled: boolean }
   | { kind: 'abort'; id: string }
   /** Radix events are collected and sent only while someone listens. */
   | { kind: 'kvEvents'; enabled: boolean }
@@ -279,6 +280,8 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
       case 'submit':
         try {
           sched.submit(m.request, sinkOf(m.handle));
+          // In the same turn as the submit, so no step can be planned for it in between.
+          if (m.cancelled) sched.abort(m.request.id);
         } catch (err) {
           sinkOf(m.handle)({ tokenIds: [], logprobs: null, topLogprobs: null, finishReason: 'error', usage: null, error: toErrorPayload(err) });
         }
@@ -401,8 +404,9 @@ export class SchedulerHandle {
     return this.load.queuedRequests;
   }
 
-  /** Queues a request; its outputs go to sink, the last one with finishReason (an error too). */
-  submit(request: SchedulerRequest, sink: OutputSink): void {
+  /** Queues a request; its outputs go to sink, the last one with finishReason (an error too). `cancelled`: the
+   * request was aborted before it was submitted (it ends "cancelled" without reaching a step). */
+  submit(request: SchedulerRequest, sink: OutputSink, cancelled = false): void {
     if (this.failure) throw this.failure;
     if (this.closing) throw new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler is stopping');
     if (this.handleOf.has(request.id)) throw new LlmError('LLM_ERR_BAD_REQUEST', `request id ${request.id} is already in flight`);
@@ -415,7 +419,7 @@ export class SchedulerHandle {
       }
       sink(out);
     });
-    this.post({ kind: 'submit', handle, request });
+    this.post({ kind: 'submit', handle, request, cancelled });
   }
 
   /** Cancels a request wherever it is; the scheduler frees its pages as the message arrives. */

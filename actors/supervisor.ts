@@ -151,11 +151,10 @@ export class Supervisor {
     const t0 = performance.now();
     let firstTokenMs: number | null = null;
     const outputs = new OutputQueue();
-    scheduler.submit(input, (o) => outputs.push(o));
+    scheduler.submit(input, (o) => outputs.push(o), options.signal?.aborted === true);
     let done = false;
     const onAbort = () => scheduler.abort(id);
     options.signal?.addEventListener('abort', onAbort, { once: true });
-    if (options.signal?.aborted) scheduler.abort(id);
     try {
       for (;;) {
         const o = await outputs.next();
