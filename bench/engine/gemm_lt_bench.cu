@@ -2,8 +2,9 @@
 // against every algorithm cublasLt's heuristic offers, per (M, N, K). Weights rotate over enough copies to leave
 // the L2 (a decode step streams 28 layers of distinct weights), timed with events over graph replays, median.
 // Output bf16 (beta 0) for qkv and gate|up, f32 accumulated into the residual (beta 1) for o and down, as the engine.
-// Build and run on the GPU machine:
-//   nvcc -std=c++17 -O3 -arch=sm_90 bench/engine/gemm_lt_bench.cu -lcublasLt -lcublas -o /tmp/glt && /tmp/glt
+// Build and run on the GPU machine (repository root):
+//   nvcc -std=c++17 -O3 -arch=sm_90 -I native/include -I native/cuda -I native/cuda/tests bench/engine/gemm_lt_bench.cu \
+//     -lcublasLt -lcublas -o /tmp/glt && /tmp/glt
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -13,6 +14,8 @@
 #include <cstdlib>
 #include <string>
 #include <vector>
+
+#include "check_util.cuh"
 
 #define CK(x)                                                                              \
   do {                                                                                     \
@@ -41,31 +44,11 @@ struct Shape {
   bool addF32;  // y (f32) += x W^T, else y (bf16) = x W^T
 };
 
+/** Median microseconds per launch over graph replays of copies * 4 launches (weights rotating over the copies). */
 template <class F>
 static float timeIt(cudaStream_t st, int copies, F&& launch) {
-  cudaGraph_t g;
-  cudaGraphExec_t e;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-  for (int i = 0; i < copies * 4; ++i) launch(i % copies);
-  CK(cudaStreamEndCapture(st, &g));
-  CK(cudaGraphInstantiate(&e, g, 0));
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  std::vector<float> t;
-  for (int r = 0; r < 9; ++r) {
-    CK(cudaEventRecord(a, st));
-    CK(cudaGraphLaunch(e, st));
-    CK(cudaEventRecord(b, st));
-    CK(cudaEventSynchronize(b));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    if (r >= 2) t.push_back(ms * 1e3f / (copies * 4));
-  }
-  std::sort(t.begin(), t.end());
-  CK(cudaGraphExecDestroy(e));
-  CK(cudaGraphDestroy(g));
-  return t[t.size() / 2];
+  const int n = copies * 4;
+  return (float)(check::medianReplayUs(st, [&] { for (int i = 0; i < n; ++i) launch(i % copies); }, 7, 2, [] {}) / n);
 }
 
 int main() {

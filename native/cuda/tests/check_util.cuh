@@ -1,9 +1,11 @@
 // What every kernel check shares: a device buffer that can be poisoned before a run (every output element must then
 // be written), pass/fail lines with a failure count for the exit code, bf16 round trips (the values the device
-// really sees), and the relative error ||a - b|| / ||b|| (NaN anywhere gives NaN, which fails).
+// really sees), the relative error ||a - b|| / ||b|| (NaN anywhere gives NaN, which fails), and the median time of a
+// graph replay for the checks' timing sections.
 #pragma once
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -66,6 +68,43 @@ double relErr(const std::vector<A>& a, const std::vector<B>& b) {
     den += (double)b[i] * (double)b[i];
   }
   return std::sqrt(num / den);  // an all-zero reference gives inf or NaN: a check never compares against zeros
+}
+
+/**
+ * Median time in microseconds of one replay of the CUDA graph that `capture` records on `stream` (launches only): the
+ * graph is replayed `warmups` times untimed, then `reps` times between events, each replay preceded by whatever
+ * `beforeEach` enqueues (an L2 flush, say), outside the timed span.
+ */
+template <class Capture, class Before>
+double medianReplayUs(cudaStream_t stream, Capture&& capture, int reps, int warmups, Before&& beforeEach) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  DSG_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  capture();
+  DSG_CUDA(cudaStreamEndCapture(stream, &graph));
+  DSG_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t a, b;
+  DSG_CUDA(cudaEventCreate(&a));
+  DSG_CUDA(cudaEventCreate(&b));
+  for (int i = 0; i < warmups; ++i) DSG_CUDA(cudaGraphLaunch(exec, stream));
+  std::vector<double> us;
+  for (int i = 0; i < reps; ++i) {
+    beforeEach();
+    DSG_CUDA(cudaEventRecord(a, stream));
+    DSG_CUDA(cudaGraphLaunch(exec, stream));
+    DSG_CUDA(cudaEventRecord(b, stream));
+    DSG_CUDA(cudaEventSynchronize(b));
+    float ms;
+    DSG_CUDA(cudaEventElapsedTime(&ms, a, b));
+    us.push_back(ms * 1000.0);
+  }
+  DSG_CUDA(cudaGetLastError());
+  DSG_CUDA(cudaEventDestroy(a));
+  DSG_CUDA(cudaEventDestroy(b));
+  DSG_CUDA(cudaGraphExecDestroy(exec));
+  DSG_CUDA(cudaGraphDestroy(graph));
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
 }
 
 }  // namespace check

@@ -184,33 +184,7 @@ struct Layer {
 /** Median per-replay time (us) of a graph captured from `body` on `stream`. */
 template <class F>
 static double timeGraph(cudaStream_t stream, F&& body, int reps = 30) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  DSG_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  body();
-  DSG_CUDA(cudaStreamEndCapture(stream, &graph));
-  DSG_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t a, b;
-  DSG_CUDA(cudaEventCreate(&a));
-  DSG_CUDA(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) DSG_CUDA(cudaGraphLaunch(exec, stream));
-  std::vector<float> ms;
-  for (int i = 0; i < reps; ++i) {
-    DSG_CUDA(cudaEventRecord(a, stream));
-    DSG_CUDA(cudaGraphLaunch(exec, stream));
-    DSG_CUDA(cudaEventRecord(b, stream));
-    DSG_CUDA(cudaEventSynchronize(b));
-    float t;
-    DSG_CUDA(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  DSG_CUDA(cudaGetLastError());
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2] * 1000.0;
+  return medianReplayUs(stream, body, reps, 3, [] {});
 }
 
 struct Timing {

@@ -429,32 +429,13 @@ struct Bench {
       DSG_CUDA(cudaStreamSynchronize(st));
       return 0;
     }
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    DSG_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-    for (int i = 0; i < launches; ++i) launch(i);
-    DSG_CUDA(cudaStreamEndCapture(st, &g));
-    DSG_CUDA(cudaGraphInstantiate(&ge, g, 0));
-    cudaEvent_t a, b;
-    DSG_CUDA(cudaEventCreate(&a));
-    DSG_CUDA(cudaEventCreate(&b));
-    std::vector<double> us;
-    for (int r = 0; r < 10; ++r) {
+    const auto launchAll = [&] {
+      for (int i = 0; i < launches; ++i) launch(i);
+    };
+    const auto flushL2 = [&] {
       flushL2Kernel<<<1024, 256, 0, st>>>(reinterpret_cast<const uint4*>(flush.p), kRotateBytes / 16, sink.p);
-      DSG_CUDA(cudaEventRecord(a, st));
-      DSG_CUDA(cudaGraphLaunch(ge, st));
-      DSG_CUDA(cudaEventRecord(b, st));
-      DSG_CUDA(cudaEventSynchronize(b));
-      float ms;
-      DSG_CUDA(cudaEventElapsedTime(&ms, a, b));
-      if (r > 0) us.push_back(ms * 1000.0 / launches);  // replay 0 warms the graph up
-    }
-    std::sort(us.begin(), us.end());
-    DSG_CUDA(cudaEventDestroy(a));
-    DSG_CUDA(cudaEventDestroy(b));
-    DSG_CUDA(cudaGraphExecDestroy(ge));
-    DSG_CUDA(cudaGraphDestroy(g));
-    return us[us.size() / 2];
+    };
+    return medianReplayUs(st, launchAll, 9, 1, flushL2) / launches;  // one warm-up replay, 9 timed
   }
 };
 
