@@ -1,8 +1,8 @@
 // Offline throughput through the programmatic API: N sequences (default 256) with input and output lengths uniform
 // in [min, max] (default [100, 1024]), a fixed seed, ignore_eos, greedy, all submitted at once. Reports output tok/s
 // beside the workload's memory-bandwidth floor (KV-cache bytes every decode step must read), the engine's own
-// batch-N decode ceiling (steps driven directly, no scheduler, no actors), and batch-1 inter-token latency through
-// the actors vs. the engine alone.
+// batch-N decode ceiling (steps driven directly and pipelined as the rank does, no scheduler, no actors), and batch-1
+// inter-token latency through the actors vs. the engine alone.
 //
 //   npx tsx bench/offline/run.ts (--model PATH | --make-shape qwen3-0.6b) [--device cuda] [--num 256] [--min 100] [--max 1024] [--seed 1]
 //     [--bandwidth-gbs 3350] [--mem-fraction 0.85] [--num-pages N] [--page-size 16] [--disable-overlap]
@@ -15,6 +15,7 @@ import { openEngine } from '../../src/engine/engine.js';
 import { MODEL_SHAPE_NAMES, makeModel, type ModelShapeName } from '../../src/engine/make-model.js';
 import { loadModelSpec } from '../../src/engine/model.js';
 import type { BackendKind, Engine, SamplingParams, SeqStep } from '../../src/engine/types.js';
+import { placeholderFor } from '../../src/scheduler/placeholder.js';
 import { Supervisor } from '../../src/supervisor.js';
 
 const { values: a } = parseArgs({
@@ -102,14 +103,27 @@ function decodeRate(engine: Engine, batch: number, ctx: number, steps: number) {
     const r = engine.step(seqs);
     seqs.forEach((_, k) => (last[b0 + k] = r.tokens[k]));
   }
-  let t0 = 0;
-  for (let k = 0; k <= steps; k++) {
-    if (k === 1) t0 = performance.now(); // step 0 warms up
-    const seqs: SeqStep[] = last.map((tok, b) => ({
-      tokenIds: Int32Array.of(tok), startPos: ctx + k, pages: pages[b].slice(0, Math.ceil((ctx + k + 1) / P)), sample: true, sampling: greedy, outputIndex: k + 1,
+  const decodeStep = (k: number, input: (b: number) => number): SeqStep[] =>
+    last.map((_, b) => ({
+      tokenIds: Int32Array.of(input(b)), startPos: ctx + k, pages: pages[b].slice(0, Math.ceil((ctx + k + 1) / P)), sample: true, sampling: greedy, outputIndex: k + 1,
     }));
-    const r = engine.step(seqs);
-    seqs.forEach((_, b) => (last[b] = r.tokens[b]));
+  let t0 = 0;
+  if (engine.stepBegin && engine.stepEnd) {
+    // The engine at its best, as the rank drives it: step k + 1 begun before step k ends, its tokens fed from k's
+    // samples on the device (placeholders).
+    engine.stepBegin(decodeStep(0, (b) => last[b]));
+    for (let k = 1; k <= steps; k++) {
+      engine.stepBegin(decodeStep(k, placeholderFor));
+      engine.stepEnd();
+      if (k === 1) t0 = performance.now(); // step 0 warms up
+    }
+    engine.stepEnd();
+  } else {
+    for (let k = 0; k <= steps; k++) {
+      if (k === 1) t0 = performance.now(); // step 0 warms up
+      const r = engine.step(decodeStep(k, (b) => last[b]));
+      last.forEach((_, b) => (last[b] = r.tokens[b]));
+    }
   }
   const ms = performance.now() - t0;
   return { tokPerS: (batch * steps * 1000) / ms, msPerStep: ms / steps };
