@@ -1,6 +1,10 @@
 """Summarises a rank step trace (DSG_STEP_TRACE lines: sequences, tokens, KV tokens read, engine ms): mixed
 (prefill-carrying) steps vs decode steps, decode steps binned by batch size with their effective KV read rate, and a
 least-squares fit of decode step time = fixed + KV bytes / bandwidth (per-step overhead vs attention speed).
+With pipelined steps (the rank begins step N+1 before N ends) a step's engine ms runs from the later of its begin and
+the previous step's end. A mixed (prefill, eager-launched) step can fill the device's launch queue, so its begin returns
+only when most of it has run and its time lands on the step before it: consecutive mixed steps then read like 90 ms
++ 0.1 ms. Their sum, and every total here, is right.
 Usage: python3 trace-summary.py TRACE.tsv [KV_BYTES_PER_TOKEN (default 114688, Qwen3-0.6B bf16)]"""
 import sys
 
