@@ -201,19 +201,24 @@ function syncStepper(engine: Engine, send: Send, tracer: Tracer, rank: number): 
 /**
  * Engines with stepBegin/stepEnd: step N + 1 is begun on the device before step N ends (its placeholders resolved
  * there from N's samples), so the device runs steps back to back while this thread unpacks, packs and reports.
- * Invariants: at most two steps in flight, ended in begin order; any other message waits until none is in flight
- * (page copies and KV transfers run in step order); a step that fails to begin or end fails alone, and the engine
- * refuses placeholders naming a failed step.
+ * Invariants: at most two steps in flight, answered in step order (a step that fails to begin is answered after the
+ * steps begun before it); any other message waits until none is in flight (page copies and KV transfers run in step
+ * order); a step that fails to begin or end fails alone, and the engine refuses placeholders naming a failed step.
  */
 function pipelinedStepper(engine: Engine, send: Send, tracer: Tracer, rank: number): Stepper {
   const begin = engine.stepBegin!.bind(engine);
   const end = engine.stepEnd!.bind(engine);
   const ready = engine.stepReady ? engine.stepReady.bind(engine) : () => true;
-  const inFlight: { stepNo: number; steps: readonly SeqStep[]; begunAt: number }[] = [];
+  /** Steps in step order; `error`: it failed to begin (nothing runs for it), answered in its turn. */
+  const inFlight: { stepNo: number; steps: readonly SeqStep[]; begunAt: number; error?: unknown }[] = [];
   let lastStepEnd: number | null = null;
   const fail = (stepNo: number, err: unknown) => send({ kind: 'stepError', stepNo, error: toErrorPayload(err, rank) });
   const endOldest = () => {
     const s = inFlight.shift()!;
+    if (s.error !== undefined) {
+      fail(s.stepNo, s.error);
+      return;
+    }
     let result: StepResult;
     try {
       result = end();
@@ -234,12 +239,12 @@ function pipelinedStepper(engine: Engine, send: Send, tracer: Tracer, rank: numb
   return {
     step(m) {
       const begunAt = performance.now();
-      let steps: readonly SeqStep[];
+      let steps: readonly SeqStep[] = [];
       try {
         steps = unpackSteps(m.pack);
         begin(steps);
       } catch (err) {
-        fail(m.stepNo, err);
+        inFlight.push({ stepNo: m.stepNo, steps, begunAt, error: err ?? new Error('step failed to begin') });
         return;
       }
       inFlight.push({ stepNo: m.stepNo, steps, begunAt });
@@ -259,7 +264,7 @@ function pipelinedStepper(engine: Engine, send: Send, tracer: Tracer, rank: numb
         }
         // Nothing queued: report the oldest step as soon as it is done; until then keep looking for the next step
         // (the scheduler sends it while this one runs), so it is begun before the device goes idle.
-        if (ready()) endOldest();
+        if (inFlight[0].error !== undefined || ready()) endOldest();
       }
     },
   };

@@ -56,13 +56,15 @@ t.test('generate streams chunks in the reference shape; repeated prompts report 
   await sup.scheduler.checkIntegrity();
 });
 
-t.test('concurrent requests through the rank worker match their solo outputs', async (t) => {
-  const sup = await start(t);
-  const ps = Array.from({ length: 24 }, (_, i) => prompt(i + 3, 5 + ((i * 13) % 40)));
-  const all = await Promise.all(ps.map((p) => collect(sup.generate(request(p, 12)))));
-  all.forEach((chunks, i) => t.same(chunks.flatMap((c) => c.token_ids), referenceOutput(ps[i], { maxTokens: 12, vocabSize: VOCAB })));
-  await sup.scheduler.checkIntegrity();
-});
+for (const pipelined of [false, true]) {
+  t.test(`concurrent requests through the rank worker match their solo outputs${pipelined ? ' (pipelined steps)' : ''}`, async (t) => {
+    const sup = await start(t, { pipelined });
+    const ps = Array.from({ length: 24 }, (_, i) => prompt(i + 3, 5 + ((i * 13) % 40)));
+    const all = await Promise.all(ps.map((p) => collect(sup.generate(request(p, 12)))));
+    all.forEach((chunks, i) => t.same(chunks.flatMap((c) => c.token_ids), referenceOutput(ps[i], { maxTokens: 12, vocabSize: VOCAB })));
+    await sup.scheduler.checkIntegrity();
+  });
+}
 
 t.test('abort through the signal: queued, and mid-stream', async (t) => {
   const sup = await start(t, { stepDelayMs: 5 });
@@ -92,21 +94,25 @@ t.test('bad requests fail with specific messages', async (t) => {
   await t.rejects(collect(sup.generate({ token_ids: 'x' } as unknown as PreprocessedRequest)), { code: 'LLM_ERR_BAD_REQUEST', message: /^request\.\w+: / });
 });
 
-for (const [fault, code] of [
-  ['exitAtStep', 'LLM_ERR_ACTOR_CRASHED'],
-  ['throwAtStep', 'LLM_ERR_ACTOR_CRASHED'],
-  ['hangAtStep', 'LLM_ERR_ACTOR_HUNG'],
-  ['failAtStep', 'LLM_ERR_DEVICE'],
+for (const [fault, code, pipelined] of [
+  ['exitAtStep', 'LLM_ERR_ACTOR_CRASHED', false],
+  ['throwAtStep', 'LLM_ERR_ACTOR_CRASHED', false],
+  ['hangAtStep', 'LLM_ERR_ACTOR_HUNG', false],
+  ['failAtStep', 'LLM_ERR_DEVICE', false],
+  // The rank's pipelined loop: a step failing as it is begun, or as it is ended while the next one is already begun.
+  ['exitAtStep', 'LLM_ERR_ACTOR_CRASHED', true],
+  ['failAtStep', 'LLM_ERR_DEVICE', true],
+  ['failAtEnd', 'LLM_ERR_DEVICE', true],
 ] as const) {
-  t.test(`a rank fault (${fault}) fails every in-flight stream with ${code}, then the rank restarts`, async (t) => {
-    const sup = await start(t, { [fault]: 4 }, { stepTimeoutMs: 1500 });
+  t.test(`a rank fault (${fault}${pipelined ? ', pipelined steps' : ''}) fails every in-flight stream with ${code}, then the rank restarts`, async (t) => {
+    const sup = await start(t, { [fault]: 4, pipelined }, { stepTimeoutMs: 1500 });
     const streams = Array.from({ length: 6 }, (_, i) => collect(sup.generate(request(prompt(i, 12), 40))));
     const settled = await Promise.allSettled(streams);
     for (const s of settled) {
       t.equal(s.status, 'rejected');
       if (s.status === 'rejected') {
         t.equal(s.reason.code, code);
-        if (fault !== 'failAtStep') t.equal(s.reason.rank, 0, 'the error names the rank');
+        if (fault !== 'failAtStep' && fault !== 'failAtEnd') t.equal(s.reason.rank, 0, 'the error names the rank');
       }
     }
     // A one-step request fits before the restarted rank's own fault step.
