@@ -208,7 +208,15 @@ function syncStepper(engine: Engine, send: Send, tracer: Tracer, rank: number): 
 function pipelinedStepper(engine: Engine, send: Send, tracer: Tracer, rank: number): Stepper {
   const begin = engine.stepBegin!.bind(engine);
   const end = engine.stepEnd!.bind(engine);
-  const ready = engine.stepReady ? engine.stepReady.bind(engine) : () => true;
+  const stepReady = engine.stepReady?.bind(engine);
+  // A device error seen while polling surfaces from stepEnd, as that step's error.
+  const ready = (): boolean => {
+    try {
+      return stepReady ? stepReady() : true;
+    } catch {
+      return true;
+    }
+  };
   /** Steps in step order; `error`: it failed to begin (nothing runs for it), answered in its turn. */
   const inFlight: { stepNo: number; steps: readonly SeqStep[]; begunAt: number; error?: unknown }[] = [];
   let lastStepEnd: number | null = null;
