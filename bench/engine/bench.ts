@@ -1,13 +1,16 @@
 // Speed of our engine on the Qwen3-0.6B shape (issue 4), on the GPU machine: batch-1 inter-token latency, decode
 // output tok/s at batch 1, 8, 32, 64, 128, 256 (prompt 128, 128 new tokens, greedy), prefill tok/s at 1024 and
-// 4096 tokens, each as a fraction of its floor. Floors: decode = max(bytes / copy bandwidth, FLOPs / GEMM rate)
-// per step with bytes = weights + the KV cache read at the mean context; prefill = FLOPs / GEMM rate.
+// 4096 tokens, each as a fraction of its floor. Decode steps are pipelined (Engine.stepBegin/stepEnd) as the rank
+// runs them; the bench/RESULTS.md figures up to the third session of 2026-11-27 timed one step at a time. Floors:
+// decode = max(bytes / copy bandwidth, FLOPs / GEMM rate) per step with bytes = weights + the KV cache read at the
+// mean context; prefill = FLOPs / GEMM rate.
 // Usage: npx tsx bench/engine/bench.ts MODEL_DIR COPY_TBPS GEMM_TFLOPS  (ceilings from ceilings.py, same command).
 // Prints JSON lines, then a markdown table.
 import { performance } from 'node:perf_hooks';
 import { openEngine } from '../../src/engine/engine.js';
 import { loadModelSpec } from '../../src/engine/model.js';
 import type { SamplingParams, SeqStep } from '../../src/engine/types.js';
+import { placeholderFor } from '../../src/scheduler/placeholder.js';
 
 const [dir, bwArg, rateArg] = process.argv.slice(2);
 if (!dir || !bwArg || !rateArg) throw new Error('usage: bench.ts MODEL_DIR COPY_TBPS GEMM_TFLOPS');
@@ -58,14 +61,19 @@ function decode(B: number): { tokS: number; itlMs: number } {
     const r = engine.step(batch);
     batch.forEach((_, j) => (last[s0 + j] = r.tokens[j]));
   }
-  const stepOnce = (i: number): void => {
+  const decodeStep = (i: number, input: (s: number) => number): SeqStep[] => {
     const used = Math.ceil((PROMPT + i + 1) / PAGE);
-    const batch: SeqStep[] = last.map((tok, s) => ({ tokenIds: [tok], startPos: PROMPT + i, pages: pages[s].slice(0, used), sample: true, sampling: greedy, outputIndex: i + 1 }));
-    const r = engine.step(batch);
-    for (let s = 0; s < B; s++) last[s] = r.tokens[s];
+    return last.map((_, s) => ({ tokenIds: [input(s)], startPos: PROMPT + i, pages: pages[s].slice(0, used), sample: true, sampling: greedy, outputIndex: i + 1 }));
   };
+  // Pipelined, as the rank drives the engine: step i + 1 is begun before step i ends, its tokens fed from step i's
+  // samples on the device (placeholders -(1 + row)); the timer runs from the first step's begin to the last one's end.
   const t0 = performance.now();
-  for (let i = 0; i < NEW - 1; i++) stepOnce(i);
+  engine.stepBegin!(decodeStep(0, (s) => last[s]));
+  for (let i = 1; i < NEW - 1; i++) {
+    engine.stepBegin!(decodeStep(i, placeholderFor));
+    engine.stepEnd!();
+  }
+  engine.stepEnd!();
   const ms = performance.now() - t0;
   return { tokS: (B * (NEW - 1)) / (ms / 1e3), itlMs: ms / (NEW - 1) };
 }
