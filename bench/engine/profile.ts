@@ -4,6 +4,8 @@
 // one step of B decode rows at context CTX plus N prefill tokens, as one chunk or as new sequences of L tokens each
 // (the scheduler's steps while a queue of prompts prefills).
 // Usage: npx tsx bench/engine/profile.ts MODEL_DIR decode 256 192 3 | prefill 4096 | mixed 128 600 16384 512
+// Under ncu set DSG_NO_GRAPH_WARMUP=1: the engine otherwise replays every decode graph once at start-up, and those
+// launches come first in the profile.
 import { openEngine } from '../../src/engine/engine.js';
 import { loadModelSpec } from '../../src/engine/model.js';
 import type { SamplingParams, SeqStep } from '../../src/engine/types.js';

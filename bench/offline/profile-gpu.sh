@@ -56,7 +56,7 @@ IFS=';' read -ra shapes <<< "${SHAPES:-}"
 for shape in "${shapes[@]}"; do
   name=$(echo "$shape" | tr ' ' '_')
   steps=$(echo "$shape" | awk '$1=="decode"{print $4} $1!="decode"{print 1}')
-  timeout 200 ncu --metrics gpu__time_duration.sum --csv --page raw --target-processes all \
+  DSG_NO_GRAPH_WARMUP=1 timeout 200 ncu --metrics gpu__time_duration.sum --csv --page raw --target-processes all \
     node --import tsx bench/engine/profile.ts /tmp/q3-offline $shape > "$logs/ncu_$name.csv" 2> "$logs/ncu_$name.err"
   echo "== $shape"
   python3 bench/engine/ncu-summary.py "$logs/ncu_$name.csv" "$steps" | head -16

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <limits>
@@ -480,8 +481,11 @@ class CudaBackend final : public Backend {
   }
 
   /** Captures every decode graph at start-up and replays each once on padding rows only, so graph instantiation,
-   *  upload and kernel module loading (10-15 ms per size) happen here rather than in the first steps of each size. */
+   *  upload and kernel module loading (10-15 ms per size) happen here rather than in the first steps of each size.
+   *  DSG_NO_GRAPH_WARMUP=1 (kernel profiling: ncu then sees only the steps asked for) skips the replays. */
   void captureDecodeGraphs() {
+    const char* noWarmup = std::getenv("DSG_NO_GRAPH_WARMUP");
+    const bool warmup = !(noWarmup && std::strcmp(noWarmup, "1") == 0);
     std::vector<int> sizes;
     for (int bs : kGraphSizes)
       if (bs <= maxGraphBatch_) sizes.push_back(bs);
@@ -490,6 +494,7 @@ class CudaBackend final : public Backend {
     padding.pageSize = opt_.pageSize;
     for (int bs : sizes) {
       const cudaGraphExec_t exec = graphFor(bs);
+      if (!warmup) continue;
       packInputs(padding, bs);
       DSG_CUDA(cudaMemcpyAsync(dIn_, hostIn_, inputBytesUsed_, cudaMemcpyHostToDevice, stream_));
       DSG_CUDA(cudaGraphLaunch(exec, stream_));
