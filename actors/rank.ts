@@ -4,8 +4,10 @@
 //
 // Per-step path: the step travels packed in two flat buffers (messages.ts) that are transferred, not copied, to the
 // rank; the small result arrays come back by structured clone. With overlap on, the scheduler sends step N+1 while
-// step N runs; N+1's decode inputs that N samples are placeholders (src/scheduler/placeholder.ts) that the rank fills
-// from N's output tokens, kept here, so the engine starts N+1 as soon as N ends. The scheduler actor
+// step N runs; N+1's decode inputs that N samples are placeholders (src/scheduler/placeholder.ts). An engine with
+// pipelined steps (Engine.stepBegin/stepEnd: both native backends) gets N+1 begun before N ends and fills the
+// placeholders itself, on the device, so the device never waits for this thread (pipelinedStepper); any other
+// engine gets them filled here from N's tokens and runs the steps one at a time (syncStepper). The scheduler actor
 // (actors/scheduler.ts) spawns and owns its ranks. Failures cross the thread as coded payloads {code, message, rank}:
 //  - an engine error in a step rejects that step (the scheduler then fails its requests);
 //  - an uncaught error or an exit of the worker fails every in-flight step with LLM_ERR_ACTOR_CRASHED;
