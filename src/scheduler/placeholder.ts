@@ -1,8 +1,9 @@
 // Token feedback for overlap scheduling. With overlap on, the scheduler submits step N+1 while step N still runs,
 // so a decode input that is step N's sampled token is not known yet: the step carries a placeholder instead,
-// -(1 + row), naming the sequence row of step N that samples it. The executor runs steps strictly in order and
-// resolves placeholders from the previous step's output tokens just before the engine runs the step, so engine
-// steps run back to back. A placeholder never reaches the engine: one that cannot be resolved fails the step.
+// -(1 + row), naming the sequence row of step N that samples it. The executor runs steps strictly in order: an
+// engine with pipelined steps takes placeholders as they are (Engine.stepBegin resolves them on the device, so step
+// N+1 is begun before N ends); for any other engine the executor resolves them here from the previous step's output
+// tokens just before the engine runs the step. Either way one that cannot be resolved fails the step.
 import { LlmError } from '../errors.js';
 import type { SeqStep } from '../engine/types.js';
 

@@ -9,8 +9,8 @@
 // pages allocated, positions fixed) and submitted as soon as step N is, while N runs. A request that samples in step
 // N has a pending token; when its decode input in step N+1 is that token, the step carries a placeholder naming
 // the request's row in step N (placeholder.ts), and the executor, which runs steps strictly in order, fills it from
-// N's sampled tokens just before it runs N+1: engine steps run back to back, with no thread hop or scheduler turn
-// between them. Step N's result is applied (tokens land, stops are decided, outputs stream, computed pages join the
+// N's sampled tokens (on the device, for an engine with pipelined steps, which begins N+1 before N ends): engine
+// steps run back to back, with no thread hop or scheduler turn between them. Step N's result is applied (tokens land, stops are decided, outputs stream, computed pages join the
 // cache) while N+1 runs, and step N+2 is planned and submitted right after. A request that stops or is aborted by
 // N's result while inside the submitted N+1 ends at once (pages freed, final output sent); N+1's output for it is
 // discarded when that result is applied. min_tokens bans and the RNG counter of a draw count the pending token
