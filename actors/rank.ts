@@ -20,7 +20,7 @@ import type { Engine, KvIpcPool, KvPullStats, SeqStep, StepResult } from '../src
 import { resolvePlaceholders } from '../src/scheduler/placeholder.js';
 import type { StepExecutor } from '../src/scheduler/scheduler.js';
 import { packSteps, unpackSteps, unreachable, type EngineSummary, type StepPack } from './messages.js';
-import { awaitStarted, siblingModule, spawnWorker } from './worker.js';
+import { OpTable, awaitStarted, siblingModule, spawnWorker } from './worker.js';
 
 /** GPU-to-GPU KV transfer ops (Engine.kvIpc*), and what each answers. */
 export type KvIpcOp =
@@ -341,8 +341,7 @@ export class RankHandle implements StepExecutor {
   readonly stats = { steps: 0, engineMs: 0, lastResultAt: 0 };
   private readonly worker: Worker;
   private readonly pending: PendingStep[] = [];
-  private readonly pageOps = new Map<number, { resolve: (answer: unknown) => void; reject: (e: LlmError) => void }>();
-  private opNo = 0;
+  private readonly pageOps = new OpTable<unknown>();
   private readonly stepTimeoutMs: number;
   private readonly onFailure: ((error: LlmError) => void) | undefined;
   private readonly onStepTiming: ((timing: StepTiming) => void) | undefined;
@@ -423,11 +422,7 @@ export class RankHandle implements StepExecutor {
 
   private pageOp<T>(message: (opNo: number) => RankInbox, transfer: ArrayBuffer[]): Promise<T> {
     if (this.failure) return Promise.reject(this.failure);
-    const opNo = ++this.opNo;
-    return new Promise<T>((resolve, reject) => {
-      this.pageOps.set(opNo, { resolve: resolve as (answer: unknown) => void, reject });
-      this.worker.postMessage(message(opNo), transfer);
-    });
+    return this.pageOps.start<T>((opNo) => this.worker.postMessage(message(opNo), transfer));
   }
 
   /** Asks the rank to close its engine and exit; terminates it if it does not within graceMs. */
@@ -466,12 +461,9 @@ export class RankHandle implements StepExecutor {
       case 'pagesDone':
       case 'kvIpcDone':
       case 'pagesError': {
-        const op = this.pageOps.get(m.opNo);
-        if (!op) return;
-        this.pageOps.delete(m.opNo);
-        if (m.kind === 'pagesDone') op.resolve(m.data);
-        else if (m.kind === 'kvIpcDone') op.resolve(m.result);
-        else op.reject(LlmError.fromPayload(m.error));
+        if (m.kind === 'pagesDone') this.pageOps.resolve(m.opNo, m.data);
+        else if (m.kind === 'kvIpcDone') this.pageOps.resolve(m.opNo, m.result);
+        else this.pageOps.reject(m.opNo, LlmError.fromPayload(m.error));
         return;
       }
       case 'ready':
@@ -500,8 +492,7 @@ export class RankHandle implements StepExecutor {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     for (const p of this.pending.splice(0)) p.reject(error);
-    for (const op of this.pageOps.values()) op.reject(error);
-    this.pageOps.clear();
+    this.pageOps.rejectAll(error);
     if (!this.closing) this.onFailure?.(error);
   }
 }

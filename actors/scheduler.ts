@@ -24,7 +24,7 @@ import {
 import { unreachable, type EngineSummary } from './messages.js';
 import type { MetricsActor, SchedulerLoad, StepSample } from './metrics.js';
 import { RankHandle, type StepTiming } from './rank.js';
-import { awaitStarted, siblingModule, spawnWorker } from './worker.js';
+import { OpTable, awaitStarted, siblingModule, spawnWorker } from './worker.js';
 
 /** The scheduler's inbox. */
 export type SchedulerInbox =
@@ -345,8 +345,7 @@ export class SchedulerHandle {
   private readonly handleOf = new Map<string, number>();
   private nextHandle = 0;
   private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
-  private readonly ops = new Map<number, { resolve: (r: SchedulerOpResult) => void; reject: (e: LlmError) => void }>();
-  private opNo = 0;
+  private readonly ops = new OpTable<SchedulerOpResult>();
   private readonly opts: SchedulerSpawnOptions;
   private readonly watchdog: NodeJS.Timeout;
   private failure: LlmError | null = null;
@@ -478,11 +477,7 @@ export class SchedulerHandle {
 
   private op(op: SchedulerOp): Promise<SchedulerOpResult> {
     if (this.failure) return Promise.reject(this.failure);
-    const opNo = ++this.opNo;
-    return new Promise((resolve, reject) => {
-      this.ops.set(opNo, { resolve, reject });
-      this.post({ kind: 'op', opNo, op });
-    });
+    return this.ops.start((opNo) => this.post({ kind: 'op', opNo, op }));
   }
 
   private onMessage(m: SchedulerOutbox): void {
@@ -503,11 +498,8 @@ export class SchedulerHandle {
       }
       case 'opDone':
       case 'opError': {
-        const op = this.ops.get(m.opNo);
-        if (!op) return;
-        this.ops.delete(m.opNo);
-        if (m.kind === 'opDone') op.resolve(m.result);
-        else op.reject(LlmError.fromPayload(m.error));
+        if (m.kind === 'opDone') this.ops.resolve(m.opNo, m.result);
+        else this.ops.reject(m.opNo, LlmError.fromPayload(m.error));
         return;
       }
       case 'failed':
@@ -529,8 +521,7 @@ export class SchedulerHandle {
     for (const sink of [...this.sinks.values()]) {
       sink({ tokenIds: [], logprobs: null, topLogprobs: null, finishReason: 'error', usage: null, error: payload });
     }
-    for (const op of this.ops.values()) op.reject(error);
-    this.ops.clear();
+    this.ops.rejectAll(error);
     if (!this.closing) this.opts.onFailure(error, this);
   }
 }
