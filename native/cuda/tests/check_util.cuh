@@ -71,6 +71,35 @@ double relErr(const std::vector<A>& a, const std::vector<B>& b) {
 }
 
 /**
+ * float64 reference attention of one query row q[0, D) over keys [0, numKeys) of KV head kvh, read through a page
+ * table (key k lives in slot table[k / pageSize] * pageSize + k % pageSize of caches laid out [slot, kvHeads, D]);
+ * writes out[0, D), zeros when there are no keys. `scores` is scratch.
+ */
+inline void referenceAttentionRow(const float* q, const float* kc, const float* vc, const int32_t* table, int pageSize,
+                                  int kvHeads, int kvh, int D, int numKeys, double scale, std::vector<double>& scores,
+                                  double* out) {
+  auto slot = [&](int k) { return (size_t)table[k / pageSize] * pageSize + k % pageSize; };
+  scores.assign(numKeys, 0.0);
+  double mx = -1e300;
+  for (int k = 0; k < numKeys; ++k) {
+    const float* kr = &kc[(slot(k) * kvHeads + kvh) * D];
+    double dot = 0;
+    for (int d = 0; d < D; ++d) dot += (double)q[d] * kr[d];
+    scores[k] = dot * scale;
+    mx = std::max(mx, scores[k]);
+  }
+  double sum = 0;
+  for (auto& e : scores) sum += (e = std::exp(e - mx));
+  for (int d = 0; d < D; ++d) out[d] = 0.0;
+  for (int k = 0; k < numKeys; ++k) {
+    const float* vr = &vc[(slot(k) * kvHeads + kvh) * D];
+    for (int d = 0; d < D; ++d) out[d] += scores[k] * vr[d];
+  }
+  if (numKeys > 0)
+    for (int d = 0; d < D; ++d) out[d] /= sum;
+}
+
+/**
  * Median time in microseconds of one replay of the CUDA graph that `capture` records on `stream` (launches only): the
  * graph is replayed `warmups` times untimed, then `reps` times between events, each replay preceded by whatever
  * `beforeEach` enqueues (an L2 flush, say), outside the timed span.

@@ -110,28 +110,14 @@ static void checkDecode(const char* label, int D, int heads, int kvHeads, int pa
   const auto outB = dOut.get();
   double num = 0, den = 0, maxErr = 0;
   bool finite = true;
+  std::vector<double> scores, refRow(D);
   for (int s = 0; s < S; ++s) {
     const int4 sq = b.seqs[s];
     for (int h = 0; h < heads; ++h) {
-      const int kvh = h / group;
-      std::vector<double> sc(sq.z);
-      double mx = -1e300;
-      for (int k = 0; k < sq.z; ++k) {
-        const size_t slot = (size_t)b.table[sq.w + k / pageSize] * pageSize + k % pageSize;
-        double dot = 0;
-        for (int d = 0; d < D; ++d) dot += (double)q[((size_t)s * heads + h) * D + d] * kc[(slot * kvHeads + kvh) * D + d];
-        sc[k] = dot * scale;
-        mx = std::max(mx, sc[k]);
-      }
-      double sum = 0;
-      for (auto& e : sc) sum += (e = std::exp(e - mx));
+      referenceAttentionRow(&q[((size_t)s * heads + h) * D], kc.data(), vc.data(), &b.table[sq.w], pageSize, kvHeads,
+                            h / group, D, sq.z, scale, scores, refRow.data());
       for (int d = 0; d < D; ++d) {
-        double acc = 0;
-        for (int k = 0; k < sq.z; ++k) {
-          const size_t slot = (size_t)b.table[sq.w + k / pageSize] * pageSize + k % pageSize;
-          acc += sc[k] * vc[(slot * kvHeads + kvh) * D + d];
-        }
-        const double ref = sq.z > 0 ? acc / sum : 0.0;
+        const double ref = refRow[d];
         const double got = __bfloat162float(outB[((size_t)s * heads + h) * D + d]);
         if (!std::isfinite(got)) finite = false;
         num += (got - ref) * (got - ref);

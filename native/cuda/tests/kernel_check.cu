@@ -267,33 +267,14 @@ static void checkAttention(int pageSize, const std::vector<SeqSpec>& specs, int 
   if (numSplits > 1) launchAttentionMerge(dPartO.p, dPartLse.p, numSplits, numTokens, heads, D, dOut.p, 0);
   DSG_CUDA(cudaDeviceSynchronize());
   auto out = fromBf16(dOut.get());
-  std::vector<double> ref(out.size());
+  std::vector<double> ref(out.size()), scores;
   for (size_t si = 0; si < specs.size(); ++si) {
     const int4 s = seqs[si];
     for (int t = 0; t < s.y; ++t) {
-      const int qpos = s.z - s.y + t;
-      for (int h = 0; h < heads; ++h) {
-        const int kvh = h / group;
-        std::vector<double> sc(qpos + 1);
-        double mx = -1e300;
-        for (int k = 0; k <= qpos; ++k) {
-          const size_t slot = (size_t)table[s.w + k / pageSize] * pageSize + k % pageSize;
-          double dot = 0;
-          for (int d = 0; d < D; ++d) dot += (double)q[((size_t)(s.x + t) * heads + h) * D + d] * kc[(slot * kvHeads + kvh) * D + d];
-          sc[k] = dot * scale;
-          mx = std::max(mx, sc[k]);
-        }
-        double sum = 0;
-        for (auto& e : sc) sum += (e = std::exp(e - mx));
-        for (int d = 0; d < D; ++d) {
-          double acc = 0;
-          for (int k = 0; k <= qpos; ++k) {
-            const size_t slot = (size_t)table[s.w + k / pageSize] * pageSize + k % pageSize;
-            acc += sc[k] * vc[(slot * kvHeads + kvh) * D + d];
-          }
-          ref[((size_t)(s.x + t) * heads + h) * D + d] = acc / sum;
-        }
-      }
+      const size_t row = (size_t)(s.x + t) * heads;
+      for (int h = 0; h < heads; ++h)
+        referenceAttentionRow(&q[(row + h) * D], kc.data(), vc.data(), &table[s.w], pageSize, kvHeads, h / group, D,
+                              s.z - s.y + t + 1, scale, scores, &ref[(row + h) * D]);
     }
   }
   char name[128];

@@ -289,7 +289,6 @@ struct Problem {
     fill(k, cache, 1.f);
     fill(v, cache, 1.f);
   }
-  size_t slot(const int4& s, int key) const { return (size_t)table[s.w + key / pageSize] * pageSize + key % pageSize; }
 };
 
 
@@ -316,27 +315,11 @@ static std::vector<double> reference(const Problem& p, const std::vector<int>& r
   auto worker = [&]() {
     std::vector<double> sc;
     for (size_t j; (j = next.fetch_add(1)) < jobs;) {
-      const int token = rows[j / heads], h = (int)(j % heads), kvh = h / group;
+      const int token = rows[j / heads], h = (int)(j % heads);
       const int4 s = p.seqs[seqOf[token]];
-      const int qpos = s.z - s.y + (token - s.x);
-      sc.assign(qpos + 1, 0.0);
-      double mx = -1e300;
-      const float* qr = &p.q[((size_t)token * heads + h) * D];
-      for (int key = 0; key <= qpos; ++key) {
-        const float* kr = &p.k[(p.slot(s, key) * p.kvHeads + kvh) * D];
-        double dot = 0;
-        for (int d = 0; d < D; ++d) dot += (double)qr[d] * kr[d];
-        sc[key] = dot * scale;
-        mx = std::max(mx, sc[key]);
-      }
-      double sum = 0;
-      for (auto& e : sc) sum += (e = std::exp(e - mx));
-      double* o = &ref[((size_t)token * heads + h) * D];
-      for (int key = 0; key <= qpos; ++key) {
-        const float* vr = &p.v[(p.slot(s, key) * p.kvHeads + kvh) * D];
-        for (int d = 0; d < D; ++d) o[d] += sc[key] * vr[d];
-      }
-      for (int d = 0; d < D; ++d) o[d] /= sum;
+      const size_t at = ((size_t)token * heads + h) * D;
+      referenceAttentionRow(&p.q[at], p.k.data(), p.v.data(), &p.table[s.w], p.pageSize, p.kvHeads, h / group, D,
+                            s.z - s.y + (token - s.x) + 1, scale, sc, &ref[at]);
     }
   };
   const unsigned n = std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
