@@ -3,10 +3,10 @@
 import t, { type Test } from 'tap';
 import { Supervisor, type SupervisorConfig } from '../src/supervisor.js';
 import type { PreprocessedRequest } from '../src/protocol/request.js';
-import type { LlmResponseChunk } from '../src/protocol/response.js';
 import type { FakeEngineInit } from './fixtures/fake-engine-module.js';
 import { referenceOutput } from './fixtures/fake-engine.js';
 import type { SchedulerHookInit } from './fixtures/scheduler-hook.js';
+import { collect } from './helpers/streams.js';
 
 const VOCAB = 500;
 const fakeModule = new URL('./fixtures/fake-engine-module.ts', import.meta.url).href;
@@ -25,11 +25,6 @@ const request = (tokenIds: number[], maxTokens: number): PreprocessedRequest => 
   token_ids: tokenIds, stop_conditions: { max_tokens: maxTokens }, sampling_options: { temperature: 0 }, eos_token_ids: [],
 });
 
-async function collect(it: AsyncIterable<LlmResponseChunk>): Promise<LlmResponseChunk[]> {
-  const out: LlmResponseChunk[] = [];
-  for await (const c of it) out.push(c);
-  return out;
-}
 
 const prompt = (seed: number, len: number) => Array.from({ length: len }, (_, i) => (seed * 31 + i * 7) % VOCAB);
 

@@ -3,8 +3,8 @@
 import t, { type Test } from 'tap';
 import { Supervisor, type SupervisorConfig } from '../src/supervisor.js';
 import type { PreprocessedRequest } from '../src/protocol/request.js';
-import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { loadTokenizer } from '../src/tokenizer/index.js';
+import { streamTokens } from './helpers/streams.js';
 
 const MODEL = '/work/shared/models/stories260K.gguf';
 const GOLDEN =
@@ -24,15 +24,6 @@ const request = (tokenIds: number[], maxTokens: number): PreprocessedRequest => 
   eos_token_ids: [2],
 });
 
-async function tokens(it: AsyncIterable<LlmResponseChunk>): Promise<{ ids: number[]; last: LlmResponseChunk }> {
-  const ids: number[] = [];
-  let last: LlmResponseChunk | undefined;
-  for await (const c of it) {
-    ids.push(...c.token_ids);
-    last = c;
-  }
-  return { ids, last: last! };
-}
 
 function prompts(n: number): number[][] {
   let s = 12345;
@@ -43,7 +34,7 @@ function prompts(n: number): number[][] {
 t.test('golden greedy continuation through the actors', async (t) => {
   const sup = await start(t);
   const once = tokenizer.encode('Once upon a time', { addSpecialTokens: true });
-  const { ids, last } = await tokens(sup.generate(request(once, 40)));
+  const { ids, last } = await streamTokens(sup.generate(request(once, 40)));
   t.ok(tokenizer.decode(ids).startsWith(GOLDEN.slice(0, 100)), tokenizer.decode(ids));
   t.equal(last.finish_reason, 'length');
 });
@@ -52,14 +43,14 @@ t.test('64 concurrent greedy requests produce what each produces alone; retracti
   const ps = prompts(64);
   const solo = await start(t, { disableRadixCache: true, maxRunningRequests: 1 });
   const alone: number[][] = [];
-  for (const p of ps) alone.push((await tokens(solo.generate(request(p, 24)))).ids);
+  for (const p of ps) alone.push((await streamTokens(solo.generate(request(p, 24)))).ids);
   const sup = await start(t);
-  const together = await Promise.all(ps.map((p) => tokens(sup.generate(request(p, 24)))));
+  const together = await Promise.all(ps.map((p) => streamTokens(sup.generate(request(p, 24)))));
   together.forEach((r, i) => t.same(r.ids, alone[i], `request ${i}`));
   await sup.scheduler.checkIntegrity();
   // 20 pages of 16 tokens cannot hold 64 sequences of up to 87 tokens at once: requests get retracted and resumed.
   const tiny = await start(t, { numPages: 20 });
-  const squeezed = await Promise.all(ps.map((p) => tokens(tiny.generate(request(p, 24)))));
+  const squeezed = await Promise.all(ps.map((p) => streamTokens(tiny.generate(request(p, 24)))));
   squeezed.forEach((r, i) => t.same(r.ids, alone[i], `request ${i} (tiny pool)`));
   t.ok(tiny.scheduler.stats.retractions > 0, `retractions: ${tiny.scheduler.stats.retractions}`);
   await tiny.scheduler.checkIntegrity();
@@ -68,9 +59,9 @@ t.test('64 concurrent greedy requests produce what each produces alone; retracti
 t.test('a repeated prompt reports cached tokens and skips their recompute', async (t) => {
   const sup = await start(t);
   const p = [1, ...Array.from({ length: 39 }, (_, i) => 3 + ((i * 37) % 500))];
-  const first = await tokens(sup.generate(request(p, 8)));
+  const first = await streamTokens(sup.generate(request(p, 8)));
   const before = sup.scheduler.stats.prefillTokens;
-  const second = await tokens(sup.generate(request(p, 8)));
+  const second = await streamTokens(sup.generate(request(p, 8)));
   t.same(second.ids, first.ids);
   t.same(second.last.completion_usage?.prompt_tokens_details, { cached_tokens: 32 });
   t.equal(sup.scheduler.stats.prefillTokens - before, 8, 'only the 8 uncached prompt tokens were prefilled');

@@ -8,10 +8,10 @@ import { openEngine } from '../src/engine/engine.js';
 import { loadModelSpec } from '../src/engine/model.js';
 import type { Engine, SamplingParams } from '../src/engine/types.js';
 import { LlmError } from '../src/errors.js';
-import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { Scheduler, engineExecutor, type RequestOutput, type SchedulerRequest } from '../src/scheduler/scheduler.js';
 import { Supervisor } from '../src/supervisor.js';
 import { loadTokenizer } from '../src/tokenizer/index.js';
+import { streamTokens } from './helpers/streams.js';
 
 const MODEL = new URL('../models/stories260K.gguf', import.meta.url).pathname;
 const EOS = 2;
@@ -143,23 +143,14 @@ t.test('through the Supervisor (scheduler and rank actors): min_tokens holds end
     sampling_options: { temperature: 0 },
     eos_token_ids: [EOS],
   });
-  const collect = async (it: AsyncIterable<LlmResponseChunk>) => {
-    const ids: number[] = [];
-    let last: LlmResponseChunk | undefined;
-    for await (const c of it) {
-      ids.push(...c.token_ids);
-      last = c;
-    }
-    return { ids, last: last! };
-  };
-  const base = await collect(sup.generate(wire(null)));
+  const base = await streamTokens(sup.generate(wire(null)));
   t.equal(base.last.finish_reason, 'stop');
   t.ok(base.ids.length <= 10, `ends after ${base.ids.length} tokens without min_tokens`);
   const N = 24;
-  const held = await collect(sup.generate(wire(N)));
+  const held = await streamTokens(sup.generate(wire(N)));
   t.ok(held.ids.length >= N, `${held.ids.length} tokens with min_tokens ${N}`);
   t.notOk(held.ids.slice(0, N).some(isStop), `no stop or EOS id among the first ${N}`);
-  const concurrent = await Promise.all([0, 8, 16, 30].map((n) => collect(sup.generate(wire(n)))));
+  const concurrent = await Promise.all([0, 8, 16, 30].map((n) => streamTokens(sup.generate(wire(n)))));
   concurrent.forEach((r, i) => {
     const n = [0, 8, 16, 30][i];
     t.ok(r.ids.length >= Math.min(n, 40) && !r.ids.slice(0, n).some(isStop), `batched with others: min_tokens ${n} holds`);

@@ -3,7 +3,6 @@
 import t, { type Test } from 'tap';
 import { connect as h2connect } from 'node:http2';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Annotated } from '../src/protocol/transport.js';
 import type { RequestContext } from '../src/runtime/request-plane/context.js';
 import { encodeTwoPart } from '../src/runtime/request-plane/framing.js';
 import { HttpRequestClient, HttpRequestServer } from '../src/runtime/request-plane/http.js';
@@ -11,14 +10,10 @@ import { connectNats, NatsRequestClient, NatsRequestServer } from '../src/runtim
 import { ResponseServer } from '../src/runtime/request-plane/response-server.js';
 import type { ResponseStream } from '../src/runtime/request-plane/response-stream.js';
 import { freePort, startNats } from './helpers/services.js';
+import { collect } from './helpers/streams.js';
 
 const HOST = '127.0.0.1';
 
-async function collect(stream: AsyncIterable<Annotated>): Promise<Annotated[]> {
-  const out: Annotated[] = [];
-  for await (const item of stream) out.push(item);
-  return out;
-}
 
 /** Endpoints shared by both planes: `count` streams {i}, `slow` runs until cancelled and records when. */
 function endpoints(instanceId: bigint) {

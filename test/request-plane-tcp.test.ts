@@ -10,14 +10,10 @@ import { DisconnectedError } from '../src/runtime/request-plane/response-stream.
 import { TcpRequestClient } from '../src/runtime/request-plane/tcp-client.js';
 import { TcpRequestServer } from '../src/runtime/request-plane/tcp-server.js';
 import type { Annotated } from '../src/protocol/transport.js';
+import { collect } from './helpers/streams.js';
 
 const HOST = '127.0.0.1';
 
-async function collect(stream: AsyncIterable<Annotated>): Promise<Annotated[]> {
-  const out: Annotated[] = [];
-  for await (const item of stream) out.push(item);
-  return out;
-}
 
 t.test('tcp plane', async (t) => {
   const server = await TcpRequestServer.start({ host: HOST, port: 0 });

@@ -5,6 +5,7 @@ import type { PreprocessedRequest } from '../src/protocol/request.js';
 import type { LlmResponseChunk } from '../src/protocol/response.js';
 import type { FakeEngineInit } from './fixtures/fake-engine-module.js';
 import { referenceOutput } from './fixtures/fake-engine.js';
+import { collect } from './helpers/streams.js';
 
 const VOCAB = 500;
 const fakeModule = new URL('./fixtures/fake-engine-module.ts', import.meta.url).href;
@@ -26,11 +27,6 @@ function request(tokenIds: number[], maxTokens: number, extra: Partial<Preproces
   };
 }
 
-async function collect(it: AsyncIterable<LlmResponseChunk>): Promise<LlmResponseChunk[]> {
-  const out: LlmResponseChunk[] = [];
-  for await (const c of it) out.push(c);
-  return out;
-}
 
 const prompt = (seed: number, len: number) => Array.from({ length: len }, (_, i) => (seed * 31 + i * 7) % VOCAB);
 
