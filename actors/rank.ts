@@ -71,6 +71,11 @@ interface EngineFactoryModule {
  */
 function stepTracer(file: string | undefined) {
   if (!file) return null;
+  try {
+    appendFileSync(file, ''); // a path that cannot be written fails the rank's start, not a step
+  } catch (err) {
+    throw new LlmError('LLM_ERR_CONFIG', `DSG_STEP_TRACE: cannot write ${file}: ${(err as Error).message}`);
+  }
   let lines: string[] = [];
   const flush = () => {
     if (lines.length) appendFileSync(file, lines.join(''));
@@ -94,7 +99,9 @@ async function runRank(data: RankWorkerData): Promise<void> {
   const port = parentPort!;
   const send = (m: RankOutbox, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
   let engine: Engine;
+  let tracer: ReturnType<typeof stepTracer>;
   try {
+    tracer = stepTracer(process.env.DSG_STEP_TRACE);
     const mod = (await import(data.engineModule)) as EngineFactoryModule;
     engine = await mod.createEngine(data.engineInit);
   } catch (err) {
@@ -114,7 +121,6 @@ async function runRank(data: RankWorkerData): Promise<void> {
       headDim: engine.spec.headDim,
     },
   });
-  const tracer = stepTracer(process.env.DSG_STEP_TRACE);
   const stepping = engine.stepBegin && engine.stepEnd ? pipelinedStepper(engine, send, tracer, data.rank) : syncStepper(engine, send, tracer, data.rank);
   const handle = (m: RankInbox): void => {
     switch (m.kind) {

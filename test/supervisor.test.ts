@@ -1,4 +1,7 @@
 // The programmatic API over a real rank worker_thread running a fake engine (faults on demand).
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { Supervisor, type SupervisorConfig } from '../src/supervisor.js';
 import type { PreprocessedRequest } from '../src/protocol/request.js';
@@ -116,6 +119,27 @@ for (const [fault, code, pipelined] of [
     t.same(after.flatMap((c) => c.token_ids), referenceOutput(prompt(9, 3), { maxTokens: 1, vocabSize: VOCAB }));
   });
 }
+
+t.test('DSG_STEP_TRACE: one line per engine step; a path that cannot be written fails the start naming it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'step-trace-'));
+  const saved = process.env.DSG_STEP_TRACE;
+  t.teardown(() => {
+    if (saved === undefined) delete process.env.DSG_STEP_TRACE;
+    else process.env.DSG_STEP_TRACE = saved;
+    rmSync(dir, { recursive: true, force: true });
+  });
+  process.env.DSG_STEP_TRACE = join(dir, 'missing', 'trace.tsv');
+  await t.rejects(start(t), { code: 'LLM_ERR_CONFIG', message: /DSG_STEP_TRACE: cannot write .*missing\/trace\.tsv: ENOENT/ });
+  const file = join(dir, 'trace.tsv');
+  process.env.DSG_STEP_TRACE = file;
+  const sup = await start(t);
+  await collect(sup.generate(request(prompt(5, 10), 4)));
+  const steps = sup.metrics.snapshot().steps;
+  await sup.stop();
+  const lines = readFileSync(file, 'utf8').trim().split('\n');
+  t.equal(lines.length, steps, 'one line per step');
+  t.match(lines[0], /^1\t10\t10\t\d+\.\d{3}$/, 'sequences, tokens, KV tokens, engine ms');
+});
 
 t.test('past maxRestarts the supervisor fails every later call, without hanging', async (t) => {
   const sup = await start(t, { exitAtStep: 1 }, { maxRestarts: 0 });
