@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "backend.h"
 
@@ -58,6 +59,34 @@ __device__ __forceinline__ void allowNextGrid() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
+}
+
+/**
+ * Launches `kernel` on `stream`, optionally with programmatic dependent launch (the kernel must call
+ * waitPreviousGrid before it touches what earlier kernels write) and, when clusterX > 0, as thread-block clusters of
+ * clusterX blocks along x (gridDim.x a multiple of it).
+ */
+template <class... KernelArgs, class... Args>
+void launchKernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smemBytes, cudaStream_t stream,
+                  bool overlapPrevious, int clusterX, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smemBytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attrs[2];
+  int count = 0;
+  attrs[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[count++].val.programmaticStreamSerializationAllowed = overlapPrevious ? 1 : 0;
+  if (clusterX > 0) {
+    attrs[count].id = cudaLaunchAttributeClusterDimension;
+    attrs[count].val.clusterDim.x = (unsigned)clusterX;
+    attrs[count].val.clusterDim.y = 1;
+    attrs[count++].val.clusterDim.z = 1;
+  }
+  cfg.attrs = attrs;
+  cfg.numAttrs = count;
+  DSG_CUDA(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
 /** 8 bf16 in one 16-byte word, converted to/from f32. */

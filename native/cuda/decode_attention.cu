@@ -362,24 +362,9 @@ void launchDecodeKernel(const DecodeParams& p, int numSeqs, int splits, cudaStre
       ready.fetch_or(uint64_t{1} << dev);
     }
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(splits, p.kvHeads, numSeqs);
-  cfg.blockDim = dim3(kDecodeWarps * 32);
-  cfg.dynamicSmemBytes = kRingBytes;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  int numAttrs = 0;
-  attr[numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // see waitPreviousGrid in the kernel
-  attr[numAttrs++].val.programmaticStreamSerializationAllowed = 1;
-  if (p.mode == OutMode::Cluster) {
-    attr[numAttrs].id = cudaLaunchAttributeClusterDimension;
-    attr[numAttrs].val.clusterDim.x = splits;
-    attr[numAttrs].val.clusterDim.y = 1;
-    attr[numAttrs++].val.clusterDim.z = 1;
-  }
-  cfg.attrs = attr;
-  cfg.numAttrs = numAttrs;
-  DSG_CUDA(cudaLaunchKernelEx(&cfg, decodeAttentionKernel<D, G, U, S>, p));
+  // Programmatic dependent launch: see waitPreviousGrid in the kernel; Cluster mode merges the splits over DSMEM.
+  launchKernel(decodeAttentionKernel<D, G, U, S>, dim3(splits, p.kvHeads, numSeqs), dim3(kDecodeWarps * 32), kRingBytes,
+               stream, true, p.mode == OutMode::Cluster ? splits : 0, p);
   DSG_LAUNCHED("decodeAttentionKernel");
 }
 

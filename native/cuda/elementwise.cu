@@ -27,7 +27,8 @@ __global__ void embedGatherKernel(const int32_t* __restrict__ ids, const bf16* _
 
 // RMSNorm, vector path (hidden % 8 == 0, 16-byte aligned): a row is spread over warpsPerRow warps, each lane holding
 // kVecs groups of 8 elements (two float4 of the residual, one uint4 of the weight) in registers, so the row and the
-// weight are fetched in one round trip (all loads issued before the first use) and never read twice.
+// weight are fetched in one round trip (all loads issued before the first use) and never read twice. Launched with
+// programmatic dependent launch: the block starts (and loads the weight) while the previous kernel drains.
 // blockDim = (32 * warpsPerRow, rowsPerBlock); rows past numRows only join the reduction's barrier.
 template <int kVecs>
 __global__ void __launch_bounds__(128) rmsNormVecKernel(const float* __restrict__ residual,
@@ -41,13 +42,20 @@ __global__ void __launch_bounds__(128) rmsNormVecKernel(const float* __restrict_
   const uint4* w = reinterpret_cast<const uint4*>(weight);
   uint4 wv[kVecs];
   float4 xv[2 * kVecs];
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    const int g = threadIdx.x + i * stride;
+    wv[i] = live && g < groups ? w[g] : make_uint4(0, 0, 0, 0);
+  }
+  // The weight is constant: fetched while the previous kernel finishes (programmatic dependent launch).
+  waitPreviousGrid();
+  allowNextGrid();
   const int64_t src = live ? (rows ? rows[r] : r) : 0;
   const float4* x = reinterpret_cast<const float4*>(residual + src * hidden);
 #pragma unroll
   for (int i = 0; i < kVecs; ++i) {
     const int g = threadIdx.x + i * stride;
     const bool ok = live && g < groups;
-    wv[i] = ok ? w[g] : make_uint4(0, 0, 0, 0);
     xv[2 * i] = ok ? x[2 * g] : make_float4(0.f, 0.f, 0.f, 0.f);
     xv[2 * i + 1] = ok ? x[2 * g + 1] : make_float4(0.f, 0.f, 0.f, 0.f);
   }
@@ -112,6 +120,8 @@ __global__ void rmsNormKernel(const float* __restrict__ residual, const int32_t*
 // SiLU*mul, 16-byte path: blockIdx.x = token, blockIdx.y * blockDim.x + threadIdx.x = group of 8 outputs (no 64-bit
 // division per element, unlike a flat grid-stride loop); silu(a) = a / (1 + e^-a) with the fast divide (bf16 out).
 __global__ void __launch_bounds__(128) siluMulKernel(const bf16* __restrict__ gateUp, int inter, bf16* __restrict__ out) {
+  waitPreviousGrid();  // launched with programmatic dependent launch
+  allowNextGrid();
   const int groupsPerRow = inter / 8;
   const int c = blockIdx.y * blockDim.x + threadIdx.x;
   if (c >= groupsPerRow) return;
@@ -189,7 +199,7 @@ void launchRmsNorm(const float* residual, const int32_t* rows, int numRows, int 
   const dim3 block(32 * warpsPerRow, rowsPerBlock);
   const unsigned blocks = (unsigned)((numRows + rowsPerBlock - 1) / rowsPerBlock);
   auto kernel = kVecs == 1 ? rmsNormVecKernel<1> : (kVecs == 2 ? rmsNormVecKernel<2> : rmsNormVecKernel<4>);
-  kernel<<<blocks, block, 0, stream>>>(residual, rows, numRows, hidden, weight, eps, out);
+  launchKernel(kernel, dim3(blocks), block, 0, stream, true, 0, residual, rows, numRows, hidden, weight, eps, out);
   DSG_LAUNCHED("rmsNormVecKernel");
 }
 
@@ -204,7 +214,7 @@ void launchSiluMul(const bf16* gateUp, int numTokens, int inter, bf16* out, cuda
   }
   const int threads = 128;
   const dim3 grid((unsigned)numTokens, (unsigned)((inter / 8 + threads - 1) / threads));
-  siluMulKernel<<<grid, threads, 0, stream>>>(gateUp, inter, out);
+  launchKernel(siluMulKernel, grid, dim3(threads), 0, stream, true, 0, gateUp, inter, out);
   DSG_LAUNCHED("siluMulKernel");
 }
 

@@ -255,24 +255,9 @@ void launchTyped(const GemvParams& p, cudaStream_t stream) {
   auto kernel = gemvKernel<NT, C, IN, ADD>;
   if (smem > 48 * 1024)
     DSG_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3((unsigned)(p.n / 16 * C));
-  cfg.blockDim = dim3((unsigned)(warps * 32));
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attrs[2];
-  int na = 0;
-  attrs[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attrs[na++].val.programmaticStreamSerializationAllowed = p.overlap != GemvOverlap::None;
-  if (C > 1) {
-    attrs[na].id = cudaLaunchAttributeClusterDimension;
-    attrs[na].val.clusterDim.x = C;
-    attrs[na].val.clusterDim.y = 1;
-    attrs[na++].val.clusterDim.z = 1;
-  }
-  cfg.attrs = attrs;
-  cfg.numAttrs = na;
-  DSG_CUDA(cudaLaunchKernelEx(&cfg, kernel, p));
+  launchKernel(kernel, dim3((unsigned)(p.n / 16 * C)), dim3((unsigned)(warps * 32)), smem, stream,
+               p.overlap != GemvOverlap::None, C > 1 ? C : 0, p);
+  DSG_LAUNCHED("gemvKernel");
 }
 
 template <int NT, GemvInputKind IN, bool ADD>

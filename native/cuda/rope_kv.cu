@@ -268,13 +268,7 @@ void launchQkNormRopeKvWrite(const bf16* qkv, const bf16* bias, const bf16* qNor
                              const int32_t* positions, const int32_t* slots, int numTokens, int heads, int kvHeads,
                              int headDim, RopeArgs rope, bf16* q, bf16* kCache, bf16* vCache, cudaStream_t stream) {
   if (numTokens <= 0) return;
-  cudaLaunchConfig_t cfg{};
-  cfg.stream = stream;
-  cudaLaunchAttribute pdl;
-  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  pdl.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &pdl;
-  cfg.numAttrs = 1;
+  // Both kernels wait for the previous one (waitPreviousGrid): launched with programmatic dependent launch.
   const int totalHeads = heads + 2 * kvHeads;
   const bool vec = (headDim == 64 || headDim == 128 || headDim == 256) && aligned16(qkv) && aligned16(bias) &&
                    aligned16(qNorm) && aligned16(kNorm) && aligned16(q) && aligned16(kCache) && aligned16(vCache);
@@ -282,21 +276,21 @@ void launchQkNormRopeKvWrite(const bf16* qkv, const bf16* bias, const bf16* qNor
     const int passes = (totalHeads + 32 / (headDim / 8) - 1) / (32 / (headDim / 8));
     const int warpsPerToken = std::max(1, std::min(passes, (kTargetWarps + numTokens - 1) / numTokens));
     const int64_t warps = (int64_t)numTokens * warpsPerToken;
-    cfg.gridDim = dim3((unsigned)((warps + kVecWarpsPerBlock - 1) / kVecWarpsPerBlock));
-    cfg.blockDim = dim3(kVecWarpsPerBlock * 32);
     const bool il = rope.interleaved;
     auto kernel = headDim == 64    ? (il ? qkNormRopeKvVecKernel<64, true> : qkNormRopeKvVecKernel<64, false>)
                   : headDim == 128 ? (il ? qkNormRopeKvVecKernel<128, true> : qkNormRopeKvVecKernel<128, false>)
                                    : (il ? qkNormRopeKvVecKernel<256, true> : qkNormRopeKvVecKernel<256, false>);
-    DSG_CUDA(cudaLaunchKernelEx(&cfg, kernel, qkv, bias, qNorm, kNorm, eps, positions, slots, numTokens, heads,
-                                kvHeads, rope.invFreq, warpsPerToken, q, kCache, vCache));
+    launchKernel(kernel, dim3((unsigned)((warps + kVecWarpsPerBlock - 1) / kVecWarpsPerBlock)),
+                 dim3(kVecWarpsPerBlock * 32), 0, stream, true, 0, qkv, bias, qNorm, kNorm, eps, positions, slots,
+                 numTokens, heads, kvHeads, rope.invFreq, warpsPerToken, q, kCache, vCache);
+    DSG_LAUNCHED("qkNormRopeKvVecKernel");
     return;
   }
   const int headBlocks = numTokens >= kTokensForOneBlockPerToken ? 1 : (totalHeads + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  cfg.gridDim = dim3((unsigned)numTokens, (unsigned)headBlocks);
-  cfg.blockDim = dim3(kWarpsPerBlock * 32);
-  DSG_CUDA(cudaLaunchKernelEx(&cfg, qkNormRopeKvKernel, qkv, bias, qNorm, kNorm, eps, positions, slots, heads, kvHeads,
-                              headDim, rope.invFreq, rope.interleaved, q, kCache, vCache));
+  launchKernel(qkNormRopeKvKernel, dim3((unsigned)numTokens, (unsigned)headBlocks), dim3(kWarpsPerBlock * 32), 0, stream,
+               true, 0, qkv, bias, qNorm, kNorm, eps, positions, slots, heads, kvHeads, headDim, rope.invFreq,
+               rope.interleaved, q, kCache, vCache);
+  DSG_LAUNCHED("qkNormRopeKvKernel");
 }
 
 }  // namespace dsg::cuda
