@@ -66,3 +66,41 @@ void launchGemv(const GemvInput& in, const __nv_bfloat16* w, int m, int n, int k
                 GemvOverlap overlap, cudaStream_t stream);
 
 }  // namespace dsg::cuda
+
+namespace dsg::cuda {
+
+/**
+ * Mid-batch linear layers (decode_gemm.cu): y = x W^T for 9..kDecodeGemmMaxTokens tokens, W [n, k] bf16 row-major,
+ * x [m, k] bf16, f32 accumulation, with the decode step's neighbours fused in (see the file's header):
+ * - input RMSNorm: x holds bf16(residual * normWeight) and ssqIn [k / 32][m] the residual's partial sums of squares
+ *   (written by the kernel that updated the residual); each output row is scaled by rsqrt(sum / k + eps);
+ * - outputs: Bf16 y [m, n]; SiluGateUp: W's rows are gate (first n / 2) then up, y [m, n / 2] = silu(gate) * up;
+ *   AddResidual: residual [m, n] f32 += x W^T, and, when nextNorm is given, xNext [m, n] = bf16(residual *
+ *   nextNorm) with ssqOut [n / 32][m] for the next layer's input.
+ */
+constexpr int kDecodeGemmMaxTokens = 256;
+enum class DecodeGemmOut { Bf16, SiluGateUp, AddResidual };
+struct DecodeGemmArgs {
+  const __nv_bfloat16* x;
+  const float* ssqIn;  // optional: RMSNorm scale of the output rows
+  float eps;
+  DecodeGemmOut out;
+  __nv_bfloat16* y;                // Bf16, SiluGateUp
+  float* residual;                 // AddResidual
+  const __nv_bfloat16* nextNorm;   // AddResidual, optional
+  __nv_bfloat16* xNext;            // with nextNorm
+  float* ssqOut;                   // with nextNorm
+};
+/** Tile choice; 0 = automatic. nTile 64 or 128 weight rows, mTile 32/64/128/256 tokens, cluster 1/2/4/8 k-splits. */
+struct DecodeGemmTile {
+  int nTile = 0, mTile = 0, cluster = 0;
+};
+/** Whether launchDecodeGemm takes this shape: 1 <= m <= kDecodeGemmMaxTokens, n % 64 == 0, k % 64 == 0. */
+bool decodeGemmSupports(int m, int n, int k);
+/** The tile launchDecodeGemm picks for this shape on the current device (tile fields 0 = automatic). */
+DecodeGemmTile decodeGemmTile(int m, int n, int k, DecodeGemmTile want = {});
+/** Launched with programmatic dependent launch: weights stream before the previous kernel has finished. */
+void launchDecodeGemm(const DecodeGemmArgs& a, const __nv_bfloat16* w, int m, int n, int k, cudaStream_t stream,
+                      DecodeGemmTile tile = {});
+
+}  // namespace dsg::cuda

@@ -4,6 +4,7 @@
 # random inputs and exits non-zero on a failure; the summary table comes last.
 #   kernel_check            embedding, RMSNorm, SiLU*mul, q/k-norm + RoPE + KV write, attention, sampling, GEMM
 #   gemv_check              small-batch fused GEMVs (+ timings vs cuBLAS)
+#   decode_gemm_check       mid-batch fused decode GEMM (+ timings vs cuBLAS and its neighbour kernels)
 #   mask_check              banned-token masking before sampling, also through a graph replay
 #   decode_attention_check  paged decode attention (+ timings vs the first kernel; needs tests/baseline_attention.inc
 #                           or git to extract it)
@@ -24,7 +25,7 @@ for f in native/cuda/*.cu; do
 done
 base=native/cuda/tests/baseline_attention.inc
 [ -f "$base" ] || git show "${BASELINE_COMMIT:-af6911f}":native/cuda/attention.cu > "$base" 2>/dev/null || rm -f "$base"
-for c in kernel_check gemv_check mask_check prefill_attention_check kv_ipc_check decode_attention_baseline; do
+for c in kernel_check gemv_check decode_gemm_check mask_check prefill_attention_check kv_ipc_check decode_attention_baseline; do
   extra=()
   [ $c = decode_attention_baseline ] && [ ! -f "$base" ] && continue
   nvcc "${flags[@]}" -c native/cuda/tests/$c.cu -o "$work/$c.o" > "$work/build_$c.log" 2>&1 &
@@ -38,6 +39,7 @@ grep -E "error" "$out/kcheck_build.log"
 link() { local name=$1; shift; nvcc -arch=sm_90 "$@" -lcublas -o "$work/$name" >> "$out/kcheck_build.log" 2>&1 || echo "$name: link failed"; }
 link kernel_check "$work/kernel_check.o" "${lib[@]}" "$work/sampling_cpp.o"
 link gemv_check "$work/gemv_check.o" "${lib[@]}"
+link decode_gemm_check "$work/decode_gemm_check.o" "${lib[@]}"
 link mask_check "$work/mask_check.o" "${lib[@]}" "$work/sampling_cpp.o"
 link prefill_attention_check "$work/prefill_attention_check.o"
 link kv_ipc_check "$work/kv_ipc_check.o" "$work/kv_ipc.cu.o"
@@ -57,6 +59,7 @@ runCheck() {  # name, memcheck args ("-" = no memcheck run), plain args...
 }
 runCheck kernel_check ""
 runCheck gemv_check --check-only
+runCheck decode_gemm_check --check-only
 runCheck mask_check ""
 runCheck decode_attention_check --quick
 runCheck prefill_attention_check --small
