@@ -120,6 +120,56 @@ function runAll(): void {
     }
   }
 
+  t.test('large decode batches (graphs of 80 and 160 rows with padding) and a mixed step of one chunk among many one-token rows match the float64 reference', async (t) => {
+    const shape = shapes.qwen3;
+    const model = writeTinyModel(mkdtempSync(join(dir, 'large-')), shape, 4321);
+    const numPages = 1024;
+    const engine = openEngine(model.spec, { ...cudaOptions(16, numPages), maxSeqsPerStep: 160, maxBatchTokens: 4096 });
+    t.teardown(() => engine.close());
+    const rand = rng(7);
+    const free = shuffledPages(numPages, 11);
+    for (const numSeqs of [75, 150]) {
+      const tokens = Array.from({ length: numSeqs }, () =>
+        Array.from({ length: 2 + Math.floor(rand() * 30) }, () => Math.floor(rand() * shape.vocabSize)),
+      );
+      const prompts = tokens.map((x) => x.length);
+      const pages = tokens.map(() => [] as number[]);
+      const seen: [number, Float32Array][][] = tokens.map(() => []);
+      for (let stepIdx = 0; stepIdx < 5; stepIdx++) {
+        // Step 0 prefills every prompt; step 2 gives sequence 0 a 6-token chunk (its last sample plus 5 new tokens)
+        // while the others decode: the mixed step's chunk and one-token rows take different attention kernels.
+        const extra = tokens.map((_, s) => (stepIdx === 2 && s === 0 ? Array.from({ length: 5 }, () => Math.floor(rand() * shape.vocabSize)) : []));
+        const batch: SeqStep[] = tokens.map((seq, s) => {
+          const chunk = stepIdx === 0 ? seq.slice() : [seq[seq.length - 1], ...extra[s]];
+          const startPos = stepIdx === 0 ? 0 : seq.length - 1;
+          while (pages[s].length * 16 < startPos + chunk.length) pages[s].push(free.pop() as number);
+          return { tokenIds: chunk, startPos, pages: pages[s].slice(), sample: true, sampling: greedy, outputIndex: stepIdx };
+        });
+        const r = engine.step(batch, { returnLogits: true });
+        const logits = r.logits as Float32Array;
+        for (let s = 0; s < numSeqs; s++) {
+          tokens[s].push(...extra[s]);
+          seen[s].push([tokens[s].length - 1, logits.slice(s * shape.vocabSize, (s + 1) * shape.vocabSize)]);
+          tokens[s].push(r.tokens[s]);
+        }
+      }
+      let worst = 0;
+      let argmaxMisses = 0;
+      for (let s = 0; s < numSeqs; s++) {
+        const ref = referenceLogits(model, tokens[s]);
+        for (const [pos, row] of seen[s]) {
+          worst = Math.max(worst, relError(row, ref[pos]));
+          let best = 0;
+          for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+          if (pos + 1 >= prompts[s] && tokens[s][pos + 1] !== best) argmaxMisses++;
+        }
+      }
+      t.ok(worst < TOL, `${numSeqs} sequences: max relative logits error ${worst.toExponential(2)} < ${TOL}`);
+      t.equal(argmaxMisses, 0, `${numSeqs} sequences: every greedy token is the argmax of its returned logits`);
+      for (const p of pages) free.push(...p);
+    }
+  });
+
   t.test('seeded sampling replays; top-n logprobs are sorted; page export/import round-trips; memory is stable', async (t) => {
     const model = writeTinyModel(mkdtempSync(join(dir, 'sampling-')), shapes.qwen3, 77);
     const engine = openEngine(model.spec, cudaOptions(16, 64));

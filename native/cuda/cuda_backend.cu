@@ -71,7 +71,7 @@ struct LayerDev {
 
 /** Byte offsets of the step inputs inside one device buffer (fixed, so captured graphs can read them). */
 struct InputLayout {
-  size_t tokens, positions, slots, lastRows, seqs, seqsByLength, params, banned, pages, total;
+  size_t tokens, positions, slots, lastRows, records, params, banned, pages, total;
 };
 
 /** Decode graph batch sizes: a decode step of n sequences replays the smallest size >= n (padding rows cost little in
@@ -393,8 +393,7 @@ class CudaBackend final : public Backend {
     L.positions = place(T * 4);
     L.slots = place(T * 4);
     L.lastRows = place(S * 4);
-    L.seqs = place(S * sizeof(int4));
-    L.seqsByLength = place(S * sizeof(int4));
+    L.records = place(S * sizeof(int4));
     L.params = place(S * sizeof(cuda::SampleParams));
     L.banned = place(S * MAX_BANNED_TOKENS * 4);  // [S, MAX_BANNED_TOKENS] ids, -1 padded (before the pages: always copied)
     L.pages = place((size_t)pageCap_ * 4);
@@ -410,6 +409,7 @@ class CudaBackend final : public Backend {
     a.reserve(T * QD_ * 2);         // attention output
     a.reserve(T * 2 * I_ * 2);      // gate|up
     a.reserve(T * I_ * 2);          // SiLU*mul
+    a.reserve((size_t)(H_ / 32 + 1) * std::min<size_t>(T, cuda::kDecodeGemmMaxTokens) * 4);  // ssq
     a.reserve(S * H_ * 2);          // last hidden
     a.reserve(S * (size_t)V_ * 4);  // logits
     a.reserve((size_t)maxPartRows * QD_ * 4);
@@ -425,6 +425,7 @@ class CudaBackend final : public Backend {
     attnOut_ = a.take<bf16>(T * QD_);
     gateUp_ = a.take<bf16>(T * 2 * I_);
     act_ = a.take<bf16>(T * I_);
+    ssq_ = a.take<float>((size_t)(H_ / 32 + 1) * std::min<size_t>(T, cuda::kDecodeGemmMaxTokens));
     lastHidden_ = a.take<bf16>(S * H_);
     logits_ = a.take<float>(S * (size_t)V_);
     partO_ = a.take<float>((size_t)maxPartRows * QD_);
@@ -509,7 +510,7 @@ class CudaBackend final : public Backend {
     int32_t* positions = reinterpret_cast<int32_t*>(h + layout_.positions);
     int32_t* slots = reinterpret_cast<int32_t*>(h + layout_.slots);
     int32_t* lastRows = reinterpret_cast<int32_t*>(h + layout_.lastRows);
-    int4* seqs = reinterpret_cast<int4*>(h + layout_.seqs);
+    int4* records = reinterpret_cast<int4*>(h + layout_.records);
     cuda::SampleParams* params = reinterpret_cast<cuda::SampleParams*>(h + layout_.params);
     int32_t* banned = reinterpret_cast<int32_t*>(h + layout_.banned);
     int32_t* pages = reinterpret_cast<int32_t*>(h + layout_.pages);
@@ -520,7 +521,7 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < s.numSeqs; ++i) {
       const SeqView& q = s.seqs[i];
       maxQLen_ = std::max(maxQLen_, q.qLen);
-      seqs[i] = make_int4(q.qStart, q.qLen, q.kvLen, (int)numEntries);
+      records[i] = make_int4(q.qStart, q.qLen, q.kvLen, (int)numEntries);
       std::memcpy(pages + numEntries, q.pages, (size_t)q.numPages * 4);
       numEntries += q.numPages;
       lastRows[i] = q.qStart + q.qLen - 1;
@@ -542,7 +543,7 @@ class CudaBackend final : public Backend {
       const int padEntry = (int)numEntries;
       pages[numEntries++] = (int32_t)numPages_;  // the padding page
       for (int i = s.numSeqs; i < rows; ++i) {
-        seqs[i] = make_int4(i, 1, 1, padEntry);
+        records[i] = make_int4(i, 1, 1, padEntry);
         lastRows[i] = i;
         tokens[i] = 0;
         positions[i] = 0;
@@ -551,13 +552,13 @@ class CudaBackend final : public Backend {
         std::fill(banned + (size_t)i * MAX_BANNED_TOKENS, banned + (size_t)(i + 1) * MAX_BANNED_TOKENS, -1);
       }
     }
-    if (maxQLen_ == 1) {
-      // Decode attention dispatches its blocks in record order: longest first, so the long sequences of a
-      // variable-length batch start early instead of forming the tail (H200: up to 1.3x at 128-256 sequences).
-      int4* byLength = reinterpret_cast<int4*>(h + layout_.seqsByLength);
-      std::copy(seqs, seqs + rows, byLength);
-      std::stable_sort(byLength, byLength + rows, [](const int4& a, const int4& b) { return a.z > b.z; });
-    }
+    // Decode attention dispatches its blocks in record order: longest first, so the long sequences of a
+    // variable-length batch start early instead of forming the tail (H200: up to 1.3x at 128-256 sequences). A mixed
+    // step lists its chunks' records first (prefill attention) and its one-token rows after them (decode attention:
+    // the prefill kernel spends a 64-row query tile on each of them, 4x the time of the whole step's decode rows).
+    int4* const oneToken = std::stable_partition(records, records + rows, [](const int4& r) { return r.y > 1; });
+    chunkRecords_ = (int)(oneToken - records);
+    std::stable_sort(oneToken, records + rows, [](const int4& a, const int4& b) { return a.z > b.z; });
     inputBytesUsed_ = layout_.pages + (size_t)numEntries * 4;
   }
 
@@ -570,11 +571,25 @@ class CudaBackend final : public Backend {
   void forwardLayers(int tokens, int seqs, int maxQLen, bf16* kvBase, int64_t tensorElems) {
     const float eps = d_.rmsNormEps;
     const int splits = maxQLen == 1 ? splitsFor(seqs) : 1;
-    // Decode (one query per sequence): the records longest first (packInputs); the kernels key outputs by qStart.
-    const cuda::AttnBatch batch{in<int4>(maxQLen == 1 ? layout_.seqsByLength : layout_.seqs), in<int32_t>(layout_.pages),
-                                seqs, maxQLen, opt_.pageSize};
     const cuda::RopeArgs rope{invFreq_, d_.ropeLayout == RopeLayout::Interleaved};
     const float scale = 1.f / std::sqrt((float)D_);
+    // The records in packInputs' order (one-token rows longest first); the kernels key outputs by qStart.
+    const int4* records = in<int4>(layout_.records);
+    const int32_t* pageTable = in<int32_t>(layout_.pages);
+    // Mixed steps: chunks through prefill attention, one-token rows through the decode kernel (packInputs' order).
+    const int chunks = maxQLen == 1 ? 0 : chunkRecords_;
+    const bool splitMixed = chunks > 0 && chunks < seqs && cuda::decodeAttentionFastPath(d_.numHeads, d_.numKvHeads, (int)D_);
+    const cuda::AttnBatch batch{records, pageTable, splitMixed ? chunks : seqs, maxQLen, opt_.pageSize};
+    const cuda::AttnBatch oneTokenRows{records + chunks, pageTable, seqs - chunks, 1, opt_.pageSize};
+    const auto attend = [&](bf16* kCache, bf16* vCache) {
+      cuda::launchAttention(q_, kCache, vCache, batch, tokens, d_.numHeads, d_.numKvHeads, D_, scale, splits, attnOut_,
+                            partO_, partLse_, stream_);
+      if (splits > 1)
+        cuda::launchAttentionMerge(partO_, partLse_, splits, tokens, d_.numHeads, D_, attnOut_, stream_);
+      if (splitMixed)
+        cuda::launchAttention(q_, kCache, vCache, oneTokenRows, tokens, d_.numHeads, d_.numKvHeads, D_, scale, 1,
+                              attnOut_, partO_, partLse_, stream_);
+    };
     // Few tokens (decode at small batch): fused GEMV kernels (gemv.cu) read each weight once with the norm / SiLU
     // folded into their input and the residual add into their output; cuBLAS above the crossover.
     const bool small = tokens <= cuda::kGemvCrossoverTokens;
@@ -583,6 +598,10 @@ class CudaBackend final : public Backend {
     const bool gemvGateUp = small && cuda::gemvSupports(tokens, (int)(2 * I_), H_);
     const bool gemvDown = small && cuda::gemvSupports(tokens, H_, (int)I_);
     cuda::launchEmbedGather(in<int32_t>(layout_.tokens), tokens, embed_, H_, residual_, stream_);
+    if (!small && useDecodeGemm(tokens)) {
+      forwardLayersDecodeGemm(tokens, rope, kvBase, tensorElems, attend);
+      return;
+    }
     for (int l = 0; l < d_.numLayers; ++l) {
       const LayerDev& L = layers_[l];
       bf16* kCache = kvBase + (int64_t)(2 * l) * tensorElems;
@@ -597,10 +616,7 @@ class CudaBackend final : public Backend {
       cuda::launchQkNormRopeKvWrite(qkv_, L.qkvBias, L.qNorm, L.kNorm, eps, in<int32_t>(layout_.positions),
                                     in<int32_t>(layout_.slots), tokens, d_.numHeads, d_.numKvHeads, D_, rope, q_,
                                     kCache, vCache, stream_);
-      cuda::launchAttention(q_, kCache, vCache, batch, tokens, d_.numHeads, d_.numKvHeads, D_, scale, splits, attnOut_,
-                            partO_, partLse_, stream_);
-      if (splits > 1)
-        cuda::launchAttentionMerge(partO_, partLse_, splits, tokens, d_.numHeads, D_, attnOut_, stream_);
+      attend(kCache, vCache);
       if (gemvO)
         cuda::launchGemv({cuda::GemvInputKind::Bf16, attnOut_, nullptr, 0.f}, L.o, tokens, H_, (int)QD_, nullptr,
                          residual_, kGemvOverlap, stream_);
@@ -620,6 +636,47 @@ class CudaBackend final : public Backend {
         cuda::launchSiluMul(gateUp_, tokens, (int)I_, act_, stream_);
         gemm_->linearF32(act_, L.down, residual_, tokens, H_, (int)I_, 1.f);
       }
+    }
+  }
+
+  /** Whether a step of `tokens` tokens runs its linears through decode_gemm.cu (opted in, all four shapes supported). */
+  bool useDecodeGemm(int tokens) const {
+    return decodeGemm_ && tokens <= cuda::kDecodeGemmMaxTokens && cuda::decodeGemmSupports(tokens, (int)QKV_, H_) &&
+           cuda::decodeGemmSupports(tokens, H_, (int)QD_) && cuda::decodeGemmSupports(tokens, (int)(2 * I_), H_) &&
+           cuda::decodeGemmSupports(tokens, H_, (int)I_) && H_ % 32 == 0 && I_ % 32 == 0;
+  }
+
+  /**
+   * forwardLayers through decode_gemm.cu: five kernels a layer (qkv, q/k-norm+RoPE, attention, o, gate|up, down), all
+   * with programmatic dependent launch. The residual-adding linears (o, down) also write the next RMSNorm's input
+   * bf16(residual * weight) into xn_ and the residual's partial sums of squares into ssq_; the linear that reads xn_
+   * scales its output rows by the norm. Layer 0's input comes from the RMSNorm kernel. Opt-in (DSG_DECODE_GEMM=1):
+   * correct, but slower than cuBLAS and its neighbour kernels on an H200 so far (native/cuda/NOTES-decode-gemm.md).
+   */
+  template <class Attend>
+  void forwardLayersDecodeGemm(int tokens, const cuda::RopeArgs& rope, bf16* kvBase, int64_t tensorElems,
+                               const Attend& attend) {
+    const float eps = d_.rmsNormEps;
+    using Out = cuda::DecodeGemmOut;
+    cuda::launchRmsNorm(residual_, nullptr, tokens, H_, layers_[0].inputNorm, eps, xn_, stream_);
+    for (int l = 0; l < d_.numLayers; ++l) {
+      const LayerDev& L = layers_[l];
+      bf16* kCache = kvBase + (int64_t)(2 * l) * tensorElems;
+      bf16* vCache = kvBase + (int64_t)(2 * l + 1) * tensorElems;
+      cuda::launchDecodeGemm({xn_, l == 0 ? nullptr : ssq_, eps, Out::Bf16, qkv_, nullptr, nullptr, nullptr, nullptr},
+                             L.qkv, tokens, (int)QKV_, H_, stream_);
+      cuda::launchQkNormRopeKvWrite(qkv_, L.qkvBias, L.qNorm, L.kNorm, eps, in<int32_t>(layout_.positions),
+                                    in<int32_t>(layout_.slots), tokens, d_.numHeads, d_.numKvHeads, D_, rope, q_,
+                                    kCache, vCache, stream_);
+      attend(kCache, vCache);
+      cuda::launchDecodeGemm({attnOut_, nullptr, eps, Out::AddResidual, nullptr, residual_, L.postAttnNorm, xn_, ssq_},
+                             L.o, tokens, H_, (int)QD_, stream_);
+      cuda::launchDecodeGemm({xn_, ssq_, eps, Out::SiluGateUp, act_, nullptr, nullptr, nullptr, nullptr}, L.gateUp,
+                             tokens, (int)(2 * I_), H_, stream_);
+      const bf16* nextNorm = l + 1 < d_.numLayers ? layers_[l + 1].inputNorm : nullptr;
+      cuda::launchDecodeGemm({act_, nullptr, eps, Out::AddResidual, nullptr, residual_, nextNorm,
+                              nextNorm ? xn_ : nullptr, nextNorm ? ssq_ : nullptr},
+                             L.down, tokens, H_, (int)I_, stream_);
     }
   }
 
@@ -756,6 +813,12 @@ class CudaBackend final : public Backend {
   std::deque<PendingStep> pending_;
   int nextSlot_ = 0;
   int placeholders_ = 0;  // token words < 0 in the step being packed
+  float* ssq_ = nullptr;  // [H / 32][tokens]: partial sums of squares of the residual (decode_gemm.cu)
+  // Mid-size batches through decode_gemm.cu: opt-in (DSG_DECODE_GEMM=1), measured slower than cuBLAS so far.
+  const bool decodeGemm_ = [] {
+    const char* v = std::getenv("DSG_DECODE_GEMM");
+    return v != nullptr && std::string(v) == "1";
+  }();
   float *residual_ = nullptr, *logits_ = nullptr, *partO_ = nullptr, *partLse_ = nullptr;
   bf16 *xn_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *attnOut_ = nullptr, *gateUp_ = nullptr, *act_ = nullptr,
        *lastHidden_ = nullptr;
@@ -765,6 +828,7 @@ class CudaBackend final : public Backend {
   int64_t poolTensorElems_ = 0, numPages_ = 0, bytesPerPage_ = 0;
   int64_t weightsBytes_ = 0, kvPoolBytes_ = 0, workspaceBytes_ = 0;
   int maxGraphBatch_ = 0, maxQLen_ = 1;
+  int chunkRecords_ = 0;  // records of the packed step with more than one query token (listed first)
   std::map<int, cudaGraphExec_t> graphs_;
 };
 
