@@ -56,11 +56,17 @@ __device__ __forceinline__ void ldmatrix4(uint32_t* r, const void* p) {
                : "r"(smemAddr(p)));
 }
 __device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
+  asm(  // a pure register operation: not volatile, so the compiler may schedule it among the shared-memory loads
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/** 8 consecutive floats of shared memory (16-byte aligned) in two vector loads. */
+__device__ __forceinline__ void load8(const float* p, float* f) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
 }
 
 /** Element offset of (row, 16-byte chunk) in a stage tile of 64-k rows: chunks XOR-swizzled by the row's low bits. */
@@ -141,6 +147,19 @@ __global__ void __launch_bounds__(threadsFor(NT, MT)) decodeGemmKernel(Params p)
 
   // Warps whose tokens are all padding (the last m-tile's tail) only help load.
   const bool warpLive = mBase + warpM * MW < p.m;
+  // ldmatrix offsets inside a stage (swz, split into row and column parts): A rows warpN*32 + i*16 + lane%16 at chunk
+  // 2kk + lane/16; B tokens warpM*MW + 16jj + lane%8 + 8(lane/16) at chunk 2kk + (lane/8)%2. Rows of one fragment
+  // share row % 8, so the XOR swizzle of each (fragment kind, kk) is one value per thread.
+  int aRow[2], bRow[MF / 2], aCol[kKT / 16], bCol[kKT / 16];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) aRow[i] = (warpN * 32 + i * 16 + (lane & 15)) * kKT;
+#pragma unroll
+  for (int jj = 0; jj < MF / 2; ++jj) bRow[jj] = (warpM * MW + jj * 16 + (lane & 7) + ((lane >> 4) << 3)) * kKT;
+#pragma unroll
+  for (int kk = 0; kk < kKT / 16; ++kk) {
+    aCol[kk] = ((kk * 2 + (lane >> 4)) ^ (lane & 7)) << 3;
+    bCol[kk] = ((kk * 2 + ((lane >> 3) & 1)) ^ (lane & 7)) << 3;
+  }
   for (int kb = 0; kb < nK; ++kb) {
     cpAsyncWait<kStages - 2>();
     __syncthreads();  // stage kb landed for every thread; stage kb - 1 has been consumed by every warp
@@ -153,28 +172,30 @@ __global__ void __launch_bounds__(threadsFor(NT, MT)) decodeGemmKernel(Params p)
     if (!warpLive) continue;
     const bf16* sw = ring + (kb % kStages) * STAGE;
     const bf16* sx = sw + NT * kKT;
+    // Fragments of k16 step kk + 1 are loaded before the mma of step kk (two register sets): the ldmatrix latency
+    // hides behind the tensor work instead of preceding it.
+    uint32_t a[2][2][4], b[2][MF][2];
+    auto loadFragments = [&](int buf, int kk) {
 #pragma unroll
-    for (int kk = 0; kk < kKT / 16; ++kk) {
-      uint32_t a[2][4], b[MF][2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int row = warpN * 32 + i * 16 + (lane & 15);
-        ldmatrix4(a[i], sw + swz(row, kk * 2 + (lane >> 4)));
-      }
+      for (int i = 0; i < 2; ++i) ldmatrix4(a[buf][i], sw + aRow[i] + aCol[kk]);
 #pragma unroll
       for (int j = 0; j < MF; j += 2) {
-        const int t = warpM * MW + j * 8 + (lane & 7) + ((lane >> 4) << 3);
         uint32_t r[4];
-        ldmatrix4(r, sx + swz(t, kk * 2 + ((lane >> 3) & 1)));
-        b[j][0] = r[0];
-        b[j][1] = r[1];
-        b[j + 1][0] = r[2];
-        b[j + 1][1] = r[3];
+        ldmatrix4(r, sx + bRow[j / 2] + bCol[kk]);
+        b[buf][j][0] = r[0];
+        b[buf][j][1] = r[1];
+        b[buf][j + 1][0] = r[2];
+        b[buf][j + 1][1] = r[3];
       }
+    };
+    loadFragments(0, 0);
+#pragma unroll
+    for (int kk = 0; kk < kKT / 16; ++kk) {
+      if (kk + 1 < kKT / 16) loadFragments((kk + 1) & 1, kk + 1);
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < MF; ++j) mma16816(acc[i][j], a[i], b[j][0], b[j][1]);
+        for (int j = 0; j < MF; ++j) mma16816(acc[i][j], a[kk & 1][i], b[kk & 1][j][0], b[kk & 1][j][1]);
     }
   }
   cpAsyncWait<0>();
@@ -222,8 +243,16 @@ __global__ void __launch_bounds__(threadsFor(NT, MT)) decodeGemmKernel(Params p)
   for (int t = rank + (int)threadIdx.x * C; t < live; t += THREADS * C) {
     float s = 1.f;
     if (p.a.ssqIn != nullptr) {
-      float ss = 0.f;
-      for (int j = 0; j < p.k / kGroup; ++j) ss += p.a.ssqIn[(int64_t)j * p.m + mBase + t];
+      // 8 independent loads per round trip (the partials sit p.m floats apart).
+      float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      const int parts = p.k / kGroup;
+      const float* src = p.a.ssqIn + mBase + t;
+      int j = 0;
+      for (; j + 8 <= parts; j += 8)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) part[e] += src[(int64_t)(j + e) * p.m];
+      for (; j < parts; ++j) part[0] += src[(int64_t)j * p.m];
+      const float ss = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
       s = rsqrtf(ss / p.k + p.a.eps);
     }
     rowScale[t] = s;
@@ -241,8 +270,9 @@ __global__ void __launch_bounds__(threadsFor(NT, MT)) decodeGemmKernel(Params p)
 #pragma unroll
       for (int c = 0; c < kGroup; c += 8) {
         float f[8];
+        load8(v + c, f);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) f[e] = v[c + e] * s;
+        for (int e = 0; e < 8; ++e) f[e] *= s;
         *reinterpret_cast<uint4*>(y + c) = pack8(f);
       }
     } else if (siluOut) {
@@ -250,11 +280,13 @@ __global__ void __launch_bounds__(threadsFor(NT, MT)) decodeGemmKernel(Params p)
       bf16* y = p.a.y + (int64_t)token * (p.n / 2) + tileN * (NT / 2) + grp * kGroup;
 #pragma unroll
       for (int c = 0; c < kGroup; c += 8) {
-        float f[8];
+        float f[8], u[8];
+        load8(v + c, f);
+        load8(up + c, u);
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          const float g = v[c + e] * s;
-          f[e] = g / (1.f + __expf(-g)) * (up[c + e] * s);
+          const float g = f[e] * s;
+          f[e] = g / (1.f + __expf(-g)) * (u[e] * s);
         }
         *reinterpret_cast<uint4*>(y + c) = pack8(f);
       }
@@ -265,14 +297,16 @@ __global__ void __launch_bounds__(threadsFor(NT, MT)) decodeGemmKernel(Params p)
 #pragma unroll
       for (int c = 0; c < kGroup; c += 8) {
         float4 r0 = *reinterpret_cast<const float4*>(res + c), r1 = *reinterpret_cast<const float4*>(res + c + 4);
-        r0.x += v[c] * s;
-        r0.y += v[c + 1] * s;
-        r0.z += v[c + 2] * s;
-        r0.w += v[c + 3] * s;
-        r1.x += v[c + 4] * s;
-        r1.y += v[c + 5] * s;
-        r1.z += v[c + 6] * s;
-        r1.w += v[c + 7] * s;
+        float d[8];
+        load8(v + c, d);
+        r0.x += d[0] * s;
+        r0.y += d[1] * s;
+        r0.z += d[2] * s;
+        r0.w += d[3] * s;
+        r1.x += d[4] * s;
+        r1.y += d[5] * s;
+        r1.z += d[6] * s;
+        r1.w += d[7] * s;
         *reinterpret_cast<float4*>(res + c) = r0;
         *reinterpret_cast<float4*>(res + c + 4) = r1;
         if (p.a.nextNorm != nullptr) {
@@ -346,16 +380,18 @@ bool decodeGemmSupports(int m, int n, int k) {
 
 DecodeGemmTile decodeGemmTile(int m, int n, int k, DecodeGemmTile want) {
   DecodeGemmTile t = want;
-  // One m-tile up to 256 tokens: each weight byte crosses from L2 once.
-  if (t.mTile == 0) t.mTile = m <= 32 ? 32 : m <= 64 ? 64 : m <= 128 ? 128 : 256;
-  if (t.nTile == 0) t.nTile = n % 128 == 0 && n / 128 >= 24 ? 128 : 64;
+  // From decode_gemm_check's tile sweep on an H200 (NOTES-decode-gemm.md): 64-row tiles, m-tiles of 32 / 64 / 128
+  // rows by batch (256-row tiles need 192 KB of shared memory and run in two waves).
+  if (t.mTile == 0) t.mTile = m <= 32 ? 32 : m <= 128 ? 64 : 128;
+  if (t.nTile == 0) t.nTile = 64;
   if (t.cluster == 0) {
-    // Enough blocks for ~3/4 of the SMs, as long as they fit in one wave; k / C whole stages.
+    // Enough blocks for ~3/4 of the SMs' first two slots, as long as they fit in one wave; k / C whole stages.
     const int sms = deviceSms(), tiles = n / t.nTile * ((m + t.mTile - 1) / t.mTile);
     const size_t smem = smemFor(t.nTile, t.mTile);
     const int perSm = std::max(1, (int)std::min<size_t>((227u << 10) / smem, 2048 / threadsFor(t.nTile, t.mTile)));
+    const int want = sms * std::min(perSm, 2) * 3 / 4;
     t.cluster = 1;
-    while (t.cluster < 8 && tiles * t.cluster < sms * 3 / 4 && k % (kKT * t.cluster * 2) == 0) t.cluster *= 2;
+    while (t.cluster < 8 && tiles * t.cluster < want && k % (kKT * t.cluster * 2) == 0) t.cluster *= 2;
     if (t.cluster > 1 && tiles * t.cluster > sms * perSm) t.cluster /= 2;
   }
   return t;
