@@ -72,10 +72,6 @@ __device__ __forceinline__ void load8(const float* p, float* f) {
 /** Element offset of (row, 16-byte chunk) in a stage tile of 64-k rows: chunks XOR-swizzled by the row's low bits. */
 __device__ __forceinline__ int swz(int row, int chunk) { return row * kKT + ((chunk ^ (row & 7)) << 3); }
 
-/**
- * Block = (NT / 32) x (MT / MW) warps; a warp owns 32 weight rows x MW tokens (2 x MW/8 mma tiles).
- * blockIdx.x = (tileN * mTiles + tileM) * C + rank.
- */
 constexpr int threadsFor(int nt, int mt) { return (nt / 32) * (mt <= 64 ? mt / 32 : mt / 64) * 32; }
 /** The stage ring, or the f32 tile and row scales that reuse it after the k loop. */
 constexpr size_t smemFor(int nt, int mt) {
@@ -84,6 +80,10 @@ constexpr size_t smemFor(int nt, int mt) {
   return ring > tile ? ring : tile;
 }
 
+/**
+ * Block = (NT / 32) x (MT / MW) warps; a warp owns 32 weight rows x MW tokens (2 x MW/8 mma tiles).
+ * blockIdx.x = (tileN * mTiles + tileM) * C + rank.
+ */
 template <int NT, int MT, int C>
 __global__ void __launch_bounds__(threadsFor(NT, MT)) decodeGemmKernel(Params p) {
   constexpr int MW = MT <= 64 ? 32 : 64;  // tokens per warp
