@@ -37,6 +37,12 @@ constexpr cuda::GemvOverlap kGemvOverlap = cuda::GemvOverlap::AfterWait;  // mea
 
 size_t alignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
+/** Whether the environment variable `name` is set to "1" (the backend's measurement switches). */
+bool envIsOne(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
 /** One device allocation carved into aligned pieces. */
 class DeviceArena {
  public:
@@ -409,7 +415,7 @@ class CudaBackend final : public Backend {
     a.reserve(T * QD_ * 2);         // attention output
     a.reserve(T * 2 * I_ * 2);      // gate|up
     a.reserve(T * I_ * 2);          // SiLU*mul
-    a.reserve((size_t)(H_ / 32 + 1) * std::min<size_t>(T, cuda::kDecodeGemmMaxTokens) * 4);  // ssq
+    a.reserve((size_t)(H_ / 32) * std::min<size_t>(T, cuda::kDecodeGemmMaxTokens) * 4);  // ssq
     a.reserve(S * H_ * 2);          // last hidden
     a.reserve(S * (size_t)V_ * 4);  // logits
     a.reserve((size_t)maxPartRows * QD_ * 4);
@@ -425,7 +431,7 @@ class CudaBackend final : public Backend {
     attnOut_ = a.take<bf16>(T * QD_);
     gateUp_ = a.take<bf16>(T * 2 * I_);
     act_ = a.take<bf16>(T * I_);
-    ssq_ = a.take<float>((size_t)(H_ / 32 + 1) * std::min<size_t>(T, cuda::kDecodeGemmMaxTokens));
+    ssq_ = a.take<float>((size_t)(H_ / 32) * std::min<size_t>(T, cuda::kDecodeGemmMaxTokens));
     lastHidden_ = a.take<bf16>(S * H_);
     logits_ = a.take<float>(S * (size_t)V_);
     partO_ = a.take<float>((size_t)maxPartRows * QD_);
@@ -485,8 +491,7 @@ class CudaBackend final : public Backend {
    *  upload and kernel module loading (10-15 ms per size) happen here rather than in the first steps of each size.
    *  DSG_NO_GRAPH_WARMUP=1 (kernel profiling: ncu then sees only the steps asked for) skips the replays. */
   void captureDecodeGraphs() {
-    const char* noWarmup = std::getenv("DSG_NO_GRAPH_WARMUP");
-    const bool warmup = !(noWarmup && std::strcmp(noWarmup, "1") == 0);
+    const bool warmup = !envIsOne("DSG_NO_GRAPH_WARMUP");
     std::vector<int> sizes;
     for (int bs : kGraphSizes)
       if (bs <= maxGraphBatch_) sizes.push_back(bs);
@@ -556,7 +561,8 @@ class CudaBackend final : public Backend {
     // variable-length batch start early instead of forming the tail (H200: up to 1.3x at 128-256 sequences). A mixed
     // step lists its chunks' records first (prefill attention) and its one-token rows after them (decode attention:
     // the prefill kernel spends a 64-row query tile on each of them, 4x the time of the whole step's decode rows).
-    int4* const oneToken = std::stable_partition(records, records + rows, [](const int4& r) { return r.y > 1; });
+    int4* const oneToken = maxQLen_ > 1 ? std::stable_partition(records, records + rows, [](const int4& r) { return r.y > 1; })
+                                        : records;
     chunkRecords_ = (int)(oneToken - records);
     std::stable_sort(oneToken, records + rows, [](const int4& a, const int4& b) { return a.z > b.z; });
     inputBytesUsed_ = layout_.pages + (size_t)numEntries * 4;
@@ -643,7 +649,7 @@ class CudaBackend final : public Backend {
   bool useDecodeGemm(int tokens) const {
     return decodeGemm_ && tokens <= cuda::kDecodeGemmMaxTokens && cuda::decodeGemmSupports(tokens, (int)QKV_, H_) &&
            cuda::decodeGemmSupports(tokens, H_, (int)QD_) && cuda::decodeGemmSupports(tokens, (int)(2 * I_), H_) &&
-           cuda::decodeGemmSupports(tokens, H_, (int)I_) && H_ % 32 == 0 && I_ % 32 == 0;
+           cuda::decodeGemmSupports(tokens, H_, (int)I_);
   }
 
   /**
@@ -815,10 +821,7 @@ class CudaBackend final : public Backend {
   int placeholders_ = 0;  // token words < 0 in the step being packed
   float* ssq_ = nullptr;  // [H / 32][tokens]: partial sums of squares of the residual (decode_gemm.cu)
   // Mid-size batches through decode_gemm.cu: opt-in (DSG_DECODE_GEMM=1), measured slower than cuBLAS so far.
-  const bool decodeGemm_ = [] {
-    const char* v = std::getenv("DSG_DECODE_GEMM");
-    return v != nullptr && std::string(v) == "1";
-  }();
+  const bool decodeGemm_ = envIsOne("DSG_DECODE_GEMM");
   float *residual_ = nullptr, *logits_ = nullptr, *partO_ = nullptr, *partLse_ = nullptr;
   bf16 *xn_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *attnOut_ = nullptr, *gateUp_ = nullptr, *act_ = nullptr,
        *lastHidden_ = nullptr;

@@ -12,10 +12,10 @@
 
 namespace dsg::cuda {
 
-/** residual[t, :] = float(embed[ids[t], :]) for t < numTokens. */
 /** Replaces each token id < 0, a placeholder -(1 + row), with sampled[row]: the previous step's samples (token
  *  feedback of pipelined steps, token_feedback.cu). In place over tokens[0, n). */
 void launchResolveTokenFeedback(int32_t* tokens, int n, const int32_t* sampled, cudaStream_t stream);
+/** residual[t, :] = float(embed[ids[t], :]) for t < numTokens. */
 void launchEmbedGather(const int32_t* ids, int numTokens, const __nv_bfloat16* embed, int hidden, float* residual,
                        cudaStream_t stream);
 
