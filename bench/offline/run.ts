@@ -1,11 +1,12 @@
 // Offline throughput through the programmatic API: N sequences (default 256) with input and output lengths uniform
 // in [min, max] (default [100, 1024]), a fixed seed, ignore_eos, greedy, all submitted at once. Reports output tok/s
-// beside the workload's memory-bandwidth floor (KV-cache bytes every decode step must read), the engine's own
+// beside the workload's memory-bandwidth floor (the KV-cache bytes every decode step must read plus the weights every
+// forward pass reads, over at least max(output) passes; the KV-only figure beside it), the engine's own
 // batch-N decode ceiling (steps driven directly and pipelined as the rank does, no scheduler, no actors), and batch-1
 // inter-token latency through the actors vs. the engine alone.
 //
 //   npx tsx bench/offline/run.ts (--model PATH | --make-shape qwen3-0.6b) [--device cuda] [--num 256] [--min 100] [--max 1024] [--seed 1]
-//     [--bandwidth-gbs 3350] [--mem-fraction 0.85] [--num-pages N] [--page-size 16] [--disable-overlap]
+//     [--bandwidth-gbs 3350] [--mem-fraction 0.85] [--num-pages N] [--page-size 16] [--chunked-prefill-size N] [--disable-overlap]
 //     [--skip-engine] [--out results.json]
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -31,6 +32,7 @@ const { values: a } = parseArgs({
     'mem-fraction': { type: 'string', default: '0.85' },
     'num-pages': { type: 'string' },
     'page-size': { type: 'string', default: '16' },
+    'chunked-prefill-size': { type: 'string' },
     'cpu-threads': { type: 'string' },
     'disable-overlap': { type: 'boolean', default: false },
     'skip-engine': { type: 'boolean', default: false },
@@ -134,6 +136,7 @@ async function throughActors() {
   const sup = await Supervisor.start({
     modelPath: a.model!, device, pageSize, numPages: numPages ?? null, memFractionStatic: memFraction, maxRunningRequests: num,
     disableOverlapSchedule: a['disable-overlap'], cpuThreads: threads ?? null, startTimeoutMs: 600_000, stepTimeoutMs: 600_000,
+    ...(a['chunked-prefill-size'] ? { chunkedPrefillSize: Number(a['chunked-prefill-size']) } : {}),
   });
   try {
     const request = (tokens: number[], maxTokens: number) => ({
@@ -187,21 +190,35 @@ const engine = a['skip-engine'] ? null : await engineAlone();
 const actors = await throughActors();
 const kvBytesPerToken = actors.kv.bytesPerPage / actors.kv.pageSize;
 const kvBytesRead = sumContext * kvBytesPerToken;
+// Every forward pass also reads the weights once (bf16 on the device), and a sequence makes one output token per
+// pass, so the run needs at least max(output) passes. The embedding table is only gathered from, unless tied (then
+// it is the lm_head, read in full).
+const weightBytesPerPass = spec.tensors.reduce(
+  (n, t) => (t.name === 'model.embed_tokens.weight' && !spec.tieWordEmbeddings ? n : n + 2 * t.shape.reduce((x, y) => x * y, 1)), 0);
+const minPasses = work.reduce((n, w) => Math.max(n, w.output), 0);
+const weightBytesRead = minPasses * weightBytesPerPass;
 const bandwidth = Number(a['bandwidth-gbs']) * 1e9;
-const floorTokS = totalOut / (kvBytesRead / bandwidth);
+const floorTokS = totalOut / ((kvBytesRead + weightBytesRead) / bandwidth);
+const kvOnlyFloorTokS = totalOut / (kvBytesRead / bandwidth);
 const result = {
   model: a.model, device, num, lengths: [minLen, maxLen], seed: Number(a.seed), overlap: !a['disable-overlap'],
   totalIn, totalOut, meanDecodeContext: Math.round(meanContext),
-  floor: { kvBytesPerToken, kvBytesRead, bandwidthGBs: Number(a['bandwidth-gbs']), floorTokS: Math.round(floorTokS) },
+  floor: {
+    kvBytesPerToken, kvBytesRead, weightBytesPerPass, minPasses, weightBytesRead, bandwidthGBs: Number(a['bandwidth-gbs']),
+    floorTokS: Math.round(floorTokS), kvOnlyFloorTokS: Math.round(kvOnlyFloorTokS),
+  },
   engine, actors: { ...actors, outTokS: Math.round(actors.outTokS), totalTokS: Math.round(actors.totalTokS) },
   ofFloor: +(actors.outTokS / floorTokS).toFixed(3),
+  ofKvOnlyFloor: +(actors.outTokS / kvOnlyFloorTokS).toFixed(3),
   ofEngineCeiling: engine ? +(actors.outTokS / engine.ceilingTokS).toFixed(3) : null,
 };
 if (a.out) writeFileSync(a.out, JSON.stringify(result, null, 2));
 console.log(JSON.stringify(result, null, 2));
 console.log(
   `| ${num} seqs [${minLen},${maxLen}] | ${Math.round(actors.outTokS)} out tok/s | floor ${Math.round(floorTokS)} ` +
-    `(${(kvBytesRead / 1e12).toFixed(2)} TB KV read at ${a['bandwidth-gbs']} GB/s) | ${(100 * result.ofFloor).toFixed(1)}% of floor | ` +
+    `((${(kvBytesRead / 1e12).toFixed(2)} TB KV + ${minPasses} passes x ${(weightBytesPerPass / 1e9).toFixed(3)} GB weights = ` +
+    `${((kvBytesRead + weightBytesRead) / 1e12).toFixed(2)} TB) at ${a['bandwidth-gbs']} GB/s) | ${(100 * result.ofFloor).toFixed(1)}% of floor ` +
+    `(${(100 * result.ofKvOnlyFloor).toFixed(1)}% of the KV-only ${Math.round(kvOnlyFloorTokS)}) | ` +
     `engine busy ${actors.engineBusySeconds.toFixed(2)} s, scheduler ${actors.schedulerHostSeconds.toFixed(2)} s of ${actors.seconds.toFixed(2)} s | ` +
     (engine ? `engine batch-${num} ceiling ${Math.round(engine.ceilingTokS)} tok/s at ctx ${engine.ceilingContext} | ITL1 engine ${engine.itl1Ms.toFixed(2)} ms vs actors ${actors.itl1Ms.toFixed(2)} ms |` : `ITL1 actors ${actors.itl1Ms.toFixed(2)} ms |`) +
     ` batch-1 step in the rank's engine ${actors.itl1EngineMs.toFixed(3)} ms, outside it ${(1000 * actors.itl1HostMs).toFixed(0)} us, result to next step ${actors.itl1SubmitGapUs.toFixed(0)} us |`,
