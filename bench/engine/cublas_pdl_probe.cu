@@ -6,7 +6,8 @@
 // 2. Gain: 28 layers of (small kernel -> GEMM) x 4 with the decode step's shapes, replayed as captured and with the
 //    edges into the GEMM nodes made programmatic; median us per replay, and the outputs compared bit for bit.
 // Build and run on the GPU machine (repository root):
-//   nvcc -std=c++17 -O3 -arch=sm_90 bench/engine/cublas_pdl_probe.cu -lcublas -lcuda -o /tmp/pdlprobe && /tmp/pdlprobe
+//   nvcc -std=c++17 -O3 -arch=sm_90 -I native/include -I native/cuda -I native/cuda/tests \
+//     bench/engine/cublas_pdl_probe.cu -lcublas -lcuda -o /tmp/pdlprobe && /tmp/pdlprobe
 #include <cublas_v2.h>
 #include <cuda.h>
 #include <cuda_bf16.h>
@@ -20,29 +21,13 @@
 #include <string>
 #include <vector>
 
-#define CK(x)                                                                         \
-  do {                                                                                \
-    auto e_ = (x);                                                                    \
-    if ((int)e_ != 0) {                                                               \
-      std::fprintf(stderr, "%s:%d %s failed: %d\n", __FILE__, __LINE__, #x, (int)e_); \
-      std::exit(1);                                                                   \
-    }                                                                                 \
-  } while (0)
+#include "bench_util.cuh"
+#include "check_util.cuh"
 
 using bf16 = __nv_bfloat16;
 
 __device__ __forceinline__ void waitPrev() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void allowNext() { asm volatile("griddepcontrol.launch_dependents;" :::); }
-
-__global__ void fill(bf16* p, size_t n, unsigned seed, float scale) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    unsigned x = (unsigned)i * 2654435761u ^ seed;
-    x ^= x >> 13;
-    x *= 0x5bd1e995u;
-    x ^= x >> 15;
-    p[i] = __float2bfloat16(((x & 0xFFFF) / 65536.f - 0.5f) * scale);
-  }
-}
 
 __global__ void fillF32(float* p, size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
@@ -69,8 +54,9 @@ __global__ void smallKernel(const float* resid, int residCols, bf16* out, int ro
   }
 }
 
-static void launchPdl(void (*k)(const float*, int, bf16*, int, int), int blocks, cudaStream_t st, const float* a, int b,
-                      bf16* c, int d, int e) {
+/** Launches `kernel` with programmatic dependent launch allowed (it waits for its predecessor itself). */
+template <class... KernelArgs, class... Args>
+static void launchPdl(void (*kernel)(KernelArgs...), int blocks, cudaStream_t st, Args... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(blocks);
   cfg.blockDim = dim3(256);
@@ -80,7 +66,7 @@ static void launchPdl(void (*k)(const float*, int, bf16*, int, int), int blocks,
   at.val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = &at;
   cfg.numAttrs = 1;
-  CK(cudaLaunchKernelEx(&cfg, k, a, b, c, d, e));
+  CK(cudaLaunchKernelEx(&cfg, kernel, args...));
 }
 
 static std::string kernelName(cudaGraphNode_t node) {
@@ -133,37 +119,11 @@ static void gemm(cublasHandle_t h, const Shape& s, int m, const bf16* x, const b
                   s.addF32 ? CUDA_R_32F : CUDA_R_16BF, s.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-static float medianUs(cudaGraphExec_t ex, cudaStream_t st, int reps) {
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ex, st));
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CK(cudaEventRecord(a, st));
-    CK(cudaGraphLaunch(ex, st));
-    CK(cudaEventRecord(b, st));
-    CK(cudaEventSynchronize(b));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms * 1000.f);
-  }
-  std::sort(t.begin(), t.end());
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return t[t.size() / 2];
-}
-
 int main() {
   CK(cuInit(0));
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  cublasHandle_t h;
-  CK(cublasCreate(&h));
-  CK(cublasSetStream(h, st));
-  void* ws;
-  CK(cudaMalloc(&ws, 32u << 20));
-  CK(cublasSetWorkspace(h, ws, 32u << 20));
+  cublasHandle_t h = makeCublas(st, 32u << 20);
   const Shape shapes[] = {{"qkv", 4096, 1024, false}, {"o", 1024, 2048, true}, {"gate_up", 6144, 1024, false},
                           {"down", 1024, 3072, true}};
   const int ms[] = {16, 32, 64, 96, 128, 136, 160, 192, 256};
@@ -175,7 +135,7 @@ int main() {
   CK(cudaMalloc(&w, (size_t)6144 * 3072 * 2));
   CK(cudaMalloc(&y32, (size_t)256 * 6144 * 4));
   CK(cudaMalloc(&y16, (size_t)256 * 6144 * 2));
-  fill<<<1024, 256>>>(w, (size_t)6144 * 3072, 3, 0.1f);
+  fillBf16<<<1024, 256>>>(w, (size_t)6144 * 3072, 3, 0.1f);
   CK(cudaDeviceSynchronize());
 
   // 1. Safety.
@@ -190,18 +150,7 @@ int main() {
       for (int variant = 0; variant < 2; ++variant) {
         cudaGraph_t g;
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        {
-          cudaLaunchConfig_t cfg{};
-          cfg.gridDim = dim3(132);
-          cfg.blockDim = dim3(256);
-          cfg.stream = st;
-          cudaLaunchAttribute at{};
-          at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-          at.val.programmaticStreamSerializationAllowed = 1;
-          cfg.attrs = &at;
-          cfg.numAttrs = 1;
-          CK(cudaLaunchKernelEx(&cfg, slowWriter, x, (size_t)m * s.k, 200));
-        }
+        launchPdl(slowWriter, 132, st, x, (size_t)m * s.k, 200);
         gemm(h, s, m, x, w, y);
         CK(cudaStreamEndCapture(st, &g));
         std::set<std::string> names;
@@ -241,7 +190,7 @@ int main() {
     for (int j = 0; j < 4; ++j) {
       const size_t e = (size_t)shapes[j].n * shapes[j].k;
       CK(cudaMalloc(&lw[l * 4 + j], e * 2));
-      fill<<<1024, 256>>>(lw[l * 4 + j], e, 100 + l * 4 + j, 0.05f);
+      fillBf16<<<1024, 256>>>(lw[l * 4 + j], e, 100 + l * 4 + j, 0.05f);
     }
   float* resid;
   bf16 *xin, *qkv, *gu;  // qkv and gate|up outputs: written, not read (the chain's data path runs through resid)
@@ -276,7 +225,7 @@ int main() {
       CK(cudaStreamSynchronize(st));
       out[variant].resize((size_t)m * 1024);
       CK(cudaMemcpy(out[variant].data(), resid, out[variant].size() * 4, cudaMemcpyDeviceToHost));
-      us[variant] = medianUs(ex, st, 21);
+      us[variant] = (float)check::medianExecUs(st, ex, 21, 3, [] {});
       cudaGraphExecDestroy(ex);
       cudaGraphDestroy(g);
     }

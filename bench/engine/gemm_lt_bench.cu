@@ -15,28 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.cuh"
 #include "check_util.cuh"
 
-#define CK(x)                                                                              \
-  do {                                                                                     \
-    auto e_ = (x);                                                                         \
-    if ((int)e_ != 0) {                                                                    \
-      std::fprintf(stderr, "%s:%d %s failed: %d\n", __FILE__, __LINE__, #x, (int)e_);      \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
-
 using bf16 = __nv_bfloat16;
-
-__global__ void fill(bf16* p, size_t n, unsigned seed) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    unsigned x = (unsigned)i * 2654435761u ^ seed;
-    x ^= x >> 13;
-    x *= 0x5bd1e995u;
-    x ^= x >> 15;
-    p[i] = __float2bfloat16(((x & 0xFFFF) / 65536.f - 0.5f) * 0.1f);
-  }
-}
 
 struct Shape {
   const char* name;
@@ -54,13 +36,10 @@ static float timeIt(cudaStream_t st, int copies, F&& launch) {
 int main() {
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  cublasHandle_t h;
-  CK(cublasCreate(&h));
-  CK(cublasSetStream(h, st));
-  void* ws;
   const size_t wsBytes = 32u << 20;
+  cublasHandle_t h = makeCublas(st, wsBytes);
+  void* ws;  // cublasLt's own workspace
   CK(cudaMalloc(&ws, wsBytes));
-  CK(cublasSetWorkspace(h, ws, wsBytes));
   cublasLtHandle_t lt;
   CK(cublasLtCreate(&lt));
   const Shape shapes[] = {{"qkv", 4096, 1024, false}, {"o", 1024, 2048, true}, {"gate_up", 6144, 1024, false},
@@ -75,13 +54,13 @@ int main() {
     std::vector<bf16*> w(copies);
     for (auto& p : w) {
       CK(cudaMalloc(&p, wElems * 2));
-      fill<<<1024, 256>>>(p, wElems, 7);
+      fillBf16<<<1024, 256>>>(p, wElems, 7, 0.1f);
     }
     bf16* x;
     void* y;
     CK(cudaMalloc(&x, (size_t)256 * s.k * 2));
     CK(cudaMalloc(&y, (size_t)256 * s.n * 4));
-    fill<<<256, 256>>>(x, (size_t)256 * s.k, 9);
+    fillBf16<<<256, 256>>>(x, (size_t)256 * s.k, 9, 0.1f);
     CK(cudaMemset(y, 0, (size_t)256 * s.n * 4));
     CK(cudaDeviceSynchronize());
     const float alpha = 1.f, beta = s.addF32 ? 1.f : 0.f;

@@ -100,18 +100,11 @@ inline void referenceAttentionRow(const float* q, const float* kc, const float* 
 }
 
 /**
- * Median time in microseconds of one replay of the CUDA graph that `capture` records on `stream` (launches only): the
- * graph is replayed `warmups` times untimed, then `reps` times between events, each replay preceded by whatever
- * `beforeEach` enqueues (an L2 flush, say), outside the timed span.
+ * Median time in microseconds of one replay of `exec` on `stream`: replayed `warmups` times untimed, then `reps` times
+ * between events, each replay preceded by whatever `beforeEach` enqueues (an L2 flush, say), outside the timed span.
  */
-template <class Capture, class Before>
-double medianReplayUs(cudaStream_t stream, Capture&& capture, int reps, int warmups, Before&& beforeEach) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  DSG_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  capture();
-  DSG_CUDA(cudaStreamEndCapture(stream, &graph));
-  DSG_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+template <class Before>
+double medianExecUs(cudaStream_t stream, cudaGraphExec_t exec, int reps, int warmups, Before&& beforeEach) {
   cudaEvent_t a, b;
   DSG_CUDA(cudaEventCreate(&a));
   DSG_CUDA(cudaEventCreate(&b));
@@ -130,10 +123,23 @@ double medianReplayUs(cudaStream_t stream, Capture&& capture, int reps, int warm
   DSG_CUDA(cudaGetLastError());
   DSG_CUDA(cudaEventDestroy(a));
   DSG_CUDA(cudaEventDestroy(b));
-  DSG_CUDA(cudaGraphExecDestroy(exec));
-  DSG_CUDA(cudaGraphDestroy(graph));
   std::sort(us.begin(), us.end());
   return us[us.size() / 2];
+}
+
+/** medianExecUs of the CUDA graph that `capture` records on `stream` (launches only). */
+template <class Capture, class Before>
+double medianReplayUs(cudaStream_t stream, Capture&& capture, int reps, int warmups, Before&& beforeEach) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  DSG_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  capture();
+  DSG_CUDA(cudaStreamEndCapture(stream, &graph));
+  DSG_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  const double us = medianExecUs(stream, exec, reps, warmups, beforeEach);
+  DSG_CUDA(cudaGraphExecDestroy(exec));
+  DSG_CUDA(cudaGraphDestroy(graph));
+  return us;
 }
 
 }  // namespace check
