@@ -26,8 +26,8 @@
 
 using bf16 = __nv_bfloat16;
 
-__device__ __forceinline__ void waitPrev() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void allowNext() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+using dsg::cuda::allowNextGrid;
+using dsg::cuda::waitPreviousGrid;
 
 __global__ void fillF32(float* p, size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
@@ -36,8 +36,8 @@ __global__ void fillF32(float* p, size_t n) {
 
 /** Lets dependents launch at once, sleeps ~sleepUs, then writes x = 1. */
 __global__ void slowWriter(bf16* x, size_t n, int sleepUs) {
-  waitPrev();
-  allowNext();
+  waitPreviousGrid();
+  allowNextGrid();
   for (int i = 0; i < sleepUs; ++i) __nanosleep(1000);
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     x[i] = __float2bfloat16(1.f);
@@ -45,8 +45,8 @@ __global__ void slowWriter(bf16* x, size_t n, int sleepUs) {
 
 /** The step's small kernels (RMSNorm, SiLU*mul): read f32 or bf16 rows, write the next GEMM's bf16 input. */
 __global__ void smallKernel(const float* resid, int residCols, bf16* out, int rows, int cols) {
-  waitPrev();
-  allowNext();
+  waitPreviousGrid();
+  allowNextGrid();
   const size_t n = (size_t)rows * cols;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
     const size_t r = i / cols, c = i % cols;
@@ -54,19 +54,10 @@ __global__ void smallKernel(const float* resid, int residCols, bf16* out, int ro
   }
 }
 
-/** Launches `kernel` with programmatic dependent launch allowed (it waits for its predecessor itself). */
+/** Launches `kernel` (256-thread blocks) with programmatic dependent launch: it waits for its predecessor itself. */
 template <class... KernelArgs, class... Args>
 static void launchPdl(void (*kernel)(KernelArgs...), int blocks, cudaStream_t st, Args... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(blocks);
-  cfg.blockDim = dim3(256);
-  cfg.stream = st;
-  cudaLaunchAttribute at{};
-  at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  at.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &at;
-  cfg.numAttrs = 1;
-  CK(cudaLaunchKernelEx(&cfg, kernel, args...));
+  dsg::cuda::launchKernel(kernel, dim3(blocks), dim3(256), 0, st, true, 0, args...);
 }
 
 static std::string kernelName(cudaGraphNode_t node) {

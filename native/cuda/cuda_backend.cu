@@ -174,10 +174,7 @@ class CudaBackend final : public Backend {
     const int rows = graphBs ? graphBs : s.numSeqs;  // sequences (and, for decode, tokens) the kernels see
     const int tokens = graphBs ? graphBs : s.numTokens;
     const int slot = nextSlot_;
-    hostIn_ = hostInBuf_[slot];
-    hostOut_ = hostOutBuf_[slot];
-    packInputs(s, rows);
-    DSG_CUDA(cudaMemcpyAsync(dIn_, hostIn_, inputBytesUsed_, cudaMemcpyHostToDevice, stream_));
+    uploadInputs(s, rows, slot);
     // Placeholders: the previous step's samples are the first output plane, still on the device.
     if (placeholders_ > 0)
       cuda::launchResolveTokenFeedback(in<int32_t>(layout_.tokens), s.numTokens, static_cast<const int32_t*>(dOut_), stream_);
@@ -188,7 +185,7 @@ class CudaBackend final : public Backend {
       sample(rows);
     }
     const OutPlanes planes = outPlanes(rows);
-    DSG_CUDA(cudaMemcpyAsync(hostOut_, dOut_, s.maxTopN > 0 ? planes.end : planes.endWithoutTop,
+    DSG_CUDA(cudaMemcpyAsync(hostOutBuf_[slot], dOut_, s.maxTopN > 0 ? planes.end : planes.endWithoutTop,
                              cudaMemcpyDeviceToHost, stream_));
     if (s.returnLogits && out.logits)
       DSG_CUDA(cudaMemcpyAsync(out.logits, logits_, (size_t)s.numSeqs * V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
@@ -230,8 +227,7 @@ class CudaBackend final : public Backend {
     DSG_CUDA(cudaMalloc(&kv, (size_t)d_.numLayers * 2 * tensorElems * sizeof(bf16)));
     std::vector<float> hidden((size_t)n * H_);
     try {
-      packInputs(step.view, 1);
-      DSG_CUDA(cudaMemcpyAsync(dIn_, hostIn_, inputBytesUsed_, cudaMemcpyHostToDevice, stream_));
+      uploadInputs(step.view, 1, nextSlot_);  // no step is begun (the addon's rule): either buffer is free
       forwardLayers(n, 1, maxQLen_, kv, tensorElems);
       cuda::launchRmsNorm(residual_, nullptr, n, H_, finalNorm_, d_.rmsNormEps, xn_, stream_);
       std::vector<bf16> rowsBf((size_t)n * H_);
@@ -443,8 +439,6 @@ class CudaBackend final : public Backend {
       DSG_CUDA(cudaMallocHost(&hostOutBuf_[i], outPlanes((int)S).end));
       DSG_CUDA(cudaEventCreateWithFlags(&stepDone_[i], cudaEventDisableTiming));
     }
-    hostIn_ = hostInBuf_[0];
-    hostOut_ = hostOutBuf_[0];
     workspaceBytes_ = (int64_t)a.bytes() + (int64_t)gemm_->workspaceBytes();
   }
 
@@ -501,16 +495,20 @@ class CudaBackend final : public Backend {
     for (int bs : sizes) {
       const cudaGraphExec_t exec = graphFor(bs);
       if (!warmup) continue;
-      packInputs(padding, bs);
-      DSG_CUDA(cudaMemcpyAsync(dIn_, hostIn_, inputBytesUsed_, cudaMemcpyHostToDevice, stream_));
+      uploadInputs(padding, bs, nextSlot_);
       DSG_CUDA(cudaGraphLaunch(exec, stream_));
     }
     DSG_CUDA(cudaStreamSynchronize(stream_));
   }
 
-  /** Fills the pinned input buffer; rows >= numSeqs are padding decode slots writing to the padding page. */
-  void packInputs(const StepView& s, int rows) {
-    uint8_t* h = static_cast<uint8_t*>(hostIn_);
+  /** Packs a step into pinned input buffer `slot` and queues its copy to the device input buffer. */
+  void uploadInputs(const StepView& s, int rows, int slot) {
+    packInputs(s, rows, static_cast<uint8_t*>(hostInBuf_[slot]));
+    DSG_CUDA(cudaMemcpyAsync(dIn_, hostInBuf_[slot], inputBytesUsed_, cudaMemcpyHostToDevice, stream_));
+  }
+
+  /** Fills pinned input buffer `h`; rows >= numSeqs are padding decode slots writing to the padding page. */
+  void packInputs(const StepView& s, int rows, uint8_t* h) {
     int32_t* tokens = reinterpret_cast<int32_t*>(h + layout_.tokens);
     int32_t* positions = reinterpret_cast<int32_t*>(h + layout_.positions);
     int32_t* slots = reinterpret_cast<int32_t*>(h + layout_.slots);
@@ -810,7 +808,6 @@ class CudaBackend final : public Backend {
   size_t inputBytesUsed_ = 0;
   void *dIn_ = nullptr, *dOut_ = nullptr;
   void *hostInBuf_[2] = {nullptr, nullptr}, *hostOutBuf_[2] = {nullptr, nullptr};
-  void *hostIn_ = nullptr, *hostOut_ = nullptr;  // the buffers of the step being packed
   cudaEvent_t stepDone_[2] = {nullptr, nullptr};  // recorded after each slot's output copy
   struct PendingStep {
     StepOutputs out;
