@@ -120,7 +120,7 @@ function runAll(): void {
     }
   }
 
-  t.test('large decode batches (graphs of 80 and 160 rows with padding) and a mixed step of one chunk among many one-token rows match the float64 reference', async (t) => {
+  t.test('decode batches of 20 and 40 rows (the fused decode GEMM where built for sm_90a), 75 and 150 (graphs of 80 and 160 rows with padding) and a mixed step of one chunk among many one-token rows match the float64 reference', async (t) => {
     const shape = shapes.qwen3;
     const model = writeTinyModel(mkdtempSync(join(dir, 'large-')), shape, 4321);
     const numPages = 1024;
@@ -128,7 +128,7 @@ function runAll(): void {
     t.teardown(() => engine.close());
     const rand = rng(7);
     const free = shuffledPages(numPages, 11);
-    for (const numSeqs of [75, 150]) {
+    for (const numSeqs of [20, 40, 75, 150]) {
       const tokens = Array.from({ length: numSeqs }, () =>
         Array.from({ length: 2 + Math.floor(rand() * 30) }, () => Math.floor(rand() * shape.vocabSize)),
       );

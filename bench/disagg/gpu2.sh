@@ -115,8 +115,8 @@ if [ "$device" = cuda ]; then
 fi
 if [ "$device" = cuda ]; then
   # the transfer itself, two processes, no workers: native/cuda/tests/kv_ipc_check.cu
-  record "nvcc -std=c++17 -O3 -arch=sm_90 -I native/include -I native/cuda native/cuda/tests/kv_ipc_check.cu native/cuda/kv_ipc.cu -o kvipc && CUDA_VISIBLE_DEVICES=0,1 ./kvipc"
-  { timeout 120 nvcc -std=c++17 -O3 -arch=sm_90 -I native/include -I native/cuda native/cuda/tests/kv_ipc_check.cu native/cuda/kv_ipc.cu -o "$work/kvipc" &&
+  record "nvcc -std=c++17 -O3 -arch=sm_90a -I native/include -I native/cuda native/cuda/tests/kv_ipc_check.cu native/cuda/kv_ipc.cu -o kvipc && CUDA_VISIBLE_DEVICES=0,1 ./kvipc"
+  { timeout 120 nvcc -std=c++17 -O3 -arch=sm_90a -I native/include -I native/cuda native/cuda/tests/kv_ipc_check.cu native/cuda/kv_ipc.cu -o "$work/kvipc" &&
     CUDA_VISIBLE_DEVICES=0,1 timeout 60 "$work/kvipc"; } > "$work/kvipc.log" 2>&1
   tail -1 "$work/kvipc.log" > "$work/kvipc-result.txt"
   say "kv_ipc_check: $(cat "$work/kvipc-result.txt")"

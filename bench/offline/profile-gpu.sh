@@ -25,7 +25,7 @@ trap 'tar -C "$logs" -czf "$out/profile.tgz" .' EXIT
 node scripts/build-native.mjs > "$logs/build.log" 2>&1 || { tail -30 "$logs/build.log"; exit 1; }
 if [ "${CHECKS:-0}" = 1 ]; then
   obj=$(mktemp -d)
-  flags=(-std=c++17 -O3 -arch=sm_90 -lineinfo -I native/include -I native/cuda)
+  flags=(-std=c++17 -O3 -arch=sm_90a -lineinfo -I native/include -I native/cuda)
   nvcc "${flags[@]}" -c native/cuda/decode_attention.cu -o "$obj/da.o" > "$logs/dcheck-build.log" 2>&1 &&
     nvcc "${flags[@]}" -c native/cuda/attention.cu -o "$obj/at.o" >> "$logs/dcheck-build.log" 2>&1 &&
     nvcc "${flags[@]}" -c native/cuda/tests/decode_attention_baseline.cu -o "$obj/bl.o" >> "$logs/dcheck-build.log" 2>&1 &&

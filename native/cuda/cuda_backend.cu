@@ -117,6 +117,7 @@ class CudaBackend final : public Backend {
     gemm_ = std::make_unique<cuda::Gemm>();
     gemm_->setStream(stream_);
     cuda::prepareAttentionKernels();
+    decodeGemm_ = !envIsOne("DSG_NO_DECODE_GEMM") && cuda::decodeGemmAvailable();
 
     loadWeights(w);
     allocateWorkspace();
@@ -643,19 +644,19 @@ class CudaBackend final : public Backend {
     }
   }
 
-  /** Whether a step of `tokens` tokens runs its linears through decode_gemm.cu (opted in, all four shapes supported). */
+  /** Whether a step of `tokens` tokens runs its linears through decode_gemm.cu (enabled, all four shapes supported). */
   bool useDecodeGemm(int tokens) const {
-    return decodeGemm_ && tokens <= cuda::kDecodeGemmMaxTokens && cuda::decodeGemmSupports(tokens, (int)QKV_, H_) &&
-           cuda::decodeGemmSupports(tokens, H_, (int)QD_) && cuda::decodeGemmSupports(tokens, (int)(2 * I_), H_) &&
-           cuda::decodeGemmSupports(tokens, H_, (int)I_);
+    return decodeGemm_ && tokens <= cuda::kDecodeGemmPreferredMaxTokens &&
+           cuda::decodeGemmSupports(tokens, (int)QKV_, H_) && cuda::decodeGemmSupports(tokens, H_, (int)QD_) &&
+           cuda::decodeGemmSupports(tokens, (int)(2 * I_), H_) && cuda::decodeGemmSupports(tokens, H_, (int)I_);
   }
 
   /**
    * forwardLayers through decode_gemm.cu: five kernels a layer (qkv, q/k-norm+RoPE, attention, o, gate|up, down), all
    * with programmatic dependent launch. The residual-adding linears (o, down) also write the next RMSNorm's input
    * bf16(residual * weight) into xn_ and the residual's partial sums of squares into ssq_; the linear that reads xn_
-   * scales its output rows by the norm. Layer 0's input comes from the RMSNorm kernel. Opt-in (DSG_DECODE_GEMM=1):
-   * correct, but slower than cuBLAS and its neighbour kernels on an H200 so far (native/cuda/NOTES-decode-gemm.md).
+   * scales its output rows by the norm. Layer 0's input comes from the RMSNorm kernel. Used up to
+   * kDecodeGemmPreferredMaxTokens tokens, where it beats cuBLAS and its neighbour kernels (NOTES-decode-gemm.md).
    */
   template <class Attend>
   void forwardLayersDecodeGemm(int tokens, const cuda::RopeArgs& rope, bf16* kvBase, int64_t tensorElems,
@@ -817,8 +818,9 @@ class CudaBackend final : public Backend {
   int nextSlot_ = 0;
   int placeholders_ = 0;  // token words < 0 in the step being packed
   float* ssq_ = nullptr;  // [H / 32][tokens]: partial sums of squares of the residual (decode_gemm.cu)
-  // Mid-size batches through decode_gemm.cu: opt-in (DSG_DECODE_GEMM=1), measured slower than cuBLAS so far.
-  const bool decodeGemm_ = envIsOne("DSG_DECODE_GEMM");
+  // Decode steps of 9..kDecodeGemmPreferredMaxTokens tokens through decode_gemm.cu where the build has its wgmma
+  // kernels, unless DSG_NO_DECODE_GEMM=1 (the A/B switch).
+  bool decodeGemm_ = false;
   float *residual_ = nullptr, *logits_ = nullptr, *partO_ = nullptr, *partLse_ = nullptr;
   bf16 *xn_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *attnOut_ = nullptr, *gateUp_ = nullptr, *act_ = nullptr,
        *lastHidden_ = nullptr;

@@ -79,6 +79,10 @@ namespace dsg::cuda {
  *   nextNorm) with ssqOut [n / 32][m] for the next layer's input.
  */
 constexpr int kDecodeGemmMaxTokens = 256;
+// The backend's crossover: decode steps of kGemvCrossoverTokens + 1 .. 64 tokens run their linears here (on an H200
+// 1.14-1.26x faster than cuBLAS with its RMSNorm / SiLU kernels for the step's 4 x 28 linears); above 64 tokens
+// cuBLAS is still faster (NOTES-decode-gemm.md).
+constexpr int kDecodeGemmPreferredMaxTokens = 64;
 enum class DecodeGemmOut { Bf16, SiluGateUp, AddResidual };
 struct DecodeGemmArgs {
   const __nv_bfloat16* x;
@@ -91,10 +95,15 @@ struct DecodeGemmArgs {
   __nv_bfloat16* xNext;            // with nextNorm
   float* ssqOut;                   // with nextNorm
 };
-/** Tile choice; 0 = automatic. nTile 64 or 128 weight rows, mTile 32/64/128/256 tokens, cluster 1/2/4/8 k-splits. */
+/** Tile choice; 0 = automatic. nTile 64 or 128 weight rows, mTile 32/64/128/256 tokens, cluster 1/2/4/8/16 k-splits. */
 struct DecodeGemmTile {
   int nTile = 0, mTile = 0, cluster = 0;
 };
+/**
+ * Whether this build's kernels for the current device have the wgmma main loop (compiled for sm_90a); false means
+ * launchDecodeGemm's kernels are empty. Launches a kernel and synchronizes: call once at start-up, not in a capture.
+ */
+bool decodeGemmAvailable();
 /** Whether launchDecodeGemm takes this shape: 1 <= m <= kDecodeGemmMaxTokens, n % 64 == 0, k % 64 == 0. */
 bool decodeGemmSupports(int m, int n, int k);
 /** The tile launchDecodeGemm picks for this shape on the current device (tile fields 0 = automatic). */

@@ -144,7 +144,7 @@ static std::vector<DecodeGemmTile> allTiles(int n, int k) {
   std::vector<DecodeGemmTile> v;
   for (int nt : {64, 128})
     for (int mt : {32, 64, 128, 256})
-      for (int c : {1, 2, 4, 8})
+      for (int c : {1, 2, 4, 8, 16})
         if (n % nt == 0 && k % (64 * c) == 0) v.push_back({nt, mt, c});
   return v;
 }
@@ -164,17 +164,21 @@ static void runChecks() {
                           {4096, 1024, DecodeGemmOut::Bf16, false, false}};
   for (const Shape& s : shapes)
     for (int m : {9, 16, 33, 64, 100, 136, 256}) checkCase(s.out, s.scaled, s.next, m, s.n, s.k, {}, false);
-  // Every tile x cluster on smaller shapes (quiet: only failures print), token counts that leave partial tiles.
+  // Every tile x cluster on smaller shapes (quiet: only failures print), token counts that leave partial tiles; k
+  // 1024 reaches 16-block clusters (one 64-k stage each) and k 512 the deeper rings of the smaller clusters.
   int cases = 0;
   const int before = failures;
-  for (const DecodeGemmTile& t : allTiles(256, 512))
-    for (int m : {9, 40, 130, 256}) {
-      checkCase(DecodeGemmOut::Bf16, true, false, m, 256, 512, t, true);
-      checkCase(DecodeGemmOut::SiluGateUp, false, false, m, 256, 512, t, true);
-      checkCase(DecodeGemmOut::AddResidual, true, true, m, 256, 512, t, true);
-      cases += 3;
+  for (int k : {512, 1024})
+    for (const DecodeGemmTile& t : allTiles(256, k)) {
+      if (k == 1024 && t.cluster < 16) continue;
+      for (int m : {9, 40, 130, 256}) {
+        checkCase(DecodeGemmOut::Bf16, true, false, m, 256, k, t, true);
+        checkCase(DecodeGemmOut::SiluGateUp, false, false, m, 256, k, t, true);
+        checkCase(DecodeGemmOut::AddResidual, true, true, m, 256, k, t, true);
+        cases += 3;
+      }
     }
-  report("tile sweep: " + std::to_string(cases) + " cases (n 256 k 512), failures", failures - before, 0, 78);
+  report("tile sweep: " + std::to_string(cases) + " cases (n 256, k 512 and 1024), failures", failures - before, 0, 78);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -277,6 +281,7 @@ static void runTiming() {
         const double us = timeGraph([&] {
           for (int l = 0; l < LAYERS; ++l) newOp(op, l, m, t);
         }) / LAYERS;
+        printf("  %-8s m %3d  tile %3dx%-3d C%-2d %7.2f us\n", ops[op].name, m, t.nTile, t.mTile, t.cluster, us);
         if (us < best) best = us, bestTile = t;
       }
       char line[240];
@@ -322,6 +327,10 @@ int main(int argc, char** argv) {
   const bool checkOnly = argc > 1 && std::strcmp(argv[1], "--check-only") == 0;
   try {
     DSG_CUDA(cudaStreamCreate(&stream));
+    if (!decodeGemmAvailable()) {
+      printf("ERROR decode_gemm.cu was built without sm_90a: its kernels are empty\n");
+      return 2;
+    }
     if (argc >= 5 && std::strcmp(argv[1], "--one") == 0) {
       DecodeGemmTile t{};
       if (argc >= 8) t = {std::atoi(argv[5]), std::atoi(argv[6]), std::atoi(argv[7])};

@@ -11,7 +11,7 @@ export PATH=/usr/local/cuda/bin:$PATH
 base=native/cuda/tests/baseline_attention.inc
 [ -f "$base" ] || git show "${BASELINE_COMMIT:-af6911f}":native/cuda/attention.cu > "$base"
 obj=$(mktemp -d)  # objects and binary outside $out: only logs come back
-flags=(-std=c++17 -O3 -arch=sm_90 -lineinfo -I native/include -I native/cuda)
+flags=(-std=c++17 -O3 -arch=sm_90a -lineinfo -I native/include -I native/cuda)
 nvcc "${flags[@]}" -Xptxas -v -c native/cuda/decode_attention.cu -o "$obj/decode_attention.o" > "$out/build_decode.log" 2>&1 &
 nvcc "${flags[@]}" -c native/cuda/tests/decode_attention_baseline.cu \
   -o "$obj/baseline.o" > "$out/build_baseline.log" 2>&1 &

@@ -7,13 +7,13 @@ out=${1:-${OUT:-/tmp}}
 mkdir -p "$out"
 work=$(mktemp -d)
 export PATH=/usr/local/cuda/bin:$PATH
-flags=(-std=c++17 -O3 -arch=sm_90 -lineinfo -I native/include -I native/cuda)
+flags=(-std=c++17 -O3 -arch=sm_90a -lineinfo -I native/include -I native/cuda)
 for f in native/cuda/decode_gemm.cu native/cuda/elementwise.cu native/cuda/gemm.cu native/cuda/tests/decode_gemm_check.cu; do
   nvcc "${flags[@]}" -c "$f" -o "$work/$(basename "$f").o" > "$work/build_$(basename "$f").log" 2>&1 &
 done
 wait
 cat "$work"/build_*.log > "$out/decode_gemm_build.log"
-nvcc -arch=sm_90 "$work"/*.o -lcublas -o "$work/check" >> "$out/decode_gemm_build.log" 2>&1 ||
+nvcc -arch=sm_90a "$work"/*.o -lcublas -o "$work/check" >> "$out/decode_gemm_build.log" 2>&1 ||
   { tail -30 "$out/decode_gemm_build.log"; exit 1; }
 timeout 300 "$work/check" > "$out/decode_gemm_check.log" 2>&1
 rc=$?

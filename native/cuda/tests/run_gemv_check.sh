@@ -6,7 +6,7 @@ set -uo pipefail
 out=${1:-${OUT:-/tmp}}
 work=$(mktemp -d)
 export PATH=/usr/local/cuda/bin:$PATH
-flags="-std=c++17 -O3 -arch=sm_90 -lineinfo -I native/include -I native/cuda"
+flags="-std=c++17 -O3 -arch=sm_90a -lineinfo -I native/include -I native/cuda"
 # The attention sources (other work in progress) are only needed for kernel_check and the emulated decode step.
 attn=$(ls native/cuda/attention.cu native/cuda/decode_attention.cu 2>/dev/null)
 for f in native/cuda/elementwise.cu native/cuda/rope_kv.cu $attn native/cuda/sampling.cu native/cuda/gemm.cu \
@@ -20,12 +20,12 @@ cat "$work"/build_*.log > "$out/build.log"
 grep -E "error|warning" "$out/build.log"
 lib="$work/elementwise.cu.o $work/rope_kv.cu.o $work/sampling.cu.o $work/gemm.cu.o $work/gemv.cu.o"
 attnObjs=$(for f in $attn; do echo "$work/$(basename "$f").o"; done)
-nvcc -arch=sm_90 $lib $attnObjs "$work/kernel_check.cu.o" "$work/sampling_cpp.o" -lcublas -o "$work/kcheck" ||
+nvcc -arch=sm_90a $lib $attnObjs "$work/kernel_check.cu.o" "$work/sampling_cpp.o" -lcublas -o "$work/kcheck" ||
   echo "kernel_check: build failed (attention sources?)"
-if ! nvcc -arch=sm_90 $lib $attnObjs "$work/gemv_check.cu.o" -lcublas -o "$work/gcheck"; then
+if ! nvcc -arch=sm_90a $lib $attnObjs "$work/gemv_check.cu.o" -lcublas -o "$work/gcheck"; then
   echo "gemv_check: linking with attention failed; the emulated decode step runs without attention"
   nvcc $flags -DGEMV_CHECK_NO_ATTENTION -c native/cuda/tests/gemv_check.cu -o "$work/gemv_check.cu.o" &&
-    nvcc -arch=sm_90 $lib "$work/gemv_check.cu.o" -lcublas -o "$work/gcheck" || exit 1
+    nvcc -arch=sm_90a $lib "$work/gemv_check.cu.o" -lcublas -o "$work/gcheck" || exit 1
 fi
 "$work/kcheck" > "$out/kcheck.log" 2>&1; echo "kernel_check rc $?"
 grep -E "FAIL|PASSED|FAILED|ERROR" "$out/kcheck.log"

@@ -16,7 +16,7 @@ out=${1:-${OUT:-/tmp}}
 mkdir -p "$out"
 export PATH=/usr/local/cuda/bin:$PATH
 work=$(mktemp -d)
-flags=(-std=c++17 -O3 -arch=sm_90 -lineinfo -I native/include -I native/cuda)
+flags=(-std=c++17 -O3 -arch=sm_90a -lineinfo -I native/include -I native/cuda)
 lib=()
 for f in native/cuda/*.cu; do
   [ "$(basename "$f")" = cuda_backend.cu ] && continue
@@ -36,7 +36,7 @@ g++ -std=c++17 -O2 -I native/include -c native/src/sampling.cpp -o "$work/sampli
 wait
 cat "$work"/build_*.log > "$out/kcheck_build.log"
 grep -E "error" "$out/kcheck_build.log"
-link() { local name=$1; shift; nvcc -arch=sm_90 "$@" -lcublas -o "$work/$name" >> "$out/kcheck_build.log" 2>&1 || echo "$name: link failed"; }
+link() { local name=$1; shift; nvcc -arch=sm_90a "$@" -lcublas -o "$work/$name" >> "$out/kcheck_build.log" 2>&1 || echo "$name: link failed"; }
 link kernel_check "$work/kernel_check.o" "${lib[@]}" "$work/sampling_cpp.o"
 link gemv_check "$work/gemv_check.o" "${lib[@]}"
 link decode_gemm_check "$work/decode_gemm_check.o" "${lib[@]}"
