@@ -124,9 +124,10 @@ class CudaBackend final : public Backend {
     allocateKvPool();
     captureDecodeGraphs();
     std::fprintf(stderr,
-                 "dynamo-sglang cuda: %s, weights %.1f MiB, KV pool %.1f MiB (%lld pages of %d tokens), workspace %.1f MiB\n",
+                 "dynamo-sglang cuda: %s, weights %.1f MiB, KV pool %.1f MiB (%lld pages of %d tokens), workspace %.1f MiB, "
+                 "mid-batch decode linears: %s\n",
                  prop_.name, weightsBytes_ / 1048576.0, kvPoolBytes_ / 1048576.0, (long long)numPages_, o.pageSize,
-                 workspaceBytes_ / 1048576.0);
+                 workspaceBytes_ / 1048576.0, useDecodeGemm(cuda::kDecodeGemmPreferredMaxTokens) ? "fused wgmma" : "cuBLAS");
   }
 
   ~CudaBackend() override {
