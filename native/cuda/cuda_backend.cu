@@ -653,8 +653,8 @@ class CudaBackend final : public Backend {
   }
 
   /**
-   * forwardLayers through decode_gemm.cu: five kernels a layer (qkv, q/k-norm+RoPE, attention, o, gate|up, down), all
-   * with programmatic dependent launch. The residual-adding linears (o, down) also write the next RMSNorm's input
+   * forwardLayers through decode_gemm.cu: six kernels a layer (qkv, q/k-norm+RoPE, attention, o, gate|up, down) instead
+   * of nine, all with programmatic dependent launch. The residual-adding linears (o, down) also write the next RMSNorm's input
    * bf16(residual * weight) into xn_ and the residual's partial sums of squares into ssq_; the linear that reads xn_
    * scales its output rows by the norm. Layer 0's input comes from the RMSNorm kernel. Used up to
    * kDecodeGemmPreferredMaxTokens tokens, where it beats cuBLAS and its neighbour kernels (NOTES-decode-gemm.md).

@@ -39,7 +39,7 @@ constexpr int kGroup = 32;    // columns per ssq partial (the residual's sum of 
 
 struct Params {
   int m, n, k;
-  int slots;  // ring slots (stages in flight), <= min(k slice / kKT, kMaxSlots): see ringSlots
+  int slots;  // ring slots (stages in flight), <= min(k slice / kKT, kMaxSlots): see ringSlotsFor
   DecodeGemmArgs a;
 };
 
@@ -423,7 +423,6 @@ void launchWithM(const bf16* w, const Params& p, int mt, int c, cudaStream_t str
     default: launchWithCluster<NT, 256>(w, p, mTiles, c, stream); break;
   }
 }
-
 
 bool validTile(const DecodeGemmTile& t, int n, int k) {
   const bool nt = t.nTile == 64 || t.nTile == 128, mt = t.mTile == 32 || t.mTile == 64 || t.mTile == 128 ||

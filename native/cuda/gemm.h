@@ -65,10 +65,6 @@ enum class GemvOverlap {
 void launchGemv(const GemvInput& in, const __nv_bfloat16* w, int m, int n, int k, __nv_bfloat16* yBf16, float* yAddF32,
                 GemvOverlap overlap, cudaStream_t stream);
 
-}  // namespace dsg::cuda
-
-namespace dsg::cuda {
-
 /**
  * Mid-batch linear layers (decode_gemm.cu): y = x W^T for 9..kDecodeGemmMaxTokens tokens, W [n, k] bf16 row-major,
  * x [m, k] bf16, f32 accumulation, with the decode step's neighbours fused in (see the file's header):

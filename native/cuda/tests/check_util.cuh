@@ -1,14 +1,17 @@
 // What every kernel check shares: a device buffer that can be poisoned before a run (every output element must then
 // be written), pass/fail lines with a failure count for the exit code, bf16 round trips (the values the device
-// really sees), the relative error ||a - b|| / ||b|| (NaN anywhere gives NaN, which fails), and the median time of a
-// graph replay for the checks' timing sections.
+// really sees), normal random inputs, a loop spread over the host's cores for the references, the relative error
+// ||a - b|| / ||b|| (NaN anywhere gives NaN, which fails), and the median time of a graph replay for the checks'
+// timing sections.
 #pragma once
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common.cuh"
@@ -47,6 +50,25 @@ struct Dev {
 inline float bfRound(float x) { return __bfloat162float(__float2bfloat16(x)); }
 inline void roundBf16(std::vector<float>& v) {
   for (auto& x : v) x = bfRound(x);
+}
+/** n values drawn from N(mean, std^2) with `rng`, in order. */
+template <class Rng>
+std::vector<float> randn(Rng& rng, size_t n, float std, float mean = 0.f) {
+  std::normal_distribution<float> d(mean, std);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+/** Runs body(i) for i in [0, count) on up to 32 host threads (reference computations; body writes only its own i). */
+template <class F>
+void parallelFor(size_t count, F&& body) {
+  const unsigned threads = std::max(1u, std::min(std::thread::hardware_concurrency(), 32u));
+  std::vector<std::thread> pool;
+  for (unsigned w = 0; w < threads; ++w)
+    pool.emplace_back([&, w] {
+      for (size_t i = w; i < count; i += threads) body(i);
+    });
+  for (auto& th : pool) th.join();
 }
 inline std::vector<bf16> toBf16(const std::vector<float>& v) {
   std::vector<bf16> o(v.size());

@@ -13,7 +13,6 @@
 #include <cstring>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "check_util.cuh"
@@ -28,23 +27,11 @@ using namespace check;
 static std::mt19937_64 rng(4242);
 static cudaStream_t stream;
 
+/** Normal values rounded to bf16 (what the device sees). */
 static std::vector<float> randBf16(size_t n, float std, float mean = 0.f) {
-  std::normal_distribution<float> d(mean, std);
-  std::vector<float> v(n);
-  for (auto& x : v) x = bfRound(d(rng));
+  auto v = randn(rng, n, std, mean);
+  roundBf16(v);
   return v;
-}
-
-/** Runs body(t) for t in [0, count) on all cores. */
-template <class F>
-static void parallelFor(int count, F&& body) {
-  const int threads = std::max(1u, std::min(std::thread::hardware_concurrency(), 32u));
-  std::vector<std::thread> pool;
-  for (int w = 0; w < threads; ++w)
-    pool.emplace_back([&, w] {
-      for (int t = w; t < count; t += threads) body(t);
-    });
-  for (auto& th : pool) th.join();
 }
 
 static const char* outName(DecodeGemmOut o) {
@@ -78,7 +65,7 @@ static void checkCase(DecodeGemmOut out, bool scaled, bool next, int m, int n, i
 
   // float64 reference.
   std::vector<double> acc((size_t)m * n);
-  parallelFor(m, [&](int t) {
+  parallelFor(m, [&](size_t t) {
     double s = 1.0;
     if (scaled) {
       double ss = 0;

@@ -25,16 +25,6 @@ using namespace check;
 
 static std::mt19937_64 rng(9001);
 
-
-static std::vector<float> randn(size_t n, float std, float mean = 0.f) {
-  std::normal_distribution<float> d(mean, std);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-
-
 static const char* kindName(GemvInputKind k) {
   return k == GemvInputKind::RmsNorm ? "rmsnorm" : (k == GemvInputKind::SiluMul ? "silu*mul" : "bf16");
 }
@@ -43,14 +33,14 @@ static const char* kindName(GemvInputKind k) {
 static cudaStream_t checkStream;
 
 static void checkGemv(GemvInputKind kind, bool add, int m, int n, int k, GemvOverlap overlap) {
-  auto w = randn((size_t)n * k, 0.05f);
+  auto w = randn(rng, (size_t)n * k, 0.05f);
   roundBf16(w);
   std::vector<double> x((size_t)m * k);  // the input the kernel should build (in double, before bf16 rounding)
   Dev<float> dRes((size_t)m * k);
   Dev<bf16> dGu((size_t)m * 2 * k), dX((size_t)m * k), dNw(k);
   GemvInput in{kind, nullptr, nullptr, 1e-6f};
   if (kind == GemvInputKind::RmsNorm) {
-    auto r = randn((size_t)m * k, 1.5f, 0.1f), nw = randn(k, 0.3f, 1.f);
+    auto r = randn(rng, (size_t)m * k, 1.5f, 0.1f), nw = randn(rng, k, 0.3f, 1.f);
     roundBf16(nw);
     dRes.put(r);
     dNw.put(toBf16(nw));
@@ -63,7 +53,7 @@ static void checkGemv(GemvInputKind kind, bool add, int m, int n, int k, GemvOve
     in.data = dRes.p;
     in.normWeight = dNw.p;
   } else if (kind == GemvInputKind::SiluMul) {
-    auto gu = randn((size_t)m * 2 * k, 2.f);
+    auto gu = randn(rng, (size_t)m * 2 * k, 2.f);
     roundBf16(gu);
     dGu.put(toBf16(gu));
     for (int t = 0; t < m; ++t)
@@ -73,7 +63,7 @@ static void checkGemv(GemvInputKind kind, bool add, int m, int n, int k, GemvOve
       }
     in.data = dGu.p;
   } else {
-    auto xv = randn((size_t)m * k, 1.f);
+    auto xv = randn(rng, (size_t)m * k, 1.f);
     roundBf16(xv);
     dX.put(toBf16(xv));
     for (size_t i = 0; i < x.size(); ++i) x[i] = xv[i];
@@ -83,7 +73,7 @@ static void checkGemv(GemvInputKind kind, bool add, int m, int n, int k, GemvOve
   // One row more than m: it must stay untouched.
   Dev<bf16> dYb((size_t)(m + 1) * n);
   Dev<float> dYf((size_t)(m + 1) * n);
-  std::vector<float> y0 = randn((size_t)(m + 1) * n, 1.f);
+  std::vector<float> y0 = randn(rng, (size_t)(m + 1) * n, 1.f);
   if (add) dYf.put(y0);
   else dYb.poison();
   launchGemv(in, dW.p, m, n, k, add ? nullptr : dYb.p, add ? dYf.p : nullptr, overlap, checkStream);
@@ -218,15 +208,15 @@ static void timeAll() {
   const size_t perLayer = (size_t)QKV * H + (size_t)H * QD + (size_t)2 * INTER * H + (size_t)H * INTER;
   Dev<bf16> wAll(perLayer * LAYERS), lmHead((size_t)VOCAB * H), norms((size_t)LAYERS * (4 * H + 2 * D) + H);
   {
-    std::vector<float> chunk = randn(1 << 20, 0.03f);
+    std::vector<float> chunk = randn(rng, 1 << 20, 0.03f);
     std::vector<bf16> cb = toBf16(chunk);
     for (size_t off = 0; off < wAll.n; off += cb.size())
       DSG_CUDA(cudaMemcpy(wAll.p + off, cb.data(), std::min(cb.size(), wAll.n - off) * 2, cudaMemcpyHostToDevice));
-    std::vector<float> lm = randn(1 << 20, 0.05f);
+    std::vector<float> lm = randn(rng, 1 << 20, 0.05f);
     std::vector<bf16> lb = toBf16(lm);
     for (size_t off = 0; off < lmHead.n; off += lb.size())
       DSG_CUDA(cudaMemcpy(lmHead.p + off, lb.data(), std::min(lb.size(), lmHead.n - off) * 2, cudaMemcpyHostToDevice));
-    norms.put(toBf16(randn(norms.n, 0.1f, 1.f)));
+    norms.put(toBf16(randn(rng, norms.n, 0.1f, 1.f)));
   }
   std::vector<Layer> layers(LAYERS);
   for (int l = 0; l < LAYERS; ++l) {
@@ -239,17 +229,17 @@ static void timeAll() {
   bf16* finalNorm = norms.p + (size_t)LAYERS * (4 * H + 2 * D);
   const int maxT = 256;
   Dev<float> residual((size_t)maxT * H), logits((size_t)maxT * VOCAB);
-  residual.put(randn(residual.n, 1.f));
+  residual.put(randn(rng, residual.n, 1.f));
   Dev<bf16> xn((size_t)maxT * H), qkv((size_t)maxT * QKV), qb((size_t)maxT * QD), attn((size_t)maxT * QD),
       gateUp((size_t)maxT * 2 * INTER), act((size_t)maxT * INTER), lastHidden((size_t)maxT * H);
-  qkv.put(toBf16(randn(qkv.n, 1.f)));
-  attn.put(toBf16(randn(attn.n, 1.f)));
-  gateUp.put(toBf16(randn(gateUp.n, 1.f)));
+  qkv.put(toBf16(randn(rng, qkv.n, 1.f)));
+  attn.put(toBf16(randn(rng, attn.n, 1.f)));
+  gateUp.put(toBf16(randn(rng, gateUp.n, 1.f)));
   // Paged KV (one layer's pool reused by every layer: attention reads little at ctx 192), 256 sequences of CTX.
   const int pagesPerSeq = (CTX + PAGE - 1) / PAGE;
   Dev<bf16> kc((size_t)maxT * pagesPerSeq * PAGE * KD), vc((size_t)maxT * pagesPerSeq * PAGE * KD);
-  kc.put(toBf16(randn(kc.n, 1.f)));
-  vc.put(toBf16(randn(vc.n, 1.f)));
+  kc.put(toBf16(randn(rng, kc.n, 1.f)));
+  vc.put(toBf16(randn(rng, vc.n, 1.f)));
   std::vector<int4> seqs(maxT);
   std::vector<int32_t> table((size_t)maxT * pagesPerSeq), pos(maxT), slots(maxT), lastRows(maxT);
   for (int s = 0; s < maxT; ++s) {
@@ -274,7 +264,7 @@ static void timeAll() {
   Dev<SampleParams> dTopP(sp);
   Dev<int32_t> tokens(maxT), topIds((size_t)maxT * 20), scratch(sampleScratchBytes(maxT) / 4);
   Dev<float> lps(maxT), topLps((size_t)maxT * 20);
-  logits.put(randn(logits.n, 2.f));
+  logits.put(randn(rng, logits.n, 2.f));
   const float eps = 1e-6f, scale = 1.f / std::sqrt((float)D);
   auto splitsFor = [](int seqs) { return std::max(1, std::min(16, (2 * 132 + seqs * KVH - 1) / (seqs * KVH))); };
 
@@ -333,7 +323,7 @@ static void timeAll() {
   tab.add("| qkNormRopeKv | tokens | old us | new us |");
   {
     Dev<bf16> qkvBig((size_t)4096 * QKV), qBig((size_t)4096 * QD);
-    qkvBig.put(toBf16(randn(qkvBig.n, 1.f)));
+    qkvBig.put(toBf16(randn(rng, qkvBig.n, 1.f)));
     Dev<bf16> kBig((size_t)4096 * KD), vBig((size_t)4096 * KD);
     std::vector<int32_t> p4(4096), s4(4096);
     for (int i = 0; i < 4096; ++i) p4[i] = s4[i] = i;
@@ -411,7 +401,7 @@ static void timeAll() {
   // must give bit-identical residuals; the old step must agree to bf16 level.
   {
     const int m = 4;
-    std::vector<float> r0 = randn((size_t)m * H, 1.f);
+    std::vector<float> r0 = randn(rng, (size_t)m * H, 1.f);
     auto run = [&](bool fused, GemvOverlap pdl) {
       DSG_CUDA(cudaMemcpy(residual.p, r0.data(), r0.size() * 4, cudaMemcpyHostToDevice));
       step(m, fused, pdl);

@@ -24,21 +24,9 @@ using namespace check;
 
 static std::mt19937_64 rng(12345);
 
-
-static std::vector<float> randn(size_t n, float std) {
-  std::normal_distribution<float> d(0.f, std);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-// Rounds a float vector through bf16 (the values the device actually sees).
-
-
-// Relative error ||a - b|| / ||b|| (NaN anywhere gives NaN).
-
 static void checkEmbedNormSilu() {
   const int vocab = 1000, hidden = 1024, T = 37;
-  auto emb = randn((size_t)vocab * hidden, 0.5f);
+  auto emb = randn(rng, (size_t)vocab * hidden, 0.5f);
   roundBf16(emb);
   std::vector<int32_t> ids(T);
   for (auto& i : ids) i = (int32_t)(rng() % vocab);
@@ -59,8 +47,8 @@ static void checkEmbedNormSilu() {
 // row, one or four rows per block) and the scalar path (hidden % 8 != 0).
 static void checkRmsNorm(int hidden, int numRows, bool gathered) {
   const int srcRows = gathered ? 37 : numRows;
-  auto resid = randn((size_t)srcRows * hidden, 1.3f);
-  auto w = randn(hidden, 0.3f);
+  auto resid = randn(rng, (size_t)srcRows * hidden, 1.3f);
+  auto w = randn(rng, hidden, 0.3f);
   for (auto& x : w) x += 1.f;
   roundBf16(w);
   std::vector<int32_t> rows;
@@ -87,7 +75,7 @@ static void checkRmsNorm(int hidden, int numRows, bool gathered) {
 }
 
 static void checkSiluMul(int T, int inter) {
-  auto gu = randn((size_t)T * 2 * inter, 2.f);
+  auto gu = randn(rng, (size_t)T * 2 * inter, 2.f);
   roundBf16(gu);
   Dev<bf16> dGu(toBf16(gu));
   Dev<bf16> dAct((size_t)T * inter);
@@ -135,11 +123,11 @@ static void checkRopeKv(const RopeCase& c) {
   const int T = c.T, heads = c.heads, kvHeads = c.kvHeads, D = c.D, pageSize = 16, numPages = T / pageSize + 8;
   const bool interleaved = c.interleaved, qkNorm = c.qkNorm, bias = c.bias, llama3 = c.llama3;
   const int total = heads + 2 * kvHeads;
-  auto qkv = randn((size_t)T * total * D, 1.f);
+  auto qkv = randn(rng, (size_t)T * total * D, 1.f);
   roundBf16(qkv);
-  auto b = randn((size_t)total * D, 0.5f);
+  auto b = randn(rng, (size_t)total * D, 0.5f);
   roundBf16(b);
-  auto qn = randn(D, 0.2f), kn = randn(D, 0.2f);
+  auto qn = randn(rng, D, 0.2f), kn = randn(rng, D, 0.2f);
   for (auto& x : qn) x += 1;
   for (auto& x : kn) x += 1;
   roundBf16(qn);
@@ -251,7 +239,7 @@ static void checkAttention(int pageSize, const std::vector<SeqSpec>& specs, int 
     qStart += s.qLen;
   }
   const size_t cacheElems = (size_t)numPages * pageSize * kvHeads * D;
-  auto kc = randn(cacheElems, 1.f), vc = randn(cacheElems, 1.f), q = randn((size_t)numTokens * heads * D, 1.f);
+  auto kc = randn(rng, cacheElems, 1.f), vc = randn(rng, cacheElems, 1.f), q = randn(rng, (size_t)numTokens * heads * D, 1.f);
   roundBf16(kc);
   roundBf16(vc);
   roundBf16(q);
@@ -284,7 +272,7 @@ static void checkAttention(int pageSize, const std::vector<SeqSpec>& specs, int 
 
 static void checkSampling() {
   const int vocab = 151936, numSeqs = 12, topN = 5;
-  std::vector<float> logits = randn((size_t)numSeqs * vocab, 2.f);
+  std::vector<float> logits = randn(rng, (size_t)numSeqs * vocab, 2.f);
   // A few exact ties at the top, to exercise the lowest-id rule.
   logits[7 * (size_t)vocab + 100] = logits[7 * (size_t)vocab + 90000] = 40.f;
   std::vector<SampleParams> ps(numSeqs);
@@ -353,7 +341,7 @@ static void checkSampling() {
 
 static void checkGemm() {
   const int m = 37, n = 3072, k = 1024;
-  auto x = randn((size_t)m * k, 1.f), w = randn((size_t)n * k, 0.05f), y0 = randn((size_t)m * n, 1.f);
+  auto x = randn(rng, (size_t)m * k, 1.f), w = randn(rng, (size_t)n * k, 0.05f), y0 = randn(rng, (size_t)m * n, 1.f);
   roundBf16(x);
   roundBf16(w);
   Dev<bf16> dX(toBf16(x)), dW(toBf16(w)), dYb((size_t)m * n);
@@ -433,11 +421,11 @@ static void timeSmallKernels(bool ncu, const std::vector<int>& sizes) {
   // Inputs: 2 MB of random bf16 tiled over the rotation buffer (finite read as bf16 and as f32, whose high half is a
   // bf16 value); no kernel's work depends on the values.
   {
-    const std::vector<bf16> tile = toBf16(randn(1 << 20, 1.f));
+    const std::vector<bf16> tile = toBf16(randn(rng, 1 << 20, 1.f));
     for (size_t off = 0; off < kRotateBytes; off += tile.size() * 2)
       DSG_CUDA(cudaMemcpy(bench.in.p + off, tile.data(), tile.size() * 2, cudaMemcpyHostToDevice));
   }
-  auto w = randn(hidden, 0.3f), qn = randn(D, 0.2f), kn = randn(D, 0.2f);
+  auto w = randn(rng, hidden, 0.3f), qn = randn(rng, D, 0.2f), kn = randn(rng, D, 0.2f);
   for (auto& x : w) x += 1.f;
   for (auto& x : qn) x += 1.f;
   for (auto& x : kn) x += 1.f;
