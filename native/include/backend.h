@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "step.h"
+#include "tensor_parallel.h"
 
 namespace dsg {
 
@@ -109,6 +110,7 @@ struct BackendOptions {
   int maxBatchTokens = 2048;     // sizes the workspace; the addon rejects larger steps
   int maxSeqsPerStep = 256;
   int threads = 0;               // cpu: worker threads (0 = hardware concurrency)
+  TensorParallel tp;             // size 1: the whole model on this backend (tensor_parallel.h)
 };
 
 struct KvInfo {
