@@ -17,6 +17,7 @@ export const ErrorCodes = [
   'LLM_ERR_STEP_INVALID', // step descriptor failed a check at the addon boundary
   'LLM_ERR_OUT_OF_MEMORY',
   'LLM_ERR_DEVICE', // CUDA/cuBLAS/NCCL failure
+  'LLM_ERR_TP_ABORTED', // a tensor-parallel group was aborted (a rank failed or timed out); the group restarts
   'LLM_ERR_NO_DEVICE',
   'LLM_ERR_NATIVE_BUILD', // the addon is missing or was built without the asked backend
   // requests and scheduling

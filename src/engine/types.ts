@@ -129,6 +129,17 @@ export interface EngineOptions {
   maxBatchTokens: number; // upper bound on tokens in one step (sizes the workspace)
   maxSeqsPerStep: number;
   threads?: number; // cpu backend worker threads
+  /** Tensor parallelism (native/include/tensor_parallel.h): this engine is rank `rank` of a group of `size` ranks in
+   * this process, which find each other by `group` (unique per start of the group). Absent: the whole model. */
+  tp?: TensorParallelOptions;
+}
+
+export interface TensorParallelOptions {
+  rank: number;
+  size: number;
+  group: string;
+  /** Joining and every collective give up after this long with LLM_ERR_TP_ABORTED (default 300 s). */
+  timeoutMs?: number;
 }
 
 export interface Engine {
