@@ -2,6 +2,10 @@
 // persistent pool. Weights stay memory-mapped in their file dtype (kernels widen them to f32); norms and biases
 // are copied to f32 at creation. The KV pool is f32, laid out per layer as K then V, each
 // [numPages * pageSize, numKvHeads, headDim]: one page of one layer is one contiguous block.
+// Tensor parallelism (tensor_parallel.h): the backend holds its rank's heads, FFN columns and vocabulary rows (the
+// addon sharded the weights); the partial outputs of O and down and the vocab-parallel embedding are all-reduced
+// through the process-wide TpGroup before the residual add, and the LM head's logits are gathered to the full
+// vocabulary, from which every rank samples the same token. The KV pool holds the rank's KV heads.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -26,6 +30,12 @@ constexpr int kQueryTile = 16;     // query tokens per attention work unit
 constexpr int64_t kMlpChunk = 256; // tokens per MLP pass
 
 double hostMemoryBytes() { return (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE); }
+
+/** Worker threads: as asked, else the machine's cores shared among the ranks of this process's group. */
+int threadsFor(const BackendOptions& o) {
+  if (o.threads > 0) return o.threads;
+  return std::max(1, (int)std::thread::hardware_concurrency() / o.tp.size);
+}
 
 std::vector<float> f32Copy(const HostTensor& t) {
   std::vector<float> v;
@@ -72,16 +82,23 @@ struct AttnUnit {
 class CpuBackend final : public Backend {
  public:
   CpuBackend(const ModelDesc& d, const ModelWeights& w, const BackendOptions& o)
-      : d_(d), w_(w), opt_(o), pool_(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency())) {
+      : d_(d), w_(w), opt_(o), pool_(threadsFor(o)) {
     if (o.pageSize < 1) throw EngineError("LLM_ERR_CONFIG", "pageSize must be >= 1, got " + std::to_string(o.pageSize));
     if (o.maxBatchTokens < 1) throw EngineError("LLM_ERR_CONFIG", "maxBatchTokens must be >= 1");
     if (o.maxSeqsPerStep < 1) throw EngineError("LLM_ERR_CONFIG", "maxSeqsPerStep must be >= 1");
+    // A rank joins its group first: should anything below fail, its leaving fails the other ranks at once.
+    if (o.tp.size > 1) group_ = TpGroup::join(o.tp);
+    const ShardLayout& shard = o.tp.shard;
     H_ = d.hiddenSize;
     D_ = d.headDim;
-    QD_ = (int64_t)d.numHeads * D_;
-    KD_ = (int64_t)d.numKvHeads * D_;
-    I_ = d.intermediateSize;
+    numHeads_ = shard.numHeads;
+    numKvHeads_ = shard.numKvHeads;
+    QD_ = (int64_t)numHeads_ * D_;
+    KD_ = (int64_t)numKvHeads_ * D_;
+    I_ = shard.intermediateSize;
     V_ = d.vocabSize;
+    vocabStart_ = shard.vocabStart;
+    localVocab_ = shard.vocabSize;
     for (const LayerWeights& L : w.layers) {
       LayerF32 f;
       f.inputNorm = f32Copy(L.inputNorm);
@@ -116,12 +133,13 @@ class CpuBackend final : public Backend {
     sin_.resize(T * (D_ / 2));
     lastHidden_.resize((int64_t)kLogitsChunk * H_);
     logits_.resize((int64_t)kLogitsChunk * V_);
-    attnScratch_.resize((size_t)pool_.size() * attentionScratchFloats(d.numHeads / d.numKvHeads, D_));
+    if (group_) localLogits_.resize((int64_t)kLogitsChunk * localVocab_);
+    attnScratch_.resize((size_t)pool_.size() * attentionScratchFloats(numHeads_ / numKvHeads_, D_));
     samplingScratch_.resize((size_t)pool_.size() * ((samplingScratchBytes(V_) + 3) / 4));
     units_.reserve(1024);
     workspaceBytes_ = (int64_t)(x_.size() + xn_.size() + q_.size() + k_.size() + v_.size() + attn_.size() + gate_.size() +
                                 up_.size() + cos_.size() + sin_.size() + lastHidden_.size() + logits_.size() +
-                                attnScratch_.size() + samplingScratch_.size()) * 4;
+                                localLogits_.size() + attnScratch_.size() + samplingScratch_.size()) * 4;
 
     const int64_t pageElems = (int64_t)o.pageSize * KD_;
     bytesPerPage_ = (int64_t)d.numLayers * 2 * pageElems * 4;
@@ -130,10 +148,18 @@ class CpuBackend final : public Backend {
     for (const HostTensor* t : allTensors()) weightsBytes += t->numel() * (int64_t)dtypeSize(t->dtype);
     weightsBytes_ = weightsBytes;
     if (numPages_ <= 0) {
-      const double budget = hostBytes * o.memFractionStatic - (double)weightsBytes - (double)workspaceBytes_;
+      // The ranks of a group share the host: each gets its part of the budget.
+      const double budget = hostBytes * o.memFractionStatic / o.tp.size - (double)weightsBytes - (double)workspaceBytes_;
       // No use for more pages than every sequence of a full step at the model's maximum length.
       const double useful = std::ceil((double)o.maxSeqsPerStep * std::max(d.maxPositionEmbeddings, 1) / o.pageSize) + 1;
       numPages_ = (int64_t)std::min({budget / (double)bytesPerPage_, useful, (double)std::numeric_limits<int32_t>::max()});
+      // Page ids mean the same on every rank: the group takes the smallest pool any rank can hold.
+      if (group_)
+        for (const std::vector<uint8_t>& peer : group_->allGather(o.tp.rank, &numPages_, sizeof(numPages_))) {
+          int64_t n;
+          std::memcpy(&n, peer.data(), sizeof(n));
+          numPages_ = std::min(numPages_, n);
+        }
       if (numPages_ < 1)
         throw EngineError("LLM_ERR_OUT_OF_MEMORY", "memFractionStatic " + std::to_string(o.memFractionStatic) +
                                                        " of host memory leaves no room for a KV page after the weights (" +
@@ -180,7 +206,12 @@ class CpuBackend final : public Backend {
         const SeqView& q = s.seqs[chunkSeqs_[j]];
         rmsNorm(&x_[(int64_t)(q.qStart + q.qLen - 1) * H_], finalNorm_.data(), H_, d_.rmsNormEps, &lastHidden_[(int64_t)j * H_]);
       }
-      matmul(pool_, lastHidden_.data(), n, H_, w_.lmHead.data, w_.lmHead.dtype, V, nullptr, logits_.data(), V);
+      if (group_) {
+        matmul(pool_, lastHidden_.data(), n, H_, w_.lmHead.data, w_.lmHead.dtype, localVocab_, nullptr, localLogits_.data(), localVocab_);
+        group_->allGatherVocab(opt_.tp.rank, localLogits_.data(), n, logits_.data());
+      } else {
+        matmul(pool_, lastHidden_.data(), n, H_, w_.lmHead.data, w_.lmHead.dtype, V, nullptr, logits_.data(), V);
+      }
       for (int j = 0; j < n; ++j) {
         const SeqView& q = s.seqs[chunkSeqs_[j]];
         maskBannedLogits(&logits_[(int64_t)j * V], q.banned, q.bannedCount);
@@ -280,8 +311,13 @@ class CpuBackend final : public Backend {
     const float eps = d_.rmsNormEps;
     // Embedding gather and the step's RoPE tables (shared by all layers).
     for (int64_t t = 0; t < T; ++t) {
+      // Vocab-parallel: a token outside this rank's rows embeds to zeros, and the all-reduce below fills it in.
+      const int64_t row = (int64_t)s.tokens[t] - vocabStart_;
       const size_t es = dtypeSize(w_.embed.dtype);
-      toF32(static_cast<const uint8_t*>(w_.embed.data) + (size_t)s.tokens[t] * H * es, w_.embed.dtype, H, &x_[t * H]);
+      if (row >= 0 && row < localVocab_)
+        toF32(static_cast<const uint8_t*>(w_.embed.data) + (size_t)row * H * es, w_.embed.dtype, H, &x_[t * H]);
+      else
+        std::fill(&x_[t * H], &x_[(t + 1) * H], 0.0f);
       const float pos = (float)s.positions[t];
       for (int64_t i = 0; i < half; ++i) {
         const float ang = pos * invFreq_[i];
@@ -289,6 +325,7 @@ class CpuBackend final : public Backend {
         sin_[t * half + i] = (float)std::sin((double)ang);
       }
     }
+    allReduce(x_.data(), T * H);
     buildUnits(s);
     for (int l = 0; l < d_.numLayers; ++l) {
       const LayerWeights& L = w_.layers[l];
@@ -305,12 +342,12 @@ class CpuBackend final : public Backend {
           const int64_t t = q.qStart + j;
           const float* c = &cos_[t * half];
           const float* sn = &sin_[t * half];
-          for (int h = 0; h < d_.numHeads; ++h) {
+          for (int h = 0; h < numHeads_; ++h) {
             float* qh = &q_[t * QD_ + h * D];
             if (d_.qkNorm) rmsNorm(qh, F.qNorm.data(), D, eps, qh);
             applyRope(qh, c, sn);
           }
-          for (int h = 0; h < d_.numKvHeads; ++h) {
+          for (int h = 0; h < numKvHeads_; ++h) {
             float* kh = &k_[t * KD_ + h * D];
             if (d_.qkNorm) rmsNorm(kh, F.kNorm.data(), D, eps, kh);
             applyRope(kh, c, sn);
@@ -323,6 +360,7 @@ class CpuBackend final : public Backend {
       }
       attention(s, K, Vc);
       matmul(pool_, attn_.data(), T, QD_, L.o.data, L.o.dtype, H, nullptr, xn_.data(), H);
+      allReduce(xn_.data(), T * H);  // row-parallel O: partial sums until here
       for (int64_t i = 0; i < T * H; ++i) x_[i] += xn_[i];
       for (int64_t t = 0; t < T; ++t) rmsNorm(&x_[t * H], F.postAttnNorm.data(), H, eps, &xn_[t * H]);
       // The MLP runs in token chunks, so its [tokens, intermediate] buffers stay small for long prefills. Each
@@ -337,9 +375,15 @@ class CpuBackend final : public Backend {
           gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
         }
         matmul(pool_, gate_.data(), n, I_, L.down.data, L.down.dtype, H, nullptr, xin, H);
+        allReduce(xin, n * H);  // row-parallel down
         for (int64_t i = 0; i < n * H; ++i) x_[c0 * H + i] += xin[i];
       }
     }
+  }
+
+  /** Sums a rank's partial result over the group (a no-op without tensor parallelism). */
+  void allReduce(float* data, int64_t n) {
+    if (group_) group_->allReduceSum(opt_.tp.rank, data, (size_t)n);
   }
 
   void buildUnits(const StepView& s) {
@@ -347,21 +391,21 @@ class CpuBackend final : public Backend {
     for (int si = 0; si < s.numSeqs; ++si) {
       const SeqView& q = s.seqs[si];
       for (int32_t t0 = 0; t0 < q.qLen; t0 += kQueryTile)
-        for (int h = 0; h < d_.numKvHeads; ++h) units_.push_back(AttnUnit{si, h, t0, std::min(q.qLen, t0 + kQueryTile)});
+        for (int h = 0; h < numKvHeads_; ++h) units_.push_back(AttnUnit{si, h, t0, std::min(q.qLen, t0 + kQueryTile)});
     }
   }
 
   /** Causal attention of each query token over its sequence's paged K/V (cached prefix + this chunk). */
   void attention(const StepView& s, const float* K, const float* Vc) {
     const int64_t D = D_;
-    const int P = s.pageSize, group = d_.numHeads / d_.numKvHeads;
+    const int P = s.pageSize, group = numHeads_ / numKvHeads_;
     const float scale = 1.0f / std::sqrt((float)D);
     std::atomic<int64_t> next{0};
     const int64_t numUnits = (int64_t)units_.size();
     // Work grows with context length; a single short decode is not worth waking the pool.
     int64_t keys = 0;
     for (int si = 0; si < s.numSeqs; ++si) keys += (int64_t)s.seqs[si].kvLen * s.seqs[si].qLen;
-    const int threads = keys * d_.numHeads * D < (1 << 18) ? 1 : pool_.size();
+    const int threads = keys * numHeads_ * D < (1 << 18) ? 1 : pool_.size();
     const int64_t scratchFloats = attentionScratchFloats(group, D);
     pool_.parallelFor(threads, [&](int64_t, int64_t, int tid) {
       float* scratch = &attnScratch_[(size_t)tid * scratchFloats];
@@ -382,11 +426,13 @@ class CpuBackend final : public Backend {
   ModelWeights w_;
   BackendOptions opt_;
   ThreadPool pool_;
-  int64_t H_, D_, QD_, KD_, I_;
-  int V_;
+  std::shared_ptr<TpGroup> group_;  // null without tensor parallelism
+  int numHeads_, numKvHeads_;       // this rank's query / KV heads
+  int64_t H_, D_, QD_, KD_, I_;     // QD_, KD_, I_: this rank's slice
+  int V_, vocabStart_, localVocab_; // the full vocabulary; this rank's rows of it
   std::vector<LayerF32> layers_;
   std::vector<float> finalNorm_, invFreq_;
-  std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_, cos_, sin_, lastHidden_, logits_, attnScratch_, samplingScratch_;
+  std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_, cos_, sin_, lastHidden_, logits_, localLogits_, attnScratch_, samplingScratch_;
   std::vector<AttnUnit> units_;
   std::vector<int> chunkSeqs_;
   int64_t workspaceBytes_ = 0, weightsBytes_ = 0, bytesPerPage_ = 0, numPages_ = 0;

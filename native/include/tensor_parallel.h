@@ -52,12 +52,15 @@ struct TensorParallel {
  * abort). Every collective is entered by every rank in the same order; each blocks until all ranks arrived. A rank
  * that fails or leaves makes the group unusable: abort() (also called by the addon's tpAbort(group, reason), from any
  * thread) wakes every rank waiting in it, now and later, with EngineError LLM_ERR_TP_ABORTED carrying the reason.
- * Never a hang: every wait is bounded by timeoutSec.
+ * Never a hang: every wait is bounded by timeoutSec (a rank that waits it out aborts the group, naming the ranks it
+ * waited for). Destroying the handle join() returned leaves the group: the others' next wait fails at once, and the
+ * last rank out removes the name, so a group restarted under a new name never meets stale state.
  */
 class TpGroup {
  public:
   static std::shared_ptr<TpGroup> join(const TensorParallel& tp);
-  /** Aborts the live group of that name, if any (a no-op otherwise). */
+  /** Aborts the group of that name: every rank waiting in it fails now, and so does any rank that joins that name
+   *  later (also when no rank has joined yet), so a rank still loading never waits out the timeout alone. */
   static void abort(const std::string& group, const std::string& reason);
 
   virtual ~TpGroup() = default;

@@ -151,6 +151,27 @@ std::vector<TensorRefDesc> parseTensors(const Napi::Object& spec) {
   return out;
 }
 
+/** EngineOptions.tp: the rank's place in its group (the shard layout is filled in once the model desc is known). */
+TensorParallel parseTensorParallel(const Napi::Value& v) {
+  const char* W = "EngineOptions.tp";
+  if (!v.IsObject()) bad("LLM_ERR_CONFIG", "EngineOptions.tp must be an object {rank, size, group, timeoutMs?}");
+  const Napi::Object o = v.As<Napi::Object>();
+  TensorParallel tp;
+  tp.rank = integer(o, W, "rank");
+  tp.size = integer(o, W, "size");
+  tp.group = str(o, W, "group");
+  if (o.Has("timeoutMs") && !o.Get("timeoutMs").IsUndefined()) {
+    const double ms = num(o, W, "timeoutMs");
+    if (!(ms > 0)) bad("LLM_ERR_CONFIG", "EngineOptions.tp.timeoutMs must be > 0, got " + std::to_string(ms));
+    tp.timeoutSec = ms / 1000;
+  }
+  if (tp.size < 1) bad("LLM_ERR_CONFIG", "EngineOptions.tp.size must be >= 1, got " + std::to_string(tp.size));
+  if (tp.rank < 0 || tp.rank >= tp.size)
+    bad("LLM_ERR_CONFIG", "EngineOptions.tp.rank " + std::to_string(tp.rank) + " out of range [0, " + std::to_string(tp.size) + ")");
+  if (tp.size > 1 && tp.group.empty()) bad("LLM_ERR_CONFIG", "EngineOptions.tp.group must be non-empty when tp.size > 1");
+  return tp;
+}
+
 BackendOptions parseOptions(const Napi::Object& o, std::string& backendName) {
   const char* W = "EngineOptions";
   auto cfg = [&](auto fn) {
@@ -179,6 +200,7 @@ BackendOptions parseOptions(const Napi::Object& o, std::string& backendName) {
   atLeast("threads", b.threads, 0);
   if (!(b.memFractionStatic > 0 && b.memFractionStatic <= 1))
     bad("LLM_ERR_CONFIG", "EngineOptions.memFractionStatic must be in (0, 1], got " + std::to_string(b.memFractionStatic));
+  if (o.Has("tp") && !o.Get("tp").IsUndefined()) b.tp = cfg([&] { return parseTensorParallel(o.Get("tp")); });
   return b;
 }
 
@@ -220,7 +242,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject())
         bad("LLM_ERR_BAD_REQUEST", "NativeEngine(spec, options): both arguments must be objects");
       std::string backendName;
-      const BackendOptions opts = parseOptions(info[1].As<Napi::Object>(), backendName);
+      BackendOptions opts = parseOptions(info[1].As<Napi::Object>(), backendName);
       const Napi::Object spec = info[0].As<Napi::Object>();
       const ModelDesc desc = parseDesc(spec);
       const std::vector<TensorRefDesc> tensors = parseTensors(spec);
@@ -231,6 +253,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         bad("LLM_ERR_NATIVE_BUILD", "the native addon was built without the CUDA backend (no CUDA toolkit with cuBLAS at build time, or DYNAMO_SGLANG_CPU_ONLY=1)");
 #endif
       model_ = loadModel(desc, tensors);
+      opts.tp.shard = shardLayout(model_->desc, opts.tp.rank, opts.tp.size);
+      shardWeights(*model_, opts.tp.shard);
 #ifdef DYNAMO_CUDA
       if (backendName == "cuda") backend_ = createCudaBackend(model_->desc, model_->weights, opts);
 #endif
@@ -545,9 +569,21 @@ Napi::Value SampleFromLogitsJs(const Napi::CallbackInfo& info) {
   });
 }
 
+/** tpAbort(group, reason): wakes every rank of that group blocked in a join or a collective, now and later, with
+ *  LLM_ERR_TP_ABORTED (TpGroup::abort). Callable from any thread while ranks are blocked in theirs. */
+Napi::Value TpAbortJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) bad("LLM_ERR_BAD_REQUEST", "tpAbort(group, reason): both must be strings");
+    TpGroup::abort(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value());
+    return env.Undefined();
+  });
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeEngine", EngineWrap::Init(env));
   exports.Set("sampleFromLogits", Napi::Function::New(env, SampleFromLogitsJs));
+  exports.Set("tpAbort", Napi::Function::New(env, TpAbortJs));
   Napi::Array backends = Napi::Array::New(env);
   backends.Set((uint32_t)0, "cpu");
 #ifdef DYNAMO_CUDA

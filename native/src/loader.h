@@ -40,10 +40,14 @@ struct LoadedModel {
   std::vector<std::unique_ptr<MappedFile>> files;
   ModelWeights weights;
   int64_t weightsBytes = 0;
+  std::vector<std::vector<uint8_t>> shardCopies;  // column slices of this rank's shard (shardWeights)
 };
 
 /** Checks ModelDesc, maps the files, finds every tensor the architecture needs and checks its shape and bounds. */
 std::unique_ptr<LoadedModel> loadModel(const ModelDesc& desc, const std::vector<TensorRefDesc>& tensors);
+
+/** Narrows the weights to one rank's slice (tensor_parallel.h); size 1 leaves them untouched. */
+void shardWeights(LoadedModel& model, const ShardLayout& shard);
 
 struct StepLimits {
   int32_t vocabSize, pageSize, maxBatchTokens, maxSeqsPerStep;

@@ -54,6 +54,10 @@ export interface NativeAddon {
   NativeEngine: new (spec: ModelSpec, options: EngineOptions) => NativeEngine;
   /** Test entry: the engine's reference sampler (native/include/sampling.h) on given logits. */
   sampleFromLogits(logits: Float32Array, params: NativeSamplingParams, seedLo: number, seedHi: number, outputIndex: number): NativeSample;
+  /** Tensor parallelism (native/include/tensor_parallel.h): every rank of `group` waiting in a join or a collective
+   * now, or joining it later, fails with LLM_ERR_TP_ABORTED carrying `reason`. Callable while ranks are blocked in
+   * their worker threads. */
+  tpAbort(group: string, reason: string): void;
   /** Backends compiled into this build. */
   backends: BackendKind[];
   stepLayoutVersion: number;

@@ -1,0 +1,109 @@
+// A tensor-parallel group for tests: one engine per rank, each in its own worker_thread as in production, all
+// running the same call. Each call answers with rank 0's value (what the group reports) plus every rank's value
+// and error, so a test can check that all ranks agree and see which one failed.
+import type { Worker } from 'node:worker_threads';
+import { spawnWorker } from '../../actors/worker.js';
+import { LlmError, type ErrorPayload } from '../../src/errors.js';
+import type { EngineOptions, KvPoolInfo, ModelSpec, SeqStep, StepOptions, StepResult } from '../../src/engine/types.js';
+
+export type RankCall =
+  | { op: 'step'; seqs: SeqStep[]; options?: StepOptions }
+  | { op: 'embed'; tokenIds: number[] }
+  | { op: 'exportPages'; pages: number[] }
+  | { op: 'importPages'; pages: number[]; data: Uint8Array }
+  | { op: 'kvInfo' }
+  | { op: 'close' };
+
+export type RankReply = { ok: true; value: unknown } | { ok: false; error: ErrorPayload };
+
+/** One call on every rank: rank 0's value (undefined if it failed), each rank's value and error. */
+export interface RankResults<T> {
+  value: T | undefined;
+  values: (T | undefined)[];
+  errors: (LlmError | undefined)[];
+}
+
+export interface TpGroupOptions {
+  size: number;
+  group: string;
+  timeoutMs?: number;
+  /** The ranks to start (default all): leaving one out makes a group whose rank never joins. */
+  ranks?: readonly number[];
+}
+
+export class TpRanks {
+  private constructor(private readonly workers: Worker[]) {}
+
+  /** Starts the ranks and waits until every one opened its engine or failed to. */
+  static async start(spec: ModelSpec, options: EngineOptions, tp: TpGroupOptions): Promise<{ ranks: TpRanks; opened: RankResults<void> }> {
+    const which = tp.ranks ?? Array.from({ length: tp.size }, (_, r) => r);
+    const workers = which.map((rank) =>
+      spawnWorker(new URL('./tp-rank-worker.ts', import.meta.url), {
+        spec,
+        options: { ...options, tp: { rank, size: tp.size, group: tp.group, timeoutMs: tp.timeoutMs } },
+      }),
+    );
+    const ranks = new TpRanks(workers);
+    const opened = await ranks.collect<void>(workers.map((w) => nextReply(w)));
+    return { ranks, opened };
+  }
+
+  step(seqs: SeqStep[], options?: StepOptions): Promise<RankResults<StepResult>> {
+    return this.call<StepResult>({ op: 'step', seqs, options });
+  }
+
+  embed(tokenIds: number[]): Promise<RankResults<Float32Array>> {
+    return this.call<Float32Array>({ op: 'embed', tokenIds });
+  }
+
+  exportPages(pages: number[]): Promise<RankResults<Uint8Array>> {
+    return this.call<Uint8Array>({ op: 'exportPages', pages });
+  }
+
+  /** data[i] goes to the i-th started rank (KV pages are per rank). */
+  async importPages(pages: number[], data: Uint8Array[]): Promise<RankResults<void>> {
+    return this.collect<void>(this.workers.map((w, i) => send(w, { op: 'importPages', pages, data: data[i] })));
+  }
+
+  kvInfo(): Promise<RankResults<KvPoolInfo>> {
+    return this.call<KvPoolInfo>({ op: 'kvInfo' });
+  }
+
+  /** Closes every engine and ends the threads. */
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => send(w, { op: 'close' })));
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+
+  private call<T>(call: RankCall): Promise<RankResults<T>> {
+    return this.collect<T>(this.workers.map((w) => send(w, call)));
+  }
+
+  private async collect<T>(replies: Promise<RankReply>[]): Promise<RankResults<T>> {
+    const all = await Promise.all(replies);
+    const values = all.map((r) => (r.ok ? (r.value as T) : undefined));
+    const errors = all.map((r) => (r.ok ? undefined : LlmError.fromPayload(r.error)));
+    return { value: values[0], values, errors };
+  }
+}
+
+function nextReply(w: Worker): Promise<RankReply> {
+  return new Promise((resolve, reject) => {
+    const onMessage = (m: RankReply): void => {
+      w.off('error', onError);
+      resolve(m);
+    };
+    const onError = (err: Error): void => {
+      w.off('message', onMessage);
+      reject(err);
+    };
+    w.once('message', onMessage);
+    w.once('error', onError);
+  });
+}
+
+function send(w: Worker, call: RankCall): Promise<RankReply> {
+  const reply = nextReply(w);
+  w.postMessage(call);
+  return reply;
+}
