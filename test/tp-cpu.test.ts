@@ -219,3 +219,14 @@ t.test('tpAbort from the main thread wakes a rank blocked in join, and the name 
   t.teardown(() => late.ranks.close());
   t.equal(late.opened.errors[0]?.code, 'LLM_ERR_TP_ABORTED', 'a rank joining the aborted name fails at once');
 });
+
+t.test('a rank that leaves fails the others\' next step with LLM_ERR_TP_ABORTED naming it', async (t) => {
+  const spec = modelOf('llama');
+  const { ranks, opened } = await TpRanks.start(spec, options, { size: 2, group: groupName('leave') });
+  t.teardown(() => ranks.close());
+  t.same(opened.errors, [undefined, undefined]);
+  await ranks.closeRank(1);
+  const r = await ranks.step([{ tokenIds: [1, 2, 3], startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }]);
+  t.equal(r.errors[0]?.code, 'LLM_ERR_TP_ABORTED');
+  t.match(r.errors[0]?.message, /rank 1 left the group/, r.errors[0]?.message ?? 'no error');
+});

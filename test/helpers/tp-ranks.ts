@@ -16,7 +16,8 @@ export type RankCall =
 
 export type RankReply = { ok: true; value: unknown } | { ok: false; error: ErrorPayload };
 
-/** One call on every rank: rank 0's value (undefined if it failed), each rank's value and error. */
+/** One call on every running rank: the lowest rank's value (rank 0's unless it was left out or closed; undefined if
+ *  it failed), and each running rank's value and error, in rank order. */
 export interface RankResults<T> {
   value: T | undefined;
   values: (T | undefined)[];
@@ -32,19 +33,22 @@ export interface TpGroupOptions {
 }
 
 export class TpRanks {
-  private constructor(private readonly workers: Worker[]) {}
+  private constructor(private readonly workers: Map<number, Worker>) {}
 
   /** Starts the ranks and waits until every one opened its engine or failed to. */
   static async start(spec: ModelSpec, options: EngineOptions, tp: TpGroupOptions): Promise<{ ranks: TpRanks; opened: RankResults<void> }> {
     const which = tp.ranks ?? Array.from({ length: tp.size }, (_, r) => r);
-    const workers = which.map((rank) =>
-      spawnWorker(new URL('./tp-rank-worker.ts', import.meta.url), {
-        spec,
-        options: { ...options, tp: { rank, size: tp.size, group: tp.group, timeoutMs: tp.timeoutMs } },
-      }),
+    const workers = new Map(
+      [...which].sort((a, b) => a - b).map((rank) => [
+        rank,
+        spawnWorker(new URL('./tp-rank-worker.ts', import.meta.url), {
+          spec,
+          options: { ...options, tp: { rank, size: tp.size, group: tp.group, timeoutMs: tp.timeoutMs } },
+        }),
+      ]),
     );
     const ranks = new TpRanks(workers);
-    const opened = await ranks.collect<void>(workers.map((w) => nextReply(w)));
+    const opened = await ranks.collect<void>([...workers.values()].map((w) => nextReply(w)));
     return { ranks, opened };
   }
 
@@ -60,23 +64,31 @@ export class TpRanks {
     return this.call<Uint8Array>({ op: 'exportPages', pages });
   }
 
-  /** data[i] goes to the i-th started rank (KV pages are per rank). */
-  async importPages(pages: number[], data: Uint8Array[]): Promise<RankResults<void>> {
-    return this.collect<void>(this.workers.map((w, i) => send(w, { op: 'importPages', pages, data: data[i] })));
+  /** data[i] goes to the i-th running rank (KV pages are per rank). */
+  importPages(pages: number[], data: Uint8Array[]): Promise<RankResults<void>> {
+    return this.collect<void>([...this.workers.values()].map((w, i) => send(w, { op: 'importPages', pages, data: data[i] })));
   }
 
   kvInfo(): Promise<RankResults<KvPoolInfo>> {
     return this.call<KvPoolInfo>({ op: 'kvInfo' });
   }
 
+  /** Closes one rank's engine (it leaves the group) and ends its thread; later calls go to the others. */
+  async closeRank(rank: number): Promise<void> {
+    const w = this.workers.get(rank);
+    if (!w) return;
+    this.workers.delete(rank);
+    await send(w, { op: 'close' });
+    await w.terminate();
+  }
+
   /** Closes every engine and ends the threads. */
   async close(): Promise<void> {
-    await Promise.all(this.workers.map((w) => send(w, { op: 'close' })));
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    await Promise.all([...this.workers.keys()].map((rank) => this.closeRank(rank)));
   }
 
   private call<T>(call: RankCall): Promise<RankResults<T>> {
-    return this.collect<T>(this.workers.map((w) => send(w, call)));
+    return this.collect<T>([...this.workers.values()].map((w) => send(w, call)));
   }
 
   private async collect<T>(replies: Promise<RankReply>[]): Promise<RankResults<T>> {
