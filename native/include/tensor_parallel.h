@@ -13,8 +13,10 @@
 //    embeds to zeros before the all-reduce; logits are gathered to the full vocabulary on every rank and every
 //    rank samples the same token from them (same seed, same Philox stream), so rank 0's answer stands for all.
 //  - norms (and q/k norms) are replicated; QKV biases follow their rows.
-// The addon shards the weights once at load (host copies of the slices in the file dtype) and passes backends the
-// global ModelDesc, weights with local shapes, and BackendOptions.tp with the layout filled in.
+// The addon shards the weights once at load, in the file dtype (native/src/shard.cpp: row slices stay views into the
+// memory-mapped file, the column slices of O and down are host copies), and passes backends the global ModelDesc,
+// weights with local shapes, and BackendOptions.tp with the layout filled in. A backend with tp.size > 1 joins the
+// group itself (TpGroup::join) and keeps the handle for its lifetime.
 #pragma once
 #include <cstddef>
 #include <cstdint>
