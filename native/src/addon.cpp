@@ -13,6 +13,9 @@
 #include "backend.h"
 #include "loader.h"
 #include "sampling.h"
+#ifdef DYNAMO_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 namespace dsg {
 namespace {
@@ -580,10 +583,24 @@ Napi::Value TpAbortJs(const Napi::CallbackInfo& info) {
   });
 }
 
+/** CUDA devices this process sees (0 in a CPU-only build, or when the driver finds none): what the topology checks
+ *  --tp-size and --base-gpu-id against before it starts any rank. Creates no context. */
+Napi::Value CudaDeviceCountJs(const Napi::CallbackInfo& info) {
+  int n = 0;
+#ifdef DYNAMO_CUDA
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    n = 0;
+  }
+#endif
+  return Napi::Number::New(info.Env(), n);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeEngine", EngineWrap::Init(env));
   exports.Set("sampleFromLogits", Napi::Function::New(env, SampleFromLogitsJs));
   exports.Set("tpAbort", Napi::Function::New(env, TpAbortJs));
+  exports.Set("cudaDeviceCount", Napi::Function::New(env, CudaDeviceCountJs));
   Napi::Array backends = Napi::Array::New(env);
   backends.Set((uint32_t)0, "cpu");
 #ifdef DYNAMO_CUDA

@@ -58,6 +58,8 @@ export interface NativeAddon {
    * now, or joining it later, fails with LLM_ERR_TP_ABORTED carrying `reason`. Callable while ranks are blocked in
    * their worker threads. */
   tpAbort(group: string, reason: string): void;
+  /** CUDA devices this process sees; 0 in a CPU-only build. */
+  cudaDeviceCount(): number;
   /** Backends compiled into this build. */
   backends: BackendKind[];
   stepLayoutVersion: number;
@@ -94,6 +96,15 @@ export function loadAddon(): NativeAddon {
     });
   }
   return cached;
+}
+
+/** CUDA devices present (0 when the addon is missing or CPU-only). */
+export function cudaDevicesPresent(): number {
+  try {
+    return loadAddon().cudaDeviceCount();
+  } catch {
+    return 0;
+  }
 }
 
 /** Backends compiled into the addon; empty when the addon is missing. */
