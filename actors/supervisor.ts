@@ -10,8 +10,8 @@ import { PreprocessedRequestSchema, type PreprocessedRequest } from '../src/prot
 import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { parseWire } from '../src/protocol/validate.js';
 import type { HandOver, RadixEvent, RequestOutput, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
-import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../src/disagg/prefix.js';
-import type { EngineSummary } from './messages.js';
+import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../src/scheduler/kv-transfer.js';
+import type { EngineSummary } from '../src/engine/summary.js';
 import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
 import type { RankEngineInit } from './rank-engine.js';
 import { SchedulerHandle, type SchedulerHookInit } from './scheduler.js';
@@ -181,7 +181,7 @@ export class Supervisor {
   }
 
   /** Disaggregated prefill: copies the KV a request generated with `parkKvAs: key` left parked (its prompt
-   * tokenIds' pages) to the host, ordered after every step already submitted, and releases it (src/disagg/prefix.ts,
+   * tokenIds' pages) to the host, ordered after every step already submitted, and releases it (src/scheduler/kv-transfer.ts,
    * run in the scheduler's thread). */
   exportParked(key: string, tokenIds: number[]): Promise<PrefixPages> {
     if (!this.core) return Promise.reject(this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running'));
