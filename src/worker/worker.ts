@@ -73,8 +73,8 @@ function checkSupported(config: WorkerConfig): void {
   if (config.workerKind !== 'llm') {
     throw new LlmError('LLM_ERR_CONFIG', `worker kind "${config.workerKind}" (embedding / multimodal) is not available in this build yet`);
   }
-  if (config.tpSize !== 1 || config.dpSize !== 1 || config.nnodes !== 1) {
-    throw new LlmError('LLM_ERR_CONFIG', `--tp-size ${config.tpSize} --dp-size ${config.dpSize} --nnodes ${config.nnodes}: only a single rank (1/1/1) is available in this build yet`);
+  if (config.dpSize !== 1 || config.nnodes !== 1) {
+    throw new LlmError('LLM_ERR_CONFIG', `--dp-size ${config.dpSize} --nnodes ${config.nnodes}: only one data-parallel group on one node (--dp-size 1 --nnodes 1) is available in this build yet`);
   }
 }
 
@@ -112,19 +112,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   log(`loading model ${config.modelPath} (device ${config.device}) ...`);
   const t0 = performance.now();
   const tokenizer = await resources.open(() => loadTokenizer(config.modelPath, config.tokenizerPath));
-  const supervisor = await resources.open(() => Supervisor.start({
-    modelPath: config.modelPath,
-    device: config.device,
-    contextLength: config.contextLength,
-    pageSize: config.pageSize,
-    memFractionStatic: config.memFractionStatic,
-    maxRunningRequests: config.maxRunningRequests,
-    maxPrefillTokens: config.maxPrefillTokens,
-    chunkedPrefillSize: config.chunkedPrefillSize,
-    disableOverlapSchedule: config.disableOverlapSchedule,
-    cpuThreads: config.cpuThreads,
-    seed: config.seed,
-  }), (sup) => sup.stop());
+  const supervisor = await resources.open(() => Supervisor.start(config), (sup) => sup.stop());
   const loadSeconds = (performance.now() - t0) / 1000;
   const engine = supervisor.engine;
   log(`model loaded in ${loadSeconds.toFixed(2)} s: ${engine.backend} backend, KV pool ${engine.kv.numPages} pages of ${engine.kv.pageSize} tokens (${(engine.kv.numPages * engine.kv.bytesPerPage / 2 ** 20).toFixed(1)} MiB)`);
