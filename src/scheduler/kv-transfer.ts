@@ -152,7 +152,7 @@ export type DisaggKvOp =
   | { op: 'pullBegin'; tokenIds: number[]; parkAs: string | null; remote: number; srcPages: number[] }
   /** Decode: adopt the pulled pages (the prefill side released its own) or free them. */
   | { op: 'pullEnd'; importId: number; commit: boolean }
-  /** Pool export, open, close (actors/rank.ts). */
+  /** Pool export, open, close (src/engine/summary.ts KvIpcOp, run by the rank). */
   | { op: 'ipc'; request: KvIpcOp };
 
 export type DisaggKvReply =

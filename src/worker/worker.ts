@@ -143,7 +143,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     canary?.noteActivity();
     let unlinkRequest = (): void => undefined;
     try {
-      const request = serving.accept(raw);
+      const accepted = serving.accept(raw);
       if (shutdownController.signal.aborted) throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} is shutting down`);
       // One controller per request linked to the caller's and the worker's signals, its listeners removed when the
       // request ends (AbortSignal.any would leave one on the long-lived shutdown signal per request until GC).
@@ -157,7 +157,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
       };
       if (ctx.signal.aborted) linked.abort();
       const signal = linked.signal;
-      for await (const chunk of request({ signal, requestId: ctx.id })) {
+      for await (const chunk of accepted({ signal, requestId: ctx.id })) {
         if (shutdownController.signal.aborted && !ctx.signal.aborted) {
           throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} shut down before the request finished`);
         }
