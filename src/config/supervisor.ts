@@ -50,7 +50,8 @@ export const ACTOR_DEFAULTS: Readonly<ActorSettings> = Object.freeze({
 });
 
 /** What the supervisor takes: modelPath, any of the flag fields and actor settings. */
-export interface SupervisorConfig extends Pick<WorkerConfig, 'modelPath'>, Partial<Pick<WorkerConfig, SupervisorFlagField>>, Partial<ActorSettings> {
+export interface SupervisorConfig
+  extends Pick<WorkerConfig, 'modelPath'>, Partial<Pick<WorkerConfig, SupervisorFlagField>>, Partial<ActorSettings> {
   /** KV pool size in pages; when absent the engine sizes it from memFractionStatic. */
   numPages?: number | null;
   /** The rank's engine factory: a module exporting createEngine(init), and its init. Defaults to the native engine
@@ -68,7 +69,9 @@ type ChosenField = keyof typeof CHOSEN_WHEN_UNSET;
 
 /** Every setting decided: what the supervisor reads. */
 export interface ResolvedSupervisorConfig
-  extends Pick<WorkerConfig, 'modelPath' | Exclude<SupervisorFlagField, ChosenField>>, ActorSettings, Pick<SupervisorConfig, 'engineFactory' | 'schedulerHook'> {
+  extends Pick<WorkerConfig, 'modelPath' | Exclude<SupervisorFlagField, ChosenField>>,
+    ActorSettings,
+    Pick<SupervisorConfig, 'engineFactory' | 'schedulerHook'> {
   maxRunningRequests: number;
   /** -1: no chunking. */
   chunkedPrefillSize: number;
