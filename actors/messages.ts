@@ -1,20 +1,7 @@
-// The vocabulary every actor shares: engine summaries, the per-step wire forms, and the transfer lists that move
-// step buffers between threads without copying. Each actor's own inbox union lives beside the actor.
-import type { BackendKind, KvPoolInfo, SeqStep } from '../src/engine/types.js';
+// The vocabulary every actor shares: the per-step wire forms, and the transfer lists that move step buffers between
+// threads without copying (engine summaries: src/engine/summary.ts). Each actor's own inbox union lives beside it.
+import type { SeqStep } from '../src/engine/types.js';
 export type { ErrorPayload } from '../src/errors.js';
-
-/** What a rank reports once its engine is open: enough for the scheduler to size itself and check requests. */
-export interface EngineSummary {
-  backend: BackendKind;
-  kv: KvPoolInfo;
-  vocabSize: number;
-  eosTokenIds: number[];
-  maxPositionEmbeddings: number;
-  /** KV layout beyond the pool info: what a disaggregated transfer checks on both sides. */
-  numLayers: number;
-  numKvHeads: number;
-  headDim: number;
-}
 
 /** A whole step in two flat buffers, so that crossing to the rank transfers two buffers however many sequences
  * the step holds (cloning hundreds of small objects and buffers per step costs milliseconds).

@@ -16,19 +16,12 @@
 import { appendFileSync } from 'node:fs';
 import { isMainThread, parentPort, receiveMessageOnPort, workerData, type MessagePort, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
-import type { Engine, KvIpcPool, KvPullStats, SeqStep, StepResult } from '../src/engine/types.js';
+import type { Engine, SeqStep, StepResult } from '../src/engine/types.js';
+import type { EngineSummary, KvIpcOp, KvIpcReply } from '../src/engine/summary.js';
 import { resolvePlaceholders } from '../src/scheduler/placeholder.js';
 import type { StepExecutor } from '../src/scheduler/scheduler.js';
-import { packSteps, unpackSteps, unreachable, type EngineSummary, type StepPack } from './messages.js';
+import { packSteps, unpackSteps, unreachable, type StepPack } from './messages.js';
 import { OpTable, awaitStarted, siblingModule, spawnWorker } from './worker.js';
-
-/** GPU-to-GPU KV transfer ops (Engine.kvIpc*), and what each answers. */
-export type KvIpcOp =
-  | { op: 'export' }
-  | { op: 'open'; pool: KvIpcPool }
-  | { op: 'pull'; remote: number; srcPages: Int32Array; srcToken0: number; dstPages: Int32Array; numTokens: number }
-  | { op: 'close'; remote: number };
-export type KvIpcReply<O extends KvIpcOp> = O extends { op: 'export' } ? KvIpcPool : O extends { op: 'open' } ? number : O extends { op: 'pull' } ? KvPullStats : null;
 
 /** The rank's inbox. Page copies and KV IPC ops (disaggregated KV transfer) run in the same order as steps. */
 export type RankInbox =

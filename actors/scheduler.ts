@@ -17,11 +17,12 @@
 import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import type { SeqStep, StepResult } from '../src/engine/types.js';
-import { DisaggKvOps, exportParked, importPrefix, type DisaggKvOp, type DisaggKvReply, type PrefixPages } from '../src/disagg/prefix.js';
+import { DisaggKvOps, exportParked, importPrefix, type DisaggKvOp, type DisaggKvReply, type PrefixPages } from '../src/scheduler/kv-transfer.js';
 import {
   Scheduler, type OutputSink, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest, type SchedulerStats, type StepExecutor,
 } from '../src/scheduler/scheduler.js';
-import { unreachable, type EngineSummary } from './messages.js';
+import type { EngineSummary } from '../src/engine/summary.js';
+import { unreachable } from './messages.js';
 import type { MetricsActor, SchedulerLoad, StepSample } from './metrics.js';
 import { RankHandle, type StepTiming } from './rank.js';
 import { OpTable, awaitStarted, siblingModule, spawnWorker } from './worker.js';
@@ -41,7 +42,7 @@ export type SchedulerInbox =
 export type SchedulerOp =
   /** The KV parked under key (a finished prefill's prompt, tokenIds), copied to the host, then released. */
   | { kind: 'exportParked'; key: string; tokenIds: number[] }
-  /** Transferred KV imported; parked under parkAs for the request submitted with it (src/disagg/prefix.ts). */
+  /** Transferred KV imported; parked under parkAs for the request submitted with it (src/scheduler/kv-transfer.ts). */
   | { kind: 'importPrefix'; prefix: PrefixPages; parkAs: string | null }
   | { kind: 'disaggKv'; op: DisaggKvOp }
   | { kind: 'checkIntegrity' };
@@ -452,7 +453,7 @@ export class SchedulerHandle {
     return r.pages;
   }
 
-  /** Disaggregated GPU-path KV ops (src/disagg/prefix.ts DisaggKvOps), in the scheduler's thread. */
+  /** Disaggregated GPU-path KV ops (src/scheduler/kv-transfer.ts DisaggKvOps), in the scheduler's thread. */
   async disaggKv(op: DisaggKvOp): Promise<DisaggKvReply> {
     const r = await this.op({ kind: 'disaggKv', op });
     if (r.kind !== 'disaggKv') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered disaggKv with ${r.kind}`);

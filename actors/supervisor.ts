@@ -4,50 +4,18 @@
 // error, then the supervisor restarts the core (scheduler + rank), up to maxRestarts times; past that it shuts
 // down and every later call fails with the last error. Requests that arrive during a restart wait for it.
 import { randomUUID } from 'node:crypto';
+import { resolveSupervisorConfig, type ResolvedSupervisorConfig, type SupervisorConfig } from '../src/config/supervisor.js';
 import { LlmError } from '../src/errors.js';
 import { MAX_TOP_LOGPROBS } from '../src/engine/step.js';
 import { PreprocessedRequestSchema, type PreprocessedRequest } from '../src/protocol/request.js';
 import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { parseWire } from '../src/protocol/validate.js';
 import type { HandOver, RadixEvent, RequestOutput, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
-import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../src/disagg/prefix.js';
-import type { EngineSummary } from './messages.js';
+import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../src/scheduler/kv-transfer.js';
+import type { EngineSummary } from '../src/engine/summary.js';
 import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
 import type { RankEngineInit } from './rank-engine.js';
-import { SchedulerHandle, type SchedulerHookInit } from './scheduler.js';
-
-/** Supervisor settings. Names and defaults follow the worker flags (src/config/schema.ts), so a resolved
- * WorkerConfig can be passed as is; only modelPath is required. */
-export interface SupervisorConfig {
-  modelPath: string;
-  device?: 'cpu' | 'cuda' | 'auto';
-  contextLength?: number | null;
-  pageSize?: number;
-  /** KV pool size in pages; when absent the engine sizes it from memFractionStatic. */
-  numPages?: number | null;
-  memFractionStatic?: number | null;
-  maxRunningRequests?: number | null;
-  maxPrefillTokens?: number;
-  /** -1: no chunking. */
-  chunkedPrefillSize?: number | null;
-  disableOverlapSchedule?: boolean;
-  disableRadixCache?: boolean;
-  cpuThreads?: number | null;
-  seed?: number | null;
-  /** A step not answered within this many ms marks the rank hung (default 120 s). */
-  stepTimeoutMs?: number;
-  /** A scheduler thread whose event loop is blocked this long is hung (default 30 s). */
-  schedulerTimeoutMs?: number;
-  /** Engine start-up (model load) limit in ms (default 600 s). */
-  startTimeoutMs?: number;
-  /** Rank restarts after a crash or hang before the supervisor gives up (default 2). */
-  maxRestarts?: number;
-  /** The rank's engine factory: a module URL exporting createEngine(init), and its init. Defaults to the native
-   * engine over modelPath (actors/rank-engine.ts); tests pass a fake engine here. */
-  engineFactory?: { module: string; init: unknown };
-  /** A module the scheduler thread calls before each step (tests: faults in the scheduler thread). */
-  schedulerHook?: SchedulerHookInit;
-}
+import { SchedulerHandle } from './scheduler.js';
 
 /** A load snapshot for metrics and routing (reference §5.2: KV usage, requests). kvUsedPages counts pages held by
  * requests or the prefix cache; kvEvictablePages, the cached ones no request uses (reclaimable). */
@@ -63,23 +31,10 @@ export interface GenerateOptions {
   handOver?: HandOver;
 }
 
-const DEFAULTS = {
-  device: 'auto',
-  pageSize: 16,
-  memFractionStatic: 0.85,
-  maxRunningRequests: 256,
-  maxPrefillTokens: 16384,
-  chunkedPrefillSize: 8192,
-  stepTimeoutMs: 120_000,
-  schedulerTimeoutMs: 30_000,
-  startTimeoutMs: 600_000,
-  maxRestarts: 2,
-} as const;
-
 export class Supervisor {
   /** Step, request and load samples from every scheduler this supervisor started. */
   readonly metrics = new MetricsActor();
-  private readonly config: SupervisorConfig;
+  private readonly config: ResolvedSupervisorConfig;
   private readonly schedulerOptions: SchedulerOptions;
   private core: SchedulerHandle | null = null;
   /** Resolves when the current (re)start is done. */
@@ -90,18 +45,16 @@ export class Supervisor {
   private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
 
   private constructor(config: SupervisorConfig) {
-    this.config = config;
-    const maxRunning = config.maxRunningRequests ?? DEFAULTS.maxRunningRequests;
-    const maxPrefill = config.maxPrefillTokens ?? DEFAULTS.maxPrefillTokens;
-    const chunk = config.chunkedPrefillSize ?? DEFAULTS.chunkedPrefillSize;
+    this.config = resolveSupervisorConfig(config);
+    const c = this.config;
     this.schedulerOptions = {
-      maxRunningRequests: maxRunning,
-      chunkedPrefillSize: chunk === -1 ? 0 : chunk,
-      maxPrefillTokens: maxPrefill,
-      maxBatchTokens: maxPrefill + maxRunning,
-      maxSeqsPerStep: maxRunning,
-      enableOverlap: !config.disableOverlapSchedule,
-      enablePrefixCache: !config.disableRadixCache,
+      maxRunningRequests: c.maxRunningRequests,
+      chunkedPrefillSize: c.chunkedPrefillSize === -1 ? 0 : c.chunkedPrefillSize,
+      maxPrefillTokens: c.maxPrefillTokens,
+      maxBatchTokens: c.maxPrefillTokens + c.maxRunningRequests,
+      maxSeqsPerStep: c.maxRunningRequests,
+      enableOverlap: !c.disableOverlapSchedule,
+      enablePrefixCache: !c.disableRadixCache,
     };
     this.ready = Promise.resolve();
   }
@@ -181,7 +134,7 @@ export class Supervisor {
   }
 
   /** Disaggregated prefill: copies the KV a request generated with `parkKvAs: key` left parked (its prompt
-   * tokenIds' pages) to the host, ordered after every step already submitted, and releases it (src/disagg/prefix.ts,
+   * tokenIds' pages) to the host, ordered after every step already submitted, and releases it (src/scheduler/kv-transfer.ts,
    * run in the scheduler's thread). */
   exportParked(key: string, tokenIds: number[]): Promise<PrefixPages> {
     if (!this.core) return Promise.reject(this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running'));
@@ -213,32 +166,30 @@ export class Supervisor {
 
   private startCore(): Promise<SchedulerHandle> {
     const c = this.config;
-    const pageSize = c.pageSize ?? DEFAULTS.pageSize;
     const init: RankEngineInit = {
       modelPath: c.modelPath,
-      device: c.device ?? DEFAULTS.device,
+      device: c.device,
       options: {
         deviceId: 0,
-        pageSize,
+        pageSize: c.pageSize,
         ...(c.numPages ? { numPages: c.numPages } : {}),
-        memFractionStatic: c.memFractionStatic ?? DEFAULTS.memFractionStatic,
+        memFractionStatic: c.memFractionStatic,
         maxBatchTokens: this.schedulerOptions.maxBatchTokens,
         maxSeqsPerStep: this.schedulerOptions.maxSeqsPerStep,
         ...(c.cpuThreads ? { threads: c.cpuThreads } : {}),
       },
     };
-    const startTimeoutMs = c.startTimeoutMs ?? DEFAULTS.startTimeoutMs;
     return SchedulerHandle.spawn({
       options: this.schedulerOptions,
       rank: {
         rank: 0,
         ...(c.engineFactory ? { engineModule: c.engineFactory.module } : {}),
         engineInit: c.engineFactory ? c.engineFactory.init : init,
-        stepTimeoutMs: c.stepTimeoutMs ?? DEFAULTS.stepTimeoutMs,
-        startTimeoutMs,
+        stepTimeoutMs: c.stepTimeoutMs,
+        startTimeoutMs: c.startTimeoutMs,
       },
-      hangTimeoutMs: c.schedulerTimeoutMs ?? DEFAULTS.schedulerTimeoutMs,
-      startTimeoutMs,
+      hangTimeoutMs: c.schedulerTimeoutMs,
+      startTimeoutMs: c.startTimeoutMs,
       ...(c.schedulerHook ? { hook: c.schedulerHook } : {}),
       metrics: this.metrics,
       onFailure: (err, core) => this.onCoreFailure(core, err),
@@ -254,7 +205,7 @@ export class Supervisor {
     this.core = null;
     this.ready = (async () => {
       await core.close(1000);
-      if (this.restarts >= (this.config.maxRestarts ?? DEFAULTS.maxRestarts) || this.stopped) {
+      if (this.restarts >= this.config.maxRestarts || this.stopped) {
         this.failure = error;
         return;
       }

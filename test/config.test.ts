@@ -56,6 +56,17 @@ t.test('defaults', async (t) => {
   t.same(c.endpointTypes, ['chat', 'completions']);
   t.equal(c.enableLocalIndexer, true);
   t.equal(c.useKvEvents, false);
+  t.same([c.tpSize, c.baseGpuId, c.disableRadixCache], [1, 0, false]);
+});
+
+t.test('tensor parallel, first GPU and radix cache flags', async (t) => {
+  const c = resolve([...M, '--tp', '4', '--base-gpu-id', '2', '--disable-radix-cache']);
+  t.same([c.tpSize, c.baseGpuId, c.disableRadixCache], [4, 2, true]);
+  const e = resolve(M, { DYN_SGL_TP_SIZE: '2', DYN_SGL_BASE_GPU_ID: '1', DYN_SGL_DISABLE_RADIX_CACHE: 'true' });
+  t.same([e.tpSize, e.baseGpuId, e.disableRadixCache], [2, 1, true]);
+  const y = resolve(['--config', file('tp.yaml', 'model-path: m\ntp-size: 2\nbase-gpu-id: 6\ndisable-radix-cache: true\n')]);
+  t.same([y.tpSize, y.baseGpuId, y.disableRadixCache], [2, 6, true]);
+  usage(t, [...M, '--base-gpu-id', '-1'], {}, '--base-gpu-id: expected an integer >= 0, got "-1"');
 });
 
 t.test('precedence: flag > env > YAML > default, for several keys', async (t) => {
@@ -263,6 +274,7 @@ t.test('every example YAML in config/ resolves to the mode it is named for', asy
     'multimodal-worker.yaml': { mode: 'aggregated', kind: 'multimodal-worker', endpoint: 'dynamo.backend.generate' },
     'multinode-leader.yaml': { mode: 'aggregated', kind: 'llm', endpoint: 'dynamo.backend.generate', nodeRank: 0 },
     'multinode-follower.yaml': { mode: 'aggregated', kind: 'llm', endpoint: 'dynamo.backend.generate', nodeRank: 1 },
+    'tensor-parallel.yaml': { mode: 'aggregated', kind: 'llm', endpoint: 'dynamo.backend.generate' },
   };
   const present = readdirSync(join(repo, 'config')).filter((f) => f.endsWith('.yaml')).sort();
   t.same(present, Object.keys(expected).sort(), 'one example per mode, no others');

@@ -9,7 +9,7 @@
 // compute (the decode side recomputes the tail, the older path), and a cancelled decode stream.
 import t, { type Test } from 'tap';
 import { fileURLToPath } from 'node:url';
-import { exportParked, importPrefix, type PageCopier } from '../src/disagg/prefix.js';
+import { exportParked, importPrefix, type PageCopier } from '../src/scheduler/kv-transfer.js';
 import type { HandOver, Scheduler, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
 import { fakeLogprob, referenceOutput, type FakeEngine } from './fixtures/fake-engine.js';
 import { runRequest, schedulerRequest, startScheduler, tokensOf } from './helpers/scheduler-harness.js';

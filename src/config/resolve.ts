@@ -22,6 +22,7 @@ import {
   type ParsedFlag,
 } from '../cli/args.js';
 import {
+  flagDefault,
   KV_EVENTS_DEFAULTS,
   WORKER_FLAGS,
   WorkerConfigSchema,
@@ -132,7 +133,7 @@ function mergeLayers(layers: readonly Layer[]): Map<SettingKey, Setting> {
       chosen = { value: normalized(first), given: first };
       break;
     }
-    out.set(setting, chosen ?? { value: specs.find((s) => s.default !== null)?.default ?? null, given: null });
+    out.set(setting, chosen ?? { value: flagDefault(setting), given: null });
   }
   return out;
 }
@@ -292,6 +293,7 @@ function derive(settings: Map<SettingKey, Setting>, env: NodeJS.ProcessEnv, cwd:
     durableKvEvents,
     enableLocalIndexer: !durableKvEvents && servingMode !== 'decode',
     tpSize,
+    baseGpuId: num('baseGpuId'),
     dpSize: num('dpSize'),
     nnodes,
     nodeRank,
@@ -303,6 +305,7 @@ function derive(settings: Map<SettingKey, Setting>, env: NodeJS.ProcessEnv, cwd:
     chunkedPrefillSize: optNum('chunkedPrefillSize'),
     memFractionStatic: optNum('memFractionStatic'),
     disableOverlapSchedule: bool('disableOverlapSchedule'),
+    disableRadixCache: bool('disableRadixCache'),
     cpuThreads: optNum('cpuThreads'),
     seed: optNum('seed'),
     disaggregationBootstrapPort: optNum('disaggregationBootstrapPort'),

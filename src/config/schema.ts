@@ -130,6 +130,7 @@ export const WorkerConfigSchema = Type.Object(
     enableLocalIndexer: Type.Boolean(),
     // parallelism and multi-node
     tpSize: PositiveInt,
+    baseGpuId: Type.Integer({ minimum: 0 }),
     dpSize: PositiveInt,
     nnodes: PositiveInt,
     nodeRank: Type.Integer({ minimum: 0 }),
@@ -142,6 +143,7 @@ export const WorkerConfigSchema = Type.Object(
     chunkedPrefillSize: nullable(Type.Union([Type.Literal(-1), PositiveInt])),
     memFractionStatic: nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 })),
     disableOverlapSchedule: Type.Boolean(),
+    disableRadixCache: Type.Boolean(),
     cpuThreads: nullable(PositiveInt),
     seed: nullable(Type.Integer({ minimum: 0 })),
     // disaggregation
@@ -273,6 +275,8 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
   // parallelism
   { name: 'tp-size', aliases: ['tp'], setting: 'tpSize', ...int(), env: 'DYN_SGL_TP_SIZE', default: 1, defaultText: '1', group: G_PARALLEL,
     help: 'Tensor-parallel degree (GPUs per model replica, across all nodes).' },
+  { name: 'base-gpu-id', setting: 'baseGpuId', ...int(Type.Integer({ minimum: 0 })), env: 'DYN_SGL_BASE_GPU_ID', default: 0, defaultText: '0', group: G_PARALLEL,
+    help: 'First CUDA device of this worker: tensor-parallel rank r runs on device base-gpu-id + r (several workers on one machine).' },
   { name: 'dp-size', setting: 'dpSize', ...int(), env: 'DYN_SGL_DP_SIZE', default: 1, defaultText: '1', group: G_PARALLEL,
     help: 'Data-parallel replicas behind this worker; published as data_parallel_size.' },
   { name: 'nnodes', setting: 'nnodes', ...int(), env: 'DYN_SGL_NNODES', default: 1, defaultText: '1', group: G_PARALLEL,
@@ -299,6 +303,8 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
     help: 'Fraction of device memory for weights plus the KV pool.' },
   { name: 'disable-overlap-schedule', setting: 'disableOverlapSchedule', ...bool, env: 'DYN_SGL_DISABLE_OVERLAP_SCHEDULE', default: false, defaultText: 'false', group: G_SCHED,
     help: 'Build each step only after the previous one finished (no CPU/GPU overlap).' },
+  { name: 'disable-radix-cache', setting: 'disableRadixCache', ...bool, env: 'DYN_SGL_DISABLE_RADIX_CACHE', default: false, defaultText: 'false', group: G_SCHED,
+    help: 'Turn the radix prefix cache off: every request computes its whole prompt.' },
   { name: 'cpu-threads', setting: 'cpuThreads', ...int(), env: 'DYN_SGL_CPU_THREADS', default: null, defaultText: 'number of cores', group: G_SCHED,
     help: 'Threads of the CPU backend.' },
   { name: 'seed', aliases: ['random-seed'], setting: 'seed', ...int(Type.Integer({ minimum: 0 })), env: 'DYN_SGL_SEED', default: null, defaultText: 'random', group: G_SCHED,
@@ -349,6 +355,12 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
   { name: 'version', setting: 'version', ...bool, default: false, group: G_MISC,
     help: 'Print the version and exit.' },
 ];
+
+/** A setting's built-in default: that of the first of its flags that has one (null: none, derived later or left to
+ * the engine). */
+export function flagDefault(setting: SettingKey): FlagValue {
+  return WORKER_FLAGS.find((f) => f.setting === setting && f.default !== null)?.default ?? null;
+}
 
 /** Help sections in table order. */
 export function flagGroups(): { title: string; flags: WorkerFlag[] }[] {

@@ -1,9 +1,9 @@
-// The decode side of a KV hand-off: fetch a room's KV pages from the prefill worker's bootstrap server (the
-// service then imports them as a cached prefix, ./prefix.ts). Host-staged pages arrive in one frame and are
-// converted to this worker's page size and dtype when those differ (./convert.ts), a hand-over's partial last page
-// too (its rows repacked into this worker's pages, the last of them partial). On the GPU path the prefill
-// side answers with its pool and page list instead; the caller pulls them, then confirms with `pulled` and must
-// wait for `released` before it uses the pages (a prefill side gone before that may have freed them mid-pull).
+// The decode side of a KV hand-off: fetch a room's KV pages from the prefill worker's bootstrap server (the service
+// then imports them as a cached prefix, src/scheduler/kv-transfer.ts). Host-staged pages arrive in one frame and are
+// converted to this worker's page size and dtype when those differ (./convert.ts), a hand-over's partial last page too
+// (its rows repacked into this worker's pages, the last of them partial). On the GPU path the prefill side answers with
+// its pool and page list instead; the caller pulls them, then confirms with `pulled` and must wait for `released`
+// before it uses the pages (a prefill side gone before that may have freed them mid-pull).
 import { connect, type Socket } from 'node:net';
 import { LlmError, isErrorCode } from '../errors.js';
 import { convertPages } from './convert.js';

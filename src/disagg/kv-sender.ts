@@ -2,18 +2,18 @@
 // by bootstrap_room, and the table pairing each room's prefill with the decode connection asking for it. Either
 // may come first: a fetch for a room whose prefill is still running waits for it.
 //
-// Host-staged (tcp) rooms: once the prefill finished, its pages are copied to a host buffer (./prefix.ts), which
-// the room holds until the decode side has it, the decode side goes away, or the transfer timeout passes; the
-// device pages go back to the prefix cache at once. GPU-path (cuda-ipc) rooms instead keep the device pages locked
-// in place: the decode side pulls them from our pool and says `pulled`, and only then are they unlocked (also when
-// the decode side goes away or the timeout passes). A decode side that cannot use the GPU path gets them
-// host-staged, copied at that moment. No KV page can leak either way. Rooms of a finished prefill carry its KV for
+// Host-staged (tcp) rooms: once the prefill finished, its pages are copied to a host buffer
+// (src/scheduler/kv-transfer.ts), which the room holds until the decode side has it, the decode side goes away, or the
+// transfer timeout passes; the device pages go back to the prefix cache at once. GPU-path (cuda-ipc) rooms instead keep
+// the device pages locked in place: the decode side pulls them from our pool and says `pulled`, and only then are they
+// unlocked (also when the decode side goes away or the timeout passes). A decode side that cannot use the GPU path gets
+// them host-staged, copied at that moment. No KV page can leak either way. Rooms of a finished prefill carry its KV for
 // every prompt position (the last page partial) and its first output token (`prefilled`, ./frames.ts).
 import { createServer, type Server, type Socket } from 'node:net';
 import { LlmError } from '../errors.js';
 import { FrameReader, writeFrame, type BootstrapFrame, type FetchFrame, type IpcPoolWire, type Prefilled, type TransferKind } from './frames.js';
 import { checkLayouts, type KvLayout } from './layout.js';
-import type { PrefixPages } from './prefix.js';
+import type { PrefixPages } from '../scheduler/kv-transfer.js';
 import { pickTransfer, type PrefillSide } from './transfer.js';
 
 /** How this prefill worker may send: its side of the transfer pick, and (GPU path) its pool's IPC description. */

@@ -3,7 +3,7 @@
 // mismatch that cannot be converted is refused before any byte moves, naming both sides.
 import { Type, type Static } from '@sinclair/typebox';
 import { LlmError } from '../errors.js';
-import type { EngineSummary } from '../../actors/messages.js';
+import type { EngineSummary } from '../engine/summary.js';
 import { isConvertibleDtype } from './convert.js';
 
 export const KvLayoutSchema = Type.Object(

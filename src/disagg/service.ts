@@ -1,5 +1,6 @@
 // Disaggregated serving of one worker (reference §2.2 decode, §2.3 prefill, §3): the `generate` a prefill or decode
-// worker serves in place of the aggregated one, over the same Supervisor.
+// worker serves in place of the aggregated one, over the worker's core (./port.ts KvPort). The mode is fixed at
+// start: a service serves either the prefill or the decode side.
 //  - prefill: yields the bootstrap chunk first, runs the prompt (max_tokens 1), then holds the KV of every prompt
 //    position (the partial last page included, parked in the scheduler) and the first output token for the decode
 //    worker that fetches its bootstrap_room from our bootstrap server (./kv-sender.ts); returns once they are sent
@@ -17,7 +18,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { WorkerConfig } from '../config/schema.js';
 import { LlmError } from '../errors.js';
-import type { Supervisor } from '../../actors/supervisor.js';
 import { EndpointClient } from '../runtime/client.js';
 import type { Discovery } from '../runtime/discovery/index.js';
 import { detectHostIp } from '../runtime/request-plane/address.js';
@@ -34,13 +34,13 @@ import {
 } from '../protocol/request.js';
 import { LlmResponseChunkSchema, prefillBootstrapChunk, type LlmResponseChunk, type PrefillBootstrapChunk } from '../protocol/response.js';
 import { parseWire } from '../protocol/validate.js';
-import type { EngineSummary } from '../../actors/messages.js';
+import type { EngineSummary, KvIpcOp, KvIpcReply } from '../engine/summary.js';
 import type { HandOver } from '../scheduler/request.js';
-import type { KvIpcOp, KvIpcReply } from '../../actors/rank.js';
 import type { IpcPoolWire, Prefilled, TransferKind } from './frames.js';
 import { fetchKv, type HostKv, type IpcKv } from './kv-receiver.js';
 import { KvSender, type HeldPrefix, type RoomPages } from './kv-sender.js';
 import { kvLayoutOf, type KvLayout } from './layout.js';
+import type { KvPort } from './port.js';
 import { checkTransferMode, decodeOffer, thisNode, type TransferMode } from './transfer.js';
 
 export interface DisaggGenerateOptions {
@@ -50,7 +50,8 @@ export interface DisaggGenerateOptions {
 
 export interface DisaggServiceOptions {
   config: WorkerConfig;
-  supervisor: Supervisor;
+  /** The worker's core: generation and its KV operations. */
+  core: KvPort;
   discovery: Discovery;
   log?: (line: string) => void;
 }
@@ -65,10 +66,12 @@ export class DisaggService {
   readonly sender: KvSender | null;
   /** What a prefill worker publishes in its card's runtime_config. */
   readonly endpoint: { bootstrap_host: string; bootstrap_port: number } | null;
+  /** The endpoint's generate: this worker's side (prefill with a sender, else decode), chosen at start. */
+  readonly generate: (raw: unknown, options: DisaggGenerateOptions) => AsyncGenerator<LlmResponseChunk | PrefillBootstrapChunk>;
   private readonly layout: KvLayout;
   /** The older flow's client of `{ns}.prefill.generate`, with its own call-home server (closed with us). */
   private prefillClient: Promise<{ client: EndpointClient; responses: ResponseServer }> | null = null;
-  // Per engine (the supervisor's summary of its current rank: a restarted rank has a new pool and opens afresh):
+  // Per engine (the core's summary of its current rank: a restarted rank has a new pool and opens afresh):
   /** Prefill side: the pool's IPC description. */
   private readonly exported = new WeakMap<EngineSummary, Promise<IpcPoolWire>>();
   /** Decode side: prefill pools open in our rank, by prefill bootstrap address. */
@@ -82,7 +85,8 @@ export class DisaggService {
     private readonly mode: TransferMode,
   ) {
     this.sender = sender;
-    this.layout = kvLayoutOf(options.supervisor.engine, options.config.tpSize);
+    this.generate = sender ? (raw, o) => this.prefill(sender, raw, o) : (raw, o) => this.decode(raw, o);
+    this.layout = kvLayoutOf(options.core.engine, options.config.tpSize);
     this.endpoint = sender ? { bootstrap_host: bootstrapHost(options.config), bootstrap_port: sender.port } : null;
   }
 
@@ -95,7 +99,7 @@ export class DisaggService {
     }
     const mode: TransferMode = backendFlag === 'fake' ? 'tcp' : backendFlag;
     const role = c.servingMode;
-    const backend = options.supervisor.engine.backend;
+    const backend = options.core.engine.backend;
     checkTransferMode(mode, backend, role);
     let service: DisaggService;
     if (role === 'prefill') {
@@ -103,7 +107,7 @@ export class DisaggService {
       let ipcReady = backend === 'cuda' && mode !== 'tcp';
       if (ipcReady) {
         try {
-          await options.supervisor.disaggKv({ op: 'ipc', request: { op: 'export' } });
+          await options.core.disaggKv({ op: 'ipc', request: { op: 'export' } });
         } catch (err) {
           if (mode === 'cuda-ipc') throw err;
           options.log?.(`KV transfer: cuda-ipc unavailable, using tcp: ${(err as Error).message}`);
@@ -111,7 +115,7 @@ export class DisaggService {
         }
       }
       const sender = await KvSender.start({
-        layout: kvLayoutOf(options.supervisor.engine, c.tpSize),
+        layout: kvLayoutOf(options.core.engine, c.tpSize),
         port: c.disaggregationBootstrapPort ?? 0,
         timeoutMs: c.kvTransferTimeoutSecs * 1000,
         transfer: { side: { mode, backend, node: thisNode(), ipcReady }, pool: ipcReady ? () => service.exportedPool() : null },
@@ -122,10 +126,6 @@ export class DisaggService {
       service = new DisaggService(options, null, mode);
     }
     return service;
-  }
-
-  generate(raw: unknown, options: DisaggGenerateOptions): AsyncGenerator<LlmResponseChunk | PrefillBootstrapChunk> {
-    return this.sender ? this.prefill(this.sender, raw, options) : this.decode(raw, options);
   }
 
   async close(): Promise<void> {
@@ -149,7 +149,7 @@ export class DisaggService {
     const prefillOnly: PreprocessedRequest = { ...request, stop_conditions: { ...request.stop_conditions, max_tokens: 1 } };
     const fake = info.bootstrap_host === FAKE_BOOTSTRAP_HOST || this.options.config.disaggregationTransferBackend === 'fake';
     if (fake) {
-      for await (const chunk of this.options.supervisor.generate(prefillOnly, options)) void chunk;
+      for await (const chunk of this.options.core.generate(prefillOnly, options)) void chunk;
       return;
     }
     const room = info.bootstrap_room;
@@ -158,11 +158,11 @@ export class DisaggService {
     let pages: RoomPages;
     // the scheduler parks the prompt's KV under this key when the request stops at its first token
     const kvKey = randomUUID();
-    const sup = this.options.supervisor;
+    const core = this.options.core;
     try {
       const signal = AbortSignal.any([options.signal, givenUp]);
       const outputs: LlmResponseChunk[] = [];
-      for await (const chunk of sup.generate(prefillOnly, { ...options, signal, parkKvAs: kvKey })) outputs.push(chunk);
+      for await (const chunk of core.generate(prefillOnly, { ...options, signal, parkKvAs: kvKey })) outputs.push(chunk);
       if (outputs.at(-1)?.finish_reason === 'cancelled') {
         throw givenUp.aborted ? (givenUp.reason as LlmError) : new LlmError('LLM_ERR_CANCELLED', `prefill of bootstrap room ${room} was cancelled`);
       }
@@ -171,11 +171,11 @@ export class DisaggService {
         const held = await this.holdPrefix(kvKey, tokens);
         pages = { kind: 'held', held, prefilled: held.tokenIds.length === tokens.length ? prefilledOf(outputs) : null };
       } else {
-        const host = await sup.exportParked(kvKey, tokens);
+        const host = await core.exportParked(kvKey, tokens);
         pages = { kind: 'host', ...host, prefilled: host.tokenIds.length === tokens.length ? prefilledOf(outputs) : null };
       }
     } catch (err) {
-      void sup.disaggKv({ op: 'release', key: kvKey }).catch(() => undefined); // a failed core dropped what it parked
+      void core.disaggKv({ op: 'release', key: kvKey }).catch(() => undefined); // a failed core dropped what it parked
       const e = err instanceof LlmError ? err : new LlmError('LLM_ERR_INTERNAL', String(err));
       sender.abandon(room, e);
       if (givenUp.aborted) return; // the decode side is gone: nobody to tell
@@ -206,8 +206,8 @@ export class DisaggService {
     let handOver: HandOver | null = null;
     if (info.bootstrap_host !== FAKE_BOOTSTRAP_HOST && c.disaggregationTransferBackend !== 'fake') {
       const peer = `${info.bootstrap_host}:${info.bootstrap_port}`;
-      const engine = this.options.supervisor.engine;
-      const offer: TransferKind[] = decodeOffer(this.mode, this.options.supervisor.engine.backend, !this.noIpc.has(peer));
+      const engine = this.options.core.engine;
+      const offer: TransferKind[] = decodeOffer(this.mode, this.options.core.engine.backend, !this.noIpc.has(peer));
       const t0 = performance.now();
       const fetched = await fetchKv({
         host: info.bootstrap_host,
@@ -228,16 +228,16 @@ export class DisaggService {
       handOver = prefilled && tokenIds.length === request.token_ids.length && coversOutputOptions(request, prefilled) ? handOverOf(prefilled) : null;
       const parkAs = handOver?.kvKey ?? null;
       if (fetched.kind === 'tcp') {
-        await this.options.supervisor.importPrefix(fetched, parkAs);
+        await this.options.core.importPrefix(fetched, parkAs);
         this.options.log?.(`kv transfer tcp room ${info.bootstrap_room}: ${fetched.tokenIds.length} tokens, ${fetched.data.length} bytes in ${(performance.now() - t0).toFixed(3)} ms (fetch and import)`);
       }
       else await this.pullPrefix(engine, peer, fetched, info.bootstrap_room, parkAs);
     }
     try {
-      yield* this.options.supervisor.generate(request, handOver ? { ...options, handOver } : options);
+      yield* this.options.core.generate(request, handOver ? { ...options, handOver } : options);
     } finally {
       // what a request that never reached the scheduler left parked (nothing once it adopted it)
-      if (handOver) void this.options.supervisor.disaggKv({ op: 'release', key: handOver.kvKey }).catch(() => undefined);
+      if (handOver) void this.options.core.disaggKv({ op: 'release', key: handOver.kvKey }).catch(() => undefined);
     }
   }
 
@@ -258,13 +258,13 @@ export class DisaggService {
       const reason = (err as Error).message;
       this.options.log?.(`KV transfer from ${peer}: cuda-ipc failed, falling back to tcp: ${reason}`);
       const host: HostKv = await fetched.fallback(reason);
-      await this.options.supervisor.importPrefix(host, parkAs);
+      await this.options.core.importPrefix(host, parkAs);
       return;
     }
-    const sup = this.options.supervisor;
+    const core = this.options.core;
     let importId: number | null = null;
     try {
-      const pulled = await sup.disaggKv({ op: 'pullBegin', tokenIds: h.token_ids, parkAs, remote, srcPages: h.pages });
+      const pulled = await core.disaggKv({ op: 'pullBegin', tokenIds: h.token_ids, parkAs, remote, srcPages: h.pages });
       if (pulled.op !== 'pullBegin') throw new LlmError('LLM_ERR_INTERNAL', `pullBegin answered with ${pulled.op}`);
       importId = pulled.importId;
       const stats = pulled.stats ?? { bytes: 0, deviceMs: 0, hostMs: 0 }; // null: the cache had every page, or no room
@@ -277,36 +277,36 @@ export class DisaggService {
       await fetched.pulled(stats.bytes, stats.deviceMs);
     } catch (err) {
       fetched.close();
-      if (importId !== null) await sup.disaggKv({ op: 'pullEnd', importId, commit: false });
+      if (importId !== null) await core.disaggKv({ op: 'pullEnd', importId, commit: false });
       // the prefill side went away mid-pull: its pool mapping is useless now
       if (err instanceof LlmError && err.code === 'LLM_ERR_KV_TRANSFER') await this.closePool(engine, peer);
       throw err;
     }
     // the prefill side released its pages only after our pull: what we pulled is whole
-    if (importId !== null) await sup.disaggKv({ op: 'pullEnd', importId, commit: true });
+    if (importId !== null) await core.disaggKv({ op: 'pullEnd', importId, commit: true });
   }
 
   private async kvIpc<O extends KvIpcOp>(request: O): Promise<KvIpcReply<O>> {
-    const r = await this.options.supervisor.disaggKv({ op: 'ipc', request });
+    const r = await this.options.core.disaggKv({ op: 'ipc', request });
     if (r.op !== 'ipc') throw new LlmError('LLM_ERR_INTERNAL', `a KV IPC op answered with ${r.op}`);
     return r.reply as KvIpcReply<O>;
   }
 
   /** Prefill side: the prompt's KV the scheduler parked under key, left in place until the room releases it. */
   private async holdPrefix(key: string, tokenIds: number[]): Promise<HeldPrefix> {
-    const sup = this.options.supervisor;
-    const r = await sup.disaggKv({ op: 'hold', key });
+    const core = this.options.core;
+    const r = await core.disaggKv({ op: 'hold', key });
     if (r.op !== 'hold') throw new LlmError('LLM_ERR_INTERNAL', `hold answered with ${r.op}`);
     let held = true;
     return {
       tokenIds: tokenIds.slice(0, r.tokenCount),
       pages: r.pages,
       toHost: async () => {
-        const h = await sup.disaggKv({ op: 'heldToHost', key });
+        const h = await core.disaggKv({ op: 'heldToHost', key });
         return h.op === 'heldToHost' ? h.data : new Uint8Array(0);
       },
       release: () => {
-        if (held) void sup.disaggKv({ op: 'release', key }).catch(() => undefined); // a failed core dropped what it parked
+        if (held) void core.disaggKv({ op: 'release', key }).catch(() => undefined); // a failed core dropped what it parked
         held = false;
       },
     };
@@ -337,7 +337,7 @@ export class DisaggService {
 
   /** Prefill side: this rank's pool as decode workers open it. */
   private exportedPool(): Promise<IpcPoolWire> {
-    const engine = this.options.supervisor.engine;
+    const engine = this.options.core.engine;
     let pool = this.exported.get(engine);
     if (!pool) {
       pool = this.kvIpc({ op: 'export' }).then((p) => ({
@@ -357,7 +357,7 @@ export class DisaggService {
 
   private currentEngine(): EngineSummary | null {
     try {
-      return this.options.supervisor.engine;
+      return this.options.core.engine;
     } catch {
       return null;
     }
@@ -428,7 +428,7 @@ function bootstrapHost(config: WorkerConfig): string {
   return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
 }
 
-/** The legacy `{request, sampling_params}` wrapper as the flat request the supervisor takes. */
+/** The legacy `{request, sampling_params}` wrapper as the flat request the core takes. */
 function flatPrefillRequest(r: PrefillRequest): PreprocessedRequest {
   if (!('sampling_params' in r)) return r;
   const w: DisaggPreprocessedRequest = r;

@@ -13,13 +13,14 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { WorkerConfig } from '../config/schema.js';
 import { LlmError } from '../errors.js';
 import { Supervisor } from '../../actors/supervisor.js';
-import { DisaggService } from '../disagg/service.js';
+import type { DisaggService } from '../disagg/service.js';
 import { Discovery, type DiscoveryConfig } from '../runtime/discovery/index.js';
 import { serveEndpoint, type EndpointHandler, type ServedEndpoint } from '../runtime/endpoint.js';
 import { CanaryHealthCheck, effectiveHealthCheckPayload, HealthRegistry } from '../runtime/health.js';
 import { RequestControl } from '../runtime/request-plane/context.js';
 import { healthCheckPayload } from '../protocol/health.js';
 import { eventPlaneMode, WorkerKvEvents } from './kv-events.js';
+import { SERVING_MODES } from './serving.js';
 import { detectHostIp } from '../runtime/request-plane/address.js';
 import { HttpRequestServer } from '../runtime/request-plane/http.js';
 import { TcpRequestServer } from '../runtime/request-plane/tcp-server.js';
@@ -27,7 +28,6 @@ import { connectNats, NatsRequestServer } from '../runtime/request-plane/nats.js
 import { WorkerMetrics } from '../runtime/metrics.js';
 import { SystemServer } from '../runtime/system-server.js';
 import { modelTypeToWire, ModelTypeFlag, type ModelDeploymentCard } from '../protocol/mdc.js';
-import { PreprocessedRequestSchema, type PreprocessedRequest } from '../protocol/request.js';
 import { WorkerKvQueryRequestSchema, workerKvIndexerQueryEndpoint } from '../protocol/kv-query.js';
 import { parseWire } from '../protocol/validate.js';
 import { stringifyJsonExact } from '../protocol/json.js';
@@ -73,8 +73,8 @@ function checkSupported(config: WorkerConfig): void {
   if (config.workerKind !== 'llm') {
     throw new LlmError('LLM_ERR_CONFIG', `worker kind "${config.workerKind}" (embedding / multimodal) is not available in this build yet`);
   }
-  if (config.tpSize !== 1 || config.dpSize !== 1 || config.nnodes !== 1) {
-    throw new LlmError('LLM_ERR_CONFIG', `--tp-size ${config.tpSize} --dp-size ${config.dpSize} --nnodes ${config.nnodes}: only a single rank (1/1/1) is available in this build yet`);
+  if (config.dpSize !== 1 || config.nnodes !== 1) {
+    throw new LlmError('LLM_ERR_CONFIG', `--dp-size ${config.dpSize} --nnodes ${config.nnodes}: only one data-parallel group on one node (--dp-size 1 --nnodes 1) is available in this build yet`);
   }
 }
 
@@ -112,19 +112,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   log(`loading model ${config.modelPath} (device ${config.device}) ...`);
   const t0 = performance.now();
   const tokenizer = await resources.open(() => loadTokenizer(config.modelPath, config.tokenizerPath));
-  const supervisor = await resources.open(() => Supervisor.start({
-    modelPath: config.modelPath,
-    device: config.device,
-    contextLength: config.contextLength,
-    pageSize: config.pageSize,
-    memFractionStatic: config.memFractionStatic,
-    maxRunningRequests: config.maxRunningRequests,
-    maxPrefillTokens: config.maxPrefillTokens,
-    chunkedPrefillSize: config.chunkedPrefillSize,
-    disableOverlapSchedule: config.disableOverlapSchedule,
-    cpuThreads: config.cpuThreads,
-    seed: config.seed,
-  }), (sup) => sup.stop());
+  const supervisor = await resources.open(() => Supervisor.start(config), (sup) => sup.stop());
   const loadSeconds = (performance.now() - t0) / 1000;
   const engine = supervisor.engine;
   log(`model loaded in ${loadSeconds.toFixed(2)} s: ${engine.backend} backend, KV pool ${engine.kv.numPages} pages of ${engine.kv.pageSize} tokens (${(engine.kv.numPages * engine.kv.bytesPerPage / 2 ** 20).toFixed(1)} MiB)`);
@@ -135,11 +123,12 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     () => WorkerKvEvents.start({ config, supervisor, discovery, metrics }, eventPlaneMode(config, options.publishKvEvents), log),
     (k) => k.close(),
   );
-  // Prefill / decode workers serve the disaggregated handlers (src/disagg) over the same supervisor.
-  const disagg = await resources.open(
-    async () => (config.servingMode === 'aggregated' ? null : DisaggService.start({ config, supervisor, discovery, log })),
-    (d) => d?.close(),
+  // What the endpoint runs per request, fixed by the serving mode (./serving.ts).
+  const serving = await resources.open(
+    () => SERVING_MODES[config.servingMode]({ config, core: supervisor, discovery, log }),
+    (s) => s.disagg?.close(),
   );
+  const disagg = serving.disagg;
 
   // Shutdown fires this: requests still running after the grace period end with EngineShutdown.
   const shutdownController = new AbortController();
@@ -154,7 +143,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     canary?.noteActivity();
     let unlinkRequest = (): void => undefined;
     try {
-      const request = disagg ? raw : parseWire(PreprocessedRequestSchema, raw, 'request');
+      const accepted = serving.accept(raw);
       if (shutdownController.signal.aborted) throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} is shutting down`);
       // One controller per request linked to the caller's and the worker's signals, its listeners removed when the
       // request ends (AbortSignal.any would leave one on the long-lived shutdown signal per request until GC).
@@ -168,7 +157,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
       };
       if (ctx.signal.aborted) linked.abort();
       const signal = linked.signal;
-      for await (const chunk of (disagg ? disagg.generate(request, { signal, requestId: ctx.id }) : supervisor.generate(request as PreprocessedRequest, { signal, requestId: ctx.id }))) {
+      for await (const chunk of accepted({ signal, requestId: ctx.id })) {
         if (shutdownController.signal.aborted && !ctx.signal.aborted) {
           throw new LlmError('LLM_ERR_SHUTDOWN', `worker ${discovery.instanceId.toString(16)} shut down before the request finished`);
         }

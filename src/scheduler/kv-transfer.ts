@@ -14,11 +14,11 @@
 //    nothing is parked: the request then recomputes the rest (request.ts Q5).
 // An import without a key (the decode side recomputes the prompt's tail, e.g. it needs logprobs the prefill side
 // did not send) moves only the full pages, as a cached prefix.
-import type { KvIpcOp, KvIpcReply } from '../../actors/rank.js';
+import type { KvIpcOp, KvIpcReply } from '../engine/summary.js';
 import type { KvPullStats } from '../engine/types.js';
-import type { KvHold } from '../scheduler/request.js';
-import type { RadixNode } from '../scheduler/radix.js';
-import type { Scheduler } from '../scheduler/scheduler.js';
+import type { KvHold } from './request.js';
+import type { RadixNode } from './radix.js';
+import type { Scheduler } from './scheduler.js';
 
 /** Page copies through the rank, in step order. */
 export interface PageCopier {
@@ -152,7 +152,7 @@ export type DisaggKvOp =
   | { op: 'pullBegin'; tokenIds: number[]; parkAs: string | null; remote: number; srcPages: number[] }
   /** Decode: adopt the pulled pages (the prefill side released its own) or free them. */
   | { op: 'pullEnd'; importId: number; commit: boolean }
-  /** Pool export, open, close (actors/rank.ts). */
+  /** Pool export, open, close (src/engine/summary.ts KvIpcOp, run by the rank). */
   | { op: 'ipc'; request: KvIpcOp };
 
 export type DisaggKvReply =
