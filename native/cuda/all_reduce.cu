@@ -36,6 +36,10 @@ constexpr size_t kOneShotMaxBytes = 256u << 10;
 // (measurement switch).
 constexpr size_t kNcclMinBytes = 8u << 20;
 constexpr int kGatherColsPerItem = 4096;
+// Ranks sharing one device (the single-GPU proof of the path): at most this many blocks per collective, so a peer's
+// kernels (thread-block clusters of up to 8 in decode attention) still find free SMs in every GPC while this rank's
+// blocks wait for them.
+constexpr int kSharedDeviceMaxBlocks = 8;
 
 /** What every comm kernel gets by value (fixed for the life of the comm, so captured graphs replay it). */
 struct CommView {
@@ -414,8 +418,9 @@ TpComm::TpComm(TpGroup& group, const TpCommOptions& o) : opt_(o) {
     nccl_ = comm;
   }
 #else
-  (void)distinctDevices;
 #endif
+  sharesDevice_ = !distinctDevices;
+  maxBlocks_ = sharesDevice_ ? kSharedDeviceMaxBlocks : kCommMaxBlocks;
   // Flags and counters are zero on every rank before any rank's first kernel can signal.
   DSG_CUDA(cudaDeviceSynchronize());
   group.barrier(o.rank);
@@ -463,7 +468,7 @@ void TpComm::allReduce(float* in, float* out, int64_t n, ReduceOut mode, cudaStr
     ncclReduce(in, out, n, mode, stream);
     return;
   }
-  const int64_t chunk = (int64_t)opt_.chunkFloats;
+  const int64_t chunk = (int64_t)opt_.chunkFloats / kCommMaxBlocks * maxBlocks_;  // what maxBlocks_ regions hold
   for (int64_t off = 0; off < n; off += chunk)
     launchReduce(in + off, out + off, std::min(chunk, n - off), mode, algo == ReduceAlgo::TwoShot, stream);
 }
@@ -474,7 +479,7 @@ void TpComm::launchReduce(float* in, float* out, int64_t n, ReduceOut mode, bool
   // One float4 per thread and rank while the message is small (latency), all blocks once it is large (bandwidth);
   // never more per block than its staging region.
   const int64_t n4 = (n + 3) / 4;
-  int blocks = (int)std::min<int64_t>(kCommMaxBlocks, std::max<int64_t>((n4 + kThreads - 1) / kThreads, (n + region - 1) / region));
+  int blocks = (int)std::min<int64_t>(maxBlocks_, std::max<int64_t>((n4 + kThreads - 1) / kThreads, (n + region - 1) / region));
   blocks = std::max(blocks, 1);
   const int64_t per = ((n + blocks - 1) / blocks + 3) / 4 * 4;
   auto launch = [&](auto kernel) { launchKernel(kernel, dim3(blocks), dim3(kThreads), 0, stream, true, 0, v, in, out, n, per); };
@@ -514,7 +519,7 @@ void TpComm::allGatherVocab(int rows, float* out, cudaStream_t stream) {
   g.vocabTotal = vocabTotal_;
   g.gatherOffset = (int64_t)(kFlagsBytes + 2 * opt_.chunkFloats * sizeof(float));
   const int64_t items = (int64_t)opt_.size * rows * ((maxVs + kGatherColsPerItem - 1) / kGatherColsPerItem);
-  const int blocks = (int)std::max<int64_t>(1, std::min<int64_t>(kCommMaxBlocks, items));
+  const int blocks = (int)std::max<int64_t>(1, std::min<int64_t>(maxBlocks_, items));
   launchKernel(gatherVocabKernel, dim3(blocks), dim3(kThreads), 0, stream, true, 0, v, g, rows, out);
 }
 

@@ -88,6 +88,8 @@ class TpComm {
   /** Makes every wait of the group's kernels give up at once (shutdown, a failed rank). */
   void abortGroup();
   bool usesNccl() const;
+  /** Whether two ranks of the group share a device (then every collective uses at most 8 blocks). */
+  bool sharesDevice() const { return sharesDevice_; }
   /** Messages of at least this many bytes take NCCL (when used). */
   size_t ncclMinBytes() const { return ncclMinBytes_; }
   int vocabTotal() const { return vocabTotal_; }
@@ -110,6 +112,8 @@ class TpComm {
   std::shared_ptr<Shared> shared_;  // the group's abort word
   size_t ncclMinBytes_ = 0;
   void* nccl_ = nullptr;            // ncclComm_t when used
+  bool sharesDevice_ = false;
+  int maxBlocks_ = kCommMaxBlocks;
 };
 
 }  // namespace dsg::cuda

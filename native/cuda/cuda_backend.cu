@@ -150,7 +150,8 @@ class CudaBackend final : public Backend {
     std::string tpLine;
     if (tp)
       tpLine = ", tp rank " + std::to_string(o.tp.rank) + " of " + std::to_string(o.tp.size) + " (large all-reduces: " +
-               (comm_->usesNccl() ? "NCCL from " + std::to_string(comm_->ncclMinBytes()) + " bytes" : std::string("two-shot")) + ")";
+               (comm_->usesNccl() ? "NCCL from " + std::to_string(comm_->ncclMinBytes()) + " bytes" : std::string("two-shot")) +
+               (comm_->sharesDevice() ? "; ranks share a device" : "") + ")";
     std::fprintf(stderr,
                  "dynamo-sglang cuda: %s, weights %.1f MiB, KV pool %.1f MiB (%lld pages of %d tokens), workspace %.1f MiB, "
                  "mid-batch decode linears: %s%s\n",
@@ -564,6 +565,9 @@ class CudaBackend final : public Backend {
     c.vocabStart = vocabStart_;
     c.vocabSize = vocabRows_;
     comm_ = std::make_unique<cuda::TpComm>(*group_, c);
+    // Ranks sharing a device (single-GPU proof of the path): the fused decode GEMM's clusters of up to 16 blocks may
+    // not fit beside a peer's collective waiting for this rank, which would wait out the timeout; cuBLAS instead.
+    if (comm_->sharesDevice()) decodeGemm_ = false;
     if (comm_->vocabTotal() != V_)
       throw EngineError("LLM_ERR_CONFIG", "tp ranks' vocab shards cover " + std::to_string(comm_->vocabTotal()) +
                                               " rows, the model has " + std::to_string(V_));
