@@ -46,7 +46,8 @@ struct CommView {
   char* base[kMaxTpRanks];     // every rank's exchange buffer, as this rank addresses it
   uint32_t* epochs;            // this rank's device counters: [kCommMaxBlocks] barrier epochs
   uint32_t* calls;             // [kCommMaxBlocks] staging calls (parity picks the staging buffer)
-  volatile int* abortWord;     // the group's, in mapped host memory
+  volatile int* abortRequest;  // the group's (mapped host memory): non-zero makes every wait give up
+  volatile int* gaveUp;        // this rank's (mapped host memory): why one of its waits gave up
   unsigned long long timeoutNs;
   int rank, size;
   int64_t chunkFloats;         // per staging buffer; region per block = chunkFloats / kCommMaxBlocks
@@ -75,17 +76,25 @@ __device__ __forceinline__ float* stagingAt(const CommView& v, int rank, uint32_
          (int64_t)blockIdx.x * (v.chunkFloats / kCommMaxBlocks);
 }
 
-/** Spins until *flag reaches epoch (wrap-safe). Gives up when the group's abort word is set or after the timeout,
- *  then sets the word (1 + rank * kMaxTpRanks + peer waited for) if nobody did. Host memory is polled rarely. */
+/** Spins until *flag reaches epoch (wrap-safe). Gives up when the group's abort request is set (recording it as this
+ *  rank's reason) or after the timeout (reason 1 + rank * kMaxTpRanks + the peer waited for, also posted as the group's
+ *  request so the peers stop waiting too). Host memory is polled only every 256 spins. */
 __device__ bool waitFlag(const uint32_t* flag, uint32_t epoch, const CommView& v, int peer) {
   if ((int32_t)(loadAcquireSys(flag) - epoch) >= 0) return true;
   const unsigned long long start = globalTimerNs();
   for (uint32_t spins = 1;; ++spins) {
     if ((int32_t)(loadAcquireSys(flag) - epoch) >= 0) return true;
     if ((spins & 255) == 0) {
-      if (*v.abortWord != 0) return false;
+      const int request = *v.abortRequest;
+      if (request != 0) {
+        *v.gaveUp = request;
+        __threadfence_system();
+        return false;
+      }
       if (globalTimerNs() - start > v.timeoutNs) {
-        *v.abortWord = 1 + v.rank * kMaxTpRanks + peer;
+        const int code = 1 + v.rank * kMaxTpRanks + peer;
+        *v.gaveUp = code;
+        *v.abortRequest = code;
         __threadfence_system();
         return false;
       }
@@ -183,7 +192,8 @@ __device__ void copyOut(const float* src, int64_t a, int64_t b, float* dst) {
  * sums every rank's staged slice in rank order into out. grid <= kCommMaxBlocks, per <= the block's staging region.
  */
 template <ReduceOut kOut>
-__global__ void __launch_bounds__(kThreads) oneShotKernel(CommView v, float* in, float* out, int64_t n, int64_t per) {
+__global__ void __launch_bounds__(kThreads)
+    oneShotKernel(const __grid_constant__ CommView v, float* in, float* out, int64_t n, int64_t per) {
   waitPreviousGrid();
   uint32_t epoch, call;
   takeCounters(v, 1, &epoch, &call);
@@ -191,6 +201,9 @@ __global__ void __launch_bounds__(kThreads) oneShotKernel(CommView v, float* in,
   const uint32_t parity = call & 1;
   copyInAndZero(in, stagingAt(v, v.rank, parity), lo, hi);
   if (!blockBarrier(v, epoch + 1)) return;
+  // Nothing of this rank waits for a peer any more: the next kernel may start (it waits for this one to complete
+  // before it reads anything, griddepcontrol.wait).
+  allowNextGrid();
   // Offsets relative to the block's region: sumRanks reads region[0, hi - lo), writes out + lo.
   sumRanks<kOut>(v, parity, 0, hi - lo, out + lo);
 }
@@ -200,7 +213,8 @@ __global__ void __launch_bounds__(kThreads) oneShotKernel(CommView v, float* in,
  * its own staging region; a second barrier; every rank copies each owner's sums into out.
  */
 template <ReduceOut kOut>
-__global__ void __launch_bounds__(kThreads) twoShotKernel(CommView v, float* in, float* out, int64_t n, int64_t per) {
+__global__ void __launch_bounds__(kThreads)
+    twoShotKernel(const __grid_constant__ CommView v, float* in, float* out, int64_t n, int64_t per) {
   waitPreviousGrid();
   uint32_t epoch, call;
   takeCounters(v, 2, &epoch, &call);
@@ -228,6 +242,7 @@ __global__ void __launch_bounds__(kThreads) twoShotKernel(CommView v, float* in,
     mine[i] = s;
   }
   if (!blockBarrier(v, epoch + 2)) return;
+  allowNextGrid();
   for (int r = 0; r < v.size; ++r) {
     const int64_t ra = imin(len, r * part), rb = imin(len, ra + part);
     copyOut<kOut>(stagingAt(v, r, parity), ra, rb, out + lo);
@@ -244,11 +259,13 @@ struct GatherView {
  * out[row, vocabStart_r + c] = gather source of rank r [row, c], after one barrier (every rank's LM head is done).
  * Work items (rank, row, 4096-column chunk) spread over the blocks.
  */
-__global__ void __launch_bounds__(kThreads) gatherVocabKernel(CommView v, GatherView g, int rows, float* out) {
+__global__ void __launch_bounds__(kThreads)
+    gatherVocabKernel(const __grid_constant__ CommView v, const __grid_constant__ GatherView g, int rows, float* out) {
   waitPreviousGrid();
   uint32_t epoch, call;
   takeCounters(v, 1, &epoch, &call);
   if (!blockBarrier(v, epoch + 1)) return;
+  allowNextGrid();
   int maxVs = 0;
   for (int r = 0; r < v.size; ++r) maxVs = max(maxVs, g.vocabSize[r]);
   const int chunks = (maxVs + kGatherColsPerItem - 1) / kGatherColsPerItem;
@@ -291,12 +308,13 @@ T recordOf(const std::vector<uint8_t>& bytes) {
   return r;
 }
 
-CommView makeView(const std::vector<void*>& peers, uint32_t* counters, int* abortWord, const TpCommOptions& o) {
+CommView makeView(const std::vector<void*>& peers, uint32_t* counters, int* abortRequest, int* gaveUp, const TpCommOptions& o) {
   CommView v{};
   for (size_t q = 0; q < peers.size(); ++q) v.base[q] = static_cast<char*>(peers[q]);
   v.epochs = counters;
   v.calls = counters + kCommMaxBlocks;
-  v.abortWord = abortWord;
+  v.abortRequest = abortRequest;
+  v.gaveUp = gaveUp;
   v.timeoutNs = (unsigned long long)(o.timeoutSec * 1e9);
   v.rank = o.rank;
   v.size = o.size;
@@ -308,14 +326,19 @@ EngineError deviceError(const std::string& message) { return EngineError("LLM_ER
 
 }  // namespace
 
-/** The group's abort word: pinned, mapped, portable host memory shared by the group's ranks in this process. */
+/** A word of pinned, mapped, portable host memory (its host pointer is its device pointer under UVA), zeroed. */
+int* allocateHostWord(const std::string& what) {
+  int* word = nullptr;
+  const cudaError_t e = cudaHostAlloc(reinterpret_cast<void**>(&word), sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable);
+  if (e != cudaSuccess) throw deviceError("cannot allocate " + what + ": " + cudaGetErrorString(e));
+  *const_cast<volatile int*>(word) = 0;
+  return word;
+}
+
+/** The group's abort request, shared by its ranks in this process. */
 struct TpComm::Shared {
   int* word = nullptr;
-  explicit Shared(const std::string& group) {
-    const cudaError_t e = cudaHostAlloc(reinterpret_cast<void**>(&word), sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable);
-    if (e != cudaSuccess) throw deviceError("tensor-parallel group " + group + ": cannot allocate its abort word: " + cudaGetErrorString(e));
-    *const_cast<volatile int*>(word) = 0;
-  }
+  explicit Shared(const std::string& group) : word(allocateHostWord("the abort word of tensor-parallel group " + group)) {}
   ~Shared() { cudaFreeHost(word); }
   static std::shared_ptr<Shared> of(const std::string& group) {
     static std::mutex mutex;
@@ -349,6 +372,7 @@ TpComm::TpComm(TpGroup& group, const TpCommOptions& o) : opt_(o) {
   DSG_CUDA(cudaMemset(counters_, 0, 2 * kCommMaxBlocks * sizeof(uint32_t)));
   gatherSrc_ = reinterpret_cast<float*>(static_cast<char*>(buffer_) + gatherOffset);
   shared_ = Shared::of(o.group);
+  gaveUp_ = allocateHostWord("the all-reduce status word of " + who);
 
   PeerRecord mine{};
   mine.pid = (int32_t)getpid();
@@ -431,7 +455,7 @@ TpComm::~TpComm() {
 #ifdef DSG_HAVE_NCCL
   // A group that gave up may have a collective that never completes: abort the communicator instead of waiting.
   if (nccl_) {
-    if (abortedBy() != 0) ncclCommAbort(static_cast<ncclComm_t>(nccl_));
+    if (abortedBy() != 0 || *const_cast<volatile int*>(shared_->word) != 0) ncclCommAbort(static_cast<ncclComm_t>(nccl_));
     else ncclCommDestroy(static_cast<ncclComm_t>(nccl_));
   }
 #endif
@@ -439,11 +463,12 @@ TpComm::~TpComm() {
     if (peerIpc_[q]) cudaIpcCloseMemHandle(peerBase_[q]);
   if (counters_) cudaFree(counters_);
   if (buffer_) cudaFree(buffer_);
+  if (gaveUp_) cudaFreeHost(gaveUp_);
 }
 
 bool TpComm::usesNccl() const { return nccl_ != nullptr; }
 
-int TpComm::abortedBy() const { return *const_cast<volatile int*>(shared_->word); }
+int TpComm::abortedBy() const { return *const_cast<volatile int*>(gaveUp_); }
 
 void TpComm::abortGroup() {
   volatile int* w = shared_->word;
@@ -474,7 +499,7 @@ void TpComm::allReduce(float* in, float* out, int64_t n, ReduceOut mode, cudaStr
 }
 
 void TpComm::launchReduce(float* in, float* out, int64_t n, ReduceOut mode, bool twoShot, cudaStream_t stream) {
-  const CommView v = makeView(peerBase_, counters_, shared_->word, opt_);
+  const CommView v = makeView(peerBase_, counters_, shared_->word, gaveUp_, opt_);
   const int64_t region = (int64_t)opt_.chunkFloats / kCommMaxBlocks;
   // One float4 per thread and rank while the message is small (latency), all blocks once it is large (bandwidth);
   // never more per block than its staging region.
@@ -508,7 +533,7 @@ void TpComm::ncclReduce(float* in, float* out, int64_t n, ReduceOut mode, cudaSt
 
 void TpComm::allGatherVocab(int rows, float* out, cudaStream_t stream) {
   if (rows <= 0) return;
-  const CommView v = makeView(peerBase_, counters_, shared_->word, opt_);
+  const CommView v = makeView(peerBase_, counters_, shared_->word, gaveUp_, opt_);
   GatherView g{};
   int maxVs = 0;
   for (int q = 0; q < opt_.size; ++q) {

@@ -21,10 +21,11 @@
 //  - staging alternates between two buffers per block call (the device counter's parity): a rank can only reach
 //    call k + 2 of a block after every peer arrived at call k + 1 of it, i.e. finished reading call k's buffer, so no
 //    end barrier is needed;
-//  - every wait is bounded: after timeoutSec (or once the group's abort word is set) the block gives up and writes the
-//    abort word (1 + the rank that gave up). The word lives in mapped pinned host memory shared by the group's ranks
-//    in this process: the host reads it after each step (EngineError LLM_ERR_TP_ABORTED) and sets it on shutdown, so
-//    no rank's kernels wait out the timeout for a peer that is gone.
+//  - every wait is bounded: after timeoutSec it gives up, records why in this rank's status word and posts the same
+//    code as the group's abort request; a wait that sees the request gives up at once and records it. Both words are
+//    mapped pinned host memory (the request shared by the group's ranks in this process): the host reads its status
+//    after each step (EngineError LLM_ERR_TP_ABORTED) and posts the request when a rank closes or fails, so no rank's
+//    kernels wait out the timeout for a peer that is gone, and a rank whose collectives all completed sees no error.
 // NCCL (built with DSG_HAVE_NCCL): all-reduces of at least ncclMinBytes outside stream capture go through ncclAllReduce
 // when every rank has its own device (NCCL refuses one device twice in a communicator), then a kernel adds the sum into
 // the output and zeroes the input. The decode graphs never contain NCCL.
@@ -83,9 +84,11 @@ class TpComm {
   /** out [rows, vocabTotal] = every rank's gather source placed at its vocabStart columns. */
   void allGatherVocab(int rows, float* out, cudaStream_t stream);
 
-  /** 0, or 1 + the rank whose wait gave up first (timeout or abort). Read after the stream has synchronised. */
+  /** 0 while every wait of this rank's collectives completed; else why one gave up: -1 the group's abort request
+   *  (a rank closed or failed), or 1 + r * kMaxTpRanks + q: rank r timed out waiting for rank q. Read after the stream
+   *  has synchronised. */
   int abortedBy() const;
-  /** Makes every wait of the group's kernels give up at once (shutdown, a failed rank). */
+  /** Posts the group's abort request: every wait of the group's kernels that cannot complete gives up at once. */
   void abortGroup();
   bool usesNccl() const;
   /** Whether two ranks of the group share a device (then every collective uses at most 8 blocks). */
@@ -109,7 +112,8 @@ class TpComm {
   std::vector<int> vocabStart_, vocabSize_;
   int vocabTotal_ = 0;
   size_t gatherStride_ = 0;         // floats of the largest gather source
-  std::shared_ptr<Shared> shared_;  // the group's abort word
+  std::shared_ptr<Shared> shared_;  // the group's abort request
+  int* gaveUp_ = nullptr;           // this rank's status (abortedBy)
   size_t ncclMinBytes_ = 0;
   void* nccl_ = nullptr;            // ncclComm_t when used
   bool sharesDevice_ = false;
