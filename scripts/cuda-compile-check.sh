@@ -18,7 +18,6 @@ verbose=()
 fail=0
 for f in "${files[@]}"; do
   if ! nvcc -std=c++17 -O3 -arch=sm_90a -lineinfo "${verbose[@]}" -I native/include -I native/cuda -I "$extra" -I "$nccl" \
- \
       -DDYNAMO_CUDA "${ncclDef[@]}" -c "$f" -o "$out/$(basename "$f").o"; then
     echo "FAIL $f"
     fail=1

@@ -10,13 +10,14 @@
 #   4. bench/tp/tp-check.ts timing: Qwen3-8B shape, batch-1 ITL and batch-256 decode, TP 1 vs TP 2.
 # Ranks run on device rank % GPUs: on a one-GPU machine the TP 2 ranks share device 0 (proves the IPC-free in-process
 # mapping, the flags and the graph path; no speed-up is expected there). CUDA_MODULE_LOADING=EAGER: ranks sharing a
-# device share its context, where loading a kernel lazily may wait for a peer's kernel that waits for this rank.
+# device share its context, where loading a kernel lazily may wait for a peer's kernel that waits for this rank;
+# CUDA_DEVICE_MAX_CONNECTIONS=32: their streams must not share a hardware queue behind such a waiting kernel.
 # Prerequisites here: npm ci, ../shared/gpu/stage.sh. Device call: run(command="bash bench/tp/gpu-tp.sh", carry=[".gpu"]).
 # Full logs in $OUT (build, checks, tables); the short tables print last.
 set -u
 source .gpu/enter.sh
 export PATH=/usr/local/cuda/bin:$PATH
-export CUDA_MODULE_LOADING=EAGER
+export CUDA_MODULE_LOADING=EAGER CUDA_DEVICE_MAX_CONNECTIONS=32
 out=${1:-${OUT:-/tmp/dsg-tp}}
 work=/tmp/dsg-tp-work
 rm -rf "$work" && mkdir -p "$work" "$out"

@@ -14,8 +14,9 @@
 // Build and run on the GPU machine (run_kernel_check.sh does it), from the repository root:
 //   nvcc -std=c++17 -O3 -arch=sm_90a -I native/include -I native/cuda [-DDSG_HAVE_NCCL] \
 //     native/cuda/tests/all_reduce_check.cu native/cuda/all_reduce.cu [-lnccl] -o archeck && ./archeck
-// With one GPU, run it with CUDA_MODULE_LOADING=EAGER: ranks sharing a device also share its context, where loading a
-// kernel lazily may wait for a peer's kernel that waits for this rank. Exits non-zero when a check fails.
+// With one GPU, run it with CUDA_MODULE_LOADING=EAGER CUDA_DEVICE_MAX_CONNECTIONS=32: ranks sharing a device also
+// share its context, where loading a kernel lazily may wait for a peer's kernel that waits for this rank, and their
+// streams must not share a hardware queue behind such a kernel. Exits non-zero when a check fails.
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>

@@ -73,7 +73,7 @@ runCheck mask_check ""
 runCheck decode_attention_check --quick
 runCheck prefill_attention_check --small
 runCheck kv_ipc_check -
-export CUDA_MODULE_LOADING=EAGER  # ranks sharing a device also share its context (all_reduce_check.cu)
+export CUDA_MODULE_LOADING=EAGER CUDA_DEVICE_MAX_CONNECTIONS=32  # ranks sharing a device (all_reduce_check.cu)
 runCheck all_reduce_check -
 grep -hE "FAIL|ERROR" "$out"/*_check.log | head -20
 echo "| check | result | memcheck |"
