@@ -340,12 +340,17 @@ struct TpComm::Shared {
   int* word = nullptr;
   explicit Shared(const std::string& group) : word(allocateHostWord("the abort word of tensor-parallel group " + group)) {}
   ~Shared() { cudaFreeHost(word); }
-  static std::shared_ptr<Shared> of(const std::string& group) {
+  void post(int code) {
+    volatile int* w = word;
+    if (*w == 0) *w = code;
+  }
+  /** The live group's word, created when `create`; null when none is live and not `create`. */
+  static std::shared_ptr<Shared> of(const std::string& group, bool create) {
     static std::mutex mutex;
     static std::map<std::string, std::weak_ptr<Shared>> live;
     std::lock_guard<std::mutex> lock(mutex);
     std::shared_ptr<Shared> s = live[group].lock();
-    if (!s) {
+    if (!s && create) {
       s = std::make_shared<Shared>(group);
       live[group] = s;
     }
@@ -371,7 +376,7 @@ TpComm::TpComm(TpGroup& group, const TpCommOptions& o) : opt_(o) {
   DSG_CUDA(cudaMemset(buffer_, 0, kFlagsBytes));
   DSG_CUDA(cudaMemset(counters_, 0, 2 * kCommMaxBlocks * sizeof(uint32_t)));
   gatherSrc_ = reinterpret_cast<float*>(static_cast<char*>(buffer_) + gatherOffset);
-  shared_ = Shared::of(o.group);
+  shared_ = Shared::of(o.group, true);
   gaveUp_ = allocateHostWord("the all-reduce status word of " + who);
 
   PeerRecord mine{};
@@ -470,9 +475,10 @@ bool TpComm::usesNccl() const { return nccl_ != nullptr; }
 
 int TpComm::abortedBy() const { return *const_cast<volatile int*>(gaveUp_); }
 
-void TpComm::abortGroup() {
-  volatile int* w = shared_->word;
-  if (*w == 0) *w = -1;
+void TpComm::abortGroup() { shared_->post(-1); }
+
+void TpComm::abortGroupNamed(const std::string& group) {
+  if (const std::shared_ptr<Shared> s = Shared::of(group, false)) s->post(-1);
 }
 
 void TpComm::allReduce(float* in, float* out, int64_t n, ReduceOut mode, cudaStream_t stream, ReduceAlgo algo) {

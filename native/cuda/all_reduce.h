@@ -90,6 +90,9 @@ class TpComm {
   int abortedBy() const;
   /** Posts the group's abort request: every wait of the group's kernels that cannot complete gives up at once. */
   void abortGroup();
+  /** abortGroup() for the live group of that name in this process, if any (for the addon's tpAbort: TpGroup::abort
+   *  wakes the host waits, this the device waits). */
+  static void abortGroupNamed(const std::string& group);
   bool usesNccl() const;
   /** Whether two ranks of the group share a device (then every collective uses at most 8 blocks). */
   bool sharesDevice() const { return sharesDevice_; }
