@@ -147,15 +147,25 @@ __device__ void copyInAndZero(float* in, float* stage, int64_t lo, int64_t hi) {
 
 /** Sums [a, b) (offsets into the block's staging region, a a multiple of 4) over ranks in rank order; writes the sum
  *  to dst[i] (with dst's own offset) as Store/Add. */
+/** Sum over ranks, in rank order, of the staged float4 at float offset `at` of the block's region: every rank's load
+ *  is issued before the first add (peer loads have long latency). */
+__device__ __forceinline__ float4 sumRanks4(const CommView& v, uint32_t parity, int64_t at) {
+  float4 x[kMaxTpRanks];
+#pragma unroll
+  for (int r = 0; r < kMaxTpRanks; ++r)
+    if (r < v.size) x[r] = *reinterpret_cast<const float4*>(stagingAt(v, r, parity) + at);
+  float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int r = 0; r < kMaxTpRanks; ++r)
+    if (r < v.size) s.x += x[r].x, s.y += x[r].y, s.z += x[r].z, s.w += x[r].w;
+  return s;
+}
+
 template <ReduceOut kOut>
 __device__ void sumRanks(const CommView& v, uint32_t parity, int64_t a, int64_t b, float* dst) {
   const int64_t n4 = (b - a) / 4;
   for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int r = 0; r < v.size; ++r) {
-      const float4 x = reinterpret_cast<const float4*>(stagingAt(v, r, parity) + a)[i];
-      s.x += x.x, s.y += x.y, s.z += x.z, s.w += x.w;
-    }
+    float4 s = sumRanks4(v, parity, a + 4 * i);
     float4* d = reinterpret_cast<float4*>(dst + a) + i;
     if (kOut == ReduceOut::Add) {
       const float4 o = *d;
@@ -228,14 +238,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t a = imin(len, v.rank * part), b = imin(len, a + part);
   // The owner's sums over its part, in place in its own staging (peers read this part of it only after barrier 2).
   const int64_t n4 = (b - a) / 4;
-  for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int r = 0; r < v.size; ++r) {
-      const float4 x = reinterpret_cast<const float4*>(stagingAt(v, r, parity) + a)[i];
-      s.x += x.x, s.y += x.y, s.z += x.z, s.w += x.w;
-    }
-    reinterpret_cast<float4*>(mine + a)[i] = s;
-  }
+  for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) reinterpret_cast<float4*>(mine + a)[i] = sumRanks4(v, parity, a + 4 * i);
   for (int64_t i = a + n4 * 4 + threadIdx.x; i < b; i += blockDim.x) {
     float s = 0.f;
     for (int r = 0; r < v.size; ++r) s += stagingAt(v, r, parity)[i];
