@@ -50,8 +50,8 @@ class ThreadGroup final : public TpGroup {
       arrived_ = 0;
       ++generation_;
       cv_.notify_all();
-    } else {
-      cv_.wait(lock, [&] { return generation_ != gen; });
+    } else if (!cv_.wait_for(lock, std::chrono::seconds(120), [&] { return generation_ != gen; })) {
+      throw std::runtime_error("host barrier: a rank did not arrive within 120 s");  // a failed peer: no hang
     }
   }
   std::vector<std::vector<uint8_t>> allGather(int rank, const void* data, size_t bytes) override {
