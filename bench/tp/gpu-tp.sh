@@ -63,7 +63,7 @@ stamp "tp-check timing exit $?"
 grep -h "dynamo-sglang cuda:" "$out/tp_check.log" "$out/tp_timing.log" | sort | uniq -c | head -n 8 > "$out/startup_lines.txt"
 
 echo; echo "## all_reduce_check"
-grep -E "FAIL|ERROR|in-graph|PASSED|FAILED|skipped" "$out/all_reduce_check.log" | head -n 30
+grep -E "FAIL|ERROR|in-graph|PASSED|FAILED|skipped|sweep|bytes:" "$out/all_reduce_check.log" | head -n 40
 echo; echo "## start-up lines"; cat "$out/startup_lines.txt"
 echo; echo "## TP correctness (Qwen3-0.6B shape vs HF float32)"
 grep -E "^\||^Qwen3|tp [0-9]+ rank" "$out/tp_check.log"

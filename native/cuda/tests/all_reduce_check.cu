@@ -10,7 +10,8 @@
 //  - a wait that cannot complete (a rank that never calls) gives up after the group timeout and names the ranks;
 //    abortGroup() from the host releases a waiting kernel at once;
 //  - in-graph latency: 56 all-reduces of 1024 values (the Qwen3-0.6B hidden size at batch 1; the issue's 2 KB bf16
-//    message, here f32) captured in one CUDA graph on every rank, replayed back to back: microseconds per all-reduce.
+//    message, here f32) captured in one CUDA graph on every rank, replayed back to back: microseconds per all-reduce;
+//  - an eager sweep, 64 KB to 64 MB, of one-shot, two-shot and NCCL (where used): where the NCCL threshold belongs.
 // Build and run on the GPU machine (run_kernel_check.sh does it), from the repository root:
 //   nvcc -std=c++17 -O3 -arch=sm_90a -I native/include -I native/cuda [-DDSG_HAVE_NCCL] \
 //     native/cuda/tests/all_reduce_check.cu native/cuda/all_reduce.cu [-lnccl] -o archeck && ./archeck
@@ -106,7 +107,7 @@ int gpuCount() {
  *  cudaFree (which waits for the whole device) between collectives could wait for a peer's kernel that waits for
  *  this rank. */
 void runRanks(int size, int vocab, int gatherRows, double timeoutSec, const std::string& name,
-              const std::function<void(int, TpComm&, cudaStream_t, ThreadGroup&)>& body) {
+              const std::function<void(int, TpComm&, cudaStream_t, ThreadGroup&)>& body, size_t chunkFloats = 1 << 16) {
   ThreadGroup group(size, vocab);
   const int gpus = gpuCount();
   std::vector<std::string> errors(size);
@@ -120,7 +121,7 @@ void runRanks(int size, int vocab, int gatherRows, double timeoutSec, const std:
         o.deviceId = r % gpus;
         o.group = name;
         o.timeoutSec = timeoutSec;
-        o.chunkFloats = 1 << 16;  // small: the larger messages take several launches
+        o.chunkFloats = chunkFloats;  // default small: the larger messages take several launches
         o.gatherFloats = (size_t)gatherRows * group.vocabRows(r);
         o.vocabStart = group.vocabStart(r);
         o.vocabSize = group.vocabRows(r);
@@ -339,6 +340,47 @@ void timeGraph(int size, int64_t n) {
               gpus >= size ? "" : "  [ranks share a device: proves the graph path, not the NVLink latency]");
 }
 
+/** Eager all-reduce time (Add, rank 0's median of 20 after 5 warm-ups) of our kernels (one-shot and two-shot) and
+ *  NCCL where the group uses it, from 64 KB to 64 MB: where NCCL's bandwidth overtakes our kernels (the threshold in
+ *  all_reduce.cu). Staging as the backend sizes it for the Qwen3-8B shape (1024 tokens x 4096). */
+void sweep(int size) {
+  const std::vector<int64_t> sizes = {1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 21, 1 << 22, 1 << 23, 1 << 24};
+  std::vector<std::vector<double>> us(3, std::vector<double>(sizes.size(), NAN));
+  runRanks(size, 1000, 1, 60, "sweep", [&](int rank, TpComm& comm, cudaStream_t stream, ThreadGroup& g) {
+    Dev<float> in((size_t)sizes.back()), out((size_t)sizes.back());
+    DSG_CUDA(cudaMemset(in.p, 0, sizes.back() * 4));
+    DSG_CUDA(cudaMemset(out.p, 0, sizes.back() * 4));
+    cudaEvent_t a, b;
+    DSG_CUDA(cudaEventCreate(&a));
+    DSG_CUDA(cudaEventCreate(&b));
+    g.barrier(rank);
+    const ReduceAlgo algos[3] = {ReduceAlgo::OneShot, ReduceAlgo::TwoShot, ReduceAlgo::Nccl};
+    for (int k = 0; k < 3; ++k) {
+      if (algos[k] == ReduceAlgo::Nccl && !comm.usesNccl()) continue;
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        std::vector<double> t;
+        for (int rep = 0; rep < 25; ++rep) {
+          g.barrier(rank);
+          DSG_CUDA(cudaEventRecord(a, stream));
+          comm.allReduce(in.p, out.p, sizes[i], ReduceOut::Add, stream, algos[k]);
+          DSG_CUDA(cudaEventRecord(b, stream));
+          DSG_CUDA(cudaEventSynchronize(b));
+          float ms = 0;
+          DSG_CUDA(cudaEventElapsedTime(&ms, a, b));
+          if (rep >= 5) t.push_back(ms * 1000.0);
+        }
+        std::sort(t.begin(), t.end());
+        if (rank == 0) us[k][i] = t[t.size() / 2];
+      }
+    }
+    DSG_CUDA(cudaEventDestroy(a));
+    DSG_CUDA(cudaEventDestroy(b));
+  }, 1024 * 4096);
+  std::printf("eager all-reduce sweep, %d ranks (us, rank 0 median; NCCL NaN where not used):\n", size);
+  for (size_t i = 0; i < sizes.size(); ++i)
+    std::printf("  %9lld bytes: one-shot %8.1f  two-shot %8.1f  NCCL %8.1f\n", (long long)sizes[i] * 4, us[0][i], us[1][i], us[2][i]);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -360,6 +402,7 @@ int main(int argc, char** argv) {
       timeGraph(2, 1024);
       timeGraph(2, 4096);
       timeGraph(4, 1024);
+      sweep(2);
     }
   } catch (const std::exception& e) {
     std::printf("ERROR: %s\n", e.what());
