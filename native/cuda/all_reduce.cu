@@ -375,6 +375,16 @@ TpComm::TpComm(TpGroup& group, const TpCommOptions& o) : opt_(o) {
   if (e != cudaSuccess)
     throw EngineError("LLM_ERR_OUT_OF_MEMORY", who + ": cannot allocate the " + std::to_string(bytes) +
                                                    "-byte all-reduce buffer: " + cudaGetErrorString(e));
+  try {
+    connect(group, who, gatherOffset);
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+void TpComm::connect(TpGroup& group, const std::string& who, size_t gatherOffset) {
+  const TpCommOptions& o = opt_;
   DSG_CUDA(cudaMalloc(&counters_, 2 * kCommMaxBlocks * sizeof(uint32_t)));
   DSG_CUDA(cudaMemset(buffer_, 0, kFlagsBytes));
   DSG_CUDA(cudaMemset(counters_, 0, 2 * kCommMaxBlocks * sizeof(uint32_t)));
@@ -449,7 +459,6 @@ TpComm::TpComm(TpGroup& group, const TpCommOptions& o) : opt_(o) {
     if (r != ncclSuccess) throw deviceError(who + ": ncclCommInitRank failed: " + ncclGetErrorString(r));
     nccl_ = comm;
   }
-#else
 #endif
   sharesDevice_ = !distinctDevices;
   maxBlocks_ = sharesDevice_ ? kSharedDeviceMaxBlocks : kCommMaxBlocks;
@@ -458,13 +467,16 @@ TpComm::TpComm(TpGroup& group, const TpCommOptions& o) : opt_(o) {
   group.barrier(o.rank);
 }
 
-TpComm::~TpComm() {
+TpComm::~TpComm() { release(); }
+
+void TpComm::release() {
   cudaSetDevice(opt_.deviceId);
 #ifdef DSG_HAVE_NCCL
   // A group that gave up may have a collective that never completes: abort the communicator instead of waiting.
   if (nccl_) {
     if (abortedBy() != 0 || *const_cast<volatile int*>(shared_->word) != 0) ncclCommAbort(static_cast<ncclComm_t>(nccl_));
     else ncclCommDestroy(static_cast<ncclComm_t>(nccl_));
+    nccl_ = nullptr;
   }
 #endif
   for (size_t q = 0; q < peerBase_.size(); ++q)

@@ -101,8 +101,10 @@ class TpComm {
   int vocabTotal() const { return vocabTotal_; }
 
  private:
-  struct Peer;
   struct Shared;
+  /** The constructor's collective part (after the buffer exists); release() undoes whatever it did on a throw. */
+  void connect(TpGroup& group, const std::string& who, size_t gatherOffset);
+  void release();
   void launchReduce(float* in, float* out, int64_t n, ReduceOut mode, bool twoShot, cudaStream_t stream);
   void ncclReduce(float* in, float* out, int64_t n, ReduceOut mode, cudaStream_t stream);
 
