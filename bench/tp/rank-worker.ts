@@ -22,6 +22,7 @@ export type RankTask =
   | { kind: 'check'; refDir: string; runs: CheckRun[] }
   | { kind: 'timing'; modelDir: string; batches: number[]; prompt: number; newTokens: number };
 export interface RankInput {
+  backend: 'cuda' | 'cpu';
   rank: number;
   size: number;
   group: string;
@@ -77,7 +78,7 @@ class Digest {
 
 function open(spec: ModelSpec, options: Omit<EngineOptions, 'backend' | 'deviceId' | 'tp'>, run: number): Engine {
   const tp = input.size > 1 ? { rank: input.rank, size: input.size, group: `${input.group}-${run}`, timeoutMs: input.timeoutMs } : undefined;
-  return openEngine(spec, { backend: 'cuda', deviceId: input.deviceId, ...options, ...(tp ? { tp } : {}) });
+  return openEngine(spec, { backend: input.backend, deviceId: input.deviceId, ...options, ...(tp ? { tp } : {}) });
 }
 
 interface RefMeta {

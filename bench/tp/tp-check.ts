@@ -11,16 +11,17 @@
 //   timing MODEL_DIR [--bandwidth-tbps X]: batch-1 ITL and batch-256 decode tok/s per TP size (prompt 128, 64 new
 //                   tokens, pipelined steps as bench/engine/bench.ts), ratios to TP 1, and TP 1's ITL against its
 //                   weight-read floor (weights / copy bandwidth) when the bandwidth is given.
-// Usage: node --import tsx bench/tp/tp-check.ts check|timing DIR [--gpus N] [--tp 1,2] [--bandwidth-tbps X]
+// --backend cpu runs the same on the CPU backend's tensor parallelism (a control; --gpus is then ignored).
+// Usage: node --import tsx bench/tp/tp-check.ts check|timing DIR [--gpus N] [--tp 1,2] [--bandwidth-tbps X] [--backend cpu]
 // Exit code 1 when a check misses (timing mode judges nothing). Tables last.
-import { Worker } from 'node:worker_threads';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { spawnWorker } from '../../actors/worker.js';
 import type { CheckRun, CheckRunOut, RankInput, RankOutput, RankTask, SampledOut, TimingOut } from './rank-worker.js';
 
 const args = process.argv.slice(2);
 const [mode, dir] = args;
-if ((mode !== 'check' && mode !== 'timing') || !dir) throw new Error('usage: tp-check.ts check|timing DIR [--gpus N] [--tp 1,2] [--bandwidth-tbps X]');
+if ((mode !== 'check' && mode !== 'timing') || !dir) throw new Error('usage: tp-check.ts check|timing DIR [--gpus N] [--tp 1,2] [--bandwidth-tbps X] [--backend cpu]');
 const flag = (name: string, fallback: string): string => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 && i + 1 < args.length ? args[i + 1] : fallback;
@@ -28,15 +29,18 @@ const flag = (name: string, fallback: string): string => {
 const gpus = Number(flag('gpus', '1'));
 const tpSizes = flag('tp', '1,2').split(',').map(Number);
 const bandwidthTBps = Number(flag('bandwidth-tbps', '0'));
+const backendFlag = flag('backend', 'cuda');
+if (backendFlag !== 'cuda' && backendFlag !== 'cpu') throw new Error(`--backend ${backendFlag}: cuda or cpu`);
+const backend: 'cuda' | 'cpu' = backendFlag;
 
 /** Runs `task` on `size` rank workers; resolves with every rank's output in rank order. */
 async function runGroup(size: number, task: RankTask): Promise<RankOutput[]> {
   const group = `tp-check-${mode}-${size}-${process.pid}`;
   const outs = await Promise.all(
     Array.from({ length: size }, (_, rank) => {
-      const input: RankInput = { rank, size, group, deviceId: rank % gpus, timeoutMs: 120_000, task };
+      const input: RankInput = { backend, rank, size, group, deviceId: backend === 'cuda' ? rank % gpus : 0, timeoutMs: 120_000, task };
       return new Promise<RankOutput>((resolve) => {
-        const w = new Worker(new URL('./rank-worker.ts', import.meta.url), { workerData: input });
+        const w = spawnWorker(new URL('./rank-worker.ts', import.meta.url), input);
         let done = false;
         w.on('message', (m: RankOutput) => {
           done = true;
@@ -54,6 +58,9 @@ async function runGroup(size: number, task: RankTask): Promise<RankOutput[]> {
 }
 
 const pct = (x: number): string => `${(x * 100).toFixed(3)}%`;
+/** Where the ranks ran, for the table headers. */
+const placement = (): string =>
+  backend === 'cpu' ? 'cpu backend' : `TP ranks on ${gpus} GPU(s)${gpus < Math.max(...tpSizes) ? ' (ranks share a device)' : ''}`;
 
 async function check(refDir: string): Promise<boolean> {
   const meta = JSON.parse(readFileSync(join(refDir, 'tokens.json'), 'utf8')) as { prompts: number[][]; rows: number; vocab: number };
@@ -125,7 +132,7 @@ async function check(refDir: string): Promise<boolean> {
     }
     lines.push(`| ${size} | seeded sampling, ${meta.prompts.length} seqs x 33 tokens, pipelined${sameAsTp1} | | | | ${sampledEqual ? 'yes' : 'NO'} | ${sampledEqual ? 'yes' : 'NO'} |`);
   }
-  console.log(`Qwen3-0.6B shape, random bf16 weights vs HF float32; TP ranks on ${gpus} GPU(s)${gpus < Math.max(...tpSizes) ? ' (ranks share a device)' : ''}`);
+  console.log(`Qwen3-0.6B shape, random bf16 weights vs HF float32; ${placement()}`);
   console.log(lines.join('\n'));
   return ok;
 }
@@ -148,7 +155,7 @@ async function timing(modelDir: string): Promise<void> {
     const r256 = base ? `${(b256.tokS / base.find((r) => r.batch === 256)!.tokS).toFixed(2)}x` : '';
     lines.push(`| ${size} | ${b1.itlMs.toFixed(3)} ms | ${r1} | ${Math.round(b256.tokS).toLocaleString('en-US')} tok/s | ${r256} | ${(b1.weightsBytes / 2 ** 30).toFixed(2)} GiB |`);
   }
-  console.log(`decode timing, ${modelDir}; TP ranks on ${gpus} GPU(s)${gpus < Math.max(...tpSizes) ? ' (ranks share a device: no speed-up expected)' : ''}`);
+  console.log(`decode timing, ${modelDir}; ${placement()}`);
   console.log(lines.join('\n'));
   if (base && bandwidthTBps > 0) {
     const b1 = base.find((r) => r.batch === 1)!;
