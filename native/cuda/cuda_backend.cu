@@ -6,6 +6,13 @@
 // KV pool: per layer K then V, each [(numPages + 1) * pageSize, kvHeads, headDim] bf16; the extra page (index
 // numPages, never handed out) absorbs the KV writes of padded batch slots. Export unit: a page of every layer,
 // K then V per layer, bf16 (bytesPerPage = layers * 2 * pageSize * kvHeads * headDim * 2).
+// Tensor parallelism (BackendOptions.tp.size > 1, tensor_parallel.h): the weights arrive sharded, so heads, KV heads,
+// FFN columns and vocab rows are this rank's; the O and down linears write partial sums into tpPartial_ (not the
+// residual), all_reduce.cu adds their sum into the residual (exactly once: the fused residual-add epilogues target
+// tpPartial_ and the all-reduce leaves it zero again), the embedding is vocab-parallel (zeros outside the shard, then
+// the all-reduce), and the LM head writes the rank's vocab columns, gathered to the full vocabulary on every rank
+// before the usual sampling (same inputs and seeds on every rank: the same tokens). The collectives are captured in
+// the decode graphs; every rank captures the same graphs and replays them in the same order (same step descriptors).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +26,7 @@
 
 #include "backend.h"
 #include "embed_step.h"
+#include "all_reduce.h"
 #include "common.cuh"
 #include "gemm.h"
 #include "kernels.h"
@@ -98,17 +106,24 @@ class CudaBackend final : public Backend {
                                                  std::to_string(count) + " CUDA device(s) visible");
     DSG_CUDA(cudaSetDevice(o.deviceId));
     DSG_CUDA(cudaGetDeviceProperties(&prop_, o.deviceId));
+    const bool tp = o.tp.size > 1;
+    const ShardLayout& shard = o.tp.shard;
     H_ = d.hiddenSize;
     D_ = d.headDim;
-    QD_ = (int64_t)d.numHeads * D_;
-    KD_ = (int64_t)d.numKvHeads * D_;
+    heads_ = tp ? shard.numHeads : d.numHeads;
+    kvHeads_ = tp ? shard.numKvHeads : d.numKvHeads;
+    QD_ = (int64_t)heads_ * D_;
+    KD_ = (int64_t)kvHeads_ * D_;
     QKV_ = QD_ + 2 * KD_;
-    I_ = d.intermediateSize;
+    I_ = tp ? shard.intermediateSize : d.intermediateSize;
     V_ = d.vocabSize;
-    const int group = d.numHeads / std::max(d.numKvHeads, 1);
-    if (d.numKvHeads < 1 || d.numHeads % d.numKvHeads != 0 || group > 16 || 16 % group != 0)
+    vocabStart_ = tp ? shard.vocabStart : 0;
+    vocabRows_ = tp ? shard.vocabSize : d.vocabSize;
+    const int group = heads_ / std::max(kvHeads_, 1);
+    if (kvHeads_ < 1 || heads_ % kvHeads_ != 0 || group > 16 || 16 % group != 0)
       throw EngineError("LLM_ERR_UNSUPPORTED_ARCH", "CUDA attention needs num_attention_heads / num_key_value_heads to divide 16, got " +
-                                                        std::to_string(d.numHeads) + " / " + std::to_string(d.numKvHeads));
+                                                        std::to_string(heads_) + " / " + std::to_string(kvHeads_) +
+                                                        (tp ? " on tp rank " + std::to_string(o.tp.rank) : std::string()));
     if (!cuda::attentionSupportsHeadDim((int)D_))
       throw EngineError("LLM_ERR_UNSUPPORTED_ARCH", "CUDA attention supports head_dim 8, 16, 32, 64, 128 or 256, got " + std::to_string(D_));
     if (H_ % 8 != 0)
@@ -119,20 +134,38 @@ class CudaBackend final : public Backend {
     cuda::prepareAttentionKernels();
     decodeGemm_ = !envIsOne("DSG_NO_DECODE_GEMM") && cuda::decodeGemmAvailable();
 
-    loadWeights(w);
-    allocateWorkspace();
-    allocateKvPool();
-    captureDecodeGraphs();
+    if (tp) group_ = TpGroup::join(o.tp);
+    try {
+      loadWeights(w);
+      allocateWorkspace();
+      allocateKvPool();
+      if (tp) connectGroup();
+      captureDecodeGraphs();
+    } catch (const std::exception& e) {
+      // The peers would otherwise wait in their next collective (host or device) until the timeout.
+      if (comm_) comm_->abortGroup();
+      if (tp) TpGroup::abort(o.tp.group, "tp rank " + std::to_string(o.tp.rank) + " failed to start: " + e.what());
+      throw;
+    }
+    std::string tpLine;
+    if (tp)
+      tpLine = ", tp rank " + std::to_string(o.tp.rank) + " of " + std::to_string(o.tp.size) + " (large all-reduces: " +
+               (comm_->usesNccl() ? "NCCL from " + std::to_string(comm_->ncclMinBytes()) + " bytes" : std::string("two-shot")) +
+               (comm_->sharesDevice() ? "; ranks share a device" : "") + ")";
     std::fprintf(stderr,
                  "dynamo-sglang cuda: %s, weights %.1f MiB, KV pool %.1f MiB (%lld pages of %d tokens), workspace %.1f MiB, "
-                 "mid-batch decode linears: %s\n",
+                 "mid-batch decode linears: %s%s\n",
                  prop_.name, weightsBytes_ / 1048576.0, kvPoolBytes_ / 1048576.0, (long long)numPages_, o.pageSize,
-                 workspaceBytes_ / 1048576.0, useDecodeGemm(cuda::kDecodeGemmPreferredMaxTokens) ? "fused wgmma" : "cuBLAS");
+                 workspaceBytes_ / 1048576.0, useDecodeGemm(cuda::kDecodeGemmPreferredMaxTokens) ? "fused wgmma" : "cuBLAS",
+                 tpLine.c_str());
   }
 
   ~CudaBackend() override {
+    // A group with a rank gone is over: waits of the peers' (and this rank's begun) collectives give up at once.
+    if (comm_) comm_->abortGroup();
     for (auto& [bs, g] : graphs_) cudaGraphExecDestroy(g);
     if (stream_) cudaStreamSynchronize(stream_);  // begun steps write into host buffers and the caller's outputs
+    comm_.reset();
     for (int i = 0; i < 2; ++i) {
       if (hostInBuf_[i]) cudaFreeHost(hostInBuf_[i]);
       if (hostOutBuf_[i]) cudaFreeHost(hostOutBuf_[i]);
@@ -202,6 +235,7 @@ class CudaBackend final : public Backend {
     pending_.pop_front();
     DSG_CUDA(cudaSetDevice(opt_.deviceId));
     DSG_CUDA(cudaEventSynchronize(stepDone_[p.slot]));
+    checkGroup();
     unpackOutputs(p.numSeqs, p.maxTopN, p.rows, static_cast<const uint8_t*>(hostOutBuf_[p.slot]), p.out);
   }
 
@@ -225,8 +259,10 @@ class CudaBackend final : public Backend {
     // A private KV block: embedding never touches the shared pool.
     const EmbedStep step(tokenIds, n, opt_.pageSize);
     const int64_t tensorElems = (int64_t)step.numPages() * opt_.pageSize * KD_;
+    // Stream-ordered allocation: cudaFree would wait for the whole device, i.e. for a tensor-parallel peer on the same
+    // device whose collective waits for this rank's next step.
     bf16* kv = nullptr;
-    DSG_CUDA(cudaMalloc(&kv, (size_t)d_.numLayers * 2 * tensorElems * sizeof(bf16)));
+    DSG_CUDA(cudaMallocAsync(reinterpret_cast<void**>(&kv), (size_t)d_.numLayers * 2 * tensorElems * sizeof(bf16), stream_));
     std::vector<float> hidden((size_t)n * H_);
     try {
       uploadInputs(step.view, 1, nextSlot_);  // no step is begun (the addon's rule): either buffer is free
@@ -234,13 +270,15 @@ class CudaBackend final : public Backend {
       cuda::launchRmsNorm(residual_, nullptr, n, H_, finalNorm_, d_.rmsNormEps, xn_, stream_);
       std::vector<bf16> rowsBf((size_t)n * H_);
       DSG_CUDA(cudaMemcpyAsync(rowsBf.data(), xn_, rowsBf.size() * sizeof(bf16), cudaMemcpyDeviceToHost, stream_));
+      DSG_CUDA(cudaFreeAsync(kv, stream_));
+      kv = nullptr;
       DSG_CUDA(cudaStreamSynchronize(stream_));
+      checkGroup();
       for (size_t i = 0; i < rowsBf.size(); ++i) hidden[i] = __bfloat162float(rowsBf[i]);
     } catch (...) {
-      cudaFree(kv);
+      if (kv) cudaFreeAsync(kv, stream_);
       throw;
     }
-    cudaFree(kv);
     meanPoolNormalized(hidden.data(), n, H_, out);
   }
 
@@ -291,8 +329,8 @@ class CudaBackend final : public Backend {
     DeviceArena& a = weights_;
     const size_t H = H_, L = d_.numLayers;
     // One reserve per take below, in the same order (each piece is aligned separately).
-    a.reserve((size_t)V_ * H * 2);  // embed
-    if (!tied) a.reserve((size_t)V_ * H * 2);
+    a.reserve((size_t)vocabRows_ * H * 2);  // embed (this rank's vocab rows)
+    if (!tied) a.reserve((size_t)vocabRows_ * H * 2);
     a.reserve(H * 2);  // final norm
     for (size_t l = 0; l < L; ++l) {
       a.reserve(H * 2);
@@ -315,12 +353,12 @@ class CudaBackend final : public Backend {
     void* staging = nullptr;
     DSG_CUDA(cudaMalloc(&staging, stagingBytes));
     try {
-      embed_ = a.take<bf16>((size_t)V_ * H);
+      embed_ = a.take<bf16>((size_t)vocabRows_ * H);
       uploadBf16(w.embed, embed_, staging, stagingBytes);
       if (tied) {
         lmHead_ = embed_;
       } else {
-        lmHead_ = a.take<bf16>((size_t)V_ * H);
+        lmHead_ = a.take<bf16>((size_t)vocabRows_ * H);
         uploadBf16(w.lmHead, lmHead_, staging, stagingBytes);
       }
       finalNorm_ = a.take<bf16>(H);
@@ -375,8 +413,8 @@ class CudaBackend final : public Backend {
   // Split-KV blocks per (sequence, KV head) of a decode step. Shapes on the decode kernel's fast path split inside
   // one launch (a thread-block cluster sized from the batch, no merge kernel), so they take 1.
   int splitsFor(int seqs) const {
-    if (cuda::decodeAttentionFastPath(d_.numHeads, d_.numKvHeads, (int)D_)) return 1;
-    const int want = (2 * prop_.multiProcessorCount + seqs * d_.numKvHeads - 1) / (seqs * d_.numKvHeads);
+    if (cuda::decodeAttentionFastPath(heads_, kvHeads_, (int)D_)) return 1;
+    const int want = (2 * prop_.multiProcessorCount + seqs * kvHeads_ - 1) / (seqs * kvHeads_);
     return std::max(1, std::min(kMaxSplits, want));
   }
 
@@ -417,9 +455,10 @@ class CudaBackend final : public Backend {
     a.reserve(S * H_ * 2);          // last hidden
     a.reserve(S * (size_t)V_ * 4);  // logits
     a.reserve((size_t)maxPartRows * QD_ * 4);
-    a.reserve((size_t)maxPartRows * d_.numHeads * 4);
+    a.reserve((size_t)maxPartRows * heads_ * 4);
     a.reserve(outPlanes((int)S).end);
     a.reserve(cuda::sampleScratchBytes((int)S));
+    if (opt_.tp.size > 1) a.reserve(T * H_ * 4);  // partial sums of the row-parallel linears
     a.allocate("workspace");
     dIn_ = a.take<uint8_t>(L.total);
     residual_ = a.take<float>(T * H_);
@@ -433,9 +472,13 @@ class CudaBackend final : public Backend {
     lastHidden_ = a.take<bf16>(S * H_);
     logits_ = a.take<float>(S * (size_t)V_);
     partO_ = a.take<float>((size_t)maxPartRows * QD_);
-    partLse_ = a.take<float>((size_t)maxPartRows * d_.numHeads);
+    partLse_ = a.take<float>((size_t)maxPartRows * heads_);
     dOut_ = a.take<uint8_t>(outPlanes((int)S).end);
     sampleScratch_ = a.take<int32_t>(cuda::sampleScratchBytes((int)S) / sizeof(int32_t));
+    if (opt_.tp.size > 1) {
+      tpPartial_ = a.take<float>(T * H_);
+      DSG_CUDA(cudaMemset(tpPartial_, 0, T * H_ * 4));  // the all-reduces leave it zero after every use
+    }
     for (int i = 0; i < 2; ++i) {
       DSG_CUDA(cudaMallocHost(&hostInBuf_[i], L.total));
       DSG_CUDA(cudaMallocHost(&hostOutBuf_[i], outPlanes((int)S).end));
@@ -485,22 +528,62 @@ class CudaBackend final : public Backend {
 
   /** Captures every decode graph at start-up and replays each once on padding rows only, so graph instantiation,
    *  upload and kernel module loading (10-15 ms per size) happen here rather than in the first steps of each size.
-   *  DSG_NO_GRAPH_WARMUP=1 (kernel profiling: ncu then sees only the steps asked for) skips the replays. */
+   *  DSG_NO_GRAPH_WARMUP=1 (kernel profiling: ncu then sees only the steps asked for) skips the replays. With tensor
+   *  parallelism every rank captures all its graphs before any rank replays one: a replay's collectives wait for the
+   *  peers, and a peer still capturing may load kernel modules, which can wait for the whole device. */
   void captureDecodeGraphs() {
     const bool warmup = !envIsOne("DSG_NO_GRAPH_WARMUP");
     std::vector<int> sizes;
     for (int bs : kGraphSizes)
       if (bs <= maxGraphBatch_) sizes.push_back(bs);
     if (sizes.empty() || sizes.back() != maxGraphBatch_) sizes.push_back(maxGraphBatch_);
+    for (int bs : sizes) graphFor(bs);
+    if (group_) group_->barrier(opt_.tp.rank);
     StepView padding{};
     padding.pageSize = opt_.pageSize;
-    for (int bs : sizes) {
-      const cudaGraphExec_t exec = graphFor(bs);
-      if (!warmup) continue;
-      uploadInputs(padding, bs, nextSlot_);
-      DSG_CUDA(cudaGraphLaunch(exec, stream_));
-    }
+    if (warmup)
+      for (int bs : sizes) {
+        uploadInputs(padding, bs, nextSlot_);
+        DSG_CUDA(cudaGraphLaunch(graphFor(bs), stream_));
+      }
     DSG_CUDA(cudaStreamSynchronize(stream_));
+    checkGroup();
+  }
+
+  /** Tensor parallelism: the collectives (all_reduce.h) over buffers every rank maps. Staging for up to 1024 tokens of
+   *  hidden state per launch (every decode graph's all-reduce is one launch); the gather source holds this rank's
+   *  vocab columns of a full step's logits. */
+  void connectGroup() {
+    cuda::TpCommOptions c;
+    c.rank = opt_.tp.rank;
+    c.size = opt_.tp.size;
+    c.deviceId = opt_.deviceId;
+    c.group = opt_.tp.group;
+    c.timeoutSec = opt_.tp.timeoutSec;
+    c.chunkFloats = (size_t)std::min(opt_.maxBatchTokens, 1024) * H_;
+    c.gatherFloats = (size_t)opt_.maxSeqsPerStep * vocabRows_;
+    c.vocabStart = vocabStart_;
+    c.vocabSize = vocabRows_;
+    comm_ = std::make_unique<cuda::TpComm>(*group_, c);
+    // Ranks sharing a device (single-GPU proof of the path): the fused decode GEMM's clusters of up to 16 blocks may
+    // not fit beside a peer's collective waiting for this rank, which would wait out the timeout; cuBLAS instead.
+    if (comm_->sharesDevice()) decodeGemm_ = false;
+    if (comm_->vocabTotal() != V_)
+      throw EngineError("LLM_ERR_CONFIG", "tp ranks' vocab shards cover " + std::to_string(comm_->vocabTotal()) +
+                                              " rows, the model has " + std::to_string(V_));
+  }
+
+  /** After a synchronisation: whether a collective of this group gave up (a peer timed out, failed or closed). */
+  void checkGroup() const {
+    if (!comm_) return;
+    const int by = comm_->abortedBy();
+    if (by == 0) return;
+    std::string why = "a rank of the group closed or failed";
+    if (by > 0)
+      why = "tp rank " + std::to_string((by - 1) / cuda::kMaxTpRanks) + " gave up waiting for rank " +
+            std::to_string((by - 1) % cuda::kMaxTpRanks) + " after " + std::to_string(opt_.tp.timeoutSec) + " s";
+    throw EngineError("LLM_ERR_TP_ABORTED", "tensor-parallel group " + opt_.tp.group + " (rank " +
+                                                std::to_string(opt_.tp.rank) + "): " + why);
   }
 
   /** Packs a step into pinned input buffer `slot` and queues its copy to the device input buffer. */
@@ -584,16 +667,16 @@ class CudaBackend final : public Backend {
     const int32_t* pageTable = in<int32_t>(layout_.pages);
     // Mixed steps: chunks through prefill attention, one-token rows through the decode kernel (packInputs' order).
     const int chunks = maxQLen == 1 ? 0 : chunkRecords_;
-    const bool splitMixed = chunks > 0 && chunks < seqs && cuda::decodeAttentionFastPath(d_.numHeads, d_.numKvHeads, (int)D_);
+    const bool splitMixed = chunks > 0 && chunks < seqs && cuda::decodeAttentionFastPath(heads_, kvHeads_, (int)D_);
     const cuda::AttnBatch batch{records, pageTable, splitMixed ? chunks : seqs, maxQLen, opt_.pageSize};
     const cuda::AttnBatch oneTokenRows{records + chunks, pageTable, seqs - chunks, 1, opt_.pageSize};
     const auto attend = [&](bf16* kCache, bf16* vCache) {
-      cuda::launchAttention(q_, kCache, vCache, batch, tokens, d_.numHeads, d_.numKvHeads, D_, scale, splits, attnOut_,
+      cuda::launchAttention(q_, kCache, vCache, batch, tokens, heads_, kvHeads_, D_, scale, splits, attnOut_,
                             partO_, partLse_, stream_);
       if (splits > 1)
-        cuda::launchAttentionMerge(partO_, partLse_, splits, tokens, d_.numHeads, D_, attnOut_, stream_);
+        cuda::launchAttentionMerge(partO_, partLse_, splits, tokens, heads_, D_, attnOut_, stream_);
       if (splitMixed)
-        cuda::launchAttention(q_, kCache, vCache, oneTokenRows, tokens, d_.numHeads, d_.numKvHeads, D_, scale, 1,
+        cuda::launchAttention(q_, kCache, vCache, oneTokenRows, tokens, heads_, kvHeads_, D_, scale, 1,
                               attnOut_, partO_, partLse_, stream_);
     };
     // Few tokens (decode at small batch): fused GEMV kernels (gemv.cu) read each weight once with the norm / SiLU
@@ -603,7 +686,15 @@ class CudaBackend final : public Backend {
     const bool gemvO = small && cuda::gemvSupports(tokens, H_, (int)QD_);
     const bool gemvGateUp = small && cuda::gemvSupports(tokens, (int)(2 * I_), H_);
     const bool gemvDown = small && cuda::gemvSupports(tokens, H_, (int)I_);
-    cuda::launchEmbedGather(in<int32_t>(layout_.tokens), tokens, embed_, H_, residual_, stream_);
+    // The row-parallel outputs (O, down) go to rowOut: the residual itself, or with tensor parallelism this rank's
+    // partial sums, which reduceRows then adds into the residual.
+    float* const rowOut = comm_ ? tpPartial_ : residual_;
+    if (comm_) {
+      cuda::launchEmbedGather(in<int32_t>(layout_.tokens), tokens, embed_, H_, vocabStart_, vocabRows_, tpPartial_, stream_);
+      comm_->allReduce(tpPartial_, residual_, (int64_t)tokens * H_, cuda::ReduceOut::Store, stream_);
+    } else {
+      cuda::launchEmbedGather(in<int32_t>(layout_.tokens), tokens, embed_, H_, 0, V_, residual_, stream_);
+    }
     if (!small && useDecodeGemm(tokens)) {
       forwardLayersDecodeGemm(tokens, rope, kvBase, tensorElems, attend);
       return;
@@ -620,14 +711,15 @@ class CudaBackend final : public Backend {
         gemm_->linearBf16(xn_, L.qkv, qkv_, tokens, (int)QKV_, H_);
       }
       cuda::launchQkNormRopeKvWrite(qkv_, L.qkvBias, L.qNorm, L.kNorm, eps, in<int32_t>(layout_.positions),
-                                    in<int32_t>(layout_.slots), tokens, d_.numHeads, d_.numKvHeads, D_, rope, q_,
+                                    in<int32_t>(layout_.slots), tokens, heads_, kvHeads_, D_, rope, q_,
                                     kCache, vCache, stream_);
       attend(kCache, vCache);
       if (gemvO)
         cuda::launchGemv({cuda::GemvInputKind::Bf16, attnOut_, nullptr, 0.f}, L.o, tokens, H_, (int)QD_, nullptr,
-                         residual_, kGemvOverlap, stream_);
+                         rowOut, kGemvOverlap, stream_);
       else
-        gemm_->linearF32(attnOut_, L.o, residual_, tokens, H_, (int)QD_, 1.f);
+        gemm_->linearF32(attnOut_, L.o, rowOut, tokens, H_, (int)QD_, comm_ ? 0.f : 1.f);
+      reduceRows(tokens);
       if (gemvGateUp) {
         cuda::launchGemv({cuda::GemvInputKind::RmsNorm, residual_, L.postAttnNorm, eps}, L.gateUp, tokens,
                          (int)(2 * I_), H_, gateUp_, nullptr, kGemvOverlap, stream_);
@@ -637,12 +729,18 @@ class CudaBackend final : public Backend {
       }
       if (gemvDown) {
         cuda::launchGemv({cuda::GemvInputKind::SiluMul, gateUp_, nullptr, 0.f}, L.down, tokens, H_, (int)I_, nullptr,
-                         residual_, kGemvOverlap, stream_);
+                         rowOut, kGemvOverlap, stream_);
       } else {
         cuda::launchSiluMul(gateUp_, tokens, (int)I_, act_, stream_);
-        gemm_->linearF32(act_, L.down, residual_, tokens, H_, (int)I_, 1.f);
+        gemm_->linearF32(act_, L.down, rowOut, tokens, H_, (int)I_, comm_ ? 0.f : 1.f);
       }
+      reduceRows(tokens);
     }
+  }
+
+  /** Tensor parallelism: residual += the sum over ranks of tpPartial_ (left zero for the next accumulation). */
+  void reduceRows(int tokens) {
+    if (comm_) comm_->allReduce(tpPartial_, residual_, (int64_t)tokens * H_, cuda::ReduceOut::Add, stream_);
   }
 
   /** Whether a step of `tokens` tokens runs its linears through decode_gemm.cu (enabled, all four shapes supported). */
@@ -658,6 +756,8 @@ class CudaBackend final : public Backend {
    * bf16(residual * weight) into xn_ and the residual's partial sums of squares into ssq_; the linear that reads xn_
    * scales its output rows by the norm. Layer 0's input comes from the RMSNorm kernel. Used up to
    * kDecodeGemmPreferredMaxTokens tokens, where it beats cuBLAS and its neighbour kernels (NOTES-decode-gemm.md).
+   * With tensor parallelism o and down add into tpPartial_ instead (no norm epilogue: the residual is complete only
+   * after the all-reduce), and the RMSNorm kernel writes the next linear's input after each all-reduce.
    */
   template <class Attend>
   void forwardLayersDecodeGemm(int tokens, const cuda::RopeArgs& rope, bf16* kvBase, int64_t tensorElems,
@@ -665,31 +765,53 @@ class CudaBackend final : public Backend {
     const float eps = d_.rmsNormEps;
     using Out = cuda::DecodeGemmOut;
     cuda::launchRmsNorm(residual_, nullptr, tokens, H_, layers_[0].inputNorm, eps, xn_, stream_);
+    const bool tp = comm_ != nullptr;
+    float* const rowOut = tp ? tpPartial_ : residual_;
+    float* const ssqIn = tp ? nullptr : ssq_;  // whether xn_ still needs its rows scaled by the norm
     for (int l = 0; l < d_.numLayers; ++l) {
       const LayerDev& L = layers_[l];
       bf16* kCache = kvBase + (int64_t)(2 * l) * tensorElems;
       bf16* vCache = kvBase + (int64_t)(2 * l + 1) * tensorElems;
-      cuda::launchDecodeGemm({xn_, l == 0 ? nullptr : ssq_, eps, Out::Bf16, qkv_, nullptr, nullptr, nullptr, nullptr},
+      cuda::launchDecodeGemm({xn_, l == 0 ? nullptr : ssqIn, eps, Out::Bf16, qkv_, nullptr, nullptr, nullptr, nullptr},
                              L.qkv, tokens, (int)QKV_, H_, stream_);
       cuda::launchQkNormRopeKvWrite(qkv_, L.qkvBias, L.qNorm, L.kNorm, eps, in<int32_t>(layout_.positions),
-                                    in<int32_t>(layout_.slots), tokens, d_.numHeads, d_.numKvHeads, D_, rope, q_,
+                                    in<int32_t>(layout_.slots), tokens, heads_, kvHeads_, D_, rope, q_,
                                     kCache, vCache, stream_);
       attend(kCache, vCache);
-      cuda::launchDecodeGemm({attnOut_, nullptr, eps, Out::AddResidual, nullptr, residual_, L.postAttnNorm, xn_, ssq_},
-                             L.o, tokens, H_, (int)QD_, stream_);
-      cuda::launchDecodeGemm({xn_, ssq_, eps, Out::SiluGateUp, act_, nullptr, nullptr, nullptr, nullptr}, L.gateUp,
+      if (tp) {
+        cuda::launchDecodeGemm({attnOut_, nullptr, eps, Out::AddResidual, nullptr, rowOut, nullptr, nullptr, nullptr},
+                               L.o, tokens, H_, (int)QD_, stream_);
+        reduceRows(tokens);
+        cuda::launchRmsNorm(residual_, nullptr, tokens, H_, L.postAttnNorm, eps, xn_, stream_);
+      } else {
+        cuda::launchDecodeGemm({attnOut_, nullptr, eps, Out::AddResidual, nullptr, residual_, L.postAttnNorm, xn_, ssq_},
+                               L.o, tokens, H_, (int)QD_, stream_);
+      }
+      cuda::launchDecodeGemm({xn_, ssqIn, eps, Out::SiluGateUp, act_, nullptr, nullptr, nullptr, nullptr}, L.gateUp,
                              tokens, (int)(2 * I_), H_, stream_);
       const bf16* nextNorm = l + 1 < d_.numLayers ? layers_[l + 1].inputNorm : nullptr;
-      cuda::launchDecodeGemm({act_, nullptr, eps, Out::AddResidual, nullptr, residual_, nextNorm,
-                              nextNorm ? xn_ : nullptr, nextNorm ? ssq_ : nullptr},
-                             L.down, tokens, H_, (int)I_, stream_);
+      if (tp) {
+        cuda::launchDecodeGemm({act_, nullptr, eps, Out::AddResidual, nullptr, rowOut, nullptr, nullptr, nullptr},
+                               L.down, tokens, H_, (int)I_, stream_);
+        reduceRows(tokens);
+        if (nextNorm) cuda::launchRmsNorm(residual_, nullptr, tokens, H_, nextNorm, eps, xn_, stream_);
+      } else {
+        cuda::launchDecodeGemm({act_, nullptr, eps, Out::AddResidual, nullptr, residual_, nextNorm,
+                                nextNorm ? xn_ : nullptr, nextNorm ? ssq_ : nullptr},
+                               L.down, tokens, H_, (int)I_, stream_);
+      }
     }
   }
 
   void forward(int tokens, int seqs, int maxQLen, bf16* kvBase, int64_t tensorElems) {
     forwardLayers(tokens, seqs, maxQLen, kvBase, tensorElems);
     cuda::launchRmsNorm(residual_, in<int32_t>(layout_.lastRows), seqs, H_, finalNorm_, d_.rmsNormEps, lastHidden_, stream_);
-    gemm_->linearF32(lastHidden_, lmHead_, logits_, seqs, V_, H_, 0.f);
+    if (comm_) {  // this rank's vocab columns, then every rank's gathered into the full logits
+      gemm_->linearF32(lastHidden_, lmHead_, comm_->gatherSource(), seqs, vocabRows_, H_, 0.f);
+      comm_->allGatherVocab(seqs, logits_, stream_);
+    } else {
+      gemm_->linearF32(lastHidden_, lmHead_, logits_, seqs, V_, H_, 0.f);
+    }
   }
 
   /** The output region for `rows` sequences: four planes (tokens, logprobs, top ids, top logprobs). */
@@ -763,12 +885,13 @@ class CudaBackend final : public Backend {
                                                      " out of range [0, " + std::to_string(numPages_) + ")");
     const int64_t pageElems = (int64_t)opt_.pageSize * KD_;
     const int32_t chunk = (int32_t)std::max<int64_t>(1, std::min<int64_t>(n, (256LL << 20) / bytesPerPage_));
+    // Stream-ordered allocations (see embed: cudaFree waits for the whole device).
     bf16* staging = nullptr;
     int32_t* dPages = nullptr;
-    DSG_CUDA(cudaMalloc(&staging, (size_t)chunk * bytesPerPage_));
-    const cudaError_t e2 = cudaMalloc(&dPages, (size_t)chunk * 4);
+    DSG_CUDA(cudaMallocAsync(reinterpret_cast<void**>(&staging), (size_t)chunk * bytesPerPage_, stream_));
+    const cudaError_t e2 = cudaMallocAsync(reinterpret_cast<void**>(&dPages), (size_t)chunk * 4, stream_);
     if (e2 != cudaSuccess) {
-      cudaFree(staging);
+      cudaFreeAsync(staging, stream_);
       DSG_CUDA(e2);
     }
     try {
@@ -786,12 +909,12 @@ class CudaBackend final : public Backend {
         DSG_CUDA(cudaStreamSynchronize(stream_));
       }
     } catch (...) {
-      cudaFree(staging);
-      cudaFree(dPages);
+      cudaFreeAsync(staging, stream_);
+      cudaFreeAsync(dPages, stream_);
       throw;
     }
-    cudaFree(staging);
-    cudaFree(dPages);
+    DSG_CUDA(cudaFreeAsync(staging, stream_));
+    DSG_CUDA(cudaFreeAsync(dPages, stream_));
   }
 
   ModelDesc d_;
@@ -799,8 +922,13 @@ class CudaBackend final : public Backend {
   cudaDeviceProp prop_{};
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::Gemm> gemm_;
-  int64_t H_ = 0, D_ = 0, QD_ = 0, KD_ = 0, QKV_ = 0, I_ = 0;
-  int V_ = 0;
+  int64_t H_ = 0, D_ = 0, QD_ = 0, KD_ = 0, QKV_ = 0, I_ = 0;  // QD_, KD_, I_: this rank's (tensor parallelism)
+  int heads_ = 0, kvHeads_ = 0;         // this rank's query / KV heads
+  int V_ = 0;                           // the whole vocabulary (logits, sampling)
+  int vocabStart_ = 0, vocabRows_ = 0;  // this rank's embedding / LM head rows
+  std::shared_ptr<TpGroup> group_;      // tensor parallelism: the rank's group, and the collectives over it
+  std::unique_ptr<cuda::TpComm> comm_;
+  float* tpPartial_ = nullptr;          // [tokens, hidden] f32 partial sums of O / down; zero between uses
   DeviceArena weights_, work_;
   bf16 *embed_ = nullptr, *lmHead_ = nullptr, *finalNorm_ = nullptr;
   float* invFreq_ = nullptr;

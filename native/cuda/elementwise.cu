@@ -10,16 +10,18 @@ namespace dsg::cuda {
 
 namespace {
 
-// One block per token; 16-byte loads of 8 bf16 each (hidden % 8 == 0 checked at load).
+// One block per token; 16-byte loads of 8 bf16 each (hidden % 8 == 0 checked at load). The table holds rows
+// [vocabStart, vocabStart + rows) of the vocabulary (all of it without tensor parallelism); other tokens embed to zeros.
 __global__ void embedGatherKernel(const int32_t* __restrict__ ids, const bf16* __restrict__ embed, int hidden,
-                                  float* __restrict__ residual) {
+                                  int vocabStart, int rows, float* __restrict__ residual) {
   const int t = blockIdx.x;
-  const int64_t id = ids[t];
-  const uint4* src = reinterpret_cast<const uint4*>(embed + id * hidden);
+  const int64_t id = (int64_t)ids[t] - vocabStart;
+  const bool inShard = id >= 0 && id < rows;
+  const uint4* src = reinterpret_cast<const uint4*>(embed + (inShard ? id : 0) * hidden);
   float4* dst = reinterpret_cast<float4*>(residual + (int64_t)t * hidden);
   for (int c = threadIdx.x; c < hidden / 8; c += blockDim.x) {
-    float f[8];
-    unpack8(src[c], f);
+    float f[8] = {};
+    if (inShard) unpack8(src[c], f);
     dst[2 * c] = make_float4(f[0], f[1], f[2], f[3]);
     dst[2 * c + 1] = make_float4(f[4], f[5], f[6], f[7]);
   }
@@ -171,10 +173,10 @@ void launchToBf16(const void* src, bool srcF16, int64_t n, bf16* dst, cudaStream
   DSG_LAUNCHED("toBf16Kernel");
 }
 
-void launchEmbedGather(const int32_t* ids, int numTokens, const bf16* embed, int hidden, float* residual,
-                       cudaStream_t stream) {
+void launchEmbedGather(const int32_t* ids, int numTokens, const bf16* embed, int hidden, int vocabStart, int rows,
+                       float* residual, cudaStream_t stream) {
   if (numTokens <= 0) return;
-  embedGatherKernel<<<numTokens, 128, 0, stream>>>(ids, embed, hidden, residual);
+  embedGatherKernel<<<numTokens, 128, 0, stream>>>(ids, embed, hidden, vocabStart, rows, residual);
   DSG_LAUNCHED("embedGatherKernel");
 }
 

@@ -15,9 +15,11 @@ namespace dsg::cuda {
 /** Replaces each token id < 0, a placeholder -(1 + row), with sampled[row]: the previous step's samples (token
  *  feedback of pipelined steps, token_feedback.cu). In place over tokens[0, n). */
 void launchResolveTokenFeedback(int32_t* tokens, int n, const int32_t* sampled, cudaStream_t stream);
-/** residual[t, :] = float(embed[ids[t], :]) for t < numTokens. */
-void launchEmbedGather(const int32_t* ids, int numTokens, const __nv_bfloat16* embed, int hidden, float* residual,
-                       cudaStream_t stream);
+/** residual[t, :] = float(embed[ids[t] - vocabStart, :]) for t < numTokens, zeros where ids[t] is outside
+ *  [vocabStart, vocabStart + rows): embed holds those rows of the vocabulary (a tensor-parallel rank's shard, or
+ *  vocabStart 0 and every row). */
+void launchEmbedGather(const int32_t* ids, int numTokens, const __nv_bfloat16* embed, int hidden, int vocabStart, int rows,
+                       float* residual, cudaStream_t stream);
 
 /**
  * out[r, :] = bf16(x * rsqrt(mean(x^2) + eps) * weight) with x = residual[rows ? rows[r] : r, :], r < numRows.

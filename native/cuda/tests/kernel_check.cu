@@ -34,12 +34,24 @@ static void checkEmbedNormSilu() {
   Dev<int32_t> dIds(ids);
   Dev<float> dRes((size_t)T * hidden);
   dRes.poison();
-  launchEmbedGather(dIds.p, T, dEmb.p, hidden, dRes.p, 0);
+  launchEmbedGather(dIds.p, T, dEmb.p, hidden, 0, vocab, dRes.p, 0);
   auto res = dRes.get();
   double err = 0;
   for (int t = 0; t < T; ++t)
     for (int h = 0; h < hidden; ++h) err = std::max(err, (double)std::fabs(res[(size_t)t * hidden + h] - emb[(size_t)ids[t] * hidden + h]));
   report("embedGather (exact)", err, 0);
+  // A tensor-parallel shard: table rows [300, 700) of the vocabulary; other tokens embed to zeros.
+  const int shardStart = 300, shardRows = 400;
+  dRes.poison();
+  launchEmbedGather(dIds.p, T, dEmb.p + (size_t)shardStart * hidden, hidden, shardStart, shardRows, dRes.p, 0);
+  res = dRes.get();
+  err = 0;
+  for (int t = 0; t < T; ++t) {
+    const bool in = ids[t] >= shardStart && ids[t] < shardStart + shardRows;
+    for (int h = 0; h < hidden; ++h)
+      err = std::max(err, (double)std::fabs(res[(size_t)t * hidden + h] - (in ? emb[(size_t)ids[t] * hidden + h] : 0.f)));
+  }
+  report("embedGather, vocab shard [300, 700) (exact, zeros outside)", err, 0);
 
 }
 
