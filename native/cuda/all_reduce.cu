@@ -570,3 +570,7 @@ void TpComm::allGatherVocab(int rows, float* out, cudaStream_t stream) {
 }
 
 }  // namespace dsg::cuda
+
+namespace dsg {
+void abortCudaTpGroup(const std::string& group) { cuda::TpComm::abortGroupNamed(group); }
+}  // namespace dsg

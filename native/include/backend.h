@@ -222,6 +222,9 @@ class Backend {
 std::unique_ptr<Backend> createCpuBackend(const ModelDesc& desc, const ModelWeights& weights, const BackendOptions& options);
 #ifdef DYNAMO_CUDA
 std::unique_ptr<Backend> createCudaBackend(const ModelDesc& desc, const ModelWeights& weights, const BackendOptions& options);
+/** The device side of an abort: the group's ranks stop waiting in their collective kernels (TpGroup::abort wakes the
+ *  host-side waits only). */
+void abortCudaTpGroup(const std::string& group);
 #endif
 
 }  // namespace dsg

@@ -578,7 +578,11 @@ Napi::Value TpAbortJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) bad("LLM_ERR_BAD_REQUEST", "tpAbort(group, reason): both must be strings");
-    TpGroup::abort(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value());
+    const std::string group = info[0].As<Napi::String>().Utf8Value();
+    TpGroup::abort(group, info[1].As<Napi::String>().Utf8Value());
+#ifdef DYNAMO_CUDA
+    abortCudaTpGroup(group);
+#endif
     return env.Undefined();
   });
 }
