@@ -190,8 +190,8 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv = process.e
   const settings = mergeLayers([cli.flags, envLayer, yamlLayer]);
   // SGLang flags this worker only checks: the command line's, then the file's for those the command line lacks
   const passive = new Map<string, ParsedFlag>();
-  for (const layer of [yamlLayer, cli.flags]) {
-    for (const p of layer.values()) if (SGLANG_PASSIVE_FLAGS.includes(p.spec)) passive.set(p.spec.name, p);
+  for (const layer of [cli.flags, yamlLayer]) {
+    for (const p of layer.values()) if (SGLANG_PASSIVE_FLAGS.includes(p.spec) && !passive.has(p.spec.name)) passive.set(p.spec.name, p);
   }
   return deepFreeze(derive(settings, [...passive.values()], env, cwd));
 }
