@@ -12,6 +12,7 @@ import { WORKER_FLAGS, WorkerConfigSchema } from '../src/config/schema.js';
 import { SGLANG_SERVER_FLAGS, type SglangFlag } from '../src/config/sglang-flags.js';
 import { DYN_REASONING_PARSERS, DYN_TOOL_CALL_PARSERS } from '../src/config/dynamo-parsers.js';
 import { main } from '../src/cli/main.js';
+import { resolveSupervisorConfig } from '../src/config/supervisor.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'dsg-sglang-flags-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -79,6 +80,10 @@ t.test('honoured SGLang spellings change the configuration', async (t) => {
   t.same([c.disableRadixCache, c.baseGpuId, c.enableMetrics, c.logLevel, c.workerKind], [true, 2, true, 'warn', 'embedding']);
   t.same(c.unusedFlags, [], 'nothing honoured is reported as unused');
   t.equal(resolve(['--dp', '1', '--tp', '1']).tpSize, 1);
+  const pool = resolve(['--max-total-tokens', '100', '--page-size', '16']);
+  t.equal(pool.maxTotalTokens, 100);
+  t.equal(resolveSupervisorConfig(pool).numPages, 7, '--max-total-tokens sizes the KV pool in whole pages');
+  t.equal(resolveSupervisorConfig(resolve([])).numPages, null, 'else the engine sizes it from memory');
   t.equal(resolve(['--nccl-init-addr', 'h:5', '--nnodes', '2', '--tp', '2']).distInitAddr, 'h:5');
   t.ok(Value.Check(WorkerConfigSchema, c));
 });

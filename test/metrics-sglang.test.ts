@@ -105,7 +105,8 @@ t.test('a worker with --enable-metrics exports the sglang:* families on /metrics
   const base = ['--model-path', MODEL, '--served-model-name', 'stories260K', '--device', 'cpu', '--cpu-threads', '1', '--mem-fraction-static', '0.01',
     '--discovery-backend', 'mem', '--tcp-rpc-host', '127.0.0.1', '--system-port', '0', '--system-host', '127.0.0.1', '--page-size', '4'];
   const quiet = () => undefined;
-  const worker = await startWorker(await finalizeConfig(resolveConfig([...base, '--enable-metrics'], {})), { discovery, log: quiet });
+  const worker = await startWorker(await finalizeConfig(resolveConfig([...base, '--enable-metrics', '--max-total-tokens', '256'], {})), { discovery, log: quiet });
+  t.equal(worker.supervisor.engine.kv.numPages, 64, "SGLang's --max-total-tokens sized the KV pool: 256 tokens in pages of 4");
   const client = await EndpointClient.create({ discovery, namespace: 'dynamo', component: 'backend', endpoint: 'generate', responses });
   t.teardown(async () => {
     client.close();
@@ -139,6 +140,8 @@ t.test('a worker with --enable-metrics exports the sglang:* families on /metrics
     model_name: 'stories260K', engine_type: 'unified', tp_rank: '0', pp_rank: '0', dynamo_namespace: 'dynamo', dynamo_component: 'backend', dynamo_endpoint: 'generate',
   });
   t.equal(running.value, 0, 'nothing running after the requests');
+  const usage = one(text, 'sglang:token_usage').value;
+  t.equal(usage, one(text, 'sglang:num_used_tokens').value / 256, 'token usage is used tokens over the pool of 256');
   t.equal(one(text, 'sglang:num_requests_total').value, 2);
   t.equal(one(text, 'sglang:prompt_tokens_total').value, 2 * prompt.length);
   t.equal(one(text, 'sglang:generation_tokens_total').value, 10);

@@ -357,6 +357,7 @@ function derive(settings: Map<SettingKey, Setting>, passive: readonly ParsedFlag
     device: str('device') as WorkerConfig['device'],
     pageSize: num('pageSize'),
     maxRunningRequests: optNum('maxRunningRequests'),
+    maxTotalTokens: optNum('maxTotalTokens'),
     maxPrefillTokens: num('maxPrefillTokens'),
     chunkedPrefillSize: optNum('chunkedPrefillSize'),
     memFractionStatic: optNum('memFractionStatic'),

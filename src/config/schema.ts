@@ -143,6 +143,7 @@ export const WorkerConfigSchema = Type.Object(
     device: DeviceSchema,
     pageSize: PositiveInt,
     maxRunningRequests: nullable(PositiveInt),
+    maxTotalTokens: nullable(PositiveInt),
     maxPrefillTokens: PositiveInt,
     chunkedPrefillSize: nullable(Type.Union([Type.Literal(-1), PositiveInt])),
     memFractionStatic: nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 })),
@@ -369,6 +370,9 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
     help: "Keep a worker-local index of this worker's KV blocks for routers that recover (published as enable_local_indexer). Also takes true or false after it, as 0.8 spelled it (--enable-local-indexer false)." },
   { name: 'config-key', setting: 'configKey', ...str(), valueName: 'KEY', default: null, defaultText: 'none (the whole file)', group: G_MISC,
     help: 'Read only section KEY of the --config YAML file (e.g. prefill and decode sections of one file); the section must be a mapping of flag names to values.' },
+
+  { name: 'max-total-tokens', setting: 'maxTotalTokens', ...int(), env: 'DYN_SGL_MAX_TOTAL_TOKENS', default: null, defaultText: 'sized from device memory', group: G_SCHED,
+    help: 'KV pool size in tokens (rounded up to whole pages) instead of a size chosen from --mem-fraction-static.' },
 
   // meta
   { name: 'config', setting: 'configFile', ...str(), valueName: 'YAML', default: null, defaultText: 'none', group: G_MISC,

@@ -104,7 +104,7 @@ export const SGLANG_SERVER_FLAGS: readonly SglangFlag[] = [
   honoured('mem-fraction-static', F, 'mem-fraction-static'),
   honoured('max-running-requests', I, 'max-running-requests'),
   u('max-queued-requests', I),
-  u('max-total-tokens', I),
+  honoured('max-total-tokens', I, 'max-total-tokens'),
   honoured('chunked-prefill-size', I, 'chunked-prefill-size'),
   u('prefill-max-requests', I),
   u('enable-dynamic-chunking', B),
