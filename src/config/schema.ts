@@ -368,15 +368,15 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
   { name: 'enable-local-indexer', setting: 'localIndexer', ...bool, explicitValue: true, env: 'DYN_LOCAL_INDEXER', default: null,
     defaultText: 'on unless --durable-kv-events; always off in decode mode', group: G_RUNTIME,
     help: "Keep a worker-local index of this worker's KV blocks for routers that recover (published as enable_local_indexer). Also takes true or false after it, as 0.8 spelled it (--enable-local-indexer false)." },
-  { name: 'config-key', setting: 'configKey', ...str(), valueName: 'KEY', default: null, defaultText: 'none (the whole file)', group: G_MISC,
-    help: 'Read only section KEY of the --config YAML file (e.g. prefill and decode sections of one file); the section must be a mapping of flag names to values.' },
-
+  // honoured SGLang flags without an earlier row here
   { name: 'max-total-tokens', setting: 'maxTotalTokens', ...int(), env: 'DYN_SGL_MAX_TOTAL_TOKENS', default: null, defaultText: 'sized from device memory', group: G_SCHED,
     help: 'KV pool size in tokens (rounded up to whole pages) instead of a size chosen from --mem-fraction-static.' },
 
   // meta
   { name: 'config', setting: 'configFile', ...str(), valueName: 'YAML', default: null, defaultText: 'none', group: G_MISC,
     help: 'YAML file of flag values (keys spelled like the flags, e.g. page-size: 16); flags and DYN_* env vars override it.' },
+  { name: 'config-key', setting: 'configKey', ...str(), valueName: 'KEY', default: null, defaultText: 'none (the whole file)', group: G_MISC,
+    help: 'Read only section KEY of the --config YAML file (e.g. prefill and decode sections of one file); the section must be a mapping of flag names to values.' },
   { name: 'dump-config-to', setting: 'dumpConfigTo', ...str(), valueName: 'FILE|-', env: 'DYN_DUMP_CONFIG_TO', default: null, defaultText: 'none', group: G_MISC,
     help: 'Write the resolved configuration as JSON to FILE (- for stdout) and exit without loading a model.' },
   { name: 'version', setting: 'version', ...bool, default: false, group: G_MISC,

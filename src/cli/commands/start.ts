@@ -36,9 +36,9 @@ function sglangFlagsHelp(): string {
   return [
     'SGLang server flags:',
     ...wrapWords(['Honoured (the flags above carry them):', ...honoured.map((h, i) => (i < honoured.length - 1 ? `${h},` : h))], '  '),
-    ...inherent.flatMap((line) => wrapWords(['Accepted,', ...line.split(' ')], '  ')),
-    ...wrapWords(['Accepted and not used: their values are checked (kind and choices, as SGLang does) and the worker names the ones',
-      'given in one line at start:', ...unused.map((h, i) => (i < unused.length - 1 ? `${h},` : h))], '  '),
+    ...inherent.flatMap((line) => wrapWords(line.replace(':', ': accepted;').split(' '), '  ')),
+    ...wrapWords([...'Accepted and not used: their values are checked (kind and choices, as SGLang does) and the worker names the ones given in one line at start:'.split(' '),
+      ...unused.map((h, i) => (i < unused.length - 1 ? `${h},` : h))], '  '),
     '',
   ].join('\n');
 }
