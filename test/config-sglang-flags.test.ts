@@ -80,6 +80,11 @@ t.test('honoured SGLang spellings change the configuration', async (t) => {
   t.same([c.disableRadixCache, c.baseGpuId, c.enableMetrics, c.logLevel, c.workerKind], [true, 2, true, 'warn', 'embedding']);
   t.same(c.unusedFlags, [], 'nothing honoured is reported as unused');
   t.equal(resolve(['--dp', '1', '--tp', '1']).tpSize, 1);
+  const m = resolve(['--bucket-time-to-first-token', '0.1', '1', '10', '--bucket-e2e-request-latency', '1,5', '--collect-tokens-histogram']);
+  t.same([m.bucketTimeToFirstToken, m.bucketInterTokenLatency, m.bucketE2eRequestLatency, m.collectTokensHistogram], [[0.1, 1, 10], null, [1, 5], true]);
+  t.same(resolve([], { DYN_SGL_BUCKET_INTER_TOKEN_LATENCY: '0.01 0.1' }).bucketInterTokenLatency, [0.01, 0.1], 'env var');
+  usage(t, ['--bucket-inter-token-latency', '0.1', '0.05'], '--bucket-inter-token-latency', 'strictly increasing');
+  usage(t, ['--bucket-e2e-request-latency', 'soon'], '--bucket-e2e-request-latency', 'increasing numbers');
   const pool = resolve(['--max-total-tokens', '100', '--page-size', '16']);
   t.equal(pool.maxTotalTokens, 100);
   t.equal(resolveSupervisorConfig(pool).numPages, 7, '--max-total-tokens sizes the KV pool in whole pages');

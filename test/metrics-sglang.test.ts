@@ -58,12 +58,12 @@ t.test('the collector: gauges and counters from the engine snapshot, histograms 
   // one request: first token after 0.25 s, then chunks of 1 and 2 tokens 1/32 s and 2/32 s later, done at 0.5 s
   const r = m.requestStarted();
   clock = 0.25;
-  r.tokens(1);
+  r.chunk({ token_ids: [7] });
   clock = 0.28125;
-  r.tokens(0);
-  r.tokens(1);
+  r.chunk({ token_ids: [] });
+  r.chunk({ token_ids: [8] });
   clock = 0.34375;
-  r.tokens(2);
+  r.chunk({ token_ids: [9, 10], completion_usage: { prompt_tokens: 40, completion_tokens: 4 } });
   clock = 0.5;
   r.finish();
   r.finish();
@@ -97,6 +97,30 @@ t.test('the collector: gauges and counters from the engine snapshot, histograms 
   snap = { ...snap, requests: { ...snap.requests, promptTokens: 6 } };
   text = await registry.metrics();
   t.equal(one(text, 'sglang:prompt_tokens_total').value, 46, 'a restarted total adds on, never goes back');
+  t.notMatch(text, /tokens_histogram/, 'token-count histograms only with --collect-tokens-histogram');
+});
+
+t.test("the collector with SGLang's --bucket-* and --collect-tokens-histogram settings", async (t) => {
+  const registry = new Registry();
+  let clock = 0;
+  const m = new SglangMetrics({
+    registry, modelName: 'tiny', engineType: 'decode', endpoint: { namespace: 'ns', component: 'backend', endpoint: 'generate' },
+    pageSize: 16, snapshot: idle, now: () => clock,
+    histograms: { bucketTimeToFirstToken: [0.5, 1], bucketInterTokenLatency: null, bucketE2eRequestLatency: [2], collectTokensHistogram: true },
+  });
+  const r = m.requestStarted();
+  clock = 0.75;
+  r.chunk({ token_ids: [1, 2] });
+  r.chunk({ token_ids: [], completion_usage: { prompt_tokens: 250, completion_tokens: 2 } });
+  r.finish();
+  const text = await registry.metrics();
+  t.same(samples(text, 'sglang:time_to_first_token_seconds_bucket').map((s) => [s.labels.le, s.value]), [['0.5', 0], ['1', 1], ['+Inf', 1]]);
+  t.same(samples(text, 'sglang:e2e_request_latency_seconds_bucket').map((s) => s.labels.le), ['2', '+Inf']);
+  t.equal(samples(text, 'sglang:inter_token_latency_seconds_bucket').length, 24, "SGLang's inter-token buckets when none are given");
+  t.equal(one(text, 'sglang:num_running_reqs').labels.engine_type, 'decode');
+  t.same([one(text, 'sglang:prompt_tokens_histogram_sum').value, one(text, 'sglang:generation_tokens_histogram_sum').value], [250, 2],
+    'the counts of the last chunk');
+  t.equal(samples(text, 'sglang:prompt_tokens_histogram_bucket').find((s) => s.labels.le === '300')?.value, 1);
 });
 
 t.test('a worker with --enable-metrics exports the sglang:* families on /metrics', async (t) => {
@@ -105,7 +129,8 @@ t.test('a worker with --enable-metrics exports the sglang:* families on /metrics
   const base = ['--model-path', MODEL, '--served-model-name', 'stories260K', '--device', 'cpu', '--cpu-threads', '1', '--mem-fraction-static', '0.01',
     '--discovery-backend', 'mem', '--tcp-rpc-host', '127.0.0.1', '--system-port', '0', '--system-host', '127.0.0.1', '--page-size', '4'];
   const quiet = () => undefined;
-  const worker = await startWorker(await finalizeConfig(resolveConfig([...base, '--enable-metrics', '--max-total-tokens', '256'], {})), { discovery, log: quiet });
+  const worker = await startWorker(await finalizeConfig(resolveConfig([...base, '--enable-metrics', '--max-total-tokens', '256', '--collect-tokens-histogram',
+    '--bucket-time-to-first-token', '0.5', '1', '5'], {})), { discovery, log: quiet });
   t.equal(worker.supervisor.engine.kv.numPages, 64, "SGLang's --max-total-tokens sized the KV pool: 256 tokens in pages of 4");
   const client = await EndpointClient.create({ discovery, namespace: 'dynamo', component: 'backend', endpoint: 'generate', responses });
   t.teardown(async () => {
@@ -150,6 +175,10 @@ t.test('a worker with --enable-metrics exports the sglang:* families on /metrics
   t.equal(one(text, 'sglang:e2e_request_latency_seconds_count').value, 2);
   t.equal(one(text, 'sglang:inter_token_latency_seconds_count').value, 8, 'the gaps after each first token');
   t.equal(one(text, 'sglang:time_to_first_token_seconds_count').labels.model_name, 'stories260K');
+  t.same(samples(text, 'sglang:time_to_first_token_seconds_bucket').map((s) => s.labels.le), ['0.5', '1', '5', '+Inf'], '--bucket-time-to-first-token');
+  t.same([one(text, 'sglang:prompt_tokens_histogram_count').value, one(text, 'sglang:prompt_tokens_histogram_sum').value], [2, 2 * prompt.length],
+    '--collect-tokens-histogram');
+  t.equal(one(text, 'sglang:generation_tokens_histogram_sum').value, 10);
   t.match(text, /dynamo_component_requests_total\{/, "the Dynamo component's own metrics are still there");
 });
 

@@ -317,6 +317,15 @@ function derive(settings: Map<SettingKey, Setting>, passive: readonly ParsedFlag
   // as typed: a list given as several values reads back as those values
   const asGiven = (p: ParsedFlag) => (Array.isArray(p.value) ? describeGiven({ ...p, value: p.value.join(' ') }) : describeGiven(p));
   const unusedFlags = passive.filter((p) => isUnusedSglangFlag(p.spec)).map(asGiven);
+
+  // histogram buckets: numbers, strictly increasing (as Prometheus needs them)
+  const buckets = (k: SettingKey): number[] | null => {
+    const text = setting(k).value as readonly string[] | null;
+    if (text === null) return null;
+    const bounds = text.map(Number);
+    if (bounds.some((b, i) => i > 0 && b <= bounds[i - 1])) refuse(`${named(k, '')}: bucket bounds must be strictly increasing, got ${text.join(' ')}`);
+    return bounds;
+  };
   if (useSglangTokenizer) unusedFlags.push(named('useSglangTokenizer', '--use-sglang-tokenizer'));
 
   const endpointTypes = [...new Set(list('endpointTypes'))] as WorkerConfig['endpointTypes'];
@@ -371,6 +380,10 @@ function derive(settings: Map<SettingKey, Setting>, passive: readonly ParsedFlag
     kvEventsConfig,
     useKvEvents: kvEventsConfig !== null && kvEventsConfig.publisher !== 'null',
     enableMetrics: bool('enableMetrics'),
+    bucketTimeToFirstToken: buckets('bucketTimeToFirstToken'),
+    bucketInterTokenLatency: buckets('bucketInterTokenLatency'),
+    bucketE2eRequestLatency: buckets('bucketE2eRequestLatency'),
+    collectTokensHistogram: bool('collectTokensHistogram'),
     systemHost: str('systemHost'),
     systemPort: num('systemPort'),
     healthCheckEnabled: bool('healthCheckEnabled'),

@@ -13,6 +13,7 @@ const NonEmpty = Type.String({ minLength: 1 });
 const PositiveInt = Type.Integer({ minimum: 1 });
 const Port = Type.Integer({ minimum: 1, maximum: 65535 });
 const Seconds = Type.Number({ exclusiveMinimum: 0 });
+const NUMBER_TEXT = '^[+-]?(\\d+\\.?\\d*|\\.\\d+)([eE][+-]?\\d+)?$';
 const Name = Type.String({ pattern: '^[A-Za-z0-9_-]+$', description: 'a name of letters, digits, "_" and "-"' });
 const NameExpected = 'a non-empty name of letters, digits, "_" and "-"';
 
@@ -161,6 +162,10 @@ export const WorkerConfigSchema = Type.Object(
     kvEventsConfig: nullable(KvEventsConfigSchema),
     useKvEvents: Type.Boolean(),
     enableMetrics: Type.Boolean(),
+    bucketTimeToFirstToken: nullable(Type.Array(Type.Number(), { minItems: 1 })),
+    bucketInterTokenLatency: nullable(Type.Array(Type.Number(), { minItems: 1 })),
+    bucketE2eRequestLatency: nullable(Type.Array(Type.Number(), { minItems: 1 })),
+    collectTokensHistogram: Type.Boolean(),
     systemHost: NonEmpty,
     systemPort: Type.Integer({ minimum: -1, maximum: 65535 }),
     healthCheckEnabled: Type.Boolean(),
@@ -371,6 +376,16 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
   // honoured SGLang flags without an earlier row here
   { name: 'max-total-tokens', setting: 'maxTotalTokens', ...int(), env: 'DYN_SGL_MAX_TOTAL_TOKENS', default: null, defaultText: 'sized from device memory', group: G_SCHED,
     help: 'KV pool size in tokens (rounded up to whole pages) instead of a size chosen from --mem-fraction-static.' },
+  ...(['time-to-first-token', 'inter-token-latency', 'e2e-request-latency'] as const).map((what): WorkerFlag => ({
+    name: `bucket-${what}`,
+    setting: ({ 'time-to-first-token': 'bucketTimeToFirstToken', 'inter-token-latency': 'bucketInterTokenLatency', 'e2e-request-latency': 'bucketE2eRequestLatency' } as const)[what],
+    kind: 'list', multiValue: true, schema: Type.Array(Type.String({ pattern: NUMBER_TEXT, description: 'a number' }), { minItems: 1 }),
+    expected: 'increasing numbers of seconds, space- or comma-separated', valueName: 'SECS...',
+    env: `DYN_SGL_BUCKET_${what.toUpperCase().replaceAll('-', '_')}`, default: null, defaultText: "SGLang's", group: G_OBS,
+    help: `Bucket bounds of the sglang:${what.replaceAll('-', '_')}_seconds histogram (with --enable-metrics).`,
+  })),
+  { name: 'collect-tokens-histogram', setting: 'collectTokensHistogram', ...bool, env: 'DYN_SGL_COLLECT_TOKENS_HISTOGRAM', default: false, defaultText: 'false', group: G_OBS,
+    help: 'With --enable-metrics, also export the sglang:prompt_tokens_histogram and sglang:generation_tokens_histogram of finished requests.' },
 
   // meta
   { name: 'config', setting: 'configFile', ...str(), valueName: 'YAML', default: null, defaultText: 'none', group: G_MISC,

@@ -21,6 +21,20 @@ export interface EngineMetricsSnapshot {
   requests: { finished: number; cancelled: number; failed: number; promptTokens: number; completionTokens: number; cachedTokens: number };
 }
 
+/** SGLang's histogram settings (--bucket-*, --collect-tokens-histogram); null buckets take SGLang's defaults. */
+export interface SglangHistogramSettings {
+  bucketTimeToFirstToken: readonly number[] | null;
+  bucketInterTokenLatency: readonly number[] | null;
+  bucketE2eRequestLatency: readonly number[] | null;
+  collectTokensHistogram: boolean;
+}
+
+/** What the recorder reads of a streamed chunk: its new tokens and, on the last one, the request's token counts. */
+export interface StreamedChunk {
+  token_ids: readonly number[];
+  completion_usage?: { prompt_tokens: number; completion_tokens: number } | null;
+}
+
 export interface SglangMetricsOptions {
   registry: Registry;
   /** --served-model-name. */
@@ -31,15 +45,16 @@ export interface SglangMetricsOptions {
   /** Tokens per KV page, to report tokens where the engine counts pages. */
   pageSize: number;
   snapshot: () => EngineMetricsSnapshot;
+  histograms?: SglangHistogramSettings;
   /** Clock in seconds (tests pass their own). */
   now?: () => number;
 }
 
 /** One request's latency recorder, from requestStarted() to finish(). */
 export interface SglangRequestRecorder {
-  /** `n` new output tokens reached the caller now (chunks without tokens are ignored). */
-  tokens(n: number): void;
-  /** The request ended without an error: its end-to-end latency is observed. Idempotent. */
+  /** A chunk reached the caller now: its tokens time the latencies (chunks without tokens only carry counts). */
+  chunk(c: StreamedChunk): void;
+  /** The request ended without an error: its end-to-end latency (and token counts) are observed. Idempotent. */
   finish(): void;
 }
 
@@ -48,6 +63,11 @@ export const TTFT_BUCKETS = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40,
 export const ITL_BUCKETS = [0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.06, 0.08, 0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4,
   6, 8];
 export const E2E_BUCKETS = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 800];
+// --collect-tokens-histogram's buckets.
+export const PROMPT_TOKENS_BUCKETS = [100, 300, 500, 700, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 12000, 15000, 20000,
+  22000, 25000, 30000, 35000, 40000];
+export const GENERATION_TOKENS_BUCKETS = [100, 300, 500, 1000, 1200, 1500, 1700, 2000, 2500, 3000, 3500, 4000, 4500, 5000, 6000, 7000, 8000, 9000,
+  10000];
 
 const HIERARCHY = ['dynamo_namespace', 'dynamo_component', 'dynamo_endpoint'] as const;
 const SCHEDULER_LABELS = ['model_name', 'engine_type', 'tp_rank', 'pp_rank', ...HIERARCHY] as const;
@@ -59,6 +79,7 @@ export class SglangMetrics {
   private readonly ttft: Histogram<(typeof TOKENIZER_LABELS)[number]>;
   private readonly itl: Histogram<(typeof TOKENIZER_LABELS)[number]>;
   private readonly e2e: Histogram<(typeof TOKENIZER_LABELS)[number]>;
+  private readonly tokenCounts: { prompt: Histogram<(typeof TOKENIZER_LABELS)[number]>; generation: Histogram<(typeof TOKENIZER_LABELS)[number]> } | null;
   private readonly tokenizerLabels: Record<(typeof TOKENIZER_LABELS)[number], string>;
   private readonly now: () => number;
 
@@ -129,22 +150,33 @@ export class SglangMetrics {
     counter('sglang:num_requests_total', 'Number of requests processed.', (s) => s.requests.finished + s.requests.cancelled + s.requests.failed);
     counter('sglang:num_aborted_requests_total', 'Number of requests aborted.', (s) => s.requests.cancelled);
 
-    const histogram = (name: string, help: string, buckets: number[]) =>
-      new Histogram({ name, help, labelNames: TOKENIZER_LABELS, buckets, registers });
-    this.ttft = histogram('sglang:time_to_first_token_seconds', 'Histogram of time to first token in seconds.', TTFT_BUCKETS);
-    this.itl = histogram('sglang:inter_token_latency_seconds', 'Histogram of inter-token latency in seconds.', ITL_BUCKETS);
-    this.e2e = histogram('sglang:e2e_request_latency_seconds', 'Histogram of End-to-end request latency in seconds', E2E_BUCKETS);
+    const histogram = (name: string, help: string, buckets: readonly number[]) =>
+      new Histogram({ name, help, labelNames: TOKENIZER_LABELS, buckets: [...buckets], registers });
+    const h = opts.histograms;
+    this.ttft = histogram('sglang:time_to_first_token_seconds', 'Histogram of time to first token in seconds.', h?.bucketTimeToFirstToken ?? TTFT_BUCKETS);
+    this.itl = histogram('sglang:inter_token_latency_seconds', 'Histogram of inter-token latency in seconds.', h?.bucketInterTokenLatency ?? ITL_BUCKETS);
+    this.e2e = histogram('sglang:e2e_request_latency_seconds', 'Histogram of End-to-end request latency in seconds', h?.bucketE2eRequestLatency ?? E2E_BUCKETS);
+    this.tokenCounts = h?.collectTokensHistogram
+      ? {
+          prompt: histogram('sglang:prompt_tokens_histogram', 'Histogram of prompt token length.', PROMPT_TOKENS_BUCKETS),
+          generation: histogram('sglang:generation_tokens_histogram', 'Histogram of generation token length.', GENERATION_TOKENS_BUCKETS),
+        }
+      : null;
     // Export empty histograms at once, so the families are there before the first request.
-    for (const h of [this.ttft, this.itl, this.e2e]) h.zero(tokenizerLabels);
+    for (const x of [this.ttft, this.itl, this.e2e, this.tokenCounts?.prompt, this.tokenCounts?.generation]) x?.zero(tokenizerLabels);
   }
 
   requestStarted(): SglangRequestRecorder {
     const start = this.now();
     let last: number | null = null;
     let finished = false;
+    let usage: StreamedChunk['completion_usage'] = null;
     return {
-      tokens: (n) => {
-        if (n <= 0 || finished) return;
+      chunk: (c) => {
+        if (finished) return;
+        if (c.completion_usage) usage = c.completion_usage;
+        const n = c.token_ids.length;
+        if (n === 0) return;
         const at = this.now();
         if (last === null) {
           this.ttft.observe(this.tokenizerLabels, at - start);
@@ -159,6 +191,10 @@ export class SglangMetrics {
         if (finished) return;
         finished = true;
         this.e2e.observe(this.tokenizerLabels, this.now() - start);
+        if (this.tokenCounts && usage) {
+          this.tokenCounts.prompt.observe(this.tokenizerLabels, usage.prompt_tokens);
+          this.tokenCounts.generation.observe(this.tokenizerLabels, usage.completion_tokens);
+        }
       },
     };
   }

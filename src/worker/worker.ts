@@ -120,9 +120,10 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   metrics.setModelLoadTime(model, component, loadSeconds);
   metrics.setKvStats({ model, component, dpRank: 0, totalBlocks: engine.kv.numPages, gpuCacheUsagePercent: 0 });
   const engineType = ({ aggregated: 'unified', prefill: 'prefill', decode: 'decode' } as const)[config.servingMode];
-  const sglangMetrics = config.enableMetrics
-    ? new SglangMetrics({ registry: metrics.registry, modelName: model, engineType, endpoint: config.endpoint, pageSize: engine.kv.pageSize, snapshot: () => supervisor.metrics.snapshot() })
-    : null;
+  const sglangMetrics = !config.enableMetrics ? null : new SglangMetrics({
+    registry: metrics.registry, modelName: model, engineType, endpoint: config.endpoint, pageSize: engine.kv.pageSize,
+    snapshot: () => supervisor.metrics.snapshot(), histograms: config,
+  });
 
   const kvEvents = await resources.open(
     () => WorkerKvEvents.start({ config, supervisor, discovery, metrics }, eventPlaneMode(config, options.publishKvEvents), log),
@@ -169,7 +170,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
         }
         if (streamDelayMs > 0) await new Promise((r) => setTimeout(r, streamDelayMs));
         recorder.responseBytes(Buffer.byteLength(stringifyJsonExact(chunk)));
-        latency?.tokens(chunk.token_ids.length);
+        latency?.chunk(chunk);
         yield chunk;
       }
       latency?.finish();
