@@ -32,7 +32,7 @@ const one = (text: string, name: string) => {
 
 function idle(): EngineMetricsSnapshot {
   return {
-    load: { kvTotalPages: 100, kvUsedPages: 0, runningRequests: 0, queuedRequests: 0 },
+    load: { kvTotalPages: 100, kvUsedPages: 0, kvEvictablePages: 0, runningRequests: 0, queuedRequests: 0 },
     prefillTokens: 0, decodeTokens: 0, cacheHitTokens: 0,
     requests: { finished: 0, cancelled: 0, failed: 0, promptTokens: 0, completionTokens: 0, cachedTokens: 0 },
   };
@@ -68,14 +68,14 @@ t.test('the collector: gauges and counters from the engine snapshot, histograms 
   r.finish();
   r.finish();
   snap = {
-    load: { kvTotalPages: 100, kvUsedPages: 25, runningRequests: 3, queuedRequests: 2 },
+    load: { kvTotalPages: 100, kvUsedPages: 30, kvEvictablePages: 5, runningRequests: 3, queuedRequests: 2 },
     prefillTokens: 30, decodeTokens: 40, cacheHitTokens: 10,
     requests: { finished: 4, cancelled: 1, failed: 0, promptTokens: 40, completionTokens: 44, cachedTokens: 10 },
   };
   clock = 2.5;
   text = await registry.metrics();
   t.same([one(text, 'sglang:num_running_reqs').value, one(text, 'sglang:num_queue_reqs').value], [3, 2]);
-  t.equal(one(text, 'sglang:num_used_tokens').value, 25 * 16, 'pages in use, in tokens');
+  t.equal(one(text, 'sglang:num_used_tokens').value, 25 * 16, 'pages in use, in tokens, less the evictable cached ones');
   t.equal(one(text, 'sglang:token_usage').value, 0.25);
   t.equal(one(text, 'sglang:cache_hit_rate').value, 0.25, '10 cached of 40 prompt tokens since the last scrape');
   t.equal(one(text, 'sglang:gen_throughput').value, 40 / 2.5, 'decode tokens per second since the last scrape');
@@ -165,8 +165,8 @@ t.test('a worker with --enable-metrics exports the sglang:* families on /metrics
     model_name: 'stories260K', engine_type: 'unified', tp_rank: '0', pp_rank: '0', dynamo_namespace: 'dynamo', dynamo_component: 'backend', dynamo_endpoint: 'generate',
   });
   t.equal(running.value, 0, 'nothing running after the requests');
-  const usage = one(text, 'sglang:token_usage').value;
-  t.equal(usage, one(text, 'sglang:num_used_tokens').value / 256, 'token usage is used tokens over the pool of 256');
+  t.same([one(text, 'sglang:num_used_tokens').value, one(text, 'sglang:token_usage').value], [0, 0],
+    'the cached prompt pages no request holds count as free, as SGLang counts them');
   t.equal(one(text, 'sglang:num_requests_total').value, 2);
   t.equal(one(text, 'sglang:prompt_tokens_total').value, 2 * prompt.length);
   t.equal(one(text, 'sglang:generation_tokens_total').value, 10);

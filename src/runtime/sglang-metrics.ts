@@ -13,7 +13,8 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 /** What this collector reads from the engine's metrics snapshot (a structural subset of it; totals are cumulative). */
 export interface EngineMetricsSnapshot {
-  load: { kvTotalPages: number; kvUsedPages: number; runningRequests: number; queuedRequests: number };
+  /** kvUsedPages includes the cached pages no request holds; kvEvictablePages counts those. */
+  load: { kvTotalPages: number; kvUsedPages: number; kvEvictablePages: number; runningRequests: number; queuedRequests: number };
   /** Prompt tokens computed by prefill steps, output tokens of decode steps, prompt tokens served from the prefix cache. */
   prefillTokens: number;
   decodeTokens: number;
@@ -101,8 +102,10 @@ export class SglangMetrics {
       });
     gauge('sglang:num_running_reqs', 'The number of running requests.', (s) => s.load.runningRequests);
     gauge('sglang:num_queue_reqs', 'The number of requests in the waiting queue.', (s) => s.load.queuedRequests);
-    gauge('sglang:num_used_tokens', 'The number of used tokens.', (s) => s.load.kvUsedPages * opts.pageSize);
-    gauge('sglang:token_usage', 'The token usage.', (s) => (s.load.kvTotalPages > 0 ? s.load.kvUsedPages / s.load.kvTotalPages : 0));
+    // As SGLang counts them: cached pages that no request holds are free (evictable), not used.
+    const usedPages = (s: EngineMetricsSnapshot) => Math.max(0, s.load.kvUsedPages - s.load.kvEvictablePages);
+    gauge('sglang:num_used_tokens', 'The number of used tokens.', (s) => usedPages(s) * opts.pageSize);
+    gauge('sglang:token_usage', 'The token usage.', (s) => (s.load.kvTotalPages > 0 ? usedPages(s) / s.load.kvTotalPages : 0));
 
     // Rates over the time between two scrapes, as SGLang's scheduler reports them over its logging interval. A rate
     // with nothing to measure since the last scrape keeps its last value.
