@@ -339,7 +339,7 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
     defaultText: 'none (no KV events)', group: G_OBS,
     help: 'KV event publisher as JSON, e.g. {"publisher":"zmq","topic":"kv-events","endpoint":"tcp://*:5557"}; publisher "null" turns events off.' },
   { name: 'enable-metrics', setting: 'enableMetrics', ...bool, env: 'DYN_SGL_ENABLE_METRICS', default: false, defaultText: 'false', group: G_OBS,
-    help: 'Export engine metrics (queue, KV usage, throughput) on the system server.' },
+    help: "Export SGLang's engine metrics (sglang:* requests running and queued, token usage, cache hit rate, token counters, TTFT / inter-token / end-to-end latency histograms) on the system server's /metrics." },
   { name: 'system-host', setting: 'systemHost', ...str(), valueName: 'HOST', env: 'DYN_SYSTEM_HOST', default: '0.0.0.0', defaultText: '0.0.0.0', group: G_OBS,
     help: 'Bind address of the system server (/metrics, /health, /live).' },
   { name: 'system-port', setting: 'systemPort', ...int(Type.Integer({ minimum: -1, maximum: 65535 })), env: 'DYN_SYSTEM_PORT', default: -1,
