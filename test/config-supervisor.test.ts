@@ -14,6 +14,7 @@ t.test('only modelPath given: the flag table\'s defaults, the worker\'s choices 
     pageSize: 16,
     memFractionStatic: 0.85,
     maxRunningRequests: 256,
+    maxTotalTokens: null,
     maxPrefillTokens: 16384,
     chunkedPrefillSize: 8192,
     disableOverlapSchedule: false,

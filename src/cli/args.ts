@@ -23,6 +23,10 @@ export interface FlagSpec {
   schema: TSchema;
   /** Overrides the "expected ..." text derived from the schema. */
   expected?: string;
+  /** A 'list' flag also takes several values after it (`--flag a b c`, as argparse's nargs), up to the next --flag. */
+  multiValue?: boolean;
+  /** A 'bool' flag that also takes an explicit true/false as the next argument (`--flag false`). */
+  explicitValue?: boolean;
   /** A 'json' flag may also be given as `@path/to/file.json`. */
   allowFileRef?: boolean;
   /** Environment variable that supplies the value when the flag is absent. */
@@ -299,7 +303,13 @@ export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[] | 
     const where = `--${spelling}`;
     let value: FlagValue;
     if (spec.kind === 'bool') {
-      if (inline === undefined) value = !negated;
+      const next = argv[i + 1];
+      const explicit = inline === undefined && !negated && spec.explicitValue === true && next !== undefined
+        && [...TRUE_WORDS, ...FALSE_WORDS].includes(next.trim().toLowerCase());
+      if (explicit) {
+        value = convertText(spec, next, where, cwd);
+        i++;
+      } else if (inline === undefined) value = !negated;
       else if (negated) throw usageError(`${where} takes no value (got ${show(inline)})`);
       else value = convertText(spec, inline, where, cwd);
     } else {
@@ -311,6 +321,11 @@ export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[] | 
         }
         raw = next;
         i++;
+        // nargs-style lists: every following argument up to the next --flag is one more value
+        while (spec.multiValue && argv[i + 1] !== undefined && argv[i + 1] !== '-h' && !(argv[i + 1].startsWith('--') && argv[i + 1].length > 2)) {
+          raw = `${raw} ${argv[i + 1]}`;
+          i++;
+        }
       }
       value = convertText(spec, raw, where, cwd);
     }

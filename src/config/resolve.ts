@@ -34,8 +34,11 @@ import {
   type WorkerKind,
   type ServingMode,
 } from './schema.js';
+import { SGLANG_PASSIVE_FLAGS, isUnusedSglangFlag } from './sglang-flags.js';
 
-export const WORKER_FLAG_INDEX = new FlagIndex(WORKER_FLAGS);
+/** Every spelling `start` accepts: the worker flags (SGLang's honoured flags among their aliases) and SGLang's other
+ * server flags, which are checked and then only reported. */
+export const WORKER_FLAG_INDEX = new FlagIndex([...WORKER_FLAGS, ...SGLANG_PASSIVE_FLAGS]);
 
 export interface ResolveOptions {
   /** Base directory for relative paths (--config, @file payloads, the template); default process.cwd(). */
@@ -69,7 +72,7 @@ export function describeGiven(p: ParsedFlag): string {
   }
 }
 
-function readYamlLayer(file: string, cwd: string): Layer {
+function readYamlLayer(file: string, cwd: string, section: string | null): Layer {
   const path = resolvePath(cwd, file);
   let text: string;
   try {
@@ -84,6 +87,18 @@ function readYamlLayer(file: string, cwd: string): Layer {
     throw usageError(`${file}: invalid YAML: ${(err as Error).message.split('\n')[0]}`);
   }
   const layer: Layer = new Map();
+  if (section !== null) {
+    // --config-key: one section of a file that holds several (e.g. prefill: and decode:)
+    const sections = doc !== null && typeof doc === 'object' && !Array.isArray(doc) ? (doc as Record<string, unknown>) : null;
+    if (sections === null) throw usageError(`${file}: --config-key ${section} needs a mapping of sections, got ${Array.isArray(doc) ? 'a list' : JSON.stringify(doc ?? null)}`);
+    if (!Object.hasOwn(sections, section)) {
+      throw usageError(`--config-key ${section}: no section "${section}" in ${file}; it has ${Object.keys(sections).map((k) => `"${k}"`).join(', ') || 'none'}`);
+    }
+    doc = sections[section];
+    const isMapping = doc !== null && typeof doc === 'object' && !Array.isArray(doc);
+    if (!isMapping) throw usageError(`--config-key ${section}: section "${section}" of ${file} must be a mapping of flag names to values, got ${Array.isArray(doc) ? 'a list' : JSON.stringify(doc ?? null)}`);
+    file = `${file} [${section}]`;
+  }
   if (doc === null || doc === undefined) return layer;
   if (typeof doc !== 'object' || Array.isArray(doc)) {
     throw usageError(`${file}: expected a mapping of flag names to values, got ${Array.isArray(doc) ? 'a list' : JSON.stringify(doc)}`);
@@ -92,12 +107,12 @@ function readYamlLayer(file: string, cwd: string): Layer {
   for (const [key, value] of Object.entries(doc as Record<string, unknown>)) {
     const hit = WORKER_FLAG_INDEX.lookup(key);
     if (!hit || hit.negated) {
-      const names = WORKER_FLAGS.flatMap((f) => [f.name, ...(f.aliases ?? [])]);
+      const names = [...WORKER_FLAGS, ...SGLANG_PASSIVE_FLAGS].flatMap((f) => [f.name, ...(f.aliases ?? [])]);
       const near = hit?.spec.name ?? closest(key, names);
       throw usageError(`${file}: unknown key "${key}"${near ? `; did you mean "${near}"?` : ''}`);
     }
     const spec = hit.spec;
-    if (spec.name === 'config' || spec.name === 'version') {
+    if (spec.name === 'config' || spec.name === 'config-key' || spec.name === 'version') {
       throw usageError(`${file}: key "${key}" cannot be used inside a --config file`);
     }
     const earlier = keyOf.get(spec);
@@ -167,12 +182,21 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv = process.e
   const cli = parseArgs(argv, WORKER_FLAG_INDEX, { cwd });
   const envLayer = readEnv(WORKER_FLAGS, env, cwd);
   const configFile = cli.flags.get(workerFlag('config'))?.value;
-  const yamlLayer = typeof configFile === 'string' ? readYamlLayer(configFile, cwd) : new Map();
+  const configKey = cli.flags.get(workerFlag('config-key'))?.value;
+  if (typeof configKey === 'string' && typeof configFile !== 'string') {
+    throw usageError(`--config-key ${configKey} needs --config FILE: it names a section of that YAML file`);
+  }
+  const yamlLayer: Layer = typeof configFile === 'string' ? readYamlLayer(configFile, cwd, typeof configKey === 'string' ? configKey : null) : new Map();
   const settings = mergeLayers([cli.flags, envLayer, yamlLayer]);
-  return deepFreeze(derive(settings, env, cwd));
+  // SGLang flags this worker only checks: the command line's, then the file's for those the command line lacks
+  const passive = new Map<string, ParsedFlag>();
+  for (const layer of [cli.flags, yamlLayer]) {
+    for (const p of layer.values()) if (SGLANG_PASSIVE_FLAGS.includes(p.spec) && !passive.has(p.spec.name)) passive.set(p.spec.name, p);
+  }
+  return deepFreeze(derive(settings, [...passive.values()], env, cwd));
 }
 
-function derive(settings: Map<SettingKey, Setting>, env: NodeJS.ProcessEnv, cwd: string): WorkerConfig {
+function derive(settings: Map<SettingKey, Setting>, passive: readonly ParsedFlag[], env: NodeJS.ProcessEnv, cwd: string): WorkerConfig {
   const setting = (k: SettingKey): Setting => settings.get(k) as Setting;
   // Values were checked against their flag schemas when read; these accessors only narrow the static type.
   const str = (k: SettingKey) => setting(k).value as string;
@@ -199,16 +223,19 @@ function derive(settings: Map<SettingKey, Setting>, env: NodeJS.ProcessEnv, cwd:
     { key: 'embeddingWorker', kind: 'embedding' },
     { key: 'multimodalEncodeWorker', kind: 'multimodal-encode' },
     { key: 'multimodalWorker', kind: 'multimodal-worker' },
+    { key: 'multimodalProcessor', kind: 'multimodal-processor' },
   ];
   const active = roles.filter((r) => bool(r.key));
   if (active.length > 1) {
     refuse(`${named(active[0].key, '')} cannot be combined with ${named(active[1].key, '')}: a worker has exactly one role`);
   }
   const workerKind: WorkerKind = active[0]?.kind ?? 'llm';
-  if (servingMode !== 'aggregated' && (workerKind === 'embedding' || workerKind === 'multimodal-encode')) {
+  if (servingMode !== 'aggregated' && (workerKind === 'embedding' || workerKind === 'multimodal-encode' || workerKind === 'multimodal-processor')) {
     const why = workerKind === 'embedding'
       ? 'an embedding worker runs one pooled pass per input and has no prefill/decode split'
-      : 'the multimodal encoder only produces image embeddings; prefill/decode is split on the --multimodal-worker side';
+      : workerKind === 'multimodal-processor'
+        ? 'the multimodal processor only prepares requests; prefill/decode is split on the --multimodal-worker side'
+        : 'the multimodal encoder only produces image embeddings; prefill/decode is split on the --multimodal-worker side';
     refuse(`${named(active[0].key, '')} cannot be combined with ${modeText}: ${why}`);
   }
 
@@ -229,7 +256,11 @@ function derive(settings: Map<SettingKey, Setting>, env: NodeJS.ProcessEnv, cwd:
     }
   } else {
     const component = componentName
-      ?? (workerKind === 'embedding' ? 'backend' : servingMode === 'prefill' ? 'prefill' : workerKind === 'multimodal-encode' ? 'encoder' : 'backend');
+      ?? (workerKind === 'embedding'
+        ? 'backend'
+        : servingMode === 'prefill'
+          ? 'prefill'
+          : workerKind === 'multimodal-processor' ? 'processor' : workerKind === 'multimodal-encode' ? 'encoder' : 'backend');
     endpoint = { namespace, component, endpoint: 'generate' };
   }
 
@@ -264,6 +295,38 @@ function derive(settings: Map<SettingKey, Setting>, env: NodeJS.ProcessEnv, cwd:
   const kvInput = setting('kvEventsConfig').value as Partial<KvEventsConfig> | null;
   const kvEventsConfig: KvEventsConfig | null = kvInput === null ? null : { ...KV_EVENTS_DEFAULTS, ...kvInput };
   const durableKvEvents = bool('durableKvEvents');
+  const localIndexer = setting('localIndexer').value as boolean | null;
+  if (localIndexer === true && durableKvEvents) {
+    refuse(`${named('localIndexer', '')} contradicts ${named('durableKvEvents', '')}: durable KV events replace the local indexer`);
+  }
+
+  // SGLang's parser flags and Dynamo's: the reference refuses both of a kind (SGLang's alone is not used here)
+  const given = (name: string) => passive.find((p) => p.spec.name === name);
+  for (const [sglang, dyn] of [['tool-call-parser', 'dynToolCallParser'], ['reasoning-parser', 'dynReasoningParser']] as const) {
+    const theirs = given(sglang);
+    if (theirs && optStr(dyn) !== null) refuse(`${describeGiven(theirs)} cannot be combined with ${named(dyn, '')}: use only --dyn-${sglang}`);
+  }
+  const lowFirst = given('schedule-low-priority-values-first');
+  if (lowFirst?.value === true) {
+    refuse(`${describeGiven(lowFirst)} is not supported: in Dynamo a higher priority value means a more important request`);
+  }
+  const useSglangTokenizer = bool('useSglangTokenizer');
+  if (useSglangTokenizer && templateRaw !== null) {
+    refuse(`${named('useSglangTokenizer', '--use-sglang-tokenizer')} cannot be combined with ${named('customJinjaTemplate', '')}: the template is applied by the frontend's preprocessor, which text mode bypasses (SGLang's --chat-template is the engine-side one)`);
+  }
+  // as typed: a list given as several values reads back as those values
+  const asGiven = (p: ParsedFlag) => (Array.isArray(p.value) ? describeGiven({ ...p, value: p.value.join(' ') }) : describeGiven(p));
+  const unusedFlags = passive.filter((p) => isUnusedSglangFlag(p.spec)).map(asGiven);
+
+  // histogram buckets: numbers, strictly increasing (as Prometheus needs them)
+  const buckets = (k: SettingKey): number[] | null => {
+    const text = setting(k).value as readonly string[] | null;
+    if (text === null) return null;
+    const bounds = text.map(Number);
+    if (bounds.some((b, i) => i > 0 && b <= bounds[i - 1])) refuse(`${named(k, '')}: bucket bounds must be strictly increasing, got ${text.join(' ')}`);
+    return bounds;
+  };
+  if (useSglangTokenizer) unusedFlags.push(named('useSglangTokenizer', '--use-sglang-tokenizer'));
 
   const endpointTypes = [...new Set(list('endpointTypes'))] as WorkerConfig['endpointTypes'];
 
@@ -289,9 +352,11 @@ function derive(settings: Map<SettingKey, Setting>, env: NodeJS.ProcessEnv, cwd:
     tcpRpcPort: num('tcpRpcPort'),
     dynToolCallParser: optStr('dynToolCallParser'),
     dynReasoningParser: optStr('dynReasoningParser'),
+    migrationLimit: num('migrationLimit'),
+    useSglangTokenizer,
     excludeToolsWhenToolChoiceNone: bool('excludeToolsWhenToolChoiceNone'),
     durableKvEvents,
-    enableLocalIndexer: !durableKvEvents && servingMode !== 'decode',
+    enableLocalIndexer: (localIndexer ?? !durableKvEvents) && servingMode !== 'decode',
     tpSize,
     baseGpuId: num('baseGpuId'),
     dpSize: num('dpSize'),
@@ -301,6 +366,7 @@ function derive(settings: Map<SettingKey, Setting>, env: NodeJS.ProcessEnv, cwd:
     device: str('device') as WorkerConfig['device'],
     pageSize: num('pageSize'),
     maxRunningRequests: optNum('maxRunningRequests'),
+    maxTotalTokens: optNum('maxTotalTokens'),
     maxPrefillTokens: num('maxPrefillTokens'),
     chunkedPrefillSize: optNum('chunkedPrefillSize'),
     memFractionStatic: optNum('memFractionStatic'),
@@ -314,6 +380,10 @@ function derive(settings: Map<SettingKey, Setting>, env: NodeJS.ProcessEnv, cwd:
     kvEventsConfig,
     useKvEvents: kvEventsConfig !== null && kvEventsConfig.publisher !== 'null',
     enableMetrics: bool('enableMetrics'),
+    bucketTimeToFirstToken: buckets('bucketTimeToFirstToken'),
+    bucketInterTokenLatency: buckets('bucketInterTokenLatency'),
+    bucketE2eRequestLatency: buckets('bucketE2eRequestLatency'),
+    collectTokensHistogram: bool('collectTokensHistogram'),
     systemHost: str('systemHost'),
     systemPort: num('systemPort'),
     healthCheckEnabled: bool('healthCheckEnabled'),
@@ -324,6 +394,8 @@ function derive(settings: Map<SettingKey, Setting>, env: NodeJS.ProcessEnv, cwd:
     multimodalEmbeddingCacheCapacityGb: num('multimodalEmbeddingCacheCapacityGb'),
     logLevel: str('logLevel') as WorkerConfig['logLevel'],
     dumpConfigTo: optStr('dumpConfigTo'),
+    configKey: optStr('configKey'),
+    unusedFlags,
   };
 
   // Guard: the derivation above must produce a config its own schema accepts.

@@ -5,6 +5,7 @@
 
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import type { FlagSpec, FlagValue } from '../cli/args.js';
+import { DYN_REASONING_PARSERS, DYN_TOOL_CALL_PARSERS } from './dynamo-parsers.js';
 
 // ---- value schemas (shared by flags and config fields) ----
 
@@ -12,6 +13,7 @@ const NonEmpty = Type.String({ minLength: 1 });
 const PositiveInt = Type.Integer({ minimum: 1 });
 const Port = Type.Integer({ minimum: 1, maximum: 65535 });
 const Seconds = Type.Number({ exclusiveMinimum: 0 });
+const NUMBER_TEXT = '^[+-]?(\\d+\\.?\\d*|\\.\\d+)([eE][+-]?\\d+)?$';
 const Name = Type.String({ pattern: '^[A-Za-z0-9_-]+$', description: 'a name of letters, digits, "_" and "-"' });
 const NameExpected = 'a non-empty name of letters, digits, "_" and "-"';
 
@@ -23,6 +25,7 @@ export const WorkerKindSchema = Type.Union([
   Type.Literal('embedding'),
   Type.Literal('multimodal-encode'),
   Type.Literal('multimodal-worker'),
+  Type.Literal('multimodal-processor'),
 ]);
 export type WorkerKind = Static<typeof WorkerKindSchema>;
 
@@ -125,6 +128,8 @@ export const WorkerConfigSchema = Type.Object(
     // published in the model's runtime config
     dynToolCallParser: nullable(NonEmpty),
     dynReasoningParser: nullable(NonEmpty),
+    migrationLimit: Type.Integer({ minimum: 0, description: "published as the model card's migration_limit" }),
+    useSglangTokenizer: Type.Boolean(),
     excludeToolsWhenToolChoiceNone: Type.Boolean(),
     durableKvEvents: Type.Boolean(),
     enableLocalIndexer: Type.Boolean(),
@@ -139,6 +144,7 @@ export const WorkerConfigSchema = Type.Object(
     device: DeviceSchema,
     pageSize: PositiveInt,
     maxRunningRequests: nullable(PositiveInt),
+    maxTotalTokens: nullable(PositiveInt),
     maxPrefillTokens: PositiveInt,
     chunkedPrefillSize: nullable(Type.Union([Type.Literal(-1), PositiveInt])),
     memFractionStatic: nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 })),
@@ -156,6 +162,10 @@ export const WorkerConfigSchema = Type.Object(
     kvEventsConfig: nullable(KvEventsConfigSchema),
     useKvEvents: Type.Boolean(),
     enableMetrics: Type.Boolean(),
+    bucketTimeToFirstToken: nullable(Type.Array(Type.Number(), { minItems: 1 })),
+    bucketInterTokenLatency: nullable(Type.Array(Type.Number(), { minItems: 1 })),
+    bucketE2eRequestLatency: nullable(Type.Array(Type.Number(), { minItems: 1 })),
+    collectTokensHistogram: Type.Boolean(),
     systemHost: NonEmpty,
     systemPort: Type.Integer({ minimum: -1, maximum: 65535 }),
     healthCheckEnabled: Type.Boolean(),
@@ -166,6 +176,8 @@ export const WorkerConfigSchema = Type.Object(
     multimodalEmbeddingCacheCapacityGb: Type.Number({ minimum: 0 }),
     logLevel: LogLevelSchema,
     dumpConfigTo: nullable(NonEmpty),
+    configKey: nullable(NonEmpty),
+    unusedFlags: Type.Array(NonEmpty, { description: 'flags given that this worker accepts and does not use, as given (logged at start)' }),
   },
   { additionalProperties: false, $id: 'WorkerConfig', title: 'dynamo-sglang worker configuration' },
 );
@@ -178,8 +190,9 @@ export type WorkerConfig = Static<typeof WorkerConfigSchema>;
  * --discovery-backend) share a setting; both given with different values is an error.
  */
 export type SettingKey =
-  | Exclude<keyof WorkerConfig, 'endpoint' | 'workerKind' | 'enableLocalIndexer' | 'useKvEvents'>
-  | 'endpointString' | 'componentName' | 'embeddingWorker' | 'multimodalEncodeWorker' | 'multimodalWorker' | 'version';
+  | Exclude<keyof WorkerConfig, 'endpoint' | 'workerKind' | 'enableLocalIndexer' | 'useKvEvents' | 'unusedFlags'>
+  | 'endpointString' | 'componentName' | 'embeddingWorker' | 'multimodalEncodeWorker' | 'multimodalWorker' | 'version'
+  | 'multimodalProcessor' | 'localIndexer';
 
 export interface WorkerFlag extends FlagSpec {
   setting: SettingKey;
@@ -203,10 +216,11 @@ const int = (schema: TSchema = PositiveInt) => ({ kind: 'int' as const, schema, 
 const num = (schema: TSchema) => ({ kind: 'number' as const, schema, valueName: 'X' });
 const bool = { kind: 'bool' as const, schema: Type.Boolean() };
 const choice = (schema: TSchema, valueName: string) => ({ kind: 'string' as const, schema, valueName });
+const literals = (names: readonly string[]) => Type.Union(names.map((n) => Type.Literal(n)));
 
 export const WORKER_FLAGS: readonly WorkerFlag[] = [
   // model
-  { name: 'model-path', setting: 'modelPath', ...str(), valueName: 'PATH', env: 'DYN_SGL_MODEL_PATH', default: null, defaultText: '(required)', group: G_MODEL,
+  { name: 'model-path', aliases: ['model'], setting: 'modelPath', ...str(), valueName: 'PATH', env: 'DYN_SGL_MODEL_PATH', default: null, defaultText: '(required)', group: G_MODEL,
     help: 'Model to serve: a local GGUF file or a directory with config.json and safetensors weights, or a Hugging Face repo id (needs network).' },
   { name: 'tokenizer-path', setting: 'tokenizerPath', ...str(), valueName: 'PATH', env: 'DYN_SGL_TOKENIZER_PATH', default: null, defaultText: 'the model path', group: G_MODEL,
     help: 'Tokenizer location (tokenizer.json directory or file).' },
@@ -225,8 +239,8 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
   { name: 'disagg-mode', setting: 'servingMode', ...choice(Type.Union([Type.Literal('prefill'), Type.Literal('decode')]), 'MODE'),
     env: 'DYN_DISAGG_MODE', default: null, defaultText: 'aggregated when absent', group: G_ROLE,
     help: 'Older (0.8) spelling of --disaggregation-mode; must agree with it when both are given.' },
-  { name: 'embedding-worker', setting: 'embeddingWorker', ...bool, env: 'DYN_SGL_EMBEDDING_WORKER', default: false, defaultText: 'false', group: G_ROLE,
-    help: 'Serve embeddings (one pooled pass per input) instead of generation.' },
+  { name: 'embedding-worker', aliases: ['is-embedding'], setting: 'embeddingWorker', ...bool, env: 'DYN_SGL_EMBEDDING_WORKER', default: false, defaultText: 'false', group: G_ROLE,
+    help: 'Serve embeddings (one pooled pass per input) instead of generation; --is-embedding is SGLang\'s spelling.' },
   { name: 'multimodal-encode-worker', setting: 'multimodalEncodeWorker', ...bool, env: 'DYN_SGL_MULTIMODAL_ENCODE_WORKER', default: false, defaultText: 'false', group: G_ROLE,
     help: 'Run the front-facing multimodal encoder (vision tower) that feeds a --multimodal-worker.' },
   { name: 'multimodal-worker', setting: 'multimodalWorker', ...bool, env: 'DYN_SGL_MULTIMODAL_WORKER', default: false, defaultText: 'false', group: G_ROLE,
@@ -263,27 +277,27 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
     help: 'Address the TCP request-plane server binds and advertises.' },
   { name: 'tcp-rpc-port', setting: 'tcpRpcPort', ...int(Type.Integer({ minimum: 0, maximum: 65535 })), env: 'DYN_TCP_RPC_PORT', default: 0, expected: 'a port 0..65535 (0 = OS-assigned)', defaultText: '0 (OS-assigned)', group: G_RUNTIME,
     help: 'Port of the TCP request-plane server.' },
-  { name: 'dyn-tool-call-parser', setting: 'dynToolCallParser', ...str(), valueName: 'NAME', env: 'DYN_TOOL_CALL_PARSER', default: null, defaultText: 'none', group: G_RUNTIME,
-    help: 'Tool-call parser name published in the runtime config (applied by the frontend).' },
-  { name: 'dyn-reasoning-parser', setting: 'dynReasoningParser', ...str(), valueName: 'NAME', env: 'DYN_REASONING_PARSER', default: null, defaultText: 'none', group: G_RUNTIME,
-    help: 'Reasoning parser name published in the runtime config (applied by the frontend).' },
+  { name: 'dyn-tool-call-parser', setting: 'dynToolCallParser', ...choice(literals(DYN_TOOL_CALL_PARSERS), 'NAME'), env: 'DYN_TOOL_CALL_PARSER', default: null, defaultText: 'none', group: G_RUNTIME,
+    help: 'Tool-call parser name (one of Dynamo\'s) published in the runtime config and applied by the frontend; cannot be combined with SGLang\'s --tool-call-parser.' },
+  { name: 'dyn-reasoning-parser', setting: 'dynReasoningParser', ...choice(literals(DYN_REASONING_PARSERS), 'NAME'), env: 'DYN_REASONING_PARSER', default: null, defaultText: 'none', group: G_RUNTIME,
+    help: 'Reasoning parser name (one of Dynamo\'s) published in the runtime config and applied by the frontend; cannot be combined with SGLang\'s --reasoning-parser.' },
   { name: 'exclude-tools-when-tool-choice-none', setting: 'excludeToolsWhenToolChoiceNone', ...bool, env: 'DYN_EXCLUDE_TOOLS_WHEN_TOOL_CHOICE_NONE', default: true, defaultText: 'true', group: G_RUNTIME,
     help: 'Published in the runtime config: drop tool definitions from the prompt when tool_choice is "none".' },
   { name: 'durable-kv-events', setting: 'durableKvEvents', ...bool, env: 'DYN_DURABLE_KV_EVENTS', default: false, defaultText: 'false', group: G_RUNTIME,
     help: 'Deprecated: KV events through JetStream instead of the local indexer (turns enable_local_indexer off).' },
 
   // parallelism
-  { name: 'tp-size', aliases: ['tp'], setting: 'tpSize', ...int(), env: 'DYN_SGL_TP_SIZE', default: 1, defaultText: '1', group: G_PARALLEL,
+  { name: 'tp-size', aliases: ['tp', 'tensor-parallel-size'], setting: 'tpSize', ...int(), env: 'DYN_SGL_TP_SIZE', default: 1, defaultText: '1', group: G_PARALLEL,
     help: 'Tensor-parallel degree (GPUs per model replica, across all nodes).' },
   { name: 'base-gpu-id', setting: 'baseGpuId', ...int(Type.Integer({ minimum: 0 })), env: 'DYN_SGL_BASE_GPU_ID', default: 0, defaultText: '0', group: G_PARALLEL,
     help: 'First CUDA device of this worker: tensor-parallel rank r runs on device base-gpu-id + r (several workers on one machine).' },
-  { name: 'dp-size', setting: 'dpSize', ...int(), env: 'DYN_SGL_DP_SIZE', default: 1, defaultText: '1', group: G_PARALLEL,
+  { name: 'dp-size', aliases: ['data-parallel-size', 'dp'], setting: 'dpSize', ...int(), env: 'DYN_SGL_DP_SIZE', default: 1, defaultText: '1', group: G_PARALLEL,
     help: 'Data-parallel replicas behind this worker; published as data_parallel_size.' },
   { name: 'nnodes', setting: 'nnodes', ...int(), env: 'DYN_SGL_NNODES', default: 1, defaultText: '1', group: G_PARALLEL,
     help: 'Number of nodes this worker spans.' },
   { name: 'node-rank', setting: 'nodeRank', ...int(Type.Integer({ minimum: 0 })), env: 'DYN_SGL_NODE_RANK', default: 0, defaultText: '0 (leader)', group: G_PARALLEL,
     help: 'This node\'s rank; rank >= 1 runs compute only (no endpoint, no registration, no health checks).' },
-  { name: 'dist-init-addr', setting: 'distInitAddr', ...str(HostPort), valueName: 'HOST:PORT', expected: 'HOST:PORT of the leader node', env: 'DYN_SGL_DIST_INIT_ADDR', default: null, defaultText: 'none', group: G_PARALLEL,
+  { name: 'dist-init-addr', aliases: ['nccl-init-addr'], setting: 'distInitAddr', ...str(HostPort), valueName: 'HOST:PORT', expected: 'HOST:PORT of the leader node', env: 'DYN_SGL_DIST_INIT_ADDR', default: null, defaultText: 'none', group: G_PARALLEL,
     help: 'Leader address for multi-node start-up; required when --nnodes > 1; also the advertised bootstrap host.' },
 
   // scheduler, memory, device
@@ -325,7 +339,7 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
     defaultText: 'none (no KV events)', group: G_OBS,
     help: 'KV event publisher as JSON, e.g. {"publisher":"zmq","topic":"kv-events","endpoint":"tcp://*:5557"}; publisher "null" turns events off.' },
   { name: 'enable-metrics', setting: 'enableMetrics', ...bool, env: 'DYN_SGL_ENABLE_METRICS', default: false, defaultText: 'false', group: G_OBS,
-    help: 'Export engine metrics (queue, KV usage, throughput) on the system server.' },
+    help: "Export SGLang's engine metrics (sglang:* requests running and queued, token usage, cache hit rate, token counters, TTFT / inter-token / end-to-end latency histograms) on the system server's /metrics." },
   { name: 'system-host', setting: 'systemHost', ...str(), valueName: 'HOST', env: 'DYN_SYSTEM_HOST', default: '0.0.0.0', defaultText: '0.0.0.0', group: G_OBS,
     help: 'Bind address of the system server (/metrics, /health, /live).' },
   { name: 'system-port', setting: 'systemPort', ...int(Type.Integer({ minimum: -1, maximum: 65535 })), env: 'DYN_SYSTEM_PORT', default: -1,
@@ -344,12 +358,40 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
     help: 'On SIGTERM/SIGINT: seconds between leaving discovery and cancelling in-flight requests.' },
   { name: 'multimodal-embedding-cache-capacity-gb', setting: 'multimodalEmbeddingCacheCapacityGb', ...num(Type.Number({ minimum: 0 })), valueName: 'GB', env: 'DYN_MULTIMODAL_EMBEDDING_CACHE_CAPACITY_GB', default: 0, defaultText: '0 (off)', group: G_OBS,
     help: 'LRU cache of image embeddings in the multimodal encoder.' },
-  { name: 'log-level', setting: 'logLevel', ...choice(LogLevelSchema, 'LEVEL'), env: 'DYN_LOG', default: 'info', defaultText: 'info', group: G_OBS,
-    help: 'Log verbosity.' },
+  { name: 'log-level', setting: 'logLevel', ...choice(Type.Union([...LogLevelSchema.anyOf, Type.Literal('warning'), Type.Literal('critical')]), 'LEVEL'),
+    env: 'DYN_LOG', default: 'info', defaultText: 'info', group: G_OBS,
+    normalize: (v) => (v === 'warning' ? 'warn' : v === 'critical' ? 'error' : v),
+    help: 'Log verbosity; SGLang\'s "warning" and "critical" mean warn and error.' },
+
+  // Dynamo 0.8 worker flags that were missing
+  { name: 'multimodal-processor', setting: 'multimodalProcessor', ...bool, env: 'DYN_SGL_MULTIMODAL_PROCESSOR', default: false, defaultText: 'false', group: G_ROLE,
+    help: 'Run the legacy multimodal processor component ({ns}.processor.generate). Resolved into the configuration (worker kind, endpoint); this build does not serve it yet and refuses to start with it.' },
+  { name: 'use-sglang-tokenizer', setting: 'useSglangTokenizer', ...bool, env: 'DYN_SGL_USE_TOKENIZER', default: false, defaultText: 'false', group: G_ROLE,
+    help: 'Deprecated text in/out mode (the engine tokenizes; chat only). Accepted and not used: this worker keeps serving token ids and the frontend tokenizes, and says so at start. Cannot be combined with --custom-jinja-template.' },
+  { name: 'migration-limit', setting: 'migrationLimit', ...int(Type.Integer({ minimum: 0 })), env: 'DYN_MIGRATION_LIMIT', default: 0, defaultText: '0 (no migration)', group: G_RUNTIME,
+    help: "How many times the frontend may move a request whose worker died to another worker; published as the model card's migration_limit." },
+  { name: 'enable-local-indexer', setting: 'localIndexer', ...bool, explicitValue: true, env: 'DYN_LOCAL_INDEXER', default: null,
+    defaultText: 'on unless --durable-kv-events; always off in decode mode', group: G_RUNTIME,
+    help: "Keep a worker-local index of this worker's KV blocks for routers that recover (published as enable_local_indexer). Also takes true or false after it, as 0.8 spelled it (--enable-local-indexer false)." },
+  // honoured SGLang flags without an earlier row here
+  { name: 'max-total-tokens', setting: 'maxTotalTokens', ...int(), env: 'DYN_SGL_MAX_TOTAL_TOKENS', default: null, defaultText: 'sized from device memory', group: G_SCHED,
+    help: 'KV pool size in tokens (rounded up to whole pages) instead of a size chosen from --mem-fraction-static.' },
+  ...(['time-to-first-token', 'inter-token-latency', 'e2e-request-latency'] as const).map((what): WorkerFlag => ({
+    name: `bucket-${what}`,
+    setting: ({ 'time-to-first-token': 'bucketTimeToFirstToken', 'inter-token-latency': 'bucketInterTokenLatency', 'e2e-request-latency': 'bucketE2eRequestLatency' } as const)[what],
+    kind: 'list', multiValue: true, schema: Type.Array(Type.String({ pattern: NUMBER_TEXT, description: 'a number' }), { minItems: 1 }),
+    expected: 'increasing numbers of seconds, space- or comma-separated', valueName: 'SECS...',
+    env: `DYN_SGL_BUCKET_${what.toUpperCase().replaceAll('-', '_')}`, default: null, defaultText: "SGLang's", group: G_OBS,
+    help: `Bucket bounds of the sglang:${what.replaceAll('-', '_')}_seconds histogram (with --enable-metrics).`,
+  })),
+  { name: 'collect-tokens-histogram', setting: 'collectTokensHistogram', ...bool, env: 'DYN_SGL_COLLECT_TOKENS_HISTOGRAM', default: false, defaultText: 'false', group: G_OBS,
+    help: 'With --enable-metrics, also export the sglang:prompt_tokens_histogram and sglang:generation_tokens_histogram of finished requests.' },
 
   // meta
   { name: 'config', setting: 'configFile', ...str(), valueName: 'YAML', default: null, defaultText: 'none', group: G_MISC,
     help: 'YAML file of flag values (keys spelled like the flags, e.g. page-size: 16); flags and DYN_* env vars override it.' },
+  { name: 'config-key', setting: 'configKey', ...str(), valueName: 'KEY', default: null, defaultText: 'none (the whole file)', group: G_MISC,
+    help: 'Read only section KEY of the --config YAML file (e.g. prefill and decode sections of one file); the section must be a mapping of flag names to values.' },
   { name: 'dump-config-to', setting: 'dumpConfigTo', ...str(), valueName: 'FILE|-', env: 'DYN_DUMP_CONFIG_TO', default: null, defaultText: 'none', group: G_MISC,
     help: 'Write the resolved configuration as JSON to FILE (- for stdout) and exit without loading a model.' },
   { name: 'version', setting: 'version', ...bool, default: false, group: G_MISC,

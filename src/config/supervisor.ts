@@ -13,6 +13,7 @@ export const SUPERVISOR_FLAG_FIELDS = [
   'pageSize',
   'memFractionStatic',
   'maxRunningRequests',
+  'maxTotalTokens',
   'maxPrefillTokens',
   'chunkedPrefillSize',
   'disableOverlapSchedule',
@@ -52,7 +53,7 @@ export const ACTOR_DEFAULTS: Readonly<ActorSettings> = Object.freeze({
 /** What the supervisor takes: modelPath, any of the flag fields and actor settings. */
 export interface SupervisorConfig
   extends Pick<WorkerConfig, 'modelPath'>, Partial<Pick<WorkerConfig, SupervisorFlagField>>, Partial<ActorSettings> {
-  /** KV pool size in pages; when absent the engine sizes it from memFractionStatic. */
+  /** KV pool size in pages; when absent it follows maxTotalTokens, else the engine sizes it from memFractionStatic. */
   numPages?: number | null;
   /** The rank's engine factory: a module exporting createEngine(init), and its init. Defaults to the native engine
    * over modelPath (actors/rank-engine.ts); tests pass a fake engine here. */
@@ -98,6 +99,7 @@ export function resolveSupervisorConfig(config: SupervisorConfig): ResolvedSuper
   // null given for a field whose flag has a default takes the default, as an absent flag does
   const flag = <K extends SupervisorFlagField>(k: K): FlagFields[K] => (config[k] ?? FLAG_DEFAULTS[k]) as FlagFields[K];
   const chosen = <K extends ChosenField>(k: K): number => flag(k) ?? CHOSEN_WHEN_UNSET[k];
+  const maxTotalTokens = flag('maxTotalTokens');
   return Object.freeze({
     modelPath: config.modelPath,
     device: flag('device'),
@@ -105,6 +107,7 @@ export function resolveSupervisorConfig(config: SupervisorConfig): ResolvedSuper
     pageSize: flag('pageSize'),
     memFractionStatic: chosen('memFractionStatic'),
     maxRunningRequests: chosen('maxRunningRequests'),
+    maxTotalTokens,
     maxPrefillTokens: flag('maxPrefillTokens'),
     chunkedPrefillSize: chosen('chunkedPrefillSize'),
     disableOverlapSchedule: flag('disableOverlapSchedule'),
@@ -113,7 +116,7 @@ export function resolveSupervisorConfig(config: SupervisorConfig): ResolvedSuper
     seed: flag('seed'),
     tpSize: flag('tpSize'),
     baseGpuId: flag('baseGpuId'),
-    numPages: config.numPages ?? null,
+    numPages: config.numPages ?? (maxTotalTokens === null ? null : Math.ceil(maxTotalTokens / flag('pageSize'))),
     stepTimeoutMs: config.stepTimeoutMs ?? ACTOR_DEFAULTS.stepTimeoutMs,
     schedulerTimeoutMs: config.schedulerTimeoutMs ?? ACTOR_DEFAULTS.schedulerTimeoutMs,
     startTimeoutMs: config.startTimeoutMs ?? ACTOR_DEFAULTS.startTimeoutMs,

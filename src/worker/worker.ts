@@ -27,6 +27,7 @@ import { TcpRequestServer } from '../runtime/request-plane/tcp-server.js';
 import { connectNats, NatsRequestServer } from '../runtime/request-plane/nats.js';
 import { WorkerMetrics } from '../runtime/metrics.js';
 import { SystemServer } from '../runtime/system-server.js';
+import { SglangMetrics } from '../runtime/sglang-metrics.js';
 import { modelTypeToWire, ModelTypeFlag, type ModelDeploymentCard } from '../protocol/mdc.js';
 import { WorkerKvQueryRequestSchema, workerKvIndexerQueryEndpoint } from '../protocol/kv-query.js';
 import { parseWire } from '../protocol/validate.js';
@@ -118,6 +119,11 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   log(`model loaded in ${loadSeconds.toFixed(2)} s: ${engine.backend} backend, KV pool ${engine.kv.numPages} pages of ${engine.kv.pageSize} tokens (${(engine.kv.numPages * engine.kv.bytesPerPage / 2 ** 20).toFixed(1)} MiB)`);
   metrics.setModelLoadTime(model, component, loadSeconds);
   metrics.setKvStats({ model, component, dpRank: 0, totalBlocks: engine.kv.numPages, gpuCacheUsagePercent: 0 });
+  const engineType = ({ aggregated: 'unified', prefill: 'prefill', decode: 'decode' } as const)[config.servingMode];
+  const sglangMetrics = !config.enableMetrics ? null : new SglangMetrics({
+    registry: metrics.registry, modelName: model, engineType, endpoint: config.endpoint, pageSize: engine.kv.pageSize,
+    snapshot: () => supervisor.metrics.snapshot(), histograms: config,
+  });
 
   const kvEvents = await resources.open(
     () => WorkerKvEvents.start({ config, supervisor, discovery, metrics }, eventPlaneMode(config, options.publishKvEvents), log),
@@ -140,6 +146,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
 
   const handler: EndpointHandler = async function* generate(raw, ctx) {
     const recorder = endpointMetrics.requestStarted(Buffer.byteLength(stringifyJsonExact(raw)));
+    const latency = sglangMetrics?.requestStarted();
     canary?.noteActivity();
     let unlinkRequest = (): void => undefined;
     try {
@@ -163,8 +170,10 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
         }
         if (streamDelayMs > 0) await new Promise((r) => setTimeout(r, streamDelayMs));
         recorder.responseBytes(Buffer.byteLength(stringifyJsonExact(chunk)));
+        latency?.chunk(chunk);
         yield chunk;
       }
+      latency?.finish();
       if (ctx.signal.aborted) recorder.cancelled();
     } catch (err) {
       recorder.error(err instanceof LlmError && err.code === 'LLM_ERR_BAD_REQUEST' ? 'deserialization' : 'generate');

@@ -5,6 +5,7 @@ import { writeFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { renderHelp, usageError } from '../args.js';
 import { flagGroups, type WorkerConfig } from '../../config/schema.js';
+import { SGLANG_SERVER_FLAGS } from '../../config/sglang-flags.js';
 import { finalizeConfig, resolveConfig } from '../../config/resolve.js';
 import { packageVersion } from '../main.js';
 
@@ -13,8 +14,37 @@ const DESCRIPTION =
   'from its env var or from the --config YAML file (keys spelled like the flags); precedence is flags, then env ' +
   'vars, then the YAML file, then defaults.';
 
+const wrapWords = (words: readonly string[], indent: string, width = 100): string[] => {
+  const lines: string[] = [];
+  let line = '';
+  for (const w of words) {
+    if (line && indent.length + line.length + 1 + w.length > width) {
+      lines.push(indent + line);
+      line = w;
+    } else line = line ? `${line} ${w}` : w;
+  }
+  if (line) lines.push(indent + line);
+  return lines;
+};
+
+/** What happens to each of SGLang's server flags, from the one table of them (src/config/sglang-flags.ts). */
+function sglangFlagsHelp(): string {
+  const spell = (f: { name: string; aliases?: readonly string[] }) => [f.name, ...(f.aliases ?? [])].map((n) => `--${n}`).join('/');
+  const honoured = SGLANG_SERVER_FLAGS.flatMap((f) => (f.use === 'honoured' ? [`${spell(f)}${f.by === f.name ? '' : ` (= --${f.by})`}`] : []));
+  const inherent = SGLANG_SERVER_FLAGS.flatMap((f) => (f.use === 'inherent' ? [`${spell(f)}: ${f.why}.`] : []));
+  const unused = SGLANG_SERVER_FLAGS.flatMap((f) => (f.use === 'unused' ? [spell(f)] : []));
+  return [
+    'SGLang server flags:',
+    ...wrapWords(['Honoured (the flags above carry them):', ...honoured.map((h, i) => (i < honoured.length - 1 ? `${h},` : h))], '  '),
+    ...inherent.flatMap((line) => wrapWords(line.replace(':', ': accepted;').split(' '), '  ')),
+    ...wrapWords([...'Accepted and not used: their values are checked (kind and choices, as SGLang does) and the worker names the ones given in one line at start:'.split(' '),
+      ...unused.map((h, i) => (i < unused.length - 1 ? `${h},` : h))], '  '),
+    '',
+  ].join('\n');
+}
+
 export function startHelp(): string {
-  return renderHelp('dynamo-sglang start [flags]', DESCRIPTION, flagGroups());
+  return renderHelp('dynamo-sglang start [flags]', DESCRIPTION, flagGroups()) + sglangFlagsHelp();
 }
 
 function dumpConfig(config: WorkerConfig, target: string): void {
@@ -45,6 +75,9 @@ export async function main(argv: string[]): Promise<number> {
   if (config.dumpConfigTo !== null) {
     dumpConfig(config, config.dumpConfigTo);
     return 0;
+  }
+  if (config.unusedFlags.length > 0) {
+    process.stderr.write(`accepted and not used by this worker: ${config.unusedFlags.join(', ')} (see start --help)\n`);
   }
   // loaded only now, so --help, --version and --dump-config-to never pull in the engine
   const { runWorker } = await import('../../worker/worker.js');
