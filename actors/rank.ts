@@ -16,10 +16,11 @@
 import { appendFileSync } from 'node:fs';
 import { isMainThread, parentPort, receiveMessageOnPort, workerData, type MessagePort, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
-import type { Engine, KvIpcPool, KvPullStats, SeqStep, StepResult } from '../src/engine/types.js';
+import { stepShape } from '../src/engine/step.js';
+import type { Engine, KvIpcPool, KvPullStats, StepDescriptor, StepResult } from '../src/engine/types.js';
 import { resolvePlaceholders } from '../src/scheduler/placeholder.js';
 import type { StepExecutor } from '../src/scheduler/scheduler.js';
-import { packSteps, unpackSteps, unreachable, type EngineSummary, type StepPack } from './messages.js';
+import { unreachable, type EngineSummary } from './messages.js';
 import { OpTable, awaitStarted, siblingModule, spawnWorker } from './worker.js';
 
 /** GPU-to-GPU KV transfer ops (Engine.kvIpc*), and what each answers. */
@@ -32,7 +33,7 @@ export type KvIpcReply<O extends KvIpcOp> = O extends { op: 'export' } ? KvIpcPo
 
 /** The rank's inbox. Page copies and KV IPC ops (disaggregated KV transfer) run in the same order as steps. */
 export type RankInbox =
-  | { kind: 'step'; stepNo: number; pack: StepPack }
+  | { kind: 'step'; stepNo: number; step: StepDescriptor }
   | { kind: 'exportPages'; opNo: number; pages: Int32Array }
   | { kind: 'importPages'; opNo: number; pages: Int32Array; data: Uint8Array }
   | { kind: 'kvIpc'; opNo: number; request: KvIpcOp }
@@ -82,13 +83,8 @@ function stepTracer(file: string | undefined) {
     lines = [];
   };
   return {
-    record(steps: readonly SeqStep[], engineMs: number) {
-      let tokens = 0, kv = 0;
-      for (const q of steps) {
-        tokens += q.tokenIds.length;
-        kv += q.startPos + q.tokenIds.length;
-      }
-      lines.push(`${steps.length}\t${tokens}\t${kv}\t${engineMs.toFixed(3)}\n`);
+    record(shape: StepShape, engineMs: number) {
+      lines.push(`${shape.numSeqs}\t${shape.numTokens}\t${shape.kvTokens}\t${engineMs.toFixed(3)}\n`);
       if (lines.length >= 256) flush();
     },
     flush,
@@ -166,6 +162,7 @@ async function runRank(data: RankWorkerData): Promise<void> {
   port.on('message', handle);
 }
 
+type StepShape = ReturnType<typeof stepShape>;
 type Send = (m: RankOutbox, transfer?: ArrayBuffer[]) => void;
 type Tracer = ReturnType<typeof stepTracer>;
 interface Stepper {
@@ -183,13 +180,13 @@ function syncStepper(engine: Engine, send: Send, tracer: Tracer, rank: number): 
   return {
     step(m) {
       let result: StepResult;
-      let steps: readonly SeqStep[] = [];
+      const shape = stepShape(m.step);
       const t0 = performance.now();
       const idleMs = lastStepEnd === null ? null : t0 - lastStepEnd;
       try {
         // Placeholders (overlap scheduling) take the tokens the previous step sampled: steps run in order here.
-        steps = resolvePlaceholders(unpackSteps(m.pack), previousTokens);
-        result = engine.step(steps);
+        resolvePlaceholders(m.step, previousTokens);
+        result = engine.step(m.step);
       } catch (err) {
         previousTokens = null;
         lastStepEnd = null;
@@ -200,7 +197,7 @@ function syncStepper(engine: Engine, send: Send, tracer: Tracer, rank: number): 
       const t1 = performance.now();
       lastStepEnd = t1;
       send({ kind: 'result', stepNo: m.stepNo, result, engineMs: t1 - t0, idleMs });
-      tracer?.record(steps, t1 - t0);
+      tracer?.record(shape, t1 - t0);
     },
     pump() {},
   };
@@ -226,7 +223,7 @@ function pipelinedStepper(engine: Engine, send: Send, tracer: Tracer, rank: numb
     }
   };
   /** Steps in step order; `error`: it failed to begin (nothing runs for it), answered in its turn. */
-  const inFlight: { stepNo: number; steps: readonly SeqStep[]; begunAt: number; error?: unknown }[] = [];
+  const inFlight: { stepNo: number; shape: StepShape; begunAt: number; error?: unknown }[] = [];
   let lastStepEnd: number | null = null;
   const fail = (stepNo: number, err: unknown) => send({ kind: 'stepError', stepNo, error: toErrorPayload(err, rank) });
   const endOldest = () => {
@@ -250,20 +247,19 @@ function pipelinedStepper(engine: Engine, send: Send, tracer: Tracer, rank: numb
     const idleMs = lastStepEnd === null ? null : Math.max(0, s.begunAt - lastStepEnd);
     lastStepEnd = t1;
     send({ kind: 'result', stepNo: s.stepNo, result, engineMs: t1 - from, idleMs });
-    tracer?.record(s.steps, t1 - from);
+    tracer?.record(s.shape, t1 - from);
   };
   return {
     step(m) {
       const begunAt = performance.now();
-      let steps: readonly SeqStep[] = [];
+      const shape = stepShape(m.step);
       try {
-        steps = unpackSteps(m.pack);
-        begin(steps);
+        begin(m.step);
       } catch (err) {
-        inFlight.push({ stepNo: m.stepNo, steps, begunAt, error: err ?? new Error('step failed to begin') });
+        inFlight.push({ stepNo: m.stepNo, shape, begunAt, error: err ?? new Error('step failed to begin') });
         return;
       }
-      inFlight.push({ stepNo: m.stepNo, steps, begunAt });
+      inFlight.push({ stepNo: m.stepNo, shape, begunAt });
     },
     pump(port, handle) {
       while (inFlight.length > 0) {
@@ -397,15 +393,14 @@ export class RankHandle implements StepExecutor {
     }, (m) => new RankHandle(worker, m.engine, opts));
   }
 
-  execute(seqs: readonly SeqStep[]): Promise<StepResult> {
+  execute(step: StepDescriptor): Promise<StepResult> {
     if (this.failure) return Promise.reject(this.failure);
-    const pack = packSteps(seqs);
     const stepNo = ++this.stepNo;
     return new Promise((resolve, reject) => {
       this.pending.push({ stepNo, resolve, reject });
       this.armTimer();
-      const msg: RankInbox = { kind: 'step', stepNo, pack };
-      this.worker.postMessage(msg, [pack.ints.buffer, pack.floats.buffer]);
+      const msg: RankInbox = { kind: 'step', stepNo, step };
+      this.worker.postMessage(msg, [step.buffer as ArrayBuffer]);
     });
   }
 

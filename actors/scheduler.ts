@@ -16,7 +16,8 @@
 //    stops it) for hangTimeoutMs: LLM_ERR_ACTOR_HUNG for every request, and the thread is terminated.
 import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
-import type { SeqStep, StepResult } from '../src/engine/types.js';
+import { Header } from '../src/engine/step.js';
+import type { StepDescriptor, StepResult } from '../src/engine/types.js';
 import { DisaggKvOps, exportParked, importPrefix, type DisaggKvOp, type DisaggKvReply, type PrefixPages } from '../src/disagg/prefix.js';
 import {
   Scheduler, type OutputSink, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest, type SchedulerStats, type StepExecutor,
@@ -201,7 +202,9 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
   };
   const executor: StepExecutor = {
     kv: rank.kv,
-    execute(seqs: readonly SeqStep[]): Promise<StepResult> {
+    vocabSize: rank.vocabSize,
+    execute(step: StepDescriptor): Promise<StepResult> {
+      const batchSize = step[Header.numSeqs];
       stepNo++;
       if (hook) hook.beforeStep(stepNo, data.hook!.init);
       // The rank's wait before this step is a result-to-step gap when the previous step was still running at
@@ -209,13 +212,13 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
       const previousRunning = stepNo > 1 && rank.stats.steps < stepNo - 1;
       const previousDone = rank.stats.steps === stepNo - 1 && rank.stats.lastResultAt > lastMessageAt;
       const submittedAt = performance.now();
-      const result = rank.execute(seqs);
+      const result = rank.execute(step);
       closeSample();
       const s = scheduler!;
       const st = s.stats;
       open.push({
         sample: {
-          batchSize: seqs.length, prefillTokens: st.prefillTokens - counted.prefill, decodeTokens: st.decodeTokens - counted.decode,
+          batchSize, prefillTokens: st.prefillTokens - counted.prefill, decodeTokens: st.decodeTokens - counted.decode,
           queued: s.queuedCount, running: s.runningCount, kvUsedPages: s.allocator.usedCount, cacheHitTokens: st.cacheHitTokens - counted.cacheHits,
           stepMs: 0, engineMs: 0, submitGapMs: null, queuedBehind: previousRunning,
         },
