@@ -5,7 +5,8 @@
 // and on the rank a placeholder is resolved from the previous step, or fails the step with a coded error (it must
 // never reach the engine).
 import t, { type Test } from 'tap';
-import { RankHandle } from '../actors/rank.js';
+import { MessageChannel } from 'node:worker_threads';
+import { RankActor, RankGroup } from '../actors/rank.js';
 import { LlmError } from '../src/errors.js';
 import { decodeStep, packStep } from '../src/engine/step.js';
 import type { SamplingParams, SeqStep } from '../src/engine/types.js';
@@ -138,10 +139,18 @@ for (const cache of [true, false]) {
 
 t.test('the rank resolves placeholders from its previous step, and fails a step whose placeholder it cannot', async (t) => {
   const init: FakeEngineInit = { numPages: 16, pageSize: 4, vocabSize: VOCAB };
-  const rank = await RankHandle.spawn({
-    rank: 0, engineModule: new URL('./fixtures/fake-engine-module.ts', import.meta.url).href, engineInit: init, stepTimeoutMs: 10_000, startTimeoutMs: 30_000,
+  const channel = new MessageChannel();
+  const progress = new SharedArrayBuffer(4);
+  const actor = await RankActor.spawn({
+    rank: 0, placement: { deviceId: 0 }, engineModule: new URL('./fixtures/fake-engine-module.ts', import.meta.url).href, engineInit: init,
+    startTimeoutMs: 30_000, steps: channel.port2, progress,
   });
-  t.teardown(() => rank.close());
+  // This thread stands in for the scheduler's.
+  const rank = new RankGroup({ ports: [channel.port1], engine: actor.engine, progress, stepTimeoutMs: 10_000, onFailure: (e) => t.fail(e.message) });
+  t.teardown(async () => {
+    rank.close();
+    await actor.stop();
+  });
   const prompt = [3, 1, 4, 1, 5];
   const seq = (tokenIds: number[], startPos: number, pages: number[]): SeqStep =>
     ({ tokenIds: Int32Array.from(tokenIds), startPos, pages: Int32Array.from(pages), sample: true, sampling: greedy, outputIndex: Math.max(0, startPos - prompt.length + 1) });

@@ -21,7 +21,7 @@
 //   4     70000   173 / 569   182 / 320
 // Neither wins clearly (the ring saves the copies but pays the write into the slot and the waitAsync wake-up), so the
 // ranks take the copy per rank: no slot ownership to manage, and each rank may patch its own copy (placeholders).
-import { MessageChannel, Worker } from 'node:worker_threads';
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 
 const RANK_CODE = `
 const { workerData } = require('node:worker_threads');
@@ -56,7 +56,7 @@ interface Case { ranks: number; words: number }
 
 async function run(mode: 'copy' | 'ring', c: Case, steps: number): Promise<number[]> {
   const ring = new SharedArrayBuffer(8 + c.words * 4);
-  const ports = [];
+  const ports: MessagePort[] = [];
   const workers = [];
   for (let r = 0; r < c.ranks; r++) {
     const ch = new MessageChannel();
