@@ -201,7 +201,7 @@ function runRank(data: RankWorkerData): void {
       engine?.close();
       engine = null;
       port.close();
-      data.control.close();
+      setImmediate(() => data.control.close()); // after comlink's answer to this call
     },
   };
   serveControl(control, data.control);
