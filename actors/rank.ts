@@ -32,7 +32,7 @@ import { resolvePlaceholders } from '../src/scheduler/placeholder.js';
 import type { StepExecutor } from '../src/scheduler/scheduler.js';
 import { controlOf, serveControl, type Control } from './control.js';
 import { unreachable, type EngineSummary } from './messages.js';
-import { OpTable, awaitStart, siblingModule, spawnWorker } from './worker.js';
+import { awaitStart, siblingModule, spawnWorker } from './worker.js';
 
 /** GPU-to-GPU KV transfer ops (Engine.kvIpc*), and what each answers. */
 export type KvIpcOp =
@@ -43,12 +43,12 @@ export type KvIpcOp =
 export type KvIpcReply<O extends KvIpcOp> = O extends { op: 'export' } ? KvIpcPool : O extends { op: 'open' } ? number : O extends { op: 'pull' } ? KvPullStats : null;
 
 /** The rank's step inbox (from the scheduler thread). Page copies and KV IPC ops (disaggregated KV transfer, rank 0
- * only) run in the same order as steps. */
+ * only) run in the same order as steps, and are answered in the order they arrive. */
 export type RankInbox =
   | { kind: 'step'; stepNo: number; step: StepDescriptor }
-  | { kind: 'exportPages'; opNo: number; pages: Int32Array }
-  | { kind: 'importPages'; opNo: number; pages: Int32Array; data: Uint8Array }
-  | { kind: 'kvIpc'; opNo: number; request: KvIpcOp };
+  | { kind: 'exportPages'; pages: Int32Array }
+  | { kind: 'importPages'; pages: Int32Array; data: Uint8Array }
+  | { kind: 'kvIpc'; request: KvIpcOp };
 
 /** What a rank sends back to the scheduler thread. Only rank 0 sends results. */
 export type RankOutbox =
@@ -56,9 +56,9 @@ export type RankOutbox =
    * a failed one): the time the rank waited for this step. */
   | { kind: 'result'; stepNo: number; result: StepResult; engineMs: number; idleMs: number | null }
   | { kind: 'stepError'; stepNo: number; error: ErrorPayload }
-  | { kind: 'pagesDone'; opNo: number; data: Uint8Array | null }
-  | { kind: 'kvIpcDone'; opNo: number; result: KvIpcReply<KvIpcOp> }
-  | { kind: 'pagesError'; opNo: number; error: ErrorPayload };
+  | { kind: 'pagesDone'; data: Uint8Array | null }
+  | { kind: 'kvIpcDone'; result: KvIpcReply<KvIpcOp> }
+  | { kind: 'pagesError'; error: ErrorPayload };
 
 /** The rank's control object (comlink, from the supervisor). */
 export interface RankControl {
@@ -157,10 +157,10 @@ function runRank(data: RankWorkerData): void {
           if (m.kind === 'exportPages') out = e.exportPages(m.pages);
           else e.importPages(m.pages, m.data);
         } catch (err) {
-          send({ kind: 'pagesError', opNo: m.opNo, error: toErrorPayload(err, rank) });
+          send({ kind: 'pagesError', error: toErrorPayload(err, rank) });
           return;
         }
-        send({ kind: 'pagesDone', opNo: m.opNo, data: out }, out && out.buffer instanceof ArrayBuffer ? [out.buffer] : []);
+        send({ kind: 'pagesDone', data: out }, out && out.buffer instanceof ArrayBuffer ? [out.buffer] : []);
         return;
       }
       case 'kvIpc': {
@@ -168,10 +168,10 @@ function runRank(data: RankWorkerData): void {
         try {
           result = runKvIpc(e, m.request);
         } catch (err) {
-          send({ kind: 'pagesError', opNo: m.opNo, error: toErrorPayload(err, rank) });
+          send({ kind: 'pagesError', error: toErrorPayload(err, rank) });
           return;
         }
-        send({ kind: 'kvIpcDone', opNo: m.opNo, result });
+        send({ kind: 'kvIpcDone', result });
         return;
       }
       default:
@@ -484,7 +484,8 @@ export class RankGroup implements StepExecutor {
   private readonly pending: PendingStep[] = [];
   /** Steps sent that some rank has not finished, with when they were sent. */
   private readonly unfinished: { stepNo: number; sentAt: number }[] = [];
-  private readonly pageOps = new OpTable<unknown>();
+  /** Page operations sent to rank 0 and not answered yet, in the order sent (the order it answers them). */
+  private readonly pageOps: { resolve: (answer: unknown) => void; reject: (e: LlmError) => void }[] = [];
   private readonly watchdog: NodeJS.Timeout;
   private stepNo = 0;
   private failure: LlmError | null = null;
@@ -522,26 +523,29 @@ export class RankGroup implements StepExecutor {
   /** Copies KV pages to a host buffer, after every step submitted before (disaggregated prefill side). */
   async exportPages(pages: readonly number[]): Promise<Uint8Array> {
     const pagesWire = Int32Array.from(pages);
-    return (await this.pageOp<Uint8Array | null>((opNo) => ({ kind: 'exportPages', opNo, pages: pagesWire }), [pagesWire.buffer])) ?? new Uint8Array(0);
+    return (await this.pageOp<Uint8Array | null>({ kind: 'exportPages', pages: pagesWire }, [pagesWire.buffer])) ?? new Uint8Array(0);
   }
 
   /** Writes KV pages from a host buffer, before every step submitted after (disaggregated decode side). */
   async importPages(pages: readonly number[], data: Uint8Array): Promise<void> {
     const pagesWire = Int32Array.from(pages);
-    await this.pageOp((opNo) => ({ kind: 'importPages', opNo, pages: pagesWire, data }), [pagesWire.buffer]);
+    await this.pageOp({ kind: 'importPages', pages: pagesWire, data }, [pagesWire.buffer]);
   }
 
   /** A GPU-to-GPU KV transfer op, after every step submitted before and before every step submitted after. */
   kvIpc<O extends KvIpcOp>(request: O): Promise<KvIpcReply<O>> {
-    return this.pageOp<KvIpcReply<O>>((opNo) => ({ kind: 'kvIpc', opNo, request }), []);
+    return this.pageOp<KvIpcReply<O>>({ kind: 'kvIpc', request }, []);
   }
 
-  private pageOp<T>(message: (opNo: number) => RankInbox, transfer: ArrayBuffer[]): Promise<T> {
+  private pageOp<T>(message: RankInbox, transfer: ArrayBuffer[]): Promise<T> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.size > 1) {
       return Promise.reject(new LlmError('LLM_ERR_KV_TRANSFER', `KV transfer between workers is not supported with tensor parallelism (tp size ${this.size})`));
     }
-    return this.pageOps.start<T>((opNo) => this.ports[0].postMessage(message(opNo), transfer));
+    return new Promise<T>((resolve, reject) => {
+      this.pageOps.push({ resolve: resolve as (answer: unknown) => void, reject });
+      this.ports[0].postMessage(message, transfer);
+    });
   }
 
   /** Stops listening; the ranks are stopped by the supervisor. In-flight steps fail with LLM_ERR_SHUTDOWN. */
@@ -575,14 +579,17 @@ export class RankGroup implements StepExecutor {
         return;
       }
       case 'pagesDone':
-        this.pageOps.resolve(m.opNo, m.data);
-        return;
       case 'kvIpcDone':
-        this.pageOps.resolve(m.opNo, m.result);
+      case 'pagesError': {
+        const op = this.pageOps.shift();
+        if (!op) {
+          this.fail(new LlmError('LLM_ERR_INTERNAL', `rank ${rank} answered a page operation nobody asked for`), true);
+          return;
+        }
+        if (m.kind === 'pagesError') op.reject(LlmError.fromPayload(m.error));
+        else op.resolve(m.kind === 'pagesDone' ? m.data : m.result);
         return;
-      case 'pagesError':
-        this.pageOps.reject(m.opNo, LlmError.fromPayload(m.error));
-        return;
+      }
       default:
         unreachable(m);
     }
@@ -606,7 +613,7 @@ export class RankGroup implements StepExecutor {
     this.failure = error;
     clearInterval(this.watchdog);
     for (const p of this.pending.splice(0)) p.reject(error);
-    this.pageOps.rejectAll(error);
+    for (const op of this.pageOps.splice(0)) op.reject(error);
     if (report) this.opts.onFailure(error);
   }
 }

@@ -82,39 +82,3 @@ export function awaitStart<T>(worker: Worker, wait: StartWait, started: Promise<
     );
   });
 }
-
-/**
- * Requests a handle sends its worker by number, awaiting answers that carry the number back: each is a promise,
- * settled by its answer, or rejected with every other open one when the worker fails. Answers to numbers no longer
- * open (already failed) are ignored.
- */
-export class OpTable<T> {
-  private readonly open = new Map<number, { resolve: (answer: T) => void; reject: (e: LlmError) => void }>();
-  private last = 0;
-
-  /** Opens an op; `send(opNo)` posts its request. */
-  start<R extends T>(send: (opNo: number) => void): Promise<R> {
-    const opNo = ++this.last;
-    return new Promise<R>((resolve, reject) => {
-      this.open.set(opNo, { resolve: resolve as (answer: T) => void, reject });
-      send(opNo);
-    });
-  }
-
-  resolve(opNo: number, answer: T): void {
-    const op = this.open.get(opNo);
-    this.open.delete(opNo);
-    op?.resolve(answer);
-  }
-
-  reject(opNo: number, error: LlmError): void {
-    const op = this.open.get(opNo);
-    this.open.delete(opNo);
-    op?.reject(error);
-  }
-
-  rejectAll(error: LlmError): void {
-    for (const op of this.open.values()) op.reject(error);
-    this.open.clear();
-  }
-}
