@@ -1,22 +1,26 @@
-// The scheduler actor: a worker_thread that runs the Scheduler (src/scheduler/scheduler.ts) over the rank actor it
-// spawns and owns. This file is both the worker's entry point (workerData.actor === 'scheduler') and the main side's
-// handle, SchedulerHandle, which the supervisor uses.
+// The scheduler actor: a worker_thread that runs the Scheduler (src/scheduler/scheduler.ts) over the ranks of one TP
+// group (actors/rank.ts RankGroup). This file is both the worker's entry point (workerData.actor === 'scheduler')
+// and the supervisor's handle, SchedulerHandle.
 //
-// Threads: supervisor (main) ⇄ scheduler ⇄ rank. The per-step hot path is scheduler ⇄ rank only (two transferred
-// buffers per step, actors/rank.ts); the supervisor hears from the scheduler once per step at most: one 'batch'
-// message carrying that step's response outputs, radix (KV) events, step samples for the metrics actor and the
-// scheduler's state. The batch is posted at the end of the event-loop turn, after the next step has gone to the
-// rank, so streaming never delays a step.
+// Threads: the topology (src/topology) starts the ranks first, then this thread with the scheduler's end of each
+// rank's step channel: the per-step hot path is scheduler ⇄ ranks only (one packed descriptor per step, copied to
+// every rank). The supervisor hears from the scheduler once per step at most: one 'batch' message carrying that
+// step's response outputs, radix (KV) events, step samples for the metrics actor and the scheduler's state. The
+// batch is posted at the end of the event-loop turn, after the next step has gone to the ranks, so streaming never
+// delays a step. Requests (submit, abort) travel hand-made too; control calls (start, stop, integrity checks, KV
+// operations) go through comlink (actors/control.ts).
 //
 // Failures, as coded payloads {code, message, rank}:
-//  - the rank crashes, hangs or fails a step: the scheduler reports 'failed' with the rank's error; the handle fails
-//    every request it still has with it and tells the supervisor, which restarts the core (scheduler + rank);
+//  - a rank fails a step, or hangs: the scheduler reports 'failed' with the rank's error; the handle fails every
+//    request it still has with it and tells the supervisor, which restarts the whole group (scheduler + ranks);
+//  - a rank thread crashes: the supervisor's RankActor sees it and fails the group the same way (failGroup);
 //  - the scheduler thread throws or exits: LLM_ERR_ACTOR_CRASHED for every request;
 //  - the scheduler thread stops beating (a SharedArrayBuffer counter it bumps from a timer, so a blocked event loop
 //    stops it) for hangTimeoutMs: LLM_ERR_ACTOR_HUNG for every request, and the thread is terminated.
-import { isMainThread, parentPort, workerData, type Worker } from 'node:worker_threads';
+import { MessageChannel, isMainThread, parentPort, workerData, type MessagePort, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
-import type { SeqStep, StepResult } from '../src/engine/types.js';
+import { Header } from '../src/engine/step.js';
+import type { StepDescriptor, StepResult } from '../src/engine/types.js';
 import { DisaggKvOps, exportParked, importPrefix, type DisaggKvOp, type DisaggKvReply, type PrefixPages } from '../src/scheduler/kv-transfer.js';
 import {
   Scheduler, type OutputSink, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest, type SchedulerStats, type StepExecutor,
@@ -24,51 +28,46 @@ import {
 import type { EngineSummary } from '../src/engine/summary.js';
 import { unreachable } from './messages.js';
 import type { MetricsActor, SchedulerLoad, StepSample } from './metrics.js';
-import { RankHandle, type StepTiming } from './rank.js';
-import { OpTable, awaitStarted, siblingModule, spawnWorker } from './worker.js';
+import { controlOf, serveControl, transferred, type Control } from './control.js';
+import { RankGroup, type StepTiming } from './rank.js';
+import { awaitStart, siblingModule, spawnWorker } from './worker.js';
 
-/** The scheduler's inbox. */
+/** The scheduler's inbox (the request path, from the supervisor). */
 export type SchedulerInbox =
   /** handle: the request's number in batch messages (the supervisor's, unique while the request lives). */
   /** cancelled: the caller's signal was aborted before submission; the request ends at once, before any step. */
   | { kind: 'submit'; handle: number; request: SchedulerRequest; cancelled: boolean }
   | { kind: 'abort'; id: string }
   /** Radix events are collected and sent only while someone listens. */
-  | { kind: 'kvEvents'; enabled: boolean }
-  | { kind: 'op'; opNo: number; op: SchedulerOp }
-  | { kind: 'shutdown' };
-
-/** Requests answered by one 'opDone' or 'opError'. */
-export type SchedulerOp =
-  /** The KV parked under key (a finished prefill's prompt, tokenIds), copied to the host, then released. */
-  | { kind: 'exportParked'; key: string; tokenIds: number[] }
-  /** Transferred KV imported; parked under parkAs for the request submitted with it (src/scheduler/kv-transfer.ts). */
-  | { kind: 'importPrefix'; prefix: PrefixPages; parkAs: string | null }
-  | { kind: 'disaggKv'; op: DisaggKvOp }
-  | { kind: 'checkIntegrity' };
-
-export type SchedulerOpResult =
-  | { kind: 'exportParked'; prefix: PrefixPages }
-  | { kind: 'importPrefix'; pages: number }
-  | { kind: 'disaggKv'; reply: DisaggKvReply }
-  | { kind: 'checkIntegrity' };
+  | { kind: 'kvEvents'; enabled: boolean };
 
 /** What the scheduler sends to the supervisor. */
 export type SchedulerOutbox =
-  | { kind: 'ready'; engine: EngineSummary }
-  | { kind: 'initError'; error: ErrorPayload }
   | ({ kind: 'batch' } & OutputBatch & { kvEvents: RadixEvent[]; steps: StepSample[]; stats: SchedulerStats; load: SchedulerLoad })
-  | { kind: 'opDone'; opNo: number; result: SchedulerOpResult }
-  | { kind: 'opError'; opNo: number; error: ErrorPayload }
   | { kind: 'failed'; error: ErrorPayload };
 
-/** The rank the scheduler spawns (actors/rank.ts RankSpawnOptions, as plain data). */
-export interface SchedulerRankInit {
-  rank: number;
-  engineModule?: string;
-  engineInit: unknown;
+/** The scheduler's control object (comlink, from the supervisor). */
+export interface SchedulerControl {
+  /** Builds the scheduler over the ranks and starts its loop. */
+  start(): Promise<void>;
+  /** Runs the scheduler's integrity checks (every invariant of the scheduler, the allocator and the radix cache). */
+  checkIntegrity(): void;
+  /** The KV parked under key (a finished prefill's prompt, tokenIds), copied to the host, then released. */
+  exportParked(key: string, tokenIds: number[]): Promise<PrefixPages>;
+  /** Transferred KV imported; parked under parkAs for the request submitted with it (src/scheduler/kv-transfer.ts). */
+  importPrefix(prefix: PrefixPages, parkAs: string | null): Promise<number>;
+  disaggKv(op: DisaggKvOp): Promise<DisaggKvReply>;
+  /** Stops the loop (in-flight requests end), sends the last batch and closes the step channels. */
+  stop(): Promise<void>;
+}
+
+/** The ranks the scheduler drives: the scheduler's end of each one's step channel (by rank), and what they share. */
+export interface SchedulerRanks {
+  ports: MessagePort[];
+  /** Rank 0's engine. */
+  engine: EngineSummary;
+  progress: SharedArrayBuffer;
   stepTimeoutMs: number;
-  startTimeoutMs: number;
 }
 
 /** A module the scheduler thread imports that exports `beforeStep(stepNo, init)`, called before each step is
@@ -85,7 +84,8 @@ interface SchedulerHookModule {
 export interface SchedulerWorkerData {
   actor: 'scheduler';
   options: SchedulerOptions;
-  rank: SchedulerRankInit;
+  ranks: SchedulerRanks;
+  control: MessagePort;
   /** Int32 counter the scheduler bumps every heartbeatMs. */
   heartbeat: SharedArrayBuffer;
   heartbeatMs: number;
@@ -113,7 +113,7 @@ interface PendingBatch {
   steps: StepSample[];
 }
 
-async function runScheduler(data: SchedulerWorkerData): Promise<void> {
+function runScheduler(data: SchedulerWorkerData): void {
   const port = parentPort!;
   const send = (m: SchedulerOutbox, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
   const beat = new Int32Array(data.heartbeat);
@@ -133,19 +133,10 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
 
   /** Timings of answered steps whose samples are still open. */
   const timings = new Map<number, StepTiming>();
-  let rank: RankHandle;
-  let hook: SchedulerHookModule | null;
-  try {
-    rank = await RankHandle.spawn({
-      ...data.rank, onFailure: (err) => reportFailure(err.toPayload()), onStepTiming: (timing) => timings.set(timing.stepNo, timing),
-    });
-    hook = data.hook ? ((await import(data.hook.module)) as SchedulerHookModule) : null;
-  } catch (err) {
-    send({ kind: 'initError', error: toErrorPayload(err) });
-    clearInterval(beatTimer);
-    port.close();
-    return;
-  }
+  const ranks = new RankGroup({
+    ...data.ranks, onFailure: (err) => reportFailure(err.toPayload()), onStepTiming: (timing) => timings.set(timing.stepNo, timing),
+  });
+  let hook: SchedulerHookModule | null = null;
 
   const pending = (): PendingBatch => {
     if (!batch) {
@@ -177,8 +168,8 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
     );
   }
 
-  // Step samples for the metrics actor. A step goes to the rank first and its sample is written after; the sample is
-  // completed from the rank's timing of that step once its result is in (at the next flush or the next step), so
+  // Step samples for the metrics actor. A step goes to the ranks first and its sample is written after; the sample
+  // is completed from rank 0's timing of that step once its result is in (at the next flush or the next step), so
   // nothing runs between a result and the scheduler's continuation. With overlap on, two steps may be in flight.
   let stepNo = 0;
   /** When the last supervisor message arrived: a step submitted after it and after a result was not submitted by
@@ -201,22 +192,24 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
     }
   };
   const executor: StepExecutor = {
-    kv: rank.kv,
-    execute(seqs: readonly SeqStep[]): Promise<StepResult> {
+    kv: ranks.kv,
+    vocabSize: ranks.vocabSize,
+    execute(step: StepDescriptor): Promise<StepResult> {
+      const batchSize = step[Header.numSeqs];
       stepNo++;
       if (hook) hook.beforeStep(stepNo, data.hook!.init);
       // The rank's wait before this step is a result-to-step gap when the previous step was still running at
       // submission (overlap), or this step was submitted by the previous result's continuation.
-      const previousRunning = stepNo > 1 && rank.stats.steps < stepNo - 1;
-      const previousDone = rank.stats.steps === stepNo - 1 && rank.stats.lastResultAt > lastMessageAt;
+      const previousRunning = stepNo > 1 && ranks.stats.steps < stepNo - 1;
+      const previousDone = ranks.stats.steps === stepNo - 1 && ranks.stats.lastResultAt > lastMessageAt;
       const submittedAt = performance.now();
-      const result = rank.execute(seqs);
+      const result = ranks.execute(step);
       closeSample();
       const s = scheduler!;
       const st = s.stats;
       open.push({
         sample: {
-          batchSize: seqs.length, prefillTokens: st.prefillTokens - counted.prefill, decodeTokens: st.decodeTokens - counted.decode,
+          batchSize, prefillTokens: st.prefillTokens - counted.prefill, decodeTokens: st.decodeTokens - counted.decode,
           queued: s.queuedCount, running: s.runningCount, kvUsedPages: s.allocator.usedCount, cacheHitTokens: st.cacheHitTokens - counted.cacheHits,
           stepMs: 0, engineMs: 0, submitGapMs: null, queuedBehind: previousRunning,
         },
@@ -229,16 +222,6 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
     },
   };
 
-  try {
-    scheduler = new Scheduler(executor, data.options);
-  } catch (err) {
-    send({ kind: 'initError', error: toErrorPayload(err) });
-    await rank.close();
-    clearInterval(beatTimer);
-    port.close();
-    return;
-  }
-  const sched = scheduler;
   const sinkOf = (handle: number): OutputSink => (out) => {
     const b = pending();
     if (out.tokenIds.length === 1 && !out.finishReason && !out.logprobs && !out.topLogprobs) {
@@ -250,33 +233,52 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
     }
   };
   let kvEvents = false;
-  sched.cache?.onEvent((e) => {
-    if (kvEvents) pending().kvEvents.push(e);
-  });
-  sched.onFailure(reportFailure);
-  sched.start();
-
-  const disaggKv = new DisaggKvOps(sched, rank);
-  const runOp = async (op: SchedulerOp): Promise<{ result: SchedulerOpResult; transfer: ArrayBuffer[] }> => {
-    switch (op.kind) {
-      case 'exportParked': {
-        const prefix = await exportParked(sched, rank, op.key, op.tokenIds);
-        return { result: { kind: 'exportParked', prefix }, transfer: prefix.data.buffer instanceof ArrayBuffer ? [prefix.data.buffer] : [] };
-      }
-      case 'importPrefix':
-        return { result: { kind: 'importPrefix', pages: await importPrefix(sched, rank, op.prefix, op.parkAs) }, transfer: [] };
-      case 'disaggKv':
-        return { result: { kind: 'disaggKv', reply: await disaggKv.run(op.op) }, transfer: [] };
-      case 'checkIntegrity':
-        sched.checkIntegrity();
-        return { result: { kind: 'checkIntegrity' }, transfer: [] };
-      default:
-        return unreachable(op);
-    }
+  let disaggKv: DisaggKvOps | null = null;
+  const running = (): Scheduler => {
+    if (!scheduler) throw new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler is not running');
+    return scheduler;
   };
 
-  port.on('message', (m: SchedulerInbox) => {
+  const control: SchedulerControl = {
+    async start() {
+      hook = data.hook ? ((await import(data.hook.module)) as SchedulerHookModule) : null;
+      const sched = new Scheduler(executor, data.options);
+      scheduler = sched;
+      sched.cache?.onEvent((e) => {
+        if (kvEvents) pending().kvEvents.push(e);
+      });
+      sched.onFailure(reportFailure);
+      sched.start();
+      disaggKv = new DisaggKvOps(sched, ranks);
+      port.on('message', onRequest);
+    },
+    checkIntegrity() {
+      running().checkIntegrity();
+    },
+    async exportParked(key, tokenIds) {
+      const prefix = await exportParked(running(), ranks, key, tokenIds);
+      return transferred(prefix, prefix.data.buffer instanceof ArrayBuffer ? [prefix.data.buffer] : []);
+    },
+    importPrefix(prefix, parkAs) {
+      return importPrefix(running(), ranks, prefix, parkAs);
+    },
+    disaggKv(op) {
+      running();
+      return disaggKv!.run(op);
+    },
+    async stop() {
+      await scheduler?.stop();
+      flush();
+      ranks.close();
+      clearInterval(beatTimer);
+      port.close();
+      setImmediate(() => data.control.close()); // after comlink's answer to this call
+    },
+  };
+
+  function onRequest(m: SchedulerInbox): void {
     lastMessageAt = performance.now();
+    const sched = scheduler!;
     switch (m.kind) {
       case 'submit':
         try {
@@ -293,43 +295,28 @@ async function runScheduler(data: SchedulerWorkerData): Promise<void> {
       case 'kvEvents':
         kvEvents = m.enabled;
         return;
-      case 'op':
-        runOp(m.op).then(
-          ({ result, transfer }) => send({ kind: 'opDone', opNo: m.opNo, result }, transfer),
-          (err: unknown) => send({ kind: 'opError', opNo: m.opNo, error: toErrorPayload(err) }),
-        );
-        return;
-      case 'shutdown':
-        void (async () => {
-          await sched.stop();
-          flush();
-          await rank.close();
-          clearInterval(beatTimer);
-          port.close();
-        })();
-        return;
       default:
         unreachable(m);
     }
-  });
-  send({ kind: 'ready', engine: rank.engine });
+  }
+  serveControl(control, data.control);
 }
 
-if (!isMainThread && (workerData as SchedulerWorkerData | null)?.actor === 'scheduler') void runScheduler(workerData as SchedulerWorkerData);
+if (!isMainThread && (workerData as SchedulerWorkerData | null)?.actor === 'scheduler') runScheduler(workerData as SchedulerWorkerData);
 
 // ---- main side ----
 
 export interface SchedulerSpawnOptions {
   options: SchedulerOptions;
-  rank: SchedulerRankInit;
+  ranks: SchedulerRanks;
   /** The scheduler thread is hung when it has not beaten for this long. */
   hangTimeoutMs: number;
-  /** Scheduler and rank start-up (model load) limit, ms. */
+  /** Scheduler start-up limit, ms (the ranks are already started). */
   startTimeoutMs: number;
   hook?: SchedulerHookInit;
   /** Receives the step samples and the scheduler's load. */
   metrics: MetricsActor;
-  /** Called once when the scheduler or its rank fails (after every request got the error). */
+  /** Called once when the scheduler or a rank of its group fails (after every request got the error). */
   onFailure: (error: LlmError, scheduler: SchedulerHandle) => void;
 }
 
@@ -341,29 +328,35 @@ export class SchedulerHandle {
   stats: SchedulerStats = EMPTY_STATS;
   private load: SchedulerLoad;
   private readonly worker: Worker;
+  private readonly control: Control<SchedulerControl>;
   /** Live requests by handle, and the handle of each id. */
   private readonly sinks = new Map<number, OutputSink>();
   private readonly handleOf = new Map<string, number>();
   private nextHandle = 0;
   private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
-  private readonly ops = new OpTable<SchedulerOpResult>();
   private readonly opts: SchedulerSpawnOptions;
   private readonly watchdog: NodeJS.Timeout;
   private failure: LlmError | null = null;
+  /** Rejects with the failure, so that control calls in flight end with it (the thread may never answer them). */
+  private readonly failed: Promise<never>;
+  private rejectFailed: (e: LlmError) => void = () => {};
   private closing = false;
   private readonly exited: Promise<void>;
 
-  private constructor(worker: Worker, engine: EngineSummary, heartbeat: Int32Array, opts: SchedulerSpawnOptions) {
+  private constructor(worker: Worker, control: Control<SchedulerControl>, heartbeat: Int32Array, opts: SchedulerSpawnOptions) {
     this.worker = worker;
-    this.engine = engine;
+    this.control = control;
+    this.engine = opts.ranks.engine;
     this.opts = opts;
-    this.load = { kvTotalPages: engine.kv.numPages, kvUsedPages: 0, kvEvictablePages: 0, runningRequests: 0, queuedRequests: 0 };
+    this.failed = new Promise<never>((_, reject) => (this.rejectFailed = reject));
+    this.failed.catch(() => undefined);
+    this.load = { kvTotalPages: this.engine.kv.numPages, kvUsedPages: 0, kvEvictablePages: 0, runningRequests: 0, queuedRequests: 0 };
     opts.metrics.send({ kind: 'load', load: this.load });
     worker.on('message', (m: SchedulerOutbox) => this.onMessage(m));
-    worker.on('error', (err) => this.fail(new LlmError('LLM_ERR_ACTOR_CRASHED', `the scheduler crashed: ${err.message}`)));
+    worker.on('error', (err) => this.failGroup(new LlmError('LLM_ERR_ACTOR_CRASHED', `the scheduler crashed: ${err.message}`)));
     this.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
     worker.on('exit', (code) => {
-      if (!this.closing) this.fail(new LlmError('LLM_ERR_ACTOR_CRASHED', `the scheduler exited unexpectedly with code ${code}`));
+      if (!this.closing) this.failGroup(new LlmError('LLM_ERR_ACTOR_CRASHED', `the scheduler exited unexpectedly with code ${code}`));
     });
     let seen = Atomics.load(heartbeat, 0);
     let seenAt = performance.now();
@@ -374,26 +367,29 @@ export class SchedulerHandle {
         seen = beat;
         seenAt = now;
       } else if (now - seenAt > opts.hangTimeoutMs) {
-        this.fail(new LlmError('LLM_ERR_ACTOR_HUNG', `the scheduler thread did not respond for ${Math.round(now - seenAt)} ms (limit ${opts.hangTimeoutMs} ms)`));
+        this.failGroup(new LlmError('LLM_ERR_ACTOR_HUNG', `the scheduler thread did not respond for ${Math.round(now - seenAt)} ms (limit ${opts.hangTimeoutMs} ms)`));
         void worker.terminate();
       }
     }, heartbeatMs(opts.hangTimeoutMs));
     this.watchdog.unref();
   }
 
-  /** Starts the scheduler thread (which starts its rank) and waits until the rank's engine is open. */
-  static spawn(opts: SchedulerSpawnOptions): Promise<SchedulerHandle> {
+  /** Starts the scheduler thread over started ranks and waits until its scheduler runs. */
+  static async spawn(opts: SchedulerSpawnOptions): Promise<SchedulerHandle> {
     const heartbeat = new SharedArrayBuffer(4);
+    const control = new MessageChannel();
     const data: SchedulerWorkerData = {
-      actor: 'scheduler', options: opts.options, rank: opts.rank, heartbeat, heartbeatMs: heartbeatMs(opts.hangTimeoutMs), hook: opts.hook ?? null,
+      actor: 'scheduler', options: opts.options, ranks: opts.ranks, control: control.port2, heartbeat, heartbeatMs: heartbeatMs(opts.hangTimeoutMs),
+      hook: opts.hook ?? null,
     };
-    const worker = spawnWorker(siblingModule(import.meta.url, 'scheduler'), data);
-    // The rank has its own start-up limit inside; this one also covers a scheduler thread that never answers.
-    return awaitStarted<SchedulerOutbox, SchedulerHandle>(worker, {
+    const worker = spawnWorker(siblingModule(import.meta.url, 'scheduler'), data, [control.port2, ...opts.ranks.ports]);
+    const proxy = controlOf<SchedulerControl>(control.port1);
+    await awaitStart(worker, {
       who: 'the scheduler',
-      timeoutMs: opts.startTimeoutMs + 5000,
+      timeoutMs: opts.startTimeoutMs,
       hungMessage: `the scheduler did not start within ${opts.startTimeoutMs} ms`,
-    }, (m) => new SchedulerHandle(worker, m.engine, new Int32Array(heartbeat), opts));
+    }, proxy.start());
+    return new SchedulerHandle(worker, proxy, new Int32Array(heartbeat), opts);
   }
 
   get runningCount(): number {
@@ -433,52 +429,67 @@ export class SchedulerHandle {
   }
 
   /** Runs the scheduler's integrity checks (every invariant of the scheduler, the allocator and the radix cache). */
-  async checkIntegrity(): Promise<void> {
-    await this.op({ kind: 'checkIntegrity' });
+  checkIntegrity(): Promise<void> {
+    return this.call(() => this.control.checkIntegrity());
   }
 
   /** Disaggregated prefill: the KV parked under key (the prompt tokenIds' pages), copied to the host after every
    * step submitted, then released. */
-  async exportParked(key: string, tokenIds: number[]): Promise<PrefixPages> {
-    const r = await this.op({ kind: 'exportParked', key, tokenIds });
-    if (r.kind !== 'exportParked') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered exportParked with ${r.kind}`);
-    return r.prefix;
+  exportParked(key: string, tokenIds: number[]): Promise<PrefixPages> {
+    return this.call(() => this.control.exportParked(key, tokenIds));
   }
 
   /** Disaggregated decode: transferred pages become a cached prefix, or (parkAs) KV parked for a handed-over
    * request; returns the number of pages written. */
-  async importPrefix(prefix: PrefixPages, parkAs: string | null): Promise<number> {
-    const r = await this.op({ kind: 'importPrefix', prefix, parkAs });
-    if (r.kind !== 'importPrefix') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered importPrefix with ${r.kind}`);
-    return r.pages;
+  importPrefix(prefix: PrefixPages, parkAs: string | null): Promise<number> {
+    return this.call(() => this.control.importPrefix(prefix, parkAs));
   }
 
   /** Disaggregated GPU-path KV ops (src/scheduler/kv-transfer.ts DisaggKvOps), in the scheduler's thread. */
-  async disaggKv(op: DisaggKvOp): Promise<DisaggKvReply> {
-    const r = await this.op({ kind: 'disaggKv', op });
-    if (r.kind !== 'disaggKv') throw new LlmError('LLM_ERR_INTERNAL', `the scheduler answered disaggKv with ${r.kind}`);
-    return r.reply;
+  disaggKv(op: DisaggKvOp): Promise<DisaggKvReply> {
+    return this.call(() => this.control.disaggKv(op) as Promise<DisaggKvReply>);
   }
 
-  /** Fails what is still in flight with LLM_ERR_SHUTDOWN, stops the scheduler and its rank; terminates the thread
-   * if it has not exited within graceMs. */
+  /** The scheduler or a rank of its group failed: every request fails with the error, and the supervisor hears of it,
+   * once. The topology calls it for a rank thread's crash (seen on the supervisor's thread). */
+  failGroup(error: LlmError): void {
+    if (this.failure) return;
+    this.failure = error;
+    clearInterval(this.watchdog);
+    this.rejectFailed(error);
+    const payload = error.toPayload();
+    for (const sink of [...this.sinks.values()]) {
+      sink({ tokenIds: [], logprobs: null, topLogprobs: null, finishReason: 'error', usage: null, error: payload });
+    }
+    if (!this.closing) this.opts.onFailure(error, this);
+  }
+
+  /** Stops the scheduler (what is still in flight ends with LLM_ERR_SHUTDOWN); terminates the thread if it has not
+   * exited within graceMs. */
   async close(graceMs = 5000): Promise<void> {
     if (this.closing) return this.exited;
     this.closing = true;
-    this.post({ kind: 'shutdown' });
+    this.control.stop().catch(() => undefined); // a failed thread may not answer
     const t = setTimeout(() => void this.worker.terminate(), graceMs);
     await this.exited;
     clearTimeout(t);
-    this.fail(new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler stopped before the request finished'));
+    this.failGroup(new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler stopped before the request finished'));
+  }
+
+  /** Ends the thread now (a failed group). */
+  async terminate(): Promise<void> {
+    this.closing = true;
+    await this.worker.terminate();
+    this.failGroup(new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler stopped before the request finished'));
   }
 
   private post(m: SchedulerInbox): void {
     this.worker.postMessage(m);
   }
 
-  private op(op: SchedulerOp): Promise<SchedulerOpResult> {
+  private call<T>(fn: () => Promise<T>): Promise<T> {
     if (this.failure) return Promise.reject(this.failure);
-    return this.ops.start((opNo) => this.post({ kind: 'op', opNo, op }));
+    return Promise.race([fn(), this.failed]);
   }
 
   private onMessage(m: SchedulerOutbox): void {
@@ -497,33 +508,12 @@ export class SchedulerHandle {
         for (let i = 0; i < m.handles.length; i++) this.sinks.get(m.handles[i])?.(m.outputs[i]);
         return;
       }
-      case 'opDone':
-      case 'opError': {
-        if (m.kind === 'opDone') this.ops.resolve(m.opNo, m.result);
-        else this.ops.reject(m.opNo, LlmError.fromPayload(m.error));
-        return;
-      }
       case 'failed':
-        this.fail(LlmError.fromPayload(m.error));
+        this.failGroup(LlmError.fromPayload(m.error));
         return;
-      case 'ready':
-      case 'initError':
-        return; // start-up messages, handled by spawn
       default:
         unreachable(m);
     }
-  }
-
-  private fail(error: LlmError): void {
-    if (this.failure) return;
-    this.failure = error;
-    clearInterval(this.watchdog);
-    const payload = error.toPayload();
-    for (const sink of [...this.sinks.values()]) {
-      sink({ tokenIds: [], logprobs: null, topLogprobs: null, finishReason: 'error', usage: null, error: payload });
-    }
-    this.ops.rejectAll(error);
-    if (!this.closing) this.opts.onFailure(error, this);
   }
 }
 

@@ -1,21 +1,22 @@
-// The supervisor (main thread): starts the scheduler actor (a worker_thread that starts and owns the rank actor),
-// turns wire requests into scheduler requests and the scheduler's outputs into response chunks, and feeds the
-// metrics actor. When the scheduler or its rank crashes or hangs, every in-flight request fails with the coded
-// error, then the supervisor restarts the core (scheduler + rank), up to maxRestarts times; past that it shuts
+// The supervisor (main thread): builds the topology (src/topology: the scheduler actor and one rank actor per
+// tensor-parallel rank) and starts and stops what it lists, turns wire requests into scheduler requests and the
+// scheduler's outputs into response chunks, and feeds the metrics actor. When the scheduler or any rank fails to
+// start, crashes or hangs, every in-flight request fails with the coded error (naming the rank), then the supervisor
+// aborts the whole group and starts a fresh one (scheduler + every rank), up to maxRestarts times; past that it shuts
 // down and every later call fails with the last error. Requests that arrive during a restart wait for it.
 import { randomUUID } from 'node:crypto';
-import { resolveSupervisorConfig, type ResolvedSupervisorConfig, type SupervisorConfig } from '../src/config/supervisor.js';
 import { LlmError } from '../src/errors.js';
 import { MAX_TOP_LOGPROBS } from '../src/engine/step.js';
 import { PreprocessedRequestSchema, type PreprocessedRequest } from '../src/protocol/request.js';
 import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { parseWire } from '../src/protocol/validate.js';
 import type { HandOver, RadixEvent, RequestOutput, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
-import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../src/scheduler/kv-transfer.js';
+import { resolveSupervisorConfig, type ResolvedSupervisorConfig, type SupervisorConfig } from '../src/config/supervisor.js';
 import type { EngineSummary } from '../src/engine/summary.js';
+import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../src/scheduler/kv-transfer.js';
+import { buildTopology, startTopology, type RunningTopology, type TopologySettings } from '../src/topology/topology.js';
 import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
-import type { RankEngineInit } from './rank-engine.js';
-import { SchedulerHandle } from './scheduler.js';
+import type { SchedulerHandle } from './scheduler.js';
 
 /** A load snapshot for metrics and routing (reference §5.2: KV usage, requests). kvUsedPages counts pages held by
  * requests or the prefix cache; kvEvictablePages, the cached ones no request uses (reclaimable). */
@@ -35,8 +36,9 @@ export class Supervisor {
   /** Step, request and load samples from every scheduler this supervisor started. */
   readonly metrics = new MetricsActor();
   private readonly config: ResolvedSupervisorConfig;
-  private readonly schedulerOptions: SchedulerOptions;
-  private core: SchedulerHandle | null = null;
+  private readonly settings: TopologySettings;
+  /** The group in service (a new one after each restart). */
+  private core: RunningTopology | null = null;
   /** Resolves when the current (re)start is done. */
   private ready: Promise<void>;
   private failure: LlmError | null = null;
@@ -45,9 +47,9 @@ export class Supervisor {
   private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
 
   private constructor(config: SupervisorConfig) {
-    this.config = resolveSupervisorConfig(config);
-    const c = this.config;
-    this.schedulerOptions = {
+    const c = resolveSupervisorConfig(config);
+    this.config = c;
+    const scheduler: SchedulerOptions = {
       maxRunningRequests: c.maxRunningRequests,
       chunkedPrefillSize: c.chunkedPrefillSize === -1 ? 0 : c.chunkedPrefillSize,
       maxPrefillTokens: c.maxPrefillTokens,
@@ -56,23 +58,49 @@ export class Supervisor {
       enableOverlap: !c.disableOverlapSchedule,
       enablePrefixCache: !c.disableRadixCache,
     };
+    this.settings = {
+      modelPath: c.modelPath,
+      device: c.device,
+      tpSize: c.tpSize,
+      baseGpuId: c.baseGpuId,
+      engineOptions: {
+        pageSize: c.pageSize,
+        ...(c.numPages ? { numPages: c.numPages } : {}),
+        memFractionStatic: c.memFractionStatic,
+        maxBatchTokens: scheduler.maxBatchTokens,
+        maxSeqsPerStep: scheduler.maxSeqsPerStep,
+        ...(c.cpuThreads ? { threads: c.cpuThreads } : {}),
+      },
+      engineFactory: c.engineFactory ?? null,
+      scheduler,
+      stepTimeoutMs: c.stepTimeoutMs,
+      schedulerTimeoutMs: c.schedulerTimeoutMs,
+      startTimeoutMs: c.startTimeoutMs,
+      schedulerHook: c.schedulerHook ?? null,
+    };
     this.ready = Promise.resolve();
   }
 
-  /** Starts the scheduler actor and its rank actor (opening the engine). */
+  /** Starts the topology: the rank actors (opening their engines) and the scheduler actor over them. */
   static async start(config: SupervisorConfig): Promise<Supervisor> {
     const sup = new Supervisor(config);
     sup.core = await sup.startCore();
     return sup;
   }
 
-  /** The engine the rank opened (KV pool, vocabulary, EOS ids). Throws during a restart. */
+  /** The engine rank 0 opened (KV pool, vocabulary, EOS ids). Throws during a restart. */
   get engine(): EngineSummary {
     return this.scheduler.engine;
   }
 
   /** The scheduler actor now in service (a new one after each restart): its counters, load and integrity checks. */
   get scheduler(): SchedulerHandle {
+    if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
+    return this.core.scheduler;
+  }
+
+  /** The running group's actors (its graph, scheduler, ranks and KV port). Throws during a restart. */
+  get topology(): RunningTopology {
     if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
     return this.core;
   }
@@ -81,7 +109,7 @@ export class Supervisor {
    * publisher. After a restart the cache starts empty; no "removed" events are sent for the lost one. */
   onKvEvent(listener: (e: RadixEvent) => void): void {
     this.kvListeners.push(listener);
-    this.core?.onKvEvent(listener);
+    this.core?.scheduler.onKvEvent(listener);
   }
 
   /** KV usage and request counts as of the last step's outputs (zeros while restarting). */
@@ -96,7 +124,7 @@ export class Supervisor {
     await this.ready;
     if (this.failure) throw this.failure;
     if (this.stopped || !this.core) throw new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor has stopped');
-    const scheduler = this.core;
+    const scheduler = this.core.scheduler;
     const id = options.requestId ?? randomUUID();
     const input = this.toSchedulerRequest(id, req);
     if (options.parkKvAs !== undefined) input.parkKvAs = options.parkKvAs;
@@ -138,74 +166,48 @@ export class Supervisor {
    * run in the scheduler's thread). */
   exportParked(key: string, tokenIds: number[]): Promise<PrefixPages> {
     if (!this.core) return Promise.reject(this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running'));
-    return this.core.exportParked(key, tokenIds);
+    return this.core.kv.exportParked(key, tokenIds);
   }
 
   /** Disaggregated decode: imports transferred KV, ordered before every step submitted later: as a cached prefix,
    * or (parkAs) parked for the request then generated with `handOver.kvKey` = parkAs. Returns the pages written. */
   async importPrefix(prefix: PrefixPages, parkAs: string | null): Promise<number> {
     if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
-    return this.core.importPrefix(prefix, parkAs);
+    return this.core.kv.importPrefix(prefix, parkAs);
   }
 
   /** Disaggregated GPU-path KV ops (holds, pulls, pool export/open/close), in the scheduler's thread. */
   async disaggKv(op: DisaggKvOp): Promise<DisaggKvReply> {
     if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
-    return this.core.disaggKv(op);
+    return this.core.kv.disaggKv(op);
   }
 
-  /** Fails in-flight requests with LLM_ERR_SHUTDOWN, stops the scheduler and closes the rank. */
+  /** Fails in-flight requests with LLM_ERR_SHUTDOWN, stops the scheduler and closes the ranks. */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     await this.ready.catch(() => undefined);
     const core = this.core;
     this.core = null;
-    await core?.close();
+    await core?.stop();
   }
 
-  private startCore(): Promise<SchedulerHandle> {
-    const c = this.config;
-    const init: RankEngineInit = {
-      modelPath: c.modelPath,
-      device: c.device,
-      options: {
-        deviceId: 0,
-        pageSize: c.pageSize,
-        ...(c.numPages ? { numPages: c.numPages } : {}),
-        memFractionStatic: c.memFractionStatic,
-        maxBatchTokens: this.schedulerOptions.maxBatchTokens,
-        maxSeqsPerStep: this.schedulerOptions.maxSeqsPerStep,
-        ...(c.cpuThreads ? { threads: c.cpuThreads } : {}),
-      },
-    };
-    return SchedulerHandle.spawn({
-      options: this.schedulerOptions,
-      rank: {
-        rank: 0,
-        ...(c.engineFactory ? { engineModule: c.engineFactory.module } : {}),
-        engineInit: c.engineFactory ? c.engineFactory.init : init,
-        stepTimeoutMs: c.stepTimeoutMs,
-        startTimeoutMs: c.startTimeoutMs,
-      },
-      hangTimeoutMs: c.schedulerTimeoutMs,
-      startTimeoutMs: c.startTimeoutMs,
-      ...(c.schedulerHook ? { hook: c.schedulerHook } : {}),
+  private async startCore(): Promise<RunningTopology> {
+    const core = await startTopology(buildTopology(this.settings), {
       metrics: this.metrics,
-      onFailure: (err, core) => this.onCoreFailure(core, err),
-    }).then((core) => {
-      for (const l of this.kvListeners) core.onKvEvent(l);
-      return core;
+      onFailure: (err, failed) => this.onCoreFailure(failed, err),
     });
+    for (const l of this.kvListeners) core.scheduler.onKvEvent(l);
+    return core;
   }
 
-  /** The core failed: every request it had already got the error; restart it or give up. */
-  private onCoreFailure(core: SchedulerHandle, error: LlmError): void {
+  /** The group failed: every request it had already got the error; abort it, then restart it or give up. */
+  private onCoreFailure(core: RunningTopology, error: LlmError): void {
     if (this.stopped || this.core !== core) return;
     this.core = null;
     this.ready = (async () => {
-      await core.close(1000);
-      if (this.restarts >= this.config.maxRestarts || this.stopped) {
+      await core.abort(error.message);
+      if (this.restarts >= (this.config.maxRestarts) || this.stopped) {
         this.failure = error;
         return;
       }
@@ -219,7 +221,7 @@ export class Supervisor {
   }
 
   private toSchedulerRequest(id: string, req: PreprocessedRequest): SchedulerRequest {
-    const engine = this.core!.engine;
+    const engine = this.core!.scheduler.engine;
     const bad = (m: string) => new LlmError('LLM_ERR_BAD_REQUEST', `request ${id}: ${m}`);
     const so = req.sampling_options;
     if (so.guided_decoding) throw bad('sampling_options.guided_decoding is not supported by this worker');

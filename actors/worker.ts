@@ -6,8 +6,8 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Worker } from 'node:worker_threads';
-import { LlmError, type ErrorPayload } from '../src/errors.js';
+import { Worker, type TransferListItem } from 'node:worker_threads';
+import { LlmError, toErrorPayload } from '../src/errors.js';
 
 /** The sibling module `name` (without extension) of `base`, with base's extension (.ts under tsx, .js in dist). */
 export function siblingModule(base: string, name: string): URL {
@@ -39,12 +39,9 @@ function tsxBootstrap(entry: URL): string {
   );
 }
 
-export function spawnWorker(entry: URL, workerData: unknown): Worker {
-  return new Worker(new URL(workerModuleUrl(entry)), { workerData });
+export function spawnWorker(entry: URL, workerData: unknown, transferList: TransferListItem[] = []): Worker {
+  return new Worker(new URL(workerModuleUrl(entry)), { workerData, transferList });
 }
-
-/** How a freshly spawned actor answers its start: with a ready message, or with the coded error that stopped it. */
-export type StartAnswer = { kind: 'ready' } | { kind: 'initError'; error: ErrorPayload };
 
 export interface StartWait {
   /** The actor in messages, e.g. "rank 0" or "the scheduler". */
@@ -56,78 +53,32 @@ export interface StartWait {
 }
 
 /**
- * Waits for a spawned actor's start: its 'ready' message resolves with build(message), called inside the message
- * handler so that the handle it makes listens before the actor's next message; its 'initError' rejects with that coded error, a
- * crash or an exit with LLM_ERR_ACTOR_CRASHED, the time limit with LLM_ERR_ACTOR_HUNG (the worker is terminated on
- * initError and time-out). The start's listeners are removed whatever happens.
+ * Waits for a spawned actor's start (`started`: its control object's start() call): resolves with what it answers;
+ * rejects with its coded error, with LLM_ERR_ACTOR_CRASHED when the thread crashes or exits first, or with
+ * LLM_ERR_ACTOR_HUNG at the time limit. The worker is terminated whenever the start fails.
  */
-export function awaitStarted<M extends { kind: string }, T>(worker: Worker, wait: StartWait, build: (ready: Extract<M, { kind: 'ready' }>) => T): Promise<T> {
+export function awaitStart<T>(worker: Worker, wait: StartWait, started: Promise<T>): Promise<T> {
   const details = wait.rank === undefined ? undefined : { rank: wait.rank };
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
+  return new Promise<T>((resolve, reject) => {
+    const failed = (error: LlmError) => {
       cleanup();
       void worker.terminate();
-      reject(new LlmError('LLM_ERR_ACTOR_HUNG', wait.hungMessage, details));
-    }, wait.timeoutMs);
-    const onMessage = (m: M) => {
-      const answer = m as unknown as StartAnswer;
-      if (answer.kind === 'ready') {
-        cleanup();
-        resolve(build(m as Extract<M, { kind: 'ready' }>));
-      } else if (answer.kind === 'initError') {
-        cleanup();
-        void worker.terminate();
-        reject(LlmError.fromPayload(answer.error));
-      }
+      reject(error);
     };
-    const onError = (err: Error) => {
-      cleanup();
-      reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `${wait.who} crashed while starting: ${err.message}`, details));
-    };
-    const onExit = (code: number) => {
-      cleanup();
-      reject(new LlmError('LLM_ERR_ACTOR_CRASHED', `${wait.who} exited with code ${code} while starting`, details));
-    };
+    const timer = setTimeout(() => failed(new LlmError('LLM_ERR_ACTOR_HUNG', wait.hungMessage, details)), wait.timeoutMs);
+    const onError = (err: Error) => failed(new LlmError('LLM_ERR_ACTOR_CRASHED', `${wait.who} crashed while starting: ${err.message}`, details));
+    const onExit = (code: number) => failed(new LlmError('LLM_ERR_ACTOR_CRASHED', `${wait.who} exited with code ${code} while starting`, details));
     const cleanup = () => {
       clearTimeout(timer);
-      worker.off('message', onMessage).off('error', onError).off('exit', onExit);
+      worker.off('error', onError).off('exit', onExit);
     };
-    worker.on('message', onMessage).on('error', onError).on('exit', onExit);
+    worker.on('error', onError).on('exit', onExit);
+    started.then(
+      (value) => {
+        cleanup();
+        resolve(value);
+      },
+      (err: unknown) => failed(err instanceof LlmError ? err : LlmError.fromPayload(toErrorPayload(err, wait.rank))),
+    );
   });
-}
-
-/**
- * Requests a handle sends its worker by number, awaiting answers that carry the number back: each is a promise,
- * settled by its answer, or rejected with every other open one when the worker fails. Answers to numbers no longer
- * open (already failed) are ignored.
- */
-export class OpTable<T> {
-  private readonly open = new Map<number, { resolve: (answer: T) => void; reject: (e: LlmError) => void }>();
-  private last = 0;
-
-  /** Opens an op; `send(opNo)` posts its request. */
-  start<R extends T>(send: (opNo: number) => void): Promise<R> {
-    const opNo = ++this.last;
-    return new Promise<R>((resolve, reject) => {
-      this.open.set(opNo, { resolve: resolve as (answer: T) => void, reject });
-      send(opNo);
-    });
-  }
-
-  resolve(opNo: number, answer: T): void {
-    const op = this.open.get(opNo);
-    this.open.delete(opNo);
-    op?.resolve(answer);
-  }
-
-  reject(opNo: number, error: LlmError): void {
-    const op = this.open.get(opNo);
-    this.open.delete(opNo);
-    op?.reject(error);
-  }
-
-  rejectAll(error: LlmError): void {
-    for (const op of this.open.values()) op.reject(error);
-    this.open.clear();
-  }
 }

@@ -2,6 +2,7 @@
 // backend's masking: a banned id is never sampled in any mode, and logprobs come from the masked distribution.
 
 import { mkdtempSync, rmSync } from 'node:fs';
+import { packFor } from '../src/engine/step.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -125,12 +126,12 @@ t.test('the addon checks every banned field and stays usable', async (t) => {
 t.test('CPU engine: a banned argmax is skipped; the returned logits are masked, other sequences untouched', async (t) => {
   const engine = openEngine(model.spec, options);
   t.teardown(() => engine.close());
-  const free = engine.step([oneToken(0, greedy, 0), oneToken(1, greedy, 0)], { returnLogits: true });
+  const free = engine.step(packFor(engine, [oneToken(0, greedy, 0), oneToken(1, greedy, 0)], { returnLogits: true }));
   const z = free.logits!.subarray(0, VOCAB);
   const order = ranked(z);
   const x = order[0];
   t.equal(free.tokens[0], x, 'greedy picks the argmax X without a ban');
-  const banned = engine.step([oneToken(0, greedy, 0, [x]), oneToken(1, greedy, 0)], { returnLogits: true });
+  const banned = engine.step(packFor(engine, [oneToken(0, greedy, 0, [x]), oneToken(1, greedy, 0)], { returnLogits: true }));
   t.not(banned.tokens[0], x, 'X banned: greedy picks something else');
   t.equal(banned.tokens[0], order[1], 'the best allowed token');
   t.equal(banned.tokens[1], x, 'the other sequence in the step is not affected');
@@ -138,14 +139,14 @@ t.test('CPU engine: a banned argmax is skipped; the returned logits are masked, 
   const rest = Array.from(banned.logits!.subarray(0, VOCAB)).map((v, i) => (i === x ? z[i] : v));
   t.same(rest, Array.from(z), 'every other logit unchanged');
   t.same(Array.from(banned.logits!.subarray(VOCAB)), Array.from(free.logits!.subarray(VOCAB)));
-  const top1 = engine.step([oneToken(0, { ...greedy, temperature: 1, topK: 1 }, 0, [x, order[1]])]);
+  const top1 = engine.step(packFor(engine, [oneToken(0, { ...greedy, temperature: 1, topK: 1 }, 0, [x, order[1]])]));
   t.equal(top1.tokens[0], order[2], 'top-k 1 (greedy) skips both banned leaders');
 });
 
 t.test('CPU engine: every sampling mode respects the ban; frequencies follow the masked distribution', async (t) => {
   const engine = openEngine(model.spec, options);
   t.teardown(() => engine.close());
-  const z = engine.step([oneToken(0, greedy, 0)], { returnLogits: true }).logits!;
+  const z = engine.step(packFor(engine, [oneToken(0, greedy, 0)], { returnLogits: true })).logits!;
   const order = ranked(z);
   const ban = order.slice(0, 4); // the four most likely tokens
   const modes: [string, SamplingParams][] = [
@@ -182,7 +183,7 @@ t.test('CPU engine: every sampling mode respects the ban; frequencies follow the
     const counts = new Array<number>(VOCAB).fill(0);
     for (let d = 0; d < DRAWS; d += 8) {
       const seqs = Array.from({ length: 8 }, (_, s) => oneToken(s, sampling, d + s, ban));
-      const r = engine.step(seqs);
+      const r = engine.step(packFor(engine, seqs));
       for (const tok of r.tokens) counts[tok]++;
     }
     t.same(ban.map((i) => counts[i]), [0, 0, 0, 0], `${name}: no banned id drawn in ${DRAWS} draws`);
@@ -194,18 +195,18 @@ t.test('CPU engine: every sampling mode respects the ban; frequencies follow the
 t.test('CPU engine: logprobs come from the masked distribution', async (t) => {
   const engine = openEngine(model.spec, options);
   t.teardown(() => engine.close());
-  const z = engine.step([oneToken(0, greedy, 0)], { returnLogits: true }).logits!;
+  const z = engine.step(packFor(engine, [oneToken(0, greedy, 0)], { returnLogits: true })).logits!;
   const order = ranked(z);
   const ban = [order[0], order[2]];
   const masked = Array.from(z, (v, i) => (ban.includes(i) ? -Infinity : v));
   const lp = logSoftmax(masked);
-  const r = engine.step([oneToken(0, { ...greedy, logprobs: 3 }, 0, ban)]);
+  const r = engine.step(packFor(engine, [oneToken(0, { ...greedy, logprobs: 3 }, 0, ban)]));
   t.equal(r.tokens[0], order[1]);
   t.ok(Math.abs(r.logprobs[0] - lp[order[1]]) < 1e-5, `chosen logprob ${r.logprobs[0]} is the masked log-softmax ${lp[order[1]]}`);
   t.ok(r.logprobs[0] > logSoftmax(z)[order[1]], 'renormalised over the allowed tokens: higher than the raw logprob');
   t.same(Array.from(r.topIds), [order[1], order[3], order[4]], 'top-n skips the banned ids');
   Array.from(r.topLogprobs).forEach((v, j) => t.ok(Math.abs(v - lp[r.topIds[j]]) < 1e-5, `top ${j} logprob`));
-  const sampled = engine.step([oneToken(0, { ...greedy, temperature: 1, seed: 3, logprobs: 0 }, 5, ban)]);
+  const sampled = engine.step(packFor(engine, [oneToken(0, { ...greedy, temperature: 1, seed: 3, logprobs: 0 }, 5, ban)]));
   t.notOk(ban.includes(sampled.tokens[0]));
   t.ok(Math.abs(sampled.logprobs[0] - lp[sampled.tokens[0]]) < 1e-5, 'a sampled token reports its masked logprob too');
 });

@@ -8,6 +8,7 @@
 // The tight bar is bench/engine/qwen3-check.ts: the Qwen3-0.6B shape against HF transformers' own bf16 error.
 
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { packFor } from '../src/engine/step.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -90,7 +91,7 @@ function runAll(): void {
             const sample = !(s === 3 && stepIdx === 0);
             batch.push({ tokenIds: chunk, startPos, pages: pages[s].slice(), sample, sampling: greedy, outputIndex: stepIdx });
           }
-          const r = engine.step(batch, { returnLogits: true });
+          const r = engine.step(packFor(engine, batch, { returnLogits: true }));
           const logits = r.logits as Float32Array;
           for (let s = 0; s < batch.length; s++) {
             const b = batch[s];
@@ -145,7 +146,7 @@ function runAll(): void {
           while (pages[s].length * 16 < startPos + chunk.length) pages[s].push(free.pop() as number);
           return { tokenIds: chunk, startPos, pages: pages[s].slice(), sample: true, sampling: greedy, outputIndex: stepIdx };
         });
-        const r = engine.step(batch, { returnLogits: true });
+        const r = engine.step(packFor(engine, batch, { returnLogits: true }));
         const logits = r.logits as Float32Array;
         for (let s = 0; s < numSeqs; s++) {
           tokens[s].push(...extra[s]);
@@ -183,7 +184,7 @@ function runAll(): void {
         const tokenIds = i === 0 ? prompt : [out[out.length - 1]];
         const startPos = i === 0 ? 0 : prompt.length + i - 1;
         const used = pages.slice(0, Math.ceil((startPos + tokenIds.length) / 16));
-        const r = engine.step([{ tokenIds, startPos, pages: used, sample: true, sampling, outputIndex: i }]);
+        const r = engine.step(packFor(engine, [{ tokenIds, startPos, pages: used, sample: true, sampling, outputIndex: i }]));
         r0 ??= r;
         out.push(r.tokens[0]);
       }
@@ -205,8 +206,8 @@ function runAll(): void {
     t.same(engine.exportPages([10, 11, 12]), data, 'imported pages export identically');
     const kvLen = prompt.length + 19;
     const next = a.tokens[19];
-    const fromA = engine.step([{ tokenIds: [next], startPos: kvLen, pages: [0, 1, 2], sample: true, sampling: greedy, outputIndex: 0 }], { returnLogits: true });
-    const fromB = engine.step([{ tokenIds: [next], startPos: kvLen, pages: [10, 11, 12], sample: true, sampling: greedy, outputIndex: 0 }], { returnLogits: true });
+    const fromA = engine.step(packFor(engine, [{ tokenIds: [next], startPos: kvLen, pages: [0, 1, 2], sample: true, sampling: greedy, outputIndex: 0 }], { returnLogits: true }));
+    const fromB = engine.step(packFor(engine, [{ tokenIds: [next], startPos: kvLen, pages: [10, 11, 12], sample: true, sampling: greedy, outputIndex: 0 }], { returnLogits: true }));
     t.same(fromB.logits, fromA.logits, 'decode over imported pages gives the same logits');
 
     const mem0 = engine.memoryInfo();
@@ -217,7 +218,7 @@ function runAll(): void {
         tokenIds: [(i + s) % 96], startPos: 20 + (i % 10), pages: [20 + 2 * s, 21 + 2 * s], sample: true, sampling, outputIndex: i,
         // kvLen 21..30 needs both pages of 16
       }));
-      engine.step(batch);
+      engine.step(packFor(engine, batch));
     }
     const mem1 = engine.memoryInfo();
     t.equal(mem1.deviceFreeBytes, mem0.deviceFreeBytes, `device free memory unchanged over 10,000 steps (${mem0.deviceFreeBytes})`);
@@ -245,11 +246,11 @@ function runAll(): void {
       const STEPS = 12;
       const expected: StepResult[] = [];
       // Sequence s is row s of every step it is in (the joined sequences are always 0..n-1).
-      for (let k = 0; k < STEPS; k++) expected.push(one.step(stepAt(k, (s) => expected[k - 1].tokens[s])));
+      for (let k = 0; k < STEPS; k++) expected.push(one.step(packFor(one, stepAt(k, (s) => expected[k - 1].tokens[s]))));
       const got: StepResult[] = [];
-      piped.stepBegin!(stepAt(0, () => -1));
+      piped.stepBegin!(packFor(piped, stepAt(0, () => -1), { placeholders: true }));
       for (let k = 1; k < STEPS; k++) {
-        piped.stepBegin!(stepAt(k, (s) => placeholderFor(s)));
+        piped.stepBegin!(packFor(piped, stepAt(k, (s) => placeholderFor(s)), { placeholders: true }));
         got.push(piped.stepEnd!());
       }
       got.push(piped.stepEnd!());
@@ -280,7 +281,7 @@ function runAll(): void {
         for (let step = 0; step < 40; step++) {
           const tokenIds = step === 0 ? once : [out[out.length - 1]];
           while (pages.length * pageSize < cached + tokenIds.length) pages.push(pages.length);
-          const r = engine.step([{ tokenIds, startPos: cached, pages: pages.slice(), sample: true, sampling: { ...greedy, logprobs: -1 }, outputIndex: step }]);
+          const r = engine.step(packFor(engine, [{ tokenIds, startPos: cached, pages: pages.slice(), sample: true, sampling: { ...greedy, logprobs: -1 }, outputIndex: step }]));
           cached += tokenIds.length;
           out.push(r.tokens[0]);
         }

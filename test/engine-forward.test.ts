@@ -3,6 +3,7 @@
 // at page sizes 1 and 16 with shuffled page tables. Bar: relative error of every logits row < 1e-4.
 
 import { mkdtempSync, rmSync } from 'node:fs';
+import { packFor } from '../src/engine/step.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -58,7 +59,7 @@ for (const [name, shape] of Object.entries(shapes)) {
           const sample = !(s === 3 && stepIdx === 0);
           batch.push({ tokenIds: chunk, startPos, pages: pages[s].slice(), sample, sampling: greedy, outputIndex: stepIdx });
         }
-        const r = engine.step(batch, { returnLogits: true });
+        const r = engine.step(packFor(engine, batch, { returnLogits: true }));
         const logits = r.logits as Float32Array;
         for (let s = 0; s < batch.length; s++) {
           const b = batch[s];
@@ -109,7 +110,7 @@ t.test('a 300-token prefill (several MLP chunks, attention key blocks and query 
   for (let step = 0; step < 3; step++) {
     const chunk = step === 0 ? tokens.slice() : [tokens[tokens.length - 1]];
     const kv = pos + chunk.length;
-    const r = engine.step([{ tokenIds: chunk, startPos: pos, pages: pages.slice(0, Math.ceil(kv / pageSize)), sample: true, sampling: greedy, outputIndex: step }], { returnLogits: true });
+    const r = engine.step(packFor(engine, [{ tokenIds: chunk, startPos: pos, pages: pages.slice(0, Math.ceil(kv / pageSize)), sample: true, sampling: greedy, outputIndex: step }], { returnLogits: true }));
     rows.push([kv - 1, (r.logits as Float32Array).slice()]);
     tokens.push(r.tokens[0]);
     pos = kv;
@@ -138,13 +139,13 @@ t.test('batch invariance: a token gets bitwise the same logits alone, in a batch
   });
   const V = shapes.llama.vocabSize;
   // A: the whole prompt in one step, alone. B: the same prompt as 12 + 8 tokens, inside batches with others.
-  const a = engine.step([seq(prompt, 0, pagesA)], { returnLogits: true });
-  engine.step([seq([1, 2, 3], 0, [20]), seq(prompt.slice(0, 12), 0, pagesB)], { returnLogits: true });
-  const b = engine.step([seq(prompt.slice(12), 12, pagesB), seq([4, 5], 0, [21])], { returnLogits: true });
+  const a = engine.step(packFor(engine, [seq(prompt, 0, pagesA)], { returnLogits: true }));
+  engine.step(packFor(engine, [seq([1, 2, 3], 0, [20]), seq(prompt.slice(0, 12), 0, pagesB)], { returnLogits: true }));
+  const b = engine.step(packFor(engine, [seq(prompt.slice(12), 12, pagesB), seq([4, 5], 0, [21])], { returnLogits: true }));
   t.same(Array.from((b.logits as Float32Array).slice(0, V)), Array.from((a.logits as Float32Array).slice(0, V)), 'chunked prefill in a batch = whole prefill alone');
   // Decode: alone (a one-token matmul) and beside two other sequences (a three-token matmul).
   const next = a.tokens[0];
-  const alone = engine.step([seq([next], 20, pagesA)], { returnLogits: true });
-  const batched = engine.step([seq([7, 7, 7], 0, [30]), seq([next], 20, pagesB), seq([8], 0, [31])], { returnLogits: true });
+  const alone = engine.step(packFor(engine, [seq([next], 20, pagesA)], { returnLogits: true }));
+  const batched = engine.step(packFor(engine, [seq([7, 7, 7], 0, [30]), seq([next], 20, pagesB), seq([8], 0, [31])], { returnLogits: true }));
   t.same(Array.from((batched.logits as Float32Array).slice(V, 2 * V)), Array.from((alone.logits as Float32Array).slice(0, V)), 'decode in a batch = decode alone');
 });

@@ -3,6 +3,7 @@
 // in; and every misuse (placeholders with nothing to name, too many steps in flight, other calls while steps are
 // begun) is a coded error that leaves the engine usable.
 import { mkdtempSync, rmSync } from 'node:fs';
+import { packFor } from '../src/engine/step.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -41,14 +42,14 @@ t.test('two steps in flight with placeholders = the same steps one at a time', a
   const one = open();
   t.teardown(() => one.close());
   const expected: StepResult[] = [];
-  for (let k = 0; k <= DECODE_STEPS; k++) expected.push(one.step(stepAt(k, (s) => expected[k - 1].tokens[s])));
+  for (let k = 0; k <= DECODE_STEPS; k++) expected.push(one.step(packFor(one, stepAt(k, (s) => expected[k - 1].tokens[s]))));
 
   const piped = open();
   t.teardown(() => piped.close());
   const got: StepResult[] = [];
-  piped.stepBegin!(stepAt(0, () => -1));
+  piped.stepBegin!(packFor(piped, stepAt(0, () => -1), { placeholders: true }));
   for (let k = 1; k <= DECODE_STEPS; k++) {
-    piped.stepBegin!(stepAt(k, (s) => placeholderFor(s))); // begun while step k - 1 is still in flight
+    piped.stepBegin!(packFor(piped, stepAt(k, (s) => placeholderFor(s)), { placeholders: true })); // begun while step k - 1 is still in flight
     t.equal(typeof piped.stepReady!(), 'boolean');
     got.push(piped.stepEnd!());
   }
@@ -71,26 +72,26 @@ t.test('misuse is LLM_ERR_STEP_INVALID naming the problem, and the engine keeps 
     t.equal(r.code, 'LLM_ERR_STEP_INVALID', what);
     t.match(r.message, re, what);
   };
-  invalid(() => e.stepBegin!(decodeWith(placeholderFor(0))), /seq 0: token placeholder -1 at index 0 names row 0 of the previous step, which did not run/, 'placeholder before any step');
+  invalid(() => e.stepBegin!(packFor(e, decodeWith(placeholderFor(0)), { placeholders: true })), /seq 0: token placeholder -1 at index 0 names row 0 of the previous step, which did not run/, 'placeholder before any step');
   invalid(() => e.stepEnd!(), /no step was begun/, 'stepEnd with nothing begun');
   invalid(() => e.stepReady!(), /no step was begun/, 'stepReady with nothing begun');
-  invalid(() => e.step(decodeWith(-1)), /seq 0: token -1 at index 0 out of range/, 'step() takes no placeholders');
+  invalid(() => e.step(packFor(e, decodeWith(-1))), /seq 0: token -1 at index 0 out of range/, 'step() takes no placeholders');
 
   // Row 1 of this step does not sample; row 2 does not exist.
-  e.stepBegin!([
+  e.stepBegin!(packFor(e, [
     { tokenIds: [3, 9, 27, 5], startPos: 0, pages: pagesOf(0, 4), sample: true, sampling: greedy, outputIndex: 0 },
     { tokenIds: [8, 1], startPos: 0, pages: pagesOf(1, 2), sample: false, sampling: greedy, outputIndex: 0 },
-  ]);
-  invalid(() => e.stepBegin!(decodeWith(placeholderFor(1))), /names row 1 of the previous step, which had 2 rows and sampled no token there/, 'non-sampling row');
+  ], { placeholders: true }));
+  invalid(() => e.stepBegin!(packFor(e, decodeWith(placeholderFor(1)), { placeholders: true })), /names row 1 of the previous step, which had 2 rows and sampled no token there/, 'non-sampling row');
   // A failed begin leaves nothing a placeholder may name.
-  invalid(() => e.stepBegin!(decodeWith(placeholderFor(0))), /names row 0 of the previous step, which did not run \(or failed\)/, 'after a failed begin');
+  invalid(() => e.stepBegin!(packFor(e, decodeWith(placeholderFor(0)), { placeholders: true })), /names row 0 of the previous step, which did not run \(or failed\)/, 'after a failed begin');
   const first = e.stepEnd!();
   t.equal(first.tokens[1], -1, 'the non-sampling row has no token');
 
-  e.stepBegin!(decodeWith(first.tokens[0]));
-  e.stepBegin!([{ tokenIds: [placeholderFor(0)], startPos: 5, pages: pagesOf(0, 6), sample: true, sampling: greedy, outputIndex: 2 }]);
-  invalid(() => e.stepBegin!(decodeWith(1)), /2 steps begun and not ended \(at most 2\)/, 'a third step in flight');
-  invalid(() => e.step(decodeWith(1)), /2 step\(s\) begun and not ended: call stepEnd first/, 'step() while steps are begun');
+  e.stepBegin!(packFor(e, decodeWith(first.tokens[0]), { placeholders: true }));
+  e.stepBegin!(packFor(e, [{ tokenIds: [placeholderFor(0)], startPos: 5, pages: pagesOf(0, 6), sample: true, sampling: greedy, outputIndex: 2 }], { placeholders: true }));
+  invalid(() => e.stepBegin!(packFor(e, decodeWith(1), { placeholders: true })), /2 steps begun and not ended \(at most 2\)/, 'a third step in flight');
+  invalid(() => e.step(packFor(e, decodeWith(1))), /2 step\(s\) begun and not ended: call stepEnd first/, 'step() while steps are begun');
   invalid(() => e.exportPages([0]), /begun and not ended/, 'exportPages while steps are begun');
   invalid(() => e.embed([1, 2]), /begun and not ended/, 'embed while steps are begun');
   const a = e.stepEnd!();
@@ -99,5 +100,5 @@ t.test('misuse is LLM_ERR_STEP_INVALID naming the problem, and the engine keeps 
   t.equal(b.tokens.length, 1);
   // Idle again: every call works.
   t.equal(e.exportPages([0]).length, e.kv.bytesPerPage);
-  t.equal(e.step(decodeWith(b.tokens[0])).tokens.length, 1);
+  t.equal(e.step(packFor(e, decodeWith(b.tokens[0]))).tokens.length, 1);
 });

@@ -3,6 +3,7 @@
 // and inside a batch with other prompts at page sizes 1 and 16.
 
 import t from 'tap';
+import { packFor } from '../src/engine/step.js';
 import { openEngine } from '../src/engine/engine.js';
 import { loadModelSpec } from '../src/engine/model.js';
 import type { SamplingParams, SeqStep } from '../src/engine/types.js';
@@ -30,7 +31,7 @@ function generate(prompts: number[][], pageSize: number, steps: number): number[
         while (pages[s].length * pageSize < cached[s] + tokenIds.length) pages[s].push(nextPage++);
         return { tokenIds, startPos: cached[s], pages: pages[s].slice(), sample: true, sampling: greedy, outputIndex: step };
       });
-      const r = engine.step(batch);
+      const r = engine.step(packFor(engine, batch));
       batch.forEach((b, s) => {
         cached[s] += b.tokenIds.length;
         outputs[s].push(r.tokens[s]);

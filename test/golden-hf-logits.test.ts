@@ -5,6 +5,7 @@
 // steps as other sequences' decode tokens; 8 teacher-forced decode steps each; page sizes 1 and 16 with
 // scattered page tables.
 import t from 'tap';
+import { packFor } from '../src/engine/step.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { addonPath } from '../src/engine/addon.js';
 import { openEngine } from '../src/engine/engine.js';
@@ -94,7 +95,7 @@ for (const name of MODELS) {
             });
             owners.push(item.sample ? i : -1);
           });
-          const r = engine.step(batch, { returnLogits: true });
+          const r = engine.step(packFor(engine, batch, { returnLogits: true }));
           t.ok(r.logits !== undefined && r.logits.length === batch.length * V, 'logits returned');
           owners.forEach((i, b) => {
             if (i < 0) return;

@@ -4,6 +4,7 @@
 // separated by BOS (1), which it emits where a story ends. Requests therefore carry eos_token_ids [2] and the
 // separator as stop_token_ids_hidden [1], and the prompt is a story a few tokens before its end.
 import t from 'tap';
+import { packFor } from '../src/engine/step.js';
 import { openEngine } from '../src/engine/engine.js';
 import { loadModelSpec } from '../src/engine/model.js';
 import type { Engine, SamplingParams } from '../src/engine/types.js';
@@ -30,7 +31,7 @@ function greedyRun(engine: Engine, prompt: number[], maxTokens: number, stops: n
   while (out.length < maxTokens) {
     const end = start + ids.length;
     const pages = Array.from({ length: Math.ceil(end / pageSize) }, (_, i) => i);
-    const tok = engine.step([{ tokenIds: ids, startPos: start, pages, sample: true, sampling: greedy, outputIndex: out.length }]).tokens[0];
+    const tok = engine.step(packFor(engine, [{ tokenIds: ids, startPos: start, pages, sample: true, sampling: greedy, outputIndex: out.length }])).tokens[0];
     out.push(tok);
     if (stops.includes(tok)) break;
     start = end;

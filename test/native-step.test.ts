@@ -2,6 +2,7 @@
 // naming what is wrong, and the engine keeps working afterwards. Also KV page export/import, embed, memory info.
 
 import { copyFileSync, mkdtempSync, rmSync, truncateSync } from 'node:fs';
+import { packFor } from '../src/engine/step.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -143,15 +144,15 @@ t.test('model and option errors are coded and name the file, tensor or field', a
 t.test('KV export/import round trip, embed, memory info, close', async (t) => {
   const engine = openEngine(model.spec, options);
   const prompt = [5, 6, 7, 8, 9, 10];
-  const a = engine.step([{ tokenIds: prompt, startPos: 0, pages: [0, 1], sample: true, sampling: greedy, outputIndex: 0 }], { returnLogits: true });
+  const a = engine.step(packFor(engine, [{ tokenIds: prompt, startPos: 0, pages: [0, 1], sample: true, sampling: greedy, outputIndex: 0 }], { returnLogits: true }));
   const data = engine.exportPages([0, 1]);
   t.equal(data.length, 2 * engine.kv.bytesPerPage);
   t.equal(engine.kv.bytesPerPage, shape.numLayers * 2 * options.pageSize * shape.numKvHeads * shape.headDim * 4);
   engine.importPages([20, 21], data);
   // Decoding on the imported copy equals decoding on the original pages.
   const next = a.tokens[0];
-  const d1 = engine.step([{ tokenIds: [next], startPos: 6, pages: [0, 1], sample: true, sampling: greedy, outputIndex: 1 }], { returnLogits: true });
-  const d2 = engine.step([{ tokenIds: [next], startPos: 6, pages: [20, 21], sample: true, sampling: greedy, outputIndex: 1 }], { returnLogits: true });
+  const d1 = engine.step(packFor(engine, [{ tokenIds: [next], startPos: 6, pages: [0, 1], sample: true, sampling: greedy, outputIndex: 1 }], { returnLogits: true }));
+  const d2 = engine.step(packFor(engine, [{ tokenIds: [next], startPos: 6, pages: [20, 21], sample: true, sampling: greedy, outputIndex: 1 }], { returnLogits: true }));
   t.same(Array.from(d2.logits as Float32Array), Array.from(d1.logits as Float32Array), 'imported pages give identical logits');
   t.equal(codeOf(() => engine.importPages([0], new Uint8Array(3))).code, 'LLM_ERR_KV_TRANSFER');
   t.equal(codeOf(() => engine.exportPages([32])).code, 'LLM_ERR_KV_TRANSFER');
@@ -166,7 +167,7 @@ t.test('KV export/import round trip, embed, memory info, close', async (t) => {
   t.ok(m.weightsBytes > 0 && m.workspaceBytes > 0);
   t.equal(m.deviceFreeBytes, null);
   engine.close();
-  const closed = codeOf(() => engine.step([{ tokenIds: [1], startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }]));
+  const closed = codeOf(() => engine.step(packFor(engine, [{ tokenIds: [1], startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }])));
   t.equal(closed.code, 'LLM_ERR_SHUTDOWN');
   t.ok(new LlmError('LLM_ERR_SHUTDOWN', 'x') instanceof Error);
 });
@@ -190,7 +191,7 @@ t.test('the addon loads and runs in a worker thread next to the main thread', as
     parentPort.postMessage(Array.from(r.tokens));`;
   const desc = packStep([{ tokenIds: [1, 2, 3], startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }], options.pageSize);
   const here = openEngine(model.spec, options);
-  const mine = Array.from(here.step([{ tokenIds: [1, 2, 3], startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }]).tokens);
+  const mine = Array.from(here.step(packFor(here, [{ tokenIds: [1, 2, 3], startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }])).tokens);
   const theirs = await new Promise<number[]>((resolve, reject) => {
     const w = new Worker(code, { eval: true, workerData: { path: addonPath(), spec: model.spec, options, desc: Array.from(desc) } });
     w.once('message', resolve);
@@ -205,7 +206,7 @@ t.test('seeded sampling replays whatever the batch around it', async (t) => {
   t.teardown(() => engine.close());
   const hot: SamplingParams = { temperature: 1.0, topP: 0.95, topK: 0, minP: 0, seed: 123456789012, logprobs: 0 };
   // Sequence X: a cached 6-token prefix in pages [0, 1]; its next step is replayed inside different batches.
-  engine.step([{ tokenIds: [3, 1, 4, 1, 5, 9], startPos: 0, pages: [0, 1], sample: false, sampling: hot, outputIndex: 0 }]);
+  engine.step(packFor(engine, [{ tokenIds: [3, 1, 4, 1, 5, 9], startPos: 0, pages: [0, 1], sample: false, sampling: hot, outputIndex: 0 }]));
   const x = (outputIndex: number): SeqStep => ({ tokenIds: [2], startPos: 6, pages: [0, 1], sample: true, sampling: hot, outputIndex });
   const other = (tokens: number[], page: number): SeqStep => ({
     tokenIds: tokens, startPos: 0, pages: Array.from({ length: Math.ceil(tokens.length / options.pageSize) }, (_, i) => page + i),
@@ -216,8 +217,8 @@ t.test('seeded sampling replays whatever the batch around it', async (t) => {
   let logitsA: Float32Array | undefined;
   let logitsB: Float32Array | undefined;
   for (let i = 0; i < 24; i++) {
-    const a = engine.step([x(i), other([7, 8], 10)], { returnLogits: true });
-    const b = engine.step([other([9, 9, 9, 9, 9], 12), other([1], 16), x(i)], { returnLogits: true });
+    const a = engine.step(packFor(engine, [x(i), other([7, 8], 10)], { returnLogits: true }));
+    const b = engine.step(packFor(engine, [other([9, 9, 9, 9, 9], 12), other([1], 16), x(i)], { returnLogits: true }));
     inA.push(a.tokens[0]);
     inB.push(b.tokens[2]);
     logitsA = (a.logits as Float32Array).slice(0, shape.vocabSize);

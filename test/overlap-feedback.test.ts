@@ -5,8 +5,10 @@
 // and on the rank a placeholder is resolved from the previous step, or fails the step with a coded error (it must
 // never reach the engine).
 import t, { type Test } from 'tap';
-import { RankHandle } from '../actors/rank.js';
+import { MessageChannel } from 'node:worker_threads';
+import { RankActor, RankGroup } from '../actors/rank.js';
 import { LlmError } from '../src/errors.js';
+import { decodeStep, packStep } from '../src/engine/step.js';
 import type { SamplingParams, SeqStep } from '../src/engine/types.js';
 import { placeholderFor, resolvePlaceholders } from '../src/scheduler/placeholder.js';
 import type { RequestOutput, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
@@ -44,12 +46,14 @@ function checkDrained(t: Test, h: Harness) {
 
 t.test('placeholders resolve from the previous step, and fail with a coded error otherwise', async (t) => {
   const seq = (tokenIds: number[]): SeqStep => ({ tokenIds: Int32Array.from(tokenIds), startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 });
-  const steps = [seq([5, 6]), seq([placeholderFor(1)]), seq([placeholderFor(0)])];
-  const out = resolvePlaceholders(steps, Int32Array.from([40, 41]));
-  t.same(out.map((s) => Array.from(s.tokenIds)), [[5, 6], [41], [40]]);
-  t.equal(out[0], steps[0], 'a sequence without placeholders is passed through');
-  t.same(Array.from(steps[1].tokenIds), [-2], 'the submitted step is not modified');
-  t.equal(resolvePlaceholders([steps[0]], null)[0], steps[0]);
+  const pack = (seqs: SeqStep[]) => packStep(seqs, 4, { placeholders: true });
+  const tokensOfStep = (desc: Int32Array) => decodeStep(desc).seqs.map((s) => Array.from(s.tokenIds));
+  const desc = pack([seq([5, 6]), seq([placeholderFor(1)]), seq([placeholderFor(0)])]);
+  resolvePlaceholders(desc, Int32Array.from([40, 41]));
+  t.same(tokensOfStep(desc), [[5, 6], [41], [40]], 'each placeholder took its row\'s token, in place');
+  const plain = pack([seq([5, 6])]);
+  resolvePlaceholders(plain, null);
+  t.same(tokensOfStep(plain), [[5, 6]], 'a step without placeholders needs no previous step');
   const coded = (fn: () => unknown, re: RegExp, what: string) => {
     try {
       fn();
@@ -58,9 +62,10 @@ t.test('placeholders resolve from the previous step, and fail with a coded error
       t.ok(e instanceof LlmError && e.code === 'LLM_ERR_STEP_INVALID' && re.test(e.message), `${what}: ${String(e)}`);
     }
   };
-  coded(() => resolvePlaceholders([steps[1]], null), /row 1 of the previous step, which did not run/, 'no previous step');
-  coded(() => resolvePlaceholders([steps[1]], Int32Array.from([3])), /had 1 rows/, 'row beyond the previous step');
-  coded(() => resolvePlaceholders([steps[1]], Int32Array.from([3, -1])), /sampled no token there/, 'row that did not sample');
+  const one = () => pack([seq([placeholderFor(1)])]);
+  coded(() => resolvePlaceholders(one(), null), /row 1 of the previous step, which did not run/, 'no previous step');
+  coded(() => resolvePlaceholders(one(), Int32Array.from([3])), /had 1 rows/, 'row beyond the previous step');
+  coded(() => resolvePlaceholders(one(), Int32Array.from([3, -1])), /sampled no token there/, 'row that did not sample');
 });
 
 t.test('a request that stops on EOS while its next step is submitted streams no extra token and leaks no page', async (t) => {
@@ -134,22 +139,31 @@ for (const cache of [true, false]) {
 
 t.test('the rank resolves placeholders from its previous step, and fails a step whose placeholder it cannot', async (t) => {
   const init: FakeEngineInit = { numPages: 16, pageSize: 4, vocabSize: VOCAB };
-  const rank = await RankHandle.spawn({
-    rank: 0, engineModule: new URL('./fixtures/fake-engine-module.ts', import.meta.url).href, engineInit: init, stepTimeoutMs: 10_000, startTimeoutMs: 30_000,
+  const channel = new MessageChannel();
+  const progress = new SharedArrayBuffer(4);
+  const actor = await RankActor.spawn({
+    rank: 0, placement: { deviceId: 0 }, engineModule: new URL('./fixtures/fake-engine-module.ts', import.meta.url).href, engineInit: init,
+    startTimeoutMs: 30_000, steps: channel.port2, progress,
   });
-  t.teardown(() => rank.close());
+  // This thread stands in for the scheduler's.
+  const rank = new RankGroup({ ports: [channel.port1], engine: actor.engine, progress, stepTimeoutMs: 10_000, onFailure: (e) => t.fail(e.message) });
+  t.teardown(async () => {
+    rank.close();
+    await actor.stop();
+  });
   const prompt = [3, 1, 4, 1, 5];
   const seq = (tokenIds: number[], startPos: number, pages: number[]): SeqStep =>
-    ({ tokenIds: Int32Array.from(tokenIds), startPos, pages: Int32Array.from(pages), sample: true, sampling: greedy, outputIndex: startPos - prompt.length + 1 });
-  await t.rejects(rank.execute([seq([placeholderFor(0)], 0, [0])]), { code: 'LLM_ERR_STEP_INVALID' }, 'no step ran before: coded error');
+    ({ tokenIds: Int32Array.from(tokenIds), startPos, pages: Int32Array.from(pages), sample: true, sampling: greedy, outputIndex: Math.max(0, startPos - prompt.length + 1) });
+  const pack = (s: SeqStep) => packStep([s], 4, { placeholders: true, vocabSize: VOCAB });
+  await t.rejects(rank.execute(pack(seq([placeholderFor(0)], 0, [0]))), { code: 'LLM_ERR_STEP_INVALID' }, 'no step ran before: coded error');
   // Both steps go to the rank before the first answers, as overlap sends them.
-  const first = rank.execute([seq(prompt, 0, [0, 1])]);
-  const second = rank.execute([seq([placeholderFor(0)], 5, [0, 1])]);
+  const first = rank.execute(pack(seq(prompt, 0, [0, 1])));
+  const second = rank.execute(pack(seq([placeholderFor(0)], 5, [0, 1])));
   const t1 = (await first).tokens[0];
   const t2 = (await second).tokens[0];
   t.equal(t1, nextToken(prompt, VOCAB));
   t.equal(t2, nextToken([...prompt, t1], VOCAB), 'the placeholder took the previous step\'s token');
-  await t.rejects(rank.execute([seq([placeholderFor(3)], 6, [0, 1])]), { code: 'LLM_ERR_STEP_INVALID', message: /row 3/ }, 'a row the previous step lacks');
-  const after = await rank.execute([seq([t2], 6, [0, 1])]);
+  await t.rejects(rank.execute(pack(seq([placeholderFor(3)], 6, [0, 1]))), { code: 'LLM_ERR_STEP_INVALID', message: /row 3/ }, 'a row the previous step lacks');
+  const after = await rank.execute(pack(seq([t2], 6, [0, 1])));
   t.equal(after.tokens[0], nextToken([...prompt, t1, t2], VOCAB), 'the rank keeps working after a refused step');
 });

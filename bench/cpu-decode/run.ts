@@ -7,6 +7,7 @@
 //        (--qwen-dir: a make-model qwen3-0.6b directory written with --gguf; made in a temp dir when absent)
 
 import { execFileSync } from 'node:child_process';
+import { packFor } from '../../src/engine/step.js';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -54,13 +55,13 @@ async function ours(path: string, threads: number, n: number): Promise<Speed> {
   try {
     const pages = Array.from({ length: 64 }, (_, i) => i);
     const prompt = Array.from({ length: PROMPT }, (_, i) => 100 + i);
-    let r = engine.step([{ tokenIds: prompt, startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }]);
+    let r = engine.step(packFor(engine, [{ tokenIds: prompt, startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }]));
     let pos = PROMPT;
     let last = r.tokens[0];
     const t0 = performance.now();
     const c0 = process.cpuUsage();
     for (let i = 1; i <= n; i++) {
-      r = engine.step([{ tokenIds: [last], startPos: pos, pages: pages.slice(0, Math.ceil((pos + 1) / pageSize)), sample: true, sampling: greedy, outputIndex: i }]);
+      r = engine.step(packFor(engine, [{ tokenIds: [last], startPos: pos, pages: pages.slice(0, Math.ceil((pos + 1) / pageSize)), sample: true, sampling: greedy, outputIndex: i }]));
       last = r.tokens[0];
       pos++;
     }

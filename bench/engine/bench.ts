@@ -7,6 +7,7 @@
 // Usage: npx tsx bench/engine/bench.ts MODEL_DIR COPY_TBPS GEMM_TFLOPS  (ceilings from ceilings.py, same command).
 // Prints JSON lines, then a markdown table.
 import { performance } from 'node:perf_hooks';
+import { packFor } from '../../src/engine/step.js';
 import { openEngine } from '../../src/engine/engine.js';
 import { loadModelSpec } from '../../src/engine/model.js';
 import type { SamplingParams, SeqStep } from '../../src/engine/types.js';
@@ -58,7 +59,7 @@ function decode(B: number): { tokS: number; itlMs: number } {
     const batch: SeqStep[] = [];
     for (let s = s0; s < Math.min(B, s0 + perStep); s++)
       batch.push({ tokenIds: randomTokens(PROMPT), startPos: 0, pages: pages[s].slice(0, PROMPT / PAGE), sample: true, sampling: greedy, outputIndex: 0 });
-    const r = engine.step(batch);
+    const r = engine.step(packFor(engine, batch));
     batch.forEach((_, j) => (last[s0 + j] = r.tokens[j]));
   }
   const decodeStep = (i: number, input: (s: number) => number): SeqStep[] => {
@@ -68,9 +69,9 @@ function decode(B: number): { tokS: number; itlMs: number } {
   // Pipelined, as the rank drives the engine: step i + 1 is begun before step i ends, its tokens fed from step i's
   // samples on the device (placeholders -(1 + row)); the timer runs from the first step's begin to the last one's end.
   const t0 = performance.now();
-  engine.stepBegin!(decodeStep(0, (s) => last[s]));
+  engine.stepBegin!(packFor(engine, decodeStep(0, (s) => last[s]), { placeholders: true }));
   for (let i = 1; i < NEW - 1; i++) {
-    engine.stepBegin!(decodeStep(i, placeholderFor));
+    engine.stepBegin!(packFor(engine, decodeStep(i, placeholderFor), { placeholders: true }));
     engine.stepEnd!();
   }
   engine.stepEnd!();
@@ -83,7 +84,7 @@ function prefill(N: number): number {
   const tokens = randomTokens(N);
   const once = (): number => {
     const t0 = performance.now();
-    engine.step([{ tokenIds: tokens, startPos: 0, pages, sample: true, sampling: greedy, outputIndex: 0 }]);
+    engine.step(packFor(engine, [{ tokenIds: tokens, startPos: 0, pages, sample: true, sampling: greedy, outputIndex: 0 }]));
     return performance.now() - t0;
   };
   once();

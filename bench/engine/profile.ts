@@ -7,6 +7,7 @@
 // Under ncu set DSG_NO_GRAPH_WARMUP=1: the engine otherwise replays every decode graph once at start-up, and those
 // launches come first in the profile.
 import { openEngine } from '../../src/engine/engine.js';
+import { packFor } from '../../src/engine/step.js';
 import { loadModelSpec } from '../../src/engine/model.js';
 import type { SamplingParams, SeqStep } from '../../src/engine/types.js';
 
@@ -31,7 +32,7 @@ try {
   const pages = Array.from({ length: B }, (_, s) => Array.from({ length: pagesPerSeq }, (_, i) => s * pagesPerSeq + i));
   if (mode === 'prefill') {
     const tokens = Array.from({ length: CTX }, (_, i) => (i * 7919) % spec.vocabSize);
-    engine.step([{ tokenIds: tokens, startPos: 0, pages: pages[0].slice(0, Math.ceil(CTX / PAGE)), sample: true, sampling: greedy, outputIndex: 0 }]);
+    engine.step(packFor(engine, [{ tokenIds: tokens, startPos: 0, pages: pages[0].slice(0, Math.ceil(CTX / PAGE)), sample: true, sampling: greedy, outputIndex: 0 }]));
   } else if (mode === 'mixed') {
     const decode: SeqStep[] = pages.map((p, s) => ({ tokenIds: [(s * 31) % spec.vocabSize], startPos: CTX - 1, pages: p.slice(0, Math.ceil(CTX / PAGE)), sample: true, sampling: greedy, outputIndex: 0 }));
     const perPrompt = Math.ceil(PROMPT / PAGE);
@@ -42,12 +43,12 @@ try {
         pages: Array.from({ length: Math.ceil(len / PAGE) }, (_, i) => B * pagesPerSeq + j * perPrompt + i), sample: true, sampling: greedy, outputIndex: 0,
       };
     });
-    engine.step([...decode, ...prefill]);
+    engine.step(packFor(engine, [...decode, ...prefill]));
   } else {
     for (let i = 0; i < STEPS; i++) {
       const pos = CTX - 1 + i;
       const batch: SeqStep[] = pages.map((p, s) => ({ tokenIds: [(s * 31 + i) % spec.vocabSize], startPos: pos, pages: p.slice(0, Math.ceil((pos + 1) / PAGE)), sample: true, sampling: greedy, outputIndex: i }));
-      engine.step(batch);
+      engine.step(packFor(engine, batch));
     }
   }
 } finally {

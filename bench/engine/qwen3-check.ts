@@ -8,6 +8,7 @@
 // Pass: median and max <= 1.25x HF-bf16's; top-1 agreement >= HF-bf16's minus 1 point.
 // Usage: npx tsx bench/engine/qwen3-check.ts DIR   (DIR as written by hf_logits.py). Exit code 1 on a miss.
 import { readFileSync } from 'node:fs';
+import { packFor } from '../../src/engine/step.js';
 import { join } from 'node:path';
 import { openEngine } from '../../src/engine/engine.js';
 import { loadModelSpec } from '../../src/engine/model.js';
@@ -116,7 +117,7 @@ function runOurs(pageSize: number, chunked: boolean, backend: 'cuda' | 'cpu' = '
         });
         idx.push(s);
       }
-      const r = engine.step(batch, { returnLogits: true });
+      const r = engine.step(packFor(engine, batch, { returnLogits: true }));
       const logits = r.logits as Float32Array;
       batch.forEach((b, j) => {
         const s = idx[j];

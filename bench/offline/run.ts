@@ -9,6 +9,7 @@
 //     [--bandwidth-gbs 3350] [--mem-fraction 0.85] [--num-pages N] [--page-size 16] [--chunked-prefill-size N] [--disable-overlap]
 //     [--skip-engine] [--out results.json]
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { packFor } from '../../src/engine/step.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -102,7 +103,7 @@ function decodeRate(engine: Engine, batch: number, ctx: number, steps: number) {
       const tokenIds = Int32Array.from({ length: ctx }, (_, i) => 3 + ((b * 7919 + i * 104729) % (spec.vocabSize - 3)));
       seqs.push({ tokenIds, startPos: 0, pages: pages[b].slice(0, Math.ceil(ctx / P)), sample: true, sampling: greedy, outputIndex: 0 });
     }
-    const r = engine.step(seqs);
+    const r = engine.step(packFor(engine, seqs));
     seqs.forEach((_, k) => (last[b0 + k] = r.tokens[k]));
   }
   const decodeStep = (k: number, input: (b: number) => number): SeqStep[] =>
@@ -113,9 +114,9 @@ function decodeRate(engine: Engine, batch: number, ctx: number, steps: number) {
   if (engine.stepBegin && engine.stepEnd) {
     // The engine at its best, as the rank drives it: step k + 1 begun before step k ends, its tokens fed from k's
     // samples on the device (placeholders).
-    engine.stepBegin(decodeStep(0, (b) => last[b]));
+    engine.stepBegin(packFor(engine, decodeStep(0, (b) => last[b]), { placeholders: true }));
     for (let k = 1; k <= steps; k++) {
-      engine.stepBegin(decodeStep(k, placeholderFor));
+      engine.stepBegin(packFor(engine, decodeStep(k, placeholderFor), { placeholders: true }));
       engine.stepEnd();
       if (k === 1) t0 = performance.now(); // step 0 warms up
     }
@@ -123,7 +124,7 @@ function decodeRate(engine: Engine, batch: number, ctx: number, steps: number) {
   } else {
     for (let k = 0; k <= steps; k++) {
       if (k === 1) t0 = performance.now(); // step 0 warms up
-      const r = engine.step(decodeStep(k, (b) => last[b]));
+      const r = engine.step(packFor(engine, decodeStep(k, (b) => last[b])));
       last.forEach((_, b) => (last[b] = r.tokens[b]));
     }
   }

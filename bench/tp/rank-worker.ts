@@ -8,6 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
 import { openEngine } from '../../src/engine/engine.js';
 import { loadModelSpec } from '../../src/engine/model.js';
+import { packFor } from '../../src/engine/step.js';
 import type { Engine, EngineOptions, ModelSpec, SamplingParams, SeqStep } from '../../src/engine/types.js';
 import { placeholderFor } from '../../src/scheduler/placeholder.js';
 
@@ -154,7 +155,7 @@ function checkRun(spec: ModelSpec, meta: RefMeta, ref: Float32Array | null, run:
         batch.push({ tokenIds: full[s].slice(fed[s], end), startPos: fed[s], pages: pages[s].slice(), sample: end >= promptLen, sampling: greedy, outputIndex: 0 });
         idx.push(s);
       }
-      const r = engine.step(batch, { returnLogits: true });
+      const r = engine.step(packFor(engine, batch, { returnLogits: true }));
       const logits = r.logits as Float32Array;
       digest.tokens(r.tokens);
       digest.logits(logits);
@@ -188,13 +189,13 @@ function sampledRun(spec: ModelSpec, meta: RefMeta, index: number): SampledOut {
     const pages = prompts.map((_, s) => Array.from({ length: pagesPer }, (_, i) => s * pagesPer + i));
     const sampling = (s: number): SamplingParams => ({ temperature: 0.8, topP: 0.9, topK: 50, minP: 0, seed: 1000 + s, logprobs: -1 });
     const used = (len: number): number[][] => pages.map((p) => p.slice(0, Math.ceil(len / P)));
-    const r0 = engine.step(prompts.map((p, s) => ({ tokenIds: p, startPos: 0, pages: used(p.length)[s], sample: true, sampling: sampling(s), outputIndex: 0 })));
+    const r0 = engine.step(packFor(engine, prompts.map((p, s) => ({ tokenIds: p, startPos: 0, pages: used(p.length)[s], sample: true, sampling: sampling(s), outputIndex: 0 }))));
     r0.tokens.forEach((t, s) => tokens[s].push(t));
     const step = (i: number, input: (s: number) => number): SeqStep[] =>
       prompts.map((p, s) => ({ tokenIds: [input(s)], startPos: p.length + i, pages: used(p.length + i + 1)[s], sample: true, sampling: sampling(s), outputIndex: i + 1 }));
-    engine.stepBegin!(step(0, (s) => tokens[s][0]));
+    engine.stepBegin!(packFor(engine, step(0, (s) => tokens[s][0]), { placeholders: true }));
     for (let i = 1; i < NEW; i++) {
-      engine.stepBegin!(step(i, placeholderFor));
+      engine.stepBegin!(packFor(engine, step(i, placeholderFor), { placeholders: true }));
       engine.stepEnd!().tokens.forEach((t, s) => tokens[s].push(t));
     }
     engine.stepEnd!().tokens.forEach((t, s) => tokens[s].push(t));
@@ -232,23 +233,23 @@ function timing(spec: ModelSpec, batches: number[], PROMPT: number, NEW: number)
         const batch: SeqStep[] = [];
         for (let s = s0; s < Math.min(B, s0 + perStep); s++)
           batch.push({ tokenIds: randomTokens(PROMPT), startPos: 0, pages: pages[s].slice(0, Math.ceil(PROMPT / PAGE)), sample: true, sampling: greedy, outputIndex: 0 });
-        const r = engine.step(batch);
+        const r = engine.step(packFor(engine, batch));
         batch.forEach((_, j) => (last[s0 + j] = r.tokens[j]));
       }
       const decodeStep = (i: number, tokenOf: (s: number) => number): SeqStep[] =>
         last.map((_, s) => ({ tokenIds: [tokenOf(s)], startPos: PROMPT + i, pages: pages[s].slice(0, Math.ceil((PROMPT + i + 1) / PAGE)), sample: true, sampling: greedy, outputIndex: i + 1 }));
       // Untimed: the first 4 steps; then the timer runs from the next begin to the last end, as bench.ts does.
       const WARM = 4;
-      engine.stepBegin!(decodeStep(0, (s) => last[s]));
+      engine.stepBegin!(packFor(engine, decodeStep(0, (s) => last[s]), { placeholders: true }));
       for (let i = 1; i < WARM; i++) {
-        engine.stepBegin!(decodeStep(i, placeholderFor));
+        engine.stepBegin!(packFor(engine, decodeStep(i, placeholderFor), { placeholders: true }));
         engine.stepEnd!();
       }
       engine.stepEnd!().tokens.forEach((t, s) => (last[s] = t));
       const t0 = performance.now();
-      engine.stepBegin!(decodeStep(WARM, (s) => last[s]));
+      engine.stepBegin!(packFor(engine, decodeStep(WARM, (s) => last[s]), { placeholders: true }));
       for (let i = WARM + 1; i < NEW - 1; i++) {
-        engine.stepBegin!(decodeStep(i, placeholderFor));
+        engine.stepBegin!(packFor(engine, decodeStep(i, placeholderFor), { placeholders: true }));
         engine.stepEnd!();
       }
       engine.stepEnd!();

@@ -63,6 +63,9 @@ export interface NativeAddon {
   /** Backends compiled into this build. */
   backends: BackendKind[];
   stepLayoutVersion: number;
+  /** Wakes every rank of tensor-parallel group `group` in this process that is blocked in its join or a collective
+   * (they throw LLM_ERR_TP_ABORTED with `reason`); later joins and collectives of that group fail the same way. */
+  tpAbort(group: string, reason: string): void;
 }
 
 const ADDON_RELATIVE = join('native', 'build', 'Release', 'dynamo_sglang.node');

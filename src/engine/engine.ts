@@ -1,10 +1,9 @@
-// openEngine(): the Engine of src/engine/types.ts over the native addon. Steps are packed into the flat descriptor
-// (step.ts) and checked again natively; native errors arrive with `.code` and are rethrown as LlmError.
+// openEngine(): the Engine of src/engine/types.ts over the native addon. Step descriptors (step.ts) go to the addon
+// as they are and are checked there; native errors arrive with `.code` and are rethrown as LlmError.
 
 import { LlmError, isErrorCode } from '../errors.js';
 import { loadAddon, type NativeEngine, type NativeStepResult } from './addon.js';
-import { packStep } from './step.js';
-import type { BackendKind, Engine, EngineOptions, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, SeqStep, StepOptions, StepResult } from './types.js';
+import type { BackendKind, Engine, EngineOptions, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, StepDescriptor, StepResult } from './types.js';
 
 /** Rethrows a native error as an LlmError with the same code (unknown codes become LLM_ERR_INTERNAL). */
 function native<T>(fn: () => T): T {
@@ -40,15 +39,13 @@ class NativeBackedEngine implements Engine {
     return this.handle;
   }
 
-  step(seqs: readonly SeqStep[], options: StepOptions = {}): StepResult {
+  step(desc: StepDescriptor): StepResult {
     const h = this.live();
-    const desc = this.pack(seqs, options, false);
     return toStepResult(native(() => h.step(desc)));
   }
 
-  stepBegin(seqs: readonly SeqStep[], options: StepOptions = {}): void {
+  stepBegin(desc: StepDescriptor): void {
     const h = this.live();
-    const desc = this.pack(seqs, options, true);
     native(() => h.stepBegin(desc));
   }
 
@@ -60,15 +57,6 @@ class NativeBackedEngine implements Engine {
   stepReady(): boolean {
     const h = this.live();
     return native(() => h.stepReady());
-  }
-
-  private pack(seqs: readonly SeqStep[], options: StepOptions, placeholders: boolean): Int32Array {
-    return packStep(seqs, this.kv.pageSize, {
-      returnLogits: options.returnLogits === true,
-      vocabSize: this.spec.vocabSize,
-      numPages: this.kv.numPages,
-      placeholders,
-    });
   }
 
   embed(tokenIds: ArrayLike<number>): Float32Array {

@@ -1,6 +1,8 @@
-// The flat step descriptor, TS side: packStep() turns a StepBatch (SeqStep[]) into the one Int32Array that
-// crosses the addon boundary. The layout is written down once, in native/include/step.h; the constants below
-// mirror it word for word, and the addon re-checks every field (this packer fails early with the same naming).
+// The flat step descriptor, TS side: packStep() turns a batch (SeqStep[]) into the one Int32Array that crosses the
+// threads and the addon boundary. The scheduler packs each step once; the rank(s) hand the buffer to the engine as it
+// is, and the addon checks every field (this packer fails early, with the same naming, on what it builds from).
+// decodeStep() reads a descriptor back (engines that are not native, and tests); stepShape() reads its size.
+// The layout is written down once, in native/include/step.h; the constants below mirror it word for word.
 //
 // Header (16 words): magic, version, numSeqs, numTokens, pageSize, numPageEntries, flags, tokensOffset,
 //   positionsOffset, seqsOffset, pagesOffset, totalWords, bannedOffset, numBannedEntries, 2 reserved.
@@ -12,7 +14,7 @@
 
 import { randomFillSync } from 'node:crypto';
 import { LlmError } from '../errors.js';
-import type { SeqStep } from './types.js';
+import type { Engine, SeqStep, StepDescriptor } from './types.js';
 
 export const STEP_MAGIC = 0x50545344; // "DSTP"
 export const STEP_VERSION = 2;
@@ -103,7 +105,6 @@ function checkBanned(s: number, ids: readonly number[], vocabSize: number | unde
   return ids.length;
 }
 
-/** Packs a ragged batch into the step descriptor of native/include/step.h. Throws LLM_ERR_STEP_INVALID. */
 // Unseeded draws take their seeds from a pool of random bytes refilled 4 KiB at a time: one randomBytes call per
 // sequence per step cost ~3 us each (0.8 ms per 256-sequence step).
 const seedPool = new Uint32Array(1024);
@@ -116,7 +117,8 @@ function freshSeedWord(): number {
   return seedPool[seedPoolNext++];
 }
 
-export function packStep(seqs: readonly SeqStep[], pageSize: number, options: PackOptions = {}): Int32Array {
+/** Packs a ragged batch into the step descriptor of native/include/step.h. Throws LLM_ERR_STEP_INVALID. */
+export function packStep(seqs: readonly SeqStep[], pageSize: number, options: PackOptions = {}): StepDescriptor {
   if (!isInt(pageSize) || pageSize < 1) invalid(`pageSize ${pageSize} must be an integer >= 1`);
   if (seqs.length === 0) invalid('a step needs at least one sequence');
   let numTokens = 0;
@@ -239,4 +241,85 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
     b0 += banned.length;
   }
   return buf;
+}
+
+/** packStep with the engine's page size, vocabulary and pool size (tests, benchmarks and one-thread callers). */
+export function packFor(engine: Pick<Engine, 'kv' | 'spec'>, seqs: readonly SeqStep[], options: Omit<PackOptions, 'vocabSize' | 'numPages'> = {}): StepDescriptor {
+  return packStep(seqs, engine.kv.pageSize, { ...options, vocabSize: engine.spec.vocabSize, numPages: engine.kv.numPages });
+}
+
+/** A descriptor's size, read from its header and records (the rank's step trace). kvTokens: KV length read by the
+ * step's attention, summed over its sequences. */
+export function stepShape(desc: StepDescriptor): { numSeqs: number; numTokens: number; kvTokens: number } {
+  const numSeqs = desc[Header.numSeqs];
+  const seqOff = desc[Header.seqsOffset];
+  let kvTokens = 0;
+  for (let s = 0; s < numSeqs; s++) kvTokens += desc[seqOff + s * STEP_SEQ_WORDS + SeqField.kvLen];
+  return { numSeqs, numTokens: desc[Header.numTokens], kvTokens };
+}
+
+/** A decoded descriptor: the batch it carries (token and page arrays are views into it) and its header flags. */
+export interface DecodedStep {
+  seqs: SeqStep[];
+  pageSize: number;
+  returnLogits: boolean;
+}
+
+/**
+ * The batch a descriptor carries, for engines that are not native (test fakes). Checks the header (magic, version,
+ * offsets, length) and each record's extent, with LLM_ERR_STEP_INVALID; value ranges are the engine's to check.
+ * Seeds come back as numbers (the draw's two u32 words; an unseeded draw carries the packer's fresh random words).
+ */
+export function decodeStep(desc: StepDescriptor): DecodedStep {
+  if (!(desc instanceof Int32Array)) invalid('a step descriptor is an Int32Array');
+  if (desc.length < STEP_HEADER_WORDS) invalid(`descriptor of ${desc.length} words is shorter than its header (${STEP_HEADER_WORDS})`);
+  if (desc[Header.magic] !== STEP_MAGIC) invalid(`descriptor magic ${desc[Header.magic]} is not STEP_MAGIC`);
+  if (desc[Header.version] !== STEP_VERSION) invalid(`descriptor version ${desc[Header.version]}, expected ${STEP_VERSION}`);
+  if (desc[Header.totalWords] !== desc.length) invalid(`descriptor says ${desc[Header.totalWords]} words, has ${desc.length}`);
+  const numSeqs = desc[Header.numSeqs];
+  const numTokens = desc[Header.numTokens];
+  const tokOff = desc[Header.tokensOffset];
+  const posOff = desc[Header.positionsOffset];
+  const seqOff = desc[Header.seqsOffset];
+  const pagesOff = desc[Header.pagesOffset];
+  const bannedOff = desc[Header.bannedOffset];
+  const within = (off: number, n: number) => off >= STEP_HEADER_WORDS && n >= 0 && off + n <= desc.length;
+  if (!(numSeqs >= 1) || !within(seqOff, numSeqs * STEP_SEQ_WORDS) || !within(tokOff, numTokens) || !within(posOff, numTokens)) {
+    invalid('descriptor sections lie outside the buffer');
+  }
+  if (!within(pagesOff, desc[Header.numPageEntries]) || !within(bannedOff, desc[Header.numBannedEntries])) invalid('descriptor sections lie outside the buffer');
+  const f32 = new Float32Array(desc.buffer, desc.byteOffset, desc.length);
+  const u32 = new Uint32Array(desc.buffer, desc.byteOffset, desc.length);
+  const seqs: SeqStep[] = new Array(numSeqs);
+  let banned = bannedOff;
+  for (let s = 0; s < numSeqs; s++) {
+    const r = seqOff + s * STEP_SEQ_WORDS;
+    const qStart = desc[r + SeqField.qStart];
+    const qLen = desc[r + SeqField.qLen];
+    const pageStart = desc[r + SeqField.pageStart];
+    const numPages = desc[r + SeqField.numPages];
+    const bannedCount = desc[r + SeqField.bannedCount];
+    if (!(qLen >= 1) || qStart < 0 || qStart + qLen > numTokens) invalid(`seq ${s}: tokens [${qStart}, ${qStart + qLen}) outside the ${numTokens} of the step`);
+    if (pageStart < 0 || numPages < 0 || pageStart + numPages > desc[Header.numPageEntries]) invalid(`seq ${s}: pages outside the pages section`);
+    if (bannedCount < 0 || banned + bannedCount > bannedOff + desc[Header.numBannedEntries]) invalid(`seq ${s}: banned ids outside the banned section`);
+    const seq: SeqStep = {
+      tokenIds: desc.subarray(tokOff + qStart, tokOff + qStart + qLen),
+      startPos: desc[r + SeqField.kvLen] - qLen,
+      pages: desc.subarray(pagesOff + pageStart, pagesOff + pageStart + numPages),
+      sample: (desc[r + SeqField.flags] & SEQ_FLAG_SAMPLE) !== 0,
+      sampling: {
+        temperature: f32[r + SeqField.temperature],
+        topP: f32[r + SeqField.topP],
+        topK: desc[r + SeqField.topK],
+        minP: f32[r + SeqField.minP],
+        seed: u32[r + SeqField.seedHi] * 2 ** 32 + u32[r + SeqField.seedLo],
+        logprobs: desc[r + SeqField.logprobs],
+      },
+      outputIndex: desc[r + SeqField.outputIndex],
+    };
+    if (bannedCount) seq.bannedTokenIds = Array.from(desc.subarray(banned, banned + bannedCount));
+    banned += bannedCount;
+    seqs[s] = seq;
+  }
+  return { seqs, pageSize: desc[Header.pageSize], returnLogits: (desc[Header.flags] & STEP_FLAG_RETURN_LOGITS) !== 0 };
 }

@@ -1,6 +1,6 @@
 // The engine contract as TypeScript sees it. Both native backends (cpu/, cuda/) implement it behind the addon;
-// the scheduler and the rank actor speak only these types. The flat binary step layout that carries a StepBatch
-// across the addon boundary lives in step.ts (TS side) and native/include/step.h (C++ side).
+// the scheduler and the rank actor speak only these types. The flat binary step layout that carries a batch across
+// threads and the addon boundary lives in step.ts (TS side) and native/include/step.h (C++ side).
 
 export type DType = 'f32' | 'f16' | 'bf16';
 export type Architecture = 'llama' | 'qwen2' | 'qwen3';
@@ -71,10 +71,9 @@ export interface SeqStep {
   bannedTokenIds?: readonly number[];
 }
 
-export interface StepOptions {
-  /** Return the full-vocabulary logits of each sequence's last token (tests and correctness checks). */
-  returnLogits?: boolean;
-}
+/** One step as the engine takes it: the flat descriptor of native/include/step.h (step.ts packStep), packed once by
+ * the scheduler and handed to every rank unchanged. Whether the step returns logits is its header's flag. */
+export type StepDescriptor = Int32Array;
 
 export interface StepResult {
   tokens: Int32Array; // per sequence; -1 where `sample` was false
@@ -146,15 +145,16 @@ export interface Engine {
   readonly backend: BackendKind;
   readonly spec: ModelSpec;
   readonly kv: KvPoolInfo;
-  step(seqs: readonly SeqStep[], options?: StepOptions): StepResult;
+  /** Runs one step; the descriptor is checked here, once (LLM_ERR_STEP_INVALID naming the field). */
+  step(step: StepDescriptor): StepResult;
   /**
    * Pipelined stepping: stepBegin queues a step on the device and returns; stepEnd waits for the oldest begun step
    * and returns its result. At most two steps are begun and not ended, and no other engine call may come between.
-   * A token id < 0 is a placeholder -(1 + row) (src/scheduler/placeholder.ts): what the previously begun step samples
+   * A token word < 0 (packed with PackOptions.placeholders) is a placeholder -(1 + row) (src/scheduler/placeholder.ts): what the previously begun step samples
    * in sequence row `row`, resolved on the device, so step N + 1 can be begun before step N ended and the device does
    * not wait for the host between them. Optional: executors fall back to step().
    */
-  stepBegin?(seqs: readonly SeqStep[], options?: StepOptions): void;
+  stepBegin?(step: StepDescriptor): void;
   stepEnd?(): StepResult;
   /** Whether stepEnd would return without waiting (the oldest begun step is done on the device). */
   stepReady?(): boolean;

@@ -40,7 +40,8 @@
 // import parks the received KV, and the request submitted with handOver adopts it (Q5). Parked KV is freed by
 // dropParked, or given up by queued handed-over requests when nothing else can run (no stall on held pages).
 import { LlmError, toErrorPayload, type ErrorPayload } from '../errors.js';
-import type { Engine, KvPoolInfo, SeqStep, StepResult } from '../engine/types.js';
+import { packStep } from '../engine/step.js';
+import type { Engine, KvPoolInfo, SeqStep, StepDescriptor, StepResult } from '../engine/types.js';
 import { PageAllocator } from './allocator.js';
 import { placeholderFor, resolvePlaceholders } from './placeholder.js';
 import { RadixCache, type RadixNode } from './radix.js';
@@ -51,13 +52,15 @@ import { SlotTable } from './slots.js';
 export type { SchedulerRequest, FinishReason, HandOver, KvHold, TopLogprob } from './request.js';
 export type { RadixEvent } from './radix.js';
 
-/** Runs steps strictly in submission order (the rank actor, or an engine in this thread), each one's token
- * placeholders resolved from the tokens the step before it sampled (placeholder.ts). */
+/** Runs steps strictly in submission order (the rank actors of a TP group, or an engine in this thread), each one's
+ * token placeholders resolved from the tokens the step before it sampled (placeholder.ts). */
 export interface StepExecutor {
   readonly kv: KvPoolInfo;
-  /** When known, min_tokens bans leave out stop ids outside the vocabulary (the engine refuses such a step). */
+  /** When known, min_tokens bans leave out stop ids outside the vocabulary (the engine refuses such a step), and the
+   * packer checks token ids against it. */
   readonly vocabSize?: number;
-  execute(seqs: readonly SeqStep[]): Promise<StepResult>;
+  /** A step descriptor the scheduler packed (step.ts); the executor owns it from here (it may transfer it). */
+  execute(step: StepDescriptor): Promise<StepResult>;
 }
 
 export interface SchedulerOptions {
@@ -125,19 +128,20 @@ interface InFlight {
   promise: Promise<StepResult>;
 }
 
-/** Runs a synchronous engine as an executor in this thread (tests, and the rank actor's own loop). */
+/** Runs a synchronous engine as an executor in this thread (tests). */
 export function engineExecutor(engine: Engine): StepExecutor {
   let previous: Int32Array | null = null;
   return {
     kv: engine.kv,
     vocabSize: engine.spec.vocabSize,
-    execute: (seqs) =>
+    execute: (step) =>
       new Promise((resolve, reject) => {
         // setImmediate lets the scheduler plan the next step first, as it would while a rank computes; callbacks run
         // in the order the steps were submitted.
         setImmediate(() => {
           try {
-            const result = engine.step(resolvePlaceholders(seqs, previous));
+            resolvePlaceholders(step, previous);
+            const result = engine.step(step);
             previous = result.tokens;
             resolve(result);
           } catch (err) {
@@ -611,7 +615,16 @@ export class Scheduler {
       };
     });
     this.stats.steps = stepNo;
-    const promise = this.executor.execute(steps);
+    // Packed here, once: the executor hands this buffer to the engine(s) unchanged.
+    let promise: Promise<StepResult>;
+    try {
+      const desc = packStep(steps, this.pageSize, {
+        vocabSize: this.executor.vocabSize, numPages: this.executor.kv.numPages, placeholders: this.options.enableOverlap,
+      });
+      promise = this.executor.execute(desc);
+    } catch (err) {
+      promise = Promise.reject(err);
+    }
     // A step queued behind one that failed is never awaited: the first failure ends the loop.
     promise.catch(() => {});
     return { seqs, promise };

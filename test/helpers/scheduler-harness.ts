@@ -30,10 +30,10 @@ export function startScheduler(
   let sched: Scheduler | undefined;
   const engine = new FakeEngine({
     numPages: 256, pageSize: 4, vocabSize: VOCAB, ...engineOpts,
-    onStep: (n, seqs) => {
+    onStep: (n, seqs, desc) => {
       sched?.checkIntegrity();
       if (sched) onStep?.(n, sched);
-      engineOpts.onStep?.(n, seqs);
+      engineOpts.onStep?.(n, seqs, desc);
     },
   });
   sched = new Scheduler(engineExecutor(engine), {

@@ -28,7 +28,7 @@ port.on('message', (call: RankCall) => {
   };
   switch (call.op) {
     case 'step':
-      port.postMessage(answer(() => live().step(call.seqs, call.options)));
+      port.postMessage(answer(() => live().step(call.step)));
       break;
     case 'embed':
       port.postMessage(answer(() => live().embed(call.tokenIds)));

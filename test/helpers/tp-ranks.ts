@@ -4,10 +4,11 @@
 import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../../actors/worker.js';
 import { LlmError, type ErrorPayload } from '../../src/errors.js';
-import type { EngineOptions, KvPoolInfo, ModelSpec, SeqStep, StepOptions, StepResult } from '../../src/engine/types.js';
+import { packStep } from '../../src/engine/step.js';
+import type { EngineOptions, KvPoolInfo, ModelSpec, SeqStep, StepDescriptor, StepResult } from '../../src/engine/types.js';
 
 export type RankCall =
-  | { op: 'step'; seqs: SeqStep[]; options?: StepOptions }
+  | { op: 'step'; step: StepDescriptor }
   | { op: 'embed'; tokenIds: number[] }
   | { op: 'exportPages'; pages: number[] }
   | { op: 'importPages'; pages: number[]; data: Uint8Array }
@@ -33,7 +34,10 @@ export interface TpGroupOptions {
 }
 
 export class TpRanks {
-  private constructor(private readonly workers: Map<number, Worker>) {}
+  private constructor(
+    private readonly workers: Map<number, Worker>,
+    private readonly pageSize: number,
+  ) {}
 
   /** Starts the ranks and waits until every one opened its engine or failed to. */
   static async start(spec: ModelSpec, options: EngineOptions, tp: TpGroupOptions): Promise<{ ranks: TpRanks; opened: RankResults<void> }> {
@@ -47,13 +51,14 @@ export class TpRanks {
         }),
       ]),
     );
-    const ranks = new TpRanks(workers);
+    const ranks = new TpRanks(workers, options.pageSize);
     const opened = await ranks.collect<void>([...workers.values()].map((w) => nextReply(w)));
     return { ranks, opened };
   }
 
-  step(seqs: SeqStep[], options?: StepOptions): Promise<RankResults<StepResult>> {
-    return this.call<StepResult>({ op: 'step', seqs, options });
+  /** Packs the step once, as the scheduler does, and runs that descriptor on every rank. */
+  step(seqs: SeqStep[], options: { returnLogits?: boolean } = {}): Promise<RankResults<StepResult>> {
+    return this.call<StepResult>({ op: 'step', step: packStep(seqs, this.pageSize, options) });
   }
 
   embed(tokenIds: number[]): Promise<RankResults<Float32Array>> {

@@ -8,6 +8,7 @@ import { parseCommandLine, renderHelp } from '../args.js';
 import type { FlagSpec } from '../args.js';
 import { loadAddon } from '../../engine/addon.js';
 import { openEngine } from '../../engine/engine.js';
+import { packFor } from '../../engine/step.js';
 import { loadModelSpec } from '../../engine/model.js';
 import type { BackendKind, Engine, ModelSpec, SamplingParams } from '../../engine/types.js';
 import { IncrementalDetokenizer, loadTokenizer } from '../../tokenizer/index.js';
@@ -46,14 +47,14 @@ export function generateTokens(engine: Engine, promptIds: readonly number[], opt
   let tokenIds: number[] = [...promptIds];
   let startPos = 0;
   while (out.length < options.maxTokens) {
-    const r = engine.step([{
+    const r = engine.step(packFor(engine, [{
       tokenIds,
       startPos,
       pages: pagesFor(startPos + tokenIds.length, pageSize),
       sample: true,
       sampling: options.sampling,
       outputIndex: out.length,
-    }]);
+    }]));
     const id = r.tokens[0] as number;
     out.push(id);
     onToken?.(id);

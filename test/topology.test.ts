@@ -1,0 +1,108 @@
+// The topology (src/topology): the actor graph one start builds, and tensor-parallel groups of rank actors running a
+// fake engine: every rank receives every step (the same descriptor), only rank 0's tokens are reported, and a rank
+// that fails to start, crashes, hangs or fails a step fails every in-flight stream with a coded error naming it,
+// after which the whole group (scheduler + every rank) is aborted and restarted together.
+import t, { type Test } from 'tap';
+import { buildTopology, type TopologySettings } from '../src/topology/topology.js';
+import { Supervisor, type SupervisorConfig } from '../src/supervisor.js';
+import type { PreprocessedRequest } from '../src/protocol/request.js';
+import type { FakeEngineInit } from './fixtures/fake-engine-module.js';
+import { referenceOutput } from './fixtures/fake-engine.js';
+import { collect } from './helpers/streams.js';
+
+const VOCAB = 500;
+const fakeModule = new URL('./fixtures/fake-engine-module.ts', import.meta.url).href;
+// The instance the supervisor loads (by URL), so that its record of aborted groups is the one read here.
+const { abortedGroups } = (await import(fakeModule)) as typeof import('./fixtures/fake-engine-module.js');
+
+async function start(t: Test, tpSize: number, fake: Partial<FakeEngineInit> = {}, extra: Partial<SupervisorConfig> = {}): Promise<Supervisor> {
+  const init: FakeEngineInit = { numPages: 128, pageSize: 4, vocabSize: VOCAB, lockstep: new SharedArrayBuffer(4 * tpSize), ...fake };
+  const sup = await Supervisor.start({
+    modelPath: 'fake', engineFactory: { module: fakeModule, init }, tpSize, maxRunningRequests: 32, chunkedPrefillSize: 16, ...extra,
+  });
+  t.teardown(() => sup.stop());
+  return sup;
+}
+
+const request = (tokenIds: number[], maxTokens: number): PreprocessedRequest => ({
+  token_ids: tokenIds, stop_conditions: { max_tokens: maxTokens }, sampling_options: { temperature: 0 }, eos_token_ids: [],
+});
+const prompt = (seed: number, len: number) => Array.from({ length: len }, (_, i) => (seed * 31 + i * 7) % VOCAB);
+const tokens = async (sup: Supervisor, p: number[], n: number) => (await collect(sup.generate(request(p, n)))).flatMap((c) => c.token_ids);
+
+t.test('buildTopology: one rank per TP rank on baseGpuId + rank, a fresh group per start', async (t) => {
+  const settings: TopologySettings = {
+    modelPath: 'm', device: 'cuda', tpSize: 4, baseGpuId: 2,
+    engineOptions: { pageSize: 16, memFractionStatic: 0.8, maxBatchTokens: 64, maxSeqsPerStep: 8 },
+    engineFactory: null,
+    scheduler: { maxRunningRequests: 8, chunkedPrefillSize: 16, maxPrefillTokens: 64, maxBatchTokens: 72, maxSeqsPerStep: 8, enableOverlap: true, enablePrefixCache: true },
+    stepTimeoutMs: 1000, schedulerTimeoutMs: 1000, startTimeoutMs: 1000, schedulerHook: null,
+  };
+  const g = buildTopology(settings);
+  t.same(g.ranks.map((r) => r.placement), [0, 1, 2, 3].map((rank) => ({ deviceId: 2 + rank, tp: { rank, size: 4, group: g.group } })));
+  t.ok(g.ranks.every((r) => /rank-engine\.ts$/.test(r.engineModule)), 'the native engine factory by default');
+  t.same(g.ranks[3].engineInit, { modelPath: 'm', device: 'cuda', options: settings.engineOptions }, 'every rank opens the same model');
+  t.not(buildTopology(settings).group, g.group, 'each start names a new group');
+  t.same(buildTopology({ ...settings, tpSize: 1, baseGpuId: 0 }).ranks.map((r) => r.placement), [{ deviceId: 0 }], 'one rank: no TP group');
+  t.throws(() => buildTopology({ ...settings, tpSize: 0 }), { code: 'LLM_ERR_CONFIG', message: /tp size must be an integer >= 1, got 0/ });
+  t.throws(() => buildTopology({ ...settings, baseGpuId: -1 }), { code: 'LLM_ERR_CONFIG', message: /base GPU id .* got -1/ });
+});
+
+for (const tpSize of [2, 4]) {
+  for (const overlap of [false, true]) {
+    t.test(`TP ${tpSize}${overlap ? ' (overlap, pipelined steps)' : ''}: every rank runs every step, outputs come from rank 0`, async (t) => {
+      const stepLog = new SharedArrayBuffer(8 * tpSize);
+      const sup = await start(t, tpSize, { stepLog, pipelined: overlap }, { disableOverlapSchedule: !overlap });
+      t.equal(sup.topology.ranks.length, tpSize);
+      const ps = Array.from({ length: 6 }, (_, i) => prompt(i + 1, 5 + 3 * i));
+      const outs = await Promise.all(ps.map((p) => tokens(sup, p, 12)));
+      outs.forEach((o, i) => t.same(o, referenceOutput(ps[i], { maxTokens: 12, vocabSize: VOCAB }), `request ${i}: rank 0's tokens`));
+      const log = new Int32Array(stepLog);
+      const steps = sup.metrics.snapshot().steps;
+      // Rank 0 answered the last step; the others may still be finishing it.
+      for (let waited = 0; waited < 2000 && Array.from({ length: tpSize }, (_, r) => log[2 * r]).some((n) => n < steps); waited += 10) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      for (let r = 0; r < tpSize; r++) t.equal(log[2 * r], steps, `rank ${r} ran all ${steps} steps`);
+      // Without overlap no placeholder is resolved per rank, so every rank's descriptors are word for word the same.
+      if (!overlap) for (let r = 1; r < tpSize; r++) t.equal(log[2 * r + 1], log[1], `rank ${r} got the same descriptors as rank 0`);
+      await sup.scheduler.checkIntegrity();
+    });
+  }
+}
+
+for (const [fault, code] of [
+  ['exitAtStep', 'LLM_ERR_ACTOR_CRASHED'],
+  ['hangAtStep', 'LLM_ERR_ACTOR_HUNG'],
+  ['failAtStep', 'LLM_ERR_DEVICE'],
+] as const) {
+  t.test(`TP 2: rank 1 ${fault} mid-stream fails every stream with ${code} naming rank 1; the group restarts`, async (t) => {
+    const sup = await start(t, 2, { [fault]: 4, faultRank: 1 }, { stepTimeoutMs: 800 });
+    const group = sup.topology.graph.group;
+    const streams = Array.from({ length: 4 }, (_, i) => collect(sup.generate(request(prompt(i, 12), 40))));
+    for (const s of await Promise.allSettled(streams)) {
+      t.equal(s.status, 'rejected');
+      if (s.status === 'rejected') t.match(s.reason, { code, rank: 1 }, String(s.reason));
+    }
+    // A one-step request fits before the restarted group's own fault step.
+    t.same(await tokens(sup, prompt(9, 3), 1), referenceOutput(prompt(9, 3), { maxTokens: 1, vocabSize: VOCAB }), 'the restarted group serves');
+    t.ok(abortedGroups.some((a) => a.group === group), 'the failed group was aborted');
+    t.not(sup.topology.graph.group, group, 'the restarted group has a new name');
+    t.equal(sup.topology.ranks.length, 2);
+  });
+}
+
+t.test('a rank (or the scheduler) that fails to start fails the start naming it, and the group is aborted', async (t) => {
+  const before = abortedGroups.length;
+  await t.rejects(start(t, 2, { failStartRank: 1 }), { code: 'LLM_ERR_DEVICE', rank: 1, message: /fake device 1 failed to open/ });
+  t.equal(abortedGroups.length, before + 1, 'abortGroup was called once');
+  await t.rejects(start(t, 2, { hangStartRank: 1 }, { startTimeoutMs: 4000 }), { code: 'LLM_ERR_ACTOR_HUNG', rank: 1, message: /rank 1 did not open its engine within 4000 ms/ });
+  t.equal(abortedGroups.length, before + 2, 'and again for the rank that hung');
+  await t.rejects(start(t, 2, {}, { maxPrefillTokens: 0 }), { code: 'LLM_ERR_CONFIG', message: /--max-prefill-tokens must be a positive integer, got 0/ }, 'the scheduler refusing its options: a coded error across comlink');
+  await t.rejects(start(t, 4, { smallerPoolRank: 2 }), { code: 'LLM_ERR_CONFIG', rank: 2, message: /rank 2's KV pool \(127 pages of 4 tokens\) differs from rank 0's \(128 pages of 4\)/ });
+});
+
+t.test('KV page operations are refused with a clear error under TP', async (t) => {
+  const sup = await start(t, 2);
+  await t.rejects(sup.disaggKv({ op: 'ipc', request: { op: 'export' } }), { code: 'LLM_ERR_KV_TRANSFER', message: /tensor parallelism \(tp size 2\)/ });
+});
