@@ -1,7 +1,8 @@
 // The engine factory a rank actor loads by default (actors/rank.ts EngineFactoryModule): the real engine (CPU or CUDA
 // backend) over a model file, and the abort of a tensor-parallel group through the addon. Rank actors import a
 // factory module by URL, so tests can hand them a fake engine with the same contract.
-import { compiledBackends, loadAddon } from '../src/engine/addon.js';
+import { checkTensorParallel } from '../src/config/parallel.js';
+import { compiledBackends, cudaDevicesPresent, loadAddon } from '../src/engine/addon.js';
 import { openEngine } from '../src/engine/engine.js';
 import { loadModelSpec } from '../src/engine/model.js';
 import type { BackendKind, Engine, EngineOptions } from '../src/engine/types.js';
@@ -19,9 +20,13 @@ export interface RankEngineInit {
 export async function createEngine(init: RankEngineInit, placement: RankPlacement): Promise<Engine> {
   const spec = await loadModelSpec(init.modelPath);
   const backends = compiledBackends();
-  const backend: BackendKind = init.device === 'auto' ? (backends.includes('cuda') ? 'cuda' : 'cpu') : init.device;
   if (!backends.length) throw new LlmError('LLM_ERR_NATIVE_BUILD', 'the native engine addon is not built: run npm run build');
-  return openEngine(spec, { ...init.options, backend, deviceId: placement.deviceId, ...(placement.tp ? { tp: placement.tp } : {}) });
+  const devices = cudaDevicesPresent();
+  const backend: BackendKind = init.device === 'auto' ? (backends.includes('cuda') && devices > 0 ? 'cuda' : 'cpu') : init.device;
+  // Every rank checks the group's shape; the first failure names the numbers (--tp-size, devices, heads).
+  const tp = placement.tp;
+  checkTensorParallel(tp?.size ?? 1, placement.deviceId - (tp?.rank ?? 0), spec, backend === 'cuda' ? devices : null);
+  return openEngine(spec, { ...init.options, backend, deviceId: placement.deviceId, ...(tp ? { tp } : {}) });
 }
 
 /** Wakes every rank of `group` blocked in the addon (join or collective) with LLM_ERR_TP_ABORTED. */

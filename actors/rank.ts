@@ -434,6 +434,9 @@ export class RankActor {
 
 // ---- scheduler thread's side: the step path to every rank of the group ----
 
+/** How long a TP group's failure waits for its cause (RankGroup.settle). */
+const SETTLE_MS = 1000;
+
 export interface RankGroupOptions {
   /** The scheduler's end of each rank's step channel, by rank. */
   ports: MessagePort[];
@@ -442,6 +445,8 @@ export interface RankGroupOptions {
   progress: SharedArrayBuffer;
   /** A step some rank has not finished within this many ms marks that rank hung. */
   stepTimeoutMs: number;
+  /** A group of several ranks: its name and the engine module whose abortGroup wakes ranks blocked in it. */
+  tpGroup: { group: string; engineModule: string } | null;
   /** Called once when a rank other than 0 fails a step, or a rank hangs. */
   onFailure: (error: LlmError) => void;
   /** Called with each step's timing as rank 0's result arrives, before the step's promise resolves. */
@@ -482,6 +487,9 @@ export class RankGroup implements StepExecutor {
   private readonly watchdog: NodeJS.Timeout;
   private stepNo = 0;
   private failure: LlmError | null = null;
+  /** A TP group's failure being attributed (see settle): the error that stands if no better cause turns up, the
+   * ranks heard from since, and whether the group was aborted for a hang. */
+  private settling: { error: LlmError; heard: Set<number>; hang: boolean; timer: NodeJS.Timeout } | null = null;
 
   constructor(opts: RankGroupOptions) {
     this.opts = opts;
@@ -548,6 +556,7 @@ export class RankGroup implements StepExecutor {
   }
 
   private onMessage(rank: number, m: RankOutbox): void {
+    this.settling?.heard.add(rank);
     switch (m.kind) {
       case 'result':
       case 'stepError': {
@@ -568,6 +577,8 @@ export class RankGroup implements StepExecutor {
           this.stats.engineMs += m.engineMs;
           this.opts.onStepTiming?.({ stepNo: m.stepNo, engineMs: m.engineMs, idleMs: m.idleMs, resultAt: this.stats.lastResultAt });
           head.resolve(m.result);
+        } else if (this.size > 1 && m.error.code === 'LLM_ERR_TP_ABORTED') {
+          this.fail(LlmError.fromPayload(m.error), true); // the group is broken, and the cause is likely another rank
         } else head.reject(LlmError.fromPayload(m.error));
         return;
       }
@@ -597,12 +608,52 @@ export class RankGroup implements StepExecutor {
     const done = Atomics.load(this.progress, behind);
     while (this.unfinished.length && this.unfinished[0].stepNo <= done) this.unfinished.shift();
     const oldest = this.unfinished[0];
-    if (!oldest || performance.now() - oldest.sentAt <= this.opts.stepTimeoutMs) return;
-    this.fail(new LlmError('LLM_ERR_ACTOR_HUNG', `rank ${behind} did not finish step ${oldest.stepNo} within ${this.opts.stepTimeoutMs} ms`, { rank: behind }), true);
+    if (!oldest || this.settling || performance.now() - oldest.sentAt <= this.opts.stepTimeoutMs) return;
+    const hung = (rank: number) =>
+      new LlmError('LLM_ERR_ACTOR_HUNG', `rank ${rank} did not finish step ${oldest.stepNo} within ${this.opts.stepTimeoutMs} ms`, { rank });
+    if (this.size === 1 || !this.opts.tpGroup) {
+      this.fail(hung(behind), true);
+      return;
+    }
+    // Ranks blocked in a collective waiting for the hung one look just as stuck: wake the group, then the rank that
+    // still says nothing is the one that hangs.
+    this.settle(hung(behind), true, (heard) => {
+      for (let r = 0; r < this.size; r++) if (!heard.has(r)) return hung(r);
+      return null;
+    });
+    const { group, engineModule } = this.opts.tpGroup;
+    import(engineModule)
+      .then((mod: EngineFactoryModule) => mod.abortGroup(group, `rank ${behind} did not finish step ${oldest.stepNo} within ${this.opts.stepTimeoutMs} ms`))
+      .catch(() => undefined);
   }
 
-  private fail(error: LlmError, report: boolean): void {
+  /**
+   * A TP group's failure, attributed: LLM_ERR_TP_ABORTED (a rank woken from a collective because a peer left or the
+   * group was aborted) and a hang are symptoms that the healthy ranks show too. The group fails once the cause is
+   * known, within SETTLE_MS: a failure that is not such a symptom (a crash the supervisor saw, a rank's own error)
+   * wins at once; otherwise `blame(heard)` names the rank, from which ranks answered meanwhile, or the first error
+   * stands. Steps in flight wait that long.
+   */
+  private settle(error: LlmError, hang: boolean, blame: (heard: Set<number>) => LlmError | null = () => null): void {
+    if (this.settling || this.failure) return;
+    const heard = new Set<number>();
+    const timer = setTimeout(() => {
+      this.settling = null;
+      this.fail(blame(heard) ?? error, true, true);
+    }, Math.min(SETTLE_MS, this.opts.stepTimeoutMs));
+    this.settling = { error, heard, hang, timer };
+  }
+
+  private fail(error: LlmError, report: boolean, settled = false): void {
     if (this.failure) return;
+    const symptom = error.code === 'LLM_ERR_TP_ABORTED' || (this.settling?.hang === true && error.code === 'LLM_ERR_ACTOR_HUNG');
+    if (report && !settled && this.size > 1 && error.code === 'LLM_ERR_TP_ABORTED' && !this.settling) {
+      this.settle(error, false);
+      return;
+    }
+    if (this.settling && !settled && report && symptom) return; // the cause is still being found
+    if (this.settling) clearTimeout(this.settling.timer);
+    this.settling = null;
     this.failure = error;
     clearInterval(this.watchdog);
     for (const p of this.pending.splice(0)) p.reject(error);

@@ -68,6 +68,8 @@ export interface SchedulerRanks {
   engine: EngineSummary;
   progress: SharedArrayBuffer;
   stepTimeoutMs: number;
+  /** A group of several ranks: its name and the engine module whose abortGroup wakes ranks blocked in it. */
+  tpGroup: { group: string; engineModule: string } | null;
 }
 
 /** A module the scheduler thread imports that exports `beforeStep(stepNo, init)`, called before each step is

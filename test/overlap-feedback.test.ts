@@ -146,7 +146,7 @@ t.test('the rank resolves placeholders from its previous step, and fails a step 
     startTimeoutMs: 30_000, steps: channel.port2, progress,
   });
   // This thread stands in for the scheduler's.
-  const rank = new RankGroup({ ports: [channel.port1], engine: actor.engine, progress, stepTimeoutMs: 10_000, onFailure: (e) => t.fail(e.message) });
+  const rank = new RankGroup({ ports: [channel.port1], engine: actor.engine, progress, stepTimeoutMs: 10_000, tpGroup: null, onFailure: (e) => t.fail(e.message) });
   t.teardown(async () => {
     rank.close();
     await actor.stop();

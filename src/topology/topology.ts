@@ -178,7 +178,10 @@ export async function startTopology(graph: TopologyGraph, hooks: TopologyHooks):
   try {
     scheduler = await SchedulerHandle.spawn({
       options: graph.scheduler.options,
-      ranks: { ports: channels.map((c) => c.port1), engine: ranks[0].engine, progress, stepTimeoutMs: graph.scheduler.stepTimeoutMs },
+      ranks: {
+        ports: channels.map((c) => c.port1), engine: ranks[0].engine, progress, stepTimeoutMs: graph.scheduler.stepTimeoutMs,
+        tpGroup: graph.ranks.length > 1 ? { group: graph.group, engineModule: graph.ranks[0].engineModule } : null,
+      },
       hangTimeoutMs: graph.scheduler.hangTimeoutMs,
       startTimeoutMs: graph.scheduler.startTimeoutMs,
       ...(graph.scheduler.hook ? { hook: graph.scheduler.hook } : {}),
