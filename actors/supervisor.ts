@@ -1,5 +1,6 @@
-// The supervisor (main thread): builds the topology (src/topology: the scheduler actor and one rank actor per
-// tensor-parallel rank) and starts and stops what it lists, turns wire requests into scheduler requests and the
+// The supervisor (main thread): starts and stops the core of a topology (src/topology: the scheduler actor and one
+// rank actor per tensor-parallel rank) as its graph lists it, is the KV port a disaggregated worker's KV transfer is
+// attached to, turns wire requests into scheduler requests and the
 // scheduler's outputs into response chunks, and feeds the metrics actor. When the scheduler or any rank fails to
 // start, crashes or hangs, every in-flight request fails with the coded error (naming the rank), then the supervisor
 // aborts the whole group and starts a fresh one (scheduler + every rank), up to maxRestarts times; past that it shuts
@@ -10,11 +11,11 @@ import { MAX_TOP_LOGPROBS } from '../src/engine/step.js';
 import { PreprocessedRequestSchema, type PreprocessedRequest } from '../src/protocol/request.js';
 import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { parseWire } from '../src/protocol/validate.js';
-import type { HandOver, RadixEvent, RequestOutput, SchedulerOptions, SchedulerRequest } from '../src/scheduler/scheduler.js';
-import { resolveSupervisorConfig, type ResolvedSupervisorConfig, type SupervisorConfig } from '../src/config/supervisor.js';
+import type { HandOver, RadixEvent, RequestOutput, SchedulerRequest } from '../src/scheduler/scheduler.js';
+import type { ResolvedSupervisorConfig, SupervisorConfig } from '../src/config/supervisor.js';
 import type { EngineSummary } from '../src/engine/summary.js';
 import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../src/scheduler/kv-transfer.js';
-import { buildTopology, startTopology, type RunningTopology, type TopologySettings } from '../src/topology/topology.js';
+import { buildTopology, startCore, type CoreGraph, type RunningCore } from '../src/topology/topology.js';
 import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
 import type { SchedulerHandle } from './scheduler.js';
 
@@ -33,12 +34,10 @@ export interface GenerateOptions {
 }
 
 export class Supervisor {
-  /** Step, request and load samples from every scheduler this supervisor started. */
-  readonly metrics = new MetricsActor();
+  /** The config every start of the core follows, every default applied. */
   private readonly config: ResolvedSupervisorConfig;
-  private readonly settings: TopologySettings;
   /** The group in service (a new one after each restart). */
-  private core: RunningTopology | null = null;
+  private running: RunningCore | null = null;
   /** Resolves when the current (re)start is done. */
   private ready: Promise<void>;
   private failure: LlmError | null = null;
@@ -46,45 +45,25 @@ export class Supervisor {
   private stopped = false;
   private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
 
-  private constructor(config: SupervisorConfig) {
-    const c = resolveSupervisorConfig(config);
-    this.config = c;
-    const scheduler: SchedulerOptions = {
-      maxRunningRequests: c.maxRunningRequests,
-      chunkedPrefillSize: c.chunkedPrefillSize === -1 ? 0 : c.chunkedPrefillSize,
-      maxPrefillTokens: c.maxPrefillTokens,
-      maxBatchTokens: c.maxPrefillTokens + c.maxRunningRequests,
-      maxSeqsPerStep: c.maxRunningRequests,
-      enableOverlap: !c.disableOverlapSchedule,
-      enablePrefixCache: !c.disableRadixCache,
-    };
-    this.settings = {
-      modelPath: c.modelPath,
-      device: c.device,
-      tpSize: c.tpSize,
-      baseGpuId: c.baseGpuId,
-      engineOptions: {
-        pageSize: c.pageSize,
-        ...(c.numPages ? { numPages: c.numPages } : {}),
-        memFractionStatic: c.memFractionStatic,
-        maxBatchTokens: scheduler.maxBatchTokens,
-        maxSeqsPerStep: scheduler.maxSeqsPerStep,
-        ...(c.cpuThreads ? { threads: c.cpuThreads } : {}),
-      },
-      engineFactory: c.engineFactory ?? null,
-      scheduler,
-      stepTimeoutMs: c.stepTimeoutMs,
-      schedulerTimeoutMs: c.schedulerTimeoutMs,
-      startTimeoutMs: c.startTimeoutMs,
-      schedulerHook: c.schedulerHook ?? null,
-    };
+  private constructor(
+    private readonly graph: CoreGraph,
+    /** Step, request and load samples from every scheduler this supervisor started. */
+    readonly metrics: MetricsActor,
+  ) {
+    this.config = graph.config;
     this.ready = Promise.resolve();
   }
 
-  /** Starts the topology: the rank actors (opening their engines) and the scheduler actor over them. */
-  static async start(config: SupervisorConfig): Promise<Supervisor> {
-    const sup = new Supervisor(config);
-    sup.core = await sup.startCore();
+  /** Builds the topology of the config (src/topology) and starts its core with a recorder of its own: the rank
+   * actors (opening their engines) and the scheduler actor over them. */
+  static start(config: SupervisorConfig): Promise<Supervisor> {
+    return Supervisor.supervise(buildTopology(config).core, new MetricsActor());
+  }
+
+  /** Starts a topology's core, feeding the given metrics recorder, and supervises it (restarts from the same graph). */
+  static async supervise(core: CoreGraph, metrics: MetricsActor): Promise<Supervisor> {
+    const sup = new Supervisor(core, metrics);
+    sup.running = await sup.startGroup();
     return sup;
   }
 
@@ -95,26 +74,26 @@ export class Supervisor {
 
   /** The scheduler actor now in service (a new one after each restart): its counters, load and integrity checks. */
   get scheduler(): SchedulerHandle {
-    if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
-    return this.core.scheduler;
+    if (!this.running) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
+    return this.running.scheduler;
   }
 
-  /** The running group's actors (its graph, scheduler, ranks and KV port). Throws during a restart. */
-  get topology(): RunningTopology {
-    if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
-    return this.core;
+  /** The core in service: its graph, group name, scheduler, ranks and KV port. Throws during a restart. */
+  get core(): RunningCore {
+    if (!this.running) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
+    return this.running;
   }
 
   /** KV-cache events (blocks stored in / removed from the prefix cache, with their token ids) for the KV-event
    * publisher. After a restart the cache starts empty; no "removed" events are sent for the lost one. */
   onKvEvent(listener: (e: RadixEvent) => void): void {
     this.kvListeners.push(listener);
-    this.core?.scheduler.onKvEvent(listener);
+    this.running?.scheduler.onKvEvent(listener);
   }
 
   /** KV usage and request counts as of the last step's outputs (zeros while restarting). */
   load(): SupervisorLoad {
-    return this.core ? this.metrics.snapshot().load : { ...IDLE_LOAD };
+    return this.running ? this.metrics.snapshot().load : { ...IDLE_LOAD };
   }
 
   /** Streams the response chunks of one request (reference §2.2 shapes). Aborting the signal ends the stream with
@@ -123,8 +102,8 @@ export class Supervisor {
     const req = parseWire(PreprocessedRequestSchema, request, 'request');
     await this.ready;
     if (this.failure) throw this.failure;
-    if (this.stopped || !this.core) throw new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor has stopped');
-    const scheduler = this.core.scheduler;
+    if (this.stopped || !this.running) throw new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor has stopped');
+    const scheduler = this.running.scheduler;
     const id = options.requestId ?? randomUUID();
     const input = this.toSchedulerRequest(id, req);
     if (options.parkKvAs !== undefined) input.parkKvAs = options.parkKvAs;
@@ -165,21 +144,21 @@ export class Supervisor {
    * tokenIds' pages) to the host, ordered after every step already submitted, and releases it (src/scheduler/kv-transfer.ts,
    * run in the scheduler's thread). */
   exportParked(key: string, tokenIds: number[]): Promise<PrefixPages> {
-    if (!this.core) return Promise.reject(this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running'));
-    return this.core.kv.exportParked(key, tokenIds);
+    if (!this.running) return Promise.reject(this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running'));
+    return this.running.kv.exportParked(key, tokenIds);
   }
 
   /** Disaggregated decode: imports transferred KV, ordered before every step submitted later: as a cached prefix,
    * or (parkAs) parked for the request then generated with `handOver.kvKey` = parkAs. Returns the pages written. */
   async importPrefix(prefix: PrefixPages, parkAs: string | null): Promise<number> {
-    if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
-    return this.core.kv.importPrefix(prefix, parkAs);
+    if (!this.running) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
+    return this.running.kv.importPrefix(prefix, parkAs);
   }
 
   /** Disaggregated GPU-path KV ops (holds, pulls, pool export/open/close), in the scheduler's thread. */
   async disaggKv(op: DisaggKvOp): Promise<DisaggKvReply> {
-    if (!this.core) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
-    return this.core.kv.disaggKv(op);
+    if (!this.running) throw this.failure ?? new LlmError('LLM_ERR_SHUTDOWN', 'the supervisor is not running');
+    return this.running.kv.disaggKv(op);
   }
 
   /** Fails in-flight requests with LLM_ERR_SHUTDOWN, stops the scheduler and closes the ranks. */
@@ -187,13 +166,13 @@ export class Supervisor {
     if (this.stopped) return;
     this.stopped = true;
     await this.ready.catch(() => undefined);
-    const core = this.core;
-    this.core = null;
+    const core = this.running;
+    this.running = null;
     await core?.stop();
   }
 
-  private async startCore(): Promise<RunningTopology> {
-    const core = await startTopology(buildTopology(this.settings), {
+  private async startGroup(): Promise<RunningCore> {
+    const core = await startCore(this.graph, {
       metrics: this.metrics,
       onFailure: (err, failed) => this.onCoreFailure(failed, err),
     });
@@ -202,9 +181,9 @@ export class Supervisor {
   }
 
   /** The group failed: every request it had already got the error; abort it, then restart it or give up. */
-  private onCoreFailure(core: RunningTopology, error: LlmError): void {
-    if (this.stopped || this.core !== core) return;
-    this.core = null;
+  private onCoreFailure(core: RunningCore, error: LlmError): void {
+    if (this.stopped || this.running !== core) return;
+    this.running = null;
     this.ready = (async () => {
       await core.abort(error.message);
       if (this.restarts >= (this.config.maxRestarts) || this.stopped) {
@@ -213,7 +192,7 @@ export class Supervisor {
       }
       this.restarts++;
       try {
-        this.core = await this.startCore();
+        this.running = await this.startGroup();
       } catch (err) {
         this.failure = err instanceof LlmError ? err : new LlmError('LLM_ERR_ACTOR_CRASHED', String(err));
       }
@@ -221,7 +200,7 @@ export class Supervisor {
   }
 
   private toSchedulerRequest(id: string, req: PreprocessedRequest): SchedulerRequest {
-    const engine = this.core!.scheduler.engine;
+    const engine = this.running!.scheduler.engine;
     const bad = (m: string) => new LlmError('LLM_ERR_BAD_REQUEST', `request ${id}: ${m}`);
     const so = req.sampling_options;
     if (so.guided_decoding) throw bad('sampling_options.guided_decoding is not supported by this worker');

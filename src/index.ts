@@ -3,7 +3,8 @@
 export * from './errors.js';
 export type * from './engine/types.js';
 export { Supervisor, type SupervisorConfig, type GenerateOptions } from './supervisor.js';
-export { buildTopology, startTopology, type TopologySettings, type TopologyGraph, type RunningTopology, type SchedulerKvPort } from './topology/topology.js';
+export { buildTopology, startCore, type TopologyConfig, type TopologyGraph, type CoreGraph, type RunningCore, type SchedulerKvPort } from './topology/topology.js';
+export { startTopology, type RunningTopology } from './topology/start.js';
 export { resolveConfig, finalizeConfig } from './config/resolve.js';
 export { WorkerConfigSchema, type WorkerConfig } from './config/schema.js';
 export { startWorker, runWorker, type WorkerHandle, type WorkerOptions } from './worker/worker.js';

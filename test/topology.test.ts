@@ -1,9 +1,10 @@
-// The topology (src/topology): the actor graph one start builds, and tensor-parallel groups of rank actors running a
-// fake engine: every rank receives every step (the same descriptor), only rank 0's tokens are reported, and a rank
+// The topology (src/topology): the actor graph built from the config (per serving mode and TP size), and
+// tensor-parallel groups of rank actors running a fake engine: every rank receives every step (the same descriptor), only rank 0's tokens are reported, and a rank
 // that fails to start, crashes, hangs or fails a step fails every in-flight stream with a coded error naming it,
 // after which the whole group (scheduler + every rank) is aborted and restarted together.
 import t, { type Test } from 'tap';
-import { buildTopology, type TopologySettings } from '../src/topology/topology.js';
+import { resolveConfig } from '../src/config/resolve.js';
+import { buildTopology } from '../src/topology/topology.js';
 import { Supervisor, type SupervisorConfig } from '../src/supervisor.js';
 import type { PreprocessedRequest } from '../src/protocol/request.js';
 import type { FakeEngineInit } from './fixtures/fake-engine-module.js';
@@ -30,30 +31,52 @@ const request = (tokenIds: number[], maxTokens: number): PreprocessedRequest => 
 const prompt = (seed: number, len: number) => Array.from({ length: len }, (_, i) => (seed * 31 + i * 7) % VOCAB);
 const tokens = async (sup: Supervisor, p: number[], n: number) => (await collect(sup.generate(request(p, n)))).flatMap((c) => c.token_ids);
 
-t.test('buildTopology: one rank per TP rank on baseGpuId + rank, a fresh group per start', async (t) => {
-  const settings: TopologySettings = {
-    modelPath: 'm', device: 'cuda', tpSize: 4, baseGpuId: 2,
-    engineOptions: { pageSize: 16, memFractionStatic: 0.8, maxBatchTokens: 64, maxSeqsPerStep: 8 },
-    engineFactory: null,
-    scheduler: { maxRunningRequests: 8, chunkedPrefillSize: 16, maxPrefillTokens: 64, maxBatchTokens: 72, maxSeqsPerStep: 8, enableOverlap: true, enablePrefixCache: true },
-    stepTimeoutMs: 1000, schedulerTimeoutMs: 1000, startTimeoutMs: 1000, schedulerHook: null,
-  };
-  const g = buildTopology(settings);
-  t.same(g.ranks.map((r) => r.placement), [0, 1, 2, 3].map((rank) => ({ deviceId: 2 + rank, tp: { rank, size: 4, group: g.group } })));
-  t.ok(g.ranks.every((r) => /rank-engine\.ts$/.test(r.engineModule)), 'the native engine factory by default');
-  t.same(g.ranks[3].engineInit, { modelPath: 'm', device: 'cuda', options: settings.engineOptions }, 'every rank opens the same model');
-  t.not(buildTopology(settings).group, g.group, 'each start names a new group');
-  t.same(buildTopology({ ...settings, tpSize: 1, baseGpuId: 0 }).ranks.map((r) => r.placement), [{ deviceId: 0 }], 'one rank: no TP group');
-  t.throws(() => buildTopology({ ...settings, tpSize: 0 }), { code: 'LLM_ERR_CONFIG', message: /tp size must be an integer >= 1, got 0/ });
-  t.throws(() => buildTopology({ ...settings, baseGpuId: -1 }), { code: 'LLM_ERR_CONFIG', message: /base GPU id .* got -1/ });
+t.test('buildTopology: one rank per TP rank on baseGpuId + rank; the Supervisor alone has no worker nodes', async (t) => {
+  const config: SupervisorConfig = { modelPath: 'm', device: 'cuda', tpSize: 4, baseGpuId: 2, pageSize: 16, maxRunningRequests: 8, chunkedPrefillSize: 16 };
+  const g = buildTopology(config);
+  t.same(g.core.ranks.map((r) => [r.rank, r.deviceId, r.tp]), [0, 1, 2, 3].map((rank) => [rank, 2 + rank, { rank, size: 4 }]));
+  t.ok(g.core.ranks.every((r) => /rank-engine\.ts$/.test(r.engineModule)), 'the native engine factory by default');
+  t.match(g.core.ranks[3].engineInit, { modelPath: 'm', device: 'cuda', options: { pageSize: 16, maxSeqsPerStep: 8 } }, 'every rank opens the same model');
+  t.match(g.core.scheduler.options, { maxRunningRequests: 8, chunkedPrefillSize: 16 });
+  t.equal(g.core.config.tpSize, 4, 'the resolved config the supervisor follows');
+  t.same([g.metrics, g.tokenizer, g.kvTransfer], [{ fedBy: 'core.scheduler' }, null, null]);
+  t.same(buildTopology({ ...config, tpSize: 1, baseGpuId: 0 }).core.ranks.map((r) => [r.deviceId, r.tp]), [[0, null]], 'one rank: no TP group');
+  t.throws(() => buildTopology({ ...config, tpSize: 0 }), { code: 'LLM_ERR_CONFIG', message: /tp size must be an integer >= 1, got 0/ });
+  t.throws(() => buildTopology({ ...config, baseGpuId: -1 }), { code: 'LLM_ERR_CONFIG', message: /base GPU id .* got -1/ });
 });
+
+// A worker's graph per serving mode and TP size, as data: the core, the recorder, the tokenizer, and for prefill /
+// decode the KV sender / receiver attached to the core's KV port.
+for (const mode of ['aggregated', 'prefill', 'decode'] as const) {
+  for (const tpSize of [1, 2]) {
+    t.test(`buildTopology: the ${mode} worker's graph at TP ${tpSize}`, async (t) => {
+      const flags = mode === 'aggregated' ? [] : ['--disaggregation-mode', mode, '--disaggregation-transfer-backend', 'tcp'];
+      const port = mode === 'prefill' ? ['--disaggregation-bootstrap-port', '8998'] : [];
+      const config = resolveConfig(['--model-path', 'models/m.gguf', '--tokenizer-path', 'tok.json', '--tp-size', String(tpSize), ...flags, ...port], {});
+      const g = buildTopology(config);
+      t.same(
+        { ...g, core: g.core.ranks.map((r) => ({ deviceId: r.deviceId, tp: r.tp })) },
+        {
+          core: Array.from({ length: tpSize }, (_, rank) => ({ deviceId: rank, tp: tpSize > 1 ? { rank, size: tpSize } : null })),
+          metrics: { fedBy: 'core.scheduler' },
+          tokenizer: { modelPath: 'models/m.gguf', tokenizerPath: 'tok.json' },
+          kvTransfer: {
+            aggregated: null,
+            prefill: { role: 'sender', transferBackend: 'tcp', bootstrapPort: 8998, attachedTo: 'core.kv' },
+            decode: { role: 'receiver', transferBackend: 'tcp', bootstrapPort: null, attachedTo: 'core.kv' },
+          }[mode],
+        },
+      );
+    });
+  }
+}
 
 for (const tpSize of [2, 4]) {
   for (const overlap of [false, true]) {
     t.test(`TP ${tpSize}${overlap ? ' (overlap, pipelined steps)' : ''}: every rank runs every step, outputs come from rank 0`, async (t) => {
       const stepLog = new SharedArrayBuffer(8 * tpSize);
       const sup = await start(t, tpSize, { stepLog, pipelined: overlap }, { disableOverlapSchedule: !overlap });
-      t.equal(sup.topology.ranks.length, tpSize);
+      t.equal(sup.core.ranks.length, tpSize);
       const ps = Array.from({ length: 6 }, (_, i) => prompt(i + 1, 5 + 3 * i));
       const outs = await Promise.all(ps.map((p) => tokens(sup, p, 12)));
       outs.forEach((o, i) => t.same(o, referenceOutput(ps[i], { maxTokens: 12, vocabSize: VOCAB }), `request ${i}: rank 0's tokens`));
@@ -78,7 +101,7 @@ for (const [fault, code] of [
 ] as const) {
   t.test(`TP 2: rank 1 ${fault} mid-stream fails every stream with ${code} naming rank 1; the group restarts`, async (t) => {
     const sup = await start(t, 2, { [fault]: 4, faultRank: 1 }, { stepTimeoutMs: 800 });
-    const group = sup.topology.graph.group;
+    const group = sup.core.group;
     const streams = Array.from({ length: 4 }, (_, i) => collect(sup.generate(request(prompt(i, 12), 40))));
     for (const s of await Promise.allSettled(streams)) {
       t.equal(s.status, 'rejected');
@@ -87,8 +110,8 @@ for (const [fault, code] of [
     // A one-step request fits before the restarted group's own fault step.
     t.same(await tokens(sup, prompt(9, 3), 1), referenceOutput(prompt(9, 3), { maxTokens: 1, vocabSize: VOCAB }), 'the restarted group serves');
     t.ok(abortedGroups.some((a) => a.group === group), 'the failed group was aborted');
-    t.not(sup.topology.graph.group, group, 'the restarted group has a new name');
-    t.equal(sup.topology.ranks.length, 2);
+    t.not(sup.core.group, group, 'the restarted group has a new name');
+    t.equal(sup.core.ranks.length, 2);
   });
 }
 

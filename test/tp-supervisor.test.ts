@@ -75,7 +75,7 @@ for (const fault of ['exit', 'hang'] as const) {
       engineFactory: { module: new URL('./fixtures/faulty-rank-engine.ts', import.meta.url).href, init },
     });
     t.teardown(() => sup.stop());
-    const firstGroup = sup.topology.graph.group;
+    const firstGroup = sup.core.group;
     const errors = await Promise.all(PROMPTS.map((p) => tokensOf(sup, p, 40).then(() => null, (e: unknown) => e)));
     t.ok(existsSync(onceFile), 'the fault fired');
     for (const err of errors) {
@@ -87,7 +87,7 @@ for (const fault of ['exit', 'hang'] as const) {
     }
     // The restarted group serves, with the output a clean TP 2 group gives.
     const after = await tokensOf(sup, PROMPTS[0], 12);
-    t.not(sup.topology.graph.group, firstGroup, 'a new group');
+    t.not(sup.core.group, firstGroup, 'a new group');
     const clean = await greedyOutputs(2);
     t.same(after, clean[0]);
   });

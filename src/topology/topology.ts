@@ -1,54 +1,56 @@
-// The topology: from the supervisor's resolved settings, the actor graph of one worker as data (buildTopology), and
-// the running group it starts (startTopology). The supervisor starts and stops only what the graph lists:
+// The topology: from the frozen config, the actor graph of one worker as data (buildTopology), the core group it
+// starts and restarts as one (startCore: the scheduler and its ranks), and the worker-level nodes around it (./start.ts
+// startTopology starts the whole graph in dependency order and stops it in reverse):
 //
-//   supervisor (main thread) ── comlink control ──▶ scheduler actor ◀── step channel (MessageChannel) ──▶ rank 0..N-1
-//        │  ▲ requests / output batches (hand-made)        │                                          ▲
-//        │  └──────────────────────────────────────────────┘                                          │
-//        └─────────────────────────── comlink control (start, stop) ──────────────────────────────────┘
+//   metrics recorder ◀── output batches ── scheduler actor ◀── step channel (MessageChannel) ──▶ rank 0..N-1
+//                                            ▲  ▲ comlink control                                   ▲
+//   supervisor (main thread) ────────────────┘  └──── requests / outputs (hand-made)               │
+//        │  └──────────────────────────── comlink control (start, stop) ─────────────────────────────┘
+//        └── KV port (exportParked, importPrefix, disaggKv) ◀── KV sender (prefill) / receiver (decode)
+//   tokenizer (main thread, loaded once)
 //
-// - ranks: one worker_thread per tensor-parallel rank, rank r on device baseGpuId + r, each opening its engine with
-//   EngineOptions.tp = { rank: r, size: N, group } (no tp for N = 1); `group` is fresh for every start, so a
-//   restarted group never meets a rank of the failed one. Each rank has its own port straight to the scheduler
+// - core.ranks: one worker_thread per tensor-parallel rank, rank r on device baseGpuId + r, each opening its engine
+//   with EngineOptions.tp = { rank: r, size: N, group } (no tp for N = 1); `group` is named afresh by every startCore,
+//   so a restarted group never meets a rank of the failed one. Each rank has its own port straight to the scheduler
 //   thread: steps never cross the main thread.
-// - scheduler: one worker_thread that plans every step, packs its descriptor once and sends it to every rank;
-//   rank 0's engine summary sizes it (every rank must report the same KV pool: checked here at start).
-// - metrics: the supervisor's recorder (actors/metrics.ts), fed by the scheduler's output batches.
-// - kv: the scheduler's KV operations (exportParked, importPrefix, disaggKv), the typed port a disaggregated
-//   worker's KV sender (prefill) or receiver (decode) is attached to.
-// Failures of any actor fail the whole group: a rank that fails to start stops the start (the others are aborted
+// - core.scheduler: one worker_thread that plans every step, packs its descriptor once and sends it to every rank;
+//   rank 0's engine summary sizes it (every rank must report the same KV pool: checked at start).
+// - metrics: the recorder (actors/metrics.ts) on the main thread, fed by every core's scheduler; it outlives restarts.
+// - tokenizer: the model's tokenizer, loaded once on the main thread (a worker's graph only). The worker takes token
+//   ids (the frontend tokenizes, through its piscina pool actors/tokenizer.ts), so it encodes nothing per request
+//   and a pool of threads would idle: the load checks at start that the tokenizer the model card points routers and
+//   frontends at opens, and gives the BOS token of the health-check payload.
+// - kvTransfer: a prefill worker's KV sender (its bootstrap server) or a decode worker's receiver, attached to the
+//   core's KV port (the supervisor's, which follows the core across restarts; RunningCore.kv underneath). None for
+//   an aggregated worker or the Supervisor on its own.
+// Failures of any core actor fail the whole core: a rank that fails to start stops the start (the others are aborted
 // and ended); a running rank that crashes or hangs, or the scheduler, fails every in-flight request with the coded
-// error naming the rank, then the supervisor aborts the group (abort) and starts a fresh one.
+// error naming the rank, then the supervisor aborts the group (abort) and starts a fresh one from the same graph.
 import { randomUUID } from 'node:crypto';
 import { MessageChannel } from 'node:worker_threads';
-import { DEFAULT_ENGINE_MODULE, RankActor, type EngineFactoryModule, type RankPlacement } from '../../actors/rank.js';
+import { DEFAULT_ENGINE_MODULE, RankActor, type EngineFactoryModule } from '../../actors/rank.js';
 import type { RankEngineInit } from '../../actors/rank-engine.js';
 import { SchedulerHandle, type SchedulerHookInit } from '../../actors/scheduler.js';
 import type { MetricsActor } from '../../actors/metrics.js';
+import { resolveSupervisorConfig, type ResolvedSupervisorConfig, type SupervisorConfig } from '../config/supervisor.js';
+import type { WorkerConfig } from '../config/schema.js';
 import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../scheduler/kv-transfer.js';
 import { LlmError } from '../errors.js';
 import type { SchedulerOptions } from '../scheduler/scheduler.js';
 
-/** What the topology is built from: the supervisor's settings with every default applied. */
-export interface TopologySettings {
-  modelPath: string;
-  device: RankEngineInit['device'];
-  /** Tensor-parallel ranks (>= 1). */
-  tpSize: number;
-  /** Device of rank 0; rank r uses baseGpuId + r. */
-  baseGpuId: number;
-  engineOptions: RankEngineInit['options'];
-  /** An engine factory module other than actors/rank-engine.ts (tests), and the init every rank gets. */
-  engineFactory: { module: string; init: unknown } | null;
-  scheduler: SchedulerOptions;
-  stepTimeoutMs: number;
-  schedulerTimeoutMs: number;
-  startTimeoutMs: number;
-  schedulerHook: SchedulerHookInit | null;
-}
+/** The WorkerConfig fields the worker's own nodes (tokenizer, KV transfer) are built from. */
+type WorkerNodeFields = Pick<WorkerConfig, 'servingMode' | 'tokenizerPath' | 'disaggregationTransferBackend' | 'disaggregationBootstrapPort'>;
+
+/** What the graph is built from: the supervisor's settings, and for a worker the fields of its nodes too. A resolved
+ * WorkerConfig is passed as is; the Supervisor on its own passes none of the worker's fields. */
+export type TopologyConfig = SupervisorConfig & (WorkerNodeFields | { [K in keyof WorkerNodeFields]?: undefined });
 
 export interface RankNode {
   rank: number;
-  placement: RankPlacement;
+  deviceId: number;
+  /** The rank's place in its tensor-parallel group (null for a group of one rank); the group's name is given at
+   * each start. */
+  tp: { rank: number; size: number } | null;
   /** URL of the rank's EngineFactoryModule. */
   engineModule: string;
   engineInit: unknown;
@@ -63,17 +65,44 @@ export interface SchedulerNode {
   hook: SchedulerHookInit | null;
 }
 
-/** One start of a worker's actors, as data. */
-export interface TopologyGraph {
-  /** The TP group's name, unique to this start. */
-  group: string;
+/** The group the supervisor starts, supervises and restarts as one. */
+export interface CoreGraph {
+  /** The supervisor's settings, every default applied (restarts, request limits). */
+  config: ResolvedSupervisorConfig;
   scheduler: SchedulerNode;
   /** By rank. */
   ranks: RankNode[];
-  /** The scheduler's outputs feed the supervisor's metrics recorder. */
-  metrics: 'supervisor';
-  /** The scheduler's KV operations are offered as a port (RunningTopology.kv) for a KV sender or receiver. */
-  kv: 'scheduler';
+}
+
+/** The metrics recorder: fed by the scheduler's output batches (steps, load) and the supervisor's finished requests. */
+export interface MetricsNode {
+  fedBy: 'core.scheduler';
+}
+
+/** The worker's tokenizer, loaded once at start (see the header for why not a pool). */
+export interface TokenizerNode {
+  modelPath: string;
+  tokenizerPath: string;
+}
+
+/** A disaggregated worker's KV transfer, attached to the core's KV port. */
+export interface KvTransferNode {
+  /** sender: a prefill worker's bootstrap server hands out its parked KV; receiver: a decode worker fetches it. */
+  role: 'sender' | 'receiver';
+  transferBackend: WorkerConfig['disaggregationTransferBackend'];
+  /** Where the sender listens (0: any free port); null for a receiver. */
+  bootstrapPort: number | null;
+  attachedTo: 'core.kv';
+}
+
+/** One worker's actors, as data. */
+export interface TopologyGraph {
+  core: CoreGraph;
+  metrics: MetricsNode;
+  /** Null for the Supervisor on its own. */
+  tokenizer: TokenizerNode | null;
+  /** Null for an aggregated worker and the Supervisor on its own. */
+  kvTransfer: KvTransferNode | null;
 }
 
 /** The scheduler's KV operations, run in the scheduler's thread in step order: what a disaggregated worker's KV
@@ -84,38 +113,74 @@ export interface SchedulerKvPort {
   disaggKv(op: DisaggKvOp): Promise<DisaggKvReply>;
 }
 
-/** Builds the graph of one start. Throws LLM_ERR_CONFIG for settings no graph can have. */
-export function buildTopology(s: TopologySettings): TopologyGraph {
-  if (!Number.isInteger(s.tpSize) || s.tpSize < 1) throw new LlmError('LLM_ERR_CONFIG', `tp size must be an integer >= 1, got ${s.tpSize}`);
-  if (!Number.isInteger(s.baseGpuId) || s.baseGpuId < 0) throw new LlmError('LLM_ERR_CONFIG', `base GPU id must be an integer >= 0, got ${s.baseGpuId}`);
-  const group = randomUUID();
-  const engineModule = s.engineFactory?.module ?? DEFAULT_ENGINE_MODULE;
-  const engineInit: unknown = s.engineFactory ? s.engineFactory.init : ({ modelPath: s.modelPath, device: s.device, options: s.engineOptions } satisfies RankEngineInit);
-  const ranks = Array.from({ length: s.tpSize }, (_, rank): RankNode => ({
+/** Builds the graph from the config (defaults applied once, here). Throws LLM_ERR_CONFIG for settings no graph can
+ * have. */
+export function buildTopology(config: TopologyConfig): TopologyGraph {
+  const c = resolveSupervisorConfig(config);
+  if (!Number.isInteger(c.tpSize) || c.tpSize < 1) throw new LlmError('LLM_ERR_CONFIG', `tp size must be an integer >= 1, got ${c.tpSize}`);
+  if (!Number.isInteger(c.baseGpuId) || c.baseGpuId < 0) throw new LlmError('LLM_ERR_CONFIG', `base GPU id must be an integer >= 0, got ${c.baseGpuId}`);
+  const scheduler: SchedulerOptions = {
+    maxRunningRequests: c.maxRunningRequests,
+    chunkedPrefillSize: c.chunkedPrefillSize === -1 ? 0 : c.chunkedPrefillSize,
+    maxPrefillTokens: c.maxPrefillTokens,
+    maxBatchTokens: c.maxPrefillTokens + c.maxRunningRequests,
+    maxSeqsPerStep: c.maxRunningRequests,
+    enableOverlap: !c.disableOverlapSchedule,
+    enablePrefixCache: !c.disableRadixCache,
+  };
+  const engineOptions: RankEngineInit['options'] = {
+    pageSize: c.pageSize,
+    ...(c.numPages ? { numPages: c.numPages } : {}),
+    memFractionStatic: c.memFractionStatic,
+    maxBatchTokens: scheduler.maxBatchTokens,
+    maxSeqsPerStep: scheduler.maxSeqsPerStep,
+    ...(c.cpuThreads ? { threads: c.cpuThreads } : {}),
+  };
+  const engineModule = c.engineFactory?.module ?? DEFAULT_ENGINE_MODULE;
+  const engineInit: unknown = c.engineFactory ? c.engineFactory.init : ({ modelPath: c.modelPath, device: c.device, options: engineOptions } satisfies RankEngineInit);
+  const ranks = Array.from({ length: c.tpSize }, (_, rank): RankNode => ({
     rank,
-    placement: { deviceId: s.baseGpuId + rank, ...(s.tpSize > 1 ? { tp: { rank, size: s.tpSize, group } } : {}) },
+    deviceId: c.baseGpuId + rank,
+    tp: c.tpSize > 1 ? { rank, size: c.tpSize } : null,
     engineModule,
     engineInit,
-    startTimeoutMs: s.startTimeoutMs,
+    startTimeoutMs: c.startTimeoutMs,
   }));
   return {
-    group,
-    scheduler: { options: s.scheduler, stepTimeoutMs: s.stepTimeoutMs, hangTimeoutMs: s.schedulerTimeoutMs, startTimeoutMs: s.startTimeoutMs, hook: s.schedulerHook },
-    ranks,
-    metrics: 'supervisor',
-    kv: 'scheduler',
+    core: {
+      config: c,
+      scheduler: { options: scheduler, stepTimeoutMs: c.stepTimeoutMs, hangTimeoutMs: c.schedulerTimeoutMs, startTimeoutMs: c.startTimeoutMs, hook: c.schedulerHook ?? null },
+      ranks,
+    },
+    metrics: { fedBy: 'core.scheduler' },
+    tokenizer: config.servingMode === undefined ? null : { modelPath: c.modelPath, tokenizerPath: config.tokenizerPath },
+    kvTransfer: config.servingMode === undefined ? null : kvTransferNode(config),
   };
 }
 
-export interface TopologyHooks {
-  metrics: MetricsActor;
-  /** Called once when any actor of the group fails, after every in-flight request got the error. */
-  onFailure: (error: LlmError, group: RunningTopology) => void;
+/** A prefill worker sends its KV, a decode worker receives it, an aggregated one has no KV transfer. */
+function kvTransferNode(w: WorkerNodeFields): KvTransferNode | null {
+  if (w.servingMode === 'aggregated') return null;
+  const sender = w.servingMode === 'prefill';
+  return {
+    role: sender ? 'sender' : 'receiver',
+    transferBackend: w.disaggregationTransferBackend,
+    bootstrapPort: sender ? (w.disaggregationBootstrapPort ?? 0) : null,
+    attachedTo: 'core.kv',
+  };
 }
 
-/** A started group: its actors, and how to end it. */
-export interface RunningTopology {
-  readonly graph: TopologyGraph;
+export interface CoreHooks {
+  metrics: MetricsActor;
+  /** Called once when any actor of the group fails, after every in-flight request got the error. */
+  onFailure: (error: LlmError, group: RunningCore) => void;
+}
+
+/** A started core: its actors, and how to end it. */
+export interface RunningCore {
+  readonly graph: CoreGraph;
+  /** The TP group's name, unique to this start. */
+  readonly group: string;
   readonly scheduler: SchedulerHandle;
   readonly ranks: readonly RankActor[];
   readonly kv: SchedulerKvPort;
@@ -126,28 +191,29 @@ export interface RunningTopology {
 }
 
 /** Aborts a TP group's collectives through its engine module (nothing to wake for a group of one rank). */
-async function abortGroup(graph: TopologyGraph, reason: string): Promise<void> {
+async function abortGroup(graph: CoreGraph, group: string, reason: string): Promise<void> {
   if (graph.ranks.length < 2) return;
   const mod = (await import(graph.ranks[0].engineModule)) as EngineFactoryModule;
-  mod.abortGroup(graph.group, reason);
+  mod.abortGroup(group, reason);
 }
 
 /** Starts the ranks (all at once: a TP group's ranks meet while opening their engines), checks they agree, then
  * the scheduler over them. A failure anywhere ends everything started and rejects with the first coded error. */
-export async function startTopology(graph: TopologyGraph, hooks: TopologyHooks): Promise<RunningTopology> {
+export async function startCore(graph: CoreGraph, hooks: CoreHooks): Promise<RunningCore> {
+  const group = randomUUID();
   const n = graph.ranks.length;
   const progress = new SharedArrayBuffer(4 * n);
   const channels = graph.ranks.map(() => new MessageChannel());
   let firstFailure: LlmError | null = null;
   const starting = graph.ranks.map((node, r) =>
     RankActor.spawn({
-      rank: node.rank, placement: node.placement, engineModule: node.engineModule, engineInit: node.engineInit, startTimeoutMs: node.startTimeoutMs,
+      rank: node.rank, placement: { deviceId: node.deviceId, ...(node.tp ? { tp: { ...node.tp, group } } : {}) }, engineModule: node.engineModule, engineInit: node.engineInit, startTimeoutMs: node.startTimeoutMs,
       steps: channels[r].port2, progress,
     }).catch(async (err: unknown) => {
       const error = err instanceof LlmError ? err : new LlmError('LLM_ERR_ACTOR_CRASHED', String(err), { rank: node.rank });
       if (!firstFailure) {
         firstFailure = error;
-        await abortGroup(graph, `rank ${node.rank} failed to start: ${error.message}`).catch(() => undefined);
+        await abortGroup(graph, group, `rank ${node.rank} failed to start: ${error.message}`).catch(() => undefined);
       }
       return null;
     }),
@@ -164,7 +230,7 @@ export async function startTopology(graph: TopologyGraph, hooks: TopologyHooks):
   for (const r of ranks) {
     const kv = r.engine.kv;
     if (kv.pageSize !== kv0.pageSize || kv.numPages !== kv0.numPages) {
-      await abortGroup(graph, 'the ranks disagree on the KV pool').catch(() => undefined);
+      await abortGroup(graph, group, 'the ranks disagree on the KV pool').catch(() => undefined);
       return fail(new LlmError(
         'LLM_ERR_CONFIG',
         `rank ${r.rank}'s KV pool (${kv.numPages} pages of ${kv.pageSize} tokens) differs from rank 0's (${kv0.numPages} pages of ${kv0.pageSize}): ` +
@@ -173,14 +239,14 @@ export async function startTopology(graph: TopologyGraph, hooks: TopologyHooks):
       ));
     }
   }
-  let running: RunningTopology | null = null;
+  let running: RunningCore | null = null;
   let scheduler: SchedulerHandle;
   try {
     scheduler = await SchedulerHandle.spawn({
       options: graph.scheduler.options,
       ranks: {
         ports: channels.map((c) => c.port1), engine: ranks[0].engine, progress, stepTimeoutMs: graph.scheduler.stepTimeoutMs,
-        tpGroup: graph.ranks.length > 1 ? { group: graph.group, engineModule: graph.ranks[0].engineModule } : null,
+        tpGroup: graph.ranks.length > 1 ? { group, engineModule: graph.ranks[0].engineModule } : null,
       },
       hangTimeoutMs: graph.scheduler.hangTimeoutMs,
       startTimeoutMs: graph.scheduler.startTimeoutMs,
@@ -191,13 +257,14 @@ export async function startTopology(graph: TopologyGraph, hooks: TopologyHooks):
       },
     });
   } catch (err) {
-    await abortGroup(graph, 'the scheduler failed to start').catch(() => undefined);
+    await abortGroup(graph, group, 'the scheduler failed to start').catch(() => undefined);
     return fail(err instanceof LlmError ? err : new LlmError('LLM_ERR_ACTOR_CRASHED', String(err)));
   }
   const sched = scheduler;
   let ended = false;
   running = {
     graph,
+    group,
     scheduler: sched,
     ranks,
     kv: {
@@ -214,7 +281,7 @@ export async function startTopology(graph: TopologyGraph, hooks: TopologyHooks):
     async abort(reason) {
       if (ended) return;
       ended = true;
-      await abortGroup(graph, reason).catch(() => undefined);
+      await abortGroup(graph, group, reason).catch(() => undefined);
       await Promise.all([sched.terminate(), ...ranks.map((r) => r.terminate())]);
     },
   };

@@ -1,13 +1,14 @@
 // What the worker's endpoint runs for a request, one entry per serving mode, chosen once at start: the aggregated
-// worker generates over its core; prefill and decode workers serve their side of the disaggregated hand-off
-// (src/disagg). The endpoint handler itself (metrics, cancellation, shutdown) is the same for every mode.
-import type { ServingMode, WorkerConfig } from '../config/schema.js';
-import { DisaggService, type DisaggGenerateOptions } from '../disagg/service.js';
+// worker generates over its core; prefill and decode workers serve their side of the disaggregated hand-off through
+// the KV transfer their topology started (src/topology, src/disagg). The endpoint handler itself (metrics,
+// cancellation, shutdown) is the same for every mode.
+import type { ServingMode } from '../config/schema.js';
+import type { DisaggGenerateOptions, DisaggService } from '../disagg/service.js';
 import type { KvPort } from '../disagg/port.js';
+import { LlmError } from '../errors.js';
 import { PreprocessedRequestSchema } from '../protocol/request.js';
 import type { LlmResponseChunk, PrefillBootstrapChunk } from '../protocol/response.js';
 import { parseWire } from '../protocol/validate.js';
-import type { Discovery } from '../runtime/discovery/index.js';
 
 /** A request accepted by the mode (its body checked where the mode checks it), ready to run. */
 export type AcceptedRequest = (options: DisaggGenerateOptions) => AsyncIterable<LlmResponseChunk | PrefillBootstrapChunk>;
@@ -15,25 +16,22 @@ export type AcceptedRequest = (options: DisaggGenerateOptions) => AsyncIterable<
 export interface ModeServing {
   /** Takes a request body off the wire; throws LLM_ERR_BAD_REQUEST for a body the mode checks up front. */
   accept(raw: unknown): AcceptedRequest;
-  /** The disaggregated service of a prefill or decode worker (null when aggregated). */
-  readonly disagg: DisaggService | null;
 }
 
+/** The running topology's nodes a mode serves over. */
 export interface ModeServingDeps {
-  config: WorkerConfig;
   core: KvPort;
-  discovery: Discovery;
-  log: (line: string) => void;
+  /** The KV sender (prefill) or receiver (decode); null when aggregated. */
+  kvTransfer: DisaggService | null;
 }
 
-async function disaggregated(deps: ModeServingDeps): Promise<ModeServing> {
-  const disagg = await DisaggService.start(deps);
-  return { disagg, accept: (raw) => (options) => disagg.generate(raw, options) };
+function disaggregated({ kvTransfer }: ModeServingDeps): ModeServing {
+  if (!kvTransfer) throw new LlmError('LLM_ERR_INTERNAL', 'a disaggregated worker started without its KV transfer');
+  return { accept: (raw) => (options) => kvTransfer.generate(raw, options) };
 }
 
-export const SERVING_MODES: { readonly [M in ServingMode]: (deps: ModeServingDeps) => Promise<ModeServing> } = {
-  aggregated: async ({ core }) => ({
-    disagg: null,
+export const SERVING_MODES: { readonly [M in ServingMode]: (deps: ModeServingDeps) => ModeServing } = {
+  aggregated: ({ core }) => ({
     accept: (raw) => {
       const request = parseWire(PreprocessedRequestSchema, raw, 'request');
       return (options) => core.generate(request, options);

@@ -12,8 +12,10 @@ import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { WorkerConfig } from '../config/schema.js';
 import { LlmError } from '../errors.js';
-import { Supervisor } from '../../actors/supervisor.js';
+import type { Supervisor } from '../../actors/supervisor.js';
 import type { DisaggService } from '../disagg/service.js';
+import { buildTopology } from '../topology/topology.js';
+import { startTopology, type RunningTopology } from '../topology/start.js';
 import { Discovery, type DiscoveryConfig } from '../runtime/discovery/index.js';
 import { serveEndpoint, type EndpointHandler, type ServedEndpoint } from '../runtime/endpoint.js';
 import { CanaryHealthCheck, effectiveHealthCheckPayload, HealthRegistry } from '../runtime/health.js';
@@ -32,7 +34,6 @@ import { modelTypeToWire, ModelTypeFlag, type ModelDeploymentCard } from '../pro
 import { WorkerKvQueryRequestSchema, workerKvIndexerQueryEndpoint } from '../protocol/kv-query.js';
 import { parseWire } from '../protocol/validate.js';
 import { stringifyJsonExact } from '../protocol/json.js';
-import { loadTokenizer } from '../tokenizer/index.js';
 
 export type WorkerLog = (line: string) => void;
 
@@ -47,11 +48,14 @@ export interface WorkerOptions {
 export interface WorkerHandle {
   readonly config: WorkerConfig;
   readonly discovery: Discovery;
+  /** The worker's actors as its topology graph lists them. */
+  readonly topology: RunningTopology;
+  /** The core's supervisor (topology.core). */
   readonly supervisor: Supervisor;
   readonly instanceId: bigint;
   readonly card: ModelDeploymentCard;
   readonly systemServer: SystemServer | null;
-  /** The disaggregated prefill/decode service (null for an aggregated worker). */
+  /** The disaggregated prefill/decode service: the KV sender or receiver (topology.kvTransfer; null when aggregated). */
   readonly disagg: DisaggService | null;
   readonly health: HealthRegistry;
   /** Graceful shutdown; resolves when everything is stopped. Idempotent. */
@@ -112,8 +116,9 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
 
   log(`loading model ${config.modelPath} (device ${config.device}) ...`);
   const t0 = performance.now();
-  const tokenizer = await resources.open(() => loadTokenizer(config.modelPath, config.tokenizerPath));
-  const supervisor = await resources.open(() => Supervisor.start(config), (sup) => sup.stop());
+  // The worker's actors, from the frozen config (src/topology): metrics recorder, tokenizer, core, KV transfer.
+  const topology = await resources.open(() => startTopology(buildTopology(config), { config, discovery, log }), (t) => t.stop());
+  const { core: supervisor, tokenizer, kvTransfer: disagg } = topology;
   const loadSeconds = (performance.now() - t0) / 1000;
   const engine = supervisor.engine;
   log(`model loaded in ${loadSeconds.toFixed(2)} s: ${engine.backend} backend, KV pool ${engine.kv.numPages} pages of ${engine.kv.pageSize} tokens (${(engine.kv.numPages * engine.kv.bytesPerPage / 2 ** 20).toFixed(1)} MiB)`);
@@ -130,11 +135,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     (k) => k.close(),
   );
   // What the endpoint runs per request, fixed by the serving mode (./serving.ts).
-  const serving = await resources.open(
-    () => SERVING_MODES[config.servingMode]({ config, core: supervisor, discovery, log }),
-    (s) => s.disagg?.close(),
-  );
-  const disagg = serving.disagg;
+  const serving = SERVING_MODES[config.servingMode]({ core: supervisor, kvTransfer: disagg });
 
   // Shutdown fires this: requests still running after the grace period end with EngineShutdown.
   const shutdownController = new AbortController();
@@ -224,7 +225,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   health.setSystemStatus('ready');
   health.setEndpointStatus(endpointName, 'ready');
   if (config.healthCheckEnabled) {
-    const payload = effectiveHealthCheckPayload({ ...healthCheckPayload({ bos: tokenizer.bosTokenId, disagg: disagg !== null, bootstrapPort: disagg?.endpoint?.bootstrap_port ?? 0 }) }, config.healthCheckPayload);
+    const payload = effectiveHealthCheckPayload({ ...healthCheckPayload({ bos: tokenizer!.bosTokenId, disagg: disagg !== null, bootstrapPort: disagg?.endpoint?.bootstrap_port ?? 0 }) }, config.healthCheckPayload);
     canary = new CanaryHealthCheck({
       endpoint: endpointName,
       payload,
@@ -264,7 +265,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     return stopping;
   };
 
-  return { config, discovery, supervisor, instanceId: discovery.instanceId, card, systemServer, health, disagg, shutdown };
+  return { config, discovery, topology, supervisor, instanceId: discovery.instanceId, card, systemServer, health, disagg, shutdown };
 }
 
 /** `dynamo-sglang start`: runs until SIGTERM/SIGINT, then shuts down gracefully and returns the exit code. */
