@@ -1,4 +1,5 @@
-// One worker process's job (reference §2.2, §4, §6, §11): load the model behind a Supervisor, serve
+// One worker process's job (reference §2.2, §4, §6, §11): start the actors its topology lists (src/topology: the
+// model's core behind a Supervisor, the tokenizer, the KV sender or receiver of a disaggregated worker), serve
 // `{ns}.{component}.generate` on the request plane with the reference decode handler's semantics, register the
 // model deployment card, expose metrics and health on the system port, and shut down gracefully: unregister from
 // discovery, give in-flight requests a grace period, then end them with EngineShutdown (which the frontend may
@@ -118,6 +119,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   const t0 = performance.now();
   // The worker's actors, from the frozen config (src/topology): metrics recorder, tokenizer, core, KV transfer.
   const topology = await resources.open(() => startTopology(buildTopology(config), { config, discovery, log }), (t) => t.stop());
+  // tokenizer: never null, a worker's config gives its graph one
   const { core: supervisor, tokenizer, kvTransfer: disagg } = topology;
   const loadSeconds = (performance.now() - t0) / 1000;
   const engine = supervisor.engine;
