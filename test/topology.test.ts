@@ -4,7 +4,10 @@
 // after which the whole group (scheduler + every rank) is aborted and restarted together.
 import t, { type Test } from 'tap';
 import { resolveConfig } from '../src/config/resolve.js';
+import { createServer } from 'node:net';
 import { buildTopology } from '../src/topology/topology.js';
+import { startTopology } from '../src/topology/start.js';
+import { Discovery } from '../src/runtime/discovery/index.js';
 import { Supervisor, type SupervisorConfig } from '../src/supervisor.js';
 import type { PreprocessedRequest } from '../src/protocol/request.js';
 import type { FakeEngineInit } from './fixtures/fake-engine-module.js';
@@ -70,6 +73,33 @@ for (const mode of ['aggregated', 'prefill', 'decode'] as const) {
     });
   }
 }
+
+t.test('startTopology: a prefill worker\'s graph at TP 2 starts every node it lists and stops them all', async (t) => {
+  const discovery = await Discovery.open({ backend: 'mem' });
+  t.teardown(() => discovery.close());
+  const config = resolveConfig(['--model-path', 'models/stories260K.gguf', '--disaggregation-mode', 'prefill', '--disaggregation-transfer-backend', 'tcp', '--tp-size', '2'], {});
+  const init: FakeEngineInit = { numPages: 64, pageSize: 4, vocabSize: VOCAB, lockstep: new SharedArrayBuffer(8) };
+  const graph = buildTopology({ ...config, engineFactory: { module: fakeModule, init } });
+  const running = await startTopology(graph, { config, discovery, log: () => undefined });
+  t.equal(running.graph, graph);
+  t.equal(running.core.core.ranks.length, 2, 'the core: two ranks');
+  t.equal(running.core.metrics, running.metrics, 'the core feeds the graph\'s recorder');
+  t.equal(running.tokenizer?.bosTokenId, 1, 'the tokenizer, loaded');
+  const port = running.kvTransfer?.sender?.port;
+  t.ok(port, 'the KV sender listens');
+  t.same(await tokens(running.core, prompt(1, 5), 3), referenceOutput(prompt(1, 5), { maxTokens: 3, vocabSize: VOCAB }));
+  await running.stop();
+  await t.rejects(tokens(running.core, prompt(1, 5), 3), { code: 'LLM_ERR_SHUTDOWN' }, 'the core stopped');
+  const reuse = createServer();
+  await new Promise<void>((resolve, reject) => reuse.once('error', reject).listen(port, resolve));
+  reuse.close();
+  t.pass('the KV sender\'s port is free again');
+});
+
+t.test('startTopology: a tokenizer that does not load fails the start with its error', async (t) => {
+  const config = resolveConfig(['--model-path', 'models/stories260K.gguf', '--tokenizer-path', 'no-such-tokenizer.json'], {});
+  await t.rejects(startTopology(buildTopology(config), null), /no-such-tokenizer/);
+});
 
 for (const tpSize of [2, 4]) {
   for (const overlap of [false, true]) {
