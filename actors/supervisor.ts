@@ -1,10 +1,10 @@
 // The supervisor (main thread): starts and stops the core of a topology (src/topology: the scheduler actor and one
-// rank actor per tensor-parallel rank) as its graph lists it, is the KV port a disaggregated worker's KV transfer is
-// attached to, turns wire requests into scheduler requests and the
-// scheduler's outputs into response chunks, and feeds the metrics actor. When the scheduler or any rank fails to
-// start, crashes or hangs, every in-flight request fails with the coded error (naming the rank), then the supervisor
-// aborts the whole group and starts a fresh one (scheduler + every rank), up to maxRestarts times; past that it shuts
-// down and every later call fails with the last error. Requests that arrive during a restart wait for it.
+// rank actor per tensor-parallel rank) as its graph lists it, and is the KV port a disaggregated worker's KV transfer
+// is attached to. It turns wire requests into scheduler requests and the scheduler's outputs into response chunks,
+// and feeds the metrics recorder. When the scheduler or any rank fails to start, crashes or hangs, every in-flight
+// request fails with the coded error (naming the rank), then the supervisor aborts the whole group and starts a fresh
+// one (scheduler + every rank) from the same graph, up to maxRestarts times; past that it shuts down and every later
+// call fails with the last error. Requests that arrive during a restart wait for it.
 import { randomUUID } from 'node:crypto';
 import { LlmError } from '../src/errors.js';
 import { MAX_TOP_LOGPROBS } from '../src/engine/step.js';
