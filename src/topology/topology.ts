@@ -2,11 +2,12 @@
 // starts and restarts as one (startCore: the scheduler and its ranks), and the worker-level nodes around it (./start.ts
 // startTopology starts the whole graph in dependency order and stops it in reverse):
 //
-//   metrics recorder ◀── output batches ── scheduler actor ◀── step channel (MessageChannel) ──▶ rank 0..N-1
-//                                            ▲  ▲ comlink control                                   ▲
-//   supervisor (main thread) ────────────────┘  └──── requests / outputs (hand-made)               │
-//        │  └──────────────────────────── comlink control (start, stop) ─────────────────────────────┘
-//        └── KV port (exportParked, importPrefix, disaggKv) ◀── KV sender (prefill) / receiver (decode)
+//   supervisor (main thread) ── comlink control ──▶ scheduler actor ◀── step channel (MessageChannel) ──▶ rank 0..N-1
+//     │  │  ▲ requests / output batches (hand-made)     │                                              ▲
+//     │  │  └───────────────────────────────────────────┘                                              │
+//     │  └───────────────────────── comlink control (start, stop) ──────────────────────────────────────┘
+//     ├─▶ metrics recorder (the output batches' step and load samples, finished requests)
+//     └── KV port ◀── KV sender (prefill) or KV receiver (decode)
 //   tokenizer (main thread, loaded once)
 //
 // - core.ranks: one worker_thread per tensor-parallel rank, rank r on device baseGpuId + r, each opening its engine
