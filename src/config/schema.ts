@@ -5,6 +5,7 @@
 
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import type { FlagSpec, FlagValue } from '../cli/args.js';
+import { WireProfileSchema } from '../protocol/wire-profile.js';
 
 // ---- value schemas (shared by flags and config fields) ----
 
@@ -122,6 +123,8 @@ export const WorkerConfigSchema = Type.Object(
     fileKvRoot: NonEmpty,
     tcpRpcHost: nullable(NonEmpty),
     tcpRpcPort: Type.Integer({ minimum: 0, maximum: 65535 }),
+    /** Absent = DEFAULT_WIRE_PROFILE (0.8). */
+    wireProfile: Type.Optional(WireProfileSchema),
     // published in the model's runtime config
     dynToolCallParser: nullable(NonEmpty),
     dynReasoningParser: nullable(NonEmpty),
@@ -261,6 +264,8 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
     help: 'Address the TCP request-plane server binds and advertises.' },
   { name: 'tcp-rpc-port', setting: 'tcpRpcPort', ...int(Type.Integer({ minimum: 0, maximum: 65535 })), env: 'DYN_TCP_RPC_PORT', default: 0, expected: 'a port 0..65535 (0 = OS-assigned)', defaultText: '0 (OS-assigned)', group: G_RUNTIME,
     help: 'Port of the TCP request-plane server.' },
+  { name: 'dynamo-wire', setting: 'wireProfile', ...choice(WireProfileSchema, 'VERSION'), env: 'DYN_WIRE_PROFILE', default: '0.8', defaultText: '0.8', group: G_RUNTIME,
+    help: 'Dynamo release whose wire formats this worker speaks: 0.8 (request frames, addresses, JSON KV events and load, NATS local-indexer queries of Dynamo 0.8.0) or main (the later formats).' },
   { name: 'dyn-tool-call-parser', setting: 'dynToolCallParser', ...str(), valueName: 'NAME', env: 'DYN_TOOL_CALL_PARSER', default: null, defaultText: 'none', group: G_RUNTIME,
     help: 'Tool-call parser name published in the runtime config (applied by the frontend).' },
   { name: 'dyn-reasoning-parser', setting: 'dynReasoningParser', ...str(), valueName: 'NAME', env: 'DYN_REASONING_PARSER', default: null, defaultText: 'none', group: G_RUNTIME,

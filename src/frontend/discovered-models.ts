@@ -121,7 +121,7 @@ export class DiscoveredModels implements ModelDirectory {
       const bits = modelTypeFromWire(card.model_type);
       if ((bits & (ModelTypeFlag.Chat | ModelTypeFlag.Completions)) === 0) continue; // prefill / embedding workers
       // every worker's card, not only the first of a model: the KV router recovers each one's cache once
-      if (this.options.routing === 'kv') this.kvRouter(r, card.kv_cache_block_size).learnWorker(r.instance_id, card.runtime_config.enable_local_indexer === true);
+      if (this.options.routing === 'kv') this.kvRouter(r, card.kv_cache_block_size).learnWorker(r.instance_id, card.runtime_config?.enable_local_indexer === true);
       const name = card.display_name;
       if (seen.has(name)) continue;
       seen.add(name);

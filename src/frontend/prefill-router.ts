@@ -141,7 +141,7 @@ export class PrefillRouter {
       }
       if ((bits & ModelTypeFlag.Prefill) === 0) continue;
       const list = workers.get(card.display_name) ?? [];
-      list.push({ endpointKey: `${r.namespace}/${r.component}/${r.endpoint}`, record: r, bootstrap: card.runtime_config.disaggregated_endpoint ?? null });
+      list.push({ endpointKey: `${r.namespace}/${r.component}/${r.endpoint}`, record: r, bootstrap: card.runtime_config?.disaggregated_endpoint ?? null });
       workers.set(card.display_name, list);
     }
     for (const [name, list] of workers) if (!this.workers.has(name)) this.options.log?.(`model "${name}": ${list.length} prefill worker(s), serving disaggregated`);

@@ -12,3 +12,4 @@ export * from './health.js';
 export * from './mdc.js';
 export * from './openai.js';
 export * from './kv-query.js';
+export * from './wire-profile.js';
