@@ -88,7 +88,7 @@ t.test('KV events, load, the event channel and the cache gauge', async (t) => {
   });
 
   await until('the initial zero load sample', () => samples.length > 0);
-  t.same(samples[0], { worker_id: worker.instanceId, dp_rank: 0, active_decode_blocks: null, active_prefill_tokens: null, kv_used_blocks: 0 });
+  t.same(samples[0], { worker_id: worker.instanceId, dp_rank: 0, active_decode_blocks: 0, active_prefill_tokens: null, kv_used_blocks: 0 });
 
   const channels = await discovery.store.get('v1/event_channels/dynamo/backend/kv-events/');
   t.equal(channels.length, 1, 'the kv-events channel is in discovery');

@@ -27,6 +27,9 @@ import {
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index.js';
 import type { GenerateOptions, ModelDirectory, ServedModel } from './models.js';
 import { PrefillRouter } from './prefill-router.js';
+import { decodeWorkerKvQueryResponse08, workerKvIndexerQuerySubject08 } from '../protocol/events-0.8.js';
+import { encodeWireJson } from '../protocol/transport.js';
+import { DEFAULT_WIRE_PROFILE, type WireProfile } from '../protocol/wire-profile.js';
 import { acquireTokenizerPool, releaseTokenizerPool } from './tokenizer-pool.js';
 import type { TokenizerSource } from '../../actors/tokenizer.js';
 
@@ -41,6 +44,9 @@ export interface DiscoveredModelsOptions {
   kvOverlapScoreWeight?: number;
   routerTemperature?: number;
   migrationLimit?: number;
+  /** The Dynamo release whose event and local-indexer wires the workers speak (default 0.8). Request frames need no
+   * setting: each worker's transport address says which form it reads. */
+  wireProfile?: WireProfile;
   log?: (line: string) => void;
 }
 
@@ -183,12 +189,28 @@ export class DiscoveredModels implements ModelDirectory {
         blockSize,
         overlapScoreWeight: this.options.kvOverlapScoreWeight,
         temperature: this.options.routerTemperature,
-        queryWorker: (workerId, startEventId) => this.queryWorkerKvIndexer(r, workerId, startEventId),
+        queryWorker: (workerId, startEventId) =>
+          this.wireProfile === '0.8' ? this.queryWorkerKvIndexer08(r, workerId, startEventId) : this.queryWorkerKvIndexer(r, workerId, startEventId),
+        wireProfile: this.wireProfile,
         log: this.options.log,
       });
       this.kvRouters.set(key, router);
     }
     return router;
+  }
+
+  private get wireProfile(): WireProfile {
+    return this.options.wireProfile ?? DEFAULT_WIRE_PROFILE;
+  }
+
+  /** Dynamo 0.8's query: a NATS request to the worker's `...worker_kv_indexer_query.{id}` subject, the JSON reply. */
+  private async queryWorkerKvIndexer08(r: ModelRecord, workerId: bigint, startEventId: bigint | null): Promise<WorkerKvQueryResponse> {
+    const request: WorkerKvQueryRequest = { worker_id: workerId, start_event_id: startEventId, end_event_id: null };
+    const subject = workerKvIndexerQuerySubject08(r.namespace, r.component, workerId);
+    const reply = await this.options.nats!.request(subject, encodeWireJson(request), { timeout: KV_QUERY_TIMEOUT_MS }).catch((err: unknown) => {
+      throw new LlmError('LLM_ERR_TRANSPORT', `worker ${workerId.toString(16)}: no answer on ${subject}: ${(err as Error).message}`);
+    });
+    return decodeWorkerKvQueryResponse08(reply.data);
   }
 
   /** One query of a worker's `worker_kv_indexer_query_dp0` (its component's endpoint), its single answer. */

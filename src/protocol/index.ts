@@ -13,3 +13,4 @@ export * from './mdc.js';
 export * from './openai.js';
 export * from './kv-query.js';
 export * from './wire-profile.js';
+export * from './events-0.8.js';
