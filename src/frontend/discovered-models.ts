@@ -4,7 +4,8 @@
 // re-sent to another instance with the tokens generated so far appended to the prompt, up to `migrationLimit` times.
 // With routing "kv" each request goes to the instance a KvRouter (./kv-router.ts) finds cheapest, following the
 // endpoint component's KV events and the namespace's load on the event plane (NATS).
-import { isErrorCode, LlmError } from '../errors.js';
+import { LlmError } from '../errors.js';
+import { errorFromItem } from '../protocol/transport.js';
 import type { NatsConnection } from 'nats';
 import type { Discovery, RecordWatch } from '../runtime/discovery/index.js';
 import { EndpointClient, DisconnectedError, type RoutingMode } from '../runtime/client.js';
@@ -221,7 +222,7 @@ export class DiscoveredModels implements ModelDirectory {
     const stream = await client.direct(request, workerId, { waitForInstancesMs: 2000, signal: AbortSignal.timeout(KV_QUERY_TIMEOUT_MS) });
     let answer: WorkerKvQueryResponse | undefined;
     for await (const annotated of stream) {
-      if (annotated.event === 'error' || annotated.error !== undefined) throw workerError(annotated.error, annotated.comment);
+      if (annotated.event === 'error' || annotated.error !== undefined) throw errorFromItem(annotated);
       if (annotated.data !== undefined && answer === undefined) answer = parseWire(WorkerKvQueryResponseSchema, annotated.data, 'worker kv indexer answer', 'LLM_ERR_PROTOCOL');
     }
     if (answer === undefined) throw new LlmError('LLM_ERR_PROTOCOL', `worker ${workerId.toString(16)}: ${workerKvIndexerQueryEndpoint(0)} answered nothing`);
@@ -254,7 +255,7 @@ class DiscoveredModel implements ServedModel {
         const { stream, release } = await this.route(client, sent, options.signal);
         try {
           for await (const annotated of stream) {
-            if (annotated.event === 'error' || annotated.error !== undefined) throw workerError(annotated.error, annotated.comment);
+            if (annotated.event === 'error' || annotated.error !== undefined) throw errorFromItem(annotated);
             if (annotated.data === undefined) continue;
             const chunk = parseWire(LlmResponseChunkSchema, annotated.data, 'response chunk', 'LLM_ERR_PROTOCOL');
             produced.push(...chunk.token_ids);
@@ -327,11 +328,3 @@ function migrated(request: PreprocessedRequest, produced: readonly number[]): Pr
   };
 }
 
-function workerError(error: unknown, comment: string[] | undefined): LlmError {
-  if (error && typeof error === 'object') {
-    const e = error as { code?: unknown; message?: unknown };
-    const message = typeof e.message === 'string' ? e.message : JSON.stringify(error);
-    return new LlmError(isErrorCode(e.code) ? e.code : 'LLM_ERR_INTERNAL', message);
-  }
-  return new LlmError('LLM_ERR_INTERNAL', typeof error === 'string' ? error : (comment?.join('; ') ?? 'worker error'));
-}
