@@ -1,0 +1,169 @@
+// End to end with a Dynamo 0.8 caller written from the reference's wire rules (test/helpers/dynamo08-client.ts,
+// which imports nothing of ours): real etcd and nats-server, `dynamo-sglang start` worker processes (stories260K on
+// the CPU) in the default wire profile (0.8). The caller finds the worker in etcd, accepts its model card by the
+// reference's field rules, generates over 0.8 TCP frames with call-home responses, cancels with "kill", sees the KV
+// events as 0.8 JSON, recovers the worker's cache through the 0.8 local-indexer query, and migrates a stream that a
+// draining worker drops to another worker, ending with the same tokens as an uninterrupted run.
+import t from 'tap';
+import { fileURLToPath } from 'node:url';
+import { Etcd3 } from 'etcd3';
+import { connect as natsConnect } from 'nats';
+import { startCli, type CliProcess } from './helpers/cli-process.js';
+import { startEtcd, startNats, type EtcdService, type NatsService } from './helpers/services.js';
+import {
+  Dynamo08Client,
+  followKvEvents,
+  generateWithMigration,
+  listInstances,
+  listModelCards,
+  queryLocalIndexer,
+  type Instance,
+} from './helpers/dynamo08-client.js';
+
+const MODEL = fileURLToPath(new URL('../models/stories260K.gguf', import.meta.url));
+const NS = 'dynamo';
+// BOS and "Once upon a time" four times, in the model's own vocabulary (README): several KV blocks of 4 tokens
+const PROMPT = [1, ...[403, 407, 261, 378, 403, 407, 261, 378, 403, 407, 261, 378, 403, 407, 261, 378]];
+
+let etcdService: EtcdService;
+let natsService: NatsService;
+const procs: CliProcess[] = [];
+
+t.teardown(async () => {
+  for (const p of procs) p.kill('SIGKILL');
+  await Promise.all(procs.map((p) => p.exited));
+  await natsService?.stop();
+  await etcdService?.stop();
+});
+
+async function startWorker(): Promise<{ proc: CliProcess; instanceId: string }> {
+  const proc = startCli(
+    [
+      'start', '--model-path', MODEL, '--served-model-name', 'stories260K', '--device', 'cpu', '--cpu-threads', '1',
+      '--page-size', '4', '--discovery-backend', 'etcd', '--etcd-endpoints', `http://${etcdService.endpoint}`,
+      '--nats-server', natsService.url, '--request-plane', 'tcp', '--tcp-rpc-host', '127.0.0.1',
+      '--graceful-shutdown-grace-period', '0',
+    ],
+    // paced so that a test can stop a worker mid-stream
+    { DYN_SGL_STREAM_DELAY_MS: '15' },
+  );
+  procs.push(proc);
+  const [, instanceId] = await proc.waitFor(/serving dynamo\.backend\.generate as instance ([0-9a-f]+)/, 90_000);
+  return { proc, instanceId };
+}
+
+const request = (maxTokens: number, tokens = PROMPT) => ({
+  token_ids: tokens,
+  stop_conditions: { max_tokens: maxTokens, ignore_eos: true },
+  sampling_options: { temperature: 0 },
+  eos_token_ids: [2],
+  annotations: [],
+});
+
+t.test('a Dynamo 0.8 caller uses the worker', async (t) => {
+  [etcdService, natsService] = await Promise.all([startEtcd(), startNats()]);
+  const etcd = new Etcd3({ hosts: `http://${etcdService.endpoint}` });
+  const nats = await natsConnect({ servers: natsService.url });
+  const client = await Dynamo08Client.start();
+  t.teardown(async () => {
+    client.close();
+    await nats.drain();
+    etcd.close();
+  });
+  const kvEvents = followKvEvents(nats, NS, 'backend');
+  const a = await startWorker();
+  const instances = () => listInstances(etcd, NS, 'backend', 'generate');
+
+  // discovery: the 0.8 address form, host:port/{endpoint}
+  const [instanceA] = await instances();
+  t.equal(instanceA.instanceIdHex, a.instanceId);
+  t.equal(instanceA.path, 'generate', 'the 0.8 transport address carries the endpoint alone');
+
+  // the model card decodes by the reference's rules
+  const [card] = await listModelCards(etcd, NS, 'backend', 'generate');
+  t.equal(card.display_name, 'stories260K');
+  t.equal(card.migration_limit, 0);
+  t.match(String(card.slug), /^stories260k_[0-9a-f]{8}$/);
+
+  let greedy: number[] = [];
+  t.test('generate: every chunk streams back, then complete_final and the sentinel', async (t) => {
+    const { done } = await client.send(instanceA, request(12));
+    const result = await done;
+    t.ok(result.completed && result.sentinel, JSON.stringify(result.items).slice(0, 200));
+    const chunks = result.items as { token_ids: number[]; finish_reason?: string; completion_usage?: { completion_tokens: number } }[];
+    greedy = chunks.flatMap((c) => c.token_ids);
+    t.equal(greedy.length, 12);
+    t.equal(chunks.at(-1)?.finish_reason, 'length');
+    t.equal(chunks.at(-1)?.completion_usage?.completion_tokens, 12);
+  });
+
+  t.test('a request the worker cannot read comes back as a 0.8 error item', async (t) => {
+    const { done } = await client.send(instanceA, { token_ids: 'not tokens' });
+    const result = await done;
+    t.ok(result.completed, 'the stream still completes');
+    t.equal(result.items.length, 1);
+    const item = result.items[0] as Record<string, unknown>;
+    t.same(Object.keys(item).sort(), ['comment', 'event'], 'Annotated::from_error: event and comment, nothing else');
+    t.equal(item.event, 'error');
+    t.match((item.comment as string[])[0], /token_ids/);
+  });
+
+  t.test('KV events arrive as 0.8 JSON RouterEvents of this worker', async (t) => {
+    while (!kvEvents.events.some((e) => typeof e.value.event.data === 'object' && e.value.event.data !== null && 'stored' in e.value.event.data)) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const stored = kvEvents.events.find((e) => typeof e.value.event.data === 'object' && e.value.event.data !== null && 'stored' in e.value.event.data)!;
+    t.ok(stored.raw.startsWith(`{"worker_id":${instanceA.instanceIdDec},"event":{"event_id":`), stored.raw.slice(0, 80));
+    t.notOk('storage_tier' in stored.value, 'no field 0.8 lacks');
+    const data = stored.value.event.data as { stored: { parent_hash: unknown; blocks: { block_hash: unknown; tokens_hash: unknown; mm_extra_info: unknown }[] } };
+    t.ok(data.stored.blocks.length > 0);
+    t.same(Object.keys(data.stored.blocks[0]), ['block_hash', 'tokens_hash', 'mm_extra_info']);
+  });
+
+  t.test('local-indexer recovery: the 0.8 NATS query returns the cached blocks', async (t) => {
+    const dump = await queryLocalIndexer(nats, NS, 'backend', instanceA, null);
+    t.ok(Array.isArray(dump.TreeDump), JSON.stringify(dump).slice(0, 120));
+    const blocks = (dump.TreeDump as { event: { data: { stored?: { blocks: unknown[] } } } }[]).flatMap((e) => e.event.data.stored?.blocks ?? []);
+    t.ok(blocks.length >= Math.floor(PROMPT.length / 4), `${blocks.length} cached blocks recovered`);
+    const events = await queryLocalIndexer(nats, NS, 'backend', instanceA, 0);
+    t.ok(Array.isArray(events.Events), 'a range from event 0 is answered with the buffered events');
+  });
+
+  t.test('cancellation: "kill" ends the stream early and the worker keeps serving', async (t) => {
+    let got = 0;
+    let killed = false;
+    const { done, kill } = await client.send(instanceA, request(200), () => {
+      got++;
+      if (got === 2 && !killed) {
+        killed = true;
+        kill();
+      }
+    });
+    const result = await done;
+    t.notOk(result.completed, 'no complete_final after kill');
+    t.ok(got < 200, `${got} chunks before the stream ended`);
+    const after = await (await client.send(instanceA, request(3))).done;
+    t.ok(after.completed);
+  });
+
+  t.test('a worker that drains mid-stream drops the stream; the caller migrates it to another worker', async (t) => {
+    const b = await startWorker();
+    while ((await instances()).length < 2) await new Promise((r) => setTimeout(r, 50));
+    const first = async (): Promise<Instance[]> => {
+      const all = await instances();
+      // A first, then whatever else is listed
+      return [...all.filter((i) => i.instanceIdHex === a.instanceId), ...all.filter((i) => i.instanceIdHex !== a.instanceId)];
+    };
+    let stopped = false;
+    const result = await generateWithMigration(client, first, request(12), 1, (produced, instance) => {
+      if (!stopped && produced >= 4 && instance.instanceIdHex === a.instanceId) {
+        stopped = true;
+        a.proc.kill('SIGTERM');
+      }
+    });
+    t.equal(result.migrations, 1, 'migrated once');
+    t.equal(result.finishReason, 'length');
+    t.same(result.tokens, greedy, 'the same tokens as the uninterrupted greedy run');
+    t.ok(b.instanceId !== a.instanceId);
+  });
+});
