@@ -30,7 +30,8 @@ import type { GenerateOptions, ModelDirectory, ServedModel } from './models.js';
 import { PrefillRouter } from './prefill-router.js';
 import { decodeWorkerKvQueryResponse08, workerKvIndexerQuerySubject08 } from '../protocol/events-0.8.js';
 import { encodeWireJson } from '../protocol/transport.js';
-import { DEFAULT_WIRE_PROFILE, type WireProfile } from '../protocol/wire-profile.js';
+import type { WireProfile } from '../protocol/wire-profile.js';
+import { wireProfileFromEnv } from '../runtime/wire-profile.js';
 import { acquireTokenizerPool, releaseTokenizerPool } from './tokenizer-pool.js';
 import type { TokenizerSource } from '../../actors/tokenizer.js';
 
@@ -45,7 +46,7 @@ export interface DiscoveredModelsOptions {
   kvOverlapScoreWeight?: number;
   routerTemperature?: number;
   migrationLimit?: number;
-  /** The Dynamo release whose event and local-indexer wires the workers speak (default 0.8). Request frames need no
+  /** The Dynamo release whose event and local-indexer wires the workers speak (default DYN_WIRE_PROFILE, else 0.8). Request frames need no
    * setting: each worker's transport address says which form it reads. */
   wireProfile?: WireProfile;
   log?: (line: string) => void;
@@ -201,7 +202,7 @@ export class DiscoveredModels implements ModelDirectory {
   }
 
   private get wireProfile(): WireProfile {
-    return this.options.wireProfile ?? DEFAULT_WIRE_PROFILE;
+    return this.options.wireProfile ?? wireProfileFromEnv();
   }
 
   /** Dynamo 0.8's query: a NATS request to the worker's `...worker_kv_indexer_query.{id}` subject, the JSON reply. */

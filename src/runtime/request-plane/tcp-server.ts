@@ -12,7 +12,8 @@ import { formatInstanceId, tcpRequestPath, tcpTransportAddress } from '../../pro
 import { advertisedHost, formatHostPort, resolveRpcHost, resolveRpcPort } from './address.js';
 import { encodeResponseFrame, maxMessageSizeFromEnv, RequestFrameDecoder } from './framing.js';
 import { Ingress, type HandlerRegistration, type IngressOptions } from './ingress.js';
-import { DEFAULT_WIRE_PROFILE, type WireProfile } from '../../protocol/wire-profile.js';
+import type { WireProfile } from '../../protocol/wire-profile.js';
+import { wireProfileFromEnv } from '../wire-profile.js';
 
 const ACK = encodeResponseFrame();
 
@@ -21,7 +22,7 @@ export interface TcpRequestServerOptions extends IngressOptions {
   host?: string;
   /** Default `DYN_TCP_RPC_PORT`, else OS-assigned. */
   port?: number;
-  /** Request frame form and path (default 0.8). */
+  /** Request frame form and path (default DYN_WIRE_PROFILE, else 0.8). */
   wireProfile?: WireProfile;
 }
 
@@ -48,7 +49,7 @@ export class TcpRequestServer {
     });
     const bound = server.address();
     const boundPort = typeof bound === 'object' && bound !== null ? bound.port : port;
-    const self = new TcpRequestServer(server, ingress, formatHostPort(advertisedHost(host), boundPort), options.wireProfile ?? DEFAULT_WIRE_PROFILE);
+    const self = new TcpRequestServer(server, ingress, formatHostPort(advertisedHost(host), boundPort), options.wireProfile ?? wireProfileFromEnv());
     server.on('connection', (socket) => self.serveConnection(socket));
     return self;
   }

@@ -1,15 +1,20 @@
-// A Dynamo 0.8 caller written from the reference's wire rules, not from this project's code (nothing under src/ is
-// imported): discovery straight from etcd, the model card checked by the reference's field rules, the TCP request
-// frame of lib/runtime/src/pipeline/network/codec.rs (0.8: u16 path_len | path | u32 len | payload), the
+// A Dynamo caller written from the reference's wire rules, not from this project's code (nothing under src/ is
+// imported), for 0.8 and for later main: discovery straight from etcd, the model card checked by the reference's
+// field rules, the TCP request frame of lib/runtime/src/pipeline/network/codec.rs (0.8: u16 path_len | path | u32 len
+// | payload; main adds u16 headers_len | headers JSON after the path, and its path is {instance_id:x}/{endpoint}), the
 // TwoPartMessage payload and the call-home response stream (reference §10.1, §10.3), cancellation by a "kill"
-// control message, KV events and the local-indexer query on NATS as 0.8 JSON (test/fixtures/dynamo-wire/
-// events-0.8.ts names the source), and migration as the reference's frontend does it: a stream that closes before
+// control message, KV events as 0.8 JSON (test/fixtures/dynamo-wire/events-0.8.ts names the source) or main's msgpack
+// EventEnvelope, the local-indexer query (0.8: NATS request/reply; main: the worker_kv_indexer_query_dp0 endpoint on
+// the request plane), and migration as the reference's frontend does it: a stream that closes before
 // `complete_final` is re-sent to another instance with the tokens produced so far appended to the prompt and
 // max_tokens reduced by as many.
 import { randomUUID } from 'node:crypto';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { Etcd3 } from 'etcd3';
+import { decode as msgpackDecode } from '@msgpack/msgpack';
 import type { NatsConnection } from 'nats';
+
+export type DynamoVersion = '0.8' | 'main';
 
 export interface Instance {
   instanceIdHex: string;
@@ -99,6 +104,11 @@ function twoPartReader(onMessage: (m: Message) => void): (chunk: Buffer) => void
 
 // ---- the caller ----
 
+/** A request body given as JSON text (for u64 values a JS number cannot hold). */
+export class RawJson {
+  constructor(readonly text: string) {}
+}
+
 export interface StreamResult {
   /** `data` of each Annotated item, in order. */
   items: unknown[];
@@ -117,19 +127,23 @@ interface Pending {
   socket?: Socket;
 }
 
-export class Dynamo08Client {
+export class DynamoCaller {
   private readonly pending = new Map<string, Pending>();
   private readonly connections = new Map<string, Socket>();
 
-  private constructor(private readonly server: Server, readonly address: string) {
+  private constructor(
+    private readonly server: Server,
+    readonly address: string,
+    readonly version: DynamoVersion,
+  ) {
     server.on('connection', (socket) => this.callHome(socket));
   }
 
   /** Starts the response server the workers call home to. */
-  static async start(): Promise<Dynamo08Client> {
+  static async start(version: DynamoVersion = '0.8'): Promise<DynamoCaller> {
     const server = createServer();
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-    return new Dynamo08Client(server, `127.0.0.1:${(server.address() as AddressInfo).port}`);
+    return new DynamoCaller(server, `127.0.0.1:${(server.address() as AddressInfo).port}`, version);
   }
 
   close(): void {
@@ -154,12 +168,18 @@ export class Dynamo08Client {
         info: JSON.stringify({ address: this.address, subject, context: requestId, stream_type: 'response' }),
       },
     };
-    const payload = twoPart(JSON.stringify(control), JSON.stringify(body));
+    const payload = twoPart(JSON.stringify(control), body instanceof RawJson ? body.text : JSON.stringify(body));
     const path = Buffer.from(instance.path);
-    const frame = Buffer.alloc(2 + path.length + 4);
+    const headers = this.version === 'main' ? Buffer.from(JSON.stringify({ 'request-id': requestId, 'x-endpoint-path': instance.path })) : null;
+    const headersBytes = headers === null ? 0 : 2 + headers.length;
+    const frame = Buffer.alloc(2 + path.length + headersBytes + 4);
     frame.writeUInt16BE(path.length, 0);
     path.copy(frame, 2);
-    frame.writeUInt32BE(payload.length, 2 + path.length);
+    if (headers !== null) {
+      frame.writeUInt16BE(headers.length, 2 + path.length);
+      headers.copy(frame, 4 + path.length);
+    }
+    frame.writeUInt32BE(payload.length, 2 + path.length + headersBytes);
     const socket = await this.connection(instance.hostPort);
     const ack = await new Promise<string>((resolve, reject) => {
       let got = Buffer.alloc(0);
@@ -251,7 +271,7 @@ interface Chunk {
  * `onChunk` may act mid-stream (kill a worker). Returns the tokens and how many migrations happened.
  */
 export async function generateWithMigration(
-  client: Dynamo08Client,
+  client: DynamoCaller,
   instances: () => Promise<Instance[]>,
   request: { token_ids: number[]; stop_conditions: { max_tokens: number }; [k: string]: unknown },
   migrationLimit: number,
@@ -290,17 +310,33 @@ export interface KvEventMessage {
   value: { worker_id: number; event: { event_id: number; data: unknown; dp_rank?: number }; [k: string]: unknown };
 }
 
-/** Subscribes to 0.8 JSON KV events of a component. */
-export function followKvEvents(nats: NatsConnection, ns: string, component: string): { events: KvEventMessage[]; stop: () => void } {
+/** Subscribes to the KV events of a component: 0.8 JSON, or main's msgpack EventEnvelope whose payload is the
+ * msgpack RouterEvent (`raw` is then the payload re-written as JSON, for reading only). */
+export function followKvEvents(nats: NatsConnection, ns: string, component: string, version: DynamoVersion = '0.8'): { events: KvEventMessage[]; stop: () => void } {
   const events: KvEventMessage[] = [];
   const sub = nats.subscribe(`namespace.${ns}.component.${component}.kv-events`);
   void (async () => {
     for await (const m of sub) {
+      if (version === 'main') {
+        const envelope = msgpackDecode(m.data, { useBigInt64: true }) as { topic: string; payload: Uint8Array };
+        const value = msgpackDecode(envelope.payload, { useBigInt64: true }) as KvEventMessage['value'];
+        const raw = JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}` : v));
+        events.push({ raw, value });
+        continue;
+      }
       const raw = new TextDecoder().decode(m.data);
       events.push({ raw, value: JSON.parse(raw) as KvEventMessage['value'] });
     }
   })();
   return { events, stop: () => sub.unsubscribe() };
+}
+
+/** main's local-indexer query: a request to the worker's `worker_kv_indexer_query_dp0` endpoint; its one item. */
+export async function queryLocalIndexerEndpoint(client: DynamoCaller, instance: Instance, startEventId: number | null): Promise<Record<string, unknown>> {
+  const body = new RawJson(`{"worker_id":${instance.instanceIdDec},"start_event_id":${startEventId === null ? 'null' : startEventId},"end_event_id":null}`);
+  const { done } = await client.send(instance, body);
+  const result = await done;
+  return result.items[0] as Record<string, unknown>;
 }
 
 /** The 0.8 local-indexer query: NATS request/reply, JSON both ways. */

@@ -1,9 +1,10 @@
-// End to end with a Dynamo 0.8 caller written from the reference's wire rules (test/helpers/dynamo08-client.ts,
-// which imports nothing of ours): real etcd and nats-server, `dynamo-sglang start` worker processes (stories260K on
-// the CPU) in the default wire profile (0.8). The caller finds the worker in etcd, accepts its model card by the
-// reference's field rules, generates over 0.8 TCP frames with call-home responses, cancels with "kill", sees the KV
-// events as 0.8 JSON, recovers the worker's cache through the 0.8 local-indexer query, and migrates a stream that a
-// draining worker drops to another worker, ending with the same tokens as an uninterrupted run.
+// End to end, once per wire profile, with a Dynamo caller written from the reference's wire rules
+// (test/helpers/dynamo-client.ts, which imports nothing of ours): real etcd and nats-server, `dynamo-sglang start`
+// worker processes (stories260K on the CPU) in the default profile (0.8) and with DYN_WIRE_PROFILE=main. The caller
+// finds the worker in etcd, accepts its model card by the reference's field rules, generates over that release's TCP
+// frames with call-home responses, cancels with "kill", reads the KV events in that release's form, recovers the
+// worker's cache through that release's local-indexer query, and migrates a stream that a draining worker drops to
+// another worker, ending with the same tokens as an uninterrupted run.
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
 import { Etcd3 } from 'etcd3';
@@ -11,14 +12,16 @@ import { connect as natsConnect } from 'nats';
 import { startCli, type CliProcess } from './helpers/cli-process.js';
 import { startEtcd, startNats, type EtcdService, type NatsService } from './helpers/services.js';
 import {
-  Dynamo08Client,
+  DynamoCaller,
   followKvEvents,
   generateWithMigration,
   listInstances,
   listModelCards,
   queryLocalIndexer,
+  queryLocalIndexerEndpoint,
+  type DynamoVersion,
   type Instance,
-} from './helpers/dynamo08-client.js';
+} from './helpers/dynamo-client.js';
 
 const MODEL = fileURLToPath(new URL('../models/stories260K.gguf', import.meta.url));
 const NS = 'dynamo';
@@ -36,7 +39,7 @@ t.teardown(async () => {
   await etcdService?.stop();
 });
 
-async function startWorker(): Promise<{ proc: CliProcess; instanceId: string }> {
+async function startWorker(version: DynamoVersion): Promise<{ proc: CliProcess; instanceId: string }> {
   const proc = startCli(
     [
       'start', '--model-path', MODEL, '--served-model-name', 'stories260K', '--device', 'cpu', '--cpu-threads', '1',
@@ -45,7 +48,7 @@ async function startWorker(): Promise<{ proc: CliProcess; instanceId: string }> 
       '--graceful-shutdown-grace-period', '0',
     ],
     // paced so that a test can stop a worker mid-stream
-    { DYN_SGL_STREAM_DELAY_MS: '15' },
+    { DYN_SGL_STREAM_DELAY_MS: '15', ...(version === 'main' ? { DYN_WIRE_PROFILE: 'main' } : {}) },
   );
   procs.push(proc);
   const [, instanceId] = await proc.waitFor(/serving dynamo\.backend\.generate as instance ([0-9a-f]+)/, 90_000);
@@ -60,24 +63,33 @@ const request = (maxTokens: number, tokens = PROMPT) => ({
   annotations: [],
 });
 
-t.test('a Dynamo 0.8 caller uses the worker', async (t) => {
+t.before(async () => {
   [etcdService, natsService] = await Promise.all([startEtcd(), startNats()]);
+});
+
+for (const version of ['0.8', 'main'] as const) t.test(`a Dynamo ${version} caller uses a worker of wire profile ${version}`, async (t) => {
+  // the previous profile's workers go first: both groups serve dynamo.backend.generate
+  for (const p of procs.splice(0)) {
+    p.kill('SIGKILL');
+    await p.exited;
+  }
   const etcd = new Etcd3({ hosts: `http://${etcdService.endpoint}` });
   const nats = await natsConnect({ servers: natsService.url });
-  const client = await Dynamo08Client.start();
+  const client = await DynamoCaller.start(version);
   t.teardown(async () => {
     client.close();
     await nats.drain();
     etcd.close();
   });
-  const kvEvents = followKvEvents(nats, NS, 'backend');
-  const a = await startWorker();
+  const kvEvents = followKvEvents(nats, NS, 'backend', version);
+  const a = await startWorker(version);
   const instances = () => listInstances(etcd, NS, 'backend', 'generate');
+  while ((await instances()).length !== 1) await new Promise((r) => setTimeout(r, 50)); // a killed worker's lease may linger
 
-  // discovery: the 0.8 address form, host:port/{endpoint}
+  // discovery: 0.8's address is host:port/{endpoint}, main's host:port/{instance_id:x}/{endpoint}
   const [instanceA] = await instances();
   t.equal(instanceA.instanceIdHex, a.instanceId);
-  t.equal(instanceA.path, 'generate', 'the 0.8 transport address carries the endpoint alone');
+  t.equal(instanceA.path, version === '0.8' ? 'generate' : `${a.instanceId}/generate`);
 
   // the model card decodes by the reference's rules
   const [card] = await listModelCards(etcd, NS, 'backend', 'generate');
@@ -113,20 +125,37 @@ t.test('a Dynamo 0.8 caller uses the worker', async (t) => {
       await new Promise((r) => setTimeout(r, 20));
     }
     const stored = kvEvents.events.find((e) => typeof e.value.event.data === 'object' && e.value.event.data !== null && 'stored' in e.value.event.data)!;
-    t.ok(stored.raw.startsWith(`{"worker_id":${instanceA.instanceIdDec},"event":{"event_id":`), stored.raw.slice(0, 80));
-    t.notOk('storage_tier' in stored.value, 'no field 0.8 lacks');
+    if (version === '0.8') {
+      t.ok(stored.raw.startsWith(`{"worker_id":${instanceA.instanceIdDec},"event":{"event_id":`), stored.raw.slice(0, 80));
+      t.notOk('storage_tier' in stored.value, 'no field 0.8 lacks');
+    } else {
+      t.equal(String(stored.value.worker_id), instanceA.instanceIdDec);
+      t.equal(stored.value.storage_tier, 'device');
+    }
     const data = stored.value.event.data as { stored: { parent_hash: unknown; blocks: { block_hash: unknown; tokens_hash: unknown; mm_extra_info: unknown }[] } };
     t.ok(data.stored.blocks.length > 0);
-    t.same(Object.keys(data.stored.blocks[0]), ['block_hash', 'tokens_hash', 'mm_extra_info']);
+    if (version === '0.8') t.same(Object.keys(data.stored.blocks[0]), ['block_hash', 'tokens_hash', 'mm_extra_info']);
   });
 
-  t.test('local-indexer recovery: the 0.8 NATS query returns the cached blocks', async (t) => {
-    const dump = await queryLocalIndexer(nats, NS, 'backend', instanceA, null);
-    t.ok(Array.isArray(dump.TreeDump), JSON.stringify(dump).slice(0, 120));
-    const blocks = (dump.TreeDump as { event: { data: { stored?: { blocks: unknown[] } } } }[]).flatMap((e) => e.event.data.stored?.blocks ?? []);
+  t.test(`local-indexer recovery: the ${version} query returns the cached blocks`, async (t) => {
+    type Dumped = { event: { data: { stored?: { blocks: unknown[] } } } }[];
+    let dumped: Dumped;
+    if (version === '0.8') {
+      const dump = await queryLocalIndexer(nats, NS, 'backend', instanceA, null);
+      t.ok(Array.isArray(dump.TreeDump), JSON.stringify(dump).slice(0, 120));
+      dumped = dump.TreeDump as Dumped;
+      const events = await queryLocalIndexer(nats, NS, 'backend', instanceA, 0);
+      t.ok(Array.isArray(events.Events), 'a range from event 0 is answered with the buffered events');
+    } else {
+      const [query] = (await listInstances(etcd, NS, 'backend', 'worker_kv_indexer_query_dp0')).filter((i) => i.instanceIdHex === a.instanceId);
+      t.equal(query.path, `${a.instanceId}/worker_kv_indexer_query_dp0`);
+      const dump = await queryLocalIndexerEndpoint(client, query, null);
+      const batch = dump.TreeDump as { events: Dumped; last_event_id: number };
+      t.ok(batch && Array.isArray(batch.events), JSON.stringify(dump).slice(0, 120));
+      dumped = batch.events;
+    }
+    const blocks = dumped.flatMap((e) => e.event.data.stored?.blocks ?? []);
     t.ok(blocks.length >= Math.floor(PROMPT.length / 4), `${blocks.length} cached blocks recovered`);
-    const events = await queryLocalIndexer(nats, NS, 'backend', instanceA, 0);
-    t.ok(Array.isArray(events.Events), 'a range from event 0 is answered with the buffered events');
   });
 
   t.test('cancellation: "kill" ends the stream early and the worker keeps serving', async (t) => {
@@ -147,7 +176,7 @@ t.test('a Dynamo 0.8 caller uses the worker', async (t) => {
   });
 
   t.test('a worker that drains mid-stream drops the stream; the caller migrates it to another worker', async (t) => {
-    const b = await startWorker();
+    const b = await startWorker(version);
     while ((await instances()).length < 2) await new Promise((r) => setTimeout(r, 50));
     const first = async (): Promise<Instance[]> => {
       const all = await instances();
