@@ -170,3 +170,15 @@ t.test('model card: written in the form the reference decodes', async (t) => {
   for (const [why, value] of refused) t.notOk(Value.Check(WireModelCardSchema, JSON.parse(JSON.stringify(value))), why);
   await t.rejects(wireModelCard({ ...draft, tokenizer: { hf_tokenizer_json: join(dir, 'missing.json') } }), { code: 'LLM_ERR_MODEL_NOT_FOUND', message: /missing\.json/ });
 });
+
+t.test('the bootstrap room a router chose: bootstrap_info (main), else extra_args.bootstrap_room (0.8)', async (t) => {
+  const { requestedBootstrapRoom } = await import('../src/protocol/request.js');
+  t.equal(requestedBootstrapRoom({ bootstrap_info: { bootstrap_room: 7n }, extra_args: { bootstrap_room: 9 } }), 7n);
+  t.equal(requestedBootstrapRoom({ extra_args: { bootstrap_room: 9 } }), 9n);
+  t.equal(requestedBootstrapRoom({ extra_args: { bootstrap_room: 18446744073709551615n } }), 18446744073709551615n);
+  t.equal(requestedBootstrapRoom({ extra_args: { bootstrap_room: '42' } }), 42n);
+  t.equal(requestedBootstrapRoom({ extra_args: {} }), null);
+  t.equal(requestedBootstrapRoom({}), null);
+  t.throws(() => requestedBootstrapRoom({ extra_args: { bootstrap_room: -1 } }), { code: 'LLM_ERR_BAD_REQUEST', message: /extra_args\.bootstrap_room -1/ });
+  t.throws(() => requestedBootstrapRoom({ extra_args: { bootstrap_room: '18446744073709551616' } }), { code: 'LLM_ERR_BAD_REQUEST' });
+});
