@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Value } from '@sinclair/typebox/value';
 import * as tcp from './fixtures/dynamo-wire/tcp-0.8.js';
+import * as tcpMain from './fixtures/dynamo-wire/tcp-main.js';
 import * as ev from './fixtures/dynamo-wire/events-0.8.js';
 import * as card from './fixtures/dynamo-wire/model-card.js';
 import { errorItem } from './fixtures/dynamo-wire/annotated.js';
@@ -52,6 +53,14 @@ t.test('0.8 TCP request frame of 2 KiB, split anywhere, is one frame of 2048 pay
     const f = frames[0];
     t.ok(!(f instanceof Error) && f.payload.length === 2048 && f.path === 'generate');
   }
+});
+
+t.test('main TCP request frame: headers block after the path, byte for byte both ways', async (t) => {
+  const f = tcpMain.requestFrame;
+  t.equal(hex(encodeRequestFrame({ path: f.path, headers: f.headers, payload: Buffer.from(f.payload, 'hex') }, 'main')), f.bytes);
+  const decoded = decodeRequestFrame(Buffer.from(f.bytes, 'hex'), undefined, 'main');
+  t.same([decoded.path, decoded.headers, hex(decoded.payload)], [f.path, f.headers, f.payload]);
+  t.equal(tcpProfileOfPath(f.path), 'main');
 });
 
 t.test('TCP response frames both ways: ACK and error text', async (t) => {
