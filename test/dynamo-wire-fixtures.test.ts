@@ -11,6 +11,8 @@ import * as tcpMain from './fixtures/dynamo-wire/tcp-main.js';
 import * as ev from './fixtures/dynamo-wire/events-0.8.js';
 import * as card from './fixtures/dynamo-wire/model-card.js';
 import { errorItem } from './fixtures/dynamo-wire/annotated.js';
+import * as health from './fixtures/dynamo-wire/health.js';
+import { healthCheckPayload, legacyPrefillHealthCheckPayload } from '../src/protocol/health.js';
 import {
   decodeActiveLoad08,
   decodeRouterEvent08,
@@ -122,6 +124,14 @@ t.test('error items: the reference form, with our code leading the text', async 
   t.same([back.code, back.message], ['LLM_ERR_BAD_REQUEST', 'token_ids: required']);
   const foreign = errorFromItem(JSON.parse(errorItem('engine died')) as Annotated);
   t.same([foreign.code, foreign.message], ['LLM_ERR_INTERNAL', 'engine died']);
+});
+
+t.test('health-check payloads: key for key, in order, as the reference builds them', async (t) => {
+  const same = (ours: unknown, fixture: string) => t.equal(JSON.stringify(ours), JSON.stringify(JSON.parse(fixture)));
+  same(healthCheckPayload({ bos: 1 }), health.decodePayload(1));
+  same(healthCheckPayload({ bos: 151643 }), health.decodePayload(151643));
+  same(healthCheckPayload({ textMode: true }), health.textPayload);
+  same(legacyPrefillHealthCheckPayload(1), health.prefillPayload(1));
 });
 
 t.test('BLAKE3 matches the official test vectors', async (t) => {
