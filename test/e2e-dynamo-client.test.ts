@@ -2,7 +2,7 @@
 // (test/helpers/dynamo-client.ts, which imports nothing of ours): real etcd and nats-server, `dynamo-sglang start`
 // worker processes (stories260K on the CPU) in the default profile (0.8) and with DYN_WIRE_PROFILE=main. The caller
 // finds the worker in etcd, accepts its model card by the reference's field rules, generates over that release's TCP
-// frames with call-home responses, cancels with "kill", reads the KV events in that release's form, recovers the
+// frames (and, for 0.8, an HTTP/1.1 POST on the HTTP plane) with call-home responses, cancels with "kill", reads the KV events in that release's form, recovers the
 // worker's cache through that release's local-indexer query, and migrates a stream that a draining worker drops to
 // another worker, ending with the same tokens as an uninterrupted run.
 import t from 'tap';
@@ -15,6 +15,7 @@ import {
   DynamoCaller,
   followKvEvents,
   generateWithMigration,
+  listHttpUrls,
   listInstances,
   listModelCards,
   queryLocalIndexer,
@@ -39,12 +40,12 @@ t.teardown(async () => {
   await etcdService?.stop();
 });
 
-async function startWorker(version: DynamoVersion): Promise<{ proc: CliProcess; instanceId: string }> {
+async function startWorker(version: DynamoVersion, plane: 'tcp' | 'http' = 'tcp'): Promise<{ proc: CliProcess; instanceId: string }> {
   const proc = startCli(
     [
       'start', '--model-path', MODEL, '--served-model-name', 'stories260K', '--device', 'cpu', '--cpu-threads', '1',
       '--page-size', '4', '--discovery-backend', 'etcd', '--etcd-endpoints', `http://${etcdService.endpoint}`,
-      '--nats-server', natsService.url, '--request-plane', 'tcp', '--tcp-rpc-host', '127.0.0.1',
+      '--nats-server', natsService.url, '--request-plane', plane, '--tcp-rpc-host', '127.0.0.1',
       '--graceful-shutdown-grace-period', '0',
     ],
     // paced so that a test can stop a worker mid-stream
@@ -109,7 +110,7 @@ for (const version of ['0.8', 'main'] as const) t.test(`a Dynamo ${version} call
     t.equal(chunks.at(-1)?.completion_usage?.completion_tokens, 12);
   });
 
-  t.test('a request the worker cannot read comes back as a 0.8 error item', async (t) => {
+  t.test('a request the worker cannot read comes back as an error item in the reference form', async (t) => {
     const { done } = await client.send(instanceA, { token_ids: 'not tokens' });
     const result = await done;
     t.ok(result.completed, 'the stream still completes');
@@ -120,7 +121,7 @@ for (const version of ['0.8', 'main'] as const) t.test(`a Dynamo ${version} call
     t.match((item.comment as string[])[0], /^LLM_ERR_BAD_REQUEST: request\./);
   });
 
-  t.test('KV events arrive as 0.8 JSON RouterEvents of this worker', async (t) => {
+  t.test(`KV events arrive as ${version === '0.8' ? "0.8's JSON RouterEvents" : "main's msgpack envelopes"} of this worker`, async (t) => {
     while (!kvEvents.events.some((e) => typeof e.value.event.data === 'object' && e.value.event.data !== null && 'stored' in e.value.event.data)) {
       await new Promise((r) => setTimeout(r, 20));
     }
@@ -173,6 +174,19 @@ for (const version of ['0.8', 'main'] as const) t.test(`a Dynamo ${version} call
     t.ok(got < 200, `${got} chunks before the stream ended`);
     const after = await (await client.send(instanceA, request(3))).done;
     t.ok(after.completed);
+  });
+
+  if (version === '0.8') t.test('the HTTP request plane takes 0.8\'s HTTP/1.1 POST', async (t) => {
+    const c = await startWorker(version, 'http');
+    let urls: string[] = [];
+    while ((urls = await listHttpUrls(etcd, NS, 'backend', 'generate')).length === 0) await new Promise((r) => setTimeout(r, 50));
+    t.match(urls[0], /^http:\/\/127\.0\.0\.1:\d+\/v1\/rpc\/generate$/);
+    const { done } = await client.send({ httpUrl: urls[0], instanceIdHex: c.instanceId, instanceIdDec: '', hostPort: '', path: '' }, request(12));
+    const result = await done;
+    t.ok(result.completed);
+    t.same((result.items as { token_ids: number[] }[]).flatMap((i) => i.token_ids), greedy, 'the same greedy tokens');
+    c.proc.kill('SIGTERM');
+    await c.proc.exited;
   });
 
   t.test('a worker that drains mid-stream drops the stream; the caller migrates it to another worker', async (t) => {

@@ -9,6 +9,7 @@
 // `complete_final` is re-sent to another instance with the tokens produced so far appended to the prompt and
 // max_tokens reduced by as many.
 import { randomUUID } from 'node:crypto';
+import { request as http1Request } from 'node:http';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { Etcd3 } from 'etcd3';
 import { decode as msgpackDecode } from '@msgpack/msgpack';
@@ -17,6 +18,8 @@ import type { NatsConnection } from 'nats';
 export type DynamoVersion = '0.8' | 'main';
 
 export interface Instance {
+  /** Set for an instance on the HTTP request plane (then hostPort and path are unused). */
+  httpUrl?: string;
   instanceIdHex: string;
   /** decimal, as the 0.8 NATS subjects print it */
   instanceIdDec: string;
@@ -24,10 +27,19 @@ export interface Instance {
   path: string;
 }
 
-/** `v1/instances/{ns}/{component}/{endpoint}/` → the TCP instances. */
+/** `v1/instances/{ns}/{component}/{endpoint}/` → the HTTP instances' URLs. */
+export async function listHttpUrls(etcd: Etcd3, ns: string, component: string, endpoint: string): Promise<string[]> {
+  const kvs = await etcd.getAll().prefix(`v1/instances/${ns}/${component}/${endpoint}/`).strings();
+  return Object.values(kvs)
+    .map((value) => (JSON.parse(value) as { transport: { http?: string } }).transport.http)
+    .filter((url): url is string => typeof url === 'string');
+}
+
+/** `v1/instances/{ns}/{component}/{endpoint}/` → the TCP instances (records of other planes are left out). */
 export async function listInstances(etcd: Etcd3, ns: string, component: string, endpoint: string): Promise<Instance[]> {
   const kvs = await etcd.getAll().prefix(`v1/instances/${ns}/${component}/${endpoint}/`).strings();
-  return Object.entries(kvs).map(([key, value]) => {
+  const tcp = Object.entries(kvs).filter(([, value]) => typeof (JSON.parse(value) as { transport: { tcp?: unknown } }).transport.tcp === 'string');
+  return tcp.map(([key, value]) => {
     const record = JSON.parse(value) as { type: string; transport: { tcp?: string } };
     if (record.type !== 'Endpoint' || typeof record.transport.tcp !== 'string') throw new Error(`not a TCP endpoint record: ${value}`);
     const address = record.transport.tcp;
@@ -67,6 +79,18 @@ export async function listModelCards(etcd: Etcd3, ns: string, component: string,
       if (algorithm !== 'blake3' || !hash || rest.length > 0) throw new Error(`${field}: checksum "${file.checksum}" is not blake3:<hex>`);
     }
     return card;
+  });
+}
+
+function postHttp1(url: string, payload: Buffer): Promise<{ code: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http1Request(url, { method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-length': payload.length } }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => resolve({ code: res.statusCode ?? 0, text }));
+    });
+    req.on('error', reject);
+    req.end(payload);
   });
 }
 
@@ -169,6 +193,12 @@ export class DynamoCaller {
       },
     };
     const payload = twoPart(JSON.stringify(control), body instanceof RawJson ? body.text : JSON.stringify(body));
+    if (instance.httpUrl !== undefined) {
+      // the HTTP plane as 0.8's client speaks it: an HTTP/1.1 POST of the same payload, 202 = accepted
+      const status = await postHttp1(instance.httpUrl, payload);
+      if (status.code !== 202) throw new Error(`worker refused the request: HTTP ${status.code} ${status.text}`);
+      return { done, kill: () => this.pending.get(subject)?.socket?.write(twoPart(JSON.stringify('kill'), '')) };
+    }
     const path = Buffer.from(instance.path);
     const headers = this.version === 'main' ? Buffer.from(JSON.stringify({ 'request-id': requestId, 'x-endpoint-path': instance.path })) : null;
     const headersBytes = headers === null ? 0 : 2 + headers.length;
