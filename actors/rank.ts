@@ -616,10 +616,14 @@ export class RankGroup implements StepExecutor {
       return;
     }
     // Ranks blocked in a collective waiting for the hung one look just as stuck: wake the group, then the rank that
-    // still says nothing is the one that hangs.
+    // still says nothing (of several, the one furthest behind) is the one that hangs.
     this.settle(hung(behind), true, (heard) => {
-      for (let r = 0; r < this.size; r++) if (!heard.has(r)) return hung(r);
-      return null;
+      let blamed = -1;
+      for (let r = 0; r < this.size; r++) {
+        if (heard.has(r)) continue;
+        if (blamed < 0 || Atomics.load(this.progress, r) < Atomics.load(this.progress, blamed)) blamed = r;
+      }
+      return blamed < 0 ? null : hung(blamed);
     });
     const { group, engineModule } = this.opts.tpGroup;
     import(engineModule)

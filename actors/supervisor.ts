@@ -203,7 +203,7 @@ export class Supervisor {
     const engine = this.running!.scheduler.engine;
     const bad = (m: string) => new LlmError('LLM_ERR_BAD_REQUEST', `request ${id}: ${m}`);
     const so = req.sampling_options;
-    if (so.guided_decoding) throw bad('sampling_options.guided_decoding is not supported by this worker');
+    // guided_decoding is not served by this worker; like the reference, a field it does not serve is ignored
     if ((so.n ?? 1) > 1 || so.use_beam_search) throw bad('sampling_options.n > 1 and beam search are not supported');
     if (req.multi_modal_data && Object.values(req.multi_modal_data).some((v) => v.length)) {
       throw bad('multi_modal_data needs a multimodal worker');

@@ -20,7 +20,7 @@ import { Discovery, FileStore } from ${JSON.stringify(src('runtime/discovery/ind
 import { serveEndpoint } from ${JSON.stringify(src('runtime/endpoint.ts'))};
 import { TcpRequestServer } from ${JSON.stringify(src('runtime/request-plane/tcp-server.ts'))};
 const discovery = new Discovery(new FileStore({ root: process.env.STORE_ROOT, leaseTtlMs: 1500 }));
-const tcpServer = await TcpRequestServer.start({ host: '127.0.0.1', port: 0 });
+const tcpServer = await TcpRequestServer.start({ host: '127.0.0.1', port: 0, wireProfile: 'main' });
 await serveEndpoint({
   discovery, namespace: 'proc', component: 'worker', endpoint: 'ticker', plane: 'tcp', tcpServer,
   handler: async function* (_req, ctx) {

@@ -25,7 +25,7 @@ async function collect(stream: AsyncIterable<Annotated>): Promise<unknown[]> {
 }
 
 t.test('EndpointClient follows discovery and routes', async (t) => {
-  const tcpServer = await TcpRequestServer.start({ host: HOST, port: 0 });
+  const tcpServer = await TcpRequestServer.start({ host: HOST, port: 0, wireProfile: 'main' });
   const httpServer = await HttpRequestServer.start({ host: HOST, port: 0 });
   const responses = await ResponseServer.start({ host: HOST });
   const frontend = new Discovery(new MemStore());

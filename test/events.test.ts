@@ -63,7 +63,7 @@ async function synced(): Promise<void> {
 t.test('envelope bytes: named msgpack fields, uint64 integers, payload as bin', async (t) => {
   const raw = sub.subscribe('namespace.ns1.component.backend.kv-events', { max: 1 });
   await synced();
-  const publisher = new EventPublisher(pub, { namespace: 'ns1', component: 'backend', topic: 'kv-events' }, 0xfedcba9876543210n);
+  const publisher = new EventPublisher(pub, { namespace: 'ns1', component: 'backend', topic: 'kv-events' }, 0xfedcba9876543210n, 'main');
   t.equal(publisher.subject, 'namespace.ns1.component.backend.kv-events');
   const event: RouterEvent = {
     worker_id: 0xfedcba9876543210n,
@@ -103,9 +103,9 @@ t.test('envelope bytes: named msgpack fields, uint64 integers, payload as bin', 
 
 t.test('KV events: conversion, coalescing, monotonic event ids, decoding subscriber', async (t) => {
   const worker = 0x1234n;
-  const events = subscribeKvEvents(sub, 'ns2', 'backend');
+  const events = subscribeKvEvents(sub, 'ns2', 'backend', undefined, 'main');
   await synced();
-  const kv = new KvEventPublisher(pub, { namespace: 'ns2', component: 'backend', workerId: worker, batchWindowMs: 20 });
+  const kv = new KvEventPublisher(pub, { namespace: 'ns2', component: 'backend', workerId: worker, batchWindowMs: 20, wireProfile: 'main' });
   const tokens = Array.from({ length: 12 }, (_, i) => 100 + i);
 
   // three pages stored in two reports that chain (parent = last block), a signed engine hash among them
@@ -124,11 +124,11 @@ t.test('KV events: conversion, coalescing, monotonic event ids, decoding subscri
 
   const got = await take(events, 5);
   t.same(got.map((r) => r.event.event.event_id), [0n, 1n, 2n, 3n, 4n], 'event ids count up from 0');
-  t.same(got.map((r) => r.envelope.sequence), [0n, 1n, 2n, 3n, 4n]);
+  t.same(got.map((r) => r.envelope!.sequence), [0n, 1n, 2n, 3n, 4n]);
   for (const r of got) {
     t.equal(r.event.worker_id, worker);
-    t.equal(r.envelope.publisher_id, worker);
-    t.equal(r.envelope.topic, 'kv-events');
+    t.equal(r.envelope!.publisher_id, worker);
+    t.equal(r.envelope!.topic, 'kv-events');
   }
   t.same(got[0]!.event, {
     worker_id: worker,
@@ -162,9 +162,9 @@ t.test('KV events: conversion, coalescing, monotonic event ids, decoding subscri
 });
 
 t.test('KV events: a burst within the window is one message, later events are not held back', async (t) => {
-  const events = subscribeKvEvents(sub, 'ns3', 'prefill');
+  const events = subscribeKvEvents(sub, 'ns3', 'prefill', undefined, 'main');
   await synced();
-  const kv = new KvEventPublisher(pub, { namespace: 'ns3', component: 'prefill', workerId: 1n, dpRank: 2, batchWindowMs: 5 });
+  const kv = new KvEventPublisher(pub, { namespace: 'ns3', component: 'prefill', workerId: 1n, dpRank: 2, batchWindowMs: 5, wireProfile: 'main' });
   t.equal(kv.subject, 'namespace.ns3.component.prefill.kv-events');
   let parent: bigint | null = null;
   for (let i = 0n; i < 100n; i++) {
@@ -183,9 +183,9 @@ t.test('KV events: a burst within the window is one message, later events are no
 });
 
 t.test('load samples: initial zero, debounced, only on change', async (t) => {
-  const loads = subscribeLoad(sub, 'ns4');
+  const loads = subscribeLoad(sub, 'ns4', undefined, 'main');
   await synced();
-  const load = new LoadPublisher(pub, { namespace: 'ns4', workerId: 9n });
+  const load = new LoadPublisher(pub, { namespace: 'ns4', workerId: 9n, wireProfile: 'main' });
   t.equal(load.subject, 'namespace.ns4.kv_metrics');
   load.start([0, 1]);
   for (let i = 1; i <= 5; i++) load.update(0, i);
@@ -200,17 +200,17 @@ t.test('load samples: initial zero, debounced, only on change', async (t) => {
     [[0, 0], [1, 0], [0, 5], [1, 3]],
   );
   t.same(got[2]!.event, { worker_id: 9n, dp_rank: 0, active_decode_blocks: null, active_prefill_tokens: null, kv_used_blocks: 5 });
-  t.equal(got[0]!.envelope.topic, 'kv_metrics');
+  t.equal(got[0]!.envelope!.topic, 'kv_metrics');
   load.close();
   loads.close();
 });
 
 t.test('a malformed message is reported and skipped', async (t) => {
   const invalid: LlmError[] = [];
-  const events = subscribeKvEvents(sub, 'ns5', 'backend', { onInvalid: (err) => invalid.push(err) });
+  const events = subscribeKvEvents(sub, 'ns5', 'backend', { onInvalid: (err) => invalid.push(err) }, 'main');
   await synced();
   pub.publish('namespace.ns5.component.backend.kv-events', Uint8Array.of(0xc1));
-  const kv = new KvEventPublisher(pub, { namespace: 'ns5', component: 'backend', workerId: 3n, batchWindowMs: 0 });
+  const kv = new KvEventPublisher(pub, { namespace: 'ns5', component: 'backend', workerId: 3n, batchWindowMs: 0, wireProfile: 'main' });
   kv.cleared();
   const [good] = await take(events, 1);
   t.equal(good!.event.event.data, 'cleared');

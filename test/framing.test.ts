@@ -54,11 +54,11 @@ function feed<T>(bytes: Buffer, sizes: number[], push: (b: Buffer) => T[]): T[] 
 t.test('request frame: encoder output equals the hand-assembled bytes', async (t) => {
   const payload = handTwoPart('{"id":"r1"}', '{"token_ids":[1,2]}');
   const expected = handRequestFrame('7b/generate', '{"request-id":"r1"}', payload);
-  const encoded = encodeRequestFrame({ path: '7b/generate', headers: { 'request-id': 'r1' }, payload });
+  const encoded = encodeRequestFrame({ path: '7b/generate', headers: { 'request-id': 'r1' }, payload }, 'main');
   t.same([...encoded], [...expected]);
   // first bytes spelled out: u16 BE path length 11, then the path
   t.same([...encoded.subarray(0, 4)], [0x00, 0x0b, 0x37, 0x62]);
-  const decoded = decodeRequestFrame(expected);
+  const decoded = decodeRequestFrame(expected, undefined, 'main');
   t.equal(decoded.path, '7b/generate');
   t.same(decoded.headers, { 'request-id': 'r1' });
   t.same([...decoded.payload], [...payload]);
@@ -67,7 +67,7 @@ t.test('request frame: encoder output equals the hand-assembled bytes', async (t
 t.test('request frame: empty headers and payload, multi-byte UTF-8 path', async (t) => {
   const f = handRequestFrame('ff/gén', '', Buffer.alloc(0));
   t.equal(f.length, 2 + 7 + 2 + 0 + 4);
-  const d = decodeRequestFrame(f);
+  const d = decodeRequestFrame(f, undefined, 'main');
   t.equal(d.path, 'ff/gén');
   t.same(d.headers, {});
   t.equal(d.payload.length, 0);
@@ -77,7 +77,7 @@ t.test('request frames survive any split into chunks and coalescing', async (t) 
   const frames = [0, 1, 2, 3, 4].map((i) => handRequestFrame(`${i}/ep`, `{"request-id":"r${i}"}`, txt('x'.repeat(i * 37))));
   const stream = Buffer.concat(frames);
   for (const sizes of [[1], [2, 3], [7], [stream.length], [5, 100, 1]]) {
-    const decoder = new RequestFrameDecoder();
+    const decoder = new RequestFrameDecoder(undefined, 'main');
     const got = feed(stream, sizes, (b) => decoder.push(b));
     t.equal(got.length, 5, `chunk sizes ${sizes}`);
     got.forEach((f, i) => {
@@ -92,19 +92,19 @@ t.test('request frames survive any split into chunks and coalescing', async (t) 
 
 t.test('request frame: oversized payload is refused from its length prefix alone', async (t) => {
   // the limit applies to the whole frame: 2 + path + 2 + headers + 4 + payload (as Dynamo's codec does)
-  const decoder = new RequestFrameDecoder(1024);
+  const decoder = new RequestFrameDecoder(1024, 'main');
   // only the prefix arrives: path "1/a", no headers, payload_len 1014 → 1025 bytes; nothing else is needed to refuse it
   const prefix = Buffer.concat([u16(3), txt('1/a'), u16(0), u32(1014)]);
   t.throws(() => decoder.push(prefix), { code: 'LLM_ERR_PROTOCOL', message: /request frame of 1025 bytes exceeds the maximum message size of 1024 bytes \(DYN_TCP_MAX_MESSAGE_SIZE\)/ });
   // exactly at the limit is fine
-  const ok = new RequestFrameDecoder(1024).push(handRequestFrame('1/a', '', Buffer.alloc(1013)));
+  const ok = new RequestFrameDecoder(1024, 'main').push(handRequestFrame('1/a', '', Buffer.alloc(1013)));
   t.equal(ok.length, 1);
   // a 4 GiB length is refused without allocating it
-  t.throws(() => new RequestFrameDecoder().push(Buffer.concat([u16(0), u16(0), u32(0xffffffff)])), /4294967303 bytes exceeds the maximum message size of 33554432/);
+  t.throws(() => new RequestFrameDecoder(undefined, 'main').push(Buffer.concat([u16(0), u16(0), u32(0xffffffff)])), /4294967303 bytes exceeds the maximum message size of 33554432/);
 });
 
 t.test('request frame: malformed headers come back as an error in place, later frames still decode', async (t) => {
-  const decoder = new RequestFrameDecoder();
+  const decoder = new RequestFrameDecoder(undefined, 'main');
   const got = decoder.push(
     Buffer.concat([
       handRequestFrame('1/a', '{not json', Buffer.alloc(0)),
@@ -120,7 +120,7 @@ t.test('request frame: malformed headers come back as an error in place, later f
   t.match(got[2], { code: 'LLM_ERR_PROTOCOL', message: /must be a JSON object of strings, got \[1\]/ });
   t.match(got[3], { code: 'LLM_ERR_PROTOCOL', message: 'request frame path is not valid UTF-8' });
   t.match(got[4], { path: '1/ok', headers: { a: 'b' } });
-  t.throws(() => decodeRequestFrame(Buffer.concat([handRequestFrame('1/a', '', Buffer.alloc(0)), Buffer.from([0])])), /exactly one request frame/);
+  t.throws(() => decodeRequestFrame(Buffer.concat([handRequestFrame('1/a', '', Buffer.alloc(0)), Buffer.from([0])]), undefined, 'main'), /exactly one request frame/);
 });
 
 t.test('response frame: empty is an ACK, non-empty is error text', async (t) => {

@@ -169,8 +169,10 @@ t.test('discovery keys, ids and records', async (t) => {
   });
   t.equal(p.parseDiscoveryKey('v1/event_channels/ns/c/kv-events/1').kind, 'event_channel');
   throwsNaming(t, () => p.parseDiscoveryKey('v1/instances/ns/c/ep'), 'LLM_ERR_PROTOCOL', 'v1/instances/ns/c/ep');
-  t.equal(p.tcpTransportAddress('10.0.0.1:4000', id, 'generate'), '10.0.0.1:4000/694d7a5e1f2c3b04/generate');
-  t.equal(p.tcpRequestPath(id, 'generate'), '694d7a5e1f2c3b04/generate');
+  t.equal(p.tcpTransportAddress('10.0.0.1:4000', id, 'generate', 'main'), '10.0.0.1:4000/694d7a5e1f2c3b04/generate');
+  t.equal(p.tcpRequestPath(id, 'generate', 'main'), '694d7a5e1f2c3b04/generate');
+  t.equal(p.tcpTransportAddress('10.0.0.1:4000', id, 'generate', '0.8'), '10.0.0.1:4000/generate');
+  t.equal(p.tcpRequestPath(id, 'generate', '0.8'), 'generate');
   t.equal(p.httpTransportAddress('10.0.0.1:8081', 'generate'), 'http://10.0.0.1:8081/v1/rpc/generate');
   t.equal(p.natsRequestSubject('dynamo', 'backend', 'generate', id), 'dynamo_backend.generate-694d7a5e1f2c3b04');
 

@@ -1,7 +1,9 @@
-// The HTTP (h2c) and NATS request planes: real HTTP/2 server and client on loopback, a real nats-server; responses
+// The HTTP (h2c and HTTP/1.1) and NATS request planes: real HTTP/2 server and client on loopback, a real nats-server; responses
 // stream call-home over TCP as on the TCP plane.
 import t, { type Test } from 'tap';
+import { Agent, request as http1Request } from 'node:http';
 import { connect as h2connect } from 'node:http2';
+import { prepareRequest } from '../src/runtime/request-plane/egress.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { RequestContext } from '../src/runtime/request-plane/context.js';
 import { encodeTwoPart } from '../src/runtime/request-plane/framing.js';
@@ -108,6 +110,31 @@ t.test('http plane (h2c, Dynamo framing: 202 ACK, call-home responses)', async (
     t.match(await post(Buffer.from('garbage')), { status: 400, text: /^Malformed request: TwoPartMessage is 7 bytes/ });
     t.match(await post(encodeTwoPart('{"id":"1"}', '{}')), { status: 400, text: /request_type: required field is missing/ });
     t.equal((await collect(await client.request(countUrl, { n: 1 }))).length, 1, 'still serving');
+  });
+
+  t.test('HTTP/1.1 clients (Dynamo 0.8) are served on the same port: 202 ACK, then call-home responses', async (t) => {
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    t.teardown(() => agent.destroy());
+    const post = (path: string, body: Buffer, headers: Record<string, string> = {}) =>
+      new Promise<{ status: number; version: string; text: string }>((resolve, reject) => {
+        const url = new URL(`http://${server.hostPort}${path}`);
+        const req = http1Request({ host: url.hostname, port: url.port, path, method: 'POST', agent, headers: { 'content-type': 'application/octet-stream', ...headers } }, (res) => {
+          let text = '';
+          res.on('data', (c: Buffer) => (text += c.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, version: res.httpVersion, text }));
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+    for (const n of [3, 0, 2]) {
+      // the same keep-alive connection carries one request after another
+      const { stream, payload, headers } = prepareRequest(responses, countUrl, { n }, {}, 64 * 1024);
+      const answer = await post('/v1/rpc/count', payload, headers);
+      t.same([answer.status, answer.version, answer.text], [202, '1.1', '']);
+      t.same(await collect(stream), Array.from({ length: n }, (_, i) => ({ data: { i } })));
+    }
+    t.match(await post('/v1/rpc/nope', Buffer.from('x')), { status: 404, text: 'No handler found for path: /v1/rpc/nope' });
+    t.match(await post('/v1/rpc/count', Buffer.from('garbage')), { status: 400, text: /^Malformed request: TwoPartMessage is 7 bytes/ });
   });
 });
 

@@ -16,7 +16,7 @@ const HOST = '127.0.0.1';
 
 
 t.test('tcp plane', async (t) => {
-  const server = await TcpRequestServer.start({ host: HOST, port: 0 });
+  const server = await TcpRequestServer.start({ host: HOST, port: 0, wireProfile: 'main' });
   const responses = await ResponseServer.start({ host: HOST, callHomeTimeoutMs: 5000 });
   const client = new TcpRequestClient(responses);
   t.teardown(async () => {
@@ -160,7 +160,7 @@ t.test('tcp plane', async (t) => {
     const items = await collect(await client.request(failing, null));
     t.same(items, [
       { data: 'first' },
-      { event: 'error', comment: ['engine exploded'], error: { code: 'LLM_ERR_DEVICE', message: 'engine exploded' } },
+      { event: 'error', comment: ['LLM_ERR_DEVICE: engine exploded'] },
     ]);
   });
 
@@ -179,7 +179,7 @@ t.test('tcp plane', async (t) => {
       connection_info: { transport: 'tcp_server', info: JSON.stringify({ address: home.address, subject: 'subj-1', context: 'req-1', stream_type: 'response' }) },
     });
     const conn = await rawConnect(server.hostPort);
-    conn.send(encodeRequestFrame({ path: '1234abcd/count', headers: { 'request-id': 'req-1' }, payload: encodeTwoPart(control, '{"n":2}') }));
+    conn.send(encodeRequestFrame({ path: '1234abcd/count', headers: { 'request-id': 'req-1' }, payload: encodeTwoPart(control, '{"n":2}') }, 'main'));
     t.same(await conn.next(), { ack: true });
     const socket = await home.accepted;
     const messages = await home.readUntilClose(socket);
@@ -199,7 +199,7 @@ t.test('tcp plane', async (t) => {
     const home = await rawCallHome();
     t.teardown(() => home.server.close());
     const conn = await rawConnect(server.hostPort);
-    conn.send(encodeRequestFrame({ path: '1234abcd/count', headers: {}, payload: encodeTwoPart(controlFor(home.address, 'r9', 's9'), '{"n":') }));
+    conn.send(encodeRequestFrame({ path: '1234abcd/count', headers: {}, payload: encodeTwoPart(controlFor(home.address, 'r9', 's9'), '{"n":') }, 'main'));
     t.same(await conn.next(), { ack: true });
     const messages = await home.readUntilClose(await home.accepted);
     t.equal(messages.length, 2);
@@ -246,7 +246,7 @@ t.test('tcp plane', async (t) => {
     t.teardown(() => home.server.close());
     const begun = waitStart();
     const conn = await rawConnect(server.hostPort);
-    conn.send(encodeRequestFrame({ path: '1234abcd/slow', headers: {}, payload: encodeTwoPart(controlFor(home.address, 'r2', 's2'), '{}') }));
+    conn.send(encodeRequestFrame({ path: '1234abcd/slow', headers: {}, payload: encodeTwoPart(controlFor(home.address, 'r2', 's2'), '{}') }, 'main'));
     t.same(await conn.next(), { ack: true });
     const socket = await home.accepted;
     await begun;
@@ -268,13 +268,13 @@ t.test('tcp plane', async (t) => {
     conn.send(bad);
     t.match(await conn.next(), { ack: false, error: /^Malformed request frame: request frame headers are not valid JSON/ });
     // a payload that is not a TwoPartMessage
-    conn.send(encodeRequestFrame({ path: '1234abcd/count', headers: {}, payload: Buffer.from('hello') }));
+    conn.send(encodeRequestFrame({ path: '1234abcd/count', headers: {}, payload: Buffer.from('hello') }, 'main'));
     t.match(await conn.next(), { ack: false, error: /^Malformed request: TwoPartMessage is 5 bytes, shorter than its 24-byte length prefix/ });
     // a control header without connection_info
-    conn.send(encodeRequestFrame({ path: '1234abcd/count', headers: {}, payload: encodeTwoPart('{"id":"x"}', '{}') }));
+    conn.send(encodeRequestFrame({ path: '1234abcd/count', headers: {}, payload: encodeTwoPart('{"id":"x"}', '{}') }, 'main'));
     t.match(await conn.next(), { ack: false, error: /^Malformed request: request control header\.request_type: required field is missing/ });
     // the same connection still serves a good request
-    conn.send(encodeRequestFrame({ path: '1234abcd/count', headers: {}, payload: encodeTwoPart(controlFor(home.address, 'r3', 's3'), '{"n":1}') }));
+    conn.send(encodeRequestFrame({ path: '1234abcd/count', headers: {}, payload: encodeTwoPart(controlFor(home.address, 'r3', 's3'), '{"n":1}') }, 'main'));
     t.same(await conn.next(), { ack: true });
     const messages = await home.readUntilClose(await home.accepted);
     t.equal(messages.length, 5);
@@ -340,7 +340,7 @@ t.test('tcp plane', async (t) => {
 });
 
 t.test('a full queue answers "Server overloaded"', async (t) => {
-  const server = await TcpRequestServer.start({ host: HOST, port: 0, maxInflight: 1, maxQueued: 1 });
+  const server = await TcpRequestServer.start({ host: HOST, port: 0, maxInflight: 1, maxQueued: 1, wireProfile: 'main' });
   const responses = await ResponseServer.start({ host: HOST });
   const client = new TcpRequestClient(responses);
   t.teardown(async () => {

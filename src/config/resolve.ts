@@ -350,6 +350,7 @@ function derive(settings: Map<SettingKey, Setting>, passive: readonly ParsedFlag
     fileKvRoot: optStr('fileKvRoot') ?? join(env.TMPDIR ?? tmpdir(), 'dynamo_store_kv'),
     tcpRpcHost: optStr('tcpRpcHost'),
     tcpRpcPort: num('tcpRpcPort'),
+    wireProfile: str('wireProfile') as WorkerConfig['wireProfile'],
     dynToolCallParser: optStr('dynToolCallParser'),
     dynReasoningParser: optStr('dynReasoningParser'),
     migrationLimit: num('migrationLimit'),

@@ -5,6 +5,7 @@
 
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import type { FlagSpec, FlagValue } from '../cli/args.js';
+import { WireProfileSchema } from '../protocol/wire-profile.js';
 import { DYN_REASONING_PARSERS, DYN_TOOL_CALL_PARSERS } from './dynamo-parsers.js';
 
 // ---- value schemas (shared by flags and config fields) ----
@@ -125,6 +126,8 @@ export const WorkerConfigSchema = Type.Object(
     fileKvRoot: NonEmpty,
     tcpRpcHost: nullable(NonEmpty),
     tcpRpcPort: Type.Integer({ minimum: 0, maximum: 65535 }),
+    /** Absent = DEFAULT_WIRE_PROFILE (0.8). */
+    wireProfile: WireProfileSchema,
     // published in the model's runtime config
     dynToolCallParser: nullable(NonEmpty),
     dynReasoningParser: nullable(NonEmpty),
@@ -277,6 +280,8 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
     help: 'Address the TCP request-plane server binds and advertises.' },
   { name: 'tcp-rpc-port', setting: 'tcpRpcPort', ...int(Type.Integer({ minimum: 0, maximum: 65535 })), env: 'DYN_TCP_RPC_PORT', default: 0, expected: 'a port 0..65535 (0 = OS-assigned)', defaultText: '0 (OS-assigned)', group: G_RUNTIME,
     help: 'Port of the TCP request-plane server.' },
+  { name: 'dynamo-wire', setting: 'wireProfile', ...choice(WireProfileSchema, 'VERSION'), env: 'DYN_WIRE_PROFILE', default: '0.8', defaultText: '0.8', group: G_RUNTIME,
+    help: 'Dynamo release whose wire formats this worker speaks: 0.8 (request frames, addresses, JSON KV events and load, NATS local-indexer queries of Dynamo 0.8.0) or main (the later formats).' },
   { name: 'dyn-tool-call-parser', setting: 'dynToolCallParser', ...choice(literals(DYN_TOOL_CALL_PARSERS), 'NAME'), env: 'DYN_TOOL_CALL_PARSER', default: null, defaultText: 'none', group: G_RUNTIME,
     help: 'Tool-call parser name (one of Dynamo\'s) published in the runtime config and applied by the frontend; cannot be combined with SGLang\'s --tool-call-parser.' },
   { name: 'dyn-reasoning-parser', setting: 'dynReasoningParser', ...choice(literals(DYN_REASONING_PARSERS), 'NAME'), env: 'DYN_REASONING_PARSER', default: null, defaultText: 'none', group: G_RUNTIME,

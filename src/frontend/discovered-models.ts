@@ -4,7 +4,8 @@
 // re-sent to another instance with the tokens generated so far appended to the prompt, up to `migrationLimit` times.
 // With routing "kv" each request goes to the instance a KvRouter (./kv-router.ts) finds cheapest, following the
 // endpoint component's KV events and the namespace's load on the event plane (NATS).
-import { isErrorCode, LlmError } from '../errors.js';
+import { LlmError } from '../errors.js';
+import { errorFromItem } from '../protocol/transport.js';
 import type { NatsConnection } from 'nats';
 import type { Discovery, RecordWatch } from '../runtime/discovery/index.js';
 import { EndpointClient, DisconnectedError, type RoutingMode } from '../runtime/client.js';
@@ -27,6 +28,10 @@ import {
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index.js';
 import type { GenerateOptions, ModelDirectory, ServedModel } from './models.js';
 import { PrefillRouter } from './prefill-router.js';
+import { decodeWorkerKvQueryResponse08, workerKvIndexerQuerySubject08 } from '../protocol/events-0.8.js';
+import { encodeWireJson } from '../protocol/transport.js';
+import type { WireProfile } from '../protocol/wire-profile.js';
+import { wireProfileFromEnv } from '../runtime/wire-profile.js';
 import { acquireTokenizerPool, releaseTokenizerPool } from './tokenizer-pool.js';
 import type { TokenizerSource } from '../../actors/tokenizer.js';
 
@@ -41,6 +46,9 @@ export interface DiscoveredModelsOptions {
   kvOverlapScoreWeight?: number;
   routerTemperature?: number;
   migrationLimit?: number;
+  /** The Dynamo release whose event and local-indexer wires the workers speak (default DYN_WIRE_PROFILE, else 0.8). Request frames need no
+   * setting: each worker's transport address says which form it reads. */
+  wireProfile?: WireProfile;
   log?: (line: string) => void;
 }
 
@@ -121,7 +129,7 @@ export class DiscoveredModels implements ModelDirectory {
       const bits = modelTypeFromWire(card.model_type);
       if ((bits & (ModelTypeFlag.Chat | ModelTypeFlag.Completions)) === 0) continue; // prefill / embedding workers
       // every worker's card, not only the first of a model: the KV router recovers each one's cache once
-      if (this.options.routing === 'kv') this.kvRouter(r, card.kv_cache_block_size).learnWorker(r.instance_id, card.runtime_config.enable_local_indexer === true);
+      if (this.options.routing === 'kv') this.kvRouter(r, card.kv_cache_block_size).learnWorker(r.instance_id, card.runtime_config?.enable_local_indexer === true);
       const name = card.display_name;
       if (seen.has(name)) continue;
       seen.add(name);
@@ -183,12 +191,28 @@ export class DiscoveredModels implements ModelDirectory {
         blockSize,
         overlapScoreWeight: this.options.kvOverlapScoreWeight,
         temperature: this.options.routerTemperature,
-        queryWorker: (workerId, startEventId) => this.queryWorkerKvIndexer(r, workerId, startEventId),
+        queryWorker: (workerId, startEventId) =>
+          this.wireProfile === '0.8' ? this.queryWorkerKvIndexer08(r, workerId, startEventId) : this.queryWorkerKvIndexer(r, workerId, startEventId),
+        wireProfile: this.wireProfile,
         log: this.options.log,
       });
       this.kvRouters.set(key, router);
     }
     return router;
+  }
+
+  private get wireProfile(): WireProfile {
+    return this.options.wireProfile ?? wireProfileFromEnv();
+  }
+
+  /** Dynamo 0.8's query: a NATS request to the worker's `...worker_kv_indexer_query.{id}` subject, the JSON reply. */
+  private async queryWorkerKvIndexer08(r: ModelRecord, workerId: bigint, startEventId: bigint | null): Promise<WorkerKvQueryResponse> {
+    const request: WorkerKvQueryRequest = { worker_id: workerId, start_event_id: startEventId, end_event_id: null };
+    const subject = workerKvIndexerQuerySubject08(r.namespace, r.component, workerId);
+    const reply = await this.options.nats!.request(subject, encodeWireJson(request), { timeout: KV_QUERY_TIMEOUT_MS }).catch((err: unknown) => {
+      throw new LlmError('LLM_ERR_TRANSPORT', `worker ${workerId.toString(16)}: no answer on ${subject}: ${(err as Error).message}`);
+    });
+    return decodeWorkerKvQueryResponse08(reply.data);
   }
 
   /** One query of a worker's `worker_kv_indexer_query_dp0` (its component's endpoint), its single answer. */
@@ -199,7 +223,7 @@ export class DiscoveredModels implements ModelDirectory {
     const stream = await client.direct(request, workerId, { waitForInstancesMs: 2000, signal: AbortSignal.timeout(KV_QUERY_TIMEOUT_MS) });
     let answer: WorkerKvQueryResponse | undefined;
     for await (const annotated of stream) {
-      if (annotated.event === 'error' || annotated.error !== undefined) throw workerError(annotated.error, annotated.comment);
+      if (annotated.event === 'error' || annotated.error !== undefined) throw errorFromItem(annotated);
       if (annotated.data !== undefined && answer === undefined) answer = parseWire(WorkerKvQueryResponseSchema, annotated.data, 'worker kv indexer answer', 'LLM_ERR_PROTOCOL');
     }
     if (answer === undefined) throw new LlmError('LLM_ERR_PROTOCOL', `worker ${workerId.toString(16)}: ${workerKvIndexerQueryEndpoint(0)} answered nothing`);
@@ -232,7 +256,7 @@ class DiscoveredModel implements ServedModel {
         const { stream, release } = await this.route(client, sent, options.signal);
         try {
           for await (const annotated of stream) {
-            if (annotated.event === 'error' || annotated.error !== undefined) throw workerError(annotated.error, annotated.comment);
+            if (annotated.event === 'error' || annotated.error !== undefined) throw errorFromItem(annotated);
             if (annotated.data === undefined) continue;
             const chunk = parseWire(LlmResponseChunkSchema, annotated.data, 'response chunk', 'LLM_ERR_PROTOCOL');
             produced.push(...chunk.token_ids);
@@ -305,11 +329,3 @@ function migrated(request: PreprocessedRequest, produced: readonly number[]): Pr
   };
 }
 
-function workerError(error: unknown, comment: string[] | undefined): LlmError {
-  if (error && typeof error === 'object') {
-    const e = error as { code?: unknown; message?: unknown };
-    const message = typeof e.message === 'string' ? e.message : JSON.stringify(error);
-    return new LlmError(isErrorCode(e.code) ? e.code : 'LLM_ERR_INTERNAL', message);
-  }
-  return new LlmError('LLM_ERR_INTERNAL', typeof error === 'string' ? error : (comment?.join('; ') ?? 'worker error'));
-}

@@ -18,6 +18,7 @@ import type { ActiveLoad, RouterEvent } from '../protocol/events.js';
 import type { WorkerKvQueryResponse } from '../protocol/kv-query.js';
 import { subscribeKvEvents, subscribeLoad, type EventSubscription } from '../runtime/events/index.js';
 import { blockTokensHashes, sequenceHashes } from '../runtime/kv-hash.js';
+import type { WireProfile } from '../protocol/wire-profile.js';
 
 export interface KvRouterOptions {
   /** Tokens per KV block: the model card's kv_cache_block_size. */
@@ -28,6 +29,8 @@ export interface KvRouterOptions {
   temperature?: number;
   /** Asks a worker's local indexer for its events from `startEventId` (null: a dump of its cached blocks). */
   queryWorker?: WorkerKvQuery;
+  /** Payload form of the events and load it follows (default 0.8). */
+  wireProfile?: WireProfile;
   log?: (line: string) => void;
 }
 
@@ -85,8 +88,8 @@ export class KvRouter {
   /** Follows `namespace.{ns}.component.{comp}.kv-events` and `namespace.{ns}.kv_metrics` until close(). */
   static follow(nats: NatsConnection, namespace: string, component: string, options: KvRouterOptions): KvRouter {
     const router = new KvRouter(options);
-    const events = subscribeKvEvents(nats, namespace, component);
-    const loads = subscribeLoad(nats, namespace);
+    const events = subscribeKvEvents(nats, namespace, component, undefined, options.wireProfile);
+    const loads = subscribeLoad(nats, namespace, undefined, options.wireProfile);
     router.subscriptions.push(events, loads);
     router.subscribed = nats.flush().catch(() => undefined);
     const lost = (what: string) => (err: unknown) => router.log(`kv router: ${what} subscription ended: ${(err as Error).message}`);
@@ -162,8 +165,9 @@ export class KvRouter {
       const { events, last_event_id: last } = answer.TreeDump;
       this.caches.delete(workerId);
       for (const e of events) this.applyEvent(e);
-      // no events and id 0: the worker has published nothing yet (or only event 0, which left nothing cached)
-      cursor.applied = events.length === 0 && last === 0n ? null : last;
+      // id 0: the worker has published nothing yet (or only event 0), or it did not say (a 0.8 dump has only
+      // synthetic ids): the next live event is taken as it comes
+      cursor.applied = last === 0n ? null : last;
       this.log(`kv router: worker ${worker}: recovered ${this.caches.get(workerId)?.blocks.size ?? 0} cached blocks from its local indexer (through event ${last})`);
     } else if ('Events' in answer) {
       for (const e of answer.Events.events) {

@@ -6,6 +6,7 @@
 // see the transfer through (or time out) to release its pages. A decode request that failed on its KV transfer
 // before any token may be migrated like a dead worker's (discovered-models.ts): it is routed again, to a prefill
 // worker that can be reached. Without prefill workers requests pass through unchanged (aggregated serving).
+import { errorFromItem } from '../protocol/transport.js';
 import { LlmError } from '../errors.js';
 import { EndpointClient } from '../runtime/client.js';
 import type { Discovery, RecordWatch } from '../runtime/discovery/index.js';
@@ -123,7 +124,7 @@ export class PrefillRouter {
       for (let r = await stream.next(); !r.done; r = await stream.next()) {
         const annotated = r.value;
         if (annotated.event === 'error' || annotated.error !== undefined) {
-          throw new LlmError('LLM_ERR_KV_TRANSFER', `prefill worker ${worker.record.instance_id.toString(16)}: ${JSON.stringify(annotated.error ?? annotated.comment)}`);
+          throw new LlmError('LLM_ERR_KV_TRANSFER', `prefill worker ${worker.record.instance_id.toString(16)}: ${errorFromItem(annotated).message}`);
         }
       }
     })().catch((err: unknown) => this.options.log?.(`prefill request on ${worker.endpointKey} failed: ${(err as Error).message}`));
@@ -141,7 +142,7 @@ export class PrefillRouter {
       }
       if ((bits & ModelTypeFlag.Prefill) === 0) continue;
       const list = workers.get(card.display_name) ?? [];
-      list.push({ endpointKey: `${r.namespace}/${r.component}/${r.endpoint}`, record: r, bootstrap: card.runtime_config.disaggregated_endpoint ?? null });
+      list.push({ endpointKey: `${r.namespace}/${r.component}/${r.endpoint}`, record: r, bootstrap: card.runtime_config?.disaggregated_endpoint ?? null });
       workers.set(card.display_name, list);
     }
     for (const [name, list] of workers) if (!this.workers.has(name)) this.options.log?.(`model "${name}": ${list.length} prefill worker(s), serving disaggregated`);
@@ -163,7 +164,7 @@ async function firstBootstrap(stream: AsyncIterator<Annotated>, where: string): 
   for (let r = await stream.next(); !r.done; r = await stream.next()) {
     const annotated = r.value;
     if (annotated.event === 'error' || annotated.error !== undefined) {
-      throw new LlmError('LLM_ERR_KV_TRANSFER', `prefill worker on ${where} failed before giving its bootstrap info: ${JSON.stringify(annotated.error ?? annotated.comment)}`);
+      throw new LlmError('LLM_ERR_KV_TRANSFER', `prefill worker on ${where} failed before giving its bootstrap info: ${errorFromItem(annotated).message}`);
     }
     if (annotated.data === undefined) continue;
     const chunk = parseWire(LlmResponseChunkSchema, annotated.data, 'prefill response', 'LLM_ERR_PROTOCOL');

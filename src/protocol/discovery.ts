@@ -7,8 +7,9 @@ import { Type, type StaticDecode } from '@sinclair/typebox';
 import { LlmError } from '../errors.js';
 import { Opt, U64, U64_MAX } from './common.js';
 import { parseJsonExact, stringifyJsonExact } from './json.js';
-import { ModelDeploymentCardSchema } from './mdc.js';
+import { WireModelCardSchema } from './mdc.js';
 import { parseWire } from './validate.js';
+import { DEFAULT_WIRE_PROFILE, type WireProfile } from './wire-profile.js';
 
 export const DISCOVERY_ROOT = 'v1';
 export const INSTANCES_PREFIX = 'v1/instances/';
@@ -139,14 +140,23 @@ export function parseDiscoveryKey(key: string): ParsedDiscoveryKey {
 // ---------------------------------------------------------------------------------------------------------------
 // transport addresses
 
-/** TCP plane address advertised for an endpoint: `host:port/{instance_id:x}/{endpoint}`. */
-export function tcpTransportAddress(hostPort: string, instanceId: bigint, endpoint: string): string {
-  return `${hostPort}/${formatInstanceId(instanceId)}/${endpoint}`;
+/** TCP plane address advertised for an endpoint: `host:port/{request path}` (see tcpRequestPath). */
+export function tcpTransportAddress(hostPort: string, instanceId: bigint, endpoint: string, profile: WireProfile = DEFAULT_WIRE_PROFILE): string {
+  return `${hostPort}/${tcpRequestPath(instanceId, endpoint, profile)}`;
 }
 
-/** The request path inside a TCP request frame: `{instance_id:x}/{endpoint}`. */
-export function tcpRequestPath(instanceId: bigint, endpoint: string): string {
-  return `${formatInstanceId(instanceId)}/${endpoint}`;
+/** The request path inside a TCP request frame: `{endpoint}` in 0.8, `{instance_id:x}/{endpoint}` in main (where one
+ * process's server can carry several instances of one endpoint). */
+export function tcpRequestPath(instanceId: bigint, endpoint: string, profile: WireProfile = DEFAULT_WIRE_PROFILE): string {
+  checkSegment('endpoint', endpoint);
+  return profile === '0.8' ? endpoint : `${formatInstanceId(instanceId)}/${endpoint}`;
+}
+
+/** Which profile's request frame a TCP transport address asks for: a path of one segment is 0.8's `{endpoint}`, two
+ * segments are main's `{instance_id:x}/{endpoint}` (endpoint names hold no "/"). Lets a caller talk to workers of
+ * either release. */
+export function tcpProfileOfPath(path: string): WireProfile {
+  return path.includes('/') ? 'main' : '0.8';
 }
 
 /** HTTP plane URL: `http://host:port/v1/rpc/{endpoint}`. */
@@ -194,7 +204,7 @@ export const ModelRecordSchema = Type.Object(
     component: Type.String(),
     endpoint: Type.String(),
     instance_id: U64(),
-    card_json: ModelDeploymentCardSchema,
+    card_json: WireModelCardSchema,
     model_suffix: Opt(Type.String()),
   },
   { $id: 'ModelRecord', title: 'ModelRecord', description: 'value under v1/mdc/{ns}/{component}/{endpoint}/{instance_id:x}[/{lora_slug}]' },

@@ -12,3 +12,5 @@ export * from './health.js';
 export * from './mdc.js';
 export * from './openai.js';
 export * from './kv-query.js';
+export * from './wire-profile.js';
+export * from './events-0.8.js';

@@ -99,6 +99,8 @@ const artifact = (title: string, variants: string[]) =>
     description: `known variants: ${variants.join(', ')}`,
   });
 
+/** The card as a worker describes its model, before registration (src/runtime/model-card.ts) turns it into the wire
+ * form below: file references may be bare paths, `migration_limit` and a valid slug may be missing. Never on a wire. */
 export const ModelDeploymentCardSchema = Type.Object(
   {
     display_name: Type.String(),
@@ -124,3 +126,55 @@ export const ModelDeploymentCardSchema = Type.Object(
   { $id: 'ModelDeploymentCard', title: 'ModelDeploymentCard' },
 );
 export type ModelDeploymentCard = Static<typeof ModelDeploymentCardSchema>;
+
+// ---------------------------------------------------------------------------------------------------------------
+// The card on the wire (`card_json` under v1/mdc/...), by the reference's field rules, which are the same in Dynamo
+// 0.8 and later main (lib/llm/src/model_card.rs `ModelDeploymentCard`, lib/llm/src/common/checked_file.rs,
+// lib/runtime/src/slug.rs): a card that breaks one is dropped by a Dynamo frontend as undeserializable.
+//   - required: display_name, slug, context_length, kv_cache_block_size, migration_limit, model_type, model_input
+//   - slug: only a-z, 0-9, "-" and "_"
+//   - every file reference: `{path, checksum: "<algorithm>:<hex>"}` where the only algorithm is blake3
+//   - file artifacts are one-variant enums ({"hf_tokenizer_json": {...}}); there is no gguf variant
+
+export const SLUG_PATTERN = '^[a-z0-9_-]+$';
+export const CHECKSUM_PATTERN = '^blake3:[0-9a-f]+$';
+
+export const WireCheckedFileSchema = Type.Object(
+  {
+    path: Type.String({ minLength: 1, description: 'a local path or a URL (hf://<repo>/<file>)' }),
+    checksum: Type.String({ pattern: CHECKSUM_PATTERN, description: 'blake3:<hex of the file contents>' }),
+    size: Type.Optional(Type.Integer({ minimum: 0, description: 'file size in bytes (later main writes it; 0.8 ignores it)' })),
+  },
+  { title: 'CheckedFile', additionalProperties: false },
+);
+export type WireCheckedFile = Static<typeof WireCheckedFileSchema>;
+
+/** `{"<variant>": CheckedFile}`: a Rust enum of one CheckedFile variant. */
+const wireArtifact = <V extends string>(title: string, variant: V) =>
+  Type.Object({ [variant]: WireCheckedFileSchema } as Record<V, typeof WireCheckedFileSchema>, { title, additionalProperties: false });
+
+export const WireModelCardSchema = Type.Object(
+  {
+    display_name: Type.String(),
+    slug: Type.String({ pattern: SLUG_PATTERN }),
+    source_path: Opt(Type.String()),
+    model_info: Opt(wireArtifact('ModelInfoType', 'hf_config_json')),
+    tokenizer: Opt(wireArtifact('TokenizerKind', 'hf_tokenizer_json')),
+    prompt_formatter: Opt(wireArtifact('PromptFormatterArtifact', 'hf_tokenizer_config_json')),
+    chat_template_file: Opt(Type.Unknown({ description: 'PromptFormatterArtifact of a separate chat template file' })),
+    gen_config: Opt(wireArtifact('GenerationConfig', 'hf_generation_config_json')),
+    prompt_context: Opt(Type.Array(Type.String())),
+    context_length: U32(),
+    kv_cache_block_size: U32(),
+    migration_limit: U32(),
+    model_type: ModelTypeWireSchema,
+    model_input: ModelInputSchema,
+    lora: Opt(LoraInfoSchema),
+    user_data: Opt(Type.Unknown()),
+    runtime_config: Type.Optional(ModelRuntimeConfigSchema),
+    media_decoder: Opt(JsonObject()),
+    media_fetcher: Opt(JsonObject()),
+  },
+  { $id: 'WireModelCard', title: 'WireModelCard', description: 'card_json as a Dynamo frontend (0.8 and later) decodes it' },
+);
+export type WireModelCard = Static<typeof WireModelCardSchema>;

@@ -2,7 +2,8 @@
 // (newer frontends add some); known fields have checked types. `Opt` = absent, null, or a value: the Rust frontend
 // writes None either way depending on the field.
 import { Type, type StaticDecode } from '@sinclair/typebox';
-import { I32, JsonObject, Opt, Seed, U16, U32, U64 } from './common.js';
+import { LlmError } from '../errors.js';
+import { I32, JsonObject, Opt, Seed, U16, U32, U64, U64_MAX } from './common.js';
 
 export const TokenIdsSchema = Type.Array(U32(), { title: 'TokenIds' });
 
@@ -361,3 +362,20 @@ export const VideoGenerationRequestSchema = Type.Object(
   { $id: 'VideoGenerationRequest', title: 'VideoGenerationRequest' },
 );
 export type VideoGenerationRequest = StaticDecode<typeof VideoGenerationRequestSchema>;
+
+/**
+ * The bootstrap room a router chose, from where the reference's prefill router puts it: `bootstrap_info.bootstrap_room`
+ * (later main), else `extra_args.bootstrap_room` (Dynamo 0.8's PrefillRouter), a u64 as a JSON integer or a decimal
+ * string. Null when neither names one (the prefill worker then draws its own). A value that is not a u64 is a
+ * LLM_ERR_BAD_REQUEST naming it.
+ */
+export function requestedBootstrapRoom(request: { bootstrap_info?: { bootstrap_room: bigint } | null; extra_args?: Record<string, unknown> | null }): bigint | null {
+  if (request.bootstrap_info) return request.bootstrap_info.bootstrap_room;
+  const raw = request.extra_args?.bootstrap_room;
+  if (raw === undefined || raw === null) return null;
+  const text = typeof raw === 'bigint' || typeof raw === 'number' ? String(raw) : typeof raw === 'string' ? raw.trim() : '';
+  if (!/^[0-9]{1,20}$/.test(text) || BigInt(text) > U64_MAX) {
+    throw new LlmError('LLM_ERR_BAD_REQUEST', `extra_args.bootstrap_room ${JSON.stringify(typeof raw === 'bigint' ? String(raw) : raw)}: expected an integer 0..2^64-1`);
+  }
+  return BigInt(text);
+}

@@ -1,7 +1,7 @@
 // JSON messages of the request planes (reference §10.1, §10.3). The byte framing (length prefixes, TwoPartMessage)
 // belongs to the runtime; this module fixes what goes inside the header and body parts.
 import { Type, type StaticDecode, type TSchema } from '@sinclair/typebox';
-import { LlmError } from '../errors.js';
+import { isErrorCode, LlmError, type ErrorCode } from '../errors.js';
 import { JsonObject, Nullable, U64 } from './common.js';
 import { parseJsonExact, stringifyJsonExact } from './json.js';
 import { parseWire } from './validate.js';
@@ -141,4 +141,27 @@ export function decodeWireJson<T extends TSchema>(schema: T, bytes: Uint8Array, 
     throw new LlmError('LLM_ERR_PROTOCOL', `${what}: not valid JSON (${(err as Error).message})`);
   }
   return parseWire(schema, json, what, 'LLM_ERR_PROTOCOL');
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// error items (runtime/request-plane/ingress.ts says why they look like this)
+
+/** The text of an error item: `LLM_ERR_*: message`. */
+export function errorItemText(code: ErrorCode, message: string): string {
+  return `${code}: ${message}`;
+}
+
+/** Reads an error item back: the code from a leading `LLM_ERR_*: ` (else LLM_ERR_INTERNAL) and the message. An
+ * `error` object of our earlier form, `{code, message}`, is still understood. */
+export function errorFromItem(annotated: Annotated): LlmError {
+  const legacy = annotated.error;
+  if (legacy !== undefined && typeof legacy === 'object') {
+    const code = legacy.code;
+    const message = typeof legacy.message === 'string' ? legacy.message : JSON.stringify(legacy);
+    return new LlmError(isErrorCode(code) ? code : 'LLM_ERR_INTERNAL', message);
+  }
+  const text = typeof legacy === 'string' ? legacy : (annotated.comment ?? []).join(', ') || 'worker error';
+  const m = /^(LLM_ERR_[A-Z0-9_]+): ([\s\S]*)$/.exec(text);
+  if (m && isErrorCode(m[1])) return new LlmError(m[1], m[2]);
+  return new LlmError('LLM_ERR_INTERNAL', text);
 }

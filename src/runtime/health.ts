@@ -131,7 +131,7 @@ export interface CanaryResult {
 function isErrorChunk(chunk: unknown): string | undefined {
   if (typeof chunk !== 'object' || chunk === null) return undefined;
   const c = chunk as { event?: unknown; error?: unknown; finish_reason?: unknown; data?: unknown };
-  if (c.event === 'error') return `error event: ${JSON.stringify(c.error ?? null)}`;
+  if (c.event === 'error') return `error event: ${JSON.stringify(c.error ?? (c as { comment?: unknown }).comment ?? null)}`;
   if (c.finish_reason === 'error') return 'finish_reason "error"';
   return c.data !== undefined ? isErrorChunk(c.data) : undefined;
 }

@@ -16,11 +16,18 @@
 // publisher. The page → block hash map lets a removal (which names pages) name the hashes it stored.
 //
 // With the local indexer (config.enableLocalIndexer: not --durable-kv-events, not a disagg decode worker) every
-// published event is also kept by a LocalKvIndexer, which the worker serves as `worker_kv_indexer_query_dp0`.
-import type { NatsConnection } from 'nats';
+// published event is also kept by a LocalKvIndexer. The main wire profile serves it as the endpoint
+// `worker_kv_indexer_query_dp0` (the worker registers that); the 0.8 profile (the default) answers NATS requests
+// on `namespace.{ns}.component.{c}.worker_kv_indexer_query.{instance id}` here, as Dynamo 0.8 workers do.
+// The wire profile also picks the payload form of the events and load (protocol/events-0.8.ts).
+import type { NatsConnection, Subscription } from 'nats';
 import type { Supervisor } from '../../actors/supervisor.js';
 import type { WorkerConfig } from '../config/schema.js';
 import { KV_EVENTS_TOPIC } from '../protocol/events.js';
+import { encodeWorkerKvQueryResponse08, workerKvIndexerQuerySubject08 } from '../protocol/events-0.8.js';
+import { WorkerKvQueryRequestSchema } from '../protocol/kv-query.js';
+import { decodeWireJson } from '../protocol/transport.js';
+import { wireProfileFromEnv } from '../runtime/wire-profile.js';
 import type { Discovery } from '../runtime/discovery/index.js';
 import { KvEventPublisher, LoadPublisher, registerNatsEventChannel } from '../runtime/events/index.js';
 import { tokensHash } from '../runtime/kv-hash.js';
@@ -58,6 +65,8 @@ export class WorkerKvEvents {
   private readonly load: LoadPublisher | null;
   private readonly blockHashOfPage = new Map<number, bigint>();
   private readonly timer: NodeJS.Timeout;
+  /** 0.8: the NATS subscription answering local-indexer queries. */
+  private readonly querySubscription: Subscription | null = null;
   /** The scheduler whose cache the published blocks are in: a new one means the rank restarted empty. */
   private scheduler: unknown;
   private closed = false;
@@ -67,8 +76,10 @@ export class WorkerKvEvents {
     const { namespace, component } = config.endpoint;
     this.localIndexer = nats && config.enableLocalIndexer ? new LocalKvIndexer(discovery.instanceId) : null;
     const onPublish = this.localIndexer ? this.localIndexer.record.bind(this.localIndexer) : undefined;
-    this.kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId: discovery.instanceId, onPublish }) : null;
-    this.load = nats ? new LoadPublisher(nats, { namespace, workerId: discovery.instanceId }) : null;
+    const wireProfile = config.wireProfile ?? wireProfileFromEnv();
+    this.kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId: discovery.instanceId, onPublish, wireProfile }) : null;
+    this.load = nats ? new LoadPublisher(nats, { namespace, workerId: discovery.instanceId, wireProfile }) : null;
+    if (nats && this.localIndexer && wireProfile === '0.8') this.querySubscription = this.answerQueries08(nats, this.localIndexer);
     this.load?.start([0]);
     this.scheduler = supervisor.scheduler;
     if (this.kv) supervisor.onKvEvent((e) => this.onCacheEvent(e));
@@ -92,9 +103,16 @@ export class WorkerKvEvents {
     if (nats) {
       const { namespace, component } = config.endpoint;
       await registerNatsEventChannel(discovery, { namespace, component, topic: KV_EVENTS_TOPIC });
-      log(`publishing KV events and load on NATS ${config.natsServer} (namespace.${namespace}.component.${component}.kv-events, namespace.${namespace}.kv_metrics)`);
+      log(`publishing KV events and load on NATS ${config.natsServer} (namespace.${namespace}.component.${component}.kv-events, namespace.${namespace}.kv_metrics; Dynamo ${config.wireProfile ?? wireProfileFromEnv()} wire)`);
     }
-    return new WorkerKvEvents({ ...options, nats });
+    const events = new WorkerKvEvents({ ...options, nats });
+    await events.ready();
+    return events;
+  }
+
+  /** Flushed to the NATS server before the worker serves: a router that sees the worker can query it at once. */
+  async ready(): Promise<void> {
+    await this.options.nats?.flush();
   }
 
   /** Sends what is pending and disconnects from NATS. */
@@ -102,9 +120,28 @@ export class WorkerKvEvents {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.timer);
+    this.querySubscription?.unsubscribe();
     this.kv?.close();
     this.load?.close();
     if (this.options.nats) await this.options.nats.drain().catch(() => undefined);
+  }
+
+  /** Dynamo 0.8's local-indexer query: a JSON WorkerKvQueryRequest by NATS request, the JSON answer as the reply. */
+  private answerQueries08(nats: NatsConnection, indexer: LocalKvIndexer): Subscription {
+    const { namespace, component } = this.options.config.endpoint;
+    const subscription = nats.subscribe(workerKvIndexerQuerySubject08(namespace, component, this.options.discovery.instanceId));
+    void (async () => {
+      for await (const msg of subscription) {
+        let answer;
+        try {
+          answer = indexer.query(decodeWireJson(WorkerKvQueryRequestSchema, msg.data, 'worker kv indexer query'));
+        } catch (err) {
+          answer = { Error: (err as Error).message };
+        }
+        msg.respond(encodeWorkerKvQueryResponse08(answer));
+      }
+    })();
+    return subscription;
   }
 
   /** After a rank restart the prefix cache starts empty and no removals are reported for the lost one. */

@@ -15,6 +15,7 @@ import {
   type ModelRecord,
   type Transport,
 } from '../../protocol/discovery.js';
+import { wireModelCard } from '../model-card.js';
 import type { ModelDeploymentCard } from '../../protocol/mdc.js';
 import { EtcdStore } from './etcd.js';
 import { FileStore } from './file.js';
@@ -105,7 +106,7 @@ export class Discovery {
       component: r.component,
       endpoint: r.endpoint,
       instance_id: this.instanceId,
-      card_json: r.card,
+      card_json: await wireModelCard(r.card),
       ...(r.modelSuffix === undefined ? {} : { model_suffix: r.modelSuffix }),
     };
     const key = mdcKey(r.namespace, r.component, r.endpoint, this.instanceId, r.loraSlug);

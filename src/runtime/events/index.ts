@@ -8,6 +8,8 @@ import {
   type ActiveLoad,
   type RouterEvent,
 } from '../../protocol/events.js';
+import { decodeActiveLoad08, decodeRouterEvent08 } from '../../protocol/events-0.8.js';
+import { DEFAULT_WIRE_PROFILE, type WireProfile } from '../../protocol/wire-profile.js';
 import { EventSubscription, type SubscribeOptions } from './plane.js';
 
 export { KvEventPublisher, kvHashSeed, storageTierOf, type BlocksStored, type KvEventPublisherOptions } from './kv-publisher.js';
@@ -27,11 +29,19 @@ export function subscribeKvEvents(
   namespace: string,
   component: string,
   options?: SubscribeOptions,
+  profile: WireProfile = DEFAULT_WIRE_PROFILE,
 ): EventSubscription<RouterEvent> {
-  return new EventSubscription(connection, kvEventsSubject(namespace, component), decodeRouterEvent, options);
+  const decode = profile === '0.8' ? decodeRouterEvent08 : decodeRouterEvent;
+  return new EventSubscription(connection, kvEventsSubject(namespace, component), decode, options, profile);
 }
 
 /** Load samples of every worker of a namespace (`namespace.{ns}.kv_metrics`). */
-export function subscribeLoad(connection: NatsConnection, namespace: string, options?: SubscribeOptions): EventSubscription<ActiveLoad> {
-  return new EventSubscription(connection, kvMetricsSubject(namespace), decodeActiveLoad, options);
+export function subscribeLoad(
+  connection: NatsConnection,
+  namespace: string,
+  options?: SubscribeOptions,
+  profile: WireProfile = DEFAULT_WIRE_PROFILE,
+): EventSubscription<ActiveLoad> {
+  const decode = profile === '0.8' ? decodeActiveLoad08 : decodeActiveLoad;
+  return new EventSubscription(connection, kvMetricsSubject(namespace), decode, options, profile);
 }

@@ -12,6 +12,8 @@ import {
   type RouterEvent,
   type StorageTier,
 } from '../../protocol/events.js';
+import { encodeRouterEvent08 } from '../../protocol/events-0.8.js';
+import { DEFAULT_WIRE_PROFILE, type WireProfile } from '../../protocol/wire-profile.js';
 import { KV_HASH_SEED, blockTokensHashes } from '../kv-hash.js';
 import { xxh3_64 } from '../xxh3.js';
 import { EventPublisher } from './plane.js';
@@ -43,6 +45,8 @@ export interface KvEventPublisherOptions {
   maxBatchBlocks?: number;
   /** Sees every event just before it is published (the worker's local indexer keeps them). */
   onPublish?: (event: RouterEvent) => void;
+  /** 0.8: JSON RouterEvent without envelope (default); main: msgpack in an EventEnvelope. */
+  wireProfile?: WireProfile;
 }
 
 /** Storage tier of an engine medium name. */
@@ -92,6 +96,7 @@ export class KvEventPublisher {
       connection,
       { namespace: options.namespace, component: options.component, topic: KV_EVENTS_TOPIC },
       options.workerId,
+      options.wireProfile ?? DEFAULT_WIRE_PROFILE,
     );
     this.workerId = options.workerId;
     this.dpRank = options.dpRank ?? 0;
@@ -165,7 +170,7 @@ export class KvEventPublisher {
       event: { event_id: this.nextEventId++, data: pending.data, dp_rank: this.dpRank },
     };
     this.onPublish?.(event);
-    this.publisher.publish(encodeRouterEvent(event));
+    this.publisher.publish(this.publisher.wireProfile === '0.8' ? encodeRouterEvent08(event) : encodeRouterEvent(event));
   }
 
   close(): void {

@@ -1,14 +1,18 @@
 // Worker load for the KV router (reference §5.2): ActiveLoad {worker_id, dp_rank, active_decode_blocks: null,
-// active_prefill_tokens: null, kv_used_blocks} on `namespace.{ns}.kv_metrics`, per DP rank, only when the value
+// active_prefill_tokens: null, kv_used_blocks} (0.8 profile: the used blocks in active_decode_blocks, JSON, see
+// events-0.8.ts) on `namespace.{ns}.kv_metrics`, per DP rank, only when the value
 // changed and debounced (1 ms) so a burst of scheduler steps sends one sample; a zero sample goes out at start.
 import type { NatsConnection } from 'nats';
 import { KV_METRICS_TOPIC, encodeActiveLoad, type ActiveLoad } from '../../protocol/events.js';
+import { encodeActiveLoad08 } from '../../protocol/events-0.8.js';
+import { DEFAULT_WIRE_PROFILE, type WireProfile } from '../../protocol/wire-profile.js';
 import { EventPublisher } from './plane.js';
 
 export interface LoadPublisherOptions {
   namespace: string;
   workerId: bigint;
   debounceMs?: number;
+  wireProfile?: WireProfile;
 }
 
 export class LoadPublisher {
@@ -20,7 +24,7 @@ export class LoadPublisher {
   private timer: NodeJS.Timeout | undefined;
 
   constructor(connection: NatsConnection, options: LoadPublisherOptions) {
-    this.publisher = new EventPublisher(connection, { namespace: options.namespace, topic: KV_METRICS_TOPIC }, options.workerId);
+    this.publisher = new EventPublisher(connection, { namespace: options.namespace, topic: KV_METRICS_TOPIC }, options.workerId, options.wireProfile ?? DEFAULT_WIRE_PROFILE);
     this.workerId = options.workerId;
     this.debounceMs = options.debounceMs ?? 1;
   }
@@ -62,7 +66,7 @@ export class LoadPublisher {
       active_prefill_tokens: null,
       kv_used_blocks: kvUsedBlocks,
     };
-    this.publisher.publish(encodeActiveLoad(load));
+    this.publisher.publish(this.publisher.wireProfile === '0.8' ? encodeActiveLoad08(load) : encodeActiveLoad(load));
     this.published.set(dpRank, kvUsedBlocks);
   }
 }

@@ -1,7 +1,8 @@
-// The event plane on NATS Core (reference §10.2): every event is an msgpack EventEnvelope {publisher_id, sequence,
-// published_at, topic, payload} published on `namespace.{ns}[.component.{comp}].{topic}`; `payload` is msgpack bin
-// holding the topic's own msgpack message (RouterEvent, ActiveLoad, ...). `topic` carries the topic name
-// ("kv-events"), the subject's last element.
+// The event plane on NATS Core (reference §10.2). In the main wire profile every event is an msgpack EventEnvelope
+// {publisher_id, sequence, published_at, topic, payload} published on `namespace.{ns}[.component.{comp}].{topic}`;
+// `payload` is msgpack bin holding the topic's own msgpack message (RouterEvent, ActiveLoad, ...), and `topic` the
+// subject's last element. In the 0.8 profile the message itself (JSON) is published on the same subject, with no
+// envelope; the payload codecs (protocol/events.ts, events-0.8.ts) are chosen by the caller.
 import type { NatsConnection, Subscription } from 'nats';
 import { LlmError } from '../../errors.js';
 import { eventChannelKey } from '../../protocol/discovery.js';
@@ -13,6 +14,7 @@ import {
   type EventEnvelope,
 } from '../../protocol/events.js';
 import type { Discovery } from '../discovery/index.js';
+import { DEFAULT_WIRE_PROFILE, type WireProfile } from '../../protocol/wire-profile.js';
 
 export interface EventScope {
   namespace: string;
@@ -31,21 +33,20 @@ export class EventPublisher {
     readonly scope: EventScope,
     /** Who publishes: the worker's discovery instance id. */
     readonly publisherId: bigint,
+    readonly wireProfile: WireProfile = DEFAULT_WIRE_PROFILE,
   ) {
     this.subject = eventSubject(scope.namespace, scope.topic, scope.component);
   }
 
-  /** Wraps msgpack `payload` in an envelope and publishes it (buffered by the client; never blocks). */
-  publish(payload: Uint8Array): EventEnvelope {
-    const envelope: EventEnvelope = {
-      publisher_id: this.publisherId,
-      sequence: this.sequence++,
-      published_at: BigInt(Date.now()),
-      topic: this.scope.topic,
-      payload,
-    };
+  /** Publishes the encoded `payload`, in an envelope in the main profile (buffered by the client; never blocks).
+   * Returns the envelope (null in 0.8, which has none). */
+  publish(payload: Uint8Array): EventEnvelope | null {
+    const envelope: EventEnvelope | null =
+      this.wireProfile === '0.8'
+        ? null
+        : { publisher_id: this.publisherId, sequence: this.sequence++, published_at: BigInt(Date.now()), topic: this.scope.topic, payload };
     try {
-      this.connection.publish(this.subject, encodeEventEnvelope(envelope));
+      this.connection.publish(this.subject, envelope === null ? payload : encodeEventEnvelope(envelope));
     } catch (err) {
       throw new LlmError(
         'LLM_ERR_TRANSPORT',
@@ -69,7 +70,8 @@ export async function registerNatsEventChannel(discovery: Discovery, scope: Requ
 }
 
 export interface ReceivedEvent<T> {
-  envelope: EventEnvelope;
+  /** null in the 0.8 profile (no envelopes). */
+  envelope: EventEnvelope | null;
   /** The decoded payload. */
   event: T;
 }
@@ -88,6 +90,7 @@ export class EventSubscription<T> implements AsyncIterable<ReceivedEvent<T>> {
     readonly subject: string,
     private readonly decodePayload: (payload: Uint8Array, what: string) => T,
     private readonly options: SubscribeOptions = {},
+    readonly wireProfile: WireProfile = DEFAULT_WIRE_PROFILE,
   ) {
     this.subscription = connection.subscribe(subject);
   }
@@ -99,6 +102,10 @@ export class EventSubscription<T> implements AsyncIterable<ReceivedEvent<T>> {
   async *[Symbol.asyncIterator](): AsyncIterator<ReceivedEvent<T>> {
     for await (const msg of this.subscription) {
       try {
+        if (this.wireProfile === '0.8') {
+          yield { envelope: null, event: this.decodePayload(msg.data, `event on ${msg.subject}`) };
+          continue;
+        }
         const envelope = decodeEventEnvelope(msg.data, `event envelope on ${msg.subject}`);
         yield { envelope, event: this.decodePayload(envelope.payload, `${envelope.topic} payload on ${msg.subject}`) };
       } catch (err) {

@@ -54,11 +54,12 @@ export function formatHostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
-/** A TCP transport address from discovery, `host:port/{instance_id:x}/{endpoint}`, split at the first "/". */
+/** A TCP transport address from discovery, `host:port/{endpoint}` (0.8) or `host:port/{instance_id:x}/{endpoint}`
+ * (main), split at the first "/". */
 export function parseTcpTransportAddress(address: string): { hostPort: string; path: string } {
   const slash = address.indexOf('/');
   if (slash <= 0 || slash === address.length - 1) {
-    throw new LlmError('LLM_ERR_PROTOCOL', `TCP transport address "${address}": expected host:port/{instance_id:x}/{endpoint}`);
+    throw new LlmError('LLM_ERR_PROTOCOL', `TCP transport address "${address}": expected host:port/{endpoint} or host:port/{instance_id:x}/{endpoint}`);
   }
   const hostPort = address.slice(0, slash);
   parseHostPort(hostPort, 'TCP transport address host');

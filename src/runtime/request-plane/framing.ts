@@ -1,7 +1,8 @@
 // Byte-exact framing of Dynamo's TCP request plane (reference §10.1, §10.3). Pure functions and incremental decoders;
 // no sockets here. All integers are big-endian.
 //
-//   request frame   u16 path_len | path (UTF-8) | u16 headers_len | headers (JSON map<string,string>) | u32 payload_len | payload
+//   request frame   0.8:  u16 path_len | path (UTF-8) | u32 payload_len | payload
+//                   main: u16 path_len | path (UTF-8) | u16 headers_len | headers (JSON map<string,string>) | u32 payload_len | payload
 //   response frame  u32 len | data                      (len 0 = ACK, otherwise UTF-8 error text)
 //   TwoPartMessage  u64 header_len | u64 body_len | u64 checksum | header | body
 //                   (checksum = xxh3-64 of header‖body, 0 = not checked)
@@ -9,6 +10,7 @@
 // Sizes are checked against the maximum message size as soon as the length prefix is read, before any buffer for
 // the message is allocated, so a hostile length cannot make the process allocate it.
 import { LlmError } from '../../errors.js';
+import { DEFAULT_WIRE_PROFILE, type WireProfile } from '../../protocol/wire-profile.js';
 import { xxh3_64 } from '../xxh3.js';
 
 /** Dynamo's default for `DYN_TCP_MAX_MESSAGE_SIZE`: 32 MiB. */
@@ -32,25 +34,29 @@ export function maxMessageSizeFromEnv(env: NodeJS.ProcessEnv = process.env): num
 // Request frame
 
 export interface RequestFrame {
-  /** `{instance_id:x}/{endpoint}` */
+  /** `{endpoint}` (0.8) or `{instance_id:x}/{endpoint}` (main) */
   path: string;
-  /** Trace headers, `request-id`, `x-frontend-send-ts-ns`, `x-endpoint-path`. */
+  /** Trace headers, `request-id`, `x-frontend-send-ts-ns`, `x-endpoint-path` (main only: a 0.8 frame has none, so
+   * encoding drops them and decoding gives `{}`). */
   headers: Record<string, string>;
   /** An encoded TwoPartMessage (request control header + request body). */
   payload: Buffer;
 }
 
-export function encodeRequestFrame(frame: RequestFrame): Buffer {
+export function encodeRequestFrame(frame: RequestFrame, profile: WireProfile = DEFAULT_WIRE_PROFILE): Buffer {
   const path = Buffer.from(frame.path, 'utf8');
-  const headers = Buffer.from(JSON.stringify(frame.headers), 'utf8');
+  const headers = profile === '0.8' ? null : Buffer.from(JSON.stringify(frame.headers), 'utf8');
   if (path.length > 0xffff) throw new LlmError('LLM_ERR_PROTOCOL', `request frame path is ${path.length} bytes; the u16 length allows at most 65535`);
-  if (headers.length > 0xffff) throw new LlmError('LLM_ERR_PROTOCOL', `request frame headers are ${headers.length} bytes of JSON; the u16 length allows at most 65535`);
+  if (headers !== null && headers.length > 0xffff) throw new LlmError('LLM_ERR_PROTOCOL', `request frame headers are ${headers.length} bytes of JSON; the u16 length allows at most 65535`);
   if (frame.payload.length > 0xffffffff) throw new LlmError('LLM_ERR_PROTOCOL', `request frame payload is ${frame.payload.length} bytes; the u32 length allows at most 4294967295`);
-  const out = Buffer.allocUnsafe(2 + path.length + 2 + headers.length + 4 + frame.payload.length);
+  const headersBytes = headers === null ? 0 : 2 + headers.length;
+  const out = Buffer.allocUnsafe(2 + path.length + headersBytes + 4 + frame.payload.length);
   let at = out.writeUInt16BE(path.length, 0);
   at += path.copy(out, at);
-  at = out.writeUInt16BE(headers.length, at);
-  at += headers.copy(out, at);
+  if (headers !== null) {
+    at = out.writeUInt16BE(headers.length, at);
+    at += headers.copy(out, at);
+  }
   at = out.writeUInt32BE(frame.payload.length, at);
   frame.payload.copy(out, at);
   return out;
@@ -264,7 +270,10 @@ export class RequestFrameDecoder {
   /** Total length of the frame at the head of the queue, once its three length fields have been read. */
   private pendingTotal = 0;
 
-  constructor(private readonly maxMessageSize: number = DEFAULT_MAX_MESSAGE_SIZE) {}
+  constructor(
+    private readonly maxMessageSize: number = DEFAULT_MAX_MESSAGE_SIZE,
+    private readonly profile: WireProfile = DEFAULT_WIRE_PROFILE,
+  ) {}
 
   push(chunk: Buffer): Array<RequestFrame | LlmError> {
     this.queue.push(chunk);
@@ -274,9 +283,11 @@ export class RequestFrameDecoder {
         const q = this.queue;
         if (q.length < 2) break;
         const pathLen = q.peek(2).readUInt16BE(0);
-        if (q.length < 2 + pathLen + 2) break;
-        const headersLen = q.peek(2 + pathLen + 2).readUInt16BE(2 + pathLen);
-        const payloadAt = 2 + pathLen + 2 + headersLen;
+        let payloadAt = 2 + pathLen;
+        if (this.profile !== '0.8') {
+          if (q.length < 2 + pathLen + 2) break;
+          payloadAt += 2 + q.peek(2 + pathLen + 2).readUInt16BE(2 + pathLen);
+        }
         if (q.length < payloadAt + 4) break;
         const total = payloadAt + 4 + q.peek(payloadAt + 4).readUInt32BE(payloadAt);
         if (total > this.maxMessageSize) throw tooLarge('request frame', total, this.maxMessageSize);
@@ -286,7 +297,7 @@ export class RequestFrameDecoder {
       const frame = this.queue.take(this.pendingTotal);
       this.pendingTotal = 0;
       try {
-        frames.push(parseRequestFrame(frame));
+        frames.push(parseRequestFrame(frame, this.profile));
       } catch (err) {
         frames.push(err as LlmError);
       }
@@ -301,8 +312,12 @@ export class RequestFrameDecoder {
 }
 
 /** Decodes one complete request frame (exactly `frame.length` bytes). */
-export function decodeRequestFrame(frame: Buffer, maxMessageSize: number = DEFAULT_MAX_MESSAGE_SIZE): RequestFrame {
-  const decoder = new RequestFrameDecoder(maxMessageSize);
+export function decodeRequestFrame(
+  frame: Buffer,
+  maxMessageSize: number = DEFAULT_MAX_MESSAGE_SIZE,
+  profile: WireProfile = DEFAULT_WIRE_PROFILE,
+): RequestFrame {
+  const decoder = new RequestFrameDecoder(maxMessageSize, profile);
   const frames = decoder.push(frame);
   if (frames.length !== 1 || decoder.buffered !== 0) {
     throw new LlmError('LLM_ERR_PROTOCOL', `expected exactly one request frame in ${frame.length} bytes, found ${frames.length} with ${decoder.buffered} bytes left over`);
@@ -312,9 +327,10 @@ export function decodeRequestFrame(frame: Buffer, maxMessageSize: number = DEFAU
   return only;
 }
 
-function parseRequestFrame(frame: Buffer): RequestFrame {
+function parseRequestFrame(frame: Buffer, profile: WireProfile): RequestFrame {
   const pathLen = frame.readUInt16BE(0);
   const path = decodeUtf8(frame.subarray(2, 2 + pathLen), 'request frame path');
+  if (profile === '0.8') return { path, headers: {}, payload: frame.subarray(2 + pathLen + 4) };
   const headersLen = frame.readUInt16BE(2 + pathLen);
   const headersAt = 4 + pathLen;
   const headers = parseHeaders(frame.subarray(headersAt, headersAt + headersLen));

@@ -1,5 +1,7 @@
-// The HTTP request plane, as Dynamo's runtime speaks it: HTTP/2 without TLS (h2c, prior knowledge),
-// `POST http://host:port/v1/rpc/{endpoint}` whose body is the same TwoPartMessage as on the TCP and NATS planes
+// The HTTP request plane, as Dynamo's runtime speaks it: `POST http://host:port/v1/rpc/{endpoint}` over HTTP/1.1
+// (Dynamo 0.8's client) or HTTP/2 without TLS (h2c, prior knowledge; later clients, and ours). The server takes both
+// on one port: a connection that opens with the HTTP/2 preface goes to the h2 server, any other to the HTTP/1.1 one.
+// The request whose body is the same TwoPartMessage as on the TCP and NATS planes
 // (RequestControlMessage header + request JSON body). The worker answers `202 Accepted` with an empty body once the
 // work is queued (the ACK), or an error status with text (404 no handler, 400 malformed, 413 too large, 503
 // overloaded). Responses do not come back on the HTTP stream: they stream call-home over TCP to the caller's response
@@ -14,6 +16,9 @@ import {
   type IncomingHttpHeaders,
   type ServerHttp2Stream,
 } from 'node:http2';
+import { createServer as createHttp1Server, type IncomingMessage, type Server as Http1Server, type ServerResponse } from 'node:http';
+import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import type { Readable } from 'node:stream';
 import { LlmError } from '../../errors.js';
 import { formatInstanceId, httpTransportAddress } from '../../protocol/discovery.js';
 import { advertisedHost, formatHostPort, resolveRpcHost } from './address.js';
@@ -41,22 +46,41 @@ function envPort(name: string, raw: string | undefined): number {
   return port;
 }
 
-/** Transport headers of an HTTP/2 request, without pseudo-headers and HTTP plumbing. */
+const HOP_BY_HOP = new Set(['content-type', 'content-length', 'host', 'connection', 'keep-alive', 'transfer-encoding', 'te', 'upgrade']);
+
+/** The client's preface that opens every HTTP/2 connection (RFC 9113 §3.4). */
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+
+/** Transport headers of a request, without pseudo-headers and HTTP plumbing. */
 function transportHeaders(headers: IncomingHttpHeaders): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [key, value] of Object.entries(headers)) {
-    if (key.startsWith(':') || key === 'content-type' || key === 'content-length' || value === undefined) continue;
+    if (key.startsWith(':') || HOP_BY_HOP.has(key) || value === undefined) continue;
     out[key] = Array.isArray(value) ? value.join(', ') : value;
   }
   return out;
 }
 
+/** One request, whichever HTTP version carried it. */
+interface PlaneRequest {
+  method: string;
+  path: string;
+  headers: IncomingHttpHeaders;
+  body: Readable;
+  reply(status: number, text: string): void;
+  /** Stops reading a body that is already too large. */
+  abort(): void;
+}
+
 export class HttpRequestServer {
   private readonly routes = new Map<string, HandlerRegistration>();
   private readonly sessions = new Set<Http2Session>();
+  private readonly sockets = new Set<Socket>();
 
   private constructor(
-    private readonly server: Http2Server,
+    private readonly server: NetServer,
+    private readonly h2: Http2Server,
+    private readonly h1: Http1Server,
     readonly ingress: Ingress,
     readonly hostPort: string,
     readonly rootPath: string,
@@ -67,20 +91,24 @@ export class HttpRequestServer {
     const port = options.port ?? envPort('DYN_HTTP_RPC_PORT', process.env.DYN_HTTP_RPC_PORT);
     const rootPath = (options.rootPath ?? (process.env.DYN_HTTP_RPC_ROOT_PATH || DEFAULT_RPC_ROOT_PATH)).replace(/\/+$/, '');
     const ingress = new Ingress({ ...options, maxMessageSize: options.maxMessageSize ?? maxMessageSizeFromEnv() });
-    const server = createHttp2Server();
+    const server = createNetServer({ noDelay: true });
+    const h2server = createHttp2Server();
+    const h1server = createHttp1Server({ keepAlive: true });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new LlmError('LLM_ERR_TRANSPORT', `HTTP request server cannot listen on ${formatHostPort(host, port)}: ${err.message}`)));
       server.listen(port, host, () => resolve());
     });
     const bound = server.address();
     const boundPort = typeof bound === 'object' && bound !== null ? bound.port : port;
-    const self = new HttpRequestServer(server, ingress, formatHostPort(advertisedHost(host), boundPort), rootPath);
-    server.on('session', (session) => {
+    const self = new HttpRequestServer(server, h2server, h1server, ingress, formatHostPort(advertisedHost(host), boundPort), rootPath);
+    h2server.on('session', (session) => {
       self.sessions.add(session);
       session.on('close', () => self.sessions.delete(session));
       session.on('error', () => {});
     });
-    server.on('stream', (stream, headers) => self.serve(stream, headers));
+    h2server.on('stream', (stream, headers) => self.serveH2(stream, headers));
+    h1server.on('request', (req: IncomingMessage, res: ServerResponse) => self.serveH1(req, res));
+    server.on('connection', (socket) => self.dispatch(socket));
     return self;
   }
 
@@ -103,24 +131,79 @@ export class HttpRequestServer {
   async close(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const session of this.sessions) session.destroy();
+    for (const socket of this.sockets) socket.destroy();
     await closed;
   }
 
-  private serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
-    stream.on('error', () => {});
-    const reply = (status: number, text: string) => {
-      if (stream.destroyed || stream.closed) return;
-      stream.respond({ ':status': status, 'content-type': 'text/plain; charset=utf-8' }, { endStream: text.length === 0 });
-      if (text.length > 0) stream.end(text);
+  /** Hands a new connection to the h2 or the HTTP/1.1 server by its first bytes. */
+  private dispatch(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.on('close', () => this.sockets.delete(socket));
+    socket.on('error', () => {});
+    let head = Buffer.alloc(0);
+    const onData = (chunk: Buffer): void => {
+      head = Buffer.concat([head, chunk]);
+      const n = Math.min(head.length, H2_PREFACE.length);
+      const isH2 = head.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+      if (isH2 && head.length < H2_PREFACE.length) return; // a prefix of the preface: wait for more
+      socket.off('data', onData);
+      socket.pause();
+      socket.unshift(head);
+      // the h2 session takes the bytes already read from the socket's buffer and then reads its handle itself; the
+      // HTTP/1.1 parser reads the stream, which must flow again
+      if (isH2) this.h2.emit('connection', socket);
+      else {
+        this.h1.emit('connection', socket);
+        socket.resume();
+      }
     };
-    const path = headers[':path'] ?? '';
+    socket.on('data', onData);
+  }
+
+  private serveH2(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+    stream.on('error', () => {});
+    this.serve({
+      method: String(headers[':method'] ?? ''),
+      path: String(headers[':path'] ?? ''),
+      headers,
+      body: stream,
+      reply: (status, text) => {
+        if (stream.destroyed || stream.closed) return;
+        stream.respond({ ':status': status, 'content-type': 'text/plain; charset=utf-8' }, { endStream: text.length === 0 });
+        if (text.length > 0) stream.end(text);
+      },
+      abort: () => stream.close(h2.NGHTTP2_CANCEL),
+    });
+  }
+
+  private serveH1(req: IncomingMessage, res: ServerResponse): void {
+    req.on('error', () => {});
+    this.serve({
+      method: req.method ?? '',
+      path: req.url ?? '',
+      headers: req.headers,
+      body: req,
+      reply: (status, text) => {
+        if (res.headersSent) return;
+        res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+        res.end(text);
+      },
+      // the rest of an oversized body is read and dropped (the answer is already out); the connection then closes
+      abort: () => {
+        res.shouldKeepAlive = false;
+      },
+    });
+  }
+
+  private serve(request: PlaneRequest): void {
+    const { path, headers, reply } = request;
     const prefix = `${this.rootPath}/`;
     if (!path.startsWith(prefix)) {
       reply(404, `No handler found for path: ${path}`);
       return;
     }
-    if (headers[':method'] !== 'POST') {
-      reply(405, `${headers[':method']} ${path}: only POST is served`);
+    if (request.method !== 'POST') {
+      reply(405, `${request.method} ${path}: only POST is served`);
       return;
     }
     const endpoint = decodeURIComponent(path.slice(prefix.length).split('?')[0]);
@@ -137,16 +220,17 @@ export class HttpRequestServer {
     }
     const chunks: Buffer[] = [];
     let size = 0;
-    stream.on('data', (chunk: Buffer) => {
+    request.body.on('data', (chunk: Buffer) => {
+      if (size > max) return;
       size += chunk.length;
       if (size > max) {
         reply(413, `Request refused: body exceeds the maximum message size of ${max} bytes (DYN_TCP_MAX_MESSAGE_SIZE)`);
-        stream.close(h2.NGHTTP2_CANCEL);
+        request.abort();
         return;
       }
       chunks.push(chunk);
     });
-    stream.on('end', () => {
+    request.body.on('end', () => {
       if (size > max) return;
       const accepted = this.ingress.accept(registration, Buffer.concat(chunks, size), transportHeaders(headers));
       if (accepted.ok) reply(202, '');

@@ -6,15 +6,20 @@
 //                    "complete_final":false}… → body {"complete_final":true} → header "sentinel" (not after stop/kill)
 //   caller → worker  header "stop" (finish gracefully) | header "kill" (abort now); closing the socket = kill.
 //
-// Handler outputs become Annotated `{"data": output}`. A handler that throws produces one error item
-//   {"event": "error", "comment": [message], "error": {"code": "LLM_ERR_*", "message": message}}
-// (the `error` object is this project's ErrorPayload; `comment` carries the text for callers that read only that),
-// after which the stream completes normally.
+// Handler outputs become Annotated `{"data": output}`. A handler that throws produces one error item in the form every
+// Dynamo release reads (Annotated::from_error: `event` "error", the text in `comment`):
+//   {"event": "error", "comment": ["LLM_ERR_*: message"]}
+// after which the stream completes normally. The code leads the text (errorItemText / errorFromItem) so that our own
+// callers keep it; no extra field is added, since later Dynamo drops an Annotated whose `error` is not its own shape.
+// A handler that ends with LLM_ERR_SHUTDOWN (the worker is draining and gave up on the request) instead drops the
+// call-home connection without completing the stream: that is the interruption Dynamo's migration retries on another
+// worker, in 0.8 and later alike.
 import { connect, type Socket } from 'node:net';
 import { LlmError, toErrorPayload } from '../../errors.js';
 import { parseJsonExact, stringifyJsonExact } from '../../protocol/json.js';
 import {
   ControlMessageSchema,
+  errorItemText,
   RequestControlMessageSchema,
   decodeWireJson,
   readConnectionInfo,
@@ -197,9 +202,14 @@ export class Ingress {
         await out.dataFrame(output);
       }
     } catch (err) {
+      const error = toErrorPayload(err);
+      if (error.code === 'LLM_ERR_SHUTDOWN') {
+        finished = true;
+        socket.destroy();
+        return;
+      }
       if (!ctx.isKilled()) {
-        const error = toErrorPayload(err);
-        const annotated: Annotated = { event: 'error', comment: [error.message], error: { code: error.code, message: error.message } };
+        const annotated: Annotated = { event: 'error', comment: [errorItemText(error.code, error.message)] };
         const frame: StreamFrame = { data: annotated, complete_final: false };
         await out.body(frame);
       }

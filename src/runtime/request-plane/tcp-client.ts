@@ -4,6 +4,7 @@
 // (the FIFO would be out of step), failing the requests still waiting on it.
 import { connect, type Socket } from 'node:net';
 import { LlmError } from '../../errors.js';
+import { tcpProfileOfPath } from '../../protocol/discovery.js';
 import { RequestHeader } from '../../protocol/transport.js';
 import { parseHostPort, parseTcpTransportAddress } from './address.js';
 import { prepareRequest, refusal, type RequestOptions } from './egress.js';
@@ -101,7 +102,7 @@ export class TcpRequestClient {
   }
 
   /**
-   * Sends `body` to the endpoint at `address` (`host:port/{instance_id:x}/{endpoint}`, from discovery) and resolves
+   * Sends `body` to the endpoint at `address` (`host:port/{endpoint}` or `host:port/{instance_id:x}/{endpoint}`, from discovery) and resolves
    * once the worker acknowledged it; the stream then yields the responses.
    */
   async request(address: string, body: unknown, options: RequestOptions = {}): Promise<ResponseStream> {
@@ -109,7 +110,8 @@ export class TcpRequestClient {
     const { stream, payload, headers } = prepareRequest(this.responses, address, body, options, this.maxMessageSize);
     headers[RequestHeader.endpointPath] = path;
     try {
-      const frame = encodeRequestFrame({ path, headers, payload });
+      // the address says which release's frame the worker reads (a 0.8 frame has no headers block)
+      const frame = encodeRequestFrame({ path, headers, payload }, tcpProfileOfPath(path));
       const connection = await this.connection(hostPort);
       const answer = await connection.send(frame, this.ackTimeoutMs);
       if (!answer.ack) throw refusal(address, answer.error);

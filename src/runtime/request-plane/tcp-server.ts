@@ -1,5 +1,6 @@
 // The worker's shared TCP request server (reference §10.1): one per process, endpoints multiplexed by the request
-// frame's path `{instance_id:x}/{endpoint}`. Each request frame gets exactly one response frame, in order: an empty
+// frame's path (`{endpoint}` in the 0.8 wire profile, `{instance_id:x}/{endpoint}` in main). The server speaks one
+// profile's request frame on all its connections (the two forms cannot be told apart from the bytes). Each request frame gets exactly one response frame, in order: an empty
 // one (ACK) once the work is queued, or error text. Responses then stream call-home (ingress.ts).
 //
 // A frame with sound boundaries but bad content (headers, payload) is answered with an error frame and the connection
@@ -11,6 +12,8 @@ import { formatInstanceId, tcpRequestPath, tcpTransportAddress } from '../../pro
 import { advertisedHost, formatHostPort, resolveRpcHost, resolveRpcPort } from './address.js';
 import { encodeResponseFrame, maxMessageSizeFromEnv, RequestFrameDecoder } from './framing.js';
 import { Ingress, type HandlerRegistration, type IngressOptions } from './ingress.js';
+import type { WireProfile } from '../../protocol/wire-profile.js';
+import { wireProfileFromEnv } from '../wire-profile.js';
 
 const ACK = encodeResponseFrame();
 
@@ -19,6 +22,8 @@ export interface TcpRequestServerOptions extends IngressOptions {
   host?: string;
   /** Default `DYN_TCP_RPC_PORT`, else OS-assigned. */
   port?: number;
+  /** Request frame form and path (default DYN_WIRE_PROFILE, else 0.8). */
+  wireProfile?: WireProfile;
 }
 
 export class TcpRequestServer {
@@ -30,6 +35,7 @@ export class TcpRequestServer {
     readonly ingress: Ingress,
     /** `host:port` as advertised in discovery. */
     readonly hostPort: string,
+    readonly wireProfile: WireProfile,
   ) {}
 
   static async start(options: TcpRequestServerOptions = {}): Promise<TcpRequestServer> {
@@ -43,24 +49,24 @@ export class TcpRequestServer {
     });
     const bound = server.address();
     const boundPort = typeof bound === 'object' && bound !== null ? bound.port : port;
-    const self = new TcpRequestServer(server, ingress, formatHostPort(advertisedHost(host), boundPort));
+    const self = new TcpRequestServer(server, ingress, formatHostPort(advertisedHost(host), boundPort), options.wireProfile ?? wireProfileFromEnv());
     server.on('connection', (socket) => self.serveConnection(socket));
     return self;
   }
 
-  /** Routes `{instance_id:x}/{endpoint}` to the handler; returns the transport address for discovery. */
+  /** Routes the endpoint's request path to the handler; returns the transport address for discovery. */
   register(registration: HandlerRegistration): string {
-    const path = tcpRequestPath(registration.instanceId, registration.endpoint);
+    const path = tcpRequestPath(registration.instanceId, registration.endpoint, this.wireProfile);
     if (this.routes.has(path)) {
       throw new LlmError('LLM_ERR_CONFIG', `endpoint ${registration.endpoint} of instance ${formatInstanceId(registration.instanceId)} is already served on ${this.hostPort}`);
     }
     this.routes.set(path, registration);
-    return tcpTransportAddress(this.hostPort, registration.instanceId, registration.endpoint);
+    return tcpTransportAddress(this.hostPort, registration.instanceId, registration.endpoint, this.wireProfile);
   }
 
   /** Stops routing new requests to the endpoint, then waits for its queued and running ones to finish. */
   async unregister(registration: HandlerRegistration): Promise<void> {
-    const path = tcpRequestPath(registration.instanceId, registration.endpoint);
+    const path = tcpRequestPath(registration.instanceId, registration.endpoint, this.wireProfile);
     if (this.routes.get(path) === registration) this.routes.delete(path);
     await this.ingress.idle(registration);
   }
@@ -75,7 +81,7 @@ export class TcpRequestServer {
     this.sockets.add(socket);
     socket.on('close', () => this.sockets.delete(socket));
     socket.on('error', () => {});
-    const decoder = new RequestFrameDecoder(this.ingress.maxMessageSize);
+    const decoder = new RequestFrameDecoder(this.ingress.maxMessageSize, this.wireProfile);
     socket.on('data', (chunk: Buffer) => {
       let frames;
       try {
