@@ -91,6 +91,18 @@ t.test('prefill: the bootstrap chunk first, then the prompt with max_tokens 1', 
   t.equal(core.requests[0].request.stop_conditions.max_tokens, 1);
 });
 
+t.test("prefill: the room 0.8's prefill router passes in extra_args.bootstrap_room is the one handed over", async (t) => {
+  const { s } = await serving('prefill');
+  // the bootstrap chunk is all this test reads: no decode worker comes to fetch, so the stream is ended here
+  const abort = new AbortController();
+  const stream = s.accept({ ...body, extra_args: { bootstrap_room: '12345678901234' } })({ signal: abort.signal, requestId: 'r2' })[Symbol.asyncIterator]();
+  const first = await stream.next();
+  abort.abort();
+  await stream.return?.(undefined);
+  t.match(first.value, { disaggregated_params: { bootstrap_room: 12345678901234n } });
+  await t.rejects(collect(s.accept({ ...body, extra_args: { bootstrap_room: 'x1' } })(options())), { code: 'LLM_ERR_BAD_REQUEST', message: /extra_args.bootstrap_room/ });
+});
+
 t.test('a disaggregated mode without its KV transfer is refused at start', async (t) => {
   t.throws(() => SERVING_MODES.decode({ core: new RecordingCore(), kvTransfer: null }), { code: 'LLM_ERR_INTERNAL' });
 });

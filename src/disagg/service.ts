@@ -24,6 +24,7 @@ import { detectHostIp } from '../runtime/request-plane/address.js';
 import { ResponseServer } from '../runtime/request-plane/response-server.js';
 import { FAKE_BOOTSTRAP_HOST } from '../protocol/health.js';
 import {
+  requestedBootstrapRoom,
   BootstrapInfoSchema,
   type DisaggPreprocessedRequest,
   PrefillRequestSchema,
@@ -143,7 +144,8 @@ export class DisaggService {
     const info: BootstrapInfo = {
       bootstrap_host: given?.bootstrap_host ?? this.endpoint!.bootstrap_host,
       bootstrap_port: given?.bootstrap_port ?? this.endpoint!.bootstrap_port,
-      bootstrap_room: given?.bootstrap_room ?? randomBootstrapRoom(),
+      // a room the router chose: bootstrap_info, or 0.8's extra_args.bootstrap_room
+      bootstrap_room: requestedBootstrapRoom(request) ?? randomBootstrapRoom(),
     };
     yield prefillBootstrapChunk(info);
     const prefillOnly: PreprocessedRequest = { ...request, stop_conditions: { ...request.stop_conditions, max_tokens: 1 } };

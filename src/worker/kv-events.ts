@@ -27,7 +27,6 @@ import { KV_EVENTS_TOPIC } from '../protocol/events.js';
 import { encodeWorkerKvQueryResponse08, workerKvIndexerQuerySubject08 } from '../protocol/events-0.8.js';
 import { WorkerKvQueryRequestSchema } from '../protocol/kv-query.js';
 import { decodeWireJson } from '../protocol/transport.js';
-import { wireProfileFromEnv } from '../runtime/wire-profile.js';
 import type { Discovery } from '../runtime/discovery/index.js';
 import { KvEventPublisher, LoadPublisher, registerNatsEventChannel } from '../runtime/events/index.js';
 import { tokensHash } from '../runtime/kv-hash.js';
@@ -76,7 +75,7 @@ export class WorkerKvEvents {
     const { namespace, component } = config.endpoint;
     this.localIndexer = nats && config.enableLocalIndexer ? new LocalKvIndexer(discovery.instanceId) : null;
     const onPublish = this.localIndexer ? this.localIndexer.record.bind(this.localIndexer) : undefined;
-    const wireProfile = config.wireProfile ?? wireProfileFromEnv();
+    const wireProfile = config.wireProfile;
     this.kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId: discovery.instanceId, onPublish, wireProfile }) : null;
     this.load = nats ? new LoadPublisher(nats, { namespace, workerId: discovery.instanceId, wireProfile }) : null;
     if (nats && this.localIndexer && wireProfile === '0.8') this.querySubscription = this.answerQueries08(nats, this.localIndexer);
@@ -103,7 +102,7 @@ export class WorkerKvEvents {
     if (nats) {
       const { namespace, component } = config.endpoint;
       await registerNatsEventChannel(discovery, { namespace, component, topic: KV_EVENTS_TOPIC });
-      log(`publishing KV events and load on NATS ${config.natsServer} (namespace.${namespace}.component.${component}.kv-events, namespace.${namespace}.kv_metrics; Dynamo ${config.wireProfile ?? wireProfileFromEnv()} wire)`);
+      log(`publishing KV events and load on NATS ${config.natsServer} (namespace.${namespace}.component.${component}.kv-events, namespace.${namespace}.kv_metrics; Dynamo ${config.wireProfile} wire)`);
     }
     const events = new WorkerKvEvents({ ...options, nats });
     await events.ready();

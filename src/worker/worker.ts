@@ -192,7 +192,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   const planeServer =
     natsRequests ??
     (await resources.open(
-      async (): Promise<TcpRequestServer | HttpRequestServer> => (config.requestPlane === 'http' ? HttpRequestServer.start(rpc) : TcpRequestServer.start(rpc)),
+      async (): Promise<TcpRequestServer | HttpRequestServer> => (config.requestPlane === 'http' ? HttpRequestServer.start(rpc) : TcpRequestServer.start({ ...rpc, wireProfile: config.wireProfile })),
       (p) => p.close(),
     ));
   const plane = {
