@@ -109,6 +109,9 @@ t.test('HF config parsing: transformers 4.x and 5.x spellings', async (t) => {
   const v5 = parseHfConfig({ ...base, dtype: 'float16', eos_token_id: 3, rope_parameters: { rope_theta: 1e6, rope_type: 'llama3', factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 } }, 'c.json');
   t.match(v5, { ropeTheta: 1e6, dtype: 'f16', eosTokenIds: [3], ropeScaling: { factor: 32 } });
   t.match(parseHfConfig({ ...base, rope_parameters: { rope_theta: 1e4, rope_type: 'default' } }, 'c.json'), { ropeTheta: 1e4, ropeScaling: null });
+  // saved from transformers' XxxConfig alone: architectures null, model_type names the family
+  t.match(parseHfConfig({ ...base, architectures: null, model_type: 'qwen3', head_dim: 16 }, 'c.json'), { architecture: 'qwen3' });
+  t.throws(() => parseHfConfig({ ...base, architectures: null, model_type: 'mistral' }, 'c.json'), { code: 'LLM_ERR_UNSUPPORTED_ARCH', message: /model_type "mistral"/ });
   t.throws(() => parseHfConfig({ ...base, architectures: ['MistralForCausalLM'] }, 'c.json'), { code: 'LLM_ERR_UNSUPPORTED_ARCH', message: /MistralForCausalLM.*LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM/ });
   t.throws(() => parseHfConfig({ ...base, rope_scaling: { type: 'yarn', factor: 4 } }, 'c.json'), { code: 'LLM_ERR_CONFIG', message: /yarn/ });
   t.throws(() => parseHfConfig({ ...base, hidden_size: -1 }, 'c.json'), { code: 'LLM_ERR_CONFIG', message: /c\.json: hidden_size/ });

@@ -14,6 +14,7 @@ os.makedirs(out, exist_ok=True)
 cfg = Qwen3Config(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                   num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
                   rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
+cfg.architectures = ["Qwen3ForCausalLM"]
 cfg.save_pretrained(out)
 g = torch.Generator(device="cuda").manual_seed(seed)
 H, I, D, V = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.vocab_size

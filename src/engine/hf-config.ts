@@ -11,6 +11,9 @@ export const SUPPORTED_HF_ARCHITECTURES: Readonly<Record<string, Architecture>> 
   Qwen3ForCausalLM: 'qwen3',
 };
 
+/** model_type values naming the same architectures, for configs without `architectures`. */
+const SUPPORTED_MODEL_TYPES: Readonly<Record<string, Architecture>> = { llama: 'llama', qwen2: 'qwen2', qwen3: 'qwen3' };
+
 /** A config.json read into the engine's hyper-parameters (ModelSpec without tensors and rope layout), plus what
  * only the HF side knows. */
 export interface HfHyperParams extends Omit<ModelSpec, 'tensors' | 'ropeLayout'> {
@@ -98,11 +101,18 @@ export function parseHfConfig(cfg: unknown, file: string): HfHyperParams {
   const c = cfg as Json;
   const archs = c['architectures'];
   const hfArchitecture = Array.isArray(archs) && typeof archs[0] === 'string' ? archs[0] : undefined;
-  const architecture = hfArchitecture === undefined ? undefined : SUPPORTED_HF_ARCHITECTURES[hfArchitecture];
+  // A config saved straight from transformers' XxxConfig (no model class) has architectures null: model_type names it.
+  const modelType = typeof c['model_type'] === 'string' ? c['model_type'] : undefined;
+  const architecture =
+    hfArchitecture !== undefined
+      ? SUPPORTED_HF_ARCHITECTURES[hfArchitecture]
+      : archs === undefined || archs === null
+        ? SUPPORTED_MODEL_TYPES[modelType ?? '']
+        : undefined;
   if (architecture === undefined) {
     throw new LlmError(
       'LLM_ERR_UNSUPPORTED_ARCH',
-      `model config ${file}: architecture ${JSON.stringify(hfArchitecture ?? archs ?? null)} is not supported (supported: ${Object.keys(SUPPORTED_HF_ARCHITECTURES).join(', ')})`,
+      `model config ${file}: architecture ${JSON.stringify(hfArchitecture ?? archs ?? null)}${hfArchitecture === undefined ? ` (model_type ${JSON.stringify(modelType ?? null)})` : ''} is not supported (supported: ${Object.keys(SUPPORTED_HF_ARCHITECTURES).join(', ')})`,
     );
   }
   if (architecture === 'llama' && (c['attention_bias'] === true || c['mlp_bias'] === true)) {
