@@ -401,7 +401,9 @@ int main(int argc, char** argv) {
     if (!quick) {
       timeGraph(2, 1024);
       timeGraph(2, 4096);
-      timeGraph(4, 1024);
+      // Four ranks' graphs spin-waiting on ONE device lost forward progress once (H100, 2026-12-08: "a wait gave up"):
+      // nothing guarantees that kernels of four streams are co-resident, so that case is timed only on 4 GPUs.
+      if (gpus >= 4) timeGraph(4, 1024);
       sweep(2);
     }
   } catch (const std::exception& e) {
