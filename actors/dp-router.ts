@@ -1,9 +1,10 @@
 // The worker's data-parallel router (--dp-size N): chooses, per request, which of the worker's N groups (each a
 // Supervisor over its own scheduler, TP ranks and KV pool) serves it. A request that names a data-parallel rank
 // (routing.dp_rank, the frontend KV router's choice; u32::MAX means unset) goes to that group; one that does not goes
-// to the group with the least KV usage (pages held by requests, over the pool), then the shortest queue (requests this router sent
-// there and not finished), then the lowest rank. A group that fails restarts on its own (its Supervisor); the others keep
-// serving. With one group every request goes to it.
+// to the group with the least KV usage (pages held by requests, over the pool), then the shortest queue (requests this
+// router sent there and not finished), then the lowest rank. A group that fails restarts on its own (its Supervisor);
+// the others keep serving. With one group every request goes to it. It runs on the main thread, beside the
+// supervisors it picks from: a choice reads their load snapshots, nothing crosses a thread.
 import { LlmError } from '../src/errors.js';
 import type { PreprocessedRequest } from '../src/protocol/request.js';
 import type { LlmResponseChunk } from '../src/protocol/response.js';

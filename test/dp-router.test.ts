@@ -7,6 +7,7 @@ import t, { type Test } from 'tap';
 import { buildTopology } from '../src/topology/topology.js';
 import { startTopology, type RunningTopology } from '../src/topology/start.js';
 import { DP_RANK_UNSET } from '../actors/dp-router.js';
+import { mergeSnapshots, MetricsActor } from '../actors/metrics.js';
 import type { SupervisorConfig } from '../src/supervisor.js';
 import type { PreprocessedRequest } from '../src/protocol/request.js';
 import type { FakeEngineInit } from './fixtures/fake-engine-module.js';
@@ -94,4 +95,21 @@ t.test('dp 2: a failing group fails its own requests and restarts; the other gro
   t.equal(g0.core.group, group0, 'group 0 was not restarted');
   t.same((await collect(running.router.generate(request(p, 1, 1)))).flatMap((c) => c.token_ids), referenceOutput(p, { maxTokens: 1, vocabSize: VOCAB }), 'the restarted group 1 serves');
   t.not(g1.core.group, group1, 'group 1 is a new group');
+});
+
+t.test('mergeSnapshots: the worker\'s totals over its groups (sums; the largest batch; the load summed)', async (t) => {
+  const a = new MetricsActor();
+  const b = new MetricsActor();
+  const step = { batchSize: 3, prefillTokens: 10, decodeTokens: 2, queued: 0, running: 3, kvUsedPages: 4, cacheHitTokens: 1, stepMs: 1, engineMs: 1, submitGapMs: null, queuedBehind: false };
+  a.send({ kind: 'steps', samples: [step, { ...step, batchSize: 5 }] });
+  b.send({ kind: 'steps', samples: [{ ...step, batchSize: 2 }] });
+  a.send({ kind: 'load', load: { kvTotalPages: 64, kvUsedPages: 8, kvEvictablePages: 2, runningRequests: 2, queuedRequests: 1 } });
+  b.send({ kind: 'load', load: { kvTotalPages: 64, kvUsedPages: 4, kvEvictablePages: 0, runningRequests: 1, queuedRequests: 0 } });
+  b.send({ kind: 'request', sample: { finishReason: 'length', promptTokens: 7, completionTokens: 3, cachedTokens: 4, firstTokenMs: 2, totalMs: 9 } });
+  const m = mergeSnapshots([a.snapshot(), b.snapshot()]);
+  t.match(m, {
+    steps: 3, prefillTokens: 30, decodeTokens: 6, cacheHitTokens: 3, lastBatchSize: 7, maxBatchSize: 5,
+    load: { kvTotalPages: 128, kvUsedPages: 12, kvEvictablePages: 2, runningRequests: 3, queuedRequests: 1 },
+    requests: { finished: 1, promptTokens: 7, completionTokens: 3, cachedTokens: 4 },
+  });
 });

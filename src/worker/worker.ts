@@ -52,7 +52,7 @@ export interface WorkerHandle {
   readonly discovery: Discovery;
   /** The worker's actors as its topology graph lists them. */
   readonly topology: RunningTopology;
-  /** The core's supervisor (topology.core). */
+  /** Data-parallel rank 0's supervisor (topology.core); every group's: topology.groups. */
   readonly supervisor: Supervisor;
   readonly instanceId: bigint;
   readonly card: ModelDeploymentCard;
@@ -124,7 +124,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   const { core: supervisor, groups, router, tokenizer, kvTransfer: disagg } = topology;
   const loadSeconds = (performance.now() - t0) / 1000;
   const engine = supervisor.engine;
-  log(`model loaded in ${loadSeconds.toFixed(2)} s: ${engine.backend} backend, KV pool ${engine.kv.numPages} pages of ${engine.kv.pageSize} tokens (${(engine.kv.numPages * engine.kv.bytesPerPage / 2 ** 20).toFixed(1)} MiB)`);
+  log(`model loaded in ${loadSeconds.toFixed(2)} s: ${engine.backend} backend, ${groups.length > 1 ? `${groups.length} data-parallel groups, each with a ` : ''}KV pool ${engine.kv.numPages} pages of ${engine.kv.pageSize} tokens (${(engine.kv.numPages * engine.kv.bytesPerPage / 2 ** 20).toFixed(1)} MiB)`);
   metrics.setModelLoadTime(model, component, loadSeconds);
   for (const g of groups) metrics.setKvStats({ model, component, dpRank: g.dpRank, totalBlocks: g.engine.kv.numPages, gpuCacheUsagePercent: 0 });
   const engineType = ({ aggregated: 'unified', prefill: 'prefill', decode: 'decode' } as const)[config.servingMode];
