@@ -1,7 +1,7 @@
 // A --dp-size 2 worker on stories260K (CPU) with a real nats-server, per wire profile: requests naming a dp rank run
 // in that group; KV events and load samples come from both groups, each with its dp_rank; each group's local indexer
 // answers for its own blocks (the `worker_kv_indexer_query_dp{N}` endpoints, and 0.8's NATS query by dp_rank); the
-// cache gauges carry a dp_rank label per group.
+// cache gauges and SGLang's scheduler gauges carry a dp_rank label per group.
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from 'nats';
@@ -61,7 +61,7 @@ for (const profile of ['0.8', 'main'] as const) {
     await observer.flush();
     const config = await finalizeConfig(resolveConfig(['--model-path', MODEL, '--served-model-name', 'stories260K', '--device', 'cpu', '--cpu-threads', '1',
       '--mem-fraction-static', '0.01', '--tcp-rpc-host', '127.0.0.1', '--nats-server', nats.url, '--page-size', '4', '--dp-size', '2',
-      '--dynamo-wire', profile, '--system-port', '0', '--system-host', '127.0.0.1'], {}));
+      '--dynamo-wire', profile, '--system-port', '0', '--system-host', '127.0.0.1', '--enable-metrics'], {}));
     const worker = await startWorker(config, { discovery, log: quiet, publishKvEvents: true });
     const client = await EndpointClient.create({ discovery, namespace: 'dynamo', component: 'backend', endpoint: 'generate', responses });
     t.teardown(async () => {
@@ -114,7 +114,10 @@ for (const profile of ['0.8', 'main'] as const) {
     if (profile === '0.8') t.match(await query(2), { Error: /dp_rank 2/ }, 'a rank the worker does not have');
 
     const metrics = await (await fetch(worker.systemServer!.url('/metrics'))).text();
-    for (const d of [0, 1]) t.match(metrics, new RegExp(`dynamo_component_total_blocks\\{[^}]*dp_rank="${d}"[^}]*\\} \\d+`), `total blocks of dp rank ${d}`);
+    for (const d of [0, 1]) {
+      t.match(metrics, new RegExp(`dynamo_component_total_blocks\\{[^}]*dp_rank="${d}"[^}]*\\} \\d+`), `total blocks of dp rank ${d}`);
+      t.match(metrics, new RegExp(`sglang:num_running_reqs\\{[^}]*dp_rank="${d}"[^}]*\\} 0`), `SGLang's scheduler gauges of dp rank ${d}`);
+    }
   });
 }
 

@@ -130,7 +130,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   const engineType = ({ aggregated: 'unified', prefill: 'prefill', decode: 'decode' } as const)[config.servingMode];
   const sglangMetrics = !config.enableMetrics ? null : new SglangMetrics({
     registry: metrics.registry, modelName: model, engineType, endpoint: config.endpoint, pageSize: engine.kv.pageSize,
-    snapshot: () => mergeSnapshots(groups.map((g) => g.metrics.snapshot())), histograms: config,
+    snapshot: () => mergeSnapshots(groups.map((g) => g.metrics.snapshot())), schedulerSnapshots: () => groups.map((g) => g.metrics.snapshot()), histograms: config,
   });
 
   const kvEvents = await resources.open(
