@@ -143,3 +143,32 @@ export class MetricsActor {
 }
 
 export const IDLE_LOAD: Readonly<SchedulerLoad> = IDLE;
+
+/** One worker's totals over its data-parallel groups' recorders: sums, the largest batch seen, and the load summed
+ * (so used over total pages is the worker's KV usage). */
+export function mergeSnapshots(snapshots: readonly MetricsSnapshot[]): MetricsSnapshot {
+  const sum = (f: (s: MetricsSnapshot) => number) => snapshots.reduce((a, s) => a + f(s), 0);
+  const sumLoad = (k: keyof SchedulerLoad) => sum((s) => s.load[k]);
+  const sumReq = (k: keyof MetricsSnapshot['requests']) => sum((s) => s.requests[k]);
+  return {
+    load: {
+      kvTotalPages: sumLoad('kvTotalPages'), kvUsedPages: sumLoad('kvUsedPages'), kvEvictablePages: sumLoad('kvEvictablePages'),
+      runningRequests: sumLoad('runningRequests'), queuedRequests: sumLoad('queuedRequests'),
+    },
+    steps: sum((s) => s.steps),
+    prefillTokens: sum((s) => s.prefillTokens),
+    decodeTokens: sum((s) => s.decodeTokens),
+    cacheHitTokens: sum((s) => s.cacheHitTokens),
+    stepMs: sum((s) => s.stepMs),
+    engineBusyMs: sum((s) => s.engineBusyMs),
+    submitGapMs: sum((s) => s.submitGapMs),
+    gappedSteps: sum((s) => s.gappedSteps),
+    queuedSteps: sum((s) => s.queuedSteps),
+    lastBatchSize: sum((s) => s.lastBatchSize),
+    maxBatchSize: Math.max(0, ...snapshots.map((s) => s.maxBatchSize)),
+    requests: {
+      finished: sumReq('finished'), cancelled: sumReq('cancelled'), failed: sumReq('failed'), promptTokens: sumReq('promptTokens'),
+      completionTokens: sumReq('completionTokens'), cachedTokens: sumReq('cachedTokens'), firstTokenMs: sumReq('firstTokenMs'), totalMs: sumReq('totalMs'),
+    },
+  };
+}

@@ -57,7 +57,11 @@ export class Supervisor {
   /** Builds the topology of the config (src/topology) and starts its core with a recorder of its own: the rank
    * actors (opening their engines) and the scheduler actor over them. */
   static start(config: SupervisorConfig): Promise<Supervisor> {
-    return Supervisor.supervise(buildTopology(config).core, new MetricsActor());
+    const { cores } = buildTopology(config);
+    if (cores.length !== 1) {
+      throw new LlmError('LLM_ERR_CONFIG', `dp size ${cores.length}: a Supervisor runs one data-parallel group; start the topology (src/topology/start.ts) for several`);
+    }
+    return Supervisor.supervise(cores[0], new MetricsActor());
   }
 
   /** Starts a topology's core, feeding the given metrics recorder, and supervises it (restarts from the same graph). */
@@ -65,6 +69,16 @@ export class Supervisor {
     const sup = new Supervisor(core, metrics);
     sup.running = await sup.startGroup();
     return sup;
+  }
+
+  /** The data-parallel rank of the group this supervisor runs. */
+  get dpRank(): number {
+    return this.graph.dpRank;
+  }
+
+  /** Whether a group is in service now (false while it restarts, after a failure it gave up on, and once stopped). */
+  get serving(): boolean {
+    return this.running !== null;
   }
 
   /** The engine rank 0 opened (KV pool, vocabulary, EOS ids). Throws during a restart. */

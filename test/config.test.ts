@@ -265,7 +265,7 @@ t.test('finalizeConfig picks a bootstrap port only when none was given', async (
 });
 
 t.test('every example YAML in config/ resolves to the mode it is named for', async (t) => {
-  const expected: Record<string, { mode: string; kind: string; endpoint: string; nodeRank?: number }> = {
+  const expected: Record<string, { mode: string; kind: string; endpoint: string; nodeRank?: number; dpSize?: number }> = {
     'aggregated.yaml': { mode: 'aggregated', kind: 'llm', endpoint: 'dynamo.backend.generate' },
     'prefill.yaml': { mode: 'prefill', kind: 'llm', endpoint: 'dynamo.prefill.generate' },
     'decode.yaml': { mode: 'decode', kind: 'llm', endpoint: 'dynamo.backend.generate' },
@@ -275,6 +275,7 @@ t.test('every example YAML in config/ resolves to the mode it is named for', asy
     'multinode-leader.yaml': { mode: 'aggregated', kind: 'llm', endpoint: 'dynamo.backend.generate', nodeRank: 0 },
     'multinode-follower.yaml': { mode: 'aggregated', kind: 'llm', endpoint: 'dynamo.backend.generate', nodeRank: 1 },
     'tensor-parallel.yaml': { mode: 'aggregated', kind: 'llm', endpoint: 'dynamo.backend.generate' },
+    'data-parallel.yaml': { mode: 'aggregated', kind: 'llm', endpoint: 'dynamo.backend.generate', dpSize: 2 },
   };
   const present = readdirSync(join(repo, 'config')).filter((f) => f.endsWith('.yaml')).sort();
   t.same(present, Object.keys(expected).sort(), 'one example per mode, no others');
@@ -285,6 +286,7 @@ t.test('every example YAML in config/ resolves to the mode it is named for', asy
     t.equal(c.workerKind, want.kind, `${name} kind`);
     t.equal(`${e.namespace}.${e.component}.${e.endpoint}`, want.endpoint, `${name} endpoint`);
     if (want.nodeRank !== undefined) t.same([c.nodeRank, c.nnodes, c.tpSize], [want.nodeRank, 2, 2], `${name} topology`);
+    if (want.dpSize !== undefined) t.equal(c.dpSize, want.dpSize, `${name} data-parallel groups`);
     t.ok(Value.Check(WorkerConfigSchema, c), `${name} satisfies the schema`);
   }
 });

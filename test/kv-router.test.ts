@@ -102,3 +102,43 @@ t.test('overlap weight and router temperature', async (t) => {
   // normalised costs 0 and 1: P(A) = 1 / (1 + e^-1) ≈ 0.73
   t.ok(counts.get(A)! > 220 && counts.get(B)! > 40, `softmax sampling favours the cached worker without excluding the other: ${[...counts.values()]}`);
 });
+
+t.test('data parallelism: the router scores (worker, dp_rank) pairs, each with its own cache, load and routed blocks', async (t) => {
+  const r = new KvRouter({ blockSize: BS });
+  r.learnWorker(A, false, 2);
+  const onRank = (e: RouterEvent, dpRank: number): RouterEvent => ({ ...e, event: { ...e.event, dp_rank: dpRank } });
+  r.applyEvent(onRank(stored(A, blocks(0, 3), [1n, 2n, 3n]), 1));
+  const seq = r.sequenceHashesOf(prompt);
+  t.same([r.overlap(A, seq, 0), r.overlap(A, seq, 1)], [0, 3], 'the blocks are in dp rank 1\'s pool only');
+  t.match(r.select(prompt, [A]), { instanceId: A, dpRank: 1, overlapBlocks: 3, cost: 2 }, 'the cached rank wins');
+  r.applyLoad({ worker_id: A, dp_rank: 1, active_decode_blocks: null, active_prefill_tokens: null, kv_used_blocks: 10 });
+  t.match(r.select(prompt, [A]), { instanceId: A, dpRank: 0, overlapBlocks: 0, cost: 5 }, 'rank 1 busy (12 > 5): rank 0 of the same worker');
+  r.applyLoad({ worker_id: A, dp_rank: 1, active_decode_blocks: null, active_prefill_tokens: null, kv_used_blocks: 0 });
+  const release = r.track(A, 8, 1);
+  t.match(r.select(prompt, [A]), { dpRank: 0 }, 'blocks routed to rank 1 count against rank 1 only');
+  release();
+  t.match(r.select(prompt, [A]), { dpRank: 1 });
+  r.applyEvent(onRank({ worker_id: A, storage_tier: 'device', event: { event_id: eventId++, dp_rank: 0, data: 'cleared' } }, 0));
+  t.equal(r.overlap(A, seq, 1), 3, 'a clear of rank 0 leaves rank 1\'s cache');
+  t.match(r.select(prompt, [B]), { instanceId: B, dpRank: 0 }, 'a worker not learnt has one rank');
+  r.retain(new Set([B]));
+  t.equal(r.overlap(A, seq, 1), 0, 'a worker that left is forgotten, every rank of it');
+});
+
+t.test('data parallelism: a worker with the local indexer is asked once per dp rank', async (t) => {
+  const asked: [bigint, bigint | null, number][] = [];
+  const r = new KvRouter({
+    blockSize: BS, log: () => undefined,
+    queryWorker: async (workerId, start, dpRank) => {
+      asked.push([workerId, start, dpRank]);
+      const dump = dpRank === 1 ? [{ ...stored(A, blocks(0, 2), [7n, 8n]), event: { ...stored(A, blocks(0, 2), [7n, 8n]).event, dp_rank: 1, event_id: 0n } }] : [];
+      return { TreeDump: { events: dump, last_event_id: 0n } };
+    },
+  });
+  r.learnWorker(A, true, 2);
+  r.learnWorker(A, true, 2);
+  await r.recovered();
+  t.same(asked, [[A, null, 0], [A, null, 1]]);
+  const seq = r.sequenceHashesOf(prompt);
+  t.same([r.overlap(A, seq, 0), r.overlap(A, seq, 1)], [0, 2], 'rank 1\'s dump went to rank 1');
+});

@@ -38,6 +38,25 @@ function idle(): EngineMetricsSnapshot {
   };
 }
 
+t.test('data-parallel groups: one scheduler gauge series per group with its dp_rank; counters are the totals', async (t) => {
+  const registry = new Registry();
+  const groups = [idle(), idle()];
+  groups[1] = { ...groups[1], load: { ...groups[1].load, kvUsedPages: 50, runningRequests: 2 }, decodeTokens: 8 };
+  let clock = 0;
+  new SglangMetrics({
+    registry, modelName: 'tiny', engineType: 'unified', endpoint: { namespace: 'ns', component: 'backend', endpoint: 'generate' },
+    pageSize: 16, snapshot: () => ({ ...idle(), requests: { ...idle().requests, promptTokens: 9 } }), schedulerSnapshots: () => [...groups], now: () => clock,
+  });
+  groups[1] = { ...groups[1], decodeTokens: 16 };
+  clock = 2;
+  const text = await registry.metrics();
+  const byRank = (name: string) => Object.fromEntries(samples(text, name).map((s) => [s.labels.dp_rank, s.value]));
+  t.same(byRank('sglang:num_running_reqs'), { 0: 0, 1: 2 });
+  t.same(byRank('sglang:token_usage'), { 0: 0, 1: 0.5 });
+  t.same(byRank('sglang:gen_throughput'), { 0: 0, 1: 4 }, 'each group\'s rate from its own totals');
+  t.equal(one(text, 'sglang:prompt_tokens_total').value, 9, 'one counter series');
+});
+
 t.test('the collector: gauges and counters from the engine snapshot, histograms from the requests', async (t) => {
   const registry = new Registry();
   let snap = idle();

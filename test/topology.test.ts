@@ -37,15 +37,26 @@ const tokens = async (sup: Supervisor, p: number[], n: number) => (await collect
 t.test('buildTopology: one rank per TP rank on baseGpuId + rank; the Supervisor alone has no worker nodes', async (t) => {
   const config: SupervisorConfig = { modelPath: 'm', device: 'cuda', tpSize: 4, baseGpuId: 2, pageSize: 16, maxRunningRequests: 8, chunkedPrefillSize: 16 };
   const g = buildTopology(config);
-  t.same(g.core.ranks.map((r) => [r.rank, r.deviceId, r.tp]), [0, 1, 2, 3].map((rank) => [rank, 2 + rank, { rank, size: 4 }]));
-  t.ok(g.core.ranks.every((r) => /rank-engine\.ts$/.test(r.engineModule)), 'the native engine factory by default');
-  t.match(g.core.ranks[3].engineInit, { modelPath: 'm', device: 'cuda', options: { pageSize: 16, maxSeqsPerStep: 8 } }, 'every rank opens the same model');
-  t.match(g.core.scheduler.options, { maxRunningRequests: 8, chunkedPrefillSize: 16 });
-  t.equal(g.core.config.tpSize, 4, 'the resolved config the supervisor follows');
-  t.same([g.metrics, g.tokenizer, g.kvTransfer], [{ fedBy: 'core.scheduler' }, null, null]);
-  t.same(buildTopology({ ...config, tpSize: 1, baseGpuId: 0 }).core.ranks.map((r) => [r.deviceId, r.tp]), [[0, null]], 'one rank: no TP group');
+  t.equal(g.cores.length, 1, 'one data-parallel group by default');
+  const core = g.cores[0];
+  t.equal(core.dpRank, 0);
+  t.same(core.ranks.map((r) => [r.rank, r.deviceId, r.tp]), [0, 1, 2, 3].map((rank) => [rank, 2 + rank, { rank, size: 4 }]));
+  t.ok(core.ranks.every((r) => /rank-engine\.ts$/.test(r.engineModule)), 'the native engine factory by default');
+  t.match(core.ranks[3].engineInit, { modelPath: 'm', device: 'cuda', options: { pageSize: 16, maxSeqsPerStep: 8 } }, 'every rank opens the same model');
+  t.match(core.scheduler.options, { maxRunningRequests: 8, chunkedPrefillSize: 16 });
+  t.equal(core.config.tpSize, 4, 'the resolved config the supervisor follows');
+  t.same([g.metrics, g.tokenizer, g.kvTransfer], [{ fedBy: 'cores[dpRank].scheduler' }, null, null]);
+  t.same(buildTopology({ ...config, tpSize: 1, baseGpuId: 0 }).cores[0].ranks.map((r) => [r.deviceId, r.tp]), [[0, null]], 'one rank: no TP group');
   t.throws(() => buildTopology({ ...config, tpSize: 0 }), { code: 'LLM_ERR_CONFIG', message: /tp size must be an integer >= 1, got 0/ });
   t.throws(() => buildTopology({ ...config, baseGpuId: -1 }), { code: 'LLM_ERR_CONFIG', message: /base GPU id .* got -1/ });
+  t.throws(() => buildTopology({ ...config, dpSize: 0 }), { code: 'LLM_ERR_CONFIG', message: /dp size must be an integer >= 1, got 0/ });
+});
+
+t.test('buildTopology: --dp-size 3 --tp-size 2 gives three cores, dp rank d on devices baseGpuId + d * 2 + r', async (t) => {
+  const g = buildTopology({ modelPath: 'm', device: 'cuda', tpSize: 2, dpSize: 3, baseGpuId: 1 });
+  t.same(g.cores.map((c) => [c.dpRank, c.ranks.map((r) => [r.rank, r.deviceId, r.tp])]), [0, 1, 2].map((d) => [d, [0, 1].map((r) => [r, 1 + 2 * d + r, { rank: r, size: 2 }])]));
+  const config = resolveConfig(['--model-path', 'models/m.gguf', '--dp-size', '2', '--disaggregation-mode', 'prefill', '--disaggregation-transfer-backend', 'tcp'], {});
+  t.throws(() => buildTopology(config), { code: 'LLM_ERR_CONFIG', message: /--dp-size 2 with --disaggregation-mode prefill: .*aggregated workers only/ });
 });
 
 // A worker's graph per serving mode and TP size, as data: the core, the recorder, the tokenizer, and for prefill /
@@ -58,15 +69,15 @@ for (const mode of ['aggregated', 'prefill', 'decode'] as const) {
       const config = resolveConfig(['--model-path', 'models/m.gguf', '--tokenizer-path', 'tok.json', '--tp-size', String(tpSize), ...flags, ...port], {});
       const g = buildTopology(config);
       t.same(
-        { ...g, core: g.core.ranks.map((r) => ({ deviceId: r.deviceId, tp: r.tp })) },
+        { ...g, cores: g.cores.map((c) => c.ranks.map((r) => ({ deviceId: r.deviceId, tp: r.tp }))) },
         {
-          core: Array.from({ length: tpSize }, (_, rank) => ({ deviceId: rank, tp: tpSize > 1 ? { rank, size: tpSize } : null })),
-          metrics: { fedBy: 'core.scheduler' },
+          cores: [Array.from({ length: tpSize }, (_, rank) => ({ deviceId: rank, tp: tpSize > 1 ? { rank, size: tpSize } : null }))],
+          metrics: { fedBy: 'cores[dpRank].scheduler' },
           tokenizer: { modelPath: 'models/m.gguf', tokenizerPath: 'tok.json' },
           kvTransfer: {
             aggregated: null,
-            prefill: { role: 'sender', transferBackend: 'tcp', bootstrapPort: 8998, attachedTo: 'core.kv' },
-            decode: { role: 'receiver', transferBackend: 'tcp', bootstrapPort: null, attachedTo: 'core.kv' },
+            prefill: { role: 'sender', transferBackend: 'tcp', bootstrapPort: 8998, attachedTo: 'cores[0].kv' },
+            decode: { role: 'receiver', transferBackend: 'tcp', bootstrapPort: null, attachedTo: 'cores[0].kv' },
           }[mode],
         },
       );
@@ -83,7 +94,7 @@ t.test('startTopology: a prefill worker\'s graph at TP 2 starts every node it li
   const running = await startTopology(graph, { config, discovery, log: () => undefined });
   t.equal(running.graph, graph);
   t.equal(running.core.core.ranks.length, 2, 'the core: two ranks');
-  t.equal(running.core.metrics, running.metrics, 'the core feeds the graph\'s recorder');
+  t.same(running.groups, [running.core], 'one group: the core');
   t.equal(running.tokenizer?.bosTokenId, 1, 'the tokenizer, loaded');
   const port = running.kvTransfer?.sender?.port;
   t.ok(port, 'the KV sender listens');

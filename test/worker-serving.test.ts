@@ -52,7 +52,7 @@ async function serving(mode: ServingMode) {
   const core = new RecordingCore();
   const kvTransfer = mode === 'aggregated' ? null : await DisaggService.start({ config, core, discovery, log: () => undefined });
   t.teardown(() => kvTransfer?.close());
-  const s = SERVING_MODES[mode]({ core, kvTransfer });
+  const s = SERVING_MODES[mode]({ core, router: core, kvTransfer });
   return { core, s, kvTransfer };
 }
 
@@ -104,5 +104,5 @@ t.test("prefill: the room 0.8's prefill router passes in extra_args.bootstrap_ro
 });
 
 t.test('a disaggregated mode without its KV transfer is refused at start', async (t) => {
-  t.throws(() => SERVING_MODES.decode({ core: new RecordingCore(), kvTransfer: null }), { code: 'LLM_ERR_INTERNAL' });
+  t.throws(() => SERVING_MODES.decode({ core: new RecordingCore(), router: new RecordingCore(), kvTransfer: null }), { code: 'LLM_ERR_INTERNAL' });
 });

@@ -22,6 +22,7 @@ export const SUPERVISOR_FLAG_FIELDS = [
   'seed',
   'tpSize',
   'baseGpuId',
+  'dpSize',
 ] as const satisfies readonly (keyof WorkerConfig)[];
 export type SupervisorFlagField = (typeof SUPERVISOR_FLAG_FIELDS)[number];
 type FlagFields = Pick<WorkerConfig, SupervisorFlagField>;
@@ -116,6 +117,7 @@ export function resolveSupervisorConfig(config: SupervisorConfig): ResolvedSuper
     seed: flag('seed'),
     tpSize: flag('tpSize'),
     baseGpuId: flag('baseGpuId'),
+    dpSize: flag('dpSize'),
     numPages: config.numPages ?? (maxTotalTokens === null ? null : Math.ceil(maxTotalTokens / flag('pageSize'))),
     stepTimeoutMs: config.stepTimeoutMs ?? ACTOR_DEFAULTS.stepTimeoutMs,
     schedulerTimeoutMs: config.schedulerTimeoutMs ?? ACTOR_DEFAULTS.schedulerTimeoutMs,

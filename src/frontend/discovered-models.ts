@@ -129,7 +129,7 @@ export class DiscoveredModels implements ModelDirectory {
       const bits = modelTypeFromWire(card.model_type);
       if ((bits & (ModelTypeFlag.Chat | ModelTypeFlag.Completions)) === 0) continue; // prefill / embedding workers
       // every worker's card, not only the first of a model: the KV router recovers each one's cache once
-      if (this.options.routing === 'kv') this.kvRouter(r, card.kv_cache_block_size).learnWorker(r.instance_id, card.runtime_config?.enable_local_indexer === true);
+      if (this.options.routing === 'kv') this.kvRouter(r, card.kv_cache_block_size).learnWorker(r.instance_id, card.runtime_config?.enable_local_indexer === true, card.runtime_config?.data_parallel_size ?? 1);
       const name = card.display_name;
       if (seen.has(name)) continue;
       seen.add(name);
@@ -191,8 +191,8 @@ export class DiscoveredModels implements ModelDirectory {
         blockSize,
         overlapScoreWeight: this.options.kvOverlapScoreWeight,
         temperature: this.options.routerTemperature,
-        queryWorker: (workerId, startEventId) =>
-          this.wireProfile === '0.8' ? this.queryWorkerKvIndexer08(r, workerId, startEventId) : this.queryWorkerKvIndexer(r, workerId, startEventId),
+        queryWorker: (workerId, startEventId, dpRank) =>
+          this.wireProfile === '0.8' ? this.queryWorkerKvIndexer08(r, workerId, startEventId, dpRank) : this.queryWorkerKvIndexer(r, workerId, startEventId, dpRank),
         wireProfile: this.wireProfile,
         log: this.options.log,
       });
@@ -205,9 +205,10 @@ export class DiscoveredModels implements ModelDirectory {
     return this.options.wireProfile ?? wireProfileFromEnv();
   }
 
-  /** Dynamo 0.8's query: a NATS request to the worker's `...worker_kv_indexer_query.{id}` subject, the JSON reply. */
-  private async queryWorkerKvIndexer08(r: ModelRecord, workerId: bigint, startEventId: bigint | null): Promise<WorkerKvQueryResponse> {
-    const request: WorkerKvQueryRequest = { worker_id: workerId, start_event_id: startEventId, end_event_id: null };
+  /** Dynamo 0.8's query: a NATS request to the worker's `...worker_kv_indexer_query.{id}` subject, the JSON reply;
+   * the subject names no dp rank, so the request does (only when not 0, the form 0.8 routers send). */
+  private async queryWorkerKvIndexer08(r: ModelRecord, workerId: bigint, startEventId: bigint | null, dpRank: number): Promise<WorkerKvQueryResponse> {
+    const request: WorkerKvQueryRequest = { worker_id: workerId, ...(dpRank === 0 ? {} : { dp_rank: dpRank }), start_event_id: startEventId, end_event_id: null };
     const subject = workerKvIndexerQuerySubject08(r.namespace, r.component, workerId);
     const reply = await this.options.nats!.request(subject, encodeWireJson(request), { timeout: KV_QUERY_TIMEOUT_MS }).catch((err: unknown) => {
       throw new LlmError('LLM_ERR_TRANSPORT', `worker ${workerId.toString(16)}: no answer on ${subject}: ${(err as Error).message}`);
@@ -215,10 +216,10 @@ export class DiscoveredModels implements ModelDirectory {
     return decodeWorkerKvQueryResponse08(reply.data);
   }
 
-  /** One query of a worker's `worker_kv_indexer_query_dp0` (its component's endpoint), its single answer. */
-  private async queryWorkerKvIndexer(r: ModelRecord, workerId: bigint, startEventId: bigint | null): Promise<WorkerKvQueryResponse> {
-    const client = await this.client({ ...r, endpoint: workerKvIndexerQueryEndpoint(0) });
-    const request: WorkerKvQueryRequest = { worker_id: workerId, dp_rank: 0, start_event_id: startEventId, end_event_id: null };
+  /** One query of a worker's `worker_kv_indexer_query_dp{N}` (its component's endpoint), its single answer. */
+  private async queryWorkerKvIndexer(r: ModelRecord, workerId: bigint, startEventId: bigint | null, dpRank: number): Promise<WorkerKvQueryResponse> {
+    const client = await this.client({ ...r, endpoint: workerKvIndexerQueryEndpoint(dpRank) });
+    const request: WorkerKvQueryRequest = { worker_id: workerId, dp_rank: dpRank, start_event_id: startEventId, end_event_id: null };
     // the worker registers this endpoint before its model card; the wait covers a discovery watch that lags
     const stream = await client.direct(request, workerId, { waitForInstancesMs: 2000, signal: AbortSignal.timeout(KV_QUERY_TIMEOUT_MS) });
     let answer: WorkerKvQueryResponse | undefined;
@@ -226,7 +227,7 @@ export class DiscoveredModels implements ModelDirectory {
       if (annotated.event === 'error' || annotated.error !== undefined) throw errorFromItem(annotated);
       if (annotated.data !== undefined && answer === undefined) answer = parseWire(WorkerKvQueryResponseSchema, annotated.data, 'worker kv indexer answer', 'LLM_ERR_PROTOCOL');
     }
-    if (answer === undefined) throw new LlmError('LLM_ERR_PROTOCOL', `worker ${workerId.toString(16)}: ${workerKvIndexerQueryEndpoint(0)} answered nothing`);
+    if (answer === undefined) throw new LlmError('LLM_ERR_PROTOCOL', `worker ${workerId.toString(16)}: ${workerKvIndexerQueryEndpoint(dpRank)} answered nothing`);
     return answer;
   }
 }
@@ -297,9 +298,11 @@ class DiscoveredModel implements ServedModel {
       if (candidates.length === 0 && tried.size === 0) candidates = await client.waitForInstances(1000);
       if (candidates.length === 0) throw lastError;
       const choice = router.select(request.token_ids, candidates.map((r) => r.instance_id));
-      const release = router.track(choice.instanceId, choice.requestBlocks - choice.overlapBlocks);
+      const release = router.track(choice.instanceId, choice.requestBlocks - choice.overlapBlocks, choice.dpRank);
+      // the worker runs it in the group (dp rank) whose KV pool was scored
+      const routed: PreprocessedRequest = { ...request, routing: { ...request.routing, dp_rank: choice.dpRank } };
       try {
-        return { stream: await client.generate(request, { signal, routing: { instanceId: choice.instanceId } }), release };
+        return { stream: await client.generate(routed, { signal, routing: { instanceId: choice.instanceId } }), release };
       } catch (err) {
         release();
         // an instance that refused the request never saw it: another may take it

@@ -7,9 +7,14 @@
 // up to them matches. Stored events name their parent by the engine's block hash: each worker's block hash →
 // sequence hash map resolves it (a block whose parent is unknown, e.g. published before we subscribed, is dropped).
 //
+// Data parallelism: a worker whose card says data_parallel_size N has N independent KV pools, each publishing its
+// events and load with its dp_rank (and its own event ids). The router keeps the cache, load and event cursor of each
+// (worker, dp_rank) pair and scores the pairs; the decision names the dp_rank, which the caller puts in the routed
+// request (routing.dp_rank) so that the worker runs it in that group.
+//
 // Recovery (Dynamo's WorkerQueryClient): a worker with the local indexer (its card's enable_local_indexer) is asked
-// once, when the router learns of it, for every block it has cached (`worker_kv_indexer_query_dp0`, answered with a
-// dump and the newest event id L). Its live events wait meanwhile; after the dump replaces what we knew of the worker
+// once per dp rank, when the router learns of it, for every block it has cached (`worker_kv_indexer_query_dp{N}`,
+// answered with a dump and the newest event id L). Its live events wait meanwhile; after the dump replaces what we knew of the worker
 // only those with ids above L are applied, and later ones apply in id order: an id already applied is skipped, a
 // gap (a lost event) asks the worker for the missing ids. A worker that cannot answer (an old worker without the
 // endpoint, a timeout) is logged once and followed by its live events alone, as a worker without the local indexer.
@@ -34,7 +39,12 @@ export interface KvRouterOptions {
   log?: (line: string) => void;
 }
 
-export type WorkerKvQuery = (workerId: bigint, startEventId: bigint | null) => Promise<WorkerKvQueryResponse>;
+export type WorkerKvQuery = (workerId: bigint, startEventId: bigint | null, dpRank: number) => Promise<WorkerKvQueryResponse>;
+
+/** A (worker, dp rank) pair as the maps below key it. */
+type PairKey = string;
+const pairKey = (workerId: bigint, dpRank: number): PairKey => `${workerId}/${dpRank}`;
+const workerOf = (key: PairKey): bigint => BigInt(key.slice(0, key.indexOf('/')));
 
 /** A worker followed by event id (it has the local indexer). */
 interface WorkerCursor {
@@ -54,6 +64,8 @@ interface WorkerCache {
 
 export interface KvRouteDecision {
   instanceId: bigint;
+  /** The worker's data-parallel rank (its KV pool) the cost is for. */
+  dpRank: number;
   /** Leading request blocks the chosen worker has cached. */
   overlapBlocks: number;
   requestBlocks: number;
@@ -64,14 +76,17 @@ export class KvRouter {
   readonly blockSize: number;
   private readonly weight: number;
   private readonly temperature: number;
-  private readonly caches = new Map<bigint, WorkerCache>();
-  private readonly activeBlocks = new Map<bigint, number>();
-  /** Blocks of requests this router sent that are still streaming, per worker (its load lags behind them). */
-  private readonly routedBlocks = new Map<bigint, number>();
+  /** By (worker, dp rank). */
+  private readonly caches = new Map<PairKey, WorkerCache>();
+  private readonly activeBlocks = new Map<PairKey, number>();
+  /** Blocks of requests this router sent that are still streaming, per (worker, dp rank) (its load lags behind them). */
+  private readonly routedBlocks = new Map<PairKey, number>();
   private readonly subscriptions: EventSubscription<unknown>[] = [];
-  /** Workers followed by event id, and the others the router knows of (no local indexer, or its query failed). */
-  private readonly cursors = new Map<bigint, WorkerCursor>();
-  private readonly followedLive = new Set<bigint>();
+  /** The data-parallel size of each worker the router learnt of. */
+  private readonly dpSizes = new Map<bigint, number>();
+  /** (worker, dp rank) pairs followed by event id, and the others (no local indexer, or its query failed). */
+  private readonly cursors = new Map<PairKey, WorkerCursor>();
+  private readonly followedLive = new Set<PairKey>();
   private readonly queryWorker: WorkerKvQuery | null;
   private readonly log: (line: string) => void;
   /** Resolves once the live subscriptions are in place (a worker's answer then misses none of its later events). */
@@ -107,18 +122,23 @@ export class KvRouter {
   }
 
   /**
-   * A worker the router now knows of (a model card of it): one with the local indexer is asked for what it has cached
-   * (once; again only if it was forgotten meanwhile), one without is followed by its live events alone.
+   * A worker the router now knows of (a model card of it, with its data_parallel_size): one with the local indexer is
+   * asked, per dp rank, for what it has cached (once; again only if it was forgotten meanwhile), one without is
+   * followed by its live events alone.
    */
-  learnWorker(workerId: bigint, localIndexer: boolean): void {
-    if (this.cursors.has(workerId) || this.followedLive.has(workerId)) return;
-    if (!localIndexer || this.queryWorker === null) {
-      this.followedLive.add(workerId);
-      return;
+  learnWorker(workerId: bigint, localIndexer: boolean, dpSize = 1): void {
+    if (this.dpSizes.has(workerId)) return;
+    this.dpSizes.set(workerId, dpSize);
+    for (let dp = 0; dp < dpSize; dp++) {
+      const key = pairKey(workerId, dp);
+      if (!localIndexer || this.queryWorker === null) {
+        this.followedLive.add(key);
+        continue;
+      }
+      const cursor: WorkerCursor = { applied: null, recovering: false, waiting: [] };
+      this.cursors.set(key, cursor);
+      void this.recover(workerId, dp, cursor, null);
     }
-    const cursor: WorkerCursor = { applied: null, recovering: false, waiting: [] };
-    this.cursors.set(workerId, cursor);
-    void this.recover(workerId, cursor, null);
   }
 
   /** Resolves once no query of a worker is out (tests, and callers that want the recovered state). */
@@ -128,7 +148,8 @@ export class KvRouter {
 
   /** A live event from the event plane: applied in id order for workers followed by id, at once for others. */
   receiveEvent(e: RouterEvent): void {
-    const cursor = this.cursors.get(e.worker_id);
+    const dpRank = e.event.dp_rank ?? 0;
+    const cursor = this.cursors.get(pairKey(e.worker_id, dpRank));
     if (cursor === undefined) {
       this.applyEvent(e);
       return;
@@ -141,7 +162,7 @@ export class KvRouter {
     if (cursor.applied !== null && id <= cursor.applied) return; // a query's answer had it already
     if (cursor.applied !== null && id > cursor.applied + 1n) {
       cursor.waiting.push(e);
-      void this.recover(e.worker_id, cursor, cursor.applied + 1n);
+      void this.recover(e.worker_id, dpRank, cursor, cursor.applied + 1n);
       return;
     }
     this.applyEvent(e);
@@ -149,26 +170,27 @@ export class KvRouter {
   }
 
   /** Asks the worker for its dump (start null) or the events from `start`, applies the answer, then what waited. */
-  private async recover(workerId: bigint, cursor: WorkerCursor, start: bigint | null): Promise<void> {
+  private async recover(workerId: bigint, dpRank: number, cursor: WorkerCursor, start: bigint | null): Promise<void> {
     cursor.recovering = true;
+    const key = pairKey(workerId, dpRank);
     let answer: WorkerKvQueryResponse | Error;
     try {
       await this.subscribed;
-      answer = await this.queryWorker!(workerId, start);
+      answer = await this.queryWorker!(workerId, start, dpRank);
     } catch (err) {
       answer = err instanceof Error ? err : new Error(String(err));
     }
-    if (this.cursors.get(workerId) !== cursor) return; // forgotten meanwhile
+    if (this.cursors.get(key) !== cursor) return; // forgotten meanwhile
     cursor.recovering = false;
-    const worker = workerId.toString(16);
+    const worker = (this.dpSizes.get(workerId) ?? 1) > 1 ? `${workerId.toString(16)} dp_rank ${dpRank}` : workerId.toString(16);
     if ('TreeDump' in answer) {
       const { events, last_event_id: last } = answer.TreeDump;
-      this.caches.delete(workerId);
+      this.caches.delete(key);
       for (const e of events) this.applyEvent(e);
       // id 0: the worker has published nothing yet (or only event 0), or it did not say (a 0.8 dump has only
       // synthetic ids): the next live event is taken as it comes
       cursor.applied = last === 0n ? null : last;
-      this.log(`kv router: worker ${worker}: recovered ${this.caches.get(workerId)?.blocks.size ?? 0} cached blocks from its local indexer (through event ${last})`);
+      this.log(`kv router: worker ${worker}: recovered ${this.caches.get(key)?.blocks.size ?? 0} cached blocks from its local indexer (through event ${last})`);
     } else if ('Events' in answer) {
       for (const e of answer.Events.events) {
         if (cursor.applied !== null && e.event.event_id <= cursor.applied) continue;
@@ -180,8 +202,8 @@ export class KvRouter {
       const why = answer instanceof Error ? answer.message : JSON.stringify(answer, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
       this.log(`kv router: worker ${worker}: its local KV indexer did not answer (${why}); following its live events only`);
       // followed like a worker without the local indexer from now on: every live event applies as it comes
-      this.cursors.delete(workerId);
-      this.followedLive.add(workerId);
+      this.cursors.delete(key);
+      this.followedLive.add(key);
     }
     const waiting = cursor.waiting;
     cursor.waiting = [];
@@ -191,11 +213,12 @@ export class KvRouter {
   applyEvent(e: RouterEvent): void {
     if (e.storage_tier !== 'device') return;
     const data = e.event.data;
+    const key = pairKey(e.worker_id, e.event.dp_rank ?? 0);
     if (data === 'cleared') {
-      this.caches.delete(e.worker_id);
+      this.caches.delete(key);
       return;
     }
-    const cache = this.cacheOf(e.worker_id);
+    const cache = this.cacheOf(key);
     if ('removed' in data) {
       for (const h of data.removed.block_hashes) {
         const seq = cache.blocks.get(h);
@@ -223,7 +246,7 @@ export class KvRouter {
   }
 
   applyLoad(load: ActiveLoad): void {
-    this.activeBlocks.set(load.worker_id, load.active_decode_blocks ?? load.kv_used_blocks ?? 0);
+    this.activeBlocks.set(pairKey(load.worker_id, load.dp_rank ?? 0), load.active_decode_blocks ?? load.kv_used_blocks ?? 0);
   }
 
   /** Sequence hashes of the request's full blocks. */
@@ -231,25 +254,29 @@ export class KvRouter {
     return sequenceHashes(blockTokensHashes(tokenIds, this.blockSize));
   }
 
-  /** Leading blocks of `sequence` that `instanceId` has cached. */
-  overlap(instanceId: bigint, sequence: readonly bigint[]): number {
-    const cache = this.caches.get(instanceId);
+  /** Leading blocks of `sequence` that `instanceId` has cached in its dp rank `dpRank`'s pool. */
+  overlap(instanceId: bigint, sequence: readonly bigint[], dpRank = 0): number {
+    const cache = this.caches.get(pairKey(instanceId, dpRank));
     if (!cache) return 0;
     let n = 0;
     while (n < sequence.length && cache.sequences.has(sequence[n])) n++;
     return n;
   }
 
-  /** The cheapest of `candidates` (instance ids of live workers) for a request with these tokens. */
+  /** The cheapest (worker, dp rank) pair of `candidates` (instance ids of live workers, each with the dp ranks its
+   * card gave; 1 for a worker not learnt) for a request with these tokens. */
   select(tokenIds: ArrayLike<number>, candidates: readonly bigint[]): KvRouteDecision {
     if (candidates.length === 0) throw new RangeError('KvRouter.select: no candidates');
     const sequence = this.sequenceHashesOf(tokenIds);
     const requestBlocks = Math.ceil(tokenIds.length / this.blockSize);
-    const decisions = candidates.map((id): KvRouteDecision => {
-      const overlapBlocks = this.overlap(id, sequence);
-      const decodeBlocks = Math.max(this.activeBlocks.get(id) ?? 0, this.routedBlocks.get(id) ?? 0);
-      return { instanceId: id, overlapBlocks, requestBlocks, cost: this.weight * (requestBlocks - overlapBlocks) + decodeBlocks };
-    });
+    const decisions = candidates.flatMap((id) =>
+      Array.from({ length: this.dpSizes.get(id) ?? 1 }, (_, dpRank): KvRouteDecision => {
+        const key = pairKey(id, dpRank);
+        const overlapBlocks = this.overlap(id, sequence, dpRank);
+        const decodeBlocks = Math.max(this.activeBlocks.get(key) ?? 0, this.routedBlocks.get(key) ?? 0);
+        return { instanceId: id, dpRank, overlapBlocks, requestBlocks, cost: this.weight * (requestBlocks - overlapBlocks) + decodeBlocks };
+      }),
+    );
     const min = Math.min(...decisions.map((d) => d.cost));
     const max = Math.max(...decisions.map((d) => d.cost));
     if (this.temperature > 0 && max > min) {
@@ -262,31 +289,33 @@ export class KvRouter {
     return best[Math.floor(Math.random() * best.length)];
   }
 
-  /** Counts a routed request's blocks against the worker until the returned release is called (stream ended). */
-  track(instanceId: bigint, blocks: number): () => void {
-    this.routedBlocks.set(instanceId, (this.routedBlocks.get(instanceId) ?? 0) + blocks);
+  /** Counts a routed request's blocks against the worker's dp rank until the returned release is called (stream
+   * ended). */
+  track(instanceId: bigint, blocks: number, dpRank = 0): () => void {
+    const key = pairKey(instanceId, dpRank);
+    this.routedBlocks.set(key, (this.routedBlocks.get(key) ?? 0) + blocks);
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      const left = (this.routedBlocks.get(instanceId) ?? 0) - blocks;
-      if (left > 0) this.routedBlocks.set(instanceId, left);
-      else this.routedBlocks.delete(instanceId);
+      const left = (this.routedBlocks.get(key) ?? 0) - blocks;
+      if (left > 0) this.routedBlocks.set(key, left);
+      else this.routedBlocks.delete(key);
     };
   }
 
   /** Forgets workers that are no longer candidates anywhere (they left discovery). */
   retain(live: ReadonlySet<bigint>): void {
-    for (const id of this.caches.keys()) if (!live.has(id)) this.caches.delete(id);
-    for (const id of this.activeBlocks.keys()) if (!live.has(id)) this.activeBlocks.delete(id);
-    for (const id of this.routedBlocks.keys()) if (!live.has(id)) this.routedBlocks.delete(id);
-    for (const id of this.cursors.keys()) if (!live.has(id)) this.cursors.delete(id);
-    for (const id of this.followedLive) if (!live.has(id)) this.followedLive.delete(id);
+    for (const pairs of [this.caches, this.activeBlocks, this.routedBlocks, this.cursors]) {
+      for (const key of pairs.keys()) if (!live.has(workerOf(key))) pairs.delete(key);
+    }
+    for (const key of this.followedLive) if (!live.has(workerOf(key))) this.followedLive.delete(key);
+    for (const id of this.dpSizes.keys()) if (!live.has(id)) this.dpSizes.delete(id);
   }
 
-  private cacheOf(workerId: bigint): WorkerCache {
-    let c = this.caches.get(workerId);
-    if (!c) this.caches.set(workerId, (c = { blocks: new Map(), sequences: new Map() }));
+  private cacheOf(key: PairKey): WorkerCache {
+    let c = this.caches.get(key);
+    if (!c) this.caches.set(key, (c = { blocks: new Map(), sequences: new Map() }));
     return c;
   }
 }

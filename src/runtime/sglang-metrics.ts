@@ -5,6 +5,9 @@
 // every series also carries the Dynamo hierarchy labels the reference injects (dynamo_namespace, dynamo_component,
 // dynamo_endpoint).
 //
+// A worker with several data-parallel groups has one scheduler per group, as SGLang has one per dp rank: the
+// scheduler's gauges are then one series per group with a dp_rank label; the counters are the worker's totals.
+//
 // Where the values come from: gauges and counters are read at scrape time from the engine's metrics snapshot (the
 // totals the metrics actor keeps), so nothing here runs per step; the latency histograms need one observation per
 // request and per streamed chunk, which the request handler reports through requestStarted().
@@ -45,7 +48,11 @@ export interface SglangMetricsOptions {
   endpoint: { namespace: string; component: string; endpoint: string };
   /** Tokens per KV page, to report tokens where the engine counts pages. */
   pageSize: number;
+  /** The worker's totals (over its data-parallel groups). */
   snapshot: () => EngineMetricsSnapshot;
+  /** Each data-parallel group's snapshot, by dp rank, for the scheduler's gauges (default: [snapshot()]); with more
+   * than one (counted once, here) the gauges carry dp_rank. */
+  schedulerSnapshots?: () => EngineMetricsSnapshot[];
   histograms?: SglangHistogramSettings;
   /** Clock in seconds (tests pass their own). */
   now?: () => number;
@@ -92,12 +99,16 @@ export class SglangMetrics {
     this.tokenizerLabels = { model_name: opts.modelName, ...hierarchy };
     const tokenizerLabels = this.tokenizerLabels;
     const snapshot = opts.snapshot;
+    const schedulers = opts.schedulerSnapshots ?? (() => [snapshot()]);
+    const dpLabelled = schedulers().length > 1;
+    const schedulerLabelNames: readonly string[] = dpLabelled ? [...SCHEDULER_LABELS, 'dp_rank'] : SCHEDULER_LABELS;
+    const labelsOf = (dpRank: number): Record<string, string> => (dpLabelled ? { ...schedulerLabels, dp_rank: String(dpRank) } : schedulerLabels);
 
     const gauge = (name: string, help: string, read: SnapshotReader) =>
       new Gauge({
-        name, help, labelNames: SCHEDULER_LABELS, registers,
+        name, help, labelNames: schedulerLabelNames, registers,
         collect() {
-          this.set(schedulerLabels, read(snapshot()));
+          schedulers().forEach((s, d) => this.set(labelsOf(d), read(s)));
         },
       });
     gauge('sglang:num_running_reqs', 'The number of running requests.', (s) => s.load.runningRequests);
@@ -110,19 +121,21 @@ export class SglangMetrics {
     // Rates over the time between two scrapes, as SGLang's scheduler reports them over its logging interval. A rate
     // with nothing to measure since the last scrape keeps its last value.
     const rate = (name: string, help: string, measure: (prev: EngineMetricsSnapshot, cur: EngineMetricsSnapshot, seconds: number) => number | null) => {
-      let prev = snapshot();
+      let prev = schedulers();
       let prevAt = now();
-      let value = 0;
+      const values = prev.map(() => 0);
       new Gauge({
-        name, help, labelNames: SCHEDULER_LABELS, registers,
+        name, help, labelNames: schedulerLabelNames, registers,
         collect() {
-          const cur = snapshot();
+          const cur = schedulers();
           const at = now();
-          const v = measure(prev, cur, at - prevAt);
-          if (v !== null && Number.isFinite(v)) value = v;
+          cur.forEach((c, d) => {
+            const v = measure(prev[d], c, at - prevAt);
+            if (v !== null && Number.isFinite(v)) values[d] = v;
+            this.set(labelsOf(d), values[d]);
+          });
           prev = cur;
           prevAt = at;
-          this.set(schedulerLabels, value);
         },
       });
     };

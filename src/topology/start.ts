@@ -1,9 +1,11 @@
 // Starts what a topology graph (./topology.ts) lists, in dependency order, and stops it in reverse:
-//   1. the metrics recorder (the core feeds it from its first step);
-//   2. the tokenizer (before the model: a missing or broken tokenizer fails in milliseconds, not after a long load);
-//   3. the core under its supervisor (ranks, then the scheduler over them; restarted from the same graph);
-//   4. the KV transfer, attached to the core's KV port (the supervisor's: it follows the core across restarts).
+//   1. the tokenizer (before the model: a missing or broken tokenizer fails in milliseconds, not after a long load);
+//   2. every core (one per data-parallel rank, all at once) under its own supervisor with its own metrics recorder
+//      (ranks, then the scheduler over them; restarted from the same graph, one core at a time), and the router
+//      that picks a core per request;
+//   3. the KV transfer, attached to core 0's KV port (the supervisor's: it follows the core across restarts).
 // A failure while starting stops what already started, newest first, and rejects with that failure.
+import { DataParallelRouter } from '../../actors/dp-router.js';
 import { MetricsActor } from '../../actors/metrics.js';
 import { Supervisor } from '../../actors/supervisor.js';
 import type { WorkerConfig } from '../config/schema.js';
@@ -24,10 +26,13 @@ export interface KvTransferContext {
 /** A started graph: one running actor per node (null where the graph has none). */
 export interface RunningTopology {
   readonly graph: TopologyGraph;
-  readonly metrics: MetricsActor;
   readonly tokenizer: Tokenizer | null;
-  /** The core's supervisor, which is also its KV port. */
+  /** Each core's supervisor (with its metrics recorder), by data-parallel rank. */
+  readonly groups: readonly Supervisor[];
+  /** Core 0's supervisor, which is also the KV port of a disaggregated worker (which has one core). */
   readonly core: Supervisor;
+  /** Picks the core of each request. */
+  readonly router: DataParallelRouter;
   /** The prefill worker's KV sender or the decode worker's receiver. */
   readonly kvTransfer: DisaggService | null;
   /** Stops everything, newest first. Idempotent. */
@@ -44,14 +49,18 @@ export async function startTopology(graph: TopologyGraph, kv: KvTransferContext 
     while (stops.length > 0) await stops.pop()!();
   };
   try {
-    const metrics = new MetricsActor(); // an in-memory recorder: nothing to stop
     const tokenizer = graph.tokenizer ? loadTokenizer(graph.tokenizer.modelPath, graph.tokenizer.tokenizerPath) : null;
-    const core = await Supervisor.supervise(graph.core, metrics);
-    stops.push(() => core.stop());
+    // each recorder is in-memory: nothing to stop
+    const starting = await Promise.allSettled(graph.cores.map((core) => Supervisor.supervise(core, new MetricsActor())));
+    for (const s of starting) if (s.status === 'fulfilled') stops.push(() => s.value.stop());
+    const failed = starting.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failed) throw failed.reason;
+    const groups = starting.map((s) => (s as PromiseFulfilledResult<Supervisor>).value);
+    const core = groups[0];
     const kvTransfer = graph.kvTransfer && kv ? await DisaggService.start({ config: kv.config, core, discovery: kv.discovery, log: kv.log }) : null;
     if (kvTransfer) stops.push(() => kvTransfer.close());
     let stopping: Promise<void> | null = null;
-    return { graph, metrics, tokenizer, core, kvTransfer, stop: () => (stopping ??= stopAll()) };
+    return { graph, tokenizer, groups, core, router: new DataParallelRouter(groups), kvTransfer, stop: () => (stopping ??= stopAll()) };
   } catch (err) {
     await stopAll();
     throw err;

@@ -10,13 +10,16 @@
 //     └── KV port ◀── KV sender (prefill) or KV receiver (decode)
 //   tokenizer (main thread, loaded once)
 //
-// - core.ranks: one worker_thread per tensor-parallel rank, rank r on device baseGpuId + r, each opening its engine
+// - cores: one core per data-parallel rank (--dp-size N: N independent groups, each its own scheduler, TP ranks and
+//   KV pool); everything below is per core. The worker's router (actors/dp-router.ts) picks the core of a request.
+// - core.ranks: one worker_thread per tensor-parallel rank, rank r of dp rank d on device baseGpuId + d * tp + r, each opening its engine
 //   with EngineOptions.tp = { rank: r, size: N, group } (no tp for N = 1); `group` is named afresh by every startCore,
 //   so a restarted group never meets a rank of the failed one. Each rank has its own port straight to the scheduler
 //   thread: steps never cross the main thread.
 // - core.scheduler: one worker_thread that plans every step, packs its descriptor once and sends it to every rank;
 //   rank 0's engine summary sizes it (every rank must report the same KV pool: checked at start).
-// - metrics: the recorder (actors/metrics.ts) on the main thread, fed by every core's scheduler; it outlives restarts.
+// - metrics: a recorder (actors/metrics.ts) per core on the main thread, fed by that core's schedulers (it outlives
+//   restarts), so each data-parallel group has its own load.
 // - tokenizer: the model's tokenizer, loaded once on the main thread (a worker's graph only). The worker takes token
 //   ids (the frontend tokenizes, through its piscina pool actors/tokenizer.ts), so it encodes nothing per request
 //   and a pool of threads would idle: the load checks at start that the tokenizer the model card points routers and
@@ -66,8 +69,10 @@ export interface SchedulerNode {
   hook: SchedulerHookInit | null;
 }
 
-/** The group the supervisor starts, supervises and restarts as one. */
+/** The group the supervisor starts, supervises and restarts as one: one per data-parallel rank. */
 export interface CoreGraph {
+  /** The data-parallel rank this group serves (0 .. dpSize - 1). */
+  dpRank: number;
   /** The supervisor's settings, every default applied (restarts, request limits). */
   config: ResolvedSupervisorConfig;
   scheduler: SchedulerNode;
@@ -75,9 +80,10 @@ export interface CoreGraph {
   ranks: RankNode[];
 }
 
-/** The metrics recorder: fed by the scheduler's output batches (steps, load) and the supervisor's finished requests. */
+/** A core's metrics recorder: fed by its scheduler's output batches (steps, load) and its supervisor's finished
+ * requests. */
 export interface MetricsNode {
-  fedBy: 'core.scheduler';
+  fedBy: 'cores[dpRank].scheduler';
 }
 
 /** The worker's tokenizer, loaded once at start (see the header for why not a pool). */
@@ -93,12 +99,13 @@ export interface KvTransferNode {
   transferBackend: WorkerConfig['disaggregationTransferBackend'];
   /** Where the sender listens (0: any free port); null for a receiver. */
   bootstrapPort: number | null;
-  attachedTo: 'core.kv';
+  attachedTo: 'cores[0].kv';
 }
 
 /** One worker's actors, as data. */
 export interface TopologyGraph {
-  core: CoreGraph;
+  /** By data-parallel rank (one for --dp-size 1). */
+  cores: CoreGraph[];
   metrics: MetricsNode;
   /** Null for the Supervisor on its own. */
   tokenizer: TokenizerNode | null;
@@ -120,6 +127,11 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
   const c = resolveSupervisorConfig(config);
   if (!Number.isInteger(c.tpSize) || c.tpSize < 1) throw new LlmError('LLM_ERR_CONFIG', `tp size must be an integer >= 1, got ${c.tpSize}`);
   if (!Number.isInteger(c.baseGpuId) || c.baseGpuId < 0) throw new LlmError('LLM_ERR_CONFIG', `base GPU id must be an integer >= 0, got ${c.baseGpuId}`);
+  if (!Number.isInteger(c.dpSize) || c.dpSize < 1) throw new LlmError('LLM_ERR_CONFIG', `dp size must be an integer >= 1, got ${c.dpSize}`);
+  if (c.dpSize > 1 && config.servingMode !== undefined && config.servingMode !== 'aggregated') {
+    // the KV sender / receiver is attached to one core's KV port: which group a hand-off lands in is not wired
+    throw new LlmError('LLM_ERR_CONFIG', `--dp-size ${c.dpSize} with --disaggregation-mode ${config.servingMode}: data parallelism is available for aggregated workers only in this build`);
+  }
   const scheduler: SchedulerOptions = {
     maxRunningRequests: c.maxRunningRequests,
     chunkedPrefillSize: c.chunkedPrefillSize === -1 ? 0 : c.chunkedPrefillSize,
@@ -139,21 +151,22 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
   };
   const engineModule = c.engineFactory?.module ?? DEFAULT_ENGINE_MODULE;
   const engineInit: unknown = c.engineFactory ? c.engineFactory.init : ({ modelPath: c.modelPath, device: c.device, options: engineOptions } satisfies RankEngineInit);
-  const ranks = Array.from({ length: c.tpSize }, (_, rank): RankNode => ({
-    rank,
-    deviceId: c.baseGpuId + rank,
-    tp: c.tpSize > 1 ? { rank, size: c.tpSize } : null,
-    engineModule,
-    engineInit,
-    startTimeoutMs: c.startTimeoutMs,
-  }));
+  const core = (dpRank: number): CoreGraph => ({
+    dpRank,
+    config: c,
+    scheduler: { options: scheduler, stepTimeoutMs: c.stepTimeoutMs, hangTimeoutMs: c.schedulerTimeoutMs, startTimeoutMs: c.startTimeoutMs, hook: c.schedulerHook ?? null },
+    ranks: Array.from({ length: c.tpSize }, (_, rank): RankNode => ({
+      rank,
+      deviceId: c.baseGpuId + dpRank * c.tpSize + rank,
+      tp: c.tpSize > 1 ? { rank, size: c.tpSize } : null,
+      engineModule,
+      engineInit,
+      startTimeoutMs: c.startTimeoutMs,
+    })),
+  });
   return {
-    core: {
-      config: c,
-      scheduler: { options: scheduler, stepTimeoutMs: c.stepTimeoutMs, hangTimeoutMs: c.schedulerTimeoutMs, startTimeoutMs: c.startTimeoutMs, hook: c.schedulerHook ?? null },
-      ranks,
-    },
-    metrics: { fedBy: 'core.scheduler' },
+    cores: Array.from({ length: c.dpSize }, (_, dpRank) => core(dpRank)),
+    metrics: { fedBy: 'cores[dpRank].scheduler' },
     tokenizer: config.servingMode === undefined ? null : { modelPath: c.modelPath, tokenizerPath: config.tokenizerPath },
     kvTransfer: config.servingMode === undefined ? null : kvTransferNode(config),
   };
@@ -167,7 +180,7 @@ function kvTransferNode(w: WorkerNodeFields): KvTransferNode | null {
     role: sender ? 'sender' : 'receiver',
     transferBackend: w.disaggregationTransferBackend,
     bootstrapPort: sender ? (w.disaggregationBootstrapPort ?? 0) : null,
-    attachedTo: 'core.kv',
+    attachedTo: 'cores[0].kv',
   };
 }
 

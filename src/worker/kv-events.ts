@@ -15,10 +15,14 @@
 // opaque id to the router (parent links and removals); the router matches on tokens_hash, computed by the
 // publisher. The page → block hash map lets a removal (which names pages) name the hashes it stored.
 //
+// Data parallelism (--dp-size N): every group (data-parallel rank) publishes its own events, with its dp_rank and its
+// own event ids, and its own load sample; the reference publishes rank 0's only, users asked for all.
+//
 // With the local indexer (config.enableLocalIndexer: not --durable-kv-events, not a disagg decode worker) every
-// published event is also kept by a LocalKvIndexer. The main wire profile serves it as the endpoint
-// `worker_kv_indexer_query_dp0` (the worker registers that); the 0.8 profile (the default) answers NATS requests
-// on `namespace.{ns}.component.{c}.worker_kv_indexer_query.{instance id}` here, as Dynamo 0.8 workers do.
+// published event is also kept by the LocalKvIndexer of its group. The worker serves each as the endpoint
+// `worker_kv_indexer_query_dp{N}` (it registers those); the 0.8 profile (the default) also answers NATS requests
+// on `namespace.{ns}.component.{c}.worker_kv_indexer_query.{instance id}` here, as Dynamo 0.8 workers do: the
+// subject names no dp rank, so the request's dp_rank (0 when absent) picks the group's indexer.
 // The wire profile also picks the payload form of the events and load (protocol/events-0.8.ts).
 import type { NatsConnection, Subscription } from 'nats';
 import type { Supervisor } from '../../actors/supervisor.js';
@@ -50,40 +54,114 @@ const LOAD_SAMPLE_MS = 20;
 
 export interface WorkerKvEventsOptions {
   config: WorkerConfig;
-  supervisor: Supervisor;
+  /** The worker's groups, by data-parallel rank. */
+  groups: readonly Supervisor[];
   discovery: Discovery;
   metrics: WorkerMetrics;
   /** Publish on the event plane (null: only the gauge is kept up to date). */
   nats: NatsConnection | null;
 }
 
-export class WorkerKvEvents {
-  /** The published events for router recovery (null: not publishing, or the local indexer is off). */
-  readonly localIndexer: LocalKvIndexer | null;
-  private readonly kv: KvEventPublisher | null;
-  private readonly load: LoadPublisher | null;
+/** One data-parallel group's publishing state. */
+class GroupEvents {
   private readonly blockHashOfPage = new Map<number, bigint>();
+  /** The scheduler whose cache the published blocks are in: a new one means the group restarted empty. */
+  private scheduler: unknown;
+
+  constructor(
+    readonly supervisor: Supervisor,
+    private readonly kv: KvEventPublisher | null,
+    readonly localIndexer: LocalKvIndexer | null,
+    private readonly pageSize: number,
+  ) {
+    this.scheduler = supervisor.scheduler;
+  }
+
+  get dpRank(): number {
+    return this.supervisor.dpRank;
+  }
+
+  /** After a restart the group's prefix cache starts empty and no removals are reported for the lost one. */
+  noteRestart(): void {
+    let scheduler: unknown;
+    try {
+      scheduler = this.supervisor.scheduler;
+    } catch {
+      return; // restarting now: checked again on the next event or sample
+    }
+    if (scheduler === this.scheduler) return;
+    this.scheduler = scheduler;
+    this.blockHashOfPage.clear();
+    this.kv?.cleared();
+  }
+
+  onCacheEvent(e: KvCacheEvent): void {
+    if (!this.kv) return;
+    this.noteRestart();
+    if (e.kind === 'removed') {
+      const hashes: bigint[] = [];
+      for (const b of e.blocks) {
+        const h = this.blockHashOfPage.get(b.page);
+        if (h === undefined) continue;
+        this.blockHashOfPage.delete(b.page);
+        hashes.push(h);
+      }
+      if (hashes.length > 0) this.kv.removed(hashes);
+      return;
+    }
+    const parent = e.parentPage === null ? null : (this.blockHashOfPage.get(e.parentPage) ?? null);
+    let seed = parent ?? 0n;
+    const hashes: bigint[] = [];
+    const tokenIds: number[] = [];
+    for (const b of e.blocks) {
+      seed = tokensHash(b.tokenIds, seed);
+      this.blockHashOfPage.set(b.page, seed);
+      hashes.push(seed);
+      tokenIds.push(...b.tokenIds);
+    }
+    this.kv.stored({ blockHashes: hashes, parentBlockHash: parent, tokenIds, blockSize: this.pageSize });
+  }
+
+  close(): void {
+    this.kv?.close();
+  }
+}
+
+export class WorkerKvEvents {
+  private readonly groups: GroupEvents[];
+  private readonly load: LoadPublisher | null;
   private readonly timer: NodeJS.Timeout;
   /** 0.8: the NATS subscription answering local-indexer queries. */
   private readonly querySubscription: Subscription | null = null;
-  /** The scheduler whose cache the published blocks are in: a new one means the rank restarted empty. */
-  private scheduler: unknown;
   private closed = false;
 
   private constructor(private readonly options: WorkerKvEventsOptions) {
-    const { config, discovery, nats, supervisor } = options;
+    const { config, discovery, nats } = options;
     const { namespace, component } = config.endpoint;
-    this.localIndexer = nats && config.enableLocalIndexer ? new LocalKvIndexer(discovery.instanceId) : null;
-    const onPublish = this.localIndexer ? this.localIndexer.record.bind(this.localIndexer) : undefined;
     const wireProfile = config.wireProfile;
-    this.kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId: discovery.instanceId, onPublish, wireProfile }) : null;
-    this.load = nats ? new LoadPublisher(nats, { namespace, workerId: discovery.instanceId, wireProfile }) : null;
-    if (nats && this.localIndexer && wireProfile === '0.8') this.querySubscription = this.answerQueries08(nats, this.localIndexer);
-    this.load?.start([0]);
-    this.scheduler = supervisor.scheduler;
-    if (this.kv) supervisor.onKvEvent((e) => this.onCacheEvent(e));
+    const workerId = discovery.instanceId;
+    this.groups = options.groups.map((supervisor) => {
+      const dpRank = supervisor.dpRank;
+      const localIndexer = nats && config.enableLocalIndexer ? new LocalKvIndexer(workerId, dpRank) : null;
+      const onPublish = localIndexer ? localIndexer.record.bind(localIndexer) : undefined;
+      const kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId, dpRank, onPublish, wireProfile }) : null;
+      const group = new GroupEvents(supervisor, kv, localIndexer, config.pageSize);
+      if (kv) supervisor.onKvEvent((e) => {
+        if (!this.closed) group.onCacheEvent(e);
+      });
+      return group;
+    });
+    this.load = nats ? new LoadPublisher(nats, { namespace, workerId, wireProfile }) : null;
+    if (nats && config.enableLocalIndexer && wireProfile === '0.8') this.querySubscription = this.answerQueries08(nats);
+    this.load?.start(this.groups.map((g) => g.dpRank));
     this.timer = setInterval(() => this.sample(), LOAD_SAMPLE_MS);
     this.timer.unref();
+  }
+
+  /** Each group's published events for router recovery, by data-parallel rank (none: not publishing, or the local
+   * indexer is off). */
+  get localIndexers(): LocalKvIndexer[] {
+    return this.groups.flatMap((g) => (g.localIndexer ? [g.localIndexer] : []));
   }
 
   /** Connects the event plane as `mode` says and advertises the kv-events channel in discovery. */
@@ -120,20 +198,24 @@ export class WorkerKvEvents {
     this.closed = true;
     clearInterval(this.timer);
     this.querySubscription?.unsubscribe();
-    this.kv?.close();
+    for (const g of this.groups) g.close();
     this.load?.close();
     if (this.options.nats) await this.options.nats.drain().catch(() => undefined);
   }
 
-  /** Dynamo 0.8's local-indexer query: a JSON WorkerKvQueryRequest by NATS request, the JSON answer as the reply. */
-  private answerQueries08(nats: NatsConnection, indexer: LocalKvIndexer): Subscription {
+  /** Dynamo 0.8's local-indexer query: a JSON WorkerKvQueryRequest by NATS request, the JSON answer as the reply;
+   * its dp_rank (0 when absent) names the group. */
+  private answerQueries08(nats: NatsConnection): Subscription {
     const { namespace, component } = this.options.config.endpoint;
     const subscription = nats.subscribe(workerKvIndexerQuerySubject08(namespace, component, this.options.discovery.instanceId));
     void (async () => {
       for await (const msg of subscription) {
         let answer;
         try {
-          answer = indexer.query(decodeWireJson(WorkerKvQueryRequestSchema, msg.data, 'worker kv indexer query'));
+          const request = decodeWireJson(WorkerKvQueryRequestSchema, msg.data, 'worker kv indexer query');
+          const dpRank = request.dp_rank ?? 0;
+          const indexer = this.groups[dpRank]?.localIndexer;
+          answer = indexer ? indexer.query(request) : { Error: `dp_rank ${dpRank}: this worker has data-parallel ranks 0..${this.groups.length - 1}` };
         } catch (err) {
           answer = { Error: (err as Error).message };
         }
@@ -143,62 +225,22 @@ export class WorkerKvEvents {
     return subscription;
   }
 
-  /** After a rank restart the prefix cache starts empty and no removals are reported for the lost one. */
-  private noteRestart(): void {
-    let scheduler: unknown;
-    try {
-      scheduler = this.options.supervisor.scheduler;
-    } catch {
-      return; // restarting now: checked again on the next event or sample
-    }
-    if (scheduler === this.scheduler) return;
-    this.scheduler = scheduler;
-    this.blockHashOfPage.clear();
-    this.kv?.cleared();
-  }
-
-  private onCacheEvent(e: KvCacheEvent): void {
-    if (this.closed || !this.kv) return;
-    this.noteRestart();
-    const pageSize = this.options.config.pageSize;
-    if (e.kind === 'removed') {
-      const hashes: bigint[] = [];
-      for (const b of e.blocks) {
-        const h = this.blockHashOfPage.get(b.page);
-        if (h === undefined) continue;
-        this.blockHashOfPage.delete(b.page);
-        hashes.push(h);
-      }
-      if (hashes.length > 0) this.kv.removed(hashes);
-      return;
-    }
-    const parent = e.parentPage === null ? null : (this.blockHashOfPage.get(e.parentPage) ?? null);
-    let seed = parent ?? 0n;
-    const hashes: bigint[] = [];
-    const tokenIds: number[] = [];
-    for (const b of e.blocks) {
-      seed = tokensHash(b.tokenIds, seed);
-      this.blockHashOfPage.set(b.page, seed);
-      hashes.push(seed);
-      tokenIds.push(...b.tokenIds);
-    }
-    this.kv.stored({ blockHashes: hashes, parentBlockHash: parent, tokenIds, blockSize: pageSize });
-  }
-
   private sample(): void {
-    const { supervisor, metrics, config } = this.options;
-    const load = supervisor.load();
-    if (load.kvTotalPages === 0) return; // the rank is restarting
-    this.noteRestart();
-    // blocks held by running requests; cached blocks nobody uses can be evicted at once, so they are not load
-    const used = Math.max(0, load.kvUsedPages - load.kvEvictablePages);
-    this.load?.update(0, used);
-    metrics.setKvStats({
-      model: config.servedModelName,
-      component: config.endpoint.component,
-      dpRank: 0,
-      totalBlocks: load.kvTotalPages,
-      gpuCacheUsagePercent: load.kvTotalPages > 0 ? (100 * used) / load.kvTotalPages : 0,
-    });
+    const { metrics, config } = this.options;
+    for (const g of this.groups) {
+      const load = g.supervisor.load();
+      if (load.kvTotalPages === 0) continue; // the group is restarting, or has not stepped yet
+      g.noteRestart();
+      // blocks held by running requests; cached blocks nobody uses can be evicted at once, so they are not load
+      const used = Math.max(0, load.kvUsedPages - load.kvEvictablePages);
+      this.load?.update(g.dpRank, used);
+      metrics.setKvStats({
+        model: config.servedModelName,
+        component: config.endpoint.component,
+        dpRank: g.dpRank,
+        totalBlocks: load.kvTotalPages,
+        gpuCacheUsagePercent: load.kvTotalPages > 0 ? (100 * used) / load.kvTotalPages : 0,
+      });
+    }
   }
 }

@@ -1,5 +1,5 @@
 // What the worker's endpoint runs for a request, one entry per serving mode, chosen once at start: the aggregated
-// worker generates over its core; prefill and decode workers serve their side of the disaggregated hand-off through
+// worker generates over the core its data-parallel router picks (one core for --dp-size 1); prefill and decode workers serve their side of the disaggregated hand-off through
 // the KV transfer their topology started (src/topology, src/disagg). The endpoint handler itself (metrics,
 // cancellation, shutdown) is the same for every mode.
 import type { ServingMode } from '../config/schema.js';
@@ -20,7 +20,10 @@ export interface ModeServing {
 
 /** The running topology's nodes a mode serves over. */
 export interface ModeServingDeps {
+  /** Core 0's KV port (a disaggregated worker has one core). */
   core: KvPort;
+  /** Picks the core (data-parallel group) of each request and streams it there. */
+  router: Pick<KvPort, 'generate'>;
   /** The KV sender (prefill) or receiver (decode); null when aggregated. */
   kvTransfer: DisaggService | null;
 }
@@ -31,10 +34,10 @@ function disaggregated({ kvTransfer }: ModeServingDeps): ModeServing {
 }
 
 export const SERVING_MODES: { readonly [M in ServingMode]: (deps: ModeServingDeps) => ModeServing } = {
-  aggregated: ({ core }) => ({
+  aggregated: ({ router }) => ({
     accept: (raw) => {
       const request = parseWire(PreprocessedRequestSchema, raw, 'request');
-      return (options) => core.generate(request, options);
+      return (options) => router.generate(request, options);
     },
   }),
   // the disaggregated request bodies are checked by the side that serves them (prefill takes the legacy wrapper too)

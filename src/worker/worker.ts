@@ -14,6 +14,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { WorkerConfig } from '../config/schema.js';
 import { LlmError } from '../errors.js';
 import type { Supervisor } from '../../actors/supervisor.js';
+import { mergeSnapshots } from '../../actors/metrics.js';
 import type { DisaggService } from '../disagg/service.js';
 import { buildTopology } from '../topology/topology.js';
 import { startTopology, type RunningTopology } from '../topology/start.js';
@@ -51,7 +52,7 @@ export interface WorkerHandle {
   readonly discovery: Discovery;
   /** The worker's actors as its topology graph lists them. */
   readonly topology: RunningTopology;
-  /** The core's supervisor (topology.core). */
+  /** Data-parallel rank 0's supervisor (topology.core); every group's: topology.groups. */
   readonly supervisor: Supervisor;
   readonly instanceId: bigint;
   readonly card: ModelDeploymentCard;
@@ -79,8 +80,8 @@ function checkSupported(config: WorkerConfig): void {
   if (config.workerKind !== 'llm') {
     throw new LlmError('LLM_ERR_CONFIG', `worker kind "${config.workerKind}" (embedding / multimodal) is not available in this build yet`);
   }
-  if (config.dpSize !== 1 || config.nnodes !== 1) {
-    throw new LlmError('LLM_ERR_CONFIG', `--dp-size ${config.dpSize} --nnodes ${config.nnodes}: only one data-parallel group on one node (--dp-size 1 --nnodes 1) is available in this build yet`);
+  if (config.nnodes !== 1) {
+    throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${config.nnodes}: only one node (--nnodes 1) is available in this build yet`);
   }
 }
 
@@ -120,24 +121,24 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   // The worker's actors, from the frozen config (src/topology): metrics recorder, tokenizer, core, KV transfer.
   const topology = await resources.open(() => startTopology(buildTopology(config), { config, discovery, log }), (t) => t.stop());
   // tokenizer: never null, a worker's config gives its graph one
-  const { core: supervisor, tokenizer, kvTransfer: disagg } = topology;
+  const { core: supervisor, groups, router, tokenizer, kvTransfer: disagg } = topology;
   const loadSeconds = (performance.now() - t0) / 1000;
   const engine = supervisor.engine;
-  log(`model loaded in ${loadSeconds.toFixed(2)} s: ${engine.backend} backend, KV pool ${engine.kv.numPages} pages of ${engine.kv.pageSize} tokens (${(engine.kv.numPages * engine.kv.bytesPerPage / 2 ** 20).toFixed(1)} MiB)`);
+  log(`model loaded in ${loadSeconds.toFixed(2)} s: ${engine.backend} backend, ${groups.length > 1 ? `${groups.length} data-parallel groups, each with a ` : ''}KV pool ${engine.kv.numPages} pages of ${engine.kv.pageSize} tokens (${(engine.kv.numPages * engine.kv.bytesPerPage / 2 ** 20).toFixed(1)} MiB)`);
   metrics.setModelLoadTime(model, component, loadSeconds);
-  metrics.setKvStats({ model, component, dpRank: 0, totalBlocks: engine.kv.numPages, gpuCacheUsagePercent: 0 });
+  for (const g of groups) metrics.setKvStats({ model, component, dpRank: g.dpRank, totalBlocks: g.engine.kv.numPages, gpuCacheUsagePercent: 0 });
   const engineType = ({ aggregated: 'unified', prefill: 'prefill', decode: 'decode' } as const)[config.servingMode];
   const sglangMetrics = !config.enableMetrics ? null : new SglangMetrics({
     registry: metrics.registry, modelName: model, engineType, endpoint: config.endpoint, pageSize: engine.kv.pageSize,
-    snapshot: () => supervisor.metrics.snapshot(), histograms: config,
+    snapshot: () => mergeSnapshots(groups.map((g) => g.metrics.snapshot())), schedulerSnapshots: () => groups.map((g) => g.metrics.snapshot()), histograms: config,
   });
 
   const kvEvents = await resources.open(
-    () => WorkerKvEvents.start({ config, supervisor, discovery, metrics }, eventPlaneMode(config, options.publishKvEvents), log),
+    () => WorkerKvEvents.start({ config, groups, discovery, metrics }, eventPlaneMode(config, options.publishKvEvents), log),
     (k) => k.close(),
   );
   // What the endpoint runs per request, fixed by the serving mode (./serving.ts).
-  const serving = SERVING_MODES[config.servingMode]({ core: supervisor, kvTransfer: disagg });
+  const serving = SERVING_MODES[config.servingMode]({ core: supervisor, router, kvTransfer: disagg });
 
   // Shutdown fires this: requests still running after the grace period end with EngineShutdown.
   const shutdownController = new AbortController();
@@ -205,9 +206,8 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
         : { natsServer: planeServer }),
     deviceType: engine.backend === 'cuda' ? 'cuda' : 'cpu',
   };
-  // the local indexer's query endpoint is in discovery before the worker serves anything a router could miss
-  const localIndexer = kvEvents.localIndexer;
-  if (localIndexer) {
+  // each group's local-indexer query endpoint is in discovery before the worker serves anything a router could miss
+  for (const localIndexer of kvEvents.localIndexers) {
     const queryHandler: EndpointHandler = async function* workerKvIndexerQuery(raw) {
       yield localIndexer.query(parseWire(WorkerKvQueryRequestSchema, raw, 'worker kv indexer query'));
     };
