@@ -96,6 +96,8 @@ class TpComm {
   bool usesNccl() const;
   /** Whether two ranks of the group share a device (then every collective uses at most 8 blocks). */
   bool sharesDevice() const { return sharesDevice_; }
+  /** Blocks one collective launches at most (fewer where ranks share a device). */
+  int maxBlocks() const { return maxBlocks_; }
   /** Messages of at least this many bytes take NCCL (when used). */
   size_t ncclMinBytes() const { return ncclMinBytes_; }
   int vocabTotal() const { return vocabTotal_; }

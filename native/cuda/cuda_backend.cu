@@ -568,6 +568,11 @@ class CudaBackend final : public Backend {
     // Ranks sharing a device (single-GPU proof of the path): the fused decode GEMM's clusters of up to 16 blocks may
     // not fit beside a peer's collective waiting for this rank, which would wait out the timeout; cuBLAS instead.
     if (comm_->sharesDevice()) decodeGemm_ = false;
+    // Nor may cuBLAS size a persistent (stream-K) GEMM for every SM: its CTAs wait for each other, and the SMs a peer's
+    // collective holds while it waits for this rank would keep some of them from ever starting (a hang until the
+    // collective's timeout, seen on one H100 at TP 2).
+    if (comm_->sharesDevice())
+      gemm_->setSmCountTarget(std::max(1, prop_.multiProcessorCount - opt_.tp.size * comm_->maxBlocks()));
     if (comm_->vocabTotal() != V_)
       throw EngineError("LLM_ERR_CONFIG", "tp ranks' vocab shards cover " + std::to_string(comm_->vocabTotal()) +
                                               " rows, the model has " + std::to_string(V_));

@@ -28,6 +28,8 @@ Gemm::~Gemm() {
 
 void Gemm::setStream(cudaStream_t stream) { checkCublas(cublasSetStream(handle_, stream), "cublasSetStream"); }
 
+void Gemm::setSmCountTarget(int sms) { checkCublas(cublasSetSmCountTarget(handle_, sms), "cublasSetSmCountTarget"); }
+
 void Gemm::linearF32(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int m, int n, int k, float beta) {
   if (m <= 0) return;
   const float alpha = 1.f;

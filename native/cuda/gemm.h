@@ -17,6 +17,8 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
   void setStream(cudaStream_t stream);
+  /** The SMs cuBLAS may size its grids for (persistent / stream-K GEMMs assume every CTA of the grid resident). */
+  void setSmCountTarget(int sms);
   /** Y = X W^T + beta Y; x [m, k] bf16, w [n, k] bf16, y [m, n] f32. */
   void linearF32(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int m, int n, int k, float beta);
   /** Y = X W^T; y [m, n] bf16. */
