@@ -22,6 +22,9 @@ export const SUPERVISOR_FLAG_FIELDS = [
   'seed',
   'tpSize',
   'baseGpuId',
+  'nnodes',
+  'nodeRank',
+  'distInitAddr',
 ] as const satisfies readonly (keyof WorkerConfig)[];
 export type SupervisorFlagField = (typeof SUPERVISOR_FLAG_FIELDS)[number];
 type FlagFields = Pick<WorkerConfig, SupervisorFlagField>;
@@ -116,6 +119,9 @@ export function resolveSupervisorConfig(config: SupervisorConfig): ResolvedSuper
     seed: flag('seed'),
     tpSize: flag('tpSize'),
     baseGpuId: flag('baseGpuId'),
+    nnodes: flag('nnodes'),
+    nodeRank: flag('nodeRank'),
+    distInitAddr: flag('distInitAddr'),
     numPages: config.numPages ?? (maxTotalTokens === null ? null : Math.ceil(maxTotalTokens / flag('pageSize'))),
     stepTimeoutMs: config.stepTimeoutMs ?? ACTOR_DEFAULTS.stepTimeoutMs,
     schedulerTimeoutMs: config.schedulerTimeoutMs ?? ACTOR_DEFAULTS.schedulerTimeoutMs,

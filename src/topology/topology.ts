@@ -38,6 +38,7 @@ import type { WorkerConfig } from '../config/schema.js';
 import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../scheduler/kv-transfer.js';
 import { LlmError } from '../errors.js';
 import type { SchedulerOptions } from '../scheduler/scheduler.js';
+import { closeLeaderRelay, leaderRelay, nodeRanks, tpGroupAddr, type MultiNodeNode } from './multinode.js';
 
 /** The WorkerConfig fields the worker's own nodes (tokenizer, KV transfer) are built from. */
 type WorkerNodeFields = Pick<WorkerConfig, 'servingMode' | 'tokenizerPath' | 'disaggregationTransferBackend' | 'disaggregationBootstrapPort'>;
@@ -71,8 +72,10 @@ export interface CoreGraph {
   /** The supervisor's settings, every default applied (restarts, request limits). */
   config: ResolvedSupervisorConfig;
   scheduler: SchedulerNode;
-  /** By rank. */
+  /** By rank: every rank of the group, on every node. */
   ranks: RankNode[];
+  /** A group spanning processes (--nnodes > 1, ./multinode.ts): this process's node; null on one node. */
+  multiNode: MultiNodeNode | null;
 }
 
 /** The metrics recorder: fed by the scheduler's output batches (steps, load) and the supervisor's finished requests. */
@@ -139,6 +142,12 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
   };
   const engineModule = c.engineFactory?.module ?? DEFAULT_ENGINE_MODULE;
   const engineInit: unknown = c.engineFactory ? c.engineFactory.init : ({ modelPath: c.modelPath, device: c.device, options: engineOptions } satisfies RankEngineInit);
+  if (!Number.isInteger(c.nnodes) || c.nnodes < 1 || c.tpSize % c.nnodes !== 0 || c.nodeRank < 0 || c.nodeRank >= c.nnodes) {
+    throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} --node-rank ${c.nodeRank}: nnodes must divide the tp size ${c.tpSize} and node-rank be below nnodes`);
+  }
+  if (c.nnodes > 1 && (c.distInitAddr === null || c.device !== 'cpu')) {
+    throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} needs --dist-init-addr HOST:PORT and, in this build, the cpu device (got ${c.device})`);
+  }
   const ranks = Array.from({ length: c.tpSize }, (_, rank): RankNode => ({
     rank,
     deviceId: c.baseGpuId + rank,
@@ -152,6 +161,7 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
       config: c,
       scheduler: { options: scheduler, stepTimeoutMs: c.stepTimeoutMs, hangTimeoutMs: c.schedulerTimeoutMs, startTimeoutMs: c.startTimeoutMs, hook: c.schedulerHook ?? null },
       ranks,
+      multiNode: c.nnodes > 1 && c.distInitAddr !== null ? { nnodes: c.nnodes, nodeRank: c.nodeRank, distInitAddr: c.distInitAddr } : null,
     },
     metrics: { fedBy: 'core.scheduler' },
     tokenizer: config.servingMode === undefined ? null : { modelPath: c.modelPath, tokenizerPath: config.tokenizerPath },
@@ -202,13 +212,24 @@ async function abortGroup(graph: CoreGraph, group: string, reason: string): Prom
  * the scheduler over them. A failure anywhere ends everything started and rejects with the first coded error. */
 export async function startCore(graph: CoreGraph, hooks: CoreHooks): Promise<RunningCore> {
   const group = randomUUID();
-  const n = graph.ranks.length;
-  const progress = new SharedArrayBuffer(4 * n);
-  const channels = graph.ranks.map(() => new MessageChannel());
+  // On several nodes this process (the leader) runs its own ranks; each follower node is one more port (./multinode.ts).
+  const mn = graph.multiNode;
+  const local = mn ? nodeRanks(graph.ranks, mn) : graph.ranks;
+  const n = local.length;
+  const progress = new SharedArrayBuffer(4 * (n + (mn ? mn.nnodes - 1 : 0)));
+  const remote = mn ? await (await leaderRelay(mn, graph.ranks.length)).openGroup(group, progress, n, graph.scheduler.startTimeoutMs) : null;
+  const distInitAddr = mn ? { distInitAddr: tpGroupAddr(mn.distInitAddr) } : {};
+  const channels = local.map(() => new MessageChannel());
   let firstFailure: LlmError | null = null;
-  const starting = graph.ranks.map((node, r) =>
+  const followersStarted = remote?.started.catch(async (error: LlmError) => {
+    if (!firstFailure) {
+      firstFailure = error;
+      await abortGroup(graph, group, `a follower node failed to start: ${error.message}`).catch(() => undefined);
+    }
+  });
+  const starting = local.map((node, r) =>
     RankActor.spawn({
-      rank: node.rank, placement: { deviceId: node.deviceId, ...(node.tp ? { tp: { ...node.tp, group } } : {}) }, engineModule: node.engineModule, engineInit: node.engineInit, startTimeoutMs: node.startTimeoutMs,
+      rank: node.rank, placement: { deviceId: node.deviceId, ...(node.tp ? { tp: { ...node.tp, group, ...distInitAddr } } : {}) }, engineModule: node.engineModule, engineInit: node.engineInit, startTimeoutMs: node.startTimeoutMs,
       steps: channels[r].port2, progress,
     }).catch(async (err: unknown) => {
       const error = err instanceof LlmError ? err : new LlmError('LLM_ERR_ACTOR_CRASHED', String(err), { rank: node.rank });
@@ -220,10 +241,12 @@ export async function startCore(graph: CoreGraph, hooks: CoreHooks): Promise<Run
     }),
   );
   const started = await Promise.all(starting);
+  await followersStarted;
   const ranks = started.filter((r): r is RankActor => r !== null);
   const fail = async (error: LlmError): Promise<never> => {
     await Promise.all(ranks.map((r) => r.terminate()));
     for (const c of channels) c.port1.close();
+    for (const p of remote?.ports ?? []) p.close();
     throw error;
   };
   if (firstFailure) return fail(firstFailure);
@@ -246,7 +269,7 @@ export async function startCore(graph: CoreGraph, hooks: CoreHooks): Promise<Run
     scheduler = await SchedulerHandle.spawn({
       options: graph.scheduler.options,
       ranks: {
-        ports: channels.map((c) => c.port1), engine: ranks[0].engine, progress, stepTimeoutMs: graph.scheduler.stepTimeoutMs,
+        ports: [...channels.map((c) => c.port1), ...(remote?.ports ?? [])], engine: ranks[0].engine, progress, stepTimeoutMs: graph.scheduler.stepTimeoutMs,
         tpGroup: graph.ranks.length > 1 ? { group, engineModule: graph.ranks[0].engineModule } : null,
       },
       hangTimeoutMs: graph.scheduler.hangTimeoutMs,
@@ -278,6 +301,7 @@ export async function startCore(graph: CoreGraph, hooks: CoreHooks): Promise<Run
       ended = true;
       await sched.close(graceMs);
       await Promise.all(ranks.map((r) => r.stop(graceMs)));
+      if (mn) closeLeaderRelay(mn);
     },
     async abort(reason) {
       if (ended) return;

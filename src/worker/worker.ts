@@ -79,8 +79,8 @@ function checkSupported(config: WorkerConfig): void {
   if (config.workerKind !== 'llm') {
     throw new LlmError('LLM_ERR_CONFIG', `worker kind "${config.workerKind}" (embedding / multimodal) is not available in this build yet`);
   }
-  if (config.dpSize !== 1 || config.nnodes !== 1) {
-    throw new LlmError('LLM_ERR_CONFIG', `--dp-size ${config.dpSize} --nnodes ${config.nnodes}: only one data-parallel group on one node (--dp-size 1 --nnodes 1) is available in this build yet`);
+  if (config.dpSize !== 1) {
+    throw new LlmError('LLM_ERR_CONFIG', `--dp-size ${config.dpSize}: only one data-parallel group (--dp-size 1) is available in this build yet`);
   }
 }
 
