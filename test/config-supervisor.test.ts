@@ -23,6 +23,9 @@ t.test('only modelPath given: the flag table\'s defaults, the worker\'s choices 
     seed: null,
     tpSize: 1,
     baseGpuId: 0,
+    nnodes: 1,
+    nodeRank: 0,
+    distInitAddr: null,
     numPages: null,
     ...ACTOR_DEFAULTS,
   });
