@@ -3,7 +3,7 @@
 // `start --nnodes 2 --node-rank 1 --dist-init-addr` in its own process (started first: order does not matter). Greedy
 // output of concurrent requests equals one process's TP 1; kill -9 of the follower fails the leader's in-flight
 // request with a coded error naming the follower's node; the leader going makes the follower exit non-zero with a
-// message naming the leader.
+// message naming the leader; after a follower died, the leader's restarted group waits for that node to join again.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -96,4 +96,26 @@ t.test('kill -9 of the follower fails the leader\'s in-flight request with a cod
   const err = await stream.then(() => null, (e: unknown) => e);
   t.ok(err instanceof LlmError, 'a coded error');
   t.match(err, { code: 'LLM_ERR_ACTOR_CRASHED', message: /node 1 \(ranks 1\.\.1\) closed its connection to the leader/ });
+});
+
+t.test('after a follower died, the leader restarts the group once a follower of that node joins again', async (t) => {
+  const addr = `127.0.0.1:${await freePort()}`;
+  const first = follower(addr);
+  const leader = await Supervisor.start({ ...leaderConfig(addr), maxRestarts: 1 });
+  t.teardown(() => leader.stop());
+  const expected = await tokensOf(leader, PROMPTS[1], 8);
+  const stream = tokensOf(leader, PROMPTS[2], 2000);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  first.child.kill('SIGKILL');
+  const err = await stream.then(() => null, (e: unknown) => e);
+  t.match(err, { code: 'LLM_ERR_ACTOR_CRASHED', message: /node 1/ }, 'the in-flight request fails naming the node');
+  follower(addr);
+  let served: number[] | null = null;
+  for (let attempt = 0; attempt < 100 && !served; attempt++) {
+    served = await tokensOf(leader, PROMPTS[1], 8).catch(async () => {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      return null;
+    });
+  }
+  t.same(served, expected, 'the whole group serves the same output again');
 });
