@@ -56,10 +56,10 @@ async function freePort(): Promise<number> {
 }
 
 /** The follower node: the real CLI in its own process; its stderr and exit code. */
-function follower(addr: string): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> } {
+function follower(addr: string, tpSize = 2): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> } {
   const entry = fileURLToPath(new URL('./helpers/cli-entry.ts', import.meta.url));
   const child = spawn(process.execPath, [
-    '--import=tsx', entry, 'start', '--model-path', modelPath, '--device', 'cpu', '--tp-size', '2', '--page-size', '4', '--cpu-threads', '1',
+    '--import=tsx', entry, 'start', '--model-path', modelPath, '--device', 'cpu', '--tp-size', String(tpSize), '--page-size', '4', '--cpu-threads', '1',
     '--max-running-requests', '8', '--max-prefill-tokens', '64', '--chunked-prefill-size', '16', '--max-total-tokens', '384',
     '--nnodes', '2', '--node-rank', '1', '--dist-init-addr', addr,
   ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DYN_DISCOVERY_BACKEND: 'file' } });
@@ -118,4 +118,16 @@ t.test('after a follower died, the leader restarts the group once a follower of 
     });
   }
   t.same(served, expected, 'the whole group serves the same output again');
+});
+
+t.test('a follower that disagrees with the leader on the group is refused, saying why, and exits non-zero', async (t) => {
+  const addr = `127.0.0.1:${await freePort()}`;
+  const leader = Supervisor.start(leaderConfig(addr)).catch((e: unknown) => e);
+  const wrong = follower(addr, 4);
+  t.equal(await wrong.exited, 1);
+  t.match(wrong.stderr(), /LLM_ERR_CONFIG: the leader \(node 0\) at --dist-init-addr 127\.0\.0\.1:\d+ refused node 1: the follower has --nnodes 2 --tp-size 4, the leader --nnodes 2 --tp-size 2/);
+  follower(addr); // the right one: the leader's start completes
+  const sup = await leader;
+  t.ok(sup instanceof Supervisor, 'the leader starts once the right follower joined');
+  if (sup instanceof Supervisor) await sup.stop();
 });

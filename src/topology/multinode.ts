@@ -1,7 +1,8 @@
 // Multi-node tensor parallelism (--nnodes M --node-rank R --dist-init-addr HOST:PORT): one TP group whose ranks live
 // in M processes. Node R runs ranks [R * k, (R + 1) * k), k = tpSize / M. Two TCP endpoints come from dist-init-addr:
 //   - HOST:PORT, the step relay: node 0 (the leader) listens; every follower node connects (retrying until its start
-//     timeout, so start order does not matter) and says hello. For each start of the core the leader tells its
+//     timeout, so start order does not matter) and says hello; a hello that does not fit the leader's group (other
+//     --nnodes or --tp-size, a node rank taken) is answered with the reason and closed. For each start of the core the leader tells its
 //     followers to start their ranks under the new group name, then forwards every step descriptor (the same bytes
 //     its own ranks get) to each follower, which posts them to its ranks. Followers send back failures only.
 //   - HOST:PORT+1, the TP group's own rendezvous: the ranks' engines join there (EngineOptions.tp.distInitAddr,
@@ -28,6 +29,7 @@ export interface MultiNodeNode {
 
 type RelayControl =
   | { kind: 'hello'; nodeRank: number; nnodes: number; tpSize: number }
+  | { kind: 'refused'; reason: string }
   | { kind: 'start'; group: string }
   | { kind: 'started' }
   | { kind: 'startFailed'; error: ErrorPayload }
@@ -134,8 +136,10 @@ export class LeaderRelay {
       if (type !== CONTROL) return socket.destroy();
       const m = JSON.parse(body.toString()) as RelayControl;
       if (!conn) {
-        if (m.kind !== 'hello' || m.nnodes !== this.mn.nnodes || m.tpSize !== this.tpSize || m.nodeRank < 1 || m.nodeRank >= this.mn.nnodes || this.followers.has(m.nodeRank)) {
-          return socket.destroy(); // not a follower of this group (its own log says what it expected)
+        const reason = this.refusal(m);
+        if (reason !== null || m.kind !== 'hello') {
+          socket.end(encodeControl({ kind: 'refused', reason: reason ?? 'not a hello' }));
+          return;
         }
         conn = { nodeRank: m.nodeRank, socket, onControl: null, onClose: null };
         this.followers.set(m.nodeRank, conn);
@@ -150,6 +154,16 @@ export class LeaderRelay {
       this.followers.delete(conn.nodeRank);
       conn.onClose?.();
     });
+  }
+
+  /** Why a follower's hello does not fit this group, or null. */
+  private refusal(m: RelayControl): string | null {
+    if (m.kind !== 'hello') return 'not a hello';
+    if (m.nnodes !== this.mn.nnodes || m.tpSize !== this.tpSize) {
+      return `the follower has --nnodes ${m.nnodes} --tp-size ${m.tpSize}, the leader --nnodes ${this.mn.nnodes} --tp-size ${this.tpSize}`;
+    }
+    if (m.nodeRank < 1 || m.nodeRank >= this.mn.nnodes) return `--node-rank ${m.nodeRank} is not a follower's (1..${this.mn.nnodes - 1})`;
+    return this.followers.has(m.nodeRank) ? `node ${m.nodeRank} is already connected` : null;
   }
 
   /** Waits until every follower node is connected, or rejects after timeoutMs naming the missing nodes. */
@@ -268,9 +282,11 @@ export async function runFollower(core: CoreGraph, mn: MultiNodeNode, log: (line
     send({ kind: 'started' });
   };
   let starting = Promise.resolve();
+  let refusal: string | null = null;
   onFrames(socket, (type, body) => {
     if (type === CONTROL) {
       const m = JSON.parse(body.toString()) as RelayControl;
+      if (m.kind === 'refused') refusal = m.reason;
       if (m.kind === 'start') starting = starting.then(() => start(m.group)).catch((err: unknown) => send({ kind: 'startFailed', error: toErrorPayload(err) }));
       return;
     }
@@ -282,7 +298,9 @@ export async function runFollower(core: CoreGraph, mn: MultiNodeNode, log: (line
   socket.on('error', () => undefined);
   return new Promise<never>((_, reject) => {
     socket.on('close', () => {
-      void stopRanks().finally(() => reject(new LlmError('LLM_ERR_TRANSPORT', `${leader} closed the connection: the leader is gone`)));
+      void stopRanks().finally(() => reject(refusal !== null
+        ? new LlmError('LLM_ERR_CONFIG', `${leader} refused node ${mn.nodeRank}: ${refusal}`)
+        : new LlmError('LLM_ERR_TRANSPORT', `${leader} closed the connection: the leader is gone`)));
     });
   });
 }

@@ -24,6 +24,9 @@
 // - kvTransfer: a prefill worker's KV sender (its bootstrap server) or a decode worker's receiver, attached to the
 //   core's KV port (the supervisor's, which follows the core across restarts; RunningCore.kv underneath). None for
 //   an aggregated worker or the Supervisor on its own.
+// - core.multiNode (--nnodes > 1, ./multinode.ts): this process runs only its node's ranks; on the leader each
+//   follower node is one more port of the scheduler's rank group, relayed over TCP, and a follower's failure fails
+//   the core like a rank's.
 // Failures of any core actor fail the whole core: a rank that fails to start stops the start (the others are aborted
 // and ended); a running rank that crashes or hangs, or the scheduler, fails every in-flight request with the coded
 // error naming the rank, then the supervisor aborts the group (abort) and starts a fresh one from the same graph.
