@@ -3,7 +3,7 @@
 // `start --nnodes 2 --node-rank 1 --dist-init-addr` in its own process (started first: order does not matter). Greedy
 // output of concurrent requests equals one process's TP 1; kill -9 of the follower fails the leader's in-flight
 // request with a coded error naming the follower's node; the leader going makes the follower exit non-zero with a
-// message naming the leader; after a follower died, the leader's restarted group waits for that node to join again.
+// message naming the leader; the follower registers nothing and answers /health and /metrics; after a follower died, the leader's restarted group waits for that node to join again.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -56,13 +56,13 @@ async function freePort(): Promise<number> {
 }
 
 /** The follower node: the real CLI in its own process; its stderr and exit code. */
-function follower(addr: string, tpSize = 2): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> } {
+function follower(addr: string, tpSize = 2, systemPort = -1): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> } {
   const entry = fileURLToPath(new URL('./helpers/cli-entry.ts', import.meta.url));
   const child = spawn(process.execPath, [
     '--import=tsx', entry, 'start', '--model-path', modelPath, '--device', 'cpu', '--tp-size', String(tpSize), '--page-size', '4', '--cpu-threads', '1',
     '--max-running-requests', '8', '--max-prefill-tokens', '64', '--chunked-prefill-size', '16', '--max-total-tokens', '384',
     '--nnodes', '2', '--node-rank', '1', '--dist-init-addr', addr,
-  ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DYN_DISCOVERY_BACKEND: 'file' } });
+  ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DYN_DISCOVERY_BACKEND: 'file', DYN_SYSTEM_PORT: String(systemPort) } });
   let err = '';
   child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
@@ -76,9 +76,14 @@ t.test('a TP 2 group over two processes decodes as one process does; the leader 
   const one = await Supervisor.start({ ...base, tpSize: 1 });
   const expected = await Promise.all(PROMPTS.map((p) => tokensOf(one, p, 12))).finally(() => one.stop());
   const addr = `127.0.0.1:${await freePort()}`;
-  const node1 = follower(addr);
+  const systemPort = await freePort();
+  const node1 = follower(addr, 2, systemPort);
   const leader = await Supervisor.start(leaderConfig(addr));
   t.same(await Promise.all(PROMPTS.map((p) => tokensOf(leader, p, 12))), expected, 'greedy output equals one process');
+  const health = await fetch(`http://127.0.0.1:${systemPort}/health`);
+  t.equal(health.status, 200, 'the follower answers /health: ready');
+  t.match(await health.json(), { status: 'ready' });
+  t.equal((await fetch(`http://127.0.0.1:${systemPort}/metrics`)).status, 200, 'and /metrics');
   await leader.stop();
   t.equal(await node1.exited, 1, 'the follower exits non-zero');
   t.match(node1.stderr(), /the leader \(node 0\) at --dist-init-addr 127\.0\.0\.1:\d+ closed the connection/, 'naming the leader');

@@ -2,9 +2,10 @@
 // in M processes. Node R runs ranks [R * k, (R + 1) * k), k = tpSize / M. Two TCP endpoints come from dist-init-addr:
 //   - HOST:PORT, the step relay: node 0 (the leader) listens; every follower node connects (retrying until its start
 //     timeout, so start order does not matter) and says hello; a hello that does not fit the leader's group (other
-//     --nnodes or --tp-size, a node rank taken) is answered with the reason and closed. For each start of the core the leader tells its
-//     followers to start their ranks under the new group name, then forwards every step descriptor (the same bytes
-//     its own ranks get) to each follower, which posts them to its ranks. Followers send back failures only.
+//     --nnodes or --tp-size, a node rank taken) is answered with the reason and closed. For each start of the core
+//     the leader tells its followers to start their ranks under the new group name, then forwards every step
+//     descriptor (the same bytes its own ranks get) to each follower, which posts them to its ranks. Followers send
+//     back failures only.
 //   - HOST:PORT+1, the TP group's own rendezvous: the ranks' engines join there (EngineOptions.tp.distInitAddr,
 //     native/src/tp_tcp.cpp: rank 0 listens, the other ranks connect) and all-reduce over TCP.
 // On the leader a follower node is one more port of the scheduler's RankGroup (after the local ranks): its relay
@@ -237,9 +238,9 @@ export class LeaderRelay {
 /**
  * Runs node `mn.nodeRank`'s ranks for the leader at dist-init-addr until the leader goes: resolves never; rejects
  * with a coded error naming the leader when its connection closes (the caller exits non-zero), or when it cannot be
- * reached within the core's start timeout.
+ * reached within the core's start timeout. onReady(true) once its ranks joined a group, false while they are not.
  */
-export async function runFollower(core: CoreGraph, mn: MultiNodeNode, log: (line: string) => void): Promise<never> {
+export async function runFollower(core: CoreGraph, mn: MultiNodeNode, log: (line: string) => void, onReady: (ready: boolean) => void = () => undefined): Promise<never> {
   const { host, port } = splitAddr(mn.distInitAddr);
   const mine = nodeRanks(core.ranks, mn);
   const leader = `the leader (node 0) at --dist-init-addr ${mn.distInitAddr}`;
@@ -250,6 +251,7 @@ export async function runFollower(core: CoreGraph, mn: MultiNodeNode, log: (line
   log(`node ${mn.nodeRank}: joined ${leader}; ranks ${mine[0].rank}..${mine[mine.length - 1].rank}`);
   let ranks: { actors: RankActor[]; ports: MessagePort[] } | null = null;
   const stopRanks = async (): Promise<void> => {
+    onReady(false);
     const old = ranks;
     ranks = null;
     if (!old) return;
@@ -278,8 +280,15 @@ export async function runFollower(core: CoreGraph, mn: MultiNodeNode, log: (line
         if (m.kind === 'stepError') send({ kind: 'stepError', stepNo: m.stepNo, error: m.error });
       });
     }
-    for (const a of actors) a.onFailure((error) => send({ kind: 'stepError', stepNo: 0, error: error.toPayload() }));
+    for (const a of actors) {
+      a.onFailure((error) => {
+        onReady(false);
+        send({ kind: 'stepError', stepNo: 0, error: error.toPayload() });
+      });
+    }
+    for (const c of channels) c.port1.on('message', (m: RankOutbox) => m.kind === 'stepError' && onReady(false));
     send({ kind: 'started' });
+    onReady(true);
   };
   let starting = Promise.resolve();
   let refusal: string | null = null;

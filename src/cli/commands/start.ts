@@ -86,17 +86,27 @@ export async function main(argv: string[]): Promise<number> {
   return runWorker(config);
 }
 
-/** A follower node (--node-rank > 0): runs its ranks for the leader until the leader goes, then exits non-zero. */
+/** A follower node (--node-rank > 0): runs its ranks for the leader until the leader goes, then exits non-zero. It
+ * registers nothing; its system server (--system-port) answers /health (ready while its ranks are in a group) and
+ * /metrics. */
 async function runFollowerNode(config: WorkerConfig): Promise<number> {
-  const [{ buildTopology }, { runFollower }] = await Promise.all([import('../../topology/topology.js'), import('../../topology/multinode.js')]);
+  const [{ buildTopology }, { runFollower }, { HealthRegistry }, { WorkerMetrics }, { SystemServer }] = await Promise.all([
+    import('../../topology/topology.js'), import('../../topology/multinode.js'), import('../../runtime/health.js'),
+    import('../../runtime/metrics.js'), import('../../runtime/system-server.js'),
+  ]);
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const { core } = buildTopology(config);
   if (!core.multiNode) throw new LlmError('LLM_ERR_INTERNAL', 'a follower node without multi-node settings');
+  const health = new HealthRegistry('notready');
+  const system = await SystemServer.start({ port: config.systemPort, host: config.systemHost, health, metrics: new WorkerMetrics() });
+  if (system) log(`node ${config.nodeRank}: system server on ${system.url('/')} (/metrics, /health, /live)`);
   try {
-    return await runFollower(core, core.multiNode, log);
+    return await runFollower(core, core.multiNode, log, (ready) => health.setSystemStatus(ready ? 'ready' : 'notready'));
   } catch (err) {
     const e = err as { code?: string; message: string };
     log(`node ${config.nodeRank}: ${e.code ?? 'LLM_ERR_INTERNAL'}: ${e.message}`);
     return 1;
+  } finally {
+    await system?.close();
   }
 }
