@@ -3,7 +3,8 @@
 // `start --nnodes 2 --node-rank 1 --dist-init-addr` in its own process (started first: order does not matter). Greedy
 // output of concurrent requests equals one process's TP 1; kill -9 of the follower fails the leader's in-flight
 // request with a coded error naming the follower's node; the leader going makes the follower exit non-zero with a
-// message naming the leader; the follower registers nothing and answers /health and /metrics; after a follower died, the leader's restarted group waits for that node to join again.
+// message naming the leader; the follower registers nothing and answers /health and /metrics; after a follower
+// died, the leader's restarted group waits for that node to join again.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
