@@ -23,6 +23,10 @@ t.test('only modelPath given: the flag table\'s defaults, the worker\'s choices 
     seed: null,
     tpSize: 1,
     baseGpuId: 0,
+    dpSize: 1,
+    nnodes: 1,
+    nodeRank: 0,
+    distInitAddr: null,
     numPages: null,
     ...ACTOR_DEFAULTS,
   });

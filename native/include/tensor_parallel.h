@@ -1,6 +1,8 @@
 // Tensor parallelism: which slice of the model one rank holds (ShardLayout) and the process-wide rendezvous of the
 // ranks of one group (TpGroup). Every rank of a group is a worker_thread of this process that owns one backend; the
 // ranks find each other by the group's name, which the topology (src/topology) makes unique per start of the group.
+// A group whose ranks live in several processes (multi-node, CPU backend) sets distInitAddr instead: its ranks meet
+// at that TCP address and reduce over sockets (native/src/tp_tcp.cpp), with the same results bit for bit.
 //
 // Sharding (Megatron style), for a group of `size` ranks, rank r:
 //  - q heads [r * H/size, (r+1) * H/size); KV heads: [r * KV/size, ...) when KV >= size (KV % size == 0), else one
@@ -46,6 +48,9 @@ struct TensorParallel {
   int rank = 0, size = 1;
   std::string group;          // rendezvous name (unique per group start); empty when size == 1
   double timeoutSec = 300;    // join and every collective give up after this long: LLM_ERR_TP_ABORTED
+  // HOST:PORT when the group spans processes (multi-node): its ranks reduce over TCP, rank 0 listening there
+  // (native/src/tp_tcp.cpp); empty: every rank is a thread of this process and the group reduces in memory.
+  std::string distInitAddr;
   ShardLayout shard;          // filled by the addon from the desc
 };
 

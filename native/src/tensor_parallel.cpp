@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "backend.h"
+#include "tp_tcp.h"
 
 namespace dsg {
 
@@ -279,6 +280,11 @@ std::shared_ptr<TpGroup> TpGroup::join(const TensorParallel& tp) {
     auto dead = reg.aborted.find(tp.group);
     if (dead != reg.aborted.end())
       throw EngineError("LLM_ERR_TP_ABORTED", "tensor-parallel group " + tp.group + " aborted: " + dead->second);
+  }
+  if (!tp.distInitAddr.empty()) return joinTcpGroup(tp);  // the group spans processes: its ranks meet over TCP
+  {
+    Registry& reg = registry();
+    std::lock_guard<std::mutex> lock(reg.mutex);
     std::shared_ptr<LocalGroup>& slot = reg.live[tp.group];
     if (!slot) slot = std::make_shared<LocalGroup>(tp.group, tp.size, tp.timeoutSec);
     g = slot;
@@ -307,6 +313,7 @@ void TpGroup::abort(const std::string& group, const std::string& reason) {
     if (it != reg.live.end()) g = it->second;
   }
   if (g) g->abort(reason);
+  abortTcpGroup(group, reason);
 }
 
 }  // namespace dsg

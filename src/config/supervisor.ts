@@ -23,6 +23,9 @@ export const SUPERVISOR_FLAG_FIELDS = [
   'tpSize',
   'baseGpuId',
   'dpSize',
+  'nnodes',
+  'nodeRank',
+  'distInitAddr',
 ] as const satisfies readonly (keyof WorkerConfig)[];
 export type SupervisorFlagField = (typeof SUPERVISOR_FLAG_FIELDS)[number];
 type FlagFields = Pick<WorkerConfig, SupervisorFlagField>;
@@ -118,6 +121,9 @@ export function resolveSupervisorConfig(config: SupervisorConfig): ResolvedSuper
     tpSize: flag('tpSize'),
     baseGpuId: flag('baseGpuId'),
     dpSize: flag('dpSize'),
+    nnodes: flag('nnodes'),
+    nodeRank: flag('nodeRank'),
+    distInitAddr: flag('distInitAddr'),
     numPages: config.numPages ?? (maxTotalTokens === null ? null : Math.ceil(maxTotalTokens / flag('pageSize'))),
     stepTimeoutMs: config.stepTimeoutMs ?? ACTOR_DEFAULTS.stepTimeoutMs,
     schedulerTimeoutMs: config.schedulerTimeoutMs ?? ACTOR_DEFAULTS.schedulerTimeoutMs,

@@ -139,6 +139,9 @@ export interface TensorParallelOptions {
   group: string;
   /** Joining and every collective give up after this long with LLM_ERR_TP_ABORTED (default 300 s). */
   timeoutMs?: number;
+  /** HOST:PORT when the group spans processes (multi-node, cpu backend only): rank 0 listens there, the other ranks
+   * connect, and collectives go over TCP (native/src/tp_tcp.cpp). Absent: all ranks are threads of this process. */
+  distInitAddr?: string;
 }
 
 export interface Engine {

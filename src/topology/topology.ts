@@ -27,6 +27,9 @@
 // - kvTransfer: a prefill worker's KV sender (its bootstrap server) or a decode worker's receiver, attached to the
 //   core's KV port (the supervisor's, which follows the core across restarts; RunningCore.kv underneath). None for
 //   an aggregated worker or the Supervisor on its own.
+// - core.multiNode (--nnodes > 1, ./multinode.ts): this process runs only its node's ranks; on the leader each
+//   follower node is one more port of the scheduler's rank group, relayed over TCP, and a follower's failure fails
+//   the core like a rank's.
 // Failures of any core actor fail the whole core: a rank that fails to start stops the start (the others are aborted
 // and ended); a running rank that crashes or hangs, or the scheduler, fails every in-flight request with the coded
 // error naming the rank, then the supervisor aborts the group (abort) and starts a fresh one from the same graph.
@@ -41,6 +44,7 @@ import type { WorkerConfig } from '../config/schema.js';
 import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../scheduler/kv-transfer.js';
 import { LlmError } from '../errors.js';
 import type { SchedulerOptions } from '../scheduler/scheduler.js';
+import { closeLeaderRelay, leaderRelay, nodeRanks, tpGroupAddr, type MultiNodeNode } from './multinode.js';
 
 /** The WorkerConfig fields the worker's own nodes (tokenizer, KV transfer) are built from. */
 type WorkerNodeFields = Pick<WorkerConfig, 'servingMode' | 'tokenizerPath' | 'disaggregationTransferBackend' | 'disaggregationBootstrapPort'>;
@@ -76,8 +80,10 @@ export interface CoreGraph {
   /** The supervisor's settings, every default applied (restarts, request limits). */
   config: ResolvedSupervisorConfig;
   scheduler: SchedulerNode;
-  /** By rank. */
+  /** By rank: every rank of the group, on every node. */
   ranks: RankNode[];
+  /** A group spanning processes (--nnodes > 1, ./multinode.ts): this process's node; null on one node. */
+  multiNode: MultiNodeNode | null;
 }
 
 /** A core's metrics recorder: fed by its scheduler's output batches (steps, load) and its supervisor's finished
@@ -151,6 +157,16 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
   };
   const engineModule = c.engineFactory?.module ?? DEFAULT_ENGINE_MODULE;
   const engineInit: unknown = c.engineFactory ? c.engineFactory.init : ({ modelPath: c.modelPath, device: c.device, options: engineOptions } satisfies RankEngineInit);
+  if (!Number.isInteger(c.nnodes) || c.nnodes < 1 || c.tpSize % c.nnodes !== 0 || c.nodeRank < 0 || c.nodeRank >= c.nnodes) {
+    throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} --node-rank ${c.nodeRank}: nnodes must divide the tp size ${c.tpSize} and node-rank be below nnodes`);
+  }
+  if (c.nnodes > 1 && (c.distInitAddr === null || c.device !== 'cpu')) {
+    throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} needs --dist-init-addr HOST:PORT and, in this build, the cpu device (got ${c.device})`);
+  }
+  if (c.nnodes > 1 && c.dpSize > 1) {
+    throw new LlmError('LLM_ERR_CONFIG', `--dp-size ${c.dpSize} with --nnodes ${c.nnodes}: data parallelism across nodes is not available in this build yet`);
+  }
+  const multiNode = c.nnodes > 1 && c.distInitAddr !== null ? { nnodes: c.nnodes, nodeRank: c.nodeRank, distInitAddr: c.distInitAddr } : null;
   const core = (dpRank: number): CoreGraph => ({
     dpRank,
     config: c,
@@ -163,6 +179,7 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
       engineInit,
       startTimeoutMs: c.startTimeoutMs,
     })),
+    multiNode,
   });
   return {
     cores: Array.from({ length: c.dpSize }, (_, dpRank) => core(dpRank)),
@@ -215,13 +232,24 @@ async function abortGroup(graph: CoreGraph, group: string, reason: string): Prom
  * the scheduler over them. A failure anywhere ends everything started and rejects with the first coded error. */
 export async function startCore(graph: CoreGraph, hooks: CoreHooks): Promise<RunningCore> {
   const group = randomUUID();
-  const n = graph.ranks.length;
-  const progress = new SharedArrayBuffer(4 * n);
-  const channels = graph.ranks.map(() => new MessageChannel());
+  // On several nodes this process (the leader) runs its own ranks; each follower node is one more port (./multinode.ts).
+  const mn = graph.multiNode;
+  const local = mn ? nodeRanks(graph.ranks, mn) : graph.ranks;
+  const n = local.length;
+  const progress = new SharedArrayBuffer(4 * (n + (mn ? mn.nnodes - 1 : 0)));
+  const remote = mn ? await (await leaderRelay(mn, graph.ranks.length)).openGroup(group, progress, n, graph.scheduler.startTimeoutMs) : null;
+  const distInitAddr = mn ? { distInitAddr: tpGroupAddr(mn.distInitAddr) } : {};
+  const channels = local.map(() => new MessageChannel());
   let firstFailure: LlmError | null = null;
-  const starting = graph.ranks.map((node, r) =>
+  const followersStarted = remote?.started.catch(async (error: LlmError) => {
+    if (!firstFailure) {
+      firstFailure = error;
+      await abortGroup(graph, group, `a follower node failed to start: ${error.message}`).catch(() => undefined);
+    }
+  });
+  const starting = local.map((node, r) =>
     RankActor.spawn({
-      rank: node.rank, placement: { deviceId: node.deviceId, ...(node.tp ? { tp: { ...node.tp, group } } : {}) }, engineModule: node.engineModule, engineInit: node.engineInit, startTimeoutMs: node.startTimeoutMs,
+      rank: node.rank, placement: { deviceId: node.deviceId, ...(node.tp ? { tp: { ...node.tp, group, ...distInitAddr } } : {}) }, engineModule: node.engineModule, engineInit: node.engineInit, startTimeoutMs: node.startTimeoutMs,
       steps: channels[r].port2, progress,
     }).catch(async (err: unknown) => {
       const error = err instanceof LlmError ? err : new LlmError('LLM_ERR_ACTOR_CRASHED', String(err), { rank: node.rank });
@@ -233,10 +261,12 @@ export async function startCore(graph: CoreGraph, hooks: CoreHooks): Promise<Run
     }),
   );
   const started = await Promise.all(starting);
+  await followersStarted;
   const ranks = started.filter((r): r is RankActor => r !== null);
   const fail = async (error: LlmError): Promise<never> => {
     await Promise.all(ranks.map((r) => r.terminate()));
     for (const c of channels) c.port1.close();
+    for (const p of remote?.ports ?? []) p.close();
     throw error;
   };
   if (firstFailure) return fail(firstFailure);
@@ -259,7 +289,7 @@ export async function startCore(graph: CoreGraph, hooks: CoreHooks): Promise<Run
     scheduler = await SchedulerHandle.spawn({
       options: graph.scheduler.options,
       ranks: {
-        ports: channels.map((c) => c.port1), engine: ranks[0].engine, progress, stepTimeoutMs: graph.scheduler.stepTimeoutMs,
+        ports: [...channels.map((c) => c.port1), ...(remote?.ports ?? [])], engine: ranks[0].engine, progress, stepTimeoutMs: graph.scheduler.stepTimeoutMs,
         tpGroup: graph.ranks.length > 1 ? { group, engineModule: graph.ranks[0].engineModule } : null,
       },
       hangTimeoutMs: graph.scheduler.hangTimeoutMs,
@@ -291,6 +321,7 @@ export async function startCore(graph: CoreGraph, hooks: CoreHooks): Promise<Run
       ended = true;
       await sched.close(graceMs);
       await Promise.all(ranks.map((r) => r.stop(graceMs)));
+      if (mn) closeLeaderRelay(mn);
     },
     async abort(reason) {
       if (ended) return;

@@ -8,6 +8,7 @@ import { flagGroups, type WorkerConfig } from '../../config/schema.js';
 import { SGLANG_SERVER_FLAGS } from '../../config/sglang-flags.js';
 import { finalizeConfig, resolveConfig } from '../../config/resolve.js';
 import { packageVersion } from '../main.js';
+import { LlmError } from '../../errors.js';
 
 const DESCRIPTION =
   'Runs one worker: loads the model, registers with discovery and serves its endpoint. Every flag can also come ' +
@@ -79,7 +80,33 @@ export async function main(argv: string[]): Promise<number> {
   if (config.unusedFlags.length > 0) {
     process.stderr.write(`accepted and not used by this worker: ${config.unusedFlags.join(', ')} (see start --help)\n`);
   }
+  if (config.nnodes > 1 && config.nodeRank > 0) return runFollowerNode(config);
   // loaded only now, so --help, --version and --dump-config-to never pull in the engine
   const { runWorker } = await import('../../worker/worker.js');
   return runWorker(config);
+}
+
+/** A follower node (--node-rank > 0): runs its ranks for the leader until the leader goes, then exits non-zero. It
+ * registers nothing; its system server (--system-port) answers /health (ready while its ranks are in a group) and
+ * /metrics. */
+async function runFollowerNode(config: WorkerConfig): Promise<number> {
+  const [{ buildTopology }, { runFollower }, { HealthRegistry }, { WorkerMetrics }, { SystemServer }] = await Promise.all([
+    import('../../topology/topology.js'), import('../../topology/multinode.js'), import('../../runtime/health.js'),
+    import('../../runtime/metrics.js'), import('../../runtime/system-server.js'),
+  ]);
+  const log = (line: string): void => void process.stderr.write(`${line}\n`);
+  const [core] = buildTopology(config).cores; // one group: data parallelism across nodes is refused
+  if (!core.multiNode) throw new LlmError('LLM_ERR_INTERNAL', 'a follower node without multi-node settings');
+  const health = new HealthRegistry('notready');
+  const system = await SystemServer.start({ port: config.systemPort, host: config.systemHost, health, metrics: new WorkerMetrics() });
+  if (system) log(`node ${config.nodeRank}: system server on ${system.url('/')} (/metrics, /health, /live)`);
+  try {
+    return await runFollower(core, core.multiNode, log, (ready) => health.setSystemStatus(ready ? 'ready' : 'notready'));
+  } catch (err) {
+    const e = err as { code?: string; message: string };
+    log(`node ${config.nodeRank}: ${e.code ?? 'LLM_ERR_INTERNAL'}: ${e.message}`);
+    return 1;
+  } finally {
+    await system?.close();
+  }
 }
