@@ -7,7 +7,7 @@ import { Discovery, type DiscoveryConfig } from '../../runtime/discovery/index.j
 import type { NatsConnection } from 'nats';
 import { connectNats } from '../../runtime/request-plane/nats.js';
 import { DiscoveredModels, type FrontendRouting } from '../../frontend/discovered-models.js';
-import { OpenAiServer } from '../../frontend/openai-server.js';
+import { DEFAULT_REQUEST_LIMITS, OpenAiServer, type RequestLimits } from '../../frontend/openai-server.js';
 
 const G_FRONTEND = 'Frontend';
 
@@ -24,6 +24,14 @@ export const FRONTEND_FLAGS: readonly FlagSpec[] = [
     help: 'Router mode kv: sample workers from a softmax over their costs at this temperature.' },
   { name: 'max-inflight-requests', kind: 'int', schema: Type.Integer({ minimum: 1 }), env: 'DYN_MAX_INFLIGHT_REQUESTS', valueName: 'N', default: 4096, defaultText: '4096', group: G_FRONTEND,
     help: 'Requests in flight at once; more are refused with HTTP 429 and retry-after.' },
+  { name: 'max-request-bytes', kind: 'int', schema: Type.Integer({ minimum: 1024 }), env: 'DYN_MAX_REQUEST_BYTES', valueName: 'BYTES', default: DEFAULT_REQUEST_LIMITS.maxRequestBytes, defaultText: '8388608 (8 MiB)', group: G_FRONTEND,
+    help: 'Largest request body; a larger one is refused with HTTP 413 before it is read.' },
+  { name: 'max-prompt-bytes', kind: 'int', schema: Type.Integer({ minimum: 1 }), env: 'DYN_MAX_PROMPT_BYTES', valueName: 'BYTES', default: DEFAULT_REQUEST_LIMITS.maxPromptBytes, defaultText: '1048576 (1 MiB)', group: G_FRONTEND,
+    help: 'Most prompt text of one request (all prompts or all message contents, UTF-8 bytes); more is refused with HTTP 400 before tokenizing.' },
+  { name: 'max-choices', kind: 'int', schema: Type.Integer({ minimum: 1 }), env: 'DYN_MAX_CHOICES', valueName: 'N', default: DEFAULT_REQUEST_LIMITS.maxChoices, defaultText: String(DEFAULT_REQUEST_LIMITS.maxChoices), group: G_FRONTEND,
+    help: 'Most choices of one request (number of prompts x n); more is refused with HTTP 400 before tokenizing.' },
+  { name: 'tokenize-timeout-ms', kind: 'int', schema: Type.Integer({ minimum: 1 }), env: 'DYN_TOKENIZE_TIMEOUT_MS', valueName: 'MS', default: DEFAULT_REQUEST_LIMITS.tokenizeTimeoutMs, defaultText: String(DEFAULT_REQUEST_LIMITS.tokenizeTimeoutMs), group: G_FRONTEND,
+    help: 'A request whose prompts take longer to tokenize is refused with HTTP 400.' },
   { name: 'migration-limit', kind: 'int', schema: Type.Integer({ minimum: 0, maximum: 100 }), env: 'DYN_MIGRATION_LIMIT', valueName: 'N', default: 0, defaultText: '0 (off)', group: G_FRONTEND,
     help: 'How many times a request whose worker dies mid-stream is moved to another worker.' },
 ];
@@ -49,6 +57,7 @@ export interface FrontendSettings {
   maxInflight: number;
   kvOverlapScoreWeight: number;
   routerTemperature: number;
+  limits: RequestLimits;
 }
 
 export function frontendSettings(values: Record<string, unknown>): FrontendSettings {
@@ -60,6 +69,12 @@ export function frontendSettings(values: Record<string, unknown>): FrontendSetti
     maxInflight: values['max-inflight-requests'] as number,
     kvOverlapScoreWeight: values['kv-overlap-score-weight'] as number,
     routerTemperature: values['router-temperature'] as number,
+    limits: {
+      maxRequestBytes: values['max-request-bytes'] as number,
+      maxPromptBytes: values['max-prompt-bytes'] as number,
+      maxChoices: values['max-choices'] as number,
+      tokenizeTimeoutMs: values['tokenize-timeout-ms'] as number,
+    },
   };
 }
 
@@ -82,7 +97,7 @@ export async function startFrontend(
     log,
   });
   // a port already in use must not leave the discovery watch keeping the process alive
-  const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort, maxInflight: s.maxInflight }).catch(async (err: unknown) => {
+  const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort, maxInflight: s.maxInflight, limits: s.limits }).catch(async (err: unknown) => {
     await models.close();
     throw err;
   });
