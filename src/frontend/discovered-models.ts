@@ -251,8 +251,11 @@ class DiscoveredModel implements ServedModel {
     let migrations = 0;
     let current = request;
     for (;;) {
+      // a caller gone before the request is sent (or between migrations) costs no worker anything
+      if (options.signal.aborted) return;
       try {
         const sent = this.prefill?.serves(this.name) ? await this.prefill.route(this.name, current) : current;
+        if (options.signal.aborted) return;
         const { stream, release } = await this.route(client, sent, options.signal);
         try {
           for await (const annotated of stream) {

@@ -129,11 +129,13 @@ export class OpenAiServer {
         res.setHeader('retry-after', '1');
         return sendError(res, 429, `the server is at its limit of ${this.maxInflight} requests in flight; retry later`);
       }
-      const body = await readJsonBody(req, this.limits.maxRequestBytes);
+      // client went away: cancel the work. Listened to before the body is read: a client that goes while it is read
+      // or parsed would otherwise have closed already, and its request would run to the end for no one.
       const controller = new AbortController();
+      res.on('close', () => controller.abort());
       this.inflight.add(controller);
-      res.on('close', () => controller.abort()); // client went away: cancel the work
       try {
+        const body = await readJsonBody(req, this.limits.maxRequestBytes);
         if (path === '/v1/completions') {
           await this.completions(parseBody(CompletionRequestSchema, body), res, controller.signal);
         } else {
@@ -255,6 +257,8 @@ export class OpenAiServer {
         const local = new AbortController();
         const onAbort = () => local.abort();
         signal.addEventListener('abort', onAbort, { once: true });
+        // the client may have gone while its prompt was tokenized: the listener above will never fire then
+        if (signal.aborted) local.abort();
         try {
           for await (const chunk of model.generate(requests[k], { signal: local.signal })) {
             writer?.commit();
