@@ -49,6 +49,8 @@ export interface DiscoveredModelsOptions {
   /** The Dynamo release whose event and local-indexer wires the workers speak (default DYN_WIRE_PROFILE, else 0.8). Request frames need no
    * setting: each worker's transport address says which form it reads. */
   wireProfile?: WireProfile;
+  /** Address the response server (workers' call-home) binds; default DYN_TCP_RPC_HOST, else this host's IP. */
+  responseHost?: string;
   log?: (line: string) => void;
 }
 
@@ -87,7 +89,7 @@ export class DiscoveredModels implements ModelDirectory {
     }
     const watch = options.discovery.watchModels(options.namespace);
     await watch.ready;
-    const responses = await ResponseServer.start();
+    const responses = await ResponseServer.start(options.responseHost === undefined ? {} : { host: options.responseHost });
     const prefill = await PrefillRouter.create({ discovery: options.discovery, namespace: options.namespace, responses, log: options.log });
     const d = new DiscoveredModels(options, watch, responses, prefill);
     d.refresh(watch.list());

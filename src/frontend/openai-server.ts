@@ -7,7 +7,7 @@
 // time while it runs, so one hostile request cannot starve /health or every other client.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { TSchema } from '@sinclair/typebox';
 import { LlmError, toErrorPayload, type ErrorCode } from '../errors.js';
 import { parseWire } from '../protocol/validate.js';
@@ -57,6 +57,9 @@ export interface OpenAiServerOptions {
   maxInflight?: number;
   /** Bounds on one request's work (DEFAULT_REQUEST_LIMITS for any left out). */
   limits?: Partial<RequestLimits>;
+  /** When not empty, every request but /health and /live must carry one of these keys (`Authorization: Bearer
+   * KEY`); others get a 401. */
+  apiKeys?: readonly string[];
 }
 
 export class OpenAiServer {
@@ -70,6 +73,8 @@ export class OpenAiServer {
     /** Encodes prompts and renders chat templates off this thread (held from listen to close). */
     private readonly tokenizerPool: TokenizerPool,
     private readonly limits: RequestLimits,
+    /** SHA-256 digests of the accepted API keys (compared in constant time); empty = no authentication. */
+    private readonly apiKeyDigests: readonly Buffer[],
   ) {
     this.server = createServer((req, res) => {
       this.route(req, res).catch((err: unknown) => {
@@ -84,7 +89,8 @@ export class OpenAiServer {
 
   static async listen(options: OpenAiServerOptions): Promise<OpenAiServer> {
     const limits = { ...DEFAULT_REQUEST_LIMITS, ...options.limits };
-    const s = new OpenAiServer(options.models, options.maxInflight ?? Infinity, acquireTokenizerPool(), limits);
+    const keys = (options.apiKeys ?? []).map(sha256);
+    const s = new OpenAiServer(options.models, options.maxInflight ?? Infinity, acquireTokenizerPool(), limits, keys);
     await new Promise<void>((resolve, reject) => {
       s.server.once('error', (err: NodeJS.ErrnoException) =>
         reject(new LlmError('LLM_ERR_USAGE', `--http-port ${options.port ?? 0}: cannot listen on ${options.host ?? '0.0.0.0'}:${options.port ?? 0}: ${err.message}`)),
@@ -113,15 +119,22 @@ export class OpenAiServer {
 
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0];
+    if (path === '/health' || path === '/live') {
+      return sendJson(res, 200, { status: 'healthy', models: this.models.list().map((m) => m.name) });
+    }
+    if (!this.authorized(req)) {
+      res.setHeader('www-authenticate', 'Bearer');
+      const given = req.headers.authorization !== undefined;
+      return sendJson(res, 401, openAiErrorBody(401,
+        given ? 'Incorrect API key provided.' : "You didn't provide an API key. Provide it in the Authorization header (Authorization: Bearer YOUR_KEY).",
+        null, given ? 'invalid_api_key' : null, 'invalid_request_error'));
+    }
     if (path === '/v1/models' || path === '/v1/models/') {
       if (req.method !== 'GET') return sendError(res, 405, `method ${req.method} not allowed on ${path}`);
       return sendJson(res, 200, {
         object: 'list',
         data: this.models.list().map((m) => ({ id: m.name, object: 'model', created: m.created, owned_by: 'dynamo-sglang' })),
       });
-    }
-    if (path === '/health' || path === '/live') {
-      return sendJson(res, 200, { status: 'healthy', models: this.models.list().map((m) => m.name) });
     }
     if (path === '/v1/completions' || path === '/v1/chat/completions') {
       if (req.method !== 'POST') return sendError(res, 405, `method ${req.method} not allowed on ${path}; use POST`);
@@ -147,6 +160,16 @@ export class OpenAiServer {
       return;
     }
     sendError(res, 404, `no route for ${req.method} ${path}`, 'not_found_error');
+  }
+
+  private authorized(req: IncomingMessage): boolean {
+    if (this.apiKeyDigests.length === 0) return true;
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+    if (m === null) return false;
+    const digest = sha256(m[1] as string);
+    let ok = false;
+    for (const key of this.apiKeyDigests) ok = timingSafeEqual(key, digest) || ok; // every key compared, always
+    return ok;
   }
 
   private model(name: string): ServedModel {
@@ -667,6 +690,10 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   LLM_ERR_TRANSPORT: 503, // no worker reachable (all marked down, or the one picked refused the connection)
   LLM_ERR_TIMEOUT: 504,
 };
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text, 'utf8').digest();
+}
 
 function errorStatus(err: unknown): number {
   if (err instanceof HttpError) return err.status;

@@ -1,6 +1,7 @@
 // `dynamo-sglang frontend`: the OpenAI-compatible HTTP server that discovers workers' model cards and routes
 // requests to them (reference architecture: the Dynamo frontend). Flags are described once in FRONTEND_FLAGS; the
 // all-in-one `run` accepts the same ones.
+import { readFileSync } from 'node:fs';
 import { Type } from '@sinclair/typebox';
 import { parseCommandLine, renderHelp, usageError, type FlagSpec } from '../args.js';
 import { Discovery, type DiscoveryConfig } from '../../runtime/discovery/index.js';
@@ -32,6 +33,10 @@ export const FRONTEND_FLAGS: readonly FlagSpec[] = [
     help: 'Most choices of one request (number of prompts x n); more is refused with HTTP 400 before tokenizing.' },
   { name: 'tokenize-timeout-ms', kind: 'int', schema: Type.Integer({ minimum: 1 }), env: 'DYN_TOKENIZE_TIMEOUT_MS', valueName: 'MS', default: DEFAULT_REQUEST_LIMITS.tokenizeTimeoutMs, defaultText: String(DEFAULT_REQUEST_LIMITS.tokenizeTimeoutMs), group: G_FRONTEND,
     help: 'A request whose prompts take longer to tokenize is refused with HTTP 400.' },
+  { name: 'api-key', kind: 'list', multiValue: true, schema: Type.Array(Type.String({ minLength: 1 })), env: 'DYN_API_KEYS', valueName: 'KEY', default: [], defaultText: 'none', group: G_FRONTEND,
+    help: 'API keys the HTTP server accepts (several: comma separated or one after another); with any key (here or in --api-key-file) every request but /health and /live needs "Authorization: Bearer KEY", else HTTP 401.' },
+  { name: 'api-key-file', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'DYN_API_KEY_FILE', valueName: 'PATH', default: null, defaultText: 'none', group: G_FRONTEND,
+    help: 'File of API keys, one a line (blank lines and lines starting with # are skipped); added to --api-key.' },
   { name: 'migration-limit', kind: 'int', schema: Type.Integer({ minimum: 0, maximum: 100 }), env: 'DYN_MIGRATION_LIMIT', valueName: 'N', default: 0, defaultText: '0 (off)', group: G_FRONTEND,
     help: 'How many times a request whose worker dies mid-stream is moved to another worker.' },
 ];
@@ -58,6 +63,9 @@ export interface FrontendSettings {
   kvOverlapScoreWeight: number;
   routerTemperature: number;
   limits: RequestLimits;
+  apiKeys: string[];
+  /** Address of the call-home server for workers' responses (default DYN_TCP_RPC_HOST, else this host's IP). */
+  responseHost?: string;
 }
 
 export function frontendSettings(values: Record<string, unknown>): FrontendSettings {
@@ -69,6 +77,7 @@ export function frontendSettings(values: Record<string, unknown>): FrontendSetti
     maxInflight: values['max-inflight-requests'] as number,
     kvOverlapScoreWeight: values['kv-overlap-score-weight'] as number,
     routerTemperature: values['router-temperature'] as number,
+    apiKeys: [...(values['api-key'] as string[]), ...apiKeysFromFile(values['api-key-file'] as string | null)],
     limits: {
       maxRequestBytes: values['max-request-bytes'] as number,
       maxPromptBytes: values['max-prompt-bytes'] as number,
@@ -76,6 +85,19 @@ export function frontendSettings(values: Record<string, unknown>): FrontendSetti
       tokenizeTimeoutMs: values['tokenize-timeout-ms'] as number,
     },
   };
+}
+
+function apiKeysFromFile(path: string | null): string[] {
+  if (path === null) return [];
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw usageError(`--api-key-file ${path}: cannot read it: ${(err as Error).message}`);
+  }
+  const keys = text.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));
+  if (keys.length === 0) throw usageError(`--api-key-file ${path}: no keys in it (one a line)`);
+  return keys;
 }
 
 /** Starts the HTTP server over discovered models; prints where it listens. */
@@ -94,10 +116,11 @@ export async function startFrontend(
     migrationLimit: s.migrationLimit,
     kvOverlapScoreWeight: s.kvOverlapScoreWeight,
     routerTemperature: s.routerTemperature,
+    ...(s.responseHost === undefined ? {} : { responseHost: s.responseHost }),
     log,
   });
   // a port already in use must not leave the discovery watch keeping the process alive
-  const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort, maxInflight: s.maxInflight, limits: s.limits }).catch(async (err: unknown) => {
+  const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort, maxInflight: s.maxInflight, limits: s.limits, apiKeys: s.apiKeys }).catch(async (err: unknown) => {
     await models.close();
     throw err;
   });
