@@ -37,7 +37,7 @@ t.test('run: --http-port in use exits (the started worker is shut down) naming t
   const port = await busyPort(t);
   const { code, stderr } = await exitsPromptly(t, ['run', '--device', 'cpu', '--http-port', String(port)], 30_000);
   t.equal(code, 2);
-  t.match(stderr, new RegExp(`--http-port ${port}: cannot listen on 0\\.0\\.0\\.0:${port}: .*EADDRINUSE`));
+  t.match(stderr, new RegExp(`--http-port ${port}: cannot listen on 127\\.0\\.0\\.1:${port}: .*EADDRINUSE`));
 });
 
 t.test('frontend: --http-port in use exits (the discovery lease is released) naming the flag', async (t) => {

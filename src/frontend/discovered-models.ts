@@ -49,6 +49,8 @@ export interface DiscoveredModelsOptions {
   /** The Dynamo release whose event and local-indexer wires the workers speak (default DYN_WIRE_PROFILE, else 0.8). Request frames need no
    * setting: each worker's transport address says which form it reads. */
   wireProfile?: WireProfile;
+  /** Address the response server (workers' call-home) binds; default DYN_TCP_RPC_HOST, else this host's IP. */
+  responseHost?: string;
   log?: (line: string) => void;
 }
 
@@ -87,7 +89,7 @@ export class DiscoveredModels implements ModelDirectory {
     }
     const watch = options.discovery.watchModels(options.namespace);
     await watch.ready;
-    const responses = await ResponseServer.start();
+    const responses = await ResponseServer.start(options.responseHost === undefined ? {} : { host: options.responseHost });
     const prefill = await PrefillRouter.create({ discovery: options.discovery, namespace: options.namespace, responses, log: options.log });
     const d = new DiscoveredModels(options, watch, responses, prefill);
     d.refresh(watch.list());
@@ -252,8 +254,11 @@ class DiscoveredModel implements ServedModel {
     let migrations = 0;
     let current = request;
     for (;;) {
+      // a caller gone before the request is sent (or between migrations) costs no worker anything
+      if (options.signal.aborted) return;
       try {
         const sent = this.prefill?.serves(this.name) ? await this.prefill.route(this.name, current) : current;
+        if (options.signal.aborted) return;
         const { stream, release } = await this.route(client, sent, options.signal);
         try {
           for await (const annotated of stream) {

@@ -2,10 +2,12 @@
 // or returned whole. It tokenizes prompts and renders chat templates in the tokenizer pool (off this thread),
 // builds the reference PreprocessedRequest, drives a ServedModel, detokenizes the stream and applies stop strings.
 // Errors use OpenAI's body shape: 400 naming the field, 404 for an unknown model or path, 413 for an oversized body,
-// 429/503 when the backend is overloaded or absent.
+// 429/503 when the backend is overloaded or absent. The work one request may cost is bounded before any is spent
+// (RequestLimits): body bytes while reading, choices (prompts x n) and prompt bytes before tokenizing, tokenizing
+// time while it runs, so one hostile request cannot starve /health or every other client.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { TSchema } from '@sinclair/typebox';
 import { LlmError, toErrorPayload, type ErrorCode } from '../errors.js';
 import { parseWire } from '../protocol/validate.js';
@@ -24,8 +26,28 @@ import { TextStream } from './text-stream.js';
 import { chatPromptIds, type TokenizerPool } from '../../actors/tokenizer.js';
 import { acquireTokenizerPool, releaseTokenizerPool } from './tokenizer-pool.js';
 
-const MAX_BODY_BYTES = 16 * 1024 * 1024;
 const DEFAULT_COMPLETION_MAX_TOKENS = 16; // OpenAI's default for /v1/completions
+
+/** What one request may cost; each refusal names its limit (and the flag that sets it). */
+export interface RequestLimits {
+  /** Request body, in bytes: more is a 413, counted while reading (the rest is not read). */
+  maxRequestBytes: number;
+  /** Prompt text of one request (all prompts, or all message contents), in UTF-8 bytes: more is a 400 before any
+   * tokenizing (a token is at least one byte of text, so no prompt within a context length needs more than a few
+   * bytes per token). */
+  maxPromptBytes: number;
+  /** Choices of one request, prompts x n: more is a 400 before any tokenizing. */
+  maxChoices: number;
+  /** Tokenizing one request's prompts (or chat template) taking longer is a 400. */
+  tokenizeTimeoutMs: number;
+}
+
+export const DEFAULT_REQUEST_LIMITS: RequestLimits = {
+  maxRequestBytes: 8 * 1024 * 1024,
+  maxPromptBytes: 1024 * 1024,
+  maxChoices: 128,
+  tokenizeTimeoutMs: 10_000,
+};
 
 export interface OpenAiServerOptions {
   models: ModelDirectory;
@@ -33,6 +55,11 @@ export interface OpenAiServerOptions {
   port?: number; // 0 = ephemeral
   /** Requests in flight beyond this are refused with 429 (default: no limit). */
   maxInflight?: number;
+  /** Bounds on one request's work (DEFAULT_REQUEST_LIMITS for any left out). */
+  limits?: Partial<RequestLimits>;
+  /** When not empty, every request but /health and /live must carry one of these keys (`Authorization: Bearer
+   * KEY`); others get a 401. */
+  apiKeys?: readonly string[];
 }
 
 export class OpenAiServer {
@@ -45,15 +72,25 @@ export class OpenAiServer {
     private readonly maxInflight: number,
     /** Encodes prompts and renders chat templates off this thread (held from listen to close). */
     private readonly tokenizerPool: TokenizerPool,
+    private readonly limits: RequestLimits,
+    /** SHA-256 digests of the accepted API keys (compared in constant time); empty = no authentication. */
+    private readonly apiKeyDigests: readonly Buffer[],
   ) {
     this.server = createServer((req, res) => {
-      this.route(req, res).catch((err: unknown) => sendError(res, errorStatus(err), toErrorPayload(err).message, undefined, err));
+      this.route(req, res).catch((err: unknown) => {
+        const status = errorStatus(err);
+        // an oversized body is not read to its end: close the connection rather than read on to the next request
+        if (status === 413 && !res.headersSent) res.setHeader('connection', 'close');
+        sendError(res, status, toErrorPayload(err).message, undefined, err);
+      });
     });
     this.server.keepAliveTimeout = 65_000;
   }
 
   static async listen(options: OpenAiServerOptions): Promise<OpenAiServer> {
-    const s = new OpenAiServer(options.models, options.maxInflight ?? Infinity, acquireTokenizerPool());
+    const limits = { ...DEFAULT_REQUEST_LIMITS, ...options.limits };
+    const keys = (options.apiKeys ?? []).map(sha256);
+    const s = new OpenAiServer(options.models, options.maxInflight ?? Infinity, acquireTokenizerPool(), limits, keys);
     await new Promise<void>((resolve, reject) => {
       s.server.once('error', (err: NodeJS.ErrnoException) =>
         reject(new LlmError('LLM_ERR_USAGE', `--http-port ${options.port ?? 0}: cannot listen on ${options.host ?? '0.0.0.0'}:${options.port ?? 0}: ${err.message}`)),
@@ -82,6 +119,16 @@ export class OpenAiServer {
 
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0];
+    if (path === '/health' || path === '/live') {
+      return sendJson(res, 200, { status: 'healthy', models: this.models.list().map((m) => m.name) });
+    }
+    if (!this.authorized(req)) {
+      res.setHeader('www-authenticate', 'Bearer');
+      const given = req.headers.authorization !== undefined;
+      return sendJson(res, 401, openAiErrorBody(401,
+        given ? 'Incorrect API key provided.' : "You didn't provide an API key. Provide it in the Authorization header (Authorization: Bearer YOUR_KEY).",
+        null, given ? 'invalid_api_key' : null, 'invalid_request_error'));
+    }
     if (path === '/v1/models' || path === '/v1/models/') {
       if (req.method !== 'GET') return sendError(res, 405, `method ${req.method} not allowed on ${path}`);
       return sendJson(res, 200, {
@@ -89,20 +136,19 @@ export class OpenAiServer {
         data: this.models.list().map((m) => ({ id: m.name, object: 'model', created: m.created, owned_by: 'dynamo-sglang' })),
       });
     }
-    if (path === '/health' || path === '/live') {
-      return sendJson(res, 200, { status: 'healthy', models: this.models.list().map((m) => m.name) });
-    }
     if (path === '/v1/completions' || path === '/v1/chat/completions') {
       if (req.method !== 'POST') return sendError(res, 405, `method ${req.method} not allowed on ${path}; use POST`);
       if (this.inflight.size >= this.maxInflight) {
         res.setHeader('retry-after', '1');
         return sendError(res, 429, `the server is at its limit of ${this.maxInflight} requests in flight; retry later`);
       }
-      const body = await readJsonBody(req);
+      // client went away: cancel the work. Listened to before the body is read: a client that goes while it is read
+      // or parsed would otherwise have closed already, and its request would run to the end for no one.
       const controller = new AbortController();
+      res.on('close', () => controller.abort());
       this.inflight.add(controller);
-      res.on('close', () => controller.abort()); // client went away: cancel the work
       try {
+        const body = await readJsonBody(req, this.limits.maxRequestBytes);
         if (path === '/v1/completions') {
           await this.completions(parseBody(CompletionRequestSchema, body), res, controller.signal);
         } else {
@@ -116,6 +162,16 @@ export class OpenAiServer {
     sendError(res, 404, `no route for ${req.method} ${path}`, 'not_found_error');
   }
 
+  private authorized(req: IncomingMessage): boolean {
+    if (this.apiKeyDigests.length === 0) return true;
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+    if (m === null) return false;
+    const digest = sha256(m[1] as string);
+    let ok = false;
+    for (const key of this.apiKeyDigests) ok = timingSafeEqual(key, digest) || ok; // every key compared, always
+    return ok;
+  }
+
   private model(name: string): ServedModel {
     const m = this.models.get(name);
     if (m === undefined) {
@@ -127,8 +183,10 @@ export class OpenAiServer {
 
   private async completions(body: CompletionRequest, res: ServerResponse, signal: AbortSignal): Promise<void> {
     const model = this.model(body.model);
-    const prompts = await completionPrompts(body.prompt, body.echo === true, promptWork(model, this.tokenizerPool));
     const n = body.n ?? 1;
+    this.checkChoices(promptCount(body.prompt), n);
+    this.checkPromptBytes(typeof body.prompt === 'string' ? [body.prompt] : body.prompt.filter((p): p is string => typeof p === 'string'), 'prompt');
+    const prompts = await completionPrompts(body.prompt, body.echo === true, this.promptWork(model));
     const choices: ChoiceSpec[] = [];
     for (const [p, prompt] of prompts.entries()) {
       for (let i = 0; i < n; i++) {
@@ -145,9 +203,11 @@ export class OpenAiServer {
 
   private async chat(body: ChatCompletionRequest, res: ServerResponse, signal: AbortSignal): Promise<void> {
     const model = this.model(body.model);
-    const messages: ChatMessage[] = body.messages.map((m, i) => ({ role: m.role, content: messageText(m.content, i) }));
-    const ids = await promptWork(model, this.tokenizerPool).chat(messages, body.chat_template_kwargs ?? undefined);
     const n = body.n ?? 1;
+    this.checkChoices(1, n);
+    const messages: ChatMessage[] = body.messages.map((m, i) => ({ role: m.role, content: messageText(m.content, i) }));
+    this.checkPromptBytes(messages.map((m) => m.content), 'messages');
+    const ids = await this.promptWork(model).chat(messages, body.chat_template_kwargs ?? undefined);
     const choices: ChoiceSpec[] = Array.from({ length: n }, (_, i) => ({ index: i, tokenIds: ids, echo: '', seedOffset: i }));
     const logprobs = body.logprobs ? (body.top_logprobs ?? 0) : -1;
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? null;
@@ -156,6 +216,25 @@ export class OpenAiServer {
       defaultMaxTokens: null,
       logprobs,
     });
+  }
+
+  private checkChoices(prompts: number, n: number): void {
+    if (prompts * n > this.limits.maxChoices) {
+      const param = prompts > 1 ? 'prompt' : 'n';
+      throw new HttpError(400, `${prompts} prompt(s) x n=${n} asks for ${prompts * n} choices; this server takes at most ${this.limits.maxChoices} per request (--max-choices)`, param, 'too_many_choices');
+    }
+  }
+
+  private checkPromptBytes(texts: readonly string[], field: string): void {
+    let bytes = 0;
+    for (const text of texts) bytes += Buffer.byteLength(text, 'utf8');
+    if (bytes > this.limits.maxPromptBytes) {
+      throw new HttpError(400, `${field}: ${bytes} bytes of prompt text; this server takes at most ${this.limits.maxPromptBytes} per request (--max-prompt-bytes)`, field, 'prompt_too_large');
+    }
+  }
+
+  private promptWork(model: ServedModel): PromptWork {
+    return promptWork(model, this.tokenizerPool, this.limits.tokenizeTimeoutMs);
   }
 
   /** Runs every choice of one request and writes the response (SSE chunks or one JSON body). */
@@ -201,6 +280,8 @@ export class OpenAiServer {
         const local = new AbortController();
         const onAbort = () => local.abort();
         signal.addEventListener('abort', onAbort, { once: true });
+        // the client may have gone while its prompt was tokenized: the listener above will never fire then
+        if (signal.aborted) local.abort();
         try {
           for await (const chunk of model.generate(requests[k], { signal: local.signal })) {
             writer?.commit();
@@ -360,28 +441,46 @@ interface PromptWork {
   chat(messages: ChatMessage[], kwargs: Record<string, unknown> | undefined): Promise<number[]>;
 }
 
-function promptWork(model: ServedModel, pool: TokenizerPool): PromptWork {
+function promptWork(model: ServedModel, pool: TokenizerPool, timeoutMs: number): PromptWork {
   const tok = model.tokenizer;
   const source = model.tokenizerSource;
   const chatOptions = (kwargs: Record<string, unknown> | undefined) => ({ addGenerationPrompt: true, extraContext: kwargs });
   return {
     vocabSize: tok.vocabSize,
-    encode: (text) => inField('prompt', async () => (source ? pool.encode(source, text, true) : tok.encode(text, { addSpecialTokens: true }))),
-    decode: (ids) => inField('prompt', async () => (source ? pool.decode(source, ids) : tok.decode(ids))),
+    // a prompt is user text: a special token's text in it stays text (parseSpecialTokens false)
+    encode: (text) => inField('prompt', timeoutMs, async () => (source ? pool.encode(source, text, true) : tok.encode(text, { addSpecialTokens: true, parseSpecialTokens: false }))),
+    decode: (ids) => inField('prompt', timeoutMs, async () => (source ? pool.decode(source, ids) : tok.decode(ids))),
     chat: (messages, kwargs) =>
-      inField('messages', async () => (source ? pool.encodeChat(source, messages, chatOptions(kwargs)) : chatPromptIds(tok, messages, chatOptions(kwargs)))),
+      inField('messages', timeoutMs, async () => (source ? pool.encodeChat(source, messages, chatOptions(kwargs)) : chatPromptIds(tok, messages, chatOptions(kwargs)))),
   };
 }
 
-async function inField<T>(field: string, work: () => Promise<T>): Promise<T> {
+/** Runs one piece of prompt work with a time bound: the request gets its answer when the bound passes. (The pool
+ * thread itself finishes the task; the prompt-bytes limit is what bounds that.) */
+async function inField<T>(field: string, timeoutMs: number, work: () => Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new HttpError(400, `${field}: tokenizing took longer than ${timeoutMs} ms (--tokenize-timeout-ms)`, field, 'tokenize_timeout')),
+      timeoutMs,
+    );
+  });
   try {
-    return await work();
+    return await Promise.race([work(), late]);
   } catch (err) {
     if (err instanceof LlmError && (err.code === 'LLM_ERR_BAD_REQUEST' || err.code === 'LLM_ERR_TOKENIZER')) {
       throw new HttpError(400, err.message.startsWith(`${field}`) ? err.message : `${field}: ${err.message}`, field);
     }
     throw err;
+  } finally {
+    clearTimeout(timer);
   }
+}
+
+function promptCount(prompt: CompletionRequest['prompt']): number {
+  if (typeof prompt === 'string') return 1;
+  if (prompt.length === 0 || typeof prompt[0] === 'number') return 1;
+  return prompt.length;
 }
 
 async function completionPrompts(prompt: CompletionRequest['prompt'], echo: boolean, work: PromptWork): Promise<{ ids: number[]; text: string }[]> {
@@ -557,12 +656,14 @@ function parseBody<T extends TSchema>(schema: T, body: unknown) {
 /** Strict: invalid bytes are refused rather than silently replaced by U+FFFD in the prompt. */
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
-async function readJsonBody(req: IncomingMessage): Promise<unknown> {
+async function readJsonBody(req: IncomingMessage, maxBytes: number): Promise<unknown> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > maxBytes) throw new HttpError(413, `request body of ${declared} bytes exceeds this server's limit of ${maxBytes} (--max-request-bytes)`, null, 'request_too_large');
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_BODY_BYTES) throw new HttpError(413, `request body exceeds ${MAX_BODY_BYTES} bytes`);
+    if (size > maxBytes) throw new HttpError(413, `request body exceeds this server's limit of ${maxBytes} bytes (--max-request-bytes)`, null, 'request_too_large');
     chunks.push(chunk as Buffer);
   }
   let text: string;
@@ -589,6 +690,10 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   LLM_ERR_TRANSPORT: 503, // no worker reachable (all marked down, or the one picked refused the connection)
   LLM_ERR_TIMEOUT: 504,
 };
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text, 'utf8').digest();
+}
 
 function errorStatus(err: unknown): number {
   if (err instanceof HttpError) return err.status;

@@ -11,9 +11,17 @@ import type { GgufFile } from '../engine/gguf.js';
 import { ChatTemplate } from './chat-template.js';
 import type { ChatMessage, ChatTemplateOptions, DecodeOptions, EncodeOptions, Tokenizer } from './types.js';
 import { tokensText } from './text.js';
+import { chatContentSpans, overlapsLiteral, type LiteralSpan } from './literal.js';
 
 type Json = Record<string, unknown>;
 type LoadedTokenizer = ReturnType<typeof TokenizerLoader.fromPreTrained>;
+
+/** The library's added-token matching, which runs before pre-tokenizing: swapped for one without the special
+ * tokens while user text is encoded (the library has no split_special_tokens option). */
+interface AddedTokenMatching {
+  added_tokens_splitter: { split(text: string): string[] };
+  added_tokens_map: Map<string, unknown>;
+}
 
 /** GPT-2's byte → printable unicode table, inverted: char code → byte. */
 function byteLevelDecoderTable(): Map<number, number> {
@@ -67,6 +75,9 @@ export class HfTokenizer implements Tokenizer {
   private readonly chatTemplate: ChatTemplate | null;
   /** BOS the tokenizer itself does not add but the model expects (GGUF add_bos_token with a BPE vocabulary). */
   private readonly prependBos: boolean;
+  /** Special tokens' texts by first character, longest first, with their ids. */
+  private readonly specialTexts = new Map<string, { text: string; id: number }[]>();
+  private plainMatching: AddedTokenMatching | null = null;
 
   private constructor(
     private readonly inner: LoadedTokenizer,
@@ -88,7 +99,16 @@ export class HfTokenizer implements Tokenizer {
       const id = t['id'] as number;
       idToText[id] = t['content'] as string;
       this.addedIds.add(id);
-      if (t['special'] === true) special.add(id);
+      if (t['special'] === true) {
+        special.add(id);
+        const text = t['content'] as string;
+        if (text.length > 0) {
+          const list = this.specialTexts.get(text[0] as string) ?? [];
+          list.push({ text, id });
+          list.sort((a, b) => b.text.length - a.text.length);
+          this.specialTexts.set(text[0] as string, list);
+        }
+      }
     }
     this.idToText = idToText;
     this.vocabSize = idToText.length;
@@ -200,9 +220,61 @@ export class HfTokenizer implements Tokenizer {
   }
 
   encode(text: string, options: EncodeOptions = {}): number[] {
-    const addSpecial = options.addSpecialTokens ?? true;
-    const ids = this.inner.encode(text, { add_special_tokens: addSpecial });
+    return this.encodeSpans(text, options.addSpecialTokens ?? true, options.parseSpecialTokens === false ? [[0, text.length]] : []);
+  }
+
+  encodeChat(messages: readonly ChatMessage[], options?: ChatTemplateOptions): number[] {
+    const rendered = this.applyChatTemplate(messages, options);
+    return this.encodeSpans(rendered, false, chatContentSpans(rendered, messages, (t) => this.specialAt(t, 0, t.length, [])?.text ?? null));
+  }
+
+  /** The first special token whose text starts in text[from, to) outside the literal spans, with its position. */
+  private specialAt(text: string, from: number, to: number, literal: readonly LiteralSpan[]): { text: string; id: number; at: number } | null {
+    for (let i = from; i < to; i++) {
+      const hit = this.specialTexts.get(text[i] as string)?.find((t) => text.startsWith(t.text, i) && !overlapsLiteral(literal, i, i + t.text.length));
+      if (hit !== undefined) return { ...hit, at: i };
+    }
+    return null;
+  }
+
+  private encodeSpans(text: string, addSpecial: boolean, literal: readonly LiteralSpan[]): number[] {
+    const userTypedSpecial = literal.some(([s, e]) => this.specialAt(text, s, e, []) !== null);
+    let ids: number[];
+    if (!userTypedSpecial) {
+      ids = this.inner.encode(text, { add_special_tokens: addSpecial });
+    } else {
+      // Split where the library would, at special tokens, but only those outside the literal spans; encode the
+      // pieces with no special token matching, as the library encodes the text between added tokens.
+      ids = addSpecial ? this.inner.encode('', { add_special_tokens: true }) : [];
+      let start = 0;
+      for (let hit = this.specialAt(text, 0, text.length, literal); hit !== null; hit = this.specialAt(text, start, text.length, literal)) {
+        if (hit.at > start) ids.push(...this.encodePlain(text.slice(start, hit.at)));
+        ids.push(hit.id);
+        start = hit.at + hit.text.length;
+      }
+      if (start < text.length) ids.push(...this.encodePlain(text.slice(start)));
+    }
     return addSpecial && this.prependBos && ids[0] !== this.bosTokenId ? [this.bosTokenId as number, ...ids] : ids;
+  }
+
+  /** Text with no special token matching (non-special added tokens still match, as in HF's split_special_tokens). */
+  private encodePlain(text: string): number[] {
+    const matching = this.inner as unknown as AddedTokenMatching;
+    if (this.plainMatching === null) {
+      const Splitter = matching.added_tokens_splitter.constructor as new (tokens: string[]) => AddedTokenMatching['added_tokens_splitter'];
+      const specials = new Set([...this.specialTexts.values()].flat().map((t) => t.text));
+      const plain = new Map([...matching.added_tokens_map].filter(([content]) => !specials.has(content)));
+      this.plainMatching = { added_tokens_splitter: new Splitter([...plain.keys()]), added_tokens_map: plain };
+    }
+    const saved = { added_tokens_splitter: matching.added_tokens_splitter, added_tokens_map: matching.added_tokens_map };
+    matching.added_tokens_splitter = this.plainMatching.added_tokens_splitter;
+    matching.added_tokens_map = this.plainMatching.added_tokens_map;
+    try {
+      return this.inner.encode(text, { add_special_tokens: false });
+    } finally {
+      matching.added_tokens_splitter = saved.added_tokens_splitter;
+      matching.added_tokens_map = saved.added_tokens_map;
+    }
   }
 
   tokenText(id: number): string {

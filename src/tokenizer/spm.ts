@@ -10,6 +10,7 @@ import type { GgufFile } from '../engine/gguf.js';
 import { ChatTemplate } from './chat-template.js';
 import type { ChatMessage, ChatTemplateOptions, DecodeOptions, EncodeOptions, Tokenizer } from './types.js';
 import { tokensText } from './text.js';
+import { chatContentSpans, overlapsLiteral, type LiteralSpan } from './literal.js';
 
 // tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
 export const enum SpmTokenType {
@@ -94,7 +95,7 @@ export class SpmTokenizer implements Tokenizer {
   private readonly addEos: boolean;
   private readonly addSpacePrefix: boolean;
   /** Control/user-defined tokens matched literally in input text, by first character, longest first. */
-  private readonly literalTokens = new Map<string, { text: string; id: number }[]>();
+  private readonly literalTokens = new Map<string, { text: string; id: number; control: boolean }[]>();
   private readonly chatTemplate: ChatTemplate | null;
 
   constructor(
@@ -130,7 +131,7 @@ export class SpmTokenizer implements Tokenizer {
     this.addEos = spec.addEos;
     this.addSpacePrefix = spec.addSpacePrefix;
     const special = new Set<number>();
-    const literal: { text: string; id: number }[] = [];
+    const literal: { text: string; id: number; control: boolean }[] = [];
     for (let id = 0; id < n; id++) {
       const text = spec.tokens[id] as string;
       const type = this.types[id];
@@ -142,7 +143,7 @@ export class SpmTokenizer implements Tokenizer {
         this.byteIds[parseInt(m[1] as string, 16)] = id;
       }
       if (type === SpmTokenType.Control) special.add(id);
-      if ((type === SpmTokenType.Control || type === SpmTokenType.UserDefined) && text.length > 0) literal.push({ text, id });
+      if ((type === SpmTokenType.Control || type === SpmTokenType.UserDefined) && text.length > 0) literal.push({ text, id, control: type === SpmTokenType.Control });
     }
     this.specialTokenIds = special;
     for (const t of literal.sort((a, b) => b.text.length - a.text.length)) {
@@ -203,11 +204,30 @@ export class SpmTokenizer implements Tokenizer {
   }
 
   encode(text: string, options: EncodeOptions = {}): number[] {
+    return this.encodeSpans(text, options.addSpecialTokens ?? true, options.parseSpecialTokens === false ? [[0, text.length]] : []);
+  }
+
+  encodeChat(messages: readonly ChatMessage[], options?: ChatTemplateOptions): number[] {
+    const rendered = this.applyChatTemplate(messages, options);
+    return this.encodeSpans(rendered, false, chatContentSpans(rendered, messages, (t) => this.controlTextIn(t)));
+  }
+
+  /** The first control token's text found in `text`, or null. */
+  private controlTextIn(text: string): string | null {
+    for (let i = 0; i < text.length; i++) {
+      const hit = this.literalTokens.get(text[i] as string)?.find((t) => t.control && text.startsWith(t.text, i));
+      if (hit !== undefined) return hit.text;
+    }
+    return null;
+  }
+
+  /** Encodes text in which control tokens' text inside `literal` spans stays text (user-defined tokens, which
+   * are vocabulary pieces rather than controls, still match there). */
+  private encodeSpans(text: string, addSpecial: boolean, literal: readonly LiteralSpan[]): number[] {
     const out: number[] = [];
-    const addSpecial = options.addSpecialTokens ?? true;
     if (addSpecial && this.addBos && this.bosTokenId !== null) out.push(this.bosTokenId);
     let prevSpecial = true; // the first raw fragment gets the space prefix, as does one right after a special token
-    for (const frag of this.splitLiterals(text)) {
+    for (const frag of this.splitLiterals(text, literal)) {
       if (typeof frag === 'number') {
         out.push(frag);
         prevSpecial = true;
@@ -221,12 +241,14 @@ export class SpmTokenizer implements Tokenizer {
   }
 
   /** Splits text into raw fragments and ids of control/user-defined tokens written literally. */
-  private splitLiterals(text: string): (string | number)[] {
+  private splitLiterals(text: string, literal: readonly LiteralSpan[]): (string | number)[] {
     const out: (string | number)[] = [];
     let start = 0;
     let i = 0;
     while (i < text.length) {
-      const hit = this.literalTokens.get(text[i] as string)?.find((t) => text.startsWith(t.text, i));
+      const hit = this.literalTokens
+        .get(text[i] as string)
+        ?.find((t) => text.startsWith(t.text, i) && !(t.control && overlapsLiteral(literal, i, i + t.text.length)));
       if (hit === undefined) {
         i++;
         continue;

@@ -8,6 +8,9 @@ export interface ChatMessage {
 export interface EncodeOptions {
   /** Add the model's special tokens (BOS for Llama-style vocabularies). Default true. */
   addSpecialTokens?: boolean;
+  /** Turn special tokens' text found in `text` ("</s>", "<|im_end|>") into those tokens. Default true (for text
+   * this program writes); false for user text, which stays text. */
+  parseSpecialTokens?: boolean;
 }
 
 export interface DecodeOptions {
@@ -38,4 +41,7 @@ export interface Tokenizer {
   /** The token's vocabulary string as stored (e.g. "▁the", "Ġthe", "<0x0A>"). */
   tokenText(id: number): string;
   applyChatTemplate(messages: readonly ChatMessage[], options?: ChatTemplateOptions): string;
+  /** The ids of the chat template's rendering: its markers are special tokens, the messages' contents literal text
+   * (a user's "<|im_end|>" stays text). No BOS beyond what the template writes. */
+  encodeChat(messages: readonly ChatMessage[], options?: ChatTemplateOptions): number[];
 }

@@ -1,13 +1,14 @@
 // `dynamo-sglang frontend`: the OpenAI-compatible HTTP server that discovers workers' model cards and routes
 // requests to them (reference architecture: the Dynamo frontend). Flags are described once in FRONTEND_FLAGS; the
 // all-in-one `run` accepts the same ones.
+import { readFileSync } from 'node:fs';
 import { Type } from '@sinclair/typebox';
 import { parseCommandLine, renderHelp, usageError, type FlagSpec } from '../args.js';
 import { Discovery, type DiscoveryConfig } from '../../runtime/discovery/index.js';
 import type { NatsConnection } from 'nats';
 import { connectNats } from '../../runtime/request-plane/nats.js';
 import { DiscoveredModels, type FrontendRouting } from '../../frontend/discovered-models.js';
-import { OpenAiServer } from '../../frontend/openai-server.js';
+import { DEFAULT_REQUEST_LIMITS, OpenAiServer, type RequestLimits } from '../../frontend/openai-server.js';
 
 const G_FRONTEND = 'Frontend';
 
@@ -24,6 +25,18 @@ export const FRONTEND_FLAGS: readonly FlagSpec[] = [
     help: 'Router mode kv: sample workers from a softmax over their costs at this temperature.' },
   { name: 'max-inflight-requests', kind: 'int', schema: Type.Integer({ minimum: 1 }), env: 'DYN_MAX_INFLIGHT_REQUESTS', valueName: 'N', default: 4096, defaultText: '4096', group: G_FRONTEND,
     help: 'Requests in flight at once; more are refused with HTTP 429 and retry-after.' },
+  { name: 'max-request-bytes', kind: 'int', schema: Type.Integer({ minimum: 1024 }), env: 'DYN_MAX_REQUEST_BYTES', valueName: 'BYTES', default: DEFAULT_REQUEST_LIMITS.maxRequestBytes, defaultText: '8388608 (8 MiB)', group: G_FRONTEND,
+    help: 'Largest request body; a larger one is refused with HTTP 413 before it is read.' },
+  { name: 'max-prompt-bytes', kind: 'int', schema: Type.Integer({ minimum: 1 }), env: 'DYN_MAX_PROMPT_BYTES', valueName: 'BYTES', default: DEFAULT_REQUEST_LIMITS.maxPromptBytes, defaultText: '1048576 (1 MiB)', group: G_FRONTEND,
+    help: 'Most prompt text of one request (all prompts or all message contents, UTF-8 bytes); more is refused with HTTP 400 before tokenizing.' },
+  { name: 'max-choices', kind: 'int', schema: Type.Integer({ minimum: 1 }), env: 'DYN_MAX_CHOICES', valueName: 'N', default: DEFAULT_REQUEST_LIMITS.maxChoices, defaultText: String(DEFAULT_REQUEST_LIMITS.maxChoices), group: G_FRONTEND,
+    help: 'Most choices of one request (number of prompts x n); more is refused with HTTP 400 before tokenizing.' },
+  { name: 'tokenize-timeout-ms', kind: 'int', schema: Type.Integer({ minimum: 1 }), env: 'DYN_TOKENIZE_TIMEOUT_MS', valueName: 'MS', default: DEFAULT_REQUEST_LIMITS.tokenizeTimeoutMs, defaultText: String(DEFAULT_REQUEST_LIMITS.tokenizeTimeoutMs), group: G_FRONTEND,
+    help: 'A request whose prompts take longer to tokenize is refused with HTTP 400.' },
+  { name: 'api-key', kind: 'list', multiValue: true, schema: Type.Array(Type.String({ minLength: 1 })), env: 'DYN_API_KEYS', valueName: 'KEY', default: [], defaultText: 'none', group: G_FRONTEND,
+    help: 'API keys the HTTP server accepts (several: comma separated or one after another); with any key (here or in --api-key-file) every request but /health and /live needs "Authorization: Bearer KEY", else HTTP 401.' },
+  { name: 'api-key-file', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'DYN_API_KEY_FILE', valueName: 'PATH', default: null, defaultText: 'none', group: G_FRONTEND,
+    help: 'File of API keys, one a line (blank lines and lines starting with # are skipped); added to --api-key.' },
   { name: 'migration-limit', kind: 'int', schema: Type.Integer({ minimum: 0, maximum: 100 }), env: 'DYN_MIGRATION_LIMIT', valueName: 'N', default: 0, defaultText: '0 (off)', group: G_FRONTEND,
     help: 'How many times a request whose worker dies mid-stream is moved to another worker.' },
 ];
@@ -49,6 +62,10 @@ export interface FrontendSettings {
   maxInflight: number;
   kvOverlapScoreWeight: number;
   routerTemperature: number;
+  limits: RequestLimits;
+  apiKeys: string[];
+  /** Address of the call-home server for workers' responses (default DYN_TCP_RPC_HOST, else this host's IP). */
+  responseHost?: string;
 }
 
 export function frontendSettings(values: Record<string, unknown>): FrontendSettings {
@@ -60,7 +77,27 @@ export function frontendSettings(values: Record<string, unknown>): FrontendSetti
     maxInflight: values['max-inflight-requests'] as number,
     kvOverlapScoreWeight: values['kv-overlap-score-weight'] as number,
     routerTemperature: values['router-temperature'] as number,
+    apiKeys: [...(values['api-key'] as string[]), ...apiKeysFromFile(values['api-key-file'] as string | null)],
+    limits: {
+      maxRequestBytes: values['max-request-bytes'] as number,
+      maxPromptBytes: values['max-prompt-bytes'] as number,
+      maxChoices: values['max-choices'] as number,
+      tokenizeTimeoutMs: values['tokenize-timeout-ms'] as number,
+    },
   };
+}
+
+function apiKeysFromFile(path: string | null): string[] {
+  if (path === null) return [];
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw usageError(`--api-key-file ${path}: cannot read it: ${(err as Error).message}`);
+  }
+  const keys = text.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));
+  if (keys.length === 0) throw usageError(`--api-key-file ${path}: no keys in it (one a line)`);
+  return keys;
 }
 
 /** Starts the HTTP server over discovered models; prints where it listens. */
@@ -79,10 +116,11 @@ export async function startFrontend(
     migrationLimit: s.migrationLimit,
     kvOverlapScoreWeight: s.kvOverlapScoreWeight,
     routerTemperature: s.routerTemperature,
+    ...(s.responseHost === undefined ? {} : { responseHost: s.responseHost }),
     log,
   });
   // a port already in use must not leave the discovery watch keeping the process alive
-  const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort, maxInflight: s.maxInflight }).catch(async (err: unknown) => {
+  const server = await OpenAiServer.listen({ models, host: s.httpHost, port: s.httpPort, maxInflight: s.maxInflight, limits: s.limits, apiKeys: s.apiKeys }).catch(async (err: unknown) => {
     await models.close();
     throw err;
   });

@@ -9,6 +9,8 @@ import { connectNats } from '../../runtime/request-plane/nats.js';
 import { startWorker } from '../../worker/worker.js';
 import { FRONTEND_FLAGS, frontendSettings, startFrontend, waitForSignal } from './frontend.js';
 
+const LOOPBACK = '127.0.0.1';
+
 export const BUNDLED_MODEL = fileURLToPath(new URL('../../../../models/stories260K.gguf', import.meta.url));
 const BUNDLED_MODEL_FROM_SOURCE = fileURLToPath(new URL('../../../models/stories260K.gguf', import.meta.url));
 
@@ -44,6 +46,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   const { frontend, worker } = splitArgv(argv);
   const fe = frontendSettings(parseCommandLine(frontend, FRONTEND_FLAGS).values);
+  // the all-in-one serves this machine: every server binds loopback unless a host is named (flag or environment)
+  const named = (flag: string, env: string) => argv.some((a) => a === `--${flag}` || a.startsWith(`--${flag}=`)) || (process.env[env] ?? '') !== '';
+  if (!named('http-host', 'DYN_HTTP_HOST')) fe.httpHost = LOOPBACK;
   // defaults of the all-in-one: the bundled model, the mem store, an ephemeral RPC port
   const given = parseArgs(worker, WORKER_FLAG_INDEX).flags;
   const has = (name: string) => [...given.keys()].some((s) => s.name === name);
@@ -53,6 +58,12 @@ export async function main(argv: string[]): Promise<number> {
     if (!has('served-model-name')) extra.push('--served-model-name', 'stories260K');
   }
   if (!has('discovery-backend')) extra.push('--discovery-backend', 'mem');
+  const rpcLoopback = !named('tcp-rpc-host', 'DYN_TCP_RPC_HOST');
+  if (rpcLoopback) {
+    extra.push('--tcp-rpc-host', LOOPBACK);
+    fe.responseHost = LOOPBACK; // the frontend's call-home server for the worker's responses
+  }
+  if (!named('system-host', 'DYN_SYSTEM_HOST')) extra.push('--system-host', LOOPBACK);
   const config = await finalizeConfig(resolveConfig([...worker, ...extra], process.env));
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const discovery = await Discovery.open({ backend: 'mem' });
@@ -75,7 +86,7 @@ export async function main(argv: string[]): Promise<number> {
     const stopWorker = started.pop()!;
     started.push(() => models.close(), () => server.close(), stopWorker);
     await models.waitFor(config.servedModelName, 5000);
-    const host = fe.httpHost === '0.0.0.0' || fe.httpHost === '::' ? '127.0.0.1' : fe.httpHost;
+    const host = fe.httpHost === '0.0.0.0' || fe.httpHost === '::' ? LOOPBACK : fe.httpHost;
     const url = `http://${host}:${server.port}`;
     process.stdout.write(
       `\ndynamo-sglang is serving "${config.servedModelName}" at ${url}/v1 (OpenAI-compatible). Try:\n\n` +
