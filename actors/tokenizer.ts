@@ -11,7 +11,7 @@ import { siblingModule, workerModuleFile } from './worker.js';
 
 /** The tokenizer actor's inbox: one task per call. */
 export type TokenizerTask = { source: TokenizerSource } & (
-  | { kind: 'encode'; text: string; addSpecialTokens: boolean }
+  | { kind: 'encode'; text: string; addSpecialTokens: boolean; parseSpecialTokens: boolean }
   | { kind: 'decode'; ids: number[]; skipSpecialTokens: boolean }
   | { kind: 'chat'; messages: ChatMessage[]; options: ChatTemplateOptions }
   | { kind: 'load' }
@@ -47,7 +47,7 @@ export default function runTokenizerTask(task: TokenizerTask): TokenizerReply {
     const tok = tokenizerFor(task.source);
     switch (task.kind) {
       case 'encode':
-        return { ok: true, kind: 'ids', ids: tok.encode(task.text, { addSpecialTokens: task.addSpecialTokens }) };
+        return { ok: true, kind: 'ids', ids: tok.encode(task.text, { addSpecialTokens: task.addSpecialTokens, parseSpecialTokens: task.parseSpecialTokens }) };
       case 'decode':
         return { ok: true, kind: 'text', text: tok.decode(task.ids, { skipSpecialTokens: task.skipSpecialTokens }) };
       case 'chat':
@@ -67,8 +67,9 @@ export default function runTokenizerTask(task: TokenizerTask): TokenizerReply {
  * model without one (the bundled stories260K) the messages' text joined by newlines after BOS, so a plain language
  * model still continues the conversation. */
 export function chatPromptIds(tok: Tokenizer, messages: ChatMessage[], options: ChatTemplateOptions): number[] {
-  if (tok.hasChatTemplate) return tok.encode(tok.applyChatTemplate(messages, options), { addSpecialTokens: false });
-  return tok.encode(messages.map((m) => m.content).join('\n'), { addSpecialTokens: true });
+  // Control tokens come only from the template: what users typed stays literal text.
+  if (tok.hasChatTemplate) return tok.encodeChat(messages, options);
+  return tok.encode(messages.map((m) => m.content).join('\n'), { addSpecialTokens: true, parseSpecialTokens: false });
 }
 
 // ---- main side
@@ -83,8 +84,9 @@ export class TokenizerPool {
     this.pool = new Piscina({ filename: workerModuleFile(siblingModule(import.meta.url, 'tokenizer')), minThreads: this.threads, maxThreads: this.threads });
   }
 
-  async encode(source: TokenizerSource, text: string, addSpecialTokens = true): Promise<number[]> {
-    return this.ids(await this.run({ source, kind: 'encode', text, addSpecialTokens }));
+  /** parseSpecialTokens false: special-token text in `text` stays literal (user input). */
+  async encode(source: TokenizerSource, text: string, addSpecialTokens = true, parseSpecialTokens = true): Promise<number[]> {
+    return this.ids(await this.run({ source, kind: 'encode', text, addSpecialTokens, parseSpecialTokens }));
   }
 
   async decode(source: TokenizerSource, ids: number[], skipSpecialTokens = true): Promise<string> {

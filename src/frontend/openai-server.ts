@@ -448,7 +448,7 @@ function promptWork(model: ServedModel, pool: TokenizerPool, timeoutMs: number):
   return {
     vocabSize: tok.vocabSize,
     // a prompt is user text: a special token's text in it stays text (parseSpecialTokens false)
-    encode: (text) => inField('prompt', timeoutMs, async () => (source ? pool.encode(source, text, true) : tok.encode(text, { addSpecialTokens: true, parseSpecialTokens: false }))),
+    encode: (text) => inField('prompt', timeoutMs, async () => (source ? pool.encode(source, text, true, false) : tok.encode(text, { addSpecialTokens: true, parseSpecialTokens: false }))),
     decode: (ids) => inField('prompt', timeoutMs, async () => (source ? pool.decode(source, ids) : tok.decode(ids))),
     chat: (messages, kwargs) =>
       inField('messages', timeoutMs, async () => (source ? pool.encodeChat(source, messages, chatOptions(kwargs)) : chatPromptIds(tok, messages, chatOptions(kwargs)))),

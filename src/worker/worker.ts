@@ -178,11 +178,13 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
         yield chunk;
       }
       latency?.finish();
-      if (ctx.signal.aborted) recorder.cancelled();
     } catch (err) {
+      if (ctx.signal.aborted) throw err; // the caller's cancellation, counted below
       recorder.error(err instanceof LlmError && err.code === 'LLM_ERR_BAD_REQUEST' ? 'deserialization' : 'generate');
       throw err;
     } finally {
+      // the request plane ends a killed or disconnected request's loop early (return()), so it is counted here
+      if (ctx.signal.aborted) recorder.cancelled();
       unlinkRequest();
       recorder.finish();
     }
