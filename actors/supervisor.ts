@@ -127,12 +127,14 @@ export class Supervisor {
     const outputs = new OutputQueue();
     scheduler.submit(input, (o) => outputs.push(o), options.signal?.aborted === true);
     let done = false;
+    let completionTokens = 0;
     const onAbort = () => scheduler.abort(id);
     options.signal?.addEventListener('abort', onAbort, { once: true });
     try {
       for (;;) {
         const o = await outputs.next();
         if (firstTokenMs === null && o.tokenIds.length) firstTokenMs = performance.now() - t0;
+        completionTokens += o.tokenIds.length;
         if (o.finishReason) {
           done = true;
           const u = o.usage;
@@ -150,7 +152,17 @@ export class Supervisor {
       }
     } finally {
       options.signal?.removeEventListener('abort', onAbort);
-      if (!done) scheduler.abort(id); // the consumer stopped early
+      if (!done) {
+        // the consumer stopped early (a disconnect): the request ends cancelled, and the metrics hear of it
+        scheduler.abort(id);
+        this.metrics.send({
+          kind: 'request',
+          sample: {
+            finishReason: 'cancelled', promptTokens: input.tokenIds.length, completionTokens, cachedTokens: 0, firstTokenMs,
+            totalMs: performance.now() - t0,
+          },
+        });
+      }
     }
   }
 

@@ -80,4 +80,5 @@ t.test('disconnects before and after the first token cancel the work and are cou
   t.equal(sample(text, 'dynamo_component_inflight_requests'), 0, 'nothing left in flight');
   t.ok(tokens < MAX, `the dropped requests generated ${tokens} tokens in all, not ${MAX} each`);
   t.equal(sample(text, 'dynamo_component_cancellation_total'), requests, `every request that reached the worker (${requests}) is counted as cancelled`);
+  t.equal(sample(text, 'sglang:num_aborted_requests_total'), requests, 'and as aborted in the engine metrics');
 });
