@@ -22,7 +22,8 @@
 //  - an uncaught error or an exit of a rank thread fails the group with LLM_ERR_ACTOR_CRASHED naming the rank (seen
 //    by RankActor on the main thread);
 //  - a step that some rank has not finished stepTimeoutMs after it was sent fails the group with LLM_ERR_ACTOR_HUNG
-//    naming the rank furthest behind. A failed group refuses further steps at once: never a hang.
+//    naming the hung rank: the group is aborted first, and the rank that still says nothing is named (RankGroup.settle).
+//    A failed group refuses further steps at once: never a hang.
 import { appendFileSync } from 'node:fs';
 import { MessageChannel, isMainThread, receiveMessageOnPort, workerData, type MessagePort, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
@@ -599,8 +600,9 @@ export class RankGroup implements StepExecutor {
     }
   }
 
-  /** The watchdog: the oldest step some rank has not finished, sent more than stepTimeoutMs ago, names the rank
-   * furthest behind (the lowest one among equals: ranks blocked in a collective wait at the same step). */
+  /** The watchdog: the oldest step some rank has not finished, sent more than stepTimeoutMs ago. One rank: it hangs.
+   * Several: ranks blocked in a collective look as stuck as the hung one, so the group is aborted and settle() names
+   * the rank that does not answer (the one furthest behind, the lowest among equals, when the group cannot be woken). */
   private checkProgress(): void {
     if (this.failure) return;
     let behind = 0;
