@@ -169,6 +169,7 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < 2; ++i) {
       if (hostInBuf_[i]) cudaFreeHost(hostInBuf_[i]);
       if (hostOutBuf_[i]) cudaFreeHost(hostOutBuf_[i]);
+      if (slotLogits_[i]) cudaFree(slotLogits_[i]);
       if (stepDone_[i]) cudaEventDestroy(stepDone_[i]);
     }
     if (kvPool_) cudaFree(kvPool_);
@@ -222,10 +223,23 @@ class CudaBackend final : public Backend {
     const OutPlanes planes = outPlanes(rows);
     DSG_CUDA(cudaMemcpyAsync(hostOutBuf_[slot], dOut_, s.maxTopN > 0 ? planes.end : planes.endWithoutTop,
                              cudaMemcpyDeviceToHost, stream_));
-    if (s.returnLogits && out.logits)
-      DSG_CUDA(cudaMemcpyAsync(out.logits, logits_, (size_t)s.numSeqs * V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    // Returned logits go to this slot's device copy on the stream; stepEnd copies them to the caller's (pageable)
+    // array once the step is done. A pageable copy issued here would block this thread until the stream reached it,
+    // and with a tensor-parallel peer on the same device it held the peer's kernel launches back while this step's
+    // collectives waited for them (a hang seen on one H100 at TP 2).
+    if (s.returnLogits && out.logits) {
+      const size_t bytes = (size_t)s.numSeqs * V_ * sizeof(float);
+      if (slotLogitsBytes_[slot] < bytes) {  // stream-ordered: no device-wide synchronisation
+        if (slotLogits_[slot]) DSG_CUDA(cudaFreeAsync(slotLogits_[slot], stream_));
+        slotLogits_[slot] = nullptr;
+        slotLogitsBytes_[slot] = 0;
+        DSG_CUDA(cudaMallocAsync(reinterpret_cast<void**>(&slotLogits_[slot]), bytes, stream_));
+        slotLogitsBytes_[slot] = bytes;
+      }
+      DSG_CUDA(cudaMemcpyAsync(slotLogits_[slot], logits_, bytes, cudaMemcpyDeviceToDevice, stream_));
+    }
     DSG_CUDA(cudaEventRecord(stepDone_[slot], stream_));
-    pending_.push_back(PendingStep{out, rows, s.numSeqs, s.maxTopN, slot});
+    pending_.push_back(PendingStep{out, rows, s.numSeqs, s.maxTopN, slot, s.returnLogits && out.logits != nullptr});
     nextSlot_ ^= 1;
   }
 
@@ -237,6 +251,8 @@ class CudaBackend final : public Backend {
     DSG_CUDA(cudaEventSynchronize(stepDone_[p.slot]));
     checkGroup();
     unpackOutputs(p.numSeqs, p.maxTopN, p.rows, static_cast<const uint8_t*>(hostOutBuf_[p.slot]), p.out);
+    if (p.logits)  // the step is done: its slot's copy is complete and no later step writes it
+      DSG_CUDA(cudaMemcpy(p.out.logits, slotLogits_[p.slot], (size_t)p.numSeqs * V_ * sizeof(float), cudaMemcpyDeviceToHost));
   }
 
   bool stepReady() override {
@@ -947,7 +963,10 @@ class CudaBackend final : public Backend {
   struct PendingStep {
     StepOutputs out;
     int rows, numSeqs, maxTopN, slot;
+    bool logits;  // copy slotLogits_[slot] to out.logits at stepEnd
   };
+  float* slotLogits_[2] = {nullptr, nullptr};  // per step slot: the returned logits (grown on demand)
+  size_t slotLogitsBytes_[2] = {0, 0};
   std::deque<PendingStep> pending_;
   int nextSlot_ = 0;
   int placeholders_ = 0;  // token words < 0 in the step being packed
