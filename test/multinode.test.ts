@@ -6,36 +6,16 @@
 // message naming the leader; the follower registers nothing and answers /health and /metrics; after a follower
 // died, the leader's restarted group waits for that node to join again.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { Supervisor } from '../actors/supervisor.js';
 import type { SupervisorConfig } from '../src/config/supervisor.js';
-import { makeModel } from '../src/engine/make-model.js';
 import { LlmError } from '../src/errors.js';
-import type { PreprocessedRequest } from '../src/protocol/request.js';
+import { PROMPTS, tinyGroup, tokensOf } from './helpers/tiny-group.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'multinode-'));
-t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-const { dir: modelPath } = makeModel({ shape: 'qwen3-tiny', seed: 5, outDir: join(dir, 'model'), dtype: 'f32', std: 0.2 });
-
-const base: SupervisorConfig = {
-  modelPath, device: 'cpu', pageSize: 4, numPages: 96, cpuThreads: 1, maxRunningRequests: 8, maxPrefillTokens: 64,
-  chunkedPrefillSize: 16, stepTimeoutMs: 20_000, startTimeoutMs: 60_000, maxRestarts: 0,
-};
-const PROMPTS = [[1, 7, 330, 12, 900, 4, 4, 61], [2, 500, 3], [9, 9, 9, 800, 14, 270, 33, 1000, 5, 41, 620, 7, 19, 23, 8, 70, 11, 2, 3]];
-const request = (tokens: number[], maxTokens: number): PreprocessedRequest => ({
-  token_ids: tokens, stop_conditions: { max_tokens: maxTokens, ignore_eos: true }, sampling_options: { temperature: 0 }, eos_token_ids: [],
-});
-
-async function tokensOf(sup: Supervisor, tokens: number[], maxTokens: number): Promise<number[]> {
-  const out: number[] = [];
-  for await (const chunk of sup.generate(request(tokens, maxTokens))) out.push(...chunk.token_ids);
-  return out;
-}
+const { modelPath, base: groupBase } = tinyGroup('multinode-', (fn) => t.teardown(fn));
+const base: SupervisorConfig = { ...groupBase, maxRestarts: 0 };
 
 async function freePort(): Promise<number> {
   // Two consecutive free ports: the step relay's and the TP group's (PORT + 1).

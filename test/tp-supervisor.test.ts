@@ -3,37 +3,16 @@
 // a --tp-size that does not divide the heads is refused at start naming the numbers; a rank that exits or stops
 // answering mid-stream fails the in-flight streams with a coded error naming it, the group (left blocked in its
 // collectives) is aborted and restarted together, and the next request is served with the same output.
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { Supervisor } from '../actors/supervisor.js';
 import type { RankEngineInit } from '../actors/rank-engine.js';
-import type { SupervisorConfig } from '../src/config/supervisor.js';
-import { makeModel } from '../src/engine/make-model.js';
 import { LlmError } from '../src/errors.js';
-import type { PreprocessedRequest } from '../src/protocol/request.js';
 import type { FaultyRankInit } from './fixtures/faulty-rank-engine.js';
+import { PROMPTS, tinyGroup, tokensOf } from './helpers/tiny-group.js';
 
-// make-model's qwen3-tiny: 4 query heads and 2 KV heads, so TP 2 splits the KV heads and TP 4 replicates them.
-const dir = mkdtempSync(join(tmpdir(), 'tp-supervisor-'));
-t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-const { dir: modelPath } = makeModel({ shape: 'qwen3-tiny', seed: 5, outDir: join(dir, 'model'), dtype: 'f32', std: 0.2 });
-
-const base: SupervisorConfig = {
-  modelPath, device: 'cpu', pageSize: 4, numPages: 96, cpuThreads: 1, maxRunningRequests: 8, maxPrefillTokens: 64,
-  chunkedPrefillSize: 16, stepTimeoutMs: 20_000, startTimeoutMs: 60_000,
-};
-const PROMPTS = [[1, 7, 330, 12, 900, 4, 4, 61], [2, 500, 3], [9, 9, 9, 800, 14, 270, 33, 1000, 5, 41, 620, 7, 19, 23, 8, 70, 11, 2, 3]];
-const request = (tokens: number[], maxTokens: number): PreprocessedRequest => ({
-  token_ids: tokens, stop_conditions: { max_tokens: maxTokens, ignore_eos: true }, sampling_options: { temperature: 0 }, eos_token_ids: [],
-});
-
-async function tokensOf(sup: Supervisor, tokens: number[], maxTokens: number): Promise<number[]> {
-  const out: number[] = [];
-  for await (const chunk of sup.generate(request(tokens, maxTokens))) out.push(...chunk.token_ids);
-  return out;
-}
+const { dir, modelPath, base } = tinyGroup('tp-supervisor-', (fn) => t.teardown(fn));
 
 async function greedyOutputs(tpSize: number): Promise<number[][]> {
   const sup = await Supervisor.start({ ...base, tpSize });
