@@ -488,9 +488,8 @@ export class RankGroup implements StepExecutor {
   private readonly watchdog: NodeJS.Timeout;
   private stepNo = 0;
   private failure: LlmError | null = null;
-  /** A TP group's failure being attributed (see settle): the error that stands if no better cause turns up, the
-   * ranks heard from since, and whether the group was aborted for a hang. */
-  private settling: { error: LlmError; heard: Set<number>; hang: boolean; timer: NodeJS.Timeout } | null = null;
+  /** A TP group's failure being attributed (see settle): the ranks heard from since, and the timer that ends the wait. */
+  private settling: { heard: Set<number>; timer: NodeJS.Timeout } | null = null;
 
   constructor(opts: RankGroupOptions) {
     this.opts = opts;
@@ -619,7 +618,7 @@ export class RankGroup implements StepExecutor {
     }
     // Ranks blocked in a collective waiting for the hung one look just as stuck: wake the group, then the rank that
     // still says nothing (of several, the one furthest behind) is the one that hangs.
-    this.settle(hung(behind), true, (heard) => {
+    this.settle(hung(behind), (heard) => {
       let blamed = -1;
       for (let r = 0; r < this.size; r++) {
         if (heard.has(r)) continue;
@@ -640,24 +639,23 @@ export class RankGroup implements StepExecutor {
    * wins at once; otherwise `blame(heard)` names the rank, from which ranks answered meanwhile, or the first error
    * stands. Steps in flight wait that long.
    */
-  private settle(error: LlmError, hang: boolean, blame: (heard: Set<number>) => LlmError | null = () => null): void {
+  private settle(error: LlmError, blame: (heard: Set<number>) => LlmError | null = () => null): void {
     if (this.settling || this.failure) return;
     const heard = new Set<number>();
     const timer = setTimeout(() => {
       this.settling = null;
       this.fail(blame(heard) ?? error, true, true);
     }, Math.min(SETTLE_MS, this.opts.stepTimeoutMs));
-    this.settling = { error, heard, hang, timer };
+    this.settling = { heard, timer };
   }
 
   private fail(error: LlmError, report: boolean, settled = false): void {
     if (this.failure) return;
-    const symptom = error.code === 'LLM_ERR_TP_ABORTED' || (this.settling?.hang === true && error.code === 'LLM_ERR_ACTOR_HUNG');
-    if (report && !settled && this.size > 1 && error.code === 'LLM_ERR_TP_ABORTED' && !this.settling) {
-      this.settle(error, false);
+    // A rank woken from a collective is a symptom: the group waits for the cause (a no-op while it already waits).
+    if (report && !settled && this.size > 1 && error.code === 'LLM_ERR_TP_ABORTED') {
+      this.settle(error);
       return;
     }
-    if (this.settling && !settled && report && symptom) return; // the cause is still being found
     if (this.settling) clearTimeout(this.settling.timer);
     this.settling = null;
     this.failure = error;
