@@ -25,6 +25,9 @@ export async function createEngine(init: RankEngineInit, placement: RankPlacemen
   const backend: BackendKind = init.device === 'auto' ? (backends.includes('cuda') && devices > 0 ? 'cuda' : 'cpu') : init.device;
   // Every rank checks the group's shape; the first failure names the numbers (--tp-size, devices, heads).
   const tp = placement.tp;
+  if (tp?.distInitAddr !== undefined && backend === 'cuda') {
+    throw new LlmError('LLM_ERR_CONFIG', 'a tensor-parallel group across nodes runs on the cpu device in this build, and --device auto chose cuda: pass --device cpu');
+  }
   checkTensorParallel(tp?.size ?? 1, placement.deviceId - (tp?.rank ?? 0), spec, backend === 'cuda' ? devices : null);
   return openEngine(spec, { ...init.options, backend, deviceId: placement.deviceId, ...(tp ? { tp } : {}) });
 }

@@ -44,6 +44,7 @@ export class Supervisor {
   private restarts = 0;
   private stopped = false;
   private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
+  private readonly servingListeners: ((serving: boolean) => void)[] = [];
 
   private constructor(
     private readonly graph: CoreGraph,
@@ -103,6 +104,12 @@ export class Supervisor {
   onKvEvent(listener: (e: RadixEvent) => void): void {
     this.kvListeners.push(listener);
     this.running?.scheduler.onKvEvent(listener);
+  }
+
+  /** Called with false when the group fails (it restarts, or stays down after its last restart) and with true when
+   * a restarted group serves again; never for stop(). */
+  onServingChange(listener: (serving: boolean) => void): void {
+    this.servingListeners.push(listener);
   }
 
   /** KV usage and request counts as of the last step's outputs (zeros while restarting). */
@@ -210,6 +217,7 @@ export class Supervisor {
   private onCoreFailure(core: RunningCore, error: LlmError): void {
     if (this.stopped || this.running !== core) return;
     this.running = null;
+    for (const l of this.servingListeners) l(false);
     this.ready = (async () => {
       await core.abort(error.message);
       if (this.restarts >= (this.config.maxRestarts) || this.stopped) {
@@ -219,6 +227,8 @@ export class Supervisor {
       this.restarts++;
       try {
         this.running = await this.startGroup();
+        if (this.stopped) return;
+        for (const l of this.servingListeners) l(true);
       } catch (err) {
         this.failure = err instanceof LlmError ? err : new LlmError('LLM_ERR_ACTOR_CRASHED', String(err));
       }

@@ -160,7 +160,8 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
   if (!Number.isInteger(c.nnodes) || c.nnodes < 1 || c.tpSize % c.nnodes !== 0 || c.nodeRank < 0 || c.nodeRank >= c.nnodes) {
     throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} --node-rank ${c.nodeRank}: nnodes must divide the tp size ${c.tpSize} and node-rank be below nnodes`);
   }
-  if (c.nnodes > 1 && (c.distInitAddr === null || c.device !== 'cpu')) {
+  // device auto is checked where it is resolved (actors/rank-engine.ts): a machine without a GPU runs the group
+  if (c.nnodes > 1 && (c.distInitAddr === null || c.device === 'cuda')) {
     throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} needs --dist-init-addr HOST:PORT and, in this build, the cpu device (got ${c.device})`);
   }
   if (c.nnodes > 1 && c.dpSize > 1) {

@@ -26,6 +26,22 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** A free port whose successor is free too (a multi-node dist-init-addr: the step relay's port and the TP group's). */
+export async function freePortPair(): Promise<number> {
+  for (;;) {
+    const port = await freePort();
+    const next = createServer();
+    const ok = await new Promise<boolean>((resolve) => {
+      next.once('error', () => resolve(false));
+      next.listen(port + 1, '127.0.0.1', () => resolve(true));
+    });
+    if (ok) {
+      await new Promise<void>((resolve) => next.close(() => resolve()));
+      return port;
+    }
+  }
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
