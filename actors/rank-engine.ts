@@ -28,7 +28,9 @@ export async function createEngine(init: RankEngineInit, placement: RankPlacemen
   if (tp?.distInitAddr !== undefined && backend === 'cuda') {
     throw new LlmError('LLM_ERR_CONFIG', 'a tensor-parallel group across nodes runs on the cpu device in this build, and --device auto chose cuda: pass --device cpu');
   }
-  checkTensorParallel(tp?.size ?? 1, placement.deviceId - (tp?.rank ?? 0), spec, backend === 'cuda' ? devices : null);
+  // The group's first device on this machine (a group across nodes is on the cpu, refused above on cuda: no devices).
+  const firstDevice = tp?.distInitAddr !== undefined ? placement.deviceId : placement.deviceId - (tp?.rank ?? 0);
+  checkTensorParallel(tp?.size ?? 1, firstDevice, spec, backend === 'cuda' ? devices : null);
   return openEngine(spec, { ...init.options, backend, deviceId: placement.deviceId, ...(tp ? { tp } : {}) });
 }
 

@@ -6,7 +6,7 @@
 // leader dying makes node 1 exit non-zero naming the leader.
 import t from 'tap';
 import { frontendReady, startCli, type CliProcess } from './helpers/cli-process.js';
-import { freePort, freePortPair, startEtcd, startNats, type EtcdService, type NatsService } from './helpers/services.js';
+import { freePort, freePortRun, startEtcd, startNats, type EtcdService, type NatsService } from './helpers/services.js';
 import { Discovery } from '../src/runtime/discovery/index.js';
 
 // The bundled model's greedy continuation of the prompt (models/README.md), the same at TP 1 and TP 2.
@@ -77,7 +77,7 @@ t.test('config/tensor-parallel.yaml: two ranks serve the greedy text through the
 });
 
 t.test('config/multinode-*.yaml: a two-process group serves; it leaves discovery while node 1 is gone and comes back with it', async (t) => {
-  const addr = `127.0.0.1:${await freePortPair()}`;
+  const addr = `127.0.0.1:${await freePortRun()}`;
   const follower = () => worker('config/multinode-follower.yaml', 'mn', ['--dist-init-addr', addr]);
   let node1 = await follower(); // the follower first: start order does not matter
   const leader = await worker('config/multinode-leader.yaml', 'mn', ['--dist-init-addr', addr]);
@@ -103,4 +103,17 @@ t.test('config/multinode-*.yaml: a two-process group serves; it leaves discovery
   const { code } = await node1.exited;
   t.equal(code, 1, 'the leader dying ends node 1 non-zero');
   t.match(node1.stderr() + node1.stdout(), /the leader \(node 0\) at --dist-init-addr 127\.0\.0\.1:\d+/, 'naming the leader');
+});
+
+t.test('the same pair with --dp-size 2: two groups, each spanning both nodes, serve through one leader', async (t) => {
+  const addr = `127.0.0.1:${await freePortRun(4)}`;
+  const dp = ['--dp-size', '2', '--dist-init-addr', addr];
+  const leader = await worker('config/multinode-leader.yaml', 'mndp', dp);
+  const node1 = await worker('config/multinode-follower.yaml', 'mndp', dp);
+  await leader.waitFor(/serving mndp\.backend\.generate as instance/, 90_000);
+  const url = await frontendReady(frontend('mndp'), 'stories260K');
+  const texts = await Promise.all([0, 1, 2, 3, 4, 5].map(() => complete(url)));
+  t.same(texts, texts.map(() => GREEDY), 'concurrent requests, balanced over both groups (each started only with node 1\'s ranks joined): the greedy text');
+  leader.kill('SIGKILL');
+  t.equal((await node1.exited).code, 1, 'the leader dying ends node 1 (both groups) non-zero');
 });

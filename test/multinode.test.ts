@@ -12,7 +12,7 @@ import { Supervisor } from '../actors/supervisor.js';
 import type { SupervisorConfig } from '../src/config/supervisor.js';
 import { LlmError } from '../src/errors.js';
 import { PROMPTS, tinyGroup, tokensOf } from './helpers/tiny-group.js';
-import { freePort, freePortPair } from './helpers/services.js';
+import { freePort, freePortRun } from './helpers/services.js';
 
 const { modelPath, base: groupBase } = tinyGroup('multinode-', (fn) => t.teardown(fn));
 const base: SupervisorConfig = { ...groupBase, maxRestarts: 0 };
@@ -37,7 +37,7 @@ const leaderConfig = (addr: string): SupervisorConfig => ({ ...base, tpSize: 2, 
 t.test('a TP 2 group over two processes decodes as one process does; the leader going ends the follower', async (t) => {
   const one = await Supervisor.start({ ...base, tpSize: 1 });
   const expected = await Promise.all(PROMPTS.map((p) => tokensOf(one, p, 12))).finally(() => one.stop());
-  const addr = `127.0.0.1:${await freePortPair()}`;
+  const addr = `127.0.0.1:${await freePortRun()}`;
   const systemPort = await freePort();
   const node1 = follower(addr, 2, systemPort);
   const leader = await Supervisor.start(leaderConfig(addr));
@@ -52,7 +52,7 @@ t.test('a TP 2 group over two processes decodes as one process does; the leader 
 });
 
 t.test('kill -9 of the follower fails the leader\'s in-flight request with a coded error naming its node', async (t) => {
-  const addr = `127.0.0.1:${await freePortPair()}`;
+  const addr = `127.0.0.1:${await freePortRun()}`;
   const node1 = follower(addr);
   const leader = await Supervisor.start(leaderConfig(addr));
   t.teardown(() => leader.stop());
@@ -66,7 +66,7 @@ t.test('kill -9 of the follower fails the leader\'s in-flight request with a cod
 });
 
 t.test('after a follower died, the leader restarts the group once a follower of that node joins again', async (t) => {
-  const addr = `127.0.0.1:${await freePortPair()}`;
+  const addr = `127.0.0.1:${await freePortRun()}`;
   const first = follower(addr);
   const leader = await Supervisor.start({ ...leaderConfig(addr), maxRestarts: 1 });
   t.teardown(() => leader.stop());
@@ -88,7 +88,7 @@ t.test('after a follower died, the leader restarts the group once a follower of 
 });
 
 t.test('a follower that disagrees with the leader on the group is refused, saying why, and exits non-zero', async (t) => {
-  const addr = `127.0.0.1:${await freePortPair()}`;
+  const addr = `127.0.0.1:${await freePortRun()}`;
   const leader = Supervisor.start(leaderConfig(addr)).catch((e: unknown) => e);
   const wrong = follower(addr, 4);
   t.equal(await wrong.exited, 1);

@@ -44,7 +44,7 @@ import type { WorkerConfig } from '../config/schema.js';
 import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../scheduler/kv-transfer.js';
 import { LlmError } from '../errors.js';
 import type { SchedulerOptions } from '../scheduler/scheduler.js';
-import { closeLeaderRelay, leaderRelay, nodeRanks, tpGroupAddr, type MultiNodeNode } from './multinode.js';
+import { closeLeaderRelay, groupAddr, leaderRelay, nodeRanks, tpGroupAddr, type MultiNodeNode } from './multinode.js';
 
 /** The WorkerConfig fields the worker's own nodes (tokenizer, KV transfer) are built from. */
 type WorkerNodeFields = Pick<WorkerConfig, 'servingMode' | 'tokenizerPath' | 'disaggregationTransferBackend' | 'disaggregationBootstrapPort'>;
@@ -164,23 +164,25 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
   if (c.nnodes > 1 && (c.distInitAddr === null || c.device === 'cuda')) {
     throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} needs --dist-init-addr HOST:PORT and, in this build, the cpu device (got ${c.device})`);
   }
-  if (c.nnodes > 1 && c.dpSize > 1) {
-    throw new LlmError('LLM_ERR_CONFIG', `--dp-size ${c.dpSize} with --nnodes ${c.nnodes}: data parallelism across nodes is not available in this build yet`);
-  }
-  const multiNode = c.nnodes > 1 && c.distInitAddr !== null ? { nnodes: c.nnodes, nodeRank: c.nodeRank, distInitAddr: c.distInitAddr } : null;
+  const distInitAddr = c.nnodes > 1 ? c.distInitAddr : null;
+  // Each data-parallel group spans the nodes on its own ports (./multinode.ts groupAddr).
+  const multiNode = (dpRank: number): MultiNodeNode | null =>
+    distInitAddr === null ? null : { nnodes: c.nnodes, nodeRank: c.nodeRank, distInitAddr: groupAddr(distInitAddr, dpRank, c.dpSize) };
+  // A node's devices: k = tp/nnodes ranks of every group, group d's on base + d*k .. + k-1 (one node: k = tp).
+  const ranksPerNode = c.tpSize / c.nnodes;
   const core = (dpRank: number): CoreGraph => ({
     dpRank,
     config: c,
     scheduler: { options: scheduler, stepTimeoutMs: c.stepTimeoutMs, hangTimeoutMs: c.schedulerTimeoutMs, startTimeoutMs: c.startTimeoutMs, hook: c.schedulerHook ?? null },
     ranks: Array.from({ length: c.tpSize }, (_, rank): RankNode => ({
       rank,
-      deviceId: c.baseGpuId + dpRank * c.tpSize + rank,
+      deviceId: c.baseGpuId + dpRank * ranksPerNode + (rank % ranksPerNode),
       tp: c.tpSize > 1 ? { rank, size: c.tpSize } : null,
       engineModule,
       engineInit,
       startTimeoutMs: c.startTimeoutMs,
     })),
-    multiNode,
+    multiNode: multiNode(dpRank),
   });
   return {
     cores: Array.from({ length: c.dpSize }, (_, dpRank) => core(dpRank)),

@@ -81,9 +81,6 @@ function checkSupported(config: WorkerConfig): void {
   if (config.workerKind !== 'llm') {
     throw new LlmError('LLM_ERR_CONFIG', `worker kind "${config.workerKind}" (embedding / multimodal) is not available in this build yet`);
   }
-  if (config.nnodes !== 1 && config.dpSize !== 1) {
-    throw new LlmError('LLM_ERR_CONFIG', `--dp-size ${config.dpSize} with --nnodes ${config.nnodes}: data parallelism across nodes is not available in this build yet`);
-  }
 }
 
 export async function startWorker(config: WorkerConfig, options: WorkerOptions = {}): Promise<WorkerHandle> {

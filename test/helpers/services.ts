@@ -26,19 +26,23 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** A free port whose successor is free too (a multi-node dist-init-addr: the step relay's port and the TP group's). */
-export async function freePortPair(): Promise<number> {
+/** A free port whose `count - 1` successors are free too (a multi-node dist-init-addr: each data-parallel group's
+ * step relay port and its TP group's). */
+export async function freePortRun(count = 2): Promise<number> {
   for (;;) {
     const port = await freePort();
-    const next = createServer();
-    const ok = await new Promise<boolean>((resolve) => {
-      next.once('error', () => resolve(false));
-      next.listen(port + 1, '127.0.0.1', () => resolve(true));
-    });
-    if (ok) {
-      await new Promise<void>((resolve) => next.close(() => resolve()));
-      return port;
+    const held: ReturnType<typeof createServer>[] = [];
+    let ok = true;
+    for (let next = port + 1; ok && next < port + count; next++) {
+      const server = createServer();
+      ok = await new Promise<boolean>((resolve) => {
+        server.once('error', () => resolve(false));
+        server.listen(next, '127.0.0.1', () => resolve(true));
+      });
+      if (ok) held.push(server);
     }
+    await Promise.all(held.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    if (ok) return port;
   }
 }
 
