@@ -15,6 +15,8 @@ export interface RankEngineInit {
   modelPath: string;
   device: BackendKind | 'auto';
   options: Omit<EngineOptions, 'backend' | 'deviceId' | 'tp'>;
+  /** Ranks of a group on each node (tp / nnodes): a node's devices for the group start at deviceId - rank % this. */
+  ranksPerNode: number;
 }
 
 export async function createEngine(init: RankEngineInit, placement: RankPlacement): Promise<Engine> {
@@ -25,12 +27,9 @@ export async function createEngine(init: RankEngineInit, placement: RankPlacemen
   const backend: BackendKind = init.device === 'auto' ? (backends.includes('cuda') && devices > 0 ? 'cuda' : 'cpu') : init.device;
   // Every rank checks the group's shape; the first failure names the numbers (--tp-size, devices, heads).
   const tp = placement.tp;
-  if (tp?.distInitAddr !== undefined && backend === 'cuda') {
-    throw new LlmError('LLM_ERR_CONFIG', 'a tensor-parallel group across nodes runs on the cpu device in this build, and --device auto chose cuda: pass --device cpu');
-  }
-  // The group's first device on this machine (a group across nodes is on the cpu, refused above on cuda: no devices).
-  const firstDevice = tp?.distInitAddr !== undefined ? placement.deviceId : placement.deviceId - (tp?.rank ?? 0);
-  checkTensorParallel(tp?.size ?? 1, firstDevice, spec, backend === 'cuda' ? devices : null);
+  // The group's first device on this machine (each node holds ranksPerNode consecutive ranks of the group).
+  const firstDevice = placement.deviceId - ((tp?.rank ?? 0) % init.ranksPerNode);
+  checkTensorParallel(tp?.size ?? 1, firstDevice, spec, backend === 'cuda' ? devices : null, init.ranksPerNode);
   return openEngine(spec, { ...init.options, backend, deviceId: placement.deviceId, ...(tp ? { tp } : {}) });
 }
 

@@ -59,7 +59,9 @@ t.test('buildTopology across nodes: every data-parallel group spans the nodes on
   // node 1 runs ranks 2 and 3 of each group: group d's on its devices d*2 + 0, 1
   t.same(g.cores.map((c) => c.ranks.slice(2).map((r) => r.deviceId)), [[0, 1], [2, 3]]);
   t.throws(() => buildTopology({ ...config, distInitAddr: '10.0.0.1:65533' }), { code: 'LLM_ERR_CONFIG', message: /PORT in \[1, 65532\] \(the 4 ports from PORT on/ });
-  t.throws(() => buildTopology({ ...config, device: 'cuda' }), { code: 'LLM_ERR_CONFIG', message: /in this build, the cpu device \(got cuda\)/ });
+  t.throws(() => buildTopology({ ...config, distInitAddr: null }), { code: 'LLM_ERR_CONFIG', message: /--nnodes 2 needs --dist-init-addr HOST:PORT/ });
+  t.match(g.cores[0].ranks[0].engineInit, { ranksPerNode: 2 }, 'a rank knows how many of its group share its node');
+  t.same(buildTopology({ ...config, disableCustomAllReduce: true }).cores[0].ranks[1].tp, { rank: 1, size: 4, customAllReduce: false }, '--disable-custom-all-reduce reaches the ranks');
 });
 
 t.test('buildTopology: --dp-size 3 --tp-size 2 gives three cores, dp rank d on devices baseGpuId + d * 2 + r', async (t) => {

@@ -580,6 +580,7 @@ class CudaBackend final : public Backend {
     c.gatherFloats = (size_t)opt_.maxSeqsPerStep * vocabRows_;
     c.vocabStart = vocabStart_;
     c.vocabSize = vocabRows_;
+    c.customAllReduce = opt_.tp.customAllReduce;
     comm_ = std::make_unique<cuda::TpComm>(*group_, c);
     // Ranks sharing a device (single-GPU proof of the path): the fused decode GEMM's clusters of up to 16 blocks may
     // not fit beside a peer's collective waiting for this rank, which would wait out the timeout; cuBLAS instead.

@@ -142,6 +142,8 @@ export interface TensorParallelOptions {
   /** HOST:PORT when the group spans processes (multi-node, cpu backend only): rank 0 listens there, the other ranks
    * connect, and collectives go over TCP (native/src/tp_tcp.cpp). Absent: all ranks are threads of this process. */
   distInitAddr?: string;
+  /** CUDA: false runs every collective through NCCL (--disable-custom-all-reduce); default true. */
+  customAllReduce?: boolean;
 }
 
 export interface Engine {

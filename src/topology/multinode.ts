@@ -281,7 +281,7 @@ export async function runFollower(
     const channels = mine.map(() => new MessageChannel());
     const spawned = await Promise.allSettled(mine.map((node: RankNode, i) => RankActor.spawn({
       rank: node.rank,
-      placement: { deviceId: node.deviceId, tp: { rank: node.rank, size: core.ranks.length, group, distInitAddr: tpGroupAddr(mn.distInitAddr) } },
+      placement: { deviceId: node.deviceId, tp: { rank: node.rank, size: core.ranks.length, ...node.tp, group, distInitAddr: tpGroupAddr(mn.distInitAddr) } },
       engineModule: node.engineModule, engineInit: node.engineInit, startTimeoutMs: node.startTimeoutMs, steps: channels[i].port2, progress,
     })));
     const actors = spawned.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));

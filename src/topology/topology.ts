@@ -44,6 +44,7 @@ import type { WorkerConfig } from '../config/schema.js';
 import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../scheduler/kv-transfer.js';
 import { LlmError } from '../errors.js';
 import type { SchedulerOptions } from '../scheduler/scheduler.js';
+import type { TensorParallelOptions } from '../engine/types.js';
 import { closeLeaderRelay, groupAddr, leaderRelay, nodeRanks, tpGroupAddr, type MultiNodeNode } from './multinode.js';
 
 /** The WorkerConfig fields the worker's own nodes (tokenizer, KV transfer) are built from. */
@@ -58,7 +59,7 @@ export interface RankNode {
   deviceId: number;
   /** The rank's place in its tensor-parallel group (null for a group of one rank); the group's name is given at
    * each start. */
-  tp: { rank: number; size: number } | null;
+  tp: Pick<TensorParallelOptions, 'rank' | 'size'> & Partial<Pick<TensorParallelOptions, 'customAllReduce'>> | null;
   /** URL of the rank's EngineFactoryModule. */
   engineModule: string;
   engineInit: unknown;
@@ -156,13 +157,13 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
     ...(c.cpuThreads ? { threads: c.cpuThreads } : {}),
   };
   const engineModule = c.engineFactory?.module ?? DEFAULT_ENGINE_MODULE;
-  const engineInit: unknown = c.engineFactory ? c.engineFactory.init : ({ modelPath: c.modelPath, device: c.device, options: engineOptions } satisfies RankEngineInit);
+  const engineInit: unknown = c.engineFactory ? c.engineFactory.init : ({ modelPath: c.modelPath, device: c.device, options: engineOptions, ranksPerNode: c.tpSize / c.nnodes } satisfies RankEngineInit);
   if (!Number.isInteger(c.nnodes) || c.nnodes < 1 || c.tpSize % c.nnodes !== 0 || c.nodeRank < 0 || c.nodeRank >= c.nnodes) {
     throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} --node-rank ${c.nodeRank}: nnodes must divide the tp size ${c.tpSize} and node-rank be below nnodes`);
   }
   // device auto is checked where it is resolved (actors/rank-engine.ts): a machine without a GPU runs the group
-  if (c.nnodes > 1 && (c.distInitAddr === null || c.device === 'cuda')) {
-    throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} needs --dist-init-addr HOST:PORT and, in this build, the cpu device (got ${c.device})`);
+  if (c.nnodes > 1 && c.distInitAddr === null) {
+    throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} needs --dist-init-addr HOST:PORT (the leader's address, node 0)`);
   }
   const distInitAddr = c.nnodes > 1 ? c.distInitAddr : null;
   // Each data-parallel group spans the nodes on its own ports (./multinode.ts groupAddr).
@@ -177,7 +178,7 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
     ranks: Array.from({ length: c.tpSize }, (_, rank): RankNode => ({
       rank,
       deviceId: c.baseGpuId + dpRank * ranksPerNode + (rank % ranksPerNode),
-      tp: c.tpSize > 1 ? { rank, size: c.tpSize } : null,
+      tp: c.tpSize > 1 ? { rank, size: c.tpSize, ...(c.disableCustomAllReduce ? { customAllReduce: false } : {}) } : null,
       engineModule,
       engineInit,
       startTimeoutMs: c.startTimeoutMs,
