@@ -58,6 +58,18 @@ export interface HandOver {
 }
 
 /** What the scheduler needs of a request; the supervisor fills it from the wire request (defaults resolved). */
+/** What a guide says of a token that landed: the grammar ended (the request stops), refused it, or goes on (the
+ * promise settles when the next draw's mask is ready). */
+export type GuideVerdict = 'end' | 'rejected' | Promise<void>;
+
+/** Grammar-constrained decoding of one request (src/guided): the token bitmask of its next draw. */
+export interface TokenGuide {
+  /** ceil(vocab / 32) words, bit set = token allowed; null while it is being computed (the request waits). */
+  readonly mask: Int32Array | null;
+  accept(token: number): GuideVerdict;
+  dispose(): void;
+}
+
 export interface SchedulerRequest {
   id: string;
   tokenIds: readonly number[];
@@ -106,6 +118,8 @@ export class RequestRecord {
   /** Order of the latest admission: retraction picks the newest. */
   admitOrder = 0;
   finishReason: FinishReason | null = null;
+  /** Grammar-constrained decoding: every draw is masked by the guide's bitmask. */
+  guide: TokenGuide | null = null;
   /** Token ids the engine may not sample while fewer than min_tokens are out: those that would stop the request
    * (stop ids, and EOS unless ignore_eos), as SGLang's min-new-tokens penalty bans them. Ids outside the vocabulary
    * can never be sampled and are left out. Empty without min_tokens. */

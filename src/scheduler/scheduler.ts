@@ -46,10 +46,10 @@ import { PageAllocator } from './allocator.js';
 import { placeholderFor, resolvePlaceholders } from './placeholder.js';
 import { RadixCache, type RadixNode } from './radix.js';
 import { RequestQueue } from './queue.js';
-import { RequestRecord, type FinishReason, type KvHold, type SchedulerRequest, type TopLogprob } from './request.js';
+import { RequestRecord, type FinishReason, type KvHold, type SchedulerRequest, type TokenGuide, type TopLogprob } from './request.js';
 import { SlotTable } from './slots.js';
 
-export type { SchedulerRequest, FinishReason, HandOver, KvHold, TopLogprob } from './request.js';
+export type { SchedulerRequest, FinishReason, HandOver, KvHold, TokenGuide, GuideVerdict, TopLogprob } from './request.js';
 export type { RadixEvent } from './radix.js';
 
 /** Runs steps strictly in submission order (the rank actors of a TP group, or an engine in this thread), each one's
@@ -121,6 +121,8 @@ interface Landed {
   req: RequestRecord;
   token: number;
   reason: FinishReason | null;
+  /** The request's guide refused the token (it ends with this error). */
+  error?: ErrorPayload;
 }
 
 interface InFlight {
@@ -168,6 +170,10 @@ export class Scheduler {
   /** G5: KV parked for a hand-over, by key. */
   private readonly parked = new Map<string, KvHold>();
   private admitCounter = 0;
+  /** Live requests with a guide: while any lives, steps are not overlapped (below, loop). */
+  private guided = 0;
+  /** Guides computing the mask of their request's next draw; the loop waits for them before planning. */
+  private masksComing: Promise<void>[] = [];
   private wake: (() => void) | null = null;
   private loopDone: Promise<void> | null = null;
   private stopping = false;
@@ -216,19 +222,22 @@ export class Scheduler {
     this.failAll({ code: 'LLM_ERR_SHUTDOWN', message: 'the scheduler stopped before the request finished' });
   }
 
-  /** Queues a request; its outputs go to sink. Throws a coded error for a request that can never run. */
-  submit(input: SchedulerRequest, sink: OutputSink): void {
+  /** Queues a request; its outputs go to sink. Throws a coded error for a request that can never run. With a guide
+   * (grammar-constrained decoding, src/guided), every draw is masked by it and the request stops where the grammar
+   * ends; the scheduler owns the guide from here (it disposes of it, the request refused too). */
+  submit(input: SchedulerRequest, sink: OutputSink, guide: TokenGuide | null = null): void {
     // a handed-over request's parked KV is its own from here, whether it runs or is refused
     const handedOver = input.handOver ? this.takeParked(input.handOver.kvKey) : null;
     try {
-      this.submitChecked(input, sink, handedOver);
+      this.submitChecked(input, sink, handedOver, guide);
     } catch (err) {
       if (handedOver) this.releaseKv(handedOver);
+      guide?.dispose();
       throw err;
     }
   }
 
-  private submitChecked(input: SchedulerRequest, sink: OutputSink, handedOver: KvHold | null): void {
+  private submitChecked(input: SchedulerRequest, sink: OutputSink, handedOver: KvHold | null, guide: TokenGuide | null): void {
     if (this.failure) throw LlmError.fromPayload(this.failure);
     if (this.stopping) throw new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler is stopping');
     if (this.requests.has(input.id)) throw new LlmError('LLM_ERR_BAD_REQUEST', `request id ${input.id} is already in flight`);
@@ -246,6 +255,11 @@ export class Scheduler {
       );
     }
     const req = new RequestRecord(input, this.executor.vocabSize);
+    if (guide) {
+      if (input.handOver) throw new LlmError('LLM_ERR_BAD_REQUEST', `request ${input.id}: guided decoding of a handed-over (disaggregated) request is not supported`);
+      req.guide = guide;
+      this.guided++;
+    }
     this.requests.set(input.id, { req, sink });
     this.queue.pushBack(req);
     const h = input.handOver;
@@ -335,10 +349,13 @@ export class Scheduler {
   }
 
   private async loop(): Promise<void> {
-    const depth = this.options.enableOverlap ? 2 : 1;
     const inflight: InFlight[] = [];
     try {
       while (!this.stopping) {
+        // A guided draw's mask needs the token before it: with overlap, a step planned while the previous one runs
+        // would leave every guided request out of it (half their rate), so steps run one at a time while any lives.
+        const depth = this.options.enableOverlap && this.guided === 0 ? 2 : 1;
+        if (this.masksComing.length) await Promise.all(this.masksComing.splice(0));
         let t0 = performance.now();
         const plan = inflight.length < depth ? this.planStep() : null;
         if (plan) {
@@ -392,6 +409,7 @@ export class Scheduler {
       if (seqs.length >= o.maxSeqsPerStep || tokenBudget <= 0) break;
       if (!req.isRunning) continue; // retracted earlier in this pass
       if (req.pending && req.outputCount + req.pending >= req.input.maxTokens) continue; // ends on its pending token
+      if (req.guide && (req.pending || !req.guide.mask)) continue; // its next mask needs its pending token
       const remaining = req.totalLength - req.scheduled;
       if (remaining <= 0) continue;
       const chunk = Math.min(remaining, tokenBudget, req.state === 'decoding' ? remaining : Math.min(chunkCap, prefillBudget));
@@ -612,6 +630,7 @@ export class Scheduler {
         sampling: r.input.sampling,
         outputIndex,
         bannedTokenIds: s.sample ? r.bannedAt(outputIndex) : undefined,
+        tokenMask: s.sample && r.guide ? r.guide.mask! : undefined,
       };
     });
     this.stats.steps = stepNo;
@@ -642,7 +661,21 @@ export class Scheduler {
       if (s.epoch === r.epoch) r.computed = Math.max(r.computed, s.end);
       if (!s.sample) continue;
       const token = result.tokens[k];
-      landed.push({ k, req: r, token, reason: r.appendToken(token) });
+      const reason = r.appendToken(token);
+      if (r.guide && !reason) {
+        const verdict = r.guide.accept(token);
+        if (verdict === 'rejected') {
+          const error: ErrorPayload = { code: 'LLM_ERR_INTERNAL', message: `request ${r.id}: the engine sampled token ${token}, which the request's grammar does not allow` };
+          landed.push({ k, req: r, token, reason: 'error', error });
+          continue;
+        }
+        if (verdict === 'end') {
+          landed.push({ k, req: r, token, reason: 'stop' });
+          continue;
+        }
+        this.masksComing.push(verdict);
+      }
+      landed.push({ k, req: r, token, reason });
     }
     return landed;
   }
@@ -650,7 +683,7 @@ export class Scheduler {
   /** Second half: one output per request, and the end of those that stopped (their pages are freed now: steps
    * still in flight that read them run before any step that reuses them). */
   private deliver(landed: Landed[], result: StepResult): void {
-    for (const { k, req, token, reason } of landed) {
+    for (const { k, req, token, reason, error } of landed) {
       if (req.isDone) continue; // aborted from an earlier output's callback
       const n = req.input.sampling.logprobs;
       const out: RequestOutput = {
@@ -661,7 +694,7 @@ export class Scheduler {
         usage: null,
         error: null,
       };
-      if (reason) this.finish(req, reason, out);
+      if (reason) this.finish(req, reason, out, error);
       else this.requests.get(req.id)!.sink(out);
     }
   }
@@ -703,6 +736,11 @@ export class Scheduler {
     }
     req.transition(reason === 'cancelled' ? 'aborted' : 'finished');
     req.finishReason = reason;
+    if (req.guide) {
+      req.guide.dispose();
+      req.guide = null;
+      this.guided--;
+    }
     this.requests.delete(req.id);
     const out: RequestOutput = last ?? { tokenIds: [], logprobs: null, topLogprobs: null, finishReason: null, usage: null, error: null };
     out.finishReason = reason;
