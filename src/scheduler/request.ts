@@ -22,6 +22,7 @@
 //      table with computed = scheduled = promptLength and state decoding: its first step decodes the first token at
 //      position promptLength. Without that KV (never arrived, or given up under page pressure) it is exactly a
 //      retracted request: it recomputes prompt ++ [first token] and samples the second.
+import type { GrammarSpec } from '../guided/guides.js';
 import { LlmError } from '../errors.js';
 import { MAX_BANNED_TOKENS } from '../engine/step.js';
 import type { SamplingParams } from '../engine/types.js';
@@ -84,6 +85,9 @@ export interface SchedulerRequest {
   parkKvAs?: string;
   /** Disaggregated decode: the request arrives prefilled (Q5). */
   handOver?: HandOver;
+  /** Grammar-constrained decoding (src/guided): the scheduler's thread compiles it into the TokenGuide it submits
+   * the request with (Scheduler.submit). */
+  guided?: GrammarSpec;
 }
 
 const transitions: Record<RequestState, readonly RequestState[]> = {
