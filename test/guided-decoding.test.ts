@@ -12,7 +12,7 @@ import { loadModelSpec } from '../src/engine/model.js';
 import type { SamplingParams } from '../src/engine/types.js';
 import { LlmError } from '../src/errors.js';
 import { GrammarCompilers, grammarSpecOf } from '../src/guided/guides.js';
-import { Scheduler, engineExecutor, type RequestOutput } from '../src/scheduler/scheduler.js';
+import { Scheduler, engineExecutor, type GuideVerdict, type RequestOutput, type TokenGuide } from '../src/scheduler/scheduler.js';
 import { OpenAiServer } from '../src/frontend/openai-server.js';
 import { StaticModelDirectory, type ServedModel } from '../src/frontend/models.js';
 import type { GuidedDecoding } from '../src/protocol/request.js';
@@ -154,6 +154,73 @@ t.test('scheduler + engine: every output parses and validates against its schema
   }
   const after = await runGuided(sched, grammars, { choice: ['yes', 'no'] }, greedy, 'after-refusals');
   t.ok(['yes', 'no'].includes(after.text), 'grammars compile again after refusals (a fresh xgrammar instance)');
+  sched.checkIntegrity();
+});
+
+/** A guide over a fixed token set that ends after `length` tokens, or whose mask fails at token `failAt`. */
+class ScriptedGuide implements TokenGuide {
+  mask: Int32Array | null;
+  accepted: number[] = [];
+  disposed = false;
+  constructor(
+    private readonly allowed: number[],
+    private readonly length: number,
+    private readonly failAt = -1,
+  ) {
+    this.mask = maskOf(allowed);
+  }
+  accept(token: number): GuideVerdict {
+    if (!this.allowed.includes(token)) return 'rejected';
+    this.accepted.push(token);
+    if (this.accepted.length === this.length) return 'end';
+    this.mask = null;
+    const failing = this.accepted.length === this.failAt;
+    return Promise.resolve().then(() => {
+      if (failing) throw new LlmError('LLM_ERR_INTERNAL', 'scripted mask failure');
+      this.mask = maskOf(this.allowed);
+    });
+  }
+  dispose(): void {
+    this.disposed = true;
+  }
+}
+
+t.test('scheduler: guided requests end where the grammar does, a failing guide ends only its request, guides are disposed', async (t) => {
+  const sched = new Scheduler(engineExecutor(engine), {
+    maxRunningRequests: 8, chunkedPrefillSize: 64, maxPrefillTokens: 512, maxBatchTokens: 512, maxSeqsPerStep: 8, enableOverlap: true, enablePrefixCache: true,
+  });
+  sched.start();
+  t.teardown(() => sched.stop());
+  const run = (id: string, guide: TokenGuide | null, maxTokens = 30) =>
+    new Promise<{ tokens: number[]; last: RequestOutput }>((resolve) => {
+      const tokens: number[] = [];
+      sched.submit(
+        { id, tokenIds: prompt, maxTokens, minTokens: 0, ignoreEos: true, eosTokenIds: [EOS], stopTokenIds: [], sampling: random(7) },
+        (o) => {
+          tokens.push(...o.tokenIds);
+          if (o.finishReason) resolve({ tokens, last: o });
+        },
+        guide,
+      );
+    });
+  const ends = new ScriptedGuide([40, 41, 42], 7);
+  const fails = new ScriptedGuide([50, 51], 20, 3);
+  const long = new ScriptedGuide([60, 61, 62, 63], 100);
+  const [a, b, c, free] = await Promise.all([run('ends', ends), run('fails', fails), run('long', long, 12), run('free', null, 12)]);
+  t.equal(a.last.finishReason, 'stop');
+  t.same(a.tokens, ends.accepted, 'every token went through the guide');
+  t.equal(a.tokens.length, 7);
+  t.ok(a.tokens.every((x) => [40, 41, 42].includes(x)));
+  t.equal(b.last.finishReason, 'error');
+  t.match(b.last.error?.message ?? '', /scripted mask failure/);
+  t.equal(b.tokens.length, 3);
+  t.equal(c.last.finishReason, 'length', 'max_tokens still ends a guided request');
+  t.ok(c.tokens.every((x) => [60, 61, 62, 63].includes(x)));
+  t.equal(free.tokens.length, 12);
+  t.ok([ends, fails, long].every((g) => g.disposed), 'the scheduler disposed of every guide');
+  const refused = new ScriptedGuide([1], 1);
+  t.throws(() => sched.submit({ id: 'x', tokenIds: [], maxTokens: 1, minTokens: 0, ignoreEos: false, eosTokenIds: [], stopTokenIds: [], sampling: greedy }, () => {}, refused));
+  t.ok(refused.disposed, 'a refused request disposes of its guide too');
   sched.checkIntegrity();
 });
 

@@ -10,10 +10,8 @@ import type { GuidedDecoding } from '../protocol/request.js';
 import type { TokenGuide, GuideVerdict } from '../scheduler/request.js';
 import type { Tokenizer } from '../tokenizer/types.js';
 import type { CompiledGrammar, GrammarCompiler, GrammarMatcher } from '@mlc-ai/web-xgrammar';
-import { logger } from '../runtime/log.js';
 import { loadXgrammar, type XgrammarInstance } from './xgrammar.js';
 
-const log = logger('guided');
 
 /** The one grammar a request asks for, and the request field that named it (for errors). */
 export type GrammarSpec =
@@ -173,9 +171,14 @@ class XgrammarGuide implements TokenGuide {
       (m) => {
         if (!this.disposed) this.mask = m;
       },
-      (err: unknown) => log.error('a grammar mask failed', { error: String(err) }),
+      (err: unknown) => {
+        throw new LlmError('LLM_ERR_INTERNAL', `the grammar's next token mask failed: ${(err as Error).message ?? String(err)}`);
+      },
     );
-    this.computing = computing.finally(() => (this.computing = null));
+    this.computing = computing.then(
+      () => void (this.computing = null),
+      () => void (this.computing = null),
+    );
     return computing;
   }
 

@@ -256,7 +256,6 @@ export class Scheduler {
     }
     const req = new RequestRecord(input, this.executor.vocabSize);
     if (guide) {
-      if (input.handOver) throw new LlmError('LLM_ERR_BAD_REQUEST', `request ${input.id}: guided decoding of a handed-over (disaggregated) request is not supported`);
       req.guide = guide;
       this.guided++;
     }
@@ -268,7 +267,15 @@ export class Scheduler {
       if (handedOver && handedOver.tokenCount === req.promptLength) req.handedOver = handedOver;
       else if (handedOver) this.releaseKv(handedOver); // KV of another length: recompute as a retracted request
       req.cachedPromptTokens = Math.min(h.cachedTokens, req.promptLength);
-      const reason = req.appendToken(h.tokenId);
+      let reason = req.appendToken(h.tokenId);
+      let error: ErrorPayload | undefined;
+      // The prefill worker sampled the first token under the same grammar: the guide takes it as its first.
+      const verdict = req.guide && !reason ? req.guide.accept(h.tokenId) : null;
+      if (verdict === 'end') reason = 'stop';
+      else if (verdict === 'rejected') {
+        reason = 'error';
+        error = { code: 'LLM_ERR_BAD_REQUEST', message: `request ${input.id}: the handed-over first token ${h.tokenId} is not allowed by the request's grammar` };
+      } else if (verdict) this.maskComing(req, verdict);
       const first: RequestOutput = {
         tokenIds: [h.tokenId],
         logprobs: input.sampling.logprobs >= 0 && h.logprob !== null ? [h.logprob] : null,
@@ -277,10 +284,19 @@ export class Scheduler {
         usage: null,
         error: null,
       };
-      if (reason) this.finish(req, reason, first);
+      if (reason) this.finish(req, reason, first, error);
       else sink(first);
     }
     this.wake?.();
+  }
+
+  /** A guide computes its request's next mask; a guide that fails ends its request with the error. */
+  private maskComing(req: RequestRecord, ready: Promise<void>): void {
+    this.masksComing.push(
+      ready.catch((err: unknown) => {
+        if (!req.isDone) this.finish(req, 'error', undefined, toErrorPayload(err));
+      }),
+    );
   }
 
   /** Parks KV under key for a hand-over (G5); a key in use is an internal error. */
@@ -673,7 +689,7 @@ export class Scheduler {
           landed.push({ k, req: r, token, reason: 'stop' });
           continue;
         }
-        this.masksComing.push(verdict);
+        this.maskComing(r, verdict);
       }
       landed.push({ k, req: r, token, reason });
     }
