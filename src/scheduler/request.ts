@@ -58,7 +58,6 @@ export interface HandOver {
   cachedTokens: number;
 }
 
-/** What the scheduler needs of a request; the supervisor fills it from the wire request (defaults resolved). */
 /** What a guide says of a token that landed: the grammar ended (the request stops), refused it, or goes on (the
  * promise settles when the next draw's mask is ready). */
 export type GuideVerdict = 'end' | 'rejected' | Promise<void>;
@@ -71,6 +70,7 @@ export interface TokenGuide {
   dispose(): void;
 }
 
+/** What the scheduler needs of a request; the supervisor fills it from the wire request (defaults resolved). */
 export interface SchedulerRequest {
   id: string;
   tokenIds: readonly number[];

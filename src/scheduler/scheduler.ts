@@ -16,6 +16,10 @@
 // discarded when that result is applied. min_tokens bans and the RNG counter of a draw count the pending token
 // (outputIndex = outputs + pending), and a request is not planned past the pending token that reaches max_tokens.
 // With overlap off, each step is planned after the previous result is applied, and no placeholder is ever sent.
+// Guided requests (a TokenGuide, src/guided) need each draw's token bitmask, which depends on the token before it: a
+// guided request is planned only once its previous token has landed and its guide's next mask is ready, and while
+// any guided request lives the scheduler runs steps one at a time (as with overlap off) rather than leave the guided
+// requests out of every other step.
 // Because the executor runs steps (and page copies) strictly in order, pages freed while steps are in flight can be
 // handed to the next planned step: it only runs after the in-flight ones have read and written them, and an
 // in-flight step only writes positions past its request's computed tokens, so pages that joined the cache are never
