@@ -169,16 +169,15 @@ class ScriptedGuide implements TokenGuide {
   ) {
     this.mask = maskOf(allowed);
   }
-  accept(token: number): GuideVerdict {
+  async accept(token: number): Promise<GuideVerdict> {
     if (!this.allowed.includes(token)) return 'rejected';
     this.accepted.push(token);
-    if (this.accepted.length === this.length) return 'end';
     this.mask = null;
-    const failing = this.accepted.length === this.failAt;
-    return Promise.resolve().then(() => {
-      if (failing) throw new LlmError('LLM_ERR_INTERNAL', 'scripted mask failure');
-      this.mask = maskOf(this.allowed);
-    });
+    if (this.accepted.length === this.length) return 'end';
+    await Promise.resolve();
+    if (this.accepted.length === this.failAt) throw new LlmError('LLM_ERR_INTERNAL', 'scripted mask failure');
+    this.mask = maskOf(this.allowed);
+    return 'next';
   }
   dispose(): void {
     this.disposed = true;

@@ -160,16 +160,15 @@ class XgrammarGuide implements TokenGuide {
     this.mask = mask;
   }
 
-  accept(token: number): GuideVerdict {
-    if (!this.matcher.acceptToken(token)) return 'rejected';
-    if (this.matcher.isTerminated()) {
-      this.mask = null;
-      return 'end';
-    }
+  accept(token: number): Promise<GuideVerdict> {
+    if (this.disposed) return Promise.reject(new LlmError('LLM_ERR_INTERNAL', 'the guide was disposed of'));
+    if (!this.matcher.acceptToken(token)) return Promise.resolve('rejected');
     this.mask = null;
+    if (this.matcher.isTerminated()) return Promise.resolve('end');
     const computing = this.matcher.getNextTokenBitmask().then(
-      (m) => {
+      (m): GuideVerdict => {
         if (!this.disposed) this.mask = m;
+        return 'next';
       },
       (err: unknown) => {
         throw new LlmError('LLM_ERR_INTERNAL', `the grammar's next token mask failed: ${(err as Error).message ?? String(err)}`);

@@ -58,15 +58,16 @@ export interface HandOver {
   cachedTokens: number;
 }
 
-/** What a guide says of a token that landed: the grammar ended (the request stops), refused it, or goes on (the
- * promise settles when the next draw's mask is ready). */
-export type GuideVerdict = 'end' | 'rejected' | Promise<void>;
+/** What a guide says of a token that landed: its next mask is ready, the grammar is complete (the request stops), or
+ * the grammar does not allow the token. */
+export type GuideVerdict = 'next' | 'end' | 'rejected';
 
 /** Grammar-constrained decoding of one request (src/guided): the token bitmask of its next draw. */
 export interface TokenGuide {
   /** ceil(vocab / 32) words, bit set = token allowed; null while it is being computed (the request waits). */
   readonly mask: Int32Array | null;
-  accept(token: number): GuideVerdict;
+  /** A sampled token joined the output; settles once the guide has taken it (rejects when the guide failed). */
+  accept(token: number): Promise<GuideVerdict>;
   dispose(): void;
 }
 

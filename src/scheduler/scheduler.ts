@@ -125,8 +125,6 @@ interface Landed {
   req: RequestRecord;
   token: number;
   reason: FinishReason | null;
-  /** The request's guide refused the token (it ends with this error). */
-  error?: ErrorPayload;
 }
 
 interface InFlight {
@@ -271,15 +269,9 @@ export class Scheduler {
       if (handedOver && handedOver.tokenCount === req.promptLength) req.handedOver = handedOver;
       else if (handedOver) this.releaseKv(handedOver); // KV of another length: recompute as a retracted request
       req.cachedPromptTokens = Math.min(h.cachedTokens, req.promptLength);
-      let reason = req.appendToken(h.tokenId);
-      let error: ErrorPayload | undefined;
+      const reason = req.appendToken(h.tokenId);
       // The prefill worker sampled the first token under the same grammar: the guide takes it as its first.
-      const verdict = req.guide && !reason ? req.guide.accept(h.tokenId) : null;
-      if (verdict === 'end') reason = 'stop';
-      else if (verdict === 'rejected') {
-        reason = 'error';
-        error = { code: 'LLM_ERR_BAD_REQUEST', message: `request ${input.id}: the handed-over first token ${h.tokenId} is not allowed by the request's grammar` };
-      } else if (verdict) this.maskComing(req, verdict);
+      if (req.guide && !reason) this.guideToken(req, h.tokenId);
       const first: RequestOutput = {
         tokenIds: [h.tokenId],
         logprobs: input.sampling.logprobs >= 0 && h.logprob !== null ? [h.logprob] : null,
@@ -288,18 +280,27 @@ export class Scheduler {
         usage: null,
         error: null,
       };
-      if (reason) this.finish(req, reason, first, error);
+      if (reason) this.finish(req, reason, first);
       else sink(first);
     }
     this.wake?.();
   }
 
-  /** A guide computes its request's next mask; a guide that fails ends its request with the error. */
-  private maskComing(req: RequestRecord, ready: Promise<void>): void {
+  /** A token of a guided request landed: its guide takes it and computes the next mask (the loop waits for it before
+   * planning). Where the grammar is complete the request stops; a token it refuses, or a guide that fails, ends the
+   * request with an error. */
+  private guideToken(req: RequestRecord, token: number): void {
+    const done = (reason: FinishReason, error?: ErrorPayload) => {
+      if (!req.isDone) this.finish(req, reason, undefined, error);
+    };
     this.masksComing.push(
-      ready.catch((err: unknown) => {
-        if (!req.isDone) this.finish(req, 'error', undefined, toErrorPayload(err));
-      }),
+      req.guide!.accept(token).then(
+        (verdict) => {
+          if (verdict === 'end') done('stop');
+          else if (verdict === 'rejected') done('error', { code: 'LLM_ERR_INTERNAL', message: `request ${req.id}: token ${token} is not allowed by the request's grammar` });
+        },
+        (err: unknown) => done('error', toErrorPayload(err)),
+      ),
     );
   }
 
@@ -682,19 +683,7 @@ export class Scheduler {
       if (!s.sample) continue;
       const token = result.tokens[k];
       const reason = r.appendToken(token);
-      if (r.guide && !reason) {
-        const verdict = r.guide.accept(token);
-        if (verdict === 'rejected') {
-          const error: ErrorPayload = { code: 'LLM_ERR_INTERNAL', message: `request ${r.id}: the engine sampled token ${token}, which the request's grammar does not allow` };
-          landed.push({ k, req: r, token, reason: 'error', error });
-          continue;
-        }
-        if (verdict === 'end') {
-          landed.push({ k, req: r, token, reason: 'stop' });
-          continue;
-        }
-        this.maskComing(r, verdict);
-      }
+      if (r.guide && !reason) this.guideToken(r, token);
       landed.push({ k, req: r, token, reason });
     }
     return landed;
@@ -703,7 +692,7 @@ export class Scheduler {
   /** Second half: one output per request, and the end of those that stopped (their pages are freed now: steps
    * still in flight that read them run before any step that reuses them). */
   private deliver(landed: Landed[], result: StepResult): void {
-    for (const { k, req, token, reason, error } of landed) {
+    for (const { k, req, token, reason } of landed) {
       if (req.isDone) continue; // aborted from an earlier output's callback
       const n = req.input.sampling.logprobs;
       const out: RequestOutput = {
@@ -714,7 +703,7 @@ export class Scheduler {
         usage: null,
         error: null,
       };
-      if (reason) this.finish(req, reason, out, error);
+      if (reason) this.finish(req, reason, out);
       else this.requests.get(req.id)!.sink(out);
     }
   }
