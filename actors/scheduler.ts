@@ -26,8 +26,7 @@ import {
   Scheduler, type OutputSink, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest, type SchedulerStats, type StepExecutor,
 } from '../src/scheduler/scheduler.js';
 import type { EngineSummary } from '../src/engine/summary.js';
-import { GrammarCompilers } from '../src/guided/guides.js';
-import { loadTokenizer } from '../src/tokenizer/index.js';
+import { GrammarThread } from './grammar.js';
 import { unreachable } from './messages.js';
 import type { MetricsActor, SchedulerLoad, StepSample } from './metrics.js';
 import { controlOf, serveControl, transferred, type Control } from './control.js';
@@ -274,6 +273,7 @@ function runScheduler(data: SchedulerWorkerData): void {
     },
     async stop() {
       await scheduler?.stop();
+      grammars.close();
       flush();
       ranks.close();
       clearInterval(beatTimer);
@@ -282,10 +282,10 @@ function runScheduler(data: SchedulerWorkerData): void {
     },
   };
 
-  // Guided requests: their grammar compiles (off the step loop's turn) before they are submitted; an abort that
-  // arrives meanwhile is kept (id -> aborted) and applied at submission.
+  // Guided requests: their grammar compiles in the grammar thread (actors/grammar.ts) before they are submitted; an
+  // abort that arrives meanwhile is kept (id -> aborted) and applied at submission.
   const compiling = new Map<string, boolean>();
-  let grammars: GrammarCompilers | null = null;
+  const grammars = new GrammarThread({ tokenizer: data.tokenizer, vocabSize: data.ranks.engine.vocabSize });
   function submitGuided(m: Extract<SchedulerInbox, { kind: 'submit' }>): void {
     const id = m.request.id;
     compiling.set(id, m.cancelled);
@@ -293,7 +293,6 @@ function runScheduler(data: SchedulerWorkerData): void {
       sinkOf(m.handle)({ tokenIds: [], logprobs: null, topLogprobs: null, finishReason: 'error', usage: null, error: toErrorPayload(err) });
     void (async () => {
       try {
-        grammars ??= GrammarCompilers.create(loadTokenizer(data.tokenizer.modelPath, data.tokenizer.tokenizerPath), data.ranks.engine.vocabSize);
         const guide = await grammars.guide(m.request.guided!);
         const aborted = compiling.get(id)!;
         compiling.delete(id);

@@ -11,7 +11,8 @@ import { openEngine } from '../src/engine/engine.js';
 import { loadModelSpec } from '../src/engine/model.js';
 import type { SamplingParams } from '../src/engine/types.js';
 import { LlmError } from '../src/errors.js';
-import { GrammarCompilers, grammarSpecOf } from '../src/guided/guides.js';
+import { GrammarCompilers, grammarSpecOf, type GrammarSpec } from '../src/guided/guides.js';
+import { GrammarThread } from '../actors/grammar.js';
 import { Scheduler, engineExecutor, type GuideVerdict, type RequestOutput, type TokenGuide } from '../src/scheduler/scheduler.js';
 import { OpenAiServer } from '../src/frontend/openai-server.js';
 import { StaticModelDirectory, type ServedModel } from '../src/frontend/models.js';
@@ -85,7 +86,7 @@ t.test('engine: a token bitmask confines every draw and the returned logits; the
 });
 
 /** Runs guided requests through the scheduler over the engine; resolves with each one's text and finish reason. */
-async function runGuided(sched: Scheduler, grammars: GrammarCompilers, guided: GuidedDecoding, sampling: SamplingParams, id: string) {
+async function runGuided(sched: Scheduler, grammars: { guide(spec: GrammarSpec): Promise<TokenGuide> }, guided: GuidedDecoding, sampling: SamplingParams, id: string) {
   const guide = await grammars.guide(grammarSpecOf(guided)!);
   const tokens: number[] = [];
   const last = await new Promise<RequestOutput>((resolve) =>
@@ -221,6 +222,33 @@ t.test('scheduler: guided requests end where the grammar does, a failing guide e
   t.throws(() => sched.submit({ id: 'x', tokenIds: [], maxTokens: 1, minTokens: 0, ignoreEos: false, eosTokenIds: [], stopTokenIds: [], sampling: greedy }, () => {}, refused));
   t.ok(refused.disposed, 'a refused request disposes of its guide too');
   sched.checkIntegrity();
+});
+
+t.test('grammar thread: guides computed in another thread drive the scheduler; refusals name the field; close fails what is pending', async (t) => {
+  const thread = new GrammarThread({ tokenizer: { modelPath: MODEL, tokenizerPath: MODEL }, vocabSize: V });
+  t.teardown(() => thread.close());
+  const sched = new Scheduler(engineExecutor(engine), {
+    maxRunningRequests: 8, chunkedPrefillSize: 64, maxPrefillTokens: 512, maxBatchTokens: 512, maxSeqsPerStep: 8, enableOverlap: true, enablePrefixCache: true,
+  });
+  sched.start();
+  t.teardown(() => sched.stop());
+  const runs = SCHEMAS.slice(0, 6).map((schema, i) => ({ schema, done: runGuided(sched, thread, { json: schema }, random(20 + i), `thread-${i}`) }));
+  for (const { schema, done } of runs) {
+    const { text, finishReason } = await done;
+    t.equal(finishReason, 'stop');
+    t.ok(ajv.validate(schema, JSON.parse(text)), `validates: ${text}`);
+  }
+  const bad = await thread.guide(grammarSpecOf({ regex: '(x' })!).then(() => null, (e: unknown) => e);
+  t.ok(bad instanceof LlmError && bad.code === 'LLM_ERR_BAD_REQUEST' && /^sampling_options\.guided_decoding\.regex: /.test(bad.message), String(bad));
+  const guide = await thread.guide(grammarSpecOf({ choice: ['ab', 'cd'] })!);
+  t.ok(guide.mask && guide.mask.some((w) => w !== 0), 'a first mask arrives with the guide');
+  const pending = guide.accept(tokenizer.encode('ab', { addSpecialTokens: false })[0]);
+  thread.close();
+  const closed = await pending.then(() => null, (e: unknown) => e);
+  t.ok(closed instanceof LlmError && closed.code === 'LLM_ERR_SHUTDOWN', `pending accept fails at close: ${String(closed)}`);
+  const again = await thread.guide(grammarSpecOf({ choice: ['yes'] })!);
+  t.ok(again.mask, 'a closed thread starts afresh at the next guide');
+  again.dispose();
 });
 
 t.test('OpenAI SDK: response_format and guided_* through the frontend and a worker', async (t) => {
