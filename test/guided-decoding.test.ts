@@ -144,6 +144,10 @@ t.test('scheduler + engine: every output parses and validates against its schema
     const choice = await runGuided(sched, grammars, { choice: ['happy', 'sad', 'very angry'] }, sampling, `choice-${sampling.seed}`);
     t.ok(['happy', 'sad', 'very angry'].includes(choice.text), `choice: ${JSON.stringify(choice.text)}`);
   }
+  const tagged = await runGuided(sched, grammars, {
+    structural_tag: { type: 'structural_tag', format: { type: 'sequence', elements: [{ type: 'const_string', value: '<answer>' }, { type: 'regex', pattern: '[a-z]{2,5}!' }] } },
+  }, random(5), 'structural-tag');
+  t.match(tagged.text, /^<answer>[a-z]{2,5}!$/, `structural_tag: ${JSON.stringify(tagged.text)}`);
   for (const [guided, field] of [
     [{ json: '{"type": 5}' }, 'sampling_options.guided_decoding.json'],
     [{ json: 'not json' }, 'sampling_options.guided_decoding.json'],

@@ -19,13 +19,16 @@ export type GrammarSpec =
   | { kind: 'json_object'; field: string }
   | { kind: 'regex'; pattern: string; field: string }
   | { kind: 'choice'; choices: readonly string[]; field: string }
-  | { kind: 'grammar'; ebnf: string; field: string };
+  | { kind: 'grammar'; ebnf: string; field: string }
+  /** xgrammar's structural tag (JSON text), as SGLang takes it. */
+  | { kind: 'structural_tag'; tag: string; field: string };
 
 /** JSON output is compact (no indentation, `,` and `:` separators): fewer tokens, and no whitespace loops. */
 const JSON_SEPARATORS: [string, string] = [',', ':'];
 const JSON_OBJECT_SCHEMA = '{"type":"object"}';
 
-/** The grammar of guided_decoding (its first set field of json, regex, choice, grammar), or null when none is set.
+/** The grammar of guided_decoding (its first set field of json, regex, choice, grammar, structural_tag), or null when
+ * none is set (backend and whitespace_pattern are not used: xgrammar is the backend, JSON is compact).
  * Throws LLM_ERR_BAD_REQUEST for fields of the wrong shape. */
 export function grammarSpecOf(g: GuidedDecoding | null | undefined, prefix = 'sampling_options.guided_decoding'): GrammarSpec | null {
   if (!g) return null;
@@ -51,6 +54,19 @@ export function grammarSpecOf(g: GuidedDecoding | null | undefined, prefix = 'sa
     return { kind: 'choice', choices: g.choice, field: `${prefix}.choice` };
   }
   if (g.grammar !== undefined && g.grammar !== null) return { kind: 'grammar', ebnf: g.grammar, field: `${prefix}.grammar` };
+  if (g.structural_tag !== undefined && g.structural_tag !== null) {
+    const tag = g.structural_tag;
+    if (typeof tag === 'string') {
+      try {
+        JSON.parse(tag);
+      } catch (err) {
+        throw bad('structural_tag', `not valid JSON (${(err as Error).message})`);
+      }
+      return { kind: 'structural_tag', tag, field: `${prefix}.structural_tag` };
+    }
+    if (typeof tag !== 'object' || Array.isArray(tag)) throw bad('structural_tag', 'a structural tag is an object (or its JSON text)');
+    return { kind: 'structural_tag', tag: JSON.stringify(tag), field: `${prefix}.structural_tag` };
+  }
   return null;
 }
 
@@ -127,6 +143,8 @@ export class GrammarCompilers {
           return await compiler.compileGrammar(`root ::= ${spec.choices.map(ebnfLiteral).join(' | ')}`);
         case 'grammar':
           return await compiler.compileGrammar(spec.ebnf);
+        case 'structural_tag':
+          return await compiler.compileStructuralTag(spec.tag);
       }
     } catch (err) {
       const why = this.instance?.takeMessages() || (err as Error).message;

@@ -80,6 +80,9 @@ export async function checkGuided(guided: GuidedDecoding, param: string): Promis
       case 'grammar':
         (await xg.Grammar.fromEBNF(spec.ebnf)).dispose();
         return;
+      case 'structural_tag':
+        (await xg.Grammar.fromStructuralTag(spec.tag)).dispose();
+        return;
     }
   } catch (err) {
     const why = checker.takeMessages() || (err as Error).message;
