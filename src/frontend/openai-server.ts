@@ -18,7 +18,8 @@ import {
   type CompletionRequest,
   type OpenAiError,
 } from '../protocol/openai.js';
-import type { PreprocessedRequest } from '../protocol/request.js';
+import type { GuidedDecoding, PreprocessedRequest } from '../protocol/request.js';
+import { checkGuided, guidedDecodingOf, GuidedFieldError, type OpenAiGuidedFields } from '../guided/openai.js';
 import type { FinishReason, LlmResponseChunk, TopLogprob } from '../protocol/response.js';
 import type { ChatMessage, Tokenizer } from '../tokenizer/index.js';
 import type { ModelDirectory, ServedModel } from './models.js';
@@ -251,7 +252,8 @@ export class OpenAiServer {
     const stream = body.stream === true;
     const includeUsage = stream ? body.stream_options?.include_usage === true : true;
     const stop = body.stop === undefined || body.stop === null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop;
-    const requests = choices.map((c) => buildRequest(model, body, c, stop, mode));
+    const guided = await guidedDecodingFor(body);
+    const requests = choices.map((c) => buildRequest(model, body, c, stop, mode, guided));
     const writer = stream ? new SseWriter(res) : null;
     const objectName = mode.kind === 'chat' ? (stream ? 'chat.completion.chunk' : 'chat.completion') : 'text_completion';
     const envelope = (extra: Record<string, unknown>) => ({ id, object: objectName, created, model: model.name, ...extra });
@@ -394,6 +396,7 @@ function buildRequest(
   choice: ChoiceSpec,
   stop: readonly string[],
   mode: RunMode,
+  guided: GuidedDecoding | null,
 ): PreprocessedRequest {
   const room = model.contextLength - choice.tokenIds.length;
   const field = mode.kind === 'chat' ? 'messages' : 'prompt';
@@ -424,6 +427,7 @@ function buildRequest(
       presence_penalty: body.presence_penalty ?? null,
       frequency_penalty: body.frequency_penalty ?? null,
       include_stop_str_in_output: body.include_stop_str_in_output ?? null,
+      guided_decoding: guided,
     },
     output_options: { logprobs: mode.logprobs >= 0 ? mode.logprobs : null, skip_special_tokens: body.skip_special_tokens ?? null },
     eos_token_ids: [...model.tokenizer.eosTokenIds],
@@ -640,6 +644,19 @@ class SseWriter {
   done(): void {
     this.commit();
     if (!this.res.writableEnded) this.res.end('data: [DONE]\n\n');
+  }
+}
+
+/** response_format / guided_* as the worker's guided_decoding, its grammar checked: a bad one is a 400 naming the field. */
+async function guidedDecodingFor(body: OpenAiGuidedFields): Promise<GuidedDecoding | null> {
+  try {
+    const asked = guidedDecodingOf(body);
+    if (!asked) return null;
+    await checkGuided(asked.guided, asked.param);
+    return asked.guided;
+  } catch (err) {
+    if (err instanceof GuidedFieldError) throw new HttpError(400, err.message, err.param, 'invalid_request');
+    throw err;
   }
 }
 

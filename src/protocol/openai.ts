@@ -28,6 +28,17 @@ const samplingFields = {
   user: Opt(Type.String()),
   skip_special_tokens: Opt(Type.Boolean()),
   include_stop_str_in_output: Opt(Type.Boolean()),
+  // Structured output (src/guided/openai.ts): OpenAI's response_format, and the guided_* extensions.
+  response_format: Opt(
+    Type.Object({
+      type: Type.String(),
+      json_schema: Opt(Type.Object({ name: Opt(Type.String()), schema: Opt(Type.Unknown()), strict: Opt(Type.Boolean()) })),
+    }),
+  ),
+  guided_json: Opt(Type.Unknown({ description: 'JSON schema (object) or its text' })),
+  guided_regex: Opt(Type.String()),
+  guided_choice: Opt(Type.Array(Type.String(), { minItems: 1 })),
+  guided_grammar: Opt(Type.String()),
 };
 
 export const CompletionRequestSchema = Type.Object(

@@ -72,6 +72,9 @@ export interface SchedulerNode {
   hangTimeoutMs: number;
   startTimeoutMs: number;
   hook: SchedulerHookInit | null;
+  /** The tokenizer whose vocabulary guided decoding compiles grammars against (loaded by the scheduler's thread at
+   * the first guided request). */
+  tokenizer: TokenizerNode;
 }
 
 /** The group the supervisor starts, supervises and restarts as one: one per data-parallel rank. */
@@ -174,7 +177,8 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
   const core = (dpRank: number): CoreGraph => ({
     dpRank,
     config: c,
-    scheduler: { options: scheduler, stepTimeoutMs: c.stepTimeoutMs, hangTimeoutMs: c.schedulerTimeoutMs, startTimeoutMs: c.startTimeoutMs, hook: c.schedulerHook ?? null },
+    scheduler: { options: scheduler, stepTimeoutMs: c.stepTimeoutMs, hangTimeoutMs: c.schedulerTimeoutMs, startTimeoutMs: c.startTimeoutMs, hook: c.schedulerHook ?? null,
+      tokenizer: { modelPath: c.modelPath, tokenizerPath: config.tokenizerPath ?? c.modelPath } },
     ranks: Array.from({ length: c.tpSize }, (_, rank): RankNode => ({
       rank,
       deviceId: c.baseGpuId + dpRank * ranksPerNode + (rank % ranksPerNode),
@@ -299,6 +303,7 @@ export async function startCore(graph: CoreGraph, hooks: CoreHooks): Promise<Run
       hangTimeoutMs: graph.scheduler.hangTimeoutMs,
       startTimeoutMs: graph.scheduler.startTimeoutMs,
       ...(graph.scheduler.hook ? { hook: graph.scheduler.hook } : {}),
+      tokenizer: graph.scheduler.tokenizer,
       metrics: hooks.metrics,
       onFailure: (error) => {
         if (running) hooks.onFailure(error, running);
