@@ -52,6 +52,7 @@ const models = [
   scripted('qwen-wide', qwen, WIDE),
   scripted('qwen-tools', qwen, TOOL_TEXT, { toolCallParser: 'hermes', reasoningParser: 'qwen3' }),
   scripted('qwen-xml', qwen, '<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>', { toolCallParser: 'qwen3_coder' }),
+  scripted('qwen-tools-shown', qwen, TOOL_TEXT, { toolCallParser: 'hermes', excludeToolsWhenToolChoiceNone: false }),
   scripted('cancelled', stories, STORY, { finish: 'cancelled' }),
   scripted('failed', stories, STORY, { finish: 'error' }),
 ];
@@ -170,6 +171,9 @@ t.test('tool_choice', async (t) => {
   t.match(none.choices[0]!.message.content, /<tool_call>/, 'none: no parsing, the text as written');
   t.equal(none.choices[0]!.finish_reason, 'stop');
   t.notMatch(qwen.decode(seen.get('qwen-tools')!.token_ids, { skipSpecialTokens: false }), /get_weather/, 'none: the template gets no tools');
+  const shown = await client.chat.completions.create({ model: 'qwen-tools-shown', messages: [{ role: 'user', content: 'x' }], tools, tool_choice: 'none' });
+  t.match(shown.choices[0]!.message.content, /<tool_call>/, 'none: no parsing');
+  t.match(qwen.decode(seen.get('qwen-tools-shown')!.token_ids, { skipSpecialTokens: false }), /get_weather/, 'none with exclude_tools_when_tool_choice_none false: the template gets the tools');
   const noTools = await client.chat.completions.create({ model: 'qwen-tools', messages: [{ role: 'user', content: 'x' }] });
   t.notOk(noTools.choices[0]!.message.tool_calls?.length, 'no tools in the request: no parsing');
   const named = await client.chat.completions.create({ model: 'qwen-tools', messages: [{ role: 'user', content: 'x' }], tools, tool_choice: { type: 'function', function: { name: 'get_weather' } } });

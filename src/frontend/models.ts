@@ -22,6 +22,8 @@ export interface ServedModel {
    * finds tool calls and reasoning in the model's text (src/frontend/chat-output.ts). */
   readonly toolCallParser?: string | null;
   readonly reasoningParser?: string | null;
+  /** Whether tool_choice "none" also keeps the tools out of the chat template (default true). */
+  readonly excludeToolsWhenToolChoiceNone?: boolean;
   generate(request: PreprocessedRequest, options: GenerateOptions): AsyncIterable<LlmResponseChunk>;
 }
 

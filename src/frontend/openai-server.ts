@@ -222,7 +222,9 @@ export class OpenAiServer {
     const messages: ChatMessage[] = body.messages.map((m, i) => ({ role: m.role, content: messageText(m.content, i) }));
     this.checkPromptBytes(messages.map((m) => m.content), 'messages');
     const tools = chatTools(body);
-    const kwargs = tools === undefined ? body.chat_template_kwargs ?? undefined : { ...body.chat_template_kwargs, tools };
+    // tool_choice "none": the template still shows the tools when the worker asks for that (the parser stays off)
+    const shown = tools ?? (body.tool_choice === 'none' && model.excludeToolsWhenToolChoiceNone === false ? body.tools ?? undefined : undefined);
+    const kwargs = shown === undefined ? body.chat_template_kwargs ?? undefined : { ...body.chat_template_kwargs, tools: shown };
     const ids = await this.promptWork(model).chat(messages, kwargs);
     const choices: ChoiceSpec[] = Array.from({ length: n }, (_, i) => ({ index: i, tokenIds: ids, echo: '', seedOffset: i }));
     const logprobs = body.logprobs ? (body.top_logprobs ?? 0) : -1;
@@ -573,7 +575,7 @@ function chatMessage(r: ChoiceResult): Record<string, unknown> {
 }
 
 /** The tools a chat request gives its template and parser: none for tool_choice "none", only the named one for a
- * named choice (the model is shown nothing else; forcing the call itself needs constrained decoding). */
+ * named choice (the model is shown nothing else; forcing the call itself would need constrained decoding). */
 function chatTools(body: ChatCompletionRequest): NonNullable<ChatCompletionRequest['tools']> | undefined {
   const tools = body.tools ?? undefined;
   const choice = body.tool_choice ?? undefined;
