@@ -1,7 +1,12 @@
 // Tool-call parsers over every chunking of their input (one split at every point, every character alone, the whole
 // at once): the same calls and content each time, and text that cannot start a marker is never held back.
 import t from 'tap';
-import { toolCallParser, type ParsedToolCall, type ToolCallDelta } from '../src/frontend/tool-calls/parser.js';
+import { toolCallParser, type ParsedToolCall } from '../src/frontend/tool-calls/parser.js';
+
+interface ToolCallDelta {
+  content: string;
+  calls: ParsedToolCall[];
+}
 
 function chunkings(text: string): string[][] {
   const out: string[][] = [[text], [...text]];
@@ -11,15 +16,26 @@ function chunkings(text: string): string[][] {
 
 const types = new Map([['get_weather', new Map([['city', 'string'], ['days', 'integer']])]]);
 
-function run(name: string, pieces: readonly string[]): ToolCallDelta {
+/** Content and whole calls (arguments compared as parsed JSON: streamed ones keep the model's own spacing). */
+function run(name: string, pieces: readonly string[]): { content: string; calls: { name: string; arguments: unknown }[] } {
   const p = toolCallParser(name)!.create(types);
-  const all: ToolCallDelta = { content: '', calls: [] };
-  for (const piece of [...pieces.map((x) => p.push(x)), p.end()]) {
-    all.content += piece.content;
-    all.calls.push(...piece.calls);
+  let content = '';
+  const calls: ParsedToolCall[] = [];
+  for (const delta of [...pieces.map((x) => p.push(x)), p.end()]) {
+    content += delta.content;
+    for (const piece of delta.calls) {
+      if (piece.name !== undefined) {
+        if (piece.index !== calls.length) throw new Error(`call ${piece.index} starts out of order`);
+        calls.push({ name: piece.name, arguments: piece.arguments });
+      } else {
+        calls[piece.index]!.arguments += piece.arguments;
+      }
+    }
   }
-  return all;
+  return { content, calls: calls.map((c) => ({ name: c.name, arguments: JSON.parse(c.arguments) as unknown })) };
 }
+
+const parsed = (want: ToolCallDelta) => ({ content: want.content, calls: want.calls.map((c) => ({ name: c.name, arguments: JSON.parse(c.arguments) as unknown })) });
 
 const weather = (city: string, days?: number): ParsedToolCall => ({ name: 'get_weather', arguments: JSON.stringify(days === undefined ? { city } : { city, days }) });
 
@@ -45,22 +61,27 @@ const cases: [string, string, ToolCallDelta][] = [
 
 t.test('every chunking gives the same calls and content', async (t) => {
   for (const [name, text, want] of cases) {
-    for (const pieces of chunkings(text)) t.same(run(name, pieces), want, `${name} ${JSON.stringify(pieces)}`);
+    for (const pieces of chunkings(text)) t.same(run(name, pieces), parsed(want), `${name} ${JSON.stringify(pieces)}`);
   }
 });
 
-t.test('text that cannot start a marker goes out at once', async (t) => {
+t.test('text that cannot start a marker goes out at once; hermes arguments stream', async (t) => {
   const p = toolCallParser('hermes')!.create(types);
   t.same(p.push('Hello <to'), { content: 'Hello ', calls: [] });
   t.same(p.push('day'), { content: '<today', calls: [] });
   t.same(p.push(' <tool_call>{"name": "get_weather", "argu'), { content: ' ', calls: [] });
-  t.same(p.push('ments": {"city": "Paris"}}</tool_'), { content: '', calls: [] });
-  t.same(p.push('call> done'), { content: ' done', calls: [weather('Paris')] });
+  t.same(p.push('ments": {"ci'), { content: '', calls: [{ index: 0, name: 'get_weather', arguments: '' }, { index: 0, arguments: '{"ci' }] });
+  t.same(p.push('ty": "Paris"}'), { content: '', calls: [{ index: 0, arguments: 'ty": "Paris"' }] }, 'a closing brace waits: it may be the object\'s');
+  t.same(p.push('}</tool_'), { content: '', calls: [] });
+  t.same(p.push('call> done'), { content: ' done', calls: [{ index: 0, arguments: '}' }] });
+  const q = toolCallParser('qwen3_coder')!.create(types);
+  t.same(q.push('<tool_call><function=get_weather><parameter=city>Paris</parameter></function>'), { content: '', calls: [] }, 'other formats: whole calls at the close');
+  t.same(q.push('</tool_call>'), { content: '', calls: [{ index: 0, name: 'get_weather', arguments: '{"city":"Paris"}' }] });
 });
 
 t.test('python literals', async (t) => {
-  t.same(run('pythonic', ['[f(a=[1, 2.5], b={"k": None}, c=True, d="q\\"x")]']).calls, [{ name: 'f', arguments: JSON.stringify({ a: [1, 2.5], b: { k: null }, c: true, d: 'q"x' }) }]);
-  t.same(run('pythonic', ['[f()]']).calls, [{ name: 'f', arguments: '{}' }]);
+  t.same(run('pythonic', ['[f(a=[1, 2.5], b={"k": None}, c=True, d="q\\"x")]']).calls, [{ name: 'f', arguments: { a: [1, 2.5], b: { k: null }, c: true, d: 'q"x' } }]);
+  t.same(run('pythonic', ['[f()]']).calls, [{ name: 'f', arguments: {} }]);
 });
 
 t.test('unknown names', async (t) => {

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Tokenizer } from '../tokenizer/index.js';
 import { IMPLEMENTED_REASONING_PARSERS, reasoningParser, type ReasoningParser } from './reasoning/parsers.js';
-import { IMPLEMENTED_TOOL_CALL_PARSERS, toolCallParser, type ParameterTypes, type ParsedToolCall, type ToolCallParser } from './tool-calls/parser.js';
+import { IMPLEMENTED_TOOL_CALL_PARSERS, toolCallParser, type ParameterTypes, type ToolCallParser, type ToolCallPiece } from './tool-calls/parser.js';
 import { TextStream } from './text-stream.js';
 
 export interface ToolDefinition {
@@ -13,7 +13,7 @@ export interface ToolDefinition {
   function: { name: string; parameters?: Record<string, unknown> | null | undefined };
 }
 
-/** A tool call as the OpenAI chat API writes it (`message.tool_calls[i]`, and whole in one stream delta). */
+/** A tool call as the OpenAI chat API writes it in `message.tool_calls`. */
 export interface ToolCallOut {
   index: number;
   id: string;
@@ -21,10 +21,19 @@ export interface ToolCallOut {
   function: { name: string; arguments: string };
 }
 
+/** A piece of a streamed tool call (`delta.tool_calls[i]`): the first of a call has its id, type and name, later ones
+ * only more of its arguments. */
+export interface ToolCallDeltaOut {
+  index: number;
+  id?: string;
+  type?: 'function';
+  function: { name?: string; arguments: string };
+}
+
 export interface ChoiceOutputDelta {
   content: string;
   reasoning: string;
-  toolCalls: ToolCallOut[];
+  toolCalls: ToolCallDeltaOut[];
   stopped: string | null;
 }
 
@@ -81,7 +90,7 @@ export class ChoiceOutput {
   private readonly text: TextStream;
   private readonly reasoning: ReasoningParser | null;
   private readonly tools: ToolCallParser | null;
-  private calls = 0;
+  private readonly calls: ToolCallOut[] = [];
 
   constructor(
     tokenizer: Tokenizer,
@@ -100,9 +109,9 @@ export class ChoiceOutput {
     return this.reasoning !== null;
   }
 
-  /** Whether any tool call came out so far. */
-  get calledTools(): boolean {
-    return this.calls > 0;
+  /** The tool calls so far, whole. */
+  get toolCalls(): readonly ToolCallOut[] {
+    return this.calls;
   }
 
   push(ids: readonly number[]): ChoiceOutputDelta {
@@ -131,11 +140,18 @@ export class ChoiceOutput {
     const t = this.tools.push(answer);
     const tail = final ? this.tools.end() : { content: '', calls: [] };
     out.content = t.content + tail.content;
-    out.toolCalls = [...t.calls, ...tail.calls].map((call) => this.toolCall(call));
+    out.toolCalls = [...t.calls, ...tail.calls].map((piece) => this.toolCallPiece(piece));
     return out;
   }
 
-  private toolCall(call: ParsedToolCall): ToolCallOut {
-    return { index: this.calls++, id: `call_${randomUUID().replace(/-/g, '').slice(0, 24)}`, type: 'function', function: { name: call.name, arguments: call.arguments } };
+  private toolCallPiece(piece: ToolCallPiece): ToolCallDeltaOut {
+    if (piece.name !== undefined) {
+      const call: ToolCallOut = { index: piece.index, id: `call_${randomUUID().replace(/-/g, '').slice(0, 24)}`, type: 'function', function: { name: piece.name, arguments: piece.arguments } };
+      this.calls[piece.index] = call;
+      return { index: call.index, id: call.id, type: 'function', function: { name: piece.name, arguments: piece.arguments } };
+    }
+    const call = this.calls[piece.index] as ToolCallOut;
+    call.function.arguments += piece.arguments;
+    return { index: piece.index, function: { arguments: piece.arguments } };
   }
 }

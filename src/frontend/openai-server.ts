@@ -22,7 +22,7 @@ import type { PreprocessedRequest } from '../protocol/request.js';
 import type { FinishReason, LlmResponseChunk, TopLogprob } from '../protocol/response.js';
 import type { ChatMessage, Tokenizer } from '../tokenizer/index.js';
 import type { ModelDirectory, ServedModel } from './models.js';
-import { ChoiceOutput, chatParsers, NO_PARSERS, type ChoiceParsers, type ToolCallOut } from './chat-output.js';
+import { ChoiceOutput, chatParsers, NO_PARSERS, type ChoiceParsers, type ToolCallDeltaOut, type ToolCallOut } from './chat-output.js';
 import { IncrementalDetokenizer } from '../tokenizer/index.js';
 import { chatPromptIds, type TokenizerPool } from '../../actors/tokenizer.js';
 import { acquireTokenizerPool, releaseTokenizerPool } from './tokenizer-pool.js';
@@ -284,7 +284,7 @@ export class OpenAiServer {
         }, mode.parsers);
         const lp = new LogprobCollector(model.tokenizer, mode.kind, [...choice.echo].length);
         const result: ChoiceResult = { text: choice.echo, reasoning: output.parsesReasoning ? '' : null, toolCalls: [], finish: null, usage: null, logprobs: lp };
-        const emit = (delta: { content: string; reasoning?: string; toolCalls?: ToolCallOut[] }, finish: string | null) => {
+        const emit = (delta: { content: string; reasoning?: string; toolCalls?: ToolCallDeltaOut[] }, finish: string | null) => {
           const reasoning = delta.reasoning ?? '';
           const toolCalls = delta.toolCalls ?? [];
           if (writer === null || (delta.content === '' && reasoning === '' && toolCalls.length === 0 && finish === null)) return;
@@ -298,10 +298,9 @@ export class OpenAiServer {
             writer.send(envelope({ choices: [{ index: choice.index, text: delta.content, logprobs: lp.takeCompletionDelta(), finish_reason: finish }] }));
           }
         };
-        const keep = (delta: { content: string; reasoning: string; toolCalls: ToolCallOut[] }) => {
+        const keep = (delta: { content: string; reasoning: string }) => {
           result.text += delta.content;
           if (result.reasoning !== null) result.reasoning += delta.reasoning;
-          result.toolCalls.push(...delta.toolCalls);
         };
         if (writer !== null && mode.kind === 'chat') {
           writer.send(envelope({ choices: [{ index: choice.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] }));
@@ -359,6 +358,7 @@ export class OpenAiServer {
           result.finish = 'stop';
         }
         // a choice that called tools and ended by itself says so
+        result.toolCalls = [...output.toolCalls];
         if (result.finish === 'stop' && result.toolCalls.length > 0) result.finish = 'tool_calls';
         emit({ content: '' }, result.finish);
         if (result.usage === null) {

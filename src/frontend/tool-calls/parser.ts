@@ -16,9 +16,17 @@ import {
 
 export type { ParsedToolCall, ParameterTypes } from './formats.js';
 
+/** A piece of the calls so far: the first piece of call `index` names its function; later ones add to its
+ * arguments (JSON text, in order). A call read whole comes as one piece. */
+export interface ToolCallPiece {
+  index: number;
+  name?: string;
+  arguments: string;
+}
+
 export interface ToolCallDelta {
   content: string;
-  calls: ParsedToolCall[];
+  calls: ToolCallPiece[];
 }
 
 export interface ToolCallParser {
@@ -35,14 +43,27 @@ interface SectionFormat {
   leading: string | null;
   /** Reads one section's text (without its markers). */
   parse(body: string, types: ParameterTypes): ParsedToolCall[] | null;
+  /** A section is one {"name": ..., "arguments": {...}} object: its arguments stream as they come. */
+  streamsArguments: boolean;
   /** Its markers are special tokens: the text it reads must keep them. */
   needsSpecialTokens: boolean;
 }
 
+// {"name": "NAME", "arguments": (up to the object that is the value): a call whose arguments can stream
+const CALL_HEAD = /^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)/;
+
+interface OpenSection {
+  opener: string;
+  body: string;
+  /** Streaming a call's arguments: where they start in the body, how much of them went out. */
+  streaming: { index: number; from: number; sent: number } | null;
+}
+
 class SectionToolCallParser implements ToolCallParser {
   private buffer = '';
-  private section: { opener: string; body: string } | null = null;
+  private section: OpenSection | null = null;
   private atStart: boolean;
+  private calls = 0;
 
   constructor(private readonly format: SectionFormat, private readonly types: ParameterTypes) {
     this.atStart = format.leading !== null;
@@ -61,22 +82,22 @@ class SectionToolCallParser implements ToolCallParser {
     const out: ToolCallDelta = { content: '', calls: [] };
     for (;;) {
       if (this.section !== null) {
+        const section = this.section;
         const close = this.format.close;
         const found = close === null ? null : findMarker(this.buffer, [close]);
         if (found === null && !final) {
-          // the section waits whole for its close (kept out of the buffer so the scan stays linear)
+          // the section waits for its close (kept out of the buffer so the scan stays linear)
           const keep = close === null ? 0 : heldBackLength(this.buffer, [close]);
-          this.section.body += this.buffer.slice(0, this.buffer.length - keep);
+          section.body += this.buffer.slice(0, this.buffer.length - keep);
           this.buffer = this.buffer.slice(this.buffer.length - keep);
+          if (this.format.streamsArguments) this.streamArguments(section, out);
           return out;
         }
         const end = found === null ? this.buffer.length : found.index;
-        const body = this.section.body + this.buffer.slice(0, end);
-        const calls = this.format.parse(body, this.types);
-        if (calls !== null) out.calls.push(...calls);
-        else out.content += this.section.opener + body + (found === null ? '' : found.marker);
+        section.body += this.buffer.slice(0, end);
         this.buffer = this.buffer.slice(found === null ? end : end + found.marker.length);
         this.section = null;
+        this.closeSection(section, found?.marker ?? '', out);
         if (found === null) return out;
         continue;
       }
@@ -88,7 +109,7 @@ class SectionToolCallParser implements ToolCallParser {
           this.atStart = false;
           out.content += this.buffer.slice(0, first);
           this.buffer = this.buffer.slice(first);
-          this.section = { opener: '', body: '' };
+          this.section = { opener: '', body: '', streaming: null };
           continue;
         }
         this.atStart = false;
@@ -102,26 +123,59 @@ class SectionToolCallParser implements ToolCallParser {
       }
       out.content += this.buffer.slice(0, found.index);
       this.buffer = this.buffer.slice(found.index + found.marker.length);
-      this.section = { opener: found.marker, body: '' };
+      this.section = { opener: found.marker, body: '', streaming: null };
     }
+  }
+
+  /** Hands out the name once the head is complete, then the arguments, holding back a tail of "}" and blanks: the
+   * object's own closing brace is among them, and which one it is shows only when the section closes. */
+  private streamArguments(section: OpenSection, out: ToolCallDelta): void {
+    if (section.streaming === null) {
+      const head = CALL_HEAD.exec(section.body);
+      if (head === null) return;
+      section.streaming = { index: this.calls++, from: head[0].length, sent: 0 };
+      out.calls.push({ index: section.streaming.index, name: JSON.parse(`"${head[1] as string}"`) as string, arguments: '' });
+    }
+    const args = section.body.slice(section.streaming.from);
+    const safe = args.length - (/[\s}]*$/.exec(args)?.[0].length ?? 0);
+    if (safe > section.streaming.sent) {
+      out.calls.push({ index: section.streaming.index, arguments: args.slice(section.streaming.sent, safe) });
+      section.streaming.sent = safe;
+    }
+  }
+
+  private closeSection(section: OpenSection, closer: string, out: ToolCallDelta): void {
+    if (section.streaming !== null) {
+      // the call was announced already: the rest of its arguments, without the object's closing brace. (Text that
+      // does not parse in the end still ends the call: what went out cannot be taken back.)
+      const args = section.body.slice(section.streaming.from).trimEnd().replace(/\}$/, '').trimEnd();
+      if (args.length > section.streaming.sent) out.calls.push({ index: section.streaming.index, arguments: args.slice(section.streaming.sent) });
+      return;
+    }
+    const calls = this.format.parse(section.body, this.types);
+    if (calls === null) {
+      out.content += section.opener + section.body + closer;
+      return;
+    }
+    for (const call of calls) out.calls.push({ index: this.calls++, name: call.name, arguments: call.arguments });
   }
 }
 
 const TOOL_CALL_FORMATS: Readonly<Record<string, SectionFormat>> = {
   // <tool_call>{"name": ..., "arguments": {...}}</tool_call> (Qwen 2.5 / Qwen3, Hermes)
-  hermes: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseJsonSection, needsSpecialTokens: false },
+  hermes: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseJsonSection, streamsArguments: true, needsSpecialTokens: false },
   // <tool_call><function=NAME><parameter=P>value</parameter></function></tool_call>
-  qwen3_coder: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseQwen3CoderSection, needsSpecialTokens: false },
+  qwen3_coder: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseQwen3CoderSection, streamsArguments: false, needsSpecialTokens: false },
   // <|python_tag|>{"name": ..., "parameters": {...}}, or the JSON bare at the start of the output
-  llama3_json: { open: ['<|python_tag|>'], close: null, leading: '{', parse: parseLlama3Section, needsSpecialTokens: true },
+  llama3_json: { open: ['<|python_tag|>'], close: null, leading: '{', parse: parseLlama3Section, streamsArguments: false, needsSpecialTokens: true },
   // [TOOL_CALLS][{"name": ..., "arguments": {...}}] or [TOOL_CALLS]name[ARGS]{...}
-  mistral: { open: ['[TOOL_CALLS]'], close: null, leading: null, parse: parseMistralSection, needsSpecialTokens: true },
+  mistral: { open: ['[TOOL_CALLS]'], close: null, leading: null, parse: parseMistralSection, streamsArguments: false, needsSpecialTokens: true },
   // [get_weather(city="Paris")] as the whole output
-  pythonic: { open: [], close: null, leading: '[', parse: parsePythonicSection, needsSpecialTokens: false },
+  pythonic: { open: [], close: null, leading: '[', parse: parsePythonicSection, streamsArguments: false, needsSpecialTokens: false },
   // <TOOLCALL>[{"name": ..., "arguments": {...}}]</TOOLCALL>
-  nemotron_deci: { open: ['<TOOLCALL>'], close: '</TOOLCALL>', leading: null, parse: parseJsonSection, needsSpecialTokens: false },
+  nemotron_deci: { open: ['<TOOLCALL>'], close: '</TOOLCALL>', leading: null, parse: parseJsonSection, streamsArguments: false, needsSpecialTokens: false },
   // <tool_calls>[{"name": ..., "arguments": {...}}]</tool_calls>
-  jamba: { open: ['<tool_calls>'], close: '</tool_calls>', leading: null, parse: parseJsonSection, needsSpecialTokens: false },
+  jamba: { open: ['<tool_calls>'], close: '</tool_calls>', leading: null, parse: parseJsonSection, streamsArguments: false, needsSpecialTokens: false },
 };
 
 export interface ToolCallParserSpec {
