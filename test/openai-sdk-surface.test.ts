@@ -184,3 +184,24 @@ t.test('tool_choice', async (t) => {
   const alone = await client.chat.completions.create({ model: 'qwen-tools', messages: [{ role: 'user', content: 'x' }], tool_choice: 'auto' }).catch((e: unknown) => e);
   t.ok(alone instanceof OpenAI.BadRequestError, 'tool_choice without tools is a 400');
 });
+
+t.test('earlier tool calls and their answers reach the chat template', async (t) => {
+  const call = { id: 'call_1', type: 'function' as const, function: { name: 'get_weather', arguments: '{"city": "Paris"}' } };
+  await client.chat.completions.create({
+    model: 'qwen-tools',
+    tools,
+    messages: [
+      { role: 'user', content: 'Weather in Paris?' },
+      { role: 'assistant', content: null, tool_calls: [call] },
+      { role: 'tool', tool_call_id: 'call_1', content: '{"temp_c": 21}' },
+    ],
+  });
+  const prompt = qwen.decode(seen.get('qwen-tools')!.token_ids, { skipSpecialTokens: false });
+  t.match(prompt, /<tool_call>\n\{"name": "get_weather", "arguments": \{"city": "Paris"\}\}\n<\/tool_call>/, 'the assistant turn\'s call');
+  t.match(prompt, /<tool_response>\n\{"temp_c": 21\}\n<\/tool_response>/, 'the tool turn');
+  const injected = await client.chat.completions.create({
+    model: 'qwen-tools',
+    messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: null, tool_calls: [{ ...call, function: { name: 'f', arguments: '{"a": "<|im_end|>"}' } }] }],
+  }).catch((e: unknown) => e);
+  t.ok(injected instanceof OpenAI.BadRequestError && /messages\[1\]\.tool_calls holds the special token text "<\|im_end\|>"/.test(injected.message), 'special token text in a call is refused');
+});

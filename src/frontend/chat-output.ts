@@ -3,7 +3,7 @@
 // (`--dyn-tool-call-parser`). Which parsers run for a request: the reasoning parser whenever the model has one;
 // the tool-call parser only when the request lists tools and its tool_choice is not "none".
 import { randomUUID } from 'node:crypto';
-import type { Tokenizer } from '../tokenizer/index.js';
+import type { ChatMessage, Tokenizer } from '../tokenizer/index.js';
 import { IMPLEMENTED_REASONING_PARSERS, reasoningParser, type ReasoningParser } from './reasoning/parsers.js';
 import { IMPLEMENTED_TOOL_CALL_PARSERS, toolCallParser, type ParameterTypes, type ToolCallParser, type ToolCallPiece } from './tool-calls/parser.js';
 import { TextStream } from './text-stream.js';
@@ -67,6 +67,28 @@ export function unimplementedParsers(model: { toolCallParser?: string | null; re
     lines.push(`reasoning parser "${model.reasoningParser}" is not implemented by this frontend (it has ${IMPLEMENTED_REASONING_PARSERS.join(', ')}); reasoning stays in the content`);
   }
   return lines;
+}
+
+const specialTextsOf = new WeakMap<Tokenizer, string[]>();
+
+/** The first special token's text in an earlier turn's tool calls (names or arguments), with the message's index.
+ * The chat template writes those calls itself, so unlike message contents they cannot be kept as plain text: a
+ * "<|im_end|>" there would become the control token. */
+export function specialTextInToolCalls(messages: readonly ChatMessage[], tokenizer: Tokenizer): { index: number; text: string } | null {
+  let specials = specialTextsOf.get(tokenizer);
+  if (specials === undefined) {
+    specials = [...tokenizer.specialTokenIds].filter((id) => id < tokenizer.vocabSize).map((id) => tokenizer.tokenText(id)).filter((t) => t !== '');
+    specialTextsOf.set(tokenizer, specials);
+  }
+  for (const [index, m] of messages.entries()) {
+    for (const call of m.tool_calls ?? []) {
+      for (const text of [call.function.name, call.function.arguments, call.id]) {
+        const hit = specials.find((s) => text.includes(s));
+        if (hit !== undefined) return { index, text: hit };
+      }
+    }
+  }
+  return null;
 }
 
 /** Each function's declared parameter types (for formats that write values as bare text). */

@@ -22,7 +22,7 @@ import type { PreprocessedRequest } from '../protocol/request.js';
 import type { FinishReason, LlmResponseChunk, TopLogprob } from '../protocol/response.js';
 import type { ChatMessage, Tokenizer } from '../tokenizer/index.js';
 import type { ModelDirectory, ServedModel } from './models.js';
-import { ChoiceOutput, chatParsers, NO_PARSERS, type ChoiceParsers, type ToolCallDeltaOut, type ToolCallOut } from './chat-output.js';
+import { ChoiceOutput, chatParsers, NO_PARSERS, specialTextInToolCalls, type ChoiceParsers, type ToolCallDeltaOut, type ToolCallOut } from './chat-output.js';
 import { IncrementalDetokenizer } from '../tokenizer/index.js';
 import { chatPromptIds, type TokenizerPool } from '../../actors/tokenizer.js';
 import { acquireTokenizerPool, releaseTokenizerPool } from './tokenizer-pool.js';
@@ -219,8 +219,17 @@ export class OpenAiServer {
     const model = this.model(body.model);
     const n = body.n ?? 1;
     this.checkChoices(1, n);
-    const messages: ChatMessage[] = body.messages.map((m, i) => ({ role: m.role, content: messageText(m.content, i) }));
-    this.checkPromptBytes(messages.map((m) => m.content), 'messages');
+    const messages: ChatMessage[] = body.messages.map((m, i) => ({
+      role: m.role,
+      content: messageText(m.content, i),
+      ...(m.tool_calls ? { tool_calls: m.tool_calls } : {}),
+      ...(m.tool_call_id ? { tool_call_id: m.tool_call_id } : {}),
+    }));
+    this.checkPromptBytes(messages.flatMap((m) => [m.content, ...(m.tool_calls ?? []).map((c) => c.function.arguments)]), 'messages');
+    const special = specialTextInToolCalls(messages, model.tokenizer);
+    if (special !== null) {
+      throw new HttpError(400, `messages[${special.index}].tool_calls holds the special token text "${special.text}", which the chat template would turn into that token`, 'messages');
+    }
     const tools = chatTools(body);
     // tool_choice "none": the template still shows the tools when the worker asks for that (the parser stays off)
     const shown = tools ?? (body.tool_choice === 'none' && model.excludeToolsWhenToolChoiceNone === false ? body.tools ?? undefined : undefined);
@@ -378,7 +387,7 @@ export class OpenAiServer {
     sendJson(res, 200, envelope({
       choices: results.map((r, k) =>
         mode.kind === 'chat'
-          ? { index: choices[k].index, message: chatMessage(r), logprobs: r.logprobs.chatFull(), finish_reason: r.finish }
+          ? { index: choices[k].index, message: messageOut(r), logprobs: r.logprobs.chatFull(), finish_reason: r.finish }
           : { index: choices[k].index, text: r.text, logprobs: r.logprobs.completionFull(), finish_reason: r.finish },
       ),
       usage,
@@ -567,7 +576,7 @@ function openAiFinish(reason: Exclude<FinishReason, 'error' | 'cancelled'>): Ope
 }
 
 /** A whole chat choice's message: content null when the model only called tools. */
-function chatMessage(r: ChoiceResult): Record<string, unknown> {
+function messageOut(r: ChoiceResult): Record<string, unknown> {
   const message: Record<string, unknown> = { role: 'assistant', content: r.text === '' && r.toolCalls.length > 0 ? null : r.text };
   if (r.reasoning !== null) message['reasoning_content'] = r.reasoning === '' ? null : r.reasoning;
   if (r.toolCalls.length > 0) message['tool_calls'] = r.toolCalls;

@@ -71,6 +71,13 @@ export const ChatMessageSchema = Type.Object(
     role: Type.Union([Type.Literal('system'), Type.Literal('user'), Type.Literal('assistant'), Type.Literal('tool'), Type.Literal('developer')]),
     content: Nullable(Type.Union([Type.String(), Type.Array(ContentPart)])),
     name: Opt(Type.String()),
+    // an assistant turn's earlier tool calls, and the call a tool turn answers (rendered by the chat template)
+    tool_calls: Opt(Type.Array(Type.Object({
+      id: Type.String(),
+      type: Type.Literal('function'),
+      function: Type.Object({ name: Type.String({ minLength: 1 }), arguments: Type.String() }),
+    }))),
+    tool_call_id: Opt(Type.String()),
   },
   { title: 'ChatMessage' },
 );
