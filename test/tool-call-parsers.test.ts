@@ -65,18 +65,22 @@ t.test('every chunking gives the same calls and content', async (t) => {
   }
 });
 
-t.test('text that cannot start a marker goes out at once; hermes arguments stream', async (t) => {
+t.test('text that cannot start a marker goes out at once; hermes and qwen3_coder arguments stream', async (t) => {
   const p = toolCallParser('hermes')!.create(types);
   t.same(p.push('Hello <to'), { content: 'Hello ', calls: [] });
   t.same(p.push('day'), { content: '<today', calls: [] });
   t.same(p.push(' <tool_call>{"name": "get_weather", "argu'), { content: ' ', calls: [] });
-  t.same(p.push('ments": {"ci'), { content: '', calls: [{ index: 0, name: 'get_weather', arguments: '' }, { index: 0, arguments: '{"ci' }] });
+  t.same(p.push('ments": {"ci'), { content: '', calls: [{ index: 0, name: 'get_weather', arguments: '{"ci' }] });
   t.same(p.push('ty": "Paris"}'), { content: '', calls: [{ index: 0, arguments: 'ty": "Paris"' }] }, 'a closing brace waits: it may be the object\'s');
   t.same(p.push('}</tool_'), { content: '', calls: [] });
   t.same(p.push('call> done'), { content: ' done', calls: [{ index: 0, arguments: '}' }] });
   const q = toolCallParser('qwen3_coder')!.create(types);
-  t.same(q.push('<tool_call><function=get_weather><parameter=city>Paris</parameter></function>'), { content: '', calls: [] }, 'other formats: whole calls at the close');
-  t.same(q.push('</tool_call>'), { content: '', calls: [{ index: 0, name: 'get_weather', arguments: '{"city":"Paris"}' }] });
+  t.same(q.push('<tool_call>\n<function=get_weather>\n<parameter=city>\nPar'), { content: '', calls: [{ index: 0, name: 'get_weather', arguments: '{' }] }, 'qwen3_coder: the name at once');
+  t.same(q.push('is\n</parameter>\n<parameter=days>\n3'), { content: '', calls: [{ index: 0, arguments: '"city": "Paris"' }] }, 'then each parameter as it closes');
+  t.same(q.push('\n</parameter>\n</function>\n</tool_call>'), { content: '', calls: [{ index: 0, arguments: ', "days": 3}' }] });
+  const m = toolCallParser('mistral')!.create(types);
+  t.same(m.push('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]'), { content: '', calls: [] }, 'other formats: whole calls at the close');
+  t.same(m.end(), { content: '', calls: [{ index: 0, name: 'get_weather', arguments: '{"city":"Paris"}' }] });
 });
 
 t.test('python literals', async (t) => {

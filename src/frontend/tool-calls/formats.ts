@@ -84,21 +84,25 @@ export function parseQwen3CoderSection(body: string, types: ParameterTypes): Par
   let rest = body;
   while ((m = fn.exec(body)) !== null) {
     const name = m[1] as string;
-    const declared = types.get(name);
-    const args: Record<string, unknown> = {};
-    const param = /<parameter=([^>\s]+)>([\s\S]*?)<\/parameter>/g;
-    let p: RegExpExecArray | null;
-    while ((p = param.exec(m[2] as string)) !== null) {
-      // the format puts each value on its own lines: one newline either side is layout, not value
-      const raw = (p[2] as string).replace(/^\n/, '').replace(/\n$/, '');
-      const type = declared?.get(p[1] as string);
-      const json = type === 'string' ? undefined : parseJson(raw);
-      args[p[1] as string] = json === undefined ? raw : json;
-    }
-    calls.push({ name, arguments: JSON.stringify(args) });
+    calls.push({ name, arguments: JSON.stringify(Object.fromEntries(qwen3CoderParameters(m[2] as string, types.get(name)))) });
     rest = rest.replace(m[0], '');
   }
   return calls.length > 0 && rest.trim() === '' ? calls : null;
+}
+
+/** The closed <parameter=P>value</parameter> pairs of one function's text, in order, values typed as declared. */
+export function qwen3CoderParameters(text: string, declared: ReadonlyMap<string, string> | undefined): [string, unknown][] {
+  const out: [string, unknown][] = [];
+  const param = /<parameter=([^>\s]+)>([\s\S]*?)<\/parameter>/g;
+  let p: RegExpExecArray | null;
+  while ((p = param.exec(text)) !== null) {
+    // the format puts each value on its own lines: one newline either side is layout, not value
+    const raw = (p[2] as string).replace(/^\n/, '').replace(/\n$/, '');
+    const type = declared?.get(p[1] as string);
+    const json = type === 'string' ? undefined : parseJson(raw);
+    out.push([p[1] as string, json === undefined ? raw : json]);
+  }
+  return out;
 }
 
 /** Pythonic: [get_weather(city="Paris", days=3), other()] with Python literals as values. */

@@ -10,6 +10,7 @@ import {
   parseMistralSection,
   parsePythonicSection,
   parseQwen3CoderSection,
+  qwen3CoderParameters,
   type ParameterTypes,
   type ParsedToolCall,
 } from './formats.js';
@@ -43,20 +44,60 @@ interface SectionFormat {
   leading: string | null;
   /** Reads one section's text (without its markers). */
   parse(body: string, types: ParameterTypes): ParsedToolCall[] | null;
-  /** A section is one {"name": ..., "arguments": {...}} object: its arguments stream as they come. */
-  streamsArguments: boolean;
+  /** For formats whose calls can go out before their section closes: how to read one so far. */
+  streamer: ((types: ParameterTypes) => ArgumentStreamer) | null;
   /** Its markers are special tokens: the text it reads must keep them. */
   needsSpecialTokens: boolean;
 }
 
+/** Reads one call from its section's text so far. What `progress` says must only grow: each answer's arguments are a
+ * prefix of the next one's and of `finish`'s. */
+interface ArgumentStreamer {
+  /** The call's name once its head is complete, and the arguments that are certain so far (JSON text, unfinished). */
+  progress(body: string): { name: string; arguments: string } | null;
+  /** The whole arguments, once the section closed (after `progress` named the call). */
+  finish(body: string): string;
+}
+
 // {"name": "NAME", "arguments": (up to the object that is the value): a call whose arguments can stream
-const CALL_HEAD = /^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)/;
+const JSON_CALL_HEAD = /^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)/;
+
+/** One {"name": ..., "arguments": {...}} object: the arguments are the model's own text after the head, holding back
+ * a tail of "}" and blanks (the object's own closing brace is among them, and which one shows only at the close).
+ * A body that does not parse in the end still ends the call: what went out cannot be taken back. */
+const jsonObjectStreamer: ArgumentStreamer = {
+  progress(body) {
+    const head = JSON_CALL_HEAD.exec(body);
+    if (head === null) return null;
+    const args = body.slice(head[0].length);
+    return { name: JSON.parse(`"${head[1] as string}"`) as string, arguments: args.slice(0, args.length - (/[\s}]*$/.exec(args)?.[0].length ?? 0)) };
+  },
+  finish(body) {
+    const head = JSON_CALL_HEAD.exec(body) as RegExpExecArray;
+    return body.slice(head[0].length).trimEnd().replace(/\}$/, '').trimEnd();
+  },
+};
+
+/** Qwen3-Coder XML: the name at <function=NAME>, then each parameter as its </parameter> closes. */
+const qwen3CoderStreamer = (types: ParameterTypes): ArgumentStreamer => {
+  const read = (body: string) => {
+    const head = /^\s*<function=([^>\s]+)>/.exec(body);
+    if (head === null) return null;
+    const name = head[1] as string;
+    const fields = qwen3CoderParameters(body.slice(head[0].length).split('</function>')[0] as string, types.get(name)).map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`);
+    return { name, arguments: `{${fields.join(', ')}` };
+  };
+  return {
+    progress: read,
+    finish: (body) => `${(read(body) as { arguments: string }).arguments}}`,
+  };
+};
 
 interface OpenSection {
   opener: string;
   body: string;
-  /** Streaming a call's arguments: where they start in the body, how much of them went out. */
-  streaming: { index: number; from: number; sent: number } | null;
+  /** The call going out as it comes: its index, how much of its arguments went out. */
+  streaming: { index: number; sent: number } | null;
 }
 
 class SectionToolCallParser implements ToolCallParser {
@@ -64,9 +105,11 @@ class SectionToolCallParser implements ToolCallParser {
   private section: OpenSection | null = null;
   private atStart: boolean;
   private calls = 0;
+  private readonly streamer: ArgumentStreamer | null;
 
   constructor(private readonly format: SectionFormat, private readonly types: ParameterTypes) {
     this.atStart = format.leading !== null;
+    this.streamer = format.streamer?.(types) ?? null;
   }
 
   push(text: string): ToolCallDelta {
@@ -90,7 +133,7 @@ class SectionToolCallParser implements ToolCallParser {
           const keep = close === null ? 0 : heldBackLength(this.buffer, [close]);
           section.body += this.buffer.slice(0, this.buffer.length - keep);
           this.buffer = this.buffer.slice(this.buffer.length - keep);
-          if (this.format.streamsArguments) this.streamArguments(section, out);
+          this.streamArguments(section, out);
           return out;
         }
         const end = found === null ? this.buffer.length : found.index;
@@ -127,28 +170,24 @@ class SectionToolCallParser implements ToolCallParser {
     }
   }
 
-  /** Hands out the name once the head is complete, then the arguments, holding back a tail of "}" and blanks: the
-   * object's own closing brace is among them, and which one it is shows only when the section closes. */
+  /** Hands out a call as soon as its format's streamer names it, then more of its arguments as they become certain. */
   private streamArguments(section: OpenSection, out: ToolCallDelta): void {
+    if (this.streamer === null) return;
+    const now = this.streamer.progress(section.body);
+    if (now === null) return;
     if (section.streaming === null) {
-      const head = CALL_HEAD.exec(section.body);
-      if (head === null) return;
-      section.streaming = { index: this.calls++, from: head[0].length, sent: 0 };
-      out.calls.push({ index: section.streaming.index, name: JSON.parse(`"${head[1] as string}"`) as string, arguments: '' });
-    }
-    const args = section.body.slice(section.streaming.from);
-    const safe = args.length - (/[\s}]*$/.exec(args)?.[0].length ?? 0);
-    if (safe > section.streaming.sent) {
-      out.calls.push({ index: section.streaming.index, arguments: args.slice(section.streaming.sent, safe) });
-      section.streaming.sent = safe;
+      section.streaming = { index: this.calls++, sent: now.arguments.length };
+      out.calls.push({ index: section.streaming.index, name: now.name, arguments: now.arguments });
+    } else if (now.arguments.length > section.streaming.sent) {
+      out.calls.push({ index: section.streaming.index, arguments: now.arguments.slice(section.streaming.sent) });
+      section.streaming.sent = now.arguments.length;
     }
   }
 
   private closeSection(section: OpenSection, closer: string, out: ToolCallDelta): void {
-    if (section.streaming !== null) {
-      // the call was announced already: the rest of its arguments, without the object's closing brace. (Text that
-      // does not parse in the end still ends the call: what went out cannot be taken back.)
-      const args = section.body.slice(section.streaming.from).trimEnd().replace(/\}$/, '').trimEnd();
+    if (section.streaming !== null && this.streamer !== null) {
+      // the call went out already: the rest of its arguments
+      const args = this.streamer.finish(section.body);
       if (args.length > section.streaming.sent) out.calls.push({ index: section.streaming.index, arguments: args.slice(section.streaming.sent) });
       return;
     }
@@ -163,19 +202,19 @@ class SectionToolCallParser implements ToolCallParser {
 
 const TOOL_CALL_FORMATS: Readonly<Record<string, SectionFormat>> = {
   // <tool_call>{"name": ..., "arguments": {...}}</tool_call> (Qwen 2.5 / Qwen3, Hermes)
-  hermes: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseJsonSection, streamsArguments: true, needsSpecialTokens: false },
+  hermes: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseJsonSection, streamer: () => jsonObjectStreamer, needsSpecialTokens: false },
   // <tool_call><function=NAME><parameter=P>value</parameter></function></tool_call>
-  qwen3_coder: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseQwen3CoderSection, streamsArguments: false, needsSpecialTokens: false },
+  qwen3_coder: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseQwen3CoderSection, streamer: qwen3CoderStreamer, needsSpecialTokens: false },
   // <|python_tag|>{"name": ..., "parameters": {...}}, or the JSON bare at the start of the output
-  llama3_json: { open: ['<|python_tag|>'], close: null, leading: '{', parse: parseLlama3Section, streamsArguments: false, needsSpecialTokens: true },
+  llama3_json: { open: ['<|python_tag|>'], close: null, leading: '{', parse: parseLlama3Section, streamer: null, needsSpecialTokens: true },
   // [TOOL_CALLS][{"name": ..., "arguments": {...}}] or [TOOL_CALLS]name[ARGS]{...}
-  mistral: { open: ['[TOOL_CALLS]'], close: null, leading: null, parse: parseMistralSection, streamsArguments: false, needsSpecialTokens: true },
+  mistral: { open: ['[TOOL_CALLS]'], close: null, leading: null, parse: parseMistralSection, streamer: null, needsSpecialTokens: true },
   // [get_weather(city="Paris")] as the whole output
-  pythonic: { open: [], close: null, leading: '[', parse: parsePythonicSection, streamsArguments: false, needsSpecialTokens: false },
+  pythonic: { open: [], close: null, leading: '[', parse: parsePythonicSection, streamer: null, needsSpecialTokens: false },
   // <TOOLCALL>[{"name": ..., "arguments": {...}}]</TOOLCALL>
-  nemotron_deci: { open: ['<TOOLCALL>'], close: '</TOOLCALL>', leading: null, parse: parseJsonSection, streamsArguments: false, needsSpecialTokens: false },
+  nemotron_deci: { open: ['<TOOLCALL>'], close: '</TOOLCALL>', leading: null, parse: parseJsonSection, streamer: null, needsSpecialTokens: false },
   // <tool_calls>[{"name": ..., "arguments": {...}}]</tool_calls>
-  jamba: { open: ['<tool_calls>'], close: '</tool_calls>', leading: null, parse: parseJsonSection, streamsArguments: false, needsSpecialTokens: false },
+  jamba: { open: ['<tool_calls>'], close: '</tool_calls>', leading: null, parse: parseJsonSection, streamer: null, needsSpecialTokens: false },
 };
 
 export interface ToolCallParserSpec {
