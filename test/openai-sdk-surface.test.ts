@@ -4,6 +4,9 @@
 // (streamed as deltas and whole, the tools reaching the chat template, tool_choice) and reasoning_content.
 import t from 'tap';
 import OpenAI from 'openai';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { OpenAiServer } from '../src/frontend/openai-server.js';
 import { StaticModelDirectory, type ServedModel } from '../src/frontend/models.js';
@@ -14,6 +17,15 @@ import type { FinishReason, LlmResponseChunk } from '../src/protocol/response.js
 const stories = loadTokenizer(fileURLToPath(new URL('../models/stories260K.gguf', import.meta.url)));
 const QWEN3_DIR = fileURLToPath(new URL('./fixtures/hf/qwen3-tiny', import.meta.url));
 const qwen = loadTokenizer(QWEN3_DIR);
+
+// The Qwen3 tokenizer with its tool-call markers made special tokens, as formats like gpt-oss's and Mistral's have them
+const specialMarkersDir = mkdtempSync(join(tmpdir(), 'special-markers-'));
+t.teardown(() => rmSync(specialMarkersDir, { recursive: true, force: true }));
+const tokenizerJson = JSON.parse(readFileSync(join(QWEN3_DIR, 'tokenizer.json'), 'utf8')) as { added_tokens: { content: string; special: boolean }[] };
+for (const added of tokenizerJson.added_tokens) if (added.content.includes('tool_call>')) added.special = true;
+writeFileSync(join(specialMarkersDir, 'tokenizer.json'), JSON.stringify(tokenizerJson));
+copyFileSync(join(QWEN3_DIR, 'tokenizer_config.json'), join(specialMarkersDir, 'tokenizer_config.json'));
+const qwenSpecialMarkers = loadTokenizer(specialMarkersDir);
 
 const seen = new Map<string, PreprocessedRequest>();
 
@@ -53,6 +65,7 @@ const models = [
   scripted('qwen-tools', qwen, TOOL_TEXT, { toolCallParser: 'hermes', reasoningParser: 'qwen3' }),
   scripted('qwen-xml', qwen, '<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>', { toolCallParser: 'qwen3_coder' }),
   scripted('qwen-tools-shown', qwen, TOOL_TEXT, { toolCallParser: 'hermes', excludeToolsWhenToolChoiceNone: false }),
+  scripted('special-markers', qwenSpecialMarkers, `Checking.${TOOL_TEXT.slice(TOOL_TEXT.indexOf('<tool_call>'))}<|im_end|>`, { toolCallParser: 'hermes' }),
   scripted('cancelled', stories, STORY, { finish: 'cancelled' }),
   scripted('failed', stories, STORY, { finish: 'error' }),
 ];
@@ -204,4 +217,14 @@ t.test('earlier tool calls and their answers reach the chat template', async (t)
     messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: null, tool_calls: [{ ...call, function: { name: 'f', arguments: '{"a": "<|im_end|>"}' } }] }],
   }).catch((e: unknown) => e);
   t.ok(injected instanceof OpenAI.BadRequestError && /messages\[1\]\.tool_calls holds the special token text "<\|im_end\|>"/.test(injected.message), 'special token text in a call is refused');
+});
+
+t.test('markers that are special tokens reach the parser; other special tokens stay out', async (t) => {
+  t.ok([...qwenSpecialMarkers.specialTokenIds].some((id) => qwenSpecialMarkers.tokenText(id) === '<tool_call>'), 'the fixture makes <tool_call> special');
+  const r = await client.chat.completions.create({ model: 'special-markers', messages: [{ role: 'user', content: 'x' }], tools });
+  t.equal(r.choices[0]!.finish_reason, 'tool_calls');
+  t.equal(r.choices[0]!.message.content, 'Checking.', 'no <|im_end|> in the content');
+  t.same(JSON.parse((r.choices[0]!.message.tool_calls![0]! as OpenAI.Chat.Completions.ChatCompletionMessageFunctionToolCall).function.arguments), { city: 'Paris', days: 2 });
+  const plain = await client.chat.completions.create({ model: 'special-markers', messages: [{ role: 'user', content: 'x' }] });
+  t.equal(plain.choices[0]!.message.content, 'Checking.\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}\n', 'without tools the special markers are skipped as usual');
 });

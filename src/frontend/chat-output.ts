@@ -38,8 +38,8 @@ export interface ChoiceOutputDelta {
 }
 
 export interface ChoiceParsers {
-  reasoning: { create(): ReasoningParser; needsSpecialTokens: boolean } | null;
-  toolCalls: { create(types: ParameterTypes): ToolCallParser; needsSpecialTokens: boolean; types: ParameterTypes } | null;
+  reasoning: { create(): ReasoningParser; markers: readonly string[] } | null;
+  toolCalls: { create(types: ParameterTypes): ToolCallParser; markers: readonly string[]; types: ParameterTypes } | null;
 }
 
 export const NO_PARSERS: ChoiceParsers = { reasoning: null, toolCalls: null };
@@ -91,6 +91,24 @@ export function specialTextInToolCalls(messages: readonly ChatMessage[], tokeniz
   return null;
 }
 
+const markerIdsOf = new WeakMap<Tokenizer, Map<string, number>>();
+
+/** The special tokens whose text is one of these markers. */
+function markerTokenIds(tokenizer: Tokenizer, markers: readonly string[]): ReadonlySet<number> {
+  if (markers.length === 0) return new Set();
+  let byText = markerIdsOf.get(tokenizer);
+  if (byText === undefined) {
+    byText = new Map([...tokenizer.specialTokenIds].filter((id) => id < tokenizer.vocabSize).map((id) => [tokenizer.tokenText(id), id]));
+    markerIdsOf.set(tokenizer, byText);
+  }
+  const ids = new Set<number>();
+  for (const m of markers) {
+    const id = byText.get(m);
+    if (id !== undefined) ids.add(id);
+  }
+  return ids;
+}
+
 /** Each function's declared parameter types (for formats that write values as bare text). */
 function parameterTypes(tools: readonly ToolDefinition[]): ParameterTypes {
   const out = new Map<string, Map<string, string>>();
@@ -119,9 +137,9 @@ export class ChoiceOutput {
     options: { stop: readonly string[]; includeStopStr: boolean; skipSpecialTokens: boolean },
     parsers: ChoiceParsers,
   ) {
-    // parsers whose markers are special tokens read the text with them (they drop the markers themselves)
-    const keepSpecial = parsers.reasoning?.needsSpecialTokens === true || parsers.toolCalls?.needsSpecialTokens === true;
-    this.text = new TextStream(tokenizer, { ...options, skipSpecialTokens: options.skipSpecialTokens && !keepSpecial });
+    // a parser whose markers are special tokens (gpt-oss channels, Mistral's [TOOL_CALLS]) reads the text with those
+    // tokens, and drops them itself; other special tokens (EOS) stay out as asked
+    this.text = new TextStream(tokenizer, { ...options, keepTokenIds: markerTokenIds(tokenizer, [...(parsers.reasoning?.markers ?? []), ...(parsers.toolCalls?.markers ?? [])]) });
     this.reasoning = parsers.reasoning?.create() ?? null;
     this.tools = parsers.toolCalls?.create(parsers.toolCalls.types) ?? null;
   }

@@ -24,14 +24,17 @@ function completeLength(bytes: Uint8Array): number {
 
 export class IncrementalDetokenizer {
   private readonly skipSpecialTokens: boolean;
+  private readonly keepTokenIds: ReadonlySet<number>;
   private pending: Uint8Array = new Uint8Array(0); // bytes of a character not yet complete
   private text = '';
 
   constructor(
     private readonly tokenizer: Tokenizer,
-    options: { skipSpecialTokens?: boolean } = {},
+    /** `keepTokenIds`: special tokens that come out as text even when skipping special tokens. */
+    options: { skipSpecialTokens?: boolean; keepTokenIds?: ReadonlySet<number> | undefined } = {},
   ) {
     this.skipSpecialTokens = options.skipSpecialTokens ?? true;
+    this.keepTokenIds = options.keepTokenIds ?? new Set();
   }
 
   /** Adds one token; returns the newly completed text (possibly empty). */
@@ -64,7 +67,7 @@ export class IncrementalDetokenizer {
     if (!Number.isInteger(id) || id < 0) throw new LlmError('LLM_ERR_TOKENIZER', `token id ${id} is not a token id`);
     // Models pad their vocabulary past the tokenizer's (Qwen: 151936 rows, 151669 tokens): such ids read as nothing.
     if (id >= this.tokenizer.vocabSize) return { text: '', pending: this.pending };
-    if (this.skipSpecialTokens && this.tokenizer.specialTokenIds.has(id)) return { text: '', pending: this.pending };
+    if (this.skipSpecialTokens && this.tokenizer.specialTokenIds.has(id) && !this.keepTokenIds.has(id)) return { text: '', pending: this.pending };
     const own = this.tokenizer.tokenBytes(id);
     let bytes = own;
     if (this.pending.length > 0) {

@@ -127,13 +127,13 @@ class HarmonyReasoningParser implements ReasoningParser {
 
 interface ReasoningParserSpec {
   create(): ReasoningParser;
-  /** Its markers are special tokens: the text it reads must keep them. */
-  needsSpecialTokens: boolean;
+  /** Its markers' texts: where one is a special token, the text it reads keeps that token. */
+  markers: readonly string[];
 }
 
 const think = (startsInReasoning: boolean): ReasoningParserSpec => ({
   create: () => new TaggedReasoningParser('<think>', '</think>', startsInReasoning),
-  needsSpecialTokens: false,
+  markers: ['<think>', '</think>'],
 });
 
 /** The parsers this frontend implements, by the names Dynamo uses (src/config/dynamo-parsers.ts lists them all). */
@@ -144,9 +144,9 @@ const REASONING_PARSERS: Readonly<Record<string, ReasoningParserSpec>> = {
   step3: think(true),
   nemotron_deci: think(false),
   nemotron_nano: think(false),
-  kimi: { create: () => new TaggedReasoningParser('◁think▷', '◁/think▷', false), needsSpecialTokens: false },
-  mistral: { create: () => new TaggedReasoningParser('[THINK]', '[/THINK]', false), needsSpecialTokens: true },
-  gpt_oss: { create: () => new HarmonyReasoningParser(), needsSpecialTokens: true },
+  kimi: { create: () => new TaggedReasoningParser('◁think▷', '◁/think▷', false), markers: ['◁think▷', '◁/think▷'] },
+  mistral: { create: () => new TaggedReasoningParser('[THINK]', '[/THINK]', false), markers: ['[THINK]', '[/THINK]'] },
+  gpt_oss: { create: () => new HarmonyReasoningParser(), markers: [HARMONY_MESSAGE, ...HARMONY_HEADER_OPENERS, '<|constrain|>'] },
 };
 
 /** The spec of a reasoning parser by name, or null for a name this frontend does not implement. */

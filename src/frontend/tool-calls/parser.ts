@@ -46,8 +46,8 @@ interface SectionFormat {
   parse(body: string, types: ParameterTypes): ParsedToolCall[] | null;
   /** For formats whose calls can go out before their section closes: how to read one so far. */
   streamer: ((types: ParameterTypes) => ArgumentStreamer) | null;
-  /** Its markers are special tokens: the text it reads must keep them. */
-  needsSpecialTokens: boolean;
+  /** Its markers' texts: where one is a special token, the text it reads keeps that token. */
+  markers: readonly string[];
 }
 
 /** Reads one call from its section's text so far. What `progress` says must only grow: each answer's arguments are a
@@ -202,31 +202,31 @@ class SectionToolCallParser implements ToolCallParser {
 
 const TOOL_CALL_FORMATS: Readonly<Record<string, SectionFormat>> = {
   // <tool_call>{"name": ..., "arguments": {...}}</tool_call> (Qwen 2.5 / Qwen3, Hermes)
-  hermes: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseJsonSection, streamer: () => jsonObjectStreamer, needsSpecialTokens: false },
+  hermes: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseJsonSection, streamer: () => jsonObjectStreamer, markers: ['<tool_call>', '</tool_call>'] },
   // <tool_call><function=NAME><parameter=P>value</parameter></function></tool_call>
-  qwen3_coder: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseQwen3CoderSection, streamer: qwen3CoderStreamer, needsSpecialTokens: false },
+  qwen3_coder: { open: ['<tool_call>'], close: '</tool_call>', leading: null, parse: parseQwen3CoderSection, streamer: qwen3CoderStreamer, markers: ['<tool_call>', '</tool_call>'] },
   // <|python_tag|>{"name": ..., "parameters": {...}}, or the JSON bare at the start of the output
-  llama3_json: { open: ['<|python_tag|>'], close: null, leading: '{', parse: parseLlama3Section, streamer: null, needsSpecialTokens: true },
+  llama3_json: { open: ['<|python_tag|>'], close: null, leading: '{', parse: parseLlama3Section, streamer: null, markers: ['<|python_tag|>'] },
   // [TOOL_CALLS][{"name": ..., "arguments": {...}}] or [TOOL_CALLS]name[ARGS]{...}
-  mistral: { open: ['[TOOL_CALLS]'], close: null, leading: null, parse: parseMistralSection, streamer: null, needsSpecialTokens: true },
+  mistral: { open: ['[TOOL_CALLS]'], close: null, leading: null, parse: parseMistralSection, streamer: null, markers: ['[TOOL_CALLS]', '[ARGS]'] },
   // [get_weather(city="Paris")] as the whole output
-  pythonic: { open: [], close: null, leading: '[', parse: parsePythonicSection, streamer: null, needsSpecialTokens: false },
+  pythonic: { open: [], close: null, leading: '[', parse: parsePythonicSection, streamer: null, markers: [] },
   // <TOOLCALL>[{"name": ..., "arguments": {...}}]</TOOLCALL>
-  nemotron_deci: { open: ['<TOOLCALL>'], close: '</TOOLCALL>', leading: null, parse: parseJsonSection, streamer: null, needsSpecialTokens: false },
+  nemotron_deci: { open: ['<TOOLCALL>'], close: '</TOOLCALL>', leading: null, parse: parseJsonSection, streamer: null, markers: ['<TOOLCALL>', '</TOOLCALL>'] },
   // <tool_calls>[{"name": ..., "arguments": {...}}]</tool_calls>
-  jamba: { open: ['<tool_calls>'], close: '</tool_calls>', leading: null, parse: parseJsonSection, streamer: null, needsSpecialTokens: false },
+  jamba: { open: ['<tool_calls>'], close: '</tool_calls>', leading: null, parse: parseJsonSection, streamer: null, markers: ['<tool_calls>', '</tool_calls>'] },
 };
 
 export interface ToolCallParserSpec {
   create(types: ParameterTypes): ToolCallParser;
-  needsSpecialTokens: boolean;
+  markers: readonly string[];
 }
 
 /** The spec of a tool-call parser by name, or null for a name this frontend does not implement. */
 export function toolCallParser(name: string): ToolCallParserSpec | null {
   if (!Object.hasOwn(TOOL_CALL_FORMATS, name)) return null;
   const format = TOOL_CALL_FORMATS[name] as SectionFormat;
-  return { create: (types) => new SectionToolCallParser(format, types), needsSpecialTokens: format.needsSpecialTokens };
+  return { create: (types) => new SectionToolCallParser(format, types), markers: format.markers };
 }
 
 export const IMPLEMENTED_TOOL_CALL_PARSERS: readonly string[] = Object.keys(TOOL_CALL_FORMATS);
