@@ -30,10 +30,10 @@ const qwenSpecialMarkers = loadTokenizer(specialMarkersDir);
 const seen = new Map<string, PreprocessedRequest>();
 
 /** A backend that answers every request with the tokens of `text`, one per chunk, ending with `finish`. */
-function scripted(name: string, tokenizer: Tokenizer, text: string, extra: Partial<ServedModel> & { finish?: FinishReason } = {}): ServedModel {
+function scripted(name: string, tokenizer: Tokenizer, text: string, extra: Partial<ServedModel> & { finish?: FinishReason; thenIds?: number[] } = {}): ServedModel {
   const encoded = tokenizer.encode(text, { addSpecialTokens: false });
   // SentencePiece writes a text's start as a lone "▁" token; a model continuing a prompt does not
-  const ids = Buffer.from(tokenizer.tokenBytes(encoded[0] as number)).toString() === ' ' ? encoded.slice(1) : encoded;
+  const ids = [...(Buffer.from(tokenizer.tokenBytes(encoded[0] as number)).toString() === ' ' ? encoded.slice(1) : encoded), ...(extra.thenIds ?? [])];
   return {
     name,
     tokenizer,
@@ -61,6 +61,7 @@ const TOOL_TEXT = '<think>\nThe user wants weather.\n</think>\n\nChecking.<tool_
 const models = [
   scripted('story', stories, STORY),
   scripted('story-wide', stories, WIDE),
+  scripted('story-eos', stories, STORY, { thenIds: [...stories.eosTokenIds] }),
   scripted('qwen-wide', qwen, WIDE),
   scripted('qwen-tools', qwen, TOOL_TEXT, { toolCallParser: 'hermes', reasoningParser: 'qwen3' }),
   scripted('qwen-xml', qwen, '<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>', { toolCallParser: 'qwen3_coder' }),
@@ -227,4 +228,14 @@ t.test('markers that are special tokens reach the parser; other special tokens s
   t.same(JSON.parse((r.choices[0]!.message.tool_calls![0]! as OpenAI.Chat.Completions.ChatCompletionMessageFunctionToolCall).function.arguments), { city: 'Paris', days: 2 });
   const plain = await client.chat.completions.create({ model: 'special-markers', messages: [{ role: 'user', content: 'x' }] });
   t.equal(plain.choices[0]!.message.content, 'Checking.\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}\n', 'without tools the special markers are skipped as usual');
+});
+
+t.test('logprob tokens follow the text\'s special-token setting', async (t) => {
+  const eos = stories.tokenText(stories.eosTokenIds[0]!);
+  for (const skip of [true, false]) {
+    const r = await client.completions.create({ model: 'story-eos', prompt: 'Once', max_tokens: 64, logprobs: 0, skip_special_tokens: skip } as OpenAI.Completions.CompletionCreateParamsNonStreaming);
+    const tokens = r.choices[0]!.logprobs!.tokens!;
+    t.equal(tokens.join(''), r.choices[0]!.text, `skip_special_tokens ${skip}: tokens join to the text`);
+    t.equal(tokens.at(-1), skip ? '' : eos, `skip_special_tokens ${skip}: the EOS token's string`);
+  }
 });

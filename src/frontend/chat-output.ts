@@ -128,6 +128,8 @@ function parameterTypes(tools: readonly ToolDefinition[]): ParameterTypes {
 
 export class ChoiceOutput {
   private readonly text: TextStream;
+  /** Which tokens read as text here (logprobs' token strings follow the same rule, so they join to the text). */
+  readonly detokenizerOptions: { skipSpecialTokens: boolean; keepTokenIds: ReadonlySet<number> };
   private readonly reasoning: ReasoningParser | null;
   private readonly tools: ToolCallParser | null;
   private readonly calls: ToolCallOut[] = [];
@@ -139,7 +141,11 @@ export class ChoiceOutput {
   ) {
     // a parser whose markers are special tokens (gpt-oss channels, Mistral's [TOOL_CALLS]) reads the text with those
     // tokens, and drops them itself; other special tokens (EOS) stay out as asked
-    this.text = new TextStream(tokenizer, { ...options, keepTokenIds: markerTokenIds(tokenizer, [...(parsers.reasoning?.markers ?? []), ...(parsers.toolCalls?.markers ?? [])]) });
+    this.detokenizerOptions = {
+      skipSpecialTokens: options.skipSpecialTokens,
+      keepTokenIds: markerTokenIds(tokenizer, [...(parsers.reasoning?.markers ?? []), ...(parsers.toolCalls?.markers ?? [])]),
+    };
+    this.text = new TextStream(tokenizer, { ...options, ...this.detokenizerOptions });
     this.reasoning = parsers.reasoning?.create() ?? null;
     this.tools = parsers.toolCalls?.create(parsers.toolCalls.types) ?? null;
   }

@@ -291,7 +291,7 @@ export class OpenAiServer {
           includeStopStr: body.include_stop_str_in_output === true,
           skipSpecialTokens: body.skip_special_tokens ?? true,
         }, mode.parsers);
-        const lp = new LogprobCollector(model.tokenizer, mode.kind, [...choice.echo].length);
+        const lp = new LogprobCollector(model.tokenizer, mode.kind, output.detokenizerOptions, [...choice.echo].length);
         const result: ChoiceResult = { text: choice.echo, reasoning: output.parsesReasoning ? '' : null, toolCalls: [], finish: null, usage: null, logprobs: lp };
         const emit = (delta: { content: string; reasoning?: string; toolCalls?: ToolCallDeltaOut[] }, finish: string | null) => {
           const reasoning = delta.reasoning ?? '';
@@ -615,10 +615,10 @@ function sumUsage(all: (UsageLike | null)[]): UsageLike {
 }
 
 /** Gathers per-token logprobs from engine chunks and renders them in either OpenAI shape. A token's string is its
- * exact contribution to the output text (from a detokenizer of its own that keeps special tokens: a leading space
- * stays, a character split over byte tokens belongs to the token that completes it), so the strings join to the text
- * and `text_offset` is their running length in characters; an alternative's string is what it would have added at
- * that point. One-token decodes measured 0.4-1.4 us each (stories260K, Qwen3), so even 20 top logprobs per token
+ * exact contribution to the output text (from a detokenizer of its own with the text's settings: a leading space
+ * stays, a character split over byte tokens belongs to the token that completes it, a skipped special token is ""),
+ * so the strings join to the text and `text_offset` is their running length in characters; an alternative's string
+ * is what it would have added at that point; `bytes` are always the token's own. One-token decodes measured 0.4-1.4 us each (stories260K, Qwen3), so even 20 top logprobs per token
  * cost less than the 70-110 us of a round trip to the tokenizer pool (see text-stream.ts). */
 class LogprobCollector {
   private readonly entries: { token: string; bytes: number[]; offset: number; logprob: number; top: { token: string; bytes: number[]; logprob: number }[] }[] = [];
@@ -628,8 +628,13 @@ class LogprobCollector {
   tokenCount = 0;
 
   /** `textOffset`: characters before the first generated token (an echoed prompt). */
-  constructor(private readonly tokenizer: Tokenizer, private readonly kind: 'chat' | 'completion', textOffset: number) {
-    this.detok = new IncrementalDetokenizer(tokenizer, { skipSpecialTokens: false });
+  constructor(
+    private readonly tokenizer: Tokenizer,
+    private readonly kind: 'chat' | 'completion',
+    detokenizer: { skipSpecialTokens: boolean; keepTokenIds: ReadonlySet<number> },
+    textOffset: number,
+  ) {
+    this.detok = new IncrementalDetokenizer(tokenizer, detokenizer);
     this.offset = textOffset;
   }
 
