@@ -19,11 +19,10 @@ import {
   type OpenAiError,
 } from '../protocol/openai.js';
 import type { PreprocessedRequest } from '../protocol/request.js';
-import type { FinishReason, LlmResponseChunk, TopLogprob } from '../protocol/response.js';
-import type { ChatMessage, Tokenizer } from '../tokenizer/index.js';
+import type { FinishReason, LlmResponseChunk } from '../protocol/response.js';
+import { IncrementalDetokenizer, type ChatMessage, type Tokenizer } from '../tokenizer/index.js';
 import type { ModelDirectory, ServedModel } from './models.js';
 import { ChoiceOutput, chatParsers, NO_PARSERS, specialTextInToolCalls, type ChoiceParsers, type ToolCallDeltaOut, type ToolCallOut } from './chat-output.js';
-import { IncrementalDetokenizer } from '../tokenizer/index.js';
 import { chatPromptIds, type TokenizerPool } from '../../actors/tokenizer.js';
 import { acquireTokenizerPool, releaseTokenizerPool } from './tokenizer-pool.js';
 
@@ -618,8 +617,9 @@ function sumUsage(all: (UsageLike | null)[]): UsageLike {
  * exact contribution to the output text (from a detokenizer of its own with the text's settings: a leading space
  * stays, a character split over byte tokens belongs to the token that completes it, a skipped special token is ""),
  * so the strings join to the text and `text_offset` is their running length in characters; an alternative's string
- * is what it would have added at that point; `bytes` are always the token's own. One-token decodes measured 0.4-1.4 us each (stories260K, Qwen3), so even 20 top logprobs per token
- * cost less than the 70-110 us of a round trip to the tokenizer pool (see text-stream.ts). */
+ * is what it would have added at that point; `bytes` are always the token's own. One-token decodes measured
+ * 0.4-1.4 us each (stories260K, Qwen3), so even 20 top logprobs per token cost less than the 70-110 us of a round
+ * trip to the tokenizer pool (see text-stream.ts). */
 class LogprobCollector {
   private readonly entries: { token: string; bytes: number[]; offset: number; logprob: number; top: { token: string; bytes: number[]; logprob: number }[] }[] = [];
   private readonly detok: IncrementalDetokenizer;
