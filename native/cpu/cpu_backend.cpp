@@ -17,7 +17,6 @@
 #include <thread>
 
 #include "backend.h"
-#include "embed_step.h"
 #include "kernels.h"
 #include "sampling.h"
 #include "thread_pool.h"
@@ -232,22 +231,22 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void embed(const int32_t* tokenIds, int32_t n, float* out) override {
-    if (n < 1 || n > opt_.maxBatchTokens)
-      throw EngineError("LLM_ERR_CONTEXT_LENGTH", "embed: " + std::to_string(n) + " tokens, the engine takes 1.." + std::to_string(opt_.maxBatchTokens));
-    for (int32_t i = 0; i < n; ++i)
-      if (tokenIds[i] < 0 || tokenIds[i] >= V_)
-        throw EngineError("LLM_ERR_BAD_REQUEST", "embed: token " + std::to_string(tokenIds[i]) + " at index " + std::to_string(i) + " out of range [0, " + std::to_string(V_) + ")");
+  void embed(const int32_t* tokenIds, const int32_t* lens, int32_t numSeqs, EmbedPooling pooling, bool normalize,
+             float* out) override {
     // A private KV block: embedding never touches the shared pool.
-    const EmbedStep step(tokenIds, n, opt_.pageSize);
+    const EmbedStep step(tokenIds, lens, numSeqs, opt_.pageSize);
     const int64_t pageElems = (int64_t)opt_.pageSize * KD_;
     std::vector<float> kv((size_t)d_.numLayers * 2 * step.numPages() * pageElems);
     forwardLayers(step.view, KvView{kv.data(), step.numPages() * pageElems});
-    for (int32_t t = 0; t < n; ++t) {
-      float* row = &x_[(int64_t)t * H_];
-      rmsNorm(row, finalNorm_.data(), H_, d_.rmsNormEps, row);
+    for (int32_t i = 0; i < numSeqs; ++i) {
+      int32_t b, e;
+      EmbedStep::pooledRows(step.seqs[i], pooling, &b, &e);
+      for (int32_t t = b; t < e; ++t) {
+        float* row = &x_[(int64_t)t * H_];
+        rmsNorm(row, finalNorm_.data(), H_, d_.rmsNormEps, row);
+      }
+      poolRows(&x_[(int64_t)b * H_], e - b, H_, normalize, out + (int64_t)i * H_);
     }
-    meanPoolNormalized(x_.data(), n, H_, out);
   }
 
   void exportPages(const int32_t* pages, int32_t n, uint8_t* out) override {

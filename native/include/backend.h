@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "embed_step.h"
 #include "step.h"
 #include "tensor_parallel.h"
 
@@ -187,8 +188,14 @@ class Backend {
   /** Whether stepEnd would return without waiting (the oldest begun step is done). */
   virtual bool stepReady() { return true; }
   static constexpr int kMaxStepsInFlight = 2;
-  /** Mean-pooled, L2-normalised final hidden states (after the final norm) of one sequence; out is [hidden]. */
-  virtual void embed(const int32_t* tokenIds, int32_t n, float* out) = 0;
+  /**
+   * One embedding pass over a batch of numSeqs sequences (lens[i] tokens each, back to back in tokenIds; the addon
+   * checked the lengths, the step limits and the token ids): the final hidden states (after the final norm) of each
+   * pooled as `pooling` says (embed_step.h), L2-normalised when `normalize`; out is [numSeqs, hidden]. Nothing of
+   * the pass stays in the KV pool.
+   */
+  virtual void embed(const int32_t* tokenIds, const int32_t* lens, int32_t numSeqs, EmbedPooling pooling, bool normalize,
+                     float* out) = 0;
   /** Copies pages (all layers, K and V; kvInfo().bytesPerPage each, in the given order) to/from host memory. */
   virtual void exportPages(const int32_t* pages, int32_t n, uint8_t* out) = 0;
   virtual void importPages(const int32_t* pages, int32_t n, const uint8_t* in) = 0;

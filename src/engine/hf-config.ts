@@ -9,6 +9,11 @@ export const SUPPORTED_HF_ARCHITECTURES: Readonly<Record<string, Architecture>> 
   LlamaForCausalLM: 'llama',
   Qwen2ForCausalLM: 'qwen2',
   Qwen3ForCausalLM: 'qwen3',
+  // The bare decoders, as transformers saves an AutoModel (embedding checkpoints such as Qwen3-Embedding): tensor
+  // names without the "model." prefix and no LM head (tied, or unused by an embedding worker).
+  LlamaModel: 'llama',
+  Qwen2Model: 'qwen2',
+  Qwen3Model: 'qwen3',
 };
 
 /** model_type values naming the same architectures, for configs without `architectures`. */

@@ -13,7 +13,7 @@ import type { GgufScalar } from './gguf.js';
 import { expectedTensors } from './model.js';
 import type { Architecture, DType, ModelSpec } from './types.js';
 
-export const MODEL_SHAPE_NAMES = ['qwen3-0.6b', 'qwen3-tiny', 'qwen2-tiny', 'llama-tiny'] as const;
+export const MODEL_SHAPE_NAMES = ['qwen3-0.6b', 'qwen3-tiny', 'qwen2-tiny', 'llama-tiny', 'qwen3-embedding-0.6b', 'qwen3-embedding-tiny'] as const;
 export type ModelShapeName = (typeof MODEL_SHAPE_NAMES)[number];
 
 interface ShapeDef {
@@ -33,6 +33,9 @@ interface ShapeDef {
   maxPositionEmbeddings: number;
   /** Base (non-added) vocabulary kept from the Qwen tokenizer; null keeps all of it. */
   baseVocab: number | null;
+  /** An embedding model (Qwen3-Embedding style): saved as the bare decoder (tensor names without "model.", no LM
+   * head) with sentence-transformers files beside it declaring its pooling and normalisation. */
+  embedding?: boolean;
 }
 
 // Tiny shapes keep the first 1024 Qwen BPE tokens (the 256 byte tokens plus the first 768 merges, whose ids are
@@ -62,7 +65,22 @@ export const MODEL_SHAPES: Readonly<Record<ModelShapeName, ShapeDef>> = {
     intermediateSize: 176, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, vocabSize: TINY_VOCAB,
     tieWordEmbeddings: false, ropeTheta: 500000, rmsNormEps: 1e-5, maxPositionEmbeddings: 4096, baseVocab: TINY_BASE_VOCAB,
   },
+  // Qwen3-Embedding-0.6B: Qwen3-0.6B's shape saved as a bare Qwen3Model, context 32768.
+  'qwen3-embedding-0.6b': {
+    architecture: 'qwen3', hfArchitecture: 'Qwen3Model', modelType: 'qwen3', hiddenSize: 1024,
+    intermediateSize: 3072, numLayers: 28, numHeads: 16, numKvHeads: 8, headDim: 128, vocabSize: 151669,
+    tieWordEmbeddings: true, ropeTheta: 1000000, rmsNormEps: 1e-6, maxPositionEmbeddings: 32768, baseVocab: null, embedding: true,
+  },
+  'qwen3-embedding-tiny': {
+    architecture: 'qwen3', hfArchitecture: 'Qwen3Model', modelType: 'qwen3', hiddenSize: 64,
+    intermediateSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 32, vocabSize: TINY_VOCAB,
+    tieWordEmbeddings: true, ropeTheta: 1000000, rmsNormEps: 1e-6, maxPositionEmbeddings: 512, baseVocab: TINY_BASE_VOCAB, embedding: true,
+  },
 };
+
+/** Pooling an embedding shape's sentence-transformers files declare (1_Pooling/config.json). */
+export const MAKE_MODEL_POOLINGS = ['last', 'mean', 'cls'] as const;
+export type MakeModelPooling = (typeof MAKE_MODEL_POOLINGS)[number];
 
 export interface MakeModelOptions {
   shape: ModelShapeName;
@@ -73,6 +91,8 @@ export interface MakeModelOptions {
   gguf?: boolean;
   /** Standard deviation of the weights (default 0.02, as HF's initializer_range). */
   std?: number;
+  /** Embedding shapes: the pooling the sentence-transformers files declare (default last, as Qwen3-Embedding). */
+  pooling?: MakeModelPooling;
 }
 
 export interface MakeModelResult {
@@ -516,6 +536,35 @@ function writeGguf(file: string, shape: ShapeDef, seed: number, tensors: { name:
   }
 }
 
+// ---------------------------------------------------------------- sentence-transformers files
+
+/** modules.json, config_sentence_transformers.json, 1_Pooling/config.json and the 2_Normalize module, as
+ * sentence-transformers saves a Qwen3-Embedding-style model (pooling as asked). */
+function writeSentenceTransformers(dir: string, shape: ShapeDef, pooling: MakeModelPooling, files: string[]): void {
+  const write = (name: string, value: unknown): void => {
+    writeFileSync(join(dir, name), JSON.stringify(value, null, 2) + '\n');
+    files.push(join(dir, name));
+  };
+  mkdirSync(join(dir, '1_Pooling'), { recursive: true });
+  mkdirSync(join(dir, '2_Normalize'), { recursive: true });
+  write('modules.json', [
+    { idx: 0, name: '0', path: '', type: 'sentence_transformers.models.Transformer' },
+    { idx: 1, name: '1', path: '1_Pooling', type: 'sentence_transformers.models.Pooling' },
+    { idx: 2, name: '2', path: '2_Normalize', type: 'sentence_transformers.models.Normalize' },
+  ]);
+  write('config_sentence_transformers.json', { prompts: { query: 'Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:', document: '' }, default_prompt_name: null, similarity_fn_name: 'cosine' });
+  write(join('1_Pooling', 'config.json'), {
+    word_embedding_dimension: shape.hiddenSize,
+    pooling_mode_cls_token: pooling === 'cls',
+    pooling_mode_mean_tokens: pooling === 'mean',
+    pooling_mode_max_tokens: false,
+    pooling_mode_mean_sqrt_len_tokens: false,
+    pooling_mode_weightedmean_tokens: false,
+    pooling_mode_lasttoken: pooling === 'last',
+    include_prompt: true,
+  });
+}
+
 // ---------------------------------------------------------------- entry point
 
 export function makeModel(options: MakeModelOptions): MakeModelResult {
@@ -559,7 +608,16 @@ export function makeModel(options: MakeModelOptions): MakeModelResult {
   write('generation_config.json', JSON.stringify({ bos_token_id: tok.bosTokenId, eos_token_id: [tok.eosTokenId, tok.padTokenId], pad_token_id: tok.padTokenId }, null, 2) + '\n');
   write('tokenizer.json', JSON.stringify(tok.tokenizerJson));
   write('tokenizer_config.json', JSON.stringify(tok.tokenizerConfig, null, 2) + '\n');
-  writeSafetensors(join(dir, 'model.safetensors'), options.seed, tensors, std, dtype);
+  if (options.pooling !== undefined && !shape.embedding) {
+    throw new LlmError('LLM_ERR_USAGE', `pooling is for the embedding shapes (${MODEL_SHAPE_NAMES.filter((n) => MODEL_SHAPES[n].embedding).join(', ')}), not ${options.shape}`);
+  }
+  if (shape.embedding) {
+    writeSentenceTransformers(dir, shape, options.pooling ?? 'last', files);
+    if (options.gguf) throw new LlmError('LLM_ERR_USAGE', `--gguf: embedding shapes are written as HF checkpoints only`);
+  }
+  // A bare decoder's tensors are saved without the "model." prefix.
+  const fileTensors = shape.embedding ? tensors.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })) : tensors;
+  writeSafetensors(join(dir, 'model.safetensors'), options.seed, fileTensors, std, dtype);
   files.push(join(dir, 'model.safetensors'));
   if (options.gguf) {
     writeGguf(join(dir, 'model-f16.gguf'), shape, options.seed, tensors, std, dtype, tok, `random ${options.shape} seed ${options.seed}`);

@@ -225,6 +225,10 @@ export function hfModelSpec(dir: string): ModelSpec {
       sourceName: t.name,
     });
   }
+  // A bare decoder (LlamaModel, Qwen3Model, ...) names its tensors without the "model." prefix.
+  for (const [name, t] of [...found]) {
+    if (!name.startsWith('model.') && name !== 'lm_head.weight' && !found.has(`model.${name}`)) found.set(`model.${name}`, t);
+  }
   const { hfArchitecture: _arch, dtype: _dtype, ...rest } = hp;
   const p: HyperParams = { ...rest, bosTokenId, eosTokenIds };
   const tensors = collectTensors(p, found, `model directory ${dir}`);
