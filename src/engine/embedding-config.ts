@@ -18,6 +18,13 @@ export interface EmbeddingModelConfig {
   source: string;
 }
 
+/** What a running worker tells about its embeddings (Supervisor.embeddingModel). */
+export interface EmbeddingModel extends EmbeddingModelConfig {
+  hiddenSize: number;
+  /** The longest input one pass takes: the context (--context-length, else the model's), within a pass's tokens. */
+  maxInputTokens: number;
+}
+
 type Json = Record<string, unknown>;
 
 function readJson(file: string): unknown {
