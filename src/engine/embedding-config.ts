@@ -11,9 +11,11 @@ import type { Architecture, EmbedPooling } from './types.js';
 export interface EmbeddingModelConfig {
   pooling: EmbedPooling;
   normalize: boolean;
-  /** Whether a request may ask for fewer `dimensions` (Matryoshka: the first n, re-normalised): the Qwen3 embedding
-   * models are trained for it; other architectures are not known to be. */
+  /** Whether a request may ask for fewer `dimensions` (Matryoshka: the first n, re-normalised): as config.json
+   * declares (`is_matryoshka`, or a `matryoshka_dimensions` list), else for Qwen3 (Qwen3-Embedding is trained for it). */
   matryoshka: boolean;
+  /** The dimensions a request may ask for (config.json's `matryoshka_dimensions`); null: any up to the hidden size. */
+  matryoshkaDimensions: number[] | null;
   /** Where the pooling came from, for the start-up line. */
   source: string;
 }
@@ -46,18 +48,18 @@ const POOLING_MODES: readonly [key: string, pooling: EmbedPooling | null][] = [
 ];
 
 export function readEmbeddingConfig(modelPath: string, architecture: Architecture): EmbeddingModelConfig {
-  const matryoshka = architecture === 'qwen3';
   const m = resolveModelPath(modelPath);
+  const { matryoshka, matryoshkaDimensions } = matryoshkaOf(m.kind === 'hf' ? join(m.path, 'config.json') : null, architecture);
   const modulesFile = m.kind === 'hf' ? join(m.path, 'modules.json') : null;
   if (modulesFile === null || !existsSync(modulesFile)) {
-    return { pooling: 'last', normalize: true, matryoshka, source: 'decoder default (no modules.json)' };
+    return { pooling: 'last', normalize: true, matryoshka, matryoshkaDimensions, source: 'decoder default (no modules.json)' };
   }
   const modules = readJson(modulesFile);
   if (!Array.isArray(modules)) throw new LlmError('LLM_ERR_MODEL_FORMAT', `${modulesFile}: expected a list of modules`);
   const typeOf = (x: unknown): string => (x !== null && typeof x === 'object' && typeof (x as Json)['type'] === 'string' ? ((x as Json)['type'] as string) : '');
   const poolingModule = modules.find((x) => typeOf(x).endsWith('.Pooling')) as Json | undefined;
   const normalize = modules.some((x) => typeOf(x).endsWith('.Normalize'));
-  if (poolingModule === undefined) return { pooling: 'last', normalize, matryoshka, source: `${modulesFile} (no Pooling module: last token)` };
+  if (poolingModule === undefined) return { pooling: 'last', normalize, matryoshka, matryoshkaDimensions, source: `${modulesFile} (no Pooling module: last token)` };
   const dir = typeof poolingModule['path'] === 'string' ? poolingModule['path'] : '';
   const poolingFile = join(m.path, dir, 'config.json');
   if (!existsSync(poolingFile)) throw new LlmError('LLM_ERR_MODEL_FORMAT', `${modulesFile} names a Pooling module in ${dir || '.'}, which has no config.json`);
@@ -71,5 +73,18 @@ export function readEmbeddingConfig(modelPath: string, architecture: Architectur
   if (pooling === null) {
     throw new LlmError('LLM_ERR_UNSUPPORTED_ARCH', `${poolingFile}: ${key} is not supported (supported: pooling_mode_lasttoken, pooling_mode_mean_tokens, pooling_mode_cls_token)`);
   }
-  return { pooling, normalize, matryoshka, source: poolingFile };
+  return { pooling, normalize, matryoshka, matryoshkaDimensions, source: poolingFile };
+}
+
+function matryoshkaOf(configFile: string | null, architecture: Architecture): { matryoshka: boolean; matryoshkaDimensions: number[] | null } {
+  const cfg = configFile !== null && existsSync(configFile) ? (readJson(configFile) as Json | null) : null;
+  const dims = cfg?.['matryoshka_dimensions'];
+  if (dims !== undefined && dims !== null) {
+    if (!Array.isArray(dims) || dims.length === 0 || !dims.every((d) => Number.isSafeInteger(d) && (d as number) > 0)) {
+      throw new LlmError('LLM_ERR_MODEL_FORMAT', `${configFile}: matryoshka_dimensions must be a list of positive integers`);
+    }
+    return { matryoshka: true, matryoshkaDimensions: dims as number[] };
+  }
+  const declared = cfg?.['is_matryoshka'];
+  return { matryoshka: typeof declared === 'boolean' ? declared : architecture === 'qwen3', matryoshkaDimensions: null };
 }
