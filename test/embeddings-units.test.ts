@@ -10,7 +10,9 @@ import { makeModel } from '../src/engine/make-model.js';
 import { loadModelSpec } from '../src/engine/model.js';
 import { readSafetensorsDir } from '../src/engine/safetensors.js';
 import { loadTokenizer } from '../src/tokenizer/index.js';
-import { applyDimensions, embeddingInputs, fitContext } from '../src/worker/embedding.js';
+import { parseHfConfig } from '../src/engine/hf-config.js';
+import { healthCheckPayload } from '../src/protocol/health.js';
+import { applyDimensions, embeddingInputs, embeddingServing, fitContext } from '../src/worker/embedding.js';
 import { codeOf } from './helpers/thrown.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'embeddings-units-'));
@@ -102,4 +104,39 @@ t.test('the worker\'s input, context and dimensions rules', async (t) => {
   t.throws(() => applyDimensions(v, 2, { ...model, matryoshka: false }), { code: 'LLM_ERR_BAD_REQUEST', message: 'This model does not support specifying dimensions.' });
   t.throws(() => applyDimensions(v, 3, { ...model, matryoshkaDimensions: [2, 4] }), { message: /dimensions 3 is not supported by this model \(supported: 2, 4\)/ });
   t.throws(() => applyDimensions(v, 5, model), { message: /larger than the model's embedding size 4/ });
+});
+
+t.test('a BERT-style encoder is refused by name', async (t) => {
+  const bert = { architectures: ['BertModel'], model_type: 'bert', hidden_size: 32, num_attention_heads: 2, intermediate_size: 64, num_hidden_layers: 2, vocab_size: 100 };
+  t.match(codeOf(() => parseHfConfig(bert, 'bert/config.json')), { code: 'LLM_ERR_UNSUPPORTED_ARCH', message: /BertModel is a BERT-style encoder, which this build does not serve yet/ });
+});
+
+t.test('the embedding endpoint: one response per request, the runtime\'s canary served too', async (t) => {
+  const out = join(dir, 'cfg');
+  const tok = loadTokenizer(out);
+  const calls: number[][][] = [];
+  const model: EmbeddingModel = { pooling: 'last', normalize: true, matryoshka: false, matryoshkaDimensions: null, source: '', hiddenSize: 2, maxInputTokens: 8 };
+  const core = {
+    embeddingModel: async () => model,
+    embed: async (inputs: readonly (readonly number[])[]) => {
+      calls.push(inputs.map((x) => [...x]));
+      return inputs.map((x) => Float32Array.of(x.length, 0));
+    },
+  };
+  const serving = embeddingServing({ core, tokenizer: tok });
+  const collect = async (raw: unknown) => {
+    const chunks: unknown[] = [];
+    for await (const c of serving.accept(raw)({ signal: new AbortController().signal, requestId: 'r' })) chunks.push(c);
+    return chunks;
+  };
+  t.same(await collect({ model: 'm', input: [[1, 2], [3]] }), [{
+    object: 'list', model: 'm', usage: { prompt_tokens: 3, total_tokens: 3 },
+    data: [{ object: 'embedding', embedding: [2, 0], index: 0 }, { object: 'embedding', embedding: [1, 0], index: 1 }],
+  }]);
+  t.same(calls, [[[1, 2], [3]]], 'every input of the request in one call to the batcher');
+  const canary = await collect(healthCheckPayload({ bos: 7 }));
+  t.match(canary, [{ object: 'list', data: [{ index: 0 }], usage: { prompt_tokens: 1 } }], 'the health-check payload embeds its one token');
+  t.throws(() => serving.accept({ model: 'm' }), { code: 'LLM_ERR_BAD_REQUEST' }, 'a body without input');
+  await t.rejects(collect({ model: 'm', input: [1], dimensions: 1 }), { message: 'This model does not support specifying dimensions.' });
+  t.equal(calls.length, 2, 'a refused request runs no pass');
 });

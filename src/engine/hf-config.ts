@@ -114,6 +114,10 @@ export function parseHfConfig(cfg: unknown, file: string): HfHyperParams {
       : archs === undefined || archs === null
         ? SUPPORTED_MODEL_TYPES[modelType ?? '']
         : undefined;
+  if (architecture === undefined && /^(Bert|Roberta|XLMRoberta|NomicBert|NewModel|ModernBert)/.test(hfArchitecture ?? modelType ?? '')) {
+    // a BERT-style encoder (bidirectional, post-LN, WordPiece vocabulary) is a model family of its own
+    throw new LlmError('LLM_ERR_UNSUPPORTED_ARCH', `model config ${file}: ${hfArchitecture ?? modelType} is a BERT-style encoder, which this build does not serve yet; embedding workers serve decoder embedding models (Qwen3-Embedding style: Qwen3Model, Qwen2Model, LlamaModel or *ForCausalLM)`);
+  }
   if (architecture === undefined) {
     throw new LlmError(
       'LLM_ERR_UNSUPPORTED_ARCH',
