@@ -8,13 +8,14 @@ import { join } from 'node:path';
 import t from 'tap';
 import { readEmbeddingConfig } from '../src/engine/embedding-config.js';
 import { openEngine } from '../src/engine/engine.js';
+import { packFor } from '../src/engine/step.js';
 import { makeModel } from '../src/engine/make-model.js';
 import { loadModelSpec } from '../src/engine/model.js';
 import type { EngineOptions } from '../src/engine/types.js';
 import { codeOf } from './helpers/thrown.js';
 
 const options: EngineOptions = {
-  backend: 'cpu', deviceId: 0, pageSize: 4, numPages: 16, memFractionStatic: 0.5, maxBatchTokens: 96, maxSeqsPerStep: 8, threads: 2,
+  backend: 'cpu', deviceId: 0, pageSize: 4, numPages: 16, memFractionStatic: 0.5, maxBatchTokens: 160, maxSeqsPerStep: 8, threads: 2,
 };
 const dir = mkdtempSync(join(tmpdir(), 'embeddings-engine-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -64,6 +65,30 @@ for (const pooling of ['last', 'mean'] as const) {
   });
 }
 
+for (const pooling of ['cls', 'mean'] as const) {
+  t.test(`bert-tiny (BertModel), ${pooling} pooling`, async (t) => {
+    const model = join(dir, `bert-${pooling}`);
+    makeModel({ shape: 'bert-tiny', seed: 9, outDir: model, pooling, std: 0.1 });
+    const spec = await loadModelSpec(model);
+    t.equal(spec.architecture, 'bert');
+    const cfg = readEmbeddingConfig(model, spec.architecture);
+    t.same([cfg.pooling, cfg.normalize, cfg.matryoshka], [pooling, true, false]);
+    const engine = openEngine(spec, options);
+    t.teardown(() => engine.close());
+    const batch = engine.embed(inputs, cfg);
+    const ref = reference(model, inputs);
+    batch.forEach((v, i) => {
+      const c = cosine(v, ref[i]!);
+      t.ok(c >= 0.99999, `input ${i} (${inputs[i]!.length} tokens): cosine to the float64 reference ${c.toFixed(7)}`);
+    });
+    inputs.forEach((seq, i) => t.ok(cosine(engine.embed([seq], cfg)[0]!, batch[i]!) > 0.9999999, `input ${i} alone embeds as in the batch`));
+    const greedy = { temperature: 0, topP: 1, topK: 0, minP: 0, seed: 1, logprobs: -1 };
+    t.match(codeOf(() => engine.step(packFor(engine, [{ tokenIds: [1, 2], startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }]))),
+      { code: 'LLM_ERR_UNSUPPORTED_ARCH', message: /only embeds/ }, 'no generation step');
+    t.match(codeOf(() => engine.embed([new Array(129).fill(1)], cfg)), { code: 'LLM_ERR_CONTEXT_LENGTH', message: /positions end at 128/ });
+  });
+}
+
 t.test('the addon checks a pass at its boundary', async (t) => {
   const model = join(dir, 'last');
   const engine = openEngine(await loadModelSpec(model), options);
@@ -71,6 +96,6 @@ t.test('the addon checks a pass at its boundary', async (t) => {
   const last = { pooling: 'last', normalize: true } as const;
   t.match(codeOf(() => engine.embed([[1, 2], []], last)), { code: 'LLM_ERR_BAD_REQUEST', message: /sequence 1 has 0 tokens/ });
   t.match(codeOf(() => engine.embed([[1, 5000]], last)), { code: 'LLM_ERR_BAD_REQUEST', message: /token 5000 at index 1 out of range/ });
-  t.match(codeOf(() => engine.embed([new Array(97).fill(1)], last)), { code: 'LLM_ERR_CONTEXT_LENGTH', message: /97 tokens in one pass.*maxBatchTokens/ });
+  t.match(codeOf(() => engine.embed([new Array(161).fill(1)], last)), { code: 'LLM_ERR_CONTEXT_LENGTH', message: /161 tokens in one pass.*maxBatchTokens/ });
   t.match(codeOf(() => engine.embed(new Array(9).fill([1]), last)), { code: 'LLM_ERR_BAD_REQUEST', message: /9 sequences.*maxSeqsPerStep/ });
 });

@@ -58,3 +58,16 @@ for (const tpSize of [1, 2]) {
     t.ok(cosine((await sup.embed([inputs[1]!]))[0]!, want[1]!) > 0.999999, 'the worker serves on after a refused pass');
   });
 }
+
+t.test('a BERT-style encoder through the actors; refused with tensor parallelism', async (t) => {
+  const { dir: bertPath } = makeModel({ shape: 'bert-tiny', seed: 4, outDir: join(dir, 'bert'), std: 0.1 });
+  const engine = openEngine(await loadModelSpec(bertPath), { backend: 'cpu', deviceId: 0, pageSize: 4, numPages: 8, memFractionStatic: 0.5, maxBatchTokens: 64, maxSeqsPerStep: 4, threads: 1 });
+  const want = inputs.map((seq) => engine.embed([seq], { pooling: 'cls', normalize: true })[0]!);
+  engine.close();
+  const sup = await Supervisor.start({ ...base, modelPath: bertPath });
+  t.teardown(() => sup.stop());
+  t.match(await sup.embeddingModel(), { pooling: 'cls', normalize: true, matryoshka: false, maxInputTokens: 64 });
+  const got = await sup.embed(inputs);
+  got.forEach((v, i) => t.ok(cosine(v, want[i]!) > 0.999999, `input ${i}: the engine's vector`));
+  await t.rejects(Supervisor.start({ ...base, modelPath: bertPath, tpSize: 2, maxRestarts: 0 }), { message: /without tensor parallelism/ });
+});

@@ -89,7 +89,8 @@ ModelDesc parseDesc(const Napi::Object& spec) {
   if (arch == "llama") d.arch = Arch::Llama;
   else if (arch == "qwen2") d.arch = Arch::Qwen2;
   else if (arch == "qwen3") d.arch = Arch::Qwen3;
-  else bad("LLM_ERR_UNSUPPORTED_ARCH", "ModelSpec.architecture '" + arch + "' unsupported (llama, qwen2, qwen3)");
+  else if (arch == "bert") d.arch = Arch::Bert;
+  else bad("LLM_ERR_UNSUPPORTED_ARCH", "ModelSpec.architecture '" + arch + "' unsupported (llama, qwen2, qwen3, bert)");
   d.vocabSize = integer(spec, W, "vocabSize");
   d.hiddenSize = integer(spec, W, "hiddenSize");
   d.intermediateSize = integer(spec, W, "intermediateSize");
@@ -103,6 +104,7 @@ ModelDesc parseDesc(const Napi::Object& spec) {
   d.tieWordEmbeddings = boolean(spec, W, "tieWordEmbeddings");
   d.qkvBias = boolean(spec, W, "qkvBias");
   d.qkNorm = boolean(spec, W, "qkNorm");
+  if (d.arch == Arch::Bert) d.typeVocabSize = integer(spec, W, "typeVocabSize");
   const std::string layout = str(spec, W, "ropeLayout");
   if (layout == "half") d.ropeLayout = RopeLayout::Half;
   else if (layout == "interleaved") d.ropeLayout = RopeLayout::Interleaved;
@@ -263,6 +265,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       if (backendName == "cuda")
         bad("LLM_ERR_NATIVE_BUILD", "the native addon was built without the CUDA backend (no CUDA toolkit with cuBLAS at build time, or DYNAMO_SGLANG_CPU_ONLY=1)");
 #endif
+      if (desc.arch == Arch::Bert && backendName == "cuda")
+        bad("LLM_ERR_UNSUPPORTED_ARCH", "BERT-style encoders run on the CPU backend only in this build (use --device cpu)");
+      if (desc.arch == Arch::Bert && opts.tp.size > 1)
+        bad("LLM_ERR_CONFIG", "BERT-style encoders run without tensor parallelism in this build (tp size " + std::to_string(opts.tp.size) + ")");
       model_ = loadModel(desc, tensors);
       opts.tp.shard = shardLayout(model_->desc, opts.tp.rank, opts.tp.size);
       shardWeights(*model_, opts.tp.shard);
@@ -404,6 +410,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       int64_t total = 0;
       for (int64_t i = 0; i < numSeqs; ++i) {
         if (lens[i] < 1) bad("LLM_ERR_BAD_REQUEST", "embed: sequence " + std::to_string(i) + " has " + std::to_string(lens[i]) + " tokens (at least 1)");
+        // an encoder's learned positions end at its maximum
+        if (model_->desc.arch == Arch::Bert && lens[i] > model_->desc.maxPositionEmbeddings)
+          bad("LLM_ERR_CONTEXT_LENGTH", "embed: sequence " + std::to_string(i) + " has " + std::to_string(lens[i]) + " tokens, the encoder's positions end at " + std::to_string(model_->desc.maxPositionEmbeddings));
         total += lens[i];
       }
       if (total != (int64_t)ids.ElementLength())

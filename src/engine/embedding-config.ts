@@ -52,7 +52,9 @@ export function readEmbeddingConfig(modelPath: string, architecture: Architectur
   const { matryoshka, matryoshkaDimensions } = matryoshkaOf(m.kind === 'hf' ? join(m.path, 'config.json') : null, architecture);
   const modulesFile = m.kind === 'hf' ? join(m.path, 'modules.json') : null;
   if (modulesFile === null || !existsSync(modulesFile)) {
-    return { pooling: 'last', normalize: true, matryoshka, matryoshkaDimensions, source: 'decoder default (no modules.json)' };
+    return architecture === 'bert'
+      ? { pooling: 'cls', normalize: true, matryoshka, matryoshkaDimensions, source: 'encoder default (no modules.json)' }
+      : { pooling: 'last', normalize: true, matryoshka, matryoshkaDimensions, source: 'decoder default (no modules.json)' };
   }
   const modules = readJson(modulesFile);
   if (!Array.isArray(modules)) throw new LlmError('LLM_ERR_MODEL_FORMAT', `${modulesFile}: expected a list of modules`);

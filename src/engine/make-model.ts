@@ -13,7 +13,7 @@ import type { GgufScalar } from './gguf.js';
 import { expectedTensors } from './model.js';
 import type { Architecture, DType, ModelSpec } from './types.js';
 
-export const MODEL_SHAPE_NAMES = ['qwen3-0.6b', 'qwen3-tiny', 'qwen2-tiny', 'llama-tiny', 'qwen3-embedding-0.6b', 'qwen3-embedding-tiny'] as const;
+export const MODEL_SHAPE_NAMES = ['qwen3-0.6b', 'qwen3-tiny', 'qwen2-tiny', 'llama-tiny', 'qwen3-embedding-0.6b', 'qwen3-embedding-tiny', 'bert-tiny'] as const;
 export type ModelShapeName = (typeof MODEL_SHAPE_NAMES)[number];
 
 interface ShapeDef {
@@ -76,6 +76,13 @@ export const MODEL_SHAPES: Readonly<Record<ModelShapeName, ShapeDef>> = {
     intermediateSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 32, vocabSize: TINY_VOCAB,
     tieWordEmbeddings: true, ropeTheta: 1000000, rmsNormEps: 1e-6, maxPositionEmbeddings: 512, baseVocab: TINY_BASE_VOCAB, embedding: true,
   },
+  // A BERT-style encoder (BertModel, bert-base's layout), tiny; its tokenizer is the tiny Qwen one (the forward does not
+  // care which vocabulary it embeds), so tests give it token ids. ropeTheta is unused; rmsNormEps is its LayerNorm's.
+  'bert-tiny': {
+    architecture: 'bert', hfArchitecture: 'BertModel', modelType: 'bert', hiddenSize: 64,
+    intermediateSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 4, headDim: 16, vocabSize: TINY_VOCAB,
+    tieWordEmbeddings: true, ropeTheta: 10000, rmsNormEps: 1e-12, maxPositionEmbeddings: 128, baseVocab: TINY_BASE_VOCAB, embedding: true,
+  },
 };
 
 /** Pooling an embedding shape's sentence-transformers files declare (1_Pooling/config.json). */
@@ -91,7 +98,8 @@ export interface MakeModelOptions {
   gguf?: boolean;
   /** Standard deviation of the weights (default 0.02, as HF's initializer_range). */
   std?: number;
-  /** Embedding shapes: the pooling the sentence-transformers files declare (default last, as Qwen3-Embedding). */
+  /** Embedding shapes: the pooling the sentence-transformers files declare (default last, as Qwen3-Embedding; cls
+   * for bert-tiny). */
   pooling?: MakeModelPooling;
 }
 
@@ -203,7 +211,7 @@ const BYTES: Readonly<Record<DType, number>> = { f32: 4, f16: 2, bf16: 2 };
 const CHUNK_ELEMENTS = 1 << 22;
 
 function isNormWeight(name: string): boolean {
-  return name.endsWith('norm.weight');
+  return name.toLowerCase().endsWith('norm.weight');
 }
 
 /** Fills `out` with the next values of a tensor's stream, already rounded to `dtype` (so all writers agree). */
@@ -299,6 +307,16 @@ function buildTokenizer(baseVocab: number | null, vocabSize: number): TokenizerF
 
 function configJson(shape: ShapeDef, dtype: DType, tok: TokenizerFiles): Json {
   const torchDtype = dtype === 'f32' ? 'float32' : dtype === 'f16' ? 'float16' : 'bfloat16';
+  if (shape.architecture === 'bert') {
+    // as transformers 5.x serialises a BertConfig
+    return {
+      architectures: [shape.hfArchitecture], attention_probs_dropout_prob: 0.1, classifier_dropout: null, dtype: torchDtype,
+      hidden_act: 'gelu', hidden_dropout_prob: 0.1, hidden_size: shape.hiddenSize, initializer_range: 0.02,
+      intermediate_size: shape.intermediateSize, layer_norm_eps: shape.rmsNormEps, max_position_embeddings: shape.maxPositionEmbeddings,
+      model_type: 'bert', num_attention_heads: shape.numHeads, num_hidden_layers: shape.numLayers, pad_token_id: tok.padTokenId,
+      position_embedding_type: 'absolute', type_vocab_size: 2, use_cache: true, vocab_size: shape.vocabSize,
+    };
+  }
   // Key set and spelling as transformers 5.x serialises these configs (dtype, rope_parameters).
   const common: Json = {
     architectures: [shape.hfArchitecture],
@@ -595,6 +613,7 @@ export function makeModel(options: MakeModelOptions): MakeModelResult {
     tieWordEmbeddings: shape.tieWordEmbeddings,
     qkvBias: shape.architecture === 'qwen2',
     qkNorm: shape.architecture === 'qwen3',
+    ...(shape.architecture === 'bert' ? { typeVocabSize: 2 } : {}),
     bosTokenId: tok.bosTokenId,
     eosTokenIds: [tok.eosTokenId],
   };
@@ -612,7 +631,7 @@ export function makeModel(options: MakeModelOptions): MakeModelResult {
     throw new LlmError('LLM_ERR_USAGE', `pooling is for the embedding shapes (${MODEL_SHAPE_NAMES.filter((n) => MODEL_SHAPES[n].embedding).join(', ')}), not ${options.shape}`);
   }
   if (shape.embedding) {
-    writeSentenceTransformers(dir, shape, options.pooling ?? 'last', files);
+    writeSentenceTransformers(dir, shape, options.pooling ?? (shape.architecture === 'bert' ? 'cls' : 'last'), files);
     if (options.gguf) throw new LlmError('LLM_ERR_USAGE', `--gguf: embedding shapes are written as HF checkpoints only`);
   }
   // A bare decoder's tensors are saved without the "model." prefix.

@@ -3,7 +3,8 @@
 // threads and the addon boundary lives in step.ts (TS side) and native/include/step.h (C++ side).
 
 export type DType = 'f32' | 'f16' | 'bf16';
-export type Architecture = 'llama' | 'qwen2' | 'qwen3';
+/** bert: a BERT-style encoder (BertModel), served by embedding workers on the CPU backend only. */
+export type Architecture = 'llama' | 'qwen2' | 'qwen3' | 'bert';
 export type BackendKind = 'cpu' | 'cuda';
 
 /** Llama-3 style RoPE frequency scaling (HF `rope_scaling` with rope_type "llama3"). */
@@ -43,6 +44,8 @@ export interface ModelSpec {
   tieWordEmbeddings: boolean;
   qkvBias: boolean; // Qwen2
   qkNorm: boolean; // Qwen3
+  /** bert only: rows of token_type_embeddings (rmsNormEps then holds its LayerNorm epsilon). */
+  typeVocabSize?: number;
   bosTokenId: number | null;
   eosTokenIds: number[];
   tensors: TensorRef[];

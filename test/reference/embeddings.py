@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Float64 reference embeddings of a decoder checkpoint (llama / qwen2 / qwen3, bare or *ForCausalLM), written from
+"""Float64 reference embeddings of a decoder checkpoint (llama / qwen2 / qwen3, bare or *ForCausalLM) or a BertModel
+encoder, written from
 the model definitions with numpy alone, independent of the engine: reads config.json, model.safetensors and the
 sentence-transformers pooling files beside them.
 
@@ -32,7 +33,9 @@ def load_safetensors(path):
             arr = (np.frombuffer(raw, dtype='<u2').astype(np.uint32) << 16).view(np.float32).astype(np.float64)
         else:
             raise SystemExit(f'{path}: {name} has dtype {info["dtype"]}')
-        key = name if name.startswith('model.') or name == 'lm_head.weight' else 'model.' + name
+        if name.startswith('bert.'):
+            name = name[5:]
+        key = name if name.startswith(('model.', 'embeddings.', 'encoder.', 'pooler.')) or name == 'lm_head.weight' else 'model.' + name
         out[key] = arr.reshape(info['shape'])
     return out
 
@@ -90,10 +93,47 @@ def final_hidden(cfg, w, tokens):
     return rms_norm(h, w['model.norm.weight'], eps)
 
 
-def pooling_of(model):
+def layer_norm(x, w, b, eps):
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def gelu(x):
+    from math import erf, sqrt
+    return 0.5 * x * (1.0 + np.vectorize(erf)(x / sqrt(2.0)))
+
+
+def bert_hidden(cfg, w, tokens):
+    """BertModel: word + position + token type 0 embeddings, LayerNorm; post-LN layers, bidirectional attention."""
+    H = cfg['hidden_size']
+    nH = cfg['num_attention_heads']
+    D = H // nH
+    eps = cfg.get('layer_norm_eps', 1e-12)
+    T = len(tokens)
+    h = w['embeddings.word_embeddings.weight'][np.array(tokens)] + w['embeddings.position_embeddings.weight'][:T] \
+        + w['embeddings.token_type_embeddings.weight'][0]
+    h = layer_norm(h, w['embeddings.LayerNorm.weight'], w['embeddings.LayerNorm.bias'], eps)
+    for l in range(cfg['num_hidden_layers']):
+        p = f'encoder.layer.{l}.'
+        lin = lambda x, n: x @ w[p + n + '.weight'].T + w[p + n + '.bias']
+        q = lin(h, 'attention.self.query').reshape(T, nH, D)
+        k = lin(h, 'attention.self.key').reshape(T, nH, D)
+        v = lin(h, 'attention.self.value').reshape(T, nH, D)
+        s = np.einsum('thd,shd->hts', q, k) / np.sqrt(D)
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        s /= s.sum(axis=-1, keepdims=True)
+        a = np.einsum('hts,shd->thd', s, v).reshape(T, H)
+        h = layer_norm(h + lin(a, 'attention.output.dense'), w[p + 'attention.output.LayerNorm.weight'], w[p + 'attention.output.LayerNorm.bias'], eps)
+        f = lin(gelu(lin(h, 'intermediate.dense')), 'output.dense')
+        h = layer_norm(h + f, w[p + 'output.LayerNorm.weight'], w[p + 'output.LayerNorm.bias'], eps)
+    return h
+
+
+def pooling_of(model, bert):
     modules_file = os.path.join(model, 'modules.json')
     if not os.path.exists(modules_file):
-        return 'last', True
+        return ('cls' if bert else 'last'), True
     modules = json.load(open(modules_file))
     normalize = any(m['type'].endswith('.Normalize') for m in modules)
     pool = [m for m in modules if m['type'].endswith('.Pooling')]
@@ -112,10 +152,11 @@ def main():
     model = req['model']
     cfg = json.load(open(os.path.join(model, 'config.json')))
     w = load_safetensors(os.path.join(model, 'model.safetensors'))
-    pooling, normalize = pooling_of(model)
+    bert = cfg.get('model_type') == 'bert'
+    pooling, normalize = pooling_of(model, bert)
     out = []
     for tokens in req['inputs']:
-        hs = final_hidden(cfg, w, tokens)
+        hs = bert_hidden(cfg, w, tokens) if bert else final_hidden(cfg, w, tokens)
         v = hs[-1] if pooling == 'last' else hs[0] if pooling == 'cls' else hs.mean(axis=0)
         if normalize:
             v = v / np.linalg.norm(v)
