@@ -31,7 +31,8 @@ const backends: BackendKind[] = loadAddon().backends.includes('cuda') ? ['cpu', 
 for (const f of fixtures) {
   const spec = await loadModelSpec(f.model);
   const cfg = readEmbeddingConfig(f.model, spec.architecture);
-  for (const backend of backends) {
+  // BERT-style encoders run on the CPU backend only (the addon refuses them on CUDA)
+  for (const backend of spec.architecture === 'bert' ? (['cpu'] as BackendKind[]) : backends) {
     const engine = openEngine(spec, { backend, deviceId: 0, pageSize: 16, numPages: 64, memFractionStatic: 0.5, maxBatchTokens: 512, maxSeqsPerStep: 16, threads: 0 });
     try {
       const ours = engine.embed(f.inputs, cfg);

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Correctness fixtures for the embedding worker, made by transformers (for the GPU machine, where torch and
 transformers are installed; it does not run on the CPU-only CI machine). For each pooling (last token, mean),
-transformers builds a tiny random Qwen3Model of make-model's qwen3-embedding-tiny shape (torch seed fixed), saves it
+transformers builds a tiny random Qwen3Model of make-model's qwen3-embedding-tiny shape (torch seed fixed), and for
+CLS pooling a BertModel of make-model's bert-tiny shape (CPU only: the engine refuses BERT on CUDA), saves it
 with save_pretrained (float32 safetensors), the tokenizer files of a make-model checkpoint beside it, and the
 sentence-transformers files (modules.json, 1_Pooling/config.json, 2_Normalize) declaring the pooling; then it embeds a
 fixed set of token-id inputs, one at a time (no padding), in float32 on the CPU and, with CUDA, in bfloat16 on the
@@ -18,14 +19,14 @@ import sys
 
 import torch
 import transformers
-from transformers import AutoModel, Qwen3Config, Qwen3Model
+from transformers import AutoModel, BertConfig, BertModel, Qwen3Config, Qwen3Model
 
 INPUTS = [
     [5, 17, 300, 42, 9, 1000, 77],
     [3],
     [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 11, 12, 13, 14, 15, 16, 17],
     [64, 65],
-    list(range(1, 200)),
+    list(range(1, 120)),
 ]
 
 
@@ -58,17 +59,23 @@ def main():
     out_dir, tokenizer_dir = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
     fixtures = []
-    for seed, pooling in enumerate(['last', 'mean']):
-        d = os.path.abspath(os.path.join(out_dir, f'hf-qwen3-embedding-tiny-{pooling}'))
-        config = Qwen3Config(vocab_size=1088, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
-                             rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True, initializer_range=0.1)
+    for seed, (kind, pooling) in enumerate([('qwen3', 'last'), ('qwen3', 'mean'), ('bert', 'cls')]):
+        d = os.path.abspath(os.path.join(out_dir, f'hf-{kind}-embedding-tiny-{pooling}'))
         torch.manual_seed(seed)
-        model = Qwen3Model(config).float().eval()
+        if kind == 'bert':
+            config = BertConfig(vocab_size=1088, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, max_position_embeddings=128, type_vocab_size=2,
+                                layer_norm_eps=1e-12, initializer_range=0.1)
+            model = BertModel(config, add_pooling_layer=False).float().eval()
+        else:
+            config = Qwen3Config(vocab_size=1088, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+                                 rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True, initializer_range=0.1)
+            model = Qwen3Model(config).float().eval()
         # random norms too (they initialise to ones), so the norm weights are exercised
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if name.endswith('norm.weight'):
+                if name.lower().endswith('norm.weight'):
                     p.add_(0.1 * torch.randn_like(p))
         model.save_pretrained(d, safe_serialization=True)
         for f in ('tokenizer.json', 'tokenizer_config.json'):
@@ -76,7 +83,7 @@ def main():
         write_sentence_transformers(d, pooling, config.hidden_size)
         f32 = AutoModel.from_pretrained(d, dtype=torch.float32).eval()
         entry = {'model': d, 'pooling': pooling, 'inputs': INPUTS, 'float32': embed(f32, pooling, 'cpu')}
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and kind != 'bert':
             entry['bf16'] = embed(AutoModel.from_pretrained(d, dtype=torch.bfloat16).cuda().eval(), pooling, 'cuda')
         fixtures.append(entry)
     path = os.path.join(out_dir, 'fixtures.json')
