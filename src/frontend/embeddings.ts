@@ -34,7 +34,6 @@ export class DiscoveredEmbeddingModel implements ServedModel, EmbeddingService {
     private readonly client: () => Promise<EndpointClient>,
   ) {}
 
-  // eslint-disable-next-line require-yield
   async *generate(): AsyncIterable<LlmResponseChunk> {
     throw new LlmError('LLM_ERR_BAD_REQUEST', `model "${this.name}" is an embedding model: use /v1/embeddings`);
   }

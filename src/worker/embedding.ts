@@ -76,11 +76,12 @@ export function embeddingServing({ core, tokenizer }: EmbeddingServingDeps): Mod
   return {
     accept: (raw) => {
       const request = parseWire(EmbeddingRequestSchema, healthCheckAsEmbedding(raw), 'embedding request');
-      return async function* serve() {
+      return async function* serve({ signal }) {
         const model = await core.embeddingModel();
         // checked before any work, so a bad request costs no pass
         applyDimensions([], request.dimensions ?? undefined, model);
         const ids = fitContext(embeddingInputs(request.input, tokenizer), model.maxInputTokens, request.truncate_prompt_tokens ?? undefined);
+        if (signal.aborted) return; // the caller went away before its inputs were queued: no pass for them
         const vectors = applyDimensions(await core.embed(ids), request.dimensions ?? undefined, model);
         const promptTokens = ids.reduce((n, x) => n + x.length, 0);
         const response: EmbeddingResponse = {
