@@ -29,7 +29,7 @@ import { MessageChannel, isMainThread, receiveMessageOnPort, workerData, type Me
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import { stepShape } from '../src/engine/step.js';
 import type { EngineSummary, KvIpcOp, KvIpcReply } from '../src/engine/summary.js';
-import type { Engine, StepDescriptor, StepResult, TensorParallelOptions } from '../src/engine/types.js';
+import type { EmbedOptions, Engine, StepDescriptor, StepResult, TensorParallelOptions } from '../src/engine/types.js';
 import { resolvePlaceholders } from '../src/scheduler/placeholder.js';
 import type { StepExecutor } from '../src/scheduler/scheduler.js';
 import { controlOf, serveControl, type Control } from './control.js';
@@ -42,7 +42,9 @@ export type RankInbox =
   | { kind: 'step'; stepNo: number; step: StepDescriptor }
   | { kind: 'exportPages'; pages: Int32Array }
   | { kind: 'importPages'; pages: Int32Array; data: Uint8Array }
-  | { kind: 'kvIpc'; request: KvIpcOp };
+  | { kind: 'kvIpc'; request: KvIpcOp }
+  /** An embedding pass (every rank runs it: its layers are collective under tensor parallelism). */
+  | { kind: 'embed'; sequences: number[][]; options: EmbedOptions };
 
 /** What a rank sends back to the scheduler thread. Only rank 0 sends results. */
 export type RankOutbox =
@@ -52,7 +54,10 @@ export type RankOutbox =
   | { kind: 'stepError'; stepNo: number; error: ErrorPayload }
   | { kind: 'pagesDone'; data: Uint8Array | null }
   | { kind: 'kvIpcDone'; result: KvIpcReply<KvIpcOp> }
-  | { kind: 'pagesError'; error: ErrorPayload };
+  | { kind: 'pagesError'; error: ErrorPayload }
+  /** Rank 0's answer to an embedding pass: one vector per sequence. Other ranks send only embedError. */
+  | { kind: 'embedDone'; vectors: Float32Array[] }
+  | { kind: 'embedError'; error: ErrorPayload };
 
 /** The rank's control object (comlink, from the supervisor). */
 export interface RankControl {
@@ -166,6 +171,17 @@ function runRank(data: RankWorkerData): void {
           return;
         }
         send({ kind: 'kvIpcDone', result });
+        return;
+      }
+      case 'embed': {
+        let vectors: Float32Array[];
+        try {
+          vectors = e.embed(m.sequences, m.options);
+        } catch (err) {
+          send({ kind: 'embedError', error: toErrorPayload(err, rank) });
+          return;
+        }
+        if (rank === 0) send({ kind: 'embedDone', vectors }, vectors.map((v) => v.buffer as ArrayBuffer));
         return;
       }
       default:
@@ -485,6 +501,8 @@ export class RankGroup implements StepExecutor {
   private readonly unfinished: { stepNo: number; sentAt: number }[] = [];
   /** Page operations sent to rank 0 and not answered yet, in the order sent (the order it answers them). */
   private readonly pageOps: { resolve: (answer: unknown) => void; reject: (e: LlmError) => void }[] = [];
+  /** Embedding passes sent to every rank and not answered by rank 0 yet, in the order sent. */
+  private readonly embedOps: { resolve: (vectors: Float32Array[]) => void; reject: (e: LlmError) => void }[] = [];
   private readonly watchdog: NodeJS.Timeout;
   private stepNo = 0;
   private failure: LlmError | null = null;
@@ -536,6 +554,15 @@ export class RankGroup implements StepExecutor {
   /** A GPU-to-GPU KV transfer op, after every step submitted before and before every step submitted after. */
   kvIpc<O extends KvIpcOp>(request: O): Promise<KvIpcReply<O>> {
     return this.pageOp<KvIpcReply<O>>({ kind: 'kvIpc', request }, []);
+  }
+
+  /** One embedding pass on every rank, after every step submitted before (Engine.embed: one vector per sequence). */
+  embed(sequences: number[][], options: EmbedOptions): Promise<Float32Array[]> {
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      this.embedOps.push({ resolve, reject });
+      for (const port of this.ports) port.postMessage({ kind: 'embed', sequences, options } satisfies RankInbox);
+    });
   }
 
   private pageOp<T>(message: RankInbox, transfer: ArrayBuffer[]): Promise<T> {
@@ -592,6 +619,22 @@ export class RankGroup implements StepExecutor {
         }
         if (m.kind === 'pagesError') op.reject(LlmError.fromPayload(m.error));
         else op.resolve(m.kind === 'pagesDone' ? m.data : m.result);
+        return;
+      }
+      case 'embedDone':
+      case 'embedError': {
+        if (rank !== 0 || (this.size > 1 && m.kind === 'embedError' && m.error.code === 'LLM_ERR_TP_ABORTED')) {
+          // Another rank failed a pass rank 0 runs with it (or a collective broke): the group no longer agrees.
+          this.fail(LlmError.fromPayload(m.kind === 'embedError' ? m.error : { code: 'LLM_ERR_INTERNAL', message: `rank ${rank} sent embeddings` }), true);
+          return;
+        }
+        const op = this.embedOps.shift();
+        if (!op) {
+          this.fail(new LlmError('LLM_ERR_INTERNAL', `rank ${rank} answered an embedding pass nobody asked for`), true);
+          return;
+        }
+        if (m.kind === 'embedError') op.reject(LlmError.fromPayload(m.error));
+        else op.resolve(m.vectors);
         return;
       }
       default:
@@ -662,6 +705,7 @@ export class RankGroup implements StepExecutor {
     clearInterval(this.watchdog);
     for (const p of this.pending.splice(0)) p.reject(error);
     for (const op of this.pageOps.splice(0)) op.reject(error);
+    for (const op of this.embedOps.splice(0)) op.reject(error);
     if (report) this.opts.onFailure(error);
   }
 }

@@ -20,7 +20,7 @@
 import { MessageChannel, isMainThread, parentPort, workerData, type MessagePort, type Worker } from 'node:worker_threads';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import { Header } from '../src/engine/step.js';
-import type { StepDescriptor, StepResult } from '../src/engine/types.js';
+import type { EmbedOptions, StepDescriptor, StepResult } from '../src/engine/types.js';
 import { DisaggKvOps, exportParked, importPrefix, type DisaggKvOp, type DisaggKvReply, type PrefixPages } from '../src/scheduler/kv-transfer.js';
 import {
   Scheduler, type OutputSink, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest, type SchedulerStats, type StepExecutor,
@@ -58,6 +58,8 @@ export interface SchedulerControl {
   /** Transferred KV imported; parked under parkAs for the request submitted with it (src/scheduler/kv-transfer.ts). */
   importPrefix(prefix: PrefixPages, parkAs: string | null): Promise<number>;
   disaggKv(op: DisaggKvOp): Promise<DisaggKvReply>;
+  /** One embedding pass on the ranks, in step order (Engine.embed). */
+  embed(sequences: number[][], options: EmbedOptions): Promise<Float32Array[]>;
   /** Stops the loop (in-flight requests end), sends the last batch and closes the step channels. */
   stop(): Promise<void>;
 }
@@ -271,6 +273,11 @@ function runScheduler(data: SchedulerWorkerData): void {
       running();
       return disaggKv!.run(op);
     },
+    async embed(sequences, options) {
+      running();
+      const vectors = await ranks.embed(sequences, options);
+      return transferred(vectors, vectors.map((v) => v.buffer as ArrayBuffer));
+    },
     async stop() {
       await scheduler?.stop();
       grammars.close();
@@ -483,6 +490,11 @@ export class SchedulerHandle {
   /** Disaggregated GPU-path KV ops (src/scheduler/kv-transfer.ts DisaggKvOps), in the scheduler's thread. */
   disaggKv(op: DisaggKvOp): Promise<DisaggKvReply> {
     return this.call(() => this.control.disaggKv(op) as Promise<DisaggKvReply>);
+  }
+
+  /** One embedding pass (Engine.embed) on the ranks, after the steps submitted before it. */
+  embed(sequences: number[][], options: EmbedOptions): Promise<Float32Array[]> {
+    return this.call(() => this.control.embed(sequences, options) as Promise<Float32Array[]>);
   }
 
   /** The scheduler or a rank of its group failed: every request fails with the error, and the supervisor hears of it,

@@ -18,6 +18,10 @@ import type { ResolvedSupervisorConfig, SupervisorConfig } from '../src/config/s
 import type { EngineSummary } from '../src/engine/summary.js';
 import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../src/scheduler/kv-transfer.js';
 import { buildTopology, startCore, type CoreGraph, type RunningCore } from '../src/topology/topology.js';
+import { EmbedBatcher } from '../src/engine/embed-batcher.js';
+import { readEmbeddingConfig, type EmbeddingModel } from '../src/engine/embedding-config.js';
+import { loadModelSpec } from '../src/engine/model.js';
+import type { EmbedOptions } from '../src/engine/types.js';
 import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
 import type { SchedulerHandle } from './scheduler.js';
 
@@ -47,6 +51,8 @@ export class Supervisor {
   private stopped = false;
   private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
   private readonly servingListeners: ((serving: boolean) => void)[] = [];
+  private embedBatcher: EmbedBatcher | null = null;
+  private embedding: Promise<EmbeddingModel> | null = null;
 
   private constructor(
     private readonly graph: CoreGraph,
@@ -173,6 +179,46 @@ export class Supervisor {
         });
       }
     }
+  }
+
+  /**
+   * Embeddings of token-id inputs: one vector per input, pooled and normalised as the checkpoint declares
+   * (embeddingModel()) unless `options` says otherwise. Inputs of all callers are batched into engine passes
+   * (src/engine/embed-batcher.ts); an input longer than embeddingModel().maxInputTokens is LLM_ERR_CONTEXT_LENGTH.
+   */
+  async embed(inputs: readonly (readonly number[])[], options: Partial<EmbedOptions> = {}): Promise<Float32Array[]> {
+    const model = await this.embeddingModel();
+    const vocab = this.engine.vocabSize;
+    // Checked here, before any rank sees it: a rank refusing what its peers ran would break a TP group.
+    inputs.forEach((tokens, i) => {
+      if (tokens.length > model.maxInputTokens) {
+        throw new LlmError('LLM_ERR_CONTEXT_LENGTH', `embedding input ${i} has ${tokens.length} tokens; the model takes at most ${model.maxInputTokens}`);
+      }
+      tokens.forEach((tok, j) => {
+        if (!Number.isInteger(tok) || tok < 0 || tok >= vocab) {
+          throw new LlmError('LLM_ERR_BAD_REQUEST', `embedding input ${i}: token ${tok} at index ${j} is outside the vocabulary (size ${vocab})`);
+        }
+      });
+    });
+    this.embedBatcher ??= new EmbedBatcher(
+      { maxSeqs: this.graph.scheduler.options.maxSeqsPerStep, maxTokens: this.graph.scheduler.options.maxBatchTokens },
+      async (seqs, o) => {
+        await this.ready;
+        return this.scheduler.embed(seqs, o);
+      },
+    );
+    return this.embedBatcher.embed(inputs, { pooling: options.pooling ?? model.pooling, normalize: options.normalize ?? model.normalize });
+  }
+
+  /** How this model embeds (its pooling files, read once) and the longest input it takes. */
+  async embeddingModel(): Promise<EmbeddingModel> {
+    await this.ready;
+    const engine = this.engine;
+    this.embedding ??= loadModelSpec(this.config.modelPath).then((spec) => {
+      const longest = Math.min(this.config.contextLength ?? engine.maxPositionEmbeddings, engine.maxPositionEmbeddings, this.graph.scheduler.options.maxBatchTokens);
+      return { ...readEmbeddingConfig(this.config.modelPath, spec.architecture), hiddenSize: spec.hiddenSize, maxInputTokens: longest };
+    });
+    return this.embedding;
   }
 
   /** Disaggregated prefill: copies the KV a request generated with `parkKvAs: key` left parked (its prompt

@@ -93,7 +93,7 @@ t.test('misuse is LLM_ERR_STEP_INVALID naming the problem, and the engine keeps 
   invalid(() => e.stepBegin!(packFor(e, decodeWith(1), { placeholders: true })), /2 steps begun and not ended \(at most 2\)/, 'a third step in flight');
   invalid(() => e.step(packFor(e, decodeWith(1))), /2 step\(s\) begun and not ended: call stepEnd first/, 'step() while steps are begun');
   invalid(() => e.exportPages([0]), /begun and not ended/, 'exportPages while steps are begun');
-  invalid(() => e.embed([1, 2]), /begun and not ended/, 'embed while steps are begun');
+  invalid(() => e.embed([[1, 2]], { pooling: 'last', normalize: true }), /begun and not ended/, 'embed while steps are begun');
   const a = e.stepEnd!();
   const b = e.stepEnd!();
   t.equal(a.tokens.length, 1);

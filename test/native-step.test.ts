@@ -156,10 +156,11 @@ t.test('KV export/import round trip, embed, memory info, close', async (t) => {
   t.same(Array.from(d2.logits as Float32Array), Array.from(d1.logits as Float32Array), 'imported pages give identical logits');
   t.equal(codeOf(() => engine.importPages([0], new Uint8Array(3))).code, 'LLM_ERR_KV_TRANSFER');
   t.equal(codeOf(() => engine.exportPages([32])).code, 'LLM_ERR_KV_TRANSFER');
-  const emb = engine.embed(prompt);
+  const meanPooled = { pooling: 'mean', normalize: true } as const;
+  const [emb] = engine.embed([prompt], meanPooled);
   t.equal(emb.length, shape.hiddenSize);
   t.ok(Math.abs(Math.hypot(...emb) - 1) < 1e-5, 'embedding is L2-normalised');
-  t.same(Array.from(engine.embed(prompt)), Array.from(emb), 'embedding is deterministic');
+  t.same(Array.from(engine.embed([prompt], meanPooled)[0]), Array.from(emb), 'embedding is deterministic');
   const embErr = relError(emb, referenceEmbedding(model, prompt));
   t.ok(embErr < 1e-4, `embedding matches the float64 reference (relative error ${embErr.toExponential(2)})`);
   const m = engine.memoryInfo();

@@ -17,7 +17,6 @@
 #include <thread>
 
 #include "backend.h"
-#include "embed_step.h"
 #include "kernels.h"
 #include "sampling.h"
 #include "thread_pool.h"
@@ -108,9 +107,17 @@ class CpuBackend final : public Backend {
       f.vBias = f32Copy(L.vBias);
       f.qNorm = f32Copy(L.qNorm);
       f.kNorm = f32Copy(L.kNorm);
+      f.oBias = f32Copy(L.oBias);
+      f.upBias = f32Copy(L.upBias);
+      f.downBias = f32Copy(L.downBias);
+      f.postAttnNormBias = f32Copy(L.postAttnNormBias);
+      f.ffnNorm = f32Copy(L.ffnNorm);
+      f.ffnNormBias = f32Copy(L.ffnNormBias);
       layers_.push_back(std::move(f));
     }
     finalNorm_ = f32Copy(w.finalNorm);
+    embedNorm_ = f32Copy(w.embedNorm);
+    embedNormBias_ = f32Copy(w.embedNormBias);
     invFreq_ = ropeInverseFrequencies(d_);
 
     const int64_t T = o.maxBatchTokens;
@@ -182,6 +189,7 @@ class CpuBackend final : public Backend {
   }
 
   void step(const StepView& s, const StepOutputs& out) override {
+    if (d_.arch == Arch::Bert) throw EngineError("LLM_ERR_UNSUPPORTED_ARCH", "a BERT-style encoder only embeds: it has no generation step");
     forwardLayers(s, kv_);
     // Final norm + LM head for each sequence's last token, in chunks, then sampling.
     const int V = V_;
@@ -233,22 +241,31 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void embed(const int32_t* tokenIds, int32_t n, float* out) override {
-    if (n < 1 || n > opt_.maxBatchTokens)
-      throw EngineError("LLM_ERR_CONTEXT_LENGTH", "embed: " + std::to_string(n) + " tokens, the engine takes 1.." + std::to_string(opt_.maxBatchTokens));
-    for (int32_t i = 0; i < n; ++i)
-      if (tokenIds[i] < 0 || tokenIds[i] >= V_)
-        throw EngineError("LLM_ERR_BAD_REQUEST", "embed: token " + std::to_string(tokenIds[i]) + " at index " + std::to_string(i) + " out of range [0, " + std::to_string(V_) + ")");
+  void embed(const int32_t* tokenIds, const int32_t* lens, int32_t numSeqs, EmbedPooling pooling, bool normalize,
+             float* out) override {
+    const EmbedStep step(tokenIds, lens, numSeqs, opt_.pageSize);
+    if (d_.arch == Arch::Bert) {
+      forwardBert(step.view);  // its last layer ends in a LayerNorm: the rows are final as they are
+      for (int32_t i = 0; i < numSeqs; ++i) {
+        int32_t b, e;
+        EmbedStep::pooledRows(step.seqs[i], pooling, &b, &e);
+        poolRows(&x_[(int64_t)b * H_], e - b, H_, normalize, out + (int64_t)i * H_);
+      }
+      return;
+    }
     // A private KV block: embedding never touches the shared pool.
-    const EmbedStep step(tokenIds, n, opt_.pageSize);
     const int64_t pageElems = (int64_t)opt_.pageSize * KD_;
     std::vector<float> kv((size_t)d_.numLayers * 2 * step.numPages() * pageElems);
     forwardLayers(step.view, KvView{kv.data(), step.numPages() * pageElems});
-    for (int32_t t = 0; t < n; ++t) {
-      float* row = &x_[(int64_t)t * H_];
-      rmsNorm(row, finalNorm_.data(), H_, d_.rmsNormEps, row);
+    for (int32_t i = 0; i < numSeqs; ++i) {
+      int32_t b, e;
+      EmbedStep::pooledRows(step.seqs[i], pooling, &b, &e);
+      for (int32_t t = b; t < e; ++t) {
+        float* row = &x_[(int64_t)t * H_];
+        rmsNorm(row, finalNorm_.data(), H_, d_.rmsNormEps, row);
+      }
+      poolRows(&x_[(int64_t)b * H_], e - b, H_, normalize, out + (int64_t)i * H_);
     }
-    meanPoolNormalized(x_.data(), n, H_, out);
   }
 
   void exportPages(const int32_t* pages, int32_t n, uint8_t* out) override {
@@ -276,14 +293,18 @@ class CpuBackend final : public Backend {
  private:
   struct LayerF32 {
     std::vector<float> inputNorm, postAttnNorm, qBias, kBias, vBias, qNorm, kNorm;
+    std::vector<float> oBias, upBias, downBias, postAttnNormBias, ffnNorm, ffnNormBias;  // Bert
   };
 
   std::vector<const HostTensor*> allTensors() const {
-    std::vector<const HostTensor*> v{&w_.embed, &w_.finalNorm};
-    if (!d_.tieWordEmbeddings) v.push_back(&w_.lmHead);
+    std::vector<const HostTensor*> v;
+    for (const HostTensor* t : {&w_.embed, &w_.finalNorm, &w_.posEmbed, &w_.typeEmbed, &w_.embedNorm, &w_.embedNormBias})
+      if (t->data) v.push_back(t);
+    if (!d_.tieWordEmbeddings && w_.lmHead.data) v.push_back(&w_.lmHead);
     for (const LayerWeights& L : w_.layers)
       for (const HostTensor* t : {&L.inputNorm, &L.q, &L.k, &L.v, &L.o, &L.qBias, &L.kBias, &L.vBias, &L.qNorm, &L.kNorm,
-                                  &L.postAttnNorm, &L.gate, &L.up, &L.down})
+                                  &L.postAttnNorm, &L.gate, &L.up, &L.down, &L.oBias, &L.upBias, &L.downBias,
+                                  &L.postAttnNormBias, &L.ffnNorm, &L.ffnNormBias})
         if (t->data) v.push_back(t);
     return v;
   }
@@ -382,6 +403,91 @@ class CpuBackend final : public Backend {
     }
   }
 
+  /** out = LayerNorm(x) * w + b over n values (statistics in f64); out may alias x. */
+  static void layerNorm(const float* x, const float* w, const float* b, int64_t n, float eps, float* out) {
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < n; ++i) mean += x[i];
+    mean /= n;
+    for (int64_t i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+    const double inv = 1.0 / std::sqrt(var / n + eps);
+    for (int64_t i = 0; i < n; ++i) out[i] = (float)((x[i] - mean) * inv) * w[i] + b[i];
+  }
+
+  /**
+   * The BERT encoder over the step's sequences (token type 0, absolute positions): embeddings + LayerNorm, then per
+   * layer bidirectional attention within each sequence, residual + LayerNorm, GELU (erf) MLP, residual + LayerNorm.
+   * Leaves the last hidden states in x_. No KV is written: every query sees its whole sequence at once.
+   */
+  void forwardBert(const StepView& s) {
+    const int64_t T = s.numTokens, H = H_, D = D_, I = I_;
+    const float eps = d_.rmsNormEps;
+    const size_t es = dtypeSize(w_.embed.dtype);
+    std::vector<float> row(H), pos(H), type(H);
+    toF32(w_.typeEmbed.data, w_.typeEmbed.dtype, H, type.data());
+    for (int64_t t = 0; t < T; ++t) {
+      toF32(static_cast<const uint8_t*>(w_.embed.data) + (size_t)s.tokens[t] * H * es, w_.embed.dtype, H, row.data());
+      toF32(static_cast<const uint8_t*>(w_.posEmbed.data) + (size_t)s.positions[t] * H * dtypeSize(w_.posEmbed.dtype), w_.posEmbed.dtype, H, pos.data());
+      for (int64_t i = 0; i < H; ++i) row[i] += pos[i] + type[i];
+      layerNorm(row.data(), embedNorm_.data(), embedNormBias_.data(), H, eps, &x_[t * H]);
+    }
+    const float scale = 1.0f / std::sqrt((float)D);
+    int32_t longest = 0;
+    for (int si = 0; si < s.numSeqs; ++si) longest = std::max(longest, s.seqs[si].qLen);
+    std::vector<float> scores((size_t)pool_.size() * longest);
+    const int64_t units = (int64_t)s.numSeqs * numHeads_;
+    for (int l = 0; l < d_.numLayers; ++l) {
+      const LayerWeights& L = w_.layers[l];
+      const LayerF32& F = layers_[l];
+      matmul(pool_, x_.data(), T, H, L.q.data, L.q.dtype, QD_, F.qBias.data(), q_.data(), QD_);
+      matmul(pool_, x_.data(), T, H, L.k.data, L.k.dtype, KD_, F.kBias.data(), k_.data(), KD_);
+      matmul(pool_, x_.data(), T, H, L.v.data, L.v.dtype, KD_, F.vBias.data(), v_.data(), KD_);
+      pool_.parallelFor(units, [&](int64_t u0, int64_t u1, int tid) {
+        float* sc = &scores[(size_t)tid * longest];
+        for (int64_t u = u0; u < u1; ++u) {
+          const SeqView& q = s.seqs[u / numHeads_];
+          const int64_t h = u % numHeads_;
+          for (int32_t i = 0; i < q.qLen; ++i) {
+            const float* qi = &q_[(q.qStart + i) * QD_ + h * D];
+            float m = -std::numeric_limits<float>::infinity();
+            for (int32_t j = 0; j < q.qLen; ++j) {
+              const float* kj = &k_[(q.qStart + j) * KD_ + h * D];
+              float dot = 0;
+              for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
+              sc[j] = dot * scale;
+              m = std::max(m, sc[j]);
+            }
+            double z = 0;
+            for (int32_t j = 0; j < q.qLen; ++j) z += (sc[j] = std::exp(sc[j] - m));
+            float* o = &attn_[(q.qStart + i) * QD_ + h * D];
+            std::fill(o, o + D, 0.0f);
+            for (int32_t j = 0; j < q.qLen; ++j) {
+              const float p = (float)(sc[j] / z);
+              const float* vj = &v_[(q.qStart + j) * KD_ + h * D];
+              for (int64_t d = 0; d < D; ++d) o[d] += p * vj[d];
+            }
+          }
+        }
+      });
+      matmul(pool_, attn_.data(), T, QD_, L.o.data, L.o.dtype, H, F.oBias.data(), xn_.data(), H);
+      for (int64_t t = 0; t < T; ++t) {
+        float* xt = &x_[t * H];
+        for (int64_t i = 0; i < H; ++i) xt[i] += xn_[t * H + i];
+        layerNorm(xt, F.postAttnNorm.data(), F.postAttnNormBias.data(), H, eps, xt);
+      }
+      for (int64_t c0 = 0; c0 < T; c0 += kMlpChunk) {
+        const int64_t n = std::min<int64_t>(kMlpChunk, T - c0);
+        matmul(pool_, &x_[c0 * H], n, H, L.up.data, L.up.dtype, I, F.upBias.data(), up_.data(), I);
+        for (int64_t i = 0; i < n * I; ++i) up_[i] = (float)(0.5 * up_[i] * (1.0 + std::erf(up_[i] / std::sqrt(2.0))));
+        matmul(pool_, up_.data(), n, I, L.down.data, L.down.dtype, H, F.downBias.data(), &xn_[c0 * H], H);
+        for (int64_t t = c0; t < c0 + n; ++t) {
+          float* xt = &x_[t * H];
+          for (int64_t i = 0; i < H; ++i) xt[i] += xn_[t * H + i];
+          layerNorm(xt, F.ffnNorm.data(), F.ffnNormBias.data(), H, eps, xt);
+        }
+      }
+    }
+  }
+
   /** Sums a rank's partial result over the group (a no-op without tensor parallelism). */
   void allReduce(float* data, int64_t n) {
     if (group_) group_->allReduceSum(opt_.tp.rank, data, (size_t)n);
@@ -432,7 +538,7 @@ class CpuBackend final : public Backend {
   int64_t H_, D_, QD_, KD_, I_;     // QD_, KD_, I_: this rank's slice
   int V_, vocabStart_, localVocab_; // the full vocabulary; this rank's rows of it
   std::vector<LayerF32> layers_;
-  std::vector<float> finalNorm_, invFreq_;
+  std::vector<float> finalNorm_, invFreq_, embedNorm_, embedNormBias_;
   std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_, cos_, sin_, lastHidden_, logits_, localLogits_, attnScratch_, samplingScratch_;
   std::vector<AttnUnit> units_;
   std::vector<int> chunkSeqs_;

@@ -25,7 +25,6 @@
 #include <vector>
 
 #include "backend.h"
-#include "embed_step.h"
 #include "all_reduce.h"
 #include "common.cuh"
 #include "gemm.h"
@@ -264,39 +263,53 @@ class CudaBackend final : public Backend {
     return true;
   }
 
-  void embed(const int32_t* tokenIds, int32_t n, float* out) override {
-    if (n < 1 || n > opt_.maxBatchTokens)
-      throw EngineError("LLM_ERR_CONTEXT_LENGTH", "embed: " + std::to_string(n) + " tokens, the engine takes 1.." +
-                                                      std::to_string(opt_.maxBatchTokens));
-    for (int32_t i = 0; i < n; ++i)
-      if (tokenIds[i] < 0 || tokenIds[i] >= V_)
-        throw EngineError("LLM_ERR_BAD_REQUEST", "embed: token " + std::to_string(tokenIds[i]) + " at index " +
-                                                     std::to_string(i) + " out of range [0, " + std::to_string(V_) + ")");
+  void embed(const int32_t* tokenIds, const int32_t* lens, int32_t numSeqs, EmbedPooling pooling, bool normalize,
+             float* out) override {
     DSG_CUDA(cudaSetDevice(opt_.deviceId));
     // A private KV block: embedding never touches the shared pool.
-    const EmbedStep step(tokenIds, n, opt_.pageSize);
+    const EmbedStep step(tokenIds, lens, numSeqs, opt_.pageSize);
+    const int n = step.view.numTokens;
     const int64_t tensorElems = (int64_t)step.numPages() * opt_.pageSize * KD_;
-    // Stream-ordered allocation: cudaFree would wait for the whole device, i.e. for a tensor-parallel peer on the same
-    // device whose collective waits for this rank's next step.
+    // The rows each sequence's pooling reads, packed: sequence i's are rows [rowStart[i], rowStart[i + 1]).
+    std::vector<int32_t> rowBegin(numSeqs), rowStart(numSeqs + 1, 0);
+    for (int32_t i = 0; i < numSeqs; ++i) {
+      int32_t b, e;
+      EmbedStep::pooledRows(step.seqs[i], pooling, &b, &e);
+      rowBegin[i] = b;
+      rowStart[i + 1] = rowStart[i] + (e - b);
+    }
+    const size_t pooledElems = (size_t)rowStart[numSeqs] * H_;
+    // Stream-ordered allocations: cudaFree would wait for the whole device, i.e. for a tensor-parallel peer on the
+    // same device whose collective waits for this rank's next step. The pooled rows go to a device buffer on the
+    // stream and reach the host after the stream is done (no pageable copy queued on it, as for returned logits).
     bf16* kv = nullptr;
-    DSG_CUDA(cudaMallocAsync(reinterpret_cast<void**>(&kv), (size_t)d_.numLayers * 2 * tensorElems * sizeof(bf16), stream_));
-    std::vector<float> hidden((size_t)n * H_);
+    bf16* pooledDev = nullptr;
+    std::vector<bf16> pooledBf(pooledElems);
     try {
-      uploadInputs(step.view, 1, nextSlot_);  // no step is begun (the addon's rule): either buffer is free
-      forwardLayers(n, 1, maxQLen_, kv, tensorElems);
+      DSG_CUDA(cudaMallocAsync(reinterpret_cast<void**>(&kv), (size_t)d_.numLayers * 2 * tensorElems * sizeof(bf16), stream_));
+      DSG_CUDA(cudaMallocAsync(reinterpret_cast<void**>(&pooledDev), pooledElems * sizeof(bf16), stream_));
+      uploadInputs(step.view, numSeqs, nextSlot_);  // no step is begun (the addon's rule): either buffer is free
+      forwardLayers(n, numSeqs, maxQLen_, kv, tensorElems);
       cuda::launchRmsNorm(residual_, nullptr, n, H_, finalNorm_, d_.rmsNormEps, xn_, stream_);
-      std::vector<bf16> rowsBf((size_t)n * H_);
-      DSG_CUDA(cudaMemcpyAsync(rowsBf.data(), xn_, rowsBf.size() * sizeof(bf16), cudaMemcpyDeviceToHost, stream_));
+      for (int32_t i = 0; i < numSeqs; ++i)
+        DSG_CUDA(cudaMemcpyAsync(pooledDev + (size_t)rowStart[i] * H_, xn_ + (size_t)rowBegin[i] * H_,
+                                 (size_t)(rowStart[i + 1] - rowStart[i]) * H_ * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
       DSG_CUDA(cudaFreeAsync(kv, stream_));
       kv = nullptr;
       DSG_CUDA(cudaStreamSynchronize(stream_));
       checkGroup();
-      for (size_t i = 0; i < rowsBf.size(); ++i) hidden[i] = __bfloat162float(rowsBf[i]);
+      DSG_CUDA(cudaMemcpy(pooledBf.data(), pooledDev, pooledElems * sizeof(bf16), cudaMemcpyDeviceToHost));
+      DSG_CUDA(cudaFreeAsync(pooledDev, stream_));
+      pooledDev = nullptr;
     } catch (...) {
       if (kv) cudaFreeAsync(kv, stream_);
+      if (pooledDev) cudaFreeAsync(pooledDev, stream_);
       throw;
     }
-    meanPoolNormalized(hidden.data(), n, H_, out);
+    std::vector<float> rows(pooledElems);
+    for (size_t i = 0; i < pooledElems; ++i) rows[i] = __bfloat162float(pooledBf[i]);
+    for (int32_t i = 0; i < numSeqs; ++i)
+      poolRows(rows.data() + (size_t)rowStart[i] * H_, rowStart[i + 1] - rowStart[i], H_, normalize, out + (int64_t)i * H_);
   }
 
   void exportPages(const int32_t* pages, int32_t n, uint8_t* out) override { copyPages(pages, n, out, true); }

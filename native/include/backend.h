@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "embed_step.h"
 #include "step.h"
 #include "tensor_parallel.h"
 
@@ -26,7 +27,9 @@ struct EngineError : std::runtime_error {
 enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
 inline size_t dtypeSize(DType t) { return t == DType::F32 ? 4 : 2; }
 
-enum class Arch : int { Llama = 0, Qwen2 = 1, Qwen3 = 2 };
+/** Bert: a BERT-style encoder (word + position + token-type embeddings, post-LN layers with biases, bidirectional
+ *  attention, GELU MLP); it only embeds (step() refuses it), on the CPU backend. */
+enum class Arch : int { Llama = 0, Qwen2 = 1, Qwen3 = 2, Bert = 3 };
 enum class RopeLayout : int { Half = 0, Interleaved = 1 };
 
 struct RopeScalingLlama3 {
@@ -46,6 +49,7 @@ struct ModelDesc {
   RopeLayout ropeLayout = RopeLayout::Half;
   int maxPositionEmbeddings = 0;
   bool tieWordEmbeddings = false, qkvBias = false, qkNorm = false;
+  int typeVocabSize = 0;  // Bert only; rmsNormEps holds its LayerNorm epsilon
 };
 
 /**
@@ -94,12 +98,17 @@ struct LayerWeights {
   HostTensor qNorm, kNorm;              // qwen3 only: [headDim]
   HostTensor postAttnNorm;              // [hidden]
   HostTensor gate, up, down;            // [inter, hidden] x2, [hidden, inter]
+  // Bert: o, up (intermediate) and down (output) biases; the LayerNorms after attention (postAttnNorm) and after the
+  // MLP (ffnNorm) with their biases. Bert has no inputNorm and no gate; q/k/v biases are qBias/kBias/vBias.
+  HostTensor oBias, upBias, downBias, postAttnNormBias, ffnNorm, ffnNormBias;
 };
 struct ModelWeights {
   HostTensor embed;                     // [vocab, hidden]
   std::vector<LayerWeights> layers;
   HostTensor finalNorm;                 // [hidden]
   HostTensor lmHead;                    // [vocab, hidden]; aliases embed when tied
+  // Bert: position and token-type embeddings and the embeddings' LayerNorm (no finalNorm, no lmHead).
+  HostTensor posEmbed, typeEmbed, embedNorm, embedNormBias;
 };
 
 struct BackendOptions {
@@ -187,8 +196,14 @@ class Backend {
   /** Whether stepEnd would return without waiting (the oldest begun step is done). */
   virtual bool stepReady() { return true; }
   static constexpr int kMaxStepsInFlight = 2;
-  /** Mean-pooled, L2-normalised final hidden states (after the final norm) of one sequence; out is [hidden]. */
-  virtual void embed(const int32_t* tokenIds, int32_t n, float* out) = 0;
+  /**
+   * One embedding pass over a batch of numSeqs sequences (lens[i] tokens each, back to back in tokenIds; the addon
+   * checked the lengths, the step limits and the token ids): the final hidden states (after the final norm) of each
+   * pooled as `pooling` says (embed_step.h), L2-normalised when `normalize`; out is [numSeqs, hidden]. Nothing of
+   * the pass stays in the KV pool.
+   */
+  virtual void embed(const int32_t* tokenIds, const int32_t* lens, int32_t numSeqs, EmbedPooling pooling, bool normalize,
+                     float* out) = 0;
   /** Copies pages (all layers, K and V; kvInfo().bytesPerPage each, in the given order) to/from host memory. */
   virtual void exportPages(const int32_t* pages, int32_t n, uint8_t* out) = 0;
   virtual void importPages(const int32_t* pages, int32_t n, const uint8_t* in) = 0;

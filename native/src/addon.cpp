@@ -89,7 +89,8 @@ ModelDesc parseDesc(const Napi::Object& spec) {
   if (arch == "llama") d.arch = Arch::Llama;
   else if (arch == "qwen2") d.arch = Arch::Qwen2;
   else if (arch == "qwen3") d.arch = Arch::Qwen3;
-  else bad("LLM_ERR_UNSUPPORTED_ARCH", "ModelSpec.architecture '" + arch + "' unsupported (llama, qwen2, qwen3)");
+  else if (arch == "bert") d.arch = Arch::Bert;
+  else bad("LLM_ERR_UNSUPPORTED_ARCH", "ModelSpec.architecture '" + arch + "' unsupported (llama, qwen2, qwen3, bert)");
   d.vocabSize = integer(spec, W, "vocabSize");
   d.hiddenSize = integer(spec, W, "hiddenSize");
   d.intermediateSize = integer(spec, W, "intermediateSize");
@@ -103,6 +104,7 @@ ModelDesc parseDesc(const Napi::Object& spec) {
   d.tieWordEmbeddings = boolean(spec, W, "tieWordEmbeddings");
   d.qkvBias = boolean(spec, W, "qkvBias");
   d.qkNorm = boolean(spec, W, "qkNorm");
+  if (d.arch == Arch::Bert) d.typeVocabSize = integer(spec, W, "typeVocabSize");
   const std::string layout = str(spec, W, "ropeLayout");
   if (layout == "half") d.ropeLayout = RopeLayout::Half;
   else if (layout == "interleaved") d.ropeLayout = RopeLayout::Interleaved;
@@ -263,6 +265,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       if (backendName == "cuda")
         bad("LLM_ERR_NATIVE_BUILD", "the native addon was built without the CUDA backend (no CUDA toolkit with cuBLAS at build time, or DYNAMO_SGLANG_CPU_ONLY=1)");
 #endif
+      if (desc.arch == Arch::Bert && backendName == "cuda")
+        bad("LLM_ERR_UNSUPPORTED_ARCH", "BERT-style encoders run on the CPU backend only in this build (use --device cpu)");
+      if (desc.arch == Arch::Bert && opts.tp.size > 1)
+        bad("LLM_ERR_CONFIG", "BERT-style encoders run without tensor parallelism in this build (tp size " + std::to_string(opts.tp.size) + ")");
       model_ = loadModel(desc, tensors);
       opts.tp.shard = shardLayout(model_->desc, opts.tp.rank, opts.tp.size);
       shardWeights(*model_, opts.tp.shard);
@@ -386,13 +392,40 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     });
   }
 
+  /** embed(tokenIds, lens, pooling, normalize): lens[i] tokens of sequence i, back to back in tokenIds; pooling 0 last,
+   *  1 mean, 2 cls (EmbedPooling). Returns [numSeqs * hidden] floats. */
   Napi::Value Embed(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
       Backend& be = idle();
       Napi::Int32Array ids = typedArg<int32_t>(info, 0, "embed token ids");
-      Napi::Float32Array out = Napi::Float32Array::New(env, model_->desc.hiddenSize);
-      be.embed(ids.Data(), (int32_t)ids.ElementLength(), out.Data());
+      Napi::Int32Array lens = typedArg<int32_t>(info, 1, "embed sequence lengths");
+      if (info.Length() < 4 || !info[2].IsNumber() || !info[3].IsBoolean())
+        bad("LLM_ERR_BAD_REQUEST", "embed(tokenIds, lens, pooling, normalize): pooling must be a number and normalize a boolean");
+      const int32_t pooling = info[2].As<Napi::Number>().Int32Value();
+      if (pooling < 0 || pooling > 2) bad("LLM_ERR_BAD_REQUEST", "embed: pooling " + std::to_string(pooling) + " is not 0 (last), 1 (mean) or 2 (cls)");
+      const int64_t numSeqs = (int64_t)lens.ElementLength();
+      if (numSeqs < 1 || numSeqs > opts_.maxSeqsPerStep)
+        bad("LLM_ERR_BAD_REQUEST", "embed: " + std::to_string(numSeqs) + " sequences, the engine takes 1.." + std::to_string(opts_.maxSeqsPerStep) + " (maxSeqsPerStep)");
+      int64_t total = 0;
+      for (int64_t i = 0; i < numSeqs; ++i) {
+        if (lens[i] < 1) bad("LLM_ERR_BAD_REQUEST", "embed: sequence " + std::to_string(i) + " has " + std::to_string(lens[i]) + " tokens (at least 1)");
+        // an encoder's learned positions end at its maximum
+        if (model_->desc.arch == Arch::Bert && lens[i] > model_->desc.maxPositionEmbeddings)
+          bad("LLM_ERR_CONTEXT_LENGTH", "embed: sequence " + std::to_string(i) + " has " + std::to_string(lens[i]) + " tokens, the encoder's positions end at " + std::to_string(model_->desc.maxPositionEmbeddings));
+        total += lens[i];
+      }
+      if (total != (int64_t)ids.ElementLength())
+        bad("LLM_ERR_BAD_REQUEST", "embed: the lengths sum to " + std::to_string(total) + " tokens, " + std::to_string(ids.ElementLength()) + " were given");
+      if (total > opts_.maxBatchTokens)
+        bad("LLM_ERR_CONTEXT_LENGTH", "embed: " + std::to_string(total) + " tokens in one pass, the engine takes at most " + std::to_string(opts_.maxBatchTokens) + " (maxBatchTokens)");
+      const int32_t V = model_->desc.vocabSize;
+      for (int64_t i = 0; i < total; ++i)
+        if (ids[i] < 0 || ids[i] >= V)
+          bad("LLM_ERR_BAD_REQUEST", "embed: token " + std::to_string(ids[i]) + " at index " + std::to_string(i) + " out of range [0, " + std::to_string(V) + ")");
+      const int64_t H = model_->desc.hiddenSize;
+      Napi::Float32Array out = Napi::Float32Array::New(env, (size_t)(numSeqs * H));
+      be.embed(ids.Data(), lens.Data(), (int32_t)numSeqs, (EmbedPooling)pooling, info[3].As<Napi::Boolean>().Value(), out.Data());
       return out;
     });
   }

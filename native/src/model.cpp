@@ -66,6 +66,7 @@ void checkDesc(const ModelDesc& d) {
   if (d.numHeads % d.numKvHeads != 0)
     throw EngineError("LLM_ERR_MODEL_FORMAT", "model spec: numHeads " + std::to_string(d.numHeads) + " is not a multiple of numKvHeads " + std::to_string(d.numKvHeads));
   if (d.headDim % 2 != 0) throw EngineError("LLM_ERR_MODEL_FORMAT", "model spec: headDim " + std::to_string(d.headDim) + " must be even (RoPE pairs)");
+  if (d.arch == Arch::Bert) positive("typeVocabSize", d.typeVocabSize);
   if (!(d.rmsNormEps > 0)) throw EngineError("LLM_ERR_MODEL_FORMAT", "model spec: rmsNormEps must be > 0");
   if (!(d.ropeTheta > 0)) throw EngineError("LLM_ERR_MODEL_FORMAT", "model spec: ropeTheta must be > 0");
 }
@@ -114,6 +115,36 @@ std::unique_ptr<LoadedModel> loadModel(const ModelDesc& desc, const std::vector<
   const int64_t QD = (int64_t)desc.numHeads * D, KD = (int64_t)desc.numKvHeads * D;
   const bool qwen2 = desc.qkvBias, qwen3 = desc.qkNorm;
   ModelWeights& w = model->weights;
+  if (desc.arch == Arch::Bert) {
+    // BertModel's own names (a "bert." prefix is stripped on the TS side).
+    w.embed = get("embeddings.word_embeddings.weight", {V, H}, true);
+    w.posEmbed = get("embeddings.position_embeddings.weight", {(int64_t)desc.maxPositionEmbeddings, H}, true);
+    w.typeEmbed = get("embeddings.token_type_embeddings.weight", {(int64_t)desc.typeVocabSize, H}, true);
+    w.embedNorm = get("embeddings.LayerNorm.weight", {H}, true);
+    w.embedNormBias = get("embeddings.LayerNorm.bias", {H}, true);
+    w.layers.resize(desc.numLayers);
+    for (int l = 0; l < desc.numLayers; ++l) {
+      const std::string p = "encoder.layer." + std::to_string(l) + ".";
+      LayerWeights& L = w.layers[l];
+      L.q = get(p + "attention.self.query.weight", {QD, H}, true);
+      L.qBias = get(p + "attention.self.query.bias", {QD}, true);
+      L.k = get(p + "attention.self.key.weight", {KD, H}, true);
+      L.kBias = get(p + "attention.self.key.bias", {KD}, true);
+      L.v = get(p + "attention.self.value.weight", {KD, H}, true);
+      L.vBias = get(p + "attention.self.value.bias", {KD}, true);
+      L.o = get(p + "attention.output.dense.weight", {H, QD}, true);
+      L.oBias = get(p + "attention.output.dense.bias", {H}, true);
+      L.postAttnNorm = get(p + "attention.output.LayerNorm.weight", {H}, true);
+      L.postAttnNormBias = get(p + "attention.output.LayerNorm.bias", {H}, true);
+      L.up = get(p + "intermediate.dense.weight", {I, H}, true);
+      L.upBias = get(p + "intermediate.dense.bias", {I}, true);
+      L.down = get(p + "output.dense.weight", {H, I}, true);
+      L.downBias = get(p + "output.dense.bias", {H}, true);
+      L.ffnNorm = get(p + "output.LayerNorm.weight", {H}, true);
+      L.ffnNormBias = get(p + "output.LayerNorm.bias", {H}, true);
+    }
+    return model;
+  }
   w.embed = get("model.embed_tokens.weight", {V, H}, true);
   w.layers.resize(desc.numLayers);
   for (int l = 0; l < desc.numLayers; ++l) {

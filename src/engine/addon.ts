@@ -23,7 +23,8 @@ export interface NativeEngine {
   stepBegin(descriptor: Int32Array): void;
   stepEnd(): NativeStepResult;
   stepReady(): boolean;
-  embed(tokenIds: Int32Array): Float32Array;
+  /** lens[i] tokens of sequence i, back to back in tokenIds; pooling: EMBED_POOLING_CODES. [numSeqs * hidden]. */
+  embed(tokenIds: Int32Array, lens: Int32Array, pooling: number, normalize: boolean): Float32Array;
   exportPages(pages: Int32Array): Uint8Array;
   importPages(pages: Int32Array, data: Uint8Array): void;
   kvIpcExport(): KvIpcPool;

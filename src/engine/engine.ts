@@ -3,6 +3,7 @@
 
 import { LlmError, isErrorCode } from '../errors.js';
 import { loadAddon, type NativeEngine, type NativeStepResult } from './addon.js';
+import { EMBED_POOLING_CODES, type EmbedOptions } from './types.js';
 import type { BackendKind, Engine, EngineOptions, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, StepDescriptor, StepResult } from './types.js';
 
 /** Rethrows a native error as an LlmError with the same code (unknown codes become LLM_ERR_INTERNAL). */
@@ -59,9 +60,18 @@ class NativeBackedEngine implements Engine {
     return native(() => h.stepReady());
   }
 
-  embed(tokenIds: ArrayLike<number>): Float32Array {
+  embed(sequences: readonly ArrayLike<number>[], options: EmbedOptions): Float32Array[] {
     const h = this.live();
-    return native(() => h.embed(toInt32(tokenIds)));
+    const lens = Int32Array.from(sequences, (s) => s.length);
+    const ids = new Int32Array(lens.reduce((a, b) => a + b, 0));
+    let at = 0;
+    for (const s of sequences) {
+      ids.set(s, at);
+      at += s.length;
+    }
+    const flat = native(() => h.embed(ids, lens, EMBED_POOLING_CODES[options.pooling], options.normalize));
+    const H = this.spec.hiddenSize;
+    return sequences.map((_, i) => flat.slice(i * H, (i + 1) * H));
   }
 
   exportPages(pages: ArrayLike<number>): Uint8Array {

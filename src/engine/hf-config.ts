@@ -9,6 +9,11 @@ export const SUPPORTED_HF_ARCHITECTURES: Readonly<Record<string, Architecture>> 
   LlamaForCausalLM: 'llama',
   Qwen2ForCausalLM: 'qwen2',
   Qwen3ForCausalLM: 'qwen3',
+  // The bare decoders, as transformers saves an AutoModel (embedding checkpoints such as Qwen3-Embedding): tensor
+  // names without the "model." prefix and no LM head (tied, or unused by an embedding worker).
+  LlamaModel: 'llama',
+  Qwen2Model: 'qwen2',
+  Qwen3Model: 'qwen3',
 };
 
 /** model_type values naming the same architectures, for configs without `architectures`. */
@@ -109,6 +114,13 @@ export function parseHfConfig(cfg: unknown, file: string): HfHyperParams {
       : archs === undefined || archs === null
         ? SUPPORTED_MODEL_TYPES[modelType ?? '']
         : undefined;
+  if (hfArchitecture === 'BertModel' || (hfArchitecture === undefined && (archs === undefined || archs === null) && modelType === 'bert')) {
+    return parseBertConfig(c, hfArchitecture ?? 'BertModel', file);
+  }
+  if (architecture === undefined && /^(Bert|Roberta|XLMRoberta|NomicBert|NewModel|ModernBert)/.test(hfArchitecture ?? modelType ?? '')) {
+    // a BERT-style encoder (bidirectional, post-LN, WordPiece vocabulary) is a model family of its own
+    throw new LlmError('LLM_ERR_UNSUPPORTED_ARCH', `model config ${file}: ${hfArchitecture ?? modelType} is a BERT-style encoder, which this build does not serve yet; embedding workers serve BertModel encoders and decoder embedding models (Qwen3-Embedding style: Qwen3Model, Qwen2Model, LlamaModel or *ForCausalLM)`);
+  }
   if (architecture === undefined) {
     throw new LlmError(
       'LLM_ERR_UNSUPPORTED_ARCH',
@@ -154,6 +166,40 @@ export function parseHfConfig(cfg: unknown, file: string): HfHyperParams {
     qkNorm: architecture === 'qwen3',
     bosTokenId: optTokenId(c['bos_token_id'], 'bos_token_id', file),
     eosTokenIds: parseEosIds(c['eos_token_id'], 'eos_token_id', file),
+    dtype: parseDtype(c['dtype'] ?? c['torch_dtype']),
+  };
+}
+
+/** BertModel's config: absolute positions, token types, GELU (erf), LayerNorm. Heads are full multi-head attention. */
+function parseBertConfig(c: Json, hfArchitecture: string, file: string): HfHyperParams {
+  const act = c['hidden_act'] ?? 'gelu';
+  if (act !== 'gelu') throw new LlmError('LLM_ERR_UNSUPPORTED_ARCH', `model config ${file}: hidden_act ${JSON.stringify(act)} is not supported for BertModel (gelu only)`);
+  const posType = c['position_embedding_type'] ?? 'absolute';
+  if (posType !== 'absolute') throw new LlmError('LLM_ERR_UNSUPPORTED_ARCH', `model config ${file}: position_embedding_type ${JSON.stringify(posType)} is not supported (absolute only)`);
+  const hiddenSize = posInt(c, 'hidden_size', file);
+  const numHeads = posInt(c, 'num_attention_heads', file);
+  const headDim = hiddenSize / numHeads;
+  if (!Number.isInteger(headDim)) throw cfgError(file, `hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numHeads}`);
+  return {
+    architecture: 'bert',
+    hfArchitecture,
+    vocabSize: posInt(c, 'vocab_size', file),
+    hiddenSize,
+    intermediateSize: posInt(c, 'intermediate_size', file),
+    numLayers: posInt(c, 'num_hidden_layers', file),
+    numHeads,
+    numKvHeads: numHeads,
+    headDim,
+    rmsNormEps: posNum(c['layer_norm_eps'] ?? 1e-12, 'layer_norm_eps', file),
+    ropeTheta: 10000,
+    ropeScaling: null,
+    maxPositionEmbeddings: posInt(c, 'max_position_embeddings', file, 512),
+    tieWordEmbeddings: true,
+    qkvBias: false,
+    qkNorm: false,
+    typeVocabSize: posInt(c, 'type_vocab_size', file, 2),
+    bosTokenId: null,
+    eosTokenIds: [],
     dtype: parseDtype(c['dtype'] ?? c['torch_dtype']),
   };
 }

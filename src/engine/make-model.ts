@@ -13,7 +13,7 @@ import type { GgufScalar } from './gguf.js';
 import { expectedTensors } from './model.js';
 import type { Architecture, DType, ModelSpec } from './types.js';
 
-export const MODEL_SHAPE_NAMES = ['qwen3-0.6b', 'qwen3-tiny', 'qwen2-tiny', 'llama-tiny'] as const;
+export const MODEL_SHAPE_NAMES = ['qwen3-0.6b', 'qwen3-tiny', 'qwen2-tiny', 'llama-tiny', 'qwen3-embedding-0.6b', 'qwen3-embedding-tiny', 'bert-tiny'] as const;
 export type ModelShapeName = (typeof MODEL_SHAPE_NAMES)[number];
 
 interface ShapeDef {
@@ -33,6 +33,9 @@ interface ShapeDef {
   maxPositionEmbeddings: number;
   /** Base (non-added) vocabulary kept from the Qwen tokenizer; null keeps all of it. */
   baseVocab: number | null;
+  /** An embedding model (Qwen3-Embedding style): saved as the bare decoder (tensor names without "model.", no LM
+   * head) with sentence-transformers files beside it declaring its pooling and normalisation. */
+  embedding?: boolean;
 }
 
 // Tiny shapes keep the first 1024 Qwen BPE tokens (the 256 byte tokens plus the first 768 merges, whose ids are
@@ -62,7 +65,29 @@ export const MODEL_SHAPES: Readonly<Record<ModelShapeName, ShapeDef>> = {
     intermediateSize: 176, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, vocabSize: TINY_VOCAB,
     tieWordEmbeddings: false, ropeTheta: 500000, rmsNormEps: 1e-5, maxPositionEmbeddings: 4096, baseVocab: TINY_BASE_VOCAB,
   },
+  // Qwen3-Embedding-0.6B: Qwen3-0.6B's shape saved as a bare Qwen3Model, context 32768.
+  'qwen3-embedding-0.6b': {
+    architecture: 'qwen3', hfArchitecture: 'Qwen3Model', modelType: 'qwen3', hiddenSize: 1024,
+    intermediateSize: 3072, numLayers: 28, numHeads: 16, numKvHeads: 8, headDim: 128, vocabSize: 151669,
+    tieWordEmbeddings: true, ropeTheta: 1000000, rmsNormEps: 1e-6, maxPositionEmbeddings: 32768, baseVocab: null, embedding: true,
+  },
+  'qwen3-embedding-tiny': {
+    architecture: 'qwen3', hfArchitecture: 'Qwen3Model', modelType: 'qwen3', hiddenSize: 64,
+    intermediateSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 32, vocabSize: TINY_VOCAB,
+    tieWordEmbeddings: true, ropeTheta: 1000000, rmsNormEps: 1e-6, maxPositionEmbeddings: 512, baseVocab: TINY_BASE_VOCAB, embedding: true,
+  },
+  // A BERT-style encoder (BertModel, bert-base's layout), tiny; its tokenizer is the tiny Qwen one (the forward does not
+  // care which vocabulary it embeds), so tests give it token ids. ropeTheta is unused; rmsNormEps is its LayerNorm's.
+  'bert-tiny': {
+    architecture: 'bert', hfArchitecture: 'BertModel', modelType: 'bert', hiddenSize: 64,
+    intermediateSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 4, headDim: 16, vocabSize: TINY_VOCAB,
+    tieWordEmbeddings: true, ropeTheta: 10000, rmsNormEps: 1e-12, maxPositionEmbeddings: 128, baseVocab: TINY_BASE_VOCAB, embedding: true,
+  },
 };
+
+/** Pooling an embedding shape's sentence-transformers files declare (1_Pooling/config.json). */
+export const MAKE_MODEL_POOLINGS = ['last', 'mean', 'cls'] as const;
+export type MakeModelPooling = (typeof MAKE_MODEL_POOLINGS)[number];
 
 export interface MakeModelOptions {
   shape: ModelShapeName;
@@ -73,6 +98,9 @@ export interface MakeModelOptions {
   gguf?: boolean;
   /** Standard deviation of the weights (default 0.02, as HF's initializer_range). */
   std?: number;
+  /** Embedding shapes: the pooling the sentence-transformers files declare (default last, as Qwen3-Embedding; cls
+   * for bert-tiny). */
+  pooling?: MakeModelPooling;
 }
 
 export interface MakeModelResult {
@@ -183,7 +211,7 @@ const BYTES: Readonly<Record<DType, number>> = { f32: 4, f16: 2, bf16: 2 };
 const CHUNK_ELEMENTS = 1 << 22;
 
 function isNormWeight(name: string): boolean {
-  return name.endsWith('norm.weight');
+  return name.toLowerCase().endsWith('norm.weight');
 }
 
 /** Fills `out` with the next values of a tensor's stream, already rounded to `dtype` (so all writers agree). */
@@ -279,6 +307,16 @@ function buildTokenizer(baseVocab: number | null, vocabSize: number): TokenizerF
 
 function configJson(shape: ShapeDef, dtype: DType, tok: TokenizerFiles): Json {
   const torchDtype = dtype === 'f32' ? 'float32' : dtype === 'f16' ? 'float16' : 'bfloat16';
+  if (shape.architecture === 'bert') {
+    // as transformers 5.x serialises a BertConfig
+    return {
+      architectures: [shape.hfArchitecture], attention_probs_dropout_prob: 0.1, classifier_dropout: null, dtype: torchDtype,
+      hidden_act: 'gelu', hidden_dropout_prob: 0.1, hidden_size: shape.hiddenSize, initializer_range: 0.02,
+      intermediate_size: shape.intermediateSize, layer_norm_eps: shape.rmsNormEps, max_position_embeddings: shape.maxPositionEmbeddings,
+      model_type: 'bert', num_attention_heads: shape.numHeads, num_hidden_layers: shape.numLayers, pad_token_id: tok.padTokenId,
+      position_embedding_type: 'absolute', type_vocab_size: 2, use_cache: true, vocab_size: shape.vocabSize,
+    };
+  }
   // Key set and spelling as transformers 5.x serialises these configs (dtype, rope_parameters).
   const common: Json = {
     architectures: [shape.hfArchitecture],
@@ -516,6 +554,35 @@ function writeGguf(file: string, shape: ShapeDef, seed: number, tensors: { name:
   }
 }
 
+// ---------------------------------------------------------------- sentence-transformers files
+
+/** modules.json, config_sentence_transformers.json, 1_Pooling/config.json and the 2_Normalize module, as
+ * sentence-transformers saves a Qwen3-Embedding-style model (pooling as asked). */
+function writeSentenceTransformers(dir: string, shape: ShapeDef, pooling: MakeModelPooling, files: string[]): void {
+  const write = (name: string, value: unknown): void => {
+    writeFileSync(join(dir, name), JSON.stringify(value, null, 2) + '\n');
+    files.push(join(dir, name));
+  };
+  mkdirSync(join(dir, '1_Pooling'), { recursive: true });
+  mkdirSync(join(dir, '2_Normalize'), { recursive: true });
+  write('modules.json', [
+    { idx: 0, name: '0', path: '', type: 'sentence_transformers.models.Transformer' },
+    { idx: 1, name: '1', path: '1_Pooling', type: 'sentence_transformers.models.Pooling' },
+    { idx: 2, name: '2', path: '2_Normalize', type: 'sentence_transformers.models.Normalize' },
+  ]);
+  write('config_sentence_transformers.json', { prompts: { query: 'Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:', document: '' }, default_prompt_name: null, similarity_fn_name: 'cosine' });
+  write(join('1_Pooling', 'config.json'), {
+    word_embedding_dimension: shape.hiddenSize,
+    pooling_mode_cls_token: pooling === 'cls',
+    pooling_mode_mean_tokens: pooling === 'mean',
+    pooling_mode_max_tokens: false,
+    pooling_mode_mean_sqrt_len_tokens: false,
+    pooling_mode_weightedmean_tokens: false,
+    pooling_mode_lasttoken: pooling === 'last',
+    include_prompt: true,
+  });
+}
+
 // ---------------------------------------------------------------- entry point
 
 export function makeModel(options: MakeModelOptions): MakeModelResult {
@@ -546,6 +613,7 @@ export function makeModel(options: MakeModelOptions): MakeModelResult {
     tieWordEmbeddings: shape.tieWordEmbeddings,
     qkvBias: shape.architecture === 'qwen2',
     qkNorm: shape.architecture === 'qwen3',
+    ...(shape.architecture === 'bert' ? { typeVocabSize: 2 } : {}),
     bosTokenId: tok.bosTokenId,
     eosTokenIds: [tok.eosTokenId],
   };
@@ -559,7 +627,16 @@ export function makeModel(options: MakeModelOptions): MakeModelResult {
   write('generation_config.json', JSON.stringify({ bos_token_id: tok.bosTokenId, eos_token_id: [tok.eosTokenId, tok.padTokenId], pad_token_id: tok.padTokenId }, null, 2) + '\n');
   write('tokenizer.json', JSON.stringify(tok.tokenizerJson));
   write('tokenizer_config.json', JSON.stringify(tok.tokenizerConfig, null, 2) + '\n');
-  writeSafetensors(join(dir, 'model.safetensors'), options.seed, tensors, std, dtype);
+  if (options.pooling !== undefined && !shape.embedding) {
+    throw new LlmError('LLM_ERR_USAGE', `pooling is for the embedding shapes (${MODEL_SHAPE_NAMES.filter((n) => MODEL_SHAPES[n].embedding).join(', ')}), not ${options.shape}`);
+  }
+  if (shape.embedding) {
+    writeSentenceTransformers(dir, shape, options.pooling ?? (shape.architecture === 'bert' ? 'cls' : 'last'), files);
+    if (options.gguf) throw new LlmError('LLM_ERR_USAGE', `--gguf: embedding shapes are written as HF checkpoints only`);
+  }
+  // A bare decoder's tensors are saved without the "model." prefix.
+  const fileTensors = shape.embedding ? tensors.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })) : tensors;
+  writeSafetensors(join(dir, 'model.safetensors'), options.seed, fileTensors, std, dtype);
   files.push(join(dir, 'model.safetensors'));
   if (options.gguf) {
     writeGguf(join(dir, 'model-f16.gguf'), shape, options.seed, tensors, std, dtype, tok, `random ${options.shape} seed ${options.seed}`);

@@ -18,6 +18,7 @@ type HyperParams = Omit<ModelSpec, 'tensors' | 'ropeLayout'>;
 
 /** Canonical HF tensor names and shapes the model needs, in load order. */
 export function expectedTensors(p: HyperParams): { name: string; shape: number[] }[] {
+  if (p.architecture === 'bert') return bertTensors(p);
   const H = p.hiddenSize;
   const q = p.numHeads * p.headDim;
   const kv = p.numKvHeads * p.headDim;
@@ -50,6 +51,36 @@ export function expectedTensors(p: HyperParams): { name: string; shape: number[]
   }
   out.push({ name: 'model.norm.weight', shape: [H] });
   if (!p.tieWordEmbeddings) out.push({ name: 'lm_head.weight', shape: [p.vocabSize, H] });
+  return out;
+}
+
+/** BertModel's tensors (its own names; the pooler is not used). */
+function bertTensors(p: HyperParams): { name: string; shape: number[] }[] {
+  const H = p.hiddenSize;
+  const I = p.intermediateSize;
+  const out = [
+    { name: 'embeddings.word_embeddings.weight', shape: [p.vocabSize, H] },
+    { name: 'embeddings.position_embeddings.weight', shape: [p.maxPositionEmbeddings, H] },
+    { name: 'embeddings.token_type_embeddings.weight', shape: [p.typeVocabSize ?? 2, H] },
+    { name: 'embeddings.LayerNorm.weight', shape: [H] },
+    { name: 'embeddings.LayerNorm.bias', shape: [H] },
+  ];
+  for (let l = 0; l < p.numLayers; l++) {
+    const b = `encoder.layer.${l}`;
+    for (const n of ['query', 'key', 'value']) out.push({ name: `${b}.attention.self.${n}.weight`, shape: [H, H] }, { name: `${b}.attention.self.${n}.bias`, shape: [H] });
+    out.push(
+      { name: `${b}.attention.output.dense.weight`, shape: [H, H] },
+      { name: `${b}.attention.output.dense.bias`, shape: [H] },
+      { name: `${b}.attention.output.LayerNorm.weight`, shape: [H] },
+      { name: `${b}.attention.output.LayerNorm.bias`, shape: [H] },
+      { name: `${b}.intermediate.dense.weight`, shape: [I, H] },
+      { name: `${b}.intermediate.dense.bias`, shape: [I] },
+      { name: `${b}.output.dense.weight`, shape: [H, I] },
+      { name: `${b}.output.dense.bias`, shape: [H] },
+      { name: `${b}.output.LayerNorm.weight`, shape: [H] },
+      { name: `${b}.output.LayerNorm.bias`, shape: [H] },
+    );
+  }
   return out;
 }
 
@@ -224,6 +255,12 @@ export function hfModelSpec(dir: string): ModelSpec {
       shape: t.shape,
       sourceName: t.name,
     });
+  }
+  // A bare decoder (LlamaModel, Qwen3Model, ...) names its tensors without the "model." prefix.
+  // A BERT checkpoint saved from a task model (BertForMaskedLM, ...) prefixes the encoder's names with "bert.".
+  for (const [name, t] of [...found]) {
+    if (!name.startsWith('model.') && name !== 'lm_head.weight' && !found.has(`model.${name}`)) found.set(`model.${name}`, t);
+    if (name.startsWith('bert.') && !found.has(name.slice(5))) found.set(name.slice(5), t);
   }
   const { hfArchitecture: _arch, dtype: _dtype, ...rest } = hp;
   const p: HyperParams = { ...rest, bosTokenId, eosTokenIds };

@@ -3,7 +3,8 @@
 // threads and the addon boundary lives in step.ts (TS side) and native/include/step.h (C++ side).
 
 export type DType = 'f32' | 'f16' | 'bf16';
-export type Architecture = 'llama' | 'qwen2' | 'qwen3';
+/** bert: a BERT-style encoder (BertModel), served by embedding workers on the CPU backend only. */
+export type Architecture = 'llama' | 'qwen2' | 'qwen3' | 'bert';
 export type BackendKind = 'cpu' | 'cuda';
 
 /** Llama-3 style RoPE frequency scaling (HF `rope_scaling` with rope_type "llama3"). */
@@ -43,6 +44,8 @@ export interface ModelSpec {
   tieWordEmbeddings: boolean;
   qkvBias: boolean; // Qwen2
   qkNorm: boolean; // Qwen3
+  /** bert only: rows of token_type_embeddings (rmsNormEps then holds its LayerNorm epsilon). */
+  typeVocabSize?: number;
   bosTokenId: number | null;
   eosTokenIds: number[];
   tensors: TensorRef[];
@@ -166,8 +169,12 @@ export interface Engine {
   stepEnd?(): StepResult;
   /** Whether stepEnd would return without waiting (the oldest begun step is done on the device). */
   stepReady?(): boolean;
-  /** Mean-pooled, L2-normalised last hidden states of one sequence (embedding workers). */
-  embed(tokenIds: ArrayLike<number>): Float32Array;
+  /**
+   * One embedding pass over a batch of sequences (at most maxSeqsPerStep of them, maxBatchTokens tokens in all): each
+   * sequence's final hidden states (after the final norm) pooled as `options` says, one vector of hiddenSize floats
+   * per sequence. Nothing of the pass stays in the KV pool. Not while steps are begun.
+   */
+  embed(sequences: readonly ArrayLike<number>[], options: EmbedOptions): Float32Array[];
   /** Copies the given KV pages (all layers, K and V) to a host buffer: the disaggregated transfer unit. */
   exportPages(pages: ArrayLike<number>): Uint8Array;
   importPages(pages: ArrayLike<number>, data: Uint8Array): void;
@@ -181,4 +188,15 @@ export interface Engine {
   kvIpcClose?(remote: number): void;
   memoryInfo(): MemoryInfo;
   close(): void;
+}
+
+/** How an embedding pass turns a sequence's final hidden rows into its vector: the last token's row (decoder
+ * embedding models), the mean over all rows, or the first row (a BERT-style CLS token). */
+export type EmbedPooling = 'last' | 'mean' | 'cls';
+export const EMBED_POOLING_CODES: Record<EmbedPooling, number> = { last: 0, mean: 1, cls: 2 };
+
+export interface EmbedOptions {
+  pooling: EmbedPooling;
+  /** Scale each vector to unit L2 norm. */
+  normalize: boolean;
 }

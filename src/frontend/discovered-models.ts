@@ -18,6 +18,7 @@ import type { LlmResponseChunk } from '../protocol/response.js';
 import { LlmResponseChunkSchema } from '../protocol/response.js';
 import { parseWire } from '../protocol/validate.js';
 import type { ResponseStream } from '../runtime/request-plane/response-stream.js';
+import { DiscoveredEmbeddingModel } from './embeddings.js';
 import { KvRouter } from './kv-router.js';
 import {
   WorkerKvQueryResponseSchema,
@@ -61,7 +62,7 @@ export type FrontendRouting = RoutingMode | 'kv';
 const KV_QUERY_TIMEOUT_MS = 5000;
 
 interface ModelEntry {
-  model: DiscoveredModel;
+  model: DiscoveredModel | DiscoveredEmbeddingModel;
   endpointKey: string;
 }
 
@@ -130,9 +131,10 @@ export class DiscoveredModels implements ModelDirectory {
     for (const r of records) {
       const card = r.card_json;
       const bits = modelTypeFromWire(card.model_type);
-      if ((bits & (ModelTypeFlag.Chat | ModelTypeFlag.Completions)) === 0) continue; // prefill / embedding workers
+      const embedding = (bits & ModelTypeFlag.Embedding) !== 0;
+      if (!embedding && (bits & (ModelTypeFlag.Chat | ModelTypeFlag.Completions)) === 0) continue; // prefill workers
       // every worker's card, not only the first of a model: the KV router recovers each one's cache once
-      if (this.options.routing === 'kv') this.kvRouter(r, card.kv_cache_block_size).learnWorker(r.instance_id, card.runtime_config?.enable_local_indexer === true, card.runtime_config?.data_parallel_size ?? 1);
+      if (this.options.routing === 'kv' && !embedding) this.kvRouter(r, card.kv_cache_block_size).learnWorker(r.instance_id, card.runtime_config?.enable_local_indexer === true, card.runtime_config?.data_parallel_size ?? 1);
       const name = card.display_name;
       if (seen.has(name)) continue;
       seen.add(name);
@@ -140,13 +142,15 @@ export class DiscoveredModels implements ModelDirectory {
       if (this.models.get(name)?.endpointKey === endpointKey) continue;
       try {
         const { tokenizer, source } = this.tokenizerFor(card.tokenizer ?? null, card.source_path ?? null);
-        const router = this.options.routing === 'kv' ? this.kvRouter(r, card.kv_cache_block_size) : null;
+        const router = this.options.routing === 'kv' && !embedding ? this.kvRouter(r, card.kv_cache_block_size) : null;
         const parsers = {
           toolCallParser: card.runtime_config?.tool_call_parser ?? null,
           reasoningParser: card.runtime_config?.reasoning_parser ?? null,
           excludeToolsWhenToolChoiceNone: card.runtime_config?.exclude_tools_when_tool_choice_none ?? true,
         };
-        const model = new DiscoveredModel(name, tokenizer, source, card.context_length, () => this.client(r), router, this.options.migrationLimit ?? 0, this.prefill, parsers);
+        const model = embedding
+          ? new DiscoveredEmbeddingModel(name, tokenizer, source, card.context_length, () => this.client(r))
+          : new DiscoveredModel(name, tokenizer, source, card.context_length, () => this.client(r), router, this.options.migrationLimit ?? 0, this.prefill, parsers);
         this.models.set(name, { model, endpointKey });
         this.options.log?.(`model "${name}" served by ${endpointKey}`);
         for (const line of unimplementedParsers(parsers)) this.options.log?.(`model "${name}": ${line}`);

@@ -5,6 +5,8 @@
 // 429/503 when the backend is overloaded or absent. The work one request may cost is bounded before any is spent
 // (RequestLimits): body bytes while reading, choices (prompts x n) and prompt bytes before tokenizing, tokenizing
 // time while it runs, so one hostile request cannot starve /health or every other client.
+import { serveEmbeddings } from './embeddings.js';
+import { EmbeddingRequestSchema } from '../protocol/request.js';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
@@ -149,7 +151,7 @@ export class OpenAiServer {
       if (m === undefined) return sendError(res, 404, `model "${id}" does not exist`, 'invalid_request_error', new HttpError(404, '', 'model', 'model_not_found'));
       return sendJson(res, 200, { id: m.name, object: 'model', created: m.created, owned_by: 'dynamo-sglang' });
     }
-    if (path === '/v1/completions' || path === '/v1/chat/completions') {
+    if (path === '/v1/completions' || path === '/v1/chat/completions' || path === '/v1/embeddings') {
       if (req.method !== 'POST') return sendError(res, 405, `method ${req.method} not allowed on ${path}; use POST`);
       if (this.inflight.size >= this.maxInflight) {
         res.setHeader('retry-after', '1');
@@ -162,7 +164,10 @@ export class OpenAiServer {
       this.inflight.add(controller);
       try {
         const body = await readJsonBody(req, this.limits.maxRequestBytes);
-        if (path === '/v1/completions') {
+        if (path === '/v1/embeddings') {
+          const request = parseBody(EmbeddingRequestSchema, body);
+          await serveEmbeddings(request, this.model(request.model), res, controller.signal);
+        } else if (path === '/v1/completions') {
           await this.completions(parseBody(CompletionRequestSchema, body), res, controller.signal);
         } else {
           await this.chat(parseBody(ChatCompletionRequestSchema, body), res, controller.signal);

@@ -226,6 +226,8 @@ export const EmbeddingRequestSchema = Type.Object(
     user: Opt(Type.String()),
     dimensions: Opt(Type.Integer({ minimum: 1 })),
     encoding_format: Opt(Type.String()),
+    // embeddings (issue 19): vLLM's and SGLang's extension: keep the last n tokens of a longer input (-1: the context)
+    truncate_prompt_tokens: Opt(Type.Integer({ minimum: -1 })),
   },
   { $id: 'EmbeddingRequest', title: 'EmbeddingRequest' },
 );

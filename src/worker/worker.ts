@@ -24,6 +24,7 @@ import { CanaryHealthCheck, effectiveHealthCheckPayload, HealthRegistry } from '
 import { RequestControl } from '../runtime/request-plane/context.js';
 import { healthCheckPayload } from '../protocol/health.js';
 import { eventPlaneMode, WorkerKvEvents } from './kv-events.js';
+import { embeddingServing } from './embedding.js';
 import { SERVING_MODES } from './serving.js';
 import { DiscoveryPresence } from './presence.js';
 import { detectHostIp } from '../runtime/request-plane/address.js';
@@ -78,8 +79,11 @@ export function discoveryConfigOf(config: WorkerConfig): DiscoveryConfig {
 
 /** What this build cannot serve yet, refused before anything is loaded. */
 function checkSupported(config: WorkerConfig): void {
-  if (config.workerKind !== 'llm') {
-    throw new LlmError('LLM_ERR_CONFIG', `worker kind "${config.workerKind}" (embedding / multimodal) is not available in this build yet`);
+  if (config.workerKind !== 'llm' && config.workerKind !== 'embedding') {
+    throw new LlmError('LLM_ERR_CONFIG', `worker kind "${config.workerKind}" (multimodal) is not available in this build yet`);
+  }
+  if (config.workerKind === 'embedding' && config.dpSize !== 1) {
+    throw new LlmError('LLM_ERR_CONFIG', `--embedding-worker with --dp-size ${config.dpSize}: an embedding worker runs one data-parallel group in this build (start one worker per group)`);
   }
 }
 
@@ -136,7 +140,13 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     (k) => k.close(),
   );
   // What the endpoint runs per request, fixed by the serving mode (./serving.ts).
-  const serving = SERVING_MODES[config.servingMode]({ core: supervisor, router, kvTransfer: disagg });
+  const serving = config.workerKind === 'embedding'
+    ? embeddingServing({ core: supervisor, tokenizer: tokenizer! })
+    : SERVING_MODES[config.servingMode]({ core: supervisor, router, kvTransfer: disagg });
+  if (config.workerKind === 'embedding') {
+    const e = await supervisor.embeddingModel();
+    log(`embeddings: ${e.pooling} pooling${e.normalize ? ', L2-normalised' : ''} (${e.source}), ${e.hiddenSize} dimensions${e.matryoshka ? ' (fewer on request)' : ''}, inputs up to ${e.maxInputTokens} tokens`);
+  }
 
   // Shutdown fires this: requests still running after the grace period end with EngineShutdown.
   const shutdownController = new AbortController();
@@ -172,7 +182,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
         }
         if (streamDelayMs > 0) await new Promise((r) => setTimeout(r, streamDelayMs));
         recorder.responseBytes(Buffer.byteLength(stringifyJsonExact(chunk)));
-        latency?.chunk(chunk);
+        if ('token_ids' in chunk) latency?.chunk(chunk);
         yield chunk;
       }
       latency?.finish();
@@ -346,6 +356,9 @@ export function modelCard(
 ): ModelDeploymentCard {
   let bits = 0;
   for (const t of config.endpointTypes) bits |= t === 'chat' ? ModelTypeFlag.Chat : t === 'completions' ? ModelTypeFlag.Completions : 0;
+  // An embedding worker registers as Embedding with text input (reference §2.4): it tokenizes its requests itself.
+  const embedding = config.workerKind === 'embedding';
+  if (embedding) bits = ModelTypeFlag.Embedding;
   const slug = config.servedModelName.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^-+|-+$/g, '').toLowerCase() || basename(config.modelPath);
   return {
     display_name: config.servedModelName,
@@ -358,7 +371,7 @@ export function modelCard(
     context_length: engine.contextLength,
     kv_cache_block_size: config.pageSize,
     model_type: modelTypeToWire(bits || ModelTypeFlag.Chat | ModelTypeFlag.Completions),
-    model_input: 'Tokens',
+    model_input: embedding ? 'Text' : 'Tokens',
     runtime_config: {
       total_kv_blocks: engine.totalKvBlocks,
       ...(config.maxRunningRequests == null ? {} : { max_num_seqs: config.maxRunningRequests }),

@@ -31,7 +31,7 @@ port.on('message', (call: RankCall) => {
       port.postMessage(answer(() => live().step(call.step)));
       break;
     case 'embed':
-      port.postMessage(answer(() => live().embed(call.tokenIds)));
+      port.postMessage(answer(() => live().embed([call.tokenIds], { pooling: 'mean', normalize: true })[0]));
       break;
     case 'exportPages':
       port.postMessage(answer(() => live().exportPages(call.pages)));

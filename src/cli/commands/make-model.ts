@@ -5,7 +5,7 @@ import { mkdirSync } from 'node:fs';
 import { Type } from '@sinclair/typebox';
 import { parseCommandLine, renderHelp, usageError } from '../args.js';
 import type { FlagSpec } from '../args.js';
-import { MODEL_SHAPE_NAMES, makeModel } from '../../engine/make-model.js';
+import { MAKE_MODEL_POOLINGS, MODEL_SHAPE_NAMES, makeModel, type MakeModelPooling } from '../../engine/make-model.js';
 import type { ModelShapeName } from '../../engine/make-model.js';
 import type { DType } from '../../engine/types.js';
 
@@ -15,6 +15,7 @@ const FLAGS: readonly FlagSpec[] = [
   { name: 'out', kind: 'string', schema: Type.String({ minLength: 1 }), valueName: 'DIR', help: 'output directory (created)' },
   { name: 'dtype', kind: 'string', schema: Type.Union([Type.Literal('bf16'), Type.Literal('f16'), Type.Literal('f32')]), valueName: 'D', default: 'bf16', defaultText: 'bf16', help: 'weight dtype of model.safetensors' },
   { name: 'std', kind: 'number', schema: Type.Number({ exclusiveMinimum: 0, maximum: 1 }), valueName: 'X', default: 0.02, defaultText: '0.02', help: 'standard deviation of the weights (norm weights are 1 + noise of this size)' },
+  { name: 'pooling', kind: 'string', schema: Type.Union(MAKE_MODEL_POOLINGS.map((s) => Type.Literal(s))), valueName: 'P', help: 'embedding shapes: the pooling the sentence-transformers files declare (default last)' },
   { name: 'gguf', kind: 'bool', schema: Type.Boolean(), default: false, help: 'also write model-f16.gguf: the same weights as GGUF F16 with llama.cpp naming' },
 ];
 
@@ -54,6 +55,7 @@ export async function main(argv: string[]): Promise<number> {
     dtype: values['dtype'] as DType,
     std: values['std'] as number,
     gguf: values['gguf'] === true,
+    ...(values['pooling'] !== undefined ? { pooling: values['pooling'] as MakeModelPooling } : {}),
   });
   for (const f of result.files) process.stdout.write(`${f}\n`);
   return 0;

@@ -44,10 +44,12 @@ async function bundledModel(): Promise<string> {
 export async function main(argv: string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(renderHelp('dynamo-sglang run [frontend options] [worker options]',
-      'Worker and OpenAI frontend in one process on the embedded mem store. Without --model-path it serves the bundled stories260K model. Every `start` flag is accepted (see `dynamo-sglang start --help`).',
+      'Worker and OpenAI frontend in one process on the embedded mem store. Without --model-path it serves the bundled stories260K model. With --embedding the model serves /v1/embeddings (an embedding worker). Every `start` flag is accepted (see `dynamo-sglang start --help`).',
       [{ title: 'Frontend', flags: FRONTEND_FLAGS }]));
     return 0;
   }
+  // `run --embedding`: the model (bundled or given) serves /v1/embeddings (an embedding worker)
+  argv = argv.map((a) => (a === '--embedding' ? '--embedding-worker' : a));
   const { frontend, worker } = splitArgv(argv);
   const fe = frontendSettings(parseCommandLine(frontend, FRONTEND_FLAGS).values);
   // the all-in-one serves this machine: every server binds loopback unless a host is named (flag or environment)
@@ -92,10 +94,13 @@ export async function main(argv: string[]): Promise<number> {
     await models.waitFor(config.servedModelName, 5000);
     const host = fe.httpHost === '0.0.0.0' || fe.httpHost === '::' ? LOOPBACK : fe.httpHost;
     const url = `http://${host}:${server.port}`;
+    const example = config.workerKind === 'embedding'
+      ? { path: 'embeddings', body: { model: config.servedModelName, input: ['Once upon a time', 'a little girl'] } }
+      : { path: 'completions', body: { model: config.servedModelName, prompt: 'Once upon a time', max_tokens: 32, temperature: 0 } };
     process.stdout.write(
       `\ndynamo-sglang is serving "${config.servedModelName}" at ${url}/v1 (OpenAI-compatible). Try:\n\n` +
-        `curl ${url}/v1/completions -H 'content-type: application/json' \\\n` +
-        `  -d '${JSON.stringify({ model: config.servedModelName, prompt: 'Once upon a time', max_tokens: 32, temperature: 0 })}'\n\n` +
+        `curl ${url}/v1/${example.path} -H 'content-type: application/json' \\\n` +
+        `  -d '${JSON.stringify(example.body)}'\n\n` +
         'Stop with Ctrl-C.\n',
     );
     const sig = await waitForSignal();
