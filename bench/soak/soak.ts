@@ -82,6 +82,8 @@ export interface SoakReport {
   hostileStatuses: Record<string, number[]>;
   hostileMaxMs: number;
   latencyMs: { p50: number; p99: number; max: number };
+  /** The three slowest completed requests: what they were and when they started (requests finished by then). */
+  slowest: string[];
   faults: FaultRecord[];
   workers: WorkerFigures[];
   frontendRss: { before: number | null; after: number | null };
@@ -170,8 +172,9 @@ function choiceText(c: ChoicePayload | undefined): string {
 }
 
 /**
- * `work`, or the signal's reason once it aborts: a read on a response body is not always ended by aborting its
- * fetch (one left by the client mid-stream stayed pending past its deadline), and a soak must not wait on it.
+ * `work`, or the signal's reason once it aborts. Node 20's fetch leaves the next body read pending forever when the
+ * abort comes after the whole body has arrived (a client leaving at the last event; reproduced against a plain
+ * node:http server, so not a server fault): the soak must neither wait on that read nor call it a hang.
  */
 function untilAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) {
@@ -356,8 +359,11 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     await waitIdle(d, 30_000);
 
     const baseline = new Map<string, { used: number; rss: number | null }>();
-    const noteBaseline = async (w: SoakWorker) => baseline.set(w.instanceId, { used: (await idleFigures(d, w)).used, rss: rssBytes(w.proc.child.pid) });
-    for (const w of d.workers) await noteBaseline(w);
+    for (const w of d.workers) baseline.set(w.instanceId, { used: (await idleFigures(d, w)).used, rss: rssBytes(w.proc.child.pid) });
+    // the replacement starts under load, never idle: its KV baseline is the idle one of the worker it replaces (same
+    // model and settings), its RSS the one it has when it starts serving
+    const noteReplacement = (w: SoakWorker, replaced: SoakWorker) =>
+      baseline.set(w.instanceId, { used: baseline.get(replaced.instanceId)!.used, rss: rssBytes(w.proc.child.pid) });
     const frontendRssBefore = rssBytes(d.frontend?.child.pid);
     // a replaced worker's counters die with it: kept here so the totals cover the whole run
     const departed: WorkerFigures[] = [];
@@ -365,6 +371,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     const schedule = plan(options);
     let next = 0;
     let finished = 0;
+    const startedAfter: number[] = [];
     const outcomes: Outcome[] = [];
     const faults: FaultRecord[] = [];
     const reached = async (share: number) => {
@@ -401,7 +408,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       await timed('worker restart', async () => {
         const fresh = await d.startWorker();
         d.workers.push(fresh);
-        await noteBaseline(fresh);
+        noteReplacement(fresh, victim);
       });
     })().finally(() => (faultsOver = true));
 
@@ -412,6 +419,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
           continue;
         }
         const i = next++;
+        startedAfter[i] = finished;
         outcomes[i] = await runOne(d.frontendUrl, schedule[i], expected, options.deadlineMs);
         finished++;
         if (finished % 250 === 0) say(`${finished}/${schedule.length} requests done`);
@@ -438,6 +446,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     const hung: string[] = [];
     const hostileNotRefused: string[] = [];
     const latencies: number[] = [];
+    const timedOk: { i: number; ms: number }[] = [];
     const hostileStatuses: Record<string, number[]> = {};
     let cancelled = 0;
     let refused = 0;
@@ -447,6 +456,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       const o = outcomes[i];
       if (o.result === 'ok') {
         latencies.push(o.ms);
+        timedOk.push({ i, ms: o.ms });
         if (p.kind === 'disconnect') disconnectsCompletedFirst++;
       } else if (o.result === 'cancelled') cancelled++;
       else if (o.result === 'refused' && p.kind === 'hostile') {
@@ -472,6 +482,13 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       hostileStatuses,
       hostileMaxMs: Math.round(hostileMaxMs),
       latencyMs: { p50: Math.round(percentile(latencies, 0.5)), p99: Math.round(percentile(latencies, 0.99)), max: Math.round(latencies.at(-1) ?? 0) },
+      slowest: timedOk
+        .sort((a, b) => b.ms - a.ms)
+        .slice(0, 3)
+        .map(({ i, ms }) => {
+          const p = schedule[i];
+          return `${Math.round(ms)} ms: ${p.kind} ${p.kind === 'hostile' ? p.hostile : describe(p)}, started after request ${startedAfter[i]}`;
+        }),
       faults,
       workers,
       frontendRss: { before: frontendRssBefore, after: rssBytes(d.frontend?.child.pid) },
@@ -497,6 +514,7 @@ export function formatReport(r: SoakReport): string {
     '',
     `Faults: ${r.faults.map((f) => `${f.fault} at requests ${f.atRequest}–${f.endRequest} (${f.ms} ms)`).join('; ')}.`,
     `Hostile statuses: ${Object.entries(r.hostileStatuses).map(([k, v]) => `${k} → ${[...new Set(v)].join('/')} ×${v.length}`).join('; ')}; slowest refusal ${r.hostileMaxMs} ms.`,
+    `Slowest: ${r.slowest.join('; ')}.`,
     `Idle after the last request: ${r.idleAfterMs} ms. Frontend RSS ${mib(r.frontendRss.before)} → ${mib(r.frontendRss.after)}.`,
     '',
     '| worker | requests served | KV used tokens before → after | running/in flight after | RSS before → after | cancellations | engine aborts |',
