@@ -15,6 +15,8 @@ export interface RankEngineInit {
   modelPath: string;
   device: BackendKind | 'auto';
   options: Omit<EngineOptions, 'backend' | 'deviceId' | 'tp'>;
+  /** Ranks of a group on each node (tp / nnodes): a node's devices for the group start at deviceId - rank % this. */
+  ranksPerNode: number;
 }
 
 export async function createEngine(init: RankEngineInit, placement: RankPlacement): Promise<Engine> {
@@ -25,7 +27,9 @@ export async function createEngine(init: RankEngineInit, placement: RankPlacemen
   const backend: BackendKind = init.device === 'auto' ? (backends.includes('cuda') && devices > 0 ? 'cuda' : 'cpu') : init.device;
   // Every rank checks the group's shape; the first failure names the numbers (--tp-size, devices, heads).
   const tp = placement.tp;
-  checkTensorParallel(tp?.size ?? 1, placement.deviceId - (tp?.rank ?? 0), spec, backend === 'cuda' ? devices : null);
+  // The group's first device on this machine (each node holds ranksPerNode consecutive ranks of the group).
+  const firstDevice = placement.deviceId - ((tp?.rank ?? 0) % init.ranksPerNode);
+  checkTensorParallel(tp?.size ?? 1, firstDevice, spec, backend === 'cuda' ? devices : null, init.ranksPerNode);
   return openEngine(spec, { ...init.options, backend, deviceId: placement.deviceId, ...(tp ? { tp } : {}) });
 }
 

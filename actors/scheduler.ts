@@ -26,6 +26,7 @@ import {
   Scheduler, type OutputSink, type RadixEvent, type RequestOutput, type SchedulerOptions, type SchedulerRequest, type SchedulerStats, type StepExecutor,
 } from '../src/scheduler/scheduler.js';
 import type { EngineSummary } from '../src/engine/summary.js';
+import { GrammarThread } from './grammar.js';
 import { unreachable } from './messages.js';
 import type { MetricsActor, SchedulerLoad, StepSample } from './metrics.js';
 import { controlOf, serveControl, transferred, type Control } from './control.js';
@@ -92,6 +93,8 @@ export interface SchedulerWorkerData {
   heartbeat: SharedArrayBuffer;
   heartbeatMs: number;
   hook: SchedulerHookInit | null;
+  /** Guided decoding's vocabulary (src/guided): loaded at the first guided request. */
+  tokenizer: { modelPath: string; tokenizerPath: string };
 }
 
 /** A step's outputs. Most are one bare token (no logprobs, not the last): those travel as two transferred Int32Arrays,
@@ -270,6 +273,7 @@ function runScheduler(data: SchedulerWorkerData): void {
     },
     async stop() {
       await scheduler?.stop();
+      grammars.close();
       flush();
       ranks.close();
       clearInterval(beatTimer);
@@ -278,11 +282,38 @@ function runScheduler(data: SchedulerWorkerData): void {
     },
   };
 
+  // Guided requests: their grammar compiles in the grammar thread (actors/grammar.ts) before they are submitted; an
+  // abort that arrives meanwhile is kept (id -> aborted) and applied at submission.
+  const compiling = new Map<string, boolean>();
+  const grammars = new GrammarThread({ tokenizer: data.tokenizer, vocabSize: data.ranks.engine.vocabSize });
+  function submitGuided(m: Extract<SchedulerInbox, { kind: 'submit' }>): void {
+    const id = m.request.id;
+    compiling.set(id, m.cancelled);
+    const fail = (err: unknown) =>
+      sinkOf(m.handle)({ tokenIds: [], logprobs: null, topLogprobs: null, finishReason: 'error', usage: null, error: toErrorPayload(err) });
+    void (async () => {
+      try {
+        const guide = await grammars.guide(m.request.guided!);
+        const aborted = compiling.get(id)!;
+        compiling.delete(id);
+        scheduler!.submit(m.request, sinkOf(m.handle), guide);
+        if (aborted) scheduler!.abort(id);
+      } catch (err) {
+        compiling.delete(id);
+        fail(err);
+      }
+    })();
+  }
+
   function onRequest(m: SchedulerInbox): void {
     lastMessageAt = performance.now();
     const sched = scheduler!;
     switch (m.kind) {
       case 'submit':
+        if (m.request.guided) {
+          submitGuided(m);
+          return;
+        }
         try {
           sched.submit(m.request, sinkOf(m.handle));
           // In the same turn as the submit, so no step can be planned for it in between.
@@ -292,7 +323,8 @@ function runScheduler(data: SchedulerWorkerData): void {
         }
         return;
       case 'abort':
-        sched.abort(m.id);
+        if (compiling.has(m.id)) compiling.set(m.id, true);
+        else sched.abort(m.id);
         return;
       case 'kvEvents':
         kvEvents = m.enabled;
@@ -316,6 +348,7 @@ export interface SchedulerSpawnOptions {
   /** Scheduler start-up limit, ms (the ranks are already started). */
   startTimeoutMs: number;
   hook?: SchedulerHookInit;
+  tokenizer: SchedulerWorkerData['tokenizer'];
   /** Receives the step samples and the scheduler's load. */
   metrics: MetricsActor;
   /** Called once when the scheduler or a rank of its group fails (after every request got the error). */
@@ -382,7 +415,7 @@ export class SchedulerHandle {
     const control = new MessageChannel();
     const data: SchedulerWorkerData = {
       actor: 'scheduler', options: opts.options, ranks: opts.ranks, control: control.port2, heartbeat, heartbeatMs: heartbeatMs(opts.hangTimeoutMs),
-      hook: opts.hook ?? null,
+      hook: opts.hook ?? null, tokenizer: opts.tokenizer,
     };
     const worker = spawnWorker(siblingModule(import.meta.url, 'scheduler'), data, [control.port2, ...opts.ranks.ports]);
     const proxy = controlOf<SchedulerControl>(control.port1);

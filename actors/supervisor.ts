@@ -8,6 +8,8 @@
 import { randomUUID } from 'node:crypto';
 import { LlmError } from '../src/errors.js';
 import { MAX_TOP_LOGPROBS } from '../src/engine/step.js';
+import { grammarSpecOf } from '../src/guided/guides.js';
+import type { GuidedDecoding } from '../src/protocol/request.js';
 import { PreprocessedRequestSchema, type PreprocessedRequest } from '../src/protocol/request.js';
 import type { LlmResponseChunk } from '../src/protocol/response.js';
 import { parseWire } from '../src/protocol/validate.js';
@@ -44,6 +46,7 @@ export class Supervisor {
   private restarts = 0;
   private stopped = false;
   private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
+  private readonly servingListeners: ((serving: boolean) => void)[] = [];
 
   private constructor(
     private readonly graph: CoreGraph,
@@ -103,6 +106,12 @@ export class Supervisor {
   onKvEvent(listener: (e: RadixEvent) => void): void {
     this.kvListeners.push(listener);
     this.running?.scheduler.onKvEvent(listener);
+  }
+
+  /** Called with false when the group fails (it restarts, or stays down after its last restart) and with true when
+   * a restarted group serves again; never for stop(). */
+  onServingChange(listener: (serving: boolean) => void): void {
+    this.servingListeners.push(listener);
   }
 
   /** KV usage and request counts as of the last step's outputs (zeros while restarting). */
@@ -210,6 +219,7 @@ export class Supervisor {
   private onCoreFailure(core: RunningCore, error: LlmError): void {
     if (this.stopped || this.running !== core) return;
     this.running = null;
+    for (const l of this.servingListeners) l(false);
     this.ready = (async () => {
       await core.abort(error.message);
       if (this.restarts >= (this.config.maxRestarts) || this.stopped) {
@@ -219,6 +229,8 @@ export class Supervisor {
       this.restarts++;
       try {
         this.running = await this.startGroup();
+        if (this.stopped) return;
+        for (const l of this.servingListeners) l(true);
       } catch (err) {
         this.failure = err instanceof LlmError ? err : new LlmError('LLM_ERR_ACTOR_CRASHED', String(err));
       }
@@ -229,7 +241,6 @@ export class Supervisor {
     const engine = this.running!.scheduler.engine;
     const bad = (m: string) => new LlmError('LLM_ERR_BAD_REQUEST', `request ${id}: ${m}`);
     const so = req.sampling_options;
-    // guided_decoding is not served by this worker; like the reference, a field it does not serve is ignored
     if ((so.n ?? 1) > 1 || so.use_beam_search) throw bad('sampling_options.n > 1 and beam search are not supported');
     if (req.multi_modal_data && Object.values(req.multi_modal_data).some((v) => v.length)) {
       throw bad('multi_modal_data needs a multimodal worker');
@@ -262,7 +273,19 @@ export class Supervisor {
         seed: so.seed ?? this.config.seed ?? null,
         logprobs: logprobs < 0 ? -1 : logprobs, // negative: ignored, as the reference does
       },
+      ...guidedOf(id, so.guided_decoding),
     };
+  }
+}
+
+/** The request's grammar (sampling_options.guided_decoding), checked for shape here; the scheduler's thread compiles
+ * it. A malformed one is LLM_ERR_BAD_REQUEST naming the field. */
+function guidedOf(id: string, g: GuidedDecoding | null | undefined): Pick<SchedulerRequest, 'guided'> {
+  try {
+    const guided = grammarSpecOf(g);
+    return guided ? { guided } : {};
+  } catch (err) {
+    throw err instanceof LlmError ? new LlmError(err.code, `request ${id}: ${err.message}`) : err;
   }
 }
 

@@ -30,6 +30,8 @@ t.test('more ranks than devices from base-gpu-id', async (t) => {
   refused(t, () => checkTensorParallel(2, 1, QWEN3, 2), '--tp-size 2 with --base-gpu-id 1 needs CUDA devices 1..2; 2 present');
   refused(t, () => checkTensorParallel(1, 3, QWEN3, 2), '--tp-size 1 with --base-gpu-id 3 needs CUDA device 3; 2 present');
   refused(t, () => checkTensorParallel(1, 0, QWEN3, 0), '--tp-size 1 with --base-gpu-id 0 needs CUDA device 0; 0 present');
+  t.doesNotThrow(() => checkTensorParallel(4, 0, QWEN3, 2, 2), 'across two nodes, 2 of 4 ranks per node: 2 devices suffice');
+  refused(t, () => checkTensorParallel(4, 1, QWEN3, 2, 2), '--tp-size 4 (2 of its ranks on this node) with --base-gpu-id 1 needs CUDA devices 1..2; 2 present');
 });
 
 t.test('model dimensions that do not split', async (t) => {

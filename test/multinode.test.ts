@@ -6,35 +6,16 @@
 // message naming the leader; the follower registers nothing and answers /health and /metrics; after a follower
 // died, the leader's restarted group waits for that node to join again.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { Supervisor } from '../actors/supervisor.js';
 import type { SupervisorConfig } from '../src/config/supervisor.js';
 import { LlmError } from '../src/errors.js';
 import { PROMPTS, tinyGroup, tokensOf } from './helpers/tiny-group.js';
+import { freePort, freePortRun } from './helpers/services.js';
 
 const { modelPath, base: groupBase } = tinyGroup('multinode-', (fn) => t.teardown(fn));
 const base: SupervisorConfig = { ...groupBase, maxRestarts: 0 };
-
-async function freePort(): Promise<number> {
-  // Two consecutive free ports: the step relay's and the TP group's (PORT + 1).
-  for (;;) {
-    const server = createServer();
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const { port } = server.address() as { port: number };
-    const next = createServer();
-    const ok = await new Promise<boolean>((resolve) => {
-      next.once('error', () => resolve(false));
-      next.listen(port + 1, '127.0.0.1', () => resolve(true));
-    });
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-    if (ok) {
-      await new Promise<void>((resolve) => next.close(() => resolve()));
-      return port;
-    }
-  }
-}
 
 /** The follower node: the real CLI in its own process; its stderr and exit code. */
 function follower(addr: string, tpSize = 2, systemPort = -1): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> } {
@@ -56,7 +37,7 @@ const leaderConfig = (addr: string): SupervisorConfig => ({ ...base, tpSize: 2, 
 t.test('a TP 2 group over two processes decodes as one process does; the leader going ends the follower', async (t) => {
   const one = await Supervisor.start({ ...base, tpSize: 1 });
   const expected = await Promise.all(PROMPTS.map((p) => tokensOf(one, p, 12))).finally(() => one.stop());
-  const addr = `127.0.0.1:${await freePort()}`;
+  const addr = `127.0.0.1:${await freePortRun()}`;
   const systemPort = await freePort();
   const node1 = follower(addr, 2, systemPort);
   const leader = await Supervisor.start(leaderConfig(addr));
@@ -71,7 +52,7 @@ t.test('a TP 2 group over two processes decodes as one process does; the leader 
 });
 
 t.test('kill -9 of the follower fails the leader\'s in-flight request with a coded error naming its node', async (t) => {
-  const addr = `127.0.0.1:${await freePort()}`;
+  const addr = `127.0.0.1:${await freePortRun()}`;
   const node1 = follower(addr);
   const leader = await Supervisor.start(leaderConfig(addr));
   t.teardown(() => leader.stop());
@@ -85,7 +66,7 @@ t.test('kill -9 of the follower fails the leader\'s in-flight request with a cod
 });
 
 t.test('after a follower died, the leader restarts the group once a follower of that node joins again', async (t) => {
-  const addr = `127.0.0.1:${await freePort()}`;
+  const addr = `127.0.0.1:${await freePortRun()}`;
   const first = follower(addr);
   const leader = await Supervisor.start({ ...leaderConfig(addr), maxRestarts: 1 });
   t.teardown(() => leader.stop());
@@ -107,7 +88,7 @@ t.test('after a follower died, the leader restarts the group once a follower of 
 });
 
 t.test('a follower that disagrees with the leader on the group is refused, saying why, and exits non-zero', async (t) => {
-  const addr = `127.0.0.1:${await freePort()}`;
+  const addr = `127.0.0.1:${await freePortRun()}`;
   const leader = Supervisor.start(leaderConfig(addr)).catch((e: unknown) => e);
   const wrong = follower(addr, 4);
   t.equal(await wrong.exited, 1);

@@ -65,7 +65,7 @@ t.test('step descriptor: each bad field is LLM_ERR_STEP_INVALID naming it; the e
     ['page out of range', (d) => (d[pagesOff + 1] = 9999), /seq 0: page 9999 out of range \[0, 32\)/],
     ['page twice in a sequence', (d) => (d[pagesOff + 1] = 3), /seq 0: page 3 appears twice/],
     ['written page shared', (d) => (d[pagesOff + 3] = 7), /seq 1: page 7 is written this step and also used by seq 0/],
-    ['seq flags', (d) => (d[rec(0, SeqField.flags)] = 2), /seq 0: flags/],
+    ['seq flags', (d) => (d[rec(0, SeqField.flags)] = 4), /seq 0: flags/],
     ['temperature', (d) => (d[rec(0, SeqField.temperature)] = f32bits(-1)), /seq 0: temperature/],
     ['topP', (d) => (d[rec(1, SeqField.topP)] = f32bits(0)), /seq 1: topP/],
     ['minP', (d) => (d[rec(1, SeqField.minP)] = f32bits(1.5)), /seq 1: minP/],

@@ -52,6 +52,18 @@ t.test('buildTopology: one rank per TP rank on baseGpuId + rank; the Supervisor 
   t.throws(() => buildTopology({ ...config, dpSize: 0 }), { code: 'LLM_ERR_CONFIG', message: /dp size must be an integer >= 1, got 0/ });
 });
 
+t.test('buildTopology across nodes: every data-parallel group spans the nodes on its own ports; devices are node-local', async (t) => {
+  const config: SupervisorConfig = { modelPath: 'm', device: 'cpu', tpSize: 4, dpSize: 2, nnodes: 2, nodeRank: 1, distInitAddr: '10.0.0.1:29500', baseGpuId: 0 };
+  const g = buildTopology(config);
+  t.same(g.cores.map((c) => c.multiNode), [0, 1].map((d) => ({ nnodes: 2, nodeRank: 1, distInitAddr: `10.0.0.1:${29500 + 2 * d}` })));
+  // node 1 runs ranks 2 and 3 of each group: group d's on its devices d*2 + 0, 1
+  t.same(g.cores.map((c) => c.ranks.slice(2).map((r) => r.deviceId)), [[0, 1], [2, 3]]);
+  t.throws(() => buildTopology({ ...config, distInitAddr: '10.0.0.1:65533' }), { code: 'LLM_ERR_CONFIG', message: /PORT in \[1, 65532\] \(the 4 ports from PORT on/ });
+  t.throws(() => buildTopology({ ...config, distInitAddr: null }), { code: 'LLM_ERR_CONFIG', message: /--nnodes 2 needs --dist-init-addr HOST:PORT/ });
+  t.match(g.cores[0].ranks[0].engineInit, { ranksPerNode: 2 }, 'a rank knows how many of its group share its node');
+  t.same(buildTopology({ ...config, disableCustomAllReduce: true }).cores[0].ranks[1].tp, { rank: 1, size: 4, customAllReduce: false }, '--disable-custom-all-reduce reaches the ranks');
+});
+
 t.test('buildTopology: --dp-size 3 --tp-size 2 gives three cores, dp rank d on devices baseGpuId + d * 2 + r', async (t) => {
   const g = buildTopology({ modelPath: 'm', device: 'cuda', tpSize: 2, dpSize: 3, baseGpuId: 1 });
   t.same(g.cores.map((c) => [c.dpRank, c.ranks.map((r) => [r.rank, r.deviceId, r.tp])]), [0, 1, 2].map((d) => [d, [0, 1].map((r) => [r, 1 + 2 * d + r, { rank: r, size: 2 }])]));

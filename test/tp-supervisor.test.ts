@@ -46,7 +46,7 @@ for (const fault of ['exit', 'hang'] as const) {
   t.test(`rank 1 that ${fault === 'exit' ? 'exits' : 'stops answering'} mid-stream: streams fail naming it, the group restarts`, async (t) => {
     const onceFile = join(dir, `fault-${fault}`);
     const engine: RankEngineInit = {
-      modelPath, device: 'cpu', options: { pageSize: 4, numPages: 96, memFractionStatic: 0.5, maxBatchTokens: 72, maxSeqsPerStep: 8, threads: 1 },
+      modelPath, device: 'cpu', options: { pageSize: 4, numPages: 96, memFractionStatic: 0.5, maxBatchTokens: 72, maxSeqsPerStep: 8, threads: 1 }, ranksPerNode: 2,
     };
     const init: FaultyRankInit = { engine, faultRank: 1, faultAtStep: 6, fault, onceFile };
     const sup = await Supervisor.start({

@@ -7,7 +7,9 @@
 #      latency of 56 small all-reduces;
 #   3. bench/tp/tp-check.ts check: TP 1 and TP 2 through the engine API against HF float32 (qwen3-check's bar), ranks
 #      bitwise equal, seeded sampling equal on every rank;
-#   4. bench/tp/tp-check.ts timing: Qwen3-8B shape, batch-1 ITL and batch-256 decode, TP 1 vs TP 2.
+#   4. bench/tp/tp-check.ts timing: Qwen3-8B shape, batch-1 ITL and batch-256 decode, TP 1 vs TP 2;
+#   5. bench/tp/multiprocess-check.ts: the TP 2 group as two processes ("nodes") decodes what one process does
+#      (custom kernels over CUDA IPC; with two GPUs also --disable-custom-all-reduce, NCCL for everything).
 # Ranks run on device rank % GPUs: on a one-GPU machine the TP 2 ranks share device 0 (proves the IPC-free in-process
 # mapping, the flags and the graph path; no speed-up is expected there). CUDA_MODULE_LOADING=EAGER: ranks sharing a
 # device share its context, where loading a kernel lazily may wait for a peer's kernel that waits for this rank;
@@ -60,6 +62,8 @@ bw=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['copy_TBps']
 timeout "$(cap 240)" node --import tsx bench/tp/tp-check.ts timing "$work/q8b" --gpus "$gpus" --bandwidth-tbps "$bw" \
   > "$out/tp_timing.log" 2>&1
 stamp "tp-check timing exit $?"
+timeout "$(cap 150)" node --import tsx bench/tp/multiprocess-check.ts "$work/q3/model" --gpus "$gpus" > "$out/tp_multiprocess.log" 2>&1
+stamp "multiprocess-check exit $?"
 grep -h "dynamo-sglang cuda:" "$out/tp_check.log" "$out/tp_timing.log" | sort | uniq -c | head -n 8 > "$out/startup_lines.txt"
 
 echo; echo "## all_reduce_check"
@@ -69,4 +73,6 @@ echo; echo "## TP correctness (Qwen3-0.6B shape vs HF float32)"
 grep -E "^\||^Qwen3|tp [0-9]+ rank" "$out/tp_check.log"
 echo; echo "## TP timing (Qwen3-8B shape, random weights)"
 grep -E "^\||^decode timing|^TP 1|tp [0-9]+ rank .*(ERR|error|WORKER)" "$out/tp_timing.log"
+echo; echo "## TP 2 across two processes"
+grep -E "^\||^TP 2" "$out/tp_multiprocess.log"
 stamp "done"

@@ -215,6 +215,7 @@ class CpuBackend final : public Backend {
       for (int j = 0; j < n; ++j) {
         const SeqView& q = s.seqs[chunkSeqs_[j]];
         maskBannedLogits(&logits_[(int64_t)j * V], q.banned, q.bannedCount);
+        if (q.mask) maskLogitsByBitmask(&logits_[(int64_t)j * V], V, q.mask);
       }
       if (out.logits)
         for (int j = 0; j < n; ++j)

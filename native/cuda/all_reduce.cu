@@ -5,6 +5,8 @@
 // peers per rank, two-shot 2 * (size - 1) / size * n * 4; both add one barrier round trip (two for two-shot).
 #include <unistd.h>
 
+#include <fstream>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -294,8 +296,34 @@ __global__ void addAndZeroKernel(float* in, float* out, int64_t n) {
   }
 }
 
+#ifdef DSG_HAVE_NCCL
+/** NCCL-only vocab gather: out[row, vocabStart_r + c] = recv[r][row * maxShard + c] for c < vocabSize_r. */
+__global__ void placeShardsKernel(const float* recv, const __grid_constant__ GatherView g, int size, int rows, int maxShard,
+                                  int64_t rankStride, float* out) {
+  const int64_t total = (int64_t)size * rows * maxShard;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int c = (int)(i % maxShard);
+    const int64_t t = i / maxShard;
+    const int row = (int)(t % rows), r = (int)(t / rows);
+    if (c < g.vocabSize[r]) out[(int64_t)row * g.vocabTotal + g.vocabStart[r] + c] = recv[r * rankStride + (int64_t)row * maxShard + c];
+  }
+}
+#endif
+
+/** This machine's boot id (processes with the same one share a kernel: their pids and bus ids are comparable). */
+std::string machineId() {
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(f, id);
+  if (!id.empty()) return id;
+  char host[40] = {0};
+  gethostname(host, sizeof host - 1);
+  return host;
+}
+
 /** What ranks swap at start-up (TpGroup::allGather). */
 struct PeerRecord {
+  char machine[40];              // the boot id: pids and bus ids compare only on one machine
   int32_t pid, device;
   uint64_t base;                 // device pointer (valid in the same process)
   cudaIpcMemHandle_t ipc;        // for a peer in another process
@@ -341,11 +369,24 @@ int* allocateHostWord(const std::string& what) {
 /** The group's abort request, shared by its ranks in this process. */
 struct TpComm::Shared {
   int* word = nullptr;
+  // NCCL-only communicators of this process's ranks of the group: the abort ends their pending kernels (no device
+  // wait of ours bounds them). Aborted ones are null here and not destroyed again by their rank.
+  std::mutex ncclMutex;
+  std::vector<void**> ncclComms;
   explicit Shared(const std::string& group) : word(allocateHostWord("the abort word of tensor-parallel group " + group)) {}
   ~Shared() { cudaFreeHost(word); }
   void post(int code) {
     volatile int* w = word;
     if (*w == 0) *w = code;
+#ifdef DSG_HAVE_NCCL
+    // PyTorch's watchdog does the same from its own thread: ncclCommAbort is the call meant to end a hung collective.
+    std::lock_guard<std::mutex> lock(ncclMutex);
+    for (void** comm : ncclComms) {
+      if (*comm) ncclCommAbort(static_cast<ncclComm_t>(*comm));
+      *comm = nullptr;
+    }
+    ncclComms.clear();
+#endif
   }
   /** The live group's word, created when `create`; null when none is live and not `create`. */
   static std::shared_ptr<Shared> of(const std::string& group, bool create) {
@@ -393,6 +434,7 @@ void TpComm::connect(TpGroup& group, const std::string& who, size_t gatherOffset
   gaveUp_ = allocateHostWord("the all-reduce status word of " + who);
 
   PeerRecord mine{};
+  std::strncpy(mine.machine, machineId().c_str(), sizeof mine.machine - 1);
   mine.pid = (int32_t)getpid();
   mine.device = o.deviceId;
   mine.base = reinterpret_cast<uint64_t>(buffer_);
@@ -408,22 +450,31 @@ void TpComm::connect(TpGroup& group, const std::string& who, size_t gatherOffset
   peerBase_.assign(o.size, nullptr);
   peerIpc_.assign(o.size, false);
   bool distinctDevices = true;
+  std::string unmappable;  // why this rank cannot address some peer's buffer (then the group goes NCCL-only)
   for (int q = 0; q < o.size; ++q) {
     const PeerRecord& p = peers[q];
     vocabStart_.push_back(p.vocabStart);
     vocabSize_.push_back(p.vocabSize);
     vocabTotal_ = std::max(vocabTotal_, p.vocabStart + p.vocabSize);
-    for (int r = 0; r < q; ++r) distinctDevices = distinctDevices && std::strcmp(peers[r].busId, p.busId) != 0;
+    for (int r = 0; r < q; ++r)
+      distinctDevices = distinctDevices && !(std::strcmp(peers[r].machine, p.machine) == 0 && std::strcmp(peers[r].busId, p.busId) == 0);
     if (q == o.rank) {
       peerBase_[q] = buffer_;
       continue;
     }
-    if (p.pid != mine.pid) {  // another process on this node: map its buffer through CUDA IPC
-      if (!p.hasIpc) throw deviceError(who + ": rank " + std::to_string(q) + " (another process) could not export its all-reduce buffer over CUDA IPC");
-      const cudaError_t oe = cudaIpcOpenMemHandle(&peerBase_[q], p.ipc, cudaIpcMemLazyEnablePeerAccess);
-      if (oe != cudaSuccess)
-        throw deviceError(who + ": cannot map rank " + std::to_string(q) + "'s all-reduce buffer (device " + p.busId +
-                          ") over CUDA IPC: " + cudaGetErrorString(oe));
+    if (std::strcmp(p.machine, mine.machine) != 0) {
+      unmappable = "rank " + std::to_string(q) + " is on another machine";
+      continue;
+    }
+    if (p.pid != mine.pid) {  // another process on this machine: map its buffer through CUDA IPC
+      const cudaError_t oe = p.hasIpc ? cudaIpcOpenMemHandle(&peerBase_[q], p.ipc, cudaIpcMemLazyEnablePeerAccess) : cudaErrorInvalidValue;
+      if (oe != cudaSuccess) {
+        cudaGetLastError();
+        peerBase_[q] = nullptr;
+        unmappable = "rank " + std::to_string(q) + "'s all-reduce buffer (another process, device " + p.busId + ") cannot be mapped over CUDA IPC" +
+                     (p.hasIpc ? std::string(": ") + cudaGetErrorString(oe) : std::string(": it could not export it"));
+        continue;
+      }
       peerIpc_[q] = true;
       continue;
     }
@@ -443,10 +494,29 @@ void TpComm::connect(TpGroup& group, const std::string& who, size_t gatherOffset
     }
   }
 
+  // Whether every rank maps every peer: a collective decision (one rank's failure sends all to NCCL).
+  if (!o.customAllReduce && unmappable.empty()) unmappable = "--disable-custom-all-reduce";
+  const int32_t mapped = unmappable.empty() ? 1 : 0;
+  for (const auto& b : group.allGather(o.rank, &mapped, sizeof mapped)) ncclOnly_ = ncclOnly_ || recordOf<int32_t>(b) == 0;
+  if (ncclOnly_) {
+#ifndef DSG_HAVE_NCCL
+    throw EngineError("LLM_ERR_CONFIG", who + ": the group's ranks cannot all map each other's memory (" +
+                                            (unmappable.empty() ? std::string("another rank said so") : unmappable) +
+                                            ") and this build has no NCCL to reach them: build with NCCL (nccl.h found at build time)");
+#else
+    if (!distinctDevices) throw EngineError("LLM_ERR_CONFIG", who + ": two ranks share a device and the ranks cannot map each other's memory; NCCL cannot use one device twice");
+    for (size_t q = 0; q < peerBase_.size(); ++q) {
+      if (peerIpc_[q]) cudaIpcCloseMemHandle(peerBase_[q]);
+      peerIpc_[q] = false;
+      if ((int)q != o.rank) peerBase_[q] = nullptr;
+    }
+#endif
+  }
+
   ncclMinBytes_ = kNcclMinBytes;
   if (const char* env = std::getenv("DSG_TP_NCCL_MIN_BYTES")) ncclMinBytes_ = (size_t)std::strtoull(env, nullptr, 10);
 #ifdef DSG_HAVE_NCCL
-  if (o.useNccl && distinctDevices) {
+  if ((o.useNccl && distinctDevices) || ncclOnly_) {
     ncclUniqueId id{};
     if (o.rank == 0) {
       const ncclResult_t r = ncclGetUniqueId(&id);
@@ -458,6 +528,16 @@ void TpComm::connect(TpGroup& group, const std::string& who, size_t gatherOffset
     const ncclResult_t r = ncclCommInitRank(&comm, o.size, id, o.rank);
     if (r != ncclSuccess) throw deviceError(who + ": ncclCommInitRank failed: " + ncclGetErrorString(r));
     nccl_ = comm;
+    if (ncclOnly_) {
+      std::lock_guard<std::mutex> lock(shared_->ncclMutex);
+      shared_->ncclComms.push_back(&nccl_);
+      // padded shards for ncclAllGather (equal counts): the widest shard, as many rows as this rank's source holds
+      for (int w : vocabSize_) maxShard_ = std::max(maxShard_, w);
+      maxRows_ = (int)(std::max<size_t>(o.gatherFloats, 1) / std::max(o.vocabSize, 1));
+      const size_t shardFloats = (size_t)maxRows_ * maxShard_;
+      DSG_CUDA(cudaMalloc(&ncclGatherSend_, std::max<size_t>(shardFloats, 1) * sizeof(float)));
+      DSG_CUDA(cudaMalloc(&ncclGatherRecv_, std::max<size_t>(shardFloats * o.size, 1) * sizeof(float)));
+    }
   }
 #endif
   sharesDevice_ = !distinctDevices;
@@ -473,12 +553,19 @@ void TpComm::release() {
   cudaSetDevice(opt_.deviceId);
 #ifdef DSG_HAVE_NCCL
   // A group that gave up may have a collective that never completes: abort the communicator instead of waiting.
+  if (shared_) {
+    std::lock_guard<std::mutex> lock(shared_->ncclMutex);  // the group's abort may be ending this communicator now
+    auto& comms = shared_->ncclComms;
+    comms.erase(std::remove(comms.begin(), comms.end(), &nccl_), comms.end());
+  }
   if (nccl_) {
     if (abortedBy() != 0 || *const_cast<volatile int*>(shared_->word) != 0) ncclCommAbort(static_cast<ncclComm_t>(nccl_));
     else ncclCommDestroy(static_cast<ncclComm_t>(nccl_));
     nccl_ = nullptr;
   }
 #endif
+  if (ncclGatherSend_) cudaFree(ncclGatherSend_);
+  if (ncclGatherRecv_) cudaFree(ncclGatherRecv_);
   for (size_t q = 0; q < peerBase_.size(); ++q)
     if (peerIpc_[q]) cudaIpcCloseMemHandle(peerBase_[q]);
   if (counters_) cudaFree(counters_);
@@ -504,6 +591,11 @@ void TpComm::allReduce(float* in, float* out, int64_t n, ReduceOut mode, cudaStr
   DSG_CUDA(cudaStreamIsCapturing(stream, &capture));
   const bool capturing = capture != cudaStreamCaptureStatusNone;
   const size_t bytes = (size_t)n * sizeof(float);
+  if (ncclOnly_) {  // no peer is mapped: NCCL for everything, in captures too
+    if (!nccl_) throw EngineError("LLM_ERR_TP_ABORTED", "all-reduce: the group was aborted");
+    ncclReduce(in, out, n, mode, stream);
+    return;
+  }
   if (algo == ReduceAlgo::Auto) {
     if (nccl_ && !capturing && bytes >= ncclMinBytes_) algo = ReduceAlgo::Nccl;
     else algo = opt_.size <= 2 || bytes <= kOneShotMaxBytes ? ReduceAlgo::OneShot : ReduceAlgo::TwoShot;
@@ -554,6 +646,7 @@ void TpComm::ncclReduce(float* in, float* out, int64_t n, ReduceOut mode, cudaSt
 
 void TpComm::allGatherVocab(int rows, float* out, cudaStream_t stream) {
   if (rows <= 0) return;
+  if (ncclOnly_) return ncclGatherVocab(rows, out, stream);
   const CommView v = makeView(peerBase_, counters_, shared_->word, gaveUp_, opt_);
   GatherView g{};
   int maxVs = 0;
@@ -567,6 +660,33 @@ void TpComm::allGatherVocab(int rows, float* out, cudaStream_t stream) {
   const int64_t items = (int64_t)opt_.size * rows * ((maxVs + kGatherColsPerItem - 1) / kGatherColsPerItem);
   const int blocks = (int)std::max<int64_t>(1, std::min<int64_t>(maxBlocks_, items));
   launchKernel(gatherVocabKernel, dim3(blocks), dim3(kThreads), 0, stream, true, 0, v, g, rows, out);
+}
+
+void TpComm::ncclGatherVocab(int rows, float* out, cudaStream_t stream) {
+#ifdef DSG_HAVE_NCCL
+  if (!nccl_) throw EngineError("LLM_ERR_TP_ABORTED", "vocab gather: the group was aborted");
+  if (rows > maxRows_)
+    throw EngineError("LLM_ERR_INTERNAL", "vocab gather of " + std::to_string(rows) + " rows: the gather holds " + std::to_string(maxRows_));
+  // this rank's [rows, vocabSize] source, padded to [rows, maxShard_] so every rank sends the same count
+  DSG_CUDA(cudaMemcpy2DAsync(ncclGatherSend_, (size_t)maxShard_ * sizeof(float), gatherSrc_, (size_t)opt_.vocabSize * sizeof(float),
+                             (size_t)opt_.vocabSize * sizeof(float), rows, cudaMemcpyDeviceToDevice, stream));
+  const size_t count = (size_t)rows * maxShard_;
+  const ncclResult_t r = ncclAllGather(ncclGatherSend_, ncclGatherRecv_, count, ncclFloat32, static_cast<ncclComm_t>(nccl_), stream);
+  if (r != ncclSuccess) throw deviceError(std::string("ncclAllGather failed: ") + ncclGetErrorString(r));
+  GatherView g{};
+  for (int q = 0; q < opt_.size; ++q) {
+    g.vocabStart[q] = vocabStart_[q];
+    g.vocabSize[q] = vocabSize_[q];
+  }
+  g.vocabTotal = vocabTotal_;
+  const int64_t total = (int64_t)opt_.size * rows * maxShard_;
+  const int blocks = (int)std::min<int64_t>(1024, (total + 255) / 256);
+  placeShardsKernel<<<blocks, 256, 0, stream>>>(ncclGatherRecv_, g, opt_.size, rows, maxShard_, (int64_t)count, out);
+  DSG_LAUNCHED("placeShardsKernel");
+#else
+  (void)rows, (void)out, (void)stream;
+  throw EngineError("LLM_ERR_INTERNAL", "vocab gather: built without NCCL");
+#endif
 }
 
 }  // namespace dsg::cuda

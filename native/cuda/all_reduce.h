@@ -28,7 +28,13 @@
 //    kernels wait out the timeout for a peer that is gone, and a rank whose collectives all completed sees no error.
 // NCCL (built with DSG_HAVE_NCCL): all-reduces of at least ncclMinBytes outside stream capture go through ncclAllReduce
 // when every rank has its own device (NCCL refuses one device twice in a communicator), then a kernel adds the sum into
-// the output and zeroes the input. The decode graphs never contain NCCL.
+// the output and zeroes the input. The decode graphs never contain NCCL, except in the NCCL-only form:
+// NCCL-only (ranks on other machines, or in processes that cannot map each other's memory, e.g. containers without a
+// shared IPC namespace): every rank tries to map every peer; when any rank cannot, all of them (a collective decision)
+// leave the peer-mapped kernels and run every collective through NCCL, captured in the graphs too (NCCL is
+// capture-safe): all-reduce as above, the vocab gather as ncclAllGather of equal-sized padded shards and a kernel that
+// places the columns. A build without NCCL refuses such a group at start, naming why. There the device waits have no
+// bound of their own: the group's abort (a rank failed or closed) calls ncclCommAbort, which ends pending NCCL kernels.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -62,6 +68,7 @@ struct TpCommOptions {
   size_t gatherFloats = 0;        // this rank's gather source (rows x its vocab shard)
   int vocabStart = 0, vocabSize = 0;  // this rank's vocab shard, for allGatherVocab
   bool useNccl = true;            // when the build has NCCL and the devices allow it
+  bool customAllReduce = true;    // false: NCCL for every collective (the NCCL-only form), as if peers were unmappable
 };
 
 /** The sums of one rank; created on every rank of the group in the same order (its constructor is collective). */
@@ -94,6 +101,8 @@ class TpComm {
    *  wakes the host waits, this the device waits). */
   static void abortGroupNamed(const std::string& group);
   bool usesNccl() const;
+  /** Whether every collective goes through NCCL (peers that cannot be mapped: see the header). */
+  bool ncclOnly() const { return ncclOnly_; }
   /** Whether two ranks of the group share a device (then every collective uses at most 8 blocks). */
   bool sharesDevice() const { return sharesDevice_; }
   /** Blocks one collective launches at most (fewer where ranks share a device). */
@@ -109,6 +118,7 @@ class TpComm {
   void release();
   void launchReduce(float* in, float* out, int64_t n, ReduceOut mode, bool twoShot, cudaStream_t stream);
   void ncclReduce(float* in, float* out, int64_t n, ReduceOut mode, cudaStream_t stream);
+  void ncclGatherVocab(int rows, float* out, cudaStream_t stream);
 
   TpCommOptions opt_;
   void* buffer_ = nullptr;          // this rank's exchange buffer
@@ -118,11 +128,14 @@ class TpComm {
   std::vector<bool> peerIpc_;       // mapped through cudaIpcOpenMemHandle (close on destruction)
   std::vector<int> vocabStart_, vocabSize_;
   int vocabTotal_ = 0;
-  size_t gatherStride_ = 0;         // floats of the largest gather source
   std::shared_ptr<Shared> shared_;  // the group's abort request
   int* gaveUp_ = nullptr;           // this rank's status (abortedBy)
   size_t ncclMinBytes_ = 0;
   void* nccl_ = nullptr;            // ncclComm_t when used
+  bool ncclOnly_ = false;
+  float* ncclGatherSend_ = nullptr; // NCCL-only: this rank's shard padded to maxShard_ columns, maxRows_ rows
+  float* ncclGatherRecv_ = nullptr; // every rank's padded shard, rank after rank
+  int maxShard_ = 0, maxRows_ = 0;
   bool sharesDevice_ = false;
   int maxBlocks_ = kCommMaxBlocks;
 };

@@ -85,7 +85,7 @@ struct LayerDev {
 
 /** Byte offsets of the step inputs inside one device buffer (fixed, so captured graphs can read them). */
 struct InputLayout {
-  size_t tokens, positions, slots, lastRows, records, params, banned, pages, total;
+  size_t tokens, positions, slots, lastRows, records, params, banned, maskRows, pages, total;
 };
 
 /** Decode graph batch sizes: a decode step of n sequences replays the smallest size >= n (padding rows cost little in
@@ -169,6 +169,7 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < 2; ++i) {
       if (hostInBuf_[i]) cudaFreeHost(hostInBuf_[i]);
       if (hostOutBuf_[i]) cudaFreeHost(hostOutBuf_[i]);
+      if (hostMaskBuf_[i]) cudaFreeHost(hostMaskBuf_[i]);
       if (slotLogits_[i]) cudaFree(slotLogits_[i]);
       if (stepDone_[i]) cudaEventDestroy(stepDone_[i]);
     }
@@ -454,6 +455,7 @@ class CudaBackend final : public Backend {
     L.records = place(S * sizeof(int4));
     L.params = place(S * sizeof(cuda::SampleParams));
     L.banned = place(S * MAX_BANNED_TOKENS * 4);  // [S, MAX_BANNED_TOKENS] ids, -1 padded (before the pages: always copied)
+    L.maskRows = place(S * 4);  // [S] row of the grammar bitmask table, -1 = unconstrained (always copied)
     L.pages = place((size_t)pageCap_ * 4);
     L.total = off;
     int maxPartRows = 0;  // split-KV partials: decode steps only (tokens == sequences)
@@ -474,6 +476,7 @@ class CudaBackend final : public Backend {
     a.reserve((size_t)maxPartRows * heads_ * 4);
     a.reserve(outPlanes((int)S).end);
     a.reserve(cuda::sampleScratchBytes((int)S));
+    a.reserve((size_t)S * ((V_ + 31) / 32) * 4);  // grammar bitmask table
     if (opt_.tp.size > 1) a.reserve(T * H_ * 4);  // partial sums of the row-parallel linears
     a.allocate("workspace");
     dIn_ = a.take<uint8_t>(L.total);
@@ -491,6 +494,8 @@ class CudaBackend final : public Backend {
     partLse_ = a.take<float>((size_t)maxPartRows * heads_);
     dOut_ = a.take<uint8_t>(outPlanes((int)S).end);
     sampleScratch_ = a.take<int32_t>(cuda::sampleScratchBytes((int)S) / sizeof(int32_t));
+    maskWords_ = (V_ + 31) / 32;
+    dMasks_ = a.take<int32_t>((size_t)S * maskWords_);
     if (opt_.tp.size > 1) {
       tpPartial_ = a.take<float>(T * H_);
       DSG_CUDA(cudaMemset(tpPartial_, 0, T * H_ * 4));  // the all-reduces leave it zero after every use
@@ -498,6 +503,7 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < 2; ++i) {
       DSG_CUDA(cudaMallocHost(&hostInBuf_[i], L.total));
       DSG_CUDA(cudaMallocHost(&hostOutBuf_[i], outPlanes((int)S).end));
+      DSG_CUDA(cudaMallocHost(&hostMaskBuf_[i], (size_t)S * maskWords_ * 4));
       DSG_CUDA(cudaEventCreateWithFlags(&stepDone_[i], cudaEventDisableTiming));
     }
     workspaceBytes_ = (int64_t)a.bytes() + (int64_t)gemm_->workspaceBytes();
@@ -580,6 +586,7 @@ class CudaBackend final : public Backend {
     c.gatherFloats = (size_t)opt_.maxSeqsPerStep * vocabRows_;
     c.vocabStart = vocabStart_;
     c.vocabSize = vocabRows_;
+    c.customAllReduce = opt_.tp.customAllReduce;
     comm_ = std::make_unique<cuda::TpComm>(*group_, c);
     // Ranks sharing a device (single-GPU proof of the path): the fused decode GEMM's clusters of up to 16 blocks may
     // not fit beside a peer's collective waiting for this rank, which would wait out the timeout; cuBLAS instead.
@@ -609,12 +616,16 @@ class CudaBackend final : public Backend {
 
   /** Packs a step into pinned input buffer `slot` and queues its copy to the device input buffer. */
   void uploadInputs(const StepView& s, int rows, int slot) {
-    packInputs(s, rows, static_cast<uint8_t*>(hostInBuf_[slot]));
+    packInputs(s, rows, static_cast<uint8_t*>(hostInBuf_[slot]), static_cast<int32_t*>(hostMaskBuf_[slot]));
     DSG_CUDA(cudaMemcpyAsync(dIn_, hostInBuf_[slot], inputBytesUsed_, cudaMemcpyHostToDevice, stream_));
+    // Only the masked rows' bitmasks travel (none for an unconstrained step); in stream order, so the table a step
+    // reads is the one its own begin wrote.
+    if (s.numMasked > 0)
+      DSG_CUDA(cudaMemcpyAsync(dMasks_, hostMaskBuf_[slot], (size_t)s.numMasked * maskWords_ * 4, cudaMemcpyHostToDevice, stream_));
   }
 
   /** Fills pinned input buffer `h`; rows >= numSeqs are padding decode slots writing to the padding page. */
-  void packInputs(const StepView& s, int rows, uint8_t* h) {
+  void packInputs(const StepView& s, int rows, uint8_t* h, int32_t* hostMasks) {
     int32_t* tokens = reinterpret_cast<int32_t*>(h + layout_.tokens);
     int32_t* positions = reinterpret_cast<int32_t*>(h + layout_.positions);
     int32_t* slots = reinterpret_cast<int32_t*>(h + layout_.slots);
@@ -622,6 +633,8 @@ class CudaBackend final : public Backend {
     int4* records = reinterpret_cast<int4*>(h + layout_.records);
     cuda::SampleParams* params = reinterpret_cast<cuda::SampleParams*>(h + layout_.params);
     int32_t* banned = reinterpret_cast<int32_t*>(h + layout_.banned);
+    int32_t* maskRows = reinterpret_cast<int32_t*>(h + layout_.maskRows);
+    int numMasked = 0;
     int32_t* pages = reinterpret_cast<int32_t*>(h + layout_.pages);
     const int P = s.pageSize;
     int64_t numEntries = 0;
@@ -647,6 +660,12 @@ class CudaBackend final : public Backend {
       int32_t* rowBanned = banned + (size_t)i * MAX_BANNED_TOKENS;
       std::copy(q.banned, q.banned + q.bannedCount, rowBanned);
       std::fill(rowBanned + q.bannedCount, rowBanned + MAX_BANNED_TOKENS, -1);
+      if (q.mask) {
+        std::memcpy(hostMasks + (size_t)numMasked * maskWords_, q.mask, (size_t)maskWords_ * 4);
+        maskRows[i] = numMasked++;
+      } else {
+        maskRows[i] = -1;
+      }
     }
     if (rows > s.numSeqs) {
       const int padEntry = (int)numEntries;
@@ -659,6 +678,7 @@ class CudaBackend final : public Backend {
         slots[i] = (int32_t)(numPages_ * P);
         params[i] = cuda::SampleParams{0.f, 1.f, 0.f, 0, 0u, 0u, -1, 0, 0};
         std::fill(banned + (size_t)i * MAX_BANNED_TOKENS, banned + (size_t)(i + 1) * MAX_BANNED_TOKENS, -1);
+        maskRows[i] = -1;
       }
     }
     // Decode attention dispatches its blocks in record order: longest first, so the long sequences of a
@@ -853,6 +873,7 @@ class CudaBackend final : public Backend {
     uint8_t* o = static_cast<uint8_t*>(dOut_);
     const OutPlanes p = outPlanes(rows);
     cuda::launchMaskBanned(logits_, rows, V_, in<int32_t>(layout_.banned), MAX_BANNED_TOKENS, stream_);
+    cuda::launchMaskBitmask(logits_, rows, V_, in<int32_t>(layout_.maskRows), dMasks_, maskWords_, stream_);
     cuda::launchSample(logits_, rows, V_, in<cuda::SampleParams>(layout_.params), MAX_TOP_LOGPROBS,
                        reinterpret_cast<int32_t*>(o + p.tokens), reinterpret_cast<float*>(o + p.logprobs),
                        reinterpret_cast<int32_t*>(o + p.topIds), reinterpret_cast<float*>(o + p.topLogprobs),
@@ -959,6 +980,9 @@ class CudaBackend final : public Backend {
   size_t inputBytesUsed_ = 0;
   void *dIn_ = nullptr, *dOut_ = nullptr;
   void *hostInBuf_[2] = {nullptr, nullptr}, *hostOutBuf_[2] = {nullptr, nullptr};
+  void* hostMaskBuf_[2] = {nullptr, nullptr};  // pinned: the masked rows' grammar bitmasks of the step in each slot
+  int32_t* dMasks_ = nullptr;                    // [S, maskWords_] device bitmask table (rows in step order)
+  int maskWords_ = 0;                            // ceil(vocab / 32)
   cudaEvent_t stepDone_[2] = {nullptr, nullptr};  // recorded after each slot's output copy
   struct PendingStep {
     StepOutputs out;

@@ -123,6 +123,15 @@ size_t sampleScratchBytes(int numSeqs);
  */
 void launchMaskBanned(float* logits, int rows, int vocab, const int32_t* banned, int cap, cudaStream_t stream);
 
+/**
+ * Step 0 of sampling, grammar-constrained decoding (step.h mask rows): for each r < rows with maskRows[r] = m >= 0,
+ * logits[r, id] = -inf for every id < vocab whose bit (id % 32 of word id / 32) in masks[m * maskWords ..] is clear;
+ * rows with maskRows[r] = -1 are untouched. CPU reference: maskLogitsByBitmask (native/src/sampling.cpp); check:
+ * tests/mask_check.cu. Fixed maskRows/masks addresses make it graph-capturable.
+ */
+void launchMaskBitmask(float* logits, int rows, int vocab, const int32_t* maskRows, const int32_t* masks, int maskWords,
+                       cudaStream_t stream);
+
 /** dst[i] = bf16(src[i]) for i < n; src is f32 (srcF16 false) or f16 (srcF16 true). */
 void launchToBf16(const void* src, bool srcF16, int64_t n, __nv_bfloat16* dst, cudaStream_t stream);
 

@@ -370,7 +370,33 @@ __global__ void maskBannedKernel(float* __restrict__ logits, int rows, int vocab
   if (id >= 0 && id < vocab) logits[(int64_t)(i / cap) * vocab + id] = -INFINITY;
 }
 
+// Grammar bitmasks: one thread per (row, mask word); a row whose maskRows entry is -1 returns at once, so a step with
+// no masked sequence costs one near-empty launch (the kernel stays in the captured graph at fixed addresses).
+__global__ void maskBitmaskKernel(float* __restrict__ logits, int rows, int vocab, const int32_t* __restrict__ maskRows,
+                                  const int32_t* __restrict__ masks, int maskWords) {
+  const int r = blockIdx.y;
+  const int w = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows || w >= maskWords) return;
+  const int row = maskRows[r];
+  if (row < 0) return;
+  const uint32_t bits = (uint32_t)masks[(int64_t)row * maskWords + w];
+  if (bits == 0xffffffffu) return;
+  float* z = logits + (int64_t)r * vocab;
+  const int end = min(vocab, w * 32 + 32);
+  for (int id = w * 32; id < end; ++id)
+    if (!((bits >> (id - w * 32)) & 1u)) z[id] = -INFINITY;
+}
+
 }  // namespace
+
+void launchMaskBitmask(float* logits, int rows, int vocab, const int32_t* maskRows, const int32_t* masks, int maskWords,
+                       cudaStream_t stream) {
+  if (rows <= 0 || maskWords <= 0) return;
+  const int threads = 256;
+  const dim3 grid((maskWords + threads - 1) / threads, rows);
+  maskBitmaskKernel<<<grid, threads, 0, stream>>>(logits, rows, vocab, maskRows, masks, maskWords);
+  DSG_LAUNCHED("maskBitmaskKernel");
+}
 
 void launchMaskBanned(float* logits, int rows, int vocab, const int32_t* banned, int cap, cudaStream_t stream) {
   if (rows <= 0 || cap <= 0) return;

@@ -4,7 +4,9 @@
 // 0. Banned ids (step.h bannedCount, min_tokens) first get z = -inf (maskBannedLogits); everything below, logprobs
 //    included, sees the masked logits, as SGLang applies its min-new-tokens penalty to the logits before
 //    sampling: the chosen token's logprob is then renormalised over the allowed tokens, and a banned id that
-//    still makes the top-n list reports -inf. Its probability is exactly 0, so no mode can pick it.
+//    still makes the top-n list reports -inf. Its probability is exactly 0, so no mode can pick it. A sequence's
+//    token bitmask (step.h mask row, grammar-constrained decoding) masks every id it does not allow the same way
+//    (maskLogitsByBitmask).
 // 1. Logprobs always come from the (masked) logits: lp[i] = z[i] - max(z) - log(sum_j exp(z[j] - max(z))) (sum in
 //    double on CPU), i.e. before temperature and filters, as SGLang reports them. Top-n logprobs: the n largest
 //    lp, ordered by value descending, ties by lower token id.
@@ -64,6 +66,10 @@ DSG_HD float samplingUniform(uint64_t seed, int32_t outputIndex) {
 
 /** Step 0: logits[banned[i]] = -inf for i < count (ids in [0, vocab), checked at the step boundary). */
 void maskBannedLogits(float* logits, const int32_t* banned, int32_t count);
+
+/** Step 0, grammar: logits[id] = -inf for every id in [0, vocab) whose bit in `bitmask` (step.h mask row: bit id % 32
+ * of word id / 32, set = allowed) is clear. */
+void maskLogitsByBitmask(float* logits, int32_t vocab, const int32_t* bitmask);
 
 /**
  * Reference sampler (host): samples one token from raw logits [vocab] following the algorithm above.

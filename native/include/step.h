@@ -4,7 +4,8 @@
 //
 // Header, HEADER_WORDS = 16 words at word 0:
 //   [0]  magic            STEP_MAGIC (0x50545344, "DSTP")
-//   [1]  version          STEP_VERSION (2; version 1 had no banned section, words 12-13 and seq word 15 were 0)
+//   [1]  version          STEP_VERSION (3; version 2 had no mask section, words 14-15 were 0; version 1 had no banned
+//                         section either)
 //   [2]  numSeqs          >= 1
 //   [3]  numTokens        sum of qLen over sequences, >= 1
 //   [4]  pageSize         must equal the engine's KV page size
@@ -17,9 +18,10 @@
 //   [11] totalWords       length of the whole descriptor in words
 //   [12] bannedOffset     word offset of the banned token ids     (numBannedEntries words)
 //   [13] numBannedEntries length of the banned section = sum of bannedCount over sequences
-//   [14..15] reserved, 0
-// Sections follow in the order tokens, positions, seqs, pages, banned, packed with no gaps (the offsets are still
-// checked, so a reader never trusts them blindly).
+//   [14] maskOffset       word offset of the token bitmasks       (numMasked * maskWords words)
+//   [15] maskWords        words per bitmask row: ceil(vocab / 32) when any sequence is masked, else 0
+// Sections follow in the order tokens, positions, seqs, pages, banned, masks, packed with no gaps (the offsets are
+// still checked, so a reader never trusts them blindly).
 //
 // Sequence record, SEQ_WORDS = 16 words each:
 //   [0]  qStart        index of the sequence's first token in the tokens/positions sections
@@ -28,7 +30,8 @@
 //   [3]  pageStart     index of the sequence's first entry in the pages section
 //   [4]  numPages      = ceil(kvLen / pageSize); pages cover positions [0, kvLen) in order
 //   [5]  lastPageLen   = kvLen - (numPages - 1) * pageSize, in [1, pageSize]
-//   [6]  flags         bit 0: sample a token after the last query token
+//   [6]  flags         bit 0: sample a token after the last query token; bit 1: the draw is masked by a token
+//                      bitmask (grammar-constrained decoding; only with bit 0)
 //   [7]  temperature   f32 bits; 0 = greedy
 //   [8]  topP          f32 bits; in (0, 1], 1 = off
 //   [9]  topK          <= 0 = off
@@ -43,6 +46,10 @@
 // Sequences are laid out back to back: seq i's qStart = sum of qLen of seqs < i (checked).
 // Seq i's banned ids follow seq i-1's in the banned section (its start = sum of bannedCount of seqs < i); each id
 // lies in [0, vocab) and appears once per sequence (checked).
+// Masked sequences take bitmask rows in order: the k-th sequence with flag bit 1 uses row k of the masks section.
+// Bit (id % 32) of word (id / 32) of a row set = token id allowed; every other token's logit becomes -inf before
+// sampling and logprobs, and in the returned logits. A row allows at least one id in [0, vocab) (checked); bits at
+// ids >= vocab are ignored.
 // Token t of seq s has position (kvLen - qLen + t) (checked: the positions section must say exactly that).
 // Page indices lie in [0, numPagesInPool); no page appears twice in one sequence, and a page that a sequence
 // writes this step (one covering positions [kvLen - qLen, kvLen)) appears in no other sequence of the step.
@@ -52,7 +59,7 @@
 namespace dsg {
 
 constexpr int32_t STEP_MAGIC = 0x50545344;
-constexpr int32_t STEP_VERSION = 2;
+constexpr int32_t STEP_VERSION = 3;
 constexpr int STEP_HEADER_WORDS = 16;
 constexpr int STEP_SEQ_WORDS = 16;
 constexpr int MAX_TOP_LOGPROBS = 64;
@@ -74,6 +81,8 @@ enum StepHeaderField : int {
   H_TOTAL_WORDS = 11,
   H_BANNED_OFFSET = 12,
   H_NUM_BANNED_ENTRIES = 13,
+  H_MASK_OFFSET = 14,
+  H_MASK_WORDS = 15,
 };
 constexpr int32_t STEP_FLAG_RETURN_LOGITS = 1;
 
@@ -96,6 +105,7 @@ enum StepSeqField : int {
   S_BANNED_COUNT = 15,
 };
 constexpr int32_t SEQ_FLAG_SAMPLE = 1;
+constexpr int32_t SEQ_FLAG_MASKED = 2;
 
 /** Sampling parameters of one sequence, decoded from its record. */
 struct SamplingParams {
@@ -117,6 +127,7 @@ struct SeqView {
   SamplingParams sampling;
   const int32_t* banned;  // bannedCount distinct ids in [0, vocab) whose logits are masked to -inf
   int32_t bannedCount;
+  const int32_t* mask;  // maskWords words (bit set = allowed), or null: the draw is unconstrained
   int32_t startPos() const { return kvLen - qLen; }
 };
 
@@ -132,6 +143,8 @@ struct StepView {
   const SeqView* seqs;       // [numSeqs]
   int32_t maxTopN;           // max over sequences of max(logprobs, 0): slots per sequence in the top-n output
   int32_t numBanned;         // sum of bannedCount over sequences (0: no sequence bans anything this step)
+  int32_t numMasked;         // sequences with a token bitmask (0: every draw is unconstrained)
+  int32_t maskWords;         // words per bitmask row (ceil(vocab / 32)), 0 when numMasked is 0
 };
 
 }  // namespace dsg

@@ -51,6 +51,7 @@ struct TensorParallel {
   // HOST:PORT when the group spans processes (multi-node): its ranks reduce over TCP, rank 0 listening there
   // (native/src/tp_tcp.cpp); empty: every rank is a thread of this process and the group reduces in memory.
   std::string distInitAddr;
+  bool customAllReduce = true;  // CUDA: false = every collective through NCCL (--disable-custom-all-reduce)
   ShardLayout shard;          // filled by the addon from the desc
 };
 

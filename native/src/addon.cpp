@@ -172,6 +172,10 @@ TensorParallel parseTensorParallel(const Napi::Value& v) {
   if (tp.rank < 0 || tp.rank >= tp.size)
     bad("LLM_ERR_CONFIG", "EngineOptions.tp.rank " + std::to_string(tp.rank) + " out of range [0, " + std::to_string(tp.size) + ")");
   if (tp.size > 1 && tp.group.empty()) bad("LLM_ERR_CONFIG", "EngineOptions.tp.group must be non-empty when tp.size > 1");
+  if (o.Has("customAllReduce") && !o.Get("customAllReduce").IsUndefined()) {
+    if (!o.Get("customAllReduce").IsBoolean()) bad("LLM_ERR_CONFIG", "EngineOptions.tp.customAllReduce must be a boolean");
+    tp.customAllReduce = o.Get("customAllReduce").As<Napi::Boolean>().Value();
+  }
   if (o.Has("distInitAddr") && !o.Get("distInitAddr").IsUndefined()) {
     tp.distInitAddr = str(o, W, "distInitAddr");
     if (tp.distInitAddr.empty()) bad("LLM_ERR_CONFIG", "EngineOptions.tp.distInitAddr must be HOST:PORT, got an empty string");
@@ -208,10 +212,6 @@ BackendOptions parseOptions(const Napi::Object& o, std::string& backendName) {
   if (!(b.memFractionStatic > 0 && b.memFractionStatic <= 1))
     bad("LLM_ERR_CONFIG", "EngineOptions.memFractionStatic must be in (0, 1], got " + std::to_string(b.memFractionStatic));
   if (o.Has("tp") && !o.Get("tp").IsUndefined()) b.tp = cfg([&] { return parseTensorParallel(o.Get("tp")); });
-  // The CUDA backend's collectives swap device pointers between ranks of one process; across processes only the
-  // CPU backend reduces (over TCP).
-  if (!b.tp.distInitAddr.empty() && backendName != "cpu")
-    bad("LLM_ERR_CONFIG", "EngineOptions.tp.distInitAddr (a group spanning processes) needs the cpu backend, got '" + backendName + "'");
   return b;
 }
 

@@ -32,6 +32,17 @@ void maskBannedLogits(float* logits, const int32_t* banned, int32_t count) {
   for (int32_t i = 0; i < count; ++i) logits[banned[i]] = -std::numeric_limits<float>::infinity();
 }
 
+void maskLogitsByBitmask(float* logits, int32_t vocab, const int32_t* bitmask) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int32_t w = 0; w * 32 < vocab; ++w) {
+    const uint32_t bits = (uint32_t)bitmask[w];
+    if (bits == 0xffffffffu) continue;
+    const int32_t end = std::min(vocab, w * 32 + 32);
+    for (int32_t id = w * 32; id < end; ++id)
+      if (!((bits >> (id - w * 32)) & 1u)) logits[id] = ninf;
+  }
+}
+
 size_t samplingScratchBytes(int32_t vocab) { return (size_t)vocab * (sizeof(float) + sizeof(int32_t)); }
 
 int32_t sampleFromLogits(const float* z, int32_t vocab, const SamplingParams& sp, int32_t topN, float* logprob,

@@ -45,12 +45,23 @@ void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, Checked
   // Sections are packed in order with no gaps; checking exact offsets rules out overlap and overflow at once.
   const int64_t tokOff = STEP_HEADER_WORDS, posOff = tokOff + numTokens, seqOff = posOff + numTokens;
   const int64_t pagesOff = seqOff + (int64_t)numSeqs * STEP_SEQ_WORDS, bannedOff = pagesOff + numEntries;
-  const int64_t total = bannedOff + numBanned;
+  // Masked draws (SEQ_FLAG_MASKED) are counted first: the mask section's length depends on them.
+  int64_t numMasked = 0;
+  for (int s = 0; s < numSeqs && seqOff + (int64_t)(s + 1) * STEP_SEQ_WORDS <= (int64_t)numWords; ++s)
+    if (w[seqOff + (int64_t)s * STEP_SEQ_WORDS + S_FLAGS] & SEQ_FLAG_MASKED) ++numMasked;
+  const int32_t maskWords = w[H_MASK_WORDS];
+  const int32_t vocabWords = (lim.vocabSize + 31) / 32;
+  if (maskWords != (numMasked ? vocabWords : 0))
+    invalid("header.maskWords " + std::to_string(maskWords) + " != " + std::to_string(numMasked ? vocabWords : 0) + " (" +
+            (numMasked ? "ceil(vocab / 32) with " + std::to_string(numMasked) + " masked sequences" : std::string("no sequence is masked")) + ")");
+  const int64_t maskOff = bannedOff + numBanned;
+  const int64_t total = maskOff + numMasked * maskWords;
   if (w[H_TOKENS_OFFSET] != tokOff) invalid("header.tokensOffset " + std::to_string(w[H_TOKENS_OFFSET]) + " != " + std::to_string(tokOff));
   if (w[H_POSITIONS_OFFSET] != posOff) invalid("header.positionsOffset " + std::to_string(w[H_POSITIONS_OFFSET]) + " != " + std::to_string(posOff));
   if (w[H_SEQS_OFFSET] != seqOff) invalid("header.seqsOffset " + std::to_string(w[H_SEQS_OFFSET]) + " != " + std::to_string(seqOff));
   if (w[H_PAGES_OFFSET] != pagesOff) invalid("header.pagesOffset " + std::to_string(w[H_PAGES_OFFSET]) + " != " + std::to_string(pagesOff));
   if (w[H_BANNED_OFFSET] != bannedOff) invalid("header.bannedOffset " + std::to_string(w[H_BANNED_OFFSET]) + " != " + std::to_string(bannedOff));
+  if (w[H_MASK_OFFSET] != maskOff) invalid("header.maskOffset " + std::to_string(w[H_MASK_OFFSET]) + " != " + std::to_string(maskOff));
   if (total != (int64_t)numWords) invalid("header counts imply " + std::to_string(total) + " words, buffer has " + std::to_string(numWords));
 
   const int32_t* tokens = w + tokOff;
@@ -60,7 +71,7 @@ void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, Checked
   out.seqs.resize(numSeqs);
   if ((int64_t)pageOwner.size() < lim.numPages) pageOwner.assign(lim.numPages, -1);
   int32_t maxTopN = 0;
-  int64_t nextQ = 0, nextPage = 0, nextBanned = 0;
+  int64_t nextQ = 0, nextPage = 0, nextBanned = 0, nextMask = 0;
   std::vector<int32_t>& touched = out.touchedPages;
   touched.clear();
   auto fail = [&](int s, const std::string& m) {
@@ -85,8 +96,22 @@ void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, Checked
     const int64_t expectLast = (int64_t)v.kvLen - (int64_t)(v.numPages - 1) * pageSize;
     if (v.lastPageLen != expectLast) fail(s, "lastPageLen " + std::to_string(v.lastPageLen) + " != " + std::to_string(expectLast));
     const int32_t flags = r[S_FLAGS];
-    if ((flags & ~SEQ_FLAG_SAMPLE) != 0) fail(s, "flags has unknown bits " + std::to_string(flags));
+    if ((flags & ~(SEQ_FLAG_SAMPLE | SEQ_FLAG_MASKED)) != 0) fail(s, "flags has unknown bits " + std::to_string(flags));
     v.sample = (flags & SEQ_FLAG_SAMPLE) != 0;
+    v.mask = nullptr;
+    if (flags & SEQ_FLAG_MASKED) {
+      if (!v.sample) fail(s, "flags: a token bitmask (bit 1) needs a draw (bit 0)");
+      v.mask = w + maskOff + nextMask * maskWords;
+      // A row that allows nothing would leave the sampler no token: refuse it here, with the sequence named.
+      bool any = false;
+      for (int32_t i = 0; i < maskWords && !any; ++i) {
+        const uint32_t bits = (uint32_t)v.mask[i];
+        const int32_t valid = std::min(32, lim.vocabSize - i * 32);
+        any = (valid >= 32 ? bits : bits & ((1u << valid) - 1)) != 0;
+      }
+      if (!any) fail(s, "token bitmask row " + std::to_string(nextMask) + " allows no token in [0, " + std::to_string(lim.vocabSize) + ")");
+      ++nextMask;
+    }
     SamplingParams& sp = v.sampling;
     sp.temperature = asFloat(r[S_TEMPERATURE]);
     sp.topP = asFloat(r[S_TOP_P]);
@@ -163,6 +188,8 @@ void checkStep(const int32_t* w, size_t numWords, const StepLimits& lim, Checked
   out.view.seqs = out.seqs.data();
   out.view.maxTopN = maxTopN;
   out.view.numBanned = numBanned;
+  out.view.numMasked = (int32_t)numMasked;
+  out.view.maskWords = maskWords;
 }
 
 }  // namespace dsg

@@ -17,19 +17,21 @@ export interface TensorParallelShape {
  * more ranks than CUDA devices present from baseGpuId on (devicesPresent null: the CPU backend, no devices),
  * query heads or FFN width not divisible by tpSize, KV heads neither split evenly (divisible by tpSize) nor
  * replicated evenly (dividing tpSize), or a vocabulary too small to give every rank rows of the vocab-parallel
- * embedding and LM head (each holds ceil(V / tpSize), the last the rest).
+ * embedding and LM head (each holds ceil(V / tpSize), the last the rest). A group across nodes needs only its
+ * ranksPerNode devices on each node.
  */
-export function checkTensorParallel(tpSize: number, baseGpuId: number, model: TensorParallelShape, devicesPresent: number | null): void {
+export function checkTensorParallel(tpSize: number, baseGpuId: number, model: TensorParallelShape, devicesPresent: number | null, ranksPerNode = tpSize): void {
   const tp = `--tp-size ${tpSize}`;
   const refuse = (message: string): never => {
     throw new LlmError('LLM_ERR_CONFIG', message);
   };
   if (!Number.isInteger(tpSize) || tpSize < 1) refuse(`${tp}: expected an integer >= 1`);
   if (!Number.isInteger(baseGpuId) || baseGpuId < 0) refuse(`--base-gpu-id ${baseGpuId}: expected an integer >= 0`);
-  if (devicesPresent !== null && baseGpuId + tpSize > devicesPresent) {
-    const last = baseGpuId + tpSize - 1;
-    const needs = tpSize === 1 ? `CUDA device ${baseGpuId}` : `CUDA devices ${baseGpuId}..${last}`;
-    refuse(`${tp} with --base-gpu-id ${baseGpuId} needs ${needs}; ${devicesPresent} present`);
+  if (devicesPresent !== null && baseGpuId + ranksPerNode > devicesPresent) {
+    const last = baseGpuId + ranksPerNode - 1;
+    const needs = ranksPerNode === 1 ? `CUDA device ${baseGpuId}` : `CUDA devices ${baseGpuId}..${last}`;
+    const here = ranksPerNode === tpSize ? '' : ` (${ranksPerNode} of its ranks on this node)`;
+    refuse(`${tp}${here} with --base-gpu-id ${baseGpuId} needs ${needs}; ${devicesPresent} present`);
   }
   const { numHeads, numKvHeads, intermediateSize, vocabSize } = model;
   if (numHeads % tpSize !== 0) refuse(`${tp} does not divide the model's ${numHeads} attention heads`);

@@ -364,6 +364,7 @@ function derive(settings: Map<SettingKey, Setting>, passive: readonly ParsedFlag
     nnodes,
     nodeRank,
     distInitAddr,
+    disableCustomAllReduce: bool('disableCustomAllReduce'),
     device: str('device') as WorkerConfig['device'],
     pageSize: num('pageSize'),
     maxRunningRequests: optNum('maxRunningRequests'),

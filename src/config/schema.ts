@@ -143,6 +143,7 @@ export const WorkerConfigSchema = Type.Object(
     nnodes: PositiveInt,
     nodeRank: Type.Integer({ minimum: 0 }),
     distInitAddr: nullable(HostPort),
+    disableCustomAllReduce: Type.Boolean(),
     // scheduler and memory
     device: DeviceSchema,
     pageSize: PositiveInt,
@@ -298,6 +299,8 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
     help: 'First CUDA device of this worker: tensor-parallel rank r runs on device base-gpu-id + r (several workers on one machine).' },
   { name: 'dp-size', aliases: ['data-parallel-size', 'dp'], setting: 'dpSize', ...int(), env: 'DYN_SGL_DP_SIZE', default: 1, defaultText: '1', group: G_PARALLEL,
     help: 'Data-parallel replicas behind this worker; published as data_parallel_size.' },
+  { name: 'disable-custom-all-reduce', setting: 'disableCustomAllReduce', ...bool, env: 'DYN_SGL_DISABLE_CUSTOM_ALL_REDUCE', default: false, defaultText: 'false', group: G_PARALLEL,
+    help: 'CUDA tensor parallelism: every collective through NCCL (captured in the decode graphs too) instead of this engine\'s peer-mapped kernels; what a group whose ranks cannot map each other\'s memory (other machines, isolated containers) does by itself.' },
   { name: 'nnodes', setting: 'nnodes', ...int(), env: 'DYN_SGL_NNODES', default: 1, defaultText: '1', group: G_PARALLEL,
     help: 'Number of nodes this worker spans.' },
   { name: 'node-rank', setting: 'nodeRank', ...int(Type.Integer({ minimum: 0 })), env: 'DYN_SGL_NODE_RANK', default: 0, defaultText: '0 (leader)', group: G_PARALLEL,

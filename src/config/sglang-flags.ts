@@ -328,7 +328,7 @@ export const SGLANG_SERVER_FLAGS: readonly SglangFlag[] = [
   u('enable-tokenizer-batch-encode', B),
   u('disable-tokenizer-batch-decode', B),
   u('disable-outlines-disk-cache', B),
-  u('disable-custom-all-reduce', B),
+  honoured('disable-custom-all-reduce', B, 'disable-custom-all-reduce'),
   u('enable-mscclpp', B),
   u('enable-torch-symm-mem', B),
   honoured('disable-overlap-schedule', B, 'disable-overlap-schedule'),

@@ -26,6 +26,7 @@ export const SUPERVISOR_FLAG_FIELDS = [
   'nnodes',
   'nodeRank',
   'distInitAddr',
+  'disableCustomAllReduce',
 ] as const satisfies readonly (keyof WorkerConfig)[];
 export type SupervisorFlagField = (typeof SUPERVISOR_FLAG_FIELDS)[number];
 type FlagFields = Pick<WorkerConfig, SupervisorFlagField>;
@@ -124,6 +125,7 @@ export function resolveSupervisorConfig(config: SupervisorConfig): ResolvedSuper
     nnodes: flag('nnodes'),
     nodeRank: flag('nodeRank'),
     distInitAddr: flag('distInitAddr'),
+    disableCustomAllReduce: flag('disableCustomAllReduce'),
     numPages: config.numPages ?? (maxTotalTokens === null ? null : Math.ceil(maxTotalTokens / flag('pageSize'))),
     stepTimeoutMs: config.stepTimeoutMs ?? ACTOR_DEFAULTS.stepTimeoutMs,
     schedulerTimeoutMs: config.schedulerTimeoutMs ?? ACTOR_DEFAULTS.schedulerTimeoutMs,

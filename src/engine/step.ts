@@ -5,10 +5,11 @@
 // The layout is written down once, in native/include/step.h; the constants below mirror it word for word.
 //
 // Header (16 words): magic, version, numSeqs, numTokens, pageSize, numPageEntries, flags, tokensOffset,
-//   positionsOffset, seqsOffset, pagesOffset, totalWords, bannedOffset, numBannedEntries, 2 reserved.
+//   positionsOffset, seqsOffset, pagesOffset, totalWords, bannedOffset, numBannedEntries, maskOffset, maskWords.
 // Sections, packed in order: tokens[numTokens], positions[numTokens], seqs[numSeqs * 16], pages[numPageEntries],
-//   banned[numBannedEntries] (seq i's banned ids after seq i-1's).
-// Sequence record (16 words): qStart, qLen, kvLen, pageStart, numPages, lastPageLen, flags (bit 0 sample),
+//   banned[numBannedEntries] (seq i's banned ids after seq i-1's), masks[numMasked * maskWords] (the k-th masked
+//   sequence's token bitmask is row k).
+// Sequence record (16 words): qStart, qLen, kvLen, pageStart, numPages, lastPageLen, flags (bit 0 sample, bit 1 masked),
 //   temperature (f32), topP (f32), topK, minP (f32), seedLo (u32), seedHi (u32), logprobs, outputIndex,
 //   bannedCount (<= MAX_BANNED_TOKENS).
 
@@ -17,7 +18,7 @@ import { LlmError } from '../errors.js';
 import type { Engine, SeqStep, StepDescriptor } from './types.js';
 
 export const STEP_MAGIC = 0x50545344; // "DSTP"
-export const STEP_VERSION = 2;
+export const STEP_VERSION = 3;
 export const STEP_HEADER_WORDS = 16;
 export const STEP_SEQ_WORDS = 16;
 export const MAX_TOP_LOGPROBS = 64;
@@ -25,6 +26,7 @@ export const MAX_TOP_LOGPROBS = 64;
 export const MAX_BANNED_TOKENS = 16;
 export const STEP_FLAG_RETURN_LOGITS = 1;
 export const SEQ_FLAG_SAMPLE = 1;
+export const SEQ_FLAG_MASKED = 2;
 
 export const Header = {
   magic: 0,
@@ -41,6 +43,8 @@ export const Header = {
   totalWords: 11,
   bannedOffset: 12,
   numBannedEntries: 13,
+  maskOffset: 14,
+  maskWords: 15,
 } as const;
 
 export const SeqField = {
@@ -124,6 +128,8 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
   let numTokens = 0;
   let numEntries = 0;
   let numBanned = 0;
+  let numMasked = 0;
+  let maskWords = 0;
   for (let s = 0; s < seqs.length; s++) {
     const q = seqs[s];
     const qLen = q.tokenIds.length;
@@ -136,13 +142,23 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
     numTokens += qLen;
     numEntries += need;
     numBanned += checkBanned(s, q.bannedTokenIds ?? NO_BANNED, options.vocabSize);
+    if (q.tokenMask) {
+      const words = q.tokenMask.length;
+      if (!q.sample) invalid(`seq ${s}: a tokenMask needs a draw (sample)`);
+      if (options.vocabSize !== undefined && words !== Math.ceil(options.vocabSize / 32))
+        invalid(`seq ${s}: tokenMask has ${words} words, ceil(vocab ${options.vocabSize} / 32) = ${Math.ceil(options.vocabSize / 32)} needed`);
+      if (numMasked && words !== maskWords) invalid(`seq ${s}: tokenMask has ${words} words, an earlier one ${maskWords}`);
+      maskWords = words;
+      numMasked++;
+    }
   }
   const tokOff = STEP_HEADER_WORDS;
   const posOff = tokOff + numTokens;
   const seqOff = posOff + numTokens;
   const pagesOff = seqOff + seqs.length * STEP_SEQ_WORDS;
   const bannedOff = pagesOff + numEntries;
-  const total = bannedOff + numBanned;
+  const maskOff = bannedOff + numBanned;
+  const total = maskOff + numMasked * maskWords;
   const buf = new Int32Array(total);
   const f32 = new Float32Array(buf.buffer);
   const u32 = new Uint32Array(buf.buffer);
@@ -160,10 +176,13 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
   buf[Header.totalWords] = total;
   buf[Header.bannedOffset] = bannedOff;
   buf[Header.numBannedEntries] = numBanned;
+  buf[Header.maskOffset] = maskOff;
+  buf[Header.maskWords] = maskWords;
 
   let q0 = 0;
   let p0 = 0;
   let b0 = 0;
+  let m0 = maskOff;
   for (let s = 0; s < seqs.length; s++) {
     const q = seqs[s];
     const qLen = q.tokenIds.length;
@@ -224,7 +243,11 @@ export function packStep(seqs: readonly SeqStep[], pageSize: number, options: Pa
     buf[r + SeqField.pageStart] = p0;
     buf[r + SeqField.numPages] = numPages;
     buf[r + SeqField.lastPageLen] = kvLen - (numPages - 1) * pageSize;
-    buf[r + SeqField.flags] = q.sample ? SEQ_FLAG_SAMPLE : 0;
+    buf[r + SeqField.flags] = (q.sample ? SEQ_FLAG_SAMPLE : 0) | (q.tokenMask ? SEQ_FLAG_MASKED : 0);
+    if (q.tokenMask) {
+      buf.set(q.tokenMask, m0);
+      m0 += maskWords;
+    }
     f32[r + SeqField.temperature] = sp.temperature;
     f32[r + SeqField.topP] = sp.topP;
     buf[r + SeqField.topK] = sp.topK;
@@ -283,6 +306,8 @@ export function decodeStep(desc: StepDescriptor): DecodedStep {
   const seqOff = desc[Header.seqsOffset];
   const pagesOff = desc[Header.pagesOffset];
   const bannedOff = desc[Header.bannedOffset];
+  const maskOff = desc[Header.maskOffset];
+  const maskWords = desc[Header.maskWords];
   const within = (off: number, n: number) => off >= STEP_HEADER_WORDS && n >= 0 && off + n <= desc.length;
   if (!(numSeqs >= 1) || !within(seqOff, numSeqs * STEP_SEQ_WORDS) || !within(tokOff, numTokens) || !within(posOff, numTokens)) {
     invalid('descriptor sections lie outside the buffer');
@@ -292,6 +317,7 @@ export function decodeStep(desc: StepDescriptor): DecodedStep {
   const u32 = new Uint32Array(desc.buffer, desc.byteOffset, desc.length);
   const seqs: SeqStep[] = new Array(numSeqs);
   let banned = bannedOff;
+  let mask = maskOff;
   for (let s = 0; s < numSeqs; s++) {
     const r = seqOff + s * STEP_SEQ_WORDS;
     const qStart = desc[r + SeqField.qStart];
@@ -318,6 +344,11 @@ export function decodeStep(desc: StepDescriptor): DecodedStep {
       outputIndex: desc[r + SeqField.outputIndex],
     };
     if (bannedCount) seq.bannedTokenIds = Array.from(desc.subarray(banned, banned + bannedCount));
+    if (desc[r + SeqField.flags] & SEQ_FLAG_MASKED) {
+      if (!(maskWords > 0) || mask < STEP_HEADER_WORDS || mask + maskWords > desc.length) invalid(`seq ${s}: token bitmask outside the buffer`);
+      seq.tokenMask = desc.subarray(mask, mask + maskWords);
+      mask += maskWords;
+    }
     banned += bannedCount;
     seqs[s] = seq;
   }

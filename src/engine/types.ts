@@ -69,6 +69,9 @@ export interface SeqStep {
   /** Distinct ids (at most MAX_BANNED_TOKENS, step.ts) this draw may not pick: their logits become -inf before
    * sampling and logprobs (min_tokens bans the request's EOS and stop ids until enough tokens are out). */
   bannedTokenIds?: readonly number[];
+  /** Grammar-constrained decoding: the draw's token bitmask, ceil(vocab / 32) words, bit (id % 32) of word (id / 32)
+   * set = id allowed (only with `sample`). Every other id's logit becomes -inf before sampling and logprobs. */
+  tokenMask?: Int32Array;
 }
 
 /** One step as the engine takes it: the flat descriptor of native/include/step.h (step.ts packStep), packed once by
@@ -142,6 +145,8 @@ export interface TensorParallelOptions {
   /** HOST:PORT when the group spans processes (multi-node, cpu backend only): rank 0 listens there, the other ranks
    * connect, and collectives go over TCP (native/src/tp_tcp.cpp). Absent: all ranks are threads of this process. */
   distInitAddr?: string;
+  /** CUDA: false runs every collective through NCCL (--disable-custom-all-reduce); default true. */
+  customAllReduce?: boolean;
 }
 
 export interface Engine {

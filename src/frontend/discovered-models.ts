@@ -27,6 +27,7 @@ import {
 } from '../protocol/kv-query.js';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index.js';
 import type { GenerateOptions, ModelDirectory, ServedModel } from './models.js';
+import { unimplementedParsers } from './chat-output.js';
 import { PrefillRouter } from './prefill-router.js';
 import { decodeWorkerKvQueryResponse08, workerKvIndexerQuerySubject08 } from '../protocol/events-0.8.js';
 import { encodeWireJson } from '../protocol/transport.js';
@@ -140,9 +141,15 @@ export class DiscoveredModels implements ModelDirectory {
       try {
         const { tokenizer, source } = this.tokenizerFor(card.tokenizer ?? null, card.source_path ?? null);
         const router = this.options.routing === 'kv' ? this.kvRouter(r, card.kv_cache_block_size) : null;
-        const model = new DiscoveredModel(name, tokenizer, source, card.context_length, () => this.client(r), router, this.options.migrationLimit ?? 0, this.prefill);
+        const parsers = {
+          toolCallParser: card.runtime_config?.tool_call_parser ?? null,
+          reasoningParser: card.runtime_config?.reasoning_parser ?? null,
+          excludeToolsWhenToolChoiceNone: card.runtime_config?.exclude_tools_when_tool_choice_none ?? true,
+        };
+        const model = new DiscoveredModel(name, tokenizer, source, card.context_length, () => this.client(r), router, this.options.migrationLimit ?? 0, this.prefill, parsers);
         this.models.set(name, { model, endpointKey });
         this.options.log?.(`model "${name}" served by ${endpointKey}`);
+        for (const line of unimplementedParsers(parsers)) this.options.log?.(`model "${name}": ${line}`);
       } catch (err) {
         this.options.log?.(`model "${name}" from ${endpointKey} left out: ${(err as Error).message}`);
       }
@@ -246,7 +253,16 @@ class DiscoveredModel implements ServedModel {
     private readonly router: KvRouter | null,
     private readonly migrationLimit: number,
     private readonly prefill: PrefillRouter | null = null,
-  ) {}
+    parsers: { toolCallParser: string | null; reasoningParser: string | null; excludeToolsWhenToolChoiceNone: boolean } = { toolCallParser: null, reasoningParser: null, excludeToolsWhenToolChoiceNone: true },
+  ) {
+    this.toolCallParser = parsers.toolCallParser;
+    this.reasoningParser = parsers.reasoningParser;
+    this.excludeToolsWhenToolChoiceNone = parsers.excludeToolsWhenToolChoiceNone;
+  }
+
+  readonly toolCallParser: string | null;
+  readonly reasoningParser: string | null;
+  readonly excludeToolsWhenToolChoiceNone: boolean;
 
   async *generate(request: PreprocessedRequest, options: GenerateOptions): AsyncIterable<LlmResponseChunk> {
     const client = await this.client();

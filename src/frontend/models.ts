@@ -18,6 +18,12 @@ export interface ServedModel {
   readonly tokenizerSource?: TokenizerSource;
   readonly contextLength: number;
   readonly created: number; // unix seconds, reported by /v1/models
+  /** The worker's --dyn-tool-call-parser / --dyn-reasoning-parser (its card's runtime_config): how the frontend
+   * finds tool calls and reasoning in the model's text (src/frontend/chat-output.ts). */
+  readonly toolCallParser?: string | null;
+  readonly reasoningParser?: string | null;
+  /** Whether tool_choice "none" also keeps the tools out of the chat template (default true). */
+  readonly excludeToolsWhenToolChoiceNone?: boolean;
   generate(request: PreprocessedRequest, options: GenerateOptions): AsyncIterable<LlmResponseChunk>;
 }
 

@@ -18,11 +18,12 @@ import {
   type CompletionRequest,
   type OpenAiError,
 } from '../protocol/openai.js';
-import type { PreprocessedRequest } from '../protocol/request.js';
+import type { GuidedDecoding, PreprocessedRequest } from '../protocol/request.js';
+import { checkGuided, guidedDecodingOf, GuidedFieldError, type OpenAiGuidedFields } from '../guided/openai.js';
 import type { FinishReason, LlmResponseChunk, TopLogprob } from '../protocol/response.js';
-import type { ChatMessage, Tokenizer } from '../tokenizer/index.js';
+import { IncrementalDetokenizer, type ChatMessage, type Tokenizer } from '../tokenizer/index.js';
 import type { ModelDirectory, ServedModel } from './models.js';
-import { TextStream } from './text-stream.js';
+import { ChoiceOutput, chatParsers, NO_PARSERS, specialTextInToolCalls, type ChoiceParsers, type ToolCallDeltaOut, type ToolCallOut } from './chat-output.js';
 import { chatPromptIds, type TokenizerPool } from '../../actors/tokenizer.js';
 import { acquireTokenizerPool, releaseTokenizerPool } from './tokenizer-pool.js';
 
@@ -136,6 +137,18 @@ export class OpenAiServer {
         data: this.models.list().map((m) => ({ id: m.name, object: 'model', created: m.created, owned_by: 'dynamo-sglang' })),
       });
     }
+    if (path.startsWith('/v1/models/')) {
+      if (req.method !== 'GET') return sendError(res, 405, `method ${req.method} not allowed on ${path}`);
+      let id: string;
+      try {
+        id = decodeURIComponent(path.slice('/v1/models/'.length));
+      } catch {
+        return sendError(res, 400, `${path}: the model id is not valid percent-encoding`);
+      }
+      const m = this.models.get(id);
+      if (m === undefined) return sendError(res, 404, `model "${id}" does not exist`, 'invalid_request_error', new HttpError(404, '', 'model', 'model_not_found'));
+      return sendJson(res, 200, { id: m.name, object: 'model', created: m.created, owned_by: 'dynamo-sglang' });
+    }
     if (path === '/v1/completions' || path === '/v1/chat/completions') {
       if (req.method !== 'POST') return sendError(res, 405, `method ${req.method} not allowed on ${path}; use POST`);
       if (this.inflight.size >= this.maxInflight) {
@@ -198,6 +211,7 @@ export class OpenAiServer {
       kind: 'completion',
       defaultMaxTokens: DEFAULT_COMPLETION_MAX_TOKENS,
       logprobs: logprobs === null ? -1 : logprobs,
+      parsers: NO_PARSERS,
     });
   }
 
@@ -205,9 +219,22 @@ export class OpenAiServer {
     const model = this.model(body.model);
     const n = body.n ?? 1;
     this.checkChoices(1, n);
-    const messages: ChatMessage[] = body.messages.map((m, i) => ({ role: m.role, content: messageText(m.content, i) }));
-    this.checkPromptBytes(messages.map((m) => m.content), 'messages');
-    const ids = await this.promptWork(model).chat(messages, body.chat_template_kwargs ?? undefined);
+    const messages: ChatMessage[] = body.messages.map((m, i) => ({
+      role: m.role,
+      content: messageText(m.content, i),
+      ...(m.tool_calls ? { tool_calls: m.tool_calls } : {}),
+      ...(m.tool_call_id ? { tool_call_id: m.tool_call_id } : {}),
+    }));
+    this.checkPromptBytes(messages.flatMap((m) => [m.content, ...(m.tool_calls ?? []).map((c) => c.function.arguments)]), 'messages');
+    const special = specialTextInToolCalls(messages, model.tokenizer);
+    if (special !== null) {
+      throw new HttpError(400, `messages[${special.index}].tool_calls holds the special token text "${special.text}", which the chat template would turn into that token`, 'messages');
+    }
+    const tools = chatTools(body);
+    // tool_choice "none": the template still shows the tools when the worker asks for that (the parser stays off)
+    const shown = tools ?? (body.tool_choice === 'none' && model.excludeToolsWhenToolChoiceNone === false ? body.tools ?? undefined : undefined);
+    const kwargs = shown === undefined ? body.chat_template_kwargs ?? undefined : { ...body.chat_template_kwargs, tools: shown };
+    const ids = await this.promptWork(model).chat(messages, kwargs);
     const choices: ChoiceSpec[] = Array.from({ length: n }, (_, i) => ({ index: i, tokenIds: ids, echo: '', seedOffset: i }));
     const logprobs = body.logprobs ? (body.top_logprobs ?? 0) : -1;
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? null;
@@ -215,6 +242,7 @@ export class OpenAiServer {
       kind: 'chat',
       defaultMaxTokens: null,
       logprobs,
+      parsers: chatParsers(model, tools, body.tool_choice ?? undefined),
     });
   }
 
@@ -251,32 +279,43 @@ export class OpenAiServer {
     const stream = body.stream === true;
     const includeUsage = stream ? body.stream_options?.include_usage === true : true;
     const stop = body.stop === undefined || body.stop === null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop;
-    const requests = choices.map((c) => buildRequest(model, body, c, stop, mode));
+    const guided = await guidedDecodingFor(body);
+    const requests = choices.map((c) => buildRequest(model, body, c, stop, mode, guided));
     const writer = stream ? new SseWriter(res) : null;
     const objectName = mode.kind === 'chat' ? (stream ? 'chat.completion.chunk' : 'chat.completion') : 'text_completion';
     const envelope = (extra: Record<string, unknown>) => ({ id, object: objectName, created, model: model.name, ...extra });
 
     const results = await Promise.all(
       choices.map(async (choice, k): Promise<ChoiceResult> => {
-        const text = new TextStream(model.tokenizer, {
+        const output = new ChoiceOutput(model.tokenizer, {
           stop,
           includeStopStr: body.include_stop_str_in_output === true,
           skipSpecialTokens: body.skip_special_tokens ?? true,
-        });
-        const lp = new LogprobCollector(model.tokenizer, mode.kind);
-        const result: ChoiceResult = { text: choice.echo, finish: null, usage: null, logprobs: lp };
-        const emit = (delta: string, finish: string | null) => {
-          if (writer === null || (delta === '' && finish === null)) return;
+        }, mode.parsers);
+        const lp = new LogprobCollector(model.tokenizer, mode.kind, output.detokenizerOptions, [...choice.echo].length);
+        const result: ChoiceResult = { text: choice.echo, reasoning: output.parsesReasoning ? '' : null, toolCalls: [], finish: null, usage: null, logprobs: lp };
+        const emit = (delta: { content: string; reasoning?: string; toolCalls?: ToolCallDeltaOut[] }, finish: string | null) => {
+          const reasoning = delta.reasoning ?? '';
+          const toolCalls = delta.toolCalls ?? [];
+          if (writer === null || (delta.content === '' && reasoning === '' && toolCalls.length === 0 && finish === null)) return;
           if (mode.kind === 'chat') {
-            writer.send(envelope({ choices: [{ index: choice.index, delta: delta === '' ? {} : { content: delta }, logprobs: lp.takeChatDelta(), finish_reason: finish }] }));
+            const d: Record<string, unknown> = {};
+            if (delta.content !== '') d['content'] = delta.content;
+            if (reasoning !== '') d['reasoning_content'] = reasoning;
+            if (toolCalls.length > 0) d['tool_calls'] = toolCalls;
+            writer.send(envelope({ choices: [{ index: choice.index, delta: d, logprobs: lp.takeChatDelta(), finish_reason: finish }] }));
           } else {
-            writer.send(envelope({ choices: [{ index: choice.index, text: delta, logprobs: lp.takeCompletionDelta(), finish_reason: finish }] }));
+            writer.send(envelope({ choices: [{ index: choice.index, text: delta.content, logprobs: lp.takeCompletionDelta(), finish_reason: finish }] }));
           }
+        };
+        const keep = (delta: { content: string; reasoning: string }) => {
+          result.text += delta.content;
+          if (result.reasoning !== null) result.reasoning += delta.reasoning;
         };
         if (writer !== null && mode.kind === 'chat') {
           writer.send(envelope({ choices: [{ index: choice.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] }));
         }
-        if (writer !== null && choice.echo !== '') emit(choice.echo, null);
+        if (writer !== null && choice.echo !== '') emit({ content: choice.echo }, null);
         const local = new AbortController();
         const onAbort = () => local.abort();
         signal.addEventListener('abort', onAbort, { once: true });
@@ -286,23 +325,26 @@ export class OpenAiServer {
           for await (const chunk of model.generate(requests[k], { signal: local.signal })) {
             writer?.commit();
             if (chunk.completion_usage) result.usage = chunk.completion_usage;
+            // OpenAI has no finish reason for these: the choice fails (an error event, or a 5xx for a whole body)
+            if (chunk.finish_reason === 'error') throw new LlmError('LLM_ERR_INTERNAL', 'the worker failed this request (finish_reason "error")');
+            if (chunk.finish_reason === 'cancelled') throw new LlmError('LLM_ERR_CANCELLED', 'the worker cancelled this request (finish_reason "cancelled")');
             lp.add(chunk);
-            const delta = text.push(chunk.token_ids);
-            result.text += delta.text;
+            const delta = output.push(chunk.token_ids);
+            keep(delta);
             if (delta.stopped !== null) {
               result.finish = 'stop';
-              emit(delta.text, null);
+              emit(delta, null);
               local.abort(); // a stop string ended the choice: the engine can stop too
               break;
             }
             if (chunk.finish_reason) {
-              const tail = text.end();
-              result.text += tail.text;
+              const tail = output.end();
+              keep(tail);
               result.finish = openAiFinish(chunk.finish_reason);
-              emit(delta.text + tail.text, null);
+              emit({ content: delta.content + tail.content, reasoning: delta.reasoning + tail.reasoning, toolCalls: [...delta.toolCalls, ...tail.toolCalls] }, null);
               break;
             }
-            emit(delta.text, null);
+            emit(delta, null);
           }
         } catch (err) {
           if (signal.aborted) throw err;
@@ -310,7 +352,6 @@ export class OpenAiServer {
             // we cancelled it ourselves after a stop string
           } else if (writer !== null && writer.committed) {
             writer.send({ error: openAiErrorBody(errorStatus(err), toErrorPayload(err).message).error });
-            result.finish = 'error';
             return result;
           } else {
             throw err;
@@ -318,13 +359,18 @@ export class OpenAiServer {
         } finally {
           signal.removeEventListener('abort', onAbort);
         }
+        if (signal.aborted) return result; // the client is gone: nothing more to write
         if (result.finish === null) {
-          const tail = text.end();
-          result.text += tail.text;
-          emit(tail.text, null);
-          result.finish = signal.aborted ? 'cancelled' : 'stop';
+          // the stream ended without a finish reason
+          const tail = output.end();
+          keep(tail);
+          emit(tail, null);
+          result.finish = 'stop';
         }
-        emit('', result.finish);
+        // a choice that called tools and ended by itself says so
+        result.toolCalls = [...output.toolCalls];
+        if (result.finish === 'stop' && result.toolCalls.length > 0) result.finish = 'tool_calls';
+        emit({ content: '' }, result.finish);
         if (result.usage === null) {
           const completion = lp.tokenCount;
           result.usage = { prompt_tokens: choice.tokenIds.length, completion_tokens: completion, total_tokens: choice.tokenIds.length + completion };
@@ -342,7 +388,7 @@ export class OpenAiServer {
     sendJson(res, 200, envelope({
       choices: results.map((r, k) =>
         mode.kind === 'chat'
-          ? { index: choices[k].index, message: { role: 'assistant', content: r.text }, logprobs: r.logprobs.chatFull(), finish_reason: r.finish }
+          ? { index: choices[k].index, message: messageOut(r), logprobs: r.logprobs.chatFull(), finish_reason: r.finish }
           : { index: choices[k].index, text: r.text, logprobs: r.logprobs.completionFull(), finish_reason: r.finish },
       ),
       usage,
@@ -354,6 +400,7 @@ interface RunMode {
   kind: 'chat' | 'completion';
   defaultMaxTokens: number | null;
   logprobs: number; // -1 = none
+  parsers: ChoiceParsers;
 }
 
 interface ChoiceSpec {
@@ -365,7 +412,9 @@ interface ChoiceSpec {
 
 interface ChoiceResult {
   text: string;
-  finish: string | null;
+  reasoning: string | null; // null: the model has no reasoning parser
+  toolCalls: ToolCallOut[];
+  finish: OpenAiFinishReason | null;
   usage: UsageLike | null;
   logprobs: LogprobCollector;
 }
@@ -394,6 +443,7 @@ function buildRequest(
   choice: ChoiceSpec,
   stop: readonly string[],
   mode: RunMode,
+  guided: GuidedDecoding | null,
 ): PreprocessedRequest {
   const room = model.contextLength - choice.tokenIds.length;
   const field = mode.kind === 'chat' ? 'messages' : 'prompt';
@@ -424,6 +474,7 @@ function buildRequest(
       presence_penalty: body.presence_penalty ?? null,
       frequency_penalty: body.frequency_penalty ?? null,
       include_stop_str_in_output: body.include_stop_str_in_output ?? null,
+      guided_decoding: guided,
     },
     output_options: { logprobs: mode.logprobs >= 0 ? mode.logprobs : null, skip_special_tokens: body.skip_special_tokens ?? null },
     eos_token_ids: [...model.tokenizer.eosTokenIds],
@@ -511,7 +562,11 @@ function messageText(content: ChatCompletionRequest['messages'][number]['content
     .join('');
 }
 
-function openAiFinish(reason: FinishReason): string {
+/** The finish reasons OpenAI's API has; no other goes out. */
+type OpenAiFinishReason = 'stop' | 'length' | 'tool_calls' | 'content_filter' | 'function_call';
+
+/** The engine's ending as OpenAI's; "error" and "cancelled" never get here (they fail the choice). */
+function openAiFinish(reason: Exclude<FinishReason, 'error' | 'cancelled'>): OpenAiFinishReason {
   switch (reason) {
     case 'eos':
     case 'stop':
@@ -520,11 +575,32 @@ function openAiFinish(reason: FinishReason): string {
       return 'length';
     case 'content_filter':
       return 'content_filter';
-    case 'cancelled':
-      return 'cancelled';
-    case 'error':
-      return 'error';
   }
+}
+
+/** A whole chat choice's message: content null when the model only called tools. */
+function messageOut(r: ChoiceResult): Record<string, unknown> {
+  const message: Record<string, unknown> = { role: 'assistant', content: r.text === '' && r.toolCalls.length > 0 ? null : r.text };
+  if (r.reasoning !== null) message['reasoning_content'] = r.reasoning === '' ? null : r.reasoning;
+  if (r.toolCalls.length > 0) message['tool_calls'] = r.toolCalls;
+  return message;
+}
+
+/** The tools a chat request gives its template and parser: none for tool_choice "none", only the named one for a
+ * named choice (the model is shown nothing else; forcing the call itself would need constrained decoding). */
+function chatTools(body: ChatCompletionRequest): NonNullable<ChatCompletionRequest['tools']> | undefined {
+  const tools = body.tools ?? undefined;
+  const choice = body.tool_choice ?? undefined;
+  if (choice !== undefined && (tools === undefined || tools.length === 0)) {
+    throw new HttpError(400, 'tool_choice: given without tools; list the functions in "tools"', 'tool_choice', 'invalid_request');
+  }
+  if (tools === undefined || tools.length === 0 || choice === 'none') return undefined;
+  if (typeof choice === 'object') {
+    const named = tools.filter((t) => t.function.name === choice.function.name);
+    if (named.length === 0) throw new HttpError(400, `tool_choice.function.name: "${choice.function.name}" is not one of the request's tools`, 'tool_choice', 'invalid_request');
+    return named;
+  }
+  return tools;
 }
 
 function sumUsage(all: (UsageLike | null)[]): UsageLike {
@@ -541,43 +617,62 @@ function sumUsage(all: (UsageLike | null)[]): UsageLike {
   return u;
 }
 
-/** Gathers per-token logprobs from engine chunks and renders them in either OpenAI shape. Token strings decode on
- * this thread: one-token decodes measured 0.4-1.4 us each (stories260K, Qwen3), so even 20 top logprobs per token
- * cost less than the 70-110 us of a round trip to the tokenizer pool (see text-stream.ts). */
+/** Gathers per-token logprobs from engine chunks and renders them in either OpenAI shape. A token's string is its
+ * exact contribution to the output text (from a detokenizer of its own with the text's settings: a leading space
+ * stays, a character split over byte tokens belongs to the token that completes it, a skipped special token is ""),
+ * so the strings join to the text and `text_offset` is their running length in characters; an alternative's string
+ * is what it would have added at that point; `bytes` are always the token's own. One-token decodes measured
+ * 0.4-1.4 us each (stories260K, Qwen3), so even 20 top logprobs per token cost less than the 70-110 us of a round
+ * trip to the tokenizer pool (see text-stream.ts). */
 class LogprobCollector {
-  private readonly entries: { id: number; logprob: number; top: TopLogprob[] }[] = [];
+  private readonly entries: { token: string; bytes: number[]; offset: number; logprob: number; top: { token: string; bytes: number[]; logprob: number }[] }[] = [];
+  private readonly detok: IncrementalDetokenizer;
+  private offset: number;
   private sent = 0;
   tokenCount = 0;
 
-  constructor(private readonly tokenizer: Tokenizer, private readonly kind: 'chat' | 'completion') {}
+  /** `textOffset`: characters before the first generated token (an echoed prompt). */
+  constructor(
+    private readonly tokenizer: Tokenizer,
+    private readonly kind: 'chat' | 'completion',
+    detokenizer: { skipSpecialTokens: boolean; keepTokenIds: ReadonlySet<number> },
+    textOffset: number,
+  ) {
+    this.detok = new IncrementalDetokenizer(tokenizer, detokenizer);
+    this.offset = textOffset;
+  }
 
   add(chunk: LlmResponseChunk): void {
     this.tokenCount += chunk.token_ids.length;
     if (!chunk.log_probs) return;
     chunk.token_ids.forEach((id, i) => {
-      this.entries.push({ id, logprob: chunk.log_probs?.[i] ?? 0, top: chunk.top_logprobs?.[i] ?? [] });
+      const top = (chunk.top_logprobs?.[i] ?? []).map((t) => ({ token: this.detok.peek(t.token_id), bytes: this.bytes(t.token_id), logprob: t.logprob }));
+      const token = this.detok.push(id);
+      this.entries.push({ token, bytes: this.bytes(id), offset: this.offset, logprob: chunk.log_probs?.[i] ?? 0, top });
+      this.offset += [...token].length;
     });
   }
 
-  private tokenString(id: number): string {
-    return this.tokenizer.decode([id], { skipSpecialTokens: false });
+  private bytes(id: number): number[] {
+    return id < this.tokenizer.vocabSize ? [...this.tokenizer.tokenBytes(id)] : [];
   }
 
   private chatEntries(from: number) {
     return this.entries.slice(from).map((e) => ({
-      token: this.tokenString(e.id),
+      token: e.token,
       logprob: e.logprob,
-      bytes: [...this.tokenizer.tokenBytes(e.id)],
-      top_logprobs: e.top.map((t) => ({ token: this.tokenString(t.token_id), logprob: t.logprob, bytes: [...this.tokenizer.tokenBytes(t.token_id)] })),
+      bytes: e.bytes,
+      top_logprobs: e.top.map((t) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes })),
     }));
   }
 
   private completionEntries(from: number) {
     const tokens = this.entries.slice(from);
     return {
-      tokens: tokens.map((e) => this.tokenString(e.id)),
+      tokens: tokens.map((e) => e.token),
       token_logprobs: tokens.map((e) => e.logprob),
-      top_logprobs: tokens.map((e) => Object.fromEntries(e.top.map((t) => [this.tokenString(t.token_id), t.logprob]))),
+      top_logprobs: tokens.map((e) => Object.fromEntries(e.top.map((t) => [t.token, t.logprob]))),
+      text_offset: tokens.map((e) => e.offset),
     };
   }
 
@@ -600,15 +695,7 @@ class LogprobCollector {
   }
 
   completionFull(): unknown {
-    if (this.entries.length === 0) return null;
-    const e = this.completionEntries(0);
-    let offset = 0;
-    const text_offset = e.tokens.map((t) => {
-      const here = offset;
-      offset += t.length;
-      return here;
-    });
-    return { ...e, text_offset };
+    return this.entries.length === 0 ? null : this.completionEntries(0);
   }
 }
 
@@ -640,6 +727,19 @@ class SseWriter {
   done(): void {
     this.commit();
     if (!this.res.writableEnded) this.res.end('data: [DONE]\n\n');
+  }
+}
+
+/** response_format / guided_* as the worker's guided_decoding, its grammar checked: a bad one is a 400 naming the field. */
+async function guidedDecodingFor(body: OpenAiGuidedFields): Promise<GuidedDecoding | null> {
+  try {
+    const asked = guidedDecodingOf(body);
+    if (!asked) return null;
+    await checkGuided(asked.guided, asked.param);
+    return asked.guided;
+  } catch (err) {
+    if (err instanceof GuidedFieldError) throw new HttpError(400, err.message, err.param, 'invalid_request');
+    throw err;
   }
 }
 
@@ -689,6 +789,7 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   LLM_ERR_DISCOVERY: 503,
   LLM_ERR_TRANSPORT: 503, // no worker reachable (all marked down, or the one picked refused the connection)
   LLM_ERR_TIMEOUT: 504,
+  LLM_ERR_CANCELLED: 503, // reaches a response only when the worker ended a request no client cancelled
 };
 
 function sha256(text: string): Buffer {

@@ -14,6 +14,8 @@ export interface TextStreamOptions {
   stop: readonly string[];
   includeStopStr: boolean;
   skipSpecialTokens: boolean;
+  /** Special tokens that come out as text even when skipping special tokens (a parser's markers). */
+  keepTokenIds?: ReadonlySet<number>;
 }
 
 export interface TextDelta {
@@ -30,7 +32,7 @@ export class TextStream {
   private done = false;
 
   constructor(tokenizer: Tokenizer, private readonly options: TextStreamOptions) {
-    this.detok = new IncrementalDetokenizer(tokenizer, { skipSpecialTokens: options.skipSpecialTokens });
+    this.detok = new IncrementalDetokenizer(tokenizer, { skipSpecialTokens: options.skipSpecialTokens, keepTokenIds: options.keepTokenIds });
     this.stops = options.stop.filter((s) => s.length > 0);
   }
 

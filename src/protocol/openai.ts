@@ -28,6 +28,17 @@ const samplingFields = {
   user: Opt(Type.String()),
   skip_special_tokens: Opt(Type.Boolean()),
   include_stop_str_in_output: Opt(Type.Boolean()),
+  // Structured output (src/guided/openai.ts): OpenAI's response_format, and the guided_* extensions.
+  response_format: Opt(
+    Type.Object({
+      type: Type.String(),
+      json_schema: Opt(Type.Object({ name: Opt(Type.String()), schema: Opt(Type.Unknown()), strict: Opt(Type.Boolean()) })),
+    }),
+  ),
+  guided_json: Opt(Type.Unknown({ description: 'JSON schema (object) or its text' })),
+  guided_regex: Opt(Type.String()),
+  guided_choice: Opt(Type.Array(Type.String(), { minItems: 1 })),
+  guided_grammar: Opt(Type.String()),
 };
 
 export const CompletionRequestSchema = Type.Object(
@@ -49,11 +60,35 @@ export type CompletionRequest = StaticDecode<typeof CompletionRequestSchema>;
 
 const ContentPart = Type.Object({ type: Type.String(), text: Opt(Type.String()) });
 
+// Tools (parsed out of the model's text by the model's --dyn-tool-call-parser; see src/frontend/chat-output.ts)
+const ToolSchema = Type.Object({
+  type: Type.Literal('function'),
+  function: Type.Object({
+    name: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_.-]+$' }),
+    description: Opt(Type.String()),
+    parameters: Opt(Type.Record(Type.String(), Type.Unknown())),
+    strict: Opt(Type.Boolean()),
+  }),
+});
+const ToolChoiceSchema = Type.Union([
+  Type.Literal('none'),
+  Type.Literal('auto'),
+  Type.Literal('required'),
+  Type.Object({ type: Type.Literal('function'), function: Type.Object({ name: Type.String({ minLength: 1 }) }) }),
+]);
+
 export const ChatMessageSchema = Type.Object(
   {
     role: Type.Union([Type.Literal('system'), Type.Literal('user'), Type.Literal('assistant'), Type.Literal('tool'), Type.Literal('developer')]),
     content: Nullable(Type.Union([Type.String(), Type.Array(ContentPart)])),
     name: Opt(Type.String()),
+    // an assistant turn's earlier tool calls, and the call a tool turn answers (rendered by the chat template)
+    tool_calls: Opt(Type.Array(Type.Object({
+      id: Type.String(),
+      type: Type.Literal('function'),
+      function: Type.Object({ name: Type.String({ minLength: 1 }), arguments: Type.String() }),
+    }))),
+    tool_call_id: Opt(Type.String()),
   },
   { title: 'ChatMessage' },
 );
@@ -66,6 +101,8 @@ export const ChatCompletionRequestSchema = Type.Object(
     logprobs: Opt(Type.Boolean()),
     top_logprobs: Opt(Type.Integer({ minimum: 0, maximum: 20 })),
     chat_template_kwargs: Opt(Type.Record(Type.String(), Type.Unknown())),
+    tools: Opt(Type.Array(ToolSchema, { maxItems: 128 })),
+    tool_choice: Opt(ToolChoiceSchema),
   },
   { $id: 'OpenAiChatCompletionRequest', title: 'OpenAiChatCompletionRequest' },
 );

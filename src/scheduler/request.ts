@@ -22,6 +22,7 @@
 //      table with computed = scheduled = promptLength and state decoding: its first step decodes the first token at
 //      position promptLength. Without that KV (never arrived, or given up under page pressure) it is exactly a
 //      retracted request: it recomputes prompt ++ [first token] and samples the second.
+import type { GrammarSpec } from '../guided/guides.js';
 import { LlmError } from '../errors.js';
 import { MAX_BANNED_TOKENS } from '../engine/step.js';
 import type { SamplingParams } from '../engine/types.js';
@@ -57,6 +58,19 @@ export interface HandOver {
   cachedTokens: number;
 }
 
+/** What a guide says of a token that landed: its next mask is ready, the grammar is complete (the request stops), or
+ * the grammar does not allow the token. */
+export type GuideVerdict = 'next' | 'end' | 'rejected';
+
+/** Grammar-constrained decoding of one request (src/guided): the token bitmask of its next draw. */
+export interface TokenGuide {
+  /** ceil(vocab / 32) words, bit set = token allowed; null while it is being computed (the request waits). */
+  readonly mask: Int32Array | null;
+  /** A sampled token joined the output; settles once the guide has taken it (rejects when the guide failed). */
+  accept(token: number): Promise<GuideVerdict>;
+  dispose(): void;
+}
+
 /** What the scheduler needs of a request; the supervisor fills it from the wire request (defaults resolved). */
 export interface SchedulerRequest {
   id: string;
@@ -72,6 +86,9 @@ export interface SchedulerRequest {
   parkKvAs?: string;
   /** Disaggregated decode: the request arrives prefilled (Q5). */
   handOver?: HandOver;
+  /** Grammar-constrained decoding (src/guided): the scheduler's thread compiles it into the TokenGuide it submits
+   * the request with (Scheduler.submit). */
+  guided?: GrammarSpec;
 }
 
 const transitions: Record<RequestState, readonly RequestState[]> = {
@@ -106,6 +123,8 @@ export class RequestRecord {
   /** Order of the latest admission: retraction picks the newest. */
   admitOrder = 0;
   finishReason: FinishReason | null = null;
+  /** Grammar-constrained decoding: every draw is masked by the guide's bitmask. */
+  guide: TokenGuide | null = null;
   /** Token ids the engine may not sample while fewer than min_tokens are out: those that would stop the request
    * (stop ids, and EOS unless ignore_eos), as SGLang's min-new-tokens penalty bans them. Ids outside the vocabulary
    * can never be sampled and are left out. Empty without min_tokens. */

@@ -16,6 +16,10 @@
 // discarded when that result is applied. min_tokens bans and the RNG counter of a draw count the pending token
 // (outputIndex = outputs + pending), and a request is not planned past the pending token that reaches max_tokens.
 // With overlap off, each step is planned after the previous result is applied, and no placeholder is ever sent.
+// Guided requests (a TokenGuide, src/guided) need each draw's token bitmask, which depends on the token before it: a
+// guided request is planned only once its previous token has landed and its guide's next mask is ready, and while
+// any guided request lives the scheduler runs steps one at a time (as with overlap off) rather than leave the guided
+// requests out of every other step.
 // Because the executor runs steps (and page copies) strictly in order, pages freed while steps are in flight can be
 // handed to the next planned step: it only runs after the in-flight ones have read and written them, and an
 // in-flight step only writes positions past its request's computed tokens, so pages that joined the cache are never
@@ -46,10 +50,10 @@ import { PageAllocator } from './allocator.js';
 import { placeholderFor, resolvePlaceholders } from './placeholder.js';
 import { RadixCache, type RadixNode } from './radix.js';
 import { RequestQueue } from './queue.js';
-import { RequestRecord, type FinishReason, type KvHold, type SchedulerRequest, type TopLogprob } from './request.js';
+import { RequestRecord, type FinishReason, type KvHold, type SchedulerRequest, type TokenGuide, type TopLogprob } from './request.js';
 import { SlotTable } from './slots.js';
 
-export type { SchedulerRequest, FinishReason, HandOver, KvHold, TopLogprob } from './request.js';
+export type { SchedulerRequest, FinishReason, HandOver, KvHold, TokenGuide, GuideVerdict, TopLogprob } from './request.js';
 export type { RadixEvent } from './radix.js';
 
 /** Runs steps strictly in submission order (the rank actors of a TP group, or an engine in this thread), each one's
@@ -168,6 +172,10 @@ export class Scheduler {
   /** G5: KV parked for a hand-over, by key. */
   private readonly parked = new Map<string, KvHold>();
   private admitCounter = 0;
+  /** Live requests with a guide: while any lives, steps are not overlapped (below, loop). */
+  private guided = 0;
+  /** Guides computing the mask of their request's next draw; the loop waits for them before planning. */
+  private masksComing: Promise<void>[] = [];
   private wake: (() => void) | null = null;
   private loopDone: Promise<void> | null = null;
   private stopping = false;
@@ -216,19 +224,22 @@ export class Scheduler {
     this.failAll({ code: 'LLM_ERR_SHUTDOWN', message: 'the scheduler stopped before the request finished' });
   }
 
-  /** Queues a request; its outputs go to sink. Throws a coded error for a request that can never run. */
-  submit(input: SchedulerRequest, sink: OutputSink): void {
+  /** Queues a request; its outputs go to sink. Throws a coded error for a request that can never run. With a guide
+   * (grammar-constrained decoding, src/guided), every draw is masked by it and the request stops where the grammar
+   * ends; the scheduler owns the guide from here (it disposes of it, the request refused too). */
+  submit(input: SchedulerRequest, sink: OutputSink, guide: TokenGuide | null = null): void {
     // a handed-over request's parked KV is its own from here, whether it runs or is refused
     const handedOver = input.handOver ? this.takeParked(input.handOver.kvKey) : null;
     try {
-      this.submitChecked(input, sink, handedOver);
+      this.submitChecked(input, sink, handedOver, guide);
     } catch (err) {
       if (handedOver) this.releaseKv(handedOver);
+      guide?.dispose();
       throw err;
     }
   }
 
-  private submitChecked(input: SchedulerRequest, sink: OutputSink, handedOver: KvHold | null): void {
+  private submitChecked(input: SchedulerRequest, sink: OutputSink, handedOver: KvHold | null, guide: TokenGuide | null): void {
     if (this.failure) throw LlmError.fromPayload(this.failure);
     if (this.stopping) throw new LlmError('LLM_ERR_SHUTDOWN', 'the scheduler is stopping');
     if (this.requests.has(input.id)) throw new LlmError('LLM_ERR_BAD_REQUEST', `request id ${input.id} is already in flight`);
@@ -246,6 +257,10 @@ export class Scheduler {
       );
     }
     const req = new RequestRecord(input, this.executor.vocabSize);
+    if (guide) {
+      req.guide = guide;
+      this.guided++;
+    }
     this.requests.set(input.id, { req, sink });
     this.queue.pushBack(req);
     const h = input.handOver;
@@ -255,6 +270,8 @@ export class Scheduler {
       else if (handedOver) this.releaseKv(handedOver); // KV of another length: recompute as a retracted request
       req.cachedPromptTokens = Math.min(h.cachedTokens, req.promptLength);
       const reason = req.appendToken(h.tokenId);
+      // The prefill worker sampled the first token under the same grammar: the guide takes it as its first.
+      if (req.guide && !reason) this.guideToken(req, h.tokenId);
       const first: RequestOutput = {
         tokenIds: [h.tokenId],
         logprobs: input.sampling.logprobs >= 0 && h.logprob !== null ? [h.logprob] : null,
@@ -267,6 +284,24 @@ export class Scheduler {
       else sink(first);
     }
     this.wake?.();
+  }
+
+  /** A token of a guided request landed: its guide takes it and computes the next mask (the loop waits for it before
+   * planning). Where the grammar is complete the request stops; a token it refuses, or a guide that fails, ends the
+   * request with an error. */
+  private guideToken(req: RequestRecord, token: number): void {
+    const done = (reason: FinishReason, error?: ErrorPayload) => {
+      if (!req.isDone) this.finish(req, reason, undefined, error);
+    };
+    this.masksComing.push(
+      req.guide!.accept(token).then(
+        (verdict) => {
+          if (verdict === 'end') done('stop');
+          else if (verdict === 'rejected') done('error', { code: 'LLM_ERR_INTERNAL', message: `request ${req.id}: token ${token} is not allowed by the request's grammar` });
+        },
+        (err: unknown) => done('error', toErrorPayload(err)),
+      ),
+    );
   }
 
   /** Parks KV under key for a hand-over (G5); a key in use is an internal error. */
@@ -335,10 +370,13 @@ export class Scheduler {
   }
 
   private async loop(): Promise<void> {
-    const depth = this.options.enableOverlap ? 2 : 1;
     const inflight: InFlight[] = [];
     try {
       while (!this.stopping) {
+        // A guided draw's mask needs the token before it: with overlap, a step planned while the previous one runs
+        // would leave every guided request out of it (half their rate), so steps run one at a time while any lives.
+        const depth = this.options.enableOverlap && this.guided === 0 ? 2 : 1;
+        if (this.masksComing.length) await Promise.all(this.masksComing.splice(0));
         let t0 = performance.now();
         const plan = inflight.length < depth ? this.planStep() : null;
         if (plan) {
@@ -392,6 +430,7 @@ export class Scheduler {
       if (seqs.length >= o.maxSeqsPerStep || tokenBudget <= 0) break;
       if (!req.isRunning) continue; // retracted earlier in this pass
       if (req.pending && req.outputCount + req.pending >= req.input.maxTokens) continue; // ends on its pending token
+      if (req.guide && (req.pending || !req.guide.mask)) continue; // its next mask needs its pending token
       const remaining = req.totalLength - req.scheduled;
       if (remaining <= 0) continue;
       const chunk = Math.min(remaining, tokenBudget, req.state === 'decoding' ? remaining : Math.min(chunkCap, prefillBudget));
@@ -612,6 +651,7 @@ export class Scheduler {
         sampling: r.input.sampling,
         outputIndex,
         bannedTokenIds: s.sample ? r.bannedAt(outputIndex) : undefined,
+        tokenMask: s.sample && r.guide ? r.guide.mask! : undefined,
       };
     });
     this.stats.steps = stepNo;
@@ -642,7 +682,9 @@ export class Scheduler {
       if (s.epoch === r.epoch) r.computed = Math.max(r.computed, s.end);
       if (!s.sample) continue;
       const token = result.tokens[k];
-      landed.push({ k, req: r, token, reason: r.appendToken(token) });
+      const reason = r.appendToken(token);
+      if (r.guide && !reason) this.guideToken(r, token);
+      landed.push({ k, req: r, token, reason });
     }
     return landed;
   }
@@ -703,6 +745,11 @@ export class Scheduler {
     }
     req.transition(reason === 'cancelled' ? 'aborted' : 'finished');
     req.finishReason = reason;
+    if (req.guide) {
+      req.guide.dispose();
+      req.guide = null;
+      this.guided--;
+    }
     this.requests.delete(req.id);
     const out: RequestOutput = last ?? { tokenIds: [], logprobs: null, topLogprobs: null, finishReason: null, usage: null, error: null };
     out.finishReason = reason;

@@ -5,6 +5,14 @@ import { Template } from '@huggingface/jinja';
 import { LlmError } from '../errors.js';
 import type { ChatMessage, ChatTemplateOptions } from './types.js';
 
+function jsonOrText(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return text;
+  }
+}
+
 export class ChatTemplate {
   private readonly template: Template;
 
@@ -24,7 +32,13 @@ export class ChatTemplate {
     try {
       return this.template.render({
         ...options.extraContext,
-        messages: messages.map((m) => ({ role: m.role, content: m.content })),
+        messages: messages.map((m) => ({
+          role: m.role,
+          content: m.content,
+          // templates render arguments as an object (`| tojson`), as transformers users pass them
+          ...(m.tool_calls === undefined ? {} : { tool_calls: m.tool_calls.map((c) => ({ ...c, function: { name: c.function.name, arguments: jsonOrText(c.function.arguments) } })) }),
+          ...(m.tool_call_id === undefined ? {} : { tool_call_id: m.tool_call_id }),
+        })),
         add_generation_prompt: options.addGenerationPrompt ?? true,
         ...this.specialTokens,
       });

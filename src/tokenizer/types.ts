@@ -3,6 +3,10 @@
 export interface ChatMessage {
   role: string;
   content: string;
+  /** An assistant turn's tool calls (OpenAI's shape; `arguments` is JSON text), for templates that render them. */
+  tool_calls?: readonly { id: string; type: string; function: { name: string; arguments: string } }[];
+  /** A tool turn's answer names the call it answers. */
+  tool_call_id?: string;
 }
 
 export interface EncodeOptions {

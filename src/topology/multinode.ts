@@ -13,6 +13,9 @@
 // collective), and a follower's step failure, or its connection closing, reaches the RankGroup as that port's
 // step error, which fails the group like any rank's. The follower exits non-zero when the leader's connection
 // closes, naming the leader.
+// With --dp-size D every data-parallel group is such a group spanning the same nodes (each node runs tp/M ranks of
+// every group), with its own pair of ports: group d's relay at PORT + 2d, its ranks' rendezvous at PORT + 2d + 1
+// (groupAddr); the leader schedules every group, a follower runs its ranks of every group.
 // Frames on the relay: u32 length of the rest, u8 type, body. Type 1: JSON (RelayControl); type 2: a step, u32 step
 // number then the descriptor's Int32 words (the machines share a byte order, as the TP group's hello checks).
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
@@ -39,11 +42,21 @@ type RelayControl =
 const CONTROL = 1;
 const STEP = 2;
 
-function splitAddr(addr: string): { host: string; port: number } {
+function splitAddr(addr: string, portsUsed = 2): { host: string; port: number } {
   const m = /^(.+):(\d+)$/.exec(addr);
   const port = m ? Number(m[2]) : NaN;
-  if (!m || !(port >= 1 && port <= 65534)) throw new LlmError('LLM_ERR_CONFIG', `--dist-init-addr "${addr}" must be HOST:PORT with PORT in [1, 65534] (PORT+1 is the TP group's)`);
+  const last = 65536 - portsUsed;
+  if (!m || !(port >= 1 && port <= last)) {
+    throw new LlmError('LLM_ERR_CONFIG', `--dist-init-addr "${addr}" must be HOST:PORT with PORT in [1, ${last}] (the ${portsUsed} ports from PORT on are the groups' relays and rendezvous)`);
+  }
   return { host: m[1], port };
+}
+
+/** Data-parallel group `dpRank`'s own dist-init address (its relay; the port after it is its ranks' rendezvous),
+ * checked to leave room for all `dpSize` groups' ports. */
+export function groupAddr(distInitAddr: string, dpRank: number, dpSize: number): string {
+  const { host, port } = splitAddr(distInitAddr, 2 * dpSize);
+  return `${host}:${port + 2 * dpRank}`;
 }
 
 /** Where the TP group's ranks meet (native): the port after the step relay's. */
@@ -239,8 +252,11 @@ export class LeaderRelay {
  * Runs node `mn.nodeRank`'s ranks for the leader at dist-init-addr until the leader goes: resolves never; rejects
  * with a coded error naming the leader when its connection closes (the caller exits non-zero), or when it cannot be
  * reached within the core's start timeout. onReady(true) once its ranks joined a group, false while they are not.
+ * Aborting `signal` ends it the same way (its ranks stopped).
  */
-export async function runFollower(core: CoreGraph, mn: MultiNodeNode, log: (line: string) => void, onReady: (ready: boolean) => void = () => undefined): Promise<never> {
+export async function runFollower(
+  core: CoreGraph, mn: MultiNodeNode, log: (line: string) => void, onReady: (ready: boolean) => void = () => undefined, signal?: AbortSignal,
+): Promise<never> {
   const { host, port } = splitAddr(mn.distInitAddr);
   const mine = nodeRanks(core.ranks, mn);
   const leader = `the leader (node 0) at --dist-init-addr ${mn.distInitAddr}`;
@@ -265,7 +281,7 @@ export async function runFollower(core: CoreGraph, mn: MultiNodeNode, log: (line
     const channels = mine.map(() => new MessageChannel());
     const spawned = await Promise.allSettled(mine.map((node: RankNode, i) => RankActor.spawn({
       rank: node.rank,
-      placement: { deviceId: node.deviceId, tp: { rank: node.rank, size: core.ranks.length, group, distInitAddr: tpGroupAddr(mn.distInitAddr) } },
+      placement: { deviceId: node.deviceId, tp: { rank: node.rank, size: core.ranks.length, ...node.tp, group, distInitAddr: tpGroupAddr(mn.distInitAddr) } },
       engineModule: node.engineModule, engineInit: node.engineInit, startTimeoutMs: node.startTimeoutMs, steps: channels[i].port2, progress,
     })));
     const actors = spawned.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
@@ -305,6 +321,9 @@ export async function runFollower(core: CoreGraph, mn: MultiNodeNode, log: (line
     for (const p of ranks?.ports ?? []) p.postMessage({ kind: 'step', stepNo, step: words } satisfies RankInbox);
   });
   socket.on('error', () => undefined);
+  // the node ends (another group's leader went): close this group's connection, which stops its ranks below
+  signal?.addEventListener('abort', () => socket.destroy(), { once: true });
+  if (signal?.aborted) socket.destroy();
   return new Promise<never>((_, reject) => {
     socket.on('close', () => {
       void stopRanks().finally(() => reject(refusal !== null

@@ -44,7 +44,8 @@ import type { WorkerConfig } from '../config/schema.js';
 import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../scheduler/kv-transfer.js';
 import { LlmError } from '../errors.js';
 import type { SchedulerOptions } from '../scheduler/scheduler.js';
-import { closeLeaderRelay, leaderRelay, nodeRanks, tpGroupAddr, type MultiNodeNode } from './multinode.js';
+import type { TensorParallelOptions } from '../engine/types.js';
+import { closeLeaderRelay, groupAddr, leaderRelay, nodeRanks, tpGroupAddr, type MultiNodeNode } from './multinode.js';
 
 /** The WorkerConfig fields the worker's own nodes (tokenizer, KV transfer) are built from. */
 type WorkerNodeFields = Pick<WorkerConfig, 'servingMode' | 'tokenizerPath' | 'disaggregationTransferBackend' | 'disaggregationBootstrapPort'>;
@@ -58,7 +59,7 @@ export interface RankNode {
   deviceId: number;
   /** The rank's place in its tensor-parallel group (null for a group of one rank); the group's name is given at
    * each start. */
-  tp: { rank: number; size: number } | null;
+  tp: Pick<TensorParallelOptions, 'rank' | 'size'> & Partial<Pick<TensorParallelOptions, 'customAllReduce'>> | null;
   /** URL of the rank's EngineFactoryModule. */
   engineModule: string;
   engineInit: unknown;
@@ -71,6 +72,9 @@ export interface SchedulerNode {
   hangTimeoutMs: number;
   startTimeoutMs: number;
   hook: SchedulerHookInit | null;
+  /** The tokenizer whose vocabulary guided decoding compiles grammars against (loaded by the scheduler's thread at
+   * the first guided request). */
+  tokenizer: TokenizerNode;
 }
 
 /** The group the supervisor starts, supervises and restarts as one: one per data-parallel rank. */
@@ -156,30 +160,34 @@ export function buildTopology(config: TopologyConfig): TopologyGraph {
     ...(c.cpuThreads ? { threads: c.cpuThreads } : {}),
   };
   const engineModule = c.engineFactory?.module ?? DEFAULT_ENGINE_MODULE;
-  const engineInit: unknown = c.engineFactory ? c.engineFactory.init : ({ modelPath: c.modelPath, device: c.device, options: engineOptions } satisfies RankEngineInit);
+  const engineInit: unknown = c.engineFactory ? c.engineFactory.init : ({ modelPath: c.modelPath, device: c.device, options: engineOptions, ranksPerNode: c.tpSize / c.nnodes } satisfies RankEngineInit);
   if (!Number.isInteger(c.nnodes) || c.nnodes < 1 || c.tpSize % c.nnodes !== 0 || c.nodeRank < 0 || c.nodeRank >= c.nnodes) {
     throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} --node-rank ${c.nodeRank}: nnodes must divide the tp size ${c.tpSize} and node-rank be below nnodes`);
   }
-  if (c.nnodes > 1 && (c.distInitAddr === null || c.device !== 'cpu')) {
-    throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} needs --dist-init-addr HOST:PORT and, in this build, the cpu device (got ${c.device})`);
+  // device auto is checked where it is resolved (actors/rank-engine.ts): a machine without a GPU runs the group
+  if (c.nnodes > 1 && c.distInitAddr === null) {
+    throw new LlmError('LLM_ERR_CONFIG', `--nnodes ${c.nnodes} needs --dist-init-addr HOST:PORT (the leader's address, node 0)`);
   }
-  if (c.nnodes > 1 && c.dpSize > 1) {
-    throw new LlmError('LLM_ERR_CONFIG', `--dp-size ${c.dpSize} with --nnodes ${c.nnodes}: data parallelism across nodes is not available in this build yet`);
-  }
-  const multiNode = c.nnodes > 1 && c.distInitAddr !== null ? { nnodes: c.nnodes, nodeRank: c.nodeRank, distInitAddr: c.distInitAddr } : null;
+  const distInitAddr = c.nnodes > 1 ? c.distInitAddr : null;
+  // Each data-parallel group spans the nodes on its own ports (./multinode.ts groupAddr).
+  const multiNode = (dpRank: number): MultiNodeNode | null =>
+    distInitAddr === null ? null : { nnodes: c.nnodes, nodeRank: c.nodeRank, distInitAddr: groupAddr(distInitAddr, dpRank, c.dpSize) };
+  // A node's devices: k = tp/nnodes ranks of every group, group d's on base + d*k .. + k-1 (one node: k = tp).
+  const ranksPerNode = c.tpSize / c.nnodes;
   const core = (dpRank: number): CoreGraph => ({
     dpRank,
     config: c,
-    scheduler: { options: scheduler, stepTimeoutMs: c.stepTimeoutMs, hangTimeoutMs: c.schedulerTimeoutMs, startTimeoutMs: c.startTimeoutMs, hook: c.schedulerHook ?? null },
+    scheduler: { options: scheduler, stepTimeoutMs: c.stepTimeoutMs, hangTimeoutMs: c.schedulerTimeoutMs, startTimeoutMs: c.startTimeoutMs, hook: c.schedulerHook ?? null,
+      tokenizer: { modelPath: c.modelPath, tokenizerPath: config.tokenizerPath ?? c.modelPath } },
     ranks: Array.from({ length: c.tpSize }, (_, rank): RankNode => ({
       rank,
-      deviceId: c.baseGpuId + dpRank * c.tpSize + rank,
-      tp: c.tpSize > 1 ? { rank, size: c.tpSize } : null,
+      deviceId: c.baseGpuId + dpRank * ranksPerNode + (rank % ranksPerNode),
+      tp: c.tpSize > 1 ? { rank, size: c.tpSize, ...(c.disableCustomAllReduce ? { customAllReduce: false } : {}) } : null,
       engineModule,
       engineInit,
       startTimeoutMs: c.startTimeoutMs,
     })),
-    multiNode,
+    multiNode: multiNode(dpRank),
   });
   return {
     cores: Array.from({ length: c.dpSize }, (_, dpRank) => core(dpRank)),
@@ -295,6 +303,7 @@ export async function startCore(graph: CoreGraph, hooks: CoreHooks): Promise<Run
       hangTimeoutMs: graph.scheduler.hangTimeoutMs,
       startTimeoutMs: graph.scheduler.startTimeoutMs,
       ...(graph.scheduler.hook ? { hook: graph.scheduler.hook } : {}),
+      tokenizer: graph.scheduler.tokenizer,
       metrics: hooks.metrics,
       onFailure: (error) => {
         if (running) hooks.onFailure(error, running);

@@ -25,6 +25,7 @@ import { RequestControl } from '../runtime/request-plane/context.js';
 import { healthCheckPayload } from '../protocol/health.js';
 import { eventPlaneMode, WorkerKvEvents } from './kv-events.js';
 import { SERVING_MODES } from './serving.js';
+import { DiscoveryPresence } from './presence.js';
 import { detectHostIp } from '../runtime/request-plane/address.js';
 import { HttpRequestServer } from '../runtime/request-plane/http.js';
 import { TcpRequestServer } from '../runtime/request-plane/tcp-server.js';
@@ -79,9 +80,6 @@ export function discoveryConfigOf(config: WorkerConfig): DiscoveryConfig {
 function checkSupported(config: WorkerConfig): void {
   if (config.workerKind !== 'llm') {
     throw new LlmError('LLM_ERR_CONFIG', `worker kind "${config.workerKind}" (embedding / multimodal) is not available in this build yet`);
-  }
-  if (config.nnodes !== 1 && config.dpSize !== 1) {
-    throw new LlmError('LLM_ERR_CONFIG', `--dp-size ${config.dpSize} with --nnodes ${config.nnodes}: data parallelism across nodes is not available in this build yet`);
   }
 }
 
@@ -228,6 +226,22 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   await resources.open(() => discovery.registerModel({ namespace, component, endpoint, card }));
   health.setSystemStatus('ready');
   health.setEndpointStatus(endpointName, 'ready');
+  const presence = new DiscoveryPresence({
+    groups,
+    name: `worker ${discovery.instanceId.toString(16)}`,
+    list: async () => {
+      await discovery.registerEndpointInstance({ namespace, component, endpoint, transport: served.record.transport, deviceType: plane.deviceType });
+      await discovery.registerModel({ namespace, component, endpoint, card });
+      health.setSystemStatus('ready');
+      health.setEndpointStatus(endpointName, 'ready');
+    },
+    withdraw: async () => {
+      health.setSystemStatus('notready');
+      health.setEndpointStatus(endpointName, 'notready');
+      await discovery.unregisterModel(namespace, component, endpoint);
+      await discovery.unregisterEndpointInstance(namespace, component, endpoint);
+    },
+  });
   if (config.healthCheckEnabled) {
     const payload = effectiveHealthCheckPayload({ ...healthCheckPayload({ bos: tokenizer!.bosTokenId, disagg: disagg !== null, bootstrapPort: disagg?.endpoint?.bootstrap_port ?? 0 }) }, config.healthCheckPayload);
     canary = new CanaryHealthCheck({
@@ -250,6 +264,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   const shutdown = () => {
     stopping ??= (async () => {
       health.setSystemStatus('notready');
+      await presence.close();
       await canary?.stop();
       // 1. leave discovery: no new requests are routed here
       await discovery.unregisterModel(namespace, component, endpoint).catch(() => undefined);

@@ -26,6 +26,26 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** A free port whose `count - 1` successors are free too (a multi-node dist-init-addr: each data-parallel group's
+ * step relay port and its TP group's). */
+export async function freePortRun(count = 2): Promise<number> {
+  for (;;) {
+    const port = await freePort();
+    const held: ReturnType<typeof createServer>[] = [];
+    let ok = true;
+    for (let next = port + 1; ok && next < port + count; next++) {
+      const server = createServer();
+      ok = await new Promise<boolean>((resolve) => {
+        server.once('error', () => resolve(false));
+        server.listen(next, '127.0.0.1', () => resolve(true));
+      });
+      if (ok) held.push(server);
+    }
+    await Promise.all(held.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    if (ok) return port;
+  }
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }

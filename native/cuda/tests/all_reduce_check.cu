@@ -107,7 +107,8 @@ int gpuCount() {
  *  cudaFree (which waits for the whole device) between collectives could wait for a peer's kernel that waits for
  *  this rank. */
 void runRanks(int size, int vocab, int gatherRows, double timeoutSec, const std::string& name,
-              const std::function<void(int, TpComm&, cudaStream_t, ThreadGroup&)>& body, size_t chunkFloats = 1 << 16) {
+              const std::function<void(int, TpComm&, cudaStream_t, ThreadGroup&)>& body, size_t chunkFloats = 1 << 16,
+              bool customAllReduce = true) {
   ThreadGroup group(size, vocab);
   const int gpus = gpuCount();
   std::vector<std::string> errors(size);
@@ -125,6 +126,7 @@ void runRanks(int size, int vocab, int gatherRows, double timeoutSec, const std:
         o.gatherFloats = (size_t)gatherRows * group.vocabRows(r);
         o.vocabStart = group.vocabStart(r);
         o.vocabSize = group.vocabRows(r);
+        o.customAllReduce = customAllReduce;
         DSG_CUDA(cudaSetDevice(o.deviceId));
         cudaStream_t stream;
         DSG_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -153,13 +155,14 @@ const char* algoName(ReduceAlgo a) {
 }
 
 /** All-reduce of every size in `sizes` with one algorithm and mode; the reference sums in rank order in f32. */
-void checkAllReduce(int size, ReduceAlgo algo, ReduceOut mode, const std::vector<int64_t>& sizes) {
-  const std::string tag = std::to_string(size) + " ranks, " + algoName(algo) + (mode == ReduceOut::Add ? ", add" : ", store");
+void checkAllReduce(int size, ReduceAlgo algo, ReduceOut mode, const std::vector<int64_t>& sizes, bool ncclOnly = false) {
+  const std::string tag = std::to_string(size) + " ranks, " + (ncclOnly ? "NCCL-only" : algoName(algo)) + (mode == ReduceOut::Add ? ", add" : ", store");
   std::vector<std::vector<std::vector<float>>> outs(sizes.size(), std::vector<std::vector<float>>(size));
   std::vector<double> leftover(size, 0.0);
   bool skipped = false;
   const int64_t maxN = *std::max_element(sizes.begin(), sizes.end());
   runRanks(size, 1000, 1, 60, "ar-" + tag, [&](int rank, TpComm& comm, cudaStream_t stream, ThreadGroup& g) {
+    if (ncclOnly && !comm.ncclOnly()) throw std::runtime_error("customAllReduce = false did not make the group NCCL-only");
     if (algo == ReduceAlgo::Nccl && !comm.usesNccl()) {
       skipped = true;
       return;
@@ -185,7 +188,7 @@ void checkAllReduce(int size, ReduceAlgo algo, ReduceOut mode, const std::vector
       DSG_CUDA(cudaMemcpy(left.data(), in.p, n * 4, cudaMemcpyDeviceToHost));
       for (float v : left) leftover[rank] = std::max(leftover[rank], (double)std::fabs(v));
     }
-  });
+  }, 1 << 16, !ncclOnly);
   if (skipped) {
     std::printf("%-60s skipped (no NCCL in this group: NCCL not built, or ranks share a device)\n", tag.c_str());
     return;
@@ -210,14 +213,14 @@ void checkAllReduce(int size, ReduceAlgo algo, ReduceOut mode, const std::vector
       }
     }
     const std::string name = "all-reduce " + tag + ", n " + std::to_string(n);
-    if (algo == ReduceAlgo::Nccl) report(name + " (rel, NCCL order)", std::sqrt(num / den), 1e-6);
+    if (algo == ReduceAlgo::Nccl || ncclOnly) report(name + " (rel, NCCL order)", std::sqrt(num / den), 1e-6);
     else report(name + " (bitwise)", err, 0);
     report(name + ": every rank bitwise equal", spread, 0);
   }
   report("all-reduce " + tag + ": inputs left zero", *std::max_element(leftover.begin(), leftover.end()), 0);
 }
 
-void checkGather(int size, int vocab, int rows) {
+void checkGather(int size, int vocab, int rows, bool ncclOnly = false) {
   std::vector<std::vector<float>> outs(size);
   std::vector<int> starts(size), counts(size);
   auto shardOf = [&](int r, int start, int n) {
@@ -236,7 +239,7 @@ void checkGather(int size, int vocab, int rows) {
     comm.allGatherVocab(rows, out.p, stream);
     DSG_CUDA(cudaStreamSynchronize(stream));
     outs[rank] = out.get();
-  });
+  }, 1 << 16, !ncclOnly);
   ThreadGroup g(size, vocab);
   double err = 0;
   for (int r = 0; r < size; ++r) {
@@ -251,7 +254,7 @@ void checkGather(int size, int vocab, int rows) {
       if (!(got == want[i])) err = std::isfinite(got) ? std::max(err, (double)std::fabs(got - want[i])) : INFINITY;
     }
   }
-  report("vocab all-gather, " + std::to_string(size) + " ranks, vocab " + std::to_string(vocab) + ", " + std::to_string(rows) +
+  report(std::string(ncclOnly ? "NCCL-only " : "") + "vocab all-gather, " + std::to_string(size) + " ranks, vocab " + std::to_string(vocab) + ", " + std::to_string(rows) +
              " rows (exact, every rank)", err, 0);
 }
 
@@ -397,6 +400,15 @@ int main(int argc, char** argv) {
       checkGather(size, 1001, 3);
       checkGather(size, 151936, quick ? 2 : 64);
     }
+#ifdef DSG_HAVE_NCCL
+    // The NCCL-only form (ranks that cannot map each other, or --disable-custom-all-reduce): own devices only.
+    for (int size : {2, 4})
+      if (gpus >= size) {
+        checkAllReduce(size, ReduceAlgo::Auto, ReduceOut::Add, {1, 4097, 65537, 1 << 20}, true);
+        checkGather(size, 1001, 3, true);
+        checkGather(size, 151936, 8, true);
+      }
+#endif
     checkTimeoutAndAbort();
     if (!quick) {
       timeGraph(2, 1024);

@@ -7,6 +7,7 @@
 //     native/cuda/sampling.cu native/cuda/token_feedback.cu native/src/sampling.cpp -o mcheck && ./mcheck
 // Also checks the token-feedback kernel of pipelined steps (token_feedback.cu, built with its source added to the
 // command above) against its CPU meaning: every placeholder -(1 + row) becomes sampled[row], other ids unchanged.
+// Also checks grammar bitmask masking (launchMaskBitmask) against maskLogitsByBitmask.
 // Prints one line per check and exits non-zero if any fails.
 #include <algorithm>
 #include <cmath>
@@ -212,6 +213,52 @@ static void checkTokenFeedback(int n, int prevRows) {
   printf("token feedback n %5d from %3d rows: %s (%d wrong)\n", n, prevRows, ok ? "PASS" : "FAIL", wrong);
 }
 
+// Grammar bitmasks (step.h mask rows): launchMaskBitmask against maskLogitsByBitmask on random masks, rows without a
+// mask (-1) untouched, a vocabulary that is not a multiple of 32; eager and replayed from a graph after rewriting the
+// table in place.
+static void checkBitmask(int vocab, int rows, bool viaGraph) {
+  const int words = (vocab + 31) / 32;
+  std::normal_distribution<float> nd(0.f, 2.f);
+  std::vector<float> logits((size_t)rows * vocab);
+  for (auto& x : logits) x = nd(rng);
+  std::vector<int32_t> maskRows(rows), masks((size_t)rows * words);
+  int m = 0;
+  for (int r = 0; r < rows; ++r) maskRows[r] = r % 3 == 1 ? -1 : m++;
+  for (auto& w : masks) w = (int32_t)(rng() % 4 == 0 ? 0xffffffffu : (uint32_t)rng());
+  std::vector<float> want = logits;
+  for (int r = 0; r < rows; ++r)
+    if (maskRows[r] >= 0) maskLogitsByBitmask(&want[(size_t)r * vocab], vocab, &masks[(size_t)maskRows[r] * words]);
+  Dev<float> logitsBuf(logits);
+  Dev<int32_t> rowsBuf(std::vector<int32_t>(rows, -1)), masksBuf(std::vector<int32_t>(masks.size(), 0));
+  float* dLogits = logitsBuf.p;
+  int32_t* dRows = rowsBuf.p;
+  int32_t* dMasks = masksBuf.p;
+  cudaStream_t stream;
+  DSG_CUDA(cudaStreamCreate(&stream));
+  cudaGraphExec_t exec = nullptr;
+  if (viaGraph) {
+    cudaGraph_t graph;
+    DSG_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    launchMaskBitmask(dLogits, rows, vocab, dRows, dMasks, words, stream);
+    DSG_CUDA(cudaStreamEndCapture(stream, &graph));
+    DSG_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    DSG_CUDA(cudaGraphDestroy(graph));
+  }
+  rowsBuf.put(maskRows);
+  masksBuf.put(masks);
+  DSG_CUDA(cudaDeviceSynchronize());  // the copies ran on the legacy stream
+  if (exec) DSG_CUDA(cudaGraphLaunch(exec, stream));
+  else launchMaskBitmask(dLogits, rows, vocab, dRows, dMasks, words, stream);
+  DSG_CUDA(cudaStreamSynchronize(stream));
+  const std::vector<float> got = logitsBuf.get();
+  double mismatches = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (!(got[i] == want[i] || (std::isinf(got[i]) && std::isinf(want[i])))) ++mismatches;
+  report("bitmask vocab " + std::to_string(vocab) + " rows " + std::to_string(rows) + (viaGraph ? " (graph)" : ""), mismatches, 0);
+  if (exec) cudaGraphExecDestroy(exec);
+  cudaStreamDestroy(stream);
+}
+
 int main() {
   try {
     checkMaskedSampling(Case{151936, 24, 5}, false);
@@ -219,6 +266,9 @@ int main() {
     checkMaskedSampling(Case{1000, 37, 20}, false);
     // Row 1 bans 16 of 32 tokens: its top-20 list reaches past the allowed ones, into banned ids at -inf.
     checkMaskedSampling(Case{32, 19, 20}, false);
+    checkBitmask(151936, 9, false);
+    checkBitmask(151936, 9, true);
+    checkBitmask(1000, 5, false);
     for (int n : {1, 255, 257, 8192}) checkTokenFeedback(n, n == 1 ? 1 : 256);
     DSG_CUDA(cudaDeviceSynchronize());
   } catch (const std::exception& e) {

@@ -9,6 +9,7 @@ import type { NatsConnection } from 'nats';
 import { connectNats } from '../../runtime/request-plane/nats.js';
 import { DiscoveredModels, type FrontendRouting } from '../../frontend/discovered-models.js';
 import { DEFAULT_REQUEST_LIMITS, OpenAiServer, type RequestLimits } from '../../frontend/openai-server.js';
+import { DEFAULT_WIRE_PROFILE, WireProfileSchema, type WireProfile } from '../../protocol/wire-profile.js';
 
 const G_FRONTEND = 'Frontend';
 
@@ -37,6 +38,8 @@ export const FRONTEND_FLAGS: readonly FlagSpec[] = [
     help: 'API keys the HTTP server accepts (several: comma separated or one after another); with any key (here or in --api-key-file) every request but /health and /live needs "Authorization: Bearer KEY", else HTTP 401.' },
   { name: 'api-key-file', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'DYN_API_KEY_FILE', valueName: 'PATH', default: null, defaultText: 'none', group: G_FRONTEND,
     help: 'File of API keys, one a line (blank lines and lines starting with # are skipped); added to --api-key.' },
+  { name: 'dynamo-wire', kind: 'string', schema: WireProfileSchema, env: 'DYN_WIRE_PROFILE', valueName: 'VERSION', default: DEFAULT_WIRE_PROFILE, defaultText: DEFAULT_WIRE_PROFILE, group: G_FRONTEND,
+    help: 'Dynamo release whose wire formats the workers speak: 0.8 or main (KV events, load and local-indexer queries the kv router reads); the same setting as the workers\'.' },
   { name: 'migration-limit', kind: 'int', schema: Type.Integer({ minimum: 0, maximum: 100 }), env: 'DYN_MIGRATION_LIMIT', valueName: 'N', default: 0, defaultText: '0 (off)', group: G_FRONTEND,
     help: 'How many times a request whose worker dies mid-stream is moved to another worker.' },
 ];
@@ -64,6 +67,7 @@ export interface FrontendSettings {
   routerTemperature: number;
   limits: RequestLimits;
   apiKeys: string[];
+  wireProfile: WireProfile;
   /** Address of the call-home server for workers' responses (default DYN_TCP_RPC_HOST, else this host's IP). */
   responseHost?: string;
 }
@@ -78,6 +82,7 @@ export function frontendSettings(values: Record<string, unknown>): FrontendSetti
     kvOverlapScoreWeight: values['kv-overlap-score-weight'] as number,
     routerTemperature: values['router-temperature'] as number,
     apiKeys: [...(values['api-key'] as string[]), ...apiKeysFromFile(values['api-key-file'] as string | null)],
+    wireProfile: values['dynamo-wire'] as WireProfile,
     limits: {
       maxRequestBytes: values['max-request-bytes'] as number,
       maxPromptBytes: values['max-prompt-bytes'] as number,
@@ -116,6 +121,7 @@ export async function startFrontend(
     migrationLimit: s.migrationLimit,
     kvOverlapScoreWeight: s.kvOverlapScoreWeight,
     routerTemperature: s.routerTemperature,
+    wireProfile: s.wireProfile,
     ...(s.responseHost === undefined ? {} : { responseHost: s.responseHost }),
     log,
   });

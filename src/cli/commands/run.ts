@@ -14,7 +14,10 @@ const LOOPBACK = '127.0.0.1';
 export const BUNDLED_MODEL = fileURLToPath(new URL('../../../../models/stories260K.gguf', import.meta.url));
 const BUNDLED_MODEL_FROM_SOURCE = fileURLToPath(new URL('../../../models/stories260K.gguf', import.meta.url));
 
-/** Splits argv into the frontend's flags and the worker's (everything else). */
+/** Flags both halves take (the Dynamo wire profile: the frontend's kv router reads what the worker publishes). */
+const SHARED_FLAGS = new Set(['dynamo-wire']);
+
+/** Splits argv into the frontend's flags and the worker's (everything else; shared flags go to both). */
 function splitArgv(argv: string[]): { frontend: string[]; worker: string[] } {
   const names = new Set(FRONTEND_FLAGS.flatMap((f) => [f.name, ...(f.aliases ?? [])]));
   const frontend: string[] = [];
@@ -23,8 +26,9 @@ function splitArgv(argv: string[]): { frontend: string[]; worker: string[] } {
     const a = argv[i];
     const m = /^--([^=]+)(=.*)?$/.exec(a);
     if (m && names.has(m[1])) {
-      frontend.push(a);
-      if (m[2] === undefined && i + 1 < argv.length) frontend.push(argv[++i]);
+      const flag = m[2] === undefined && i + 1 < argv.length ? [a, argv[++i]] : [a];
+      frontend.push(...flag);
+      if (SHARED_FLAGS.has(m[1])) worker.push(...flag);
     } else {
       worker.push(a);
     }

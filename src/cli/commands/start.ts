@@ -95,18 +95,29 @@ async function runFollowerNode(config: WorkerConfig): Promise<number> {
     import('../../runtime/metrics.js'), import('../../runtime/system-server.js'),
   ]);
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
-  const [core] = buildTopology(config).cores; // one group: data parallelism across nodes is refused
-  if (!core.multiNode) throw new LlmError('LLM_ERR_INTERNAL', 'a follower node without multi-node settings');
+  const { cores } = buildTopology(config); // with --dp-size, this node's ranks of every data-parallel group
   const health = new HealthRegistry('notready');
   const system = await SystemServer.start({ port: config.systemPort, host: config.systemHost, health, metrics: new WorkerMetrics() });
   if (system) log(`node ${config.nodeRank}: system server on ${system.url('/')} (/metrics, /health, /live)`);
+  const ready = cores.map(() => false);
+  const ending = new AbortController();
+  const groups = cores.map((core) => {
+    if (!core.multiNode) throw new LlmError('LLM_ERR_INTERNAL', 'a follower node without multi-node settings');
+    return runFollower(core, core.multiNode, log, (groupReady) => {
+      ready[core.dpRank] = groupReady;
+      health.setSystemStatus(ready.every(Boolean) ? 'ready' : 'notready');
+    }, ending.signal);
+  });
   try {
-    return await runFollower(core, core.multiNode, log, (ready) => health.setSystemStatus(ready ? 'ready' : 'notready'));
+    // Any group's leader connection ending ends the node (the leader runs every group): the other groups stop too.
+    return await Promise.race(groups);
   } catch (err) {
     const e = err as { code?: string; message: string };
     log(`node ${config.nodeRank}: ${e.code ?? 'LLM_ERR_INTERNAL'}: ${e.message}`);
     return 1;
   } finally {
+    ending.abort();
+    await Promise.allSettled(groups);
     await system?.close();
   }
 }
