@@ -83,14 +83,8 @@ export class EndpointClient {
       const live = new Set(records.map((r) => r.instance_id));
       // a request accepted by an instance that left discovery may never be called back; one that is draining
       // (graceful shutdown) calls back within milliseconds, so give it a moment, then fail what is still waiting
-      for (const [id, streams] of this.awaitingCallHome) {
-        if (live.has(id)) continue;
-        this.awaitingCallHome.delete(id);
-        setTimeout(() => {
-          for (const stream of streams) {
-            stream.fail(new DisconnectedError(`request ${stream.requestId}: instance ${formatInstanceId(id)} of ${this.name} left discovery and did not call back within ${this.leftGraceMs} ms`));
-          }
-        }, this.leftGraceMs).unref();
+      for (const id of this.awaitingCallHome.keys()) {
+        if (!live.has(id)) this.failUncalled(id, 'left discovery');
       }
       // an instance that left discovery starts afresh if it comes back
       for (const id of this.down.keys()) if (!live.has(id)) this.down.delete(id);
@@ -233,6 +227,9 @@ export class EndpointClient {
     // (an instance that already left discovery needs no mark: it is out of rotation, and fresh if it returns)
     stream.onDisconnect(() => {
       if (this.instances().some((r) => r.instance_id === id)) this.reportInstanceDown(id);
+      // a worker that dropped a response stream has most likely died (SIGKILL, crash): the requests it accepted but
+      // has not called back for would otherwise wait until its lease expires (up to the TTL, 10 s) to migrate
+      this.failUncalled(id, 'dropped another response stream');
     });
     let awaiting = this.awaitingCallHome.get(id);
     if (awaiting === undefined) this.awaitingCallHome.set(id, (awaiting = new Set()));
@@ -242,6 +239,19 @@ export class EndpointClient {
       if (awaiting.size === 0 && this.awaitingCallHome.get(id) === awaiting) this.awaitingCallHome.delete(id);
     });
     return stream;
+  }
+
+  /** After the grace period, fails the requests `id` accepted and still has not called back for. */
+  private failUncalled(id: bigint, why: string): void {
+    const streams = this.awaitingCallHome.get(id);
+    if (streams === undefined) return;
+    this.awaitingCallHome.delete(id);
+    // (a stream that calls home during the grace leaves `streams` through its onReleased)
+    setTimeout(() => {
+      for (const stream of streams) {
+        stream.fail(new DisconnectedError(`request ${stream.requestId}: instance ${formatInstanceId(id)} of ${this.name} ${why} and did not call back within ${this.leftGraceMs} ms`));
+      }
+    }, this.leftGraceMs).unref();
   }
 
   private noInstances(waitedMs: number): LlmError {

@@ -169,15 +169,28 @@ export interface NatsService {
   url: string;
   port: number;
   stop(): Promise<void>;
+  /** Stops nats-server (SIGTERM) and starts it again on the same port (clients reconnect on their own). */
+  restart(): Promise<void>;
 }
 
 export async function startNats(): Promise<NatsService> {
   const port = await freePort();
-  const { child, log } = launch('nats-server', ['-a', '127.0.0.1', '-p', String(port)]);
-  await waitFor(`nats-server on 127.0.0.1:${port}`, () => portOpen(port), child, log);
+  let current: ChildProcess | undefined;
+  const start = async () => {
+    const { child, log } = launch('nats-server', ['-a', '127.0.0.1', '-p', String(port)]);
+    current = child;
+    await waitFor(`nats-server on 127.0.0.1:${port}`, () => portOpen(port), child, log);
+  };
+  await start();
   return {
     url: `nats://127.0.0.1:${port}`,
     port,
-    stop: () => terminate(child, 'SIGTERM'),
+    stop: async () => {
+      if (current) await terminate(current, 'SIGTERM');
+    },
+    async restart() {
+      if (current) await terminate(current, 'SIGTERM');
+      await start();
+    },
   };
 }
