@@ -109,7 +109,7 @@ t.test('the addon checks every banned field and stays usable', async (t) => {
     ['negative bannedCount', (d) => ((d[rec(0, SeqField.bannedCount)] = -1), d), /seq 0: bannedCount -1/],
     ['bannedCount past the section', (d) => ((d[rec(1, SeqField.bannedCount)] = 2), d), /seq 1: banned ids run past header.numBannedEntries 3/],
     ['bannedCount short of the section', (d) => ((d[rec(1, SeqField.bannedCount)] = 0), d), /header.numBannedEntries 3 != sum of bannedCount 2/],
-    ['numBannedEntries beyond the buffer', (d) => ((d[Header.numBannedEntries] = 4), d), /header counts imply .* words, buffer has/],
+    ['numBannedEntries beyond the buffer', (d) => ((d[Header.numBannedEntries] = 4), d), /header\.maskOffset \d+ != \d+/], // the sections after it no longer line up
     ['numBannedEntries negative', (d) => ((d[Header.numBannedEntries] = -1), d), /header.numBannedEntries -1 out of range \[0, 32\]/],
     ['numBannedEntries above seqs * cap', (d) => ((d[Header.numBannedEntries] = 33), d), /header.numBannedEntries 33 out of range \[0, 32\]/],
     ['bannedOffset', (d) => ((d[Header.bannedOffset] = bannedOff - 1), d), /header.bannedOffset/],
