@@ -5,6 +5,7 @@ import { connect as natsConnect, headers as natsHeaders, type Msg, type NatsConn
 import { LlmError } from '../../errors.js';
 import { natsRequestSubject } from '../../protocol/discovery.js';
 import { prepareRequest, refusal, type RequestOptions } from './egress.js';
+import { requestPlaneSecretFromEnv } from './trust.js';
 import { maxMessageSizeFromEnv } from './framing.js';
 import { Ingress, type HandlerRegistration, type IngressOptions } from './ingress.js';
 import type { ResponseServer } from './response-server.js';
@@ -67,12 +68,15 @@ export interface NatsRequestClientOptions {
   maxMessageSize?: number;
   /** For messages: the server the connection goes to. */
   serverUrl?: string;
+  /** Request-plane secret that signs every request (default: DYN_REQUEST_PLANE_SECRET[_FILE]; null = none). */
+  secret?: Buffer | null;
 }
 
 export class NatsRequestClient {
   private readonly ackTimeoutMs: number;
   private readonly maxMessageSize: number;
   private readonly serverUrl: string;
+  private readonly secret: Buffer | null;
 
   constructor(
     private readonly connection: NatsConnection,
@@ -82,11 +86,12 @@ export class NatsRequestClient {
     this.ackTimeoutMs = options.ackTimeoutMs ?? 5000;
     this.maxMessageSize = options.maxMessageSize ?? maxMessageSizeFromEnv();
     this.serverUrl = options.serverUrl ?? connection.getServer();
+    this.secret = options.secret === undefined ? requestPlaneSecretFromEnv() : options.secret;
   }
 
   /** Sends `body` to the subject from discovery (`nats_tcp`); resolves on the worker's ACK with the call-home stream. */
   async request(subject: string, body: unknown, options: RequestOptions = {}): Promise<ResponseStream> {
-    const { stream, payload, headers } = prepareRequest(this.responses, `nats:${subject}`, body, options, this.maxMessageSize);
+    const { stream, payload, headers } = prepareRequest(this.responses, `nats:${subject}`, body, options, this.maxMessageSize, this.secret);
     try {
       const maxPayload = this.connection.info?.max_payload ?? 0;
       if (maxPayload > 0 && payload.length > maxPayload) {

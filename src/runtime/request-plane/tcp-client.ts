@@ -8,6 +8,7 @@ import { tcpProfileOfPath } from '../../protocol/discovery.js';
 import { RequestHeader } from '../../protocol/transport.js';
 import { parseHostPort, parseTcpTransportAddress } from './address.js';
 import { prepareRequest, refusal, type RequestOptions } from './egress.js';
+import { requestPlaneSecretFromEnv } from './trust.js';
 import { encodeRequestFrame, maxMessageSizeFromEnv, ResponseFrameDecoder, type ResponseFrame } from './framing.js';
 import type { ResponseServer } from './response-server.js';
 import type { ResponseStream } from './response-stream.js';
@@ -18,6 +19,8 @@ export interface TcpRequestClientOptions {
   ackTimeoutMs?: number;
   connectTimeoutMs?: number;
   maxMessageSize?: number;
+  /** Request-plane secret that signs every request (default: DYN_REQUEST_PLANE_SECRET[_FILE]; null = none). */
+  secret?: Buffer | null;
 }
 
 interface AckWaiter {
@@ -90,6 +93,7 @@ export class TcpRequestClient {
   private readonly ackTimeoutMs: number;
   private readonly connectTimeoutMs: number;
   private readonly maxMessageSize: number;
+  private readonly secret: Buffer | null;
 
   constructor(
     private readonly responses: ResponseServer,
@@ -99,6 +103,7 @@ export class TcpRequestClient {
     this.ackTimeoutMs = options.ackTimeoutMs ?? 5000;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 3000;
     this.maxMessageSize = options.maxMessageSize ?? maxMessageSizeFromEnv();
+    this.secret = options.secret === undefined ? requestPlaneSecretFromEnv() : options.secret;
   }
 
   /**
@@ -107,7 +112,7 @@ export class TcpRequestClient {
    */
   async request(address: string, body: unknown, options: RequestOptions = {}): Promise<ResponseStream> {
     const { hostPort, path } = parseTcpTransportAddress(address);
-    const { stream, payload, headers } = prepareRequest(this.responses, address, body, options, this.maxMessageSize);
+    const { stream, payload, headers } = prepareRequest(this.responses, address, body, options, this.maxMessageSize, this.secret);
     headers[RequestHeader.endpointPath] = path;
     try {
       // the address says which release's frame the worker reads (a 0.8 frame has no headers block)

@@ -101,7 +101,7 @@ export class TcpRequestServer {
           socket.write(encodeResponseFrame(`No handler found for path: ${frame.path}`));
           continue;
         }
-        const accepted = this.ingress.accept(registration, frame.payload, frame.headers);
+        const accepted = this.ingress.accept(registration, frame.payload, frame.headers, socket.remoteAddress);
         socket.write(accepted.ok ? ACK : encodeResponseFrame(accepted.error));
       }
     });
