@@ -3,6 +3,7 @@
 // request, the worker's reply is the ACK (empty) or error text, and responses stream call-home over TCP.
 import { connect as natsConnect, headers as natsHeaders, type Msg, type NatsConnection, type Subscription } from 'nats';
 import { LlmError } from '../../errors.js';
+import { describeNatsConnectError, natsConnectSettings } from '../credentials.js';
 import { natsRequestSubject } from '../../protocol/discovery.js';
 import { prepareRequest, refusal, type RequestOptions } from './egress.js';
 import { requestPlaneSecretFromEnv } from './trust.js';
@@ -13,13 +14,16 @@ import type { ResponseStream } from './response-stream.js';
 
 const QUEUE_GROUP = 'q';
 
-/** Connects to a NATS server; a failure names the server URL. */
-export async function connectNats(url: string, options: { timeoutMs?: number } = {}): Promise<NatsConnection> {
+/**
+ * Connects to a NATS server with the URL's and the environment's credentials and TLS (runtime/credentials.ts); a
+ * failure names the server URL, its password redacted.
+ */
+export async function connectNats(url: string, options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<NatsConnection> {
+  const settings = natsConnectSettings(url, options.env);
   try {
-    return await natsConnect({ servers: url, timeout: options.timeoutMs ?? 5000, name: 'dynamo-sglang' });
+    return await natsConnect({ ...settings.options, timeout: options.timeoutMs ?? 5000, name: 'dynamo-sglang' });
   } catch (err) {
-    const e = err as { code?: string; message?: string };
-    throw new LlmError('LLM_ERR_TRANSPORT', `cannot connect to NATS server ${url}: ${e.message ?? String(err)}${e.code ? ` (${e.code})` : ''}`);
+    throw new LlmError('LLM_ERR_TRANSPORT', `cannot connect to NATS server ${settings.display}: ${describeNatsConnectError(settings, err)}`);
   }
 }
 
