@@ -124,7 +124,7 @@ export function natsConnectSettings(url: string, env: NodeJS.ProcessEnv = proces
 export function describeNatsConnectError(settings: NatsConnectSettings, err: unknown): string {
   const e = err as { code?: string; message?: string };
   let text = e.message ?? String(err);
-  if (settings.options.tls !== undefined && /does not support 'tls'|ServerOptionNotAvailable|tls/i.test(text) && /support/i.test(text)) {
+  if (settings.options.tls !== undefined && e.code === 'SERVER_OPT_NA') {
     text = `the server offers no TLS (is it a plaintext server?): ${text}`;
   } else if (/self[- ]signed|unable to verify|certificate/i.test(text)) {
     text = `the server's TLS certificate does not verify against ${settings.options.tls !== undefined && 'ca' in (settings.options.tls ?? {}) ? 'NATS_TLS_CA_FILE' : 'the system CAs'}: ${text}`;
