@@ -1,7 +1,11 @@
 // The request plane serves only its own deployment (issue 22): reply addresses the worker may connect to, the
 // shared-secret request proof, and the write timeout that cuts a reply stream whose reader stopped reading.
 import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { RequestContext } from '../src/runtime/request-plane/context.js';
 import { encodeRequestFrame, encodeTwoPart, ResponseFrameDecoder, type ResponseFrame } from '../src/runtime/request-plane/framing.js';
@@ -9,7 +13,7 @@ import { Ingress } from '../src/runtime/request-plane/ingress.js';
 import { ResponseServer } from '../src/runtime/request-plane/response-server.js';
 import { TcpRequestClient } from '../src/runtime/request-plane/tcp-client.js';
 import { TcpRequestServer } from '../src/runtime/request-plane/tcp-server.js';
-import { AUTH_HEADER, ReplyAddressPolicy, requestPlaneTrustFromEnv, signRequest, type RequestPlaneTrust } from '../src/runtime/request-plane/trust.js';
+import { AUTH_HEADER, ReplyAddressPolicy, requestPlaneTrustFromEnv, signRequest, tcpPlaneTlsFromEnv, type RequestPlaneTrust, type TcpPlaneTls } from '../src/runtime/request-plane/trust.js';
 import { collect } from './helpers/streams.js';
 
 const HOST = '127.0.0.1';
@@ -190,4 +194,45 @@ t.test('a reader that stops reading has its stream cut and its request killed', 
   t.match(streamErrors.join('\n'), /the reader took no bytes for 300 ms; request cancelled/);
   for (let i = 0; i < 100 && server.ingress.inflight > 0; i++) await sleep(10);
   t.equal(server.ingress.inflight, 0, 'the slot is free again');
+});
+
+t.test('mutual TLS on the TCP plane: only callers with a certificate from the CA get in', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'rp-mtls-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const openssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+  const ca = (name: string) => openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', `/CN=${name}`, '-keyout', `${name}.key`, '-out', `${name}.crt`);
+  const cert = (name: string, by: string) => {
+    writeFileSync(join(dir, `${name}.ext`), 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n');
+    openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${name}`, '-keyout', `${name}.key`, '-out', `${name}.csr`);
+    openssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${by}.crt`, '-CAkey', `${by}.key`, '-CAcreateserial', '-days', '2', '-extfile', `${name}.ext`, '-out', `${name}.crt`);
+  };
+  ca('ca');
+  ca('otherca');
+  cert('worker', 'ca');
+  cert('frontend', 'ca');
+  cert('intruder', 'otherca');
+  const env = (name: string, by: string) => ({ DYN_TCP_RPC_TLS_CERT: join(dir, `${name}.crt`), DYN_TCP_RPC_TLS_KEY: join(dir, `${name}.key`), DYN_TCP_RPC_TLS_CA: join(dir, `${by}.crt`) });
+  const tlsOf = (name: string, by: string): TcpPlaneTls => tcpPlaneTlsFromEnv(env(name, by)) as TcpPlaneTls;
+  t.throws(() => tcpPlaneTlsFromEnv({ DYN_TCP_RPC_TLS_CERT: join(dir, 'worker.crt') }), /needs DYN_TCP_RPC_TLS_CERT, DYN_TCP_RPC_TLS_KEY, DYN_TCP_RPC_TLS_CA together/);
+  t.equal(readFileSync(join(dir, 'ca.crt'), 'utf8').includes('BEGIN CERTIFICATE'), true);
+
+  let ran = 0;
+  const server = await TcpRequestServer.start({ host: HOST, port: 0, wireProfile: 'main', trust: trust(), tls: tlsOf('worker', 'ca') });
+  const responses = await ResponseServer.start({ host: HOST, callHomeTimeoutMs: 5000 });
+  const good = new TcpRequestClient(responses, { tls: tlsOf('frontend', 'ca'), secret: null });
+  const intruder = new TcpRequestClient(responses, { tls: tlsOf('intruder', 'ca'), secret: null });
+  const plaintext = new TcpRequestClient(responses, { tls: null, secret: null, ackTimeoutMs: 2000 });
+  t.teardown(async () => {
+    good.close();
+    intruder.close();
+    plaintext.close();
+    await server.close();
+    await responses.close();
+  });
+  const address = server.register({ instanceId: 4n, endpoint: 'gen', handler: async function* () { ran++; yield 'ok'; } });
+  t.same((await collect(await good.request(address, {}))).map((i) => i.data), ['ok'], 'a caller with a certificate from the CA is served');
+  await t.rejects(intruder.request(address, {}), /worker 127\.0\.0\.1:\d+/, 'a certificate from another CA is refused');
+  await t.rejects(plaintext.request(address, {}), /worker 127\.0\.0\.1:\d+/, 'a plaintext caller is refused');
+  await sleep(50);
+  t.equal(ran, 1, 'refused callers ran nothing');
 });

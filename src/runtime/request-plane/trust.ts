@@ -170,6 +170,30 @@ export class ReplyAddressPolicy {
   }
 }
 
+/** Mutual TLS on the TCP request plane (frontend → worker): this side's certificate and the CA that signs the peer's. */
+export interface TcpPlaneTls {
+  cert: Buffer;
+  key: Buffer;
+  ca: Buffer;
+}
+
+/** DYN_TCP_RPC_TLS_CERT, DYN_TCP_RPC_TLS_KEY, DYN_TCP_RPC_TLS_CA (PEM files; all three or none); null = plaintext. */
+export function tcpPlaneTlsFromEnv(env: NodeJS.ProcessEnv = process.env): TcpPlaneTls | null {
+  const names = ['DYN_TCP_RPC_TLS_CERT', 'DYN_TCP_RPC_TLS_KEY', 'DYN_TCP_RPC_TLS_CA'] as const;
+  const given = names.filter((n) => (env[n] ?? '') !== '');
+  if (given.length === 0) return null;
+  if (given.length !== names.length) throw new LlmError('LLM_ERR_CONFIG', `TCP request plane mTLS needs ${names.join(', ')} together; only ${given.join(', ')} set`);
+  const read = (name: (typeof names)[number]): Buffer => {
+    const path = env[name] as string;
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new LlmError('LLM_ERR_CONFIG', `${name} ${path} cannot be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  };
+  return { cert: read('DYN_TCP_RPC_TLS_CERT'), key: read('DYN_TCP_RPC_TLS_KEY'), ca: read('DYN_TCP_RPC_TLS_CA') };
+}
+
 /** The request plane's trust settings, from the environment: secret, reply-address rule, reply write timeout. */
 export interface RequestPlaneTrust {
   secret: Buffer | null;
