@@ -86,6 +86,8 @@ export class Ingress {
   private readonly replyPolicy: ReplyAddressPolicy;
   readonly replyWriteTimeoutMs: number;
   readonly trustCounters: IngressTrustCounters = { unauthenticated: 0, replyAddressRefused: 0, replyWriteTimeouts: 0 };
+  /** Peers whose unauthenticated requests were logged (once each). */
+  private readonly unauthenticatedLogged = new Set<string>();
   private running = 0;
   private readonly queue: WorkItem[] = [];
   private readonly perRegistration = new Map<HandlerRegistration, number>();
@@ -121,6 +123,11 @@ export class Ingress {
       const why = this.verifier.verify(payload, headers);
       if (why !== null) {
         this.trustCounters.unauthenticated++;
+        const who = peer ?? 'a NATS caller';
+        if (!this.unauthenticatedLogged.has(who) && this.unauthenticatedLogged.size < 1024) {
+          this.unauthenticatedLogged.add(who);
+          log.warn('request refused: no valid request-plane proof', { peer: who, reason: why });
+        }
         return { ok: false, error: `Unauthenticated request (LLM_ERR_UNAUTHENTICATED): ${why}`, overloaded: false };
       }
     }
