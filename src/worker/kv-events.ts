@@ -36,6 +36,7 @@ import { KvEventPublisher, LoadPublisher, registerNatsEventChannel } from '../ru
 import { tokensHash } from '../runtime/kv-hash.js';
 import type { WorkerMetrics } from '../runtime/metrics.js';
 import { connectNats } from '../runtime/request-plane/nats.js';
+import { redactUrl } from '../runtime/credentials.js';
 import type { KvCacheEvent } from '../supervisor.js';
 import { LocalKvIndexer } from './local-kv-indexer.js';
 
@@ -180,7 +181,7 @@ export class WorkerKvEvents {
     if (nats) {
       const { namespace, component } = config.endpoint;
       await registerNatsEventChannel(discovery, { namespace, component, topic: KV_EVENTS_TOPIC });
-      log(`publishing KV events and load on NATS ${config.natsServer} (namespace.${namespace}.component.${component}.kv-events, namespace.${namespace}.kv_metrics; Dynamo ${config.wireProfile} wire)`);
+      log(`publishing KV events and load on NATS ${redactUrl(config.natsServer)} (namespace.${namespace}.component.${component}.kv-events, namespace.${namespace}.kv_metrics; Dynamo ${config.wireProfile} wire)`);
     }
     const events = new WorkerKvEvents({ ...options, nats });
     await events.ready();

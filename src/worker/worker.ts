@@ -31,6 +31,7 @@ import { detectHostIp } from '../runtime/request-plane/address.js';
 import { HttpRequestServer } from '../runtime/request-plane/http.js';
 import { TcpRequestServer } from '../runtime/request-plane/tcp-server.js';
 import { connectNats, NatsRequestServer } from '../runtime/request-plane/nats.js';
+import { registerTrustMetrics } from '../runtime/request-plane/trust-metrics.js';
 import { WorkerMetrics } from '../runtime/metrics.js';
 import { SystemServer } from '../runtime/system-server.js';
 import { SglangMetrics } from '../runtime/sglang-metrics.js';
@@ -206,6 +207,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
       async (): Promise<TcpRequestServer | HttpRequestServer> => (config.requestPlane === 'http' ? HttpRequestServer.start(rpc) : TcpRequestServer.start({ ...rpc, wireProfile: config.wireProfile })),
       (p) => p.close(),
     ));
+  registerTrustMetrics(metrics.registry, planeServer.ingress.trustCounters);
   const plane = {
     discovery, namespace, component,
     plane: config.requestPlane,

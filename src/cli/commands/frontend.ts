@@ -7,6 +7,7 @@ import { parseCommandLine, renderHelp, usageError, type FlagSpec } from '../args
 import { Discovery, type DiscoveryConfig } from '../../runtime/discovery/index.js';
 import type { NatsConnection } from 'nats';
 import { connectNats } from '../../runtime/request-plane/nats.js';
+import { redactUrl } from '../../runtime/credentials.js';
 import { DiscoveredModels, type FrontendRouting } from '../../frontend/discovered-models.js';
 import { DEFAULT_REQUEST_LIMITS, OpenAiServer, type RequestLimits } from '../../frontend/openai-server.js';
 import { DEFAULT_WIRE_PROFILE, WireProfileSchema, type WireProfile } from '../../protocol/wire-profile.js';
@@ -171,7 +172,7 @@ export async function main(argv: string[]): Promise<number> {
       throw err;
     },
   );
-  const routing = settings.routing === 'kv' ? `kv, events from ${cl.values['nats-server'] as string}` : settings.routing;
+  const routing = settings.routing === 'kv' ? `kv, events from ${redactUrl(cl.values['nats-server'] as string)}` : settings.routing;
   process.stderr.write(`frontend listening on http://${settings.httpHost}:${server.port} (discovery: ${discovery.store.location}; routing: ${routing})\n`);
   await waitForSignal();
   await server.close();

@@ -9,6 +9,7 @@
 // serving throughout. `onLeaseRenewed` reports the switch.
 import { Etcd3, EtcdLeaseInvalidError, GRPCDeadlineExceededError, GRPCUnavailableError, type IOptions, type Lease } from 'etcd3';
 import { LlmError } from '../../errors.js';
+import { etcdClientSettings, redactUrl, scrubEtcdError } from '../credentials.js';
 import { instanceIdFromLeaseId } from '../../protocol/discovery.js';
 import {
   DEFAULT_LEASE_TTL_MS,
@@ -26,6 +27,8 @@ export interface EtcdStoreOptions {
   endpoints: string[];
   /** Lease TTL, rounded up to whole seconds (etcd itself enforces a minimum of about 2 s). */
   leaseTtlMs?: number;
+  /** Where ETCD_AUTH_* (user, password, CA, client certificate) are read; default process.env. */
+  env?: NodeJS.ProcessEnv;
 }
 
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
@@ -81,10 +84,13 @@ export class EtcdStore implements DiscoveryStore {
   /** Connects and grants the primary lease; LLM_ERR_DISCOVERY naming the server if etcd does not answer. */
   static async connect(options: EtcdStoreOptions): Promise<EtcdStore> {
     if (options.endpoints.length === 0) throw new LlmError('LLM_ERR_CONFIG', 'etcd: no endpoints given');
-    const hosts = options.endpoints.map((e) => e.replace(/^[a-z]+:\/\//, ''));
+    const hosts = options.endpoints.map((e) => redactUrl(e).replace(/^[a-z]+:\/\//, ''));
     const location = `etcd at ${hosts.join(',')}`;
+    const settings = etcdClientSettings(options.endpoints, options.env);
     const client = new Etcd3({
-      hosts: options.endpoints.map((e) => (/^[a-z]+:\/\//.test(e) ? e : `http://${e}`)),
+      hosts: settings.hosts,
+      ...(settings.auth !== undefined ? { auth: settings.auth } : {}),
+      ...(settings.credentials !== undefined ? { credentials: settings.credentials } : {}),
       defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + CALL_DEADLINE_MS }),
       faultHandling: { host: () => passThrough, global: passThrough, watchBackoff: watchBackoff(100) },
     });
@@ -95,7 +101,8 @@ export class EtcdStore implements DiscoveryStore {
       return new EtcdStore(client, ttlSec, location, lease, instanceIdFromLeaseId(id));
     } catch (err) {
       client.close();
-      throw describeError(location, 'granting the primary lease', err);
+      const described = describeError(location, 'granting the primary lease', err);
+      throw new LlmError(described.code, scrubEtcdError(settings, described.message));
     }
   }
 

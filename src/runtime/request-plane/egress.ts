@@ -5,6 +5,7 @@ import { RequestHeader, encodeWireJson, makeConnectionInfo, type RequestControlM
 import { encodeTwoPart } from './framing.js';
 import type { ResponseServer } from './response-server.js';
 import type { ResponseStream } from './response-stream.js';
+import { AUTH_HEADER, signRequest } from './trust.js';
 
 export interface RequestOptions {
   /** Request id (RequestControlMessage.id, `request-id` header); a uuid by default. */
@@ -21,7 +22,7 @@ export interface PreparedRequest {
   headers: Record<string, string>;
 }
 
-export function prepareRequest(responses: ResponseServer, worker: string, body: unknown, options: RequestOptions, maxMessageSize: number): PreparedRequest {
+export function prepareRequest(responses: ResponseServer, worker: string, body: unknown, options: RequestOptions, maxMessageSize: number, secret: Buffer | null = null): PreparedRequest {
   const stream = responses.expect(worker, options);
   const control: RequestControlMessage = {
     id: stream.requestId,
@@ -31,7 +32,9 @@ export function prepareRequest(responses: ResponseServer, worker: string, body: 
   };
   try {
     const payload = encodeTwoPart(Buffer.from(encodeWireJson(control)), Buffer.from(encodeWireJson(body ?? null)), { maxMessageSize });
-    return { stream, payload, headers: { ...options.headers, [RequestHeader.requestId]: stream.requestId } };
+    const headers: Record<string, string> = { ...options.headers, [RequestHeader.requestId]: stream.requestId };
+    if (secret !== null) headers[AUTH_HEADER] = signRequest(secret, payload);
+    return { stream, payload, headers };
   } catch (err) {
     const error = err instanceof LlmError ? err : new LlmError('LLM_ERR_BAD_REQUEST', `request body cannot be encoded as JSON: ${(err as Error).message}`);
     stream.fail(error);

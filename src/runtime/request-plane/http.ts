@@ -23,6 +23,7 @@ import { LlmError } from '../../errors.js';
 import { formatInstanceId, httpTransportAddress } from '../../protocol/discovery.js';
 import { advertisedHost, formatHostPort, resolveRpcHost } from './address.js';
 import { prepareRequest, refusal, type RequestOptions } from './egress.js';
+import { requestPlaneSecretFromEnv } from './trust.js';
 import { maxMessageSizeFromEnv } from './framing.js';
 import { Ingress, type HandlerRegistration, type IngressOptions } from './ingress.js';
 import type { ResponseServer } from './response-server.js';
@@ -67,6 +68,8 @@ interface PlaneRequest {
   path: string;
   headers: IncomingHttpHeaders;
   body: Readable;
+  /** The IP the request came from (the reply-address rule). */
+  peer: string | undefined;
   reply(status: number, text: string): void;
   /** Stops reading a body that is already too large. */
   abort(): void;
@@ -167,6 +170,7 @@ export class HttpRequestServer {
       path: String(headers[':path'] ?? ''),
       headers,
       body: stream,
+      peer: stream.session?.socket.remoteAddress,
       reply: (status, text) => {
         if (stream.destroyed || stream.closed) return;
         stream.respond({ ':status': status, 'content-type': 'text/plain; charset=utf-8' }, { endStream: text.length === 0 });
@@ -183,6 +187,7 @@ export class HttpRequestServer {
       path: req.url ?? '',
       headers: req.headers,
       body: req,
+      peer: req.socket.remoteAddress,
       reply: (status, text) => {
         if (res.headersSent) return;
         res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) });
@@ -232,7 +237,7 @@ export class HttpRequestServer {
     });
     request.body.on('end', () => {
       if (size > max) return;
-      const accepted = this.ingress.accept(registration, Buffer.concat(chunks, size), transportHeaders(headers));
+      const accepted = this.ingress.accept(registration, Buffer.concat(chunks, size), transportHeaders(headers), request.peer);
       if (accepted.ok) reply(202, '');
       else reply(accepted.overloaded ? 503 : 400, accepted.error);
     });
@@ -242,12 +247,15 @@ export class HttpRequestServer {
 export interface HttpRequestClientOptions {
   ackTimeoutMs?: number;
   maxMessageSize?: number;
+  /** Request-plane secret that signs every request (default: DYN_REQUEST_PLANE_SECRET[_FILE]; null = none). */
+  secret?: Buffer | null;
 }
 
 export class HttpRequestClient {
   private readonly sessions = new Map<string, ClientHttp2Session>();
   private readonly ackTimeoutMs: number;
   private readonly maxMessageSize: number;
+  private readonly secret: Buffer | null;
 
   constructor(
     private readonly responses: ResponseServer,
@@ -255,6 +263,7 @@ export class HttpRequestClient {
   ) {
     this.ackTimeoutMs = options.ackTimeoutMs ?? 5000;
     this.maxMessageSize = options.maxMessageSize ?? maxMessageSizeFromEnv();
+    this.secret = options.secret === undefined ? requestPlaneSecretFromEnv() : options.secret;
   }
 
   /** POSTs `body` to an endpoint URL from discovery; resolves on `202 Accepted` with the call-home stream. */
@@ -266,7 +275,7 @@ export class HttpRequestClient {
       throw new LlmError('LLM_ERR_PROTOCOL', `HTTP transport address "${url}": not a URL`);
     }
     if (target.protocol !== 'http:') throw new LlmError('LLM_ERR_PROTOCOL', `HTTP transport address "${url}": expected http://`);
-    const { stream, payload, headers } = prepareRequest(this.responses, url, body, options, this.maxMessageSize);
+    const { stream, payload, headers } = prepareRequest(this.responses, url, body, options, this.maxMessageSize, this.secret);
     try {
       const { status, text } = await this.post(target, payload, headers);
       if (status !== 202) throw refusal(url, text || `HTTP ${status}`);

@@ -11,3 +11,4 @@ export * from './http.js';
 export * from './nats.js';
 export { ResponseServer, sharedResponseServer, type ExpectOptions, type ResponseServerOptions } from './response-server.js';
 export { DisconnectedError, ResponseStream } from './response-stream.js';
+export * from './trust.js';

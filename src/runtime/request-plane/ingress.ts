@@ -33,6 +33,10 @@ import {
 import { parseHostPort } from './address.js';
 import { RequestControl, type EndpointHandler } from './context.js';
 import { DEFAULT_MAX_MESSAGE_SIZE, TwoPartDecoder, decodeTwoPart, encodeTwoPart } from './framing.js';
+import { logger } from '../log.js';
+import { RequestVerifier, requestPlaneTrustFromEnv, type ReplyAddressPolicy, type RequestPlaneTrust } from './trust.js';
+
+const log = logger('runtime.request_plane');
 
 /** One endpoint served on a plane. */
 export interface HandlerRegistration {
@@ -51,9 +55,18 @@ export interface IngressOptions {
   callHomeConnectTimeoutMs?: number;
   /** Failures that have no caller to go to (the call-home connection could not be opened, a write failed). */
   onStreamError?: (err: LlmError, requestId: string) => void;
+  /** Shared secret, reply-address rule, reply write timeout (default: from the environment, trust.ts). */
+  trust?: RequestPlaneTrust;
 }
 
 export type AcceptResult = { ok: true } | { ok: false; error: string; overloaded: boolean };
+
+/** Requests refused by the trust checks and reply streams cut for a stalled reader, since start. */
+export interface IngressTrustCounters {
+  unauthenticated: number;
+  replyAddressRefused: number;
+  replyWriteTimeouts: number;
+}
 
 interface WorkItem {
   registration: HandlerRegistration;
@@ -69,6 +82,12 @@ export class Ingress {
   readonly maxMessageSize: number;
   private readonly connectTimeoutMs: number;
   private readonly onStreamError: (err: LlmError, requestId: string) => void;
+  private readonly verifier: RequestVerifier | null;
+  private readonly replyPolicy: ReplyAddressPolicy;
+  readonly replyWriteTimeoutMs: number;
+  readonly trustCounters: IngressTrustCounters = { unauthenticated: 0, replyAddressRefused: 0, replyWriteTimeouts: 0 };
+  /** Peers whose unauthenticated requests were logged (once each). */
+  private readonly unauthenticatedLogged = new Set<string>();
   private running = 0;
   private readonly queue: WorkItem[] = [];
   private readonly perRegistration = new Map<HandlerRegistration, number>();
@@ -80,7 +99,11 @@ export class Ingress {
     this.maxMessageSize = options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
     this.connectTimeoutMs = options.callHomeConnectTimeoutMs ?? 3000;
     this.onStreamError =
-      options.onStreamError ?? ((err, id) => console.warn(`request ${id}: response stream failed: ${err.message}`));
+      options.onStreamError ?? ((err, id) => log.warn('response stream failed', { requestId: id, code: err.code, error: err.message }));
+    const trust = options.trust ?? requestPlaneTrustFromEnv();
+    this.verifier = trust.secret === null ? null : new RequestVerifier(trust.secret);
+    this.replyPolicy = trust.replyPolicy;
+    this.replyWriteTimeoutMs = trust.replyWriteTimeoutMs;
   }
 
   /** Requests running or queued. */
@@ -91,18 +114,38 @@ export class Ingress {
   /**
    * Checks and queues one request payload. Synchronous so that the plane can answer (ACK or error) right away: a
    * malformed payload or control header is refused here, since without a valid `connection_info` there is nowhere to
-   * stream an error to.
+   * stream an error to. With a request-plane secret, a request without a valid proof is refused first; a reply
+   * address the deployment does not allow (trust.ts) is refused before any work or connection.
+   * `peer`: the IP the request came from (TCP, HTTP), undefined on NATS.
    */
-  accept(registration: HandlerRegistration, payload: Buffer, headers: Record<string, string>): AcceptResult {
+  accept(registration: HandlerRegistration, payload: Buffer, headers: Record<string, string>, peer?: string): AcceptResult {
+    if (this.verifier !== null) {
+      const why = this.verifier.verify(payload, headers);
+      if (why !== null) {
+        this.trustCounters.unauthenticated++;
+        const who = peer ?? 'a NATS caller';
+        if (!this.unauthenticatedLogged.has(who) && this.unauthenticatedLogged.size < 1024) {
+          this.unauthenticatedLogged.add(who);
+          log.warn('request refused: no valid request-plane proof', { peer: who, reason: why });
+        }
+        return { ok: false, error: `Unauthenticated request (LLM_ERR_UNAUTHENTICATED): ${why}`, overloaded: false };
+      }
+    }
     let item: WorkItem;
+    let replyHost: string;
     try {
       const message = decodeTwoPart(payload, this.maxMessageSize);
       const control = decodeWireJson(RequestControlMessageSchema, message.header, 'request control header');
       const connection = readConnectionInfo(control.connection_info, 'request control header connection_info.info');
-      parseHostPort(connection.address, 'request control header connection_info address');
+      replyHost = parseHostPort(connection.address, 'request control header connection_info address').host;
       item = { registration, requestId: control.id, connection, body: message.body, headers };
     } catch (err) {
       return { ok: false, error: `Malformed request: ${(err as Error).message}`, overloaded: false };
+    }
+    const refused = this.replyPolicy.check(replyHost, peer);
+    if (refused !== null) {
+      this.trustCounters.replyAddressRefused++;
+      return { ok: false, error: `Reply address refused (LLM_ERR_REPLY_ADDRESS): ${refused}`, overloaded: false };
     }
     if (this.running >= this.maxInflight && this.queue.length >= this.maxQueued) {
       return {
@@ -152,7 +195,12 @@ export class Ingress {
       return;
     }
     const ctx = new RequestControl(item.requestId, item.headers);
-    const out = new CallHomeWriter(socket);
+    const out = new CallHomeWriter(socket, this.replyWriteTimeoutMs, () => {
+      // the reader stopped reading: end its stream and cancel the work (the scheduler frees its KV on kill)
+      this.trustCounters.replyWriteTimeouts++;
+      ctx.cancel('kill');
+      this.onStreamError(new LlmError('LLM_ERR_TIMEOUT', `reply stream to ${item.connection.address}: the reader took no bytes for ${this.replyWriteTimeoutMs} ms; request cancelled`), item.requestId);
+    });
     const decoder = new TwoPartDecoder(this.maxMessageSize);
     let finished = false;
     socket.on('data', (chunk: Buffer) => {
@@ -265,7 +313,12 @@ class CallHomeWriter {
   failed = false;
   private corked = false;
 
-  constructor(private readonly socket: Socket) {}
+  constructor(
+    private readonly socket: Socket,
+    /** How long a write may wait for 'drain' before the socket is destroyed and `onStalled` runs. */
+    private readonly writeTimeoutMs: number,
+    private readonly onStalled: () => void,
+  ) {}
 
   header(value: unknown): void {
     this.write(encodeTwoPart(jsonText(value), ''));
@@ -285,7 +338,14 @@ class CallHomeWriter {
     if (this.write(bytes)) return;
     if (this.failed) return;
     return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.failed = true;
+        this.socket.destroy();
+        this.onStalled();
+        done();
+      }, this.writeTimeoutMs);
       const done = () => {
+        clearTimeout(timer);
         this.socket.off('drain', done);
         this.socket.off('close', done);
         resolve();

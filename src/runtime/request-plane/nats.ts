@@ -3,8 +3,10 @@
 // request, the worker's reply is the ACK (empty) or error text, and responses stream call-home over TCP.
 import { connect as natsConnect, headers as natsHeaders, type Msg, type NatsConnection, type Subscription } from 'nats';
 import { LlmError } from '../../errors.js';
+import { describeNatsConnectError, natsConnectSettings } from '../credentials.js';
 import { natsRequestSubject } from '../../protocol/discovery.js';
 import { prepareRequest, refusal, type RequestOptions } from './egress.js';
+import { requestPlaneSecretFromEnv } from './trust.js';
 import { maxMessageSizeFromEnv } from './framing.js';
 import { Ingress, type HandlerRegistration, type IngressOptions } from './ingress.js';
 import type { ResponseServer } from './response-server.js';
@@ -12,13 +14,16 @@ import type { ResponseStream } from './response-stream.js';
 
 const QUEUE_GROUP = 'q';
 
-/** Connects to a NATS server; a failure names the server URL. */
-export async function connectNats(url: string, options: { timeoutMs?: number } = {}): Promise<NatsConnection> {
+/**
+ * Connects to a NATS server with the URL's and the environment's credentials and TLS (runtime/credentials.ts); a
+ * failure names the server URL, its password redacted.
+ */
+export async function connectNats(url: string, options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<NatsConnection> {
+  const settings = natsConnectSettings(url, options.env);
   try {
-    return await natsConnect({ servers: url, timeout: options.timeoutMs ?? 5000, name: 'dynamo-sglang' });
+    return await natsConnect({ ...settings.options, timeout: options.timeoutMs ?? 5000, name: 'dynamo-sglang' });
   } catch (err) {
-    const e = err as { code?: string; message?: string };
-    throw new LlmError('LLM_ERR_TRANSPORT', `cannot connect to NATS server ${url}: ${e.message ?? String(err)}${e.code ? ` (${e.code})` : ''}`);
+    throw new LlmError('LLM_ERR_TRANSPORT', `cannot connect to NATS server ${settings.display}: ${describeNatsConnectError(settings, err)}`);
   }
 }
 
@@ -67,12 +72,15 @@ export interface NatsRequestClientOptions {
   maxMessageSize?: number;
   /** For messages: the server the connection goes to. */
   serverUrl?: string;
+  /** Request-plane secret that signs every request (default: DYN_REQUEST_PLANE_SECRET[_FILE]; null = none). */
+  secret?: Buffer | null;
 }
 
 export class NatsRequestClient {
   private readonly ackTimeoutMs: number;
   private readonly maxMessageSize: number;
   private readonly serverUrl: string;
+  private readonly secret: Buffer | null;
 
   constructor(
     private readonly connection: NatsConnection,
@@ -82,11 +90,12 @@ export class NatsRequestClient {
     this.ackTimeoutMs = options.ackTimeoutMs ?? 5000;
     this.maxMessageSize = options.maxMessageSize ?? maxMessageSizeFromEnv();
     this.serverUrl = options.serverUrl ?? connection.getServer();
+    this.secret = options.secret === undefined ? requestPlaneSecretFromEnv() : options.secret;
   }
 
   /** Sends `body` to the subject from discovery (`nats_tcp`); resolves on the worker's ACK with the call-home stream. */
   async request(subject: string, body: unknown, options: RequestOptions = {}): Promise<ResponseStream> {
-    const { stream, payload, headers } = prepareRequest(this.responses, `nats:${subject}`, body, options, this.maxMessageSize);
+    const { stream, payload, headers } = prepareRequest(this.responses, `nats:${subject}`, body, options, this.maxMessageSize, this.secret);
     try {
       const maxPayload = this.connection.info?.max_payload ?? 0;
       if (maxPayload > 0 && payload.length > maxPayload) {

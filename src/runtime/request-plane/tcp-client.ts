@@ -2,12 +2,14 @@
 // pipelined, and since the worker answers every frame with exactly one response frame in order, each connection
 // matches ACKs to requests with a FIFO. No ACK within the timeout (5 s) fails that request and closes the connection
 // (the FIFO would be out of step), failing the requests still waiting on it.
-import { connect, type Socket } from 'node:net';
+import { connect, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { LlmError } from '../../errors.js';
 import { tcpProfileOfPath } from '../../protocol/discovery.js';
 import { RequestHeader } from '../../protocol/transport.js';
 import { parseHostPort, parseTcpTransportAddress } from './address.js';
 import { prepareRequest, refusal, type RequestOptions } from './egress.js';
+import { requestPlaneSecretFromEnv, tcpPlaneTlsFromEnv, type TcpPlaneTls } from './trust.js';
 import { encodeRequestFrame, maxMessageSizeFromEnv, ResponseFrameDecoder, type ResponseFrame } from './framing.js';
 import type { ResponseServer } from './response-server.js';
 import type { ResponseStream } from './response-stream.js';
@@ -18,6 +20,10 @@ export interface TcpRequestClientOptions {
   ackTimeoutMs?: number;
   connectTimeoutMs?: number;
   maxMessageSize?: number;
+  /** Request-plane secret that signs every request (default: DYN_REQUEST_PLANE_SECRET[_FILE]; null = none). */
+  secret?: Buffer | null;
+  /** Mutual TLS to the workers (default DYN_TCP_RPC_TLS_*; null = plaintext). */
+  tls?: TcpPlaneTls | null;
 }
 
 interface AckWaiter {
@@ -90,6 +96,8 @@ export class TcpRequestClient {
   private readonly ackTimeoutMs: number;
   private readonly connectTimeoutMs: number;
   private readonly maxMessageSize: number;
+  private readonly secret: Buffer | null;
+  private readonly tls: TcpPlaneTls | null;
 
   constructor(
     private readonly responses: ResponseServer,
@@ -99,6 +107,8 @@ export class TcpRequestClient {
     this.ackTimeoutMs = options.ackTimeoutMs ?? 5000;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 3000;
     this.maxMessageSize = options.maxMessageSize ?? maxMessageSizeFromEnv();
+    this.secret = options.secret === undefined ? requestPlaneSecretFromEnv() : options.secret;
+    this.tls = options.tls === undefined ? tcpPlaneTlsFromEnv() : options.tls;
   }
 
   /**
@@ -107,7 +117,7 @@ export class TcpRequestClient {
    */
   async request(address: string, body: unknown, options: RequestOptions = {}): Promise<ResponseStream> {
     const { hostPort, path } = parseTcpTransportAddress(address);
-    const { stream, payload, headers } = prepareRequest(this.responses, address, body, options, this.maxMessageSize);
+    const { stream, payload, headers } = prepareRequest(this.responses, address, body, options, this.maxMessageSize, this.secret);
     headers[RequestHeader.endpointPath] = path;
     try {
       // the address says which release's frame the worker reads (a 0.8 frame has no headers block)
@@ -146,7 +156,11 @@ export class TcpRequestClient {
   private open(hostPort: string): Promise<PooledConnection> {
     const { host, port } = parseHostPort(hostPort, 'worker address');
     return new Promise((resolve, reject) => {
-      const socket = connect({ host, port, noDelay: true });
+      const tls = this.tls;
+      const socket: Socket =
+        tls === null
+          ? connect({ host, port, noDelay: true })
+          : tlsConnect({ host, port, cert: tls.cert, key: tls.key, ca: tls.ca, ...(isIP(host) === 0 ? { servername: host } : {}) }).setNoDelay(true);
       const timer = setTimeout(() => {
         socket.destroy();
         reject(new LlmError('LLM_ERR_TRANSPORT', `cannot connect to worker ${hostPort}: no answer within ${this.connectTimeoutMs} ms`));
@@ -155,7 +169,7 @@ export class TcpRequestClient {
         clearTimeout(timer);
         reject(new LlmError('LLM_ERR_TRANSPORT', `cannot connect to worker ${hostPort}: ${err.message}`));
       });
-      socket.once('connect', () => {
+      socket.once(tls === null ? 'connect' : 'secureConnect', () => {
         clearTimeout(timer);
         socket.removeAllListeners('error');
         const connection = new PooledConnection(socket, hostPort, this.maxMessageSize, (c) => {

@@ -7,6 +7,8 @@
 // goes on; a length over DYN_TCP_MAX_MESSAGE_SIZE is answered with an error frame and the connection is closed, since
 // the byte stream can no longer be trusted.
 import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
+import { tcpPlaneTlsFromEnv, type TcpPlaneTls } from './trust.js';
 import { LlmError } from '../../errors.js';
 import { formatInstanceId, tcpRequestPath, tcpTransportAddress } from '../../protocol/discovery.js';
 import { advertisedHost, formatHostPort, resolveRpcHost, resolveRpcPort } from './address.js';
@@ -24,6 +26,8 @@ export interface TcpRequestServerOptions extends IngressOptions {
   port?: number;
   /** Request frame form and path (default DYN_WIRE_PROFILE, else 0.8). */
   wireProfile?: WireProfile;
+  /** Mutual TLS: only callers with a certificate signed by `ca` get in (default DYN_TCP_RPC_TLS_*; null = plaintext). */
+  tls?: TcpPlaneTls | null;
 }
 
 export class TcpRequestServer {
@@ -42,7 +46,11 @@ export class TcpRequestServer {
     const host = options.host ?? resolveRpcHost();
     const port = options.port ?? resolveRpcPort();
     const ingress = new Ingress({ ...options, maxMessageSize: options.maxMessageSize ?? maxMessageSizeFromEnv() });
-    const server = createServer({ noDelay: true });
+    const tls = options.tls === undefined ? tcpPlaneTlsFromEnv() : options.tls;
+    const server: Server =
+      tls === null
+        ? createServer({ noDelay: true })
+        : createTlsServer({ cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: true, rejectUnauthorized: true, noDelay: true });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new LlmError('LLM_ERR_TRANSPORT', `TCP request server cannot listen on ${formatHostPort(host, port)}: ${err.message}`)));
       server.listen(port, host, () => resolve());
@@ -50,7 +58,9 @@ export class TcpRequestServer {
     const bound = server.address();
     const boundPort = typeof bound === 'object' && bound !== null ? bound.port : port;
     const self = new TcpRequestServer(server, ingress, formatHostPort(advertisedHost(host), boundPort), options.wireProfile ?? wireProfileFromEnv());
-    server.on('connection', (socket) => self.serveConnection(socket));
+    // with TLS a connection is served only once its client certificate verified
+    server.on(tls === null ? 'connection' : 'secureConnection', (socket: Socket) => self.serveConnection(socket));
+    if (tls !== null) server.on('tlsClientError', () => {});
     return self;
   }
 
@@ -101,7 +111,7 @@ export class TcpRequestServer {
           socket.write(encodeResponseFrame(`No handler found for path: ${frame.path}`));
           continue;
         }
-        const accepted = this.ingress.accept(registration, frame.payload, frame.headers);
+        const accepted = this.ingress.accept(registration, frame.payload, frame.headers, socket.remoteAddress);
         socket.write(accepted.ok ? ACK : encodeResponseFrame(accepted.error));
       }
     });
