@@ -224,7 +224,7 @@ const literals = (names: readonly string[]) => Type.Union(names.map((n) => Type.
 export const WORKER_FLAGS: readonly WorkerFlag[] = [
   // model
   { name: 'model-path', aliases: ['model'], setting: 'modelPath', ...str(), valueName: 'PATH', env: 'DYN_SGL_MODEL_PATH', default: null, defaultText: '(required)', group: G_MODEL,
-    help: 'Model to serve: a local GGUF file or a directory with config.json and safetensors weights, or a Hugging Face repo id (needs network).' },
+    help: 'Model to serve: a local GGUF file or a directory with config.json and safetensors weights, or a Hugging Face repo id (org/name) already in the local Hugging Face cache (HF_HUB_CACHE, HF_HOME); nothing is downloaded.' },
   { name: 'tokenizer-path', setting: 'tokenizerPath', ...str(), valueName: 'PATH', env: 'DYN_SGL_TOKENIZER_PATH', default: null, defaultText: 'the model path', group: G_MODEL,
     help: 'Tokenizer location (tokenizer.json directory or file).' },
   { name: 'served-model-name', setting: 'servedModelName', ...str(), valueName: 'NAME', env: 'DYN_SGL_SERVED_MODEL_NAME', default: null, defaultText: 'the model path', group: G_MODEL,

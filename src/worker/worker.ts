@@ -36,6 +36,7 @@ import { modelTypeToWire, ModelTypeFlag, type ModelDeploymentCard } from '../pro
 import { WorkerKvQueryRequestSchema, workerKvIndexerQueryEndpoint } from '../protocol/kv-query.js';
 import { parseWire } from '../protocol/validate.js';
 import { stringifyJsonExact } from '../protocol/json.js';
+import { missingModelReason } from '../config/model-path.js';
 
 export type WorkerLog = (line: string) => void;
 
@@ -89,7 +90,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   checkSupported(config);
   if (!existsSync(config.modelPath)) {
-    throw new LlmError('LLM_ERR_MODEL_NOT_FOUND', `--model-path ${config.modelPath}: no such file or directory (downloading from a model hub is not available in this build)`);
+    throw new LlmError('LLM_ERR_MODEL_NOT_FOUND', `--model-path ${config.modelPath}: ${missingModelReason(config.modelPath)}`);
   }
   const { namespace, component, endpoint } = config.endpoint;
   const model = config.servedModelName;
