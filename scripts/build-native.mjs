@@ -67,21 +67,25 @@ const started = Date.now();
 const elapsed = () => `${Math.round((Date.now() - started) / 1000)} s`;
 console.log(`dynamo-sglang: building the native addon (${cpuOnly ? 'CPU only' : 'CPU, and CUDA where found'}); log in ${logPath}`);
 
-/** Progress from make's `[ 42%] Building CXX object ...` lines: one console line per new percentage step of 10. */
+/** Progress from the build tool's step lines, ninja's `[3/11] Building CXX object ...` (one console line each: a CUDA
+ * file takes a while) or make's `[ 42%] Building ...` (one line per new tenth). */
 function progressWatcher() {
-  let shown = -1;
+  let shownTenth = -1;
   let pending = '';
   return (chunk) => {
     pending += chunk.toString();
     const lines = pending.split('\n');
     pending = lines.pop() ?? '';
     for (const line of lines) {
-      const m = /^\[\s*(\d+)%\]\s+(Building|Linking)\s+\S+\s+\S+\s+(.*)$/.exec(line.trim());
+      const m = /^\[\s*(?:(\d+)\/(\d+)|(\d+)%)\]\s+(Building|Linking)\s.*?(\S+)$/.exec(line.trim());
       if (!m) continue;
-      const percent = Number(m[1]);
-      if (Math.floor(percent / 10) <= Math.floor(shown / 10)) continue;
-      shown = percent;
-      console.log(`dynamo-sglang: native build ${percent}% (${elapsed()}): ${m[2].toLowerCase()} ${m[3].split('/').slice(-1)[0]}`);
+      const percent = m[3] !== undefined ? Number(m[3]) : Math.round((100 * Number(m[1])) / Number(m[2]));
+      if (m[3] !== undefined) {
+        if (Math.floor(percent / 10) <= shownTenth) continue;
+        shownTenth = Math.floor(percent / 10);
+      }
+      const step = m[1] !== undefined ? ` step ${m[1]}/${m[2]}` : '';
+      console.log(`dynamo-sglang: native build ${percent}%${step} (${elapsed()}): ${m[4].toLowerCase()} ${m[5].split('/').at(-1)}`);
     }
   };
 }
