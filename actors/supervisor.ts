@@ -18,6 +18,7 @@ import type { DisaggKvOp, DisaggKvReply, PrefixPages } from '../src/scheduler/kv
 import { buildTopology, startCore, type CoreGraph, type RunningCore } from '../src/topology/topology.js';
 import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
 import type { SchedulerHandle } from './scheduler.js';
+import { loggerFrom, type LogDestination, type Logger } from '../src/runtime/log.js';
 
 /** A load snapshot for metrics and routing (reference §5.2: KV usage, requests). kvUsedPages counts pages held by
  * requests or the prefix cache; kvEvictablePages, the cached ones no request uses (reclaimable). */
@@ -31,6 +32,13 @@ export interface GenerateOptions {
   parkKvAs?: string;
   /** Disaggregated decode: the request arrives prefilled (src/scheduler/request.ts Q5). */
   handOver?: HandOver;
+}
+
+export interface SupervisorOptions {
+  /** Where the supervisor logs (group starts, failures, restarts): a Logger, or a destination that gets the records
+   * as lines (JSON lines under DYN_LOGGING_JSONL=1). Default: the process's logger (stderr, DYN_LOG levels). Actor
+   * threads log through the process's settings (DYN_LOG, DYN_LOGGING_JSONL), which they inherit. */
+  logger?: Logger | LogDestination;
 }
 
 export class Supervisor {
@@ -49,6 +57,7 @@ export class Supervisor {
     private readonly graph: CoreGraph,
     /** Step, request and load samples from every scheduler this supervisor started. */
     readonly metrics: MetricsActor,
+    private readonly log: Logger,
   ) {
     this.config = graph.config;
     this.ready = Promise.resolve();
@@ -56,18 +65,20 @@ export class Supervisor {
 
   /** Builds the topology of the config (src/topology) and starts its core with a recorder of its own: the rank
    * actors (opening their engines) and the scheduler actor over them. */
-  static start(config: SupervisorConfig): Promise<Supervisor> {
+  static start(config: SupervisorConfig, options: SupervisorOptions = {}): Promise<Supervisor> {
     const { cores } = buildTopology(config);
     if (cores.length !== 1) {
       throw new LlmError('LLM_ERR_CONFIG', `dp size ${cores.length}: a Supervisor runs one data-parallel group; start the topology (src/topology/start.ts) for several`);
     }
-    return Supervisor.supervise(cores[0], new MetricsActor());
+    return Supervisor.supervise(cores[0], new MetricsActor(), options);
   }
 
   /** Starts a topology's core, feeding the given metrics recorder, and supervises it (restarts from the same graph). */
-  static async supervise(core: CoreGraph, metrics: MetricsActor): Promise<Supervisor> {
-    const sup = new Supervisor(core, metrics);
+  static async supervise(core: CoreGraph, metrics: MetricsActor, options: SupervisorOptions = {}): Promise<Supervisor> {
+    const sup = new Supervisor(core, metrics, loggerFrom(options.logger, 'worker.supervisor'));
+    const t0 = performance.now();
     sup.running = await sup.startGroup();
+    sup.log.info('group started', { dpRank: core.dpRank, ranks: sup.running.ranks.length, seconds: Number(((performance.now() - t0) / 1000).toFixed(2)) });
     return sup;
   }
 
@@ -213,14 +224,18 @@ export class Supervisor {
     this.ready = (async () => {
       await core.abort(error.message);
       if (this.restarts >= (this.config.maxRestarts) || this.stopped) {
+        if (!this.stopped) this.log.error('group failed; no restarts left', { code: error.code, error: error.message, restarts: this.restarts });
         this.failure = error;
         return;
       }
       this.restarts++;
+      this.log.warn('group failed; restarting it', { code: error.code, error: error.message, restart: this.restarts, maxRestarts: this.config.maxRestarts });
       try {
         this.running = await this.startGroup();
+        this.log.info('group restarted', { restart: this.restarts });
       } catch (err) {
         this.failure = err instanceof LlmError ? err : new LlmError('LLM_ERR_ACTOR_CRASHED', String(err));
+        this.log.error('group restart failed', { code: this.failure.code, error: this.failure.message });
       }
     })();
   }

@@ -37,6 +37,9 @@ import { WorkerKvQueryRequestSchema, workerKvIndexerQueryEndpoint } from '../pro
 import { parseWire } from '../protocol/validate.js';
 import { stringifyJsonExact } from '../protocol/json.js';
 import { missingModelReason } from '../config/model-path.js';
+import { logger } from '../runtime/log.js';
+
+const workerLog = logger('worker');
 
 export type WorkerLog = (line: string) => void;
 
@@ -87,7 +90,7 @@ function checkSupported(config: WorkerConfig): void {
 }
 
 export async function startWorker(config: WorkerConfig, options: WorkerOptions = {}): Promise<WorkerHandle> {
-  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const log = options.log ?? ((line: string) => workerLog.info(line));
   checkSupported(config);
   if (!existsSync(config.modelPath)) {
     throw new LlmError('LLM_ERR_MODEL_NOT_FOUND', `--model-path ${config.modelPath}: ${missingModelReason(config.modelPath)}`);
@@ -278,7 +281,7 @@ export async function runWorker(config: WorkerConfig): Promise<number> {
   const worker = await startWorker(config);
   await new Promise<void>((resolveSignal) => {
     const onSignal = (sig: NodeJS.Signals) => {
-      process.stderr.write(`received ${sig}: shutting down (grace period ${config.gracefulShutdownGracePeriodSecs} s)\n`);
+      workerLog.info(`received ${sig}: shutting down (grace period ${config.gracefulShutdownGracePeriodSecs} s)`);
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
       resolveSignal();

@@ -9,6 +9,9 @@ import type { NatsConnection } from 'nats';
 import { connectNats } from '../../runtime/request-plane/nats.js';
 import { DiscoveredModels, type FrontendRouting } from '../../frontend/discovered-models.js';
 import { DEFAULT_REQUEST_LIMITS, OpenAiServer, type RequestLimits } from '../../frontend/openai-server.js';
+import { logger } from '../../runtime/log.js';
+
+const log = logger('frontend');
 
 const G_FRONTEND = 'Frontend';
 
@@ -158,7 +161,7 @@ export async function main(argv: string[]): Promise<number> {
     await nats?.close();
     throw err;
   });
-  const { models, server } = await startFrontend(discovery, cl.values['namespace'] as string, settings, (l) => process.stderr.write(`${l}\n`), nats).catch(
+  const { models, server } = await startFrontend(discovery, cl.values['namespace'] as string, settings, (l) => log.info(l), nats).catch(
     async (err: unknown) => {
       await nats?.close();
       await discovery.close();
@@ -166,7 +169,7 @@ export async function main(argv: string[]): Promise<number> {
     },
   );
   const routing = settings.routing === 'kv' ? `kv, events from ${cl.values['nats-server'] as string}` : settings.routing;
-  process.stderr.write(`frontend listening on http://${settings.httpHost}:${server.port} (discovery: ${discovery.store.location}; routing: ${routing})\n`);
+  log.info(`frontend listening on http://${settings.httpHost}:${server.port} (discovery: ${discovery.store.location}; routing: ${routing})`);
   await waitForSignal();
   await server.close();
   await models.close();

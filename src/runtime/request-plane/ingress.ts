@@ -33,6 +33,9 @@ import {
 import { parseHostPort } from './address.js';
 import { RequestControl, type EndpointHandler } from './context.js';
 import { DEFAULT_MAX_MESSAGE_SIZE, TwoPartDecoder, decodeTwoPart, encodeTwoPart } from './framing.js';
+import { logger } from '../log.js';
+
+const log = logger('runtime.request-plane');
 
 /** One endpoint served on a plane. */
 export interface HandlerRegistration {
@@ -80,7 +83,7 @@ export class Ingress {
     this.maxMessageSize = options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
     this.connectTimeoutMs = options.callHomeConnectTimeoutMs ?? 3000;
     this.onStreamError =
-      options.onStreamError ?? ((err, id) => console.warn(`request ${id}: response stream failed: ${err.message}`));
+      options.onStreamError ?? ((err, id) => log.warn('response stream failed', { request: id, error: err.message }));
   }
 
   /** Requests running or queued. */
