@@ -19,6 +19,8 @@ import { buildTopology, startCore, type CoreGraph, type RunningCore } from '../s
 import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
 import type { SchedulerHandle } from './scheduler.js';
 import { loggerFrom, type LogDestination, type Logger } from '../src/runtime/log.js';
+import { IncrementalDetokenizer, loadTokenizer, type ChatMessage, type Tokenizer } from '../src/tokenizer/index.js';
+import { chatPromptIds } from './tokenizer.js';
 
 /** A load snapshot for metrics and routing (reference §5.2: KV usage, requests). kvUsedPages counts pages held by
  * requests or the prefix cache; kvEvictablePages, the cached ones no request uses (reclaimable). */
@@ -33,6 +35,25 @@ export interface GenerateOptions {
   /** Disaggregated decode: the request arrives prefilled (src/scheduler/request.ts Q5). */
   handOver?: HandOver;
 }
+
+/** Text in: a `prompt` (encoded with the model's special tokens, BOS where it has one; what the user wrote stays
+ * literal text) or chat `messages` (the model's chat template). Sampling and stop fields as in the OpenAI API. */
+export interface TextRequest {
+  prompt?: string;
+  messages?: ChatMessage[];
+  max_tokens?: number;
+  min_tokens?: number;
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  seed?: number;
+  ignore_eos?: boolean;
+  /** Extra chat-template variables (e.g. Qwen3's enable_thinking). */
+  chat_template_kwargs?: Record<string, unknown>;
+}
+
+/** Text out: each chunk's newly completed text beside the token ids it came from. */
+export type TextChunk = LlmResponseChunk & { text: string };
 
 export interface SupervisorOptions {
   /** Where the supervisor logs (group starts, failures, restarts): a Logger, or a destination that gets the records
@@ -52,6 +73,7 @@ export class Supervisor {
   private restarts = 0;
   private stopped = false;
   private readonly kvListeners: ((e: RadixEvent) => void)[] = [];
+  private loadedTokenizer: Tokenizer | null = null;
 
   private constructor(
     private readonly graph: CoreGraph,
@@ -174,6 +196,39 @@ export class Supervisor {
           },
         });
       }
+    }
+  }
+
+  /** The model's tokenizer (its tokenizer.json, or the vocabulary in its GGUF file), loaded on first use. */
+  get tokenizer(): Tokenizer {
+    this.loadedTokenizer ??= loadTokenizer(this.config.modelPath);
+    return this.loadedTokenizer;
+  }
+
+  /** Streams a text request's chunks (see TextRequest): each chunk of generate() with the text its tokens completed;
+   * the last chunk also carries any bytes of an unfinished character. */
+  async *generateText(request: TextRequest, options: GenerateOptions = {}): AsyncGenerator<TextChunk> {
+    const tok = this.tokenizer;
+    if ((request.prompt === undefined) === (request.messages === undefined)) {
+      throw new LlmError('LLM_ERR_BAD_REQUEST', 'a text request takes exactly one of prompt and messages');
+    }
+    const tokenIds = request.messages !== undefined
+      ? chatPromptIds(tok, request.messages, { extraContext: request.chat_template_kwargs })
+      : tok.encode(request.prompt!, { addSpecialTokens: true, parseSpecialTokens: false });
+    await this.ready;
+    const eos = this.running?.scheduler.engine.eosTokenIds ?? tok.eosTokenIds;
+    const wire: PreprocessedRequest = {
+      token_ids: tokenIds,
+      stop_conditions: definedOnly({ max_tokens: request.max_tokens, min_tokens: request.min_tokens, ignore_eos: request.ignore_eos }),
+      sampling_options: definedOnly({ temperature: request.temperature, top_p: request.top_p, top_k: request.top_k, seed: request.seed }),
+      eos_token_ids: [...eos],
+    };
+    const text = new IncrementalDetokenizer(tok);
+    for await (const chunk of this.generate(wire, options)) {
+      let piece = '';
+      for (const id of chunk.token_ids) piece += text.push(id);
+      if (chunk.finish_reason) piece += text.flush();
+      yield { ...chunk, text: piece };
     }
   }
 
@@ -320,4 +375,9 @@ class OutputQueue {
     if (o) return Promise.resolve(o);
     return new Promise((resolve) => (this.waiter = resolve));
   }
+}
+
+/** The fields of `o` that are set (wire objects leave unset optional fields out). */
+function definedOnly<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
 }

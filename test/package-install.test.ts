@@ -2,7 +2,7 @@
 // the tarball installs into a fresh project (its install script builds the addon), its bin answers a completion with
 // `dynamo-sglang run`, and its programmatic API starts from a host run with `node --input-type=module` (actor threads
 // must not inherit that flag). A second install-script run with unchanged sources does not rebuild; a changed source
-// rebuilds with progress lines.
+// rebuilds with progress lines. The tokenizer is importable as `dynamo-sglang/tokenizer`.
 import t from 'tap';
 import { execFile, spawn } from 'node:child_process';
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -90,13 +90,19 @@ t.test('a packed tarball installs and runs in a fresh project', async (t) => {
   // the programmatic API from a host started with --input-type=module
   const script = `
     import { Supervisor } from 'dynamo-sglang';
-    const sup = await Supervisor.start({ modelPath: 'node_modules/dynamo-sglang/models/stories260K.gguf', device: 'cpu', numPages: 64 });
+    import { loadTokenizer } from 'dynamo-sglang/tokenizer';
+    const model = 'node_modules/dynamo-sglang/models/stories260K.gguf';
+    const sup = await Supervisor.start({ modelPath: model, device: 'cpu', numPages: 64 });
     let tokens = 0;
     for await (const c of sup.generate({ token_ids: [1, 403, 407, 261, 378], stop_conditions: { max_tokens: 4 }, sampling_options: { temperature: 0 }, eos_token_ids: [2] })) tokens += c.token_ids.length;
+    let text = '';
+    for await (const c of sup.generateText({ prompt: 'Once upon a time', max_tokens: 4, temperature: 0 })) text += c.text;
     await sup.stop();
-    console.log('generated', tokens);`;
+    console.log('generated', tokens, 'text', JSON.stringify(text), 'ids', loadTokenizer(model).encode('Once upon a time').join(','));`;
   const api = await exec(process.execPath, ['--input-type=module', '-e', script], { cwd: project, timeout: 60_000 });
-  t.match(api.stdout, /generated 4/, 'Supervisor works under --input-type=module');
+  t.match(api.stdout, /generated 4 /, 'Supervisor works under --input-type=module');
+  t.match(api.stdout, /text ", there was/, 'text in and out through the installed package');
+  t.match(api.stdout, /ids 1,403,407,261,378/, 'the tokenizer is exported as dynamo-sglang/tokenizer');
 
   // the install script again: sources unchanged, no rebuild; one source changed, a rebuild with progress lines
   const mtime = statSync(addon).mtimeMs;
