@@ -1,0 +1,79 @@
+// Progress of long work (writing a checkpoint, loading weights) for people watching: on a terminal, one line
+// redrawn in place (at most 10 times a second); otherwise, for logs, an info record every few seconds and one at
+// the end, through the structured logger.
+
+import type { Logger } from './log.js';
+
+/** A terminal to redraw on (process.stderr when it is one). */
+export interface ProgressTerminal {
+  readonly isTTY?: boolean;
+  write(text: string): unknown;
+}
+
+export interface ProgressOptions {
+  /** What is being done, e.g. "writing model.safetensors". */
+  label: string;
+  /** The amount when done (bytes, or a count with `unit`). */
+  total: number;
+  unit: 'bytes' | 'count';
+  log: Logger;
+  /** Where the live line goes when it is a terminal; default process.stderr. */
+  terminal?: ProgressTerminal;
+  /** Seconds between log records when not on a terminal (default 5). */
+  intervalSeconds?: number;
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`;
+}
+
+export class ProgressReport {
+  private readonly started = performance.now();
+  private lastShown = -Infinity;
+  private done = 0;
+  private ended = false;
+  private readonly terminal: ProgressTerminal | null;
+
+  constructor(private readonly options: ProgressOptions) {
+    const terminal = options.terminal ?? process.stderr;
+    this.terminal = terminal.isTTY ? terminal : null;
+  }
+
+  /** The amount done so far (monotonic). */
+  update(done: number): void {
+    this.done = done;
+    const now = performance.now();
+    const every = this.terminal ? 100 : (this.options.intervalSeconds ?? 5) * 1000;
+    if (now - this.lastShown < every) return;
+    this.lastShown = now;
+    this.show(false);
+  }
+
+  /** The work is over: the final amount, on its own line. */
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.show(true);
+  }
+
+  private show(final: boolean): void {
+    const { label, total, unit } = this.options;
+    const amount = (n: number) => (unit === 'bytes' ? formatBytes(n) : String(n));
+    const percent = total > 0 ? Math.floor((100 * this.done) / total) : 100;
+    const seconds = Number(((performance.now() - this.started) / 1000).toFixed(1));
+    const text = `${label}: ${amount(this.done)} of ${amount(total)} (${percent}%, ${seconds} s)`;
+    if (this.terminal) {
+      this.terminal.write(`\r\x1b[2K${text}${final ? '\n' : ''}`);
+      return;
+    }
+    this.options.log.info(final ? `${label}: done` : label, { done: this.done, total, unit, percent, seconds });
+  }
+}
