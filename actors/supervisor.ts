@@ -19,6 +19,7 @@ import { buildTopology, startCore, type CoreGraph, type RunningCore } from '../s
 import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
 import type { SchedulerHandle } from './scheduler.js';
 import { loggerFrom, type LogDestination, type Logger } from '../src/runtime/log.js';
+import { watchModelLoad } from '../src/runtime/progress.js';
 import { IncrementalDetokenizer, loadTokenizer, type ChatMessage, type Tokenizer } from '../src/tokenizer/index.js';
 import { chatPromptIds } from './tokenizer.js';
 
@@ -99,7 +100,15 @@ export class Supervisor {
   static async supervise(core: CoreGraph, metrics: MetricsActor, options: SupervisorOptions = {}): Promise<Supervisor> {
     const sup = new Supervisor(core, metrics, loggerFrom(options.logger, 'worker.supervisor'));
     const t0 = performance.now();
-    sup.running = await sup.startGroup();
+    // a caller's own logger gets the progress as records; the process's logger also draws it on a terminal
+    const loading = watchModelLoad(core.config.modelPath, sup.log, options.logger ? { isTTY: false, write: () => undefined } : undefined);
+    try {
+      sup.running = await sup.startGroup();
+    } catch (err) {
+      loading.done(false);
+      throw err;
+    }
+    loading.done(true);
     sup.log.info('group started', { dpRank: core.dpRank, ranks: sup.running.ranks.length, seconds: Number(((performance.now() - t0) / 1000).toFixed(2)) });
     return sup;
   }

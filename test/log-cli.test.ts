@@ -68,5 +68,5 @@ t.test('Supervisor.start logs to the logger or destination it is given', async (
   };
   const sup2 = await Supervisor.start({ modelPath: MODEL, device: 'cpu', numPages: 64 }, { logger: own });
   await sup2.stop();
-  t.match(seen, [{ level: 'info', message: 'group started', fields: { ranks: 1 } }]);
+  t.match(seen.find((r) => r.message === 'group started'), { level: 'info', fields: { ranks: 1 } });
 });

@@ -1,12 +1,17 @@
 // Progress of long work: make-model reports the bytes of each weight file written (log records when stderr is not a
-// terminal, the last one with everything written); on a terminal the report is one line redrawn in place.
+// terminal, the last one with everything written), a model load the bytes of its weight files read; on a terminal
+// the report is one line redrawn in place.
 import t from 'tap';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProgressReport } from '../src/runtime/progress.js';
 import { logger } from '../src/runtime/log.js';
+import { fileURLToPath } from 'node:url';
+import { Supervisor } from '../src/supervisor.js';
 import { startCli } from './helpers/cli-process.js';
+
+const QWEN3 = fileURLToPath(new URL('./fixtures/hf/qwen3-tiny', import.meta.url));
 
 t.test('make-model logs the bytes written of each weight file', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'make-model-progress-'));
@@ -36,4 +41,18 @@ t.test('on a terminal: one line redrawn, ended with a newline', async (t) => {
   t.match(draws[0], /loading weights: 1\.00 MiB of 4\.00 MiB \(25%/);
   t.match(draws[1], /loading weights: 4\.00 MiB of 4\.00 MiB \(100%.*\n$/);
   t.notMatch(draws[0], /\n/, 'the live line stays on its line');
+});
+
+t.test('a model load reports the bytes of its weight files', { skip: process.platform !== 'linux' && 'reads /proc/self/status' }, async (t) => {
+  const lines: string[] = [];
+  process.env['DYN_LOGGING_JSONL'] = '1';
+  const sup = await Supervisor.start({ modelPath: QWEN3, device: 'cpu', numPages: 64 }, { logger: { write: (l: string) => lines.push(l) } });
+  delete process.env['DYN_LOGGING_JSONL'];
+  await sup.stop();
+  const records = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+  const done = records.find((r) => r['message'] === `loading weights of ${QWEN3}: done`);
+  t.ok(done, 'a final load record');
+  t.equal(done?.['total'], statSync(join(QWEN3, 'model.safetensors')).size, 'the weight files\' size');
+  t.equal(done?.['done'], done?.['total']);
+  t.ok(records.findIndex((r) => r === done) < records.findIndex((r) => r['message'] === 'group started'), 'before the group is reported started');
 });

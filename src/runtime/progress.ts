@@ -1,7 +1,10 @@
 // Progress of long work (writing a checkpoint, loading weights) for people watching: on a terminal, one line
 // redrawn in place (at most 10 times a second); otherwise, for logs, an info record every few seconds and one at
-// the end, through the structured logger.
+// the end, through the structured logger. A model load runs in the rank threads, inside the native addon: it is
+// followed from outside, by the weight files' pages this process has mapped (they count as the engine reads them).
 
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Logger } from './log.js';
 
 /** A terminal to redraw on (process.stderr when it is one). */
@@ -76,4 +79,48 @@ export class ProgressReport {
     }
     this.options.log.info(final ? `${label}: done` : label, { done: this.done, total, unit, percent, seconds });
   }
+}
+
+/** Bytes of file-backed pages mapped into this process (Linux /proc/self/status RssFile), or null elsewhere. Mapped
+ * weights count here as the engine reads them, whichever thread reads them. */
+export function residentFileBytes(): number | null {
+  try {
+    const m = /^RssFile:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    return m ? Number(m[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The bytes of a model's weight files: a GGUF file's size, or the *.safetensors files of a checkpoint directory. */
+export function weightFileBytes(modelPath: string): number | null {
+  try {
+    const st = statSync(modelPath);
+    if (st.isFile()) return st.size;
+    return readdirSync(modelPath).filter((f) => f.endsWith('.safetensors')).reduce((sum, f) => sum + statSync(join(modelPath, f)).size, 0);
+  } catch {
+    return null;
+  }
+}
+
+/** Reports a model load in progress from another thread's work: the weight files' pages mapped so far (on Linux),
+ * polled every 250 ms, until `done` is called (with false after a failed load: no final line). */
+export function watchModelLoad(modelPath: string, log: Logger, terminal?: ProgressTerminal): { done(loaded: boolean): void } {
+  const total = weightFileBytes(modelPath);
+  const base = residentFileBytes();
+  if (total === null || total === 0 || base === null) return { done() {} };
+  const report = new ProgressReport({ label: `loading weights of ${modelPath}`, total, unit: 'bytes', log, ...(terminal ? { terminal } : {}) });
+  const timer = setInterval(() => {
+    const now = residentFileBytes();
+    if (now !== null) report.update(Math.min(total, Math.max(0, now - base)));
+  }, 250);
+  timer.unref();
+  return {
+    done(loaded) {
+      clearInterval(timer);
+      if (!loaded) return;
+      report.update(total);
+      report.end();
+    },
+  };
 }
