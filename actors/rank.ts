@@ -35,6 +35,7 @@ import type { StepExecutor } from '../src/scheduler/scheduler.js';
 import { controlOf, serveControl, type Control } from './control.js';
 import { unreachable } from './messages.js';
 import { awaitStart, siblingModule, spawnWorker } from './worker.js';
+import { logger } from '../src/runtime/log.js';
 
 /** The rank's step inbox (from the scheduler thread). Page copies and KV IPC ops (disaggregated KV transfer, rank 0
  * only) run in the same order as steps, and are answered in the order they arrive. */
@@ -126,6 +127,9 @@ function stepTracer(file: string | undefined) {
   };
 }
 
+/** Rank threads log through the process's settings: DYN_LOG and DYN_LOGGING_JSONL reach them in the environment. */
+const rankLog = logger('worker.rank');
+
 function runRank(data: RankWorkerData): void {
   const port = data.steps;
   const progress = new Int32Array(data.progress);
@@ -194,7 +198,9 @@ function runRank(data: RankWorkerData): void {
       try {
         tracer = rank === 0 ? stepTracer(process.env.DSG_STEP_TRACE) : null;
         const mod = (await import(data.engineModule)) as EngineFactoryModule;
+        const t0 = performance.now();
         engine = await mod.createEngine(data.engineInit, data.placement);
+        rankLog.debug('engine opened', { rank, backend: engine.backend, kvPages: engine.kv.numPages, seconds: Number(((performance.now() - t0) / 1000).toFixed(2)) });
       } catch (err) {
         throw LlmError.fromPayload(toErrorPayload(err, rank));
       }

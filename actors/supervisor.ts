@@ -24,6 +24,10 @@ import { loadModelSpec } from '../src/engine/model.js';
 import type { EmbedOptions } from '../src/engine/types.js';
 import { IDLE_LOAD, MetricsActor, type SchedulerLoad } from './metrics.js';
 import type { SchedulerHandle } from './scheduler.js';
+import { loggerFrom, type LogDestination, type Logger } from '../src/runtime/log.js';
+import { watchModelLoad } from '../src/runtime/progress.js';
+import { IncrementalDetokenizer, loadTokenizer, type ChatMessage, type Tokenizer } from '../src/tokenizer/index.js';
+import { chatPromptIds } from './tokenizer.js';
 
 /** A load snapshot for metrics and routing (reference §5.2: KV usage, requests). kvUsedPages counts pages held by
  * requests or the prefix cache; kvEvictablePages, the cached ones no request uses (reclaimable). */
@@ -37,6 +41,32 @@ export interface GenerateOptions {
   parkKvAs?: string;
   /** Disaggregated decode: the request arrives prefilled (src/scheduler/request.ts Q5). */
   handOver?: HandOver;
+}
+
+/** Text in: a `prompt` (encoded with the model's special tokens, BOS where it has one; what the user wrote stays
+ * literal text) or chat `messages` (the model's chat template). Sampling and stop fields as in the OpenAI API. */
+export interface TextRequest {
+  prompt?: string;
+  messages?: ChatMessage[];
+  max_tokens?: number;
+  min_tokens?: number;
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  seed?: number;
+  ignore_eos?: boolean;
+  /** Extra chat-template variables (e.g. Qwen3's enable_thinking). */
+  chat_template_kwargs?: Record<string, unknown>;
+}
+
+/** Text out: each chunk's newly completed text beside the token ids it came from. */
+export type TextChunk = LlmResponseChunk & { text: string };
+
+export interface SupervisorOptions {
+  /** Where the supervisor logs (group starts, failures, restarts): a Logger, or a destination that gets the records
+   * as lines (JSON lines under DYN_LOGGING_JSONL=1). Default: the process's logger (stderr, DYN_LOG levels). Actor
+   * threads log through the process's settings (DYN_LOG, DYN_LOGGING_JSONL), which they inherit. */
+  logger?: Logger | LogDestination;
 }
 
 export class Supervisor {
@@ -53,11 +83,13 @@ export class Supervisor {
   private readonly servingListeners: ((serving: boolean) => void)[] = [];
   private embedBatcher: EmbedBatcher | null = null;
   private embedding: Promise<EmbeddingModel> | null = null;
+  private loadedTokenizer: Tokenizer | null = null;
 
   private constructor(
     private readonly graph: CoreGraph,
     /** Step, request and load samples from every scheduler this supervisor started. */
     readonly metrics: MetricsActor,
+    private readonly log: Logger,
   ) {
     this.config = graph.config;
     this.ready = Promise.resolve();
@@ -65,18 +97,28 @@ export class Supervisor {
 
   /** Builds the topology of the config (src/topology) and starts its core with a recorder of its own: the rank
    * actors (opening their engines) and the scheduler actor over them. */
-  static start(config: SupervisorConfig): Promise<Supervisor> {
+  static start(config: SupervisorConfig, options: SupervisorOptions = {}): Promise<Supervisor> {
     const { cores } = buildTopology(config);
     if (cores.length !== 1) {
       throw new LlmError('LLM_ERR_CONFIG', `dp size ${cores.length}: a Supervisor runs one data-parallel group; start the topology (src/topology/start.ts) for several`);
     }
-    return Supervisor.supervise(cores[0], new MetricsActor());
+    return Supervisor.supervise(cores[0], new MetricsActor(), options);
   }
 
   /** Starts a topology's core, feeding the given metrics recorder, and supervises it (restarts from the same graph). */
-  static async supervise(core: CoreGraph, metrics: MetricsActor): Promise<Supervisor> {
-    const sup = new Supervisor(core, metrics);
-    sup.running = await sup.startGroup();
+  static async supervise(core: CoreGraph, metrics: MetricsActor, options: SupervisorOptions = {}): Promise<Supervisor> {
+    const sup = new Supervisor(core, metrics, loggerFrom(options.logger, 'worker.supervisor'));
+    const t0 = performance.now();
+    // a caller's own logger gets the progress as records; the process's logger also draws it on a terminal
+    const loading = watchModelLoad(core.config.modelPath, sup.log, options.logger ? { isTTY: false, write: () => undefined } : undefined);
+    try {
+      sup.running = await sup.startGroup();
+    } catch (err) {
+      loading.done(false);
+      throw err;
+    }
+    loading.done(true);
+    sup.log.info('group started', { dpRank: core.dpRank, ranks: sup.running.ranks.length, seconds: Number(((performance.now() - t0) / 1000).toFixed(2)) });
     return sup;
   }
 
@@ -221,6 +263,39 @@ export class Supervisor {
     return this.embedding;
   }
 
+  /** The model's tokenizer (its tokenizer.json, or the vocabulary in its GGUF file), loaded on first use. */
+  get tokenizer(): Tokenizer {
+    this.loadedTokenizer ??= loadTokenizer(this.config.modelPath);
+    return this.loadedTokenizer;
+  }
+
+  /** Streams a text request's chunks (see TextRequest): each chunk of generate() with the text its tokens completed;
+   * the last chunk also carries any bytes of an unfinished character. */
+  async *generateText(request: TextRequest, options: GenerateOptions = {}): AsyncGenerator<TextChunk> {
+    const tok = this.tokenizer;
+    if ((request.prompt === undefined) === (request.messages === undefined)) {
+      throw new LlmError('LLM_ERR_BAD_REQUEST', 'a text request takes exactly one of prompt and messages');
+    }
+    const tokenIds = request.messages !== undefined
+      ? chatPromptIds(tok, request.messages, { extraContext: request.chat_template_kwargs })
+      : tok.encode(request.prompt!, { addSpecialTokens: true, parseSpecialTokens: false });
+    await this.ready;
+    const eos = this.running?.scheduler.engine.eosTokenIds ?? tok.eosTokenIds;
+    const wire: PreprocessedRequest = {
+      token_ids: tokenIds,
+      stop_conditions: definedOnly({ max_tokens: request.max_tokens, min_tokens: request.min_tokens, ignore_eos: request.ignore_eos }),
+      sampling_options: definedOnly({ temperature: request.temperature, top_p: request.top_p, top_k: request.top_k, seed: request.seed }),
+      eos_token_ids: [...eos],
+    };
+    const text = new IncrementalDetokenizer(tok);
+    for await (const chunk of this.generate(wire, options)) {
+      let piece = '';
+      for (const id of chunk.token_ids) piece += text.push(id);
+      if (chunk.finish_reason) piece += text.flush();
+      yield { ...chunk, text: piece };
+    }
+  }
+
   /** Disaggregated prefill: copies the KV a request generated with `parkKvAs: key` left parked (its prompt
    * tokenIds' pages) to the host, ordered after every step already submitted, and releases it (src/scheduler/kv-transfer.ts,
    * run in the scheduler's thread). */
@@ -269,16 +344,20 @@ export class Supervisor {
     this.ready = (async () => {
       await core.abort(error.message);
       if (this.restarts >= (this.config.maxRestarts) || this.stopped) {
+        if (!this.stopped) this.log.error('group failed; no restarts left', { code: error.code, error: error.message, restarts: this.restarts });
         this.failure = error;
         return;
       }
       this.restarts++;
+      this.log.warn('group failed; restarting it', { code: error.code, error: error.message, restart: this.restarts, maxRestarts: this.config.maxRestarts });
       try {
         this.running = await this.startGroup();
         if (this.stopped) return;
+        this.log.info('group restarted', { restart: this.restarts });
         for (const l of this.servingListeners) l(true);
       } catch (err) {
         this.failure = err instanceof LlmError ? err : new LlmError('LLM_ERR_ACTOR_CRASHED', String(err));
+        this.log.error('group restart failed', { code: this.failure.code, error: this.failure.message });
       }
     })();
   }
@@ -374,4 +453,9 @@ class OutputQueue {
     if (o) return Promise.resolve(o);
     return new Promise((resolve) => (this.waiter = resolve));
   }
+}
+
+/** The fields of `o` that are set (wire objects leave unset optional fields out). */
+function definedOnly<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
 }

@@ -7,7 +7,7 @@ import { Piscina } from 'piscina';
 import { LlmError, toErrorPayload, type ErrorPayload } from '../src/errors.js';
 import { loadTokenizer, type ChatMessage, type ChatTemplateOptions, type Tokenizer } from '../src/tokenizer/index.js';
 import { unreachable } from './messages.js';
-import { siblingModule, workerModuleFile } from './worker.js';
+import { ACTOR_EXEC_ARGV, siblingModule, workerModuleFile } from './worker.js';
 
 /** The tokenizer actor's inbox: one task per call. */
 export type TokenizerTask = { source: TokenizerSource } & (
@@ -81,7 +81,7 @@ export class TokenizerPool {
   constructor(options: { threads?: number } = {}) {
     this.threads = options.threads ?? 2;
     // All threads start at once and stay: a thread that loads a tokenizer keeps it for the pool's life.
-    this.pool = new Piscina({ filename: workerModuleFile(siblingModule(import.meta.url, 'tokenizer')), minThreads: this.threads, maxThreads: this.threads });
+    this.pool = new Piscina({ filename: workerModuleFile(siblingModule(import.meta.url, 'tokenizer')), minThreads: this.threads, maxThreads: this.threads, execArgv: [...ACTOR_EXEC_ARGV] });
   }
 
   /** parseSpecialTokens false: special-token text in `text` stays literal (user input). */

@@ -39,8 +39,13 @@ function tsxBootstrap(entry: URL): string {
   );
 }
 
+/** The Node flags an actor thread starts with: none. A worker inherits the host process's execArgv by default, and
+ * some host flags are refused in a worker (`--input-type=module` fails its start); TypeScript sources get tsx from
+ * their bootstrap, not from the host's `--import=tsx`. */
+export const ACTOR_EXEC_ARGV: readonly string[] = [];
+
 export function spawnWorker(entry: URL, workerData: unknown, transferList: TransferListItem[] = []): Worker {
-  return new Worker(new URL(workerModuleUrl(entry)), { workerData, transferList });
+  return new Worker(new URL(workerModuleUrl(entry)), { workerData, transferList, execArgv: [...ACTOR_EXEC_ARGV] });
 }
 
 export interface StartWait {

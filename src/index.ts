@@ -2,7 +2,9 @@
 // configuration that drives it, the wire schemas, and the coded errors.
 export * from './errors.js';
 export type * from './engine/types.js';
-export { Supervisor, type SupervisorConfig, type GenerateOptions } from './supervisor.js';
+export { Supervisor, type SupervisorConfig, type GenerateOptions, type SupervisorOptions, type TextRequest, type TextChunk } from './supervisor.js';
+export { loadTokenizer, type Tokenizer, type ChatMessage } from './tokenizer/index.js';
+export { configureLogging, createLogger, logger, parseLogSpec, type Logger, type LogDestination, type LoggingOptions, type LogLevel } from './runtime/log.js';
 export { buildTopology, startCore, type TopologyConfig, type TopologyGraph, type CoreGraph, type RunningCore, type SchedulerKvPort } from './topology/topology.js';
 export { startTopology, type RunningTopology } from './topology/start.js';
 export { resolveConfig, finalizeConfig } from './config/resolve.js';

@@ -197,7 +197,7 @@ t.test('start: one line names the accepted-but-unused flags; a bad value exits 2
     process.stderr.write = write;
   }
   const lines = written.join('').split('\n').filter((l) => l !== '');
-  const line = lines.filter((l) => l.startsWith('accepted and not used'));
+  const line = lines.filter((l) => l.includes('accepted and not used')).map((l) => l.replace(/^.* WARN worker: /, ''));
   t.same(line, ['accepted and not used by this worker: --host 0.0.0.0, --trust-remote-code (see start --help)']);
   t.equal(code, 1, 'then the missing model stops it');
   t.equal(bad, 2, 'a wrong value exits 2');

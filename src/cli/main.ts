@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LlmError } from '../errors.js';
 import { closest } from './args.js';
+import { applyLogLevel, takeLogLevel } from './logging.js';
 
 const COMMANDS: Readonly<Record<string, string>> = {
   start: 'run one worker process (aggregated, prefill, decode, embedding, multimodal, multi-node)',
@@ -41,6 +42,8 @@ function usage(): string {
     ...Object.entries(COMMANDS).map(([name, what]) => `  ${name.padEnd(width)}  ${what}`),
     '',
     'Run `dynamo-sglang <command> --help` for the flags of a command; `dynamo-sglang --version` prints the version.',
+    'Every command takes --log-level LEVEL|SPEC (env DYN_LOG: info, or per target as info,worker=debug,dynamo_runtime=trace);',
+    'DYN_LOGGING_JSONL=1 writes logs as JSON lines.',
     '',
   ].join('\n');
 }
@@ -85,9 +88,12 @@ export async function main(argv: string[]): Promise<number> {
       const near = closest(command, Object.keys(COMMANDS));
       throw new LlmError('LLM_ERR_USAGE', `unknown command "${command}"${near ? `; did you mean "${near}"?` : ''} (see --help)`);
     }
+    const { argv: args, spec } = takeLogLevel(command, rest);
+    const envSpec = process.env['DYN_LOG'];
+    if (spec !== undefined || envSpec !== undefined) applyLogLevel(spec ?? envSpec!, spec !== undefined ? '--log-level' : 'DYN_LOG');
     const run = await loadCommand(command);
     if (!run) throw new LlmError('LLM_ERR_USAGE', `the "${command}" command is not available in this build`);
-    return await run(rest);
+    return await run(args);
   } catch (err) {
     return reportError(err);
   }

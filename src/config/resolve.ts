@@ -35,6 +35,7 @@ import {
   type ServingMode,
 } from './schema.js';
 import { SGLANG_PASSIVE_FLAGS, isUnusedSglangFlag } from './sglang-flags.js';
+import { resolveModelPath } from './model-path.js';
 
 /** Every spelling `start` accepts: the worker flags (SGLang's honoured flags among their aliases) and SGLang's other
  * server flags, which are checked and then only reported. */
@@ -213,8 +214,11 @@ function derive(settings: Map<SettingKey, Setting>, passive: readonly ParsedFlag
     throw usageError(msg);
   };
 
-  const modelPath = optStr('modelPath');
-  if (modelPath === null) refuse('missing --model-path (or DYN_SGL_MODEL_PATH, or model-path in the --config file)');
+  const modelPathGiven = optStr('modelPath');
+  if (modelPathGiven === null) refuse('missing --model-path (or DYN_SGL_MODEL_PATH, or model-path in the --config file)');
+  // a Hugging Face repo id resolves to its snapshot in the local cache; it stays the default served model name
+  const model = resolveModelPath(modelPathGiven as string, env, setting('modelPath').given?.source.label ?? '--model-path');
+  const modelPath = model.path;
 
   // serving mode and worker kind
   const servingMode = (optStr('servingMode') ?? 'aggregated') as ServingMode;
@@ -332,9 +336,9 @@ function derive(settings: Map<SettingKey, Setting>, passive: readonly ParsedFlag
 
   const config: WorkerConfig = {
     configFile: optStr('configFile'),
-    modelPath: modelPath as string,
-    tokenizerPath: optStr('tokenizerPath') ?? (modelPath as string),
-    servedModelName: optStr('servedModelName') ?? (modelPath as string),
+    modelPath,
+    tokenizerPath: optStr('tokenizerPath') ?? modelPath,
+    servedModelName: optStr('servedModelName') ?? model.repoId ?? modelPath,
     contextLength: optNum('contextLength'),
     customJinjaTemplate,
     workerKind,

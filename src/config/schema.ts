@@ -42,13 +42,13 @@ export const TransferBackendSchema = Type.Union([
   Type.Literal('fake'),
 ]);
 export const EndpointTypeSchema = Type.Union([Type.Literal('chat'), Type.Literal('completions')]);
-export const LogLevelSchema = Type.Union([
-  Type.Literal('error'),
-  Type.Literal('warn'),
-  Type.Literal('info'),
-  Type.Literal('debug'),
-  Type.Literal('trace'),
-]);
+// DYN_LOG syntax (src/runtime/log.ts parses it): comma-separated `level` or `target=level` directives.
+const LOG_SPEC_LEVELS = ['trace', 'debug', 'info', 'warn', 'warning', 'error', 'critical', 'off'] as const;
+const LOG_DIRECTIVE = `\\s*([A-Za-z0-9_.:-]+\\s*=\\s*)?(${LOG_SPEC_LEVELS.join('|')})\\s*`;
+export const LogSpecSchema = Type.String({
+  pattern: `^${LOG_DIRECTIVE}(,${LOG_DIRECTIVE})*$`,
+  description: 'a log level, or DYN_LOG directives: a default level and target=level overrides, comma-separated',
+});
 
 export const EndpointSchema = Type.Object(
   { namespace: Name, component: Name, endpoint: Name },
@@ -178,7 +178,7 @@ export const WorkerConfigSchema = Type.Object(
     healthCheckPayload: nullable(JsonObject),
     gracefulShutdownGracePeriodSecs: Type.Number({ minimum: 0 }),
     multimodalEmbeddingCacheCapacityGb: Type.Number({ minimum: 0 }),
-    logLevel: LogLevelSchema,
+    logLevel: LogSpecSchema,
     dumpConfigTo: nullable(NonEmpty),
     configKey: nullable(NonEmpty),
     unusedFlags: Type.Array(NonEmpty, { description: 'flags given that this worker accepts and does not use, as given (logged at start)' }),
@@ -225,7 +225,7 @@ const literals = (names: readonly string[]) => Type.Union(names.map((n) => Type.
 export const WORKER_FLAGS: readonly WorkerFlag[] = [
   // model
   { name: 'model-path', aliases: ['model'], setting: 'modelPath', ...str(), valueName: 'PATH', env: 'DYN_SGL_MODEL_PATH', default: null, defaultText: '(required)', group: G_MODEL,
-    help: 'Model to serve: a local GGUF file or a directory with config.json and safetensors weights, or a Hugging Face repo id (needs network).' },
+    help: 'Model to serve: a local GGUF file or a directory with config.json and safetensors weights, or a Hugging Face repo id (org/name) already in the local Hugging Face cache (HF_HUB_CACHE, HF_HOME); nothing is downloaded.' },
   { name: 'tokenizer-path', setting: 'tokenizerPath', ...str(), valueName: 'PATH', env: 'DYN_SGL_TOKENIZER_PATH', default: null, defaultText: 'the model path', group: G_MODEL,
     help: 'Tokenizer location (tokenizer.json directory or file).' },
   { name: 'served-model-name', setting: 'servedModelName', ...str(), valueName: 'NAME', env: 'DYN_SGL_SERVED_MODEL_NAME', default: null, defaultText: 'the model path', group: G_MODEL,
@@ -366,10 +366,12 @@ export const WORKER_FLAGS: readonly WorkerFlag[] = [
     help: 'On SIGTERM/SIGINT: seconds between leaving discovery and cancelling in-flight requests.' },
   { name: 'multimodal-embedding-cache-capacity-gb', setting: 'multimodalEmbeddingCacheCapacityGb', ...num(Type.Number({ minimum: 0 })), valueName: 'GB', env: 'DYN_MULTIMODAL_EMBEDDING_CACHE_CAPACITY_GB', default: 0, defaultText: '0 (off)', group: G_OBS,
     help: 'LRU cache of image embeddings in the multimodal encoder.' },
-  { name: 'log-level', setting: 'logLevel', ...choice(Type.Union([...LogLevelSchema.anyOf, Type.Literal('warning'), Type.Literal('critical')]), 'LEVEL'),
+  // logging (src/runtime/log.ts): a level, or DYN_LOG's directives (`info,dynamo_runtime=trace`)
+  { name: 'log-level', setting: 'logLevel', kind: 'string', schema: LogSpecSchema, valueName: 'LEVEL|SPEC',
+    expected: `a level (${LOG_SPEC_LEVELS.join(', ')}) or DYN_LOG directives such as info,dynamo_runtime=trace`,
     env: 'DYN_LOG', default: 'info', defaultText: 'info', group: G_OBS,
     normalize: (v) => (v === 'warning' ? 'warn' : v === 'critical' ? 'error' : v),
-    help: 'Log verbosity; SGLang\'s "warning" and "critical" mean warn and error.' },
+    help: 'Log verbosity: a level, or a default and per-target levels (DYN_LOG syntax: info,worker=debug,dynamo_runtime=trace); SGLang\'s "warning" and "critical" mean warn and error. DYN_LOGGING_JSONL=1 writes JSON lines.' },
 
   // Dynamo 0.8 worker flags that were missing
   { name: 'multimodal-processor', setting: 'multimodalProcessor', ...bool, env: 'DYN_SGL_MULTIMODAL_PROCESSOR', default: false, defaultText: 'false', group: G_ROLE,

@@ -101,7 +101,11 @@ export interface MakeModelOptions {
   /** Embedding shapes: the pooling the sentence-transformers files declare (default last, as Qwen3-Embedding; cls
    * for bert-tiny). */
   pooling?: MakeModelPooling;
+  /** Called as each weight file is written: its name, the bytes of tensor data written so far and in all. */
+  onProgress?: (file: string, written: number, total: number) => void;
 }
+
+type ProgressCallback = (written: number, total: number) => void;
 
 export interface MakeModelResult {
   dir: string;
@@ -358,7 +362,7 @@ function configJson(shape: ShapeDef, dtype: DType, tok: TokenizerFiles): Json {
 
 // ---------------------------------------------------------------- safetensors
 
-function writeSafetensors(file: string, seed: number, tensors: { name: string; shape: number[] }[], std: number, dtype: DType): void {
+function writeSafetensors(file: string, seed: number, tensors: { name: string; shape: number[] }[], std: number, dtype: DType, progress?: ProgressCallback): void {
   const sorted = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const header: Json = { __metadata__: { format: 'pt' } };
   let offset = 0;
@@ -370,6 +374,8 @@ function writeSafetensors(file: string, seed: number, tensors: { name: string; s
   }
   let headerText = JSON.stringify(header);
   headerText += ' '.repeat((8 - (Buffer.byteLength(headerText) % 8)) % 8);
+  const dataBytes = offset;
+  let written = 0;
   const fd = openSync(file, 'w');
   try {
     const len = Buffer.alloc(8);
@@ -377,7 +383,10 @@ function writeSafetensors(file: string, seed: number, tensors: { name: string; s
     writeSync(fd, len);
     writeSync(fd, headerText);
     for (const t of sorted) {
-      for (const chunk of tensorChunks(seed, t.name, t.shape, std, dtype)) writeSync(fd, encode(chunk, dtype));
+      for (const chunk of tensorChunks(seed, t.name, t.shape, std, dtype)) {
+        written += writeSync(fd, encode(chunk, dtype));
+        progress?.(written, dataBytes);
+      }
     }
   } finally {
     closeSync(fd);
@@ -470,7 +479,7 @@ const GGML_F32 = 0;
 const GGML_F16 = 1;
 const GGUF_ALIGN = 32;
 
-function writeGguf(file: string, shape: ShapeDef, seed: number, tensors: { name: string; shape: number[] }[], std: number, dtype: DType, tok: TokenizerFiles, name: string): void {
+function writeGguf(file: string, shape: ShapeDef, seed: number, tensors: { name: string; shape: number[] }[], std: number, dtype: DType, tok: TokenizerFiles, name: string, progress?: ProgressCallback): void {
   const arch = shape.architecture;
   // Tokenizer as llama.cpp's converter writes a Qwen (GPT-2 style byte-level BPE) vocabulary.
   const vocab = (tok.tokenizerJson['model'] as Json)['vocab'] as Record<string, number>;
@@ -534,6 +543,8 @@ function writeGguf(file: string, shape: ShapeDef, seed: number, tensors: { name:
   try {
     writeSync(fd, header);
     writeSync(fd, Buffer.alloc((GGUF_ALIGN - (header.length % GGUF_ALIGN)) % GGUF_ALIGN));
+    const dataBytes = infos.reduce((sum, info) => sum + info.size, 0);
+    let written = 0;
     for (const info of infos) {
       const target = info.type === GGML_F32 ? 'f32' : 'gguf-f16';
       const isQ = info.hfName.endsWith('q_proj.weight');
@@ -548,6 +559,8 @@ function writeGguf(file: string, shape: ShapeDef, seed: number, tensors: { name:
         for (const chunk of tensorChunks(seed, info.hfName, info.shape, std, dtype)) writeSync(fd, encode(chunk, target));
       }
       writeSync(fd, Buffer.alloc((GGUF_ALIGN - (info.size % GGUF_ALIGN)) % GGUF_ALIGN));
+      written += info.size;
+      progress?.(written, dataBytes);
     }
   } finally {
     closeSync(fd);
@@ -636,10 +649,11 @@ export function makeModel(options: MakeModelOptions): MakeModelResult {
   }
   // A bare decoder's tensors are saved without the "model." prefix.
   const fileTensors = shape.embedding ? tensors.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })) : tensors;
-  writeSafetensors(join(dir, 'model.safetensors'), options.seed, fileTensors, std, dtype);
+  const progress = (file: string): ProgressCallback | undefined => (options.onProgress ? (w, t) => options.onProgress!(file, w, t) : undefined);
+  writeSafetensors(join(dir, 'model.safetensors'), options.seed, fileTensors, std, dtype, progress('model.safetensors'));
   files.push(join(dir, 'model.safetensors'));
   if (options.gguf) {
-    writeGguf(join(dir, 'model-f16.gguf'), shape, options.seed, tensors, std, dtype, tok, `random ${options.shape} seed ${options.seed}`);
+    writeGguf(join(dir, 'model-f16.gguf'), shape, options.seed, tensors, std, dtype, tok, `random ${options.shape} seed ${options.seed}`, progress('model-f16.gguf'));
     files.push(join(dir, 'model-f16.gguf'));
   }
   return { dir, files, spec };

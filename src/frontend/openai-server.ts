@@ -6,7 +6,7 @@
 // (RequestLimits): body bytes while reading, choices (prompts x n) and prompt bytes before tokenizing, tokenizing
 // time while it runs, so one hostile request cannot starve /health or every other client.
 import { serveEmbeddings } from './embeddings.js';
-import { EmbeddingRequestSchema } from '../protocol/request.js';
+import { EmbeddingRequestSchema, type EmbeddingRequest } from '../protocol/request.js';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
@@ -28,6 +28,7 @@ import type { ModelDirectory, ServedModel } from './models.js';
 import { ChoiceOutput, chatParsers, NO_PARSERS, specialTextInToolCalls, type ChoiceParsers, type ToolCallDeltaOut, type ToolCallOut } from './chat-output.js';
 import { chatPromptIds, type TokenizerPool } from '../../actors/tokenizer.js';
 import { acquireTokenizerPool, releaseTokenizerPool } from './tokenizer-pool.js';
+import { errorTypeOf, FrontendMetrics, type FrontendRequest } from './frontend-metrics.js';
 
 const DEFAULT_COMPLETION_MAX_TOKENS = 16; // OpenAI's default for /v1/completions
 
@@ -69,6 +70,8 @@ export class OpenAiServer {
   private readonly server: Server;
   private readonly inflight = new Set<AbortController>();
   private closed = false;
+  /** The dynamo_frontend_* families served at /metrics. */
+  readonly metrics = new FrontendMetrics();
 
   private constructor(
     private readonly models: ModelDirectory,
@@ -125,6 +128,11 @@ export class OpenAiServer {
     if (path === '/health' || path === '/live') {
       return sendJson(res, 200, { status: 'healthy', models: this.models.list().map((m) => m.name) });
     }
+    if (path === '/metrics') {
+      const { contentType, body } = await this.metrics.text();
+      res.writeHead(200, { 'content-type': contentType });
+      return void res.end(body);
+    }
     if (!this.authorized(req)) {
       res.setHeader('www-authenticate', 'Bearer');
       const given = req.headers.authorization !== undefined;
@@ -164,13 +172,17 @@ export class OpenAiServer {
       this.inflight.add(controller);
       try {
         const body = await readJsonBody(req, this.limits.maxRequestBytes);
-        if (path === '/v1/embeddings') {
-          const request = parseBody(EmbeddingRequestSchema, body);
-          await serveEmbeddings(request, this.model(request.model), res, controller.signal);
-        } else if (path === '/v1/completions') {
-          await this.completions(parseBody(CompletionRequestSchema, body), res, controller.signal);
-        } else {
-          await this.chat(parseBody(ChatCompletionRequestSchema, body), res, controller.signal);
+        const kind = path === '/v1/embeddings' ? 'embeddings' : path === '/v1/completions' ? 'completions' : 'chat_completions';
+        const parsed = kind === 'embeddings' ? parseBody(EmbeddingRequestSchema, body) : kind === 'completions' ? parseBody(CompletionRequestSchema, body) : parseBody(ChatCompletionRequestSchema, body);
+        const observed = this.metrics.start(parsed.model, kind, 'stream' in parsed && parsed.stream === true);
+        try {
+          if (kind === 'embeddings') await serveEmbeddings(parsed as EmbeddingRequest, this.model(parsed.model), res, controller.signal);
+          else if (kind === 'completions') await this.completions(parsed as CompletionRequest, res, controller.signal, observed);
+          else await this.chat(parsed as ChatCompletionRequest, res, controller.signal, observed);
+          observed.finish(controller.signal.aborted ? 'cancelled' : 'none');
+        } catch (err) {
+          observed.finish(errorTypeOf(errorStatus(err), controller.signal.aborted));
+          throw err;
         }
       } finally {
         this.inflight.delete(controller);
@@ -199,7 +211,7 @@ export class OpenAiServer {
     return m;
   }
 
-  private async completions(body: CompletionRequest, res: ServerResponse, signal: AbortSignal): Promise<void> {
+  private async completions(body: CompletionRequest, res: ServerResponse, signal: AbortSignal, observed: FrontendRequest): Promise<void> {
     const model = this.model(body.model);
     const n = body.n ?? 1;
     this.checkChoices(promptCount(body.prompt), n);
@@ -212,7 +224,7 @@ export class OpenAiServer {
       }
     }
     const logprobs = body.logprobs ?? null;
-    await this.run(model, body, choices, res, signal, {
+    await this.run(model, body, choices, res, signal, observed, {
       kind: 'completion',
       defaultMaxTokens: DEFAULT_COMPLETION_MAX_TOKENS,
       logprobs: logprobs === null ? -1 : logprobs,
@@ -220,7 +232,7 @@ export class OpenAiServer {
     });
   }
 
-  private async chat(body: ChatCompletionRequest, res: ServerResponse, signal: AbortSignal): Promise<void> {
+  private async chat(body: ChatCompletionRequest, res: ServerResponse, signal: AbortSignal, observed: FrontendRequest): Promise<void> {
     const model = this.model(body.model);
     const n = body.n ?? 1;
     this.checkChoices(1, n);
@@ -243,7 +255,7 @@ export class OpenAiServer {
     const choices: ChoiceSpec[] = Array.from({ length: n }, (_, i) => ({ index: i, tokenIds: ids, echo: '', seedOffset: i }));
     const logprobs = body.logprobs ? (body.top_logprobs ?? 0) : -1;
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? null;
-    await this.run(model, { ...body, max_tokens: maxTokens }, choices, res, signal, {
+    await this.run(model, { ...body, max_tokens: maxTokens }, choices, res, signal, observed, {
       kind: 'chat',
       defaultMaxTokens: null,
       logprobs,
@@ -277,6 +289,7 @@ export class OpenAiServer {
     choices: ChoiceSpec[],
     res: ServerResponse,
     signal: AbortSignal,
+    observed: FrontendRequest,
     mode: RunMode,
   ): Promise<void> {
     const id = `${mode.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
@@ -329,6 +342,7 @@ export class OpenAiServer {
         try {
           for await (const chunk of model.generate(requests[k], { signal: local.signal })) {
             writer?.commit();
+            observed.tokens(chunk.token_ids.length);
             if (chunk.completion_usage) result.usage = chunk.completion_usage;
             // OpenAI has no finish reason for these: the choice fails (an error event, or a 5xx for a whole body)
             if (chunk.finish_reason === 'error') throw new LlmError('LLM_ERR_INTERNAL', 'the worker failed this request (finish_reason "error")');
@@ -385,6 +399,7 @@ export class OpenAiServer {
     );
 
     const usage = sumUsage(results.map((r) => r.usage));
+    observed.sequence(usage.prompt_tokens, usage.completion_tokens);
     if (writer !== null) {
       if (includeUsage) writer.send(envelope({ choices: [], usage }));
       writer.done();

@@ -56,7 +56,8 @@ export function parseLogSpec(spec: string, source = 'DYN_LOG'): LogSpec {
     const eq = directive.indexOf('=');
     const name = eq < 0 ? '' : directive.slice(0, eq).trim().replaceAll('::', '.');
     const value = (eq < 0 ? directive : directive.slice(eq + 1)).trim().toLowerCase();
-    const normalised = value === 'warning' ? 'warn' : value;
+    // SGLang's level names (--log-level warning / critical) mean warn and error
+    const normalised = value === 'warning' ? 'warn' : value === 'critical' ? 'error' : value;
     if (!isLevel(normalised)) {
       throw new LlmError(
         'LLM_ERR_USAGE',
@@ -176,3 +177,47 @@ class TargetLogger implements Logger {
 export function logger(target: string): Logger {
   return new TargetLogger(target);
 }
+
+/** Where records can go besides stderr: anything with write(line) (a stream, a collecting array's wrapper). */
+export interface LogDestination {
+  write(line: string): unknown;
+}
+
+/** A logger with settings of its own, independent of the process's (an embedding program's destination). */
+class StandaloneLogger implements Logger {
+  constructor(readonly target: string, private readonly own: LoggingState) {}
+
+  private emit(level: Exclude<LogLevel, 'off'>, message: string, fields?: LogFields): void {
+    if (!this.isEnabled(level)) return;
+    this.own.root[level]({ target: this.target, ...fields }, message);
+  }
+
+  trace(message: string, fields?: LogFields): void { this.emit('trace', message, fields); }
+  debug(message: string, fields?: LogFields): void { this.emit('debug', message, fields); }
+  info(message: string, fields?: LogFields): void { this.emit('info', message, fields); }
+  warn(message: string, fields?: LogFields): void { this.emit('warn', message, fields); }
+  error(message: string, fields?: LogFields): void { this.emit('error', message, fields); }
+  isEnabled(level: Exclude<LogLevel, 'off'>): boolean {
+    const threshold = levelFor(this.own.spec, this.target);
+    return threshold !== 'off' && RANK[level] >= RANK[threshold];
+  }
+  child(name: string): Logger { return new StandaloneLogger(`${this.target}.${name}`, this.own); }
+}
+
+/** A logger of `target` with its own settings (spec, format, destination; unset ones as configureLogging's). */
+export function createLogger(target: string, options: LoggingOptions): Logger {
+  return new StandaloneLogger(target, buildState(options));
+}
+
+/** A logger from what an API caller passed: a Logger as is, a destination (records as human lines, or JSON lines
+ * under DYN_LOGGING_JSONL), or nothing (the process's logger of `target`). */
+export function loggerFrom(given: Logger | LogDestination | undefined, target: string): Logger {
+  if (given === undefined) return logger(target);
+  if (isLogger(given)) return given;
+  return createLogger(target, { destination: given });
+}
+
+function isLogger(value: Logger | LogDestination): value is Logger {
+  return typeof (value as Partial<Logger>).child === 'function' && typeof (value as Partial<Logger>).info === 'function';
+}
+

@@ -39,6 +39,10 @@ import { modelTypeToWire, ModelTypeFlag, type ModelDeploymentCard } from '../pro
 import { WorkerKvQueryRequestSchema, workerKvIndexerQueryEndpoint } from '../protocol/kv-query.js';
 import { parseWire } from '../protocol/validate.js';
 import { stringifyJsonExact } from '../protocol/json.js';
+import { missingModelReason } from '../config/model-path.js';
+import { logger } from '../runtime/log.js';
+
+const workerLog = logger('worker');
 
 export type WorkerLog = (line: string) => void;
 
@@ -89,10 +93,10 @@ function checkSupported(config: WorkerConfig): void {
 }
 
 export async function startWorker(config: WorkerConfig, options: WorkerOptions = {}): Promise<WorkerHandle> {
-  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const log = options.log ?? ((line: string) => workerLog.info(line));
   checkSupported(config);
   if (!existsSync(config.modelPath)) {
-    throw new LlmError('LLM_ERR_MODEL_NOT_FOUND', `--model-path ${config.modelPath}: no such file or directory (downloading from a model hub is not available in this build)`);
+    throw new LlmError('LLM_ERR_MODEL_NOT_FOUND', `--model-path ${config.modelPath}: ${missingModelReason(config.modelPath)}`);
   }
   const { namespace, component, endpoint } = config.endpoint;
   const model = config.servedModelName;
@@ -304,7 +308,7 @@ export async function runWorker(config: WorkerConfig): Promise<number> {
   const worker = await startWorker(config);
   await new Promise<void>((resolveSignal) => {
     const onSignal = (sig: NodeJS.Signals) => {
-      process.stderr.write(`received ${sig}: shutting down (grace period ${config.gracefulShutdownGracePeriodSecs} s)\n`);
+      workerLog.info(`received ${sig}: shutting down (grace period ${config.gracefulShutdownGracePeriodSecs} s)`);
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
       resolveSignal();

@@ -13,6 +13,9 @@ import { buildPrompts } from '../../bench/prompts.js';
 import { configLine, describeLoad, runBlock, sweepTable } from '../../bench/report.js';
 import type { BenchConfig, BenchResults, LengthSpec, LoadShape } from '../../bench/results.js';
 import { runLoad, type RunResult, type TargetSettings } from '../../bench/runner.js';
+import { logger } from '../../runtime/log.js';
+
+const benchLog = logger('bench');
 
 const G_TARGET = 'Target';
 const G_DATA = 'Dataset';
@@ -173,7 +176,7 @@ export async function main(argv: string[]): Promise<number> {
   const stop = new AbortController();
   const onInterrupt = () => {
     process.off('SIGINT', onInterrupt);
-    process.stderr.write('\ninterrupted: reporting the requests that finished (Ctrl-C again to quit at once)\n');
+    benchLog.warn('interrupted: reporting the requests that finished (Ctrl-C again to quit at once)');
     stop.abort();
   };
   process.on('SIGINT', onInterrupt);
@@ -188,7 +191,7 @@ async function runBenchmark(p: BenchPlan, stop: AbortSignal): Promise<number> {
   const c = p.config;
   const tokenizer = c.tokenizer !== null ? openTokenizer(c.tokenizer) : null;
   const progressSink = p.progress ? process.stderr : null;
-  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const log = (line: string) => benchLog.info(line);
 
   let served: string[];
   try {

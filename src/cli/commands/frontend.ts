@@ -11,6 +11,9 @@ import { redactUrl } from '../../runtime/credentials.js';
 import { DiscoveredModels, type FrontendRouting } from '../../frontend/discovered-models.js';
 import { DEFAULT_REQUEST_LIMITS, OpenAiServer, type RequestLimits } from '../../frontend/openai-server.js';
 import { DEFAULT_WIRE_PROFILE, WireProfileSchema, type WireProfile } from '../../protocol/wire-profile.js';
+import { logger } from '../../runtime/log.js';
+
+const log = logger('frontend');
 
 const G_FRONTEND = 'Frontend';
 
@@ -165,7 +168,7 @@ export async function main(argv: string[]): Promise<number> {
     await nats?.close();
     throw err;
   });
-  const { models, server } = await startFrontend(discovery, cl.values['namespace'] as string, settings, (l) => process.stderr.write(`${l}\n`), nats).catch(
+  const { models, server } = await startFrontend(discovery, cl.values['namespace'] as string, settings, (l) => log.info(l), nats).catch(
     async (err: unknown) => {
       await nats?.close();
       await discovery.close();
@@ -173,7 +176,7 @@ export async function main(argv: string[]): Promise<number> {
     },
   );
   const routing = settings.routing === 'kv' ? `kv, events from ${redactUrl(cl.values['nats-server'] as string)}` : settings.routing;
-  process.stderr.write(`frontend listening on http://${settings.httpHost}:${server.port} (discovery: ${discovery.store.location}; routing: ${routing})\n`);
+  log.info(`frontend listening on http://${settings.httpHost}:${server.port} (discovery: ${discovery.store.location}; routing: ${routing})`);
   await waitForSignal();
   await server.close();
   await models.close();

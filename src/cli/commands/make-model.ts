@@ -8,6 +8,8 @@ import type { FlagSpec } from '../args.js';
 import { MAKE_MODEL_POOLINGS, MODEL_SHAPE_NAMES, makeModel, type MakeModelPooling } from '../../engine/make-model.js';
 import type { ModelShapeName } from '../../engine/make-model.js';
 import type { DType } from '../../engine/types.js';
+import { logger } from '../../runtime/log.js';
+import { ProgressReport } from '../../runtime/progress.js';
 
 const FLAGS: readonly FlagSpec[] = [
   { name: 'shape', kind: 'string', schema: Type.Union(MODEL_SHAPE_NAMES.map((s) => Type.Literal(s))), valueName: 'SHAPE', help: 'model shape to write' },
@@ -48,6 +50,9 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     throw usageError(`--out ${outDir}: cannot create the output directory: ${(err as Error).message}`);
   }
+  // progress per weight file: a live line on a terminal, a log record every few seconds otherwise
+  const log = logger('make-model');
+  let report: { file: string; progress: ProgressReport } | null = null;
   const result = makeModel({
     shape,
     seed,
@@ -56,6 +61,14 @@ export async function main(argv: string[]): Promise<number> {
     std: values['std'] as number,
     gguf: values['gguf'] === true,
     ...(values['pooling'] !== undefined ? { pooling: values['pooling'] as MakeModelPooling } : {}),
+    onProgress: (file, written, total) => {
+      if (report?.file !== file) {
+        report?.progress.end();
+        report = { file, progress: new ProgressReport({ label: `writing ${file}`, total, unit: 'bytes', log }) };
+      }
+      report.progress.update(written);
+      if (written === total) report.progress.end();
+    },
   });
   for (const f of result.files) process.stdout.write(`${f}\n`);
   return 0;

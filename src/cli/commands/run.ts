@@ -8,6 +8,8 @@ import { Discovery } from '../../runtime/discovery/index.js';
 import { connectNats } from '../../runtime/request-plane/nats.js';
 import { startWorker } from '../../worker/worker.js';
 import { FRONTEND_FLAGS, frontendSettings, startFrontend, waitForSignal } from './frontend.js';
+import { logger } from '../../runtime/log.js';
+import { applyLogLevel } from '../logging.js';
 
 const LOOPBACK = '127.0.0.1';
 
@@ -71,7 +73,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (!named('system-host', 'DYN_SYSTEM_HOST')) extra.push('--system-host', LOOPBACK);
   const config = await finalizeConfig(resolveConfig([...worker, ...extra], process.env));
-  const log = (line: string) => process.stderr.write(`${line}\n`);
+  applyLogLevel(config.logLevel, 'log level');
+  const runLog = logger('run');
+  const log = (line: string) => runLog.info(line);
   const discovery = await Discovery.open({ backend: 'mem' });
   // what is started so far, released newest first: at shutdown, and when a later step fails (a frontend port in
   // use must not leave the worker keeping the process alive)

@@ -9,6 +9,8 @@ import { SGLANG_SERVER_FLAGS } from '../../config/sglang-flags.js';
 import { finalizeConfig, resolveConfig } from '../../config/resolve.js';
 import { packageVersion } from '../main.js';
 import { LlmError } from '../../errors.js';
+import { logger } from '../../runtime/log.js';
+import { applyLogLevel } from '../logging.js';
 
 const DESCRIPTION =
   'Runs one worker: loads the model, registers with discovery and serves its endpoint. Every flag can also come ' +
@@ -77,8 +79,9 @@ export async function main(argv: string[]): Promise<number> {
     dumpConfig(config, config.dumpConfigTo);
     return 0;
   }
+  applyLogLevel(config.logLevel, 'log level');
   if (config.unusedFlags.length > 0) {
-    process.stderr.write(`accepted and not used by this worker: ${config.unusedFlags.join(', ')} (see start --help)\n`);
+    logger('worker').warn(`accepted and not used by this worker: ${config.unusedFlags.join(', ')} (see start --help)`);
   }
   if (config.nnodes > 1 && config.nodeRank > 0) return runFollowerNode(config);
   // loaded only now, so --help, --version and --dump-config-to never pull in the engine
@@ -94,7 +97,8 @@ async function runFollowerNode(config: WorkerConfig): Promise<number> {
     import('../../topology/topology.js'), import('../../topology/multinode.js'), import('../../runtime/health.js'),
     import('../../runtime/metrics.js'), import('../../runtime/system-server.js'),
   ]);
-  const log = (line: string): void => void process.stderr.write(`${line}\n`);
+  const followerLog = logger('worker.follower');
+  const log = (line: string): void => followerLog.info(line);
   const { cores } = buildTopology(config); // with --dp-size, this node's ranks of every data-parallel group
   const health = new HealthRegistry('notready');
   const system = await SystemServer.start({ port: config.systemPort, host: config.systemHost, health, metrics: new WorkerMetrics() });
