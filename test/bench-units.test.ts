@@ -76,7 +76,7 @@ t.test('a request past --timeout fails with a message saying so', async (t) => {
   t.teardown(() => server.closeAllConnections());
   t.teardown(() => server.close());
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const r = await timedRequest({ url, endpoint: 'chat', model: 'm', prompt: 'hi', maxTokens: 4, temperature: 0, seed: 0, ignoreEos: false, timeoutMs: 200, countTokens: null }, performance.now());
+  const r = await timedRequest({ url, endpoint: 'chat', model: 'm', prompt: 'hi', maxTokens: 4, temperature: 0, seed: 0, ignoreEos: false, timeoutMs: 200 }, performance.now());
   t.equal(r.ok, false);
   t.equal(r.error, `${url}/v1/chat/completions: no response within 0.2 s`);
 });
@@ -93,7 +93,7 @@ t.test('output counts: from a usage chunk without "choices", else one token per 
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => server.close());
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const params = { url, endpoint: 'chat' as const, model: 'm', prompt: 'hi', maxTokens: 4, temperature: 0, seed: 0, ignoreEos: false, timeoutMs: 5000, countTokens: null };
+  const params = { url, endpoint: 'chat' as const, model: 'm', prompt: 'hi', maxTokens: 4, temperature: 0, seed: 0, ignoreEos: false, timeoutMs: 5000 };
   const a = await timedRequest(params, performance.now());
   t.match(a, { ok: true, outputTokens: 5, outputTokensFrom: 'usage', promptTokens: 9 });
   t.equal(a.itlMs.length, 0, 'tokens that arrive with the first have no gap of their own (and the empty role chunk is no token)');

@@ -1,8 +1,10 @@
 // One streamed OpenAI request, timed: when each content-bearing SSE chunk arrived, what the final usage chunk
 // said, or why the request failed. Works against any OpenAI-compatible server (ours, vLLM, SGLang, llama.cpp).
 // ITL is per token: the SSE events that arrive in one network read carry k tokens between them (by the
-// cumulative usage when the server streams it, else by the local tokenizer's count of each event's text), and
-// the gap since the previous read is spread over those k tokens, so coalesced chunks never read as 0 ms gaps.
+// cumulative usage when the server streams it with every chunk, else one per content event: OpenAI-compatible
+// servers send one event per token otherwise), and the gap since the previous read is spread over those k
+// tokens, so coalesced chunks never read as 0 ms gaps. (Re-encoding a chunk's text locally is no count: one
+// decoded token often re-encodes to two.)
 // Embeddings requests (/v1/embeddings) are not streamed: one latency per request.
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
@@ -11,8 +13,6 @@ import type { RequestRecord } from './results.js';
 
 export type Endpoint = 'completions' | 'chat' | 'embeddings';
 
-/** Counts the tokens of a piece of streamed text; at least 1 for non-empty text. */
-export type TokenCounter = (text: string) => number;
 
 /** The parts of a streamed chunk the benchmark reads; everything else is ignored. */
 const UsageSchema = Type.Object({ prompt_tokens: Type.Optional(Type.Integer()), completion_tokens: Type.Optional(Type.Integer()) });
@@ -43,8 +43,6 @@ export interface RequestParams {
   seed: number;
   ignoreEos: boolean;
   timeoutMs: number;
-  /** Tokens in one event's text when the server streams no cumulative usage; null counts one per event. */
-  countTokens: TokenCounter | null;
 }
 
 function short(text: string): string {
@@ -253,7 +251,7 @@ export async function timedRequest(p: RequestParams, benchStart: number, stop?: 
           if (parsed.usage.prompt_tokens !== undefined) record.promptTokens = parsed.usage.prompt_tokens;
         }
         if (text === '') continue;
-        inRead += Math.max(1, fromUsage ?? (p.countTokens ? p.countTokens(text) : 1));
+        inRead += Math.max(1, fromUsage ?? 1);
       }
       if (inRead === 0) continue;
       if (record.ttftMs === null) {

@@ -3,7 +3,7 @@
 // times, or all at once when none of these.
 // A stop signal (Ctrl-C) ends the point early: nothing new is sent, requests in flight are aborted and left out.
 import { setTimeout as delay } from 'node:timers/promises';
-import { timedRequest, type Endpoint, type TokenCounter } from './client.js';
+import { timedRequest, type Endpoint } from './client.js';
 import { summarize } from './metrics.js';
 import type { LoadShape, RequestRecord, RunSummary } from './results.js';
 import type { PromptSpec } from './prompts.js';
@@ -18,7 +18,6 @@ export interface TargetSettings {
   seed: number;
   ignoreEos: boolean;
   timeoutMs: number;
-  countTokens: TokenCounter | null;
 }
 
 export interface RunResult {

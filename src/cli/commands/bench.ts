@@ -25,7 +25,7 @@ import { buildPrompts, type PromptSpec } from '../../bench/prompts.js';
 import { configLine, describeLoad, runBlock, sweepTable } from '../../bench/report.js';
 import { BenchResultsSchema, type BenchConfig, type BenchResults, type LengthSpec, type LoadShape } from '../../bench/results.js';
 import { runLoad, type RunResult, type TargetSettings } from '../../bench/runner.js';
-import { BUNDLED_MODEL } from './run.js';
+import { bundledModel } from './run.js';
 
 const G_TARGET = 'Target';
 const G_DATA = 'Dataset';
@@ -199,11 +199,19 @@ function openTokenizer(path: string, flag: string): Tokenizer {
 }
 
 /** The served model's tokenizer and where it came from (see the header comment for the order). */
-function servedTokenizer(p: BenchPlan, model: string): { tokenizer: Tokenizer; source: string } {
+function givenTokenizer(p: BenchPlan): { tokenizer: Tokenizer; source: string } | null {
   if (p.tokenizerPath !== null) return { tokenizer: openTokenizer(p.tokenizerPath, '--tokenizer'), source: p.tokenizerPath };
   if (p.modelPath !== null) return { tokenizer: openTokenizer(p.modelPath, '--model-path'), source: p.modelPath };
+  return null;
+}
+
+async function servedTokenizer(model: string): Promise<{ tokenizer: Tokenizer; source: string }> {
   if (existsSync(model)) return { tokenizer: openTokenizer(model, `the served model id (a local path; pass --model-path to override)`), source: model };
-  if (model === 'stories260K' && existsSync(BUNDLED_MODEL)) return { tokenizer: openTokenizer(BUNDLED_MODEL, 'the bundled model'), source: BUNDLED_MODEL };
+  if (model === 'stories260K') {
+    // the name `run` gives the bundled model
+    const bundled = await bundledModel();
+    if (existsSync(bundled)) return { tokenizer: openTokenizer(bundled, 'the bundled model'), source: bundled };
+  }
   throw usageError(`cannot count prompt tokens for model "${model}": it is not a local path; give --model-path (the files the server loaded) or --tokenizer`);
 }
 
@@ -292,6 +300,8 @@ export async function main(argv: string[]): Promise<number> {
 
 async function runBenchmark(p: BenchPlan, stop: AbortSignal): Promise<number> {
   const c = p.config;
+  // a tokenizer named by a flag is checked before anything is sent
+  const given = givenTokenizer(p);
   const progressSink = p.progress ? process.stderr : null;
   const log = (line: string) => process.stderr.write(`${line}\n`);
 
@@ -310,14 +320,13 @@ async function runBenchmark(p: BenchPlan, stop: AbortSignal): Promise<number> {
     log(`warning: ${c.url}/v1/models does not list "${model}" (it lists: ${served.join(', ') || 'none'})`);
   }
 
-  const { tokenizer, source } = servedTokenizer(p, model);
+  const { tokenizer, source } = given ?? await servedTokenizer(model);
   let prompts: PromptSpec[];
   if (c.dataset === 'sharegpt') prompts = loadShareGpt(c.datasetPath as string, c.numPrompts, tokenizer);
   else if (c.dataset === 'trace') prompts = loadTrace(c.datasetPath as string, c.numPrompts, p.traceTimeScale, tokenizer, c.seed);
   else prompts = buildPrompts(c.numPrompts, c.input, c.output, c.seed, tokenizer);
   const config: BenchConfig = { ...c, model, tokenizer: source, promptTokensMean: prompts.reduce((s, x) => s + x.promptTokens, 0) / prompts.length };
-  const countTokens = (text: string) => tokenizer.encode(text, { addSpecialTokens: false }).length;
-  const target: TargetSettings = { url: c.url, endpoint: c.endpoint, model, temperature: c.temperature, seed: c.seed, ignoreEos: c.ignoreEos, timeoutMs: c.timeoutS * 1000, countTokens };
+  const target: TargetSettings = { url: c.url, endpoint: c.endpoint, model, temperature: c.temperature, seed: c.seed, ignoreEos: c.ignoreEos, timeoutMs: c.timeoutS * 1000 };
   log(`bench: ${configLine(config)}`);
 
   if (c.warmup > 0) {
