@@ -15,6 +15,8 @@ import { summarize } from '../src/bench/metrics.js';
 import { benchChartSvg, CHART_HEIGHT, CHART_WIDTH, svgToPng } from '../src/bench/chart.js';
 import { loadShareGpt, loadTrace } from '../src/bench/datasets.js';
 import type { BenchResults, RequestRecord } from '../src/bench/results.js';
+import { readFileSync } from 'node:fs';
+import { main as bench } from '../src/cli/commands/bench.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'bench-data-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -111,6 +113,32 @@ t.test('embeddings: posts the input, reads OpenAI\'s response shape, times the r
   const bad = await timedRequest(params(badUrl, { endpoint: 'embeddings' }), performance.now());
   t.equal(bad.ok, false);
   t.match(bad.error, /\/v1\/embeddings: not an OpenAI embeddings response/);
+});
+
+t.test('bench --endpoint embeddings: inputs of exact token lengths, requests/s and latency, a chart', async (t) => {
+  const inputs: string[] = [];
+  const url = await listen((body, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    if (body === '') return res.end(JSON.stringify({ object: 'list', data: [{ id: 'emb', object: 'model', created: 0, owned_by: 'test' }] }));
+    const req = JSON.parse(body) as { input: string };
+    inputs.push(req.input);
+    const n = tok.encode(req.input, { addSpecialTokens: false }).length;
+    res.end(JSON.stringify({ object: 'list', data: [{ object: 'embedding', embedding: [0.5, 0.5], index: 0 }], model: 'emb', usage: { prompt_tokens: n, total_tokens: n } }));
+  });
+  const json = join(dir, 'emb.json');
+  const svg = join(dir, 'emb.svg');
+  const code = await bench(['--url', url, '--endpoint', 'embeddings', '--tokenizer', 'models/stories260K.gguf', '--input-len', '24', '--num-prompts', '5',
+    '--concurrency', '2', '--warmup', '0', '--no-progress', '--json', json, '--svg', svg]);
+  t.equal(code, 0);
+  t.equal(inputs.length, 5);
+  t.ok(inputs.every((x) => tok.encode(x, { addSpecialTokens: false }).length === 24), 'every input is 24 tokens');
+  const res = JSON.parse(readFileSync(json, 'utf8')) as BenchResults;
+  const s = res.runs[0].summary;
+  t.equal(s.completed, 5);
+  t.equal(s.totalInputTokens, 5 * 24);
+  t.ok(s.requestThroughput > 0 && s.e2eMs !== null && s.ttftMs === null);
+  const chart = readFileSync(svg, 'utf8');
+  t.ok(chart.includes('Requests / s') && chart.includes('input 24 tokens') && chart.includes('/v1/embeddings'));
 });
 
 function results(label: string, card: string, commit: string, ttft: number): BenchResults {
