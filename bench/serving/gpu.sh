@@ -191,8 +191,9 @@ else
 fi
 say "bench: $num_prompts requests per point, sweep $sweep, $((budget - SECONDS))s left"
 step bench $((budget - SECONDS - 10)) "$out/bench.log" node bin/dynamo-sglang.js bench --url "$url" --concurrency-sweep "$sweep" \
-  --input-len 128 --output-len 128 --ignore-eos --tokenizer "$model" --num-prompts "$num_prompts" --warmup 4 --seed 0 \
-  --json "$out/sweep.json" --png "$out/sweep.png"
+  --input-len 128 --output-len 128 --ignore-eos --model-path "$model" --num-prompts "$num_prompts" --warmup 4 --seed 0 \
+  --card "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" \
+  --json "$out/sweep.json" --svg "$out/sweep.svg" --png "$out/sweep.png"
 cleanup
 server_pid=
 

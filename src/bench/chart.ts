@@ -1,62 +1,24 @@
-// The PNG chart of a concurrency sweep, drawn pixel by pixel: three panels (throughput, TTFT, TPOT) against
-// concurrency on a log scale, with axes, tick labels in the built-in bitmap font, and a legend per panel.
-import { PNG } from 'pngjs';
-import { GLYPH_ADVANCE, GLYPH_HEIGHT, glyph, textWidth } from './font.js';
-import type { RunSummary } from './results.js';
+// The benchmark chart as SVG (and PNG rendered from it by resvg): a title block (model, input/output lengths,
+// card, date, commit), then three panels against the load (concurrency, request rate or trace time scale), one
+// coloured series per benchmark run so several runs overlay for comparison, p50 solid and p99 dashed.
+import { Resvg } from '@resvg/resvg-js';
+import { LlmError } from '../errors.js';
+import type { BenchResults, LoadShape, RunSummary } from './results.js';
 
 export const CHART_WIDTH = 1200;
-export const CHART_HEIGHT = 420;
+export const CHART_HEIGHT = 560;
+const TITLE_HEIGHT = 110;
+const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#17becf'];
+const FONT = 'DejaVu Sans, Arial, Helvetica, sans-serif';
 
-type Rgb = readonly [number, number, number];
-const WHITE: Rgb = [255, 255, 255];
-const INK: Rgb = [40, 40, 40];
-const GRID: Rgb = [225, 225, 225];
-const SERIES_COLORS: readonly Rgb[] = [[31, 119, 180], [255, 127, 14]];
+/** One benchmark result file (or the run just finished) and its name in the legend. */
+export interface ChartRun {
+  label: string;
+  results: BenchResults;
+}
 
-class Canvas {
-  readonly png: PNG;
-
-  constructor(readonly width: number, readonly height: number) {
-    this.png = new PNG({ width, height });
-    this.fillRect(0, 0, width, height, WHITE);
-  }
-
-  pixel(x: number, y: number, c: Rgb): void {
-    x = Math.round(x);
-    y = Math.round(y);
-    if (x < 0 || y < 0 || x >= this.width || y >= this.height) return;
-    const i = (y * this.width + x) * 4;
-    this.png.data[i] = c[0];
-    this.png.data[i + 1] = c[1];
-    this.png.data[i + 2] = c[2];
-    this.png.data[i + 3] = 255;
-  }
-
-  fillRect(x: number, y: number, w: number, h: number, c: Rgb): void {
-    for (let yy = Math.round(y); yy < Math.round(y + h); yy++) for (let xx = Math.round(x); xx < Math.round(x + w); xx++) this.pixel(xx, yy, c);
-  }
-
-  /** A straight line `thickness` pixels wide (square brush stepped along the longer axis). */
-  line(x0: number, y0: number, x1: number, y1: number, c: Rgb, thickness = 1): void {
-    const steps = Math.max(Math.abs(x1 - x0), Math.abs(y1 - y0), 1);
-    const half = (thickness - 1) / 2;
-    for (let s = 0; s <= steps; s++) {
-      const x = x0 + ((x1 - x0) * s) / steps;
-      const y = y0 + ((y1 - y0) * s) / steps;
-      this.fillRect(x - half, y - half, thickness, thickness, c);
-    }
-  }
-
-  text(x: number, y: number, text: string, c: Rgb, scale = 1): void {
-    for (const [k, ch] of [...text].entries()) {
-      const rows = glyph(ch);
-      for (let r = 0; r < rows.length; r++) {
-        for (let col = 0; col < rows[r].length; col++) {
-          if (rows[r][col] === '#') this.fillRect(x + (k * GLYPH_ADVANCE + col) * scale, y + r * scale, scale, scale, c);
-        }
-      }
-    }
-  }
+function esc(text: string): string {
+  return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 }
 
 /** 1, 2 or 5 times a power of ten, at least `x`. */
@@ -66,97 +28,146 @@ function niceStep(x: number): number {
   return 10 * p;
 }
 
-/** Compact tick label: 0.25, 12, 350, 1.5K, 20K. */
 function tickLabel(v: number): string {
-  if (v >= 1000) return `${+(v / 1000).toFixed(v >= 10000 ? 0 : 1)}K`;
+  if (v >= 1000) return `${+(v / 1000).toFixed(v >= 10000 ? 0 : 1)}k`;
   if (v >= 10 || v === 0) return String(Math.round(v));
   return String(+v.toFixed(v >= 1 ? 1 : 3));
 }
 
-export interface SweepPoint {
-  concurrency: number;
-  summary: RunSummary;
+type LoadAxis = 'concurrency' | 'request rate (req/s)' | 'trace time scale';
+
+function loadAxis(load: LoadShape): LoadAxis {
+  if (load.traceTimeScale !== undefined) return 'trace time scale';
+  return load.requestRate !== null ? 'request rate (req/s)' : 'concurrency';
 }
 
-interface Series {
-  name: string;
-  values: (number | null)[];
+function loadX(load: LoadShape, numPrompts: number): number {
+  if (load.traceTimeScale !== undefined) return load.traceTimeScale;
+  return load.requestRate ?? load.concurrency ?? numPrompts;
 }
 
-interface Panel {
+interface Metric {
   title: string;
-  series: Series[];
+  p50: (s: RunSummary) => number | null;
+  p99: ((s: RunSummary) => number | null) | null;
 }
 
-function drawPanel(cv: Canvas, left: number, width: number, panel: Panel, xs: number[]): void {
-  const plot = { x: left + 64, y: 58, w: width - 64 - 20, h: CHART_HEIGHT - 58 - 50 };
-  cv.text(left + 12, 10, panel.title, INK, 2);
-  let lx = plot.x;
-  for (const [k, s] of panel.series.entries()) {
-    const color = SERIES_COLORS[k % SERIES_COLORS.length];
-    cv.fillRect(lx, 36, 14, 7, color);
-    cv.text(lx + 18, 36, s.name, INK);
-    lx += 18 + textWidth(s.name, 1) + 16;
+function panelsFor(embeddings: boolean): Metric[] {
+  if (embeddings) {
+    return [
+      { title: 'Requests / s', p50: (s) => (s.completed ? s.requestThroughput : null), p99: null },
+      { title: 'Latency p50, p99 (ms)', p50: (s) => s.e2eMs?.p50 ?? null, p99: (s) => s.e2eMs?.p99 ?? null },
+      { title: 'Input tokens / s', p50: (s) => (s.completed ? s.totalThroughput : null), p99: null },
+    ];
   }
+  return [
+    { title: 'Output tokens / s', p50: (s) => (s.completed ? s.outputThroughput : null), p99: null },
+    { title: 'TTFT p50, p99 (ms)', p50: (s) => s.ttftMs?.p50 ?? null, p99: (s) => s.ttftMs?.p99 ?? null },
+    { title: 'ITL p50, p99 (ms)', p50: (s) => s.itlMs?.p50 ?? null, p99: (s) => s.itlMs?.p99 ?? null },
+  ];
+}
 
-  const finite = panel.series.flatMap((s) => s.values).filter((v): v is number => v !== null && Number.isFinite(v));
-  const top = Math.max(...finite, 0);
+function lengths(r: BenchResults): string {
+  const c = r.config;
+  if (c.dataset !== 'random') return `${c.dataset} dataset ${c.datasetPath ?? ''}`.trim();
+  const range = (l: { len: number; ratio: number }) => (l.ratio < 1 ? `${Math.max(1, Math.floor(l.len * l.ratio))}-${l.len}` : String(l.len));
+  return c.endpoint === 'embeddings' ? `input ${range(c.input)} tokens` : `input ${range(c.input)} / output ${range(c.output)} tokens`;
+}
+
+/** What a run is, in one line: model, lengths, card, date, commit. */
+export function describeRun(r: BenchResults): string {
+  return [
+    `model ${r.config.model}`,
+    lengths(r),
+    `card ${r.card ?? 'not given'}`,
+    r.date.slice(0, 16).replace('T', ' '),
+    `commit ${r.commit ?? 'unknown'}`,
+  ].join(' · ');
+}
+
+function panelSvg(x0: number, width: number, metric: Metric, runs: readonly ChartRun[], axis: LoadAxis): string {
+  const plot = { x: x0 + 70, y: TITLE_HEIGHT + 40, w: width - 70 - 24, h: CHART_HEIGHT - TITLE_HEIGHT - 40 - 60 };
+  const out: string[] = [`<text x="${x0 + 16}" y="${TITLE_HEIGHT + 22}" font-size="16" font-weight="bold">${esc(metric.title)}</text>`];
+  const points = runs.map((r) => r.results.runs.map((p) => ({
+    x: loadX(p.load, r.results.config.numPrompts),
+    p50: metric.p50(p.summary),
+    p99: metric.p99 ? metric.p99(p.summary) : null,
+  })).sort((a, b) => a.x - b.x));
+  const xs = [...new Set(points.flat().map((p) => p.x))].sort((a, b) => a - b);
+  const values = points.flat().flatMap((p) => [p.p50, p.p99]).filter((v): v is number => v !== null && Number.isFinite(v));
+  const top = Math.max(...values, 0);
   const step = niceStep(top > 0 ? (top * 1.05) / 5 : 1);
   const yMax = step * Math.max(1, Math.ceil((top * 1.05) / step));
   const yPix = (v: number) => plot.y + plot.h - (v / yMax) * plot.h;
-
-  // x: log2 of concurrency, so 1, 4, 16, 64, 256 are evenly spaced; a single point sits in the middle
   const logs = xs.map((x) => Math.log2(x));
   const lo = Math.min(...logs);
   const hi = Math.max(...logs);
-  const xPix = (x: number) => (hi === lo ? plot.x + plot.w / 2 : plot.x + 12 + ((Math.log2(x) - lo) / (hi - lo)) * (plot.w - 24));
+  const xPix = (x: number) => (hi === lo ? plot.x + plot.w / 2 : plot.x + 14 + ((Math.log2(x) - lo) / (hi - lo)) * (plot.w - 28));
 
   for (let v = 0; v <= yMax + step / 2; v += step) {
-    const y = Math.round(yPix(v));
-    cv.line(plot.x, y, plot.x + plot.w, y, GRID);
-    cv.line(plot.x - 4, y, plot.x, y, INK);
-    const label = tickLabel(v);
-    cv.text(plot.x - 8 - textWidth(label, 1), y - Math.floor(GLYPH_HEIGHT / 2), label, INK);
+    const y = yPix(v).toFixed(1);
+    out.push(`<line x1="${plot.x}" y1="${y}" x2="${plot.x + plot.w}" y2="${y}" stroke="#e3e3e3"/>`);
+    out.push(`<text x="${plot.x - 8}" y="${y}" font-size="12" text-anchor="end" dominant-baseline="middle">${tickLabel(v)}</text>`);
   }
   for (const x of xs) {
-    const px = Math.round(xPix(x));
-    cv.line(px, plot.y + plot.h, px, plot.y + plot.h + 4, INK);
-    const label = String(x);
-    cv.text(px - Math.floor(textWidth(label, 1) / 2), plot.y + plot.h + 9, label, INK);
+    const px = xPix(x).toFixed(1);
+    out.push(`<line x1="${px}" y1="${plot.y + plot.h}" x2="${px}" y2="${plot.y + plot.h + 5}" stroke="#333"/>`);
+    out.push(`<text x="${px}" y="${plot.y + plot.h + 20}" font-size="12" text-anchor="middle">${tickLabel(x)}</text>`);
   }
-  cv.line(plot.x, plot.y, plot.x, plot.y + plot.h, INK);
-  cv.line(plot.x, plot.y + plot.h, plot.x + plot.w, plot.y + plot.h, INK);
-  const xTitle = 'CONCURRENCY';
-  cv.text(plot.x + Math.floor((plot.w - textWidth(xTitle, 1)) / 2), plot.y + plot.h + 28, xTitle, INK);
+  out.push(`<path d="M${plot.x} ${plot.y}V${plot.y + plot.h}H${plot.x + plot.w}" fill="none" stroke="#333"/>`);
+  out.push(`<text x="${plot.x + plot.w / 2}" y="${plot.y + plot.h + 42}" font-size="13" text-anchor="middle">${esc(axis)}</text>`);
 
-  for (const [k, s] of panel.series.entries()) {
-    const color = SERIES_COLORS[k % SERIES_COLORS.length];
-    let prev: [number, number] | null = null;
-    for (const [i, v] of s.values.entries()) {
-      if (v === null || !Number.isFinite(v)) {
-        prev = null;
-        continue;
-      }
-      const p: [number, number] = [xPix(xs[i]), yPix(v)];
-      if (prev) cv.line(prev[0], prev[1], p[0], p[1], color, 2);
-      cv.fillRect(p[0] - 3, p[1] - 3, 7, 7, color);
-      prev = p;
+  for (const [k, run] of runs.entries()) {
+    const color = COLORS[k % COLORS.length];
+    const series: string[] = [];
+    for (const [which, dash] of [['p50', ''], ['p99', ' stroke-dasharray="6 4"']] as const) {
+      const pts = points[k].filter((p) => p[which] !== null && Number.isFinite(p[which])).map((p) => [xPix(p.x), yPix(p[which] as number)]);
+      if (pts.length === 0) continue;
+      series.push(`<polyline points="${pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(' ')}" fill="none" stroke="${color}" stroke-width="2"${dash}/>`);
+      for (const [x, y] of pts) series.push(`<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="3.5" fill="${which === 'p50' ? color : '#fff'}" stroke="${color}"/>`);
     }
+    out.push(`<g class="series" data-run="${esc(run.label)}">${series.join('')}</g>`);
   }
+  return out.join('\n');
 }
 
-/** PNG bytes of the sweep chart; points are drawn in ascending concurrency. */
-export function sweepChartPng(points: readonly SweepPoint[]): Buffer {
-  const sorted = [...points].sort((a, b) => a.concurrency - b.concurrency);
-  const xs = sorted.map((p) => p.concurrency);
-  const pick = (f: (s: RunSummary) => number | null | undefined) => sorted.map((p) => f(p.summary) ?? null);
-  const panels: Panel[] = [
-    { title: 'THROUGHPUT (TOK/S)', series: [{ name: 'OUTPUT', values: pick((s) => (s.completed ? s.outputThroughput : null)) }, { name: 'TOTAL', values: pick((s) => (s.completed ? s.totalThroughput : null)) }] },
-    { title: 'TTFT (MS)', series: [{ name: 'P50', values: pick((s) => s.ttftMs?.p50) }, { name: 'P99', values: pick((s) => s.ttftMs?.p99) }] },
-    { title: 'TPOT (MS)', series: [{ name: 'P50', values: pick((s) => s.tpotMs?.p50) }, { name: 'P99', values: pick((s) => s.tpotMs?.p99) }] },
+/** The SVG document of one or more benchmark runs overlaid. */
+export function benchChartSvg(runs: readonly ChartRun[]): string {
+  if (runs.length === 0) throw new LlmError('LLM_ERR_CONFIG', 'a chart needs at least one benchmark run');
+  const axes = new Set(runs.flatMap((r) => r.results.runs.map((p) => loadAxis(p.load))));
+  if (axes.size > 1) throw new LlmError('LLM_ERR_CONFIG', `cannot overlay runs whose load is measured differently (${[...axes].join(', ')}): compare concurrency with concurrency, request rate with request rate`);
+  const embeddings = runs.map((r) => r.results.config.endpoint === 'embeddings');
+  if (embeddings.some((e) => e !== embeddings[0])) throw new LlmError('LLM_ERR_CONFIG', 'cannot overlay an embeddings benchmark with a generation benchmark');
+  const axis = [...axes][0];
+  const first = runs[0].results;
+  const models = [...new Set(runs.map((r) => r.results.config.model))];
+  const title = `dynamo-sglang bench: ${models.join(' vs ')} (/v1/${first.config.endpoint === 'chat' ? 'chat/completions' : first.config.endpoint})`;
+  const parts: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${CHART_WIDTH}" height="${CHART_HEIGHT}" viewBox="0 0 ${CHART_WIDTH} ${CHART_HEIGHT}" font-family="${FONT}" fill="#222">`,
+    `<rect width="100%" height="100%" fill="#fff"/>`,
+    `<text x="16" y="28" font-size="20" font-weight="bold">${esc(title)}</text>`,
   ];
-  const cv = new Canvas(CHART_WIDTH, CHART_HEIGHT);
+  // legend: one line per run, saying what it is
+  const legendRows = runs.slice(0, 4);
+  for (const [k, run] of legendRows.entries()) {
+    const y = 52 + k * 18;
+    parts.push(`<rect x="16" y="${y - 10}" width="14" height="10" fill="${COLORS[k % COLORS.length]}"/>`);
+    parts.push(`<text x="36" y="${y}" font-size="13"><tspan font-weight="bold">${esc(run.label)}</tspan>: ${esc(describeRun(run.results))}</text>`);
+  }
+  if (runs.length > legendRows.length) {
+    const rest = runs.slice(legendRows.length).map((r, k) => `<tspan fill="${COLORS[(k + legendRows.length) % COLORS.length]}">■</tspan> ${esc(r.label)}`).join('  ');
+    parts.push(`<text x="16" y="${52 + 4 * 18}" font-size="13">${rest}</text>`);
+  }
+  const panels = panelsFor(embeddings[0]);
   const panelWidth = CHART_WIDTH / panels.length;
-  panels.forEach((panel, k) => drawPanel(cv, k * panelWidth, panelWidth, panel, xs));
-  return PNG.sync.write(cv.png);
+  panels.forEach((m, k) => parts.push(panelSvg(k * panelWidth, panelWidth, m, runs, axis)));
+  parts.push(`<text x="${CHART_WIDTH - 16}" y="${CHART_HEIGHT - 8}" font-size="11" text-anchor="end" fill="#666">solid: p50 · dashed: p99</text>`);
+  parts.push('</svg>');
+  return `${parts.join('\n')}\n`;
+}
+
+/** PNG bytes of an SVG chart, rendered with the system's fonts. */
+export function svgToPng(svg: string): Buffer {
+  const resvg = new Resvg(svg, { font: { loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans' }, background: '#ffffff' });
+  return resvg.render().asPng();
 }

@@ -1,11 +1,18 @@
 // One streamed OpenAI request, timed: when each content-bearing SSE chunk arrived, what the final usage chunk
 // said, or why the request failed. Works against any OpenAI-compatible server (ours, vLLM, SGLang, llama.cpp).
+// ITL is per token: the SSE events that arrive in one network read carry k tokens between them (by the
+// cumulative usage when the server streams it with every chunk, else one per content event: OpenAI-compatible
+// servers send one event per token otherwise), and the gap since the previous read is spread over those k
+// tokens, so coalesced chunks never read as 0 ms gaps. (Re-encoding a chunk's text locally is no count: one
+// decoded token often re-encodes to two.)
+// Embeddings requests (/v1/embeddings) are not streamed: one latency per request.
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { LlmError } from '../errors.js';
 import type { RequestRecord } from './results.js';
 
-export type Endpoint = 'completions' | 'chat';
+export type Endpoint = 'completions' | 'chat' | 'embeddings';
+
 
 /** The parts of a streamed chunk the benchmark reads; everything else is ignored. */
 const UsageSchema = Type.Object({ prompt_tokens: Type.Optional(Type.Integer()), completion_tokens: Type.Optional(Type.Integer()) });
@@ -118,8 +125,58 @@ function chunkText(chunk: Chunk): string {
   return text;
 }
 
-/** Sends one streamed request and times it; never throws (a failure is a record with ok=false). `stop` aborts it. */
+// OpenAI's embeddings response: a list of {object, embedding, index}, the model and the usage.
+const EmbeddingsResponseSchema = Type.Object({
+  object: Type.Literal('list'),
+  data: Type.Array(Type.Object({
+    object: Type.Literal('embedding'),
+    embedding: Type.Union([Type.Array(Type.Number()), Type.String()]),
+    index: Type.Integer({ minimum: 0 }),
+  }), { minItems: 1 }),
+  model: Type.String(),
+  usage: Type.Object({ prompt_tokens: Type.Integer({ minimum: 0 }), total_tokens: Type.Integer({ minimum: 0 }) }),
+});
+
+async function timedEmbedding(p: RequestParams, benchStart: number, stop?: AbortSignal): Promise<RequestRecord> {
+  const where = `${p.url}/v1/embeddings`;
+  const t0 = performance.now();
+  const record: RequestRecord = {
+    ok: false, error: null, startMs: t0 - benchStart, ttftMs: null, e2eMs: null, itlMs: [],
+    promptTokens: null, outputTokens: 0, outputTokensFrom: 'usage',
+  };
+  const fail = (message: string): RequestRecord => ({ ...record, error: message });
+  const signal = stop ? AbortSignal.any([AbortSignal.timeout(p.timeoutMs), stop]) : AbortSignal.timeout(p.timeoutMs);
+  let res: Response;
+  let body: string;
+  try {
+    res = await fetch(where, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: p.model, input: p.prompt, encoding_format: 'float' }),
+      signal,
+    });
+    body = await res.text();
+  } catch (err) {
+    return fail(describeFetchError(err, where, p.timeoutMs));
+  }
+  const e2eMs = performance.now() - t0;
+  if (!res.ok) return fail(`POST ${where}: ${errorText(res.status, body)}`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    return fail(`POST ${where}: the response is not JSON: ${short(body) || '(empty body)'}`);
+  }
+  if (!Value.Check(EmbeddingsResponseSchema, parsed)) {
+    const first = Value.Errors(EmbeddingsResponseSchema, parsed).First();
+    return fail(`POST ${where}: not an OpenAI embeddings response (${first ? `${first.path || '/'}: ${first.message}` : 'unexpected shape'}): ${short(body)}`);
+  }
+  return { ...record, ok: true, e2eMs, promptTokens: parsed.usage.prompt_tokens };
+}
+
+/** Sends one request and times it; never throws (a failure is a record with ok=false). `stop` aborts it. */
 export async function timedRequest(p: RequestParams, benchStart: number, stop?: AbortSignal): Promise<RequestRecord> {
+  if (p.endpoint === 'embeddings') return timedEmbedding(p, benchStart, stop);
   const path = p.endpoint === 'chat' ? '/v1/chat/completions' : '/v1/completions';
   const where = `${p.url}${path}`;
   const t0 = performance.now();
@@ -150,15 +207,18 @@ export async function timedRequest(p: RequestParams, benchStart: number, stop?: 
     return fail(`POST ${where}: expected an SSE stream (content-type text/event-stream), got ${type || 'no content-type'}: ${short(body)}`);
   }
 
-  let chunks = 0;
+  let tokens = 0;
   let last = t0;
   let done = false;
   let pending = '';
+  // cumulative completion_tokens of the last usage seen mid-stream (continuous usage stats), if any
+  let usageSoFar: number | null = null;
   const decoder = new TextDecoder();
   try {
     for await (const bytes of res.body) {
       const now = performance.now();
       pending += decoder.decode(bytes as Uint8Array, { stream: true });
+      let inRead = 0;
       let cut: number;
       while ((cut = pending.search(/\r?\n\r?\n/)) >= 0) {
         const event = pending.slice(0, cut);
@@ -179,25 +239,36 @@ export async function timedRequest(p: RequestParams, benchStart: number, stop?: 
         if (!Value.Check(ChunkSchema, parsed) || (parsed.choices === undefined && !parsed.usage)) {
           return fail(`POST ${where}: SSE event is not an OpenAI ${p.endpoint === 'chat' ? 'chat.completion.chunk' : 'completion chunk'} (needs a "choices" array or "usage"): ${short(data)}`);
         }
+        const text = chunkText(parsed);
+        let fromUsage: number | null = null;
         if (parsed.usage) {
           if (parsed.usage.completion_tokens !== undefined) {
             record.outputTokens = parsed.usage.completion_tokens;
             record.outputTokensFrom = 'usage';
+            if (text !== '') fromUsage = parsed.usage.completion_tokens - (usageSoFar ?? 0);
+            usageSoFar = parsed.usage.completion_tokens;
           }
           if (parsed.usage.prompt_tokens !== undefined) record.promptTokens = parsed.usage.prompt_tokens;
         }
-        if (chunkText(parsed) === '') continue;
-        if (record.ttftMs === null) record.ttftMs = now - t0;
-        else record.itlMs.push(now - last);
-        last = now;
-        chunks++;
+        if (text === '') continue;
+        inRead += Math.max(1, fromUsage ?? 1);
       }
+      if (inRead === 0) continue;
+      if (record.ttftMs === null) {
+        // tokens that came with the first one have no gap of their own to measure
+        record.ttftMs = now - t0;
+      } else {
+        const gap = (now - last) / inRead;
+        for (let k = 0; k < inRead; k++) record.itlMs.push(gap);
+      }
+      last = now;
+      tokens += inRead;
     }
   } catch (err) {
     return fail(`POST ${where}: stream broke off: ${(err as Error).name === 'TimeoutError' ? `timed out after ${p.timeoutMs / 1000} s` : (err as Error).message}`);
   }
   if (!done) return fail(`POST ${where}: stream ended without "data: [DONE]"`);
   if (record.ttftMs === null) return fail(`POST ${where}: stream carried no generated text`);
-  if (record.outputTokensFrom === 'chunks') record.outputTokens = chunks;
+  if (record.outputTokensFrom === 'chunks') record.outputTokens = tokens;
   return { ...record, ok: true, e2eMs: performance.now() - t0 };
 }

@@ -33,7 +33,7 @@ export function summarize(records: readonly RequestRecord[], durationS: number, 
     }
   });
   const totalOutput = ok.reduce((s, r) => s + r.outputTokens, 0);
-  const tpot = ok.filter((r) => r.outputTokens > 1).map((r) => ((r.e2eMs as number) - (r.ttftMs as number)) / (r.outputTokens - 1));
+  const tpot = ok.filter((r) => r.outputTokens > 1 && r.ttftMs !== null).map((r) => ((r.e2eMs as number) - (r.ttftMs as number)) / (r.outputTokens - 1));
   const errors = new Map<string, number>();
   for (const r of records) if (!r.ok && r.error !== null) errors.set(r.error, (errors.get(r.error) ?? 0) + 1);
   return {
@@ -46,7 +46,7 @@ export function summarize(records: readonly RequestRecord[], durationS: number, 
     totalInputTokens: totalInput,
     totalOutputTokens: totalOutput,
     inputTokensFromUsage: fromUsage,
-    ttftMs: distribution(ok.map((r) => r.ttftMs as number)),
+    ttftMs: distribution(ok.flatMap((r) => (r.ttftMs === null ? [] : [r.ttftMs]))),
     tpotMs: distribution(tpot),
     itlMs: distribution(ok.flatMap((r) => r.itlMs)),
     e2eMs: distribution(ok.map((r) => r.e2eMs as number)),

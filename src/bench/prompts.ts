@@ -1,34 +1,21 @@
-// The random dataset: one prompt and one output budget per request. With a tokenizer, prompts are decoded from
-// random token ids and trimmed until they re-encode to exactly the asked length; without one they are random
-// common words (about one token each for large vocabularies) and the real count comes back in `usage`.
+// The random dataset: one prompt and one output budget per request. Prompts are decoded from random token ids of
+// the served model's tokenizer and trimmed until they re-encode to exactly the asked length.
 import type { Tokenizer } from '../tokenizer/index.js';
 import { Rng } from './random.js';
 import type { LengthSpec } from './results.js';
 
 export interface PromptSpec {
   prompt: string;
-  /** Token count of the prompt by the local tokenizer; null without one (the server's usage tells). */
-  promptTokens: number | null;
+  /** Token count of the prompt by the local tokenizer. */
+  promptTokens: number;
   maxTokens: number;
+  /** Replaying a trace: ms after the run's start to send it; null = as the load shape says. */
+  arrivalMs: number | null;
 }
-
-const WORDS = (
-  'the a an and of to in is was it he she they we you that with for on at by from as but or not all one two ' +
-  'day time little big small good happy sad old new girl boy dog cat bird tree sun moon sky park ball toy ' +
-  'house car road river sea fish book story friend mom dad play run jump walk look see saw find found make ' +
-  'made said went came want loved liked very too so then when after before because there here where ' +
-  'red blue green yellow fast slow warm cold home school garden flower apple cake milk rain snow wind light'
-).split(' ');
 
 function sampleLength(spec: LengthSpec, rng: Rng): number {
   if (spec.ratio >= 1) return spec.len;
   return rng.int(Math.max(1, Math.floor(spec.len * spec.ratio)), spec.len);
-}
-
-function wordsPrompt(n: number, rng: Rng): string {
-  const out: string[] = [];
-  for (let i = 0; i < n; i++) out.push(WORDS[rng.int(0, WORDS.length - 1)]);
-  return out.join(' ');
 }
 
 /** Text that re-encodes to exactly `n` tokens when the tokenizer allows it, else the closest found. */
@@ -48,7 +35,11 @@ function tokenPrompt(n: number, tokenizer: Tokenizer, usable: readonly number[],
 }
 
 /** Ids that decode to plain text: no control tokens, no byte-fallback pieces, nothing that decodes to nothing. */
+const usableCache = new WeakMap<Tokenizer, number[]>();
+
 function usableIds(tokenizer: Tokenizer): number[] {
+  const cached = usableCache.get(tokenizer);
+  if (cached) return cached;
   const ids: number[] = [];
   for (let id = 0; id < tokenizer.vocabSize; id++) {
     if (tokenizer.specialTokenIds.has(id)) continue;
@@ -56,22 +47,23 @@ function usableIds(tokenizer: Tokenizer): number[] {
     if (tokenizer.tokenBytes(id).length === 0) continue;
     ids.push(id);
   }
+  usableCache.set(tokenizer, ids);
   return ids;
 }
 
-export function buildPrompts(count: number, input: LengthSpec, output: LengthSpec, seed: number, tokenizer: Tokenizer | null): PromptSpec[] {
+/** Random text of exactly `n` tokens by `tokenizer` where it allows it, else the closest found. */
+export function exactPrompt(n: number, tokenizer: Tokenizer, rng: Rng): { text: string; tokens: number } {
+  return tokenPrompt(n, tokenizer, usableIds(tokenizer), rng);
+}
+
+export function buildPrompts(count: number, input: LengthSpec, output: LengthSpec, seed: number, tokenizer: Tokenizer): PromptSpec[] {
   const rng = new Rng(seed);
-  const usable = tokenizer ? usableIds(tokenizer) : [];
   const prompts: PromptSpec[] = [];
   for (let i = 0; i < count; i++) {
     const inLen = sampleLength(input, rng);
     const maxTokens = sampleLength(output, rng);
-    if (tokenizer) {
-      const p = tokenPrompt(inLen, tokenizer, usable, rng);
-      prompts.push({ prompt: p.text, promptTokens: p.tokens, maxTokens });
-    } else {
-      prompts.push({ prompt: wordsPrompt(inLen, rng), promptTokens: null, maxTokens });
-    }
+    const p = exactPrompt(inLen, tokenizer, rng);
+    prompts.push({ prompt: p.text, promptTokens: p.tokens, maxTokens, arrivalMs: null });
   }
   return prompts;
 }

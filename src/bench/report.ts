@@ -3,6 +3,9 @@
 import type { BenchConfig, Distribution, LengthSpec, LoadShape, RunSummary } from './results.js';
 
 export function describeLoad(load: LoadShape): string {
+  if (load.traceTimeScale !== undefined) {
+    return `trace replay at ${load.traceTimeScale}x recorded gaps${load.concurrency !== null ? `, at most ${load.concurrency} in flight` : ''}`;
+  }
   if (load.requestRate !== null) {
     return `request rate ${load.requestRate} req/s (Poisson)${load.concurrency !== null ? `, at most ${load.concurrency} in flight` : ''}`;
   }
@@ -60,6 +63,8 @@ export function sweepTable(runs: readonly { load: LoadShape; summary: RunSummary
 export function configLine(c: BenchConfig): string {
   const range = (l: LengthSpec) => (l.ratio < 1 ? `${Math.max(1, Math.floor(l.len * l.ratio))}..${l.len}` : String(l.len));
   const lens = `input ${range(c.input)} tokens, output ${range(c.output)}`;
-  const prompt = c.tokenizer ? `tokens by ${c.tokenizer}` : 'random words, approximate token counts';
-  return `model "${c.model}" at ${c.url} (/v1/${c.endpoint === 'chat' ? 'chat/completions' : 'completions'}); ${c.numPrompts} prompts, ${lens} (${prompt}); temperature ${c.temperature}, seed ${c.seed}${c.ignoreEos ? ', ignore_eos' : ''}, ${c.warmup} warm-up`;
+  const prompt = `tokens counted by ${c.tokenizer ?? 'the server'}`;
+  const path = c.endpoint === 'chat' ? 'chat/completions' : c.endpoint;
+  const data = c.dataset === 'random' ? lens : `${c.dataset} ${c.datasetPath ?? ''}`.trim();
+  return `model "${c.model}" at ${c.url} (/v1/${path}); ${c.numPrompts} prompts, ${data} (${prompt}); temperature ${c.temperature}, seed ${c.seed}${c.ignoreEos ? ', ignore_eos' : ''}, ${c.warmup} warm-up`;
 }

@@ -18,7 +18,7 @@ export const RequestRecordSchema = Type.Object({
   startMs: Type.Number({ description: 'ms from the run start to sending the request' }),
   ttftMs: Nullable(Type.Number()),
   e2eMs: Nullable(Type.Number()),
-  itlMs: Type.Array(Type.Number(), { description: 'gaps between consecutive content-bearing chunks' }),
+  itlMs: Type.Array(Type.Number(), { description: 'per-token gaps: the time between network reads spread over the tokens that read carried' }),
   promptTokens: Type.Union([Type.Integer(), Type.Null()], { description: 'from the usage chunk; null without one' }),
   outputTokens: Type.Integer({ minimum: 0 }),
   outputTokensFrom: Type.Union([Type.Literal('usage'), Type.Literal('chunks')]),
@@ -48,6 +48,7 @@ export type RunSummary = Static<typeof RunSummarySchema>;
 export const LoadShapeSchema = Type.Object({
   concurrency: Type.Union([Type.Integer({ minimum: 1 }), Type.Null()], { description: 'null = unbounded' }),
   requestRate: Type.Union([Type.Number({ exclusiveMinimum: 0 }), Type.Null()], { description: 'Poisson req/s; null = as fast as slots free up' }),
+  traceTimeScale: Type.Optional(Type.Number({ exclusiveMinimum: 0, description: 'replaying a trace: recorded gaps times this factor' })),
 });
 export type LoadShape = Static<typeof LoadShapeSchema>;
 
@@ -58,12 +59,13 @@ export type LengthSpec = Static<typeof LengthSpecSchema>;
 export const BenchConfigSchema = Type.Object({
   url: Type.String(),
   model: Type.String(),
-  endpoint: Type.Union([Type.Literal('completions'), Type.Literal('chat')]),
-  dataset: Type.Literal('random'),
+  endpoint: Type.Union([Type.Literal('completions'), Type.Literal('chat'), Type.Literal('embeddings')]),
+  dataset: Type.Union([Type.Literal('random'), Type.Literal('sharegpt'), Type.Literal('trace')]),
+  datasetPath: Type.Optional(Type.Union([Type.String(), Type.Null()])),
   numPrompts: Type.Integer({ minimum: 1 }),
   input: LengthSpecSchema,
   output: LengthSpecSchema,
-  tokenizer: Type.Union([Type.String(), Type.Null()]),
+  tokenizer: Type.Union([Type.String(), Type.Null()], { description: 'where prompt tokens were counted (a tokenizer or model path)' }),
   ignoreEos: Type.Boolean(),
   temperature: Type.Number(),
   seed: Type.Integer(),
@@ -79,6 +81,9 @@ export const BenchResultsSchema = Type.Object(
     tool: Type.Literal('dynamo-sglang bench'),
     version: Type.String(),
     date: Type.String({ description: 'ISO time the benchmark started' }),
+    label: Type.Optional(Type.String({ description: 'the name of this run in charts (--label)' })),
+    card: Type.Optional(Type.Union([Type.String(), Type.Null()], { description: 'the accelerator or machine of the server (--card)' })),
+    commit: Type.Optional(Type.Union([Type.String(), Type.Null()], { description: 'git commit of the bench\'s checkout, when it is one' })),
     config: BenchConfigSchema,
     runs: Type.Array(
       Type.Object({

@@ -1,5 +1,6 @@
 // Runs one benchmark point: a fixed list of prompts sent either with at most N in flight (closed loop) or on
-// seeded Poisson arrivals at R requests/s (open loop, optionally capped at N in flight), all at once when neither.
+// seeded Poisson arrivals at R requests/s (open loop, optionally capped at N in flight), at a trace's recorded
+// times, or all at once when none of these.
 // A stop signal (Ctrl-C) ends the point early: nothing new is sent, requests in flight are aborted and left out.
 import { setTimeout as delay } from 'node:timers/promises';
 import { timedRequest, type Endpoint } from './client.js';
@@ -72,7 +73,10 @@ export async function runLoad(
   const inFlight: Promise<void>[] = [];
   let nextArrival = 0;
   for (const [i, p] of prompts.entries()) {
-    if (load.requestRate !== null) {
+    if (p.arrivalMs !== null) {
+      const wait = start + p.arrivalMs - performance.now();
+      if (wait > 0) await sleep(wait, stop);
+    } else if (load.requestRate !== null) {
       // Arrival times are fixed in advance from the seed, so a slow server does not thin out the load.
       if (i > 0) nextArrival += rng.exponential(load.requestRate) * 1000;
       const wait = start + nextArrival - performance.now();

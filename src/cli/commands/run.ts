@@ -38,7 +38,7 @@ function splitArgv(argv: string[]): { frontend: string[]; worker: string[] } {
   return { frontend, worker };
 }
 
-async function bundledModel(): Promise<string> {
+export async function bundledModel(): Promise<string> {
   const { existsSync } = await import('node:fs');
   return existsSync(BUNDLED_MODEL) ? BUNDLED_MODEL : BUNDLED_MODEL_FROM_SOURCE;
 }
