@@ -27,6 +27,7 @@ t.test('only modelPath given: the flag table\'s defaults, the worker\'s choices 
     nnodes: 1,
     nodeRank: 0,
     distInitAddr: null,
+    disableCustomAllReduce: false,
     numPages: null,
     ...ACTOR_DEFAULTS,
   });
