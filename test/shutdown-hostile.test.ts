@@ -1,7 +1,11 @@
-// SIGTERM ends `run` within its drain timeout even while hostile requests are being handled (a ~100 KB request of
+// SIGTERM ends `run`, and a distributed `frontend` and `start`, within its drain timeout even while hostile requests are being handled (a ~100 KB request of
 // 20,000 prompts with n = 16, 64,000 choices, 5 MB prompts), and health is answered while they run. A real process.
 import t from 'tap';
-import { startCli } from './helpers/cli-process.js';
+import { fileURLToPath } from 'node:url';
+import { frontendReady, startCli } from './helpers/cli-process.js';
+import { startEtcd } from './helpers/services.js';
+
+const MODEL = fileURLToPath(new URL('../models/stories260K.gguf', import.meta.url));
 
 function hostileBodies(): string[] {
   const many = JSON.stringify({ model: 'stories260K', prompt: Array.from({ length: 20_000 }, () => 'a'), n: 16, max_tokens: 1 });
@@ -37,4 +41,27 @@ t.test('SIGTERM ends run while the hostile set is in flight; health answers mean
   const exit = await p.exited; // bounded by the test's timeout and the process's own drain bound
   await Promise.all(inFlight);
   t.equal(exit.code, 0, `a clean exit (stderr: ${p.stderr().slice(-2000)})`);
+});
+
+t.test('SIGTERM ends a distributed frontend and worker while the hostile set is in flight', async (t) => {
+  const etcd = await startEtcd();
+  t.teardown(() => etcd.stop());
+  const discovery = ['--discovery-backend', 'etcd', '--etcd-endpoints', `http://${etcd.endpoint}`, '--namespace', 'hostile'];
+  const worker = startCli(['start', '--model-path', MODEL, '--served-model-name', 'stories260K', '--device', 'cpu', '--cpu-threads', '1', ...discovery,
+    '--request-plane', 'tcp', '--tcp-rpc-host', '127.0.0.1', '--system-port', '0', '--system-host', '127.0.0.1', '--graceful-shutdown-grace-period', '2']);
+  t.teardown(() => worker.kill('SIGKILL'));
+  const frontend = startCli(['frontend', '--http-port', '0', '--http-host', '127.0.0.1', ...discovery]);
+  t.teardown(() => frontend.kill('SIGKILL'));
+  const url = await frontendReady(frontend, 'stories260K');
+
+  const inFlight = hostileBodies().map((body) =>
+    fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body }).catch(() => null),
+  );
+  t.equal((await fetch(`${url}/health`)).status, 200, 'health answered while the hostile set ran');
+  frontend.kill('SIGTERM');
+  worker.kill('SIGTERM');
+  const [fe, w] = await Promise.all([frontend.exited, worker.exited]);
+  await Promise.all(inFlight);
+  t.equal(fe.code, 0, `the frontend exits cleanly (stderr: ${frontend.stderr().slice(-2000)})`);
+  t.equal(w.code, 0, `the worker exits cleanly (stderr: ${worker.stderr().slice(-2000)})`);
 });
