@@ -36,15 +36,15 @@ t.test('hostile shapes get their specific errors while /health keeps answering',
   const base = `http://127.0.0.1:${server.port}`;
   const post = (path: string, body: string) => fetch(base + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
 
-  // /health polled the whole time: every probe must be answered, none may wait long (a generous bound)
+  // /health polled the whole time: every probe must be answered (how long the event loop blocks is measured by
+  // bench/hostile/event-loop.ts, not asserted here: no timings in tests)
   let polling = true;
-  const probes: { status: number; ms: number }[] = [];
+  const probes: { status: number }[] = [];
   const poller = (async () => {
     while (polling) {
-      const start = Date.now();
       const r = await fetch(`${base}/health`);
       await r.text();
-      probes.push({ status: r.status, ms: Date.now() - start });
+      probes.push({ status: r.status });
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   })();
@@ -79,7 +79,6 @@ t.test('hostile shapes get their specific errors while /health keeps answering',
 
   t.ok(probes.length > 0, 'health was probed');
   t.ok(probes.every((p) => p.status === 200), 'every health probe answered 200');
-  t.ok(Math.max(...probes.map((p) => p.ms)) < 2000, `health answered within 2 s each (slowest ${Math.max(...probes.map((p) => p.ms))} ms)`);
 });
 
 t.test('a body over the limit is a 413 naming the limit', async (t) => {

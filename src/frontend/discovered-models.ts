@@ -11,7 +11,7 @@ import type { Discovery, RecordWatch } from '../runtime/discovery/index.js';
 import { EndpointClient, DisconnectedError, type RoutingMode } from '../runtime/client.js';
 import { ResponseServer } from '../runtime/request-plane/response-server.js';
 import { NatsRequestClient } from '../runtime/request-plane/nats.js';
-import type { ModelRecord } from '../protocol/discovery.js';
+import type { InstanceRecord, ModelRecord } from '../protocol/discovery.js';
 import { modelTypeFromWire, ModelTypeFlag } from '../protocol/mdc.js';
 import type { PreprocessedRequest } from '../protocol/request.js';
 import type { LlmResponseChunk } from '../protocol/response.js';
@@ -35,6 +35,7 @@ import { encodeWireJson } from '../protocol/transport.js';
 import type { WireProfile } from '../protocol/wire-profile.js';
 import { wireProfileFromEnv } from '../runtime/wire-profile.js';
 import { acquireTokenizerPool, releaseTokenizerPool } from './tokenizer-pool.js';
+import { logger } from '../runtime/log.js';
 import type { TokenizerSource } from '../../actors/tokenizer.js';
 
 export interface DiscoveredModelsOptions {
@@ -64,13 +65,21 @@ const KV_QUERY_TIMEOUT_MS = 5000;
 interface ModelEntry {
   model: DiscoveredModel | DiscoveredEmbeddingModel;
   endpointKey: string;
+  /** Instances whose card names this model (shared with the model, updated in place). */
+  instances: Set<bigint>;
 }
+
+const log = logger('frontend.discovery');
 
 export class DiscoveredModels implements ModelDirectory {
   private readonly models = new Map<string, ModelEntry>();
   private readonly clients = new Map<string, Promise<EndpointClient>>();
   private readonly kvRouters = new Map<string, KvRouter>();
   private readonly tokenizers = new Map<string, Tokenizer>();
+  /** Models whose workers all left (logged once, until one is back). */
+  private readonly workerless = new Set<string>();
+  /** Models registered on more than one endpoint (warned once). */
+  private readonly splitModels = new Set<string>();
   /** The frontend's tokenizer pool, held to load each new model's tokenizer in its threads before a request comes. */
   private readonly tokenizerPool = acquireTokenizerPool();
 
@@ -127,38 +136,83 @@ export class DiscoveredModels implements ModelDirectory {
   }
 
   private refresh(records: ModelRecord[]): void {
-    const seen = new Set<string>();
+    // Per model: the endpoint serving it (the first card's) and the instances whose card names it. Two models may
+    // register on one endpoint (namespace/component/endpoint): each one's requests still go only to its own workers.
+    const served = new Map<string, { record: ModelRecord; endpointKey: string; instances: Set<bigint> }>();
     for (const r of records) {
       const card = r.card_json;
       const bits = modelTypeFromWire(card.model_type);
       const embedding = (bits & ModelTypeFlag.Embedding) !== 0;
       if (!embedding && (bits & (ModelTypeFlag.Chat | ModelTypeFlag.Completions)) === 0) continue; // prefill workers
+      const name = card.display_name;
+      const endpointKey = `${r.namespace}/${r.component}/${r.endpoint}`;
+      let entry = served.get(name);
+      if (entry === undefined) served.set(name, (entry = { record: r, endpointKey, instances: new Set() }));
+      if (entry.endpointKey !== endpointKey) {
+        if (!this.splitModels.has(name)) log.warn('model is registered on two endpoints; serving it from the first', { model: name, serving: entry.endpointKey, ignored: endpointKey });
+        this.splitModels.add(name);
+        continue;
+      }
+      entry.instances.add(r.instance_id);
       // every worker's card, not only the first of a model: the KV router recovers each one's cache once
       if (this.options.routing === 'kv' && !embedding) this.kvRouter(r, card.kv_cache_block_size).learnWorker(r.instance_id, card.runtime_config?.enable_local_indexer === true, card.runtime_config?.data_parallel_size ?? 1);
-      const name = card.display_name;
-      if (seen.has(name)) continue;
-      seen.add(name);
-      const endpointKey = `${r.namespace}/${r.component}/${r.endpoint}`;
-      if (this.models.get(name)?.endpointKey === endpointKey) continue;
+    }
+    for (const [name, { record: r, endpointKey, instances }] of served) {
+      const existing = this.models.get(name);
+      if (existing?.endpointKey === endpointKey) {
+        this.follow(name, existing.instances, instances);
+        continue;
+      }
       try {
+        const card = r.card_json;
         const { tokenizer, source } = this.tokenizerFor(card.tokenizer ?? null, card.source_path ?? null);
+        const embedding = (modelTypeFromWire(card.model_type) & ModelTypeFlag.Embedding) !== 0;
         const router = this.options.routing === 'kv' && !embedding ? this.kvRouter(r, card.kv_cache_block_size) : null;
+        const own = new Set(instances);
+        const routingMode = this.options.routing === 'random' ? 'random' : 'round_robin';
         const parsers = {
           toolCallParser: card.runtime_config?.tool_call_parser ?? null,
           reasoningParser: card.runtime_config?.reasoning_parser ?? null,
           excludeToolsWhenToolChoiceNone: card.runtime_config?.exclude_tools_when_tool_choice_none ?? true,
         };
         const model = embedding
-          ? new DiscoveredEmbeddingModel(name, tokenizer, source, card.context_length, () => this.client(r))
-          : new DiscoveredModel(name, tokenizer, source, card.context_length, () => this.client(r), router, this.options.migrationLimit ?? 0, this.prefill, parsers);
-        this.models.set(name, { model, endpointKey });
+          ? new DiscoveredEmbeddingModel(name, tokenizer, source, card.context_length, () => this.client(r), own)
+          : new DiscoveredModel(name, tokenizer, source, card.context_length, () => this.client(r), own, router, this.options.migrationLimit ?? 0, this.prefill, routingMode, parsers);
+        this.models.set(name, { model, endpointKey, instances: own });
         this.options.log?.(`model "${name}" served by ${endpointKey}`);
         for (const line of unimplementedParsers(parsers)) this.options.log?.(`model "${name}": ${line}`);
+        if (this.workerless.delete(name)) log.info('model has workers again', { model: name, endpoint: endpointKey, workers: own.size });
+        else log.info('model served', { model: name, endpoint: endpointKey, workers: own.size });
       } catch (err) {
         this.options.log?.(`model "${name}" from ${endpointKey} left out: ${(err as Error).message}`);
       }
     }
-    for (const name of [...this.models.keys()]) if (!seen.has(name)) this.models.delete(name);
+    for (const [name, entry] of [...this.models]) {
+      if (served.has(name)) continue;
+      this.follow(name, entry.instances, new Set());
+      this.models.delete(name);
+    }
+  }
+
+  /** Updates a model's worker set in place, logging each worker that joins or leaves once. */
+  private follow(name: string, current: Set<bigint>, next: ReadonlySet<bigint>): void {
+    for (const id of current) {
+      if (next.has(id)) continue;
+      current.delete(id);
+      log.warn('worker left discovery', { model: name, instance: id.toString(16), workersLeft: current.size });
+    }
+    const wasEmpty = current.size === 0;
+    for (const id of next) {
+      if (current.has(id)) continue;
+      current.add(id);
+      log.info('worker joined', { model: name, instance: id.toString(16), workers: current.size });
+    }
+    if (current.size === 0 && !this.workerless.has(name)) {
+      this.workerless.add(name);
+      log.error('model has no worker left: its requests get 503 until one registers', { model: name });
+    } else if (wasEmpty && current.size > 0 && this.workerless.delete(name)) {
+      log.info('model has workers again', { model: name, workers: current.size });
+    }
   }
 
   private tokenizerFor(artifact: Record<string, unknown> | null, sourcePath: string | null): { tokenizer: Tokenizer; source: TokenizerSource } {
@@ -195,9 +249,10 @@ export class DiscoveredModels implements ModelDirectory {
     return c;
   }
 
-  /** One router per endpoint: it follows the endpoint component's kv-events and the namespace's kv_metrics. */
+  /** One router per endpoint and model: it follows the endpoint component's kv-events and the namespace's kv_metrics,
+   * with the model's own block size (two models on one endpoint may differ). */
   private kvRouter(r: ModelRecord, blockSize: number): KvRouter {
-    const key = `${r.namespace}/${r.component}/${r.endpoint}`;
+    const key = `${r.namespace}/${r.component}/${r.endpoint}/${r.card_json.display_name}`;
     let router = this.kvRouters.get(key);
     if (router === undefined) {
       router = KvRouter.follow(this.options.nats!, r.namespace, r.component, {
@@ -254,9 +309,12 @@ class DiscoveredModel implements ServedModel {
     readonly tokenizerSource: TokenizerSource,
     readonly contextLength: number,
     private readonly client: () => Promise<EndpointClient>,
+    /** The endpoint's instances whose card names this model: the only ones its requests may go to. */
+    private readonly instances: ReadonlySet<bigint>,
     private readonly router: KvRouter | null,
     private readonly migrationLimit: number,
     private readonly prefill: PrefillRouter | null = null,
+    private readonly routingMode: RoutingMode = 'round_robin',
     parsers: { toolCallParser: string | null; reasoningParser: string | null; excludeToolsWhenToolChoiceNone: boolean } = { toolCallParser: null, reasoningParser: null, excludeToolsWhenToolChoiceNone: true },
   ) {
     this.toolCallParser = parsers.toolCallParser;
@@ -267,6 +325,8 @@ class DiscoveredModel implements ServedModel {
   readonly toolCallParser: string | null;
   readonly reasoningParser: string | null;
   readonly excludeToolsWhenToolChoiceNone: boolean;
+
+  private next = 0;
 
   async *generate(request: PreprocessedRequest, options: GenerateOptions): AsyncIterable<LlmResponseChunk> {
     const client = await this.client();
@@ -303,41 +363,77 @@ class DiscoveredModel implements ServedModel {
         // a decode attempt whose KV transfer failed (its prefill worker died) ends before its first token: route it
         // again, through another prefill worker
         const transferFailed = err instanceof LlmError && err.code === 'LLM_ERR_KV_TRANSFER';
-        if (!(isMigratable(err) || transferFailed) || migrations >= this.migrationLimit) throw err;
+        if (!(isMigratable(err) || transferFailed) || migrations >= this.migrationLimit) {
+          if (isMigratable(err)) log.warn('worker lost a request; not migrated', { model: this.name, migrations, migrationLimit: this.migrationLimit, error: (err as Error).message });
+          throw err;
+        }
         migrations++;
+        log.warn('request migrated', { model: this.name, migration: migrations, tokensSoFar: produced.length, error: (err as Error).message });
         current = migrated(request, produced);
         if ((current.stop_conditions.max_tokens ?? 1) <= 0) return;
       }
     }
   }
 
-  /** Sends the request: through the KV router's choice, or the client's own routing. */
+  /** Sends the request to one of this model's instances: the KV router's choice, else round-robin or random as the
+   * client routes. An instance that refuses it (unreachable) is skipped and the next one tried. */
   private async route(client: EndpointClient, request: PreprocessedRequest, signal: AbortSignal): Promise<{ stream: ResponseStream; release: () => void }> {
     const router = this.router;
-    if (router === null) return { stream: await client.generate(request, { signal, waitForInstancesMs: 1000 }), release: () => undefined };
-    router.retain(new Set(client.instances().map((r) => r.instance_id)));
+    router?.retain(new Set(client.instances().map((r) => r.instance_id)));
     const tried = new Set<bigint>();
     let lastError: unknown;
     for (;;) {
-      let candidates = client.available().filter((r) => !tried.has(r.instance_id));
-      if (candidates.length === 0 && tried.size === 0) candidates = await client.waitForInstances(1000);
+      let candidates = this.own(client.available()).filter((id) => !tried.has(id));
+      if (candidates.length === 0 && tried.size === 0) {
+        // every instance marked down is still worth a try before failing; none at all: wait a moment for discovery
+        candidates = this.own(client.instances());
+        if (candidates.length === 0) candidates = await this.waitForOwn(client, WAIT_FOR_INSTANCES_MS, signal);
+      }
       if (candidates.length === 0) throw lastError;
-      const choice = router.select(request.token_ids, candidates.map((r) => r.instance_id));
-      const release = router.track(choice.instanceId, choice.requestBlocks - choice.overlapBlocks, choice.dpRank);
-      // the worker runs it in the group (dp rank) whose KV pool was scored
-      const routed: PreprocessedRequest = { ...request, routing: { ...request.routing, dp_rank: choice.dpRank } };
+      let instanceId: bigint;
+      let release: () => void = () => undefined;
+      let routed = request;
+      if (router !== null) {
+        const choice = router.select(request.token_ids, candidates);
+        instanceId = choice.instanceId;
+        release = router.track(choice.instanceId, choice.requestBlocks - choice.overlapBlocks, choice.dpRank);
+        // the worker runs it in the group (dp rank) whose KV pool was scored
+        routed = { ...request, routing: { ...request.routing, dp_rank: choice.dpRank } };
+      } else {
+        instanceId = this.routingMode === 'random' ? candidates[Math.floor(Math.random() * candidates.length)] : candidates[this.next++ % candidates.length];
+      }
       try {
-        return { stream: await client.generate(routed, { signal, routing: { instanceId: choice.instanceId } }), release };
+        return { stream: await client.generate(routed, { signal, routing: { instanceId } }), release };
       } catch (err) {
         release();
         // an instance that refused the request never saw it: another may take it
         if (!(err instanceof LlmError && (err.code === 'LLM_ERR_TRANSPORT' || err.code === 'LLM_ERR_TIMEOUT'))) throw err;
-        tried.add(choice.instanceId);
+        tried.add(instanceId);
         lastError = err;
       }
     }
   }
+
+  /** The ids of `records` whose card names this model, in discovery order. */
+  private own(records: readonly InstanceRecord[]): bigint[] {
+    return records.filter((r) => this.instances.has(r.instance_id)).map((r) => r.instance_id);
+  }
+
+  private async waitForOwn(client: EndpointClient, timeoutMs: number, signal: AbortSignal): Promise<bigint[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const ids = this.own(client.instances());
+      if (ids.length > 0 || signal.aborted) return ids;
+      if (Date.now() >= deadline) {
+        throw new LlmError('LLM_ERR_DISCOVERY', `model "${this.name}": no worker serving it is in discovery on ${client.name} (waited ${timeoutMs} ms)`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
 }
+
+/** How long a request waits for a worker of its model to appear in discovery before a 503. */
+const WAIT_FOR_INSTANCES_MS = 1000;
 
 function isMigratable(err: unknown): boolean {
   return err instanceof DisconnectedError || (err instanceof LlmError && err.code === 'LLM_ERR_SHUTDOWN');

@@ -9,6 +9,7 @@ import { EmbeddingResponseSchema, type EmbeddingResponse, type LlmResponseChunk 
 import { errorFromItem } from '../protocol/transport.js';
 import { parseWire } from '../protocol/validate.js';
 import type { EndpointClient } from '../runtime/client.js';
+import type { InstanceRecord } from '../protocol/discovery.js';
 import type { Tokenizer } from '../tokenizer/index.js';
 import type { TokenizerSource } from '../../actors/tokenizer.js';
 import type { ServedModel } from './models.js';
@@ -32,7 +33,11 @@ export class DiscoveredEmbeddingModel implements ServedModel, EmbeddingService {
     readonly tokenizerSource: TokenizerSource,
     readonly contextLength: number,
     private readonly client: () => Promise<EndpointClient>,
+    /** The endpoint's instances whose card names this model: the only ones its requests may go to. */
+    private readonly instances: ReadonlySet<bigint>,
   ) {}
+
+  private next = 0;
 
   async *generate(): AsyncIterable<LlmResponseChunk> {
     throw new LlmError('LLM_ERR_BAD_REQUEST', `model "${this.name}" is an embedding model: use /v1/embeddings`);
@@ -40,7 +45,18 @@ export class DiscoveredEmbeddingModel implements ServedModel, EmbeddingService {
 
   async embed(body: EmbeddingRequest, signal: AbortSignal): Promise<EmbeddingResponse> {
     const client = await this.client();
-    const stream = await client.generate(body, { signal, waitForInstancesMs: 1000 });
+    const own = (records: readonly InstanceRecord[]) => records.filter((r) => this.instances.has(r.instance_id)).map((r) => r.instance_id);
+    const deadline = Date.now() + WAIT_FOR_INSTANCES_MS;
+    let candidates = own(client.available());
+    // none up: one marked down is still worth a try; none at all: wait a moment for discovery, then a 503
+    if (candidates.length === 0) candidates = own(client.instances());
+    while (candidates.length === 0 && !signal.aborted) {
+      if (Date.now() >= deadline) throw new LlmError('LLM_ERR_DISCOVERY', `model "${this.name}": no worker serving it is in discovery on ${client.name} (waited ${WAIT_FOR_INSTANCES_MS} ms)`);
+      await new Promise((r) => setTimeout(r, 20));
+      candidates = own(client.instances());
+    }
+    const instanceId = candidates[this.next++ % Math.max(1, candidates.length)];
+    const stream = await client.generate(body, { signal, routing: { instanceId } });
     for await (const annotated of stream) {
       if (annotated.event === 'error' || annotated.error !== undefined) throw errorFromItem(annotated);
       if (annotated.data === undefined) continue;
@@ -50,6 +66,9 @@ export class DiscoveredEmbeddingModel implements ServedModel, EmbeddingService {
     throw new LlmError('LLM_ERR_PROTOCOL', `the worker serving "${this.name}" ended its response without embeddings`);
   }
 }
+
+/** How long a request waits for a worker of its model to appear in discovery before a 503. */
+const WAIT_FOR_INSTANCES_MS = 1000;
 
 const ENCODING_FORMATS = ['float', 'base64'] as const;
 

@@ -740,7 +740,8 @@ class SseWriter {
     if (this.held === null) return;
     const held = this.held;
     this.held = null;
-    this.res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    // no Connection header of our own: Node's keeps the connection alive unless the client sent `Connection: close`
+    this.res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
     for (const event of held) this.res.write(event);
   }
 
@@ -832,8 +833,13 @@ function sendError(res: ServerResponse, status: number, message: string, type?: 
     if (!res.writableEnded) res.end();
     return;
   }
+  // an outage (no worker, all unreachable, shutting down): tell the client when to try again
+  if (status === 503) res.setHeader('retry-after', String(OUTAGE_RETRY_AFTER_S));
   sendJson(res, status, openAiErrorBody(status, message, h?.param ?? null, h?.code ?? null, type));
 }
+
+/** Seconds a client is told to wait after a 503: about a worker's restart or a discovery lease's expiry. */
+const OUTAGE_RETRY_AFTER_S = 2;
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
   if (res.headersSent) {

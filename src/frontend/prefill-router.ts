@@ -18,6 +18,9 @@ import { BootstrapInfoSchema, type BootstrapInfo, type PreprocessedRequest } fro
 import { LlmResponseChunkSchema } from '../protocol/response.js';
 import { parseWire } from '../protocol/validate.js';
 import { randomBootstrapRoom } from '../disagg/service.js';
+import { logger } from '../runtime/log.js';
+
+const log = logger('frontend.discovery');
 
 export interface PrefillRouterOptions {
   discovery: Discovery;
@@ -34,6 +37,10 @@ interface PrefillWorker {
 
 export class PrefillRouter {
   private workers = new Map<string, PrefillWorker[]>();
+  /** Models seen with prefill workers (their other workers decode only), until the model leaves discovery. */
+  private readonly disaggregated = new Set<string>();
+  /** Disaggregated models whose prefill workers are all gone (logged once). */
+  private readonly lostPrefill = new Set<string>();
   private readonly clients = new Map<string, Promise<EndpointClient>>();
   private next = 0;
 
@@ -52,9 +59,10 @@ export class PrefillRouter {
     return router;
   }
 
-  /** True when `model` has prefill workers: its requests are then disaggregated. */
+  /** True when `model` is served disaggregated: it has prefill workers, or had them and still has workers that
+   * need them (its decode workers cannot answer a request without a prefill worker). */
   serves(model: string): boolean {
-    return (this.workers.get(model)?.length ?? 0) > 0;
+    return (this.workers.get(model)?.length ?? 0) > 0 || this.disaggregated.has(model);
   }
 
   /** Starts the prefill half of a request in the background and returns the decode request to send now. The
@@ -62,7 +70,11 @@ export class PrefillRouter {
    * reached is marked down and the next is tried, so a dead prefill worker costs no decode-side timeout. */
   async route(model: string, request: PreprocessedRequest): Promise<PreprocessedRequest> {
     const workers = this.workers.get(model);
-    if (!workers?.length) return request;
+    if (!workers?.length) {
+      if (!this.disaggregated.has(model)) return request;
+      // an outage, not the client's fault: the decode workers would refuse the request for lack of bootstrap info
+      throw new LlmError('LLM_ERR_TRANSPORT', `model "${model}" is served disaggregated and none of its prefill workers is in discovery`);
+    }
     const tried = new Set<bigint>();
     let lastError: unknown;
     for (;;) {
@@ -146,6 +158,22 @@ export class PrefillRouter {
       workers.set(card.display_name, list);
     }
     for (const [name, list] of workers) if (!this.workers.has(name)) this.options.log?.(`model "${name}": ${list.length} prefill worker(s), serving disaggregated`);
+    // outages logged once each, with their recovery
+    const named = new Set(records.map((r) => r.card_json.display_name));
+    for (const name of workers.keys()) {
+      this.disaggregated.add(name);
+      if (this.lostPrefill.delete(name)) log.info('model has prefill workers again', { model: name, prefillWorkers: workers.get(name)?.length });
+    }
+    for (const name of [...this.disaggregated]) {
+      if (!named.has(name)) {
+        // the model left discovery altogether: if it comes back it may be served aggregated
+        this.disaggregated.delete(name);
+        this.lostPrefill.delete(name);
+      } else if (!workers.has(name) && !this.lostPrefill.has(name)) {
+        this.lostPrefill.add(name);
+        log.error('model has no prefill worker left: its requests get 503 until one registers', { model: name });
+      }
+    }
     this.workers = workers;
   }
 

@@ -1,6 +1,7 @@
 // `dynamo-sglang frontend`: the OpenAI-compatible HTTP server that discovers workers' model cards and routes
 // requests to them (reference architecture: the Dynamo frontend). Flags are described once in FRONTEND_FLAGS; the
 // all-in-one `run` accepts the same ones.
+import { armShutdownWatchdog, SHUTDOWN_MARGIN_MS } from '../shutdown-watchdog.js';
 import { readFileSync } from 'node:fs';
 import { Type } from '@sinclair/typebox';
 import { parseCommandLine, renderHelp, usageError, type FlagSpec } from '../args.js';
@@ -177,6 +178,7 @@ export async function main(argv: string[]): Promise<number> {
   );
   const routing = settings.routing === 'kv' ? `kv, events from ${redactUrl(cl.values['nats-server'] as string)}` : settings.routing;
   log.info(`frontend listening on http://${settings.httpHost}:${server.port} (discovery: ${discovery.store.location}; routing: ${routing})`);
+  armShutdownWatchdog(SHUTDOWN_MARGIN_MS, 'frontend');
   await waitForSignal();
   await server.close();
   await models.close();

@@ -1,6 +1,7 @@
 // `dynamo-sglang run`: a worker and the OpenAI frontend in one process on the embedded mem store. Without
 // --model-path it serves the bundled stories260K model, so it works on a fresh machine with no GPU and no
 // services. Requests take the real path: frontend → discovery → request plane (TCP loopback) → worker.
+import { armShutdownWatchdog, SHUTDOWN_MARGIN_MS } from '../shutdown-watchdog.js';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, parseCommandLine, renderHelp, type FlagSpec } from '../args.js';
 import { finalizeConfig, resolveConfig, WORKER_FLAG_INDEX } from '../../config/resolve.js';
@@ -107,6 +108,7 @@ export async function main(argv: string[]): Promise<number> {
         `  -d '${JSON.stringify(example.body)}'\n\n` +
         'Stop with Ctrl-C.\n',
     );
+    armShutdownWatchdog(config.gracefulShutdownGracePeriodSecs * 1000 + SHUTDOWN_MARGIN_MS, 'run');
     const sig = await waitForSignal();
     log(`received ${sig}: shutting down`);
   } finally {

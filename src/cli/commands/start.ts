@@ -1,6 +1,7 @@
 // `dynamo-sglang start`: resolve the worker configuration, then either dump it (--dump-config-to, no model is
 // loaded) or hand it to the worker runtime.
 
+import { armShutdownWatchdog, SHUTDOWN_MARGIN_MS } from '../shutdown-watchdog.js';
 import { writeFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { renderHelp, usageError } from '../args.js';
@@ -86,6 +87,7 @@ export async function main(argv: string[]): Promise<number> {
   if (config.nnodes > 1 && config.nodeRank > 0) return runFollowerNode(config);
   // loaded only now, so --help, --version and --dump-config-to never pull in the engine
   const { runWorker } = await import('../../worker/worker.js');
+  armShutdownWatchdog(config.gracefulShutdownGracePeriodSecs * 1000 + SHUTDOWN_MARGIN_MS, 'start');
   return runWorker(config);
 }
 
