@@ -196,7 +196,7 @@ t.test('a reader that stops reading has its stream cut and its request killed', 
   t.equal(server.ingress.inflight, 0, 'the slot is free again');
 });
 
-t.test('mutual TLS on the TCP plane: only callers with a certificate from the CA get in', async (t) => {
+t.test('mutual TLS on the TCP plane: only callers with a certificate from the CA get in; answers call home over it too', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'rp-mtls-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const openssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
@@ -218,7 +218,7 @@ t.test('mutual TLS on the TCP plane: only callers with a certificate from the CA
 
   let ran = 0;
   const server = await TcpRequestServer.start({ host: HOST, port: 0, wireProfile: 'main', trust: trust(), tls: tlsOf('worker', 'ca') });
-  const responses = await ResponseServer.start({ host: HOST, callHomeTimeoutMs: 5000 });
+  const responses = await ResponseServer.start({ host: HOST, callHomeTimeoutMs: 5000, tls: tlsOf('frontend', 'ca') });
   const good = new TcpRequestClient(responses, { tls: tlsOf('frontend', 'ca'), secret: null });
   const intruder = new TcpRequestClient(responses, { tls: tlsOf('intruder', 'ca'), secret: null });
   const plaintext = new TcpRequestClient(responses, { tls: null, secret: null, ackTimeoutMs: 2000 });
@@ -235,4 +235,19 @@ t.test('mutual TLS on the TCP plane: only callers with a certificate from the CA
   await t.rejects(plaintext.request(address, {}), /worker 127\.0\.0\.1:\d+/, 'a plaintext caller is refused');
   await sleep(50);
   t.equal(ran, 1, 'refused callers ran nothing');
+  // the call-home port takes only workers with a certificate from the CA: a plaintext connection gets nothing
+  const [, port] = /:(\d+)$/.exec(responses.address)!;
+  const rogue = connect({ host: HOST, port: Number(port) });
+  rogue.on('error', () => undefined);
+  rogue.write('not a TLS hello');
+  await new Promise<void>((resolve) => rogue.once('close', () => resolve()));
+  t.pass('a plaintext call-home is cut');
+  // a worker whose call-home cannot verify the caller's response server sends nothing (the request is lost)
+  const plainResponses = await ResponseServer.start({ host: HOST, callHomeTimeoutMs: 1500, tls: null });
+  const toPlain = new TcpRequestClient(plainResponses, { tls: tlsOf('frontend', 'ca'), secret: null });
+  t.teardown(async () => {
+    toPlain.close();
+    await plainResponses.close();
+  });
+  await t.rejects(collect(await toPlain.request(address, {})), /did not call back/, 'a response server without TLS gets no answers');
 });

@@ -14,7 +14,8 @@
 // A handler that ends with LLM_ERR_SHUTDOWN (the worker is draining and gave up on the request) instead drops the
 // call-home connection without completing the stream: that is the interruption Dynamo's migration retries on another
 // worker, in 0.8 and later alike.
-import { connect, type Socket } from 'node:net';
+import { connect, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { LlmError, toErrorPayload } from '../../errors.js';
 import { parseJsonExact, stringifyJsonExact } from '../../protocol/json.js';
 import {
@@ -34,7 +35,7 @@ import { parseHostPort } from './address.js';
 import { RequestControl, type EndpointHandler } from './context.js';
 import { DEFAULT_MAX_MESSAGE_SIZE, TwoPartDecoder, decodeTwoPart, encodeTwoPart } from './framing.js';
 import { logger } from '../log.js';
-import { RequestVerifier, requestPlaneTrustFromEnv, type ReplyAddressPolicy, type RequestPlaneTrust } from './trust.js';
+import { RequestVerifier, requestPlaneTrustFromEnv, tcpPlaneTlsFromEnv, type ReplyAddressPolicy, type RequestPlaneTrust, type TcpPlaneTls } from './trust.js';
 
 const log = logger('runtime.request_plane');
 
@@ -57,6 +58,9 @@ export interface IngressOptions {
   onStreamError?: (err: LlmError, requestId: string) => void;
   /** Shared secret, reply-address rule, reply write timeout (default: from the environment, trust.ts). */
   trust?: RequestPlaneTrust;
+  /** Mutual TLS: the call-home connection presents this certificate and checks the caller's response server against
+   * the CA (default DYN_TCP_RPC_TLS_*; null = plaintext). */
+  tls?: TcpPlaneTls | null;
 }
 
 export type AcceptResult = { ok: true } | { ok: false; error: string; overloaded: boolean };
@@ -85,6 +89,7 @@ export class Ingress {
   private readonly verifier: RequestVerifier | null;
   private readonly replyPolicy: ReplyAddressPolicy;
   readonly replyWriteTimeoutMs: number;
+  private readonly callHomeTls: TcpPlaneTls | null;
   readonly trustCounters: IngressTrustCounters = { unauthenticated: 0, replyAddressRefused: 0, replyWriteTimeouts: 0 };
   /** Peers whose unauthenticated requests were logged (once each). */
   private readonly unauthenticatedLogged = new Set<string>();
@@ -104,6 +109,7 @@ export class Ingress {
     this.verifier = trust.secret === null ? null : new RequestVerifier(trust.secret);
     this.replyPolicy = trust.replyPolicy;
     this.replyWriteTimeoutMs = trust.replyWriteTimeoutMs;
+    this.callHomeTls = options.tls === undefined ? tcpPlaneTlsFromEnv() : options.tls;
   }
 
   /** Requests running or queued. */
@@ -189,7 +195,7 @@ export class Ingress {
   private async run(item: WorkItem): Promise<void> {
     let socket: Socket;
     try {
-      socket = await connectCallHome(item.connection.address, this.connectTimeoutMs);
+      socket = await connectCallHome(item.connection.address, this.connectTimeoutMs, this.callHomeTls);
     } catch (err) {
       this.onStreamError(err as LlmError, item.requestId);
       return;
@@ -275,15 +281,17 @@ export class Ingress {
   }
 }
 
-function connectCallHome(address: string, timeoutMs: number): Promise<Socket> {
+function connectCallHome(address: string, timeoutMs: number, tls: TcpPlaneTls | null): Promise<Socket> {
   const { host, port } = parseHostPort(address, 'call-home address');
   return new Promise((resolve, reject) => {
-    const socket = connect({ host, port, noDelay: true });
+    const socket = tls === null
+      ? connect({ host, port, noDelay: true })
+      : tlsConnect({ host, port, cert: tls.cert, key: tls.key, ca: tls.ca, ...(isIP(host) === 0 ? { servername: host } : {}) }).setNoDelay(true);
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new LlmError('LLM_ERR_TIMEOUT', `call-home connection to caller ${address} not established within ${timeoutMs} ms`));
     }, timeoutMs);
-    socket.once('connect', () => {
+    socket.once(tls === null ? 'connect' : 'secureConnect', () => {
       clearTimeout(timer);
       socket.removeAllListeners('error');
       resolve(socket);

@@ -4,11 +4,13 @@
 // (which the worker takes as cancellation).
 import { randomUUID } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { LlmError } from '../../errors.js';
 import { CallHomeHandshakeSchema, decodeWireJson } from '../../protocol/transport.js';
 import { advertisedHost, formatHostPort, resolveRpcHost } from './address.js';
 import { maxMessageSizeFromEnv, TwoPartDecoder } from './framing.js';
 import { ResponseStream } from './response-stream.js';
+import { tcpPlaneTlsFromEnv, type TcpPlaneTls } from './trust.js';
 
 export interface ResponseServerOptions {
   /** Bind address; default `DYN_TCP_RPC_HOST` or this host's IPv4 address. */
@@ -17,6 +19,9 @@ export interface ResponseServerOptions {
   maxMessageSize?: number;
   /** How long an accepted request may take to call home before it counts as disconnected. */
   callHomeTimeoutMs?: number;
+  /** Mutual TLS: only workers with a certificate from the CA may call home (default DYN_TCP_RPC_TLS_*; null =
+   * plaintext), so answers travel encrypted and no one else can write into a stream. */
+  tls?: TcpPlaneTls | null;
 }
 
 export interface ExpectOptions {
@@ -46,7 +51,10 @@ export class ResponseServer {
 
   static async start(options: ResponseServerOptions = {}): Promise<ResponseServer> {
     const host = options.host ?? resolveRpcHost();
-    const server = createServer({ noDelay: true });
+    const tls = options.tls === undefined ? tcpPlaneTlsFromEnv() : options.tls;
+    const server: Server = tls === null
+      ? createServer({ noDelay: true })
+      : createTlsServer({ cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: true, rejectUnauthorized: true, noDelay: true });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new LlmError('LLM_ERR_TRANSPORT', `response server cannot listen on ${formatHostPort(host, options.port ?? 0)}: ${err.message}`)));
       server.listen(options.port ?? 0, host, CALL_HOME_BACKLOG, () => resolve());
@@ -59,7 +67,9 @@ export class ResponseServer {
       options.maxMessageSize ?? maxMessageSizeFromEnv(),
       options.callHomeTimeoutMs ?? 30_000,
     );
-    server.on('connection', (socket) => self.serve(socket));
+    // with TLS a call-home is served only once the worker's certificate verified
+    server.on(tls === null ? 'connection' : 'secureConnection', (socket: Socket) => self.serve(socket));
+    if (tls !== null) server.on('tlsClientError', () => undefined);
     return self;
   }
 
