@@ -46,6 +46,37 @@ export interface ModelSpec {
   bosTokenId: number | null;
   eosTokenIds: number[];
   tensors: TensorRef[];
+  /** Qwen2.5-VL M-RoPE: how many of the head_dim/2 rotary frequencies take the time, height and width position (in
+   * that order). Absent: ordinary RoPE. With the three positions equal (text) M-RoPE is ordinary RoPE. */
+  mropeSection?: [number, number, number];
+  /** Qwen2.5-VL vision tower; absent for text-only models. */
+  vision?: VisionSpec;
+}
+
+/** Hyper-parameters of the Qwen2.5-VL vision tower (HF vision_config) and the prompt's vision token ids. */
+export interface VisionHyperParams {
+  depth: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numHeads: number;
+  inChannels: number;
+  /** The merger's output width: the language model's hidden size. */
+  outHiddenSize: number;
+  patchSize: number;
+  spatialMergeSize: number;
+  temporalPatchSize: number;
+  windowSize: number;
+  /** Blocks that attend over the whole image (per frame); the others attend within their window. */
+  fullAttBlockIndexes: number[];
+  rmsNormEps: number;
+  imageTokenId: number;
+  visionStartTokenId: number;
+  visionEndTokenId: number;
+}
+
+/** The vision tower: hyper-parameters plus its tensors (canonical names `visual.*`). */
+export interface VisionSpec extends VisionHyperParams {
+  tensors: TensorRef[];
 }
 
 export interface SamplingParams {
