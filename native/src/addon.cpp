@@ -2,6 +2,7 @@
 // is the LLM_ERR_* string. Nothing here exits or aborts the process.
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -13,6 +14,7 @@
 #include "backend.h"
 #include "loader.h"
 #include "sampling.h"
+#include "../cpu/vision.h"
 #ifdef DYNAMO_CUDA
 #include <cuda_runtime_api.h>
 #endif
@@ -580,6 +582,88 @@ Napi::Value SampleFromLogitsJs(const Napi::CallbackInfo& info) {
   });
 }
 
+
+/** The Qwen2.5-VL vision tower (cpu/vision.h): new VisionTower(visionSpec, {threads}); encode(pixelValues, t, h, w)
+ *  -> Float32Array [t*h*w / merge^2, outHiddenSize]. The image's shapes and values are checked here, once. */
+class VisionTowerWrap : public Napi::ObjectWrap<VisionTowerWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "VisionTower", {InstanceMethod("encode", &VisionTowerWrap::Encode), InstanceMethod("close", &VisionTowerWrap::Close)});
+  }
+
+  VisionTowerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VisionTowerWrap>(info) {
+    guarded(info.Env(), [&] {
+      if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject())
+        bad("LLM_ERR_BAD_REQUEST", "VisionTower(visionSpec, options): both arguments must be objects");
+      const Napi::Object v = info[0].As<Napi::Object>();
+      const char* W = "VisionSpec";
+      VisionDesc d;
+      d.depth = integer(v, W, "depth");
+      d.hiddenSize = integer(v, W, "hiddenSize");
+      d.intermediateSize = integer(v, W, "intermediateSize");
+      d.numHeads = integer(v, W, "numHeads");
+      d.inChannels = integer(v, W, "inChannels");
+      d.outHiddenSize = integer(v, W, "outHiddenSize");
+      d.patchSize = integer(v, W, "patchSize");
+      d.spatialMergeSize = integer(v, W, "spatialMergeSize");
+      d.temporalPatchSize = integer(v, W, "temporalPatchSize");
+      d.windowSize = integer(v, W, "windowSize");
+      d.rmsNormEps = (float)num(v, W, "rmsNormEps");
+      Napi::Value fv = field(v, W, "fullAttBlockIndexes");
+      if (!fv.IsArray()) bad("LLM_ERR_MODEL_FORMAT", "VisionSpec.fullAttBlockIndexes must be an array");
+      Napi::Array fa = fv.As<Napi::Array>();
+      for (uint32_t i = 0; i < fa.Length(); ++i) {
+        Napi::Value e = fa.Get(i);
+        if (!e.IsNumber()) bad("LLM_ERR_MODEL_FORMAT", "VisionSpec.fullAttBlockIndexes must hold integers");
+        d.fullAttBlockIndexes.push_back(e.As<Napi::Number>().Int32Value());
+      }
+      const Napi::Object o = info[1].As<Napi::Object>();
+      const int threads = o.Has("threads") && o.Get("threads").IsNumber() ? o.Get("threads").As<Napi::Number>().Int32Value() : 1;
+      tower_ = std::make_unique<VisionTower>(d, parseTensors(v), std::max(1, threads));
+      return 0;
+    });
+  }
+
+ private:
+  Napi::Value Encode(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      if (!tower_) bad("LLM_ERR_SHUTDOWN", "vision tower is closed");
+      if (info.Length() < 4 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+        bad("LLM_ERR_BAD_REQUEST", "encode(pixelValues: Float32Array, gridT, gridH, gridW)");
+      const Napi::Float32Array px = info[0].As<Napi::Float32Array>();
+      int grid[3];
+      for (int i = 0; i < 3; ++i) {
+        const double g = info[(size_t)i + 1].IsNumber() ? info[(size_t)i + 1].As<Napi::Number>().DoubleValue() : -1;
+        if (!(g >= 1) || g != std::floor(g) || g > 65536) bad("LLM_ERR_BAD_REQUEST", "image grid_thw must be three integers in [1, 65536]");
+        grid[i] = (int)g;
+      }
+      const VisionDesc& d = tower_->desc();
+      const int m = d.spatialMergeSize;
+      const std::string g = std::to_string(grid[0]) + "x" + std::to_string(grid[1]) + "x" + std::to_string(grid[2]);
+      if (grid[1] % m != 0 || grid[2] % m != 0)
+        bad("LLM_ERR_BAD_REQUEST", "image grid " + g + ": height and width must be multiples of the merge size " + std::to_string(m));
+      const int64_t rows = (int64_t)grid[0] * grid[1] * grid[2];
+      if ((int64_t)px.ElementLength() != rows * tower_->patchDim())
+        bad("LLM_ERR_BAD_REQUEST", "image grid " + g + " needs " + std::to_string(rows) + " x " + std::to_string(tower_->patchDim()) +
+                                       " pixel values, got " + std::to_string(px.ElementLength()));
+      const float* data = px.Data();
+      for (size_t i = 0; i < px.ElementLength(); ++i)
+        if (!std::isfinite(data[i])) bad("LLM_ERR_BAD_REQUEST", "image pixel value " + std::to_string(i) + " is not finite");
+      Napi::Float32Array out = Napi::Float32Array::New(env, (size_t)(rows / (m * m) * d.outHiddenSize));
+      tower_->encode(data, grid[0], grid[1], grid[2], out.Data());
+      return out;
+    });
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    tower_.reset();
+    return info.Env().Undefined();
+  }
+
+  std::unique_ptr<VisionTower> tower_;
+};
+
 /** tpAbort(group, reason): wakes every rank of that group blocked in a join or a collective, now and later, with
  *  LLM_ERR_TP_ABORTED (TpGroup::abort). Callable from any thread while ranks are blocked in theirs. */
 Napi::Value TpAbortJs(const Napi::CallbackInfo& info) {
@@ -610,6 +694,7 @@ Napi::Value CudaDeviceCountJs(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeEngine", EngineWrap::Init(env));
+  exports.Set("VisionTower", VisionTowerWrap::Init(env));
   exports.Set("sampleFromLogits", Napi::Function::New(env, SampleFromLogitsJs));
   exports.Set("tpAbort", Napi::Function::New(env, TpAbortJs));
   exports.Set("cudaDeviceCount", Napi::Function::New(env, CudaDeviceCountJs));

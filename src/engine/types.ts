@@ -211,5 +211,15 @@ export interface Engine {
   kvIpcPull?(remote: number, srcPages: ArrayLike<number>, srcToken0: number, dstPages: ArrayLike<number>, numTokens: number): KvPullStats;
   kvIpcClose?(remote: number): void;
   memoryInfo(): MemoryInfo;
+  /** Vision-language models (spec.vision): the vision tower's embeddings of each image, [tokens, hiddenSize] row-major
+   * (tokens = t * h * w / merge^2), in the order the image's placeholder tokens take them. Shapes and values are
+   * checked at the addon boundary (LLM_ERR_BAD_REQUEST). Engines of text-only models may leave it out. */
+  encodeImages?(images: readonly ImageInput[]): Float32Array[];
   close(): void;
+}
+
+/** One processed image (src/multimodal/image-processor.ts): patches [t * h * w, 3 * temporal * patch^2] and its grid. */
+export interface ImageInput {
+  pixelValues: Float32Array;
+  gridThw: readonly [number, number, number];
 }
