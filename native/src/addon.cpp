@@ -109,6 +109,18 @@ ModelDesc parseDesc(const Napi::Object& spec) {
   if (layout == "half") d.ropeLayout = RopeLayout::Half;
   else if (layout == "interleaved") d.ropeLayout = RopeLayout::Interleaved;
   else bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.ropeLayout '" + layout + "' unsupported (half, interleaved)");
+  if (spec.Has("mropeSection") && !spec.Get("mropeSection").IsUndefined()) {
+    Napi::Value mv = spec.Get("mropeSection");
+    if (!mv.IsArray() || mv.As<Napi::Array>().Length() != 3) bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.mropeSection must be three integers");
+    int sum = 0;
+    for (uint32_t i = 0; i < 3; ++i) {
+      Napi::Value e = mv.As<Napi::Array>().Get(i);
+      if (!e.IsNumber() || e.As<Napi::Number>().Int32Value() < 1) bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.mropeSection must be three positive integers");
+      sum += (d.mropeSection[i] = e.As<Napi::Number>().Int32Value());
+    }
+    if (sum * 2 != d.headDim) bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.mropeSection must sum to headDim / 2");
+  }
+  if (spec.Has("vision") && spec.Get("vision").IsObject()) d.imageTokenId = integer(spec.Get("vision").As<Napi::Object>(), "ModelSpec.vision", "imageTokenId");
   Napi::Value rs = field(spec, W, "ropeScaling");
   if (rs.IsObject()) {
     Napi::Object r = rs.As<Napi::Object>();
@@ -292,6 +304,42 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   /** Checks the descriptor, allocates the result arrays and begins the step on the backend (backend.h stepBegin). */
+  /** step(desc, multimodal): checks the side input {positions: Int32Array [3 * numTokens], imageEmbeds?: Float32Array}
+   *  against the checked step and points the view at it (step.h StepView). */
+  void attachMultimodal(const Napi::Value& mv, StepView& v) {
+    const ModelDesc& d = model_->desc;
+    if (!mv.IsObject()) bad("LLM_ERR_BAD_REQUEST", "step(descriptor, multimodal): multimodal must be an object");
+    if (d.mropeSection[0] == 0) bad("LLM_ERR_BAD_REQUEST", "multimodal step: this model has no M-RoPE (not a vision-language model)");
+    if (std::string(live().name()) != "cpu")
+      bad("LLM_ERR_UNSUPPORTED_ARCH", std::string("multimodal steps run on the cpu backend only in this build (engine backend: ") + live().name() + ")");
+    const Napi::Object o = mv.As<Napi::Object>();
+    Napi::Value pv = o.Get("positions");
+    if (!pv.IsTypedArray() || pv.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      bad("LLM_ERR_BAD_REQUEST", "multimodal.positions must be an Int32Array");
+    Napi::Int32Array pos = pv.As<Napi::Int32Array>();
+    if ((int64_t)pos.ElementLength() != 3 * (int64_t)v.numTokens)
+      bad("LLM_ERR_BAD_REQUEST", "multimodal.positions has " + std::to_string(pos.ElementLength()) + " values, 3 x " + std::to_string(v.numTokens) + " tokens needed");
+    for (size_t i = 0; i < pos.ElementLength(); ++i)
+      if (pos[i] < 0 || pos[i] > (1 << 24))
+        bad("LLM_ERR_BAD_REQUEST", "multimodal.positions[" + std::to_string(i) + "] = " + std::to_string(pos[i]) + " out of range [0, 2^24]");
+    v.mropePositions = pos.Data();
+    Napi::Value ev = o.Get("imageEmbeds");
+    if (ev.IsUndefined() || ev.IsNull()) return;
+    if (!ev.IsTypedArray() || ev.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      bad("LLM_ERR_BAD_REQUEST", "multimodal.imageEmbeds must be a Float32Array");
+    Napi::Float32Array emb = ev.As<Napi::Float32Array>();
+    int64_t imageTokens = 0;
+    for (int32_t t = 0; t < v.numTokens; ++t) imageTokens += v.tokens[t] == d.imageTokenId ? 1 : 0;
+    if ((int64_t)emb.ElementLength() != imageTokens * d.hiddenSize)
+      bad("LLM_ERR_BAD_REQUEST", "multimodal.imageEmbeds has " + std::to_string(emb.ElementLength()) + " values; the step has " + std::to_string(imageTokens) +
+                                     " image tokens (id " + std::to_string(d.imageTokenId) + ") x hidden " + std::to_string(d.hiddenSize));
+    const float* e = emb.Data();
+    for (size_t i = 0; i < emb.ElementLength(); ++i)
+      if (!std::isfinite(e[i])) bad("LLM_ERR_BAD_REQUEST", "multimodal.imageEmbeds[" + std::to_string(i) + "] is not finite");
+    v.imageEmbeds = e;
+    v.numImageEmbeds = (int32_t)imageTokens;
+  }
+
   void beginStep(Napi::Env env, const Napi::CallbackInfo& info, bool allowPlaceholders) {
     Backend& be = live();
     if ((int)pending_.size() >= Backend::kMaxStepsInFlight)
@@ -308,7 +356,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       hasPrevious_ = false;  // the next step's placeholders would name this step's rows: it sampled nothing
       throw;
     }
-    const StepView& v = checked_.view;
+    StepView v = checked_.view;
+    if (!allowPlaceholders && info.Length() > 1 && !info[1].IsUndefined()) attachMultimodal(info[1], v);
     Napi::Int32Array tokens = Napi::Int32Array::New(env, v.numSeqs);
     Napi::Float32Array logprobs = Napi::Float32Array::New(env, v.numSeqs);
     Napi::Int32Array topIds = Napi::Int32Array::New(env, (size_t)v.numSeqs * v.maxTopN);

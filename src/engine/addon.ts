@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LlmError } from '../errors.js';
-import type { BackendKind, EngineOptions, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, VisionSpec } from './types.js';
+import type { BackendKind, EngineOptions, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, MultimodalStepInput, VisionSpec } from './types.js';
 
 /** What NativeEngine.step returns (StepResult with `topN` always a number and `logits` only when asked). */
 export interface NativeStepResult {
@@ -19,7 +19,7 @@ export interface NativeStepResult {
 }
 
 export interface NativeEngine {
-  step(descriptor: Int32Array): NativeStepResult;
+  step(descriptor: Int32Array, multimodal?: MultimodalStepInput): NativeStepResult;
   stepBegin(descriptor: Int32Array): void;
   stepEnd(): NativeStepResult;
   stepReady(): boolean;

@@ -3,7 +3,7 @@
 
 import { LlmError, isErrorCode } from '../errors.js';
 import { loadAddon, type NativeEngine, type NativeStepResult, type NativeVisionTower } from './addon.js';
-import type { BackendKind, Engine, EngineOptions, ImageInput, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, StepDescriptor, StepResult } from './types.js';
+import type { BackendKind, Engine, EngineOptions, ImageInput, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, MultimodalStepInput, StepDescriptor, StepResult } from './types.js';
 
 /** Rethrows a native error as an LlmError with the same code (unknown codes become LLM_ERR_INTERNAL). */
 function native<T>(fn: () => T): T {
@@ -42,9 +42,9 @@ class NativeBackedEngine implements Engine {
     return this.handle;
   }
 
-  step(desc: StepDescriptor): StepResult {
+  step(desc: StepDescriptor, multimodal?: MultimodalStepInput): StepResult {
     const h = this.live();
-    return toStepResult(native(() => h.step(desc)));
+    return toStepResult(native(() => (multimodal === undefined ? h.step(desc) : h.step(desc, multimodal))));
   }
 
   stepBegin(desc: StepDescriptor): void {

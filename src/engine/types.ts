@@ -184,8 +184,10 @@ export interface Engine {
   readonly backend: BackendKind;
   readonly spec: ModelSpec;
   readonly kv: KvPoolInfo;
-  /** Runs one step; the descriptor is checked here, once (LLM_ERR_STEP_INVALID naming the field). */
-  step(step: StepDescriptor): StepResult;
+  /** Runs one step; the descriptor is checked here, once (LLM_ERR_STEP_INVALID naming the field). `multimodal`
+   * (vision-language models, cpu backend): M-RoPE positions of every token of the step, and the embeddings of its
+   * image tokens (see MultimodalStepInput); checked at the addon boundary (LLM_ERR_BAD_REQUEST). */
+  step(step: StepDescriptor, multimodal?: MultimodalStepInput): StepResult;
   /**
    * Pipelined stepping: stepBegin queues a step on the device and returns; stepEnd waits for the oldest begun step
    * and returns its result. At most two steps are begun and not ended, and no other engine call may come between.
@@ -216,6 +218,20 @@ export interface Engine {
    * checked at the addon boundary (LLM_ERR_BAD_REQUEST). Engines of text-only models may leave it out. */
   encodeImages?(images: readonly ImageInput[]): Float32Array[];
   close(): void;
+}
+
+/**
+ * The side input of a step with M-RoPE positions and image embeddings (not packed into the descriptor: a step that
+ * carries it goes through Engine.step, not stepBegin). Every sequence of the step is covered: text-only ones take
+ * their ordinary position in all three sections, a multimodal one the positions of src/multimodal/mrope.ts (prefill)
+ * or (index + delta) in all three (decode).
+ */
+export interface MultimodalStepInput {
+  /** [3 * numTokens]: the time section for every token of the step (in descriptor order), then height, then width. */
+  positions: Int32Array;
+  /** [imageTokens, hiddenSize]: one row per token of the step equal to spec.vision.imageTokenId, in order (a chunk
+   * of a prefill carries the rows of its own image tokens). Absent: no token takes an image embedding. */
+  imageEmbeds?: Float32Array;
 }
 
 /** One processed image (src/multimodal/image-processor.ts): patches [t * h * w, 3 * temporal * patch^2] and its grid. */
