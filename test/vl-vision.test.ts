@@ -40,16 +40,24 @@ function pixels(n: number, seed: number): Float32Array {
 t.test('vision tower: CPU engine vs the float64 reference', { skip }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'vl-vision-test-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // f32 weights for the grids; bf16 ones (as real checkpoints ship) for one more image.
   const made = makeModel({ shape: 'qwen2.5-vl-tiny', seed: 11, outDir: join(dir, 'model'), dtype: 'f32', std: 0.1 });
-  const spec = await loadModelSpec(made.dir);
-  const engine: Engine = openEngine(spec, { backend: 'cpu', deviceId: 0, pageSize: 4, numPages: 4, memFractionStatic: 0.5, maxBatchTokens: 16, maxSeqsPerStep: 1, threads: 2 });
-  t.teardown(() => engine.close());
+  const madeBf16 = makeModel({ shape: 'qwen2.5-vl-tiny', seed: 12, outDir: join(dir, 'model-bf16'), dtype: 'bf16', std: 0.1 });
+  const open = async (modelDir: string): Promise<Engine> => {
+    const e = openEngine(await loadModelSpec(modelDir), { backend: 'cpu', deviceId: 0, pageSize: 4, numPages: 4, memFractionStatic: 0.5, maxBatchTokens: 16, maxSeqsPerStep: 1, threads: 2 });
+    t.teardown(() => e.close());
+    return e;
+  };
+  const engine = await open(made.dir);
+  const engineBf16 = await open(madeBf16.dir);
   const patchDim = 3 * 2 * 14 * 14;
-  const grids: [number, number, number][] = [[1, 8, 8], [1, 10, 14], [2, 4, 6], [1, 16, 18]];
+  const grids: [number, number, number][] = [[1, 8, 8], [1, 10, 14], [2, 4, 6], [1, 16, 18], [1, 12, 6]];
   const images = grids.map((g, i) => ({ pixelValues: pixels(g[0] * g[1] * g[2] * patchDim, 100 + i), gridThw: g }));
-  const got = engine.encodeImages!(images);
+  const bf16Index = images.length - 1;
+  const got = [...engine.encodeImages!(images.slice(0, bf16Index)), ...engineBf16.encodeImages!([images[bf16Index]!])];
   t.equal(got.length, images.length);
   images.forEach((im, i) => {
+    const modelDir = i === bf16Index ? madeBf16.dir : made.dir;
     const [gt, gh, gw] = im.gridThw;
     const tokens = (gt * gh * gw) / 4;
     const out = got[i]!;
@@ -57,7 +65,7 @@ t.test('vision tower: CPU engine vs the float64 reference', { skip }, async (t) 
     const px = join(dir, `px${i}.f32`);
     const ref = join(dir, `ref${i}.f64`);
     writeFileSync(px, Buffer.from(im.pixelValues.buffer));
-    execFileSync('python3', [REFERENCE, 'vision', made.dir, px, String(gt), String(gh), String(gw), ref]);
+    execFileSync('python3', [REFERENCE, 'vision', modelDir, px, String(gt), String(gh), String(gw), ref]);
     const refBuf = readFileSync(ref);
     const want = new Float64Array(refBuf.buffer, refBuf.byteOffset, refBuf.byteLength / 8);
     t.equal(want.length, out.length);
