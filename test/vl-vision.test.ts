@@ -109,3 +109,30 @@ t.test('a text-only model takes no images', { skip: existsSync(addonPath()) ? fa
   t.teardown(() => engine.close());
   t.throws(() => engine.encodeImages!([{ pixelValues: new Float32Array(4704), gridThw: [1, 2, 2] }]), { code: 'LLM_ERR_BAD_REQUEST', message: /no vision tower/ });
 });
+
+t.test('a fixture image through the processor and the tower', { skip }, async (t) => {
+  const { decodeImage } = await import('../src/multimodal/image-source.js');
+  const { parsePreprocessorConfig, processImage } = await import('../src/multimodal/image-processor.js');
+  const dir = mkdtempSync(join(tmpdir(), 'vl-vision-test-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const made = makeModel({ shape: 'qwen2.5-vl-tiny', seed: 13, outDir: join(dir, 'model'), dtype: 'f32', std: 0.1 });
+  const engine = openEngine(await loadModelSpec(made.dir), { backend: 'cpu', deviceId: 0, pageSize: 4, numPages: 4, memFractionStatic: 0.5, maxBatchTokens: 16, maxSeqsPerStep: 1, threads: 2 });
+  t.teardown(() => engine.close());
+  const config = parsePreprocessorConfig(JSON.parse(readFileSync(join(made.dir, 'preprocessor_config.json'), 'utf8')));
+  const png = readFileSync(new URL('./fixtures/multimodal/gradient-320x240.png', import.meta.url));
+  const image = processImage(await decodeImage(png, { maxPixels: 1 << 24 }, 'image 0'), config);
+  const [out] = engine.encodeImages!([{ pixelValues: image.pixelValues, gridThw: image.gridThw }]);
+  t.equal(out!.length, image.tokens * 64, `${image.tokens} tokens for grid ${image.gridThw.join('x')}`);
+  const px = join(dir, 'px.f32');
+  writeFileSync(px, Buffer.from(image.pixelValues.buffer, image.pixelValues.byteOffset, image.pixelValues.byteLength));
+  execFileSync('python3', [REFERENCE, 'vision', made.dir, px, ...image.gridThw.map(String), join(dir, 'ref.f64')]);
+  const buf = readFileSync(join(dir, 'ref.f64'));
+  const want = new Float64Array(buf.buffer, buf.byteOffset, buf.byteLength / 8);
+  let maxDiff = 0;
+  let maxRef = 0;
+  for (let i = 0; i < want.length; i++) {
+    maxDiff = Math.max(maxDiff, Math.abs(out![i]! - want[i]!));
+    maxRef = Math.max(maxRef, Math.abs(want[i]!));
+  }
+  t.ok(maxDiff / maxRef < 1e-4, `max abs difference ${maxDiff} relative to ${maxRef}`);
+});
