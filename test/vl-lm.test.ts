@@ -143,3 +143,44 @@ t.test('a model without M-RoPE refuses a multimodal step', { skip: existsSync(ad
   const step = packFor(engine, [{ tokenIds: [1, 2], startPos: 0, pages: [0], sample: true, sampling: greedy, outputIndex: 0 }]);
   t.throws(() => engine.step(step, { positions: new Int32Array(6) }), { code: 'LLM_ERR_BAD_REQUEST', message: /no M-RoPE/ });
 });
+
+t.test('tensor parallel (CPU, TP 2): a multimodal prefill and decode equal TP 1', { skip: existsSync(addonPath()) ? false : 'native addon not built' }, async (t) => {
+  const { TpRanks } = await import('./helpers/tp-ranks.js');
+  const dir = mkdtempSync(join(tmpdir(), 'vl-lm-test-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const made = makeModel({ shape: 'qwen2.5-vl-tiny', seed: 23, outDir: join(dir, 'model'), dtype: 'f32', std: 0.1 });
+  const spec = await loadModelSpec(made.dir);
+  const vision = spec.vision!;
+  const V = spec.vocabSize;
+  const options = { backend: 'cpu' as const, deviceId: 0, pageSize: PAGE, numPages: 16, memFractionStatic: 0.5, maxBatchTokens: 64, maxSeqsPerStep: 2, threads: 1 };
+  const single = openEngine(spec, options);
+  t.teardown(() => single.close());
+  const grid: [number, number, number] = [1, 4, 4];
+  const embeds = single.encodeImages!([{ pixelValues: new Float32Array(16 * 1176).map((_, i) => Math.cos(i * 0.01)), gridThw: grid }])[0]!;
+  const prompt = expandImagePlaceholders([3, 4, vision.visionStartTokenId, vision.imageTokenId, vision.visionEndTokenId, 5], vision.imageTokenId, [grid], 2);
+  const n = prompt.length;
+  const { positions, delta } = multimodalPositions(prompt, vision.imageTokenId, [grid], 2);
+  const pages = [0, 1, 2, 3];
+  const prefill: SeqStep[] = [{ tokenIds: prompt, startPos: 0, pages: pages.slice(0, Math.ceil(n / PAGE)), sample: true, sampling: greedy, outputIndex: 0 }];
+  const want = single.step(packFor(single, prefill, { returnLogits: true }), { positions, imageEmbeds: embeds });
+  const decode: SeqStep[] = [{ tokenIds: [want.tokens[0]!], startPos: n, pages: pages.slice(0, Math.ceil((n + 1) / PAGE)), sample: true, sampling: greedy, outputIndex: 1 }];
+  const decodePositions = new Int32Array([n + delta, n + delta, n + delta]);
+  const want2 = single.step(packFor(single, decode, { returnLogits: true }), { positions: decodePositions });
+
+  const { ranks, opened } = await TpRanks.start(spec, options, { size: 2, group: `vl-lm-test-${process.pid}` });
+  t.teardown(() => ranks.close());
+  t.same(opened.errors, [undefined, undefined], 'both ranks open');
+  const got = await ranks.step(prefill, { returnLogits: true, multimodal: { positions, imageEmbeds: embeds } });
+  const got2 = await ranks.step(decode, { returnLogits: true, multimodal: { positions: decodePositions } });
+  for (const [label, g, w] of [['prefill', got, want], ['decode', got2, want2]] as const) {
+    t.same(g.errors, [undefined, undefined], `${label}: no rank failed`);
+    let maxDiff = 0;
+    let maxRef = 0;
+    for (let v = 0; v < V; v++) {
+      maxDiff = Math.max(maxDiff, Math.abs(g.value!.logits![v]! - w.logits![v]!));
+      maxRef = Math.max(maxRef, Math.abs(w.logits![v]!));
+    }
+    t.ok(maxDiff / maxRef < 1e-5, `${label}: TP 2 logits within ${maxDiff / maxRef} of TP 1`);
+    t.equal(g.value!.tokens[0], w.tokens[0], `${label}: same token`);
+  }
+});
