@@ -193,7 +193,7 @@ t.test('make-model CLI usage errors exit 2 naming the flag', async (t) => {
   } finally {
     process.stderr.write = orig;
   }
-  t.match(errs[0], /--shape: expected one of "qwen3-0\.6b", "qwen3-tiny", "qwen2-tiny", "llama-tiny", "qwen3-embedding-0\.6b", "qwen3-embedding-tiny", "bert-tiny", got "gpt5"/);
+  t.match(errs[0], /--shape: expected one of "qwen3-0\.6b", "qwen3-tiny", "qwen2-tiny", "llama-tiny", "qwen3-embedding-0\.6b", "qwen3-embedding-tiny", "bert-tiny", "qwen2\.5-vl-tiny", got "gpt5"/);
   t.match(errs[1], /--seed: expected an integer >= 0/);
   t.match(errs[2], /--seed is required/);
   t.match(errs[3], /unknown flag --bogus/);

@@ -332,16 +332,27 @@ class CpuBackend final : public Backend {
     const int P = s.pageSize;
     const float eps = d_.rmsNormEps;
     // Embedding gather and the step's RoPE tables (shared by all layers).
+    int64_t nextImageRow = 0;
     for (int64_t t = 0; t < T; ++t) {
-      // Vocab-parallel: a token outside this rank's rows embeds to zeros, and the all-reduce below fills it in.
-      const int64_t row = (int64_t)s.tokens[t] - vocabStart_;
-      const size_t es = dtypeSize(w_.embed.dtype);
-      if (row >= 0 && row < localVocab_)
-        toF32(static_cast<const uint8_t*>(w_.embed.data) + (size_t)row * H * es, w_.embed.dtype, H, &x_[t * H]);
-      else
-        std::fill(&x_[t * H], &x_[(t + 1) * H], 0.0f);
-      const float pos = (float)s.positions[t];
+      if (s.imageEmbeds && s.tokens[t] == d_.imageTokenId) {
+        // An image token takes its embedding row; under TP rank 0 alone adds it, as the all-reduce below sums.
+        const float* e = s.imageEmbeds + nextImageRow++ * H;
+        if (!group_ || opt_.tp.rank == 0) std::copy(e, e + H, &x_[t * H]);
+        else std::fill(&x_[t * H], &x_[(t + 1) * H], 0.0f);
+      } else {
+        // Vocab-parallel: a token outside this rank's rows embeds to zeros, and the all-reduce below fills it in.
+        const int64_t row = (int64_t)s.tokens[t] - vocabStart_;
+        const size_t es = dtypeSize(w_.embed.dtype);
+        if (row >= 0 && row < localVocab_)
+          toF32(static_cast<const uint8_t*>(w_.embed.data) + (size_t)row * H * es, w_.embed.dtype, H, &x_[t * H]);
+        else
+          std::fill(&x_[t * H], &x_[(t + 1) * H], 0.0f);
+      }
+      // M-RoPE: pair i takes the time, height or width position by the section it falls in.
+      const int sec0 = d_.mropeSection[0], sec01 = sec0 + d_.mropeSection[1];
       for (int64_t i = 0; i < half; ++i) {
+        const int section = i < sec0 ? 0 : i < sec01 ? 1 : 2;
+        const float pos = (float)(s.mropePositions ? s.mropePositions[section * T + t] : s.positions[t]);
         const float ang = pos * invFreq_[i];
         cos_[t * half + i] = (float)std::cos((double)ang);
         sin_[t * half + i] = (float)std::sin((double)ang);

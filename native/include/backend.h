@@ -50,6 +50,10 @@ struct ModelDesc {
   int maxPositionEmbeddings = 0;
   bool tieWordEmbeddings = false, qkvBias = false, qkNorm = false;
   int typeVocabSize = 0;  // Bert only; rmsNormEps holds its LayerNorm epsilon
+  // Qwen2.5-VL: M-RoPE sections (rotary pairs taking the time, height, width position; all 0 = ordinary RoPE) and
+  // the image placeholder token (-1: none), whose rows a multimodal step replaces with image embeddings.
+  int mropeSection[3] = {0, 0, 0};
+  int imageTokenId = -1;
 };
 
 /**

@@ -145,6 +145,13 @@ struct StepView {
   int32_t numBanned;         // sum of bannedCount over sequences (0: no sequence bans anything this step)
   int32_t numMasked;         // sequences with a token bitmask (0: every draw is unconstrained)
   int32_t maskWords;         // words per bitmask row (ceil(vocab / 32)), 0 when numMasked is 0
+  // Multimodal side input (not in the descriptor; checked at the addon boundary, step() only, cpu backend only):
+  // M-RoPE positions [3 * numTokens] (sections time | height | width, each numTokens long, in token order) that
+  // replace the rotary position of every token (the positions section still names its KV slot), and the embeddings
+  // [numImageEmbeds, hidden] that replace, in order, the rows of the tokens equal to the model's image token.
+  const int32_t* mropePositions = nullptr;
+  const float* imageEmbeds = nullptr;
+  int32_t numImageEmbeds = 0;
 };
 
 }  // namespace dsg

@@ -2,6 +2,7 @@
 // is the LLM_ERR_* string. Nothing here exits or aborts the process.
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -13,6 +14,7 @@
 #include "backend.h"
 #include "loader.h"
 #include "sampling.h"
+#include "../cpu/vision.h"
 #ifdef DYNAMO_CUDA
 #include <cuda_runtime_api.h>
 #endif
@@ -109,6 +111,18 @@ ModelDesc parseDesc(const Napi::Object& spec) {
   if (layout == "half") d.ropeLayout = RopeLayout::Half;
   else if (layout == "interleaved") d.ropeLayout = RopeLayout::Interleaved;
   else bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.ropeLayout '" + layout + "' unsupported (half, interleaved)");
+  if (spec.Has("mropeSection") && !spec.Get("mropeSection").IsUndefined()) {
+    Napi::Value mv = spec.Get("mropeSection");
+    if (!mv.IsArray() || mv.As<Napi::Array>().Length() != 3) bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.mropeSection must be three integers");
+    int sum = 0;
+    for (uint32_t i = 0; i < 3; ++i) {
+      Napi::Value e = mv.As<Napi::Array>().Get(i);
+      if (!e.IsNumber() || e.As<Napi::Number>().Int32Value() < 1) bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.mropeSection must be three positive integers");
+      sum += (d.mropeSection[i] = e.As<Napi::Number>().Int32Value());
+    }
+    if (sum * 2 != d.headDim) bad("LLM_ERR_MODEL_FORMAT", "ModelSpec.mropeSection must sum to headDim / 2");
+  }
+  if (spec.Has("vision") && spec.Get("vision").IsObject()) d.imageTokenId = integer(spec.Get("vision").As<Napi::Object>(), "ModelSpec.vision", "imageTokenId");
   Napi::Value rs = field(spec, W, "ropeScaling");
   if (rs.IsObject()) {
     Napi::Object r = rs.As<Napi::Object>();
@@ -296,6 +310,42 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   /** Checks the descriptor, allocates the result arrays and begins the step on the backend (backend.h stepBegin). */
+  /** step(desc, multimodal): checks the side input {positions: Int32Array [3 * numTokens], imageEmbeds?: Float32Array}
+   *  against the checked step and points the view at it (step.h StepView). */
+  void attachMultimodal(const Napi::Value& mv, StepView& v) {
+    const ModelDesc& d = model_->desc;
+    if (!mv.IsObject()) bad("LLM_ERR_BAD_REQUEST", "step(descriptor, multimodal): multimodal must be an object");
+    if (d.mropeSection[0] == 0) bad("LLM_ERR_BAD_REQUEST", "multimodal step: this model has no M-RoPE (not a vision-language model)");
+    if (std::string(live().name()) != "cpu")
+      bad("LLM_ERR_UNSUPPORTED_ARCH", std::string("multimodal steps run on the cpu backend only in this build (engine backend: ") + live().name() + ")");
+    const Napi::Object o = mv.As<Napi::Object>();
+    Napi::Value pv = o.Get("positions");
+    if (!pv.IsTypedArray() || pv.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      bad("LLM_ERR_BAD_REQUEST", "multimodal.positions must be an Int32Array");
+    Napi::Int32Array pos = pv.As<Napi::Int32Array>();
+    if ((int64_t)pos.ElementLength() != 3 * (int64_t)v.numTokens)
+      bad("LLM_ERR_BAD_REQUEST", "multimodal.positions has " + std::to_string(pos.ElementLength()) + " values, 3 x " + std::to_string(v.numTokens) + " tokens needed");
+    for (size_t i = 0; i < pos.ElementLength(); ++i)
+      if (pos[i] < 0 || pos[i] > (1 << 24))
+        bad("LLM_ERR_BAD_REQUEST", "multimodal.positions[" + std::to_string(i) + "] = " + std::to_string(pos[i]) + " out of range [0, 2^24]");
+    v.mropePositions = pos.Data();
+    Napi::Value ev = o.Get("imageEmbeds");
+    if (ev.IsUndefined() || ev.IsNull()) return;
+    if (!ev.IsTypedArray() || ev.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      bad("LLM_ERR_BAD_REQUEST", "multimodal.imageEmbeds must be a Float32Array");
+    Napi::Float32Array emb = ev.As<Napi::Float32Array>();
+    int64_t imageTokens = 0;
+    for (int32_t t = 0; t < v.numTokens; ++t) imageTokens += v.tokens[t] == d.imageTokenId ? 1 : 0;
+    if ((int64_t)emb.ElementLength() != imageTokens * d.hiddenSize)
+      bad("LLM_ERR_BAD_REQUEST", "multimodal.imageEmbeds has " + std::to_string(emb.ElementLength()) + " values; the step has " + std::to_string(imageTokens) +
+                                     " image tokens (id " + std::to_string(d.imageTokenId) + ") x hidden " + std::to_string(d.hiddenSize));
+    const float* e = emb.Data();
+    for (size_t i = 0; i < emb.ElementLength(); ++i)
+      if (!std::isfinite(e[i])) bad("LLM_ERR_BAD_REQUEST", "multimodal.imageEmbeds[" + std::to_string(i) + "] is not finite");
+    v.imageEmbeds = e;
+    v.numImageEmbeds = (int32_t)imageTokens;
+  }
+
   void beginStep(Napi::Env env, const Napi::CallbackInfo& info, bool allowPlaceholders) {
     Backend& be = live();
     if ((int)pending_.size() >= Backend::kMaxStepsInFlight)
@@ -312,7 +362,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       hasPrevious_ = false;  // the next step's placeholders would name this step's rows: it sampled nothing
       throw;
     }
-    const StepView& v = checked_.view;
+    StepView v = checked_.view;
+    if (!allowPlaceholders && info.Length() > 1 && !info[1].IsUndefined()) attachMultimodal(info[1], v);
     Napi::Int32Array tokens = Napi::Int32Array::New(env, v.numSeqs);
     Napi::Float32Array logprobs = Napi::Float32Array::New(env, v.numSeqs);
     Napi::Int32Array topIds = Napi::Int32Array::New(env, (size_t)v.numSeqs * v.maxTopN);
@@ -613,6 +664,88 @@ Napi::Value SampleFromLogitsJs(const Napi::CallbackInfo& info) {
   });
 }
 
+
+/** The Qwen2.5-VL vision tower (cpu/vision.h): new VisionTower(visionSpec, {threads}); encode(pixelValues, t, h, w)
+ *  -> Float32Array [t*h*w / merge^2, outHiddenSize]. The image's shapes and values are checked here, once. */
+class VisionTowerWrap : public Napi::ObjectWrap<VisionTowerWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "VisionTower", {InstanceMethod("encode", &VisionTowerWrap::Encode), InstanceMethod("close", &VisionTowerWrap::Close)});
+  }
+
+  VisionTowerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VisionTowerWrap>(info) {
+    guarded(info.Env(), [&] {
+      if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject())
+        bad("LLM_ERR_BAD_REQUEST", "VisionTower(visionSpec, options): both arguments must be objects");
+      const Napi::Object v = info[0].As<Napi::Object>();
+      const char* W = "VisionSpec";
+      VisionDesc d;
+      d.depth = integer(v, W, "depth");
+      d.hiddenSize = integer(v, W, "hiddenSize");
+      d.intermediateSize = integer(v, W, "intermediateSize");
+      d.numHeads = integer(v, W, "numHeads");
+      d.inChannels = integer(v, W, "inChannels");
+      d.outHiddenSize = integer(v, W, "outHiddenSize");
+      d.patchSize = integer(v, W, "patchSize");
+      d.spatialMergeSize = integer(v, W, "spatialMergeSize");
+      d.temporalPatchSize = integer(v, W, "temporalPatchSize");
+      d.windowSize = integer(v, W, "windowSize");
+      d.rmsNormEps = (float)num(v, W, "rmsNormEps");
+      Napi::Value fv = field(v, W, "fullAttBlockIndexes");
+      if (!fv.IsArray()) bad("LLM_ERR_MODEL_FORMAT", "VisionSpec.fullAttBlockIndexes must be an array");
+      Napi::Array fa = fv.As<Napi::Array>();
+      for (uint32_t i = 0; i < fa.Length(); ++i) {
+        Napi::Value e = fa.Get(i);
+        if (!e.IsNumber()) bad("LLM_ERR_MODEL_FORMAT", "VisionSpec.fullAttBlockIndexes must hold integers");
+        d.fullAttBlockIndexes.push_back(e.As<Napi::Number>().Int32Value());
+      }
+      const Napi::Object o = info[1].As<Napi::Object>();
+      const int threads = o.Has("threads") && o.Get("threads").IsNumber() ? o.Get("threads").As<Napi::Number>().Int32Value() : 1;
+      tower_ = std::make_unique<VisionTower>(d, parseTensors(v), std::max(1, threads));
+      return 0;
+    });
+  }
+
+ private:
+  Napi::Value Encode(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      if (!tower_) bad("LLM_ERR_SHUTDOWN", "vision tower is closed");
+      if (info.Length() < 4 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+        bad("LLM_ERR_BAD_REQUEST", "encode(pixelValues: Float32Array, gridT, gridH, gridW)");
+      const Napi::Float32Array px = info[0].As<Napi::Float32Array>();
+      int grid[3];
+      for (int i = 0; i < 3; ++i) {
+        const double g = info[(size_t)i + 1].IsNumber() ? info[(size_t)i + 1].As<Napi::Number>().DoubleValue() : -1;
+        if (!(g >= 1) || g != std::floor(g) || g > 65536) bad("LLM_ERR_BAD_REQUEST", "image grid_thw must be three integers in [1, 65536]");
+        grid[i] = (int)g;
+      }
+      const VisionDesc& d = tower_->desc();
+      const int m = d.spatialMergeSize;
+      const std::string g = std::to_string(grid[0]) + "x" + std::to_string(grid[1]) + "x" + std::to_string(grid[2]);
+      if (grid[1] % m != 0 || grid[2] % m != 0)
+        bad("LLM_ERR_BAD_REQUEST", "image grid " + g + ": height and width must be multiples of the merge size " + std::to_string(m));
+      const int64_t rows = (int64_t)grid[0] * grid[1] * grid[2];
+      if ((int64_t)px.ElementLength() != rows * tower_->patchDim())
+        bad("LLM_ERR_BAD_REQUEST", "image grid " + g + " needs " + std::to_string(rows) + " x " + std::to_string(tower_->patchDim()) +
+                                       " pixel values, got " + std::to_string(px.ElementLength()));
+      const float* data = px.Data();
+      for (size_t i = 0; i < px.ElementLength(); ++i)
+        if (!std::isfinite(data[i])) bad("LLM_ERR_BAD_REQUEST", "image pixel value " + std::to_string(i) + " is not finite");
+      Napi::Float32Array out = Napi::Float32Array::New(env, (size_t)(rows / (m * m) * d.outHiddenSize));
+      tower_->encode(data, grid[0], grid[1], grid[2], out.Data());
+      return out;
+    });
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    tower_.reset();
+    return info.Env().Undefined();
+  }
+
+  std::unique_ptr<VisionTower> tower_;
+};
+
 /** tpAbort(group, reason): wakes every rank of that group blocked in a join or a collective, now and later, with
  *  LLM_ERR_TP_ABORTED (TpGroup::abort). Callable from any thread while ranks are blocked in theirs. */
 Napi::Value TpAbortJs(const Napi::CallbackInfo& info) {
@@ -643,6 +776,7 @@ Napi::Value CudaDeviceCountJs(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeEngine", EngineWrap::Init(env));
+  exports.Set("VisionTower", VisionTowerWrap::Init(env));
   exports.Set("sampleFromLogits", Napi::Function::New(env, SampleFromLogitsJs));
   exports.Set("tpAbort", Napi::Function::New(env, TpAbortJs));
   exports.Set("cudaDeviceCount", Napi::Function::New(env, CudaDeviceCountJs));

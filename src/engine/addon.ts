@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LlmError } from '../errors.js';
-import type { BackendKind, EngineOptions, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec } from './types.js';
+import type { BackendKind, EngineOptions, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, MultimodalStepInput, VisionSpec } from './types.js';
 
 /** What NativeEngine.step returns (StepResult with `topN` always a number and `logits` only when asked). */
 export interface NativeStepResult {
@@ -19,7 +19,7 @@ export interface NativeStepResult {
 }
 
 export interface NativeEngine {
-  step(descriptor: Int32Array): NativeStepResult;
+  step(descriptor: Int32Array, multimodal?: MultimodalStepInput): NativeStepResult;
   stepBegin(descriptor: Int32Array): void;
   stepEnd(): NativeStepResult;
   stepReady(): boolean;
@@ -51,8 +51,16 @@ export interface NativeSample {
   topLogprobs: Float32Array;
 }
 
+/** The Qwen2.5-VL vision tower (native/cpu/vision.h). */
+export interface NativeVisionTower {
+  /** One image: pixels [t*h*w, patchDim] → embeddings [t*h*w / merge^2, outHiddenSize]. */
+  encode(pixelValues: Float32Array, gridT: number, gridH: number, gridW: number): Float32Array;
+  close(): void;
+}
+
 export interface NativeAddon {
   NativeEngine: new (spec: ModelSpec, options: EngineOptions) => NativeEngine;
+  VisionTower: new (spec: VisionSpec, options: { threads: number }) => NativeVisionTower;
   /** Test entry: the engine's reference sampler (native/include/sampling.h) on given logits. */
   sampleFromLogits(logits: Float32Array, params: NativeSamplingParams, seedLo: number, seedHi: number, outputIndex: number): NativeSample;
   /** Tensor parallelism (native/include/tensor_parallel.h): every rank of `group` waiting in a join or a collective

@@ -2,9 +2,9 @@
 // as they are and are checked there; native errors arrive with `.code` and are rethrown as LlmError.
 
 import { LlmError, isErrorCode } from '../errors.js';
-import { loadAddon, type NativeEngine, type NativeStepResult } from './addon.js';
+import { loadAddon, type NativeEngine, type NativeStepResult, type NativeVisionTower } from './addon.js';
 import { EMBED_POOLING_CODES, type EmbedOptions } from './types.js';
-import type { BackendKind, Engine, EngineOptions, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, StepDescriptor, StepResult } from './types.js';
+import type { BackendKind, Engine, EngineOptions, ImageInput, KvIpcPool, KvPoolInfo, KvPullStats, MemoryInfo, ModelSpec, MultimodalStepInput, StepDescriptor, StepResult } from './types.js';
 
 /** Rethrows a native error as an LlmError with the same code (unknown codes become LLM_ERR_INTERNAL). */
 function native<T>(fn: () => T): T {
@@ -27,9 +27,12 @@ class NativeBackedEngine implements Engine {
   readonly spec: ModelSpec;
   readonly kv: KvPoolInfo;
   private handle: NativeEngine | null;
+  /** The vision tower of a vision-language model on the cpu backend; null otherwise. */
+  private vision: NativeVisionTower | null;
 
-  constructor(handle: NativeEngine, spec: ModelSpec, backend: BackendKind) {
+  constructor(handle: NativeEngine, spec: ModelSpec, backend: BackendKind, vision: NativeVisionTower | null) {
     this.handle = handle;
+    this.vision = vision;
     this.spec = spec;
     this.backend = backend;
     this.kv = native(() => handle.kvInfo());
@@ -40,9 +43,9 @@ class NativeBackedEngine implements Engine {
     return this.handle;
   }
 
-  step(desc: StepDescriptor): StepResult {
+  step(desc: StepDescriptor, multimodal?: MultimodalStepInput): StepResult {
     const h = this.live();
-    return toStepResult(native(() => h.step(desc)));
+    return toStepResult(native(() => (multimodal === undefined ? h.step(desc) : h.step(desc, multimodal))));
   }
 
   stepBegin(desc: StepDescriptor): void {
@@ -109,8 +112,31 @@ class NativeBackedEngine implements Engine {
     return native(() => h.memoryInfo());
   }
 
+  encodeImages(images: readonly ImageInput[]): Float32Array[] {
+    this.live();
+    if (this.spec.vision === undefined) throw new LlmError('LLM_ERR_BAD_REQUEST', 'this model has no vision tower: it takes no images');
+    const tower = this.vision;
+    if (tower === null) {
+      throw new LlmError('LLM_ERR_UNSUPPORTED_ARCH', `the vision tower runs on the cpu backend only in this build (engine backend: ${this.backend}): images are refused`);
+    }
+    return images.map((im, i) => {
+      if (!(im.pixelValues instanceof Float32Array) || !Array.isArray(im.gridThw) || im.gridThw.length !== 3) {
+        throw new LlmError('LLM_ERR_BAD_REQUEST', `image ${i}: needs pixelValues (Float32Array) and gridThw [t, h, w]`);
+      }
+      const [t, h, w] = im.gridThw;
+      try {
+        return native(() => tower.encode(im.pixelValues, t, h, w));
+      } catch (err) {
+        if (err instanceof LlmError) throw new LlmError(err.code, `image ${i}: ${err.message}`, { cause: err });
+        throw err;
+      }
+    });
+  }
+
   close(): void {
     if (!this.handle) return;
+    this.vision?.close();
+    this.vision = null;
     this.handle.close();
     this.handle = null;
   }
@@ -130,7 +156,17 @@ export function openEngine(spec: ModelSpec, options: EngineOptions): Engine {
     );
   }
   const handle = native(() => new addon.NativeEngine(spec, options));
-  return new NativeBackedEngine(handle, spec, options.backend);
+  const visionSpec = spec.vision;
+  let vision: NativeVisionTower | null = null;
+  if (visionSpec !== undefined && options.backend === 'cpu') {
+    try {
+      vision = native(() => new addon.VisionTower(visionSpec, { threads: options.threads ?? 1 }));
+    } catch (err) {
+      handle.close();
+      throw err;
+    }
+  }
+  return new NativeBackedEngine(handle, spec, options.backend, vision);
 }
 
 function toStepResult(r: NativeStepResult): StepResult {

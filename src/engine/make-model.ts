@@ -10,10 +10,10 @@ import { dirname, join } from 'node:path';
 import { LlmError } from '../errors.js';
 import { GgufValueType } from './gguf.js';
 import type { GgufScalar } from './gguf.js';
-import { expectedTensors } from './model.js';
-import type { Architecture, DType, ModelSpec } from './types.js';
+import { expectedTensors, expectedVisionTensors } from './model.js';
+import type { Architecture, DType, ModelSpec, VisionHyperParams } from './types.js';
 
-export const MODEL_SHAPE_NAMES = ['qwen3-0.6b', 'qwen3-tiny', 'qwen2-tiny', 'llama-tiny', 'qwen3-embedding-0.6b', 'qwen3-embedding-tiny', 'bert-tiny'] as const;
+export const MODEL_SHAPE_NAMES = ['qwen3-0.6b', 'qwen3-tiny', 'qwen2-tiny', 'llama-tiny', 'qwen3-embedding-0.6b', 'qwen3-embedding-tiny', 'bert-tiny', 'qwen2.5-vl-tiny'] as const;
 export type ModelShapeName = (typeof MODEL_SHAPE_NAMES)[number];
 
 interface ShapeDef {
@@ -36,6 +36,9 @@ interface ShapeDef {
   /** An embedding model (Qwen3-Embedding style): saved as the bare decoder (tensor names without "model.", no LM
    * head) with sentence-transformers files beside it declaring its pooling and normalisation. */
   embedding?: boolean;
+  /** Vision-language shapes (Qwen2.5-VL): M-RoPE sections and the vision tower (token ids come from the tokenizer). */
+  mropeSection?: [number, number, number];
+  vision?: Omit<VisionHyperParams, 'outHiddenSize' | 'rmsNormEps' | 'imageTokenId' | 'visionStartTokenId' | 'visionEndTokenId'>;
 }
 
 // Tiny shapes keep the first 1024 Qwen BPE tokens (the 256 byte tokens plus the first 768 merges, whose ids are
@@ -83,6 +86,18 @@ export const MODEL_SHAPES: Readonly<Record<ModelShapeName, ShapeDef>> = {
     intermediateSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 4, headDim: 16, vocabSize: TINY_VOCAB,
     tieWordEmbeddings: true, ropeTheta: 10000, rmsNormEps: 1e-12, maxPositionEmbeddings: 128, baseVocab: TINY_BASE_VOCAB, embedding: true,
   },
+  // Qwen2.5-VL's layout at toy size: M-RoPE sections in the 16:24:24 proportion of the real models over head_dim/2 = 8,
+  // a 4-block tower (two of them full-attention) of head_dim 16 with the real patch, merge and window sizes.
+  'qwen2.5-vl-tiny': {
+    architecture: 'qwen2', hfArchitecture: 'Qwen2_5_VLForConditionalGeneration', modelType: 'qwen2_5_vl', hiddenSize: 64,
+    intermediateSize: 160, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, vocabSize: TINY_VOCAB,
+    tieWordEmbeddings: false, ropeTheta: 1000000, rmsNormEps: 1e-6, maxPositionEmbeddings: 4096, baseVocab: TINY_BASE_VOCAB,
+    mropeSection: [2, 3, 3],
+    vision: {
+      depth: 4, hiddenSize: 32, intermediateSize: 48, numHeads: 2, inChannels: 3, patchSize: 14, spatialMergeSize: 2,
+      temporalPatchSize: 2, windowSize: 112, fullAttBlockIndexes: [1, 3],
+    },
+  },
 };
 
 /** Pooling an embedding shape's sentence-transformers files declare (1_Pooling/config.json). */
@@ -110,7 +125,8 @@ type ProgressCallback = (written: number, total: number) => void;
 export interface MakeModelResult {
   dir: string;
   files: string[];
-  spec: Omit<ModelSpec, 'tensors' | 'ropeLayout'>;
+  spec: Omit<ModelSpec, 'tensors' | 'ropeLayout' | 'vision'>;
+  vision?: VisionHyperParams;
 }
 
 // ---------------------------------------------------------------- numbers
@@ -215,7 +231,7 @@ const BYTES: Readonly<Record<DType, number>> = { f32: 4, f16: 2, bf16: 2 };
 const CHUNK_ELEMENTS = 1 << 22;
 
 function isNormWeight(name: string): boolean {
-  return name.toLowerCase().endsWith('norm.weight');
+  return /(norm\d?|ln_q)\.weight$/i.test(name);
 }
 
 /** Fills `out` with the next values of a tensor's stream, already rounded to `dtype` (so all writers agree). */
@@ -273,7 +289,26 @@ interface TokenizerFiles {
   bosTokenId: number;
   eosTokenId: number;
   padTokenId: number;
+  imageTokenId: number;
+  visionStartTokenId: number;
+  visionEndTokenId: number;
 }
+
+/** Chat template of the vision-language shapes: ChatML, with <|vision_start|><|image_pad|><|vision_end|> where a
+ * message's content list has an image part (one <|image_pad|> per image; the processor expands it). */
+const VL_CHAT_TEMPLATE = [
+  "{%- for message in messages -%}",
+  "{%- if loop.first and message.role != 'system' -%}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif -%}",
+  "{{ '<|im_start|>' + message.role + '\\n' }}",
+  "{%- if message.content is string -%}{{ message.content }}",
+  "{%- elif message.content -%}{%- for part in message.content -%}",
+  "{%- if part.type == 'text' -%}{{ part.text }}",
+  "{%- elif part.type == 'image' or part.type == 'image_url' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}",
+  "{%- endif -%}{%- endfor -%}{%- endif -%}",
+  "{{ '<|im_end|>\\n' }}",
+  "{%- endfor -%}",
+  "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}",
+].join('');
 
 /** The Qwen3 tokenizer, cut to `baseVocab` BPE tokens (added tokens renumbered after them) when asked. */
 function buildTokenizer(baseVocab: number | null, vocabSize: number): TokenizerFiles {
@@ -304,7 +339,10 @@ function buildTokenizer(baseVocab: number | null, vocabSize: number): TokenizerF
   };
   const maxId = Math.max(...added.map((t) => t['id'] as number));
   if (maxId >= vocabSize) throw new LlmError('LLM_ERR_INTERNAL', `tokenizer id ${maxId} does not fit vocab_size ${vocabSize}`);
-  return { tokenizerJson, tokenizerConfig, bosTokenId: idOf('<|endoftext|>'), eosTokenId: idOf('<|im_end|>'), padTokenId: idOf('<|endoftext|>') };
+  return {
+    tokenizerJson, tokenizerConfig, bosTokenId: idOf('<|endoftext|>'), eosTokenId: idOf('<|im_end|>'), padTokenId: idOf('<|endoftext|>'),
+    imageTokenId: idOf('<|image_pad|>'), visionStartTokenId: idOf('<|vision_start|>'), visionEndTokenId: idOf('<|vision_end|>'),
+  };
 }
 
 // ---------------------------------------------------------------- config files
@@ -351,6 +389,29 @@ function configJson(shape: ShapeDef, dtype: DType, tok: TokenizerFiles): Json {
     return { ...common, attention_bias: false, mlp_bias: false, pretraining_tp: 1 };
   }
   if (shape.architecture === 'qwen2') delete common['attention_bias'];
+  if (shape.vision !== undefined && shape.mropeSection !== undefined) {
+    // As the hub's Qwen2.5-VL checkpoints: text fields at the top level, rope_scaling with the M-RoPE sections.
+    const v = shape.vision;
+    delete common['rope_parameters'];
+    return {
+      ...common,
+      image_token_id: tok.imageTokenId,
+      max_window_layers: shape.numLayers,
+      rope_scaling: { mrope_section: shape.mropeSection, rope_type: 'default', type: 'mrope' },
+      rope_theta: shape.ropeTheta,
+      sliding_window: shape.maxPositionEmbeddings,
+      use_sliding_window: false,
+      video_token_id: tok.imageTokenId + 1,
+      vision_config: {
+        depth: v.depth, fullatt_block_indexes: v.fullAttBlockIndexes, hidden_act: 'silu', hidden_size: v.hiddenSize,
+        in_chans: v.inChannels, intermediate_size: v.intermediateSize, model_type: 'qwen2_5_vl', num_heads: v.numHeads,
+        out_hidden_size: shape.hiddenSize, patch_size: v.patchSize, spatial_merge_size: v.spatialMergeSize,
+        spatial_patch_size: v.patchSize, temporal_patch_size: v.temporalPatchSize, tokens_per_second: 2, window_size: v.windowSize,
+      },
+      vision_end_token_id: tok.visionEndTokenId,
+      vision_start_token_id: tok.visionStartTokenId,
+    };
+  }
   return {
     ...common,
     layer_types: Array.from({ length: shape.numLayers }, () => 'full_attention'),
@@ -607,9 +668,11 @@ export function makeModel(options: MakeModelOptions): MakeModelResult {
   const dtype = options.dtype ?? 'bf16';
   const std = options.std ?? 0.02;
   if (!(std > 0 && std < 10)) throw new LlmError('LLM_ERR_USAGE', `std must be in (0, 10), got ${std}`);
+  if (options.gguf && shape.vision !== undefined) throw new LlmError('LLM_ERR_USAGE', `shape ${options.shape} has a vision tower: no GGUF for it`);
   const dir = options.outDir;
   mkdirSync(dir, { recursive: true });
   const tok = buildTokenizer(shape.baseVocab, shape.vocabSize);
+  if (shape.vision !== undefined) tok.tokenizerConfig['chat_template'] = VL_CHAT_TEMPLATE;
   const spec: MakeModelResult['spec'] = {
     architecture: shape.architecture,
     vocabSize: shape.vocabSize,
@@ -629,8 +692,13 @@ export function makeModel(options: MakeModelOptions): MakeModelResult {
     ...(shape.architecture === 'bert' ? { typeVocabSize: 2 } : {}),
     bosTokenId: tok.bosTokenId,
     eosTokenIds: [tok.eosTokenId],
+    ...(shape.mropeSection === undefined ? {} : { mropeSection: shape.mropeSection }),
   };
-  const tensors = expectedTensors(spec);
+  const vision: VisionHyperParams | undefined =
+    shape.vision === undefined
+      ? undefined
+      : { ...shape.vision, outHiddenSize: shape.hiddenSize, rmsNormEps: 1e-6, imageTokenId: tok.imageTokenId, visionStartTokenId: tok.visionStartTokenId, visionEndTokenId: tok.visionEndTokenId };
+  const tensors = [...expectedTensors(spec), ...(vision === undefined ? [] : expectedVisionTensors(vision))];
   const files: string[] = [];
   const write = (name: string, text: string): void => {
     writeFileSync(join(dir, name), text);
@@ -640,6 +708,16 @@ export function makeModel(options: MakeModelOptions): MakeModelResult {
   write('generation_config.json', JSON.stringify({ bos_token_id: tok.bosTokenId, eos_token_id: [tok.eosTokenId, tok.padTokenId], pad_token_id: tok.padTokenId }, null, 2) + '\n');
   write('tokenizer.json', JSON.stringify(tok.tokenizerJson));
   write('tokenizer_config.json', JSON.stringify(tok.tokenizerConfig, null, 2) + '\n');
+  if (vision !== undefined) {
+    // Qwen2-VL's image processor; max_pixels kept small so toy images stay a few dozen tokens.
+    write('preprocessor_config.json', JSON.stringify({
+      do_convert_rgb: true, do_normalize: true, do_rescale: true, do_resize: true,
+      image_mean: [0.48145466, 0.4578275, 0.40821073], image_processor_type: 'Qwen2VLImageProcessor',
+      image_std: [0.26862954, 0.26130258, 0.27577711], max_pixels: 112 * 112 * 4, merge_size: vision.spatialMergeSize, min_pixels: 56 * 56,
+      patch_size: vision.patchSize, processor_class: 'Qwen2_5_VLProcessor', resample: 3, rescale_factor: 1 / 255,
+      temporal_patch_size: vision.temporalPatchSize,
+    }, null, 2) + '\n');
+  }
   if (options.pooling !== undefined && !shape.embedding) {
     throw new LlmError('LLM_ERR_USAGE', `pooling is for the embedding shapes (${MODEL_SHAPE_NAMES.filter((n) => MODEL_SHAPES[n].embedding).join(', ')}), not ${options.shape}`);
   }
@@ -656,5 +734,5 @@ export function makeModel(options: MakeModelOptions): MakeModelResult {
     writeGguf(join(dir, 'model-f16.gguf'), shape, options.seed, tensors, std, dtype, tok, `random ${options.shape} seed ${options.seed}`, progress('model-f16.gguf'));
     files.push(join(dir, 'model-f16.gguf'));
   }
-  return { dir, files, spec };
+  return { dir, files, spec, ...(vision === undefined ? {} : { vision }) };
 }

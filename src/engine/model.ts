@@ -10,11 +10,11 @@ import type { GgufFile } from './gguf.js';
 import { parseEosIds, parseHfConfig } from './hf-config.js';
 import type { HfHyperParams } from './hf-config.js';
 import { readSafetensorsDir } from './safetensors.js';
-import type { Architecture, DType, ModelSpec, TensorRef } from './types.js';
+import type { Architecture, DType, ModelSpec, TensorRef, VisionHyperParams } from './types.js';
 
 export const SUPPORTED_GGUF_ARCHITECTURES: readonly Architecture[] = ['llama', 'qwen2', 'qwen3'];
 
-type HyperParams = Omit<ModelSpec, 'tensors' | 'ropeLayout'>;
+type HyperParams = Omit<ModelSpec, 'tensors' | 'ropeLayout' | 'vision'>;
 
 /** Canonical HF tensor names and shapes the model needs, in load order. */
 export function expectedTensors(p: HyperParams): { name: string; shape: number[] }[] {
@@ -84,6 +84,49 @@ function bertTensors(p: HyperParams): { name: string; shape: number[] }[] {
   return out;
 }
 
+/** Canonical names and shapes of the Qwen2.5-VL vision tower's tensors (hub checkpoint names). */
+export function expectedVisionTensors(v: VisionHyperParams): { name: string; shape: number[] }[] {
+  const H = v.hiddenSize;
+  const I = v.intermediateSize;
+  const merged = H * v.spatialMergeSize * v.spatialMergeSize;
+  const out: { name: string; shape: number[] }[] = [
+    { name: 'visual.patch_embed.proj.weight', shape: [H, v.inChannels, v.temporalPatchSize, v.patchSize, v.patchSize] },
+  ];
+  for (let l = 0; l < v.depth; l++) {
+    const b = `visual.blocks.${l}`;
+    out.push(
+      { name: `${b}.norm1.weight`, shape: [H] },
+      { name: `${b}.attn.qkv.weight`, shape: [3 * H, H] },
+      { name: `${b}.attn.qkv.bias`, shape: [3 * H] },
+      { name: `${b}.attn.proj.weight`, shape: [H, H] },
+      { name: `${b}.attn.proj.bias`, shape: [H] },
+      { name: `${b}.norm2.weight`, shape: [H] },
+      { name: `${b}.mlp.gate_proj.weight`, shape: [I, H] },
+      { name: `${b}.mlp.gate_proj.bias`, shape: [I] },
+      { name: `${b}.mlp.up_proj.weight`, shape: [I, H] },
+      { name: `${b}.mlp.up_proj.bias`, shape: [I] },
+      { name: `${b}.mlp.down_proj.weight`, shape: [H, I] },
+      { name: `${b}.mlp.down_proj.bias`, shape: [H] },
+    );
+  }
+  out.push(
+    { name: 'visual.merger.ln_q.weight', shape: [H] },
+    { name: 'visual.merger.mlp.0.weight', shape: [merged, merged] },
+    { name: 'visual.merger.mlp.0.bias', shape: [merged] },
+    { name: 'visual.merger.mlp.2.weight', shape: [v.outHiddenSize, merged] },
+    { name: 'visual.merger.mlp.2.bias', shape: [v.outHiddenSize] },
+  );
+  return out;
+}
+
+/** Qwen2.5-VL tensor names as transformers 5 saves them (model.language_model.*, model.visual.*) → the hub
+ * checkpoints' names (model.*, visual.*), which are canonical here. */
+export function canonicalVlTensorName(name: string): string {
+  if (name.startsWith('model.language_model.')) return `model.${name.slice('model.language_model.'.length)}`;
+  if (name.startsWith('model.visual.')) return `visual.${name.slice('model.visual.'.length)}`;
+  return name;
+}
+
 interface FoundTensor {
   file: string;
   offset: number;
@@ -93,8 +136,8 @@ interface FoundTensor {
   sourceName: string; // the name inside the file (GGUF names differ from canonical ones)
 }
 
-function collectTensors(p: HyperParams, found: Map<string, FoundTensor>, where: string): TensorRef[] {
-  return expectedTensors(p).map(({ name, shape }) => {
+function collectTensors(expected: { name: string; shape: number[] }[], found: Map<string, FoundTensor>, where: string): TensorRef[] {
+  return expected.map(({ name, shape }) => {
     const t = found.get(name);
     if (t === undefined) throw new LlmError('LLM_ERR_SHAPE_MISMATCH', `tensor ${name} is missing from ${where}`);
     const sameShape = t.shape.length === shape.length && t.shape.every((d, i) => d === shape[i]);
@@ -203,7 +246,7 @@ export function ggufModelSpec(g: GgufFile): ModelSpec {
     bosTokenId: typeof bos === 'number' ? bos : null,
     eosTokenIds: typeof eos === 'number' ? [eos] : [],
   };
-  const tensors = collectTensors(p, found, `GGUF file ${g.path}`);
+  const tensors = collectTensors(expectedTensors(p), found, `GGUF file ${g.path}`);
   const ropeType = ggufString(g, `${arch}.rope.scaling.type`);
   if (ropeType !== undefined && ropeType !== 'none') {
     throw new LlmError('LLM_ERR_UNSUPPORTED_ARCH', `GGUF file ${g.path}: ${arch}.rope.scaling.type ${ropeType} is not supported`);
@@ -247,7 +290,7 @@ export function hfModelSpec(dir: string): ModelSpec {
   }
   const found = new Map<string, FoundTensor>();
   for (const t of readSafetensorsDir(dir)) {
-    found.set(t.name, {
+    found.set(hp.vision === undefined ? t.name : canonicalVlTensorName(t.name), {
       file: t.file,
       offset: t.offset,
       dtype: SAFETENSORS_DTYPES[t.dtype] ?? null,
@@ -262,10 +305,13 @@ export function hfModelSpec(dir: string): ModelSpec {
     if (!name.startsWith('model.') && name !== 'lm_head.weight' && !found.has(`model.${name}`)) found.set(`model.${name}`, t);
     if (name.startsWith('bert.') && !found.has(name.slice(5))) found.set(name.slice(5), t);
   }
-  const { hfArchitecture: _arch, dtype: _dtype, ...rest } = hp;
+  const { hfArchitecture: _arch, dtype: _dtype, vision: visionParams, ...rest } = hp;
   const p: HyperParams = { ...rest, bosTokenId, eosTokenIds };
-  const tensors = collectTensors(p, found, `model directory ${dir}`);
-  return { ...p, ropeLayout: 'half', tensors };
+  const where = `model directory ${dir}`;
+  const tensors = collectTensors(expectedTensors(p), found, where);
+  if (visionParams === undefined) return { ...p, ropeLayout: 'half', tensors };
+  const vision = { ...visionParams, tensors: collectTensors(expectedVisionTensors(visionParams), found, where) };
+  return { ...p, ropeLayout: 'half', tensors, vision };
 }
 
 // ---------------------------------------------------------------- entry point

@@ -49,6 +49,37 @@ export interface ModelSpec {
   bosTokenId: number | null;
   eosTokenIds: number[];
   tensors: TensorRef[];
+  /** Qwen2.5-VL M-RoPE: how many of the head_dim/2 rotary frequencies take the time, height and width position (in
+   * that order). Absent: ordinary RoPE. With the three positions equal (text) M-RoPE is ordinary RoPE. */
+  mropeSection?: [number, number, number];
+  /** Qwen2.5-VL vision tower; absent for text-only models. */
+  vision?: VisionSpec;
+}
+
+/** Hyper-parameters of the Qwen2.5-VL vision tower (HF vision_config) and the prompt's vision token ids. */
+export interface VisionHyperParams {
+  depth: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numHeads: number;
+  inChannels: number;
+  /** The merger's output width: the language model's hidden size. */
+  outHiddenSize: number;
+  patchSize: number;
+  spatialMergeSize: number;
+  temporalPatchSize: number;
+  windowSize: number;
+  /** Blocks that attend over the whole image (per frame); the others attend within their window. */
+  fullAttBlockIndexes: number[];
+  rmsNormEps: number;
+  imageTokenId: number;
+  visionStartTokenId: number;
+  visionEndTokenId: number;
+}
+
+/** The vision tower: hyper-parameters plus its tensors (canonical names `visual.*`). */
+export interface VisionSpec extends VisionHyperParams {
+  tensors: TensorRef[];
 }
 
 export interface SamplingParams {
@@ -156,8 +187,10 @@ export interface Engine {
   readonly backend: BackendKind;
   readonly spec: ModelSpec;
   readonly kv: KvPoolInfo;
-  /** Runs one step; the descriptor is checked here, once (LLM_ERR_STEP_INVALID naming the field). */
-  step(step: StepDescriptor): StepResult;
+  /** Runs one step; the descriptor is checked here, once (LLM_ERR_STEP_INVALID naming the field). `multimodal`
+   * (vision-language models, cpu backend): M-RoPE positions of every token of the step, and the embeddings of its
+   * image tokens (see MultimodalStepInput); checked at the addon boundary (LLM_ERR_BAD_REQUEST). */
+  step(step: StepDescriptor, multimodal?: MultimodalStepInput): StepResult;
   /**
    * Pipelined stepping: stepBegin queues a step on the device and returns; stepEnd waits for the oldest begun step
    * and returns its result. At most two steps are begun and not ended, and no other engine call may come between.
@@ -187,6 +220,10 @@ export interface Engine {
   kvIpcPull?(remote: number, srcPages: ArrayLike<number>, srcToken0: number, dstPages: ArrayLike<number>, numTokens: number): KvPullStats;
   kvIpcClose?(remote: number): void;
   memoryInfo(): MemoryInfo;
+  /** Vision-language models (spec.vision): the vision tower's embeddings of each image, [tokens, hiddenSize] row-major
+   * (tokens = t * h * w / merge^2), in the order the image's placeholder tokens take them. Shapes and values are
+   * checked at the addon boundary (LLM_ERR_BAD_REQUEST). Engines of text-only models may leave it out. */
+  encodeImages?(images: readonly ImageInput[]): Float32Array[];
   close(): void;
 }
 
@@ -199,4 +236,24 @@ export interface EmbedOptions {
   pooling: EmbedPooling;
   /** Scale each vector to unit L2 norm. */
   normalize: boolean;
+}
+
+/**
+ * The side input of a step with M-RoPE positions and image embeddings (not packed into the descriptor: a step that
+ * carries it goes through Engine.step, not stepBegin). Every sequence of the step is covered: text-only ones take
+ * their ordinary position in all three sections, a multimodal one the positions of src/multimodal/mrope.ts (prefill)
+ * or (index + delta) in all three (decode).
+ */
+export interface MultimodalStepInput {
+  /** [3 * numTokens]: the time section for every token of the step (in descriptor order), then height, then width. */
+  positions: Int32Array;
+  /** [imageTokens, hiddenSize]: one row per token of the step equal to spec.vision.imageTokenId, in order (a chunk
+   * of a prefill carries the rows of its own image tokens). Absent: no token takes an image embedding. */
+  imageEmbeds?: Float32Array;
+}
+
+/** One processed image (src/multimodal/image-processor.ts): patches [t * h * w, 3 * temporal * patch^2] and its grid. */
+export interface ImageInput {
+  pixelValues: Float32Array;
+  gridThw: readonly [number, number, number];
 }

@@ -28,7 +28,7 @@ port.on('message', (call: RankCall) => {
   };
   switch (call.op) {
     case 'step':
-      port.postMessage(answer(() => live().step(call.step)));
+      port.postMessage(answer(() => live().step(call.step, call.multimodal)));
       break;
     case 'embed':
       port.postMessage(answer(() => live().embed([call.tokenIds], { pooling: 'mean', normalize: true })[0]));

@@ -5,10 +5,10 @@ import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../../actors/worker.js';
 import { LlmError, type ErrorPayload } from '../../src/errors.js';
 import { packStep } from '../../src/engine/step.js';
-import type { EngineOptions, KvPoolInfo, ModelSpec, SeqStep, StepDescriptor, StepResult } from '../../src/engine/types.js';
+import type { EngineOptions, KvPoolInfo, ModelSpec, MultimodalStepInput, SeqStep, StepDescriptor, StepResult } from '../../src/engine/types.js';
 
 export type RankCall =
-  | { op: 'step'; step: StepDescriptor }
+  | { op: 'step'; step: StepDescriptor; multimodal?: MultimodalStepInput }
   | { op: 'embed'; tokenIds: number[] }
   | { op: 'exportPages'; pages: number[] }
   | { op: 'importPages'; pages: number[]; data: Uint8Array }
@@ -57,8 +57,10 @@ export class TpRanks {
   }
 
   /** Packs the step once, as the scheduler does, and runs that descriptor on every rank. */
-  step(seqs: SeqStep[], options: { returnLogits?: boolean } = {}): Promise<RankResults<StepResult>> {
-    return this.call<StepResult>({ op: 'step', step: packStep(seqs, this.pageSize, options) });
+  step(seqs: SeqStep[], options: { returnLogits?: boolean; multimodal?: MultimodalStepInput } = {}): Promise<RankResults<StepResult>> {
+    const { multimodal, ...pack } = options;
+    const step = packStep(seqs, this.pageSize, pack);
+    return this.call<StepResult>(multimodal === undefined ? { op: 'step', step } : { op: 'step', step, multimodal });
   }
 
   embed(tokenIds: number[]): Promise<RankResults<Float32Array>> {
