@@ -128,7 +128,7 @@ const named = {
   none: { argv: [] },
   startVersion: { argv: ['start', '--version'] },
   dumpFile: { argv: ['start', '--model-path', '/no/such/model', '--disagg-mode', 'prefill', '--dump-config-to', dumpFile], env: { DYN_SYSTEM_PORT: '9100' } },
-  dumpStdout: { argv: ['start', ...M, '--embedding-worker', '--tp', '2', '--base-gpu-id', '1'], env: { DYN_DUMP_CONFIG_TO: '-' } },
+  dumpStdout: { argv: ['start', ...M, '--embedding-worker', '--tp', '2', '--base-gpu-id', '1', '--nats-server', 'nats://alice:s3cr3t-pw@nats.example:4222'], env: { DYN_DUMP_CONFIG_TO: '-' } },
   unknownCommand: { argv: ['genrate'] },
   absentCommand: { argv: [absentCommand ?? 'bench'] },
   missingModel: { argv: ['start', ...M] },
@@ -180,6 +180,8 @@ t.test('--dump-config-to FILE and - write the resolved config without loading a 
   t.equal(fromStdout.workerKind, 'embedding');
   t.equal(fromStdout.dumpConfigTo, '-');
   t.same([fromStdout.tpSize, fromStdout.baseGpuId], [2, 1], 'tensor parallel settings');
+  t.equal(fromStdout.natsServer, 'nats://alice:***@nats.example:4222', 'credentials in URLs are never written out');
+  t.notMatch(toStdout.stdout, /s3cr3t-pw/);
 });
 
 t.test('usage errors: exit 2, one line on stderr, nothing written', async (t) => {

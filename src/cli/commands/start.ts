@@ -1,6 +1,7 @@
 // `dynamo-sglang start`: resolve the worker configuration, then either dump it (--dump-config-to, no model is
 // loaded) or hand it to the worker runtime.
 
+import { redactUrl } from '../../runtime/credentials.js';
 import { armShutdownWatchdog, SHUTDOWN_MARGIN_MS } from '../shutdown-watchdog.js';
 import { writeFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
@@ -52,7 +53,8 @@ export function startHelp(): string {
 }
 
 function dumpConfig(config: WorkerConfig, target: string): void {
-  const text = `${JSON.stringify(config, null, 2)}\n`;
+  // credentials in URLs (nats://user:pass@, https://user:pass@ etcd) are never written out
+  const text = `${JSON.stringify(config, (_key, value: unknown) => (typeof value === 'string' ? redactUrl(value) : value), 2)}\n`;
   if (target === '-') {
     process.stdout.write(text);
     return;
