@@ -26,10 +26,21 @@ import {
 import { WireModelCardSchema, type ModelDeploymentCard } from '../src/protocol/mdc.js';
 import { encodeWireJson, errorFromItem, errorItemText, type Annotated } from '../src/protocol/transport.js';
 import type { WorkerKvQueryRequest, WorkerKvQueryResponse } from '../src/protocol/kv-query.js';
-import { decodeRequestFrame, encodeRequestFrame, encodeResponseFrame, RequestFrameDecoder, ResponseFrameDecoder } from '../src/runtime/request-plane/framing.js';
+import {
+  decodeRequestFrame,
+  decodeTwoPart,
+  encodeRequestFrame,
+  encodeResponseFrame,
+  encodeTwoPart,
+  RequestFrameDecoder,
+  ResponseFrameDecoder,
+  TwoPartDecoder,
+} from '../src/runtime/request-plane/framing.js';
 import { tcpProfileOfPath, tcpRequestPath, tcpTransportAddress } from '../src/protocol/discovery.js';
+import { connect } from 'node:net';
 import { blake3Hex } from '../src/runtime/blake3.js';
 import { LocalKvIndexer } from '../src/worker/local-kv-indexer.js';
+import { TcpRequestServer } from '../src/runtime/request-plane/tcp-server.js';
 import { modelSlug, wireModelCard } from '../src/runtime/model-card.js';
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
@@ -72,6 +83,31 @@ t.test('TCP response frames both ways: ACK and error text', async (t) => {
   t.equal(hex(encodeResponseFrame(tcp.responseFrames.error.text)), tcp.responseFrames.error.bytes);
   const decoded = new ResponseFrameDecoder().push(Buffer.from(tcp.responseFrames.ack + tcp.responseFrames.error.bytes, 'hex'));
   t.same(decoded, [{ ack: true }, { ack: false, error: 'boom' }]);
+});
+
+t.test('0.8 TCP server: a path it does not serve gets the reference\'s response frame', async (t) => {
+  const server = await TcpRequestServer.start({ host: '127.0.0.1', port: 0, wireProfile: '0.8', tls: null });
+  t.teardown(() => server.close());
+  const [host, port] = [server.hostPort.slice(0, server.hostPort.lastIndexOf(':')), Number(server.hostPort.slice(server.hostPort.lastIndexOf(':') + 1))];
+  const socket = connect({ host, port });
+  t.teardown(() => socket.destroy());
+  const f = tcp.responseFrames.unknownEndpoint;
+  socket.write(encodeRequestFrame({ path: f.path, headers: {}, payload: Buffer.from('{}') }, '0.8'));
+  const got: Buffer[] = [];
+  for await (const chunk of socket as AsyncIterable<Buffer>) {
+    got.push(chunk);
+    if (Buffer.concat(got).length >= f.bytes.length / 2) break;
+  }
+  t.equal(hex(Buffer.concat(got)), f.bytes);
+});
+
+t.test('TwoPartMessage as a release build writes it (checksum 0), both ways', async (t) => {
+  const f = tcp.twoPartRelease;
+  t.equal(hex(encodeTwoPart(f.header, f.body)), f.bytes);
+  const decoded = decodeTwoPart(Buffer.from(f.bytes, 'hex'));
+  t.same([decoded.header.toString(), decoded.body.toString()], [f.header, f.body]);
+  const streamed = new TwoPartDecoder().push(Buffer.from(f.bytes + f.bytes, 'hex'));
+  t.same(streamed.map((m) => [m.header.toString(), m.body.toString()]), [[f.header, f.body], [f.header, f.body]]);
 });
 
 t.test('0.8 KV events: JSON RouterEvent byte for byte, decoded into the router shape', async (t) => {
