@@ -1,6 +1,7 @@
 // Our wire forms checked byte for byte against fixtures derived from the reference's source (test/fixtures/
-// dynamo-wire/*: each names the file and lines it was read from): the 0.8 TCP frames both ways, the 0.8 event
-// payloads and local-indexer answers, error items, and the model card by the reference's field rules.
+// dynamo-wire/*: each names the commit, file and lines it was read from): the 0.8 TCP frames both ways, discovery
+// keys and records, the 0.8 event payloads and local-indexer answers, error items, health payloads, and the model
+// card by the reference's field rules.
 import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,6 +11,7 @@ import * as tcp from './fixtures/dynamo-wire/tcp-0.8.js';
 import * as tcpMain from './fixtures/dynamo-wire/tcp-main.js';
 import * as ev from './fixtures/dynamo-wire/events-0.8.js';
 import * as card from './fixtures/dynamo-wire/model-card.js';
+import * as disc from './fixtures/dynamo-wire/discovery-0.8.js';
 import { errorItem } from './fixtures/dynamo-wire/annotated.js';
 import * as health from './fixtures/dynamo-wire/health.js';
 import { healthCheckPayload, legacyPrefillHealthCheckPayload } from '../src/protocol/health.js';
@@ -36,7 +38,9 @@ import {
   ResponseFrameDecoder,
   TwoPartDecoder,
 } from '../src/runtime/request-plane/framing.js';
-import { tcpProfileOfPath, tcpRequestPath, tcpTransportAddress } from '../src/protocol/discovery.js';
+import { mdcKey, tcpProfileOfPath, tcpRequestPath, tcpTransportAddress } from '../src/protocol/discovery.js';
+import { parseJsonExact } from '../src/protocol/json.js';
+import { Discovery, MemStore } from '../src/runtime/discovery/index.js';
 import { connect } from 'node:net';
 import { blake3Hex } from '../src/runtime/blake3.js';
 import { LocalKvIndexer } from '../src/worker/local-kv-indexer.js';
@@ -99,6 +103,18 @@ t.test('0.8 TCP server: a path it does not serve gets the reference\'s response 
     if (Buffer.concat(got).length >= f.bytes.length / 2) break;
   }
   t.equal(hex(Buffer.concat(got)), f.bytes);
+});
+
+t.test('0.8 discovery: instance and model keys, and the endpoint record value for value', async (t) => {
+  const discovery = new Discovery(new MemStore());
+  t.teardown(() => discovery.close());
+  const idHex = discovery.instanceId.toString(16);
+  const transport = { tcp: tcpTransportAddress('10.0.0.1:4000', discovery.instanceId, 'generate', '0.8') };
+  await discovery.registerEndpointInstance({ namespace: disc.namespace, component: 'backend', endpoint: 'generate', transport });
+  const [kv] = await discovery.store.get(`v1/instances/${disc.namespace}/`);
+  t.equal(kv.key, disc.instanceKey(idHex));
+  t.same(parseJsonExact(kv.value), parseJsonExact(disc.instanceRecord(discovery.instanceId.toString(10))));
+  t.equal(mdcKey(disc.namespace, 'backend', 'generate', discovery.instanceId), disc.modelKey(idHex));
 });
 
 t.test('TwoPartMessage as a release build writes it (checksum 0), both ways', async (t) => {
