@@ -165,7 +165,7 @@ t.test('tcp plane', async (t) => {
   });
 
   t.test('unknown path is refused with an error frame', async (t) => {
-    await t.rejects(client.request(`${server.hostPort}/1234abcd/nope`, {}), { code: 'LLM_ERR_TRANSPORT', message: /No handler found for path: 1234abcd\/nope/ });
+    await t.rejects(client.request(`${server.hostPort}/1234abcd/nope`, {}), { code: 'LLM_ERR_TRANSPORT', message: /Unknown endpoint: 1234abcd\/nope/ });
     t.equal(responses.pending, 0, 'the waiting stream was released');
   });
 

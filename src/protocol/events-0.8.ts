@@ -5,7 +5,8 @@
 //   ActiveLoad    {worker_id, dp_rank, active_decode_blocks, active_prefill_tokens}   (no kv_used_blocks: the
 //                 worker's used KV blocks go in active_decode_blocks)
 //   the local indexer's answer: {"Events": [RouterEvent]} | {"TreeDump": [RouterEvent]} | {"TooNew": {...}} |
-//                 {"InvalidRange": {...}} | {"Error": "..."}   (main wraps the lists as {events, last_event_id})
+//                 {"InvalidRange": {...}}   (main wraps the lists as {events, last_event_id} and adds Error; a 0.8
+//                 worker has no error answer: a query it cannot read gets no reply)
 // Field order follows the reference's struct order, so the JSON text is the reference's byte for byte. In memory the
 // worker and the router keep main's shapes (protocol/events.ts, kv-query.ts); these functions convert at the wire.
 import { Type, type StaticDecode } from '@sinclair/typebox';
@@ -61,7 +62,6 @@ const WorkerKvQueryResponse08Schema = Type.Union([
     { additionalProperties: false },
   ),
   Type.Object({ InvalidRange: Type.Object({ start_id: U64(), end_id: U64() }) }, { additionalProperties: false }),
-  Type.Object({ Error: Type.String() }, { additionalProperties: false }),
 ]);
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -98,10 +98,23 @@ export function encodeActiveLoad08(load: ActiveLoad): Uint8Array {
   });
 }
 
+/** An answer in 0.8's form. 0.8 has no Error answer: passing one is a caller's bug, refused with the message it
+ * carried. */
 export function encodeWorkerKvQueryResponse08(response: WorkerKvQueryResponse): Uint8Array {
   if ('Events' in response) return jsonBytes({ Events: response.Events.events.map(routerEvent08) });
   if ('TreeDump' in response) return jsonBytes({ TreeDump: response.TreeDump.events.map(routerEvent08) });
+  if ('Error' in response) throw new LlmError('LLM_ERR_PROTOCOL', `worker kv indexer answer: Dynamo 0.8 has no error answer (${response.Error})`);
   return jsonBytes(response);
+}
+
+/** Our indexer's answer narrowed to 0.8's range rule (get_events_in_id_range): Events stop at end_event_id (at the
+ * newest event when absent), and TooNew names that effective end rather than null. */
+export function rangeAnswer08(answer: WorkerKvQueryResponse, endEventId: bigint | null): WorkerKvQueryResponse {
+  if ('Events' in answer && endEventId !== null) {
+    return { Events: { ...answer.Events, events: answer.Events.events.filter((e) => e.event.event_id <= endEventId) } };
+  }
+  if ('TooNew' in answer) return { TooNew: { ...answer.TooNew, requested_end: endEventId ?? answer.TooNew.newest_available } };
+  return answer;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -9,14 +9,12 @@ import type { ModelDeploymentCard, WireCheckedFile, WireModelCard } from '../pro
 import { blake3Hex } from './blake3.js';
 
 /**
- * The reference's slug of a model name (lib/runtime/src/slug.rs, `Slug::slugify_unique`): lowercase; every character
- * other than a-z, 0-9 and "_" becomes "_"; then "_" and the last 8 hex digits of blake3(name) are appended (two
- * names that slug alike stay apart); leading "_" are trimmed.
+ * The reference's slug of a model name, as its card builder makes it (`Slug::from_string`, which is `Slug::slugify`,
+ * in Dynamo 0.8.0 and later main alike): lowercase; every character other than a-z, 0-9, "-" and "_" becomes "_";
+ * leading "_" are trimmed. "Qwen/Qwen3-0.6B" → "qwen_qwen3-0_6b".
  */
 export function modelSlug(name: string): string {
-  const body = [...name.toLowerCase()].map((c) => (/^[a-z0-9_]$/.test(c) ? c : '_')).join('');
-  const hash = blake3Hex(Buffer.from(name, 'utf8'));
-  return `${body}_${hash.slice(-8)}`.replace(/^_+/, '');
+  return [...name.toLowerCase()].map((c) => (/^[a-z0-9_-]$/.test(c) ? c : '_')).join('').replace(/^_+/, '');
 }
 
 /** `{path, checksum}` of a local file, hashed now; an already checked reference passes through. */

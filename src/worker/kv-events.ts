@@ -28,7 +28,7 @@ import type { NatsConnection, Subscription } from 'nats';
 import type { Supervisor } from '../../actors/supervisor.js';
 import type { WorkerConfig } from '../config/schema.js';
 import { KV_EVENTS_TOPIC } from '../protocol/events.js';
-import { encodeWorkerKvQueryResponse08, workerKvIndexerQuerySubject08 } from '../protocol/events-0.8.js';
+import { encodeWorkerKvQueryResponse08, rangeAnswer08, workerKvIndexerQuerySubject08 } from '../protocol/events-0.8.js';
 import { WorkerKvQueryRequestSchema } from '../protocol/kv-query.js';
 import { decodeWireJson } from '../protocol/transport.js';
 import type { Discovery } from '../runtime/discovery/index.js';
@@ -37,8 +37,11 @@ import { tokensHash } from '../runtime/kv-hash.js';
 import type { WorkerMetrics } from '../runtime/metrics.js';
 import { connectNats } from '../runtime/request-plane/nats.js';
 import { redactUrl } from '../runtime/credentials.js';
+import { logger } from '../runtime/log.js';
 import type { KvCacheEvent } from '../supervisor.js';
 import { LocalKvIndexer } from './local-kv-indexer.js';
+
+const log = logger('worker.kv-events');
 
 /** off: no event plane; required: NATS must be reachable; optional: publish if NATS is reachable. */
 export type EventPlaneMode = 'off' | 'required' | 'optional';
@@ -204,23 +207,25 @@ export class WorkerKvEvents {
     if (this.options.nats) await this.options.nats.drain().catch(() => undefined);
   }
 
-  /** Dynamo 0.8's local-indexer query: a JSON WorkerKvQueryRequest by NATS request, the JSON answer as the reply;
-   * its dp_rank (0 when absent) names the group. */
+  /** Dynamo 0.8's local-indexer query: a JSON WorkerKvQueryRequest by NATS request, the JSON answer as the reply.
+   * As in 0.8, the subject names the worker (the body's worker_id is not checked) and a query that cannot be answered
+   * gets no reply (0.8 has no error answer; the router's request times out). Its dp_rank (our addition; 0 when
+   * absent, as 0.8 never sends it) names the group. */
   private answerQueries08(nats: NatsConnection): Subscription {
     const { namespace, component } = this.options.config.endpoint;
     const subscription = nats.subscribe(workerKvIndexerQuerySubject08(namespace, component, this.options.discovery.instanceId));
     void (async () => {
       for await (const msg of subscription) {
-        let answer;
         try {
           const request = decodeWireJson(WorkerKvQueryRequestSchema, msg.data, 'worker kv indexer query');
           const dpRank = request.dp_rank ?? 0;
           const indexer = this.groups[dpRank]?.localIndexer;
-          answer = indexer ? indexer.query(request) : { Error: `dp_rank ${dpRank}: this worker has data-parallel ranks 0..${this.groups.length - 1}` };
+          if (!indexer) throw new Error(`dp_rank ${dpRank}: this worker has data-parallel ranks 0..${this.groups.length - 1}`);
+          const answer = indexer.query({ ...request, worker_id: indexer.workerId, dp_rank: indexer.dpRank });
+          msg.respond(encodeWorkerKvQueryResponse08(rangeAnswer08(answer, request.end_event_id ?? null)));
         } catch (err) {
-          answer = { Error: (err as Error).message };
+          log.warn('worker kv indexer query not answered', { subject: msg.subject, error: (err as Error).message });
         }
-        msg.respond(encodeWorkerKvQueryResponse08(answer));
       }
     })();
     return subscription;

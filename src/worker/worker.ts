@@ -259,7 +259,7 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
     },
   });
   if (config.healthCheckEnabled) {
-    const payload = effectiveHealthCheckPayload({ ...healthCheckPayload({ bos: tokenizer!.bosTokenId, disagg: disagg !== null, bootstrapPort: disagg?.endpoint?.bootstrap_port ?? 0 }) }, config.healthCheckPayload);
+    const payload = effectiveHealthCheckPayload({ ...healthCheckPayload({ bos: tokenizer!.bosTokenId, disagg: disagg !== null, bootstrapPort: disagg?.endpoint?.bootstrap_port ?? 0, textMode: config.useSglangTokenizer }) }, config.healthCheckPayload);
     canary = new CanaryHealthCheck({
       endpoint: endpointName,
       payload,

@@ -108,7 +108,7 @@ export class TcpRequestServer {
         }
         const registration = this.routes.get(frame.path);
         if (registration === undefined) {
-          socket.write(encodeResponseFrame(`No handler found for path: ${frame.path}`));
+          socket.write(encodeResponseFrame(`Unknown endpoint: ${frame.path}`));
           continue;
         }
         const accepted = this.ingress.accept(registration, frame.payload, frame.headers, socket.remoteAddress);
