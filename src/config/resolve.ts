@@ -318,6 +318,9 @@ function derive(settings: Map<SettingKey, Setting>, passive: readonly ParsedFlag
   if (useSglangTokenizer && templateRaw !== null) {
     refuse(`${named('useSglangTokenizer', '--use-sglang-tokenizer')} cannot be combined with ${named('customJinjaTemplate', '')}: the template is applied by the frontend's preprocessor, which text mode bypasses (SGLang's --chat-template is the engine-side one)`);
   }
+  if (useSglangTokenizer && (servingMode !== 'aggregated' || workerKind !== 'llm')) {
+    refuse(`${named('useSglangTokenizer', '--use-sglang-tokenizer')} (text in, text out) is served by aggregated LLM workers only, not with ${servingMode !== 'aggregated' ? modeText : `the ${workerKind} worker`}`);
+  }
   // as typed: a list given as several values reads back as those values
   const asGiven = (p: ParsedFlag) => (Array.isArray(p.value) ? describeGiven({ ...p, value: p.value.join(' ') }) : describeGiven(p));
   const unusedFlags = passive.filter((p) => isUnusedSglangFlag(p.spec)).map(asGiven);
@@ -330,7 +333,6 @@ function derive(settings: Map<SettingKey, Setting>, passive: readonly ParsedFlag
     if (bounds.some((b, i) => i > 0 && b <= bounds[i - 1])) refuse(`${named(k, '')}: bucket bounds must be strictly increasing, got ${text.join(' ')}`);
     return bounds;
   };
-  if (useSglangTokenizer) unusedFlags.push(named('useSglangTokenizer', '--use-sglang-tokenizer'));
 
   const endpointTypes = [...new Set(list('endpointTypes'))] as WorkerConfig['endpointTypes'];
 

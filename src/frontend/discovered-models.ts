@@ -78,6 +78,8 @@ export class DiscoveredModels implements ModelDirectory {
   private readonly tokenizers = new Map<string, Tokenizer>();
   /** Models whose workers all left (logged once, until one is back). */
   private readonly workerless = new Set<string>();
+  /** Chat models with text input (text-mode workers), which this frontend does not serve (warned once). */
+  private readonly textModels = new Set<string>();
   /** Models registered on more than one endpoint (warned once). */
   private readonly splitModels = new Set<string>();
   /** The frontend's tokenizer pool, held to load each new model's tokenizer in its threads before a request comes. */
@@ -145,6 +147,12 @@ export class DiscoveredModels implements ModelDirectory {
       const embedding = (bits & ModelTypeFlag.Embedding) !== 0;
       if (!embedding && (bits & (ModelTypeFlag.Chat | ModelTypeFlag.Completions)) === 0) continue; // prefill workers
       const name = card.display_name;
+      if (!embedding && card.model_input === 'Text') {
+        // a text-mode worker (--use-sglang-tokenizer) takes the OpenAI request itself; this frontend sends tokens
+        if (!this.textModels.has(name)) log.warn('model takes text input (its workers run --use-sglang-tokenizer); this frontend sends token requests, so it is not served here: use a Dynamo frontend, or start the workers without --use-sglang-tokenizer', { model: name });
+        this.textModels.add(name);
+        continue;
+      }
       const endpointKey = `${r.namespace}/${r.component}/${r.endpoint}`;
       let entry = served.get(name);
       if (entry === undefined) served.set(name, (entry = { record: r, endpointKey, instances: new Set() }));

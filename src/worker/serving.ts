@@ -8,10 +8,11 @@ import type { KvPort } from '../disagg/port.js';
 import { LlmError } from '../errors.js';
 import { PreprocessedRequestSchema } from '../protocol/request.js';
 import type { EmbeddingResponse, LlmResponseChunk, PrefillBootstrapChunk } from '../protocol/response.js';
+import type { TextModeChunk } from './text-mode.js';
 import { parseWire } from '../protocol/validate.js';
 
 /** A request accepted by the mode (its body checked where the mode checks it), ready to run. */
-export type AcceptedRequest = (options: DisaggGenerateOptions) => AsyncIterable<LlmResponseChunk | PrefillBootstrapChunk | EmbeddingResponse>;
+export type AcceptedRequest = (options: DisaggGenerateOptions) => AsyncIterable<LlmResponseChunk | PrefillBootstrapChunk | EmbeddingResponse | TextModeChunk>;
 
 export interface ModeServing {
   /** Takes a request body off the wire; throws LLM_ERR_BAD_REQUEST for a body the mode checks up front. */

@@ -27,6 +27,7 @@ import { eventPlaneMode, WorkerKvEvents } from './kv-events.js';
 import { embeddingServing } from './embedding.js';
 import { SERVING_MODES } from './serving.js';
 import { DiscoveryPresence } from './presence.js';
+import { textModeServing } from './text-mode.js';
 import { detectHostIp } from '../runtime/request-plane/address.js';
 import { HttpRequestServer } from '../runtime/request-plane/http.js';
 import { TcpRequestServer } from '../runtime/request-plane/tcp-server.js';
@@ -147,7 +148,9 @@ export async function startWorker(config: WorkerConfig, options: WorkerOptions =
   // What the endpoint runs per request, fixed by the serving mode (./serving.ts).
   const serving = config.workerKind === 'embedding'
     ? embeddingServing({ core: supervisor, tokenizer: tokenizer! })
-    : SERVING_MODES[config.servingMode]({ core: supervisor, router, kvTransfer: disagg });
+    : config.useSglangTokenizer
+      ? textModeServing({ router, tokenizer: tokenizer!, model, eosTokenIds: engine.eosTokenIds })
+      : SERVING_MODES[config.servingMode]({ core: supervisor, router, kvTransfer: disagg });
   if (config.workerKind === 'embedding') {
     const e = await supervisor.embeddingModel();
     log(`embeddings: ${e.pooling} pooling${e.normalize ? ', L2-normalised' : ''} (${e.source}), ${e.hiddenSize} dimensions${e.matryoshka ? ' (fewer on request)' : ''}, inputs up to ${e.maxInputTokens} tokens`);
@@ -365,6 +368,9 @@ export function modelCard(
   // An embedding worker registers as Embedding with text input (reference §2.4): it tokenizes its requests itself.
   const embedding = config.workerKind === 'embedding';
   if (embedding) bits = ModelTypeFlag.Embedding;
+  // Text mode registers a chat model with text input (reference: ModelInput.Text, Chat only): the frontend forwards
+  // the OpenAI request and the worker templates and tokenizes it.
+  if (config.useSglangTokenizer) bits = ModelTypeFlag.Chat;
   const slug = config.servedModelName.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^-+|-+$/g, '').toLowerCase() || basename(config.modelPath);
   return {
     display_name: config.servedModelName,
@@ -377,7 +383,7 @@ export function modelCard(
     context_length: engine.contextLength,
     kv_cache_block_size: config.pageSize,
     model_type: modelTypeToWire(bits || ModelTypeFlag.Chat | ModelTypeFlag.Completions),
-    model_input: embedding ? 'Text' : 'Tokens',
+    model_input: embedding || config.useSglangTokenizer ? 'Text' : 'Tokens',
     runtime_config: {
       total_kv_blocks: engine.totalKvBlocks,
       ...(config.maxRunningRequests == null ? {} : { max_num_seqs: config.maxRunningRequests }),
