@@ -9,6 +9,7 @@ import OpenAI from 'openai';
 import t from 'tap';
 import { makeModel } from '../src/engine/make-model.js';
 import { startCli } from './helpers/cli-process.js';
+import { cosine } from './helpers/vectors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'embeddings-e2e-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -26,15 +27,6 @@ function reference(seqs: number[][]): number[][] {
   return (JSON.parse(out.toString()) as { embeddings: number[][] }).embeddings;
 }
 
-const cosine = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
-  let ab = 0, aa = 0, bb = 0;
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i]! * b[i]!;
-    aa += a[i]! * a[i]!;
-    bb += b[i]! * b[i]!;
-  }
-  return ab / Math.sqrt(aa * bb);
-};
 const norm = (v: readonly number[]): number => Math.hypot(...v);
 
 t.test('run --embedding serves /v1/embeddings', async (t) => {

@@ -13,6 +13,7 @@ import { makeModel } from '../src/engine/make-model.js';
 import { loadModelSpec } from '../src/engine/model.js';
 import type { EngineOptions } from '../src/engine/types.js';
 import { codeOf } from './helpers/thrown.js';
+import { cosine } from './helpers/vectors.js';
 
 const options: EngineOptions = {
   backend: 'cpu', deviceId: 0, pageSize: 4, numPages: 16, memFractionStatic: 0.5, maxBatchTokens: 160, maxSeqsPerStep: 8, threads: 2,
@@ -27,15 +28,6 @@ function reference(model: string, seqs: number[][]): number[][] {
   return (JSON.parse(out.toString()) as { embeddings: number[][] }).embeddings;
 }
 
-function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let ab = 0, aa = 0, bb = 0;
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i]! * b[i]!;
-    aa += a[i]! * a[i]!;
-    bb += b[i]! * b[i]!;
-  }
-  return ab / Math.sqrt(aa * bb);
-}
 
 for (const pooling of ['last', 'mean'] as const) {
   t.test(`qwen3-embedding-tiny, ${pooling} pooling`, async (t) => {

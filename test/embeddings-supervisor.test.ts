@@ -9,6 +9,7 @@ import type { SupervisorConfig } from '../src/config/supervisor.js';
 import { openEngine } from '../src/engine/engine.js';
 import { makeModel } from '../src/engine/make-model.js';
 import { loadModelSpec } from '../src/engine/model.js';
+import { cosine } from './helpers/vectors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'embeddings-sup-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -28,15 +29,6 @@ async function expected(): Promise<Float32Array[]> {
   }
 }
 
-function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let ab = 0, aa = 0, bb = 0;
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i]! * b[i]!;
-    aa += a[i]! * a[i]!;
-    bb += b[i]! * b[i]!;
-  }
-  return ab / Math.sqrt(aa * bb);
-}
 
 for (const tpSize of [1, 2]) {
   t.test(`tp ${tpSize}: concurrent callers, batched passes`, async (t) => {

@@ -8,6 +8,7 @@ import { readEmbeddingConfig } from '../../src/engine/embedding-config.js';
 import { openEngine } from '../../src/engine/engine.js';
 import { loadModelSpec } from '../../src/engine/model.js';
 import type { BackendKind } from '../../src/engine/types.js';
+import { cosine } from '../../test/helpers/vectors.js';
 
 interface Fixture { model: string; pooling: string; inputs: number[][]; float32: number[][]; bf16?: number[][] }
 const file = process.argv[2];
@@ -16,15 +17,6 @@ if (!file) {
   process.exit(2);
 }
 const { fixtures, transformers } = JSON.parse(readFileSync(file, 'utf8')) as { fixtures: Fixture[]; transformers: string };
-const cosine = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
-  let ab = 0, aa = 0, bb = 0;
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i]! * b[i]!;
-    aa += a[i]! * a[i]!;
-    bb += b[i]! * b[i]!;
-  }
-  return ab / Math.sqrt(aa * bb);
-};
 let failed = false;
 process.stdout.write(`transformers ${transformers}\n| checkpoint | backend | min cosine to f32 | transformers bf16 min cosine | ok |\n|---|---|---|---|---|\n`);
 const backends: BackendKind[] = loadAddon().backends.includes('cuda') ? ['cpu', 'cuda'] : ['cpu'];

@@ -11,13 +11,14 @@ import type { Discovery, RecordWatch } from '../runtime/discovery/index.js';
 import { EndpointClient, DisconnectedError, type RoutingMode } from '../runtime/client.js';
 import { ResponseServer } from '../runtime/request-plane/response-server.js';
 import { NatsRequestClient } from '../runtime/request-plane/nats.js';
-import type { InstanceRecord, ModelRecord } from '../protocol/discovery.js';
+import type { ModelRecord } from '../protocol/discovery.js';
 import { modelTypeFromWire, ModelTypeFlag } from '../protocol/mdc.js';
 import type { PreprocessedRequest } from '../protocol/request.js';
 import type { LlmResponseChunk } from '../protocol/response.js';
 import { LlmResponseChunkSchema } from '../protocol/response.js';
 import { parseWire } from '../protocol/validate.js';
 import type { ResponseStream } from '../runtime/request-plane/response-stream.js';
+import { candidateInstances, ownInstances } from './model-instances.js';
 import { DiscoveredEmbeddingModel } from './embeddings.js';
 import { KvRouter } from './kv-router.js';
 import {
@@ -391,13 +392,10 @@ class DiscoveredModel implements ServedModel {
     const tried = new Set<bigint>();
     let lastError: unknown;
     for (;;) {
-      let candidates = this.own(client.available()).filter((id) => !tried.has(id));
-      if (candidates.length === 0 && tried.size === 0) {
-        // every instance marked down is still worth a try before failing; none at all: wait a moment for discovery
-        candidates = this.own(client.instances());
-        if (candidates.length === 0) candidates = await this.waitForOwn(client, WAIT_FOR_INSTANCES_MS, signal);
-      }
-      if (candidates.length === 0) throw lastError;
+      const candidates = tried.size === 0
+        ? await candidateInstances(client, this.instances, this.name, signal)
+        : ownInstances(client.available(), this.instances).filter((id) => !tried.has(id));
+      if (candidates.length === 0) throw lastError ?? new LlmError('LLM_ERR_CANCELLED', 'the client went away before a worker was found');
       let instanceId: bigint;
       let release: () => void = () => undefined;
       let routed = request;
@@ -422,26 +420,7 @@ class DiscoveredModel implements ServedModel {
     }
   }
 
-  /** The ids of `records` whose card names this model, in discovery order. */
-  private own(records: readonly InstanceRecord[]): bigint[] {
-    return records.filter((r) => this.instances.has(r.instance_id)).map((r) => r.instance_id);
-  }
-
-  private async waitForOwn(client: EndpointClient, timeoutMs: number, signal: AbortSignal): Promise<bigint[]> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const ids = this.own(client.instances());
-      if (ids.length > 0 || signal.aborted) return ids;
-      if (Date.now() >= deadline) {
-        throw new LlmError('LLM_ERR_DISCOVERY', `model "${this.name}": no worker serving it is in discovery on ${client.name} (waited ${timeoutMs} ms)`);
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
 }
-
-/** How long a request waits for a worker of its model to appear in discovery before a 503. */
-const WAIT_FOR_INSTANCES_MS = 1000;
 
 function isMigratable(err: unknown): boolean {
   return err instanceof DisconnectedError || (err instanceof LlmError && err.code === 'LLM_ERR_SHUTDOWN');

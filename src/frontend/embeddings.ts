@@ -9,7 +9,7 @@ import { EmbeddingResponseSchema, type EmbeddingResponse, type LlmResponseChunk 
 import { errorFromItem } from '../protocol/transport.js';
 import { parseWire } from '../protocol/validate.js';
 import type { EndpointClient } from '../runtime/client.js';
-import type { InstanceRecord } from '../protocol/discovery.js';
+import { candidateInstances } from './model-instances.js';
 import type { Tokenizer } from '../tokenizer/index.js';
 import type { TokenizerSource } from '../../actors/tokenizer.js';
 import type { ServedModel } from './models.js';
@@ -45,16 +45,8 @@ export class DiscoveredEmbeddingModel implements ServedModel, EmbeddingService {
 
   async embed(body: EmbeddingRequest, signal: AbortSignal): Promise<EmbeddingResponse> {
     const client = await this.client();
-    const own = (records: readonly InstanceRecord[]) => records.filter((r) => this.instances.has(r.instance_id)).map((r) => r.instance_id);
-    const deadline = Date.now() + WAIT_FOR_INSTANCES_MS;
-    let candidates = own(client.available());
-    // none up: one marked down is still worth a try; none at all: wait a moment for discovery, then a 503
-    if (candidates.length === 0) candidates = own(client.instances());
-    while (candidates.length === 0 && !signal.aborted) {
-      if (Date.now() >= deadline) throw new LlmError('LLM_ERR_DISCOVERY', `model "${this.name}": no worker serving it is in discovery on ${client.name} (waited ${WAIT_FOR_INSTANCES_MS} ms)`);
-      await new Promise((r) => setTimeout(r, 20));
-      candidates = own(client.instances());
-    }
+    const candidates = await candidateInstances(client, this.instances, this.name, signal);
+    if (candidates.length === 0) throw new LlmError('LLM_ERR_CANCELLED', 'the client went away');
     const instanceId = candidates[this.next++ % Math.max(1, candidates.length)];
     const stream = await client.generate(body, { signal, routing: { instanceId } });
     for await (const annotated of stream) {
@@ -66,9 +58,6 @@ export class DiscoveredEmbeddingModel implements ServedModel, EmbeddingService {
     throw new LlmError('LLM_ERR_PROTOCOL', `the worker serving "${this.name}" ended its response without embeddings`);
   }
 }
-
-/** How long a request waits for a worker of its model to appear in discovery before a 503. */
-const WAIT_FOR_INSTANCES_MS = 1000;
 
 const ENCODING_FORMATS = ['float', 'base64'] as const;
 
