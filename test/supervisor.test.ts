@@ -88,9 +88,9 @@ t.test('abort through the signal: queued, and mid-stream', async (t) => {
 
 t.test('bad requests fail with specific messages', async (t) => {
   const sup = await start(t);
-  // guided_decoding is a field this worker does not serve: ignored, as the reference does
-  const guided = await collect(sup.generate({ ...request([1], 4), sampling_options: { guided_decoding: { regex: 'a+' } } }));
-  t.equal(guided.at(-1)?.finish_reason, 'length', 'a request carrying guided_decoding is served');
+  // guided decoding compiles its grammar against the model's tokenizer: this test model has none, which is named
+  await t.rejects(collect(sup.generate({ ...request([1], 4), sampling_options: { guided_decoding: { regex: 'a+' } } })), { code: 'LLM_ERR_MODEL_NOT_FOUND', message: /tokenizer/ });
+  t.equal((await collect(sup.generate(request([1], 4)))).at(-1)?.finish_reason, 'length', 'and the worker goes on serving');
   await t.rejects(collect(sup.generate(request([1, VOCAB + 3], 4))), { code: 'LLM_ERR_BAD_REQUEST', message: /token_ids\[1\] = 503 is outside the vocabulary/ });
   await t.rejects(collect(sup.generate({ token_ids: 'x' } as unknown as PreprocessedRequest)), { code: 'LLM_ERR_BAD_REQUEST', message: /^request\.\w+: / });
 });
