@@ -9,6 +9,8 @@
 // serving throughout. `onLeaseRenewed` reports the switch.
 import { Etcd3, EtcdLeaseInvalidError, GRPCDeadlineExceededError, GRPCUnavailableError, type IOptions, type Lease } from 'etcd3';
 import { LlmError } from '../../errors.js';
+import { logger } from '../log.js';
+import { OutageLog } from '../outage.js';
 import { etcdClientSettings, redactUrl, scrubEtcdError } from '../credentials.js';
 import { instanceIdFromLeaseId } from '../../protocol/discovery.js';
 import {
@@ -66,6 +68,8 @@ export class EtcdStore implements DiscoveryStore {
   private readonly leaseListeners = new LeaseListeners();
   private renewing: Promise<void> | undefined;
   private closed = false;
+  /** etcd going away and coming back, logged once each (watches, the lease). */
+  private readonly outage: OutageLog;
 
   private constructor(
     private readonly client: Etcd3,
@@ -75,6 +79,7 @@ export class EtcdStore implements DiscoveryStore {
     leaseId: bigint,
   ) {
     this.location = location;
+    this.outage = new OutageLog(logger('runtime.discovery'), `etcd at ${location}`);
     this.lease = lease;
     this.instanceId = leaseId;
     this.currentLeaseId = leaseId;
@@ -164,6 +169,7 @@ export class EtcdStore implements DiscoveryStore {
       while (!queue.isClosed) {
         try {
           const { kvs, revision } = await this.range(prefix);
+          this.outage.up();
           if (queue.isClosed) return;
           if (first && !(options.snapshot ?? true)) queue.seed(kvs);
           else queue.resync(kvs);
@@ -190,7 +196,8 @@ export class EtcdStore implements DiscoveryStore {
               resolve();
             });
           });
-        } catch {
+        } catch (err) {
+          if (!queue.isClosed && !this.closed) this.outage.down(`a watch of "${prefix}" cannot resume (${(err as Error).message})`);
           await sleep(200); // etcd unreachable: keep trying until it answers or the watch closes
         }
       }
@@ -236,6 +243,7 @@ export class EtcdStore implements DiscoveryStore {
 
   private leaseLost(lease: Lease): void {
     if (this.closed || lease !== this.lease || this.renewing) return;
+    this.outage.down('the lease could not be kept alive; its keys are written again under a new lease once etcd answers');
     this.renewing = this.renewLease().finally(() => (this.renewing = undefined));
   }
 
@@ -252,6 +260,7 @@ export class EtcdStore implements DiscoveryStore {
         this.currentLeaseId = instanceIdFromLeaseId(leaseId);
         this.watchLease(lease);
         this.leaseListeners.emit(this.currentLeaseId);
+        this.outage.up();
         return;
       } catch {
         lease.release();

@@ -3,6 +3,8 @@
 // request, the worker's reply is the ACK (empty) or error text, and responses stream call-home over TCP.
 import { connect as natsConnect, headers as natsHeaders, type Msg, type NatsConnection, type Subscription } from 'nats';
 import { LlmError } from '../../errors.js';
+import { logger } from '../log.js';
+import { OutageLog } from '../outage.js';
 import { describeNatsConnectError, natsConnectSettings } from '../credentials.js';
 import { natsRequestSubject } from '../../protocol/discovery.js';
 import { prepareRequest, refusal, type RequestOptions } from './egress.js';
@@ -20,11 +22,21 @@ const QUEUE_GROUP = 'q';
  */
 export async function connectNats(url: string, options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<NatsConnection> {
   const settings = natsConnectSettings(url, options.env);
+  let connection: NatsConnection;
   try {
-    return await natsConnect({ ...settings.options, timeout: options.timeoutMs ?? 5000, name: 'dynamo-sglang' });
+    connection = await natsConnect({ ...settings.options, timeout: options.timeoutMs ?? 5000, name: 'dynamo-sglang' });
   } catch (err) {
     throw new LlmError('LLM_ERR_TRANSPORT', `cannot connect to NATS server ${settings.display}: ${describeNatsConnectError(settings, err)}`);
   }
+  // the client reconnects by itself; an outage and the recovery are each logged once
+  const outage = new OutageLog(logger('runtime.nats'), `NATS server ${settings.display}`);
+  void (async () => {
+    for await (const s of connection.status()) {
+      if (s.type === 'disconnect') outage.down('the connection dropped; reconnecting (events and NATS-plane requests wait)');
+      else if (s.type === 'reconnect') outage.up();
+    }
+  })();
+  return connection;
 }
 
 function msgHeaders(msg: Msg): Record<string, string> {
