@@ -106,7 +106,7 @@ t.test('unused flags are reported as given, command line over the --config file'
     `${yaml}: key "kv-cache-dtype" = fp8_e4m3`,
   ]);
   t.same(resolve([]).unusedFlags, [], 'none given, none reported');
-  t.same(resolve(['--use-sglang-tokenizer']).unusedFlags, ['--use-sglang-tokenizer'], 'text mode is accepted and reported as unused');
+    t.same(resolve(['--use-sglang-tokenizer']).unusedFlags, [], 'text mode is served (test/worker-text-mode.test.ts), not reported as unused');
 });
 
 t.test('bad values of SGLang flags are usage errors naming the flag and what it takes', async (t) => {
