@@ -70,3 +70,10 @@ t.test('Supervisor.start logs to the logger or destination it is given', async (
   await sup2.stop();
   t.match(seen.find((r) => r.message === 'group started'), { level: 'info', fields: { ranks: 1 } });
 });
+
+t.test('frontend --help lists --log-level', async (t) => {
+  const p = startCli(['frontend', '--help']);
+  const { code } = await p.exited;
+  t.equal(code, 0);
+  t.match(p.stdout(), /Logging:\n  --log-level SPEC\n/);
+});

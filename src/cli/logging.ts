@@ -3,7 +3,14 @@
 // same settings. `start` and `run` also take it from their config (flag > DYN_LOG > YAML) and apply the result.
 
 import { configureLogging } from '../runtime/log.js';
-import { usageError } from './args.js';
+import { Type } from '@sinclair/typebox';
+import { usageError, type FlagSpec } from './args.js';
+
+/** --log-level as the help of the commands without it in their own flag table shows it (takeLogLevel reads it). */
+export const LOG_LEVEL_HELP: FlagSpec = {
+  name: 'log-level', kind: 'string', schema: Type.String({ minLength: 1 }), env: 'DYN_LOG', valueName: 'SPEC', default: 'info', defaultText: 'info', group: 'Logging',
+  help: 'A level (trace, debug, info, warn, error, off) or DYN_LOG directives such as info,frontend=debug,dynamo_runtime=trace; DYN_LOGGING_JSONL=1 writes JSON lines.',
+};
 
 /** The commands whose own flag table has --log-level (the worker flags); the others have it removed from argv here. */
 const OWN_FLAG = new Set(['start', 'run']);

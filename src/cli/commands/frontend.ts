@@ -5,6 +5,7 @@ import { armShutdownWatchdog, SHUTDOWN_MARGIN_MS } from '../shutdown-watchdog.js
 import { readFileSync } from 'node:fs';
 import { Type } from '@sinclair/typebox';
 import { parseCommandLine, renderHelp, usageError, type FlagSpec } from '../args.js';
+import { LOG_LEVEL_HELP } from '../logging.js';
 import { Discovery, type DiscoveryConfig } from '../../runtime/discovery/index.js';
 import type { NatsConnection } from 'nats';
 import { connectNats } from '../../runtime/request-plane/nats.js';
@@ -156,6 +157,7 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(renderHelp('dynamo-sglang frontend [options]', 'OpenAI-compatible HTTP frontend: discovers workers and routes requests to them.', [
       { title: 'Frontend', flags: FRONTEND_FLAGS },
       { title: 'Discovery', flags: DISCOVERY_FLAGS },
+      { title: 'Logging', flags: [LOG_LEVEL_HELP] },
     ]));
     return 0;
   }
