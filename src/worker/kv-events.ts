@@ -24,6 +24,10 @@
 // on `namespace.{ns}.component.{c}.worker_kv_indexer_query.{instance id}` here, as Dynamo 0.8 workers do: the
 // subject names no dp rank, so the request's dp_rank (0 when absent) picks the group's indexer.
 // The wire profile also picks the payload form of the events and load (protocol/events-0.8.ts).
+// Without the local indexer, the 0.8 profile publishes KV events into the component's JetStream stream instead of
+// NATS core (runtime/events/jetstream.ts), as a 0.8 worker does: the stream is created at start if missing, and a
+// nats-server without JetStream is reported then (fatal when events are required, else no events, as for an
+// unreachable server). Load samples stay on NATS core in both cases.
 import type { NatsConnection, Subscription } from 'nats';
 import type { Supervisor } from '../../actors/supervisor.js';
 import type { WorkerConfig } from '../config/schema.js';
@@ -33,6 +37,7 @@ import { WorkerKvQueryRequestSchema } from '../protocol/kv-query.js';
 import { decodeWireJson } from '../protocol/transport.js';
 import type { Discovery } from '../runtime/discovery/index.js';
 import { KvEventPublisher, LoadPublisher, registerNatsEventChannel } from '../runtime/events/index.js';
+import { KvEventsStream08, ensureKvEventsStream08, kvEventsStreamSubject08 } from '../runtime/events/jetstream.js';
 import { tokensHash } from '../runtime/kv-hash.js';
 import type { WorkerMetrics } from '../runtime/metrics.js';
 import { connectNats } from '../runtime/request-plane/nats.js';
@@ -51,6 +56,11 @@ export function eventPlaneMode(config: WorkerConfig, forced = false): EventPlane
   if (forced || config.useKvEvents) return 'required';
   if (config.eventPlane !== 'nats' || config.discoveryBackend === 'mem') return 'off';
   return 'optional';
+}
+
+/** Dynamo 0.8 without the local indexer: KV events go to the component's JetStream stream. */
+export function usesKvEventsStream08(config: WorkerConfig): boolean {
+  return config.wireProfile === '0.8' && !config.enableLocalIndexer;
 }
 
 /** How often KV usage is sampled for the load publisher and the gauge. */
@@ -144,11 +154,12 @@ export class WorkerKvEvents {
     const { namespace, component } = config.endpoint;
     const wireProfile = config.wireProfile;
     const workerId = discovery.instanceId;
+    const stream08 = nats && usesKvEventsStream08(config) ? new KvEventsStream08(nats, namespace, component) : undefined;
     this.groups = options.groups.map((supervisor) => {
       const dpRank = supervisor.dpRank;
       const localIndexer = nats && config.enableLocalIndexer ? new LocalKvIndexer(workerId, dpRank) : null;
       const onPublish = localIndexer ? localIndexer.record.bind(localIndexer) : undefined;
-      const kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId, dpRank, onPublish, wireProfile }) : null;
+      const kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId, dpRank, onPublish, wireProfile, stream08 }) : null;
       const group = new GroupEvents(supervisor, kv, localIndexer, config.pageSize);
       if (kv) supervisor.onKvEvent((e) => {
         if (!this.closed) group.onCacheEvent(e);
@@ -176,6 +187,14 @@ export class WorkerKvEvents {
       try {
         if (config.eventPlane !== 'nats') throw new Error(`--event-plane ${config.eventPlane}: only the nats event plane is available in this build`);
         nats = await connectNats(config.natsServer);
+        if (usesKvEventsStream08(config)) {
+          const { namespace, component } = config.endpoint;
+          await ensureKvEventsStream08(nats, namespace, component, config.natsServer).catch(async (err: unknown) => {
+            await nats?.close();
+            nats = null;
+            throw err;
+          });
+        }
       } catch (err) {
         if (mode === 'required') throw err;
         log(`KV events and load are not published: ${(err as Error).message} (set --kv-events-config '{"publisher":"null"}' to silence this)`);
@@ -184,7 +203,10 @@ export class WorkerKvEvents {
     if (nats) {
       const { namespace, component } = config.endpoint;
       await registerNatsEventChannel(discovery, { namespace, component, topic: KV_EVENTS_TOPIC });
-      log(`publishing KV events and load on NATS ${redactUrl(config.natsServer)} (namespace.${namespace}.component.${component}.kv-events, namespace.${namespace}.kv_metrics; Dynamo ${config.wireProfile} wire)`);
+      const kvSubject = usesKvEventsStream08(config)
+        ? `JetStream ${kvEventsStreamSubject08(namespace, component)}`
+        : `namespace.${namespace}.component.${component}.kv-events`;
+      log(`publishing KV events and load on NATS ${redactUrl(config.natsServer)} (${kvSubject}, namespace.${namespace}.kv_metrics; Dynamo ${config.wireProfile} wire)`);
     }
     const events = new WorkerKvEvents({ ...options, nats });
     await events.ready();
