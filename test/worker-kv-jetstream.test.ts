@@ -11,6 +11,7 @@ import { EndpointClient } from '../src/runtime/client.js';
 import { ResponseServer } from '../src/runtime/request-plane/response-server.js';
 import { blockTokensHashes } from '../src/runtime/kv-hash.js';
 import { startWorker } from '../src/worker/worker.js';
+import { KvRouter } from '../src/frontend/kv-router.js';
 import { startNats, type NatsService } from './helpers/services.js';
 import {
   DEFAULT_MAX_AGE_NS,
@@ -110,6 +111,17 @@ t.test('--durable-kv-events: RouterEvents go into the JetStream stream, not NATS
   t.same(Object.keys(events[0]), ['worker_id', 'event'], 'RouterEvent fields, 0.8 order');
   await observer.flush();
   t.equal(coreCount, 0, 'nothing on NATS core');
+
+  // our own kv router, started after the events were published, learns of the worker (no local indexer on its
+  // card) and replays the stream
+  const lines2: string[] = [];
+  const router = KvRouter.follow(observer, 'dynamo', 'backend', { blockSize: 4, wireProfile: '0.8', log: (l) => lines2.push(l) });
+  t.teardown(() => router.close());
+  router.learnWorker(worker.instanceId, false);
+  const until = Date.now() + 10_000;
+  while (router.overlap(worker.instanceId, router.sequenceHashesOf(prompt)) < 3 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+  t.equal(router.overlap(worker.instanceId, router.sequenceHashesOf(prompt)), 3, 'the kv router sees the 3 prompt blocks from the stream');
+  t.same(lines2, [], 'nothing to report');
 });
 
 t.test('a nats-server without JetStream is named, with the setting', async (t) => {
@@ -121,4 +133,15 @@ t.test('a nats-server without JetStream is named, with the setting', async (t) =
     code: 'LLM_ERR_TRANSPORT',
     message: new RegExp(`nats-server ${plain.url.replace(/[.]/g, '\\.')} has no JetStream.*-js`),
   });
+
+  // a kv router that meets a worker without the local indexer says why it cannot follow its events
+  const conn = await connect({ servers: plain.url });
+  t.teardown(() => conn.close());
+  const lines: string[] = [];
+  const router = KvRouter.follow(conn, 'dynamo', 'backend', { blockSize: 4, wireProfile: '0.8', log: (l) => lines.push(l) });
+  t.teardown(() => router.close());
+  router.learnWorker(5n, false);
+  const until = Date.now() + 5000;
+  while (lines.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+  t.match(lines[0], /not followed: nats-server nats:\/\/127\.0\.0\.1:\d+ has no JetStream \(not enabled\).*-js/);
 });

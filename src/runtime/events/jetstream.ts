@@ -8,9 +8,10 @@
 //                (limits retention, file storage); an existing stream is used as it is (get-or-create)
 //   payload      the same JSON RouterEvent as on NATS core (protocol/events-0.8.ts)
 // The reference has no fallback to core when JetStream is missing: its client refuses to start without it.
-import { nanos, type JetStreamClient, type NatsConnection, type NatsError } from 'nats';
+import { AckPolicy, DeliverPolicy, nanos, type JetStreamClient, type NatsConnection, type NatsError } from 'nats';
 import { LlmError } from '../../errors.js';
-import { KV_EVENTS_TOPIC } from '../../protocol/events.js';
+import { KV_EVENTS_TOPIC, type RouterEvent } from '../../protocol/events.js';
+import { decodeRouterEvent08 } from '../../protocol/events-0.8.js';
 import { redactUrl } from '../credentials.js';
 import { logger } from '../log.js';
 
@@ -104,4 +105,39 @@ export class KvEventsStream08 {
       log.warn('kv event not stored in JetStream', { subject: this.subject, error: (err as Error).message });
     });
   }
+}
+
+/** A router's reading of a component's stream, from its first stored event, until close(). */
+export interface KvEventsStreamReader08 {
+  close(): void;
+}
+
+/**
+ * Reads the component's stream as a 0.8 router does (creating it if missing, as the reference's router does), with
+ * a consumer from the start of what the stream keeps: a router that starts late replays the events of
+ * workers without a local indexer. Each decoded RouterEvent goes to `onEvent`; one that does not decode is logged.
+ */
+export async function readKvEventsStream08(
+  connection: NatsConnection,
+  namespace: string,
+  component: string,
+  serverUrl: string,
+  onEvent: (event: RouterEvent) => void,
+): Promise<KvEventsStreamReader08> {
+  const name = await ensureKvEventsStream08(connection, namespace, component, serverUrl);
+  // an ephemeral pull consumer without acks (the server drops it a minute after the router is gone)
+  const jsm = await connection.jetstreamManager();
+  const info = await jsm.consumers.add(name, { ack_policy: AckPolicy.None, deliver_policy: DeliverPolicy.All, inactive_threshold: nanos(60_000) });
+  const consumer = await connection.jetstream().consumers.get(name, info.name);
+  const messages = await consumer.consume();
+  void (async () => {
+    for await (const msg of messages) {
+      try {
+        onEvent(decodeRouterEvent08(msg.data, `kv event on ${msg.subject} (JetStream ${name})`));
+      } catch (err) {
+        log.warn('kv event in JetStream not decoded', { stream: name, seq: msg.seq, error: (err as Error).message });
+      }
+    }
+  })();
+  return { close: () => void messages.close() };
 }
