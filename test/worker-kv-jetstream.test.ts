@@ -49,7 +49,10 @@ async function config(natsUrl: string, extra: string[]) {
 t.test('the stream name follows the reference slug rule', async (t) => {
   t.equal(streamName('dynamo', 'backend'), STREAM_DYNAMO_BACKEND);
   t.equal(streamName('My_NS', 'prefill'), 'namespace-my-ns-component-prefill-kv-events');
-  const { kvEventsStreamName08, kvEventsStreamSubject08 } = await import('../src/runtime/events/jetstream.js');
+  const { kvEventsStreamName08, kvEventsStreamSubject08, streamMaxAgeSeconds } = await import('../src/runtime/events/jetstream.js');
+  t.equal(streamMaxAgeSeconds({}), 3600, 'max age: one hour by default');
+  t.equal(streamMaxAgeSeconds({ DYN_NATS_STREAM_MAX_AGE: '120' }), 120);
+  t.equal(streamMaxAgeSeconds({ DYN_NATS_STREAM_MAX_AGE: 'ten' }), 3600, 'a value u64 does not parse is ignored');
   t.equal(kvEventsStreamName08('My_NS', 'prefill'), streamName('My_NS', 'prefill'));
   t.equal(kvEventsStreamSubject08('dynamo', 'backend'), SUBJECT_DYNAMO_BACKEND);
 });

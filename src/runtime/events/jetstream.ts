@@ -39,7 +39,8 @@ export function kvEventsStreamSubject08(namespace: string, component: string): s
  * reference, which ignores a value it cannot parse). */
 export function streamMaxAgeSeconds(env: NodeJS.ProcessEnv = process.env): number {
   const raw = env.DYN_NATS_STREAM_MAX_AGE;
-  return raw !== undefined && /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : 3600;
+  // Rust's u64 parse: digits with an optional leading '+', nothing else (no spaces)
+  return raw !== undefined && /^\+?\d+$/.test(raw) ? Number(raw) : 3600;
 }
 
 function isNatsError(err: unknown): err is NatsError {
