@@ -1,7 +1,8 @@
 // Dynamo 0.8 durable KV events, in process on stories260K with a real nats-server: a worker without the local
 // indexer (--durable-kv-events) creates the component's JetStream stream with the reference's configuration and
 // publishes its RouterEvents there, not on NATS core; a consumer written from the reference's stream layout
-// (fixtures/dynamo-wire/kv-stream-0.8.ts) reads them. A nats-server without JetStream is named with its setting.
+// (fixtures/dynamo-wire/kv-stream-0.8.ts) reads them, and so does our kv router. A nats-server without JetStream is
+// named with its setting (fatal when KV events are required, else the worker publishes its load alone).
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
 import { AckPolicy, DeliverPolicy, connect, type NatsConnection } from 'nats';
@@ -13,6 +14,10 @@ import { blockTokensHashes } from '../src/runtime/kv-hash.js';
 import { startWorker } from '../src/worker/worker.js';
 import { KvRouter } from '../src/frontend/kv-router.js';
 import { startNats, type NatsService } from './helpers/services.js';
+import { subscribeLoad } from '../src/runtime/events/index.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   DEFAULT_MAX_AGE_NS,
   STREAM_DYNAMO_BACKEND,
@@ -130,6 +135,8 @@ t.test('--durable-kv-events: RouterEvents go into the JetStream stream, not NATS
 t.test('a nats-server without JetStream is named, with the setting', async (t) => {
   const plain = await startNats();
   t.teardown(() => plain.stop());
+  const plainObserver = await connect({ servers: plain.url });
+  t.teardown(() => plainObserver.close());
   const discovery = await Discovery.open({ backend: 'mem' });
   t.teardown(() => discovery.close());
   await t.rejects(startWorker(await config(plain.url, ['--durable-kv-events']), { discovery, log: quiet, publishKvEvents: true }), {
@@ -137,11 +144,27 @@ t.test('a nats-server without JetStream is named, with the setting', async (t) =
     message: new RegExp(`nats-server ${plain.url.replace(/[.]/g, '\\.')} has no JetStream.*-js`),
   });
 
+  // best effort (no --kv-events-config, file discovery): the worker serves, publishing its load alone, and says why
+  const lines0: string[] = [];
+  const fileRoot = mkdtempSync(join(tmpdir(), 'worker-kv-jetstream-'));
+  t.teardown(() => rmSync(fileRoot, { recursive: true, force: true }));
+  const load = subscribeLoad(plainObserver, 'dynamo');
+  const samples: unknown[] = [];
+  void (async () => {
+    for await (const e of load) samples.push(e.event);
+  })();
+  await plainObserver.flush();
+  const w = await startWorker(await config(plain.url, ['--durable-kv-events', '--discovery-backend', 'file', '--file-kv-root', fileRoot]), { log: (l) => lines0.push(l) });
+  const until0 = Date.now() + 5000;
+  while (samples.length === 0 && Date.now() < until0) await new Promise((r) => setTimeout(r, 20));
+  await w.shutdown();
+  load.close();
+  t.match(lines0.join('\n'), /KV events are not published \(load is\): nats-server .* has no JetStream \(not enabled\)/);
+  t.ok(samples.length > 0, 'load samples are published');
+
   // a kv router that meets a worker without the local indexer says why it cannot follow its events
-  const conn = await connect({ servers: plain.url });
-  t.teardown(() => conn.close());
   const lines: string[] = [];
-  const router = KvRouter.follow(conn, 'dynamo', 'backend', { blockSize: 4, wireProfile: '0.8', log: (l) => lines.push(l) });
+  const router = KvRouter.follow(plainObserver, 'dynamo', 'backend', { blockSize: 4, wireProfile: '0.8', log: (l) => lines.push(l) });
   t.teardown(() => router.close());
   router.learnWorker(5n, false);
   const until = Date.now() + 5000;
