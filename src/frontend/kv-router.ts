@@ -18,12 +18,18 @@
 // only those with ids above L are applied, and later ones apply in id order: an id already applied is skipped, a
 // gap (a lost event) asks the worker for the missing ids. A worker that cannot answer (an old worker without the
 // endpoint, a timeout) is logged once and followed by its live events alone, as a worker without the local indexer.
+//
+// Dynamo 0.8 workers without the local indexer publish into the component's JetStream stream instead of NATS core
+// (runtime/events/jetstream.ts). As a 0.8 router does when not every worker has the local indexer, the router then
+// reads that stream too (from the start of what it keeps, so a late router replays those workers' events), once it
+// learns of the first such worker; a server without JetStream is logged and those workers are routed without events.
 import type { NatsConnection } from 'nats';
 import type { ActiveLoad, RouterEvent } from '../protocol/events.js';
 import type { WorkerKvQueryResponse } from '../protocol/kv-query.js';
 import { subscribeKvEvents, subscribeLoad, type EventSubscription } from '../runtime/events/index.js';
 import { blockTokensHashes, sequenceHashes } from '../runtime/kv-hash.js';
-import type { WireProfile } from '../protocol/wire-profile.js';
+import { DEFAULT_WIRE_PROFILE, type WireProfile } from '../protocol/wire-profile.js';
+import { readKvEventsStream08, type KvEventsStreamReader08 } from '../runtime/events/jetstream.js';
 
 export interface KvRouterOptions {
   /** Tokens per KV block: the model card's kv_cache_block_size. */
@@ -91,18 +97,26 @@ export class KvRouter {
   private readonly log: (line: string) => void;
   /** Resolves once the live subscriptions are in place (a worker's answer then misses none of its later events). */
   private subscribed: Promise<unknown> = Promise.resolve();
+  private readonly wireProfile: WireProfile;
+  /** Where follow() listens (null: a router fed by hand). */
+  private plane: { nats: NatsConnection; namespace: string; component: string } | null = null;
+  /** 0.8: the reading of the component's JetStream stream, started by the first worker without the local indexer. */
+  private stream08: Promise<KvEventsStreamReader08 | null> | null = null;
+  private closed = false;
 
   constructor(options: KvRouterOptions) {
     this.blockSize = options.blockSize;
     this.weight = options.overlapScoreWeight ?? 1.0;
     this.temperature = options.temperature ?? 0;
     this.queryWorker = options.queryWorker ?? null;
+    this.wireProfile = options.wireProfile ?? DEFAULT_WIRE_PROFILE;
     this.log = options.log ?? ((line: string) => process.emitWarning(line, 'KvRouterWarning'));
   }
 
   /** Follows `namespace.{ns}.component.{comp}.kv-events` and `namespace.{ns}.kv_metrics` until close(). */
   static follow(nats: NatsConnection, namespace: string, component: string, options: KvRouterOptions): KvRouter {
     const router = new KvRouter(options);
+    router.plane = { nats, namespace, component };
     const events = subscribeKvEvents(nats, namespace, component, undefined, options.wireProfile);
     const loads = subscribeLoad(nats, namespace, undefined, options.wireProfile);
     router.subscriptions.push(events, loads);
@@ -118,7 +132,25 @@ export class KvRouter {
   }
 
   close(): void {
+    this.closed = true;
     for (const s of this.subscriptions) s.close();
+    void this.stream08?.then((reader) => reader?.close());
+  }
+
+  /** 0.8: reads the component's JetStream stream (once), where workers without the local indexer publish. */
+  private followStream08(): void {
+    if (this.stream08 !== null || this.plane === null || this.wireProfile !== '0.8' || this.closed) return;
+    const { nats, namespace, component } = this.plane;
+    this.stream08 = readKvEventsStream08(nats, namespace, component, `nats://${nats.getServer()}`, (e) => this.receiveEvent(e)).then(
+      (reader) => {
+        if (this.closed) reader.close();
+        return reader;
+      },
+      (err: unknown) => {
+        this.log(`kv router: KV events of workers without the local indexer are not followed: ${(err as Error).message}`);
+        return null;
+      },
+    );
   }
 
   /**
@@ -129,6 +161,7 @@ export class KvRouter {
   learnWorker(workerId: bigint, localIndexer: boolean, dpSize = 1): void {
     if (this.dpSizes.has(workerId)) return;
     this.dpSizes.set(workerId, dpSize);
+    if (!localIndexer) this.followStream08();
     for (let dp = 0; dp < dpSize; dp++) {
       const key = pairKey(workerId, dp);
       if (!localIndexer || this.queryWorker === null) {

@@ -24,6 +24,10 @@
 // on `namespace.{ns}.component.{c}.worker_kv_indexer_query.{instance id}` here, as Dynamo 0.8 workers do: the
 // subject names no dp rank, so the request's dp_rank (0 when absent) picks the group's indexer.
 // The wire profile also picks the payload form of the events and load (protocol/events-0.8.ts).
+// Without the local indexer, the 0.8 profile publishes KV events into the component's JetStream stream instead of
+// NATS core (runtime/events/jetstream.ts), as a 0.8 worker does: the stream is created at start if missing, and a
+// nats-server without JetStream is reported then (fatal when events are required, else the worker publishes its
+// load alone). Load samples stay on NATS core in both cases.
 import type { NatsConnection, Subscription } from 'nats';
 import type { Supervisor } from '../../actors/supervisor.js';
 import type { WorkerConfig } from '../config/schema.js';
@@ -33,6 +37,7 @@ import { WorkerKvQueryRequestSchema } from '../protocol/kv-query.js';
 import { decodeWireJson } from '../protocol/transport.js';
 import type { Discovery } from '../runtime/discovery/index.js';
 import { KvEventPublisher, LoadPublisher, registerNatsEventChannel } from '../runtime/events/index.js';
+import { KvEventsStream08, ensureKvEventsStream08, kvEventsStreamSubject08 } from '../runtime/events/jetstream.js';
 import { tokensHash } from '../runtime/kv-hash.js';
 import type { WorkerMetrics } from '../runtime/metrics.js';
 import { connectNats } from '../runtime/request-plane/nats.js';
@@ -53,6 +58,11 @@ export function eventPlaneMode(config: WorkerConfig, forced = false): EventPlane
   return 'optional';
 }
 
+/** Dynamo 0.8 without the local indexer: KV events go to the component's JetStream stream. */
+export function usesKvEventsStream08(config: WorkerConfig): boolean {
+  return config.wireProfile === '0.8' && !config.enableLocalIndexer;
+}
+
 /** How often KV usage is sampled for the load publisher and the gauge. */
 const LOAD_SAMPLE_MS = 20;
 
@@ -64,6 +74,8 @@ export interface WorkerKvEventsOptions {
   metrics: WorkerMetrics;
   /** Publish on the event plane (null: only the gauge is kept up to date). */
   nats: NatsConnection | null;
+  /** Publish KV events (default true; false: load only, e.g. the 0.8 JetStream stream is unavailable). */
+  kvEvents?: boolean;
 }
 
 /** One data-parallel group's publishing state. */
@@ -144,11 +156,12 @@ export class WorkerKvEvents {
     const { namespace, component } = config.endpoint;
     const wireProfile = config.wireProfile;
     const workerId = discovery.instanceId;
+    const stream08 = nats && options.kvEvents !== false && usesKvEventsStream08(config) ? new KvEventsStream08(nats, namespace, component) : undefined;
     this.groups = options.groups.map((supervisor) => {
       const dpRank = supervisor.dpRank;
       const localIndexer = nats && config.enableLocalIndexer ? new LocalKvIndexer(workerId, dpRank) : null;
       const onPublish = localIndexer ? localIndexer.record.bind(localIndexer) : undefined;
-      const kv = nats ? new KvEventPublisher(nats, { namespace, component, workerId, dpRank, onPublish, wireProfile }) : null;
+      const kv = nats && options.kvEvents !== false ? new KvEventPublisher(nats, { namespace, component, workerId, dpRank, onPublish, wireProfile, stream08 }) : null;
       const group = new GroupEvents(supervisor, kv, localIndexer, config.pageSize);
       if (kv) supervisor.onKvEvent((e) => {
         if (!this.closed) group.onCacheEvent(e);
@@ -169,7 +182,7 @@ export class WorkerKvEvents {
   }
 
   /** Connects the event plane as `mode` says and advertises the kv-events channel in discovery. */
-  static async start(options: Omit<WorkerKvEventsOptions, 'nats'>, mode: EventPlaneMode, log: (line: string) => void): Promise<WorkerKvEvents> {
+  static async start(options: Omit<WorkerKvEventsOptions, 'nats' | 'kvEvents'>, mode: EventPlaneMode, log: (line: string) => void): Promise<WorkerKvEvents> {
     const { config, discovery } = options;
     let nats: NatsConnection | null = null;
     if (mode !== 'off') {
@@ -181,12 +194,29 @@ export class WorkerKvEvents {
         log(`KV events and load are not published: ${(err as Error).message} (set --kv-events-config '{"publisher":"null"}' to silence this)`);
       }
     }
+    let kvEvents = nats !== null;
+    if (nats && usesKvEventsStream08(config)) {
+      try {
+        await ensureKvEventsStream08(nats, config.endpoint.namespace, config.endpoint.component, config.natsServer);
+      } catch (err) {
+        if (mode === 'required') {
+          await nats.close();
+          throw err;
+        }
+        kvEvents = false;
+        log(`KV events are not published (load is): ${(err as Error).message} (set --kv-events-config '{"publisher":"null"}' to silence this)`);
+      }
+    }
     if (nats) {
       const { namespace, component } = config.endpoint;
-      await registerNatsEventChannel(discovery, { namespace, component, topic: KV_EVENTS_TOPIC });
-      log(`publishing KV events and load on NATS ${redactUrl(config.natsServer)} (namespace.${namespace}.component.${component}.kv-events, namespace.${namespace}.kv_metrics; Dynamo ${config.wireProfile} wire)`);
+      if (kvEvents) await registerNatsEventChannel(discovery, { namespace, component, topic: KV_EVENTS_TOPIC });
+      const kvSubject = usesKvEventsStream08(config)
+        ? `JetStream ${kvEventsStreamSubject08(namespace, component)}`
+        : `namespace.${namespace}.component.${component}.kv-events`;
+      const what = kvEvents ? `KV events and load on NATS ${redactUrl(config.natsServer)} (${kvSubject}, ` : `load on NATS ${redactUrl(config.natsServer)} (`;
+      log(`publishing ${what}namespace.${namespace}.kv_metrics; Dynamo ${config.wireProfile} wire)`);
     }
-    const events = new WorkerKvEvents({ ...options, nats });
+    const events = new WorkerKvEvents({ ...options, nats, kvEvents });
     await events.ready();
     return events;
   }

@@ -173,11 +173,18 @@ export interface NatsService {
   restart(): Promise<void>;
 }
 
-export async function startNats(): Promise<NatsService> {
+export interface NatsOptions {
+  /** Enable JetStream (`-js`), storing in a fresh temporary directory removed on stop. */
+  jetstream?: boolean;
+}
+
+export async function startNats(options: NatsOptions = {}): Promise<NatsService> {
   const port = await freePort();
+  const storeDir = options.jetstream ? mkdtempSync(join(tmpdir(), 'nats-js-test-')) : undefined;
+  const jsArgs = storeDir ? ['-js', '-sd', storeDir] : [];
   let current: ChildProcess | undefined;
   const start = async () => {
-    const { child, log } = launch('nats-server', ['-a', '127.0.0.1', '-p', String(port)]);
+    const { child, log } = launch('nats-server', ['-a', '127.0.0.1', '-p', String(port), ...jsArgs]);
     current = child;
     await waitFor(`nats-server on 127.0.0.1:${port}`, () => portOpen(port), child, log);
   };
@@ -187,6 +194,7 @@ export async function startNats(): Promise<NatsService> {
     port,
     stop: async () => {
       if (current) await terminate(current, 'SIGTERM');
+      if (storeDir) rmSync(storeDir, { recursive: true, force: true });
     },
     async restart() {
       if (current) await terminate(current, 'SIGTERM');

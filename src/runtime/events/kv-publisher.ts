@@ -16,6 +16,7 @@ import { encodeRouterEvent08 } from '../../protocol/events-0.8.js';
 import { DEFAULT_WIRE_PROFILE, type WireProfile } from '../../protocol/wire-profile.js';
 import { KV_HASH_SEED, blockTokensHashes } from '../kv-hash.js';
 import { xxh3_64 } from '../xxh3.js';
+import type { KvEventsStream08 } from './jetstream.js';
 import { EventPublisher } from './plane.js';
 
 /** One engine "blocks stored" report (SGLang's BlockStored): full blocks, in sequence order. */
@@ -47,6 +48,8 @@ export interface KvEventPublisherOptions {
   onPublish?: (event: RouterEvent) => void;
   /** 0.8: JSON RouterEvent without envelope (default); main: msgpack in an EventEnvelope. */
   wireProfile?: WireProfile;
+  /** 0.8 without the local indexer: the events go into this JetStream stream instead of NATS core. */
+  stream08?: KvEventsStream08;
 }
 
 /** Storage tier of an engine medium name. */
@@ -86,6 +89,7 @@ export class KvEventPublisher {
   private readonly windowMs: number;
   private readonly maxBatchBlocks: number;
   private readonly onPublish: ((event: RouterEvent) => void) | undefined;
+  private readonly stream08: KvEventsStream08 | undefined;
   private nextEventId = 0n;
   private pending: Pending | undefined;
   private timeout: NodeJS.Timeout | undefined;
@@ -103,10 +107,12 @@ export class KvEventPublisher {
     this.windowMs = options.batchWindowMs ?? 5;
     this.maxBatchBlocks = options.maxBatchBlocks ?? 256;
     this.onPublish = options.onPublish;
+    this.stream08 = options.stream08;
   }
 
+  /** Where the events go: the NATS core subject, or the JetStream subject in 0.8 without the local indexer. */
   get subject(): string {
-    return this.publisher.subject;
+    return this.stream08?.subject ?? this.publisher.subject;
   }
 
   stored(input: BlocksStored): void {
@@ -170,7 +176,8 @@ export class KvEventPublisher {
       event: { event_id: this.nextEventId++, data: pending.data, dp_rank: this.dpRank },
     };
     this.onPublish?.(event);
-    this.publisher.publish(this.publisher.wireProfile === '0.8' ? encodeRouterEvent08(event) : encodeRouterEvent(event));
+    if (this.stream08) this.stream08.publish(encodeRouterEvent08(event));
+    else this.publisher.publish(this.publisher.wireProfile === '0.8' ? encodeRouterEvent08(event) : encodeRouterEvent(event));
   }
 
   close(): void {
