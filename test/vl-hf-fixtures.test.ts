@@ -39,7 +39,6 @@ t.test('transformers fixtures: tower embeddings, M-RoPE positions, logits and gr
   const expected = JSON.parse(readFileSync(join(DIR, 'expected.json'), 'utf8')) as Expected;
   const spec = await loadModelSpec(join(DIR, 'model'));
   const vision = spec.vision!;
-  const V = spec.vocabSize;
   const hidden = spec.hiddenSize;
   const merge = vision.spatialMergeSize;
   const engine = openEngine(spec, { backend: 'cpu', deviceId: 0, pageSize: 16, numPages: 64, memFractionStatic: 0.5, maxBatchTokens: 1024, maxSeqsPerStep: 1, threads: 2 });

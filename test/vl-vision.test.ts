@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { addonPath } from '../src/engine/addon.js';
+import { numpyReferenceSkip } from './helpers/numpy-reference.js';
 import { openEngine } from '../src/engine/engine.js';
 import { makeModel } from '../src/engine/make-model.js';
 import { loadModelSpec } from '../src/engine/model.js';
@@ -15,16 +16,7 @@ import type { Engine } from '../src/engine/types.js';
 
 const REFERENCE = new URL('./reference/qwen2_5_vl_reference.py', import.meta.url).pathname;
 
-function hasNumpy(): boolean {
-  try {
-    execFileSync('python3', ['-c', 'import numpy'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const skip = !existsSync(addonPath()) ? 'native addon not built' : !hasNumpy() ? 'python3 with numpy not available' : false;
+const skip = numpyReferenceSkip();
 
 /** Deterministic pseudo-random pixels in the normalised range. */
 function pixels(n: number, seed: number): Float32Array {

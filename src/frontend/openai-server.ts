@@ -22,7 +22,7 @@ import {
 } from '../protocol/openai.js';
 import type { GuidedDecoding, PreprocessedRequest } from '../protocol/request.js';
 import { checkGuided, guidedDecodingOf, GuidedFieldError, type OpenAiGuidedFields } from '../guided/openai.js';
-import type { FinishReason, LlmResponseChunk, TopLogprob } from '../protocol/response.js';
+import type { FinishReason, LlmResponseChunk } from '../protocol/response.js';
 import { IncrementalDetokenizer, type ChatMessage, type Tokenizer } from '../tokenizer/index.js';
 import type { ModelDirectory, ServedModel } from './models.js';
 import { ChoiceOutput, chatParsers, NO_PARSERS, specialTextInToolCalls, type ChoiceParsers, type ToolCallDeltaOut, type ToolCallOut } from './chat-output.js';

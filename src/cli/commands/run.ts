@@ -3,7 +3,7 @@
 // services. Requests take the real path: frontend → discovery → request plane (TCP loopback) → worker.
 import { armShutdownWatchdog, SHUTDOWN_MARGIN_MS } from '../shutdown-watchdog.js';
 import { fileURLToPath } from 'node:url';
-import { parseArgs, parseCommandLine, renderHelp, type FlagSpec } from '../args.js';
+import { parseArgs, parseCommandLine, renderHelp } from '../args.js';
 import { finalizeConfig, resolveConfig, WORKER_FLAG_INDEX } from '../../config/resolve.js';
 import { Discovery } from '../../runtime/discovery/index.js';
 import { connectNats } from '../../runtime/request-plane/nats.js';
